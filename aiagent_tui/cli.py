@@ -1,0 +1,55 @@
+"""``aiagent-tui``: the terminal app, the headless service (--no-ui) and operator commands."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+
+from engine.config import ConfigError, load_config
+from engine.engine import EngineStartError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="aiagent-tui", description="AI voice agent for Asterisk (ARI + ExternalMedia)")
+    p.add_argument("--config", default="config.toml", help="TOML config file (default ./config.toml)")
+    p.add_argument("--no-ui", action="store_true", help="run the engine as a headless service")
+    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="override logging.level")
+    sub = p.add_subparsers(dest="command")
+    sub.add_parser("check-config", help="validate the config and print the effective values (secrets masked)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        print(f"aiagent-tui: {e}", file=sys.stderr)
+        return 2
+    if args.command == "check-config":
+        print(json.dumps(config.masked(), indent=2))
+        return 0
+    logging.basicConfig(
+        level=args.log_level or config.logging.level,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+    if not args.no_ui:
+        print(
+            "aiagent-tui: the terminal app is not built yet; run the engine headless with --no-ui",
+            file=sys.stderr,
+        )
+        return 2
+    from aiagent_tui.service import run_headless
+
+    try:
+        return asyncio.run(run_headless(config))
+    except EngineStartError as e:
+        print(f"aiagent-tui: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

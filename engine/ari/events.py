@@ -1,0 +1,107 @@
+"""The app's ARI events WebSocket, kept open: reconnects with backoff and reports each (re)connect."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Awaitable, Callable
+
+import aiohttp
+
+from engine.ari.client import AriClient
+from engine.ari.models import AriEvent, EventParseError, parse_event
+from engine.backoff import Backoff
+
+log = logging.getLogger(__name__)
+
+EventHandler = Callable[[AriEvent], None]
+ConnectHandler = Callable[[bool], Awaitable[None]]  # argument: True on a reconnect
+
+
+class AriEventStream:
+    def __init__(self, client: AriClient, app: str, on_event: EventHandler, on_connect: ConnectHandler) -> None:
+        self.client = client
+        self.app = app
+        self._on_event = on_event
+        self._on_connect = on_connect
+        cfg = client.config
+        self._backoff = Backoff(cfg.reconnect_initial_s, cfg.reconnect_max_s)
+        self.connected = False
+        self.connects = 0
+        self.disconnects = 0
+        self.malformed_events = 0
+        self.last_error: str | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._first = asyncio.Event()
+
+    @property
+    def url(self) -> str:
+        base = self.client.base_url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
+        return f"{base}/events?app={self.app}&subscribeAll=false"
+
+    async def wait_connected(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._first.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    async def close_socket(self) -> None:
+        """Drop the current socket (the run loop reconnects); used by tests and on ApplicationReplaced."""
+        if self._ws is not None:
+            await self._ws.close()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                async with self.client.session.ws_connect(self.url, heartbeat=20.0, timeout=aiohttp.ClientWSTimeout(ws_close=5.0)) as ws:
+                    self._ws = ws
+                    reconnect = self.connects > 0
+                    self.connects += 1
+                    self.connected = True
+                    self.last_error = None
+                    self._backoff.reset()
+                    log.info("ARI events connected (%s, app %s)%s", self.client.base_url, self.app, " again" if reconnect else "")
+                    try:
+                        await self._on_connect(reconnect)
+                    except Exception as e:  # a failed reconcile must not kill the event stream
+                        log.exception("ARI reconcile after connect failed: %s", e)
+                    self._first.set()
+                    async for msg in ws:
+                        if msg.type == aiohttp.WSMsgType.TEXT:
+                            self._dispatch(msg.data)
+                        elif msg.type in (aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSE):
+                            break
+                    self.last_error = f"websocket closed ({ws.close_code})"
+            except asyncio.CancelledError:
+                raise
+            except aiohttp.WSServerHandshakeError as e:
+                self.last_error = f"events websocket refused: {e.status} {e.message}"
+            except (aiohttp.ClientError, OSError, TimeoutError) as e:
+                self.last_error = f"{e.__class__.__name__}: {e}"
+            finally:
+                self._ws = None
+                if self.connected:
+                    self.disconnects += 1
+                self.connected = False
+            delay = self._backoff.next_delay()
+            log.warning("ARI events disconnected (%s); reconnecting in %.2fs", self.last_error, delay)
+            await asyncio.sleep(delay)
+
+    def _dispatch(self, text: str) -> None:
+        try:
+            data = json.loads(text)
+            event = parse_event(data)
+        except (ValueError, EventParseError) as e:
+            self.malformed_events += 1
+            log.warning("ignored malformed ARI event: %s", e)
+            return
+        if event is None:
+            return
+        if getattr(event, "application", self.app) not in ("", self.app):
+            return
+        try:
+            self._on_event(event)
+        except Exception:
+            log.exception("ARI event handler failed on %s", event.type)

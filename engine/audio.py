@@ -1,0 +1,58 @@
+"""G.711 u-law coding and streaming sample-rate conversion (PCM16 mono, native byte order)."""
+
+from __future__ import annotations
+
+try:
+    import audioop  # stdlib up to 3.12
+except ModuleNotFoundError:  # pragma: no cover - Python 3.13+: the audioop-lts package
+    import audioop  # type: ignore[no-redef]
+
+import numpy as np
+import soxr
+
+
+def ulaw_to_pcm16(data: bytes) -> bytes:
+    return audioop.ulaw2lin(data, 2)
+
+
+def pcm16_to_ulaw(data: bytes) -> bytes:
+    return audioop.lin2ulaw(data, 2)
+
+
+ULAW_SILENCE = 0xFF  # u-law code of 0, what Asterisk fills silence with
+
+
+class Resampler:
+    """A streaming PCM16 resampler that keeps its filter state between chunks of one stream.
+
+    Chunks of one call must go through the same instance, or every 20 ms frame boundary clicks.
+    """
+
+    __slots__ = ("in_rate", "out_rate", "_stream")
+
+    def __init__(self, in_rate: int, out_rate: int) -> None:
+        self.in_rate = in_rate
+        self.out_rate = out_rate
+        # "QQ" is soxr's quick quality: ample for telephone band audio and cheap per 20 ms chunk.
+        self._stream = None if in_rate == out_rate else soxr.ResampleStream(in_rate, out_rate, 1, dtype="int16", quality="QQ")
+
+    def process(self, pcm16: bytes) -> bytes:
+        if self._stream is None:
+            return pcm16
+        out = self._stream.resample_chunk(np.frombuffer(pcm16, dtype=np.int16))
+        return out.tobytes()
+
+    def flush(self) -> bytes:
+        if self._stream is None:
+            return b""
+        return self._stream.resample_chunk(np.zeros(0, dtype=np.int16), last=True).tobytes()
+
+
+def rms_dbfs(pcm16: bytes) -> float:
+    """RMS level in dBFS (-inf for digital silence clipped to -96)."""
+    if not pcm16:
+        return -96.0
+    rms = audioop.rms(pcm16, 2)
+    if rms <= 0:
+        return -96.0
+    return max(-96.0, 20.0 * float(np.log10(rms / 32768.0)))

@@ -1,0 +1,384 @@
+"""Call control over ARI: set up each caller's bridge and ExternalMedia channel, tear it all down.
+
+One CallHandle per call owns everything the call holds (tasks, media route, provider session) so
+that one call's failure or hangup never touches another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Awaitable, Callable
+
+from engine.ari.client import AriClient, AriError, AriUnavailable
+from engine.ari.models import (
+    ApplicationReplaced,
+    AriEvent,
+    Channel,
+    ChannelDestroyed,
+    ChannelDtmfReceived,
+    ChannelHangupRequest,
+    StasisEnd,
+    StasisStart,
+)
+from engine.config import AppConfig
+from engine.media import CallMedia
+from engine.rtp_server import RtpServer
+from engine.sessions import CallSession, CallState, ProviderSession, SessionStore, TranscriptTurn
+from providers.base import (
+    AgentAudio,
+    AgentSpeakingStarted,
+    AgentSpeakingStopped,
+    CallContext,
+    Provider,
+    ProviderCall,
+    ProviderError,
+    ProviderEvent,
+    Transcript,
+)
+
+log = logging.getLogger(__name__)
+
+EXTERNAL_MEDIA_READY_TIMEOUT_S = 5.0
+PROVIDER_STOP_TIMEOUT_S = 5.0
+ORPHAN_GRACE_S = 1.0
+TRANSCRIPT_VARIABLE = "AIAGENT_TRANSCRIPT"  # the dialplan/CDR can read what the caller said
+
+ProviderLookup = Callable[[str], Awaitable[Provider]]
+
+@dataclass(eq=False)
+class CallHandle:
+    session: CallSession
+    token: str  # names the call's bridge, ExternalMedia channel and files; never caller text
+    media: CallMedia | None = None
+    provider_call: ProviderCall | None = None
+    setup_task: asyncio.Task | None = None
+    teardown_task: asyncio.Task | None = None
+    tasks: set[asyncio.Task] = field(default_factory=set)
+
+    def spawn(self, coro) -> asyncio.Task:
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+
+class CallController:
+    def __init__(
+        self,
+        config: AppConfig,
+        ari: AriClient,
+        store: SessionStore,
+        rtp: RtpServer,
+        provider_for_new_call: Callable[[], str],
+        get_provider: ProviderLookup,
+    ) -> None:
+        self.config = config
+        self.app = config.asterisk.app
+        self.ari = ari
+        self.store = store
+        self.rtp = rtp
+        self._provider_for_new_call = provider_for_new_call
+        self._get_provider = get_provider
+        self.handles: dict[str, CallHandle] = {}
+        self._pending_external: dict[str, asyncio.Future[Channel]] = {}
+        self._tasks: set[asyncio.Task] = set()  # work that belongs to no call (rejects, orphans)
+        self.ext_prefix = f"{self.app}-em-"
+        self.bridge_prefix = f"{self.app}-br-"
+        self.replaced = False
+        self.closing = False
+
+    # ---- helpers
+    def _spawn(self, coro) -> asyncio.Task:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def handle_for_channel(self, channel_id: str) -> CallHandle | None:
+        h = self.handles.get(channel_id)
+        if h is not None:
+            return h
+        for h in self.handles.values():
+            if h.session.external_channel_id == channel_id:
+                return h
+        return None
+
+    @property
+    def external_host(self) -> str:
+        rtp = self.config.rtp
+        return f"{rtp.advertise_host or rtp.host}:{self.rtp.port}"
+
+    # ---- ARI events (called synchronously by the event stream)
+    def on_event(self, event: AriEvent) -> None:
+        if isinstance(event, StasisStart):
+            self._on_stasis_start(event)
+        elif isinstance(event, (StasisEnd, ChannelHangupRequest, ChannelDestroyed)):
+            h = self.handle_for_channel(event.channel.id)
+            if h is not None and h.teardown_task is None:
+                is_caller = event.channel.id == h.session.caller_channel_id
+                reason = "caller hung up" if is_caller else "ExternalMedia channel ended"
+                self.begin_teardown(h, reason, hangup_caller=not is_caller)
+        elif isinstance(event, ChannelDtmfReceived):
+            h = self.handles.get(event.channel.id)
+            if h is not None:
+                self.store.log(h.session.call_id, logging.INFO, f"DTMF {event.digit}")
+        elif isinstance(event, ApplicationReplaced):
+            self.replaced = True
+            self.store.log(
+                None,
+                logging.ERROR,
+                f"another ARI client connected as app {self.app!r} and now receives its calls; "
+                "give each engine its own app name (ARI_APP)",
+            )
+
+    def _on_stasis_start(self, event: StasisStart) -> None:
+        ch = event.channel
+        fut = self._pending_external.get(ch.id)
+        if fut is not None:
+            if not fut.done():
+                fut.set_result(ch)
+            return
+        if ch.id.startswith(self.ext_prefix):
+            # Our naming, but no call waits for it: its call was torn down while it was created.
+            self._spawn(self._delete_channel(ch.id, "orphan ExternalMedia channel"))
+            return
+        if ch.id in self.handles:
+            return
+        if self.closing:
+            self._spawn(self._reject(ch, "engine shutting down"))
+            return
+        if len(self.handles) >= self.config.rtp.max_calls:
+            self.store.calls_rejected_over_capacity += 1
+            self._spawn(self._reject(ch, f"over capacity ({self.config.rtp.max_calls} calls)"))
+            return
+        provider = self._provider_for_new_call()
+        session = CallSession(
+            call_id=ch.id,
+            caller_channel_id=ch.id,
+            caller_number=ch.caller.number,
+            caller_name=ch.caller.name,
+            stasis_args=tuple(event.args),
+            provider=ProviderSession(provider),
+        )
+        h = CallHandle(session, uuid.uuid4().hex[:12])
+        self.handles[ch.id] = h
+        self.store.add(session)
+        self.store.log(ch.id, logging.INFO, f"call from {ch.caller.number or 'unknown'} ({ch.name}), provider {provider}")
+        h.setup_task = h.spawn(self._setup(h))
+
+    async def _reject(self, ch: Channel, why: str) -> None:
+        mode = self.config.asterisk.over_capacity
+        self.store.log(ch.id, logging.WARNING, f"call from {ch.caller.number or 'unknown'} not taken: {why}; {mode}")
+        try:
+            if mode == "dialplan":
+                await self.ari.continue_in_dialplan(ch.id)
+            else:
+                await self.ari.hangup(ch.id, reason="busy")
+        except (AriError, AriUnavailable) as e:
+            log.warning("rejecting %s failed: %s", ch.id, e)
+
+    # ---- setup
+    async def _setup(self, h: CallHandle) -> None:
+        s = h.session
+        ari = self.ari
+        try:
+            await ari.answer(s.caller_channel_id)
+            bridge_id = f"{self.bridge_prefix}{h.token}"
+            await ari.create_bridge(bridge_id, name=f"aiagent call {h.token}")
+            s.bridge_id = bridge_id
+            await ari.add_channel(bridge_id, s.caller_channel_id)
+
+            ext_id = f"{self.ext_prefix}{h.token}"
+            # The StasisStart of the new channel can beat the HTTP response: listen first.
+            ready = asyncio.get_running_loop().create_future()
+            self._pending_external[ext_id] = ready
+            try:
+                ext = await ari.external_media(ext_id, self.app, self.external_host, self.config.rtp.format)
+                s.external_channel_id = ext.id
+                s.rtp_remote = await self._unicast_address(ext)
+                await self._start_media(h)
+                # 422 "Channel not in Stasis application" if added before its StasisStart.
+                await asyncio.wait_for(ready, EXTERNAL_MEDIA_READY_TIMEOUT_S)
+            finally:
+                self._pending_external.pop(ext_id, None)
+            await ari.add_channel(bridge_id, ext_id)
+            self.store.set_state(s, CallState.STREAMING)
+            s.bridged_at = asyncio.get_running_loop().time()
+            self.store.log(s.call_id, logging.INFO, f"bridged with ExternalMedia; Asterisk RTP at {s.rtp_remote[0]}:{s.rtp_remote[1]}")
+        except asyncio.CancelledError:
+            raise
+        except TimeoutError:
+            self._setup_failed(h, "ExternalMedia channel never entered Stasis")
+        except (AriError, AriUnavailable) as e:
+            self._setup_failed(h, str(e))
+        except Exception as e:  # a provider that fails to start, a bad address: this call only
+            log.exception("call %s setup failed", s.call_id)
+            self._setup_failed(h, f"{e.__class__.__name__}: {e}")
+
+    def _setup_failed(self, h: CallHandle, why: str) -> None:
+        self.store.calls_failed += 1
+        self.store.log(h.session.call_id, logging.ERROR, f"call setup failed: {why}")
+        self.begin_teardown(h, f"setup failed: {why}", hangup_caller=True)
+
+    async def _unicast_address(self, ext: Channel) -> tuple[str, int]:
+        vars_ = ext.channelvars or {}
+        addr = vars_.get("UNICASTRTP_LOCAL_ADDRESS")
+        port = vars_.get("UNICASTRTP_LOCAL_PORT")
+        if not addr or not port:
+            addr = await self.ari.get_variable(ext.id, "UNICASTRTP_LOCAL_ADDRESS")
+            port = await self.ari.get_variable(ext.id, "UNICASTRTP_LOCAL_PORT")
+        return str(addr), int(port)
+
+    async def _start_media(self, h: CallHandle) -> None:
+        s = h.session
+        assert s.rtp_remote is not None and s.provider is not None
+        provider = await self._get_provider(s.provider.name)
+        ctx = CallContext(call_id=s.call_id, caller_number=s.caller_number, caller_name=s.caller_name)
+        pcall = provider.open_call(ctx, lambda ev: self._on_provider_event(h, ev))
+        h.provider_call = pcall
+        await pcall.start()
+        s.provider.ready = True
+        s.provider.started_at = asyncio.get_running_loop().time()
+        h.media = CallMedia(s, s.rtp_remote, pcall.send_audio)
+        self.rtp.register(h.media)
+
+    # ---- provider events
+    def _on_provider_event(self, h: CallHandle, ev: ProviderEvent) -> None:
+        if h.teardown_task is not None:
+            return
+        s = h.session
+        if isinstance(ev, AgentAudio):
+            if h.media is not None:
+                self.rtp.agent_audio(h.media, ev.pcm16, ev.sample_rate)
+        elif isinstance(ev, Transcript):
+            turn = TranscriptTurn(ev.role, ev.text, ev.final, asyncio.get_running_loop().time())
+            self.store.add_transcript(s, turn)
+            if ev.role == "caller" and ev.final:
+                text = " ".join(t.text for t in s.transcript if t.role == "caller")
+                h.spawn(self._set_transcript_var(s.caller_channel_id, text))
+        elif isinstance(ev, AgentSpeakingStopped):
+            if h.media is not None:
+                h.media.finish_agent_audio()
+        elif isinstance(ev, AgentSpeakingStarted):
+            pass
+        elif isinstance(ev, ProviderError):
+            assert s.provider is not None
+            s.provider.errors += 1
+            s.provider.last_error = ev.message
+            self.store.log(s.call_id, logging.ERROR, f"provider {s.provider.name}: {ev.message}")
+            if ev.fatal:
+                self.begin_teardown(h, f"provider error: {ev.message}", hangup_caller=True)
+
+    async def _set_transcript_var(self, channel_id: str, text: str) -> None:
+        try:
+            await self.ari.set_variable(channel_id, TRANSCRIPT_VARIABLE, text[-1000:])
+        except (AriError, AriUnavailable) as e:
+            log.debug("could not set %s on %s: %s", TRANSCRIPT_VARIABLE, channel_id, e)
+
+    # ---- teardown
+    def begin_teardown(self, h: CallHandle, reason: str, hangup_caller: bool) -> asyncio.Task:
+        if h.teardown_task is None:
+            # Not one of h.tasks: teardown cancels those and must not cancel itself.
+            h.teardown_task = self._spawn(self._teardown(h, reason, hangup_caller))
+        return h.teardown_task
+
+    async def _teardown(self, h: CallHandle, reason: str, hangup_caller: bool) -> None:
+        s = h.session
+        self.store.set_state(s, CallState.CLEANUP)
+        current = asyncio.current_task()
+        pending = [t for t in h.tasks if t is not current]
+        for t in pending:
+            t.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        if h.media is not None:
+            self.rtp.unregister(h.media)
+        if h.provider_call is not None:
+            try:
+                await asyncio.wait_for(h.provider_call.stop(), PROVIDER_STOP_TIMEOUT_S)
+            except Exception as e:
+                log.warning("[%s] provider stop failed: %s", s.call_id, e)
+        # The ExternalMedia channel id is known before it exists: delete it even if setup was
+        # cut off mid-request (a 404 then just means it was never made).
+        await self._delete_channel(f"{self.ext_prefix}{h.token}", "ExternalMedia")
+        if s.bridge_id is not None:
+            await self._ari_cleanup(self.ari.destroy_bridge(s.bridge_id), f"bridge {s.bridge_id}")
+        if hangup_caller:
+            await self._delete_channel(s.caller_channel_id, "caller")
+        self._delete_files(h)
+        self.handles.pop(s.call_id, None)
+        self.store.remove(s, reason)
+        self.store.log(s.call_id, logging.INFO, f"call ended: {reason}")
+
+    async def _delete_channel(self, channel_id: str, what: str) -> None:
+        await self._ari_cleanup(self.ari.hangup(channel_id), f"{what} channel {channel_id}")
+
+    async def _ari_cleanup(self, coro, what: str) -> None:
+        try:
+            await coro
+        except AriError as e:
+            if e.status != 404:  # already gone is what we wanted
+                log.warning("cleanup of %s failed: %s", what, e)
+        except AriUnavailable as e:
+            # Asterisk unreachable: the reconcile after reconnect deletes what is left.
+            log.warning("cleanup of %s deferred, ARI unreachable: %s", what, e)
+
+    def _delete_files(self, h: CallHandle) -> None:
+        media_dir: Path = self.config.storage.media_dir
+        if not media_dir.is_dir():
+            return
+        for f in media_dir.glob(f"{h.token}-*"):
+            try:
+                f.unlink()
+            except OSError as e:
+                log.warning("[%s] could not delete %s: %s", h.session.call_id, f, e)
+
+    async def shutdown(self) -> None:
+        self.closing = True
+        tasks = [self.begin_teardown(h, "engine shutdown", hangup_caller=True) for h in list(self.handles.values())]
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # ---- reconcile after (re)connect
+    async def reconcile(self, reconnect: bool) -> None:
+        """Compare what Asterisk still has with what the engine holds: carry on with calls that are
+        fully there, end the ones that lost a part, delete leftovers of ours nobody owns."""
+        channels = {c.id: c for c in await self.ari.list_channels()}
+        bridges = {b.id for b in await self.ari.list_bridges()}
+        for h in list(self.handles.values()):
+            s = h.session
+            if h.teardown_task is not None or s.state is CallState.CONNECTING:
+                continue  # setup in progress reports its own failures
+            if s.caller_channel_id not in channels:
+                self.begin_teardown(h, "caller left while ARI was disconnected", hangup_caller=False)
+            elif s.external_channel_id not in channels or s.bridge_id not in bridges:
+                self.begin_teardown(h, "media path lost while ARI was disconnected", hangup_caller=True)
+            elif reconnect:
+                self.store.log(s.call_id, logging.INFO, "call carried on across ARI reconnect")
+        owned_ext = {f"{self.ext_prefix}{h.token}" for h in self.handles.values()}
+        owned_bridges = {f"{self.bridge_prefix}{h.token}" for h in self.handles.values()}
+        orphans: list[str] = []
+        for cid, ch in channels.items():
+            if cid.startswith(self.ext_prefix):
+                if cid not in owned_ext and cid not in self._pending_external:
+                    self._spawn(self._delete_channel(cid, "leftover ExternalMedia"))
+            elif ch.in_stasis_app(self.app) and cid not in self.handles:
+                orphans.append(cid)
+        for bid in bridges:
+            if bid.startswith(self.bridge_prefix) and bid not in owned_bridges:
+                self._spawn(self._ari_cleanup(self.ari.destroy_bridge(bid), f"leftover bridge {bid}"))
+        if orphans:
+            self._spawn(self._hangup_orphans(orphans))
+
+    async def _hangup_orphans(self, candidates: list[str]) -> None:
+        # A StasisStart may still be on its way for a channel listed just now: give it a moment.
+        await asyncio.sleep(ORPHAN_GRACE_S)
+        for cid in candidates:
+            if cid not in self.handles:
+                self.store.log(cid, logging.WARNING, "caller in our Stasis app with no call behind it (engine restart?): hanging up")
+                await self._delete_channel(cid, "orphan caller")

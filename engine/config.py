@@ -1,0 +1,169 @@
+"""Configuration: pydantic models loaded from TOML, with per-host environment overrides.
+
+Errors name the offending field (``rtp.port``) and the reason, so an operator can fix the file.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the field and the reason."""
+
+
+class _Section(BaseModel):
+    # Unknown keys are typos in an operator's file: reject them instead of ignoring them.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class AsteriskConfig(_Section):
+    host: str = "127.0.0.1"
+    ari_port: int = Field(8088, ge=1, le=65535)
+    ari_scheme: Literal["http", "https"] = "http"
+    ari_username: str = "aiagent"
+    ari_password: SecretStr = SecretStr("")
+    app: str = Field("aiagent", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    # Over-cap calls: "hangup" ends them, "dialplan" hands them back (POST /channels/{id}/continue).
+    over_capacity: Literal["hangup", "dialplan"] = "hangup"
+    request_timeout_s: float = Field(5.0, gt=0)
+    reconnect_initial_s: float = Field(0.25, gt=0)
+    reconnect_max_s: float = Field(10.0, gt=0)
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.ari_scheme}://{self.host}:{self.ari_port}/ari"
+
+
+class RtpConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(18080, ge=0, le=65535)  # 0: any free port (tests)
+    # Address Asterisk sends to (external_host). Defaults to host:port; set it when the engine
+    # binds 0.0.0.0 or sits behind NAT.
+    advertise_host: str | None = None
+    format: Literal["ulaw"] = "ulaw"
+    # Asterisk 22 segfaults when ExternalMedia runs out of RTP ports (BEHAVIOUR.md): keep this
+    # under half the size of rtp.conf's rtpstart..rtpend range.
+    max_calls: int = Field(40, ge=1)
+
+    @model_validator(mode="after")
+    def _reachable_address(self) -> RtpConfig:
+        if self.host in ("0.0.0.0", "::", "") and not self.advertise_host:
+            raise ValueError(f"advertise_host is required when host is {self.host!r}: Asterisk needs an address it can send to")
+        return self
+
+
+class HealthConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(15000, ge=0, le=65535)
+
+
+class EchoProviderConfig(_Section):
+    delay_ms: int = Field(500, ge=0, le=10000)
+
+
+class ProvidersConfig(_Section):
+    default: str = "echo"
+    echo: EchoProviderConfig = EchoProviderConfig()
+
+    @field_validator("default")
+    @classmethod
+    def _known_provider(cls, v: str) -> str:
+        from providers.registry import PROVIDER_NAMES
+
+        if v not in PROVIDER_NAMES:
+            raise ValueError(f"unknown provider {v!r}; known: {', '.join(sorted(PROVIDER_NAMES))}")
+        return v
+
+
+class StorageConfig(_Section):
+    media_dir: Path = Path("/var/lib/aiagent/media")
+
+
+class LoggingConfig(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class AppConfig(_Section):
+    asterisk: AsteriskConfig = AsteriskConfig()
+    rtp: RtpConfig = RtpConfig()
+    health: HealthConfig = HealthConfig()
+    providers: ProvidersConfig = ProvidersConfig()
+    storage: StorageConfig = StorageConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    def masked(self) -> dict[str, Any]:
+        """The effective config as plain data, secrets masked (for check-config and logs)."""
+        data = self.model_dump(mode="json")
+        data["asterisk"]["ari_password"] = "********" if self.asterisk.ari_password.get_secret_value() else ""
+        return data
+
+
+# Environment variable -> dotted config field. Operators set these per host.
+ENV_OVERRIDES: dict[str, str] = {
+    "ASTERISK_HOST": "asterisk.host",
+    "ASTERISK_ARI_PORT": "asterisk.ari_port",
+    "ASTERISK_ARI_USERNAME": "asterisk.ari_username",
+    "ASTERISK_ARI_PASSWORD": "asterisk.ari_password",
+    "ARI_APP": "asterisk.app",
+    "RTP_HOST": "rtp.host",
+    "RTP_PORT": "rtp.port",
+    "HEALTH_HOST": "health.host",
+    "HEALTH_PORT": "health.port",
+    "AIAGENT_PROVIDER": "providers.default",
+    "AIAGENT_MAX_CALLS": "rtp.max_calls",
+    "AIAGENT_MEDIA_DIR": "storage.media_dir",
+}
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = data
+    for key in parents:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{'.'.join(parents)}: expected a table, got {type(child).__name__}")
+        node = child
+    node[leaf] = value
+
+
+def _format_validation_error(err: ValidationError, sources: Mapping[str, str]) -> str:
+    lines = []
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "(root)"
+        origin = sources.get(field)
+        where = f" (from environment variable {origin})" if origin else ""
+        lines.append(f"{field}: {e['msg']}{where}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def load_config(path: str | Path | None = "config.toml", env: Mapping[str, str] | None = None) -> AppConfig:
+    """Load TOML (if given and present), apply environment overrides, validate."""
+    env = os.environ if env is None else env
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if p.exists():
+            try:
+                data = tomllib.loads(p.read_text(encoding="utf-8"))
+            except tomllib.TOMLDecodeError as e:
+                raise ConfigError(f"{p}: not valid TOML: {e}") from e
+            except OSError as e:
+                raise ConfigError(f"{p}: cannot read: {e}") from e
+        elif str(path) != "config.toml":
+            # Only the implicit default may be absent; an explicit path must exist.
+            raise ConfigError(f"{p}: config file not found")
+    sources: dict[str, str] = {}
+    for var, dotted in ENV_OVERRIDES.items():
+        if var in env and env[var] != "":
+            _set_dotted(data, dotted, env[var])
+            sources[dotted] = var
+    try:
+        return AppConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e, sources)) from None

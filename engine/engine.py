@@ -1,0 +1,172 @@
+"""The Engine: everything that answers calls, in one object that runs inside any asyncio loop.
+
+The headless service (``aiagent-tui --no-ui``) and the terminal app run this same object; they
+read its state through ``store`` (events and snapshots) and ``health()`` and steer it with its
+command methods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from typing import Any
+
+from engine.ari.client import AriClient
+from engine.ari.events import AriEventStream
+from engine.calls import CallController
+from engine.config import AppConfig
+from engine.health import HealthServer
+from engine.rtp_server import RtpServer
+from engine.sessions import SessionStore
+from providers.base import Provider, Readiness
+from providers.registry import PROVIDER_NAMES, build_provider
+
+log = logging.getLogger(__name__)
+
+
+class EngineStartError(Exception):
+    """The engine cannot start; the message says what to fix."""
+
+
+class Engine:
+    def __init__(self, config: AppConfig) -> None:
+        self.config = config
+        self.store = SessionStore()
+        self.rtp = RtpServer(config.rtp.host, config.rtp.port)
+        self.ari = AriClient(config.asterisk)
+        self.providers: dict[str, Provider] = {}
+        self.default_provider = config.providers.default
+        self.calls = CallController(
+            config, self.ari, self.store, self.rtp, lambda: self.default_provider, self.get_provider
+        )
+        self.events = AriEventStream(self.ari, config.asterisk.app, self.calls.on_event, self.calls.reconcile)
+        self.health_server = HealthServer(self, config.health.host, config.health.port)
+        self._events_task: asyncio.Task | None = None
+        self._provider_locks: dict[str, asyncio.Lock] = {}
+        self.asterisk_version: str | None = None
+        self.started = False
+
+    # ---- lifecycle
+    async def start(self) -> None:
+        """Bind sockets, load the default provider, connect to ARI. Fails fast on what an operator
+        must fix (a port in use, a provider that cannot load); a missing Asterisk is not fatal:
+        the event stream keeps retrying with backoff."""
+        try:
+            await self.rtp.start()
+        except OSError as e:
+            raise EngineStartError(f"cannot bind the RTP socket on {self.config.rtp.host}:{self.config.rtp.port}/udp: {e.strerror or e}") from e
+        try:
+            await self.get_provider(self.default_provider)
+            await self.health_server.start()
+        except OSError as e:
+            await self.rtp.stop()
+            raise EngineStartError(f"cannot serve health on {self.config.health.host}:{self.config.health.port}: {e.strerror or e}") from e
+        except Exception:
+            await self.rtp.stop()
+            raise
+        self._events_task = asyncio.create_task(self.events.run(), name="ari-events")
+        self.started = True
+        log.info(
+            "engine started: app %s, ARI %s, RTP %s:%d, provider %s",
+            self.config.asterisk.app,
+            self.config.asterisk.base_url,
+            self.config.rtp.host,
+            self.rtp.port,
+            self.default_provider,
+        )
+
+    async def wait_ari_connected(self, timeout: float) -> bool:
+        return await self.events.wait_connected(timeout)
+
+    async def stop(self) -> None:
+        """Hang up every call cleanly, then close everything."""
+        if not self.started:
+            return
+        self.started = False
+        await self.calls.shutdown()
+        if self._events_task is not None:
+            self._events_task.cancel()
+            await asyncio.gather(self._events_task, return_exceptions=True)
+        for p in self.providers.values():
+            try:
+                await p.close()
+            except Exception as e:
+                log.warning("provider %s close failed: %s", p.name, e)
+        await self.health_server.stop()
+        await self.rtp.stop()
+        await self.ari.close()
+        log.info("engine stopped")
+
+    # ---- providers
+    async def get_provider(self, name: str) -> Provider:
+        """The named provider, built and loaded once (concurrent first calls share one load)."""
+        if name in self.providers:
+            return self.providers[name]
+        lock = self._provider_locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            if name not in self.providers:
+                provider = build_provider(name, self.config)
+                await provider.load()
+                self.providers[name] = provider
+        return self.providers[name]
+
+    def provider_readiness(self) -> dict[str, Readiness]:
+        out = {}
+        for name in sorted(PROVIDER_NAMES):
+            p = self.providers.get(name)
+            out[name] = p.readiness() if p is not None else Readiness(False, "not loaded")
+        return out
+
+    # ---- commands (the terminal app's keys call these)
+    async def set_default_provider(self, name: str) -> None:
+        """Provider for new calls; loads it first so a bad choice fails here, not on a call."""
+        await self.get_provider(name)
+        self.default_provider = name
+        self.store.log(None, logging.INFO, f"new calls use provider {name}")
+
+    async def hangup(self, call_id: str) -> bool:
+        h = self.calls.handles.get(call_id)
+        if h is None:
+            return False
+        await self.calls.begin_teardown(h, "hung up by operator", hangup_caller=True)
+        return True
+
+    # ---- state for consumers
+    @property
+    def ari_connected(self) -> bool:
+        return self.events.connected and not self.calls.replaced
+
+    def health(self) -> dict[str, Any]:
+        c = self.rtp.counters
+        readiness = self.provider_readiness()
+        ok = self.ari_connected and self.rtp.running and readiness[self.default_provider].ready
+        return {
+            "status": "ok" if ok else "degraded",
+            "ari_connected": self.ari_connected,
+            "ari_url": self.config.asterisk.base_url,
+            "ari_app": self.config.asterisk.app,
+            "ari_last_error": self.events.last_error,
+            "ari_reconnects": max(0, self.events.connects - 1),
+            "rtp_server_running": self.rtp.running,
+            "rtp_address": f"{self.config.rtp.host}:{self.rtp.port}",
+            "audio_transport": "externalmedia",
+            "active_calls": len(self.store),
+            "max_calls": self.config.rtp.max_calls,
+            "calls_total": self.store.calls_total,
+            "calls_rejected_over_capacity": self.store.calls_rejected_over_capacity,
+            "calls_failed": self.store.calls_failed,
+            "default_provider": self.default_provider,
+            "providers": {name: {"ready": r.ready, "detail": r.detail} for name, r in readiness.items()},
+            "rtp": {
+                "packets_in": c.packets_in,
+                "packets_out": c.packets_out,
+                "foreign_dropped": c.foreign,
+                "malformed_dropped": sum(c.malformed.values()),
+                "unsupported_payload_dropped": c.unsupported_payload,
+                "duplicates": c.duplicates,
+                "late_dropped": c.late,
+                "send_errors": c.send_errors,
+            },
+            "calls": [dataclasses.asdict(s) for s in self.store.snapshots()],
+        }

@@ -1,0 +1,130 @@
+"""Per-call media conversion: caller RTP payload to provider PCM, agent PCM to paced u-law frames."""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from engine.audio import ULAW_SILENCE, Resampler, pcm16_to_ulaw, ulaw_to_pcm16
+from engine.rtp import ULAW_FRAME_BYTES
+from engine.sessions import CallSession
+
+PROVIDER_RATE = 16000
+ASTERISK_RATE = 8000
+
+
+class LatencyRing:
+    """The last N samples of one timing, in seconds; cheap to append on the hot path."""
+
+    __slots__ = ("_buf", "_i", "count")
+
+    def __init__(self, size: int = 1 << 16) -> None:
+        self._buf = np.zeros(size, dtype=np.float64)
+        self._i = 0
+        self.count = 0
+
+    def add(self, seconds: float) -> None:
+        self._buf[self._i] = seconds
+        self._i = (self._i + 1) % len(self._buf)
+        self.count += 1
+
+    def values(self) -> np.ndarray:
+        return self._buf[: min(self.count, len(self._buf))].copy()
+
+    def percentile_ms(self, q: float) -> float:
+        v = self.values()
+        return float(np.percentile(v, q) * 1000.0) if len(v) else 0.0
+
+    def clear(self) -> None:
+        self._i = 0
+        self.count = 0
+
+
+@dataclass(slots=True)
+class MediaTimings:
+    """Where the engine spends time per packet, for metrics and bench/media.py."""
+
+    inbound: LatencyRing = field(default_factory=LatencyRing)  # datagram in -> handed to provider
+    outbound: LatencyRing = field(default_factory=LatencyRing)  # provider audio -> frames queued, per frame
+    send: LatencyRing = field(default_factory=LatencyRing)  # frame packetized and sent
+    pacing_error: LatencyRing = field(default_factory=LatencyRing)  # send time - 20 ms deadline
+
+    def clear(self) -> None:
+        for ring in (self.inbound, self.outbound, self.send, self.pacing_error):
+            ring.clear()
+
+
+class CallMedia:
+    """The media state of one call: its Asterisk address, resamplers and outbound RTP stream."""
+
+    __slots__ = (
+        "session",
+        "remote",
+        "deliver",
+        "_up",
+        "_down",
+        "_partial",
+        "out_frames",
+        "max_queue_frames",
+        "ssrc",
+        "seq",
+        "ts",
+        "last_tick",
+    )
+
+    def __init__(self, session: CallSession, remote: tuple[str, int], deliver: Callable[[bytes], None], max_queue_frames: int = 1500) -> None:
+        self.session = session
+        self.remote = remote
+        self.deliver = deliver  # the provider call's send_audio
+        self._up = Resampler(ASTERISK_RATE, PROVIDER_RATE)
+        self._down: Resampler | None = None
+        self._partial = b""
+        self.out_frames: deque[bytes] = deque()
+        self.max_queue_frames = max_queue_frames
+        self.ssrc = random.getrandbits(32)
+        self.seq = random.getrandbits(16)
+        self.ts = random.getrandbits(32)
+        self.last_tick: int | None = None
+        session.outbound_ssrc = self.ssrc
+
+    def caller_audio(self, ulaw: bytes) -> None:
+        """One in-order caller packet: decode, upsample, hand to the provider."""
+        pcm = self._up.process(ulaw_to_pcm16(ulaw))
+        if pcm:
+            self.deliver(pcm)
+
+    def agent_audio(self, pcm16: bytes, sample_rate: int) -> int:
+        """Queue agent speech as 20 ms u-law frames; returns how many frames were added."""
+        if sample_rate != ASTERISK_RATE:
+            if self._down is None or self._down.in_rate != sample_rate:
+                self._down = Resampler(sample_rate, ASTERISK_RATE)
+            pcm16 = self._down.process(pcm16)
+        data = self._partial + pcm16_to_ulaw(pcm16)
+        whole = len(data) - len(data) % ULAW_FRAME_BYTES
+        frames = self.out_frames
+        for i in range(0, whole, ULAW_FRAME_BYTES):
+            frames.append(data[i : i + ULAW_FRAME_BYTES])
+        self._partial = data[whole:]
+        overflow = len(frames) - self.max_queue_frames
+        if overflow > 0:
+            for _ in range(overflow):
+                frames.popleft()
+            self.session.rtp_out.overruns += overflow
+        return whole // ULAW_FRAME_BYTES
+
+    def finish_agent_audio(self) -> None:
+        """End of an agent utterance: pad the last partial frame with silence and queue it."""
+        if self._partial:
+            self.out_frames.append(self._partial + bytes([ULAW_SILENCE]) * (ULAW_FRAME_BYTES - len(self._partial)))
+            self._partial = b""
+
+    def flush_outbound(self) -> int:
+        """Drop all queued agent audio (barge-in); returns the frames dropped."""
+        n = len(self.out_frames)
+        self.out_frames.clear()
+        self._partial = b""
+        return n

@@ -1,0 +1,229 @@
+"""The engine's single UDP socket for ExternalMedia RTP: receive, route by source address, pace out.
+
+Asterisk gives every ExternalMedia channel its own source port and only accepts the agent's RTP
+from the socket it sends to (strict RTP), so one socket serves every call, and a packet's source
+address (the call's UNICASTRTP_LOCAL_ADDRESS/PORT) says which call it belongs to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from engine.media import CallMedia, MediaTimings
+from engine.rtp import PT_ULAW, RtpPacket, RtpParseError, build_packet
+from engine.rtp_stats import DUPLICATE, LATE
+
+log = logging.getLogger(__name__)
+
+FRAME_S = 0.020
+_WARN_INTERVAL_S = 10.0
+
+
+@dataclass(slots=True)
+class RtpServerCounters:
+    packets_in: int = 0  # every datagram received
+    packets_routed: int = 0  # valid packets of a known call
+    foreign: int = 0  # from an address that belongs to no call
+    malformed: Counter = field(default_factory=Counter)  # by reason
+    unsupported_payload: int = 0
+    duplicates: int = 0
+    late: int = 0
+    packets_out: int = 0
+    send_errors: int = 0
+    late_ticks: int = 0  # pacer ticks that ran more than one frame late
+
+
+class RtpServer(asyncio.DatagramProtocol):
+    def __init__(self, host: str, port: int, timings: MediaTimings | None = None) -> None:
+        self.host = host
+        self.port = port
+        self.timings = timings or MediaTimings()
+        self.counters = RtpServerCounters()
+        self.routes: dict[tuple[str, int], CallMedia] = {}
+        self.transport: asyncio.DatagramTransport | None = None
+        self.pacer = OutboundPacer(self)
+        self._last_warn: dict[str, float] = {}
+
+    # -- lifecycle
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=(self.host, self.port))
+        sock = self.transport.get_extra_info("sockname")
+        self.port = sock[1]  # port 0 in tests: the OS picks one
+        log.info("RTP server listening on %s:%d/udp", self.host, self.port)
+
+    async def stop(self) -> None:
+        self.pacer.stop()
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
+
+    @property
+    def running(self) -> bool:
+        return self.transport is not None and not self.transport.is_closing()
+
+    # -- routing
+    def register(self, media: CallMedia) -> None:
+        other = self.routes.get(media.remote)
+        if other is not None and other is not media:
+            raise ValueError(f"RTP address {media.remote} already belongs to call {other.session.call_id}")
+        self.routes[media.remote] = media
+
+    def unregister(self, media: CallMedia) -> None:
+        if self.routes.get(media.remote) is media:
+            del self.routes[media.remote]
+        self.pacer.discard(media)
+
+    # -- inbound (hot path: 50 packets/s per call)
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+        t0 = time.perf_counter()
+        c = self.counters
+        c.packets_in += 1
+        media = self.routes.get(addr[:2])
+        if media is None:
+            c.foreign += 1
+            self._warn("foreign", f"dropped RTP from {addr[0]}:{addr[1]}: no call has that address")
+            return
+        session = media.session
+        try:
+            pkt = RtpPacket.parse(data)
+        except RtpParseError as e:
+            c.malformed[e.reason] += 1
+            session.rtp_in_malformed += 1
+            self._warn("malformed", f"[{session.call_id}] dropped malformed RTP from {addr[0]}:{addr[1]}: {e}")
+            return
+        if pkt.payload_type != PT_ULAW:
+            c.unsupported_payload += 1
+            self._warn("pt", f"[{session.call_id}] dropped RTP with payload type {pkt.payload_type} (expected 0, ulaw)")
+            return
+        verdict = session.rtp_in.update(pkt.sequence, pkt.timestamp, pkt.ssrc, len(pkt.payload), time.monotonic())
+        if verdict == DUPLICATE:
+            c.duplicates += 1
+            return
+        if verdict == LATE:
+            # Playing a late frame would put audio out of order; loss concealment is the STT's job.
+            c.late += 1
+            session.rtp_in_late += 1
+            return
+        c.packets_routed += 1
+        media.caller_audio(pkt.payload)
+        self.timings.inbound.add(time.perf_counter() - t0)
+
+    def error_received(self, exc: Exception) -> None:  # type: ignore[override]
+        # ICMP port unreachable from a channel Asterisk already tore down: not fatal.
+        self.counters.send_errors += 1
+        self._warn("icmp", f"RTP socket error: {exc}")
+
+    def _warn(self, kind: str, message: str) -> None:
+        # Rate-limited: a flood of bad packets must not flood the log.
+        now = time.monotonic()
+        if now - self._last_warn.get(kind, -_WARN_INTERVAL_S) >= _WARN_INTERVAL_S:
+            self._last_warn[kind] = now
+            log.warning(message)
+
+    # -- outbound
+    def agent_audio(self, media: CallMedia, pcm16: bytes, sample_rate: int) -> None:
+        t0 = time.perf_counter()
+        n = media.agent_audio(pcm16, sample_rate)
+        if n:
+            self.timings.outbound.add((time.perf_counter() - t0) / n)
+            self.pacer.wake(media)
+
+    def send_frame(self, media: CallMedia, payload: bytes, marker: bool) -> None:
+        if self.transport is None:
+            return
+        media.seq = (media.seq + 1) & 0xFFFF
+        try:
+            self.transport.sendto(build_packet(PT_ULAW, media.seq, media.ts, media.ssrc, payload, marker), media.remote)
+        except OSError as e:
+            self.counters.send_errors += 1
+            self._warn("send", f"[{media.session.call_id}] RTP send failed: {e}")
+            return
+        self.counters.packets_out += 1
+        out = media.session.rtp_out
+        out.packets += 1
+        out.bytes += len(payload)
+
+
+class OutboundPacer:
+    """One 20 ms clock for every call's outbound RTP, on the loop's monotonic time.
+
+    Each tick sends at most one frame per call. A tick that runs late does not send a burst to
+    catch up (Asterisk's softmix flushes on bursts); the schedule skips ahead instead and the RTP
+    timestamp follows the wall clock, as Asterisk's own streams do.
+    """
+
+    def __init__(self, server: RtpServer) -> None:
+        self._server = server
+        self._active: dict[CallMedia, None] = {}  # ordered set of calls with frames queued
+        self._handle: asyncio.TimerHandle | None = None
+        self._t0 = 0.0
+        self._tick = 0
+
+    def wake(self, media: CallMedia) -> None:
+        self._active[media] = None
+        if self._handle is None:
+            loop = asyncio.get_running_loop()
+            # Keep tick numbering continuous so RTP timestamps stay on one clock.
+            now = loop.time()
+            if self._tick == 0:
+                self._t0 = now
+            else:
+                self._tick = max(self._tick, int((now - self._t0) / FRAME_S))
+            self._handle = loop.call_at(self._t0 + self._tick * FRAME_S, self._run)
+
+    def discard(self, media: CallMedia) -> None:
+        self._active.pop(media, None)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self._active.clear()
+
+    def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = self._t0 + self._tick * FRAME_S
+        server = self._server
+        timings = server.timings
+        tick = self._tick
+        done: list[CallMedia] = []
+        for media in self._active:
+            frames = media.out_frames
+            if not frames:
+                done.append(media)
+                continue
+            t1 = time.perf_counter()
+            last = media.last_tick
+            marker = last is not None and last != tick - 1
+            if last is not None:
+                media.ts = (media.ts + 160 * (tick - last)) & 0xFFFFFFFF
+            media.last_tick = tick
+            server.send_frame(media, frames.popleft(), marker)
+            now = loop.time()
+            err = now - deadline
+            timings.send.add(time.perf_counter() - t1)
+            timings.pacing_error.add(err)
+            out = media.session.rtp_out
+            out.last_pacing_error_ms = err * 1000.0
+            if out.last_pacing_error_ms > out.max_pacing_error_ms:
+                out.max_pacing_error_ms = out.last_pacing_error_ms
+        for media in done:
+            del self._active[media]
+        if not self._active:
+            self._handle = None
+            self._tick += 1
+            return
+        # Next deadline on the fixed grid; skip ticks that are already past.
+        nxt = tick + 1
+        now = loop.time()
+        behind = int((now - self._t0) / FRAME_S)
+        if behind > nxt:
+            server.counters.late_ticks += 1
+            nxt = behind
+        self._tick = nxt
+        self._handle = loop.call_at(self._t0 + nxt * FRAME_S, self._run)

@@ -1,0 +1,318 @@
+"""SessionStore: the single source of call state, and the typed events it publishes.
+
+Consumers (metrics, the terminal app, tests) subscribe to events and read snapshots; they
+never reach into the media path or call control.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Literal
+
+from engine.rtp_stats import RtpStreamStats
+
+log = logging.getLogger(__name__)
+
+
+class CallState(str, enum.Enum):
+    CONNECTING = "connecting"  # answered, bridge and ExternalMedia being set up
+    STREAMING = "streaming"  # media flows, listening to the caller
+    PROCESSING = "processing"  # the provider is working on an answer
+    SPEAKING = "speaking"  # agent audio is going out
+    CLEANUP = "cleanup"  # tearing down channels, bridge, files
+    ENDED = "ended"
+
+
+@dataclass(slots=True)
+class OutboundStats:
+    packets: int = 0
+    bytes: int = 0
+    overruns: int = 0  # frames dropped because the outbound queue was full
+    last_pacing_error_ms: float = 0.0
+    max_pacing_error_ms: float = 0.0
+
+
+@dataclass(slots=True)
+class PlaybackRef:
+    """One agent playback on the call's bridge (file mode); its id is the gating token."""
+
+    playback_id: str
+    path: str
+    duration_s: float
+    started_at: float | None = None
+
+
+@dataclass(slots=True)
+class ProviderSession:
+    name: str
+    started_at: float | None = None
+    ready: bool = False
+    errors: int = 0
+    last_error: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class TranscriptTurn:
+    role: Literal["caller", "agent"]
+    text: str
+    final: bool
+    at: float  # wall clock
+
+
+@dataclass(slots=True)
+class CallSession:
+    call_id: str  # the caller's channel id
+    caller_channel_id: str
+    caller_number: str = ""
+    caller_name: str = ""
+    stasis_args: tuple[str, ...] = ()
+    bridge_id: str | None = None
+    external_channel_id: str | None = None
+    rtp_remote: tuple[str, int] | None = None  # Asterisk's UNICASTRTP_LOCAL_ADDRESS/PORT
+    state: CallState = CallState.CONNECTING
+    provider: ProviderSession | None = None
+    rtp_in: RtpStreamStats = field(default_factory=RtpStreamStats)
+    rtp_in_malformed: int = 0
+    rtp_in_late: int = 0  # reordered packets not passed on (audio is never played backwards)
+    rtp_out: OutboundStats = field(default_factory=OutboundStats)
+    outbound_ssrc: int = 0
+    playbacks: dict[str, PlaybackRef] = field(default_factory=dict)
+    transcript: list[TranscriptTurn] = field(default_factory=list)
+    created_at: float = field(default_factory=time.time)
+    created_mono: float = field(default_factory=time.monotonic)
+    bridged_at: float | None = None
+    ended_at: float | None = None
+    end_reason: str | None = None
+
+    def snapshot(self) -> CallSnapshot:
+        s = self.rtp_in
+        now = time.monotonic()
+        return CallSnapshot(
+            call_id=self.call_id,
+            caller_number=self.caller_number,
+            caller_name=self.caller_name,
+            state=self.state.value,
+            provider=self.provider.name if self.provider else None,
+            bridge_id=self.bridge_id,
+            external_channel_id=self.external_channel_id,
+            rtp_remote=f"{self.rtp_remote[0]}:{self.rtp_remote[1]}" if self.rtp_remote else None,
+            duration_s=round(now - self.created_mono, 3),
+            rtp=RtpSnapshot(
+                ssrc=s.ssrc,
+                packets_in=s.packets,
+                bytes_in=s.bytes,
+                expected=s.expected,
+                lost=s.lost,
+                loss_pct=round(100.0 * s.loss_fraction, 3),
+                duplicates=s.duplicates,
+                reordered=s.reordered,
+                late_dropped=self.rtp_in_late,
+                malformed=self.rtp_in_malformed,
+                jitter_ms=round(s.jitter_ms, 3),
+                ssrc_changes=s.ssrc_changes,
+                last_packet_age_s=round(now - s.last_arrival, 3) if s.last_arrival is not None else None,
+                packets_out=self.rtp_out.packets,
+                bytes_out=self.rtp_out.bytes,
+                outbound_overruns=self.rtp_out.overruns,
+                pacing_error_ms=round(self.rtp_out.last_pacing_error_ms, 3),
+                max_pacing_error_ms=round(self.rtp_out.max_pacing_error_ms, 3),
+            ),
+            transcript=tuple(self.transcript),
+            end_reason=self.end_reason,
+        )
+
+
+@dataclass(slots=True, frozen=True)
+class RtpSnapshot:
+    ssrc: int | None
+    packets_in: int
+    bytes_in: int
+    expected: int
+    lost: int
+    loss_pct: float
+    duplicates: int
+    reordered: int
+    late_dropped: int
+    malformed: int
+    jitter_ms: float
+    ssrc_changes: int
+    last_packet_age_s: float | None
+    packets_out: int
+    bytes_out: int
+    outbound_overruns: int
+    pacing_error_ms: float
+    max_pacing_error_ms: float
+
+
+@dataclass(slots=True, frozen=True)
+class CallSnapshot:
+    """A copy of one call's state at one moment, safe to hand to any consumer."""
+
+    call_id: str
+    caller_number: str
+    caller_name: str
+    state: str
+    provider: str | None
+    bridge_id: str | None
+    external_channel_id: str | None
+    rtp_remote: str | None
+    duration_s: float
+    rtp: RtpSnapshot
+    transcript: tuple[TranscriptTurn, ...]
+    end_reason: str | None
+
+
+# ---- events -------------------------------------------------------------------------------
+
+
+@dataclass(slots=True, frozen=True)
+class CallStarted:
+    call_id: str
+    caller_number: str
+    provider: str
+
+
+@dataclass(slots=True, frozen=True)
+class CallStateChanged:
+    call_id: str
+    old: CallState
+    new: CallState
+
+
+@dataclass(slots=True, frozen=True)
+class CallEnded:
+    call_id: str
+    reason: str
+    snapshot: CallSnapshot
+
+
+@dataclass(slots=True, frozen=True)
+class TranscriptAdded:
+    call_id: str
+    turn: TranscriptTurn
+
+
+@dataclass(slots=True, frozen=True)
+class CallLog:
+    """A line for the call's log: what happened, in words an operator reads."""
+
+    call_id: str | None
+    level: int
+    message: str
+    at: float = field(default_factory=time.time)
+
+
+SessionEvent = CallStarted | CallStateChanged | CallEnded | TranscriptAdded | CallLog
+
+
+class Subscription:
+    """A bounded queue of events for one consumer. A consumer that falls behind loses the
+    oldest events (counted in ``dropped``) rather than slowing the engine down."""
+
+    def __init__(self, store: SessionStore, maxsize: int) -> None:
+        self._store = store
+        self._queue: asyncio.Queue[SessionEvent] = asyncio.Queue(maxsize)
+        self.dropped = 0
+
+    def _offer(self, event: SessionEvent) -> None:
+        if self._queue.full():
+            self._queue.get_nowait()
+            self.dropped += 1
+        self._queue.put_nowait(event)
+
+    async def get(self) -> SessionEvent:
+        return await self._queue.get()
+
+    def get_nowait(self) -> SessionEvent | None:
+        try:
+            return self._queue.get_nowait()
+        except asyncio.QueueEmpty:
+            return None
+
+    def close(self) -> None:
+        self._store._subscribers.discard(self)
+
+    def __aiter__(self) -> AsyncIterator[SessionEvent]:
+        return self._iter()
+
+    async def _iter(self) -> AsyncIterator[SessionEvent]:
+        while True:
+            yield await self._queue.get()
+
+
+class SessionStore:
+    def __init__(self) -> None:
+        self._calls: dict[str, CallSession] = {}
+        self._subscribers: set[Subscription] = set()
+        self.calls_total = 0
+        self.calls_rejected_over_capacity = 0
+        self.calls_failed = 0
+
+    # -- reading
+    def get(self, call_id: str) -> CallSession | None:
+        return self._calls.get(call_id)
+
+    def find_by_channel(self, channel_id: str) -> CallSession | None:
+        """The call that a caller or ExternalMedia channel id belongs to."""
+        call = self._calls.get(channel_id)
+        if call is not None:
+            return call
+        for c in self._calls.values():
+            if c.external_channel_id == channel_id:
+                return c
+        return None
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    def __iter__(self):
+        return iter(list(self._calls.values()))
+
+    def snapshots(self) -> list[CallSnapshot]:
+        return [c.snapshot() for c in self._calls.values()]
+
+    # -- writing
+    def add(self, call: CallSession) -> None:
+        if call.call_id in self._calls:
+            raise KeyError(f"call {call.call_id} already exists")
+        self._calls[call.call_id] = call
+        self.calls_total += 1
+        self.publish(CallStarted(call.call_id, call.caller_number, call.provider.name if call.provider else ""))
+
+    def set_state(self, call: CallSession, state: CallState) -> None:
+        if call.state is state:
+            return
+        old, call.state = call.state, state
+        self.publish(CallStateChanged(call.call_id, old, state))
+
+    def add_transcript(self, call: CallSession, turn: TranscriptTurn) -> None:
+        if turn.final:
+            call.transcript.append(turn)
+        self.publish(TranscriptAdded(call.call_id, turn))
+
+    def log(self, call_id: str | None, level: int, message: str) -> None:
+        log.log(level, "%s%s", f"[{call_id}] " if call_id else "", message)
+        self.publish(CallLog(call_id, level, message))
+
+    def remove(self, call: CallSession, reason: str) -> None:
+        if self._calls.pop(call.call_id, None) is None:
+            return
+        call.ended_at = time.time()
+        call.end_reason = reason
+        old, call.state = call.state, CallState.ENDED
+        self.publish(CallStateChanged(call.call_id, old, CallState.ENDED))
+        self.publish(CallEnded(call.call_id, reason, call.snapshot()))
+
+    # -- events
+    def subscribe(self, maxsize: int = 10000) -> Subscription:
+        sub = Subscription(self, maxsize)
+        self._subscribers.add(sub)
+        return sub
+
+    def publish(self, event: SessionEvent) -> None:
+        for sub in tuple(self._subscribers):
+            sub._offer(event)

@@ -1,0 +1,323 @@
+"""The simulated PBX's media: callers, ExternalMedia RTP endpoints, bridges and playbacks.
+
+Behaviour follows shared/ari/BEHAVIOUR.md (measured on Asterisk 22.10.1):
+- a two-party bridge forwards each frame at once and sends nothing while the other side is silent;
+- a bridge with 3+ channels or a playback is softmix: one mixed frame every 20 ms to every channel,
+  silence as 0xFF, the bridge's playback heard by the ExternalMedia channel too (the feedback that
+  makes gating necessary); a channel queueing more than ~80 ms is flushed;
+- ExternalMedia keeps one SSRC, continues sequence numbers across silence, jumps the timestamp by
+  the wall-clock gap and sets the marker on the first packet after a gap;
+- strict RTP: only packets from external_host are taken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import wave
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import soxr
+
+from engine.audio import audioop
+
+from engine.rtp import PT_ULAW, RtpPacket, RtpParseError, build_packet
+
+FRAME_S = 0.020
+FRAME_BYTES = 160
+SILENCE = b"\xff" * FRAME_BYTES
+SOFTMIX_MAX_QUEUE = 4  # frames (80 ms); more triggers a flush
+
+
+def load_wav_ulaw(path: str | Path) -> bytes:
+    """A WAV file as 8 kHz mono u-law, resampled and downmixed if need be."""
+    with wave.open(str(path), "rb") as w:
+        if w.getsampwidth() != 2:
+            raise ValueError(f"{path}: only 16-bit PCM WAV is supported")
+        rate, channels = w.getframerate(), w.getnchannels()
+        pcm = w.readframes(w.getnframes())
+    samples = np.frombuffer(pcm, dtype=np.int16)
+    if channels > 1:
+        samples = samples.reshape(-1, channels).mean(axis=1).astype(np.int16)
+    if rate != 8000:
+        samples = soxr.resample(samples, rate, 8000).astype(np.int16)
+    return audioop.lin2ulaw(samples.tobytes(), 2)
+
+
+def mix_ulaw(parts: list[bytes]) -> bytes:
+    if len(parts) == 1:
+        return parts[0]
+    acc = None
+    for p in parts:
+        lin = audioop.ulaw2lin(p.ljust(FRAME_BYTES, b"\xff"), 2)
+        acc = lin if acc is None else audioop.add(acc, lin, 2)
+    return audioop.lin2ulaw(acc, 2)
+
+
+class Endpoint:
+    """What a bridge member is to the media: it can be handed a frame."""
+
+    def deliver(self, payload: bytes, agent: bool, tick: int) -> None:
+        raise NotImplementedError
+
+
+@dataclass(eq=False)
+class Playback:
+    id: str
+    media_uri: str
+    target_uri: str
+    frames: list[bytes] | None  # None: the URI cannot be played (missing file, bad scheme)
+    never_finishes: bool = False  # unknown URI scheme: Asterisk never sends PlaybackFinished
+    state: str = "queued"
+    pos: int = 0
+
+    def next_frame(self) -> bytes | None:
+        if self.frames is None or self.pos >= len(self.frames):
+            return None
+        f = self.frames[self.pos]
+        self.pos += 1
+        return f
+
+
+def load_playback_frames(media_uri: str, sounds_dirs: list[Path]) -> tuple[list[bytes] | None, bool]:
+    """(frames, never_finishes) for a media URI, as Asterisk's file player would find it."""
+    scheme, _, target = media_uri.partition(":")
+    if scheme != "sound":
+        return None, scheme not in ("tone", "digits", "number", "characters", "recording")
+    base = Path(target) if target.startswith("/") else None
+    candidates = [base] if base else [d / target for d in sounds_dirs]
+    for b in candidates:
+        for ext, kind in ((".ulaw", "ulaw"), (".ul", "ulaw"), (".mu", "ulaw"), (".sln", "slin"), (".slin", "slin"), (".raw", "slin"), (".wav", "wav")):
+            f = b.with_name(b.name + ext)
+            if f.is_file():
+                data = f.read_bytes()
+                if kind == "slin":
+                    data = audioop.lin2ulaw(data[: len(data) // 2 * 2], 2)
+                elif kind == "wav":
+                    data = load_wav_ulaw(f)
+                return [data[i : i + FRAME_BYTES] for i in range(0, len(data), FRAME_BYTES)], False
+    return None, False
+
+
+class Bridge:
+    def __init__(self, bridge_id: str, name: str, bridge_type: str, on_playback: Callable[[Playback, str], None]) -> None:
+        self.id = bridge_id
+        self.name = name
+        self.bridge_type = bridge_type
+        self.members: list[Endpoint] = []
+        self.queues: dict[Endpoint, deque[bytes]] = {}
+        self.playbacks: deque[Playback] = deque()
+        self.created = time.time()
+        self._on_playback = on_playback  # (playback, "started" | "finished")
+
+    @property
+    def softmix(self) -> bool:
+        return len(self.members) >= 3 or bool(self.playbacks)
+
+    @property
+    def technology(self) -> str:
+        return "softmix" if self.softmix else "simple_bridge"
+
+    def add(self, ep: Endpoint) -> None:
+        if ep not in self.members:
+            self.members.append(ep)
+            self.queues[ep] = deque()
+
+    def remove(self, ep: Endpoint) -> None:
+        if ep in self.members:
+            self.members.remove(ep)
+            self.queues.pop(ep, None)
+
+    def on_frame(self, src: Endpoint, payload: bytes, agent: bool, tick: int) -> None:
+        if src not in self.queues:
+            return
+        if not self.softmix:
+            for other in self.members:
+                if other is not src:
+                    other.deliver(payload, agent, tick)
+            return
+        q = self.queues[src]
+        q.append(payload)
+        if len(q) > SOFTMIX_MAX_QUEUE:
+            q.clear()
+
+    def mix_tick(self, tick: int) -> None:
+        """One 20 ms softmix step: every member hears everyone else and the playback."""
+        inputs = {m: (q.popleft() if q else None) for m, q in self.queues.items()}
+        pb_frame = None
+        while self.playbacks:
+            pb = self.playbacks[0]
+            if pb.state == "queued":
+                if pb.frames is None:
+                    self.playbacks.popleft()
+                    if pb.never_finishes:
+                        pb.state = "playing"
+                        self._on_playback(pb, "started")
+                    else:
+                        pb.state = "failed"
+                        self._on_playback(pb, "finished")
+                    continue
+                pb.state = "playing"
+                self._on_playback(pb, "started")
+            pb_frame = pb.next_frame()
+            if pb_frame is None:
+                self.playbacks.popleft()
+                pb.state = "done"
+                self._on_playback(pb, "finished")
+                continue
+            break
+        agents = {m: getattr(m, "is_agent", False) for m in self.members}
+        for m in self.members:
+            parts = []
+            agent = False
+            for o in self.members:
+                if o is not m and inputs.get(o) is not None:
+                    parts.append(inputs[o])
+                    agent = agent or agents[o]
+            if pb_frame is not None:
+                parts.append(pb_frame)
+                agent = True
+            m.deliver(mix_ulaw(parts) if parts else SILENCE, agent if parts else False, tick)
+
+    def stop_playback(self, pb: Playback) -> bool:
+        if pb in self.playbacks:
+            self.playbacks.remove(pb)
+            pb.state = "done"
+            self._on_playback(pb, "finished")
+            return True
+        return False
+
+
+@dataclass(eq=False)
+class CallerMedia(Endpoint):
+    """A simulated phone: speaks a WAV in real time, then holds silently; records what it hears."""
+
+    speech: bytes
+    hold_s: float
+    bridge: Bridge | None = None
+    pos: int = 0
+    frames_sent: int = 0
+    frames_heard: int = 0
+    agent_frames: list[tuple[float, bytes]] = field(default_factory=list)
+    started_at: float | None = None
+    muted: bool = False  # a playback on the caller's own channel cuts its speech off the bridge
+    is_agent: bool = False
+
+    @property
+    def speech_done(self) -> bool:
+        return self.pos >= len(self.speech)
+
+    def produce(self, tick: int) -> None:
+        if self.bridge is None or self.speech_done:
+            return
+        frame = self.speech[self.pos : self.pos + FRAME_BYTES]
+        self.pos += FRAME_BYTES
+        if self.muted:
+            return
+        self.frames_sent += 1
+        self.bridge.on_frame(self, frame, False, tick)
+
+    def deliver(self, payload: bytes, agent: bool, tick: int) -> None:
+        self.frames_heard += 1
+        if agent:
+            self.agent_frames.append((time.monotonic(), payload))
+
+    @property
+    def agent_audio_seconds(self) -> float:
+        return round(sum(len(p) for _, p in self.agent_frames) / 8000.0, 3)
+
+    def agent_audio(self) -> bytes:
+        return b"".join(p for _, p in self.agent_frames)
+
+
+class ExternalMediaEndpoint(Endpoint, asyncio.DatagramProtocol):
+    """chan_rtp's ExternalMedia channel: one UDP port, RTP to and from external_host."""
+
+    is_agent = True
+
+    def __init__(self, remote: tuple[str, int], clock: "MediaClock") -> None:
+        self.remote = remote
+        self.clock = clock
+        self.bridge: Bridge | None = None
+        self.transport: asyncio.DatagramTransport | None = None
+        self.local: tuple[str, int] | None = None
+        self.ssrc = random.getrandbits(32)
+        self.seq = random.getrandbits(16)
+        self.ts = random.getrandbits(32)
+        self._last_tick: int | None = None
+        self.packets_sent = 0
+        self.packets_received = 0
+        self.strict_rtp_dropped = 0
+        self.malformed = 0
+
+    async def open(self, host: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        self.transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=(host, port))
+        self.local = self.transport.get_extra_info("sockname")[:2]
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
+
+    def deliver(self, payload: bytes, agent: bool, tick: int) -> None:
+        if self.transport is None:
+            return
+        marker = self._last_tick is not None and tick != self._last_tick + 1
+        if self._last_tick is not None:
+            self.ts = (self.ts + FRAME_BYTES * max(1, tick - self._last_tick)) & 0xFFFFFFFF
+        self._last_tick = tick
+        self.seq = (self.seq + 1) & 0xFFFF
+        self.transport.sendto(build_packet(PT_ULAW, self.seq, self.ts, self.ssrc, payload, marker), self.remote)
+        self.packets_sent += 1
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+        if addr[:2] != self.remote:
+            self.strict_rtp_dropped += 1
+            return
+        try:
+            pkt = RtpPacket.parse(data)
+        except RtpParseError:
+            self.malformed += 1
+            return
+        self.packets_received += 1
+        if self.bridge is not None:
+            self.bridge.on_frame(self, pkt.payload, True, self.clock.tick)
+
+
+class MediaClock:
+    """One 20 ms clock for the whole PBX: callers speak, softmix bridges mix."""
+
+    def __init__(self) -> None:
+        self.callers: set[CallerMedia] = set()
+        self.bridges: dict[str, Bridge] = {}
+        self.tick = 0
+        self._t0 = 0.0
+        self._handle: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._t0 = loop.time()
+        self._handle = loop.call_at(self._t0, self._run)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        tick = self.tick
+        for c in list(self.callers):
+            c.produce(tick)
+        for b in list(self.bridges.values()):
+            if b.softmix:
+                b.mix_tick(tick)
+        nxt = max(tick + 1, int((loop.time() - self._t0) / FRAME_S))
+        self.tick = nxt
+        self._handle = loop.call_at(self._t0 + nxt * FRAME_S, self._run)

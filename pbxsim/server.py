@@ -1,0 +1,856 @@
+"""The simulated PBX: an ARI server on loopback that behaves like Asterisk 22 (BEHAVIOUR.md).
+
+Every ARI request is validated against Asterisk's own api-docs; every event and resource it
+sends is validated against the models. Anything that does not conform is recorded in
+``violations`` (and answered 400/501), so a test over the simulator fails on it.
+
+Besides ARI it serves a small control API under /sim/ to place simulated calls and read reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import logging
+import time
+import wave
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+from aiohttp import WSMsgType, web
+
+from engine.audio import audioop
+
+from pbxsim.media import (
+    Bridge,
+    CallerMedia,
+    ExternalMediaEndpoint,
+    MediaClock,
+    Playback,
+    load_playback_frames,
+    load_wav_ulaw,
+)
+from pbxsim.schema import AriSpec, Operation, default_spec
+
+log = logging.getLogger("pbxsim")
+
+CAUSE_NORMAL = 16
+CLEANUP_GRACE_S = 3.0
+BRIDGE_WAIT_S = 10.0
+DEFAULT_SOUNDS = [Path("/usr/share/asterisk/sounds/en"), Path("/usr/share/asterisk/sounds/en_US_f_Allison")]
+
+
+def ari_time(t: float | None = None) -> str:
+    d = datetime.fromtimestamp(time.time() if t is None else t, tz=timezone.utc)
+    return d.strftime("%Y-%m-%dT%H:%M:%S.") + f"{d.microsecond // 1000:03d}+0000"
+
+
+class AriHttpError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(eq=False)
+class SimChannel:
+    id: str
+    name: str
+    kind: str  # "caller" or "external"
+    media: CallerMedia | ExternalMediaEndpoint
+    state: str = "Ring"
+    caller_number: str = ""
+    caller_name: str = ""
+    app: str | None = None
+    app_args: list[str] = field(default_factory=list)
+    in_stasis: bool = False
+    vars: dict[str, str] = field(default_factory=dict)
+    bridge: Bridge | None = None
+    created: float = field(default_factory=time.time)
+    channel_playbacks: list[Playback] = field(default_factory=list)
+
+    def to_json(self, with_vars: bool = False) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "id": self.id,
+            "protocol_id": "",
+            "name": self.name,
+            "state": self.state,
+            "caller": {"name": self.caller_name, "number": self.caller_number},
+            "connected": {"name": "", "number": ""},
+            "accountcode": "",
+            "dialplan": {
+                "context": "default" if self.kind == "caller" else "",
+                "exten": "s",
+                "priority": 1,
+                "app_name": "Stasis" if self.in_stasis else "",
+                "app_data": ",".join([self.app or "", *self.app_args]) if self.in_stasis else "",
+            },
+            "creationtime": ari_time(self.created),
+            "language": "en",
+        }
+        if with_vars:
+            d["channelvars"] = dict(self.vars)
+        return d
+
+
+@dataclass
+class CallRecord:
+    """What happened to one simulated call, for the report."""
+
+    id: str
+    caller_number: str
+    wav: str
+    hold_s: float
+    accepted: bool = True
+    answered: bool = False
+    bridged: bool = False
+    external_media: str | None = None
+    bridge_id: str | None = None
+    ended_by: str | None = None
+    ended_at: float | None = None
+    hangup_clean: bool | None = None
+    error: str | None = None
+    media: CallerMedia | None = None
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def report(self, pbx: SimPBX) -> dict[str, Any]:
+        ext = pbx.external_endpoints.get(self.external_media or "")
+        m = self.media
+        ch = pbx.channels.get(self.id)
+        return {
+            "id": self.id,
+            "caller_number": self.caller_number,
+            "accepted": self.accepted,
+            "answered": self.answered,
+            "bridged": self.bridged,
+            "external_media": self.external_media is not None,
+            "external_media_channel": self.external_media,
+            "rtp_sent": ext.packets_sent if ext else 0,
+            "rtp_received": ext.packets_received if ext else 0,
+            "caller_frames_sent": m.frames_sent if m else 0,
+            "agent_audio_seconds": m.agent_audio_seconds if m else 0.0,
+            "transcript": (pbx.final_vars.get(self.id) or (ch.vars if ch else {})).get("AIAGENT_TRANSCRIPT"),
+            "ended_by": self.ended_by,
+            "hangup_clean": self.hangup_clean,
+            "error": self.error,
+            "done": self.finished.is_set(),
+        }
+
+
+class AppSocket:
+    """One events WebSocket; a writer task keeps events in order without blocking the PBX."""
+
+    def __init__(self, ws: web.WebSocketResponse, apps: list[str]) -> None:
+        self.ws = ws
+        self.apps = apps
+        self.queue: asyncio.Queue[str | None] = asyncio.Queue()
+        self.replaced: set[str] = set()
+
+    async def writer(self) -> None:
+        while (item := await self.queue.get()) is not None:
+            try:
+                await self.ws.send_str(item)
+            except (ConnectionError, RuntimeError):
+                return
+
+
+class SimPBX:
+    def __init__(
+        self,
+        app_names: list[str] | None = None,
+        username: str = "aiagent",
+        password: str = "",
+        rtp_host: str = "127.0.0.1",
+        rtp_start: int = 20000,
+        rtp_end: int = 20998,
+        sounds_dirs: list[Path] | None = None,
+        spec: AriSpec | None = None,
+    ) -> None:
+        self.spec = spec or default_spec()
+        self.username = username
+        self.password = password
+        self.rtp_host = rtp_host
+        self.rtp_start = rtp_start
+        self.rtp_end = rtp_end
+        self.sounds_dirs = sounds_dirs or DEFAULT_SOUNDS
+        self.channels: dict[str, SimChannel] = {}
+        self.bridges: dict[str, Bridge] = {}
+        self.bridge_apps: dict[str, str] = {}
+        self.playbacks: dict[str, tuple[Playback, Bridge | SimChannel]] = {}
+        self.external_endpoints: dict[str, ExternalMediaEndpoint] = {}
+        self.calls: dict[str, CallRecord] = {}
+        self.final_vars: dict[str, dict[str, str]] = {}
+        self.sockets: dict[str, AppSocket] = {}  # app -> newest socket
+        self.all_sockets: set[AppSocket] = set()
+        self.violations: list[str] = []
+        self.requests: list[tuple[str, str]] = []  # (operation key, path), in order
+        self.port_exhaustion_events = 0
+        self.clock = MediaClock()
+        self._used_ports: set[int] = set()
+        self._seq = 0
+        self._tasks: set[asyncio.Task] = set()
+        self.started = time.time()
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+        self.block_websockets_until = 0.0
+
+    # ---- lifecycle
+    def make_app(self) -> web.Application:
+        app = web.Application(middlewares=[self._auth_middleware])
+        app.router.add_get("/ari/events", self._events_ws)
+        app.router.add_route("*", "/ari/{tail:.*}", self._ari)
+        app.router.add_post("/sim/calls", self._sim_place_call)
+        app.router.add_get("/sim/calls", self._sim_list_calls)
+        app.router.add_get("/sim/calls/{id}", self._sim_get_call)
+        app.router.add_get("/sim/calls/{id}/recording.wav", self._sim_recording)
+        app.router.add_post("/sim/calls/{id}/hangup", self._sim_hangup)
+        app.router.add_post("/sim/calls/{id}/dtmf", self._sim_dtmf)
+        app.router.add_get("/sim/state", self._sim_state)
+        app.router.add_post("/sim/websockets/drop", self._sim_drop_ws)
+        return app
+
+    async def start(self, host: str = "127.0.0.1", port: int = 8088) -> None:
+        self.clock.start()
+        self._runner = web.AppRunner(self.make_app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        log.info("simulated Asterisk ARI on http://%s:%d/ari", host, self.port)
+
+    async def stop(self) -> None:
+        self.clock.stop()
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for s in list(self.all_sockets):
+            s.queue.put_nowait(None)
+            await s.ws.close()
+        for ep in self.external_endpoints.values():
+            ep.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task:
+        t = asyncio.ensure_future(coro)
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+        return t
+
+    def _new_id(self) -> str:
+        self._seq += 1
+        return f"{int(self.started)}.{self._seq}"
+
+    # ---- auth
+    @web.middleware
+    async def _auth_middleware(self, request: web.Request, handler: Callable) -> web.StreamResponse:
+        if request.path.startswith("/ari"):
+            user, pw = None, None
+            header = request.headers.get("Authorization", "")
+            if header.startswith("Basic "):
+                user, _, pw = base64.b64decode(header[6:]).decode().partition(":")
+            elif "api_key" in request.query:
+                user, _, pw = request.query["api_key"].partition(":")
+            if (user, pw) != (self.username, self.password):
+                return web.json_response({"error": "Authentication required"}, status=401)
+        return await handler(request)
+
+    # ---- events
+    def emit(self, app: str | None, event: dict[str, Any]) -> None:
+        if app is None:
+            return
+        event = {**event, "application": app, "timestamp": ari_time(), "asterisk_id": "00:00:00:00:00:01"}
+        self.violations.extend(self.spec.validate_event(event))
+        sock = self.sockets.get(app)
+        if sock is None or app in sock.replaced:
+            return  # missed events are never replayed
+        sock.queue.put_nowait(json.dumps(event))
+
+    async def _events_ws(self, request: web.Request) -> web.StreamResponse:
+        match = self.spec.match("GET", "/events")
+        assert match is not None
+        errors = self.spec.validate_request(match[0], request.query, None)
+        if errors:
+            self.violations.extend(errors)
+            return web.json_response({"message": "; ".join(errors)}, status=400)
+        if time.monotonic() < self.block_websockets_until:
+            return web.json_response({"message": "service unavailable"}, status=503)
+        apps = [a for a in request.query["app"].split(",") if a]
+        ws = web.WebSocketResponse(heartbeat=None)
+        await ws.prepare(request)
+        sock = AppSocket(ws, apps)
+        writer = asyncio.ensure_future(sock.writer())
+        for app in apps:
+            old = self.sockets.get(app)
+            if old is not None:
+                # The newest socket gets everything; the older one hears once that it was replaced.
+                old.queue.put_nowait(
+                    json.dumps({"type": "ApplicationReplaced", "application": app, "timestamp": ari_time(), "asterisk_id": "00:00:00:00:00:01"})
+                )
+                old.replaced.add(app)
+            self.sockets[app] = sock
+        self.all_sockets.add(sock)
+        try:
+            async for msg in ws:
+                if msg.type == WSMsgType.ERROR:
+                    break
+        finally:
+            self.all_sockets.discard(sock)
+            for app in apps:
+                if self.sockets.get(app) is sock:
+                    del self.sockets[app]
+            sock.queue.put_nowait(None)
+            await writer
+        return ws
+
+    def app_active(self, app: str) -> bool:
+        s = self.sockets.get(app)
+        return s is not None and app not in s.replaced
+
+    # ---- ARI dispatch
+    async def _ari(self, request: web.Request) -> web.StreamResponse:
+        path = "/" + request.match_info["tail"]
+        matched = self.spec.match(request.method, path)
+        if matched is None:
+            msg = f"{request.method} /ari{path}: no such operation in api-docs"
+            self.violations.append(msg)
+            return web.json_response({"message": "Invalid method" if self.spec.path_exists(path) else "Resource not found"}, status=405 if self.spec.path_exists(path) else 404)
+        op, path_params = matched
+        body = None
+        if request.can_read_body:
+            try:
+                body = await request.json()
+            except ValueError:
+                self.violations.append(f"{op.key}: request body is not JSON")
+                return web.json_response({"message": "body is not JSON"}, status=400)
+        errors = self.spec.validate_request(op, request.query, body)
+        self.requests.append((op.key, path))
+        if errors:
+            self.violations.extend(errors)
+            return web.json_response({"message": "; ".join(errors)}, status=400)
+        handler = getattr(self, "op_" + op.key.replace(".", "_"), None)
+        if handler is None:
+            self.violations.append(f"{op.key}: the simulator does not implement this operation")
+            return web.json_response({"message": "Not implemented"}, status=501)
+        try:
+            outcome = handler(path_params, request.query, body)
+            if asyncio.iscoroutine(outcome):
+                outcome = await outcome
+            status, result = outcome
+        except AriHttpError as e:
+            if e.status not in op.error_codes and e.status != 400:
+                self.violations.append(f"{op.key}: simulator answered {e.status}, not a documented error")
+            return web.json_response({"message": e.message}, status=e.status)
+        if status == 204:
+            return web.Response(status=204)
+        self._check_response(op, result)
+        return web.json_response(result, status=status)
+
+    def _check_response(self, op: Operation, result: Any) -> None:
+        rc = op.response_class
+        if rc.startswith("List["):
+            for i, item in enumerate(result):
+                self.violations.extend(self.spec.validate_model(rc[5:-1], item, f"{op.key} response[{i}]"))
+        elif rc not in ("void", "binary"):
+            self.violations.extend(self.spec.validate_model(rc, result, f"{op.key} response"))
+
+    # ---- lookups
+    def _channel(self, cid: str, status: int = 404) -> SimChannel:
+        ch = self.channels.get(cid)
+        if ch is None:
+            raise AriHttpError(status, "Channel not found")
+        return ch
+
+    def _bridge(self, bid: str) -> Bridge:
+        b = self.bridges.get(bid)
+        if b is None:
+            raise AriHttpError(404, "Bridge not found")
+        return b
+
+    def bridge_json(self, b: Bridge) -> dict[str, Any]:
+        return {
+            "id": b.id,
+            "technology": b.technology,
+            "bridge_type": b.bridge_type,
+            "bridge_class": "stasis",
+            "creator": "Stasis",
+            "name": b.name,
+            "channels": [self._member_id(m) for m in b.members],
+            "video_mode": "none",
+            "creationtime": ari_time(b.created),
+        }
+
+    def _member_id(self, media: Any) -> str:
+        for ch in self.channels.values():
+            if ch.media is media:
+                return ch.id
+        return ""
+
+    def playback_json(self, pb: Playback) -> dict[str, Any]:
+        return {"id": pb.id, "media_uri": pb.media_uri, "target_uri": pb.target_uri, "language": "en", "state": pb.state}
+
+    # ---- asterisk / applications
+    def op_asterisk_getInfo(self, pp, q, body):
+        return 200, {
+            "system": {"version": "22.10.1 (aiagent-sim)", "entity_id": "00:00:00:00:00:01"},
+            "build": {"os": "Linux", "kernel": "sim", "options": "", "machine": "x86_64", "date": "2026-01-01", "user": "sim"},
+            "status": {"startup_time": ari_time(self.started), "last_reload_time": ari_time(self.started)},
+            "config": {"name": "aiagent-sim", "default_language": "en", "setid": {"user": "asterisk", "group": "asterisk"}},
+        }
+
+    def op_asterisk_ping(self, pp, q, body):
+        return 200, {"asterisk_id": "00:00:00:00:00:01", "ping": "pong", "timestamp": ari_time()}
+
+    def op_applications_list(self, pp, q, body):
+        return 200, [self._app_json(a) for a in self.sockets]
+
+    def op_applications_get(self, pp, q, body):
+        if pp["applicationName"] not in self.sockets:
+            raise AriHttpError(404, "Application not found")
+        return 200, self._app_json(pp["applicationName"])
+
+    def _app_json(self, app: str) -> dict[str, Any]:
+        chans = [c.id for c in self.channels.values() if c.app == app and c.in_stasis]
+        bridges = [b for b, a in self.bridge_apps.items() if a == app]
+        return {"name": app, "channel_ids": chans, "bridge_ids": bridges, "endpoint_ids": [], "device_names": [], "events_allowed": [], "events_disallowed": []}
+
+    # ---- channels
+    def op_channels_list(self, pp, q, body):
+        return 200, [c.to_json() for c in self.channels.values()]
+
+    def op_channels_get(self, pp, q, body):
+        return 200, self._channel(pp["channelId"]).to_json()
+
+    def op_channels_answer(self, pp, q, body):
+        ch = self._channel(pp["channelId"])
+        if not ch.in_stasis:
+            raise AriHttpError(409, "Channel not in Stasis application")
+        if ch.state != "Up":
+            ch.state = "Up"
+            rec = self.calls.get(ch.id)
+            if rec:
+                rec.answered = True
+            self.emit(ch.app, {"type": "ChannelStateChange", "channel": ch.to_json()})
+        return 204, None
+
+    def op_channels_hangup(self, pp, q, body):
+        ch = self._channel(pp["channelId"])
+        self.hangup_channel(ch, by="ari")
+        return 204, None
+
+    def op_channels_continueInDialplan(self, pp, q, body):
+        ch = self._channel(pp["channelId"])
+        if not ch.in_stasis:
+            raise AriHttpError(409, "Channel not in Stasis application")
+        self._leave_bridge(ch)
+        ch.in_stasis = False
+        self.emit(ch.app, {"type": "StasisEnd", "channel": ch.to_json()})
+        # The simulated dialplan has nothing after Stasis(): the call ends there.
+        asyncio.get_running_loop().call_later(0.05, self.hangup_channel, ch, "dialplan")
+        return 204, None
+
+    def op_channels_getChannelVar(self, pp, q, body):
+        ch = self._channel(pp["channelId"])
+        name = q["variable"]
+        if name not in ch.vars:
+            raise AriHttpError(404, "Provided variable was not found")
+        return 200, {"value": ch.vars[name]}
+
+    def op_channels_setChannelVar(self, pp, q, body):
+        ch = self._channel(pp["channelId"])
+        ch.vars[q["variable"]] = q.get("value", "")
+        return 204, None
+
+    def op_channels_rtpstatistics(self, pp, q, body):
+        self._channel(pp["channelId"])
+        raise AriHttpError(404, "RTP info not found")  # ExternalMedia has none (BEHAVIOUR.md)
+
+    def op_channels_sendDTMF(self, pp, q, body):
+        ch = self._channel(pp["channelId"])
+        for d in q.get("dtmf", ""):
+            self.emit(ch.app, {"type": "ChannelDtmfReceived", "digit": d, "duration_ms": int(q.get("duration", 100)), "channel": ch.to_json()})
+        return 204, None
+
+    async def op_channels_externalMedia(self, pp, q, body):
+        return await self._external_media(q, body)
+
+    async def _external_media(self, q, body):
+        if q.get("encapsulation", "rtp") != "rtp" or q.get("transport", "udp") != "udp":
+            raise AriHttpError(400, "only RTP over UDP is simulated")
+        if q["format"] != "ulaw":
+            raise AriHttpError(400, f"format {q['format']} is not simulated (ulaw is)")
+        host = q.get("external_host")
+        if not host or ":" not in host:
+            raise AriHttpError(400, "external_host must be host:port")
+        rhost, _, rport = host.rpartition(":")
+        cid = q.get("channelId") or self._new_id()
+        if cid in self.channels:
+            raise AriHttpError(409, "Channel with given unique ID already exists")
+        ep = ExternalMediaEndpoint((rhost, int(rport)), self.clock)
+        port = await self._open_rtp_port(ep)
+        ch = SimChannel(cid, f"UnicastRTP/{host}-{cid}", "external", ep, state="Up", app=q["app"])
+        ch.vars["UNICASTRTP_LOCAL_ADDRESS"] = self.rtp_host
+        ch.vars["UNICASTRTP_LOCAL_PORT"] = str(port)
+        self.channels[cid] = ch
+        self.external_endpoints[cid] = ep
+        # The response goes out about 1 ms before the channel is in Stasis (BEHAVIOUR.md).
+        asyncio.get_running_loop().call_later(0.001, self._enter_stasis, ch)
+        return 200, ch.to_json(with_vars=True)
+
+    async def _open_rtp_port(self, ep: ExternalMediaEndpoint) -> int:
+        for port in range(self.rtp_start, self.rtp_end + 1, 2):
+            if port in self._used_ports:
+                continue
+            try:
+                await ep.open(self.rtp_host, port)
+            except OSError:
+                continue
+            self._used_ports.add(port)
+            return port
+        # A real Asterisk 22.10.1 segfaults here (BEHAVIOUR.md); the simulator says so instead.
+        self.port_exhaustion_events += 1
+        log.error("RTP port range %d-%d exhausted: a real Asterisk 22.10.1 would crash now", self.rtp_start, self.rtp_end)
+        raise AriHttpError(500, "RTP port range exhausted (Asterisk 22.10.1 crashes here)")
+
+    def _enter_stasis(self, ch: SimChannel) -> None:
+        if ch.id in self.channels:
+            ch.in_stasis = True
+            self.emit(ch.app, {"type": "StasisStart", "args": ch.app_args, "channel": ch.to_json()})
+
+    def op_channels_play(self, pp, q, body):
+        return self._play_on_channel(pp["channelId"], q.get("playbackId") or self._new_id(), q)
+
+    def op_channels_playWithId(self, pp, q, body):
+        return self._play_on_channel(pp["channelId"], pp["playbackId"], q)
+
+    def _play_on_channel(self, cid: str, pid: str, q):
+        ch = self._channel(cid)
+        if not ch.in_stasis:
+            raise AriHttpError(409, "Channel not in Stasis application")
+        pb = self._make_playback(pid, q["media"], f"channel:{cid}")
+        ch.channel_playbacks.append(pb)
+        self.playbacks[pid] = (pb, ch)
+        self._spawn(self._run_channel_playback(ch, pb))
+        return 201, self.playback_json(pb)
+
+    async def _run_channel_playback(self, ch: SimChannel, pb: Playback) -> None:
+        # Heard by the caller only, never mixed into ExternalMedia; mutes the caller on the bridge.
+        media = ch.media
+        if pb.frames is None:
+            if pb.never_finishes:
+                pb.state = "playing"
+                self._playback_event(pb, "started")
+                return
+            await asyncio.sleep(0.005)
+            pb.state = "failed"
+            self._playback_event(pb, "finished")
+            return
+        pb.state = "playing"
+        self._playback_event(pb, "started")
+        if isinstance(media, CallerMedia):
+            media.muted = True
+        try:
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            while (f := pb.next_frame()) is not None and pb.state == "playing":
+                media.deliver(f, True, self.clock.tick)
+                await asyncio.sleep(max(0.0, t0 + pb.pos * 0.02 - loop.time()))
+        finally:
+            if isinstance(media, CallerMedia):
+                media.muted = False
+            if pb.state == "playing":
+                pb.state = "done"
+                self._playback_event(pb, "finished")
+
+    def _make_playback(self, pid: str, media_uri: str, target: str) -> Playback:
+        uri = media_uri.split(",")[0]
+        frames, never = load_playback_frames(uri, self.sounds_dirs)
+        return Playback(pid, uri, target, frames, never)
+
+    def _playback_event(self, pb: Playback, what: str) -> None:
+        kind, _, target = pb.target_uri.partition(":")
+        app = self.bridge_apps.get(target) if kind == "bridge" else (self.channels[target].app if target in self.channels else None)
+        self.emit(app, {"type": "PlaybackStarted" if what == "started" else "PlaybackFinished", "playback": self.playback_json(pb)})
+        if what == "finished":
+            self.playbacks.pop(pb.id, None)
+
+    # ---- bridges
+    def op_bridges_list(self, pp, q, body):
+        return 200, [self.bridge_json(b) for b in self.bridges.values()]
+
+    def op_bridges_get(self, pp, q, body):
+        return 200, self.bridge_json(self._bridge(pp["bridgeId"]))
+
+    def op_bridges_create(self, pp, q, body):
+        return self._create_bridge(q.get("bridgeId") or self._new_id(), q)
+
+    def op_bridges_createWithId(self, pp, q, body):
+        return self._create_bridge(pp["bridgeId"], q)
+
+    def _create_bridge(self, bid: str, q):
+        if bid in self.bridges:
+            raise AriHttpError(409, "Bridge with this ID already exists")
+        b = Bridge(bid, q.get("name", ""), q.get("type", "mixing").split(",")[0], self._playback_event)
+        self.bridges[bid] = b
+        self.clock.bridges[bid] = b
+        self.bridge_apps[bid] = ""  # its events go to the app of the channels that join it
+        return 200, self.bridge_json(b)
+
+    def op_bridges_destroy(self, pp, q, body):
+        b = self._bridge(pp["bridgeId"])
+        for ch in [c for c in self.channels.values() if c.bridge is b]:
+            self._leave_bridge(ch)
+        for pb in list(b.playbacks):
+            b.playbacks.remove(pb)
+            pb.state = "failed"
+            self._playback_event(pb, "finished")
+        del self.bridges[b.id]
+        self.clock.bridges.pop(b.id, None)
+        self.emit(self.bridge_apps.pop(b.id, None) or None, {"type": "BridgeDestroyed", "bridge": self.bridge_json(b)})
+        return 204, None
+
+    def op_bridges_addChannel(self, pp, q, body):
+        b = self._bridge(pp["bridgeId"])
+        chans = [self._channel(c, status=400) for c in q["channel"].split(",")]
+        for ch in chans:
+            if not ch.in_stasis:
+                raise AriHttpError(422, "Channel not in Stasis application")
+            if ch.bridge is not None and ch.bridge is not b:
+                raise AriHttpError(409, "Channel is already in a bridge")
+        for ch in chans:
+            ch.bridge = b
+            ch.media.bridge = b
+            b.add(ch.media)
+            if not self.bridge_apps.get(b.id):
+                self.bridge_apps[b.id] = ch.app or ""
+            self.emit(ch.app, {"type": "ChannelEnteredBridge", "bridge": self.bridge_json(b), "channel": ch.to_json()})
+        self._note_bridged(b)
+        return 204, None
+
+    def op_bridges_removeChannel(self, pp, q, body):
+        b = self._bridge(pp["bridgeId"])
+        for cid in q["channel"].split(","):
+            ch = self._channel(cid, status=400)
+            if ch.bridge is not b:
+                raise AriHttpError(422, "Channel not in this bridge")
+            self._leave_bridge(ch)
+        return 204, None
+
+    def op_bridges_play(self, pp, q, body):
+        return self._play_on_bridge(pp["bridgeId"], q.get("playbackId") or self._new_id(), q)
+
+    def op_bridges_playWithId(self, pp, q, body):
+        return self._play_on_bridge(pp["bridgeId"], pp["playbackId"], q)
+
+    def _play_on_bridge(self, bid: str, pid: str, q):
+        b = self._bridge(bid)
+        # Asterisk accepts a duplicate id while the first still plays (BEHAVIOUR.md); so do we.
+        pb = self._make_playback(pid, q["media"], f"bridge:{bid}")
+        b.playbacks.append(pb)
+        self.playbacks[pid] = (pb, b)
+        return 201, self.playback_json(pb)
+
+    # ---- playbacks
+    def op_playbacks_get(self, pp, q, body):
+        entry = self.playbacks.get(pp["playbackId"])
+        if entry is None:
+            raise AriHttpError(404, "Playback not found")
+        return 200, self.playback_json(entry[0])
+
+    def op_playbacks_stop(self, pp, q, body):
+        entry = self.playbacks.get(pp["playbackId"])
+        if entry is None:
+            raise AriHttpError(404, "Playback not found")
+        pb, target = entry
+        if isinstance(target, Bridge):
+            if not target.stop_playback(pb):
+                pb.state = "done"
+                self._playback_event(pb, "finished")
+        else:
+            pb.state = "done"  # the channel playback task sees this within one frame
+            self._playback_event(pb, "finished")
+        return 204, None
+
+    # ---- call lifecycle
+    def _note_bridged(self, b: Bridge) -> None:
+        members = [c for c in self.channels.values() if c.bridge is b]
+        callers = [c for c in members if c.kind == "caller"]
+        exts = [c for c in members if c.kind == "external"]
+        for c in callers:
+            rec = self.calls.get(c.id)
+            if rec is not None and exts:
+                rec.bridged = True
+                rec.external_media = exts[0].id
+                rec.bridge_id = b.id
+
+    def _leave_bridge(self, ch: SimChannel) -> None:
+        b = ch.bridge
+        if b is None:
+            return
+        b.remove(ch.media)
+        ch.bridge = None
+        ch.media.bridge = None
+        self.emit(ch.app, {"type": "ChannelLeftBridge", "bridge": self.bridge_json(b), "channel": ch.to_json()})
+
+    def hangup_channel(self, ch: SimChannel, by: str) -> None:
+        if self.channels.get(ch.id) is not ch:
+            return
+        if by == "caller":
+            self.emit(ch.app, {"type": "ChannelHangupRequest", "cause": CAUSE_NORMAL, "channel": ch.to_json()})
+        self._leave_bridge(ch)
+        if ch.in_stasis:
+            ch.in_stasis = False
+            self.emit(ch.app, {"type": "StasisEnd", "channel": ch.to_json()})
+        for pb in ch.channel_playbacks:
+            if pb.state == "playing":
+                pb.state = "failed"
+                self._playback_event(pb, "finished")
+        del self.channels[ch.id]
+        self.emit(ch.app, {"type": "ChannelDestroyed", "cause": CAUSE_NORMAL, "cause_txt": "Normal Clearing", "channel": ch.to_json()})
+        if isinstance(ch.media, ExternalMediaEndpoint):
+            if ch.media.local:
+                self._used_ports.discard(ch.media.local[1])
+            ch.media.close()
+        else:
+            self.clock.callers.discard(ch.media)
+            self.final_vars[ch.id] = dict(ch.vars)
+        rec = self.calls.get(ch.id)
+        if rec is not None and rec.ended_by is None:
+            rec.ended_by = by
+            rec.ended_at = time.monotonic()
+
+    # ---- simulated callers
+    def place_call(self, wav: str, hold_s: float, caller_number: str = "", app: str = "aiagent", args: list[str] | None = None) -> CallRecord:
+        cid = self._new_id()
+        media = CallerMedia(load_wav_ulaw(wav), hold_s)
+        ch = SimChannel(cid, f"PJSIP/{caller_number or 'sim'}-{cid}", "caller", media, caller_number=caller_number, caller_name="Sim Caller", app=app, app_args=list(args or []))
+        rec = CallRecord(cid, caller_number, wav, hold_s, media=media)
+        self.calls[cid] = rec
+        if not self.app_active(app):
+            # As Asterisk: an originate into an app with no WebSocket is hung up at once.
+            rec.accepted = False
+            rec.error = f"Stasis app '{app}' not active"
+            rec.finished.set()
+            return rec
+        self.channels[cid] = ch
+        ch.in_stasis = True
+        self.emit(app, {"type": "StasisStart", "args": ch.app_args, "channel": ch.to_json()})
+        self._spawn(self._run_caller(ch, rec))
+        return rec
+
+    async def _run_caller(self, ch: SimChannel, rec: CallRecord) -> None:
+        media = ch.media
+        assert isinstance(media, CallerMedia)
+        try:
+            deadline = time.monotonic() + BRIDGE_WAIT_S
+            while not rec.bridged and ch.id in self.channels and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            if not rec.bridged:
+                if ch.id in self.channels:
+                    rec.error = "never bridged with ExternalMedia"
+                    self.hangup_channel(ch, by="caller")
+                return
+            self.clock.callers.add(media)  # speaks from the next tick on
+            while not media.speech_done and ch.id in self.channels:
+                await asyncio.sleep(0.02)
+            end = time.monotonic() + rec.hold_s
+            while ch.id in self.channels and time.monotonic() < end:
+                await asyncio.sleep(0.02)
+            self.hangup_channel(ch, by="caller")
+            # Did the engine clean up what served this call?
+            end = time.monotonic() + CLEANUP_GRACE_S
+            while time.monotonic() < end and not self._call_cleaned(rec):
+                await asyncio.sleep(0.02)
+            rec.hangup_clean = self._call_cleaned(rec)
+        finally:
+            rec.finished.set()
+
+    def _call_cleaned(self, rec: CallRecord) -> bool:
+        return rec.id not in self.channels and rec.external_media not in self.channels and rec.bridge_id not in self.bridges
+
+    def leftovers(self) -> tuple[list[str], list[str]]:
+        live_callers = {c.id for c in self.channels.values() if c.kind == "caller"}
+        return [c for c in self.channels if c not in live_callers], list(self.bridges)
+
+    # ---- /sim control API
+    async def _sim_place_call(self, request: web.Request) -> web.Response:
+        data = await request.json()
+        try:
+            rec = self.place_call(data["wav"], float(data.get("hold_s", 2.0)), str(data.get("caller_number", "")), data.get("app", "aiagent"), data.get("args"))
+        except (KeyError, OSError, ValueError, wave.Error) as e:
+            return web.json_response({"error": str(e)}, status=400)
+        return web.json_response(rec.report(self))
+
+    async def _sim_list_calls(self, request: web.Request) -> web.Response:
+        return web.json_response([r.report(self) for r in self.calls.values()])
+
+    def _rec(self, request: web.Request) -> CallRecord:
+        rec = self.calls.get(request.match_info["id"])
+        if rec is None:
+            raise web.HTTPNotFound(text="no such call")
+        return rec
+
+    async def _sim_get_call(self, request: web.Request) -> web.Response:
+        return web.json_response(self._rec(request).report(self))
+
+    async def _sim_recording(self, request: web.Request) -> web.Response:
+        rec = self._rec(request)
+        pcm = audioop.ulaw2lin(rec.media.agent_audio() if rec.media else b"", 2)
+        buf = io.BytesIO()
+        with wave.open(buf, "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(8000)
+            w.writeframes(pcm)
+        return web.Response(body=buf.getvalue(), content_type="audio/wav")
+
+    async def _sim_hangup(self, request: web.Request) -> web.Response:
+        rec = self._rec(request)
+        ch = self.channels.get(rec.id)
+        if ch is not None:
+            self.hangup_channel(ch, by="caller")
+        return web.json_response(rec.report(self))
+
+    async def _sim_dtmf(self, request: web.Request) -> web.Response:
+        rec = self._rec(request)
+        ch = self.channels.get(rec.id)
+        digit = request.query.get("digit", "1")
+        if ch is not None and ch.in_stasis:
+            self.emit(ch.app, {"type": "ChannelDtmfReceived", "digit": digit, "duration_ms": 100, "channel": ch.to_json()})
+        return web.json_response({"ok": ch is not None})
+
+    async def _sim_state(self, request: web.Request) -> web.Response:
+        return web.json_response(self.state())
+
+    def state(self) -> dict[str, Any]:
+        lc, lb = self.leftovers()
+        return {
+            "channels": len(self.channels),
+            "bridges": len(self.bridges),
+            "leftover_channels": lc,
+            "leftover_bridges": lb,
+            "apps": sorted(a for a in self.sockets if self.app_active(a)),
+            "violations": self.violations,
+            "port_exhaustion_events": self.port_exhaustion_events,
+            "media_ticks": self.clock.tick,
+        }
+
+    async def _sim_drop_ws(self, request: web.Request) -> web.Response:
+        seconds = float(request.query.get("block_s", "0"))
+        self.block_websockets_until = time.monotonic() + seconds
+        n = await self.drop_websockets()
+        return web.json_response({"dropped": n})
+
+    async def drop_websockets(self) -> int:
+        socks = list(self.all_sockets)
+        for s in socks:
+            await s.ws.close()
+        return len(socks)

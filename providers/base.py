@@ -1,0 +1,99 @@
+"""The provider interface: what every conversational backend (echo, local, Deepgram) implements.
+
+A provider is created once per engine and opens one ProviderCall per phone call. The engine feeds
+the call's audio in (PCM16 mono, 16 kHz, 20 ms frames) and receives typed events back through the
+``emit`` callback it passes to ``open_call``. ``emit`` never blocks and must be called on the
+engine's event loop (providers that work in threads hop back with ``loop.call_soon_threadsafe``).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+INPUT_SAMPLE_RATE = 16000
+
+
+@dataclass(slots=True, frozen=True)
+class AgentAudio:
+    """Agent speech for the caller: PCM16 mono at ``sample_rate``."""
+
+    pcm16: bytes
+    sample_rate: int
+
+
+@dataclass(slots=True, frozen=True)
+class Transcript:
+    role: Literal["caller", "agent"]
+    text: str
+    final: bool = True
+
+
+@dataclass(slots=True, frozen=True)
+class AgentSpeakingStarted:
+    pass
+
+
+@dataclass(slots=True, frozen=True)
+class AgentSpeakingStopped:
+    pass
+
+
+@dataclass(slots=True, frozen=True)
+class ProviderError:
+    message: str
+    fatal: bool = False  # a fatal error ends the provider session of this call
+
+
+ProviderEvent = AgentAudio | Transcript | AgentSpeakingStarted | AgentSpeakingStopped | ProviderError
+EmitFn = Callable[[ProviderEvent], None]
+
+
+@dataclass(slots=True, frozen=True)
+class CallContext:
+    call_id: str
+    caller_number: str = ""
+    caller_name: str = ""
+    input_sample_rate: int = INPUT_SAMPLE_RATE
+
+
+@dataclass(slots=True, frozen=True)
+class Readiness:
+    ready: bool
+    detail: str = ""
+
+
+class ProviderCall(ABC):
+    """One call's conversation with a provider."""
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Open whatever the call needs (a websocket, a model context)."""
+
+    @abstractmethod
+    def send_audio(self, pcm16: bytes) -> None:
+        """One frame of caller audio. Called on the event loop for every frame: must not block."""
+
+    async def cancel_response(self) -> None:
+        """Barge-in: stop the answer being generated or spoken. Default: nothing to cancel."""
+
+    @abstractmethod
+    async def stop(self) -> None:
+        """End the call's session and release everything it holds. Must be idempotent."""
+
+
+class Provider(ABC):
+    name: str
+
+    async def load(self) -> None:
+        """Once at startup: load models, check keys. Raise with a clear message when unusable."""
+
+    @abstractmethod
+    def readiness(self) -> Readiness: ...
+
+    @abstractmethod
+    def open_call(self, ctx: CallContext, emit: EmitFn) -> ProviderCall: ...
+
+    async def close(self) -> None:
+        """At engine shutdown, after every call has stopped."""

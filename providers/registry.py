@@ -1,0 +1,20 @@
+"""Provider names and how each is built from config."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from providers.base import Provider
+
+if TYPE_CHECKING:
+    from engine.config import AppConfig
+
+PROVIDER_NAMES = frozenset({"echo"})
+
+
+def build_provider(name: str, config: AppConfig) -> Provider:
+    if name == "echo":
+        from providers.echo import EchoProvider
+
+        return EchoProvider(config.providers.echo.delay_ms)
+    raise ValueError(f"unknown provider {name!r}; known: {', '.join(sorted(PROVIDER_NAMES))}")

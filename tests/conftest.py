@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import AsyncIterator
+
+import pytest
+
+from engine.config import AppConfig, load_config
+from engine.engine import Engine
+from pbxsim.server import SimPBX
+
+SOUNDS = Path("/usr/share/asterisk/sounds/en_US_f_Allison")
+HELLO = SOUNDS / "hello-world.wav"  # 1.4 s
+THANKS = SOUNDS / "demo-thanks.wav"  # 5.5 s
+AGENT_PASS = SOUNDS / "agent-pass.wav"  # 3.3 s
+
+
+def pytest_collection_modifyitems(config, items):
+    if not HELLO.exists():
+        raise pytest.UsageError(f"{HELLO} is missing: run scripts/setup.sh (installs asterisk-core-sounds-en-wav)")
+
+
+def engine_config(pbx: SimPBX, tmp_path: Path, **env: str) -> AppConfig:
+    base = {
+        "ASTERISK_ARI_PORT": str(pbx.port),
+        "RTP_PORT": "0",
+        "HEALTH_PORT": "0",
+        "AIAGENT_MEDIA_DIR": str(tmp_path / "media"),
+    }
+    base.update(env)
+    cfg = load_config(None, env=base)
+    cfg.asterisk.reconnect_initial_s = 0.05
+    cfg.asterisk.reconnect_max_s = 0.5
+    return cfg
+
+
+@pytest.fixture
+async def pbx() -> AsyncIterator[SimPBX]:
+    sim = SimPBX()
+    await sim.start(port=0)
+    yield sim
+    await sim.stop()
+    assert sim.violations == [], "ARI schema violations:\n" + "\n".join(sim.violations)
+
+
+@pytest.fixture
+async def engine(pbx: SimPBX, tmp_path: Path) -> AsyncIterator[Engine]:
+    (tmp_path / "media").mkdir()
+    eng = Engine(engine_config(pbx, tmp_path))
+    await eng.start()
+    assert await eng.wait_ari_connected(5)
+    yield eng
+    await eng.stop()
+
+
+async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not predicate():
+        if loop.time() > end:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(interval)
