@@ -262,7 +262,7 @@ class CallController:
                 h.spawn(self._set_transcript_var(s.caller_channel_id, text))
         elif isinstance(ev, AgentSpeakingStopped):
             if h.media is not None:
-                h.media.finish_agent_audio()
+                self.rtp.finish_agent_audio(h.media)
         elif isinstance(ev, AgentSpeakingStarted):
             pass
         elif isinstance(ev, ProviderError):

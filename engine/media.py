@@ -74,6 +74,8 @@ class CallMedia:
         "seq",
         "ts",
         "last_tick",
+        "dry_tick",
+        "queued_at",
     )
 
     def __init__(self, session: CallSession, remote: tuple[str, int], deliver: Callable[[bytes], None], max_queue_frames: int = 1500) -> None:
@@ -88,7 +90,9 @@ class CallMedia:
         self.ssrc = random.getrandbits(32)
         self.seq = random.getrandbits(16)
         self.ts = random.getrandbits(32)
-        self.last_tick: int | None = None
+        self.last_tick: int | None = None  # pacer tick of the last frame sent
+        self.dry_tick: int | None = None  # tick at which a playing stream found its queue empty
+        self.queued_at = 0.0  # loop time when the queue last went from empty to non-empty
         session.outbound_ssrc = self.ssrc
 
     def caller_audio(self, ulaw: bytes) -> None:

@@ -20,6 +20,9 @@ from engine.rtp_stats import DUPLICATE, LATE
 log = logging.getLogger(__name__)
 
 FRAME_S = 0.020
+PREBUFFER_FRAMES = 2  # a stream starts once this much is queued (absorbs provider jitter) ...
+PREBUFFER_MAX_WAIT_S = 0.040  # ... or once its first frame has waited this long
+UNDERRUN_WINDOW_TICKS = 5
 _WARN_INTERVAL_S = 10.0
 
 
@@ -128,9 +131,19 @@ class RtpServer(asyncio.DatagramProtocol):
     # -- outbound
     def agent_audio(self, media: CallMedia, pcm16: bytes, sample_rate: int) -> None:
         t0 = time.perf_counter()
+        was_empty = not media.out_frames
         n = media.agent_audio(pcm16, sample_rate)
         if n:
             self.timings.outbound.add((time.perf_counter() - t0) / n)
+            if was_empty:
+                media.queued_at = asyncio.get_running_loop().time()
+            self.pacer.wake(media)
+
+    def finish_agent_audio(self, media: CallMedia) -> None:
+        """End of an utterance: send the tail now rather than wait for the prebuffer."""
+        media.finish_agent_audio()
+        if media.out_frames:
+            media.queued_at = 0.0
             self.pacer.wake(media)
 
     def send_frame(self, media: CallMedia, payload: bytes, marker: bool) -> None:
@@ -152,7 +165,9 @@ class RtpServer(asyncio.DatagramProtocol):
 class OutboundPacer:
     """One 20 ms clock for every call's outbound RTP, on the loop's monotonic time.
 
-    Each tick sends at most one frame per call. A tick that runs late does not send a burst to
+    Each tick sends at most one frame per call. A stream (re)starts only with PREBUFFER_FRAMES
+    queued, a 20 ms jitter buffer between the provider's timing and the pacer's grid, so that a
+    provider delivering in real time does not underrun on phase jitter. A tick that runs late does not send a burst to
     catch up (Asterisk's softmix flushes on bursts); the schedule skips ahead instead and the RTP
     timestamp follows the wall clock, as Asterisk's own streams do.
     """
@@ -165,6 +180,10 @@ class OutboundPacer:
         self._tick = 0
 
     def wake(self, media: CallMedia) -> None:
+        if media.dry_tick is not None:
+            if self._tick - media.dry_tick <= UNDERRUN_WINDOW_TICKS:
+                media.session.rtp_out.underruns += 1
+            media.dry_tick = None
         self._active[media] = None
         if self._handle is None:
             loop = asyncio.get_running_loop()
@@ -194,11 +213,16 @@ class OutboundPacer:
         done: list[CallMedia] = []
         for media in self._active:
             frames = media.out_frames
+            last = media.last_tick
+            playing = last is not None and last == tick - 1
             if not frames:
+                if playing:
+                    media.dry_tick = tick
                 done.append(media)
                 continue
+            if not playing and len(frames) < PREBUFFER_FRAMES and deadline - media.queued_at < PREBUFFER_MAX_WAIT_S:
+                continue
             t1 = time.perf_counter()
-            last = media.last_tick
             marker = last is not None and last != tick - 1
             if last is not None:
                 media.ts = (media.ts + 160 * (tick - last)) & 0xFFFFFFFF

@@ -32,6 +32,7 @@ class OutboundStats:
     packets: int = 0
     bytes: int = 0
     overruns: int = 0  # frames dropped because the outbound queue was full
+    underruns: int = 0  # a playing stream ran dry and audio came again within 100 ms
     last_pacing_error_ms: float = 0.0
     max_pacing_error_ms: float = 0.0
 
@@ -118,6 +119,7 @@ class CallSession:
                 packets_out=self.rtp_out.packets,
                 bytes_out=self.rtp_out.bytes,
                 outbound_overruns=self.rtp_out.overruns,
+                outbound_underruns=self.rtp_out.underruns,
                 pacing_error_ms=round(self.rtp_out.last_pacing_error_ms, 3),
                 max_pacing_error_ms=round(self.rtp_out.max_pacing_error_ms, 3),
             ),
@@ -144,6 +146,7 @@ class RtpSnapshot:
     packets_out: int
     bytes_out: int
     outbound_overruns: int
+    outbound_underruns: int
     pacing_error_ms: float
     max_pacing_error_ms: float
 

@@ -254,6 +254,8 @@ class ExternalMediaEndpoint(Endpoint, asyncio.DatagramProtocol):
         self.packets_received = 0
         self.strict_rtp_dropped = 0
         self.malformed = 0
+        # (arrival, seq, timestamp, marker, ssrc) of each packet from the agent, for reports/tests.
+        self.rx_log: list[tuple[float, int, int, bool, int]] = []
 
     async def open(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
@@ -286,6 +288,7 @@ class ExternalMediaEndpoint(Endpoint, asyncio.DatagramProtocol):
             self.malformed += 1
             return
         self.packets_received += 1
+        self.rx_log.append((time.monotonic(), pkt.sequence, pkt.timestamp, pkt.marker, pkt.ssrc))
         if self.bridge is not None:
             self.bridge.on_frame(self, pkt.payload, True, self.clock.tick)
 

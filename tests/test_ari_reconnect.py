@@ -1,0 +1,95 @@
+"""The ARI events WebSocket drops: calls in progress carry on, lost ones are cleaned up."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+
+import aiohttp
+
+from engine.engine import Engine
+from pbxsim.server import SimPBX
+from tests.conftest import HELLO, THANKS, engine_config, wait_for
+
+AUTH = {"Authorization": "Basic " + base64.b64encode(b"aiagent:").decode()}
+
+
+async def test_call_survives_a_dropped_websocket(pbx, engine):
+    rec = pbx.place_call(str(THANKS), hold_s=0.5)
+    await wait_for(lambda: rec.bridged and rec.media.agent_frames)
+    assert await pbx.drop_websockets() == 1
+    await wait_for(lambda: engine.events.connects == 2, timeout=5)
+    heard_before = len(rec.media.agent_frames)
+    await wait_for(lambda: len(rec.media.agent_frames) > heard_before + 25)  # echo still flowing
+    assert engine.store.get(rec.id) is not None
+    # Its hangup arrives on the new socket and is cleaned up as usual.
+    await asyncio.wait_for(rec.finished.wait(), 20)
+    assert rec.hangup_clean
+    health = engine.health()
+    assert health["ari_connected"] and health["ari_reconnects"] == 1
+
+
+async def test_caller_gone_while_disconnected_is_reconciled(pbx, engine):
+    rec = pbx.place_call(str(THANKS), hold_s=5.0)
+    await wait_for(lambda: rec.bridged and engine.store.get(rec.id) and engine.store.get(rec.id).state.value == "streaming")
+    ext_id = rec.external_media
+    # Drop the socket and refuse reconnects for a moment; the caller hangs up meanwhile.
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{pbx.url}/sim/websockets/drop", params={"block_s": "0.6"}) as r:
+            assert (await r.json())["dropped"] == 1
+    await wait_for(lambda: not engine.ari_connected, timeout=2)
+    pbx.hangup_channel(pbx.channels[rec.id], by="caller")  # these events are lost
+    assert ext_id in pbx.channels  # nothing cleans up for the engine
+    await wait_for(lambda: engine.ari_connected, timeout=5)
+    await wait_for(lambda: pbx.leftovers() == ([], []), timeout=5)
+    assert engine.store.get(rec.id) is None
+    assert engine.events.connects >= 2
+
+
+async def test_leftovers_of_a_previous_engine_are_deleted_at_start(pbx, tmp_path):
+    # A crashed engine left its bridge, its ExternalMedia channel and a caller in Stasis.
+    async with aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(f"{pbx.url}/ari/events?app=aiagent", headers=AUTH)
+        await wait_for(lambda: pbx.app_active("aiagent"))
+        rec = pbx.place_call(str(HELLO), hold_s=30.0)
+        for path, params in (
+            ("/bridges", {"type": "mixing", "bridgeId": "aiagent-br-deadbeef0001"}),
+            ("/channels/externalMedia", {"app": "aiagent", "external_host": "127.0.0.1:9", "format": "ulaw", "channelId": "aiagent-em-deadbeef0001"}),
+        ):
+            async with http.post(f"{pbx.url}/ari{path}", params=params, headers=AUTH) as r:
+                assert r.status == 200
+        await ws.close()
+    (tmp_path / "media").mkdir()
+    eng = Engine(engine_config(pbx, tmp_path))
+    await eng.start()
+    try:
+        assert await eng.wait_ari_connected(5)
+        await wait_for(lambda: pbx.channels == {} and pbx.bridges == {}, timeout=5)
+        await asyncio.wait_for(rec.finished.wait(), 5)
+        assert rec.ended_by == "ari"
+    finally:
+        await eng.stop()
+
+
+async def test_engine_starts_before_asterisk_and_connects_when_it_appears(tmp_path):
+    probe = SimPBX()
+    await probe.start(port=0)
+    port = probe.port
+    await probe.stop()  # nothing listens there now
+    (tmp_path / "media").mkdir()
+    cfg = engine_config(probe, tmp_path)
+    eng = Engine(cfg)
+    await eng.start()
+    pbx = SimPBX()
+    try:
+        await asyncio.sleep(0.3)
+        assert not eng.ari_connected
+        assert eng.health()["status"] == "degraded" and eng.health()["ari_last_error"]
+        await pbx.start(port=port)
+        assert await eng.wait_ari_connected(5)
+        rec = pbx.place_call(str(HELLO), hold_s=0.3)
+        await asyncio.wait_for(rec.finished.wait(), 15)
+        assert rec.bridged and rec.hangup_clean
+    finally:
+        await eng.stop()
+        await pbx.stop()

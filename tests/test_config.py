@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_shipped_config_is_valid_and_matches_defaults():
+    assert load_config(ROOT / "config.toml", env={}) == load_config(None, env={})
+
+
+def test_environment_overrides_the_file(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('[asterisk]\nhost = "10.1.1.1"\n[rtp]\nport = 19000\n')
+    cfg = load_config(f, env={"ASTERISK_HOST": "pbx.lan", "ASTERISK_ARI_PASSWORD": "s3cret", "ARI_APP": "aiagent-2", "RTP_PORT": "18090", "AIAGENT_PROVIDER": "echo"})
+    assert cfg.asterisk.host == "pbx.lan"
+    assert cfg.asterisk.app == "aiagent-2"
+    assert cfg.asterisk.ari_password.get_secret_value() == "s3cret"
+    assert cfg.rtp.port == 18090
+    assert cfg.health.host == "127.0.0.1" and cfg.health.port == 15000
+
+
+@pytest.mark.parametrize(
+    "toml, env, expected",
+    [
+        ('[rtp]\nport = "many"\n', {}, "rtp.port: Input should be a valid integer"),
+        ("[rtp]\nport = 70000\n", {}, "rtp.port: Input should be less than or equal to 65535"),
+        ("[asterisk]\nhots = 'x'\n", {}, "asterisk.hots: Extra inputs are not permitted"),
+        ("", {"HEALTH_PORT": "abc"}, "health.port: Input should be a valid integer, unable to parse string as an integer (from environment variable HEALTH_PORT)"),
+        ("", {"AIAGENT_PROVIDER": "nosuch"}, "providers.default: Value error, unknown provider 'nosuch'"),
+        ('[rtp]\nhost = "0.0.0.0"\n', {}, "rtp: Value error, advertise_host is required when host is '0.0.0.0'"),
+        ("[rtp\n", {}, "not valid TOML"),
+    ],
+)
+def test_bad_config_names_the_field_and_reason(tmp_path, toml, env, expected):
+    f = tmp_path / "c.toml"
+    f.write_text(toml)
+    with pytest.raises(ConfigError) as e:
+        load_config(f, env=env)
+    assert expected in str(e.value)
+
+
+def test_explicit_config_path_must_exist(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.toml", env={})
+
+
+def _cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "aiagent_tui.cli", *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
+
+
+def test_check_config_prints_effective_config_with_password_masked(tmp_path):
+    import os
+
+    env = {**os.environ, "ASTERISK_ARI_PASSWORD": "hunter2", "RTP_PORT": "18555"}
+    r = _cli("--config", str(ROOT / "config.toml"), "check-config", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "hunter2" not in r.stdout + r.stderr
+    data = json.loads(r.stdout)
+    assert data["asterisk"]["ari_password"] == "********"
+    assert data["rtp"]["port"] == 18555
+
+
+def test_check_config_fails_naming_the_field(tmp_path):
+    f = tmp_path / "bad.toml"
+    f.write_text("[health]\nport = -1\n")
+    r = _cli("--config", str(f), "check-config")
+    assert r.returncode == 2
+    assert "health.port" in r.stderr and "greater than or equal to 0" in r.stderr

@@ -1,0 +1,92 @@
+"""The media path under bad input and its outbound RTP stream."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+
+import numpy as np
+
+from engine.rtp import build_packet
+from tests.conftest import AGENT_PASS, HELLO, THANKS, wait_for
+
+
+async def test_malformed_foreign_and_wrong_payload_packets_are_dropped_and_counted(pbx, engine):
+    rec = pbx.place_call(str(THANKS), hold_s=0.5)
+    await wait_for(lambda: rec.bridged and engine.rtp.routes)
+    ep = pbx.external_endpoints[rec.external_media]
+    session = engine.store.get(rec.id)
+    engine_addr = ("127.0.0.1", engine.rtp.port)
+
+    # From the call's own Asterisk address: garbage, a bad version, a wrong payload type.
+    ep.transport.sendto(b"\x00\x01", engine_addr)
+    ep.transport.sendto(struct.pack("!BBHII", 0x40, 0, 1, 1, 1) + b"x" * 160, engine_addr)
+    ep.transport.sendto(build_packet(8, 1, 1, ep.ssrc, b"\xd5" * 160), engine_addr)  # PT 8 = alaw
+    # From an address that belongs to no call.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stranger:
+        stranger.sendto(build_packet(0, 1, 1, 1234, b"\xff" * 160), engine_addr)
+        stranger.sendto(b"not rtp at all", engine_addr)
+
+    c = engine.rtp.counters
+    await wait_for(lambda: c.foreign == 2 and sum(c.malformed.values()) == 2 and c.unsupported_payload == 1)
+    assert c.malformed["truncated"] == 1 and c.malformed["bad_version"] == 1
+    assert session.rtp_in_malformed == 2
+    # The call went on: its SSRC was not replaced by the stranger's, the echo kept flowing.
+    assert session.rtp_in.ssrc == ep.ssrc and session.rtp_in.ssrc_changes == 0
+    await asyncio.wait_for(rec.finished.wait(), 20)
+    r = rec.report(pbx)
+    assert r["hangup_clean"] and r["agent_audio_seconds"] > 4.0
+
+
+async def test_outbound_rtp_is_one_paced_stream(pbx, engine):
+    rec = pbx.place_call(str(AGENT_PASS), hold_s=0.5)
+    await asyncio.wait_for(rec.finished.wait(), 20)
+    log = pbx.external_endpoints[rec.external_media].rx_log
+    assert len(log) > 100
+    arrivals = np.array([e[0] for e in log])
+    seqs = [e[1] for e in log]
+    stamps = [e[2] for e in log]
+    assert len({e[4] for e in log}) == 1  # one SSRC for the call
+    assert all((b - a) & 0xFFFF == 1 for a, b in zip(seqs, seqs[1:]))
+    # Continuous speech: timestamps advance exactly one frame per packet, no marker after the first.
+    assert all((b - a) & 0xFFFFFFFF == 160 for a, b in zip(stamps, stamps[1:]))
+    assert not any(e[3] for e in log[1:])
+    # Paced, not burst: the stream spans real time (20 ms per packet), no pile-ups.
+    span = arrivals[-1] - arrivals[0]
+    assert abs(span - 0.02 * (len(log) - 1)) < 0.1
+    assert np.sum(np.diff(arrivals) < 0.005) < len(log) * 0.05
+
+
+async def test_outbound_gap_sets_marker_and_jumps_timestamp(pbx, engine):
+    # Two utterances with a gap: caller speaks HELLO, the engine's echo stops, then resumes.
+    rec = pbx.place_call(str(HELLO), hold_s=0.2)
+    await asyncio.wait_for(rec.finished.wait(), 15)
+    first = pbx.external_endpoints[rec.external_media].rx_log
+    assert first
+    session_media_ids = set(engine.calls.handles)  # the call is gone
+    assert rec.id not in session_media_ids
+    # Drive a second burst directly through the engine's pacer on a live call.
+    rec2 = pbx.place_call(str(THANKS), hold_s=0.2)
+    await wait_for(lambda: rec2.bridged and engine.rtp.routes)
+    ep = pbx.external_endpoints[rec2.external_media]
+    await wait_for(lambda: len(ep.rx_log) > 10)
+    media = next(iter(engine.rtp.routes.values()))
+    # Simulate the provider going quiet for 200 ms: flush and pause, then speak again.
+    media.flush_outbound()
+    rec2.media.muted = True
+    before = len(ep.rx_log)
+    await asyncio.sleep(0.8)  # the 500 ms echo queue drains, then nothing is sent
+    quiet_until = len(ep.rx_log)
+    rec2.media.muted = False
+    await wait_for(lambda: len(ep.rx_log) > quiet_until + 5)
+    gap_entry = ep.rx_log[quiet_until]
+    prev = ep.rx_log[quiet_until - 1]
+    assert quiet_until >= before
+    assert gap_entry[3] is True  # marker on the first packet after the gap
+    ts_jump = (gap_entry[2] - prev[2]) & 0xFFFFFFFF
+    wall = gap_entry[0] - prev[0]
+    assert abs(ts_jump / 8000 - wall) < 0.06  # the timestamp follows the wall clock
+    assert (gap_entry[1] - prev[1]) & 0xFFFF == 1  # sequence numbers continue
+    await asyncio.wait_for(rec2.finished.wait(), 20)
+

@@ -1,0 +1,142 @@
+"""The commands as an operator runs them: aiagent-sim serve, aiagent-tui --no-ui, aiagent-sim call."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import AGENT_PASS, HELLO, THANKS
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def free_port(kind=socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get_json(url: str):
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def wait_until(pred, timeout=15.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            if pred():
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("condition not reached in time")
+
+
+@pytest.fixture
+def stack(tmp_path):
+    ari_port, health_port, rtp_port = free_port(), free_port(), free_port(socket.SOCK_DGRAM)
+    sim = subprocess.Popen([BIN / "aiagent-sim", "serve", "--port", str(ari_port), "--rtp-start", "22000", "--rtp-end", "22200"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {
+        **os.environ,
+        "ASTERISK_ARI_PORT": str(ari_port),
+        "RTP_PORT": str(rtp_port),
+        "HEALTH_PORT": str(health_port),
+        "AIAGENT_MEDIA_DIR": str(tmp_path / "media"),
+    }
+    (tmp_path / "media").mkdir()
+    eng = subprocess.Popen([BIN / "aiagent-tui", "--config", str(ROOT / "config.toml"), "--no-ui"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    health = f"http://127.0.0.1:{health_port}/health"
+    try:
+        wait_until(lambda: get_json(health)[1]["ari_connected"])
+        yield ari_port, health_port, eng, sim
+    finally:
+        for p in (eng, sim):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+
+
+def test_sim_call_command_reports_clean_echo_calls(stack, tmp_path):
+    ari_port, health_port, eng, sim = stack
+    report = tmp_path / "report.json"
+    r = subprocess.run(
+        [BIN / "aiagent-sim", "call", "--ari", f"http://127.0.0.1:{ari_port}", "--count", "3", "--wav", str(AGENT_PASS), "--hold", "0.5", "--report", str(report)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    data = json.loads(report.read_text())
+    assert data["leftover_channels"] == 0 and data["leftover_bridges"] == 0
+    assert data["schema_violations"] == []
+    assert len(data["calls"]) == 3
+    for c in data["calls"]:
+        assert c["answered"] and c["bridged"] and c["external_media"] and c["hangup_clean"]
+        assert c["rtp_sent"] > 150 and c["rtp_received"] > 150
+        assert c["agent_audio_seconds"] > 3.0
+    status, health = get_json(f"http://127.0.0.1:{health_port}/health")
+    assert status == 200 and health["calls_total"] == 3 and health["active_calls"] == 0
+    assert health["audio_transport"] == "externalmedia" and health["providers"]["echo"]["ready"]
+
+
+def test_sigterm_hangs_up_live_calls_and_exits_zero(stack, tmp_path):
+    ari_port, health_port, eng, sim = stack
+    placer = subprocess.Popen(
+        [BIN / "aiagent-sim", "call", "--ari", f"http://127.0.0.1:{ari_port}", "--count", "2", "--wav", str(THANKS), "--hold", "10", "--report", str(tmp_path / "r.json")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    health = f"http://127.0.0.1:{health_port}/health"
+    wait_until(lambda: get_json(health)[1]["active_calls"] == 2 and all(c["rtp"]["packets_in"] > 0 for c in get_json(health)[1]["calls"]))
+    eng.send_signal(signal.SIGTERM)
+    assert eng.wait(15) == 0, eng.stdout.read()
+    out = eng.stdout.read()
+    assert "Traceback" not in out
+    placer.wait(30)
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert [c["ended_by"] for c in data["calls"]] == ["ari", "ari"]
+    assert data["leftover_channels"] == 0 and data["leftover_bridges"] == 0
+
+
+def test_health_while_a_call_is_up(stack, tmp_path):
+    ari_port, health_port, eng, sim = stack
+    placer = subprocess.Popen(
+        [BIN / "aiagent-sim", "call", "--ari", f"http://127.0.0.1:{ari_port}", "--count", "1", "--wav", str(HELLO), "--hold", "3", "--report", str(tmp_path / "r.json")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    health = f"http://127.0.0.1:{health_port}/health"
+    wait_until(lambda: get_json(health)[1]["active_calls"] == 1 and get_json(health)[1]["calls"][0]["rtp"]["packets_out"] > 20)
+    status, h = get_json(health)
+    assert status == 200 and h["status"] == "ok"
+    assert h["ari_connected"] and h["rtp_server_running"]
+    call = h["calls"][0]
+    assert call["state"] == "streaming" and call["provider"] == "echo"
+    assert call["rtp"]["ssrc"] is not None and call["rtp"]["lost"] == 0 and call["rtp"]["packets_in"] > 20
+    with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/metrics", timeout=2) as r:
+        metrics = r.read().decode()
+    assert "ai_agent_active_calls 1.0" in metrics
+    assert f'ai_agent_rtp_loss_ratio{{call_id="{call["call_id"]}"}} 0.0' in metrics
+    placer.wait(30)
+
+
+def test_no_ui_exits_nonzero_with_a_clear_message_when_the_rtp_port_is_taken(tmp_path):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        env = {**os.environ, "RTP_PORT": str(s.getsockname()[1]), "HEALTH_PORT": str(free_port())}
+        r = subprocess.run([BIN / "aiagent-tui", "--no-ui"], env=env, capture_output=True, text=True, timeout=30, cwd=tmp_path)
+    assert r.returncode == 1
+    assert "cannot bind the RTP socket" in r.stderr and "Traceback" not in r.stderr

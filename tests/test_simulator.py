@@ -1,0 +1,158 @@
+"""The PBX simulator conforms to api-docs and BEHAVIOUR.md, so that tests over it mean something."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+
+import aiohttp
+import pytest
+
+from pbxsim.schema import AriSpec
+from pbxsim.server import SimPBX
+from tests.conftest import HELLO, wait_for
+
+AUTH = {"Authorization": "Basic " + base64.b64encode(b"aiagent:").decode()}
+
+
+@pytest.fixture
+def spec() -> AriSpec:
+    return AriSpec()
+
+
+def test_schema_flags_unknown_missing_and_invalid_parameters(spec):
+    op, _ = spec.match("POST", "/channels/externalMedia")
+    assert op.key == "channels.externalMedia"
+    ok = {"app": "aiagent", "external_host": "127.0.0.1:18080", "format": "ulaw"}
+    assert spec.validate_request(op, ok, None) == []
+    assert "missing required query parameter 'format'" in spec.validate_request(op, {"app": "a"}, None)[0]
+    assert "unknown query parameter 'externalHost'" in spec.validate_request(op, {**ok, "externalHost": "x"}, None)[0]
+    assert "is not one of" in spec.validate_request(op, {**ok, "transport": "sctp"}, None)[0]
+    op, params = spec.match("POST", "/bridges/b-1/play/p-1")
+    assert (op.key, params) == ("bridges.playWithId", {"bridgeId": "b-1", "playbackId": "p-1"})
+    op, _ = spec.match("GET", "/channels/1/variable")
+    assert spec.validate_request(op, {}, None) == ["channels.getChannelVar: missing required query parameter 'variable'"]
+
+
+def test_schema_checks_events_against_models(spec):
+    good = {
+        "type": "PlaybackFinished",
+        "application": "aiagent",
+        "timestamp": "2026-01-01T00:00:00.000+0000",
+        "playback": {"id": "p", "media_uri": "sound:x", "target_uri": "bridge:b", "state": "done"},
+    }
+    assert spec.validate_event(good) == []
+    bad = json.loads(json.dumps(good))
+    bad["playback"]["state"] = "finished"
+    del bad["playback"]["target_uri"]
+    errors = spec.validate_event(bad)
+    assert any("target_uri" in e for e in errors) and any("'finished' is not one of" in e for e in errors)
+    assert spec.validate_event({"type": "NoSuchEvent"}) == ["event: unknown type 'NoSuchEvent'"]
+
+
+async def _ari(http, pbx, method, path, **params):
+    async with http.request(method, f"{pbx.url}/ari{path}", params=params, headers=AUTH) as r:
+        body = await r.json(content_type=None) if r.status != 204 else None
+        return r.status, body
+
+
+async def _events(http, pbx, app="aiagent"):
+    ws = await http.ws_connect(f"{pbx.url}/ari/events?app={app}", headers=AUTH)
+    return ws
+
+
+async def test_behaviour_externalmedia_422_before_stasis_start_and_channelvars(pbx):
+    async with aiohttp.ClientSession() as http:
+        ws = await _events(http, pbx)
+        await wait_for(lambda: pbx.app_active("aiagent"))
+        status, _ = await _ari(http, pbx, "POST", "/bridges", type="mixing", bridgeId="b1")
+        assert status == 200
+        status, ch = await _ari(http, pbx, "POST", "/channels/externalMedia", app="aiagent", external_host="127.0.0.1:9", format="ulaw", channelId="em1")
+        assert status == 200
+        assert ch["channelvars"]["UNICASTRTP_LOCAL_ADDRESS"] == "127.0.0.1"
+        assert int(ch["channelvars"]["UNICASTRTP_LOCAL_PORT"]) % 2 == 0
+        # Answered before the channel is in Stasis: 422, as Asterisk does.
+        status, body = await _ari(http, pbx, "POST", "/bridges/b1/addChannel", channel="em1")
+        assert (status, body["message"]) == (422, "Channel not in Stasis application")
+        msg = json.loads((await ws.receive(timeout=2)).data)
+        assert msg["type"] == "StasisStart" and msg["channel"]["id"] == "em1" and msg["channel"]["state"] == "Up"
+        assert (await _ari(http, pbx, "POST", "/bridges/b1/addChannel", channel="em1"))[0] == 204
+        assert (await _ari(http, pbx, "GET", "/channels/em1/rtp_statistics"))[0] == 404
+        # Nothing is cleaned up for you: closing the socket leaves channel and bridge in place.
+        await ws.close()
+        await asyncio.sleep(0.05)
+        assert pbx.leftovers() == (["em1"], ["b1"])
+        assert (await _ari(http, pbx, "DELETE", "/channels/em1"))[0] == 204
+        assert (await _ari(http, pbx, "DELETE", "/bridges/b1"))[0] == 204
+    assert pbx.violations == []
+
+
+async def test_behaviour_bridge_playback_is_mixed_into_externalmedia(pbx, tmp_path):
+    """A playback on the bridge reaches the ExternalMedia channel (the reason for gating)."""
+    prompt = tmp_path / "prompt"
+    (tmp_path / "prompt.ulaw").write_bytes(bytes(range(0, 256, 2)) * 10)  # 1280 bytes = 160 ms
+    async with aiohttp.ClientSession() as http:
+        ws = await _events(http, pbx)
+        await wait_for(lambda: pbx.app_active("aiagent"))
+        await _ari(http, pbx, "POST", "/bridges", type="mixing", bridgeId="b2")
+        await _ari(http, pbx, "POST", "/channels/externalMedia", app="aiagent", external_host="127.0.0.1:9", format="ulaw", channelId="em2")
+        await asyncio.sleep(0.05)
+        await _ari(http, pbx, "POST", "/bridges/b2/addChannel", channel="em2")
+        ep = pbx.external_endpoints["em2"]
+        assert ep.packets_sent == 0  # alone and silent: no packets at all
+        status, pb = await _ari(http, pbx, "POST", "/bridges/b2/play/pb-1", media=f"sound:{prompt}")
+        assert status == 201 and pb["target_uri"] == "bridge:b2"
+        types = []
+        while "PlaybackFinished" not in types:
+            types.append(json.loads((await ws.receive(timeout=2)).data)["type"])
+        assert "PlaybackStarted" in types
+        assert ep.packets_sent >= 8  # every 20 ms while the playback ran
+        # A missing file still answers 201, then fails.
+        status, _ = await _ari(http, pbx, "POST", "/bridges/b2/play/pb-2", media=f"sound:{tmp_path}/missing")
+        assert status == 201
+        while True:
+            ev = json.loads((await ws.receive(timeout=2)).data)
+            if ev["type"] == "PlaybackFinished":
+                assert ev["playback"]["state"] == "failed"
+                break
+        await ws.close()
+        await _ari(http, pbx, "DELETE", "/channels/em2")
+        await _ari(http, pbx, "DELETE", "/bridges/b2")
+    assert pbx.violations == []
+
+
+async def test_unknown_operation_and_bad_parameters_are_violations():
+    pbx = SimPBX()
+    await pbx.start(port=0)
+    try:
+        async with aiohttp.ClientSession() as http:
+            assert (await _ari(http, pbx, "POST", "/channels/externalMedia", app="a", format="ulaw", bogus="1"))[0] == 400
+            assert (await _ari(http, pbx, "GET", "/nothing/here"))[0] == 404
+            wrong = {"Authorization": "Basic " + base64.b64encode(b"aiagent:wrong").decode()}
+            async with http.get(f"{pbx.url}/ari/asterisk/info", headers=wrong) as r:
+                assert r.status == 401
+    finally:
+        await pbx.stop()
+    assert any("unknown query parameter 'bogus'" in v for v in pbx.violations)
+    assert any("/nothing/here" in v for v in pbx.violations)
+
+
+async def test_second_websocket_replaces_the_first(pbx):
+    async with aiohttp.ClientSession() as http:
+        first = await _events(http, pbx)
+        await wait_for(lambda: pbx.app_active("aiagent"))
+        second = await _events(http, pbx)
+        msg = json.loads((await first.receive(timeout=2)).data)
+        assert msg["type"] == "ApplicationReplaced"
+        rec = pbx.place_call(str(HELLO), hold_s=0.1)
+        msg = json.loads((await second.receive(timeout=2)).data)
+        assert msg["type"] == "StasisStart" and msg["channel"]["id"] == rec.id
+        await _ari(http, pbx, "DELETE", f"/channels/{rec.id}")
+        await first.close()
+        await second.close()
+
+
+async def test_call_into_an_app_with_no_websocket_fails_at_once(pbx):
+    rec = pbx.place_call(str(HELLO), hold_s=0.1)
+    assert not rec.accepted and rec.error == "Stasis app 'aiagent' not active"
