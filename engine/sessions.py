@@ -259,16 +259,6 @@ class SessionStore:
     def get(self, call_id: str) -> CallSession | None:
         return self._calls.get(call_id)
 
-    def find_by_channel(self, channel_id: str) -> CallSession | None:
-        """The call that a caller or ExternalMedia channel id belongs to."""
-        call = self._calls.get(channel_id)
-        if call is not None:
-            return call
-        for c in self._calls.values():
-            if c.external_channel_id == channel_id:
-                return c
-        return None
-
     def __len__(self) -> int:
         return len(self._calls)
 

@@ -1,0 +1,340 @@
+"""Media path benchmark: N concurrent echo calls through the PBX simulator.
+
+    python bench/media.py [--calls 50] [--seconds 30]
+
+Phase 1 runs the simulator (aiagent-sim serve) and the engine with the echo provider in separate
+processes and measures the engine: RTP in/out, loss, per-packet processing time, outbound pacing
+error, CPU seconds per call-minute.
+Phase 2 measures the floor: a bare asyncio UDP loop doing the same per-packet work (parse, u-law
+decode, 8->16 kHz, 16->8 kHz, u-law encode, packetize, 20 ms paced send) for the same number of
+streams, fed by a plain RTP generator. The engine/floor CPU ratio is what the engine's own
+structure costs on top of the unavoidable work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import wave
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from engine.audio import Resampler, pcm16_to_ulaw, ulaw_to_pcm16  # noqa: E402
+from engine.rtp import HEADER, build_packet  # noqa: E402
+
+SOUNDS = Path("/usr/share/asterisk/sounds/en_US_f_Allison")
+PROMPTS = ["demo-congrats.wav", "demo-thanks.wav", "agent-pass.wav", "vm-intro.wav"]
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def speech_wav(seconds: float, out: Path) -> Path:
+    """Real speech at least ``seconds`` long: Asterisk prompts back to back."""
+    frames = b""
+    while len(frames) < seconds * 16000:
+        for name in PROMPTS:
+            with wave.open(str(SOUNDS / name)) as w:
+                frames += w.readframes(w.getnframes())
+    with wave.open(str(out), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(frames[: int(seconds * 16000)])
+    return out
+
+
+def pct(values: list[float] | np.ndarray, q: float) -> float:
+    return float(np.percentile(values, q)) if len(values) else 0.0
+
+
+# ---- phase 1: the engine ------------------------------------------------------------------
+
+
+def engine_child(conn, env: dict[str, str]) -> None:
+    from engine.config import load_config
+    from engine.engine import Engine
+
+    async def main() -> None:
+        eng = Engine(load_config(None, env=env))
+        await eng.start()
+        await eng.wait_ari_connected(10)
+        conn.send("ready")
+        loop = asyncio.get_running_loop()
+        cpu0 = 0.0
+        c = eng.rtp.counters
+        in0 = out0 = 0
+        while True:
+            cmd = await loop.run_in_executor(None, conn.recv)
+            if cmd == "mark":
+                eng.rtp.timings.clear()
+                cpu0 = time.process_time()
+                in0, out0 = c.packets_in, c.packets_out
+                conn.send("marked")
+            elif cmd == "report":
+                t = eng.rtp.timings
+                calls = list(eng.store)
+                conn.send(
+                    {
+                        "cpu_s": time.process_time() - cpu0,
+                        "inbound_ms": [t.inbound.percentile_ms(50), t.inbound.percentile_ms(99)],
+                        "outbound_ms": [t.outbound.percentile_ms(50), t.outbound.percentile_ms(99)],
+                        "send_ms": [t.send.percentile_ms(50), t.send.percentile_ms(99)],
+                        "pacing_ms": [t.pacing_error.percentile_ms(50), t.pacing_error.percentile_ms(99)],
+                        "pacing_max_ms": float(t.pacing_error.values().max() * 1000) if t.pacing_error.count else 0.0,
+                        "late_frames": int(np.sum(t.pacing_error.values() > 0.020)),
+                        "packets_in": c.packets_in - in0,
+                        "packets_out": c.packets_out - out0,
+                        "lost_in": sum(c.rtp_in.lost for c in calls),
+                        "late_in": eng.rtp.counters.late,
+                        "underruns": sum(c.rtp_out.underruns for c in calls),
+                        "overruns": sum(c.rtp_out.overruns for c in calls),
+                        "late_ticks": eng.rtp.counters.late_ticks,
+                    }
+                )
+            elif cmd == "stop":
+                await eng.stop()
+                conn.send("stopped")
+                return
+
+    asyncio.run(main())
+
+
+def http_json(url: str, data: dict | None = None):
+    req = urllib.request.Request(url, data=json.dumps(data).encode() if data is not None else None, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def run_engine_phase(calls: int, seconds: float, wav: Path) -> dict:
+    ari_port = free_port()
+    sim = subprocess.Popen(
+        [sys.executable, "-m", "pbxsim.cli", "serve", "--port", str(ari_port), "--rtp-start", "30000", "--rtp-end", "31998"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    env = {"ASTERISK_ARI_PORT": str(ari_port), "RTP_PORT": "0", "HEALTH_PORT": "0", "AIAGENT_MAX_CALLS": str(calls + 10), "AIAGENT_MEDIA_DIR": tempfile.mkdtemp()}
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=engine_child, args=(child, env), daemon=True)
+    sim_url = f"http://127.0.0.1:{ari_port}"
+    try:
+        for _ in range(100):
+            try:
+                http_json(f"{sim_url}/sim/state")
+                break
+            except OSError:
+                time.sleep(0.1)
+        proc.start()
+        assert parent.recv() == "ready"
+        ids = []
+        for i in range(calls):
+            ids.append(http_json(f"{sim_url}/sim/calls", {"wav": str(wav), "hold_s": 0.5, "caller_number": str(1000 + i)})["id"])
+            time.sleep(0.02)
+        # Measure the steady state: every call bridged and talking.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            reports = http_json(f"{sim_url}/sim/calls")
+            if sum(1 for r in reports if r["rtp_sent"] > 0) == calls:
+                break
+            time.sleep(0.1)
+        parent.send("mark")
+        parent.recv()
+        t0 = time.monotonic()
+        window = max(1.0, seconds - 2.0)
+        time.sleep(window)
+        parent.send("report")
+        eng = parent.recv()
+        eng["window_s"] = time.monotonic() - t0
+        while not all(r["done"] for r in http_json(f"{sim_url}/sim/calls")):
+            time.sleep(0.25)
+        reports = http_json(f"{sim_url}/sim/calls")
+        state = http_json(f"{sim_url}/sim/state")
+        parent.send("stop")
+        parent.recv()
+    finally:
+        proc.join(10)
+        sim.send_signal(signal.SIGINT)
+        sim.wait(10)
+    eng["sim_sent"] = sum(r["rtp_sent"] for r in reports)
+    eng["sim_received"] = sum(r["rtp_received"] for r in reports)
+    eng["calls_clean"] = sum(1 for r in reports if r["bridged"] and r["hangup_clean"])
+    eng["leftovers"] = len(state["leftover_channels"]) + len(state["leftover_bridges"])
+    eng["violations"] = len(state["violations"])
+    return eng
+
+
+# ---- phase 2: the floor -------------------------------------------------------------------
+
+
+class FloorStream:
+    __slots__ = ("up", "down", "q", "seq", "ts")
+
+    def __init__(self) -> None:
+        self.up = Resampler(8000, 16000)
+        self.down = Resampler(16000, 8000)
+        self.q: deque[bytes] = deque()
+        self.seq = 0
+        self.ts = 0
+
+
+class FloorEcho(asyncio.DatagramProtocol):
+    """The least a Python echo media server must do per packet, with nothing else around it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, delay_s: float) -> None:
+        self.loop = loop
+        self.delay = delay_s
+        self.streams: dict[tuple[str, int], FloorStream] = {}
+        self.transport: asyncio.DatagramTransport | None = None
+        self.packets_in = 0
+        self.packets_out = 0
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        self.packets_in += 1
+        st = self.streams.get(addr)
+        if st is None:
+            st = self.streams[addr] = FloorStream()
+        HEADER.unpack_from(data)
+        self.loop.call_later(self.delay, self._echo, st, st.up.process(ulaw_to_pcm16(data[12:])))
+
+    @staticmethod
+    def _echo(st: FloorStream, pcm16k: bytes) -> None:
+        st.q.append(pcm16_to_ulaw(st.down.process(pcm16k)))
+
+    def tick(self) -> None:
+        sendto = self.transport.sendto
+        for addr, st in self.streams.items():
+            if st.q:
+                st.seq += 1
+                st.ts += 160
+                sendto(build_packet(0, st.seq, st.ts, 1, st.q.popleft()), addr)
+                self.packets_out += 1
+
+
+def floor_child(conn, port: int) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        proto = FloorEcho(loop, 0.5)
+        transport, _ = await loop.create_datagram_endpoint(lambda: proto, local_addr=("127.0.0.1", port))
+        proto.transport = transport
+        t0 = loop.time()
+        n = 0
+
+        def run() -> None:
+            nonlocal n
+            proto.tick()
+            n += 1
+            loop.call_at(t0 + n * 0.02, run)
+
+        loop.call_at(t0, run)
+        conn.send("ready")
+        cpu0 = 0.0
+        while True:
+            cmd = await loop.run_in_executor(None, conn.recv)
+            if cmd == "mark":
+                cpu0 = time.process_time()
+                conn.send("marked")
+            elif cmd == "report":
+                conn.send({"cpu_s": time.process_time() - cpu0, "packets_in": proto.packets_in, "packets_out": proto.packets_out})
+                return
+
+    asyncio.run(main())
+
+
+def generator_child(port: int, streams: int, seconds: float, wav: Path) -> None:
+    """Plain RTP callers: one socket each, 20 ms frames of real speech, replies counted."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        with wave.open(str(wav)) as w:
+            ulaw = pcm16_to_ulaw(w.readframes(w.getnframes()))
+        socks = []
+        for _ in range(streams):
+            t, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
+            socks.append(t)
+        end = loop.time() + seconds
+        n = 0
+        while loop.time() < end:
+            frame = ulaw[(n * 160) % (len(ulaw) - 160) :][:160]
+            for i, t in enumerate(socks):
+                t.sendto(build_packet(0, n, n * 160, i, frame), ("127.0.0.1", port))
+            n += 1
+            await asyncio.sleep(max(0.0, (end - seconds) + n * 0.02 - loop.time()))
+
+    asyncio.run(main())
+
+
+def run_floor_phase(calls: int, seconds: float, wav: Path) -> dict:
+    ctx = mp.get_context("spawn")
+    port = free_port(socket.SOCK_DGRAM)
+    parent, child = ctx.Pipe()
+    floor = ctx.Process(target=floor_child, args=(child, port), daemon=True)
+    floor.start()
+    assert parent.recv() == "ready"
+    gen = ctx.Process(target=generator_child, args=(port, calls, seconds, wav), daemon=True)
+    gen.start()
+    time.sleep(1.0)
+    parent.send("mark")
+    parent.recv()
+    t0 = time.monotonic()
+    time.sleep(max(1.0, seconds - 2.0))
+    parent.send("report")
+    out = parent.recv()
+    out["window_s"] = time.monotonic() - t0
+    gen.join(seconds + 10)
+    floor.join(5)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--calls", type=int, default=50)
+    ap.add_argument("--seconds", type=float, default=30.0)
+    ap.add_argument("--json", help="also write the figures here")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = speech_wav(args.seconds + 3, Path(tmp) / "speech.wav")
+        e = run_engine_phase(args.calls, args.seconds, wav)
+        f = run_floor_phase(args.calls, args.seconds, wav)
+    call_minutes = args.calls * e["window_s"] / 60
+    e_cpm = e["cpu_s"] / call_minutes
+    f_cpm = f["cpu_s"] / (args.calls * f["window_s"] / 60)
+    ratio = e_cpm / f_cpm if f_cpm else float("inf")
+    lost_echo = e["sim_sent"] - e["sim_received"]
+    print(f"media benchmark: {args.calls} concurrent echo calls, {args.seconds:.0f} s of speech each (engine measured over {e['window_s']:.1f} s)")
+    print(f"  RTP in (engine, window)   {e['packets_in']} packets; whole run: lost {e['lost_in']}, late {e['late_in']}")
+    print(f"  RTP out (engine, window)  {e['packets_out']} packets; whole run: sim sent {e['sim_sent']}, got back {e['sim_received']}")
+    print(f"                            (the difference is echo still queued when each caller hung up: {lost_echo / args.calls:.1f} frames per call)")
+    print(f"  arrival -> provider       p50 {e['inbound_ms'][0]*1000:.1f} us   p99 {e['inbound_ms'][1]*1000:.1f} us")
+    print(f"  provider -> queued frame  p50 {e['outbound_ms'][0]*1000:.1f} us   p99 {e['outbound_ms'][1]*1000:.1f} us")
+    print(f"  packetize + send          p50 {e['send_ms'][0]*1000:.1f} us   p99 {e['send_ms'][1]*1000:.1f} us")
+    print(f"  outbound pacing error     p50 {e['pacing_ms'][0]:.2f} ms   p99 {e['pacing_ms'][1]:.2f} ms   max {e['pacing_max_ms']:.2f} ms")
+    print(f"  late frames (>20 ms)      {e['late_frames']}   late ticks {e['late_ticks']}   underruns {e['underruns']}   overruns {e['overruns']}")
+    print(f"  engine CPU                {e['cpu_s']:.2f} s = {e_cpm:.3f} CPU-s per call-minute")
+    print(f"  floor CPU                 {f['cpu_s']:.2f} s = {f_cpm:.3f} CPU-s per call-minute ({f['packets_in']} in, {f['packets_out']} out)")
+    print(f"  engine / floor CPU ratio  {ratio:.2f}")
+    print(f"  calls bridged and clean   {e['calls_clean']}/{args.calls}; leftovers {e['leftovers']}; ARI schema violations {e['violations']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"engine": e, "floor": f, "cpu_per_call_minute": e_cpm, "floor_cpu_per_call_minute": f_cpm, "ratio": ratio}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
