@@ -21,11 +21,16 @@ from engine.ari.models import (
     ChannelDestroyed,
     ChannelDtmfReceived,
     ChannelHangupRequest,
+    PlaybackFinished,
+    PlaybackStarted,
     StasisEnd,
     StasisStart,
 )
+from engine.audio import ulaw_to_pcm16
 from engine.config import AppConfig
+from engine.conversation import ConversationCoordinator, ConversationCounters
 from engine.media import CallMedia
+from engine.playback import FilePlayback, PlaybackCounters, StreamPlayback
 from engine.rtp_server import RtpServer
 from engine.sessions import CallSession, CallState, ProviderSession, SessionStore, TranscriptTurn
 from providers.base import (
@@ -55,6 +60,7 @@ class CallHandle:
     token: str  # names the call's bridge, ExternalMedia channel and files; never caller text
     media: CallMedia | None = None
     provider_call: ProviderCall | None = None
+    conversation: ConversationCoordinator | None = None
     setup_task: asyncio.Task | None = None
     teardown_task: asyncio.Task | None = None
     tasks: set[asyncio.Task] = field(default_factory=set)
@@ -75,6 +81,7 @@ class CallController:
         rtp: RtpServer,
         provider_for_new_call: Callable[[], str],
         get_provider: ProviderLookup,
+        observe_turn_latency: Callable[[float], None] = lambda s: None,
     ) -> None:
         self.config = config
         self.app = config.asterisk.app
@@ -83,7 +90,11 @@ class CallController:
         self.rtp = rtp
         self._provider_for_new_call = provider_for_new_call
         self._get_provider = get_provider
+        self._observe_turn_latency = observe_turn_latency
         self.handles: dict[str, CallHandle] = {}
+        self._by_token: dict[str, CallHandle] = {}
+        self.playback_counters = PlaybackCounters()
+        self.conversation_counters = ConversationCounters()
         self._pending_external: dict[str, asyncio.Future[Channel]] = {}
         self._tasks: set[asyncio.Task] = set()  # work that belongs to no call (rejects, orphans)
         self.ext_prefix = f"{self.app}-em-"
@@ -122,6 +133,15 @@ class CallController:
                 is_caller = event.channel.id == h.session.caller_channel_id
                 reason = "caller hung up" if is_caller else "ExternalMedia channel ended"
                 self.begin_teardown(h, reason, hangup_caller=not is_caller)
+        elif isinstance(event, (PlaybackStarted, PlaybackFinished)):
+            # Our playback ids are "<call token>-<n>": the token finds the call.
+            h = self._by_token.get(event.playback.id.rsplit("-", 1)[0])
+            if h is None or h.conversation is None or not isinstance(h.conversation.downstream, FilePlayback):
+                return
+            if isinstance(event, PlaybackStarted):
+                h.conversation.downstream.on_started(event.playback.id)
+            else:
+                h.conversation.downstream.on_finished(event.playback.id, event.playback.state)
         elif isinstance(event, ChannelDtmfReceived):
             h = self.handles.get(event.channel.id)
             if h is not None:
@@ -166,6 +186,7 @@ class CallController:
         )
         h = CallHandle(session, uuid.uuid4().hex[:12])
         self.handles[ch.id] = h
+        self._by_token[h.token] = h
         self.store.add(session)
         self.store.log(ch.id, logging.INFO, f"call from {ch.caller.number or 'unknown'} ({ch.name}), provider {provider}")
         h.setup_task = h.spawn(self._setup(h))
@@ -240,20 +261,64 @@ class CallController:
         ctx = CallContext(call_id=s.call_id, caller_number=s.caller_number, caller_name=s.caller_name)
         pcall = provider.open_call(ctx, lambda ev: self._on_provider_event(h, ev))
         h.provider_call = pcall
+        conv = ConversationCoordinator(
+            self.config, s, self.store, pcall, provider.half_duplex, self.conversation_counters, self._observe_turn_latency, h.spawn
+        )
+        h.conversation = conv
+        frames = self.config.playback.stream_queue_max_ms // 20
+        h.media = CallMedia(s, s.rtp_remote, conv.on_caller_pcm8, max_queue_frames=frames)
+        if self.config.playback.downstream_mode == "stream":
+            self._use_stream(h)
+        else:
+            self._use_files(h)
         await pcall.start()
         s.provider.ready = True
         s.provider.started_at = asyncio.get_running_loop().time()
-        h.media = CallMedia(s, s.rtp_remote, pcall.send_audio)
         self.rtp.register(h.media)
+
+    def _use_files(self, h: CallHandle) -> None:
+        conv = h.conversation
+        assert conv is not None
+        h.session.downstream_mode = "file"
+        conv.downstream = FilePlayback(
+            self.ari, h.session, h.token, self.config.storage.media_dir, self.config.playback, self.playback_counters,
+            h.spawn, conv.tokens_changed, conv.first_audio_out, conv.reference,
+        )
+
+    def _use_stream(self, h: CallHandle) -> None:
+        conv, media = h.conversation, h.media
+        assert conv is not None and media is not None
+        h.session.downstream_mode = "stream"
+        stream = StreamPlayback(self.rtp, media, conv.tokens_changed)
+        conv.downstream = stream
+        media.on_stream_start = conv.first_audio_out
+        media.on_drained = stream.drained
+        media.on_send_failed = lambda: self._stream_failed(h)
+
+    def _stream_failed(self, h: CallHandle) -> None:
+        """RTP to Asterisk keeps failing for this call: play its audio as files instead."""
+        media, conv = h.media, h.conversation
+        if media is None or conv is None or h.session.downstream_mode != "stream":
+            return
+        queued = b"".join(media.out_frames)
+        conv.downstream.close()
+        media.on_stream_start = media.on_drained = media.on_send_failed = None
+        self._use_files(h)
+        self.playback_counters.stream_fallbacks += 1
+        self.store.log(h.session.call_id, logging.WARNING, "stream playback failed (RTP send errors): falling back to file playback for this call")
+        if queued:
+            conv.downstream.add(ulaw_to_pcm16(queued), 8000)
+            conv.downstream.finish()
 
     # ---- provider events
     def _on_provider_event(self, h: CallHandle, ev: ProviderEvent) -> None:
         if h.teardown_task is not None:
             return
         s = h.session
+        conv = h.conversation
         if isinstance(ev, AgentAudio):
-            if h.media is not None:
-                self.rtp.agent_audio(h.media, ev.pcm16, ev.sample_rate)
+            if conv is not None:
+                conv.agent_audio(ev.pcm16, ev.sample_rate)
         elif isinstance(ev, Transcript):
             turn = TranscriptTurn(ev.role, ev.text, ev.final, asyncio.get_running_loop().time())
             self.store.add_transcript(s, turn)
@@ -261,10 +326,11 @@ class CallController:
                 text = " ".join(t.text for t in s.transcript if t.role == "caller")
                 h.spawn(self._set_transcript_var(s.caller_channel_id, text))
         elif isinstance(ev, AgentSpeakingStopped):
-            if h.media is not None:
-                self.rtp.finish_agent_audio(h.media)
+            if conv is not None:
+                conv.agent_finished()
         elif isinstance(ev, AgentSpeakingStarted):
-            pass
+            if conv is not None:
+                conv.agent_started()
         elif isinstance(ev, ProviderError):
             assert s.provider is not None
             s.provider.errors += 1
@@ -296,6 +362,8 @@ class CallController:
         await asyncio.gather(*pending, return_exceptions=True)
         if h.media is not None:
             self.rtp.unregister(h.media)
+        if h.conversation is not None:
+            h.conversation.close()
         if h.provider_call is not None:
             try:
                 await asyncio.wait_for(h.provider_call.stop(), PROVIDER_STOP_TIMEOUT_S)
@@ -310,6 +378,7 @@ class CallController:
             await self._delete_channel(s.caller_channel_id, "caller")
         self._delete_files(h)
         self.handles.pop(s.call_id, None)
+        self._by_token.pop(h.token, None)
         self.store.remove(s, reason)
         self.store.log(s.call_id, logging.INFO, f"call ended: {reason}")
 

@@ -58,6 +58,39 @@ class RtpConfig(_Section):
         return self
 
 
+class VadConfig(_Section):
+    aggressiveness: int = Field(2, ge=0, le=3)  # webrtcvad mode: 0 lets most through, 3 is strictest
+    start_ms: int = Field(60, ge=20, le=1000)  # voiced audio this long starts an utterance
+    end_ms: int = Field(500, ge=100, le=5000)  # silence this long ends it (hangover)
+    min_level_dbfs: float = Field(-50.0, le=0)  # frames quieter than this are never speech
+    # With no speech found but audio arriving, hand what was heard to the provider this often,
+    # so speech the VAD misses still reaches STT.
+    fallback_interval_ms: int = Field(4000, ge=500, le=60000)
+    preroll_ms: int = Field(300, ge=0, le=2000)  # audio kept from before the speech start
+
+
+class BargeInConfig(_Section):
+    enabled: bool = True
+    min_ms: int = Field(200, ge=20, le=2000)  # caller speech this long during agent speech stops it
+    # Level a frame of caller speech must reach while the agent talks (after the agent's own
+    # playback has been subtracted in file mode).
+    min_level_dbfs: float = Field(-40.0, le=0)
+
+
+class PlaybackConfig(_Section):
+    downstream_mode: Literal["file", "stream"] = "file"
+    file_chunk_ms: int = Field(400, ge=40, le=10000)  # agent audio per file in file mode
+    timeout_margin_ms: int = Field(1500, ge=100, le=60000)  # PlaybackFinished overdue after duration + this
+    gating_tail_ms: int = Field(60, ge=0, le=2000)  # capture stays muted this long after agent audio ends
+    stream_queue_max_ms: int = Field(30000, ge=1000, le=600000)  # stream mode: queued agent audio cap
+
+
+class ToneProviderConfig(_Section):
+    frequency_hz: float = Field(440.0, gt=20, lt=4000)
+    duration_ms: int = Field(2000, ge=20, le=60000)
+    think_ms: int = Field(200, ge=0, le=10000)
+
+
 class HealthConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(15000, ge=0, le=65535)
@@ -70,6 +103,7 @@ class EchoProviderConfig(_Section):
 class ProvidersConfig(_Section):
     default: str = "echo"
     echo: EchoProviderConfig = EchoProviderConfig()
+    tone: ToneProviderConfig = ToneProviderConfig()
 
     @field_validator("default")
     @classmethod
@@ -94,6 +128,9 @@ class AppConfig(_Section):
     rtp: RtpConfig = RtpConfig()
     health: HealthConfig = HealthConfig()
     providers: ProvidersConfig = ProvidersConfig()
+    vad: VadConfig = VadConfig()
+    barge_in: BargeInConfig = BargeInConfig()
+    playback: PlaybackConfig = PlaybackConfig()
     storage: StorageConfig = StorageConfig()
     logging: LoggingConfig = LoggingConfig()
 
@@ -118,6 +155,7 @@ ENV_OVERRIDES: dict[str, str] = {
     "AIAGENT_PROVIDER": "providers.default",
     "AIAGENT_MAX_CALLS": "rtp.max_calls",
     "AIAGENT_MEDIA_DIR": "storage.media_dir",
+    "AIAGENT_DOWNSTREAM_MODE": "playback.downstream_mode",
 }
 
 

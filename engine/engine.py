@@ -17,6 +17,7 @@ from engine.ari.events import AriEventStream
 from engine.calls import CallController
 from engine.config import AppConfig
 from engine.health import HealthServer
+from engine.metrics import EngineMetrics
 from engine.rtp_server import RtpServer
 from engine.sessions import SessionStore
 from providers.base import Provider, Readiness
@@ -37,8 +38,10 @@ class Engine:
         self.ari = AriClient(config.asterisk)
         self.providers: dict[str, Provider] = {}
         self.default_provider = config.providers.default
+        self.metrics = EngineMetrics(self)
         self.calls = CallController(
-            config, self.ari, self.store, self.rtp, lambda: self.default_provider, self.get_provider
+            config, self.ari, self.store, self.rtp, lambda: self.default_provider, self.get_provider,
+            self.metrics.turn_latency.observe,
         )
         self.events = AriEventStream(self.ari, config.asterisk.app, self.calls.on_event, self.calls.reconcile)
         self.health_server = HealthServer(self, config.health.host, config.health.port)
@@ -125,6 +128,14 @@ class Engine:
         self.default_provider = name
         self.store.log(None, logging.INFO, f"new calls use provider {name}")
 
+    def barge_in(self, call_id: str) -> bool:
+        """Stop the agent on this call now, as if the caller had talked over it."""
+        h = self.calls.handles.get(call_id)
+        if h is None or h.conversation is None:
+            return False
+        h.conversation.barge_in(forced=True)
+        return True
+
     async def hangup(self, call_id: str) -> bool:
         h = self.calls.handles.get(call_id)
         if h is None:
@@ -139,6 +150,7 @@ class Engine:
 
     def health(self) -> dict[str, Any]:
         c = self.rtp.counters
+        snapshots = self.store.snapshots()
         readiness = self.provider_readiness()
         ok = self.ari_connected and self.rtp.running and readiness[self.default_provider].ready
         return {
@@ -168,5 +180,16 @@ class Engine:
                 "late_dropped": c.late,
                 "send_errors": c.send_errors,
             },
-            "calls": [dataclasses.asdict(s) for s in self.store.snapshots()],
+            "downstream_mode": self.config.playback.downstream_mode,
+            "conversation": {
+                s.call_id: {
+                    "state": s.conversation.state,
+                    "gating": s.conversation.gating,
+                    "capture_enabled": s.conversation.capture_enabled,
+                    "barge_ins": s.conversation.barge_ins,
+                    "downstream_mode": s.conversation.downstream_mode,
+                }
+                for s in snapshots
+            },
+            "calls": [dataclasses.asdict(s) for s in snapshots],
         }

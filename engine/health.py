@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from engine.metrics import build_registry, render
+from engine.metrics import render
 
 if TYPE_CHECKING:
     from engine.engine import Engine
@@ -21,7 +21,6 @@ class HealthServer:
         self.engine = engine
         self.host = host
         self.port = port
-        self._registry = build_registry(engine)
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
@@ -47,5 +46,5 @@ class HealthServer:
         return web.json_response(report, status=200 if report["status"] == "ok" else 503)
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        body = render(self._registry)
+        body = render(self.engine.metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

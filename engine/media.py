@@ -13,7 +13,6 @@ from engine.audio import ULAW_SILENCE, Resampler, pcm16_to_ulaw, ulaw_to_pcm16
 from engine.rtp import ULAW_FRAME_BYTES
 from engine.sessions import CallSession
 
-PROVIDER_RATE = 16000
 ASTERISK_RATE = 8000
 
 
@@ -59,13 +58,16 @@ class MediaTimings:
 
 
 class CallMedia:
-    """The media state of one call: its Asterisk address, resamplers and outbound RTP stream."""
+    """The media state of one call: its Asterisk address, outbound resampler and RTP stream."""
 
     __slots__ = (
         "session",
         "remote",
-        "deliver",
-        "_up",
+        "sink",
+        "on_stream_start",
+        "on_drained",
+        "on_send_failed",
+        "send_failures",
         "_down",
         "_partial",
         "out_frames",
@@ -78,11 +80,15 @@ class CallMedia:
         "queued_at",
     )
 
-    def __init__(self, session: CallSession, remote: tuple[str, int], deliver: Callable[[bytes], None], max_queue_frames: int = 1500) -> None:
+    def __init__(self, session: CallSession, remote: tuple[str, int], sink: Callable[[bytes], None], max_queue_frames: int = 1500) -> None:
         self.session = session
         self.remote = remote
-        self.deliver = deliver  # the provider call's send_audio
-        self._up = Resampler(ASTERISK_RATE, PROVIDER_RATE)
+        self.sink = sink  # receives the caller's audio as 8 kHz PCM16 (the conversation)
+        # Outbound stream hooks, set by the stream playback of the call.
+        self.on_stream_start: Callable[[float], None] | None = None  # first frame after a pause
+        self.on_drained: Callable[[], None] | None = None  # queue ran empty
+        self.on_send_failed: Callable[[], None] | None = None  # sends keep failing
+        self.send_failures = 0
         self._down: Resampler | None = None
         self._partial = b""
         self.out_frames: deque[bytes] = deque()
@@ -96,10 +102,8 @@ class CallMedia:
         session.outbound_ssrc = self.ssrc
 
     def caller_audio(self, ulaw: bytes) -> None:
-        """One in-order caller packet: decode, upsample, hand to the provider."""
-        pcm = self._up.process(ulaw_to_pcm16(ulaw))
-        if pcm:
-            self.deliver(pcm)
+        """One in-order caller packet, decoded, to the conversation."""
+        self.sink(ulaw_to_pcm16(ulaw))
 
     def agent_audio(self, pcm16: bytes, sample_rate: int) -> int:
         """Queue agent speech as 20 ms u-law frames; returns how many frames were added."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Iterator
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 if TYPE_CHECKING:
@@ -53,16 +53,46 @@ class EngineCollector:
         pacing.add_metric(["0.5"], p.percentile_ms(50))
         pacing.add_metric(["0.99"], p.percentile_ms(99))
         yield pacing
+        gating = GaugeMetricFamily("ai_agent_tts_gating_active", "1 while the agent speaks and capture is gated", labels=["call_id"])
+        capture = GaugeMetricFamily("ai_agent_audio_capture_enabled", "1 while caller audio reaches the provider", labels=["call_id"])
+        for call in store:
+            gating.add_metric([call.call_id], int(bool(call.playbacks)))
+            capture.add_metric([call.call_id], int(call.capture_enabled))
+        yield gating
+        yield capture
+        cc = e.calls.conversation_counters
+        yield CounterMetricFamily("ai_agent_barge_in_events", "Barge-ins (caller or operator stopped the agent)", value=cc.barge_ins)
+        yield CounterMetricFamily("ai_agent_barge_in_forced", "Barge-ins forced by the operator", value=cc.barge_ins_forced)
+        yield CounterMetricFamily("ai_agent_fallback_flushes", "Utterances handed over by the fallback timer (VAD heard nothing)", value=cc.fallback_flushes)
+        pc = e.calls.playback_counters
+        pb = CounterMetricFamily("ai_agent_playbacks", "File playbacks on bridges, by outcome", labels=["outcome"])
+        pb.add_metric(["started"], pc.files_started)
+        pb.add_metric(["finished"], pc.files_finished)
+        pb.add_metric(["failed"], pc.files_failed)
+        pb.add_metric(["timed_out"], pc.files_timed_out)
+        pb.add_metric(["stopped"], pc.files_stopped)
+        yield pb
+        yield CounterMetricFamily("ai_agent_stream_fallbacks", "Calls whose stream playback fell back to files", value=pc.stream_fallbacks)
+        yield CounterMetricFamily("ai_agent_stream_underruns", "Outbound RTP streams that ran dry mid-speech", value=sum(c.rtp_out.underruns for c in store) + e.store.ended_underruns)
+        yield CounterMetricFamily("ai_agent_stream_overruns", "Outbound frames dropped on a full queue", value=sum(c.rtp_out.overruns for c in store) + e.store.ended_overruns)
         ready = GaugeMetricFamily("ai_agent_provider_ready", "1 when the provider can take calls", labels=["provider"])
         for name, r in e.provider_readiness().items():
             ready.add_metric([name], int(r.ready))
         yield ready
 
 
-def build_registry(engine: Engine) -> CollectorRegistry:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(EngineCollector(engine))  # type: ignore[arg-type]
-    return registry
+class EngineMetrics:
+    """The engine's registry: the scrape-time collector plus the few metrics that are events."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(EngineCollector(engine))  # type: ignore[arg-type]
+        self.turn_latency = Histogram(
+            "ai_agent_turn_latency_seconds",
+            "Caller speech end to first agent audio out",
+            buckets=(0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0),
+            registry=self.registry,
+        )
 
 
 def render(registry: CollectorRegistry) -> bytes:

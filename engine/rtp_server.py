@@ -23,6 +23,7 @@ FRAME_S = 0.020
 PREBUFFER_FRAMES = 2  # a stream starts once this much is queued (absorbs provider jitter) ...
 PREBUFFER_MAX_WAIT_S = 0.040  # ... or once its first frame has waited this long
 UNDERRUN_WINDOW_TICKS = 5
+SEND_FAILURES_BEFORE_FALLBACK = 3
 _WARN_INTERVAL_S = 10.0
 
 
@@ -154,8 +155,12 @@ class RtpServer(asyncio.DatagramProtocol):
             self.transport.sendto(build_packet(PT_ULAW, media.seq, media.ts, media.ssrc, payload, marker), media.remote)
         except OSError as e:
             self.counters.send_errors += 1
+            media.send_failures += 1
             self._warn("send", f"[{media.session.call_id}] RTP send failed: {e}")
+            if media.send_failures >= SEND_FAILURES_BEFORE_FALLBACK and media.on_send_failed is not None:
+                media.on_send_failed()
             return
+        media.send_failures = 0
         self.counters.packets_out += 1
         out = media.session.rtp_out
         out.packets += 1
@@ -219,6 +224,8 @@ class OutboundPacer:
                 if playing:
                     media.dry_tick = tick
                 done.append(media)
+                if media.on_drained is not None:
+                    media.on_drained()
                 continue
             if not playing and len(frames) < PREBUFFER_FRAMES and deadline - media.queued_at < PREBUFFER_MAX_WAIT_S:
                 continue
@@ -229,6 +236,8 @@ class OutboundPacer:
             media.last_tick = tick
             server.send_frame(media, frames.popleft(), marker)
             now = loop.time()
+            if not playing and media.on_stream_start is not None:
+                media.on_stream_start(now)
             err = now - deadline
             timings.send.add(time.perf_counter() - t1)
             timings.pacing_error.add(err)

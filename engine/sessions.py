@@ -7,9 +7,11 @@ never reach into the media path or call control.
 from __future__ import annotations
 
 import asyncio
+import copy
 import enum
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Literal
 
@@ -25,6 +27,40 @@ class CallState(str, enum.Enum):
     SPEAKING = "speaking"  # agent audio is going out
     CLEANUP = "cleanup"  # tearing down channels, bridge, files
     ENDED = "ended"
+
+
+class ConversationState(str, enum.Enum):
+    LISTENING = "listening"
+    USER_SPEAKING = "user_speaking"
+    PROCESSING = "processing"  # the caller finished; the agent has not answered yet
+    AGENT_SPEAKING = "agent_speaking"
+
+
+@dataclass(slots=True)
+class TurnTimeline:
+    """One exchange, on the loop's monotonic clock (seconds). Stages a provider does not have stay None."""
+
+    speech_end: float | None = None  # caller stopped speaking (VAD end or fallback flush)
+    stt_final: float | None = None
+    llm_first_token: float | None = None
+    first_sentence: float | None = None
+    tts_first_audio: float | None = None
+    first_audio_out: float | None = None  # first agent frame sent / playback started
+
+    @property
+    def latency_s(self) -> float | None:
+        if self.speech_end is None or self.first_audio_out is None:
+            return None
+        return self.first_audio_out - self.speech_end
+
+
+@dataclass(slots=True)
+class VoiceState:
+    """The caller's voice activity, for display: current level and the last seconds of levels."""
+
+    speaking: bool = False
+    level_dbfs: float = -96.0
+    levels: deque = field(default_factory=lambda: deque(maxlen=150))  # 3 s of 20 ms frames
 
 
 @dataclass(slots=True)
@@ -81,7 +117,13 @@ class CallSession:
     rtp_in_late: int = 0  # reordered packets not passed on (audio is never played backwards)
     rtp_out: OutboundStats = field(default_factory=OutboundStats)
     outbound_ssrc: int = 0
-    playbacks: dict[str, PlaybackRef] = field(default_factory=dict)
+    playbacks: dict[str, PlaybackRef] = field(default_factory=dict)  # gating tokens
+    conversation: ConversationState = ConversationState.LISTENING
+    capture_enabled: bool = True
+    downstream_mode: str = "file"
+    barge_ins: int = 0
+    voice: VoiceState = field(default_factory=VoiceState)
+    turns: list[TurnTimeline] = field(default_factory=list)
     transcript: list[TranscriptTurn] = field(default_factory=list)
     created_at: float = field(default_factory=time.time)
     created_mono: float = field(default_factory=time.monotonic)
@@ -123,6 +165,19 @@ class CallSession:
                 pacing_error_ms=round(self.rtp_out.last_pacing_error_ms, 3),
                 max_pacing_error_ms=round(self.rtp_out.max_pacing_error_ms, 3),
             ),
+            conversation=ConversationSnapshot(
+                state=self.conversation.value,
+                capture_enabled=self.capture_enabled,
+                gating=bool(self.playbacks),
+                playbacks=tuple(self.playbacks),
+                barge_ins=self.barge_ins,
+                downstream_mode=self.downstream_mode,
+                speaking=self.voice.speaking,
+                level_dbfs=round(self.voice.level_dbfs, 1),
+                levels=tuple(round(v, 1) for v in self.voice.levels),
+                last_turn_latency_s=next((round(t.latency_s, 3) for t in reversed(self.turns) if t.latency_s is not None), None),
+            ),
+            turns=tuple(copy.copy(t) for t in self.turns[-10:]),
             transcript=tuple(self.transcript),
             end_reason=self.end_reason,
         )
@@ -152,6 +207,20 @@ class RtpSnapshot:
 
 
 @dataclass(slots=True, frozen=True)
+class ConversationSnapshot:
+    state: str
+    capture_enabled: bool
+    gating: bool
+    playbacks: tuple[str, ...]
+    barge_ins: int
+    downstream_mode: str
+    speaking: bool
+    level_dbfs: float
+    levels: tuple[float, ...]
+    last_turn_latency_s: float | None
+
+
+@dataclass(slots=True, frozen=True)
 class CallSnapshot:
     """A copy of one call's state at one moment, safe to hand to any consumer."""
 
@@ -165,6 +234,8 @@ class CallSnapshot:
     rtp_remote: str | None
     duration_s: float
     rtp: RtpSnapshot
+    conversation: ConversationSnapshot
+    turns: tuple[TurnTimeline, ...]
     transcript: tuple[TranscriptTurn, ...]
     end_reason: str | None
 
@@ -200,6 +271,27 @@ class TranscriptAdded:
 
 
 @dataclass(slots=True, frozen=True)
+class ConversationChanged:
+    call_id: str
+    state: ConversationState
+    capture_enabled: bool
+    gating: bool
+
+
+@dataclass(slots=True, frozen=True)
+class BargeIn:
+    call_id: str
+    forced: bool
+    reaction_s: float | None  # caller speech onset to agent stopped (None when forced)
+
+
+@dataclass(slots=True, frozen=True)
+class TurnCompleted:
+    call_id: str
+    turn: TurnTimeline
+
+
+@dataclass(slots=True, frozen=True)
 class CallLog:
     """A line for the call's log: what happened, in words an operator reads."""
 
@@ -209,7 +301,7 @@ class CallLog:
     at: float = field(default_factory=time.time)
 
 
-SessionEvent = CallStarted | CallStateChanged | CallEnded | TranscriptAdded | CallLog
+SessionEvent = CallStarted | CallStateChanged | CallEnded | TranscriptAdded | ConversationChanged | BargeIn | TurnCompleted | CallLog
 
 
 class Subscription:
@@ -254,6 +346,8 @@ class SessionStore:
         self.calls_total = 0
         self.calls_rejected_over_capacity = 0
         self.calls_failed = 0
+        self.ended_underruns = 0  # of calls already gone, so totals survive them
+        self.ended_overruns = 0
 
     # -- reading
     def get(self, call_id: str) -> CallSession | None:
@@ -296,6 +390,8 @@ class SessionStore:
             return
         call.ended_at = time.time()
         call.end_reason = reason
+        self.ended_underruns += call.rtp_out.underruns
+        self.ended_overruns += call.rtp_out.overruns
         old, call.state = call.state, CallState.ENDED
         self.publish(CallStateChanged(call.call_id, old, CallState.ENDED))
         self.publish(CallEnded(call.call_id, reason, call.snapshot()))

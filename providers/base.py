@@ -1,7 +1,8 @@
 """The provider interface: what every conversational backend (echo, local, Deepgram) implements.
 
 A provider is created once per engine and opens one ProviderCall per phone call. The engine feeds
-the call's audio in (PCM16 mono, 16 kHz, 20 ms frames) and receives typed events back through the
+the call's audio in (PCM16 mono, 16 kHz, 20 ms frames) while capture is open, marks utterance
+boundaries found by its VAD (or its fallback timer), and receives typed events back through the
 ``emit`` callback it passes to ``open_call``. ``emit`` never blocks and must be called on the
 engine's event loop (providers that work in threads hop back with ``loop.call_soon_threadsafe``).
 """
@@ -75,6 +76,13 @@ class ProviderCall(ABC):
     def send_audio(self, pcm16: bytes) -> None:
         """One frame of caller audio. Called on the event loop for every frame: must not block."""
 
+    def utterance_started(self) -> None:
+        """The engine's VAD heard the caller start speaking."""
+
+    def utterance_ended(self, fallback: bool) -> None:
+        """The caller stopped speaking (``fallback``: no speech was detected, but audio has been
+        arriving for the fallback interval; what was heard should still go to STT)."""
+
     async def cancel_response(self) -> None:
         """Barge-in: stop the answer being generated or spoken. Default: nothing to cancel."""
 
@@ -85,6 +93,9 @@ class ProviderCall(ABC):
 
 class Provider(ABC):
     name: str
+    # Half-duplex providers (the conversational ones) hear nothing while the agent speaks, except
+    # the caller barging in; a full-duplex one (the echo line test) hears everything.
+    half_duplex: bool = True
 
     async def load(self) -> None:
         """Once at startup: load models, check keys. Raise with a clear message when unusable."""
@@ -97,3 +108,35 @@ class Provider(ABC):
 
     async def close(self) -> None:
         """At engine shutdown, after every call has stopped."""
+
+
+class UtteranceCollector:
+    """Collects one utterance of caller audio from the frames and boundary marks a ProviderCall
+    receives: a rolling window while nobody speaks (the pre-roll, and what a fallback flush hands
+    over), everything from the speech start to its end."""
+
+    def __init__(self, sample_rate: int = INPUT_SAMPLE_RATE, window_ms: int = 4000, preroll_ms: int = 300, max_ms: int = 30000) -> None:
+        bps = sample_rate * 2
+        self._window = window_ms * bps // 1000
+        self._preroll = preroll_ms * bps // 1000
+        self._max = max_ms * bps // 1000
+        self._buf = bytearray()
+        self.in_speech = False
+
+    def add(self, pcm16: bytes) -> None:
+        self._buf += pcm16
+        limit = self._max if self.in_speech else self._window
+        if len(self._buf) > limit:
+            del self._buf[: len(self._buf) - limit]
+
+    def start(self) -> None:
+        if not self.in_speech and len(self._buf) > self._preroll:
+            del self._buf[: len(self._buf) - self._preroll]
+        self.in_speech = True
+
+    def take(self) -> bytes:
+        """The utterance (or the fallback window), and start afresh."""
+        out = bytes(self._buf)
+        self._buf.clear()
+        self.in_speech = False
+        return out

@@ -48,6 +48,7 @@ class EchoCall(ProviderCall):
 
 class EchoProvider(Provider):
     name = "echo"
+    half_duplex = False  # a line test: it hears and repeats everything, its own echo included
 
     def __init__(self, delay_ms: int) -> None:
         self.delay_s = delay_ms / 1000.0

@@ -9,7 +9,7 @@ from providers.base import Provider
 if TYPE_CHECKING:
     from engine.config import AppConfig
 
-PROVIDER_NAMES = frozenset({"echo"})
+PROVIDER_NAMES = frozenset({"echo", "tone"})
 
 
 def build_provider(name: str, config: AppConfig) -> Provider:
@@ -17,4 +17,9 @@ def build_provider(name: str, config: AppConfig) -> Provider:
         from providers.echo import EchoProvider
 
         return EchoProvider(config.providers.echo.delay_ms)
+    if name == "tone":
+        from providers.tone import ToneProvider
+
+        t = config.providers.tone
+        return ToneProvider(t.frequency_hz, t.duration_ms, t.think_ms)
     raise ValueError(f"unknown provider {name!r}; known: {', '.join(sorted(PROVIDER_NAMES))}")

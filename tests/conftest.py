@@ -45,9 +45,15 @@ async def pbx() -> AsyncIterator[SimPBX]:
 
 
 @pytest.fixture
-async def engine(pbx: SimPBX, tmp_path: Path) -> AsyncIterator[Engine]:
+def downstream_mode() -> str:
+    """The engine fixture's playback mode; tests override it with @pytest.mark.parametrize."""
+    return "file"
+
+
+@pytest.fixture
+async def engine(pbx: SimPBX, tmp_path: Path, downstream_mode: str) -> AsyncIterator[Engine]:
     (tmp_path / "media").mkdir()
-    eng = Engine(engine_config(pbx, tmp_path))
+    eng = Engine(engine_config(pbx, tmp_path, AIAGENT_DOWNSTREAM_MODE=downstream_mode))
     await eng.start()
     assert await eng.wait_ari_connected(5)
     yield eng

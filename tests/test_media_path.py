@@ -7,6 +7,9 @@ import socket
 import struct
 
 import numpy as np
+import pytest
+
+pytestmark = pytest.mark.parametrize("downstream_mode", ["stream"])  # RTP out of the engine
 
 from engine.rtp import build_packet
 from tests.conftest import AGENT_PASS, HELLO, THANKS, wait_for

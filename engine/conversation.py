@@ -1,0 +1,265 @@
+"""ConversationCoordinator: per call, who may speak when.
+
+It owns the call's capture, gating and barge-in state: it runs the VAD on the caller's frames,
+decides which frames reach the provider (none while the agent speaks, unless the caller barges
+in), marks utterance boundaries (VAD end, or the fallback timer when the VAD hears nothing), sends
+the provider's answer down the call's playback path, and keeps the turn timeline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable
+
+from engine.audio import Resampler, rms_dbfs
+from engine.config import AppConfig
+from engine.playback import Downstream
+from engine.playback_reference import PlaybackReference
+from engine.sessions import (
+    BargeIn,
+    CallSession,
+    CallState,
+    ConversationChanged,
+    ConversationState,
+    SessionStore,
+    TurnCompleted,
+    TurnTimeline,
+)
+from engine.vad import Framer, VoiceActivity
+from providers.base import INPUT_SAMPLE_RATE, ProviderCall
+
+log = logging.getLogger(__name__)
+
+FRAME_S = 0.02
+
+
+@dataclass(slots=True)
+class ConversationCounters:
+    """Engine-wide, for /metrics."""
+
+    barge_ins: int = 0
+    barge_ins_forced: int = 0
+    fallback_flushes: int = 0
+    turns: int = 0
+
+
+_CALL_STATE = {
+    ConversationState.LISTENING: CallState.STREAMING,
+    ConversationState.USER_SPEAKING: CallState.STREAMING,
+    ConversationState.PROCESSING: CallState.PROCESSING,
+    ConversationState.AGENT_SPEAKING: CallState.SPEAKING,
+}
+
+
+class ConversationCoordinator:
+    def __init__(
+        self,
+        config: AppConfig,
+        session: CallSession,
+        store: SessionStore,
+        provider_call: ProviderCall,
+        half_duplex: bool,
+        counters: ConversationCounters,
+        observe_turn_latency: Callable[[float], None],
+        spawn: Callable,
+    ) -> None:
+        self.config = config
+        self.session = session
+        self.store = store
+        self.provider_call = provider_call
+        self.half_duplex = half_duplex
+        self.counters = counters
+        self._observe_turn_latency = observe_turn_latency
+        self._spawn = spawn
+        self._loop = asyncio.get_running_loop()
+        v = config.vad
+        self.vad = VoiceActivity(v.aggressiveness, v.start_ms, v.end_ms, v.min_level_dbfs)
+        self._framer = Framer()
+        self._up = Resampler(8000, INPUT_SAMPLE_RATE)
+        self.reference = PlaybackReference()
+        self.downstream: Downstream | None = None
+        self._fallback_frames = v.fallback_interval_ms // 20
+        self._unvoiced_frames = 0
+        bi = config.barge_in
+        self._barge_frames = max(1, bi.min_ms // 20)
+        self._barge_level = bi.min_level_dbfs
+        self._barge_run: deque[bytes] = deque(maxlen=self._barge_frames)
+        self._ungate: asyncio.TimerHandle | None = None
+        self._turn: TurnTimeline | None = None
+        self._agent_turn_open = False
+        self.closed = False
+
+    # ---- caller audio (hot path: 50 frames/s per call)
+    def on_caller_pcm8(self, pcm8: bytes) -> None:
+        for frame in self._framer.frames(pcm8):
+            self._frame(frame)
+
+    def _frame(self, frame: bytes) -> None:
+        s = self.session
+        voice = s.voice
+        if self.reference.active:
+            # File mode: the bridge mixes the agent's own playback into this stream; take it out
+            # so that only the caller is left.
+            frame = self.reference.residual(frame)
+        if self.half_duplex and not s.capture_enabled:
+            # The agent is speaking: listen only for the caller talking over it.
+            probe = frame
+            level = self.vad.level_dbfs = rms_dbfs(probe)
+            voice.level_dbfs = level
+            voice.levels.append(level)
+            if self.config.barge_in.enabled and level >= self._barge_level and self.vad.is_voiced(probe, level):
+                self._barge_run.append(probe)
+                if len(self._barge_run) >= self._barge_frames:
+                    self.barge_in(forced=False)
+            else:
+                self._barge_run.clear()
+            return
+        edge = self.vad.update(frame)
+        voice.level_dbfs = self.vad.level_dbfs
+        voice.levels.append(self.vad.level_dbfs)
+        if edge == "start":
+            self._speech_started()
+        elif edge == "end":
+            self._speech_ended(fallback=False)
+        self._deliver(frame)
+        if not self.vad.speaking:
+            self._unvoiced_frames += 1
+            if self._unvoiced_frames >= self._fallback_frames:
+                self._unvoiced_frames = 0
+                self.counters.fallback_flushes += 1
+                self._speech_ended(fallback=True)
+        else:
+            self._unvoiced_frames = 0
+
+    def _deliver(self, frame: bytes) -> None:
+        pcm16 = self._up.process(frame)
+        if pcm16:
+            self.provider_call.send_audio(pcm16)
+
+    def _speech_started(self) -> None:
+        self.session.voice.speaking = True
+        self._unvoiced_frames = 0
+        self.provider_call.utterance_started()
+        self._set_state(ConversationState.USER_SPEAKING)
+
+    def _speech_ended(self, fallback: bool) -> None:
+        self.session.voice.speaking = False
+        if not fallback or self._turn is None or self._turn.first_audio_out is not None:
+            self._turn = TurnTimeline(speech_end=self._loop.time())
+        self.provider_call.utterance_ended(fallback)
+        if not fallback and self.half_duplex:
+            self._set_state(ConversationState.PROCESSING)
+        elif self.session.conversation is ConversationState.USER_SPEAKING:
+            self._set_state(ConversationState.LISTENING)
+
+    # ---- agent audio
+    def agent_started(self) -> None:
+        self._agent_turn_open = True
+
+    def agent_audio(self, pcm16: bytes, sample_rate: int) -> None:
+        if self.downstream is None:
+            return
+        self.downstream.add(pcm16, sample_rate)
+        if self.session.conversation is not ConversationState.AGENT_SPEAKING:
+            self._set_state(ConversationState.AGENT_SPEAKING)
+
+    def agent_finished(self) -> None:
+        self._agent_turn_open = False
+        if self.downstream is not None:
+            self.downstream.finish()
+
+    def first_audio_out(self, at: float) -> None:
+        """The downstream put agent audio on the line (a frame sent, a playback started)."""
+        t = self._turn
+        if t is None or t.first_audio_out is not None:
+            return
+        t.first_audio_out = at
+        self.session.turns.append(t)
+        self.counters.turns += 1
+        if t.latency_s is not None:
+            self._observe_turn_latency(t.latency_s)
+        self.store.publish(TurnCompleted(self.session.call_id, t))
+
+    def tokens_changed(self) -> None:
+        """Gating follows the session's playback tokens: muted while any is held, and for a
+        short tail after the last (the bridge's mix lags the playback by a frame or two)."""
+        s = self.session
+        if not self.half_duplex:
+            return
+        if s.playbacks:
+            if self._ungate is not None:
+                self._ungate.cancel()
+                self._ungate = None
+            if s.capture_enabled:
+                self._set_capture(False)
+        elif not s.capture_enabled and self._ungate is None:
+            self._ungate = self._loop.call_later(self.config.playback.gating_tail_ms / 1000, self._reopen)
+
+    def _reopen(self) -> None:
+        self._ungate = None
+        if self.session.playbacks:
+            return
+        self.reference.clear()
+        self._set_capture(True)
+        if self.session.conversation is ConversationState.AGENT_SPEAKING and not self._agent_turn_open:
+            self._set_state(ConversationState.LISTENING)
+
+    # ---- barge-in
+    def barge_in(self, forced: bool) -> None:
+        """Stop the agent now: its playback, its queued audio, the answer being generated."""
+        s = self.session
+        onset = None if forced else self._loop.time() - len(self._barge_run) * FRAME_S
+        heard = list(self._barge_run)
+        self._barge_run.clear()
+        s.barge_ins += 1
+        self.counters.barge_ins += 1
+        if forced:
+            self.counters.barge_ins_forced += 1
+        if self.downstream is not None:
+            self.downstream.stop()
+        self._agent_turn_open = False
+        self._spawn(self.provider_call.cancel_response())
+        if self._ungate is not None:
+            self._ungate.cancel()
+            self._ungate = None
+        self.reference.clear()
+        self._set_capture(True)
+        reaction = None if onset is None else self._loop.time() - onset
+        self.store.publish(BargeIn(s.call_id, forced, reaction))
+        self.store.log(s.call_id, logging.INFO, "barge-in (operator)" if forced else f"barge-in: caller spoke over the agent for {len(heard) * 20} ms")
+        if heard:
+            # The caller's first words are the start of the next utterance.
+            self.vad.reset()
+            self.vad.speaking = True
+            self._speech_started()
+            for frame in heard:
+                self._deliver(frame)
+        else:
+            self._set_state(ConversationState.LISTENING)
+
+    # ---- state
+    def _set_capture(self, enabled: bool) -> None:
+        self.session.capture_enabled = enabled
+        self._publish()
+
+    def _set_state(self, state: ConversationState) -> None:
+        s = self.session
+        if s.conversation is state:
+            return
+        s.conversation = state
+        self.store.set_state(s, _CALL_STATE[state])
+        self._publish()
+
+    def _publish(self) -> None:
+        s = self.session
+        self.store.publish(ConversationChanged(s.call_id, s.conversation, s.capture_enabled, bool(s.playbacks)))
+
+    def close(self) -> None:
+        self.closed = True
+        if self._ungate is not None:
+            self._ungate.cancel()
+        if self.downstream is not None:
+            self.downstream.close()

@@ -1,0 +1,270 @@
+"""Agent audio out to the caller: file mode (Asterisk plays u-law files on the bridge) and stream
+mode (RTP through the engine's socket, paced by the RtpServer).
+
+Both keep gating tokens in the call's session (``session.playbacks``): capture is muted while any
+token is held, so the agent's own voice, which a bridge playback mixes back into the
+ExternalMedia stream, never reaches STT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from engine.ari.client import AriClient, AriError, AriUnavailable
+from engine.audio import Resampler, pcm16_to_ulaw
+from engine.config import PlaybackConfig
+from engine.media import CallMedia
+from engine.playback_reference import PlaybackReference
+from engine.rtp_server import RtpServer
+from engine.sessions import CallSession, PlaybackRef
+
+log = logging.getLogger(__name__)
+
+STREAM_TOKEN = "stream"
+IDLE_FLUSH_S = 0.1  # agent audio that stops without an end-of-speech mark is flushed after this
+ULAW_BYTES_PER_S = 8000
+
+
+@dataclass(slots=True)
+class PlaybackCounters:
+    """Engine-wide, for /metrics."""
+
+    files_started: int = 0
+    files_finished: int = 0
+    files_failed: int = 0
+    files_timed_out: int = 0
+    files_stopped: int = 0
+    stream_fallbacks: int = 0
+
+
+class Downstream:
+    """What the conversation needs of a playback path."""
+
+    mode: str
+
+    def add(self, pcm16: bytes, sample_rate: int) -> None: ...
+    def finish(self) -> None: ...
+    def stop(self) -> int: ...
+    def close(self) -> None: ...
+
+
+class FilePlayback(Downstream):
+    """Agent audio as u-law files played on the call's bridge, in order, each with its own id."""
+
+    mode = "file"
+
+    def __init__(
+        self,
+        ari: AriClient,
+        session: CallSession,
+        token: str,
+        media_dir: Path,
+        config: PlaybackConfig,
+        counters: PlaybackCounters,
+        spawn: Callable,
+        on_tokens_changed: Callable[[], None],
+        on_first_audio: Callable[[float], None],  # a playback started (the turn's first counts)
+        reference: PlaybackReference,
+    ) -> None:
+        self.ari = ari
+        self.session = session
+        self.token = token
+        self.media_dir = media_dir
+        self.config = config
+        self.counters = counters
+        self._spawn = spawn
+        self._on_tokens_changed = on_tokens_changed
+        self._on_first_audio = on_first_audio
+        self.reference = reference
+        self._loop = asyncio.get_running_loop()
+        self._resampler: Resampler | None = None
+        self._buf = bytearray()
+        self._seq = 0
+        self._chunk_bytes = config.file_chunk_ms * ULAW_BYTES_PER_S // 1000
+        self._idle: asyncio.TimerHandle | None = None
+        self._timeouts: dict[str, asyncio.TimerHandle] = {}
+        self._audio: dict[str, bytes] = {}  # playback id -> its u-law, for the reference
+        self._posts: asyncio.Queue[str] = asyncio.Queue()
+        self._expected_end = 0.0  # when the last queued playback should end
+        self._poster = spawn(self._post_loop())
+
+    # ---- in
+    def add(self, pcm16: bytes, sample_rate: int) -> None:
+        if sample_rate != 8000:
+            if self._resampler is None or self._resampler.in_rate != sample_rate:
+                self._resampler = Resampler(sample_rate, 8000)
+            pcm16 = self._resampler.process(pcm16)
+        self._buf += pcm16_to_ulaw(pcm16)
+        if len(self._buf) >= self._chunk_bytes:
+            self._flush()
+        if self._idle is not None:
+            self._idle.cancel()
+        self._idle = self._loop.call_later(IDLE_FLUSH_S, self._flush)
+
+    def finish(self) -> None:
+        self._flush()
+
+    def _flush(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        if not self._buf:
+            return
+        data = bytes(self._buf)
+        self._buf.clear()
+        self._seq += 1
+        # Names come from the call's random token and a counter: no caller-controlled text.
+        pid = f"{self.token}-{self._seq:05d}"
+        path = self.media_dir / pid
+        try:
+            self.media_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path.with_suffix(".ulaw"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+        except OSError as e:
+            self.counters.files_failed += 1
+            log.error("[%s] cannot write playback file %s: %s", self.session.call_id, path, e)
+            return
+        duration = len(data) / ULAW_BYTES_PER_S
+        self.session.playbacks[pid] = PlaybackRef(pid, str(path), duration)
+        self._audio[pid] = data
+        now = self._loop.time()
+        self._expected_end = max(now, self._expected_end) + duration
+        # Overdue after the queue ahead of it and itself have played, plus a margin.
+        self._timeouts[pid] = self._loop.call_at(self._expected_end + self.config.timeout_margin_ms / 1000, self._timed_out, pid)
+        self._on_tokens_changed()
+        self._posts.put_nowait(pid)
+
+    async def _post_loop(self) -> None:
+        # One poster per call keeps the POSTs, and so Asterisk's playback queue, in order.
+        while True:
+            pid = await self._posts.get()
+            if pid not in self.session.playbacks:
+                continue  # stopped before it was posted
+            ref = self.session.playbacks[pid]
+            try:
+                await self.ari.play_on_bridge(self.session.bridge_id, pid, f"sound:{ref.path}")
+            except (AriError, AriUnavailable) as e:
+                log.warning("[%s] playback %s not started: %s", self.session.call_id, pid, e)
+                self.counters.files_failed += 1
+                self._release(pid)
+
+    # ---- ARI events
+    def on_started(self, pid: str) -> None:
+        ref = self.session.playbacks.get(pid)
+        if ref is None:
+            return
+        ref.started_at = self._loop.time()
+        self.counters.files_started += 1
+        self.reference.add(self._audio.get(pid, b""))
+        self._on_first_audio(ref.started_at)
+
+    def on_finished(self, pid: str, state: str) -> None:
+        if pid not in self.session.playbacks:
+            return
+        if state == "failed":
+            self.counters.files_failed += 1
+            log.warning("[%s] playback %s failed in Asterisk", self.session.call_id, pid)
+        else:
+            self.counters.files_finished += 1
+        self._release(pid)
+
+    def _timed_out(self, pid: str) -> None:
+        if pid not in self.session.playbacks:
+            return
+        self.counters.files_timed_out += 1
+        log.warning("[%s] no PlaybackFinished for %s in time: cleaning it up", self.session.call_id, pid)
+        self._spawn(self._stop_remote(pid))
+        self._release(pid)
+
+    # ---- out
+    def stop(self) -> int:
+        """Barge-in: stop what plays, drop what is queued. Returns how many playbacks were cut."""
+        self._buf.clear()
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        pids = list(self.session.playbacks)
+        for pid in pids:
+            self.counters.files_stopped += 1
+            # Every queued playback must be deleted: stopping one lets the next one play.
+            self._spawn(self._stop_remote(pid))
+            self._release(pid, notify=False)
+        self.reference.clear()
+        self._expected_end = 0.0
+        self._on_tokens_changed()
+        return len(pids)
+
+    async def _stop_remote(self, pid: str) -> None:
+        try:
+            await self.ari.stop_playback(pid)
+        except AriError as e:
+            if e.status != 404:
+                log.warning("[%s] stopping playback %s: %s", self.session.call_id, pid, e)
+        except AriUnavailable as e:
+            log.warning("[%s] stopping playback %s: %s", self.session.call_id, pid, e)
+
+    def _release(self, pid: str, notify: bool = True) -> None:
+        ref = self.session.playbacks.pop(pid, None)
+        self._audio.pop(pid, None)
+        t = self._timeouts.pop(pid, None)
+        if t is not None:
+            t.cancel()
+        if ref is not None:
+            try:
+                Path(ref.path).with_suffix(".ulaw").unlink(missing_ok=True)
+            except OSError as e:
+                log.warning("[%s] cannot delete %s: %s", self.session.call_id, ref.path, e)
+        if not self.session.playbacks:
+            self._expected_end = 0.0
+        if notify:
+            self._on_tokens_changed()
+
+    def close(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+        for t in self._timeouts.values():
+            t.cancel()
+        self._poster.cancel()
+        for pid in list(self.session.playbacks):
+            self._release(pid, notify=False)
+
+
+class StreamPlayback(Downstream):
+    """Agent audio as RTP through the engine's socket (paced and jitter-buffered by RtpServer)."""
+
+    mode = "stream"
+
+    def __init__(self, rtp: RtpServer, media: CallMedia, on_tokens_changed: Callable[[], None]) -> None:
+        self.rtp = rtp
+        self.media = media
+        self._on_tokens_changed = on_tokens_changed
+
+    def add(self, pcm16: bytes, sample_rate: int) -> None:
+        session = self.media.session
+        if STREAM_TOKEN not in session.playbacks:
+            session.playbacks[STREAM_TOKEN] = PlaybackRef(STREAM_TOKEN, "", 0.0, started_at=None)
+            self._on_tokens_changed()
+        self.rtp.agent_audio(self.media, pcm16, sample_rate)
+
+    def finish(self) -> None:
+        self.rtp.finish_agent_audio(self.media)
+
+    def drained(self) -> None:
+        """The pacer sent the last queued frame."""
+        if self.media.session.playbacks.pop(STREAM_TOKEN, None) is not None:
+            self._on_tokens_changed()
+
+    def stop(self) -> int:
+        n = self.media.flush_outbound()
+        self.drained()
+        return n
+
+    def close(self) -> None:
+        self.media.flush_outbound()
+        self.media.session.playbacks.pop(STREAM_TOKEN, None)

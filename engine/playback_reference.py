@@ -1,0 +1,64 @@
+"""Removes the agent's own bridge playback from the caller's capture stream (file mode).
+
+Asterisk mixes a bridge playback into the ExternalMedia stream (BEHAVIOUR.md): what the engine
+receives while the agent speaks is caller + agent, summed in signed linear by softmix and encoded
+as u-law, one or two frames after the playback frame left the player. The engine wrote that
+playback itself, so it knows the agent's part sample for sample: subtracting it leaves the caller
+(plus u-law rounding, ~38 dB down), which is what barge-in detection needs to look at.
+
+The delay is not known exactly (softmix re-times; the PlaybackStarted event and the first mixed
+packet race each other), so each frame is compared against the reference at several lags and the
+smallest residual wins.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+from engine.audio import ulaw_to_pcm16
+
+FRAME_SAMPLES = 160
+_SILENT = np.zeros(FRAME_SAMPLES, dtype=np.int64)
+
+
+class PlaybackReference:
+    def __init__(self, max_lag_frames: int = 5, lead_frames: int = 2) -> None:
+        self._queue: deque[np.ndarray] = deque()  # reference frames not yet due
+        self._history: deque[np.ndarray] = deque(maxlen=max_lag_frames + 1)  # due, newest last
+        self._lead = lead_frames  # how far the reference may run behind the capture
+
+    def add(self, ulaw: bytes) -> None:
+        """The audio of a playback that just started (appended after any still running)."""
+        pcm = np.frombuffer(ulaw_to_pcm16(ulaw), dtype=np.int16).astype(np.int64)
+        pad = (-len(pcm)) % FRAME_SAMPLES
+        if pad:
+            pcm = np.concatenate([pcm, np.zeros(pad, dtype=np.int64)])
+        self._queue.extend(pcm.reshape(-1, FRAME_SAMPLES))
+
+    def clear(self) -> None:
+        self._queue.clear()
+        self._history.clear()
+
+    @property
+    def active(self) -> bool:
+        return bool(self._queue) or any(h is not _SILENT for h in self._history)
+
+    def residual(self, frame: bytes) -> bytes:
+        """``frame`` (8 kHz PCM16, 20 ms) with the agent's playback taken out."""
+        x = np.frombuffer(frame, dtype=np.int16).astype(np.int64)
+        self._history.append(self._queue.popleft() if self._queue else _SILENT)
+        candidates = list(self._history)
+        for i in range(min(self._lead, len(self._queue))):
+            candidates.append(self._queue[i])
+        best = x
+        best_energy = int(np.dot(x, x))
+        for ref in candidates:
+            if ref is _SILENT:
+                continue
+            r = x - ref
+            e = int(np.dot(r, r))
+            if e < best_energy:
+                best, best_energy = r, e
+        return np.clip(best, -32768, 32767).astype(np.int16).tobytes()

@@ -1,0 +1,107 @@
+"""The tone provider: answers every utterance with a beep.
+
+A diagnostic for turn-taking on a real line: it shows that the VAD hears the caller, that the
+agent's answer is played, that the caller is not heard while it plays, and that talking over the
+beep stops it (barge-in) — with no model in the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from engine.audio import rms_dbfs
+from providers.base import (
+    AgentAudio,
+    AgentSpeakingStarted,
+    AgentSpeakingStopped,
+    CallContext,
+    EmitFn,
+    Provider,
+    ProviderCall,
+    Readiness,
+    Transcript,
+    UtteranceCollector,
+)
+
+SAMPLE_RATE = 16000
+MIN_VOICED_MS = 200  # a fallback window with less sound than this is not answered
+VOICED_DBFS = -45.0
+
+
+def tone_pcm16(frequency_hz: float, duration_ms: int, sample_rate: int = SAMPLE_RATE, level: float = 0.3) -> bytes:
+    t = np.arange(int(sample_rate * duration_ms / 1000)) / sample_rate
+    wave = level * np.sin(2 * np.pi * frequency_hz * t)
+    ramp = min(len(t) // 2, int(sample_rate * 0.005))  # 5 ms fades: no clicks
+    if ramp:
+        env = np.ones(len(t))
+        env[:ramp] = np.linspace(0, 1, ramp)
+        env[-ramp:] = np.linspace(1, 0, ramp)
+        wave *= env
+    return (wave * 32767).astype(np.int16).tobytes()
+
+
+def voiced_ms(pcm16: bytes, sample_rate: int = SAMPLE_RATE) -> int:
+    frame = sample_rate * 2 // 50
+    return 20 * sum(1 for i in range(0, len(pcm16) - frame + 1, frame) if rms_dbfs(pcm16[i : i + frame]) > VOICED_DBFS)
+
+
+class ToneCall(ProviderCall):
+    def __init__(self, ctx: CallContext, emit: EmitFn, tone: bytes, think_s: float) -> None:
+        self._emit = emit
+        self._tone = tone
+        self._think = think_s
+        self._collector = UtteranceCollector(ctx.input_sample_rate)
+        self._answer: asyncio.Task | None = None
+        self.answers = 0
+
+    async def start(self) -> None:
+        pass
+
+    def send_audio(self, pcm16: bytes) -> None:
+        self._collector.add(pcm16)
+
+    def utterance_started(self) -> None:
+        self._collector.start()
+
+    def utterance_ended(self, fallback: bool) -> None:
+        heard = self._collector.take()
+        ms = voiced_ms(heard)
+        if fallback and ms < MIN_VOICED_MS:
+            return
+        self._emit(Transcript("caller", f"[{ms} ms of speech]"))
+        if self._answer is None or self._answer.done():
+            self._answer = asyncio.create_task(self._say())
+
+    async def _say(self) -> None:
+        await asyncio.sleep(self._think)
+        self.answers += 1
+        self._emit(AgentSpeakingStarted())
+        self._emit(Transcript("agent", "[beep]"))
+        self._emit(AgentAudio(self._tone, SAMPLE_RATE))
+        self._emit(AgentSpeakingStopped())
+
+    async def cancel_response(self) -> None:
+        if self._answer is not None:
+            self._answer.cancel()
+
+    async def stop(self) -> None:
+        if self._answer is not None:
+            self._answer.cancel()
+            await asyncio.gather(self._answer, return_exceptions=True)
+
+
+class ToneProvider(Provider):
+    name = "tone"
+
+    def __init__(self, frequency_hz: float, duration_ms: int, think_ms: int) -> None:
+        self._tone = tone_pcm16(frequency_hz, duration_ms)
+        self._think = think_ms / 1000
+        self.detail = f"{frequency_hz:.0f} Hz for {duration_ms} ms after each utterance"
+
+    def readiness(self) -> Readiness:
+        return Readiness(True, self.detail)
+
+    def open_call(self, ctx: CallContext, emit: EmitFn) -> ProviderCall:
+        return ToneCall(ctx, emit, self._tone, self._think)
