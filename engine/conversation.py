@@ -28,7 +28,7 @@ from engine.sessions import (
     TurnCompleted,
     TurnTimeline,
 )
-from engine.vad import Framer, VoiceActivity
+from engine.vad import VoiceActivity, packet_frames
 from providers.base import INPUT_SAMPLE_RATE, ProviderCall
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,6 @@ class ConversationCoordinator:
         self._loop = asyncio.get_running_loop()
         v = config.vad
         self.vad = VoiceActivity(v.aggressiveness, v.start_ms, v.end_ms, v.min_level_dbfs)
-        self._framer = Framer()
         self._up = Resampler(8000, INPUT_SAMPLE_RATE)
         self.reference = PlaybackReference()
         self.downstream: Downstream | None = None
@@ -88,18 +87,24 @@ class ConversationCoordinator:
         self._barge_level = bi.min_level_dbfs
         self._barge_run: deque[bytes] = deque(maxlen=self._barge_frames)
         self._ungate: asyncio.TimerHandle | None = None
+        # A two-party bridge sends nothing while the caller is silent (BEHAVIOUR.md): speech can
+        # end with packets simply stopping, which the VAD never sees. This timer catches that.
+        self._end_s = v.end_ms / 1000
+        self._last_frame_at = 0.0
+        self._gap_timer: asyncio.TimerHandle | None = None
         self._turn: TurnTimeline | None = None
         self._agent_turn_open = False
         self.closed = False
 
     # ---- caller audio (hot path: 50 frames/s per call)
     def on_caller_pcm8(self, pcm8: bytes) -> None:
-        for frame in self._framer.frames(pcm8):
+        for frame in packet_frames(pcm8):
             self._frame(frame)
 
     def _frame(self, frame: bytes) -> None:
         s = self.session
         voice = s.voice
+        self._last_frame_at = self._loop.time()
         if self.reference.active:
             # File mode: the bridge mixes the agent's own playback into this stream; take it out
             # so that only the caller is left.
@@ -142,8 +147,21 @@ class ConversationCoordinator:
     def _speech_started(self) -> None:
         self.session.voice.speaking = True
         self._unvoiced_frames = 0
+        if self._gap_timer is None:
+            self._gap_timer = self._loop.call_later(self._end_s, self._check_gap)
         self.provider_call.utterance_started()
         self._set_state(ConversationState.USER_SPEAKING)
+
+    def _check_gap(self) -> None:
+        self._gap_timer = None
+        if not self.vad.speaking:
+            return
+        idle = self._loop.time() - self._last_frame_at
+        if idle >= self._end_s:
+            self.vad.reset()
+            self._speech_ended(fallback=False)
+        else:
+            self._gap_timer = self._loop.call_later(self._end_s - idle, self._check_gap)
 
     def _speech_ended(self, fallback: bool) -> None:
         self.session.voice.speaking = False
@@ -259,7 +277,8 @@ class ConversationCoordinator:
 
     def close(self) -> None:
         self.closed = True
-        if self._ungate is not None:
-            self._ungate.cancel()
+        for timer in (self._ungate, self._gap_timer):
+            if timer is not None:
+                timer.cancel()
         if self.downstream is not None:
             self.downstream.close()

@@ -10,20 +10,16 @@ FRAME_MS = 20
 FRAME_BYTES_8K = 320  # 160 samples of PCM16 at 8 kHz
 
 
-class Framer:
-    """Re-cuts PCM16 of any chunk size into exact 20 ms frames (RTP payloads are not always 160 bytes)."""
-
-    __slots__ = ("_rest", "size")
-
-    def __init__(self, size: int = FRAME_BYTES_8K) -> None:
-        self.size = size
-        self._rest = b""
-
-    def frames(self, pcm: bytes) -> list[bytes]:
-        data = self._rest + pcm if self._rest else pcm
-        n = len(data) - len(data) % self.size
-        self._rest = data[n:]
-        return [data[i : i + self.size] for i in range(0, n, self.size)]
+def packet_frames(pcm: bytes, size: int = FRAME_BYTES_8K) -> list[bytes]:
+    """One packet's audio as whole 20 ms frames. A short packet (Asterisk can end a prompt with a
+    12-byte one) is padded with silence rather than carried into the next packet, so that frame
+    boundaries stay on packet boundaries, where the agent's own playback lines up with them."""
+    if len(pcm) == size:
+        return [pcm]
+    rem = len(pcm) % size
+    if rem:
+        pcm = pcm + bytes(size - rem)
+    return [pcm[i : i + size] for i in range(0, len(pcm), size)]
 
 
 class VoiceActivity:

@@ -49,6 +49,16 @@ def load_wav_ulaw(path: str | Path) -> bytes:
     return audioop.lin2ulaw(samples.tobytes(), 2)
 
 
+def speech_onset_s(ulaw: bytes, threshold_dbfs: float = -40.0) -> float:
+    """Where speech starts in a prompt: the first 20 ms frame louder than ``threshold_dbfs``."""
+    for i in range(0, len(ulaw), FRAME_BYTES):
+        pcm = audioop.ulaw2lin(ulaw[i : i + FRAME_BYTES], 2)
+        rms = audioop.rms(pcm, 2)
+        if rms and 20 * np.log10(rms / 32768) > threshold_dbfs:
+            return i / 8000
+    return 0.0
+
+
 def mix_ulaw(parts: list[bytes]) -> bytes:
     if len(parts) == 1:
         return parts[0]
@@ -195,18 +205,24 @@ class Bridge:
 
 @dataclass(eq=False)
 class CallerMedia(Endpoint):
-    """A simulated phone: speaks a WAV in real time, then holds silently; records what it hears."""
+    """A simulated phone: speaks u-law in real time when told to, silent otherwise (no packets,
+    as a two-party bridge carries nothing while a side is silent); records what it hears."""
 
-    speech: bytes
-    hold_s: float
+    speech: bytes = b""
     bridge: Bridge | None = None
     pos: int = 0
     frames_sent: int = 0
     frames_heard: int = 0
     agent_frames: list[tuple[float, bytes]] = field(default_factory=list)
-    started_at: float | None = None
+    said: list[tuple[float, float]] = field(default_factory=list)  # (first frame time, speech onset time)
     muted: bool = False  # a playback on the caller's own channel cuts its speech off the bridge
     is_agent: bool = False
+    _onset_s: float = 0.0
+
+    def say(self, ulaw: bytes) -> None:
+        self.speech = ulaw
+        self.pos = 0
+        self._onset_s = speech_onset_s(ulaw)
 
     @property
     def speech_done(self) -> bool:
@@ -215,12 +231,34 @@ class CallerMedia(Endpoint):
     def produce(self, tick: int) -> None:
         if self.bridge is None or self.speech_done:
             return
+        if self.pos == 0:
+            now = time.monotonic()
+            self.said.append((now, now + self._onset_s))
         frame = self.speech[self.pos : self.pos + FRAME_BYTES]
         self.pos += FRAME_BYTES
         if self.muted:
             return
         self.frames_sent += 1
         self.bridge.on_frame(self, frame, False, tick)
+
+    def agent_heard_s(self, since: float = 0.0) -> float:
+        return sum(len(p) for t, p in self.agent_frames if t >= since) / 8000.0
+
+    def agent_stopped_after(self, t: float, gap_s: float = 0.1) -> float | None:
+        """When agent audio stopped reaching the caller after time ``t``: the last agent frame
+        before a silence of ``gap_s`` or more (None if it never stopped)."""
+        times = [ft for ft, _ in self.agent_frames]
+        last = None
+        for ft in times:
+            if ft < t:
+                last = ft
+                continue
+            if last is not None and ft - last >= gap_s:
+                return last
+            last = ft
+        if last is not None and time.monotonic() - last >= gap_s:
+            return last
+        return None
 
     def deliver(self, payload: bytes, agent: bool, tick: int) -> None:
         self.frames_heard += 1

@@ -97,14 +97,58 @@ class SimChannel:
         return d
 
 
+@dataclass(frozen=True)
+class Say:
+    wav: str
+
+
+@dataclass(frozen=True)
+class Pause:
+    seconds: float
+
+
+@dataclass(frozen=True)
+class WaitAgent:
+    """Wait until the caller has heard ``seconds`` of agent audio since the last step (timeout: give up)."""
+
+    seconds: float
+    timeout_s: float = 15.0
+
+
+@dataclass(frozen=True)
+class WaitAgentDone:
+    """Wait until the agent has spoken and then been quiet for ``quiet_s``."""
+
+    quiet_s: float = 0.5
+    timeout_s: float = 15.0
+
+
+Step = Say | Pause | WaitAgent | WaitAgentDone
+
+
+def parse_script(items: list[dict[str, Any]]) -> list[Step]:
+    steps: list[Step] = []
+    for it in items:
+        if "say" in it:
+            steps.append(Say(str(it["say"])))
+        elif "pause" in it:
+            steps.append(Pause(float(it["pause"])))
+        elif "wait_agent" in it:
+            steps.append(WaitAgent(float(it["wait_agent"]), float(it.get("timeout_s", 15.0))))
+        elif "wait_agent_done" in it:
+            steps.append(WaitAgentDone(float(it["wait_agent_done"]), float(it.get("timeout_s", 15.0))))
+        else:
+            raise ValueError(f"unknown script step {it!r}")
+    return steps
+
+
 @dataclass
 class CallRecord:
     """What happened to one simulated call, for the report."""
 
     id: str
     caller_number: str
-    wav: str
-    hold_s: float
+    script: list[Step]
     accepted: bool = True
     answered: bool = False
     bridged: bool = False
@@ -197,6 +241,8 @@ class SimPBX:
         self._runner: web.AppRunner | None = None
         self.port = 0
         self.block_websockets_until = 0.0
+        self.drop_event_types: set[str] = set()  # events "lost" on purpose, to test timeouts
+        self._speech_cache: dict[str, bytes] = {}
 
     # ---- lifecycle
     def make_app(self) -> web.Application:
@@ -270,7 +316,7 @@ class SimPBX:
         event = {**event, "application": app, "timestamp": ari_time(), "asterisk_id": "00:00:00:00:00:01"}
         self.violations.extend(self.spec.validate_event(event))
         sock = self.sockets.get(app)
-        if sock is None or app in sock.replaced:
+        if sock is None or app in sock.replaced or event["type"] in self.drop_event_types:
             return  # missed events are never replayed
         sock.queue.put_nowait(json.dumps(event))
 
@@ -728,11 +774,25 @@ class SimPBX:
             rec.ended_at = time.monotonic()
 
     # ---- simulated callers
-    def place_call(self, wav: str, hold_s: float, caller_number: str = "", app: str = "aiagent", args: list[str] | None = None) -> CallRecord:
+    def place_call(
+        self,
+        wav: str | None = None,
+        hold_s: float = 2.0,
+        caller_number: str = "",
+        app: str = "aiagent",
+        args: list[str] | None = None,
+        script: list[Step] | None = None,
+    ) -> CallRecord:
+        """A caller dials into ``app``. It says ``wav`` then stays on the line ``hold_s``, or
+        follows ``script``; then it hangs up."""
+        steps = script if script is not None else [Say(wav), Pause(hold_s)] if wav else [Pause(hold_s)]
+        for st in steps:  # fail now, not in the middle of the call
+            if isinstance(st, Say):
+                self._speech(st.wav)
         cid = self._new_id()
-        media = CallerMedia(load_wav_ulaw(wav), hold_s)
+        media = CallerMedia()
         ch = SimChannel(cid, f"PJSIP/{caller_number or 'sim'}-{cid}", "caller", media, caller_number=caller_number, caller_name="Sim Caller", app=app, app_args=list(args or []))
-        rec = CallRecord(cid, caller_number, wav, hold_s, media=media)
+        rec = CallRecord(cid, caller_number, steps, media=media)
         self.calls[cid] = rec
         if not self.app_active(app):
             # As Asterisk: an originate into an app with no WebSocket is hung up at once.
@@ -758,12 +818,11 @@ class SimPBX:
                     rec.error = "never bridged with ExternalMedia"
                     self.hangup_channel(ch, by="caller")
                 return
-            self.clock.callers.add(media)  # speaks from the next tick on
-            while not media.speech_done and ch.id in self.channels:
-                await asyncio.sleep(0.02)
-            end = time.monotonic() + rec.hold_s
-            while ch.id in self.channels and time.monotonic() < end:
-                await asyncio.sleep(0.02)
+            self.clock.callers.add(media)
+            for step in rec.script:
+                if ch.id not in self.channels:
+                    break
+                await self._run_step(ch, media, step)
             self.hangup_channel(ch, by="caller")
             # Did the engine clean up what served this call?
             end = time.monotonic() + CLEANUP_GRACE_S
@@ -772,6 +831,36 @@ class SimPBX:
             rec.hangup_clean = self._call_cleaned(rec)
         finally:
             rec.finished.set()
+
+    async def _run_step(self, ch: SimChannel, media: CallerMedia, step: Step) -> None:
+        alive = lambda: ch.id in self.channels  # noqa: E731
+        if isinstance(step, Say):
+            media.say(self._speech(step.wav))  # speaks from the next tick on
+            while alive() and not media.speech_done:
+                await asyncio.sleep(0.01)
+        elif isinstance(step, Pause):
+            end = time.monotonic() + step.seconds
+            while alive() and time.monotonic() < end:
+                await asyncio.sleep(0.01)
+        elif isinstance(step, WaitAgent):
+            since = time.monotonic()
+            end = since + step.timeout_s
+            while alive() and time.monotonic() < end and media.agent_heard_s(since) < step.seconds:
+                await asyncio.sleep(0.01)
+        elif isinstance(step, WaitAgentDone):
+            since = time.monotonic()
+            end = since + step.timeout_s
+            while alive() and time.monotonic() < end:
+                heard = media.agent_frames and media.agent_frames[-1][0] >= since
+                if heard and time.monotonic() - media.agent_frames[-1][0] >= step.quiet_s:
+                    break
+                await asyncio.sleep(0.01)
+
+    def _speech(self, wav: str) -> bytes:
+        cached = self._speech_cache.get(wav)
+        if cached is None:
+            cached = self._speech_cache[wav] = load_wav_ulaw(wav)
+        return cached
 
     def _call_cleaned(self, rec: CallRecord) -> bool:
         return rec.id not in self.channels and rec.external_media not in self.channels and rec.bridge_id not in self.bridges
@@ -784,7 +873,8 @@ class SimPBX:
     async def _sim_place_call(self, request: web.Request) -> web.Response:
         data = await request.json()
         try:
-            rec = self.place_call(data["wav"], float(data.get("hold_s", 2.0)), str(data.get("caller_number", "")), data.get("app", "aiagent"), data.get("args"))
+            script = parse_script(data["script"]) if "script" in data else None
+            rec = self.place_call(data.get("wav"), float(data.get("hold_s", 2.0)), str(data.get("caller_number", "")), data.get("app", "aiagent"), data.get("args"), script)
         except (KeyError, OSError, ValueError, wave.Error) as e:
             return web.json_response({"error": str(e)}, status=400)
         return web.json_response(rec.report(self))
