@@ -7,8 +7,9 @@ playback itself, so it knows the agent's part sample for sample: subtracting it 
 (plus u-law rounding, ~38 dB down), which is what barge-in detection needs to look at.
 
 The delay is not known exactly (softmix re-times; the PlaybackStarted event and the first mixed
-packet race each other), so each frame is compared against the reference at several lags and the
-smallest residual wins.
+packet race each other), so each frame is compared against the reference at several lags, and the
+lag whose residual has been smallest over the last frames is used. (Choosing per frame would now
+and then pick a wrong lag that happens to cancel some of the caller too.)
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class PlaybackReference:
         self._queue: deque[np.ndarray] = deque()  # reference frames not yet due
         self._history: deque[np.ndarray] = deque(maxlen=max_lag_frames + 1)  # due, newest last
         self._lead = lead_frames  # how far the reference may run behind the capture
+        self._scores = np.zeros(max_lag_frames + 1 + lead_frames)  # smoothed residual energy per lag
 
     def add(self, ulaw: bytes) -> None:
         """The audio of a playback that just started (appended after any still running)."""
@@ -40,6 +42,7 @@ class PlaybackReference:
     def clear(self) -> None:
         self._queue.clear()
         self._history.clear()
+        self._scores[:] = 0.0
 
     @property
     def active(self) -> bool:
@@ -49,16 +52,17 @@ class PlaybackReference:
         """``frame`` (8 kHz PCM16, 20 ms) with the agent's playback taken out."""
         x = np.frombuffer(frame, dtype=np.int16).astype(np.int64)
         self._history.append(self._queue.popleft() if self._queue else _SILENT)
-        candidates = list(self._history)
-        for i in range(min(self._lead, len(self._queue))):
-            candidates.append(self._queue[i])
-        best = x
-        best_energy = int(np.dot(x, x))
-        for ref in candidates:
-            if ref is _SILENT:
-                continue
-            r = x - ref
-            e = int(np.dot(r, r))
-            if e < best_energy:
-                best, best_energy = r, e
+        # One candidate per lag, in a fixed order: the frames already due (newest first), then a
+        # few not yet due; a lag with nothing there is silence.
+        hist, queue = self._history, self._queue
+        candidates = [hist[-1 - k] if k < len(hist) else _SILENT for k in range(hist.maxlen or 0)]
+        candidates += [queue[k] if k < len(queue) else _SILENT for k in range(self._lead)]
+        if all(ref is _SILENT for ref in candidates):
+            return frame
+        residuals = [x - ref for ref in candidates]
+        energies = np.array([float(np.dot(r, r)) for r in residuals])
+        scores = self._scores
+        scores *= 0.9  # about 200 ms of memory
+        scores += 0.1 * energies
+        best = residuals[int(np.argmin(scores))]
         return np.clip(best, -32768, 32767).astype(np.int16).tobytes()

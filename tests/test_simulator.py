@@ -156,3 +156,17 @@ async def test_second_websocket_replaces_the_first(pbx):
 async def test_call_into_an_app_with_no_websocket_fails_at_once(pbx):
     rec = pbx.place_call(str(HELLO), hold_s=0.1)
     assert not rec.accepted and rec.error == "Stasis app 'aiagent' not active"
+
+
+def test_bundled_api_docs_are_asterisks_own():
+    """pbxsim/api_docs is a verbatim copy of shared/ari/api-docs (Asterisk 22.10.1) when that is at hand."""
+    from pathlib import Path
+
+    shared = Path(__file__).resolve().parents[2] / "shared" / "ari" / "api-docs"
+    bundled = Path(__file__).resolve().parents[1] / "pbxsim" / "api_docs"
+    if not shared.is_dir():
+        pytest.skip(f"{shared} is not present on this machine")
+    names = sorted(p.name for p in shared.glob("*.json"))
+    assert names == sorted(p.name for p in bundled.glob("*.json"))
+    for name in names:
+        assert (shared / name).read_bytes() == (bundled / name).read_bytes(), name
