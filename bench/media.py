@@ -1,10 +1,11 @@
 """Media path benchmark: N concurrent echo calls through the PBX simulator.
 
-    python bench/media.py [--calls 50] [--seconds 30]
+    python bench/media.py [--calls 50] [--seconds 30] [--mode stream|file]
 
 Phase 1 runs the simulator (aiagent-sim serve) and the engine with the echo provider in separate
 processes and measures the engine: RTP in/out, loss, per-packet processing time, outbound pacing
-error, CPU seconds per call-minute.
+error, CPU seconds per call-minute. ``--mode`` picks how the echo goes back: ``stream`` (RTP paced by
+the engine, the default here) or ``file`` (u-law files that the simulator plays on each bridge).
 Phase 2 measures the floor: a bare asyncio UDP loop doing the same per-packet work (parse, u-law
 decode, 8->16 kHz, 16->8 kHz, u-law encode, packetize, 20 ms paced send) for the same number of
 streams, fed by a plain RTP generator. The engine/floor CPU ratio is what the engine's own
@@ -108,6 +109,7 @@ def engine_child(conn, env: dict[str, str]) -> None:
                         "underruns": sum(c.rtp_out.underruns for c in calls),
                         "overruns": sum(c.rtp_out.overruns for c in calls),
                         "late_ticks": eng.rtp.counters.late_ticks,
+                        "playbacks": {k: getattr(eng.calls.playback_counters, k) for k in ("files_started", "files_finished", "files_failed", "files_timed_out")},
                     }
                 )
             elif cmd == "stop":
@@ -124,13 +126,13 @@ def http_json(url: str, data: dict | None = None):
         return json.loads(r.read())
 
 
-def run_engine_phase(calls: int, seconds: float, wav: Path) -> dict:
+def run_engine_phase(calls: int, seconds: float, wav: Path, mode: str) -> dict:
     ari_port = free_port()
     sim = subprocess.Popen(
         [sys.executable, "-m", "pbxsim.cli", "serve", "--port", str(ari_port), "--rtp-start", "30000", "--rtp-end", "31998"],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    env = {"ASTERISK_ARI_PORT": str(ari_port), "RTP_PORT": "0", "HEALTH_PORT": "0", "AIAGENT_MAX_CALLS": str(calls + 10), "AIAGENT_MEDIA_DIR": tempfile.mkdtemp()}
+    env = {"ASTERISK_ARI_PORT": str(ari_port), "RTP_PORT": "0", "HEALTH_PORT": "0", "AIAGENT_MAX_CALLS": str(calls + 10), "AIAGENT_MEDIA_DIR": tempfile.mkdtemp(), "AIAGENT_DOWNSTREAM_MODE": mode}
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
     proc = ctx.Process(target=engine_child, args=(child, env), daemon=True)
@@ -175,6 +177,7 @@ def run_engine_phase(calls: int, seconds: float, wav: Path) -> dict:
         sim.wait(10)
     eng["sim_sent"] = sum(r["rtp_sent"] for r in reports)
     eng["sim_received"] = sum(r["rtp_received"] for r in reports)
+    eng["agent_audio_s"] = sum(r["agent_audio_seconds"] for r in reports)
     eng["calls_clean"] = sum(1 for r in reports if r["bridged"] and r["hangup_clean"])
     eng["leftovers"] = len(state["leftover_channels"]) + len(state["leftover_bridges"])
     eng["violations"] = len(state["violations"])
@@ -307,26 +310,31 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--calls", type=int, default=50)
     ap.add_argument("--seconds", type=float, default=30.0)
+    ap.add_argument("--mode", choices=["stream", "file"], default="stream", help="how agent audio goes back (default stream)")
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         wav = speech_wav(args.seconds + 3, Path(tmp) / "speech.wav")
-        e = run_engine_phase(args.calls, args.seconds, wav)
+        e = run_engine_phase(args.calls, args.seconds, wav, args.mode)
         f = run_floor_phase(args.calls, args.seconds, wav)
     call_minutes = args.calls * e["window_s"] / 60
     e_cpm = e["cpu_s"] / call_minutes
     f_cpm = f["cpu_s"] / (args.calls * f["window_s"] / 60)
     ratio = e_cpm / f_cpm if f_cpm else float("inf")
     lost_echo = e["sim_sent"] - e["sim_received"]
-    print(f"media benchmark: {args.calls} concurrent echo calls, {args.seconds:.0f} s of speech each (engine measured over {e['window_s']:.1f} s)")
+    print(f"media benchmark: {args.calls} concurrent echo calls, {args.seconds:.0f} s of speech each, {args.mode} mode (engine measured over {e['window_s']:.1f} s)")
     print(f"  RTP in (engine, window)   {e['packets_in']} packets; whole run: lost {e['lost_in']}, late {e['late_in']}")
-    print(f"  RTP out (engine, window)  {e['packets_out']} packets; whole run: sim sent {e['sim_sent']}, got back {e['sim_received']}")
-    print(f"                            (the difference is echo still queued when each caller hung up: {lost_echo / args.calls:.1f} frames per call)")
     print(f"  arrival -> provider       p50 {e['inbound_ms'][0]*1000:.1f} us   p99 {e['inbound_ms'][1]*1000:.1f} us")
-    print(f"  provider -> queued frame  p50 {e['outbound_ms'][0]*1000:.1f} us   p99 {e['outbound_ms'][1]*1000:.1f} us")
-    print(f"  packetize + send          p50 {e['send_ms'][0]*1000:.1f} us   p99 {e['send_ms'][1]*1000:.1f} us")
-    print(f"  outbound pacing error     p50 {e['pacing_ms'][0]:.2f} ms   p99 {e['pacing_ms'][1]:.2f} ms   max {e['pacing_max_ms']:.2f} ms")
-    print(f"  late frames (>20 ms)      {e['late_frames']}   late ticks {e['late_ticks']}   underruns {e['underruns']}   overruns {e['overruns']}")
+    if args.mode == "stream":
+        print(f"  RTP out (engine, window)  {e['packets_out']} packets; whole run: sim sent {e['sim_sent']}, got back {e['sim_received']}")
+        print(f"                            (the difference is echo still queued when each caller hung up: {lost_echo / args.calls:.1f} frames per call)")
+        print(f"  provider -> queued frame  p50 {e['outbound_ms'][0]*1000:.1f} us   p99 {e['outbound_ms'][1]*1000:.1f} us")
+        print(f"  packetize + send          p50 {e['send_ms'][0]*1000:.1f} us   p99 {e['send_ms'][1]*1000:.1f} us")
+        print(f"  outbound pacing error     p50 {e['pacing_ms'][0]:.2f} ms   p99 {e['pacing_ms'][1]:.2f} ms   max {e['pacing_max_ms']:.2f} ms")
+        print(f"  late frames (>20 ms)      {e['late_frames']}   late ticks {e['late_ticks']}   underruns {e['underruns']}   overruns {e['overruns']}")
+    else:
+        print(f"  file playbacks            {e['playbacks']}")
+    print(f"  agent audio heard         {e['agent_audio_s'] / args.calls:.1f} s per call")
     print(f"  engine CPU                {e['cpu_s']:.2f} s = {e_cpm:.3f} CPU-s per call-minute")
     print(f"  floor CPU                 {f['cpu_s']:.2f} s = {f_cpm:.3f} CPU-s per call-minute ({f['packets_in']} in, {f['packets_out']} out)")
     print(f"  engine / floor CPU ratio  {ratio:.2f}")

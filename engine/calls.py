@@ -258,7 +258,14 @@ class CallController:
         s = h.session
         assert s.rtp_remote is not None and s.provider is not None
         provider = await self._get_provider(s.provider.name)
-        ctx = CallContext(call_id=s.call_id, caller_number=s.caller_number, caller_name=s.caller_name)
+        vad = self.config.vad
+        ctx = CallContext(
+            call_id=s.call_id,
+            caller_number=s.caller_number,
+            caller_name=s.caller_name,
+            preroll_ms=vad.preroll_ms,
+            fallback_window_ms=vad.fallback_interval_ms,
+        )
         pcall = provider.open_call(ctx, lambda ev: self._on_provider_event(h, ev))
         h.provider_call = pcall
         conv = ConversationCoordinator(

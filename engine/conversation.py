@@ -42,6 +42,7 @@ class ConversationCounters:
 
     barge_ins: int = 0
     barge_ins_forced: int = 0
+    barge_in_attempts: int = 0  # caller sound during agent speech too short to stop it
     fallback_flushes: int = 0
     turns: int = 0
 
@@ -120,6 +121,8 @@ class ConversationCoordinator:
                 if len(self._barge_run) >= self._barge_frames:
                     self.barge_in(forced=False)
             else:
+                if len(self._barge_run) >= 3:  # 60 ms or more, but not enough to stop the agent
+                    self.counters.barge_in_attempts += 1
                 self._barge_run.clear()
             return
         edge = self.vad.update(frame)

@@ -55,6 +55,7 @@ class Engine:
         """Bind sockets, load the default provider, connect to ARI. Fails fast on what an operator
         must fix (a port in use, a provider that cannot load); a missing Asterisk is not fatal:
         the event stream keeps retrying with backoff."""
+        self._check_media_dir()
         try:
             await self.rtp.start()
         except OSError as e:
@@ -78,6 +79,23 @@ class Engine:
             self.rtp.port,
             self.default_provider,
         )
+
+    def _check_media_dir(self) -> None:
+        """File mode needs a directory the engine writes and Asterisk reads: say so now, not on
+        the first call."""
+        if self.config.playback.downstream_mode != "file":
+            return
+        d = self.config.storage.media_dir
+        try:
+            d.mkdir(mode=0o755, parents=True, exist_ok=True)
+            probe = d / ".aiagent-write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise EngineStartError(
+                f"storage.media_dir {d} is not writable ({e.strerror or e}); create it "
+                "(e.g. install -d -g asterisk -m 0755 DIR) or set AIAGENT_MEDIA_DIR"
+            ) from e
 
     async def wait_ari_connected(self, timeout: float) -> bool:
         return await self.events.wait_connected(timeout)

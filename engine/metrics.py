@@ -62,6 +62,7 @@ class EngineCollector:
         yield capture
         cc = e.calls.conversation_counters
         yield CounterMetricFamily("ai_agent_barge_in_events", "Barge-ins (caller or operator stopped the agent)", value=cc.barge_ins)
+        yield CounterMetricFamily("ai_agent_barge_in_attempts", "Caller sound during agent speech too short to stop it", value=cc.barge_in_attempts)
         yield CounterMetricFamily("ai_agent_barge_in_forced", "Barge-ins forced by the operator", value=cc.barge_ins_forced)
         yield CounterMetricFamily("ai_agent_fallback_flushes", "Utterances handed over by the fallback timer (VAD heard nothing)", value=cc.fallback_flushes)
         pc = e.calls.playback_counters

@@ -244,6 +244,17 @@ class CallerMedia(Endpoint):
     def agent_heard_s(self, since: float = 0.0) -> float:
         return sum(len(p) for t, p in self.agent_frames if t >= since) / 8000.0
 
+    def barge_in_reactions(self) -> list[float]:
+        """For each time the caller started speaking while the agent was being heard: seconds from
+        the caller's speech onset to the agent going quiet (the simulator's own clock)."""
+        out = []
+        for _, onset in self.said[1:]:
+            talking = any(onset - 0.1 <= t <= onset for t, _ in self.agent_frames)
+            stopped = self.agent_stopped_after(onset) if talking else None
+            if stopped is not None:
+                out.append(round(stopped - onset, 4))
+        return out
+
     def agent_stopped_after(self, t: float, gap_s: float = 0.1) -> float | None:
         """When agent audio stopped reaching the caller after time ``t``: the last agent frame
         before a silence of ``gap_s`` or more (None if it never stopped)."""

@@ -177,6 +177,7 @@ class CallRecord:
             "rtp_received": ext.packets_received if ext else 0,
             "caller_frames_sent": m.frames_sent if m else 0,
             "agent_audio_seconds": m.agent_audio_seconds if m else 0.0,
+            "barge_in_reactions_s": m.barge_in_reactions() if m else [],
             "transcript": (pbx.final_vars.get(self.id) or (ch.vars if ch else {})).get("AIAGENT_TRANSCRIPT"),
             "ended_by": self.ended_by,
             "hangup_clean": self.hangup_clean,

@@ -57,6 +57,8 @@ class CallContext:
     caller_number: str = ""
     caller_name: str = ""
     input_sample_rate: int = INPUT_SAMPLE_RATE
+    preroll_ms: int = 300  # audio from just before a speech start that belongs to the utterance
+    fallback_window_ms: int = 4000  # what a fallback flush hands over
 
 
 @dataclass(slots=True, frozen=True)

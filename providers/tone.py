@@ -52,7 +52,7 @@ class ToneCall(ProviderCall):
         self._emit = emit
         self._tone = tone
         self._think = think_s
-        self._collector = UtteranceCollector(ctx.input_sample_rate)
+        self._collector = UtteranceCollector(ctx.input_sample_rate, ctx.fallback_window_ms, ctx.preroll_ms)
         self._answer: asyncio.Task | None = None
         self.answers = 0
 

@@ -139,7 +139,16 @@ def test_health_while_a_call_is_up(stack, tmp_path):
 def test_no_ui_exits_nonzero_with_a_clear_message_when_the_rtp_port_is_taken(tmp_path):
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
-        env = {**os.environ, "RTP_PORT": str(s.getsockname()[1]), "HEALTH_PORT": str(free_port())}
+        env = {**os.environ, "RTP_PORT": str(s.getsockname()[1]), "HEALTH_PORT": str(free_port()), "AIAGENT_MEDIA_DIR": str(tmp_path / "media")}
         r = subprocess.run([BIN / "aiagent-tui", "--no-ui"], env=env, capture_output=True, text=True, timeout=30, cwd=tmp_path)
     assert r.returncode == 1
     assert "cannot bind the RTP socket" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_no_ui_refuses_a_media_dir_it_cannot_write(tmp_path):
+    blocker = tmp_path / "file-not-dir"
+    blocker.write_text("")
+    env = {**os.environ, "AIAGENT_MEDIA_DIR": str(blocker / "media"), "RTP_PORT": str(free_port(socket.SOCK_DGRAM)), "HEALTH_PORT": str(free_port())}
+    r = subprocess.run([BIN / "aiagent-tui", "--no-ui"], env=env, capture_output=True, text=True, timeout=30, cwd=tmp_path)
+    assert r.returncode == 1
+    assert "storage.media_dir" in r.stderr and str(blocker / "media") in r.stderr and "Traceback" not in r.stderr

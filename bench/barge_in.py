@@ -1,0 +1,113 @@
+"""Barge-in reaction time: how fast the agent stops when the caller talks over it.
+
+    python bench/barge_in.py [--calls 20] [--concurrency 5] [--modes stream,file]
+
+The simulator (aiagent-sim serve) and the engine (aiagent-tui --no-ui, tone provider answering
+each utterance with a 6 s beep) run as separate processes. Each simulated caller says a prompt,
+waits until it has heard 0.6 s of the beep, then says another prompt over it. The reaction is
+measured on the simulator's clock, from the onset of the caller's speech to the last agent audio
+the caller heard. Targets: under 300 ms in stream mode, under 500 ms in file mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+SOUNDS = Path("/usr/share/asterisk/sounds/en_US_f_Allison")
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_json(url: str, data: dict | None = None):
+    req = urllib.request.Request(url, data=json.dumps(data).encode() if data is not None else None, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def run_mode(mode: str, calls: int, concurrency: int) -> tuple[list[float], int]:
+    ari, health = free_port(), free_port()
+    media = tempfile.mkdtemp()
+    sim = subprocess.Popen([BIN / "aiagent-sim", "serve", "--port", str(ari)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {**os.environ, "ASTERISK_ARI_PORT": str(ari), "HEALTH_PORT": str(health), "RTP_PORT": str(free_port()),
+           "AIAGENT_PROVIDER": "tone", "AIAGENT_DOWNSTREAM_MODE": mode, "AIAGENT_MEDIA_DIR": media}
+    cfg = Path(media) / "config.toml"
+    cfg.write_text("[providers.tone]\nduration_ms = 6000\n")
+    eng = subprocess.Popen([BIN / "aiagent-tui", "--config", str(cfg), "--no-ui"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sim_url = f"http://127.0.0.1:{ari}"
+    try:
+        for _ in range(200):
+            try:
+                if http_json(f"http://127.0.0.1:{health}/health")["ari_connected"]:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.05)
+        script = [
+            {"say": str(SOUNDS / "hello-world.wav")},
+            {"wait_agent": 0.6},
+            {"say": str(SOUNDS / "agent-pass.wav")},
+            {"wait_agent_done": 0.5},
+        ]
+        reactions: list[float] = []
+        missed = 0
+        done = 0
+        while done < calls:
+            batch = [http_json(f"{sim_url}/sim/calls", {"script": script, "caller_number": str(2000 + done + i)})["id"] for i in range(min(concurrency, calls - done))]
+            while True:
+                reports = [http_json(f"{sim_url}/sim/calls/{cid}") for cid in batch]
+                if all(r["done"] for r in reports):
+                    break
+                time.sleep(0.2)
+            for r in reports:
+                if r["barge_in_reactions_s"]:
+                    reactions.extend(r["barge_in_reactions_s"])
+                else:
+                    missed += 1
+            done += len(batch)
+        return reactions, missed
+    finally:
+        for p in (eng, sim):
+            p.send_signal(signal.SIGTERM)
+            p.wait(15)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--calls", type=int, default=20)
+    ap.add_argument("--concurrency", type=int, default=5)
+    ap.add_argument("--modes", default="stream,file")
+    args = ap.parse_args()
+    limits = {"stream": 0.300, "file": 0.500}
+    print(f"barge-in benchmark: {args.calls} calls per mode, {args.concurrency} at a time, simulator clock")
+    for mode in args.modes.split(","):
+        reactions, missed = run_mode(mode, args.calls, args.concurrency)
+        r = np.array(reactions) * 1000
+        within = int(np.sum(r < limits[mode] * 1000))
+        print(
+            f"  {mode:6s}  p50 {np.percentile(r, 50):6.1f} ms   p99 {np.percentile(r, 99):6.1f} ms   max {r.max():6.1f} ms"
+            f"   within {limits[mode] * 1000:.0f} ms: {within}/{len(r)}   barge-ins missed: {missed}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
