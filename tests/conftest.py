@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 import pytest
 
@@ -35,6 +36,22 @@ def engine_config(pbx: SimPBX, tmp_path: Path, **env: str) -> AppConfig:
     return cfg
 
 
+@contextlib.asynccontextmanager
+async def running_engine(pbx: SimPBX, tmp_path: Path, configure: Callable[[AppConfig], None] | None = None, **env: str) -> AsyncIterator[Engine]:
+    """An engine connected to ``pbx``, stopped (calls hung up) on exit."""
+    (tmp_path / "media").mkdir(exist_ok=True)
+    cfg = engine_config(pbx, tmp_path, **env)
+    if configure is not None:
+        configure(cfg)
+    eng = Engine(cfg)
+    await eng.start()
+    try:
+        assert await eng.wait_ari_connected(5)
+        yield eng
+    finally:
+        await eng.stop()
+
+
 @pytest.fixture
 async def pbx() -> AsyncIterator[SimPBX]:
     sim = SimPBX()
@@ -52,12 +69,8 @@ def downstream_mode() -> str:
 
 @pytest.fixture
 async def engine(pbx: SimPBX, tmp_path: Path, downstream_mode: str) -> AsyncIterator[Engine]:
-    (tmp_path / "media").mkdir()
-    eng = Engine(engine_config(pbx, tmp_path, AIAGENT_DOWNSTREAM_MODE=downstream_mode))
-    await eng.start()
-    assert await eng.wait_ari_connected(5)
-    yield eng
-    await eng.stop()
+    async with running_engine(pbx, tmp_path, AIAGENT_DOWNSTREAM_MODE=downstream_mode) as eng:
+        yield eng
 
 
 async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02) -> None:

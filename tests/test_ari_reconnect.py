@@ -9,7 +9,7 @@ import aiohttp
 
 from engine.engine import Engine
 from pbxsim.server import SimPBX
-from tests.conftest import HELLO, THANKS, engine_config, wait_for
+from tests.conftest import HELLO, THANKS, engine_config, running_engine, wait_for
 
 AUTH = {"Authorization": "Basic " + base64.b64encode(b"aiagent:").decode()}
 
@@ -59,16 +59,10 @@ async def test_leftovers_of_a_previous_engine_are_deleted_at_start(pbx, tmp_path
             async with http.post(f"{pbx.url}/ari{path}", params=params, headers=AUTH) as r:
                 assert r.status == 200
         await ws.close()
-    (tmp_path / "media").mkdir()
-    eng = Engine(engine_config(pbx, tmp_path))
-    await eng.start()
-    try:
-        assert await eng.wait_ari_connected(5)
+    async with running_engine(pbx, tmp_path):
         await wait_for(lambda: pbx.channels == {} and pbx.bridges == {}, timeout=5)
         await asyncio.wait_for(rec.finished.wait(), 5)
         assert rec.ended_by == "ari"
-    finally:
-        await eng.stop()
 
 
 async def test_engine_starts_before_asterisk_and_connects_when_it_appears(tmp_path):

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from pathlib import Path
 
 import aiohttp
 
-from engine.engine import Engine
 from engine.sessions import CallEnded, CallLog
 from pbxsim.server import SimPBX
-from tests.conftest import HELLO, THANKS, engine_config, wait_for
+from tests.conftest import HELLO, THANKS, running_engine, wait_for
 
 
 async def test_caller_hangs_up_mid_sentence(pbx, engine, tmp_path):
@@ -43,11 +41,7 @@ async def test_operator_hangup(pbx, engine):
 
 
 async def test_calls_over_max_calls_are_refused_and_counted(pbx, tmp_path):
-    (tmp_path / "media").mkdir()
-    eng = Engine(engine_config(pbx, tmp_path, AIAGENT_MAX_CALLS="2"))
-    await eng.start()
-    try:
-        assert await eng.wait_ari_connected(5)
+    async with running_engine(pbx, tmp_path, AIAGENT_MAX_CALLS="2") as eng:
         calls = [pbx.place_call(str(HELLO), hold_s=1.0, caller_number=f"30{i}") for i in range(3)]
         for rec in calls:
             await asyncio.wait_for(rec.finished.wait(), 15)
@@ -58,49 +52,38 @@ async def test_calls_over_max_calls_are_refused_and_counted(pbx, tmp_path):
         assert refused[0].external_media is None  # never got an ExternalMedia channel
         assert eng.store.calls_rejected_over_capacity == 1
         assert eng.health()["calls_rejected_over_capacity"] == 1
-    finally:
-        await eng.stop()
 
 
 async def test_over_capacity_can_go_back_to_the_dialplan(pbx, tmp_path):
-    (tmp_path / "media").mkdir()
-    cfg = engine_config(pbx, tmp_path, AIAGENT_MAX_CALLS="1")
-    cfg.asterisk.over_capacity = "dialplan"
-    eng = Engine(cfg)
-    await eng.start()
-    try:
-        assert await eng.wait_ari_connected(5)
+    def dialplan(cfg):
+        cfg.asterisk.over_capacity = "dialplan"
+
+    async with running_engine(pbx, tmp_path, dialplan, AIAGENT_MAX_CALLS="1"):
         first = pbx.place_call(str(THANKS), hold_s=1.0)
         await wait_for(lambda: first.bridged)
         second = pbx.place_call(str(HELLO), hold_s=1.0)
         await asyncio.wait_for(second.finished.wait(), 15)
         assert second.ended_by == "dialplan"
         assert ("channels.continueInDialplan", f"/channels/{second.id}/continue") in pbx.requests
-    finally:
-        await eng.stop()
 
 
 async def test_one_calls_setup_failure_does_not_touch_another(tmp_path):
     # Room for exactly one ExternalMedia channel: the second call's setup fails.
     sim = SimPBX(rtp_start=21000, rtp_end=21001)
     await sim.start(port=0)
-    (tmp_path / "media").mkdir()
-    eng = Engine(engine_config(sim, tmp_path))
-    await eng.start()
     try:
-        assert await eng.wait_ari_connected(5)
-        first = sim.place_call(str(THANKS), hold_s=0.5)
-        await wait_for(lambda: first.bridged)
-        second = sim.place_call(str(HELLO), hold_s=0.5)
-        await asyncio.wait_for(second.finished.wait(), 15)
-        assert not second.bridged and second.ended_by == "ari"
-        assert eng.store.calls_failed == 1
-        # The first call carried on to its natural end, echo and all.
-        await asyncio.wait_for(first.finished.wait(), 20)
-        assert first.hangup_clean and first.media.agent_audio_seconds > 4.0
-        assert sim.leftovers() == ([], [])
+        async with running_engine(sim, tmp_path) as eng:
+            first = sim.place_call(str(THANKS), hold_s=0.5)
+            await wait_for(lambda: first.bridged)
+            second = sim.place_call(str(HELLO), hold_s=0.5)
+            await asyncio.wait_for(second.finished.wait(), 15)
+            assert not second.bridged and second.ended_by == "ari"
+            assert eng.store.calls_failed == 1
+            # The first call carried on to its natural end, echo and all.
+            await asyncio.wait_for(first.finished.wait(), 20)
+            assert first.hangup_clean and first.media.agent_audio_seconds > 4.0
+            assert sim.leftovers() == ([], [])
     finally:
-        await eng.stop()
         await sim.stop()
     assert sim.port_exhaustion_events == 1
 
