@@ -43,6 +43,7 @@ from providers.base import (
     ProviderError,
     ProviderEvent,
     Transcript,
+    TurnMark,
 )
 
 log = logging.getLogger(__name__)
@@ -338,6 +339,9 @@ class CallController:
         elif isinstance(ev, AgentSpeakingStarted):
             if conv is not None:
                 conv.agent_started()
+        elif isinstance(ev, TurnMark):
+            if conv is not None:
+                conv.mark(ev.stage, ev.at)
         elif isinstance(ev, ProviderError):
             assert s.provider is not None
             s.provider.errors += 1

@@ -91,6 +91,33 @@ class ToneProviderConfig(_Section):
     think_ms: int = Field(200, ge=0, le=10000)
 
 
+class LocalProviderConfig(_Section):
+    """The local provider: STT -> LLM -> TTS on this machine. Empty model paths mean the models
+    shipped in PyPI packages (Whisper tiny.en, SmolLM2-135M-Instruct, Piper en_US-joe-medium)."""
+
+    stt_engine: Literal["whisper", "pocketsphinx", "vosk"] = "whisper"
+    stt_model_path: str = ""  # a CTranslate2 Whisper dir, or a Vosk model dir
+    stt_threads: int = Field(2, ge=1, le=64)
+    stt_compute_type: str = "int8"
+    stt_beam_size: int = Field(1, ge=1, le=10)
+    stt_partial_interval_ms: int = Field(1000, ge=0, le=10000)  # 0: no partial transcripts
+    llm_model_path: str = ""  # any GGUF file
+    llm_chat_format: str = ""  # empty: the chat template stored in the GGUF
+    llm_context: int = Field(2048, ge=256, le=131072)
+    llm_max_tokens: int = Field(60, ge=1, le=4096)
+    llm_temperature: float = Field(0.3, ge=0.0, le=2.0)
+    llm_threads: int = Field(2, ge=1, le=64)
+    history_turns: int = Field(6, ge=0, le=100)  # earlier exchanges kept in the prompt
+    system_prompt: str = (
+        "You are a friendly voice assistant answering a phone call. Reply in one or two short "
+        "sentences of plain spoken English, with no lists, markup or emoji."
+    )
+    greeting: str = "Hello! Thanks for calling. How can I help you today?"
+    tts_voice_path: str = ""  # a Piper .onnx voice (its .onnx.json beside it)
+    tts_cache_size: int = Field(128, ge=0, le=100000)  # synthesized sentences kept
+    max_queue: int = Field(16, ge=1, le=1000)  # model jobs waiting before new ones are refused
+
+
 class HealthConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(15000, ge=0, le=65535)
@@ -104,6 +131,7 @@ class ProvidersConfig(_Section):
     default: str = "echo"
     echo: EchoProviderConfig = EchoProviderConfig()
     tone: ToneProviderConfig = ToneProviderConfig()
+    local: LocalProviderConfig = LocalProviderConfig()
 
     @field_validator("default")
     @classmethod
@@ -156,6 +184,18 @@ ENV_OVERRIDES: dict[str, str] = {
     "AIAGENT_MAX_CALLS": "rtp.max_calls",
     "AIAGENT_MEDIA_DIR": "storage.media_dir",
     "AIAGENT_DOWNSTREAM_MODE": "playback.downstream_mode",
+    "LOCAL_STT_ENGINE": "providers.local.stt_engine",
+    "LOCAL_STT_MODEL_PATH": "providers.local.stt_model_path",
+    "LOCAL_STT_THREADS": "providers.local.stt_threads",
+    "LOCAL_STT_COMPUTE_TYPE": "providers.local.stt_compute_type",
+    "LOCAL_LLM_MODEL_PATH": "providers.local.llm_model_path",
+    "LOCAL_LLM_CHAT_FORMAT": "providers.local.llm_chat_format",
+    "LOCAL_LLM_MAX_TOKENS": "providers.local.llm_max_tokens",
+    "LOCAL_LLM_THREADS": "providers.local.llm_threads",
+    "LOCAL_LLM_CONTEXT": "providers.local.llm_context",
+    "LOCAL_LLM_TEMPERATURE": "providers.local.llm_temperature",
+    "LOCAL_TTS_VOICE_PATH": "providers.local.tts_voice_path",
+    "LOCAL_GREETING": "providers.local.greeting",
 }
 
 

@@ -192,6 +192,16 @@ class ConversationCoordinator:
         if self.downstream is not None:
             self.downstream.finish()
 
+    def mark(self, stage: str, at: float) -> None:
+        """A provider stage of the current turn (see providers.base.TurnMark)."""
+        if stage == "no_answer":
+            if self.session.conversation is ConversationState.PROCESSING:
+                self._set_state(ConversationState.LISTENING)
+            return
+        t = self._turn
+        if t is not None and t.first_audio_out is None and getattr(t, stage) is None:
+            setattr(t, stage, at)
+
     def first_audio_out(self, at: float) -> None:
         """The downstream put agent audio on the line (a frame sent, a playback started)."""
         t = self._turn

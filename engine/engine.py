@@ -62,13 +62,14 @@ class Engine:
             raise EngineStartError(f"cannot bind the RTP socket on {self.config.rtp.host}:{self.config.rtp.port}/udp: {e.strerror or e}") from e
         try:
             await self.get_provider(self.default_provider)
+        except Exception as e:
+            await self.rtp.stop()
+            raise EngineStartError(f"provider {self.default_provider} cannot start: {e}") from e
+        try:
             await self.health_server.start()
         except OSError as e:
             await self.rtp.stop()
             raise EngineStartError(f"cannot serve health on {self.config.health.host}:{self.config.health.port}: {e.strerror or e}") from e
-        except Exception:
-            await self.rtp.stop()
-            raise
         self._events_task = asyncio.create_task(self.events.run(), name="ari-events")
         self.started = True
         log.info(

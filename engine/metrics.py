@@ -76,6 +76,11 @@ class EngineCollector:
         yield CounterMetricFamily("ai_agent_stream_fallbacks", "Calls whose stream playback fell back to files", value=pc.stream_fallbacks)
         yield CounterMetricFamily("ai_agent_stream_underruns", "Outbound RTP streams that ran dry mid-speech", value=sum(c.rtp_out.underruns for c in store) + e.store.ended_underruns)
         yield CounterMetricFamily("ai_agent_stream_overruns", "Outbound frames dropped on a full queue", value=sum(c.rtp_out.overruns for c in store) + e.store.ended_overruns)
+        depth = GaugeMetricFamily("ai_agent_model_queue_depth", "Model jobs waiting or running", labels=["provider", "model"])
+        for name, p in e.providers.items():
+            for model, n in p.queue_depths().items():
+                depth.add_metric([name, model], n)
+        yield depth
         ready = GaugeMetricFamily("ai_agent_provider_ready", "1 when the provider can take calls", labels=["provider"])
         for name, r in e.provider_readiness().items():
             ready.add_metric([name], int(r.ready))

@@ -47,7 +47,19 @@ class ProviderError:
     fatal: bool = False  # a fatal error ends the provider session of this call
 
 
-ProviderEvent = AgentAudio | Transcript | AgentSpeakingStarted | AgentSpeakingStopped | ProviderError
+TurnStage = Literal["stt_final", "llm_first_token", "first_sentence", "tts_first_audio", "no_answer"]
+
+
+@dataclass(slots=True, frozen=True)
+class TurnMark:
+    """A provider reached a stage of its answer (monotonic loop time); "no_answer" means the
+    utterance gets none (nothing was understood), so the conversation goes back to listening."""
+
+    stage: TurnStage
+    at: float
+
+
+ProviderEvent = AgentAudio | Transcript | AgentSpeakingStarted | AgentSpeakingStopped | ProviderError | TurnMark
 EmitFn = Callable[[ProviderEvent], None]
 
 
@@ -108,6 +120,10 @@ class Provider(ABC):
     @abstractmethod
     def open_call(self, ctx: CallContext, emit: EmitFn) -> ProviderCall: ...
 
+    def queue_depths(self) -> dict[str, int]:
+        """Model jobs waiting or running, per model (for /metrics)."""
+        return {}
+
     async def close(self) -> None:
         """At engine shutdown, after every call has stopped."""
 
@@ -135,6 +151,10 @@ class UtteranceCollector:
         if not self.in_speech and len(self._buf) > self._preroll:
             del self._buf[: len(self._buf) - self._preroll]
         self.in_speech = True
+
+    def snapshot(self) -> bytes:
+        """The utterance so far (for partial transcripts), without consuming it."""
+        return bytes(self._buf)
 
     def take(self) -> bytes:
         """The utterance (or the fallback window), and start afresh."""

@@ -9,7 +9,7 @@ from providers.base import Provider
 if TYPE_CHECKING:
     from engine.config import AppConfig
 
-PROVIDER_NAMES = frozenset({"echo", "tone"})
+PROVIDER_NAMES = frozenset({"echo", "tone", "local"})
 
 
 def build_provider(name: str, config: AppConfig) -> Provider:
@@ -22,4 +22,8 @@ def build_provider(name: str, config: AppConfig) -> Provider:
 
         t = config.providers.tone
         return ToneProvider(t.frequency_hz, t.duration_ms, t.think_ms)
+    if name == "local":
+        from providers.local.provider import LocalProvider
+
+        return LocalProvider(config.providers.local)
     raise ValueError(f"unknown provider {name!r}; known: {', '.join(sorted(PROVIDER_NAMES))}")

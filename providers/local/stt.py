@@ -1,0 +1,98 @@
+"""Speech to text behind one interface. ``transcribe`` blocks: call it from a ModelWorker."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import numpy as np
+
+from engine.config import LocalProviderConfig
+from providers.local.models import VOSK, WHISPER_TINY_EN, resolve
+
+SAMPLE_RATE = 16000
+
+
+class SpeechToText(ABC):
+    name: str
+
+    @abstractmethod
+    def transcribe(self, pcm16: bytes) -> str:
+        """Text of 16 kHz mono PCM16 speech ('' for none)."""
+
+
+class WhisperStt(SpeechToText):
+    """faster-whisper (CTranslate2). Not streaming: the provider transcribes the growing
+    utterance while the caller speaks, so that little is left to do at the end."""
+
+    name = "whisper"
+
+    def __init__(self, model_dir: Path, threads: int, compute_type: str, beam_size: int) -> None:
+        from faster_whisper import WhisperModel
+
+        # local_files_only: a path, never a hub download.
+        self.model = WhisperModel(str(model_dir), device="cpu", compute_type=compute_type, cpu_threads=threads, local_files_only=True)
+        self.beam_size = beam_size
+
+    def transcribe(self, pcm16: bytes) -> str:
+        audio = np.frombuffer(pcm16, dtype=np.int16).astype(np.float32) / 32768.0
+        segments, _ = self.model.transcribe(
+            audio, language="en", beam_size=self.beam_size, condition_on_previous_text=False, without_timestamps=True
+        )
+        return " ".join(s.text.strip() for s in segments).strip()
+
+
+class PocketsphinxStt(SpeechToText):
+    """CMU pocketsphinx with the English model its package ships: light, but far less accurate."""
+
+    name = "pocketsphinx"
+
+    def __init__(self) -> None:
+        from pocketsphinx import Decoder
+
+        self.decoder = Decoder(samprate=SAMPLE_RATE, loglevel="FATAL")
+
+    def transcribe(self, pcm16: bytes) -> str:
+        d = self.decoder
+        d.start_utt()
+        d.process_raw(pcm16, full_utt=True)
+        d.end_utt()
+        hyp = d.hyp()
+        return hyp.hypstr.strip() if hyp is not None else ""
+
+
+class VoskStt(SpeechToText):
+    name = "vosk"
+
+    def __init__(self, model_dir: Path) -> None:
+        try:
+            from vosk import KaldiRecognizer, Model, SetLogLevel
+        except ImportError as e:
+            raise RuntimeError("providers.local.stt_engine = 'vosk' needs the vosk package: pip install vosk") from e
+        SetLogLevel(-1)
+        self._model = Model(str(model_dir))
+        self._recognizer = KaldiRecognizer
+
+    def transcribe(self, pcm16: bytes) -> str:
+        import json
+
+        rec = self._recognizer(self._model, SAMPLE_RATE)
+        rec.AcceptWaveform(pcm16)
+        return str(json.loads(rec.FinalResult()).get("text", "")).strip()
+
+
+def build_stt(cfg: LocalProviderConfig) -> SpeechToText:
+    """Resolves the model path (a clear ModelNotFound if it is not there) and loads the model."""
+    if cfg.stt_engine == "whisper":
+        return WhisperStt(resolve(WHISPER_TINY_EN, cfg.stt_model_path), cfg.stt_threads, cfg.stt_compute_type, cfg.stt_beam_size)
+    if cfg.stt_engine == "pocketsphinx":
+        return PocketsphinxStt()
+    return VoskStt(resolve(VOSK, cfg.stt_model_path))
+
+
+def check_stt_model(cfg: LocalProviderConfig) -> None:
+    """Only the path checks of build_stt: cheap, for startup and doctor."""
+    if cfg.stt_engine == "whisper":
+        resolve(WHISPER_TINY_EN, cfg.stt_model_path)
+    elif cfg.stt_engine == "vosk":
+        resolve(VOSK, cfg.stt_model_path)
