@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 SAMPLE_RATE = 16000
 MIN_SPEECH_MS = 200  # an utterance with less sound than this is not transcribed
 SPEECH_DBFS = -45.0
+PAUSE_FRAMES = 10  # 200 ms without voice: transcribe now, the utterance may be over
 
 
 def voiced_ms(pcm16: bytes) -> int:
@@ -100,6 +101,9 @@ class LocalCall(ProviderCall):
         self._turn: _Turn | None = None
         self._partial_task: asyncio.Task | None = None
         self._partial_due = 0.0
+        self._voiced = 0  # voiced 20 ms frames in the current utterance
+        self._since_voiced = 0  # frames since the last voiced one
+        self._partial: tuple[int, str] | None = None  # (voiced frames it covered, its text)
         self._stopped = False
 
     async def start(self) -> None:
@@ -110,40 +114,59 @@ class LocalCall(ProviderCall):
     def send_audio(self, pcm16: bytes) -> None:
         c = self._collector
         c.add(pcm16)
+        if not c.in_speech:
+            return
+        if rms_dbfs(pcm16) > SPEECH_DBFS:
+            self._voiced += 1
+            self._since_voiced = 0
+        else:
+            self._since_voiced += 1
         interval = self.cfg.stt_partial_interval_ms / 1000
-        if c.in_speech and interval and self._loop.time() >= self._partial_due and (self._partial_task is None or self._partial_task.done()):
-            # Whisper is not streaming: transcribe the growing utterance now and then, so the
-            # operator sees partial text and the model is warm when the caller stops.
+        if not interval or (self._partial_task is not None and not self._partial_task.done()):
+            return
+        # Whisper is not streaming: transcribe the growing utterance every interval (partial text
+        # for the operator), and once more as soon as the caller pauses. If no voice comes after
+        # that pause, the VAD's end-of-speech finds the transcript already done.
+        pausing = self._since_voiced == PAUSE_FRAMES and (self._partial is None or self._partial[0] < self._voiced)
+        if pausing or self._loop.time() >= self._partial_due:
             self._partial_due = self._loop.time() + interval
-            self._partial_task = asyncio.create_task(self._partial(c.snapshot()))
+            self._partial_task = asyncio.create_task(self._run_partial(c.snapshot(), self._voiced))
 
     def utterance_started(self) -> None:
         self._collector.start()
         self._partial_due = self._loop.time() + self.cfg.stt_partial_interval_ms / 1000
+        self._voiced = self._since_voiced = 0
+        self._partial = None
 
     def utterance_ended(self, fallback: bool) -> None:
         audio = self._collector.take()
+        done = self._partial if self._partial is not None and self._partial[0] == self._voiced else None
+        self._partial = None
+        self._voiced = self._since_voiced = 0
         if voiced_ms(audio) < MIN_SPEECH_MS:
             if not fallback:
                 self._emit(TurnMark("no_answer", self._loop.time()))
             return
         self._cancel_turn()
-        self._turn_task = asyncio.create_task(self._answer(audio))
+        self._turn_task = asyncio.create_task(self._answer(audio, done[1] if done else None))
 
-    async def _partial(self, audio: bytes) -> None:
+    async def _run_partial(self, audio: bytes, voiced: int) -> None:
         try:
             text = await self.m.stt_worker.run(self.m.stt.transcribe, audio)
         except QueueFull:
             return
-        if text and self._collector.in_speech:
-            self._emit(Transcript("caller", text, final=False))
+        if self._collector.in_speech:
+            self._partial = (voiced, text)
+            if text:
+                self._emit(Transcript("caller", text, final=False))
 
     # ---- the answer
-    async def _answer(self, audio: bytes) -> None:
+    async def _answer(self, audio: bytes, transcribed: str | None) -> None:
+        """``transcribed``: the text of a partial that already covered all of the voice."""
         turn = self._turn = _Turn()
         loop = self._loop
         try:
-            text = await self.m.stt_worker.run(self.m.stt.transcribe, audio)
+            text = transcribed if transcribed is not None else await self.m.stt_worker.run(self.m.stt.transcribe, audio)
             self._emit(TurnMark("stt_final", loop.time()))
             if not text:
                 self._emit(TurnMark("no_answer", loop.time()))

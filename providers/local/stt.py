@@ -36,9 +36,9 @@ class WhisperStt(SpeechToText):
 
     def transcribe(self, pcm16: bytes) -> str:
         audio = np.frombuffer(pcm16, dtype=np.int16).astype(np.float32) / 32768.0
-        segments, _ = self.model.transcribe(
-            audio, language="en", beam_size=self.beam_size, condition_on_previous_text=False, without_timestamps=True
-        )
+        # Timestamps on: without them the tiny model stops after the first sentence of a long
+        # utterance (measured on Asterisk's 25 s IVR prompt).
+        segments, _ = self.model.transcribe(audio, language="en", beam_size=self.beam_size, condition_on_previous_text=False)
         return " ".join(s.text.strip() for s in segments).strip()
 
 

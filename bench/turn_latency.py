@@ -1,0 +1,167 @@
+"""Turn latency of the local provider: caller speech end to first agent audio out.
+
+    python bench/turn_latency.py [--turns 10] [--concurrent 4] [--mode file|stream]
+
+The simulator runs in its own process; the engine (local provider, real models) in this one.
+Each simulated caller waits for the greeting, says an Asterisk prompt, and hangs up once the
+answer has started. From each turn's timeline it prints, per stage, p50/p90: STT finalization
+(speech end -> transcript), LLM to first sentence, TTS of the first sentence, playout start, and
+the total. Then it times each model stage alone on the same inputs and prints the engine's
+overhead as total / sum of the stages. Last, the same with --concurrent calls talking at once.
+Target on a 2-core CPU: p50 total under 1.2 s, overhead ratio under 1.15.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from engine.config import load_config  # noqa: E402
+from engine.engine import Engine  # noqa: E402
+from engine.sessions import TurnCompleted  # noqa: E402
+from pbxsim.client import run_calls  # noqa: E402, F401
+from providers.local.sentences import SentenceSplitter  # noqa: E402
+from stt_wer import phone_audio  # noqa: E402
+
+SOUNDS = Path("/usr/share/asterisk/sounds/en_US_f_Allison")
+PROMPTS = ["agent-pass", "auth-incorrect", "call-forwarding", "conf-getpin", "demo-thanks", "dir-instr", "hello-world", "agent-newlocation", "conf-getconfno", "all-circuits-busy-now"]
+STAGES = [("stt", "speech_end", "stt_final"), ("llm first sentence", "stt_final", "first_sentence"), ("tts first sentence", "first_sentence", "tts_first_audio"), ("playout start", "tts_first_audio", "first_audio_out")]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def place(sim_url: str, prompt: str, number: str) -> str:
+    import aiohttp
+
+    script = [{"wait_agent_done": 0.4}, {"say": str(SOUNDS / f"{prompt}.wav")}, {"wait_agent": 0.3, "timeout_s": 20}]
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{sim_url}/sim/calls", json={"script": script, "caller_number": number}) as r:
+            return (await r.json())["id"]
+
+
+async def run_turns(eng: Engine, sim_url: str, prompts: list[str], concurrent: int) -> list[tuple[str, object]]:
+    sub = eng.store.subscribe()
+    turns: list[tuple[str, object]] = []
+    texts: dict[str, str] = {}
+    for i in range(0, len(prompts), concurrent):
+        batch = prompts[i : i + concurrent]
+        ids = await asyncio.gather(*(place(sim_url, p, str(3000 + i + j)) for j, p in enumerate(batch)))
+        want = set(ids)
+        got: set[str] = set()
+        deadline = time.monotonic() + 60
+        while got != want and time.monotonic() < deadline:
+            ev = await asyncio.wait_for(sub.get(), 60)
+            if isinstance(ev, TurnCompleted) and ev.call_id in want and ev.turn.speech_end is not None and ev.turn.stt_final is not None:
+                got.add(ev.call_id)
+                session = eng.store.get(ev.call_id)
+                texts[ev.call_id] = next((t.text for t in session.transcript if t.role == "caller"), "") if session else ""
+                turns.append((texts[ev.call_id], ev.turn))
+        while len(eng.store):
+            await asyncio.sleep(0.1)
+    sub.close()
+    return turns
+
+
+def stage_alone(eng: Engine, prompts: list[str]) -> list[float]:
+    """Each model stage on its own, on the same inputs, one after the other: STT of the
+    utterance, LLM until its first sentence, TTS of that sentence."""
+    provider = eng.providers["local"]
+    m, cfg = provider.models, provider.cfg
+    sums = []
+    for p in prompts:
+        pcm, _ = phone_audio(SOUNDS / f"{p}.wav")
+        t0 = time.perf_counter()
+        text = m.stt.transcribe(pcm)
+        t1 = time.perf_counter()
+        splitter, first = SentenceSplitter(), []
+        done = threading.Event()
+
+        def on_text(piece: str) -> None:
+            if not first:
+                first.extend(splitter.feed(piece))
+                if first:
+                    done.set()
+
+        messages = [{"role": "system", "content": cfg.system_prompt}, {"role": "assistant", "content": cfg.greeting}, {"role": "user", "content": text}]
+        m.llm.generate(messages, cfg.llm_max_tokens, cfg.llm_temperature, on_text, done)
+        sentence = first[0] if first else (splitter.flush() or "OK.")
+        t2 = time.perf_counter()
+        m.tts._cache.clear()
+        m.tts.synthesize(sentence)
+        t3 = time.perf_counter()
+        sums.append(t3 - t0)
+    return sums
+
+
+def report(title: str, turns: list[tuple[str, object]], alone: list[float] | None) -> None:
+    print(title)
+    for name, a, b in STAGES:
+        v = [getattr(t, b) - getattr(t, a) for _, t in turns if getattr(t, a) is not None and getattr(t, b) is not None]
+        if v:
+            print(f"  {name:20s} p50 {np.percentile(v, 50) * 1000:7.0f} ms   p90 {np.percentile(v, 90) * 1000:7.0f} ms")
+    total = [t.latency_s for _, t in turns if t.latency_s is not None]
+    print(f"  {'total':20s} p50 {np.percentile(total, 50) * 1000:7.0f} ms   p90 {np.percentile(total, 90) * 1000:7.0f} ms   ({len(total)} turns)")
+    if alone:
+        engine_stages = [t.first_audio_out - t.speech_end for _, t in turns]
+        print(f"  model stages alone   p50 {np.percentile(alone, 50) * 1000:7.0f} ms   overhead ratio (engine total / stages alone, p50) {np.percentile(engine_stages, 50) / np.percentile(alone, 50):.2f}")
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    port = free_port()
+    sim = subprocess.Popen([sys.executable, "-m", "pbxsim.cli", "serve", "--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    media = tempfile.mkdtemp()
+    env = {"ASTERISK_ARI_PORT": str(port), "RTP_PORT": "0", "HEALTH_PORT": "0", "AIAGENT_PROVIDER": "local", "AIAGENT_DOWNSTREAM_MODE": args.mode, "AIAGENT_MEDIA_DIR": media}
+    eng = Engine(load_config(ROOT / "config.toml", env=env))
+    try:
+        await asyncio.sleep(0.5)
+        await eng.start()
+        assert await eng.wait_ari_connected(10)
+        sim_url = f"http://127.0.0.1:{port}"
+        prompts = [PROMPTS[i % len(PROMPTS)] for i in range(args.turns)]
+        turns = await run_turns(eng, sim_url, prompts, 1)
+        for text, t in turns[:3]:
+            print(f"  heard: {text!r}")
+        await eng.stop()
+        alone = await asyncio.to_thread(stage_alone, eng, prompts)
+        report(f"turn latency, {len(turns)} turns one at a time ({args.mode} mode)", turns, alone)
+        eng = Engine(load_config(ROOT / "config.toml", env=env))
+        await eng.start()
+        assert await eng.wait_ari_connected(10)
+        conc = await run_turns(eng, sim_url, prompts[: args.concurrent] * 2, args.concurrent)
+        report(f"turn latency, {args.concurrent} calls talking at once", conc, None)
+    finally:
+        await eng.stop()
+        sim.send_signal(signal.SIGTERM)
+        sim.wait(10)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--turns", type=int, default=10)
+    ap.add_argument("--concurrent", type=int, default=4)
+    ap.add_argument("--mode", choices=["file", "stream"], default="file")
+    asyncio.run(main_async(ap.parse_args()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
