@@ -379,6 +379,7 @@ class SessionStore:
     def add_transcript(self, call: CallSession, turn: TranscriptTurn) -> None:
         if turn.final:
             call.transcript.append(turn)
+            log.info("[%s] %s: %s", call.call_id, turn.role, turn.text)
         self.publish(TranscriptAdded(call.call_id, turn))
 
     def log(self, call_id: str | None, level: int, message: str) -> None:

@@ -30,6 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--count", type=int, default=1)
     c.add_argument("--wav", default=DEFAULT_WAV, help="what each caller says (16-bit WAV, any rate)")
     c.add_argument("--hold", type=float, default=2.0, help="seconds to stay on the line after speaking")
+    c.add_argument("--converse", action="store_true", help="wait for the agent's greeting, speak, wait for its answer, then hold")
     c.add_argument("--report", help="write the JSON report here (default: stdout)")
     return p
 
@@ -59,7 +60,7 @@ async def _call(args: argparse.Namespace) -> int:
     if not Path(args.wav).is_file():
         print(f"aiagent-sim: no such WAV file: {args.wav} (Debian: apt-get install asterisk-core-sounds-en-wav)", file=sys.stderr)
         return 2
-    report = await run_calls(args.ari, args.count, str(Path(args.wav).resolve()), args.hold, app=args.app)
+    report = await run_calls(args.ari, args.count, str(Path(args.wav).resolve()), args.hold, app=args.app, converse=args.converse)
     text = json.dumps(report, indent=2)
     if args.report:
         Path(args.report).write_text(text)

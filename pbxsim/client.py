@@ -17,15 +17,22 @@ async def run_calls(
     app: str = "aiagent",
     stagger_s: float = 0.05,
     settle_s: float = 3.0,
+    converse: bool = False,
 ) -> dict[str, Any]:
-    """Place ``count`` concurrent calls, wait for all of them to end, report what happened."""
+    """Place ``count`` concurrent calls, wait for all of them to end, report what happened.
+    ``converse``: each caller waits for the agent's greeting, speaks, and waits for the answer
+    before holding; otherwise it speaks at once."""
+    if converse:
+        body: dict[str, Any] = {"script": [{"wait_agent_done": 0.4, "timeout_s": 10}, {"say": wav}, {"wait_agent": 0.2, "timeout_s": 20}, {"wait_agent_done": 1.0, "timeout_s": 30}, {"pause": hold_s}]}
+    else:
+        body = {"wav": wav, "hold_s": hold_s}
     sim_url = sim_url.rstrip("/")
     if sim_url.endswith("/ari"):
         sim_url = sim_url[:-4]
     async with aiohttp.ClientSession() as http:
         ids = []
         for i in range(count):
-            async with http.post(f"{sim_url}/sim/calls", json={"wav": wav, "hold_s": hold_s, "caller_number": f"{1000 + i}", "app": app}) as r:
+            async with http.post(f"{sim_url}/sim/calls", json={**body, "caller_number": f"{1000 + i}", "app": app}) as r:
                 body = await r.json()
                 if r.status != 200:
                     raise RuntimeError(f"simulator refused the call: {body.get('error')}")

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Sets up, then runs the engine (echo provider) against the built-in PBX simulator and places
-# simulated calls of real speech; prints the report and stops everything it started.
-#   scripts/demo.sh [--count N] [--hold S] [--wav FILE]
+# Sets up, then runs the engine (local provider: Whisper, SmolLM2, Piper) against the built-in PBX
+# simulator and places simulated calls of real speech: each caller hears the greeting, says a
+# prompt and hears the answer. Prints the report and stops everything it started.
+#   scripts/demo.sh [--count N] [--hold S] [--wav FILE]      (AIAGENT_PROVIDER=echo|tone for others)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 
-count=3; hold=2; wav=/usr/share/asterisk/sounds/en_US_f_Allison/demo-thanks.wav
+count=2; hold=1; wav=/usr/share/asterisk/sounds/en_US_f_Allison/agent-pass.wav
 while [ $# -gt 0 ]; do
   case "$1" in
     --count) count=$2; shift 2;;
@@ -17,7 +18,7 @@ while [ $# -gt 0 ]; do
 done
 
 work=$(mktemp -d)
-export ASTERISK_ARI_PORT=${ASTERISK_ARI_PORT:-8088} AIAGENT_MEDIA_DIR=$work/media
+export ASTERISK_ARI_PORT=${ASTERISK_ARI_PORT:-8088} AIAGENT_MEDIA_DIR=$work/media AIAGENT_PROVIDER=${AIAGENT_PROVIDER:-local}
 mkdir -p "$AIAGENT_MEDIA_DIR"
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
@@ -40,5 +41,7 @@ else:
     raise SystemExit("the engine did not connect to the simulator; see the logs")
 PY
 echo "engine log: $work/engine.log   simulator log: $work/sim.log"
-.venv/bin/aiagent-sim call --ari "http://127.0.0.1:$ASTERISK_ARI_PORT" --count "$count" --hold "$hold" --wav "$wav" --report "$work/report.json"
+.venv/bin/aiagent-sim call --ari "http://127.0.0.1:$ASTERISK_ARI_PORT" --count "$count" --hold "$hold" --wav "$wav" --converse --report "$work/report.json"
 .venv/bin/python -m json.tool "$work/report.json"
+echo "--- the conversation, from the engine's log:"
+grep -E "\] (caller|agent): |call from|call ended|barge-in" "$work/engine.log" | sed 's/^.*engine.sessions: //' || true

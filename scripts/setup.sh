@@ -9,8 +9,10 @@ cd "$(dirname "$0")/.."
 extras=""
 [ "${1:-}" = "--test" ] && extras="[test]"
 
-# Debian packages: the Asterisk prompts (real phone speech for the simulator's callers and tests).
-apt_pkgs=(asterisk-core-sounds-en-wav)
+# Debian packages: the Asterisk prompts (real phone speech for the simulator's callers and tests)
+# and their texts (for bench/stt_wer.py); a C/C++ toolchain and CMake, because llama-cpp-python
+# has no wheel on PyPI and compiles llama.cpp on install (about 5 minutes on 2 cores).
+apt_pkgs=(asterisk-core-sounds-en-wav asterisk-core-sounds-en build-essential cmake)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

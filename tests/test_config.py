@@ -74,3 +74,24 @@ def test_check_config_fails_naming_the_field(tmp_path):
     r = _cli("--config", str(f), "check-config")
     assert r.returncode == 2
     assert "health.port" in r.stderr and "greater than or equal to 0" in r.stderr
+
+
+def test_local_provider_settings_come_from_the_environment():
+    env = {
+        "LOCAL_STT_ENGINE": "pocketsphinx",
+        "LOCAL_STT_MODEL_PATH": "/models/vosk",
+        "LOCAL_STT_THREADS": "3",
+        "LOCAL_LLM_MODEL_PATH": "/models/other.gguf",
+        "LOCAL_LLM_MAX_TOKENS": "99",
+        "LOCAL_LLM_THREADS": "4",
+        "LOCAL_LLM_CONTEXT": "4096",
+        "LOCAL_LLM_TEMPERATURE": "0.7",
+        "LOCAL_TTS_VOICE_PATH": "/voices/amy.onnx",
+        "LOCAL_GREETING": "Hi there",
+    }
+    c = load_config(None, env=env).providers.local
+    assert (c.stt_engine, c.stt_model_path, c.stt_threads) == ("pocketsphinx", "/models/vosk", 3)
+    assert (c.llm_model_path, c.llm_max_tokens, c.llm_threads, c.llm_context, c.llm_temperature) == ("/models/other.gguf", 99, 4, 4096, 0.7)
+    assert (c.tts_voice_path, c.greeting) == ("/voices/amy.onnx", "Hi there")
+    with pytest.raises(ConfigError, match=r"providers.local.llm_max_tokens: .*\(from environment variable LOCAL_LLM_MAX_TOKENS\)"):
+        load_config(None, env={"LOCAL_LLM_MAX_TOKENS": "0"})

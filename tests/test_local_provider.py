@@ -1,0 +1,146 @@
+"""The local provider with its real models (Whisper tiny.en, SmolLM2-135M, Piper joe-medium)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jiwer
+import numpy as np
+import pytest
+
+from engine.audio import Resampler, ulaw_to_pcm16
+from engine.config import LocalProviderConfig
+from engine.engine import EngineStartError
+from engine.sessions import BargeIn, TranscriptAdded
+from pbxsim.server import Pause, Say, WaitAgent, WaitAgentDone
+from providers.local.models import ModelNotFound
+from providers.local.provider import LocalProvider, load_models
+from providers.local.sentences import SentenceSplitter
+from tests.conftest import AGENT_PASS, running_engine, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+NORM = jiwer.Compose([jiwer.ToLowerCase(), jiwer.RemovePunctuation(), jiwer.RemoveMultipleSpaces(), jiwer.Strip()])
+
+
+def wer(ref: str, hyp: str) -> float:
+    return jiwer.wer(NORM(ref), NORM(hyp) or "<nothing>")
+
+
+@pytest.fixture(scope="module")
+def models():
+    m = load_models(LocalProviderConfig())
+    yield m
+    m.close()
+
+
+def local_engine(pbx, tmp_path, mode="file", configure=None, **env):
+    return running_engine(pbx, tmp_path, configure, AIAGENT_PROVIDER="local", AIAGENT_DOWNSTREAM_MODE=mode, **env)
+
+
+@pytest.mark.parametrize("downstream_mode", ["file", "stream"])
+async def test_a_caller_gets_understood_and_a_spoken_answer(pbx, tmp_path, models, downstream_mode):
+    async with local_engine(pbx, tmp_path, downstream_mode) as eng:
+        sub = eng.store.subscribe()
+        rec = pbx.place_call(script=[WaitAgentDone(0.4), Say(str(AGENT_PASS)), WaitAgent(0.5), WaitAgentDone(0.8)])
+        await asyncio.wait_for(rec.finished.wait(), 60)
+        events = []
+        while (e := sub.get_nowait()) is not None:
+            events.append(e)
+    report = rec.report(pbx)
+    # What the caller said, as the provider understood it, is in the report.
+    assert wer("Please enter your password followed by the pound key.", report["transcript"] or "") < 0.2
+    agent_lines = [e.turn.text for e in events if isinstance(e, TranscriptAdded) and e.turn.role == "agent" and e.turn.final]
+    assert agent_lines[0] == LocalProviderConfig().greeting and len(agent_lines) >= 2
+    # The answer was spoken: the caller heard speech after the greeting, and it says what the LLM wrote.
+    greeting_end = rec.media.said[0][0]
+    answer = b"".join(p for t, p in rec.media.agent_frames if t > greeting_end)
+    assert len(answer) / 8000 > 1.0
+    pcm16k = Resampler(8000, 16000).process(ulaw_to_pcm16(answer))
+    heard = models.stt.transcribe(pcm16k)
+    assert wer(" ".join(agent_lines[1:]), heard) < 0.5, (agent_lines, heard)
+
+
+async def test_barge_in_cancels_generation_and_speech(pbx, tmp_path):
+    def chatty(cfg):
+        cfg.providers.local.system_prompt = "You are a storyteller. Always answer with a long story of many sentences."
+        cfg.providers.local.llm_max_tokens = 300
+        cfg.providers.local.greeting = ""
+
+    async with local_engine(pbx, tmp_path, "stream", chatty) as eng:
+        sub = eng.store.subscribe()
+        rec = pbx.place_call(script=[Say(str(AGENT_PASS)), WaitAgent(0.3), Pause(3.0)])
+        await wait_for(lambda: rec.media.agent_heard_s() >= 0.3, timeout=30)
+        assert eng.barge_in(rec.id)
+        t_barge = asyncio.get_running_loop().time()
+        provider = eng.providers["local"]
+        await wait_for(lambda: provider.queue_depths()["llm"] == 0, timeout=2)  # generation stopped
+        await asyncio.sleep(1.0)
+        events = []
+        while (e := sub.get_nowait()) is not None:
+            events.append(e)
+        barge_at = next(i for i, e in enumerate(events) if isinstance(e, BargeIn))
+        later_agent = [e for e in events[barge_at:] if isinstance(e, TranscriptAdded) and e.turn.role == "agent"]
+        assert later_agent == []  # nothing more of the story
+        assert rec.media.agent_stopped_after(t_barge - 0.05) is not None
+        await asyncio.wait_for(rec.finished.wait(), 15)
+
+
+async def test_missing_model_is_a_startup_error_naming_setting_and_path(pbx, tmp_path):
+    missing = tmp_path / "nope.gguf"
+    with pytest.raises(EngineStartError) as e:
+        async with local_engine(pbx, tmp_path, LOCAL_LLM_MODEL_PATH=str(missing)):
+            pass
+    assert "providers.local.llm_model_path" in str(e.value) and str(missing) in str(e.value)
+
+
+def test_missing_voice_via_cli(tmp_path):
+    env = {**os.environ, "AIAGENT_PROVIDER": "local", "LOCAL_TTS_VOICE_PATH": str(tmp_path / "voice.onnx"),
+           "AIAGENT_MEDIA_DIR": str(tmp_path / "m"), "RTP_PORT": "0", "HEALTH_PORT": "0"}
+    r = subprocess.run([Path(sys.executable).parent / "aiagent-tui", "--no-ui"], env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert r.returncode == 1
+    assert "providers.local.tts_voice_path" in r.stderr and str(tmp_path / "voice.onnx") in r.stderr and "Traceback" not in r.stderr
+
+
+async def test_default_models_come_from_their_packages():
+    p = LocalProvider(LocalProviderConfig(greeting=""))
+    await p.load()
+    try:
+        assert p.readiness().ready
+        assert "SmolLM2-135M-Instruct" in p.readiness().detail
+    finally:
+        await p.close()
+    with pytest.raises(ModelNotFound, match="providers.local.stt_model_path"):
+        await LocalProvider(LocalProviderConfig(stt_model_path="/nonexistent/whisper")).load()
+
+
+def test_tts_cache_makes_repeats_free(models):
+    tts = models.tts
+    text = "Thank you for calling, goodbye."
+    first = tts.synthesize(text)
+    hits = tts.hits
+    again = tts.synthesize("thank you for calling,   goodbye.")
+    assert again is first and tts.hits == hits + 1
+    assert len(first) / 2 / tts.sample_rate > 1.0  # about two seconds of speech
+    assert np.abs(np.frombuffer(first, dtype=np.int16)).max() > 3000  # not silence
+
+
+@pytest.mark.parametrize(
+    "pieces, sentences, rest",
+    [
+        (["Hello", " there.", " How are", " you?", " Fine"], ["Hello there.", "How are you?"], "Fine"),
+        (["Call Dr. Smith at 3.5 past", " noon. OK"], ["Call Dr. Smith at 3.5 past noon."], "OK"),
+        (["Sure, I can help with that, and I will look up your account right now, one moment"], ["Sure, I can help with that, and I will look up your account right now,"], "one moment"),
+        (["Wait!! Really?! Yes."], ["Wait!!", "Really?!"], "Yes."),
+    ],
+)
+def test_sentence_splitter(pieces, sentences, rest):
+    s = SentenceSplitter()
+    got = []
+    for p in pieces:
+        got += s.feed(p)
+    assert got == sentences
+    assert s.flush() == rest
