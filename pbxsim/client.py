@@ -33,10 +33,10 @@ async def run_calls(
         ids = []
         for i in range(count):
             async with http.post(f"{sim_url}/sim/calls", json={**body, "caller_number": f"{1000 + i}", "app": app}) as r:
-                body = await r.json()
+                placed = await r.json()
                 if r.status != 200:
-                    raise RuntimeError(f"simulator refused the call: {body.get('error')}")
-                ids.append(body["id"])
+                    raise RuntimeError(f"simulator refused the call: {placed.get('error')}")
+                ids.append(placed["id"])
             await asyncio.sleep(stagger_s)
         calls: dict[str, dict[str, Any]] = {}
         while True:

@@ -152,3 +152,27 @@ def test_no_ui_refuses_a_media_dir_it_cannot_write(tmp_path):
     r = subprocess.run([BIN / "aiagent-tui", "--no-ui"], env=env, capture_output=True, text=True, timeout=30, cwd=tmp_path)
     assert r.returncode == 1
     assert "storage.media_dir" in r.stderr and str(blocker / "media") in r.stderr and "Traceback" not in r.stderr
+
+
+def test_sim_call_converse_waits_for_the_greeting_then_speaks(tmp_path):
+    """Every caller of a --converse run follows the whole script (the tone provider has no
+    greeting, so each caller's first wait times out, then it speaks and hears a beep)."""
+    ari_port, health_port = free_port(), free_port()
+    sim = subprocess.Popen([BIN / "aiagent-sim", "serve", "--port", str(ari_port), "--rtp-start", "22400", "--rtp-end", "22600"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {**os.environ, "ASTERISK_ARI_PORT": str(ari_port), "RTP_PORT": str(free_port(socket.SOCK_DGRAM)), "HEALTH_PORT": str(health_port),
+           "AIAGENT_MEDIA_DIR": str(tmp_path / "media"), "AIAGENT_PROVIDER": "tone"}
+    eng = subprocess.Popen([BIN / "aiagent-tui", "--no-ui"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+    try:
+        wait_until(lambda: get_json(f"http://127.0.0.1:{health_port}/health")[1]["ari_connected"])
+        r = subprocess.run(
+            [BIN / "aiagent-sim", "call", "--ari", f"http://127.0.0.1:{ari_port}", "--count", "3", "--wav", str(HELLO), "--hold", "0.2", "--converse", "--report", str(tmp_path / "r.json")],
+            capture_output=True, text=True, timeout=90,
+        )
+        assert r.returncode == 0, r.stdout + r.stderr
+        calls = json.loads((tmp_path / "r.json").read_text())["calls"]
+        assert [c["caller_frames_sent"] > 50 for c in calls] == [True, True, True]
+        assert all(c["agent_audio_seconds"] >= 1.9 for c in calls)  # each heard a whole 2 s beep
+    finally:
+        for p in (eng, sim):
+            p.send_signal(signal.SIGTERM)
+            p.wait(15)
