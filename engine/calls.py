@@ -38,6 +38,7 @@ from providers.base import (
     AgentSpeakingStarted,
     AgentSpeakingStopped,
     CallContext,
+    CallerInterrupted,
     Provider,
     ProviderCall,
     ProviderError,
@@ -255,10 +256,12 @@ class CallController:
             port = await self.ari.get_variable(ext.id, "UNICASTRTP_LOCAL_PORT")
         return str(addr), int(port)
 
-    async def _start_media(self, h: CallHandle) -> None:
+    async def _open_provider_call(self, h: CallHandle, name: str) -> tuple[Provider, ProviderCall]:
         s = h.session
-        assert s.rtp_remote is not None and s.provider is not None
-        provider = await self._get_provider(s.provider.name)
+        provider = await self._get_provider(name)
+        ready = provider.readiness()
+        if not ready.ready:
+            raise RuntimeError(f"provider {name} is not ready: {ready.detail}")
         vad = self.config.vad
         ctx = CallContext(
             call_id=s.call_id,
@@ -267,10 +270,33 @@ class CallController:
             preroll_ms=vad.preroll_ms,
             fallback_window_ms=vad.fallback_interval_ms,
         )
-        pcall = provider.open_call(ctx, lambda ev: self._on_provider_event(h, ev))
+        pcall = provider.open_call(ctx, lambda ev: self._on_provider_event(h, pcall, ev))
+        return provider, pcall
+
+    async def switch_provider(self, h: CallHandle, name: str, why: str) -> None:
+        """Moves a live call to another provider: the new one takes over at once if the call is
+        listening, else at its next turn; the old one is stopped when it is replaced."""
+        conv = h.conversation
+        if conv is None or h.teardown_task is not None:
+            return
+        provider, pcall = await self._open_provider_call(h, name)
+        await pcall.start()
+        old = h.provider_call
+        h.provider_call = pcall
+        h.session.provider = ProviderSession(name, started_at=asyncio.get_running_loop().time(), ready=True)
+        conv.replace_provider(pcall, provider.half_duplex, provider.continuous_input)
+        self.store.log(h.session.call_id, logging.WARNING if "fail" in why else logging.INFO, f"provider now {name}: {why}")
+        if old is not None:
+            h.spawn(old.stop())
+
+    async def _start_media(self, h: CallHandle) -> None:
+        s = h.session
+        assert s.rtp_remote is not None and s.provider is not None
+        provider, pcall = await self._open_provider_call(h, s.provider.name)
         h.provider_call = pcall
         conv = ConversationCoordinator(
-            self.config, s, self.store, pcall, provider.half_duplex, self.conversation_counters, self._observe_turn_latency, h.spawn
+            self.config, s, self.store, pcall, provider.half_duplex, provider.continuous_input,
+            self.conversation_counters, self._observe_turn_latency, h.spawn,
         )
         h.conversation = conv
         frames = self.config.playback.stream_queue_max_ms // 20
@@ -319,9 +345,9 @@ class CallController:
             conv.downstream.finish()
 
     # ---- provider events
-    def _on_provider_event(self, h: CallHandle, ev: ProviderEvent) -> None:
-        if h.teardown_task is not None:
-            return
+    def _on_provider_event(self, h: CallHandle, source: ProviderCall, ev: ProviderEvent) -> None:
+        if h.teardown_task is not None or source is not h.provider_call:
+            return  # a provider call that was replaced has nothing more to say
         s = h.session
         conv = h.conversation
         if isinstance(ev, AgentAudio):
@@ -342,13 +368,27 @@ class CallController:
         elif isinstance(ev, TurnMark):
             if conv is not None:
                 conv.mark(ev.stage, ev.at)
+        elif isinstance(ev, CallerInterrupted):
+            if conv is not None and conv.agent_is_speaking:
+                conv.barge_in(forced=False)
         elif isinstance(ev, ProviderError):
             assert s.provider is not None
             s.provider.errors += 1
             s.provider.last_error = ev.message
             self.store.log(s.call_id, logging.ERROR, f"provider {s.provider.name}: {ev.message}")
             if ev.fatal:
-                self.begin_teardown(h, f"provider error: {ev.message}", hangup_caller=True)
+                fallback = self.config.providers.fallback
+                if fallback and fallback != s.provider.name:
+                    h.spawn(self._fall_back(h, fallback, ev.message))
+                else:
+                    self.begin_teardown(h, f"provider error: {ev.message}", hangup_caller=True)
+
+    async def _fall_back(self, h: CallHandle, name: str, why: str) -> None:
+        try:
+            await self.switch_provider(h, name, f"{h.session.provider.name if h.session.provider else '?'} failed ({why})")
+        except Exception as e:
+            self.store.log(h.session.call_id, logging.ERROR, f"fallback provider {name} failed too: {e}")
+            self.begin_teardown(h, f"provider error: {why}", hangup_caller=True)
 
     async def _set_transcript_var(self, channel_id: str, text: str) -> None:
         try:

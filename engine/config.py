@@ -118,6 +118,26 @@ class LocalProviderConfig(_Section):
     max_queue: int = Field(16, ge=1, le=1000)  # model jobs waiting before new ones are refused
 
 
+class DeepgramProviderConfig(_Section):
+    """Deepgram's Voice Agent API (STT, LLM and TTS in one websocket per call). The API key comes
+    from the environment (DEEPGRAM_API_KEY) only: it is never read from or printed with config."""
+
+    agent_url: str = ""  # DEEPGRAM_AGENT_URL; empty: Deepgram's production endpoint
+    listen_model: str = "nova-3"
+    think_provider: str = "open_ai"
+    think_model: str = "gpt-4o-mini"
+    speak_model: str = "aura-2-thalia-en"
+    prompt: str = "You are a friendly voice assistant answering a phone call. Keep answers short."
+    greeting: str = "Hello! Thanks for calling. How can I help you today?"
+    output_encoding: Literal["mulaw", "linear16"] = "mulaw"  # mulaw 8 kHz needs no resampling
+    connect_timeout_s: float = Field(10.0, gt=0)
+    keepalive_interval_s: float = Field(5.0, gt=0)  # with no audio going out, KeepAlive this often
+    reconnect_attempts: int = Field(3, ge=0, le=100)  # failures in a row before the call falls back
+    reconnect_initial_s: float = Field(0.5, gt=0)
+    reconnect_max_s: float = Field(5.0, gt=0)
+    watchdog_s: float = Field(30.0, gt=0)  # no server message this long while the caller speaks: reset
+
+
 class HealthConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(15000, ge=0, le=65535)
@@ -129,16 +149,20 @@ class EchoProviderConfig(_Section):
 
 class ProvidersConfig(_Section):
     default: str = "echo"
+    # Used for new calls while the default is not ready (e.g. no DEEPGRAM_API_KEY), and for a
+    # call whose provider fails for good. Empty: no fallback, such calls end with a logged error.
+    fallback: str = ""
     echo: EchoProviderConfig = EchoProviderConfig()
+    deepgram: DeepgramProviderConfig = DeepgramProviderConfig()
     tone: ToneProviderConfig = ToneProviderConfig()
     local: LocalProviderConfig = LocalProviderConfig()
 
-    @field_validator("default")
+    @field_validator("default", "fallback")
     @classmethod
     def _known_provider(cls, v: str) -> str:
         from providers.registry import PROVIDER_NAMES
 
-        if v not in PROVIDER_NAMES:
+        if v and v not in PROVIDER_NAMES:
             raise ValueError(f"unknown provider {v!r}; known: {', '.join(sorted(PROVIDER_NAMES))}")
         return v
 
@@ -196,6 +220,8 @@ ENV_OVERRIDES: dict[str, str] = {
     "LOCAL_LLM_TEMPERATURE": "providers.local.llm_temperature",
     "LOCAL_TTS_VOICE_PATH": "providers.local.tts_voice_path",
     "LOCAL_GREETING": "providers.local.greeting",
+    "AIAGENT_FALLBACK_PROVIDER": "providers.fallback",
+    "DEEPGRAM_AGENT_URL": "providers.deepgram.agent_url",
 }
 
 

@@ -34,6 +34,8 @@ from providers.base import INPUT_SAMPLE_RATE, ProviderCall
 log = logging.getLogger(__name__)
 
 FRAME_S = 0.02
+FILL_CHECK_S = 0.1
+SILENT_FRAME = bytes(320)  # 20 ms of 8 kHz PCM16 silence
 
 
 @dataclass(slots=True)
@@ -63,6 +65,7 @@ class ConversationCoordinator:
         store: SessionStore,
         provider_call: ProviderCall,
         half_duplex: bool,
+        continuous_input: bool,
         counters: ConversationCounters,
         observe_turn_latency: Callable[[float], None],
         spawn: Callable,
@@ -73,6 +76,8 @@ class ConversationCoordinator:
         self.provider_call = provider_call
         self.half_duplex = half_duplex
         self.counters = counters
+        self._filler: asyncio.TimerHandle | None = None
+        self.continuous_input = False
         self._observe_turn_latency = observe_turn_latency
         self._spawn = spawn
         self._loop = asyncio.get_running_loop()
@@ -91,11 +96,13 @@ class ConversationCoordinator:
         # A two-party bridge sends nothing while the caller is silent (BEHAVIOUR.md): speech can
         # end with packets simply stopping, which the VAD never sees. This timer catches that.
         self._end_s = v.end_ms / 1000
-        self._last_frame_at = 0.0
+        self._last_frame_at = self._loop.time()
+        self._filled_until = 0.0
         self._gap_timer: asyncio.TimerHandle | None = None
         self._turn: TurnTimeline | None = None
         self._agent_turn_open = False
         self.closed = False
+        self._set_continuous(continuous_input)
 
     # ---- caller audio (hot path: 50 frames/s per call)
     def on_caller_pcm8(self, pcm8: bytes) -> None:
@@ -116,14 +123,20 @@ class ConversationCoordinator:
             level = self.vad.level_dbfs = rms_dbfs(probe)
             voice.level_dbfs = level
             voice.levels.append(level)
-            if self.config.barge_in.enabled and level >= self._barge_level and self.vad.is_voiced(probe, level):
+            voiced = level >= self._barge_level and self.vad.is_voiced(probe, level)
+            if voiced:
                 self._barge_run.append(probe)
-                if len(self._barge_run) >= self._barge_frames:
+                if self.config.barge_in.enabled and len(self._barge_run) >= self._barge_frames:
                     self.barge_in(forced=False)
+                    return
             else:
                 if len(self._barge_run) >= 3:  # 60 ms or more, but not enough to stop the agent
                     self.counters.barge_in_attempts += 1
                 self._barge_run.clear()
+            if self.continuous_input:
+                # Such a provider finds barge-ins itself: it hears what may be the caller talking
+                # over the agent (the agent's own voice taken out), and silence otherwise.
+                self._deliver(probe if voiced else SILENT_FRAME)
             return
         edge = self.vad.update(frame)
         voice.level_dbfs = self.vad.level_dbfs
@@ -175,6 +188,36 @@ class ConversationCoordinator:
             self._set_state(ConversationState.PROCESSING)
         elif self.session.conversation is ConversationState.USER_SPEAKING:
             self._set_state(ConversationState.LISTENING)
+
+    def _set_continuous(self, on: bool) -> None:
+        self.continuous_input = on
+        if on and self._filler is None:
+            self._filler = self._loop.call_later(FILL_CHECK_S, self._fill_gap)
+        elif not on and self._filler is not None:
+            self._filler.cancel()
+            self._filler = None
+
+    def _fill_gap(self) -> None:
+        """No RTP for a while: give a continuous-input provider the silence it did not get."""
+        now = self._loop.time()
+        missing = int((now - max(self._last_frame_at, self._filled_until)) / FRAME_S)
+        if missing >= 3:
+            for _ in range(missing):
+                self._deliver(SILENT_FRAME)
+            self._filled_until = now
+        self._filler = self._loop.call_later(FILL_CHECK_S, self._fill_gap)
+
+    def replace_provider(self, provider_call: ProviderCall, half_duplex: bool, continuous_input: bool) -> None:
+        """Another provider takes the call over from here on."""
+        self.provider_call = provider_call
+        self.half_duplex = half_duplex
+        self._set_continuous(continuous_input)
+        if self.session.conversation is ConversationState.PROCESSING:
+            self._set_state(ConversationState.LISTENING)
+
+    @property
+    def agent_is_speaking(self) -> bool:
+        return bool(self.session.playbacks) or self.session.conversation is ConversationState.AGENT_SPEAKING
 
     # ---- agent audio
     def agent_started(self) -> None:
@@ -290,7 +333,7 @@ class ConversationCoordinator:
 
     def close(self) -> None:
         self.closed = True
-        for timer in (self._ungate, self._gap_timer):
+        for timer in (self._ungate, self._gap_timer, self._filler):
             if timer is not None:
                 timer.cancel()
         if self.downstream is not None:

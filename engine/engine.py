@@ -40,7 +40,7 @@ class Engine:
         self.default_provider = config.providers.default
         self.metrics = EngineMetrics(self)
         self.calls = CallController(
-            config, self.ari, self.store, self.rtp, lambda: self.default_provider, self.get_provider,
+            config, self.ari, self.store, self.rtp, self.provider_for_new_call, self.get_provider,
             self.metrics.turn_latency.observe,
         )
         self.events = AriEventStream(self.ari, config.asterisk.app, self.calls.on_event, self.calls.reconcile)
@@ -61,7 +61,13 @@ class Engine:
         except OSError as e:
             raise EngineStartError(f"cannot bind the RTP socket on {self.config.rtp.host}:{self.config.rtp.port}/udp: {e.strerror or e}") from e
         try:
-            await self.get_provider(self.default_provider)
+            provider = await self.get_provider(self.default_provider)
+            ready = provider.readiness()
+            fallback = self.config.providers.fallback
+            if not ready.ready:
+                log.warning("provider %s is not ready (%s); new calls go to %s", self.default_provider, ready.detail, fallback or "nobody: they will be refused")
+                if fallback:
+                    await self.get_provider(fallback)
         except Exception as e:
             await self.rtp.stop()
             raise EngineStartError(f"provider {self.default_provider} cannot start: {e}") from e
@@ -133,6 +139,14 @@ class Engine:
                 self.providers[name] = provider
         return self.providers[name]
 
+    def provider_for_new_call(self) -> str:
+        """The default provider, or the fallback while the default is not ready."""
+        p = self.providers.get(self.default_provider)
+        fallback = self.config.providers.fallback
+        if p is not None and not p.readiness().ready and fallback and fallback in self.providers:
+            return fallback
+        return self.default_provider
+
     def provider_readiness(self) -> dict[str, Readiness]:
         out = {}
         for name in sorted(PROVIDER_NAMES):
@@ -146,6 +160,14 @@ class Engine:
         await self.get_provider(name)
         self.default_provider = name
         self.store.log(None, logging.INFO, f"new calls use provider {name}")
+
+    async def set_call_provider(self, call_id: str, name: str) -> bool:
+        """Moves a live call to another provider (from its next turn)."""
+        h = self.calls.handles.get(call_id)
+        if h is None:
+            return False
+        await self.calls.switch_provider(h, name, "operator's choice")
+        return True
 
     def barge_in(self, call_id: str) -> bool:
         """Stop the agent on this call now, as if the caller had talked over it."""
@@ -171,7 +193,7 @@ class Engine:
         c = self.rtp.counters
         snapshots = self.store.snapshots()
         readiness = self.provider_readiness()
-        ok = self.ari_connected and self.rtp.running and readiness[self.default_provider].ready
+        ok = self.ari_connected and self.rtp.running and readiness[self.provider_for_new_call()].ready
         return {
             "status": "ok" if ok else "degraded",
             "ari_connected": self.ari_connected,

@@ -140,6 +140,7 @@ class CallSession:
             caller_name=self.caller_name,
             state=self.state.value,
             provider=self.provider.name if self.provider else None,
+            provider_error=self.provider.last_error if self.provider else None,
             bridge_id=self.bridge_id,
             external_channel_id=self.external_channel_id,
             rtp_remote=f"{self.rtp_remote[0]}:{self.rtp_remote[1]}" if self.rtp_remote else None,
@@ -229,6 +230,7 @@ class CallSnapshot:
     caller_name: str
     state: str
     provider: str | None
+    provider_error: str | None
     bridge_id: str | None
     external_channel_id: str | None
     rtp_remote: str | None

@@ -42,9 +42,17 @@ class AgentSpeakingStopped:
 
 
 @dataclass(slots=True, frozen=True)
+class CallerInterrupted:
+    """The provider heard the caller start talking (e.g. Deepgram's UserStartedSpeaking): if the
+    agent is speaking, this is a barge-in."""
+
+
+@dataclass(slots=True, frozen=True)
 class ProviderError:
     message: str
-    fatal: bool = False  # a fatal error ends the provider session of this call
+    # Fatal: this provider cannot go on with the call; the engine moves the call to the
+    # fallback provider, or ends it with the error logged.
+    fatal: bool = False
 
 
 TurnStage = Literal["stt_final", "llm_first_token", "first_sentence", "tts_first_audio", "no_answer"]
@@ -59,7 +67,7 @@ class TurnMark:
     at: float
 
 
-ProviderEvent = AgentAudio | Transcript | AgentSpeakingStarted | AgentSpeakingStopped | ProviderError | TurnMark
+ProviderEvent = AgentAudio | Transcript | AgentSpeakingStarted | AgentSpeakingStopped | CallerInterrupted | ProviderError | TurnMark
 EmitFn = Callable[[ProviderEvent], None]
 
 
@@ -110,6 +118,10 @@ class Provider(ABC):
     # Half-duplex providers (the conversational ones) hear nothing while the agent speaks, except
     # the caller barging in; a full-duplex one (the echo line test) hears everything.
     half_duplex: bool = True
+    # A provider that finds turns itself in a continuous stream (Deepgram) gets silence in place of
+    # the caller's audio while capture is gated, and while no RTP arrives (a two-party bridge
+    # sends nothing while the caller is quiet): its endpointing needs to hear the silence.
+    continuous_input: bool = False
 
     async def load(self) -> None:
         """Once at startup: load models, check keys. Raise with a clear message when unusable."""

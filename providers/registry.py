@@ -9,7 +9,7 @@ from providers.base import Provider
 if TYPE_CHECKING:
     from engine.config import AppConfig
 
-PROVIDER_NAMES = frozenset({"echo", "tone", "local"})
+PROVIDER_NAMES = frozenset({"echo", "tone", "local", "deepgram"})
 
 
 def build_provider(name: str, config: AppConfig) -> Provider:
@@ -26,4 +26,8 @@ def build_provider(name: str, config: AppConfig) -> Provider:
         from providers.local.provider import LocalProvider
 
         return LocalProvider(config.providers.local)
+    if name == "deepgram":
+        from providers.deepgram import DeepgramProvider
+
+        return DeepgramProvider(config.providers.deepgram)
     raise ValueError(f"unknown provider {name!r}; known: {', '.join(sorted(PROVIDER_NAMES))}")

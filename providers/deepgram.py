@@ -1,0 +1,272 @@
+"""The Deepgram Voice Agent provider, on the official deepgram-sdk.
+
+One Voice Agent websocket per call: Welcome, then our Settings, then SettingsApplied; only then
+does caller audio go out (PCM16 16 kHz). The server's messages become provider events: transcripts,
+barge-in (UserStartedSpeaking), agent audio (u-law 8 kHz) and speaking marks. A socket that drops
+is reconnected with backoff and Settings sent again; after too many failures in a row the call
+is handed to the fallback provider.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections import deque
+from typing import Any
+
+from engine.audio import ulaw_to_pcm16
+from engine.backoff import Backoff
+from engine.config import DeepgramProviderConfig
+from providers.base import (
+    AgentAudio,
+    AgentSpeakingStarted,
+    AgentSpeakingStopped,
+    CallContext,
+    CallerInterrupted,
+    EmitFn,
+    Provider,
+    ProviderCall,
+    ProviderError,
+    Readiness,
+    Transcript,
+    TurnMark,
+)
+
+log = logging.getLogger(__name__)
+
+API_KEY_ENV = "DEEPGRAM_API_KEY"
+QUEUE_FRAMES = 100  # 2 s of caller audio held while (re)connecting; older frames are dropped
+
+
+class SessionReset(Exception):
+    """The watchdog gave up on a silent server."""
+
+
+def settings_message(cfg: DeepgramProviderConfig, input_rate: int, greet: bool = True) -> dict[str, Any]:
+    out_rate = 8000 if cfg.output_encoding == "mulaw" else 16000
+    agent: dict[str, Any] = {
+        "listen": {"provider": {"type": "deepgram", "model": cfg.listen_model}},
+        "think": {"provider": {"type": cfg.think_provider, "model": cfg.think_model}, "prompt": cfg.prompt},
+        "speak": {"provider": {"type": "deepgram", "model": cfg.speak_model}},
+    }
+    if cfg.greeting and greet:
+        agent["greeting"] = cfg.greeting
+    return {
+        "type": "Settings",
+        "audio": {
+            "input": {"encoding": "linear16", "sample_rate": input_rate},
+            "output": {"encoding": cfg.output_encoding, "sample_rate": out_rate, "container": "none"},
+        },
+        "agent": agent,
+    }
+
+
+class DeepgramCall(ProviderCall):
+    def __init__(self, ctx: CallContext, emit: EmitFn, cfg: DeepgramProviderConfig, api_key: str) -> None:
+        self.ctx = ctx
+        self._emit = emit
+        self.cfg = cfg
+        self._api_key = api_key
+        self._loop = asyncio.get_running_loop()
+        self._audio: deque[bytes] = deque(maxlen=QUEUE_FRAMES)
+        self._audio_ready = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._sock: Any = None
+        self._applied = False
+        self._stopped = False
+        self._caller_speaking = False
+        self._last_server_msg = self._loop.time()
+        self._last_sent = self._loop.time()
+        self.connects = 0
+        self.keepalives = 0
+        self.out_rate = 8000 if cfg.output_encoding == "mulaw" else 16000
+
+    def _client(self):
+        from deepgram import AsyncDeepgramClient, DeepgramClientEnvironment
+
+        if self.cfg.agent_url:
+            prod = DeepgramClientEnvironment.PRODUCTION
+            env = DeepgramClientEnvironment(base=prod.base, production=prod.production, agent=self.cfg.agent_url, agent_rest=prod.agent_rest)
+            return AsyncDeepgramClient(api_key=self._api_key, environment=env)
+        return AsyncDeepgramClient(api_key=self._api_key)
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"deepgram-{self.ctx.call_id}")
+
+    # ---- caller audio
+    def send_audio(self, pcm16: bytes) -> None:
+        self._audio.append(pcm16)
+        self._audio_ready.set()
+
+    def utterance_started(self) -> None:
+        self._caller_speaking = True
+
+    def utterance_ended(self, fallback: bool) -> None:
+        self._caller_speaking = False  # Deepgram finds its own turns; this only arms the watchdog
+
+    # ---- the session
+    async def _run(self) -> None:
+        backoff = Backoff(self.cfg.reconnect_initial_s, self.cfg.reconnect_max_s)
+        failures = 0
+        while not self._stopped:
+            try:
+                await self._session()
+                if self._stopped:
+                    return
+                raise ConnectionError("server closed the session")
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # dropped socket, refused connect, Error close, watchdog
+                self._applied = False
+                self._sock = None
+                if self._stopped:
+                    return
+                failures += 1
+                why = f"{e.__class__.__name__}: {e}" if str(e) else e.__class__.__name__
+                if failures > self.cfg.reconnect_attempts:
+                    self._emit(ProviderError(f"Deepgram unavailable after {failures} attempts ({why})", fatal=True))
+                    return
+                delay = backoff.next_delay()
+                log.warning("[%s] Deepgram session lost (%s); reconnecting in %.1fs", self.ctx.call_id, why, delay)
+                self._emit(ProviderError(f"Deepgram session lost ({why}); reconnecting"))
+                await asyncio.sleep(delay)
+            else:
+                failures = 0
+
+    async def _session(self) -> None:
+        async with self._client().agent.v1.connect() as sock:
+            self._sock = sock
+            self.connects += 1
+            self._last_server_msg = self._loop.time()
+            welcome = await asyncio.wait_for(self._recv_json(sock), self.cfg.connect_timeout_s)
+            if getattr(welcome, "type", None) != "Welcome":
+                raise ConnectionError(f"expected Welcome, got {getattr(welcome, 'type', welcome)!r}")
+            from deepgram.agent.v1.types import AgentV1Settings
+
+            # After a reconnect the caller has heard the greeting already.
+            settings = settings_message(self.cfg, self.ctx.input_sample_rate, greet=self.connects == 1)
+            await sock.send_settings(AgentV1Settings.model_validate(settings))
+            # No audio before SettingsApplied; other messages may come first and are handled.
+            while not self._applied:
+                msg = await asyncio.wait_for(sock.recv(), self.cfg.connect_timeout_s)
+                self._handle(msg)
+            sender = asyncio.create_task(self._send_audio(sock))
+            keeper = asyncio.create_task(self._keepalive_and_watchdog(sock))
+            try:
+                async for msg in sock:
+                    self._handle(msg)
+                    if keeper.done():
+                        keeper.result()
+            finally:
+                for t in (sender, keeper):
+                    t.cancel()
+                results = await asyncio.gather(sender, keeper, return_exceptions=True)
+            for r in results:
+                if isinstance(r, SessionReset):
+                    raise r
+
+    async def _recv_json(self, sock: Any) -> Any:
+        while True:
+            msg = await sock.recv()
+            if not isinstance(msg, bytes):
+                self._last_server_msg = self._loop.time()
+                return msg
+
+    async def _send_audio(self, sock: Any) -> None:
+        while True:
+            await self._audio_ready.wait()
+            while self._audio:
+                await sock.send_media(self._audio.popleft())
+                self._last_sent = self._loop.time()
+            self._audio_ready.clear()
+
+    async def _keepalive_and_watchdog(self, sock: Any) -> None:
+        while True:
+            await asyncio.sleep(min(1.0, self.cfg.keepalive_interval_s))
+            now = self._loop.time()
+            if now - self._last_sent >= self.cfg.keepalive_interval_s:
+                await sock.send_keep_alive()
+                self.keepalives += 1
+                self._last_sent = now
+            if self._caller_speaking and now - self._last_server_msg > self.cfg.watchdog_s:
+                await sock._websocket.close()
+                raise SessionReset(f"no message from Deepgram for {self.cfg.watchdog_s:.0f} s while the caller spoke")
+
+    # ---- server messages
+    def _handle(self, msg: Any) -> None:
+        now = self._loop.time()
+        self._last_server_msg = now
+        if isinstance(msg, bytes):
+            pcm = ulaw_to_pcm16(msg) if self.cfg.output_encoding == "mulaw" else msg
+            self._emit(AgentAudio(pcm, self.out_rate))
+            return
+        kind = getattr(msg, "type", None) if not isinstance(msg, dict) else msg.get("type")
+        if kind == "SettingsApplied":
+            self._applied = True
+        elif kind == "ConversationText":
+            role = "caller" if msg.role == "user" else "agent"
+            if role == "caller":
+                self._emit(TurnMark("stt_final", now))
+            self._emit(Transcript(role, msg.content))
+        elif kind == "UserStartedSpeaking":
+            self._emit(CallerInterrupted())
+        elif kind == "AgentThinking":
+            self._emit(TurnMark("llm_first_token", now))
+        elif kind == "AgentStartedSpeaking":
+            self._emit(TurnMark("tts_first_audio", now))
+            self._emit(AgentSpeakingStarted())
+        elif kind == "AgentAudioDone":
+            # Only the server is done sending: gating lasts until the engine's playout ends.
+            self._emit(AgentSpeakingStopped())
+        elif kind == "FunctionCallRequest":
+            for fn in msg.functions:
+                if getattr(fn, "client_side", True):
+                    asyncio.create_task(self._refuse_function(fn))
+        elif kind in ("Warning", "Error"):
+            text = f"Deepgram {kind.lower()} {msg.code}: {msg.description}"
+            if kind == "Error":
+                self._emit(ProviderError(text))
+            else:
+                log.warning("[%s] %s", self.ctx.call_id, text)
+        elif kind in ("PromptUpdated", "SpeakUpdated", "Welcome"):
+            log.info("[%s] Deepgram %s", self.ctx.call_id, kind)
+
+    async def _refuse_function(self, fn: Any) -> None:
+        # No functions exist yet: say so, so that the agent carries on instead of waiting.
+        from deepgram.agent.v1.types import AgentV1SendFunctionCallResponse
+
+        content = json.dumps({"error": f"function {fn.name} is not supported by this agent"})
+        if self._sock is not None:
+            await self._sock.send_function_call_response(
+                AgentV1SendFunctionCallResponse(type="FunctionCallResponse", id=fn.id, name=fn.name, content=content)
+            )
+
+    async def stop(self) -> None:
+        self._stopped = True
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
+class DeepgramProvider(Provider):
+    name = "deepgram"
+    continuous_input = True
+
+    def __init__(self, cfg: DeepgramProviderConfig) -> None:
+        self.cfg = cfg
+        self._key = os.environ.get(API_KEY_ENV, "")
+
+    async def load(self) -> None:
+        # A missing key is not a startup failure: the engine reports the provider not ready and
+        # sends calls to the fallback.
+        self._key = os.environ.get(API_KEY_ENV, "")
+
+    def readiness(self) -> Readiness:
+        if not self._key:
+            return Readiness(False, f"{API_KEY_ENV} is not set")
+        return Readiness(True, f"Voice Agent at {self.cfg.agent_url or 'wss://agent.deepgram.com'}")
+
+    def open_call(self, ctx: CallContext, emit: EmitFn) -> ProviderCall:
+        return DeepgramCall(ctx, emit, self.cfg, self._key)
