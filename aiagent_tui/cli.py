@@ -16,6 +16,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="aiagent-tui", description="AI voice agent for Asterisk (ARI + ExternalMedia)")
     p.add_argument("--config", default="config.toml", help="TOML config file (default ./config.toml)")
     p.add_argument("--no-ui", action="store_true", help="run the engine as a headless service")
+    p.add_argument("--sim", action="store_true", help="start the built-in PBX simulator too, and place a demo call every few seconds")
+    p.add_argument("--demo-interval", type=float, default=8.0, help="seconds between demo calls with --sim (default 8)")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="override logging.level")
     sub = p.add_subparsers(dest="command")
     sub.add_parser("check-config", help="validate the config and print the effective values (secrets masked)")
@@ -32,23 +34,33 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-config":
         print(json.dumps(config.masked(), indent=2))
         return 0
+    if not args.no_ui:
+        return _run_app(config, args)
     logging.basicConfig(
         level=args.log_level or config.logging.level,
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
     )
-    if not args.no_ui:
-        print(
-            "aiagent-tui: the terminal app is not built yet; run the engine headless with --no-ui",
-            file=sys.stderr,
-        )
-        return 2
     from aiagent_tui.service import run_headless
 
     try:
-        return asyncio.run(run_headless(config))
+        return asyncio.run(run_headless(config, sim=args.sim, demo_interval_s=args.demo_interval))
     except EngineStartError as e:
         print(f"aiagent-tui: {e}", file=sys.stderr)
         return 1
+
+
+def _run_app(config, args) -> int:
+    # The screen is the app's: log lines go to a file beside the config, not over the panes.
+    logging.basicConfig(
+        level=args.log_level or config.logging.level,
+        filename="aiagent-tui.log",
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+    from aiagent_tui.app import AiAgentApp
+
+    app = AiAgentApp(config, sim=args.sim, demo_interval_s=args.demo_interval)
+    result = app.run()
+    return result if isinstance(result, int) else app.exit_code
 
 
 if __name__ == "__main__":

@@ -12,19 +12,39 @@ from engine.engine import Engine
 log = logging.getLogger(__name__)
 
 
-async def run_headless(config: AppConfig) -> int:
+async def run_headless(config: AppConfig, sim: bool = False, demo_interval_s: float = 8.0) -> int:
+    """``sim``: also run the PBX simulator in this process, and place demo calls into it."""
+    pbx = None
+    demo: asyncio.Task | None = None
+    if sim:
+        from aiagent_tui.demo import demo_calls
+        from pbxsim.server import SimPBX
+
+        pbx = SimPBX(username=config.asterisk.ari_username, password=config.asterisk.ari_password.get_secret_value())
+        await pbx.start(port=config.asterisk.ari_port)
     engine = Engine(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await engine.start()
+    try:
+        await engine.start()
+    except Exception:
+        if pbx is not None:
+            await pbx.stop()
+        raise
+    if pbx is not None:
+        demo = asyncio.create_task(demo_calls(pbx, engine, config.asterisk.app, demo_interval_s))
     log.info("running headless; health at http://%s:%d/health; Ctrl-C or SIGTERM stops", config.health.host, engine.health_server.port)
     try:
         await stop.wait()
         log.info("stopping: hanging up %d call(s)", len(engine.store))
     finally:
+        if demo is not None:
+            demo.cancel()
         await engine.stop()
+        if pbx is not None:
+            await pbx.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     return 0

@@ -74,6 +74,10 @@ class CallHandle:
         return task
 
 
+def _drop_audio(pcm: bytes) -> None:
+    pass
+
+
 class CallController:
     def __init__(
         self,
@@ -412,7 +416,10 @@ class CallController:
             t.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
         if h.media is not None:
-            self.rtp.unregister(h.media)
+            # Keep the route until the ExternalMedia channel is gone, so that packets still in
+            # flight are recognised (and dropped here) rather than counted as foreign.
+            h.media.sink = _drop_audio
+            self.rtp.pacer.discard(h.media)
         if h.conversation is not None:
             h.conversation.close()
         if h.provider_call is not None:
@@ -423,6 +430,8 @@ class CallController:
         # The ExternalMedia channel id is known before it exists: delete it even if setup was
         # cut off mid-request (a 404 then just means it was never made).
         await self._delete_channel(f"{self.ext_prefix}{h.token}", "ExternalMedia")
+        if h.media is not None:
+            self.rtp.unregister(h.media)
         if s.bridge_id is not None:
             await self._ari_cleanup(self.ari.destroy_bridge(s.bridge_id), f"bridge {s.bridge_id}")
         if hangup_caller:

@@ -78,6 +78,8 @@ class ConversationCoordinator:
         self.counters = counters
         self._filler: asyncio.TimerHandle | None = None
         self.continuous_input = False
+        # An operator listening in (the terminal app's monitor): gets ("caller"|"agent", pcm, rate).
+        self.tap: Callable[[str, bytes, int], None] | None = None
         self._observe_turn_latency = observe_turn_latency
         self._spawn = spawn
         self._loop = asyncio.get_running_loop()
@@ -106,6 +108,8 @@ class ConversationCoordinator:
 
     # ---- caller audio (hot path: 50 frames/s per call)
     def on_caller_pcm8(self, pcm8: bytes) -> None:
+        if self.tap is not None:
+            self.tap("caller", pcm8, 8000)
         for frame in packet_frames(pcm8):
             self._frame(frame)
 
@@ -226,6 +230,8 @@ class ConversationCoordinator:
     def agent_audio(self, pcm16: bytes, sample_rate: int) -> None:
         if self.downstream is None:
             return
+        if self.tap is not None:
+            self.tap("agent", pcm16, sample_rate)
         self.downstream.add(pcm16, sample_rate)
         if self.session.conversation is not ConversationState.AGENT_SPEAKING:
             self._set_state(ConversationState.AGENT_SPEAKING)

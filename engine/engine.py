@@ -169,6 +169,15 @@ class Engine:
         await self.calls.switch_provider(h, name, "operator's choice")
         return True
 
+    def set_audio_tap(self, call_id: str, tap) -> bool:
+        """Listen in on a call: ``tap(source, pcm16, rate)`` gets the caller's audio as it arrives
+        and the agent's as the provider produces it. ``None`` stops listening."""
+        h = self.calls.handles.get(call_id)
+        if h is None or h.conversation is None:
+            return False
+        h.conversation.tap = tap
+        return True
+
     def barge_in(self, call_id: str) -> bool:
         """Stop the agent on this call now, as if the caller had talked over it."""
         h = self.calls.handles.get(call_id)

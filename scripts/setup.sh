@@ -12,7 +12,8 @@ extras=""
 # Debian packages: the Asterisk prompts (real phone speech for the simulator's callers and tests)
 # and their texts (for bench/stt_wer.py); a C/C++ toolchain and CMake, because llama-cpp-python
 # has no wheel on PyPI and compiles llama.cpp on install (about 5 minutes on 2 cores).
-apt_pkgs=(asterisk-core-sounds-en-wav asterisk-core-sounds-en build-essential cmake)
+# libportaudio2: the terminal app's audio monitor (sounddevice).
+apt_pkgs=(asterisk-core-sounds-en-wav asterisk-core-sounds-en build-essential cmake libportaudio2)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,0 +1,319 @@
+"""The terminal app: the engine runs inside Textual's event loop; the app renders its snapshots at
+10 Hz, follows its events for the log and live transcripts, and steers it with its commands."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+
+from rich.text import Text
+from textual import work
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Grid, Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import DataTable, Footer, OptionList, RichLog, Static
+from textual.widgets.option_list import Option
+
+from aiagent_tui.demo import demo_calls
+from aiagent_tui.monitor import AudioMonitor, MonitorUnavailable
+from aiagent_tui.widgets import GatingPane, HeaderBar, LevelSparkline, RtpPane, TimelinePane, TranscriptPane, VadPane
+from engine.config import AppConfig
+from engine.engine import Engine
+from engine.sessions import CallEnded, CallLog, CallStarted, TranscriptAdded
+from providers.registry import PROVIDER_NAMES
+
+HELP = """\
+[b]aiagent-tui[/b] — live calls of the AI voice agent
+
+  [b]↑ ↓[/b]   select a call in the list
+  [b]p[/b]     choose the provider: for new calls, and for the selected call from its next turn
+  [b]b[/b]     barge-in: stop the agent on the selected call now
+  [b]m[/b]     monitor: listen to the selected call (caller and agent) on this machine's speaker
+  [b]h[/b]     hang up the selected call
+  [b]d[/b]     dump the selected call (transcript, RTP stats, turn timeline) to a JSON file
+  [b]?[/b]     this help          [b]q[/b]  quit (hangs every call up cleanly)
+
+Panes: RTP/SSRC stats of the caller's stream and the agent's; the VAD level of the last seconds;
+gating (is the caller heard, what is playing, barge-ins); the transcript (partial words dimmed);
+the turn timeline (speech end → STT → LLM → TTS → audio out); the call's log.
+"""
+
+
+class HelpScreen(ModalScreen):
+    BINDINGS = [Binding("escape,q,question_mark", "app.pop_screen", "close")]
+
+    def compose(self) -> ComposeResult:
+        yield Static(HELP, id="help")
+
+
+class ProviderScreen(ModalScreen[str | None]):
+    BINDINGS = [Binding("escape", "dismiss_none", "cancel")]
+
+    def __init__(self, current: str, readiness: dict) -> None:
+        super().__init__()
+        self.current = current
+        self.readiness = readiness
+
+    def compose(self) -> ComposeResult:
+        opts = []
+        for name in sorted(PROVIDER_NAMES):
+            r = self.readiness.get(name)
+            note = "" if r is None or r.ready or r.detail == "not loaded" else f"  ({r.detail})"
+            opts.append(Option(f"{'● ' if name == self.current else '  '}{name}{note}", id=name))
+        yield Vertical(Static("Provider for new calls and the selected call:"), OptionList(*opts), id="provider-box")
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        self.dismiss(event.option.id)
+
+    def action_dismiss_none(self) -> None:
+        self.dismiss(None)
+
+
+class AiAgentApp(App):
+    TITLE = "aiagent-tui"
+    CSS = """
+    Screen { layout: vertical; }
+    #header { height: 2; background: $boost; padding: 0 1; }
+    #body { height: 1fr; }
+    #calls { width: 40; height: 100%; border: round $primary; }
+    #panes { grid-size: 3 2; grid-columns: 1fr 1fr 1fr; grid-rows: 12 1fr; }
+    .pane { border: round $secondary; padding: 0 1; height: 100%; }
+    #transcript { column-span: 2; }
+    #vadbox { border: round $secondary; padding: 0 1; height: 100%; }
+    #vad { height: 2; }
+    #spark { height: 1fr; }
+    #log { height: 9; border: round $secondary; }
+    #help { width: 104; height: auto; border: thick $primary; padding: 1 2; background: $surface; }
+    HelpScreen, ProviderScreen { align: center middle; }
+    #provider-box { width: 60; height: auto; border: thick $primary; padding: 1 2; background: $surface; }
+    """
+    BINDINGS = [
+        Binding("p", "provider", "provider"),
+        Binding("b", "barge_in", "barge-in"),
+        Binding("m", "monitor", "monitor"),
+        Binding("h", "hangup", "hang up"),
+        Binding("d", "dump", "dump"),
+        Binding("question_mark", "help", "help"),
+        Binding("q", "quit", "quit"),
+    ]
+
+    def __init__(self, config: AppConfig, sim: bool = False, demo_interval_s: float = 8.0, dump_dir: Path = Path(".")) -> None:
+        super().__init__()
+        self.config = config
+        self.sim_enabled = sim
+        self.demo_interval_s = demo_interval_s
+        self.dump_dir = dump_dir
+        self.engine: Engine | None = None
+        self.pbx = None
+        self.selected: str | None = None
+        self.partials: dict[str, str] = {}
+        self.monitor: AudioMonitor | None = None
+        self.exit_code = 0
+
+    # ---- layout
+    def compose(self) -> ComposeResult:
+        yield HeaderBar("starting…", id="header")
+        with Horizontal(id="body"):
+            table = DataTable(id="calls", cursor_type="row", zebra_stripes=True)
+            table.border_title = "calls"
+            yield table
+            with Grid(id="panes"):
+                yield self._pane(RtpPane(id="rtp"), "RTP / SSRC")
+                with Vertical(id="vadbox"):
+                    yield VadPane(id="vad")
+                    yield LevelSparkline([0.0], id="spark")
+                yield self._pane(GatingPane(id="gating"), "gating")
+                yield self._pane(TranscriptPane(id="transcript"), "transcript")
+                yield self._pane(TimelinePane(id="timeline"), "turn timeline")
+        log = RichLog(id="log", wrap=True, markup=False, max_lines=500)
+        log.border_title = "log"
+        yield log
+        yield Footer()
+
+    @staticmethod
+    def _pane(widget: Static, title: str) -> Static:
+        widget.add_class("pane")
+        widget.border_title = title
+        return widget
+
+    # ---- engine lifecycle (inside the app's own loop)
+    async def on_mount(self) -> None:
+        self.query_one("#vadbox").border_title = "VAD"
+        table = self.query_one(DataTable)
+        for col, width in (("caller", 8), ("state", 9), ("time", 4), ("provider", 7)):
+            table.add_column(col, key=col, width=width)
+        if self.sim_enabled:
+            from pbxsim.server import SimPBX
+
+            self.pbx = SimPBX(username=self.config.asterisk.ari_username, password=self.config.asterisk.ari_password.get_secret_value())
+            await self.pbx.start(port=self.config.asterisk.ari_port)
+        self.engine = Engine(self.config)
+        try:
+            await self.engine.start()
+        except Exception as e:
+            self.exit_code = 1
+            self.exit(message=f"aiagent-tui: {e}")
+            return
+        self.follow_events()
+        self.set_interval(0.1, self.refresh_panes)
+        if self.sim_enabled:
+            self.place_demo_calls()
+        self.write_log(None, f"engine up; {'simulated PBX on port ' + str(self.pbx.port) if self.pbx else 'ARI ' + self.config.asterisk.base_url}")
+
+    async def on_unmount(self) -> None:
+        await self.shutdown()
+
+    async def shutdown(self) -> None:
+        if self.monitor is not None:
+            self.monitor.close()
+            self.monitor = None
+        if self.engine is not None:
+            await self.engine.stop()
+            self.engine = None
+        if self.pbx is not None:
+            await self.pbx.stop()
+            self.pbx = None
+
+    async def action_quit(self) -> None:
+        await self.shutdown()  # hang every call up before the app goes
+        self.exit(self.exit_code)
+
+    @work(exclusive=True, group="events")
+    async def follow_events(self) -> None:
+        assert self.engine is not None
+        sub = self.engine.store.subscribe(2000)
+        try:
+            async for ev in sub:
+                if isinstance(ev, CallLog):
+                    self.write_log(ev.call_id, ev.message, ev.level)
+                elif isinstance(ev, TranscriptAdded):
+                    if ev.turn.final:
+                        self.partials.pop(ev.call_id, None)
+                    elif ev.turn.role == "caller":
+                        self.partials[ev.call_id] = ev.turn.text
+                elif isinstance(ev, CallStarted) and self.selected is None:
+                    self.selected = ev.call_id
+                elif isinstance(ev, CallEnded):
+                    self.partials.pop(ev.call_id, None)
+        finally:
+            sub.close()
+
+    @work(exclusive=True, group="demo")
+    async def place_demo_calls(self) -> None:
+        assert self.pbx is not None and self.engine is not None
+        await demo_calls(self.pbx, self.engine, self.config.asterisk.app, self.demo_interval_s)
+
+    # ---- rendering
+    def write_log(self, call_id: str | None, message: str, level: int = logging.INFO) -> None:
+        style = "red" if level >= logging.ERROR else "yellow" if level >= logging.WARNING else ""
+        line = Text(time.strftime("%H:%M:%S "), style="dim")
+        if call_id:
+            line.append(f"[{call_id[-8:]}] ", style="cyan")
+        line.append(message, style=style)
+        self.query_one(RichLog).write(line)
+
+    def refresh_panes(self) -> None:
+        eng = self.engine
+        if eng is None:
+            return
+        health = eng.health()
+        health["health_url"] = f"http://{self.config.health.host}:{eng.health_server.port}/health"
+        health["metrics_url"] = f"http://{self.config.health.host}:{eng.health_server.port}/metrics"
+        self.query_one(HeaderBar).show(health)
+        snaps = {s.call_id: s for s in eng.store.snapshots()}
+        table = self.query_one(DataTable)
+        for key in [k.value for k in list(table.rows)]:
+            if key not in snaps:
+                table.remove_row(key)
+        for cid, s in snaps.items():
+            row = (s.caller_number or "unknown", s.conversation.state.replace("_", " "), f"{int(s.duration_s) // 60}:{int(s.duration_s) % 60:02d}", s.provider or "—")
+            if cid in table.rows:
+                for col, value in zip(("caller", "state", "time", "provider"), row):
+                    table.update_cell(cid, col, value)
+            else:
+                table.add_row(*row, key=cid)
+        if table.row_count and (self.selected not in snaps):
+            self.selected = table.coordinate_to_cell_key((table.cursor_row, 0)).row_key.value if table.cursor_row < table.row_count else None
+        c = snaps.get(self.selected) if self.selected else None
+        self.query_one(RtpPane).show(c)
+        self.query_one(VadPane).show(c)
+        self.query_one(LevelSparkline).show(c)
+        self.query_one(GatingPane).show(c)
+        self.query_one(TranscriptPane).show(c, self.partials.get(self.selected or ""))
+        self.query_one(TimelinePane).show(c)
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.row_key is not None:
+            self.selected = event.row_key.value
+
+    # ---- keys
+    def _need_call(self) -> str | None:
+        if self.engine is None or self.selected is None or self.engine.store.get(self.selected) is None:
+            self.notify("no call selected", severity="warning")
+            return None
+        return self.selected
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    def action_barge_in(self) -> None:
+        cid = self._need_call()
+        if cid and self.engine is not None and self.engine.barge_in(cid):
+            self.notify(f"barge-in on {cid[-8:]}")
+
+    async def action_hangup(self) -> None:
+        cid = self._need_call()
+        if cid and self.engine is not None:
+            await self.engine.hangup(cid)
+            self.notify(f"hung up {cid[-8:]}")
+
+    def action_provider(self) -> None:
+        if self.engine is None:
+            return
+        self.push_screen(ProviderScreen(self.engine.default_provider, self.engine.provider_readiness()), self._provider_chosen)
+
+    async def _provider_chosen(self, name: str | None) -> None:
+        if not name or self.engine is None:
+            return
+        try:
+            await self.engine.set_default_provider(name)
+            cid = self.selected if self.selected and self.engine.store.get(self.selected) else None
+            if cid:
+                await self.engine.set_call_provider(cid, name)
+            self.notify(f"provider {name} for new calls" + (f" and call {cid[-8:]}" if cid else ""))
+        except Exception as e:
+            self.notify(f"provider {name}: {e}", severity="error", timeout=8)
+
+    def action_monitor(self) -> None:
+        cid = self._need_call()
+        if cid is None or self.engine is None:
+            return
+        if self.monitor is not None:
+            self.engine.set_audio_tap(self.monitor.call_id, None)
+            self.monitor.close()
+            was = self.monitor.call_id
+            self.monitor = None
+            if was == cid:
+                self.notify("monitor off")
+                return
+        try:
+            self.monitor = AudioMonitor(cid)
+        except MonitorUnavailable as e:
+            self.notify(f"cannot monitor: {e}", severity="warning", timeout=8)
+            self.write_log(cid, f"monitor unavailable: {e}", logging.WARNING)
+            return
+        self.engine.set_audio_tap(cid, self.monitor.feed)
+        self.notify(f"monitoring {cid[-8:]} on {self.monitor.device}")
+
+    def action_dump(self) -> None:
+        cid = self._need_call()
+        if cid is None or self.engine is None:
+            return
+        snap = self.engine.store.get(cid).snapshot()
+        path = self.dump_dir / f"call-{cid}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+        path.write_text(json.dumps(dataclasses.asdict(snap), indent=2, default=str))
+        self.notify(f"dumped to {path}")

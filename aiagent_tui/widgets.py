@@ -1,0 +1,152 @@
+"""The app's panes. Each renders from a CallSnapshot (or the engine's health) handed to it by the
+app's 10 Hz refresh; none of them reaches into the engine."""
+
+from __future__ import annotations
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+from textual.widgets import Sparkline, Static
+
+from engine.sessions import CallSnapshot, TranscriptTurn
+
+STAGES = (
+    ("stt", "speech_end", "stt_final", "cyan"),
+    ("llm", "stt_final", "first_sentence", "magenta"),
+    ("tts", "first_sentence", "tts_first_audio", "yellow"),
+    ("out", "tts_first_audio", "first_audio_out", "green"),
+)
+
+
+def _kv(rows: list[tuple[str, str]]) -> Table:
+    t = Table.grid(padding=(0, 1))
+    t.add_column(style="dim", no_wrap=True)
+    t.add_column(no_wrap=True)
+    for k, v in rows:
+        t.add_row(k, v)
+    return t
+
+
+class HeaderBar(Static):
+    def show(self, health: dict) -> None:
+        ari = Text("ARI ● connected", style="bold green") if health["ari_connected"] else Text(f"ARI ● down ({health['ari_last_error'] or 'connecting'})", style="bold red")
+        rtp = Text(f"RTP {health['rtp_address']}/udp", style="green" if health["rtp_server_running"] else "red")
+        provs = Text()
+        for name, p in health["providers"].items():
+            if p["detail"] == "not loaded":
+                continue
+            provs.append(f"{name}{'' if p['ready'] else ' (not ready)'} ", style="green" if p["ready"] else "red")
+        line1 = Text.assemble(ari, "   ", rtp, "   providers: ", provs, f"  new calls → {health['default_provider']}")
+        line2 = Text(
+            f"calls {health['active_calls']}/{health['max_calls']}  total {health['calls_total']}  refused {health['calls_rejected_over_capacity']}"
+            f"  │  {health['downstream_mode']} playback  │  health {health['health_url']}  metrics {health['metrics_url']}",
+            style="dim",
+        )
+        self.update(Group(line1, line2))
+
+
+class RtpPane(Static):
+    def show(self, c: CallSnapshot | None) -> None:
+        if c is None:
+            self.update(Text("no call selected", style="dim"))
+            return
+        r = c.rtp
+        age = "—" if r.last_packet_age_s is None else f"{r.last_packet_age_s * 1000:.0f} ms"
+        self.update(
+            _kv(
+                [
+                    ("SSRC", f"{r.ssrc:08x}" if r.ssrc is not None else "—"),
+                    ("from", c.rtp_remote or "—"),
+                    ("in", f"{r.packets_in} pkts"),
+                    ("loss", f"{r.loss_pct:.2f} % ({r.lost}/{r.expected})"),
+                    ("jitter", f"{r.jitter_ms:.2f} ms"),
+                    ("reorder/dup", f"{r.reordered} / {r.duplicates}"),
+                    ("last pkt", age),
+                    ("out", f"{r.packets_out} pkts"),
+                    ("pacing", f"{r.pacing_error_ms:.1f} ms (max {r.max_pacing_error_ms:.1f})"),
+                ]
+            )
+        )
+
+
+class VadPane(Static):
+    def show(self, c: CallSnapshot | None) -> None:
+        if c is None:
+            self.update("")
+            return
+        v = c.conversation
+        width = 14
+        filled = int(max(0.0, min(1.0, (v.level_dbfs + 70) / 70)) * width)
+        bar = Text("█" * filled, style="green" if v.speaking else "blue")
+        bar.append("░" * (width - filled), style="dim")
+        state = Text("SPEECH", style="bold green") if v.speaking else Text("silence", style="dim")
+        self.update(Group(Text.assemble(bar, f" {v.level_dbfs:5.1f} dB"), state))
+
+
+class LevelSparkline(Sparkline):
+    def show(self, c: CallSnapshot | None) -> None:
+        self.data = [max(0.0, lvl + 70) for lvl in c.conversation.levels] if c is not None and c.conversation.levels else [0.0]
+
+
+class GatingPane(Static):
+    def show(self, c: CallSnapshot | None) -> None:
+        if c is None:
+            self.update("")
+            return
+        v = c.conversation
+        cap = "[b green]open[/]" if v.capture_enabled else "[b yellow]GATED[/]"
+        self.update(
+            _kv(
+                [
+                    ("call", f"{c.caller_number or 'unknown'} · {c.call_id[-8:]}"),
+                    ("provider", c.provider or "—"),
+                    ("capture", cap),
+                    ("state", v.state.replace("_", " ")),
+                    ("playback", ", ".join(p[-12:] for p in v.playbacks) or "—"),
+                    ("barge-ins", str(v.barge_ins)),
+                    ("mode", v.downstream_mode),
+                    *([("error", f"[red]{c.provider_error}[/]")] if c.provider_error else []),
+                ]
+            )
+        )
+
+
+class TranscriptPane(Static):
+    def show(self, c: CallSnapshot | None, partial: str | None) -> None:
+        if c is None:
+            self.update("")
+            return
+        lines = Text()
+        for t in c.transcript[-12:]:
+            lines.append_text(_turn(t))
+            lines.append("\n")
+        if partial:
+            lines.append(f"caller … {partial}\n", style="dim italic")
+        self.update(lines if lines.plain else Text("no words yet", style="dim"))
+
+
+def _turn(t: TranscriptTurn) -> Text:
+    who = Text("caller ", style="bold cyan") if t.role == "caller" else Text("agent  ", style="bold magenta")
+    return Text.assemble(who, t.text)
+
+
+class TimelinePane(Static):
+    def show(self, c: CallSnapshot | None) -> None:
+        if c is None or not c.turns:
+            self.update(Text("no turns yet", style="dim"))
+            return
+        out = Text()
+        scale = 30 / max(2.0, max((t.latency_s or 0) for t in c.turns[-5:]))
+        for i, t in enumerate(c.turns[-5:], 1):
+            out.append(f"#{i} ")
+            for name, a, b, colour in STAGES:
+                ta, tb = getattr(t, a), getattr(t, b)
+                if ta is not None and tb is not None:
+                    out.append("█" * max(1, int((tb - ta) * scale)), style=colour)
+            total = t.latency_s
+            out.append(f" {total * 1000:.0f} ms\n" if total is not None else " …\n")
+        out.append("stt ", style="cyan")
+        out.append("llm ", style="magenta")
+        out.append("tts ", style="yellow")
+        out.append("out", style="green")
+        self.update(out)

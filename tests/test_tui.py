@@ -1,0 +1,127 @@
+"""The terminal app, driven with Textual's Pilot against the built-in simulator."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from pathlib import Path
+
+from textual.widgets import DataTable
+
+from aiagent_tui.app import AiAgentApp, HelpScreen, ProviderScreen
+from aiagent_tui.service import run_headless
+from engine.config import load_config
+from engine.sessions import ConversationState
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def app_config(tmp_path: Path, provider: str = "tone"):
+    cfg = load_config(None, env={"ASTERISK_ARI_PORT": str(free_port()), "RTP_PORT": "0", "HEALTH_PORT": "0",
+                                 "AIAGENT_MEDIA_DIR": str(tmp_path / "media"), "AIAGENT_PROVIDER": provider})
+    cfg.providers.tone.duration_ms = 4000
+    return cfg
+
+
+async def until(pilot, predicate, timeout: float = 20.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < end, "condition not reached in time"
+        await pilot.pause(0.1)
+
+
+async def test_app_shows_live_calls_and_every_key_works(tmp_path):
+    from pbxsim.server import Pause, Say, WaitAgent
+    from tests.conftest import HELLO
+
+    app = AiAgentApp(app_config(tmp_path), sim=True, demo_interval_s=600.0, dump_dir=tmp_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: app.engine is not None and app.engine.ari_connected and app.pbx is not None)
+        eng, pbx = app.engine, app.pbx
+        rec = pbx.place_call(script=[Say(str(HELLO)), WaitAgent(1.0), Pause(8.0)], caller_number="5551234")
+        await until(pilot, lambda: eng.store.get(rec.id) is not None)
+        cid = rec.id
+        table = app.query_one(DataTable)
+        await until(pilot, lambda: cid in [k.value for k in table.rows])
+        table.move_cursor(row=[k.value for k in table.rows].index(cid))
+        await until(pilot, lambda: app.selected == cid)
+        # Panes fill from the engine's snapshots: RTP counters and the transcript.
+        await until(pilot, lambda: eng.store.get(cid).rtp_in.packets > 20 and eng.store.get(cid).transcript)
+        await until(pilot, lambda: eng.store.get(cid).conversation is ConversationState.AGENT_SPEAKING)
+        await pilot.pause(0.3)
+        screen = app.export_screenshot()
+        assert "pkts" in screen and "beep" in screen and "5551234" in screen and "ARI" in screen
+
+        # b: barge-in stops the agent's playback.
+        await pilot.press("b")
+        await until(pilot, lambda: eng.store.get(cid).barge_ins == 1 and not eng.store.get(cid).playbacks)
+
+        # d: the call's dump.
+        await pilot.press("d")
+        await until(pilot, lambda: list(tmp_path.glob(f"call-{cid}-*.json")))
+
+        # m: no sound device here: a notice, no crash.
+        await pilot.press("m")
+        await pilot.pause(0.3)
+        assert any("cannot monitor" in str(n.message) for n in app._notifications)
+
+        # ?: the help screen.
+        await pilot.press("question_mark")
+        await pilot.pause(0.2)
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape")
+
+        # p: echo for new calls (and this one).
+        await pilot.press("p")
+        await pilot.pause(0.2)
+        assert isinstance(app.screen, ProviderScreen)
+        for _ in range(4):
+            await pilot.press("up")
+        await pilot.press("down")  # deepgram, echo, local, tone: echo is second
+        await pilot.press("enter")
+        await until(pilot, lambda: eng.default_provider == "echo")
+        assert eng.store.get(cid).provider.name == "echo"
+        second = pbx.place_call(str(HELLO), hold_s=1.0)
+        await until(pilot, lambda: eng.store.get(second.id) is not None)
+        assert eng.store.get(second.id).provider.name == "echo"
+
+        # h: hang up the selected call; the simulated PBX sees the engine end it.
+        app.selected = cid
+        await pilot.press("h")
+        await until(pilot, lambda: rec.ended_by is not None)
+        assert rec.ended_by == "ari"
+
+        await pilot.press("q")
+    assert pbx.leftovers() == ([], [])
+
+
+async def test_headless_sim_service_answers_demo_calls(tmp_path):
+    """--no-ui --sim runs the same Engine (and simulator, and demo caller) as the app above."""
+    import json
+    import os
+    import signal
+    import urllib.request
+
+    cfg = app_config(tmp_path)
+    cfg.health.port = free_port()
+    task = asyncio.create_task(run_headless(cfg, sim=True, demo_interval_s=0.5))
+    url = f"http://127.0.0.1:{cfg.health.port}/health"
+
+    def calls_total() -> int:
+        try:
+            return json.loads(urllib.request.urlopen(url, timeout=1).read())["calls_total"]
+        except OSError:
+            return 0
+
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 20
+    while await asyncio.to_thread(calls_total) < 2:
+        assert loop.time() < end, "no demo call answered"
+        await asyncio.sleep(0.2)
+    os.kill(os.getpid(), signal.SIGTERM)  # as systemd stops it
+    assert await asyncio.wait_for(task, 20) == 0
