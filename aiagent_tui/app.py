@@ -47,7 +47,7 @@ class HelpScreen(ModalScreen):
     BINDINGS = [Binding("escape,q,question_mark", "app.pop_screen", "close")]
 
     def compose(self) -> ComposeResult:
-        yield Static(HELP, id="help")
+        yield Static(Text.from_markup(HELP), id="help")
 
 
 class ProviderScreen(ModalScreen[str | None]):
@@ -79,7 +79,7 @@ class AiAgentApp(App):
     Screen { layout: vertical; }
     #header { height: 2; background: $boost; padding: 0 1; }
     #body { height: 1fr; }
-    #calls { width: 40; height: 100%; border: round $primary; }
+    #calls { width: 42; height: 100%; border: round $primary; }
     #panes { grid-size: 3 2; grid-columns: 1fr 1fr 1fr; grid-rows: 12 1fr; }
     .pane { border: round $secondary; padding: 0 1; height: 100%; }
     #transcript { column-span: 2; }
@@ -144,7 +144,7 @@ class AiAgentApp(App):
     async def on_mount(self) -> None:
         self.query_one("#vadbox").border_title = "VAD"
         table = self.query_one(DataTable)
-        for col, width in (("caller", 8), ("state", 9), ("time", 4), ("provider", 7)):
+        for col, width in (("caller", 8), ("state", 13), ("time", 4), ("provider", 6)):
             table.add_column(col, key=col, width=width)
         if self.sim_enabled:
             from pbxsim.server import SimPBX

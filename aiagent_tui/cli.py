@@ -21,6 +21,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="override logging.level")
     sub = p.add_subparsers(dest="command")
     sub.add_parser("check-config", help="validate the config and print the effective values (secrets masked)")
+    sub.add_parser("doctor", help="check ARI, ports, media directory, models and keys; one line per check with the fix")
     return p
 
 
@@ -34,6 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-config":
         print(json.dumps(config.masked(), indent=2))
         return 0
+    if args.command == "doctor":
+        from aiagent_tui.doctor import main as doctor
+
+        return doctor(config)
     if not args.no_ui:
         return _run_app(config, args)
     logging.basicConfig(

@@ -36,7 +36,7 @@ class HeaderBar(Static):
             if p["detail"] == "not loaded":
                 continue
             provs.append(f"{name}{'' if p['ready'] else ' (not ready)'} ", style="green" if p["ready"] else "red")
-        line1 = Text.assemble(ari, "   ", rtp, "   providers: ", provs, f"  new calls → {health['default_provider']}")
+        line1 = Text.assemble(ari, "  │  ", rtp, "  │  providers: ", provs, f"│  new calls → {health['default_provider']}")
         line2 = Text(
             f"calls {health['active_calls']}/{health['max_calls']}  total {health['calls_total']}  refused {health['calls_rejected_over_capacity']}"
             f"  │  {health['downstream_mode']} playback  │  health {health['health_url']}  metrics {health['metrics_url']}",
@@ -60,7 +60,7 @@ class RtpPane(Static):
                     ("in", f"{r.packets_in} pkts"),
                     ("loss", f"{r.loss_pct:.2f} % ({r.lost}/{r.expected})"),
                     ("jitter", f"{r.jitter_ms:.2f} ms"),
-                    ("reorder/dup", f"{r.reordered} / {r.duplicates}"),
+                    ("reord/dup", f"{r.reordered} / {r.duplicates}"),
                     ("last pkt", age),
                     ("out", f"{r.packets_out} pkts"),
                     ("pacing", f"{r.pacing_error_ms:.1f} ms (max {r.max_pacing_error_ms:.1f})"),

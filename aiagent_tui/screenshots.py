@@ -1,0 +1,76 @@
+"""Refreshes screenshots/: the main screen with live calls, the help screen, the doctor output.
+
+    python -m aiagent_tui.screenshots [--out screenshots] [--provider local]
+
+Drives the real app (Textual's Pilot, headless) against the built-in simulator, so the pictures
+show what an operator sees. Textual saves SVG; convert with rsvg-convert to look at them as PNG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import asyncio
+import socket
+import tempfile
+from pathlib import Path
+
+from rich.console import Console
+
+from aiagent_tui.app import AiAgentApp
+from engine.config import load_config
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def capture(out: Path, provider: str) -> None:
+    media = Path(tempfile.mkdtemp())
+    cfg = load_config(None, env={"ASTERISK_ARI_PORT": str(_free_port()), "RTP_PORT": "0", "HEALTH_PORT": str(_free_port()),
+                                 "AIAGENT_MEDIA_DIR": str(media), "AIAGENT_PROVIDER": provider})
+    app = AiAgentApp(cfg, sim=True, demo_interval_s=4.0)
+    async with app.run_test(size=(120, 40)) as pilot:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 90
+
+        def ready() -> bool:
+            snaps = app.engine.store.snapshots() if app.engine else []
+            sel = next((s for s in snaps if s.call_id == app.selected), None)
+            return len(snaps) >= 2 and sel is not None and sel.turns and {t.role for t in sel.transcript} == {"caller", "agent"}
+
+        while not ready() and loop.time() < end:
+            await pilot.pause(0.2)
+        await pilot.pause(0.5)
+        app.save_screenshot("main.svg", str(out))
+        await pilot.press("question_mark")
+        await pilot.pause(0.3)
+        app.save_screenshot("help.svg", str(out))
+        await pilot.press("escape")
+        # doctor, against the simulator this app runs
+        from aiagent_tui import doctor
+
+        console = Console(record=True, width=110, force_terminal=True, file=io.StringIO())
+        cfg.rtp.port = _free_port()
+        cfg.health.port = _free_port()
+        await asyncio.to_thread(lambda: doctor.render(doctor.run_checks(cfg), console))
+        console.save_svg(str(out / "doctor.svg"), title="aiagent-tui doctor")
+        await pilot.press("q")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="screenshots")
+    ap.add_argument("--provider", default="local")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    asyncio.run(capture(out, args.provider))
+    print(f"wrote {out}/main.svg, help.svg, doctor.svg")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
