@@ -125,7 +125,7 @@ class AiAgentApp(App):
                 yield self._pane(RtpPane(id="rtp"), "RTP / SSRC")
                 with Vertical(id="vadbox"):
                     yield VadPane(id="vad")
-                    yield LevelSparkline([0.0], id="spark")
+                    yield LevelSparkline([], id="spark")
                 yield self._pane(GatingPane(id="gating"), "gating")
                 yield self._pane(TranscriptPane(id="transcript"), "transcript")
                 yield self._pane(TimelinePane(id="timeline"), "turn timeline")

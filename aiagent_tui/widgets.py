@@ -29,7 +29,8 @@ def _kv(rows: list[tuple[str, str]]) -> Table:
 
 class HeaderBar(Static):
     def show(self, health: dict) -> None:
-        ari = Text("ARI ● connected", style="bold green") if health["ari_connected"] else Text(f"ARI ● down ({health['ari_last_error'] or 'connecting'})", style="bold red")
+        why = (health["ari_last_error"] or "connecting").split(":")[0]  # the kind; /health has the whole text
+        ari = Text("ARI ● connected", style="bold green") if health["ari_connected"] else Text(f"ARI ● down ({why})", style="bold red")
         rtp = Text(f"RTP {health['rtp_address']}/udp", style="green" if health["rtp_server_running"] else "red")
         provs = Text()
         for name, p in health["providers"].items():
@@ -85,7 +86,7 @@ class VadPane(Static):
 
 class LevelSparkline(Sparkline):
     def show(self, c: CallSnapshot | None) -> None:
-        self.data = [max(0.0, lvl + 70) for lvl in c.conversation.levels] if c is not None and c.conversation.levels else [0.0]
+        self.data = [max(0.0, lvl + 70) for lvl in c.conversation.levels] if c is not None and c.conversation.levels else []
 
 
 class GatingPane(Static):
