@@ -56,3 +56,10 @@ def rms_dbfs(pcm16: bytes) -> float:
     if rms <= 0:
         return -96.0
     return max(-96.0, 20.0 * float(np.log10(rms / 32768.0)))
+
+
+def voiced_ms(pcm16: bytes, sample_rate: int, threshold_dbfs: float) -> int:
+    """How much of the audio is louder than ``threshold_dbfs``, in 20 ms frames: a cheap test of
+    whether an utterance has any speech in it."""
+    frame = sample_rate * 2 // 50
+    return 20 * sum(1 for i in range(0, len(pcm16) - frame + 1, frame) if rms_dbfs(pcm16[i : i + frame]) > threshold_dbfs)

@@ -11,7 +11,7 @@ import asyncio
 
 import numpy as np
 
-from engine.audio import rms_dbfs
+from engine.audio import voiced_ms
 from providers.base import (
     AgentAudio,
     AgentSpeakingStarted,
@@ -42,11 +42,6 @@ def tone_pcm16(frequency_hz: float, duration_ms: int, sample_rate: int = SAMPLE_
     return (wave * 32767).astype(np.int16).tobytes()
 
 
-def voiced_ms(pcm16: bytes, sample_rate: int = SAMPLE_RATE) -> int:
-    frame = sample_rate * 2 // 50
-    return 20 * sum(1 for i in range(0, len(pcm16) - frame + 1, frame) if rms_dbfs(pcm16[i : i + frame]) > VOICED_DBFS)
-
-
 class ToneCall(ProviderCall):
     def __init__(self, ctx: CallContext, emit: EmitFn, tone: bytes, think_s: float) -> None:
         self._emit = emit
@@ -67,7 +62,7 @@ class ToneCall(ProviderCall):
 
     def utterance_ended(self, fallback: bool) -> None:
         heard = self._collector.take()
-        ms = voiced_ms(heard)
+        ms = voiced_ms(heard, SAMPLE_RATE, VOICED_DBFS)
         if fallback and ms < MIN_VOICED_MS:
             return
         self._emit(Transcript("caller", f"[{ms} ms of speech]"))

@@ -12,7 +12,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 
-from engine.audio import rms_dbfs
+from engine.audio import rms_dbfs, voiced_ms
 from engine.config import LocalProviderConfig
 from providers.base import (
     AgentAudio,
@@ -41,11 +41,6 @@ SAMPLE_RATE = 16000
 MIN_SPEECH_MS = 200  # an utterance with less sound than this is not transcribed
 SPEECH_DBFS = -45.0
 PAUSE_FRAMES = 10  # 200 ms without voice: transcribe now, the utterance may be over
-
-
-def voiced_ms(pcm16: bytes) -> int:
-    frame = SAMPLE_RATE * 2 // 50
-    return 20 * sum(1 for i in range(0, len(pcm16) - frame + 1, frame) if rms_dbfs(pcm16[i : i + frame]) > SPEECH_DBFS)
 
 
 @dataclass
@@ -143,7 +138,7 @@ class LocalCall(ProviderCall):
         done = self._partial if self._partial is not None and self._partial[0] == self._voiced else None
         self._partial = None
         self._voiced = self._since_voiced = 0
-        if voiced_ms(audio) < MIN_SPEECH_MS:
+        if voiced_ms(audio, SAMPLE_RATE, SPEECH_DBFS) < MIN_SPEECH_MS:
             if not fallback:
                 self._emit(TurnMark("no_answer", self._loop.time()))
             return
