@@ -111,6 +111,8 @@ class AiAgentApp(App):
         self.pbx = None
         self.selected: str | None = None
         self.partials: dict[str, str] = {}
+        self._shown: dict[str, tuple[str, ...]] = {}  # the call list's rows as last drawn
+        self._ticks = 0
         self.monitor: AudioMonitor | None = None
         self.exit_code = 0
 
@@ -220,31 +222,43 @@ class AiAgentApp(App):
         eng = self.engine
         if eng is None:
             return
-        health = eng.health()
-        health["health_url"] = f"http://{self.config.health.host}:{eng.health_server.port}/health"
-        health["metrics_url"] = f"http://{self.config.health.host}:{eng.health_server.port}/metrics"
-        self.query_one(HeaderBar).show(health)
-        snaps = {s.call_id: s for s in eng.store.snapshots()}
+        summary = eng.summary()
+        summary["health_url"] = f"http://{self.config.health.host}:{eng.health_server.port}/health"
+        summary["metrics_url"] = f"http://{self.config.health.host}:{eng.health_server.port}/metrics"
+        self.query_one(HeaderBar).show(summary)
+        self._ticks += 1
         table = self.query_one(DataTable)
-        for key in [k.value for k in list(table.rows)]:
-            if key not in snaps:
-                table.remove_row(key)
-        for cid, s in snaps.items():
-            row = (s.caller_number or "unknown", s.conversation.state.replace("_", " "), f"{int(s.duration_s) // 60}:{int(s.duration_s) % 60:02d}", s.provider or "—")
-            if cid in table.rows:
-                for col, value in zip(("caller", "state", "time", "provider"), row):
-                    table.update_cell(cid, col, value)
-            else:
-                table.add_row(*row, key=cid)
-        if table.row_count and (self.selected not in snaps):
-            self.selected = table.coordinate_to_cell_key((table.cursor_row, 0)).row_key.value if table.cursor_row < table.row_count else None
-        c = snaps.get(self.selected) if self.selected else None
+        if self._ticks % 5 == 1 or self.selected is None:
+            self._refresh_list(table)
+        # Only the selected call is rendered in full.
+        c = eng.store.snapshot(self.selected) if self.selected else None
         self.query_one(RtpPane).show(c)
         self.query_one(VadPane).show(c)
         self.query_one(LevelSparkline).show(c)
         self.query_one(GatingPane).show(c)
         self.query_one(TranscriptPane).show(c, self.partials.get(self.selected or ""))
         self.query_one(TimelinePane).show(c)
+
+    def _refresh_list(self, table: DataTable) -> None:
+        """The call list, twice a second: redrawing 50 rows is the costliest thing on screen."""
+        assert self.engine is not None
+        rows = {r.call_id: r for r in self.engine.store.summaries()}
+        for key in [k.value for k in list(table.rows)]:
+            if key not in rows:
+                table.remove_row(key)
+                self._shown.pop(key, None)
+        for cid, r in rows.items():
+            row = (r.caller_number or "unknown", r.state.replace("_", " "), f"{int(r.duration_s) // 60}:{int(r.duration_s) % 60:02d}", r.provider or "—")
+            shown = self._shown.get(cid)
+            if shown is None:
+                table.add_row(*row, key=cid)
+            elif shown != row:  # touch only what changed: with many calls this is most of the cost
+                for col, old, new in zip(("caller", "state", "time", "provider"), shown, row):
+                    if old != new:
+                        table.update_cell(cid, col, new)
+            self._shown[cid] = row
+        if table.row_count and (self.selected not in rows):
+            self.selected = table.coordinate_to_cell_key((table.cursor_row, 0)).row_key.value if table.cursor_row < table.row_count else None
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         if event.row_key is not None:

@@ -198,9 +198,8 @@ class Engine:
     def ari_connected(self) -> bool:
         return self.events.connected and not self.calls.replaced
 
-    def health(self) -> dict[str, Any]:
-        c = self.rtp.counters
-        snapshots = self.store.snapshots()
+    def summary(self) -> dict[str, Any]:
+        """The engine's state without any per-call detail (for a header refreshed 10 times a second)."""
         readiness = self.provider_readiness()
         ok = self.ari_connected and self.rtp.running and readiness[self.provider_for_new_call()].ready
         return {
@@ -220,6 +219,14 @@ class Engine:
             "calls_failed": self.store.calls_failed,
             "default_provider": self.default_provider,
             "providers": {name: {"ready": r.ready, "detail": r.detail} for name, r in readiness.items()},
+            "downstream_mode": self.config.playback.downstream_mode,
+        }
+
+    def health(self) -> dict[str, Any]:
+        c = self.rtp.counters
+        snapshots = self.store.snapshots()
+        return {
+            **self.summary(),
             "rtp": {
                 "packets_in": c.packets_in,
                 "packets_out": c.packets_out,
@@ -230,7 +237,6 @@ class Engine:
                 "late_dropped": c.late,
                 "send_errors": c.send_errors,
             },
-            "downstream_mode": self.config.playback.downstream_mode,
             "conversation": {
                 s.call_id: {
                     "state": s.conversation.state,
