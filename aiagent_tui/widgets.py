@@ -27,7 +27,15 @@ def _kv(rows: list[tuple[str, str]]) -> Table:
     return t
 
 
-class HeaderBar(Static):
+class Pane(Static):
+    """A fixed-size pane: new content never changes its size, so no layout pass is needed (a
+    layout of the whole screen ten times a second is what stalls the shared event loop)."""
+
+    def show_content(self, content) -> None:
+        self.update(content, layout=False)
+
+
+class HeaderBar(Pane):
     def show(self, health: dict) -> None:
         why = (health["ari_last_error"] or "connecting").split(":")[0]  # the kind; /health has the whole text
         ari = Text("ARI ● connected", style="bold green") if health["ari_connected"] else Text(f"ARI ● down ({why})", style="bold red")
@@ -43,17 +51,17 @@ class HeaderBar(Static):
             f"  │  {health['downstream_mode']} playback  │  health {health['health_url']}  metrics {health['metrics_url']}",
             style="dim",
         )
-        self.update(Group(line1, line2))
+        self.show_content(Group(line1, line2))
 
 
-class RtpPane(Static):
+class RtpPane(Pane):
     def show(self, c: CallSnapshot | None) -> None:
         if c is None:
-            self.update(Text("no call selected", style="dim"))
+            self.show_content(Text("no call selected", style="dim"))
             return
         r = c.rtp
         age = "—" if r.last_packet_age_s is None else f"{r.last_packet_age_s * 1000:.0f} ms"
-        self.update(
+        self.show_content(
             _kv(
                 [
                     ("SSRC", f"{r.ssrc:08x}" if r.ssrc is not None else "—"),
@@ -70,10 +78,10 @@ class RtpPane(Static):
         )
 
 
-class VadPane(Static):
+class VadPane(Pane):
     def show(self, c: CallSnapshot | None) -> None:
         if c is None:
-            self.update("")
+            self.show_content("")
             return
         v = c.conversation
         width = 14
@@ -81,7 +89,7 @@ class VadPane(Static):
         bar = Text("█" * filled, style="green" if v.speaking else "blue")
         bar.append("░" * (width - filled), style="dim")
         state = Text("SPEECH", style="bold green") if v.speaking else Text("silence", style="dim")
-        self.update(Group(Text.assemble(bar, f" {v.level_dbfs:5.1f} dB"), state))
+        self.show_content(Group(Text.assemble(bar, f" {v.level_dbfs:5.1f} dB"), state))
 
 
 class LevelSparkline(Sparkline):
@@ -89,14 +97,14 @@ class LevelSparkline(Sparkline):
         self.data = [max(0.0, lvl + 70) for lvl in c.conversation.levels] if c is not None and c.conversation.levels else []
 
 
-class GatingPane(Static):
+class GatingPane(Pane):
     def show(self, c: CallSnapshot | None) -> None:
         if c is None:
-            self.update("")
+            self.show_content("")
             return
         v = c.conversation
         cap = "[b green]open[/]" if v.capture_enabled else "[b yellow]GATED[/]"
-        self.update(
+        self.show_content(
             _kv(
                 [
                     ("call", f"{c.caller_number or 'unknown'} · {c.call_id[-8:]}"),
@@ -112,10 +120,10 @@ class GatingPane(Static):
         )
 
 
-class TranscriptPane(Static):
+class TranscriptPane(Pane):
     def show(self, c: CallSnapshot | None, partial: str | None) -> None:
         if c is None:
-            self.update("")
+            self.show_content("")
             return
         lines = Text()
         for t in c.transcript[-12:]:
@@ -123,7 +131,7 @@ class TranscriptPane(Static):
             lines.append("\n")
         if partial:
             lines.append(f"caller … {partial}\n", style="dim italic")
-        self.update(lines if lines.plain else Text("no words yet", style="dim"))
+        self.show_content(lines if lines.plain else Text("no words yet", style="dim"))
 
 
 def _turn(t: TranscriptTurn) -> Text:
@@ -131,10 +139,10 @@ def _turn(t: TranscriptTurn) -> Text:
     return Text.assemble(who, t.text)
 
 
-class TimelinePane(Static):
+class TimelinePane(Pane):
     def show(self, c: CallSnapshot | None) -> None:
         if c is None or not c.turns:
-            self.update(Text("no turns yet", style="dim"))
+            self.show_content(Text("no turns yet", style="dim"))
             return
         out = Text()
         scale = 30 / max(2.0, max((t.latency_s or 0) for t in c.turns[-5:]))
@@ -150,4 +158,4 @@ class TimelinePane(Static):
         out.append("llm ", style="magenta")
         out.append("tts ", style="yellow")
         out.append("out", style="green")
-        self.update(out)
+        self.show_content(out)
