@@ -9,7 +9,6 @@ import pwd
 import socket
 import stat
 from dataclasses import dataclass
-from pathlib import Path
 
 from rich.console import Console
 from rich.text import Text
@@ -68,7 +67,7 @@ def _media_dir_check(cfg: AppConfig) -> Check:
     if not d.is_dir():
         return Check("media dir", False, f"{d} does not exist", f"install -d -g asterisk -m 0755 {d}")
     if not os.access(d, os.W_OK):
-        return Check("media dir", False, f"{d} is not writable by {pwd.getpwuid(os.getuid()).pw_name}", f"chown the directory to this user or run as a user who may write it")
+        return Check("media dir", False, f"{d} is not writable by {pwd.getpwuid(os.getuid()).pw_name}", "chown the directory to this user or run as a user who may write it")
     st = d.stat()
     try:
         ast = pwd.getpwnam("asterisk")

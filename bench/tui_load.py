@@ -36,9 +36,7 @@ def free_port() -> int:
 
 
 async def run(calls: int, seconds: float) -> None:
-    import json
     import subprocess
-    import urllib.request
 
     ari = free_port()
     sim = subprocess.Popen([sys.executable, "-m", "pbxsim.cli", "serve", "--port", str(ari)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -91,7 +91,6 @@ def stage_alone(eng: Engine, prompts: list[str]) -> list[float]:
         pcm, _ = phone_audio(SOUNDS / f"{p}.wav")
         t0 = time.perf_counter()
         text = m.stt.transcribe(pcm)
-        t1 = time.perf_counter()
         splitter, first = SentenceSplitter(), []
         done = threading.Event()
 
@@ -104,7 +103,6 @@ def stage_alone(eng: Engine, prompts: list[str]) -> list[float]:
         messages = [{"role": "system", "content": cfg.system_prompt}, {"role": "assistant", "content": cfg.greeting}, {"role": "user", "content": text}]
         m.llm.generate(messages, cfg.llm_max_tokens, cfg.llm_temperature, on_text, done)
         sentence = first[0] if first else (splitter.flush() or "OK.")
-        t2 = time.perf_counter()
         m.tts._cache.clear()
         m.tts.synthesize(sentence)
         t3 = time.perf_counter()

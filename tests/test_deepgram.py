@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import pytest

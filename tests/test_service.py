@@ -34,6 +34,11 @@ def get_json(url: str):
         return e.code, json.loads(e.read())
 
 
+def sim_call(ari_port: int, *args: str, **popen) -> subprocess.Popen:
+    """``aiagent-sim call`` against the simulator, as an operator types it."""
+    return subprocess.Popen([BIN / "aiagent-sim", "call", "--ari", f"http://127.0.0.1:{ari_port}", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+
+
 def wait_until(pred, timeout=15.0):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -97,10 +102,7 @@ def test_sim_call_command_reports_clean_echo_calls(stack, tmp_path):
 
 def test_sigterm_hangs_up_live_calls_and_exits_zero(stack, tmp_path):
     ari_port, health_port, eng, sim = stack
-    placer = subprocess.Popen(
-        [BIN / "aiagent-sim", "call", "--ari", f"http://127.0.0.1:{ari_port}", "--count", "2", "--wav", str(THANKS), "--hold", "10", "--report", str(tmp_path / "r.json")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    placer = sim_call(ari_port, "--count", "2", "--wav", str(THANKS), "--hold", "10", "--report", str(tmp_path / "r.json"))
     health = f"http://127.0.0.1:{health_port}/health"
     wait_until(lambda: get_json(health)[1]["active_calls"] == 2 and all(c["rtp"]["packets_in"] > 0 for c in get_json(health)[1]["calls"]))
     eng.send_signal(signal.SIGTERM)
@@ -115,10 +117,7 @@ def test_sigterm_hangs_up_live_calls_and_exits_zero(stack, tmp_path):
 
 def test_health_while_a_call_is_up(stack, tmp_path):
     ari_port, health_port, eng, sim = stack
-    placer = subprocess.Popen(
-        [BIN / "aiagent-sim", "call", "--ari", f"http://127.0.0.1:{ari_port}", "--count", "1", "--wav", str(HELLO), "--hold", "3", "--report", str(tmp_path / "r.json")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    placer = sim_call(ari_port, "--count", "1", "--wav", str(HELLO), "--hold", "3", "--report", str(tmp_path / "r.json"))
     health = f"http://127.0.0.1:{health_port}/health"
     wait_until(lambda: get_json(health)[1]["active_calls"] == 1 and get_json(health)[1]["calls"][0]["rtp"]["packets_in"] > 40)
     status, h = get_json(health)
