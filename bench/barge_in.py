@@ -12,35 +12,21 @@ the caller heard. Targets: under 300 ms in stream mode, under 500 ms in file mod
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 
+from common import free_port, http_json
+
 ROOT = Path(__file__).resolve().parent.parent
 SOUNDS = Path("/usr/share/asterisk/sounds/en_US_f_Allison")
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def http_json(url: str, data: dict | None = None):
-    req = urllib.request.Request(url, data=json.dumps(data).encode() if data is not None else None, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as r:
-        return json.loads(r.read())
 
 
 def run_mode(mode: str, calls: int, concurrency: int) -> tuple[list[float], int]:

@@ -24,7 +24,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import wave
 from collections import deque
 from pathlib import Path
@@ -36,15 +35,10 @@ sys.path.insert(0, str(ROOT))
 
 from engine.audio import Resampler, pcm16_to_ulaw, ulaw_to_pcm16  # noqa: E402
 from engine.rtp import HEADER, build_packet  # noqa: E402
+from common import free_port, http_json  # noqa: E402
 
 SOUNDS = Path("/usr/share/asterisk/sounds/en_US_f_Allison")
 PROMPTS = ["demo-congrats.wav", "demo-thanks.wav", "agent-pass.wav", "vm-intro.wav"]
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def speech_wav(seconds: float, out: Path) -> Path:
@@ -117,12 +111,6 @@ def engine_child(conn, env: dict[str, str]) -> None:
                 return
 
     asyncio.run(main())
-
-
-def http_json(url: str, data: dict | None = None):
-    req = urllib.request.Request(url, data=json.dumps(data).encode() if data is not None else None, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as r:
-        return json.loads(r.read())
 
 
 def run_engine_phase(calls: int, seconds: float, wav: Path, mode: str) -> dict:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -25,19 +25,12 @@ sys.path.insert(0, str(ROOT))
 
 from aiagent_tui.app import AiAgentApp  # noqa: E402
 from engine.config import load_config  # noqa: E402
+from common import free_port, http_json  # noqa: E402
 
 SPEECH = "/usr/share/asterisk/sounds/en_US_f_Allison/demo-congrats.wav"  # 15 s
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 async def run(calls: int, seconds: float) -> None:
-    import subprocess
-
     ari = free_port()
     sim = subprocess.Popen([sys.executable, "-m", "pbxsim.cli", "serve", "--port", str(ari)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -45,14 +38,6 @@ async def run(calls: int, seconds: float) -> None:
     finally:
         sim.terminate()
         sim.wait(10)
-
-
-def _place(ari: int, script: list, number: str) -> None:
-    import json
-    import urllib.request
-
-    req = urllib.request.Request(f"http://127.0.0.1:{ari}/sim/calls", data=json.dumps({"script": script, "caller_number": number}).encode(), headers={"Content-Type": "application/json"})
-    urllib.request.urlopen(req, timeout=5).read()
 
 
 async def _run(ari: int, calls: int, seconds: float) -> None:
@@ -75,7 +60,7 @@ async def _run(ari: int, calls: int, seconds: float) -> None:
             await pilot.pause(0.1)
         eng = app.engine
         for i in range(calls):
-            await asyncio.to_thread(_place, ari, [{"say": SPEECH}, {"pause": seconds}], f"7{i:04d}")
+            await asyncio.to_thread(http_json, f"http://127.0.0.1:{ari}/sim/calls", {"script": [{"say": SPEECH}, {"pause": seconds}], "caller_number": f"7{i:04d}"})
         while len(eng.store) < calls:
             await pilot.pause(0.1)
         await pilot.pause(2.0)

@@ -32,21 +32,13 @@ sys.path.insert(0, str(ROOT / "bench"))
 from engine.config import load_config  # noqa: E402
 from engine.engine import Engine  # noqa: E402
 from engine.sessions import TurnCompleted  # noqa: E402
-from pbxsim.client import run_calls  # noqa: E402, F401
+from common import free_port  # noqa: E402
 from providers.local.sentences import SentenceSplitter  # noqa: E402
 from stt_wer import phone_audio  # noqa: E402
 
 SOUNDS = Path("/usr/share/asterisk/sounds/en_US_f_Allison")
 PROMPTS = ["agent-pass", "auth-incorrect", "call-forwarding", "conf-getpin", "demo-thanks", "dir-instr", "hello-world", "agent-newlocation", "conf-getconfno", "all-circuits-busy-now"]
 STAGES = [("stt", "speech_end", "stt_final"), ("llm first sentence", "stt_final", "first_sentence"), ("tts first sentence", "first_sentence", "tts_first_audio"), ("playout start", "tts_first_audio", "first_audio_out")]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def place(sim_url: str, prompt: str, number: str) -> str:

@@ -40,6 +40,7 @@ log = logging.getLogger("pbxsim")
 
 CAUSE_NORMAL = 16
 CLEANUP_GRACE_S = 3.0
+KEEP_FINISHED_CALLS = 200  # reports of ended calls kept; older ones go (a --sim demo runs for days)
 BRIDGE_WAIT_S = 10.0
 DEFAULT_SOUNDS = [Path("/usr/share/asterisk/sounds/en"), Path("/usr/share/asterisk/sounds/en_US_f_Allison")]
 
@@ -794,6 +795,7 @@ class SimPBX:
         media = CallerMedia()
         ch = SimChannel(cid, f"PJSIP/{caller_number or 'sim'}-{cid}", "caller", media, caller_number=caller_number, caller_name="Sim Caller", app=app, app_args=list(args or []))
         rec = CallRecord(cid, caller_number, steps, media=media)
+        self._forget_old_calls()
         self.calls[cid] = rec
         if not self.app_active(app):
             # As Asterisk: an originate into an app with no WebSocket is hung up at once.
@@ -806,6 +808,14 @@ class SimPBX:
         self.emit(app, {"type": "StasisStart", "args": ch.app_args, "channel": ch.to_json()})
         self._spawn(self._run_caller(ch, rec))
         return rec
+
+    def _forget_old_calls(self) -> None:
+        finished = [r for r in self.calls.values() if r.finished.is_set()]
+        for r in finished[: max(0, len(finished) - KEEP_FINISHED_CALLS)]:
+            del self.calls[r.id]
+            self.final_vars.pop(r.id, None)
+            if r.external_media is not None and r.external_media not in self.channels:
+                self.external_endpoints.pop(r.external_media, None)
 
     async def _run_caller(self, ch: SimChannel, rec: CallRecord) -> None:
         media = ch.media

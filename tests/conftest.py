@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from pathlib import Path
 from typing import AsyncIterator, Callable
 
@@ -20,6 +21,12 @@ AGENT_PASS = SOUNDS / "agent-pass.wav"  # 3.3 s
 def pytest_collection_modifyitems(config, items):
     if not HELLO.exists():
         raise pytest.UsageError(f"{HELLO} is missing: run scripts/setup.sh (installs asterisk-core-sounds-en-wav)")
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def engine_config(pbx: SimPBX, tmp_path: Path, **env: str) -> AppConfig:

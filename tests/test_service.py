@@ -14,16 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import AGENT_PASS, HELLO, THANKS
+from tests.conftest import AGENT_PASS, HELLO, THANKS, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-
-
-def free_port(kind=socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get_json(url: str):

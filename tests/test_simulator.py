@@ -170,3 +170,12 @@ def test_bundled_api_docs_are_asterisks_own():
     assert names == sorted(p.name for p in bundled.glob("*.json"))
     for name in names:
         assert (shared / name).read_bytes() == (bundled / name).read_bytes(), name
+
+
+async def test_a_long_running_simulator_forgets_old_finished_calls(pbx, monkeypatch):
+    from pbxsim import server
+
+    monkeypatch.setattr(server, "KEEP_FINISHED_CALLS", 3)
+    recs = [pbx.place_call(str(HELLO), hold_s=0.1) for _ in range(6)]  # no app connected: each ends at once
+    assert all(r.finished.is_set() for r in recs)
+    assert list(pbx.calls) == [r.id for r in recs[2:]]  # 3 finished kept + the newest

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from pathlib import Path
 
 from textual.widgets import DataTable
@@ -12,12 +11,7 @@ from aiagent_tui.app import AiAgentApp, HelpScreen, ProviderScreen
 from aiagent_tui.service import run_headless
 from engine.config import load_config
 from engine.sessions import ConversationState
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.conftest import free_port
 
 
 def app_config(tmp_path: Path, provider: str = "tone"):

@@ -1,0 +1,20 @@
+"""Small helpers the benchmarks share."""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.request
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_json(url: str, data: dict | None = None):
+    """GET (or POST ``data`` as JSON) and decode the JSON answer."""
+    req = urllib.request.Request(url, data=json.dumps(data).encode() if data is not None else None, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
