@@ -29,11 +29,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from engine.config import load_config  # noqa: E402
+from engine.config import LocalProviderConfig, load_config  # noqa: E402
 from engine.engine import Engine  # noqa: E402
 from engine.sessions import TurnCompleted  # noqa: E402
 from common import free_port  # noqa: E402
+from providers.local.llm import ChatModel  # noqa: E402
+from providers.local.models import JOE_VOICE, SMOLLM2, resolve  # noqa: E402
 from providers.local.sentences import SentenceSplitter  # noqa: E402
+from providers.local.stt import build_stt  # noqa: E402
+from providers.local.tts import PiperTts  # noqa: E402
 from stt_wer import phone_audio  # noqa: E402
 
 SOUNDS = Path("/usr/share/asterisk/sounds/en_US_f_Allison")
@@ -73,16 +77,17 @@ async def run_turns(eng: Engine, sim_url: str, prompts: list[str], concurrent: i
     return turns
 
 
-def stage_alone(eng: Engine, prompts: list[str]) -> list[float]:
-    """Each model stage on its own, on the same inputs, one after the other: STT of the
-    utterance, LLM until its first sentence, TTS of that sentence."""
-    provider = eng.providers["local"]
-    m, cfg = provider.models, provider.cfg
+def stage_alone(cfg: LocalProviderConfig, prompts: list[str]) -> list[float]:
+    """Each model stage on its own, in this process, on the same inputs, one after the other: STT
+    of the utterance, LLM until its first sentence, TTS of that sentence."""
+    stt = build_stt(cfg)
+    llm = ChatModel(resolve(SMOLLM2, cfg.llm_model_path), cfg.llm_context, cfg.llm_threads, cfg.llm_chat_format)
+    tts = PiperTts(resolve(JOE_VOICE, cfg.tts_voice_path))
     sums = []
     for p in prompts:
         pcm, _ = phone_audio(SOUNDS / f"{p}.wav")
         t0 = time.perf_counter()
-        text = m.stt.transcribe(pcm)
+        text = stt.transcribe(pcm)
         splitter, first = SentenceSplitter(), []
         done = threading.Event()
 
@@ -93,10 +98,9 @@ def stage_alone(eng: Engine, prompts: list[str]) -> list[float]:
                     done.set()
 
         messages = [{"role": "system", "content": cfg.system_prompt}, {"role": "assistant", "content": cfg.greeting}, {"role": "user", "content": text}]
-        m.llm.generate(messages, cfg.llm_max_tokens, cfg.llm_temperature, on_text, done)
+        llm.generate(messages, cfg.llm_max_tokens, cfg.llm_temperature, on_text, done)
         sentence = first[0] if first else (splitter.flush() or "OK.")
-        m.tts._cache.clear()
-        m.tts.synthesize(sentence)
+        tts.synthesize(sentence)
         t3 = time.perf_counter()
         sums.append(t3 - t0)
     return sums
@@ -131,7 +135,7 @@ async def main_async(args: argparse.Namespace) -> None:
         for text, t in turns[:3]:
             print(f"  heard: {text!r}")
         await eng.stop()
-        alone = await asyncio.to_thread(stage_alone, eng, prompts)
+        alone = await asyncio.to_thread(stage_alone, eng.config.providers.local, prompts)
         report(f"turn latency, {len(turns)} turns one at a time ({args.mode} mode)", turns, alone)
         eng = Engine(load_config(ROOT / "config.toml", env=env))
         await eng.start()

@@ -7,11 +7,12 @@ that one call's failure or hangup never touches another.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Iterator
 
 from engine.ari.client import AriClient, AriError, AriUnavailable
 from engine.ari.models import (
@@ -52,6 +53,9 @@ log = logging.getLogger(__name__)
 EXTERNAL_MEDIA_READY_TIMEOUT_S = 5.0
 PROVIDER_STOP_TIMEOUT_S = 5.0
 ORPHAN_GRACE_S = 1.0
+# ARI requests have their own timeout (asterisk.request_timeout_s); this bounds a teardown whose
+# every step is slow, so that a call never holds its max_calls slot for long.
+TEARDOWN_TIMEOUT_S = 20.0
 TRANSCRIPT_VARIABLE = "AIAGENT_TRANSCRIPT"  # the dialplan/CDR can read what the caller said
 
 ProviderLookup = Callable[[str], Awaitable[Provider]]
@@ -70,12 +74,28 @@ class CallHandle:
     def spawn(self, coro) -> asyncio.Task:
         task = asyncio.create_task(coro)
         self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(self._done)
         return task
+
+    def _done(self, task: asyncio.Task) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and (e := task.exception()) is not None:
+            # The call owns its tasks: a failed one is its error, logged with the traceback.
+            self.session.task_errors += 1
+            log.error("[%s] call task %s failed: %s", self.session.call_id, task.get_coro().__qualname__, e, exc_info=e)
 
 
 def _drop_audio(pcm: bytes) -> None:
     pass
+
+
+@contextlib.contextmanager
+def _step(call_id: str, what: str) -> Iterator[None]:
+    """One teardown step: its failure is logged and the next step runs."""
+    try:
+        yield
+    except Exception as e:
+        log.error("[%s] teardown: %s failed: %s", call_id, what, e, exc_info=e)
 
 
 class CallController:
@@ -107,13 +127,20 @@ class CallController:
         self.bridge_prefix = f"{self.app}-br-"
         self.replaced = False
         self.closing = False
+        self.task_errors = 0  # tasks of no call that failed (rejects, orphan clean-up, teardowns)
 
     # ---- helpers
     def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._done)
         return task
+
+    def _done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (e := task.exception()) is not None:
+            self.task_errors += 1
+            log.error("call control task %s failed: %s", task.get_coro().__qualname__, e, exc_info=e)
 
     def handle_for_channel(self, channel_id: str) -> CallHandle | None:
         h = self.handles.get(channel_id)
@@ -408,25 +435,43 @@ class CallController:
         return h.teardown_task
 
     async def _teardown(self, h: CallHandle, reason: str, hangup_caller: bool) -> None:
+        """Releases everything the call holds. Each step runs whatever the one before did, the
+        whole is bounded in time, and the call always leaves the store (freeing its slot)."""
         s = h.session
         self.store.set_state(s, CallState.CLEANUP)
+        try:
+            await asyncio.wait_for(self._release(h, hangup_caller), TEARDOWN_TIMEOUT_S)
+        except TimeoutError:
+            log.error("[%s] teardown took over %.0f s; leftovers go at the next reconcile", s.call_id, TEARDOWN_TIMEOUT_S)
+        finally:
+            if h.media is not None:
+                self.rtp.unregister(h.media)
+            self.handles.pop(s.call_id, None)
+            self._by_token.pop(h.token, None)
+            self.store.remove(s, reason)
+            self.store.log(s.call_id, logging.INFO, f"call ended: {reason}")
+
+    async def _release(self, h: CallHandle, hangup_caller: bool) -> None:
+        s = h.session
         current = asyncio.current_task()
         pending = [t for t in h.tasks if t is not current]
         for t in pending:
             t.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
-        if h.media is not None:
-            # Keep the route until the ExternalMedia channel is gone, so that packets still in
-            # flight are recognised (and dropped here) rather than counted as foreign.
-            h.media.sink = _drop_audio
-            self.rtp.pacer.discard(h.media)
-        if h.conversation is not None:
-            h.conversation.close()
+        with _step(s.call_id, "stopping media"):
+            if h.media is not None:
+                # Keep the route until the ExternalMedia channel is gone, so that packets still in
+                # flight are recognised (and dropped here) rather than counted as foreign.
+                h.media.sink = _drop_audio
+                self.rtp.pacer.discard(h.media)
+            if h.conversation is not None:
+                h.conversation.close()
         if h.provider_call is not None:
-            try:
-                await asyncio.wait_for(h.provider_call.stop(), PROVIDER_STOP_TIMEOUT_S)
-            except Exception as e:
-                log.warning("[%s] provider stop failed: %s", s.call_id, e)
+            with _step(s.call_id, "provider stop"):
+                try:
+                    await asyncio.wait_for(h.provider_call.stop(), PROVIDER_STOP_TIMEOUT_S)
+                except TimeoutError:
+                    log.warning("[%s] provider stop took over %.0f s", s.call_id, PROVIDER_STOP_TIMEOUT_S)
         # The ExternalMedia channel id is known before it exists: delete it even if setup was
         # cut off mid-request (a 404 then just means it was never made).
         await self._delete_channel(f"{self.ext_prefix}{h.token}", "ExternalMedia")
@@ -436,11 +481,8 @@ class CallController:
             await self._ari_cleanup(self.ari.destroy_bridge(s.bridge_id), f"bridge {s.bridge_id}")
         if hangup_caller:
             await self._delete_channel(s.caller_channel_id, "caller")
-        self._delete_files(h)
-        self.handles.pop(s.call_id, None)
-        self._by_token.pop(h.token, None)
-        self.store.remove(s, reason)
-        self.store.log(s.call_id, logging.INFO, f"call ended: {reason}")
+        with _step(s.call_id, "deleting files"):
+            self._delete_files(h)
 
     async def _delete_channel(self, channel_id: str, what: str) -> None:
         await self._ari_cleanup(self.ari.hangup(channel_id), f"{what} channel {channel_id}")
@@ -454,6 +496,8 @@ class CallController:
         except AriUnavailable as e:
             # Asterisk unreachable: the reconcile after reconnect deletes what is left.
             log.warning("cleanup of %s deferred, ARI unreachable: %s", what, e)
+        except Exception as e:  # whatever it was, the next clean-up step still runs
+            log.error("cleanup of %s failed: %s", what, e, exc_info=e)
 
     def _delete_files(self, h: CallHandle) -> None:
         media_dir: Path = self.config.storage.media_dir

@@ -20,6 +20,7 @@ from engine.health import HealthServer
 from engine.metrics import EngineMetrics
 from engine.rtp_server import RtpServer
 from engine.sessions import SessionStore
+from engine.supervisor import Supervisor
 from providers.base import Provider, Readiness
 from providers.registry import PROVIDER_NAMES, build_provider
 
@@ -34,7 +35,10 @@ class Engine:
     def __init__(self, config: AppConfig) -> None:
         self.config = config
         self.store = SessionStore()
-        self.rtp = RtpServer(config.rtp.host, config.rtp.port)
+        self.supervisor = Supervisor(self._fatal)
+        self.fatal_error: str | None = None  # set when a component keeps failing: the process must exit
+        self.fatal = asyncio.Event()
+        self.rtp = RtpServer(config.rtp.host, config.rtp.port, on_error=self.supervisor.report)
         self.ari = AriClient(config.asterisk)
         self.providers: dict[str, Provider] = {}
         self.default_provider = config.providers.default
@@ -45,7 +49,6 @@ class Engine:
         )
         self.events = AriEventStream(self.ari, config.asterisk.app, self.calls.on_event, self.calls.reconcile)
         self.health_server = HealthServer(self, config.health.host, config.health.port)
-        self._events_task: asyncio.Task | None = None
         self._provider_locks: dict[str, asyncio.Lock] = {}
         self.asterisk_version: str | None = None
         self.started = False
@@ -60,23 +63,29 @@ class Engine:
             await self.rtp.start()
         except OSError as e:
             raise EngineStartError(f"cannot bind the RTP socket on {self.config.rtp.host}:{self.config.rtp.port}/udp: {e.strerror or e}") from e
+        fallback = self.config.providers.fallback
         try:
             provider = await self.get_provider(self.default_provider)
             ready = provider.readiness()
-            fallback = self.config.providers.fallback
             if not ready.ready:
                 log.warning("provider %s is not ready (%s); new calls go to %s", self.default_provider, ready.detail, fallback or "nobody: they will be refused")
-                if fallback:
-                    await self.get_provider(fallback)
         except Exception as e:
             await self.rtp.stop()
             raise EngineStartError(f"provider {self.default_provider} cannot start: {e}") from e
+        if fallback and fallback != self.default_provider:
+            # Loaded now, so that it can take new calls the moment the default fails.
+            try:
+                await self.get_provider(fallback)
+            except Exception as e:
+                log.warning("fallback provider %s cannot start: %s", fallback, e)
         try:
             await self.health_server.start()
         except OSError as e:
             await self.rtp.stop()
             raise EngineStartError(f"cannot serve health on {self.config.health.host}:{self.config.health.port}: {e.strerror or e}") from e
-        self._events_task = asyncio.create_task(self.events.run(), name="ari-events")
+        for name in ("rtp-receive", "rtp-pacer"):
+            self.supervisor.register(name)
+        self.supervisor.start("ari-events", self.events.run)
         self.started = True
         log.info(
             "engine started: app %s, ARI %s, RTP %s:%d, provider %s",
@@ -104,6 +113,13 @@ class Engine:
                 "(e.g. install -d -g asterisk -m 0755 DIR) or set AIAGENT_MEDIA_DIR"
             ) from e
 
+    def _fatal(self, why: str) -> None:
+        """A component failed for good: whoever runs the engine stops it and exits non-zero."""
+        if self.fatal_error is None:
+            self.fatal_error = why
+            self.store.log(None, logging.CRITICAL, f"engine cannot go on: {why}; exiting so that the service manager restarts it")
+        self.fatal.set()
+
     async def wait_ari_connected(self, timeout: float) -> bool:
         return await self.events.wait_connected(timeout)
 
@@ -113,9 +129,7 @@ class Engine:
             return
         self.started = False
         await self.calls.shutdown()
-        if self._events_task is not None:
-            self._events_task.cancel()
-            await asyncio.gather(self._events_task, return_exceptions=True)
+        await self.supervisor.stop()
         for p in self.providers.values():
             try:
                 await p.close()
@@ -201,9 +215,14 @@ class Engine:
     def summary(self) -> dict[str, Any]:
         """The engine's state without any per-call detail (for a header refreshed 10 times a second)."""
         readiness = self.provider_readiness()
-        ok = self.ari_connected and self.rtp.running and readiness[self.provider_for_new_call()].ready
+        ok = (
+            # Calls still go to the fallback while the default is not ready, but an operator must know.
+            self.ari_connected and self.rtp.running and readiness[self.default_provider].ready
+            and self.supervisor.healthy and self.fatal_error is None
+        )
         return {
             "status": "ok" if ok else "degraded",
+            "fatal_error": self.fatal_error,
             "ari_connected": self.ari_connected,
             "ari_url": self.config.asterisk.base_url,
             "ari_app": self.config.asterisk.app,
@@ -222,11 +241,31 @@ class Engine:
             "downstream_mode": self.config.playback.downstream_mode,
         }
 
+    def components(self) -> list[dict[str, Any]]:
+        """Every long-lived part of the engine and its model workers, with their failures."""
+        out = [
+            {"name": c.name, "state": c.state, "restarts": c.restarts, "errors": c.errors, "last_error": c.last_error}
+            for c in self.supervisor.status()
+        ]
+        for p in self.providers.values():
+            out += [
+                {"name": f"{p.name}-{w.name}-worker", "state": w.state, "pid": w.pid, "restarts": w.restarts,
+                 "jobs": w.jobs, "depth": w.depth, "last_error": w.last_error}
+                for w in p.workers()
+            ]
+        return out
+
     def health(self) -> dict[str, Any]:
         c = self.rtp.counters
         snapshots = self.store.snapshots()
         return {
             **self.summary(),
+            "components": self.components(),
+            "ari": {
+                "malformed_events": self.events.malformed_events,
+                "handler_errors": self.events.handler_errors,
+                "call_task_errors": self.calls.task_errors,
+            },
             "rtp": {
                 "packets_in": c.packets_in,
                 "packets_out": c.packets_out,
@@ -236,6 +275,7 @@ class Engine:
                 "duplicates": c.duplicates,
                 "late_dropped": c.late,
                 "send_errors": c.send_errors,
+                "internal_errors": c.internal_errors,
             },
             "conversation": {
                 s.call_id: {

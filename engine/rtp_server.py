@@ -12,8 +12,10 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Callable
 
 from engine.media import CallMedia, MediaTimings
+from engine.ratelimit import RateLimitedLog
 from engine.rtp import PT_ULAW, RtpPacket, RtpParseError, build_packet
 from engine.rtp_stats import DUPLICATE, LATE
 
@@ -39,18 +41,29 @@ class RtpServerCounters:
     packets_out: int = 0
     send_errors: int = 0
     late_ticks: int = 0  # pacer ticks that ran more than one frame late
+    internal_errors: int = 0  # packets or ticks lost to a failure in the engine's own code
+
+
+ErrorSink = Callable[[str, BaseException], None]
+
+
+def _log_error(component: str, e: BaseException) -> None:
+    log.error("%s: %s", component, e, exc_info=e)
 
 
 class RtpServer(asyncio.DatagramProtocol):
-    def __init__(self, host: str, port: int, timings: MediaTimings | None = None) -> None:
+    def __init__(self, host: str, port: int, timings: MediaTimings | None = None, on_error: ErrorSink = _log_error) -> None:
         self.host = host
         self.port = port
+        # A failure inside the receive path or the pacer: the packet or the tick is lost, never
+        # the socket or the schedule; the owner (the engine's supervisor) logs and shows it.
+        self.on_error = on_error
         self.timings = timings or MediaTimings()
         self.counters = RtpServerCounters()
         self.routes: dict[tuple[str, int], CallMedia] = {}
         self.transport: asyncio.DatagramTransport | None = None
         self.pacer = OutboundPacer(self)
-        self._last_warn: dict[str, float] = {}
+        self._rl = RateLimitedLog(log, _WARN_INTERVAL_S)
 
     # -- lifecycle
     async def start(self) -> None:
@@ -84,6 +97,13 @@ class RtpServer(asyncio.DatagramProtocol):
 
     # -- inbound (hot path: 50 packets/s per call)
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+        try:
+            self._receive(data, addr)
+        except Exception as e:
+            self.counters.internal_errors += 1
+            self.on_error("rtp-receive", e)
+
+    def _receive(self, data: bytes, addr: tuple[str, int]) -> None:
         t0 = time.perf_counter()
         c = self.counters
         c.packets_in += 1
@@ -123,11 +143,7 @@ class RtpServer(asyncio.DatagramProtocol):
         self._warn("icmp", f"RTP socket error: {exc}")
 
     def _warn(self, kind: str, message: str) -> None:
-        # Rate-limited: a flood of bad packets must not flood the log.
-        now = time.monotonic()
-        if now - self._last_warn.get(kind, -_WARN_INTERVAL_S) >= _WARN_INTERVAL_S:
-            self._last_warn[kind] = now
-            log.warning(message)
+        self._rl.warning(kind, message)
 
     # -- outbound
     def agent_audio(self, media: CallMedia, pcm16: bytes, sample_rate: int) -> None:
@@ -213,38 +229,17 @@ class OutboundPacer:
         loop = asyncio.get_running_loop()
         deadline = self._t0 + self._tick * FRAME_S
         server = self._server
-        timings = server.timings
         tick = self._tick
         done: list[CallMedia] = []
         for media in self._active:
-            frames = media.out_frames
-            last = media.last_tick
-            playing = last is not None and last == tick - 1
-            if not frames:
-                if playing:
-                    media.dry_tick = tick
+            try:
+                if self._serve(media, tick, deadline, loop):
+                    done.append(media)
+            except Exception as e:
+                # Out of the schedule (its next audio wakes it again); the other calls go on.
                 done.append(media)
-                if media.on_drained is not None:
-                    media.on_drained()
-                continue
-            if not playing and len(frames) < PREBUFFER_FRAMES and deadline - media.queued_at < PREBUFFER_MAX_WAIT_S:
-                continue
-            t1 = time.perf_counter()
-            marker = last is not None and last != tick - 1
-            if last is not None:
-                media.ts = (media.ts + 160 * (tick - last)) & 0xFFFFFFFF
-            media.last_tick = tick
-            server.send_frame(media, frames.popleft(), marker)
-            now = loop.time()
-            if not playing and media.on_stream_start is not None:
-                media.on_stream_start(now)
-            err = now - deadline
-            timings.send.add(time.perf_counter() - t1)
-            timings.pacing_error.add(err)
-            out = media.session.rtp_out
-            out.last_pacing_error_ms = err * 1000.0
-            if out.last_pacing_error_ms > out.max_pacing_error_ms:
-                out.max_pacing_error_ms = out.last_pacing_error_ms
+                server.counters.internal_errors += 1
+                server.on_error("rtp-pacer", e)
         for media in done:
             del self._active[media]
         if not self._active:
@@ -260,3 +255,36 @@ class OutboundPacer:
             nxt = behind
         self._tick = nxt
         self._handle = loop.call_at(self._t0 + nxt * FRAME_S, self._run)
+
+    def _serve(self, media: CallMedia, tick: int, deadline: float, loop: asyncio.AbstractEventLoop) -> bool:
+        """Sends this tick's frame of one call; True when the call has nothing more queued."""
+        server = self._server
+        timings = server.timings
+        frames = media.out_frames
+        last = media.last_tick
+        playing = last is not None and last == tick - 1
+        if not frames:
+            if playing:
+                media.dry_tick = tick
+            if media.on_drained is not None:
+                media.on_drained()
+            return True
+        if not playing and len(frames) < PREBUFFER_FRAMES and deadline - media.queued_at < PREBUFFER_MAX_WAIT_S:
+            return False
+        t1 = time.perf_counter()
+        marker = last is not None and last != tick - 1
+        if last is not None:
+            media.ts = (media.ts + 160 * (tick - last)) & 0xFFFFFFFF
+        media.last_tick = tick
+        server.send_frame(media, frames.popleft(), marker)
+        now = loop.time()
+        if not playing and media.on_stream_start is not None:
+            media.on_stream_start(now)
+        err = now - deadline
+        timings.send.add(time.perf_counter() - t1)
+        timings.pacing_error.add(err)
+        out = media.session.rtp_out
+        out.last_pacing_error_ms = err * 1000.0
+        if out.last_pacing_error_ms > out.max_pacing_error_ms:
+            out.max_pacing_error_ms = out.last_pacing_error_ms
+        return False

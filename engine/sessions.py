@@ -122,6 +122,7 @@ class CallSession:
     capture_enabled: bool = True
     downstream_mode: str = "file"
     barge_ins: int = 0
+    task_errors: int = 0  # tasks of this call that failed (logged with their traceback)
     voice: VoiceState = field(default_factory=VoiceState)
     turns: list[TurnTimeline] = field(default_factory=list)
     transcript: list[TranscriptTurn] = field(default_factory=list)

@@ -87,6 +87,19 @@ class Readiness:
     detail: str = ""
 
 
+@dataclass(slots=True, frozen=True)
+class WorkerStatus:
+    """A provider's model worker process, for /health."""
+
+    name: str
+    state: str  # starting | up | restarting | failed | stopped
+    pid: int | None
+    restarts: int
+    jobs: int
+    depth: int  # jobs waiting or running
+    last_error: str | None
+
+
 class ProviderCall(ABC):
     """One call's conversation with a provider."""
 
@@ -134,7 +147,11 @@ class Provider(ABC):
 
     def queue_depths(self) -> dict[str, int]:
         """Model jobs waiting or running, per model (for /metrics)."""
-        return {}
+        return {w.name: w.depth for w in self.workers()}
+
+    def workers(self) -> list[WorkerStatus]:
+        """The provider's model worker processes (for /health and /metrics)."""
+        return []
 
     async def close(self) -> None:
         """At engine shutdown, after every call has stopped."""

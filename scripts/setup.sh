@@ -28,5 +28,25 @@ PY=${PYTHON:-python3}
 "$PY" -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
+
+# llama.cpp for a portable x86-64 baseline: by default it compiles with -march=native, and on hosts
+# that advertise AMX its AMX path dies with SIGILL on OpenMP worker threads (the kernel grants AMX
+# tile permission per thread). Native tuning, AMX and AVX-512 off; AVX2/FMA/F16C where the host has
+# them (Haswell and later, i.e. every x86-64 server of the last decade), SSE4.2 otherwise.
+if grep -qw avx2 /proc/cpuinfo 2>/dev/null; then
+  simd="-DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON"
+else
+  simd="-DGGML_SSE42=ON -DGGML_AVX=OFF -DGGML_AVX2=OFF -DGGML_FMA=OFF -DGGML_F16C=OFF -DGGML_BMI2=OFF"
+fi
+export CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_CPU_ALL_VARIANTS=OFF $simd -DGGML_AVX_VNNI=OFF \
+  -DGGML_AVX512=OFF -DGGML_AVX512_VBMI=OFF -DGGML_AVX512_VNNI=OFF -DGGML_AVX512_BF16=OFF \
+  -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF ${LLAMA_EXTRA_CMAKE_ARGS:-}"
 .venv/bin/python -m pip install -q -e ".${extras}"
+# pip reuses a wheel it built before (from any earlier flags): check what is installed, rebuild once.
+if ! .venv/bin/python scripts/check_llama_build.py; then
+  echo "setup: rebuilding llama-cpp-python for the portable baseline (about 5 minutes)"
+  .venv/bin/python -m pip install -q --force-reinstall --no-deps --no-cache-dir \
+    "llama-cpp-python==$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("llama-cpp-python"))')"
+  .venv/bin/python scripts/check_llama_build.py
+fi
 echo "setup done: .venv ready (${extras:-runtime})"

@@ -18,7 +18,9 @@ from engine.engine import EngineStartError
 from engine.sessions import BargeIn, TranscriptAdded
 from pbxsim.server import Pause, Say, WaitAgent, WaitAgentDone
 from providers.local.models import ModelNotFound
-from providers.local.provider import LocalProvider, load_models
+from providers.local.provider import LocalProvider
+from providers.local.stt import build_stt
+from providers.local.tts import SpeechCache
 from providers.local.sentences import SentenceSplitter
 from tests.conftest import AGENT_PASS, running_engine, wait_for
 
@@ -31,10 +33,9 @@ def wer(ref: str, hyp: str) -> float:
 
 
 @pytest.fixture(scope="module")
-def models():
-    m = load_models(LocalProviderConfig())
-    yield m
-    m.close()
+def whisper():
+    """Whisper in this process, to check what the caller heard."""
+    return build_stt(LocalProviderConfig())
 
 
 def local_engine(pbx, tmp_path, mode="file", configure=None, **env):
@@ -42,7 +43,7 @@ def local_engine(pbx, tmp_path, mode="file", configure=None, **env):
 
 
 @pytest.mark.parametrize("downstream_mode", ["file", "stream"])
-async def test_a_caller_gets_understood_and_a_spoken_answer(pbx, tmp_path, models, downstream_mode):
+async def test_a_caller_gets_understood_and_a_spoken_answer(pbx, tmp_path, whisper, downstream_mode):
     async with local_engine(pbx, tmp_path, downstream_mode) as eng:
         sub = eng.store.subscribe()
         rec = pbx.place_call(script=[WaitAgentDone(0.4), Say(str(AGENT_PASS)), WaitAgent(0.5), WaitAgentDone(0.8)])
@@ -60,7 +61,7 @@ async def test_a_caller_gets_understood_and_a_spoken_answer(pbx, tmp_path, model
     answer = b"".join(p for t, p in rec.media.agent_frames if t > greeting_end)
     assert len(answer) / 8000 > 1.0
     pcm16k = Resampler(8000, 16000).process(ulaw_to_pcm16(answer))
-    heard = models.stt.transcribe(pcm16k)
+    heard = whisper.transcribe(pcm16k)
     assert wer(" ".join(agent_lines[1:]), heard) < 0.5, (agent_lines, heard)
 
 
@@ -117,15 +118,33 @@ async def test_default_models_come_from_their_packages():
         await LocalProvider(LocalProviderConfig(stt_model_path="/nonexistent/whisper")).load()
 
 
-def test_tts_cache_makes_repeats_free(models):
-    tts = models.tts
-    text = "Thank you for calling, goodbye."
-    first = tts.synthesize(text)
-    hits = tts.hits
-    again = tts.synthesize("thank you for calling,   goodbye.")
-    assert again is first and tts.hits == hits + 1
-    assert len(first) / 2 / tts.sample_rate > 1.0  # about two seconds of speech
-    assert np.abs(np.frombuffer(first, dtype=np.int16)).max() > 3000  # not silence
+async def test_tts_cache_makes_repeats_free():
+    p = LocalProvider(LocalProviderConfig(greeting="", tts_cache_size=4))
+    await p.load()
+    try:
+        m = p.models
+        assert m is not None
+        text = "Thank you for calling, goodbye."
+        first = await m.synthesize(text)
+        jobs = m.tts.jobs
+        again = await m.synthesize("thank you for calling,   goodbye.")
+        assert again is first and m.tts.jobs == jobs  # served from the cache, no TTS job
+        assert len(first) / 2 / m.sample_rate > 1.0  # about two seconds of speech
+        assert np.abs(np.frombuffer(first, dtype=np.int16)).max() > 3000  # not silence
+        for i in range(5):
+            await m.synthesize(f"Sentence number {i}.")
+        assert m.cache.get(text) is None  # evicted, least recently used first
+        assert m.cache.get(LocalProviderConfig().apology) is not None  # pinned at load
+    finally:
+        await p.close()
+
+
+def test_speech_cache_pins_survive_eviction():
+    c = SpeechCache(1)
+    c.put("Sorry.", b"a", pin=True)
+    c.put("One.", b"b")
+    c.put("Two.", b"c")
+    assert c.get("sorry.") == b"a" and c.get("One.") is None and c.get("two.") == b"c"
 
 
 @pytest.mark.parametrize(

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import base64
 import logging
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
+from pydantic import BaseModel, ValidationError
 
 from engine.ari.models import AsteriskInfo, Bridge, Channel, Playback, Variable
 from engine.config import AsteriskConfig
 
 log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class AriError(Exception):
@@ -23,6 +26,10 @@ class AriError(Exception):
         self.path = path
         self.status = status
         self.message = message
+
+
+class AriBadReply(AriError):
+    """Asterisk (or something in its place) answered 2xx with a body that is not what ARI sends."""
 
 
 class AriUnavailable(Exception):
@@ -50,71 +57,88 @@ class AriClient:
             await self._session.close()
             self._session = None
 
-    async def request(self, method: str, path: str, params: dict[str, Any] | None = None, json: Any = None) -> Any:
+    async def request(self, method: str, path: str, params: dict[str, Any] | None = None, json: Any = None, reply: bool = True) -> Any:
+        """The decoded JSON reply; ``reply=False``: the body is not needed and not read."""
         query = {k: _param(v) for k, v in (params or {}).items() if v is not None}
         try:
             async with self.session.request(method, self.base_url + path, params=query, json=json) as resp:
                 if resp.status >= 400:
                     raise AriError(method, path, resp.status, await _error_message(resp))
-                if resp.status == 204 or resp.content_length == 0:
+                if not reply or resp.status == 204 or resp.content_length == 0:
                     return None
-                return await resp.json(content_type=None)
-        except (aiohttp.ClientConnectionError, TimeoutError) as e:
+                try:
+                    return await resp.json(content_type=None)
+                except ValueError as e:
+                    raise AriBadReply(method, path, resp.status, f"reply is not JSON: {e}") from None
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as e:
             raise AriUnavailable(f"{method} {path}: {e.__class__.__name__}: {e}") from e
+
+    async def fetch(self, model: type[M], method: str, path: str, params: dict[str, Any] | None = None) -> M:
+        """One resource, validated: a reply of the wrong shape is an AriBadReply."""
+        data = await self.request(method, path, params)
+        try:
+            return model.model_validate(data)
+        except ValidationError as e:
+            raise AriBadReply(method, path, 200, f"reply is not a {model.__name__}: {e.error_count()} error(s), first: {e.errors()[0]['msg']}") from None
+
+    async def fetch_list(self, model: type[M], path: str) -> list[M]:
+        data = await self.request("GET", path)
+        if not isinstance(data, list):
+            raise AriBadReply("GET", path, 200, f"reply is a {type(data).__name__}, not a list")
+        try:
+            return [model.model_validate(x) for x in data]
+        except ValidationError as e:
+            raise AriBadReply("GET", path, 200, f"reply is not a list of {model.__name__}: {e.errors()[0]['msg']}") from None
 
     # -- asterisk
     async def info(self) -> AsteriskInfo:
-        return AsteriskInfo.model_validate(await self.request("GET", "/asterisk/info"))
+        return await self.fetch(AsteriskInfo, "GET", "/asterisk/info")
 
     # -- channels
     async def list_channels(self) -> list[Channel]:
-        return [Channel.model_validate(c) for c in await self.request("GET", "/channels")]
+        return await self.fetch_list(Channel, "/channels")
+
+    async def get_channel(self, channel_id: str) -> Channel:
+        return await self.fetch(Channel, "GET", f"/channels/{channel_id}")
 
     async def answer(self, channel_id: str) -> None:
-        await self.request("POST", f"/channels/{channel_id}/answer")
+        await self.request("POST", f"/channels/{channel_id}/answer", reply=False)
 
     async def hangup(self, channel_id: str, reason: str = "normal") -> None:
-        await self.request("DELETE", f"/channels/{channel_id}", {"reason": reason})
+        await self.request("DELETE", f"/channels/{channel_id}", {"reason": reason}, reply=False)
 
     async def continue_in_dialplan(self, channel_id: str) -> None:
-        await self.request("POST", f"/channels/{channel_id}/continue")
+        await self.request("POST", f"/channels/{channel_id}/continue", reply=False)
 
     async def get_variable(self, channel_id: str, name: str) -> str:
-        data = await self.request("GET", f"/channels/{channel_id}/variable", {"variable": name})
-        return Variable.model_validate(data).value
+        return (await self.fetch(Variable, "GET", f"/channels/{channel_id}/variable", {"variable": name})).value
 
     async def set_variable(self, channel_id: str, name: str, value: str) -> None:
-        await self.request("POST", f"/channels/{channel_id}/variable", {"variable": name, "value": value})
+        await self.request("POST", f"/channels/{channel_id}/variable", {"variable": name, "value": value}, reply=False)
 
     async def external_media(self, channel_id: str, app: str, external_host: str, fmt: str) -> Channel:
-        data = await self.request(
-            "POST",
-            "/channels/externalMedia",
-            {"channelId": channel_id, "app": app, "external_host": external_host, "format": fmt},
-        )
-        return Channel.model_validate(data)
+        params = {"channelId": channel_id, "app": app, "external_host": external_host, "format": fmt}
+        return await self.fetch(Channel, "POST", "/channels/externalMedia", params)
 
     # -- bridges
     async def list_bridges(self) -> list[Bridge]:
-        return [Bridge.model_validate(b) for b in await self.request("GET", "/bridges")]
+        return await self.fetch_list(Bridge, "/bridges")
 
     async def create_bridge(self, bridge_id: str, name: str) -> Bridge:
-        data = await self.request("POST", "/bridges", {"type": "mixing", "bridgeId": bridge_id, "name": name})
-        return Bridge.model_validate(data)
+        return await self.fetch(Bridge, "POST", "/bridges", {"type": "mixing", "bridgeId": bridge_id, "name": name})
 
     async def add_channel(self, bridge_id: str, channel_id: str) -> None:
-        await self.request("POST", f"/bridges/{bridge_id}/addChannel", {"channel": channel_id})
+        await self.request("POST", f"/bridges/{bridge_id}/addChannel", {"channel": channel_id}, reply=False)
 
     async def destroy_bridge(self, bridge_id: str) -> None:
-        await self.request("DELETE", f"/bridges/{bridge_id}")
+        await self.request("DELETE", f"/bridges/{bridge_id}", reply=False)
 
     async def play_on_bridge(self, bridge_id: str, playback_id: str, media: str) -> Playback:
-        data = await self.request("POST", f"/bridges/{bridge_id}/play/{playback_id}", {"media": media})
-        return Playback.model_validate(data)
+        return await self.fetch(Playback, "POST", f"/bridges/{bridge_id}/play/{playback_id}", {"media": media})
 
     # -- playbacks
     async def stop_playback(self, playback_id: str) -> None:
-        await self.request("DELETE", f"/playbacks/{playback_id}")
+        await self.request("DELETE", f"/playbacks/{playback_id}", reply=False)
 
 
 def _param(v: Any) -> str:

@@ -12,6 +12,7 @@ import aiohttp
 from engine.ari.client import AriClient
 from engine.ari.models import AriEvent, EventParseError, parse_event
 from engine.backoff import Backoff
+from engine.ratelimit import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +32,11 @@ class AriEventStream:
         self.connects = 0
         self.disconnects = 0
         self.malformed_events = 0
+        self.handler_errors = 0
         self.last_error: str | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._first = asyncio.Event()
+        self._rl = RateLimitedLog(log)
 
     @property
     def url(self) -> str:
@@ -93,9 +96,9 @@ class AriEventStream:
         try:
             data = json.loads(text)
             event = parse_event(data)
-        except (ValueError, EventParseError) as e:
+        except (ValueError, RecursionError, EventParseError) as e:
             self.malformed_events += 1
-            log.warning("ignored malformed ARI event: %s", e)
+            self._rl.warning("malformed", f"ignored malformed ARI event: {e}: {text[:120]!r}")
             return
         if event is None:
             return
@@ -103,5 +106,6 @@ class AriEventStream:
             return
         try:
             self._on_event(event)
-        except Exception:
-            log.exception("ARI event handler failed on %s", event.type)
+        except Exception as e:  # a bug in handling one event must not stop the next ones
+            self.handler_errors += 1
+            self._rl.error(f"handler-{event.type}", f"ARI event handler failed on {event.type}: {e}", exc_info=e)

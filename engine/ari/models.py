@@ -154,9 +154,15 @@ class EventParseError(ValueError):
     pass
 
 
-def parse_event(data: dict[str, Any]) -> AriEvent | None:
-    """A typed event, or None for the many event types the engine does not use."""
-    if data.get("type") not in KNOWN_EVENT_TYPES:
+def parse_event(data: Any) -> AriEvent | None:
+    """A typed event, or None for the many event types the engine does not use. Anything that is
+    not an object with a string ``type`` raises EventParseError."""
+    if not isinstance(data, dict):
+        raise EventParseError(f"event is a JSON {type(data).__name__}, not an object")
+    kind = data.get("type")
+    if not isinstance(kind, str):
+        raise EventParseError(f"event type is {type(kind).__name__}, not a string")
+    if kind not in KNOWN_EVENT_TYPES:
         return None
     try:
         return _EVENT_ADAPTER.validate_python(data)

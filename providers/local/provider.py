@@ -1,15 +1,15 @@
 """The local provider: STT, then the LLM, then Piper TTS, streamed so that the first sentence is
 spoken while the rest is still being generated.
 
-Models load once at startup and are shared by all calls; each runs in its own worker thread
-(ModelWorker), so RTP pacing and the UI never wait on inference.
+Each model loads once in its own supervised worker process (ModelWorker) shared by all calls, so
+RTP pacing and the UI never wait on inference, and a crash or hang in native model code costs a
+turn (the caller hears a short apology), never the call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from dataclasses import dataclass, field
 
 from engine.audio import rms_dbfs, voiced_ms
@@ -27,13 +27,13 @@ from providers.base import (
     Transcript,
     TurnMark,
     UtteranceCollector,
+    WorkerStatus,
 )
-from providers.local.llm import ChatModel
 from providers.local.models import JOE_VOICE, SMOLLM2, ModelNotFound, resolve
 from providers.local.sentences import SentenceSplitter
-from providers.local.stt import SpeechToText, build_stt, check_stt_model
-from providers.local.tts import PiperTts
-from providers.local.workers import ModelWorker, QueueFull
+from providers.local.stt import check_stt_model
+from providers.local.tts import SpeechCache
+from providers.local.workers import ModelWorker, QueueFull, WorkerCrashed
 
 log = logging.getLogger(__name__)
 
@@ -45,16 +45,25 @@ PAUSE_FRAMES = 10  # 200 ms without voice: transcribe now, the utterance may be 
 
 @dataclass
 class LocalModels:
-    stt: SpeechToText
-    llm: ChatModel
-    tts: PiperTts
-    stt_worker: ModelWorker
-    llm_worker: ModelWorker
-    tts_worker: ModelWorker
+    stt: ModelWorker
+    llm: ModelWorker
+    tts: ModelWorker
+    cache: SpeechCache
+    sample_rate: int  # of the TTS voice
 
-    def close(self) -> None:
-        for w in (self.stt_worker, self.llm_worker, self.tts_worker):
-            w.shutdown()
+    @property
+    def workers(self) -> tuple[ModelWorker, ModelWorker, ModelWorker]:
+        return (self.stt, self.llm, self.tts)
+
+    async def synthesize(self, text: str) -> bytes:
+        pcm = self.cache.get(text)
+        if pcm is None:
+            pcm = await self.tts.run("synthesize", text)
+            self.cache.put(text, pcm)
+        return pcm
+
+    async def close(self) -> None:
+        await asyncio.gather(*(w.close() for w in self.workers))
 
 
 def check_model_files(cfg: LocalProviderConfig) -> None:
@@ -66,20 +75,28 @@ def check_model_files(cfg: LocalProviderConfig) -> None:
         raise ModelNotFound(f"{JOE_VOICE.setting}: the voice's config {voice.name}.json is missing beside {voice}")
 
 
-def load_models(cfg: LocalProviderConfig) -> LocalModels:
+async def start_models(cfg: LocalProviderConfig) -> LocalModels:
+    """One worker process per model, loading side by side; the greeting and the apology are
+    synthesized now, so they cost nothing on a call and play even while a worker restarts."""
     check_model_files(cfg)
-    stt = build_stt(cfg)
-    llm = ChatModel(resolve(SMOLLM2, cfg.llm_model_path), cfg.llm_context, cfg.llm_threads, cfg.llm_chat_format)
-    tts = PiperTts(resolve(JOE_VOICE, cfg.tts_voice_path), cfg.tts_cache_size)
-    return LocalModels(
-        stt, llm, tts,
-        ModelWorker("stt", cfg.max_queue), ModelWorker("llm", cfg.max_queue), ModelWorker("tts", cfg.max_queue),
-    )
+    data = cfg.model_dump(mode="json")
+    workers = [ModelWorker(kind, data, cfg.max_queue, cfg.worker_hang_timeout_s) for kind in ("stt", "llm", "tts")]
+    results = await asyncio.gather(*(w.start() for w in workers), return_exceptions=True)
+    failed = [r for r in results if isinstance(r, BaseException)]
+    if failed:
+        await asyncio.gather(*(w.close() for w in workers))
+        raise failed[0]
+    stt, llm, tts = workers
+    m = LocalModels(stt, llm, tts, SpeechCache(cfg.tts_cache_size), int(tts.detail))
+    for text in (cfg.greeting, cfg.apology):
+        if text:
+            m.cache.put(text, await tts.run("synthesize", text), pin=True)
+    return m
 
 
 @dataclass
 class _Turn:
-    cancelled: threading.Event = field(default_factory=threading.Event)
+    cancelled: bool = False
     spoken: list[str] = field(default_factory=list)
 
 
@@ -103,7 +120,7 @@ class LocalCall(ProviderCall):
 
     async def start(self) -> None:
         if self.cfg.greeting:
-            self._turn_task = asyncio.create_task(self._speak_only(self.cfg.greeting))
+            self._turn_task = asyncio.create_task(self._say(self.cfg.greeting))
 
     # ---- caller audio
     def send_audio(self, pcm16: bytes) -> None:
@@ -147,9 +164,9 @@ class LocalCall(ProviderCall):
 
     async def _run_partial(self, audio: bytes, voiced: int) -> None:
         try:
-            text = await self.m.stt_worker.run(self.m.stt.transcribe, audio)
-        except QueueFull:
-            return
+            text = await self.m.stt.run("transcribe", audio)
+        except (QueueFull, WorkerCrashed):
+            return  # a partial is an optimisation: the final transcription tries again
         if self._collector.in_speech:
             self._partial = (voiced, text)
             if text:
@@ -161,7 +178,7 @@ class LocalCall(ProviderCall):
         turn = self._turn = _Turn()
         loop = self._loop
         try:
-            text = transcribed if transcribed is not None else await self.m.stt_worker.run(self.m.stt.transcribe, audio)
+            text = transcribed if transcribed is not None else await self.m.stt.run("transcribe", audio)
             self._emit(TurnMark("stt_final", loop.time()))
             if not text:
                 self._emit(TurnMark("no_answer", loop.time()))
@@ -173,12 +190,9 @@ class LocalCall(ProviderCall):
             splitter = SentenceSplitter()
             first_token = True
 
-            def on_text(piece: str) -> None:  # in the LLM thread
-                loop.call_soon_threadsafe(got_text, piece)
-
             def got_text(piece: str) -> None:
                 nonlocal first_token
-                if turn.cancelled.is_set():
+                if turn.cancelled:
                     return
                 if first_token:
                     first_token = False
@@ -187,23 +201,27 @@ class LocalCall(ProviderCall):
                     sentences.put_nowait(sentence)
 
             try:
-                reply = await self.m.llm_worker.run(
-                    self.m.llm.generate, messages, self.cfg.llm_max_tokens, self.cfg.llm_temperature, on_text, turn.cancelled
-                )
-                await asyncio.sleep(0)  # let the last got_text callbacks run
+                reply = await self.m.llm.run("generate", messages, self.cfg.llm_max_tokens, self.cfg.llm_temperature, on_chunk=got_text)
                 rest = splitter.flush()
                 if rest:
                     sentences.put_nowait(rest)
             finally:
                 sentences.put_nowait(None)
-                await speaker
+                if turn.cancelled:
+                    speaker.cancel()
+                await asyncio.gather(speaker, return_exceptions=turn.cancelled)
             self._history += [{"role": "user", "content": text}, {"role": "assistant", "content": " ".join(turn.spoken) or reply}]
         except asyncio.CancelledError:
-            turn.cancelled.set()
+            turn.cancelled = True
             raise
         except QueueFull as e:
             self._emit(ProviderError(f"models busy, turn dropped: {e}"))
             self._emit(TurnMark("no_answer", loop.time()))
+        except WorkerCrashed as e:
+            # The model process died or hung mid-turn (it is being restarted): say so briefly
+            # rather than leave the caller in silence.
+            self._emit(ProviderError(f"turn lost: {e}"))
+            await self._say(self.cfg.apology)
         except Exception as e:
             log.exception("[%s] local provider turn failed", self.ctx.call_id)
             self._emit(ProviderError(f"turn failed: {e.__class__.__name__}: {e}"))
@@ -214,12 +232,12 @@ class LocalCall(ProviderCall):
         started = False
         try:
             while (sentence := await sentences.get()) is not None:
-                if turn.cancelled.is_set():
+                if turn.cancelled:
                     continue
                 if not started:
                     self._emit(TurnMark("first_sentence", self._loop.time()))
-                pcm = await self.m.tts_worker.run(self.m.tts.synthesize, sentence)
-                if turn.cancelled.is_set():
+                pcm = await self.m.synthesize(sentence)
+                if turn.cancelled:
                     continue
                 if not started:
                     started = True
@@ -227,25 +245,34 @@ class LocalCall(ProviderCall):
                     self._emit(AgentSpeakingStarted())
                 turn.spoken.append(sentence)
                 self._emit(Transcript("agent", sentence))
-                self._emit(AgentAudio(pcm, self.m.tts.sample_rate))
+                self._emit(AgentAudio(pcm, self.m.sample_rate))
         finally:
-            if started and not turn.cancelled.is_set():
+            if started and not turn.cancelled:
                 self._emit(AgentSpeakingStopped())
             elif not started:
                 self._emit(TurnMark("no_answer", self._loop.time()))
 
-    async def _speak_only(self, text: str) -> None:
-        pcm = self.m.tts.cached(text) or await self.m.tts_worker.run(self.m.tts.synthesize, text)
+    async def _say(self, text: str) -> None:
+        """One whole utterance of the agent's (the greeting, the apology)."""
+        if not text:
+            self._emit(TurnMark("no_answer", self._loop.time()))
+            return
+        try:
+            pcm = await self.m.synthesize(text)
+        except (QueueFull, WorkerCrashed) as e:
+            self._emit(ProviderError(f"could not speak: {e}"))
+            self._emit(TurnMark("no_answer", self._loop.time()))
+            return
         self._emit(AgentSpeakingStarted())
         self._emit(Transcript("agent", text))
-        self._emit(AgentAudio(pcm, self.m.tts.sample_rate))
+        self._emit(AgentAudio(pcm, self.m.sample_rate))
         self._emit(AgentSpeakingStopped())
         self._history.append({"role": "assistant", "content": text})
 
     # ---- control
     def _cancel_turn(self) -> None:
         if self._turn is not None:
-            self._turn.cancelled.set()  # the LLM thread stops at its next token
+            self._turn.cancelled = True
         if self._turn_task is not None and not self._turn_task.done():
             self._turn_task.cancel()
 
@@ -270,32 +297,30 @@ class LocalProvider(Provider):
         self._error: str | None = None
 
     async def load(self) -> None:
-        """Loads every model once (a clear ModelNotFound names the setting and path when one is
-        missing), and synthesizes the greeting so the first call hears it at once."""
+        """Starts a worker process per model (a clear ModelNotFound names the setting and path
+        when one is missing)."""
         try:
-            check_model_files(self.cfg)
-            self.models = await asyncio.to_thread(load_models, self.cfg)
-        except ModelNotFound as e:
+            self.models = await start_models(self.cfg)
+        except Exception as e:
             self._error = str(e)
             raise
-        if self.cfg.greeting:
-            await self.models.tts_worker.run(self.models.tts.synthesize, self.cfg.greeting)
 
     def readiness(self) -> Readiness:
-        if self.models is None:
+        m = self.models
+        if m is None:
             return Readiness(False, self._error or "models not loaded")
-        return Readiness(True, f"{self.models.stt.name} + {self.models.llm.path.name} + piper {self.models.tts.sample_rate} Hz")
+        failed = [w for w in m.workers if w.state in ("failed", "stopped")]
+        if failed:
+            return Readiness(False, "; ".join(f"{w.name} worker {w.state}: {w.last_error}" for w in failed))
+        return Readiness(True, f"{m.stt.detail} + {m.llm.detail} + piper {m.sample_rate} Hz")
 
     def open_call(self, ctx: CallContext, emit: EmitFn) -> ProviderCall:
         assert self.models is not None, "load() first"
         return LocalCall(ctx, emit, self.models, self.cfg)
 
-    def queue_depths(self) -> dict[str, int]:
-        if self.models is None:
-            return {}
-        m = self.models
-        return {"stt": m.stt_worker.depth, "llm": m.llm_worker.depth, "tts": m.tts_worker.depth}
+    def workers(self) -> list[WorkerStatus]:
+        return [w.status() for w in self.models.workers] if self.models is not None else []
 
     async def close(self) -> None:
         if self.models is not None:
-            self.models.close()
+            await self.models.close()

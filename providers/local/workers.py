@@ -1,41 +1,230 @@
-"""Model work off the event loop: one worker thread per model, jobs served in arrival order.
+"""Model work in supervised worker processes: one process per model, jobs served in arrival order.
 
-Models are loaded once and shared by every call. A model object (a llama.cpp context, a Whisper
-model) is used by one thread at a time, so each gets a single worker; calls that speak at once
-queue in arrival order (first come, first served), and the queue is bounded so that a flood of
-turns fails fast instead of piling up minutes of work.
+A model (a llama.cpp context, a Whisper model, a Piper voice) loads once in its own process and is
+shared by every call. A crash (SIGSEGV, SIGILL, abort) or a hang in its native code ends that
+process only: the jobs it held fail with ``WorkerCrashed`` (the provider apologises for that turn),
+the worker is restarted with backoff, and ``status()`` says so for /health. A worker that shows no
+progress for ``hang_timeout_s`` while it has work is killed and restarted the same way. The queue is
+bounded so that a flood of turns fails fast instead of piling up minutes of work.
 """
 
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, TypeVar
+import itertools
+import logging
+import signal
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
-T = TypeVar("T")
+from providers.base import WorkerStatus
+from providers.local.worker_process import _LEN, encode
+
+log = logging.getLogger(__name__)
+
+RESTART_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 30.0)  # after 1, 2, 3, 4, 5+ failures in a row
+FAILED_AFTER = 5  # failures in a row without a job done: shown as failed (the provider is not ready)
 
 
 class QueueFull(Exception):
     pass
 
 
-class ModelWorker:
-    def __init__(self, name: str, max_queue: int) -> None:
-        self.name = name
-        self.max_queue = max_queue
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}")
-        self.depth = 0  # jobs waiting or running
-        self.jobs = 0
+class WorkerCrashed(Exception):
+    """The model process died or hung while this job was queued or running."""
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+
+@dataclass
+class _Job:
+    future: asyncio.Future
+    on_chunk: Callable[[Any], None] | None
+
+
+@dataclass
+class ModelWorker:
+    name: str  # "stt", "llm", "tts": the model kind the process loads
+    config: dict  # LocalProviderConfig, as data for the process
+    max_queue: int
+    hang_timeout_s: float = 60.0
+    load_timeout_s: float = 300.0
+    state: str = "starting"  # starting | up | restarting | failed | stopped
+    detail: str = ""  # what the process reported when it loaded
+    restarts: int = 0
+    jobs: int = 0
+    last_error: str | None = None
+    _proc: asyncio.subprocess.Process | None = None
+    _pending: dict[int, _Job] = field(default_factory=dict)
+    _ids: itertools.count = field(default_factory=itertools.count)
+    _ready: asyncio.Event = field(default_factory=asyncio.Event)
+    _task: asyncio.Task | None = None
+    _last_progress: float = 0.0
+    _failures: int = 0  # restarts in a row without a job done
+
+    @property
+    def depth(self) -> int:
+        """Jobs waiting or running."""
+        return len(self._pending)
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def status(self) -> WorkerStatus:
+        return WorkerStatus(self.name, self.state, self.pid, self.restarts, self.jobs, self.depth, self.last_error)
+
+    # ---- lifecycle
+    async def start(self) -> None:
+        """Starts the process and waits until its model is loaded; raises if it cannot load."""
+        self._task = asyncio.create_task(self._supervise(), name=f"model-worker-{self.name}")
+        ready = asyncio.create_task(self._ready.wait())
+        await asyncio.wait([ready, self._task], timeout=self.load_timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        if not self._ready.is_set():
+            ready.cancel()
+            await self.close()
+            raise RuntimeError(f"{self.name} model worker did not start: {self.last_error or 'timed out loading'}")
+
+    async def close(self) -> None:
+        self.state = "stopped"
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._kill()
+
+    def kill(self) -> None:
+        """SIGKILL the process (for a hang, and for tests); the supervisor restarts it."""
+        self._kill()
+
+    def _kill(self) -> None:
+        if self._proc is not None and self._proc.returncode is None:
+            try:
+                self._proc.kill()
+            except ProcessLookupError:
+                pass
+
+    async def _supervise(self) -> None:
+        """Owns the process: starts it, reads its replies, restarts it when it dies."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                await self._run_once(loop)
+            except asyncio.CancelledError:
+                self._fail_pending("model worker stopped")
+                raise
+            except Exception as e:  # our own bug: same treatment as a crash, with the traceback
+                log.exception("%s model worker supervisor error", self.name)
+                self.last_error = f"{e.__class__.__name__}: {e}"
+                self._kill()
+            self._fail_pending(f"{self.name} model worker died ({self.last_error})")
+            if not self._ready.is_set():  # never loaded: starting again will not help
+                self.state = "failed"
+                return
+            self._failures += 1
+            self.restarts += 1
+            # Still restarted after that, slowly: a half-open probe of whether the model works again.
+            self.state = "failed" if self._failures >= FAILED_AFTER else "restarting"
+            await asyncio.sleep(RESTART_BACKOFF_S[min(self._failures, len(RESTART_BACKOFF_S)) - 1])
+
+    async def _run_once(self, loop: asyncio.AbstractEventLoop) -> None:
+        proc = self._proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "providers.local.worker_process",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(encode((self.name, self.config)))
+        watchdog = asyncio.create_task(self._watch_hang(loop, proc))
+        try:
+            await self._read(proc.stdout, loop)
+        finally:
+            watchdog.cancel()
+            self._kill()
+            code = await proc.wait()
+        if self.last_error is None or not self.last_error.startswith("hung"):
+            self.last_error = _describe_exit(code)
+        log.error("%s model worker (pid %d) ended: %s; %d job(s) lost, restarting", self.name, proc.pid, self.last_error, self.depth)
+
+    async def _read(self, stdout: asyncio.StreamReader, loop: asyncio.AbstractEventLoop) -> None:
+        import pickle
+
+        while True:
+            try:
+                head = await stdout.readexactly(_LEN.size)
+                msg = pickle.loads(await stdout.readexactly(_LEN.unpack(head)[0]))
+            except asyncio.IncompleteReadError:
+                return  # the process ended
+            self._last_progress = loop.time()
+            kind = msg[0]
+            if kind == "ready":
+                self.detail = str(msg[1])
+                self.state = "up"
+                self.last_error = None if self.restarts == 0 else self.last_error
+                self._ready.set()
+                log.info("%s model worker up (pid %s): %s", self.name, self.pid, self.detail)
+                continue
+            job = self._pending.get(msg[1])
+            if job is None:
+                continue  # a cancelled job's late reply
+            if kind == "chunk":
+                if job.on_chunk is not None:
+                    job.on_chunk(msg[2])
+            else:
+                del self._pending[msg[1]]
+                self._failures = 0
+                if job.future.done():
+                    continue
+                if kind == "done":
+                    job.future.set_result(msg[2])
+                else:
+                    job.future.set_exception(RuntimeError(f"{self.name} model: {msg[2]}"))
+
+    async def _watch_hang(self, loop: asyncio.AbstractEventLoop, proc: asyncio.subprocess.Process) -> None:
+        while True:
+            await asyncio.sleep(min(1.0, self.hang_timeout_s / 4))
+            if self._pending and self._ready.is_set() and loop.time() - self._last_progress > self.hang_timeout_s:
+                self.last_error = f"hung: no progress for {self.hang_timeout_s:.0f} s, killed"
+                log.error("%s model worker (pid %d) %s", self.name, proc.pid, self.last_error)
+                self._kill()
+                return
+            if not self._pending:
+                self._last_progress = loop.time()
+
+    def _fail_pending(self, why: str) -> None:
+        pending, self._pending = self._pending, {}
+        for job in pending.values():
+            if not job.future.done():
+                job.future.set_exception(WorkerCrashed(why))
+
+    # ---- jobs
+    async def run(self, method: str, *args: Any, on_chunk: Callable[[Any], None] | None = None) -> Any:
+        """Runs ``method(*args)`` in the worker; ``on_chunk`` gets streamed pieces (on this loop).
+        Cancelling the caller cancels the job in the worker (it stops at its next step)."""
         if self.depth >= self.max_queue:
             raise QueueFull(f"{self.name}: {self.depth} jobs already queued")
-        self.depth += 1
+        if self.state != "up" or self._proc is None or self._proc.stdin is None:
+            raise WorkerCrashed(f"{self.name} model worker is {self.state} ({self.last_error or 'no detail'})")
+        job_id = next(self._ids)
+        fut = asyncio.get_running_loop().create_future()
+        if not self._pending:
+            self._last_progress = asyncio.get_running_loop().time()
+        self._pending[job_id] = _Job(fut, on_chunk)
         self.jobs += 1
+        stdin = self._proc.stdin
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
-        finally:
-            self.depth -= 1
+            stdin.write(encode(("job", job_id, method, args)))
+            return await fut
+        except asyncio.CancelledError:
+            if self._pending.pop(job_id, None) is not None and not stdin.is_closing():
+                stdin.write(encode(("cancel", job_id)))
+            raise
+        except (BrokenPipeError, ConnectionResetError) as e:
+            self._pending.pop(job_id, None)
+            raise WorkerCrashed(f"{self.name} model worker is gone: {e}") from e
 
-    def shutdown(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with status {code}"

