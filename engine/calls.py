@@ -60,6 +60,10 @@ TRANSCRIPT_VARIABLE = "AIAGENT_TRANSCRIPT"  # the dialplan/CDR can read what the
 
 ProviderLookup = Callable[[str], Awaitable[Provider]]
 
+
+class ExternalMediaLost(Exception):
+    pass
+
 @dataclass(eq=False)
 class CallHandle:
     session: CallSession
@@ -241,9 +245,9 @@ class CallController:
         ari = self.ari
         try:
             await ari.answer(s.caller_channel_id)
-            bridge_id = f"{self.bridge_prefix}{h.token}"
+            # Known before it exists, so that teardown deletes it whatever the create answered.
+            bridge_id = s.bridge_id = f"{self.bridge_prefix}{h.token}"
             await ari.create_bridge(bridge_id, name=f"aiagent call {h.token}")
-            s.bridge_id = bridge_id
             await ari.add_channel(bridge_id, s.caller_channel_id)
 
             ext_id = f"{self.ext_prefix}{h.token}"
@@ -267,6 +271,8 @@ class CallController:
             raise
         except TimeoutError:
             self._setup_failed(h, "ExternalMedia channel never entered Stasis")
+        except ExternalMediaLost as e:
+            self._setup_failed(h, str(e))
         except (AriError, AriUnavailable) as e:
             self._setup_failed(h, str(e))
         except Exception as e:  # a provider that fails to start, a bad address: this call only
@@ -533,6 +539,7 @@ class CallController:
                 self.begin_teardown(h, "media path lost while ARI was disconnected", hangup_caller=True)
             elif reconnect:
                 self.store.log(s.call_id, logging.INFO, "call carried on across ARI reconnect")
+        self._recover_pending_external(channels)
         owned_ext = {f"{self.ext_prefix}{h.token}" for h in self.handles.values()}
         owned_bridges = {f"{self.bridge_prefix}{h.token}" for h in self.handles.values()}
         orphans: list[str] = []
@@ -546,12 +553,37 @@ class CallController:
             if bid.startswith(self.bridge_prefix) and bid not in owned_bridges:
                 self._spawn(self._ari_cleanup(self.ari.destroy_bridge(bid), f"leftover bridge {bid}"))
         if orphans:
-            self._spawn(self._hangup_orphans(orphans))
+            self._spawn(self._adopt_orphans(orphans))
 
-    async def _hangup_orphans(self, candidates: list[str]) -> None:
-        # A StasisStart may still be on its way for a channel listed just now: give it a moment.
-        await asyncio.sleep(ORPHAN_GRACE_S)
+    def _recover_pending_external(self, channels: dict[str, Channel]) -> None:
+        """Calls in setup whose ExternalMedia StasisStart may have been lost while the socket was
+        down: the channel exists, so it entered Stasis (a 422 at addChannel says otherwise, and
+        ends the call with that reason); a channel that was created and is gone ends its call."""
+        for ext_id, fut in self._pending_external.items():
+            if fut.done():
+                continue
+            ch = channels.get(ext_id)
+            if ch is not None:
+                log.info("ExternalMedia %s is there after the reconnect: its StasisStart was missed; setup goes on", ext_id)
+                fut.set_result(ch)
+                continue
+            h = self._by_token.get(ext_id[len(self.ext_prefix):])
+            if h is not None and h.session.external_channel_id == ext_id:
+                fut.set_exception(ExternalMediaLost("ExternalMedia channel was gone after the ARI reconnect"))
+
+    async def _adopt_orphans(self, candidates: list[str]) -> None:
+        """Callers in our Stasis app that no call owns: their StasisStart was lost in a socket gap,
+        or an earlier engine process served them. Each gets a call as if it had just arrived."""
+        await asyncio.sleep(ORPHAN_GRACE_S)  # a StasisStart may still be on its way
         for cid in candidates:
-            if cid not in self.handles:
-                self.store.log(cid, logging.WARNING, "caller in our Stasis app with no call behind it (engine restart?): hanging up")
-                await self._delete_channel(cid, "orphan caller")
+            if cid in self.handles:
+                continue
+            try:
+                ch = await self.ari.get_channel(cid)
+            except (AriError, AriUnavailable):
+                continue  # gone meanwhile
+            if cid in self.handles:
+                continue
+            args = [a.strip() for a in ch.dialplan.app_data.split(",")[1:] if a.strip()]
+            self.store.log(cid, logging.WARNING, "caller in our Stasis app with no call behind it (lost StasisStart or engine restart): taking the call")
+            self._on_stasis_start(StasisStart(type="StasisStart", channel=ch, args=args))

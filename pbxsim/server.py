@@ -187,6 +187,46 @@ class CallRecord:
         }
 
 
+@dataclass
+class Faults:
+    """What a hostile PBX or a flaky network does, on demand (tests and bench/faults.py).
+
+    Keys are api-docs operation keys, e.g. ``channels.externalMedia``, ``bridges.destroy``."""
+
+    # op -> (HTTP status, raw body, how many times): answer with this instead of the real reply
+    # (the operation is still carried out, as when a proxy mangles Asterisk's answer).
+    bad_replies: dict[str, tuple[int, str, int]] = field(default_factory=dict)
+    # op -> seconds: once the operation is answered, close every events WebSocket and refuse new
+    # ones for that long (what is emitted meanwhile is lost, as on a real Asterisk).
+    drop_ws_after: dict[str, float] = field(default_factory=dict)
+    drop_ws_count: dict[str, int] = field(default_factory=dict)  # op -> how many more times (absent: always)
+    # op -> seconds to wait before answering.
+    delays: dict[str, float] = field(default_factory=dict)
+
+    def take_bad_reply(self, op: str) -> tuple[int, str] | None:
+        spec = self.bad_replies.get(op)
+        if spec is None:
+            return None
+        status, body, n = spec
+        if n <= 1:
+            del self.bad_replies[op]
+        else:
+            self.bad_replies[op] = (status, body, n - 1)
+        return status, body
+
+    def take_drop(self, op: str) -> float | None:
+        seconds = self.drop_ws_after.get(op)
+        if seconds is None:
+            return None
+        left = self.drop_ws_count.get(op)
+        if left is not None:
+            if left <= 1:
+                del self.drop_ws_after[op], self.drop_ws_count[op]
+            else:
+                self.drop_ws_count[op] = left - 1
+        return seconds
+
+
 class AppSocket:
     """One events WebSocket; a writer task keeps events in order without blocking the PBX."""
 
@@ -244,6 +284,7 @@ class SimPBX:
         self.port = 0
         self.block_websockets_until = 0.0
         self.drop_event_types: set[str] = set()  # events "lost" on purpose, to test timeouts
+        self.faults = Faults()
         self._speech_cache: dict[str, bytes] = {}
 
     # ---- lifecycle
@@ -359,6 +400,14 @@ class SimPBX:
             await writer
         return ws
 
+    def send_raw(self, app: str, text: str) -> bool:
+        """A text frame exactly as given (not checked against the spec) on the app's socket."""
+        sock = self.sockets.get(app)
+        if sock is None:
+            return False
+        sock.queue.put_nowait(text)
+        return True
+
     def app_active(self, app: str) -> bool:
         s = self.sockets.get(app)
         return s is not None and app not in s.replaced
@@ -388,11 +437,21 @@ class SimPBX:
         if handler is None:
             self.violations.append(f"{op.key}: the simulator does not implement this operation")
             return web.json_response({"message": "Not implemented"}, status=501)
+        delay = self.faults.delays.get(op.key)
+        if delay:
+            await asyncio.sleep(delay)
         try:
             outcome = handler(path_params, request.query, body)
             if asyncio.iscoroutine(outcome):
                 outcome = await outcome
             status, result = outcome
+            drop = self.faults.take_drop(op.key)
+            if drop is not None:
+                self.block_websockets_until = time.monotonic() + drop
+                self._spawn(self.drop_websockets())
+            bad = self.faults.take_bad_reply(op.key)
+            if bad is not None:
+                return web.Response(status=bad[0], text=bad[1], content_type="application/json")
         except AriHttpError as e:
             if e.status not in op.error_codes and e.status != 400:
                 self.violations.append(f"{op.key}: simulator answered {e.status}, not a documented error")
@@ -952,6 +1011,10 @@ class SimPBX:
 
     async def drop_websockets(self) -> int:
         socks = list(self.all_sockets)
+        # Detached at once: whatever is emitted from now on is lost, as while Asterisk has no socket.
+        for app, sock in list(self.sockets.items()):
+            if sock in socks:
+                del self.sockets[app]
         for s in socks:
             await s.ws.close()
         return len(socks)
