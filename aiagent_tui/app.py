@@ -18,7 +18,7 @@ from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, OptionList, RichLog, Static
 from textual.widgets.option_list import Option
 
-from aiagent_tui.demo import demo_calls
+from aiagent_tui.demo import demo_calls, start_simulator
 from aiagent_tui.monitor import AudioMonitor, MonitorUnavailable
 from aiagent_tui.widgets import GatingPane, HeaderBar, LevelSparkline, RtpPane, TimelinePane, TranscriptPane, VadPane
 from engine.config import AppConfig
@@ -64,7 +64,10 @@ class ProviderScreen(ModalScreen[str | None]):
             r = self.readiness.get(name)
             note = "" if r is None or r.ready or r.detail == "not loaded" else f"  ({r.detail})"
             opts.append(Option(f"{'● ' if name == self.current else '  '}{name}{note}", id=name))
-        yield Vertical(Static("Provider for new calls and the selected call:"), OptionList(*opts), id="provider-box")
+        options = OptionList(*opts)
+        if self.current in PROVIDER_NAMES:
+            options.highlighted = sorted(PROVIDER_NAMES).index(self.current)
+        yield Vertical(Static("Provider for new calls and the selected call:"), options, id="provider-box")
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         self.dismiss(event.option.id)
@@ -148,19 +151,17 @@ class AiAgentApp(App):
         table = self.query_one(DataTable)
         for col, width in (("caller", 8), ("state", 13), ("time", 4), ("provider", 6)):
             table.add_column(col, key=col, width=width)
-        if self.sim_enabled:
-            from pbxsim.server import SimPBX
-
-            self.pbx = SimPBX(username=self.config.asterisk.ari_username, password=self.config.asterisk.ari_password.get_secret_value())
-            await self.pbx.start(port=self.config.asterisk.ari_port)
-        self.engine = Engine(self.config)
         try:
+            if self.sim_enabled:
+                self.pbx = await start_simulator(self.config)
+            self.engine = Engine(self.config)
             await self.engine.start()
         except Exception as e:
             self.exit_code = 1
             self.exit(message=f"aiagent-tui: {e}")
             return
         self.follow_events()
+        self.watch_fatal()
         self.set_interval(0.1, self.refresh_panes)
         if self.sim_enabled:
             self.place_demo_calls()
@@ -183,6 +184,16 @@ class AiAgentApp(App):
     async def action_quit(self) -> None:
         await self.shutdown()  # hang every call up before the app goes
         self.exit(self.exit_code)
+
+    @work(exclusive=True, group="fatal")
+    async def watch_fatal(self) -> None:
+        """The engine cannot go on: hang up, say why, exit non-zero."""
+        assert self.engine is not None
+        await self.engine.fatal.wait()
+        why = self.engine.fatal_error
+        self.exit_code = 1
+        await self.shutdown()
+        self.exit(1, message=f"aiagent-tui: the engine stopped: {why}")
 
     @work(exclusive=True, group="events")
     async def follow_events(self) -> None:

@@ -6,10 +6,27 @@ import asyncio
 import random
 from pathlib import Path
 
-from engine.engine import Engine
+from engine.config import AppConfig
+from engine.engine import Engine, EngineStartError
 
 SOUNDS = Path("/usr/share/asterisk/sounds/en_US_f_Allison")
 PROMPTS = ["agent-pass", "hello-world", "demo-thanks", "auth-incorrect", "conf-getpin", "all-circuits-busy-now"]
+
+
+async def start_simulator(config: AppConfig):
+    """The simulated PBX for --sim, on the port the engine's ARI settings point at."""
+    from pbxsim.server import SimPBX
+
+    pbx = SimPBX(username=config.asterisk.ari_username, password=config.asterisk.ari_password.get_secret_value())
+    try:
+        await pbx.start(host=config.asterisk.host, port=config.asterisk.ari_port)
+    except OSError as e:
+        await pbx.stop()
+        raise EngineStartError(
+            f"cannot start the simulated PBX on {config.asterisk.host}:{config.asterisk.ari_port}/tcp: {e.strerror or e} "
+            "(is Asterisk running there?); set asterisk.ari_port (ASTERISK_ARI_PORT) to a free port"
+        ) from None
+    return pbx
 
 
 async def demo_calls(pbx, engine: Engine, app: str, interval_s: float) -> None:

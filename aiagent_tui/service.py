@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 
+from aiagent_tui.demo import demo_calls, start_simulator
 from engine.config import AppConfig
 from engine.engine import Engine
 
@@ -17,11 +18,7 @@ async def run_headless(config: AppConfig, sim: bool = False, demo_interval_s: fl
     pbx = None
     demo: asyncio.Task | None = None
     if sim:
-        from aiagent_tui.demo import demo_calls
-        from pbxsim.server import SimPBX
-
-        pbx = SimPBX(username=config.asterisk.ari_username, password=config.asterisk.ari_password.get_secret_value())
-        await pbx.start(port=config.asterisk.ari_port)
+        pbx = await start_simulator(config)
     engine = Engine(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -36,10 +33,16 @@ async def run_headless(config: AppConfig, sim: bool = False, demo_interval_s: fl
     if pbx is not None:
         demo = asyncio.create_task(demo_calls(pbx, engine, config.asterisk.app, demo_interval_s))
     log.info("running headless; health at http://%s:%d/health; Ctrl-C or SIGTERM stops", config.health.host, engine.health_server.port)
+    stopping = asyncio.create_task(stop.wait())
+    fatal = asyncio.create_task(engine.fatal.wait())
     try:
-        await stop.wait()
+        await asyncio.wait([stopping, fatal], return_when=asyncio.FIRST_COMPLETED)
+        if engine.fatal_error is not None:
+            log.critical("exiting: %s", engine.fatal_error)
         log.info("stopping: hanging up %d call(s)", len(engine.store))
     finally:
+        stopping.cancel()
+        fatal.cancel()
         if demo is not None:
             demo.cancel()
         await engine.stop()
@@ -47,4 +50,5 @@ async def run_headless(config: AppConfig, sim: bool = False, demo_interval_s: fl
             await pbx.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-    return 0
+    # Non-zero when the engine could not go on, so that systemd (Restart=on-failure) restarts it.
+    return 1 if engine.fatal_error is not None else 0

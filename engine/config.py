@@ -251,27 +251,40 @@ def _format_validation_error(err: ValidationError, sources: Mapping[str, str]) -
 
 
 def load_config(path: str | Path | None = "config.toml", env: Mapping[str, str] | None = None) -> AppConfig:
-    """Load TOML (if given and present), apply environment overrides, validate."""
+    """Load TOML (if given and present), apply environment overrides, validate. Every failure is
+    a ConfigError that names the file (or the environment variable) and what is wrong."""
     env = os.environ if env is None else env
     data: dict[str, Any] = {}
+    where = "configuration (defaults and environment)"
     if path is not None:
         p = Path(path)
         if p.exists():
+            where = str(p)
             try:
-                data = tomllib.loads(p.read_text(encoding="utf-8"))
-            except tomllib.TOMLDecodeError as e:
-                raise ConfigError(f"{p}: not valid TOML: {e}") from e
+                raw = p.read_bytes()
             except OSError as e:
-                raise ConfigError(f"{p}: cannot read: {e}") from e
+                raise ConfigError(f"{p}: cannot read: {e.strerror or e}") from None
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                line = raw[: e.start].count(b"\n") + 1
+                raise ConfigError(f"{p}: not UTF-8 text (byte 0x{raw[e.start]:02x} on line {line}); save the file as UTF-8") from None
+            try:
+                data = tomllib.loads(text)
+            except tomllib.TOMLDecodeError as e:
+                raise ConfigError(f"{p}: not valid TOML: {e}") from None
         elif str(path) != "config.toml":
             # Only the implicit default may be absent; an explicit path must exist.
             raise ConfigError(f"{p}: config file not found")
     sources: dict[str, str] = {}
     for var, dotted in ENV_OVERRIDES.items():
         if var in env and env[var] != "":
-            _set_dotted(data, dotted, env[var])
+            try:
+                _set_dotted(data, dotted, env[var])
+            except ConfigError as e:
+                raise ConfigError(f"{where}: {e} (while applying environment variable {var})") from None
             sources[dotted] = var
     try:
         return AppConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_validation_error(e, sources)) from None
+        raise ConfigError(f"{where}: {_format_validation_error(e, sources)}") from None

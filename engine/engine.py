@@ -31,6 +31,10 @@ class EngineStartError(Exception):
     """The engine cannot start; the message says what to fix."""
 
 
+class ProviderNotReady(Exception):
+    """An operator chose a provider that cannot take calls now."""
+
+
 class Engine:
     def __init__(self, config: AppConfig) -> None:
         self.config = config
@@ -62,7 +66,7 @@ class Engine:
         try:
             await self.rtp.start()
         except OSError as e:
-            raise EngineStartError(f"cannot bind the RTP socket on {self.config.rtp.host}:{self.config.rtp.port}/udp: {e.strerror or e}") from e
+            raise EngineStartError(f"cannot bind the RTP socket on {self.config.rtp.host}:{self.config.rtp.port}/udp: {e.strerror or e}; set rtp.port (RTP_PORT) to a free port") from e
         fallback = self.config.providers.fallback
         try:
             provider = await self.get_provider(self.default_provider)
@@ -82,7 +86,7 @@ class Engine:
             await self.health_server.start()
         except OSError as e:
             await self.rtp.stop()
-            raise EngineStartError(f"cannot serve health on {self.config.health.host}:{self.config.health.port}: {e.strerror or e}") from e
+            raise EngineStartError(f"cannot serve health on {self.config.health.host}:{self.config.health.port}/tcp: {e.strerror or e}; set health.port (HEALTH_PORT) to a free port") from e
         for name in ("rtp-receive", "rtp-pacer"):
             self.supervisor.register(name)
         self.supervisor.start("ari-events", self.events.run)
@@ -170,8 +174,11 @@ class Engine:
 
     # ---- commands (the terminal app's keys call these)
     async def set_default_provider(self, name: str) -> None:
-        """Provider for new calls; loads it first so a bad choice fails here, not on a call."""
-        await self.get_provider(name)
+        """Provider for new calls; loads it first, and refuses one that is not ready, so that a bad
+        choice fails here and visibly, not on every new call."""
+        ready = (await self.get_provider(name)).readiness()
+        if not ready.ready:
+            raise ProviderNotReady(f"{name} is not ready ({ready.detail}); new calls stay on {self.default_provider}")
         self.default_provider = name
         self.store.log(None, logging.INFO, f"new calls use provider {name}")
 

@@ -74,9 +74,7 @@ async def test_app_shows_live_calls_and_every_key_works(tmp_path):
         await pilot.press("p")
         await pilot.pause(0.2)
         assert isinstance(app.screen, ProviderScreen)
-        for _ in range(4):
-            await pilot.press("up")
-        await pilot.press("down")  # deepgram, echo, local, tone: echo is second
+        await pilot.press("up", "up")  # deepgram, echo, local, tone: from tone (in use) up twice is echo
         await pilot.press("enter")
         await until(pilot, lambda: eng.default_provider == "echo")
         assert eng.store.get(cid).provider.name == "echo"
