@@ -47,6 +47,9 @@ class RtpConfig(_Section):
     # binds 0.0.0.0 or sits behind NAT.
     advertise_host: str | None = None
     format: Literal["ulaw"] = "ulaw"
+    # Socket receive buffer: room for bursts while the loop is busy (4 MiB is ~1.5 s of 40 calls).
+    # Above net.core.rmem_max it needs root (SO_RCVBUFFORCE); 0 keeps the kernel's default.
+    receive_buffer_bytes: int = Field(4 * 1024 * 1024, ge=0, le=1 << 30)
     # Asterisk 22 segfaults when ExternalMedia runs out of RTP ports (BEHAVIOUR.md): keep this
     # under half the size of rtp.conf's rtpstart..rtpend range.
     max_calls: int = Field(40, ge=1)

@@ -42,7 +42,9 @@ class Engine:
         self.supervisor = Supervisor(self._fatal)
         self.fatal_error: str | None = None  # set when a component keeps failing: the process must exit
         self.fatal = asyncio.Event()
-        self.rtp = RtpServer(config.rtp.host, config.rtp.port, on_error=self.supervisor.report)
+        self.rtp = RtpServer(
+            config.rtp.host, config.rtp.port, on_error=self.supervisor.report, receive_buffer_bytes=config.rtp.receive_buffer_bytes,
+        )
         self.ari = AriClient(config.asterisk)
         self.providers: dict[str, Provider] = {}
         self.default_provider = config.providers.default
@@ -281,6 +283,9 @@ class Engine:
                 "unsupported_payload_dropped": c.unsupported_payload,
                 "duplicates": c.duplicates,
                 "late_dropped": c.late,
+                "probation_dropped": c.probation,
+                "kernel_drops": self.rtp.kernel_drops(),
+                "receive_buffer_bytes": self.rtp.receive_buffer_bytes,
                 "send_errors": c.send_errors,
                 "internal_errors": c.internal_errors,
             },

@@ -37,10 +37,22 @@ class EngineCollector:
         dropped.add_metric(["unsupported_payload"], c.unsupported_payload)
         dropped.add_metric(["duplicate"], c.duplicates)
         dropped.add_metric(["late"], c.late)
+        dropped.add_metric(["probation"], c.probation)
         for reason, n in c.malformed.items():
             dropped.add_metric([f"malformed_{reason}"], n)
         yield dropped
+        kernel = e.rtp.kernel_drops()
+        if kernel is not None:
+            yield CounterMetricFamily("ai_agent_rtp_kernel_drops", "Datagrams the kernel dropped on a full socket buffer", value=kernel)
         yield CounterMetricFamily("ai_agent_rtp_send_errors", "RTP send failures", value=c.send_errors)
+        yield CounterMetricFamily("ai_agent_internal_errors", "Packets or pacer ticks lost to a failure in the engine's code", value=c.internal_errors)
+        comp = GaugeMetricFamily("ai_agent_component_up", "1 while an engine component or model worker runs", labels=["component"])
+        restarts = CounterMetricFamily("ai_agent_component_restarts", "Restarts of an engine component or model worker", labels=["component"])
+        for co in e.components():
+            comp.add_metric([co["name"]], int(co["state"] in ("running", "up")))
+            restarts.add_metric([co["name"]], co["restarts"])
+        yield comp
+        yield restarts
         loss = GaugeMetricFamily("ai_agent_rtp_loss_ratio", "Inbound RTP loss per call", labels=["call_id"])
         jitter = GaugeMetricFamily("ai_agent_rtp_jitter_ms", "Inbound RTP interarrival jitter per call", labels=["call_id"])
         for call in store:

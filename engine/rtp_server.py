@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -17,7 +19,7 @@ from typing import Callable
 from engine.media import CallMedia, MediaTimings
 from engine.ratelimit import RateLimitedLog
 from engine.rtp import PT_ULAW, RtpPacket, RtpParseError, build_packet
-from engine.rtp_stats import DUPLICATE, LATE
+from engine.rtp_stats import DUPLICATE, LATE, PROBATION
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +29,7 @@ PREBUFFER_MAX_WAIT_S = 0.040  # ... or once its first frame has waited this long
 UNDERRUN_WINDOW_TICKS = 5
 SEND_FAILURES_BEFORE_FALLBACK = 3
 _WARN_INTERVAL_S = 10.0
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 
 
 @dataclass(slots=True)
@@ -38,6 +41,7 @@ class RtpServerCounters:
     unsupported_payload: int = 0
     duplicates: int = 0
     late: int = 0
+    probation: int = 0  # a new SSRC or a large sequence jump not (yet) confirmed: not passed on
     packets_out: int = 0
     send_errors: int = 0
     late_ticks: int = 0  # pacer ticks that ran more than one frame late
@@ -52,9 +56,15 @@ def _log_error(component: str, e: BaseException) -> None:
 
 
 class RtpServer(asyncio.DatagramProtocol):
-    def __init__(self, host: str, port: int, timings: MediaTimings | None = None, on_error: ErrorSink = _log_error) -> None:
+    def __init__(
+        self, host: str, port: int, timings: MediaTimings | None = None, on_error: ErrorSink = _log_error,
+        receive_buffer_bytes: int = 0,
+    ) -> None:
         self.host = host
         self.port = port
+        self.receive_buffer_wanted = receive_buffer_bytes
+        self.receive_buffer_bytes = 0  # what the kernel granted
+        self._drops = KernelDrops()
         # A failure inside the receive path or the pacer: the packet or the tick is lost, never
         # the socket or the schedule; the owner (the engine's supervisor) logs and shows it.
         self.on_error = on_error
@@ -69,9 +79,15 @@ class RtpServer(asyncio.DatagramProtocol):
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self.transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=(self.host, self.port))
-        sock = self.transport.get_extra_info("sockname")
-        self.port = sock[1]  # port 0 in tests: the OS picks one
-        log.info("RTP server listening on %s:%d/udp", self.host, self.port)
+        sock = self.transport.get_extra_info("socket")
+        self.port = sock.getsockname()[1]  # port 0 in tests: the OS picks one
+        self.receive_buffer_bytes = _size_receive_buffer(sock, self.receive_buffer_wanted)
+        self._drops.watch(sock.fileno())
+        log.info("RTP server listening on %s:%d/udp (receive buffer %d KiB)", self.host, self.port, self.receive_buffer_bytes // 1024)
+
+    def kernel_drops(self) -> int | None:
+        """Datagrams the kernel dropped because the socket's buffer was full (None: not known)."""
+        return self._drops.read()
 
     async def stop(self) -> None:
         self.pacer.stop()
@@ -128,6 +144,9 @@ class RtpServer(asyncio.DatagramProtocol):
         if verdict == DUPLICATE:
             c.duplicates += 1
             return
+        if verdict == PROBATION:
+            c.probation += 1
+            return
         if verdict == LATE:
             # Playing a late frame would put audio out of order; loss concealment is the STT's job.
             c.late += 1
@@ -181,6 +200,53 @@ class RtpServer(asyncio.DatagramProtocol):
         out = media.session.rtp_out
         out.packets += 1
         out.bytes += len(payload)
+
+
+def _size_receive_buffer(sock, wanted: int) -> int:
+    if wanted:
+        try:  # root may exceed net.core.rmem_max
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, wanted)
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, wanted)
+    got = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2  # Linux reports twice the payload room
+    if wanted and got < wanted // 2:
+        log.warning(
+            "RTP receive buffer is %d KiB, %d KiB asked: raise net.core.rmem_max (sysctl) or run as root",
+            got // 1024, wanted // 1024,
+        )
+    return got
+
+
+class KernelDrops:
+    """The socket's drop counter from /proc/net/udp (the kernel's count of datagrams it had no room
+    for), read at most once a second: cheap enough for /health under load."""
+
+    def __init__(self, min_interval_s: float = 1.0) -> None:
+        self._inode: int | None = None
+        self._min_interval_s = min_interval_s
+        self._at = -min_interval_s
+        self._value: int | None = None
+
+    def watch(self, fd: int) -> None:
+        self._inode = os.fstat(fd).st_ino
+
+    def read(self) -> int | None:
+        now = time.monotonic()
+        if self._inode is None or now - self._at < self._min_interval_s:
+            return self._value
+        self._at = now
+        for table in ("/proc/net/udp", "/proc/net/udp6"):
+            try:
+                with open(table) as f:
+                    next(f)
+                    for line in f:
+                        fields = line.split()
+                        if len(fields) >= 13 and fields[9] == str(self._inode):
+                            self._value = int(fields[12])
+                            return self._value
+            except (OSError, StopIteration, ValueError):
+                continue
+        return self._value
 
 
 class OutboundPacer:

@@ -327,6 +327,13 @@ class ExternalMediaEndpoint(Endpoint, asyncio.DatagramProtocol):
         self.transport.sendto(build_packet(PT_ULAW, self.seq, self.ts, self.ssrc, payload, marker), self.remote)
         self.packets_sent += 1
 
+    def inject_forged(self, seq_ahead: int, ssrc: int | None = None) -> None:
+        """Fault: one packet from this channel's own address, ``seq_ahead`` beyond the stream (a
+        forged or stray packet that strict RTP cannot tell from a genuine one)."""
+        if self.transport is not None:
+            pkt = build_packet(PT_ULAW, (self.seq + seq_ahead) & 0xFFFF, self.ts, self.ssrc if ssrc is None else ssrc, b"\x00" * 160)
+            self.transport.sendto(pkt, self.remote)
+
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
         if addr[:2] != self.remote:
             self.strict_rtp_dropped += 1

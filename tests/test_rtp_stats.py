@@ -1,4 +1,4 @@
-from engine.rtp_stats import DUPLICATE, IN_ORDER, LATE, RtpStreamStats
+from engine.rtp_stats import DUPLICATE, IN_ORDER, LATE, PROBATION, RtpStreamStats
 
 
 def feed(stats, seqs, ts_step=160, t_step=0.02, arrivals=None, ssrc=1):
@@ -86,3 +86,35 @@ def test_huge_jump_is_a_restart_not_thousands_lost():
     feed(s, [1, 2, 3, 30000, 30001])
     assert s.sequence_resets == 1
     assert s.lost == 0
+
+
+def test_one_forged_packet_far_ahead_does_not_push_the_stream():
+    """Fault probe item 7: a packet with sequence +90 from the call's own address made the next 89
+    genuine packets look late (1.8 s of speech dropped)."""
+    s = RtpStreamStats()
+    feed(s, range(1, 11))
+    forged = s.update(100, 0, 1, 160, 0.3)
+    verdicts = feed(s, range(11, 101))
+    assert forged == PROBATION and set(verdicts) == {IN_ORDER}
+    assert (s.lost, s.reordered, s.probation_dropped, s.expected) == (0, 0, 1, 100)
+
+
+def test_a_real_jump_is_believed_when_the_next_packet_follows_it():
+    s = RtpStreamStats()
+    verdicts = feed(s, [1, 2, 3, 40, 41, 42])  # 36 packets really lost
+    assert verdicts == [IN_ORDER, IN_ORDER, IN_ORDER, PROBATION, IN_ORDER, IN_ORDER]
+    assert (s.lost, s.expected, s.probation_dropped, s.probation_recovered) == (36, 42, 0, 1)
+
+
+def test_small_gaps_are_believed_at_once():
+    s = RtpStreamStats()
+    assert feed(s, [1, 2, 7, 8]) == [IN_ORDER] * 4
+    assert s.lost == 4
+
+
+def test_one_packet_of_another_ssrc_changes_nothing():
+    s = RtpStreamStats()
+    feed(s, range(1, 6), ssrc=7)
+    assert s.update(9000, 0, 666, 160, 0.2) == PROBATION
+    assert feed(s, range(6, 10), ssrc=7) == [IN_ORDER] * 4
+    assert (s.ssrc, s.ssrc_changes, s.lost, s.probation_dropped) == (7, 0, 0, 1)
