@@ -69,6 +69,11 @@ class Engine:
             await self.rtp.start()
         except OSError as e:
             raise EngineStartError(f"cannot bind the RTP socket on {self.config.rtp.host}:{self.config.rtp.port}/udp: {e.strerror or e}; set rtp.port (RTP_PORT) to a free port") from e
+        try:
+            self.health_server.bind()
+        except OSError as e:
+            await self.rtp.stop()
+            raise EngineStartError(f"cannot serve health on {self.config.health.host}:{self.config.health.port}/tcp: {e.strerror or e}; set health.port (HEALTH_PORT) to a free port") from e
         fallback = self.config.providers.fallback
         try:
             provider = await self.get_provider(self.default_provider)
@@ -76,6 +81,8 @@ class Engine:
             if not ready.ready:
                 log.warning("provider %s is not ready (%s); new calls go to %s", self.default_provider, ready.detail, fallback or "nobody: they will be refused")
         except Exception as e:
+            await self._close_providers()
+            await self.health_server.stop()
             await self.rtp.stop()
             raise EngineStartError(f"provider {self.default_provider} cannot start: {e}") from e
         if fallback and fallback != self.default_provider:
@@ -84,14 +91,10 @@ class Engine:
                 await self.get_provider(fallback)
             except Exception as e:
                 log.warning("fallback provider %s cannot start: %s", fallback, e)
-        try:
-            await self.health_server.start()
-        except OSError as e:
-            await self.rtp.stop()
-            raise EngineStartError(f"cannot serve health on {self.config.health.host}:{self.config.health.port}/tcp: {e.strerror or e}; set health.port (HEALTH_PORT) to a free port") from e
         for name in ("rtp-receive", "rtp-pacer"):
             self.supervisor.register(name)
         self.supervisor.start("ari-events", self.events.run)
+        self.supervisor.start("health-http", self.health_server.run)
         self.started = True
         log.info(
             "engine started: app %s, ARI %s, RTP %s:%d, provider %s",
@@ -136,17 +139,20 @@ class Engine:
         self.started = False
         await self.calls.shutdown()
         await self.supervisor.stop()
-        for p in self.providers.values():
-            try:
-                await p.close()
-            except Exception as e:
-                log.warning("provider %s close failed: %s", p.name, e)
+        await self._close_providers()
         await self.health_server.stop()
         await self.rtp.stop()
         await self.ari.close()
         log.info("engine stopped")
 
     # ---- providers
+    async def _close_providers(self) -> None:
+        for p in self.providers.values():
+            try:
+                await p.close()
+            except Exception as e:
+                log.warning("provider %s close failed: %s", p.name, e)
+
     async def get_provider(self, name: str) -> Provider:
         """The named provider, built and loaded once (concurrent first calls share one load)."""
         if name in self.providers:

@@ -300,6 +300,9 @@ class SimPBX:
         app.router.add_post("/sim/calls/{id}/dtmf", self._sim_dtmf)
         app.router.add_get("/sim/state", self._sim_state)
         app.router.add_post("/sim/websockets/drop", self._sim_drop_ws)
+        app.router.add_post("/sim/faults", self._sim_faults)
+        app.router.add_post("/sim/events/raw", self._sim_raw_event)
+        app.router.add_post("/sim/calls/{id}/forge", self._sim_forge)
         return app
 
     async def start(self, host: str = "127.0.0.1", port: int = 8088) -> None:
@@ -1002,6 +1005,33 @@ class SimPBX:
             "port_exhaustion_events": self.port_exhaustion_events,
             "media_ticks": self.clock.tick,
         }
+
+    async def _sim_faults(self, request: web.Request) -> web.Response:
+        """Sets the fault knobs (see Faults); ``{}`` clears them all."""
+        data = await request.json()
+        f = self.faults = Faults()
+        for op, spec in data.get("bad_replies", {}).items():
+            f.bad_replies[op] = (int(spec["status"]), str(spec["body"]), int(spec.get("count", 1)))
+        for op, spec in data.get("drop_ws_after", {}).items():
+            f.drop_ws_after[op] = float(spec["block_s"])
+            if "count" in spec:
+                f.drop_ws_count[op] = int(spec["count"])
+        f.delays.update({op: float(v) for op, v in data.get("delays", {}).items()})
+        return web.json_response({"ok": True})
+
+    async def _sim_raw_event(self, request: web.Request) -> web.Response:
+        data = await request.json()
+        sent = sum(self.send_raw(data.get("app", "aiagent"), str(t)) for t in data["frames"])
+        return web.json_response({"sent": sent})
+
+    async def _sim_forge(self, request: web.Request) -> web.Response:
+        rec = self._rec(request)
+        data = await request.json()
+        ep = self.external_endpoints.get(rec.external_media or "")
+        if ep is None:
+            return web.json_response({"error": "call has no ExternalMedia channel"}, status=409)
+        ep.inject_forged(int(data.get("seq_ahead", 90)))
+        return web.json_response({"ok": True})
 
     async def _sim_drop_ws(self, request: web.Request) -> web.Response:
         seconds = float(request.query.get("block_s", "0"))

@@ -46,7 +46,7 @@ async def test_caller_gone_while_disconnected_is_reconciled(pbx, engine):
     assert engine.events.connects >= 2
 
 
-async def test_leftovers_of_a_previous_engine_are_deleted_at_start(pbx, tmp_path):
+async def test_leftovers_of_a_previous_engine_are_deleted_and_its_caller_taken_at_start(pbx, tmp_path):
     # A crashed engine left its bridge, its ExternalMedia channel and a caller in Stasis.
     async with aiohttp.ClientSession() as http:
         ws = await http.ws_connect(f"{pbx.url}/ari/events?app=aiagent", headers=AUTH)
@@ -59,10 +59,15 @@ async def test_leftovers_of_a_previous_engine_are_deleted_at_start(pbx, tmp_path
             async with http.post(f"{pbx.url}/ari{path}", params=params, headers=AUTH) as r:
                 assert r.status == 200
         await ws.close()
-    async with running_engine(pbx, tmp_path):
-        await wait_for(lambda: pbx.channels == {} and pbx.bridges == {}, timeout=5)
+    async with running_engine(pbx, tmp_path) as eng:
+        # The old bridge and ExternalMedia channel go; the caller, still on the line, is taken
+        # as a new call (a fresh bridge and ExternalMedia channel) rather than hung up.
+        await wait_for(lambda: "aiagent-br-deadbeef0001" not in pbx.bridges and "aiagent-em-deadbeef0001" not in pbx.channels, timeout=5)
+        await wait_for(lambda: (s := eng.store.get(rec.id)) is not None and s.state.value == "streaming", timeout=5)
+        assert len(pbx.bridges) == 1 and not rec.finished.is_set()
+        await eng.hangup(rec.id)
         await asyncio.wait_for(rec.finished.wait(), 5)
-        assert rec.ended_by == "ari"
+        await wait_for(lambda: pbx.channels == {} and pbx.bridges == {}, timeout=5)
 
 
 async def test_engine_starts_before_asterisk_and_connects_when_it_appears(tmp_path):
