@@ -236,6 +236,27 @@ class Bench:
         lost, left = await self.outcome(ids)
         return Row("junk RTP flood (2 s)", 3, lost, rec, left, f"{n} datagrams sent; kernel drops shown in /health: {drops}")
 
+    async def deepgram_down(self) -> Row:
+        """Deepgram unreachable (its URL is a port nobody listens on), the local provider as fallback."""
+        eng = self.eng
+        os.environ["DEEPGRAM_API_KEY"] = "bench-key"
+        eng.config.providers.deepgram.agent_url = f"ws://127.0.0.1:{free_port()}"
+        eng.config.providers.fallback = "local"
+        await eng.get_provider("local")
+        await eng.set_default_provider("deepgram")
+        greet = [{"wait_agent": 0.5, "timeout_s": 10}, {"pause": 0.3}]
+        first = await self.call(greet)
+        await self.until(lambda: not eng.providers["deepgram"].readiness().ready, 10)
+        second = await self.call(greet)
+        lost, left = await self.outcome([first, second])
+        heard = [(await self.get(f"/sim/calls/{i}"))["first_agent_audio_s"] for i in (first, second)]
+        fmt = ["never" if h is None else f"{h:.2f} s" for h in heard]
+        rec = await self.recovery(time.monotonic())
+        eng.default_provider = "echo"
+        eng.config.providers.fallback = ""
+        return Row("Deepgram unreachable (fallback: local)", 0, lost, rec, left,
+                   f"dialling to the fallback's greeting: first call {fmt[0]}, next call {fmt[1]} (circuit open)")
+
     async def model_worker_kill(self) -> Row:
         eng = self.eng
         if "local" not in eng.providers:
@@ -277,7 +298,7 @@ def _burst(url: str, n: int, q) -> None:
 
 SCENARIOS = {
     "frames": Bench.bad_frames, "replies": Bench.bad_replies, "blips": Bench.ws_blips, "http": Bench.http_burst,
-    "rtp": Bench.rtp_forged, "flood": Bench.rtp_flood, "worker": Bench.model_worker_kill,
+    "rtp": Bench.rtp_forged, "flood": Bench.rtp_flood, "deepgram": Bench.deepgram_down, "worker": Bench.model_worker_kill,
 }
 
 

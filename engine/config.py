@@ -137,8 +137,11 @@ class DeepgramProviderConfig(_Section):
     prompt: str = "You are a friendly voice assistant answering a phone call. Keep answers short."
     greeting: str = "Hello! Thanks for calling. How can I help you today?"
     output_encoding: Literal["mulaw", "linear16"] = "mulaw"  # mulaw 8 kHz needs no resampling
-    connect_timeout_s: float = Field(10.0, gt=0)
+    connect_timeout_s: float = Field(3.0, gt=0)  # a first connect this slow: the call falls back
     keepalive_interval_s: float = Field(5.0, gt=0)  # with no audio going out, KeepAlive this often
+    # While a first connect fails, new calls go to the fallback (circuit open); a probe connection
+    # after this long (doubling while it still fails, up to 2 minutes) finds out when it is back.
+    circuit_open_s: float = Field(10.0, gt=0)
     reconnect_attempts: int = Field(3, ge=0, le=100)  # failures in a row before the call falls back
     reconnect_initial_s: float = Field(0.5, gt=0)
     reconnect_max_s: float = Field(5.0, gt=0)

@@ -161,6 +161,7 @@ class CallRecord:
     error: str | None = None
     media: CallerMedia | None = None
     finished: asyncio.Event = field(default_factory=asyncio.Event)
+    placed_at: float = field(default_factory=time.monotonic)
 
     def report(self, pbx: SimPBX) -> dict[str, Any]:
         ext = pbx.external_endpoints.get(self.external_media or "")
@@ -178,6 +179,8 @@ class CallRecord:
             "rtp_received": ext.packets_received if ext else 0,
             "caller_frames_sent": m.frames_sent if m else 0,
             "agent_audio_seconds": m.agent_audio_seconds if m else 0.0,
+            # From dialling to the first agent audio the caller heard (the greeting, usually).
+            "first_agent_audio_s": round(m.agent_frames[0][0] - self.placed_at, 3) if m and m.agent_frames else None,
             "barge_in_reactions_s": m.barge_in_reactions() if m else [],
             "transcript": (pbx.final_vars.get(self.id) or (ch.vars if ch else {})).get("AIAGENT_TRANSCRIPT"),
             "ended_by": self.ended_by,

@@ -19,6 +19,7 @@ from typing import Any
 from engine.audio import ulaw_to_pcm16
 from engine.backoff import Backoff
 from engine.config import DeepgramProviderConfig
+from providers.circuit import CircuitBreaker
 from providers.base import (
     AgentAudio,
     AgentSpeakingStarted,
@@ -64,8 +65,9 @@ def settings_message(cfg: DeepgramProviderConfig, input_rate: int, greet: bool =
 
 
 class DeepgramCall(ProviderCall):
-    def __init__(self, ctx: CallContext, emit: EmitFn, cfg: DeepgramProviderConfig, api_key: str) -> None:
+    def __init__(self, ctx: CallContext, emit: EmitFn, cfg: DeepgramProviderConfig, api_key: str, breaker: CircuitBreaker) -> None:
         self.ctx = ctx
+        self.breaker = breaker
         self._emit = emit
         self.cfg = cfg
         self._api_key = api_key
@@ -80,17 +82,13 @@ class DeepgramCall(ProviderCall):
         self._last_server_msg = self._loop.time()
         self._last_sent = self._loop.time()
         self.connects = 0
+        self.connects_ok = 0  # sessions that reached SettingsApplied
+        self._failures = 0  # in a row, since the last good session
         self.keepalives = 0
         self.out_rate = 8000 if cfg.output_encoding == "mulaw" else 16000
 
     def _client(self):
-        from deepgram import AsyncDeepgramClient, DeepgramClientEnvironment
-
-        if self.cfg.agent_url:
-            prod = DeepgramClientEnvironment.PRODUCTION
-            env = DeepgramClientEnvironment(base=prod.base, production=prod.production, agent=self.cfg.agent_url, agent_rest=prod.agent_rest)
-            return AsyncDeepgramClient(api_key=self._api_key, environment=env)
-        return AsyncDeepgramClient(api_key=self._api_key)
+        return client(self.cfg, self._api_key)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"deepgram-{self.ctx.call_id}")
@@ -109,7 +107,7 @@ class DeepgramCall(ProviderCall):
     # ---- the session
     async def _run(self) -> None:
         backoff = Backoff(self.cfg.reconnect_initial_s, self.cfg.reconnect_max_s)
-        failures = 0
+        self._failures = 0
         while not self._stopped:
             try:
                 await self._session()
@@ -119,21 +117,27 @@ class DeepgramCall(ProviderCall):
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # dropped socket, refused connect, Error close, watchdog
+                established = self._applied
                 self._applied = False
                 self._sock = None
                 if self._stopped:
                     return
-                failures += 1
-                why = f"{e.__class__.__name__}: {e}" if str(e) else e.__class__.__name__
-                if failures > self.cfg.reconnect_attempts:
+                self._failures += 1
+                why = describe(e)
+                if not established:
+                    self.breaker.failure(why)
+                if self.connects_ok == 0:
+                    # Never got a session: the caller is waiting in silence, so the fallback takes
+                    # the call now (and, the circuit open, the next callers go there directly).
+                    self._emit(ProviderError(f"Deepgram unavailable ({why})", fatal=True))
+                    return
+                if self._failures > self.cfg.reconnect_attempts:
                     self._emit(ProviderError(f"Deepgram unavailable after {failures} attempts ({why})", fatal=True))
                     return
                 delay = backoff.next_delay()
                 log.warning("[%s] Deepgram session lost (%s); reconnecting in %.1fs", self.ctx.call_id, why, delay)
                 self._emit(ProviderError(f"Deepgram session lost ({why}); reconnecting"))
                 await asyncio.sleep(delay)
-            else:
-                failures = 0
 
     async def _session(self) -> None:
         async with self._client().agent.v1.connect() as sock:
@@ -205,6 +209,9 @@ class DeepgramCall(ProviderCall):
         kind = getattr(msg, "type", None) if not isinstance(msg, dict) else msg.get("type")
         if kind == "SettingsApplied":
             self._applied = True
+            self.connects_ok += 1
+            self._failures = 0  # a good session: failures count afresh
+            self.breaker.success()
         elif kind == "ConversationText":
             role = "caller" if msg.role == "user" else "agent"
             if role == "caller":
@@ -257,16 +264,77 @@ class DeepgramProvider(Provider):
     def __init__(self, cfg: DeepgramProviderConfig) -> None:
         self.cfg = cfg
         self._key = os.environ.get(API_KEY_ENV, "")
+        self.breaker = CircuitBreaker(cfg.circuit_open_s)
+        self._prober: asyncio.Task | None = None
 
     async def load(self) -> None:
         # A missing key is not a startup failure: the engine reports the provider not ready and
         # sends calls to the fallback.
         self._key = os.environ.get(API_KEY_ENV, "")
+        if self._key:
+            self._prober = asyncio.create_task(self._probe_loop(), name="deepgram-probe")
 
     def readiness(self) -> Readiness:
         if not self._key:
             return Readiness(False, f"{API_KEY_ENV} is not set")
-        return Readiness(True, f"Voice Agent at {self.cfg.agent_url or 'wss://agent.deepgram.com'}")
+        b = self.breaker
+        where = self.cfg.agent_url or "wss://agent.deepgram.com"
+        if not b.closed:
+            return Readiness(False, f"unreachable ({b.last_error}); new calls go to the fallback; next try in {b.seconds_to_probe():.0f} s")
+        seen = f"{b.successes} session(s) ok" if b.successes else "no session yet"
+        return Readiness(True, f"Voice Agent at {where}; {seen}" + (f"; last error: {b.last_error}" if b.last_error else ""))
 
     def open_call(self, ctx: CallContext, emit: EmitFn) -> ProviderCall:
-        return DeepgramCall(ctx, emit, self.cfg, self._key)
+        return DeepgramCall(ctx, emit, self.cfg, self._key, self.breaker)
+
+    async def _probe_loop(self) -> None:
+        """While the circuit is open, one real connection now and then (half-open probe)."""
+        while True:
+            await asyncio.sleep(0.5)
+            if not self.breaker.probe_due():
+                continue
+            try:
+                await probe(self.cfg, self._key)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                self.breaker.failure(describe(e))
+                log.warning("Deepgram still unreachable (%s); next try in %.0f s", self.breaker.last_error, self.breaker.open_for_s)
+            else:
+                self.breaker.success()
+                log.info("Deepgram reachable again: new calls use it")
+
+    async def close(self) -> None:
+        if self._prober is not None:
+            self._prober.cancel()
+            await asyncio.gather(self._prober, return_exceptions=True)
+
+
+def describe(e: BaseException) -> str:
+    """A failure in one line (the SDK's ApiError text carries every request header)."""
+    status = getattr(e, "status_code", None)
+    if status is not None:
+        return f"HTTP {status}: {str(getattr(e, 'body', ''))[:200]}"
+    return f"{e.__class__.__name__}: {e}" if str(e) else e.__class__.__name__
+
+
+def client(cfg: DeepgramProviderConfig, api_key: str):
+    from deepgram import AsyncDeepgramClient, DeepgramClientEnvironment
+
+    if cfg.agent_url:
+        prod = DeepgramClientEnvironment.PRODUCTION
+        env = DeepgramClientEnvironment(base=prod.base, production=prod.production, agent=cfg.agent_url, agent_rest=prod.agent_rest)
+        return AsyncDeepgramClient(api_key=api_key, environment=env)
+    return AsyncDeepgramClient(api_key=api_key)
+
+
+async def probe(cfg: DeepgramProviderConfig, api_key: str) -> None:
+    """Connects and waits for Welcome (no Settings, no audio: nothing is spoken or billed)."""
+    async def welcome() -> None:
+        async with client(cfg, api_key).agent.v1.connect() as sock:
+            while True:
+                msg = await sock.recv()
+                if getattr(msg, "type", None) == "Welcome":
+                    return
+
+    await asyncio.wait_for(welcome(), cfg.connect_timeout_s)

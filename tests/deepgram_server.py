@@ -35,6 +35,7 @@ def tone_ulaw(ms: int, hz: float = 600.0) -> bytes:
 class Behaviour:
     answer_ms: int = 1500
     close_after_turns: int | None = None  # drop the socket (once) after this many answers
+    close_every_turn: bool = False  # drop the socket after every answer (each reconnect is a good session)
     error_after_turns: int | None = None  # send an Error message after this many answers
     function_call: bool = False  # ask the client to run a function before answering
     silent: bool = False  # never answer anything after SettingsApplied (for the watchdog)
@@ -67,12 +68,12 @@ class FakeDeepgram:
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
 
-    async def start(self) -> None:
+    async def start(self, port: int = 0) -> None:
         app = web.Application()
         app.router.add_get("/v1/agent/converse", self._converse)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", port)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
@@ -168,7 +169,7 @@ class FakeDeepgram:
         await self._speak(ws, f"answer {n}", b.answer_ms)
         if b.error_after_turns is not None and turn >= b.error_after_turns:
             await ws.send_json({"type": "Error", "description": "think provider timed out", "code": "THINK_TIMEOUT"})
-        if b.close_after_turns is not None and turn >= b.close_after_turns and not self._closed_once:
+        if b.close_every_turn or (b.close_after_turns is not None and turn >= b.close_after_turns and not self._closed_once):
             self._closed_once = True
             await ws.close()
 

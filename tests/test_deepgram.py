@@ -191,7 +191,15 @@ async def test_a_call_falls_back_when_deepgram_keeps_failing(pbx, tmp_path, deep
         await asyncio.wait_for(rec.finished.wait(), 20)
         assert rec.media.agent_heard_s() > 1.5
         assert any(isinstance(e, CallLog) and "provider now tone" in e.message for e in drain(sub))
-    assert len(deepgram.seen.auth_headers) == 4  # 1 + 3 reconnect attempts
+        # The circuit is open: Deepgram is not ready, and the next caller goes to tone directly.
+        ready = eng.providers["deepgram"].readiness()
+        assert not ready.ready and "HTTP 401" in ready.detail
+        assert eng.health()["status"] == "degraded"
+        nxt = pbx.place_call(str(HELLO), hold_s=0.5)
+        await wait_for(lambda: eng.store.get(nxt.id) is not None, timeout=5)
+        assert eng.store.get(nxt.id).provider.name == "tone"
+        await asyncio.wait_for(nxt.finished.wait(), 10)
+    assert len(deepgram.seen.auth_headers) == 1  # one refused connect: no retries of a session that never was
 
 
 async def test_switching_a_live_call_and_new_calls(pbx, tmp_path, deepgram, api_key):
@@ -215,7 +223,7 @@ def test_api_key_never_appears_in_logs_health_or_check_config(tmp_path):
     r = subprocess.run([sys.executable, "-m", "aiagent_tui.cli", "check-config"], env=env, capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert r.returncode == 0 and secret not in r.stdout + r.stderr
     code = f"""
-import asyncio, json, logging, urllib.request, sys
+import asyncio, json, logging, urllib.error, urllib.request, sys
 sys.path.insert(0, {str(ROOT)!r})
 logging.basicConfig(level=logging.DEBUG)
 from engine.config import load_config
@@ -229,8 +237,13 @@ async def main():
     from tests.conftest import HELLO
     rec = pbx.place_call(str(HELLO), hold_s=2.0)
     await asyncio.wait_for(rec.finished.wait(), 20)
-    body = await asyncio.to_thread(lambda: urllib.request.urlopen(f"http://127.0.0.1:{{eng.health_server.port}}/health").read().decode())
-    body += await asyncio.to_thread(lambda: urllib.request.urlopen(f"http://127.0.0.1:{{eng.health_server.port}}/metrics").read().decode())
+    def fetch(path):  # /health answers 503 here (Deepgram unreachable): its body is read all the same
+        try:
+            return urllib.request.urlopen(f"http://127.0.0.1:{{eng.health_server.port}}" + path).read().decode()
+        except urllib.error.HTTPError as e:
+            return e.read().decode()
+    body = await asyncio.to_thread(fetch, "/health")
+    body += await asyncio.to_thread(fetch, "/metrics")
     print(body)
     await eng.stop(); await pbx.stop()
 asyncio.run(main())

@@ -1,0 +1,81 @@
+"""Item 6 of the fault probe: a cloud provider that is down must not look ready. Deepgram's Voice
+Agent is played by tests/deepgram_server.py; "down" is its port with nothing listening."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from pbxsim.server import Pause, Say, WaitAgent, WaitAgentDone
+from tests.conftest import HELLO, free_port, running_engine, wait_for
+from tests.deepgram_server import API_KEY, Behaviour, FakeDeepgram
+
+
+@pytest.fixture
+def api_key(monkeypatch):
+    monkeypatch.setenv("DEEPGRAM_API_KEY", API_KEY)
+
+
+def dg(url: str, **cfg):
+    def configure(c):
+        c.providers.deepgram.reconnect_initial_s = 0.1
+        c.providers.deepgram.reconnect_max_s = 0.3
+        for k, v in cfg.items():
+            setattr(c.providers.deepgram, k, v)
+
+    return configure
+
+
+async def test_deepgram_down_calls_fall_back_at_once_and_come_back_when_it_does(pbx, tmp_path, api_key):
+    port = free_port()
+    url = f"ws://127.0.0.1:{port}"
+    async with running_engine(pbx, tmp_path, dg(url, circuit_open_s=0.5), AIAGENT_PROVIDER="deepgram",
+                              DEEPGRAM_AGENT_URL=url, AIAGENT_FALLBACK_PROVIDER="echo") as eng:
+        provider = eng.providers["deepgram"]
+        assert provider.readiness().ready and eng.health()["status"] == "ok"  # nothing known yet
+        # The first caller after the outage: one refused connect, then the fallback answers.
+        first = pbx.place_call(script=[Say(str(HELLO)), WaitAgent(0.5), Pause(0.3)])
+        await asyncio.wait_for(first.finished.wait(), 15)
+        assert first.media.agent_heard_s() > 0.5  # the echo of what the caller said
+        health = eng.health()
+        dg_health = health["providers"]["deepgram"]
+        assert health["status"] == "degraded" and not dg_health["ready"] and "Connect" in dg_health["detail"]
+        # Known down: the next callers go straight to the fallback.
+        second = pbx.place_call(str(HELLO), hold_s=0.3)
+        await wait_for(lambda: eng.store.get(second.id) is not None, timeout=5)
+        assert eng.store.get(second.id).provider.name == "echo"
+        await asyncio.wait_for(second.finished.wait(), 10)
+        # Deepgram comes back: the half-open probe closes the circuit, new calls use it again.
+        server = FakeDeepgram()
+        await server.start(port)
+        try:
+            await wait_for(lambda: provider.readiness().ready, timeout=10)
+            assert provider.breaker.successes == 1 and server.seen.settings == []  # the probe said nothing
+            third = pbx.place_call(script=[WaitAgentDone(0.3), Say(str(HELLO)), WaitAgent(0.5), WaitAgentDone(0.3)])
+            await wait_for(lambda: eng.store.get(third.id) is not None, timeout=5)
+            assert eng.store.get(third.id).provider.name == "deepgram"
+            await asyncio.wait_for(third.finished.wait(), 20)
+            assert eng.health()["status"] == "ok"
+        finally:
+            await server.stop()
+    assert pbx.leftovers() == ([], [])
+
+
+async def test_failures_count_afresh_after_each_good_session(pbx, tmp_path, api_key):
+    """A session that drops after every answer is not a provider that keeps failing: with one
+    reconnect allowed, the call survives three drops because each reconnect was a good session."""
+    server = FakeDeepgram(Behaviour(close_every_turn=True, answer_ms=300))
+    await server.start()
+    try:
+        async with running_engine(pbx, tmp_path, dg(server.url, reconnect_attempts=1), AIAGENT_PROVIDER="deepgram",
+                                  DEEPGRAM_AGENT_URL=server.url, AIAGENT_FALLBACK_PROVIDER="echo") as eng:
+            script = [WaitAgentDone(0.3)] + [Say(str(HELLO)), WaitAgent(0.2), WaitAgentDone(0.5)] * 3
+            rec = pbx.place_call(script=script)
+            await wait_for(lambda: eng.store.get(rec.id) is not None, timeout=5)
+            session = eng.store.get(rec.id)
+            await asyncio.wait_for(rec.finished.wait(), 40)
+            assert session.provider.name == "deepgram"  # never fell back
+            assert server.seen.answers == 3 and server.seen.connections == 4
+    finally:
+        await server.stop()
