@@ -20,10 +20,12 @@ from engine.audio import Resampler, pcm16_to_ulaw
 from engine.config import PlaybackConfig
 from engine.media import CallMedia
 from engine.playback_reference import PlaybackReference
+from engine.ratelimit import RateLimitedLog
 from engine.rtp_server import RtpServer
 from engine.sessions import CallSession, PlaybackRef
 
 log = logging.getLogger(__name__)
+_rl = RateLimitedLog(log)  # a full disk fails every file of every call: one line per interval
 
 STREAM_TOKEN = "stream"
 IDLE_FLUSH_S = 0.1  # agent audio that stops without an end-of-speech mark is flushed after this
@@ -128,7 +130,7 @@ class FilePlayback(Downstream):
                 f.write(data)
         except OSError as e:
             self.counters.files_failed += 1
-            log.error("[%s] cannot write playback file %s: %s", self.session.call_id, path, e)
+            _rl.error(f"write-{e.errno}", f"[{self.session.call_id}] cannot write playback file {path}: {e.strerror or e}")
             return
         duration = len(data) / ULAW_BYTES_PER_S
         self.session.playbacks[pid] = PlaybackRef(pid, str(path), duration)
