@@ -96,3 +96,16 @@ async def test_worker_that_crashes_at_once_again_is_shown_failed_and_new_calls_f
         assert not eng.providers["local"].readiness().ready
         assert eng.provider_for_new_call() == "tone"
         assert eng.health()["status"] == "degraded"
+
+
+def test_llama_cpp_is_a_portable_build():
+    """Item 0 (a): the setup's llama.cpp has no AMX and no AVX-512 code at all (its AMX path dies
+    with SIGILL on hosts that advertise AMX), checked on the machine code as well as the flags."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "check_llama_build.py"
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "AVX2" in r.stdout and "no AMX or AVX-512 instruction" in r.stdout
