@@ -1,4 +1,5 @@
-"""Refreshes screenshots/: the main screen with live calls, the help screen, the doctor output.
+"""Refreshes screenshots/: the main screen with live calls, the help screen, the provider picker
+(and its refusal of a provider that is not ready), the doctor output.
 
     python -m aiagent_tui.screenshots [--out screenshots] [--provider local]
 
@@ -18,6 +19,7 @@ from pathlib import Path
 from rich.console import Console
 
 from aiagent_tui.app import AiAgentApp
+from providers.registry import PROVIDER_NAMES
 from engine.config import load_config
 
 
@@ -32,7 +34,7 @@ async def capture(out: Path, provider: str) -> None:
     cfg = load_config(None, env={"ASTERISK_ARI_PORT": str(_free_port()), "RTP_PORT": "0", "HEALTH_PORT": str(_free_port()),
                                  "AIAGENT_MEDIA_DIR": str(media), "AIAGENT_PROVIDER": provider})
     app = AiAgentApp(cfg, sim=True, demo_interval_s=4.0)
-    async with app.run_test(size=(120, 40)) as pilot:
+    async with app.run_test(size=(120, 40), notifications=True) as pilot:
         loop = asyncio.get_running_loop()
         end = loop.time() + 90
 
@@ -49,6 +51,14 @@ async def capture(out: Path, provider: str) -> None:
         await pilot.pause(0.3)
         app.save_screenshot("help.svg", str(out))
         await pilot.press("escape")
+        # the provider picker refusing one that is not ready (no DEEPGRAM_API_KEY here)
+        await pilot.press("p")
+        await pilot.pause(0.3)
+        app.save_screenshot("provider.svg", str(out))
+        current = sorted(PROVIDER_NAMES).index(app.engine.default_provider)
+        await pilot.press(*["up"] * current, "enter")  # to deepgram, the first
+        await pilot.pause(0.5)
+        app.save_screenshot("provider-refused.svg", str(out))
         # doctor, against the simulator this app runs
         from aiagent_tui import doctor
 
@@ -68,7 +78,7 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     asyncio.run(capture(out, args.provider))
-    print(f"wrote {out}/main.svg, help.svg, doctor.svg")
+    print(f"wrote {out}/main.svg, help.svg, provider.svg, provider-refused.svg, doctor.svg")
     return 0
 
 

@@ -51,6 +51,8 @@ class HeaderBar(Pane):
             f"  │  {health['downstream_mode']} playback  │  health {health['health_url']}  metrics {health['metrics_url']}",
             style="dim",
         )
+        if health["problems"]:  # a component or model worker down outranks the counters
+            line2 = Text("⚠ " + "  │  ".join(health["problems"]), style="bold red")
         self.show_content(Group(line1, line2))
 
 

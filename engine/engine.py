@@ -254,6 +254,11 @@ class Engine:
             "default_provider": self.default_provider,
             "providers": {name: {"ready": r.ready, "detail": r.detail} for name, r in readiness.items()},
             "downstream_mode": self.config.playback.downstream_mode,
+            # What an operator must look at now: components and model workers that are not running.
+            "problems": [
+                f"{c['name']} {c['state']}" + (f": {c['last_error']}" if c["last_error"] else "")
+                for c in self.components() if c["state"] not in ("running", "up")
+            ],
         }
 
     def components(self) -> list[dict[str, Any]]:
