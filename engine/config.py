@@ -120,7 +120,7 @@ class LocalProviderConfig(_Section):
     tts_cache_size: int = Field(128, ge=0, le=100000)  # synthesized sentences kept
     max_queue: int = Field(16, ge=1, le=1000)  # model jobs waiting before new ones are refused
     # A model worker process with work but no progress this long is hung: killed and restarted.
-    worker_hang_timeout_s: float = Field(30.0, gt=0, le=3600)
+    worker_hang_timeout_s: float = Field(10.0, gt=0, le=3600)
     # Said when a turn is lost to a model worker that crashed or hung (it is being restarted).
     apology: str = "Sorry, I lost my train of thought. Could you say that again?"
 
