@@ -278,7 +278,7 @@ class Bench:
         await self.until(lambda: llm.depth == 1, 30)
         os.kill(llm.pid, signal.SIGKILL)
         t0 = time.monotonic()
-        await self.until(lambda: llm.state == "up" and llm.restarts == 1, 60)
+        await self.until(lambda: llm.state == "running" and llm.restarts == 1, 60)
         restart_s = time.monotonic() - t0
         rec = await self.recovery(time.monotonic())
         lost, left = await self.outcome(ids, 90)

@@ -21,7 +21,7 @@ from engine.metrics import EngineMetrics
 from engine.rtp_server import RtpServer
 from engine.sessions import SessionStore
 from engine.supervisor import Supervisor
-from providers.base import Provider, Readiness
+from providers.base import ComponentStatus, Provider, Readiness
 from providers.registry import PROVIDER_NAMES, build_provider
 
 log = logging.getLogger(__name__)
@@ -256,23 +256,16 @@ class Engine:
             "downstream_mode": self.config.playback.downstream_mode,
             # What an operator must look at now: components and model workers that are not running.
             "problems": [
-                f"{c['name']} {c['state']}" + (f": {c['last_error']}" if c["last_error"] else "")
-                for c in self.components() if c["state"] not in ("running", "up")
+                f"{c.name} {c.state}" + (f": {c.last_error}" if c.last_error else "")
+                for c in self.components() if not c.ok
             ],
         }
 
-    def components(self) -> list[dict[str, Any]]:
-        """Every long-lived part of the engine and its model workers, with their failures."""
-        out = [
-            {"name": c.name, "state": c.state, "restarts": c.restarts, "errors": c.errors, "last_error": c.last_error}
-            for c in self.supervisor.status()
-        ]
+    def components(self) -> list[ComponentStatus]:
+        """Every long-lived part of the engine and its providers' model workers, with their failures."""
+        out = self.supervisor.status()
         for p in self.providers.values():
-            out += [
-                {"name": f"{p.name}-{w.name}-worker", "state": w.state, "pid": w.pid, "restarts": w.restarts,
-                 "jobs": w.jobs, "depth": w.depth, "last_error": w.last_error}
-                for w in p.workers()
-            ]
+            out += [dataclasses.replace(w, name=f"{p.name}-{w.name}-worker") for w in p.workers()]
         return out
 
     def health(self) -> dict[str, Any]:
@@ -280,7 +273,7 @@ class Engine:
         snapshots = self.store.snapshots()
         return {
             **self.summary(),
-            "components": self.components(),
+            "components": [dataclasses.asdict(c) for c in self.components()],
             "ari": {
                 "malformed_events": self.events.malformed_events,
                 "handler_errors": self.events.handler_errors,

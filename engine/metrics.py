@@ -49,8 +49,8 @@ class EngineCollector:
         comp = GaugeMetricFamily("ai_agent_component_up", "1 while an engine component or model worker runs", labels=["component"])
         restarts = CounterMetricFamily("ai_agent_component_restarts", "Restarts of an engine component or model worker", labels=["component"])
         for co in e.components():
-            comp.add_metric([co["name"]], int(co["state"] in ("running", "up")))
-            restarts.add_metric([co["name"]], co["restarts"])
+            comp.add_metric([co.name], int(co.ok))
+            restarts.add_metric([co.name], co.restarts)
         yield comp
         yield restarts
         loss = GaugeMetricFamily("ai_agent_rtp_loss_ratio", "Inbound RTP loss per call", labels=["call_id"])

@@ -5,30 +5,42 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
+from typing import Callable, Hashable
+
+
+class _Window:
+    """Admits one event per key per interval and counts the rest."""
+
+    def __init__(self, interval_s: float, clock: Callable[[], float]) -> None:
+        self.interval_s = interval_s
+        self._clock = clock
+        self._last: dict[Hashable, float] = {}
+        self._held: dict[Hashable, int] = {}
+
+    def admit(self, key: Hashable) -> str | None:
+        """None: hold this one back. Otherwise a suffix saying how many were held ('' for none)."""
+        now = self._clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval_s:
+            self._held[key] = self._held.get(key, 0) + 1
+            return None
+        self._last[key] = now
+        held = self._held.pop(key, 0)
+        return f" ({held} more like this in the last {now - last:.0f} s not logged)" if held and last is not None else ""
 
 
 class RateLimitedLog:
     def __init__(self, logger: logging.Logger, interval_s: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
         self._log = logger
-        self.interval_s = interval_s
-        self._clock = clock
-        self._last: dict[str, float] = {}
-        self._held: dict[str, int] = {}
+        self._window = _Window(interval_s, clock)
 
     def log(self, level: int, kind: str, message: str, exc_info: BaseException | None = None) -> bool:
         """Logs ``message`` unless a line of this kind went out less than an interval ago (then it
         is counted, and the next line of the kind says how many were held back). True if logged."""
-        now = self._clock()
-        last = self._last.get(kind)
-        if last is not None and now - last < self.interval_s:
-            self._held[kind] = self._held.get(kind, 0) + 1
+        suffix = self._window.admit(kind)
+        if suffix is None:
             return False
-        self._last[kind] = now
-        held = self._held.pop(kind, 0)
-        if held:
-            message += f" ({held} more like this in the last {now - last:.0f} s not logged)"  # type: ignore[operator]
-        self._log.log(level, message, exc_info=exc_info)
+        self._log.log(level, message + suffix, exc_info=exc_info)
         return True
 
     def warning(self, kind: str, message: str, exc_info: BaseException | None = None) -> bool:
@@ -44,20 +56,12 @@ class RateLimitFilter(logging.Filter):
 
     def __init__(self, interval_s: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
-        self.interval_s = interval_s
-        self._clock = clock
-        self._last: dict[tuple[str, object], float] = {}
-        self._held: dict[tuple[str, object], int] = {}
+        self._window = _Window(interval_s, clock)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        key = (record.name, record.msg)
-        now = self._clock()
-        last = self._last.get(key)
-        if last is not None and now - last < self.interval_s:
-            self._held[key] = self._held.get(key, 0) + 1
+        suffix = self._window.admit((record.name, record.msg))
+        if suffix is None:
             return False
-        self._last[key] = now
-        held = self._held.pop(key, 0)
-        if held:
-            record.msg = f"{record.msg} ({held} more like this in the last {now - last:.0f} s not logged)"  # type: ignore[operator]
+        if suffix:
+            record.msg = f"{record.msg}{suffix}"
         return True

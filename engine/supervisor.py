@@ -16,19 +16,22 @@ from typing import Awaitable, Callable
 
 from engine.backoff import Backoff
 from engine.ratelimit import RateLimitedLog
+from providers.base import ComponentStatus
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
-class ComponentStatus:
+class _Component:
     name: str
     state: str = "running"  # running | restarting | failed | stopped
     restarts: int = 0
     errors: int = 0  # failures seen, restarted or recovered from
     last_error: str | None = None
-    last_error_at: float | None = None  # wall clock
-    _recent: list[float] = field(default_factory=list, repr=False)  # monotonic times of failures
+    recent: list[float] = field(default_factory=list)  # monotonic times of failures
+
+    def status(self) -> ComponentStatus:
+        return ComponentStatus(self.name, self.state, self.restarts, self.errors, self.last_error)
 
 
 class Supervisor:
@@ -45,12 +48,12 @@ class Supervisor:
         self.window_s = window_s
         self._backoff = backoff
         self._clock = clock
-        self.components: dict[str, ComponentStatus] = {}
+        self.components: dict[str, _Component] = {}
         self._tasks: dict[str, asyncio.Task] = {}
         self._rl = RateLimitedLog(log)
 
     def status(self) -> list[ComponentStatus]:
-        return list(self.components.values())
+        return [c.status() for c in self.components.values()]
 
     @property
     def healthy(self) -> bool:
@@ -59,7 +62,7 @@ class Supervisor:
     # ---- tasks
     def start(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
         """Runs ``run()`` for as long as the engine runs; it is not meant to return."""
-        self.components[name] = ComponentStatus(name)
+        self.components[name] = _Component(name)
         self._tasks[name] = asyncio.create_task(self._own(name, run), name=name)
 
     async def _own(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
@@ -79,16 +82,15 @@ class Supervisor:
             await asyncio.sleep(backoff.next_delay())
             comp.restarts += 1
 
-    def _failed(self, comp: ComponentStatus, e: BaseException, then: str) -> bool:
+    def _failed(self, comp: _Component, e: BaseException, then: str) -> bool:
         """Records a failure; True if it was one too many (the component is then failed)."""
         now = self._clock()
         comp.errors += 1
         comp.last_error = f"{e.__class__.__name__}: {e}"
-        comp.last_error_at = time.time()
-        comp._recent = [t for t in comp._recent if now - t < self.window_s] + [now]
-        if len(comp._recent) > self.max_failures:
+        comp.recent = [t for t in comp.recent if now - t < self.window_s] + [now]
+        if len(comp.recent) > self.max_failures:
             comp.state = "failed"
-            log.critical("%s failed %d times in %.0f s, giving up: %s", comp.name, len(comp._recent), self.window_s, comp.last_error, exc_info=e)
+            log.critical("%s failed %d times in %.0f s, giving up: %s", comp.name, len(comp.recent), self.window_s, comp.last_error, exc_info=e)
             self._on_fatal(f"{comp.name} keeps failing: {comp.last_error}")
             return True
         comp.state = then
@@ -98,15 +100,14 @@ class Supervisor:
 
     # ---- callbacks
     def register(self, name: str) -> None:
-        self.components.setdefault(name, ComponentStatus(name))
+        self.components.setdefault(name, _Component(name))
 
     def report(self, name: str, e: BaseException) -> None:
         """A callback component caught ``e`` and recovered (dropped the packet, re-armed its timer).
         Counted and shown, never fatal: a packet that trips a bug must not end every call."""
-        comp = self.components.setdefault(name, ComponentStatus(name))
+        comp = self.components.setdefault(name, _Component(name))
         comp.errors += 1
         comp.last_error = f"{e.__class__.__name__}: {e}"
-        comp.last_error_at = time.time()
         self._rl.error(name, f"{name}: {comp.last_error}; recovered", exc_info=e)
 
     async def stop(self) -> None:

@@ -88,16 +88,21 @@ class Readiness:
 
 
 @dataclass(slots=True, frozen=True)
-class WorkerStatus:
-    """A provider's model worker process, for /health."""
+class ComponentStatus:
+    """A long-lived part of the engine, or a provider's model worker process, for /health."""
 
     name: str
-    state: str  # starting | up | restarting | failed | stopped
-    pid: int | None
-    restarts: int
-    jobs: int
-    depth: int  # jobs waiting or running
-    last_error: str | None
+    state: str  # starting | running | restarting | failed | stopped
+    restarts: int = 0
+    errors: int = 0  # failures seen (restarted, or recovered from in place)
+    last_error: str | None = None
+    pid: int | None = None  # a process of its own
+    jobs: int | None = None  # a model worker: jobs served
+    depth: int | None = None  # a model worker: jobs waiting or running
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "running"
 
 
 class ProviderCall(ABC):
@@ -147,9 +152,9 @@ class Provider(ABC):
 
     def queue_depths(self) -> dict[str, int]:
         """Model jobs waiting or running, per model (for /metrics)."""
-        return {w.name: w.depth for w in self.workers()}
+        return {w.name: w.depth or 0 for w in self.workers()}
 
-    def workers(self) -> list[WorkerStatus]:
+    def workers(self) -> list[ComponentStatus]:
         """The provider's model worker processes (for /health and /metrics)."""
         return []
 

@@ -27,7 +27,7 @@ from providers.base import (
     Transcript,
     TurnMark,
     UtteranceCollector,
-    WorkerStatus,
+    ComponentStatus,
 )
 from providers.local.models import JOE_VOICE, SMOLLM2, ModelNotFound, resolve
 from providers.local.sentences import SentenceSplitter
@@ -318,7 +318,7 @@ class LocalProvider(Provider):
         assert self.models is not None, "load() first"
         return LocalCall(ctx, emit, self.models, self.cfg)
 
-    def workers(self) -> list[WorkerStatus]:
+    def workers(self) -> list[ComponentStatus]:
         return [w.status() for w in self.models.workers] if self.models is not None else []
 
     async def close(self) -> None:

@@ -13,12 +13,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import pickle
 import signal
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from providers.base import WorkerStatus
+from providers.base import ComponentStatus
 from providers.local.worker_process import _LEN, encode
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ class ModelWorker:
     max_queue: int
     hang_timeout_s: float = 60.0
     load_timeout_s: float = 300.0
-    state: str = "starting"  # starting | up | restarting | failed | stopped
+    state: str = "starting"  # starting | running | restarting | failed | stopped
     detail: str = ""  # what the process reported when it loaded
     restarts: int = 0
     jobs: int = 0
@@ -70,8 +71,8 @@ class ModelWorker:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
-    def status(self) -> WorkerStatus:
-        return WorkerStatus(self.name, self.state, self.pid, self.restarts, self.jobs, self.depth, self.last_error)
+    def status(self) -> ComponentStatus:
+        return ComponentStatus(self.name, self.state, self.restarts, self.restarts, self.last_error, self.pid, self.jobs, self.depth)
 
     # ---- lifecycle
     async def start(self) -> None:
@@ -144,8 +145,6 @@ class ModelWorker:
         log.error("%s model worker (pid %d) ended: %s; %d job(s) lost, restarting", self.name, proc.pid, self.last_error, self.depth)
 
     async def _read(self, stdout: asyncio.StreamReader, loop: asyncio.AbstractEventLoop) -> None:
-        import pickle
-
         while True:
             try:
                 head = await stdout.readexactly(_LEN.size)
@@ -156,7 +155,7 @@ class ModelWorker:
             kind = msg[0]
             if kind == "ready":
                 self.detail = str(msg[1])
-                self.state = "up"
+                self.state = "running"
                 self.last_error = None if self.restarts == 0 else self.last_error
                 self._ready.set()
                 log.info("%s model worker up (pid %s): %s", self.name, self.pid, self.detail)
@@ -200,7 +199,7 @@ class ModelWorker:
         Cancelling the caller cancels the job in the worker (it stops at its next step)."""
         if self.depth >= self.max_queue:
             raise QueueFull(f"{self.name}: {self.depth} jobs already queued")
-        if self.state != "up" or self._proc is None or self._proc.stdin is None:
+        if self.state != "running" or self._proc is None or self._proc.stdin is None:
             raise WorkerCrashed(f"{self.name} model worker is {self.state} ({self.last_error or 'no detail'})")
         job_id = next(self._ids)
         fut = asyncio.get_running_loop().create_future()

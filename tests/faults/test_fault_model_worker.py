@@ -45,9 +45,9 @@ async def test_llm_worker_killed_mid_answer_the_call_carries_on(pbx, tmp_path):
         await asyncio.sleep(0.1)
         assert llm.depth == 1
         os.kill(first_pid, signal.SIGKILL)
-        await wait_for(lambda: llm.state == "up" and llm.pid != first_pid, timeout=60)
+        await wait_for(lambda: llm.state == "running" and llm.pid != first_pid, timeout=60)
         w = worker(eng, "llm")
-        assert w["restarts"] == 1 and w["last_error"] == "killed by SIGKILL" and w["state"] == "up"
+        assert w["restarts"] == 1 and w["last_error"] == "killed by SIGKILL" and w["state"] == "running"
         await asyncio.wait_for(rec.finished.wait(), 90)
         lines = agent_lines(sub)
     assert APOLOGY in lines, lines
@@ -85,7 +85,7 @@ async def test_worker_that_crashes_at_once_again_is_shown_failed_and_new_calls_f
         models = eng.providers["local"].models
         tts = models.tts
         for _ in range(7):
-            await wait_for(lambda: tts.state in ("up", "failed"), timeout=60, interval=0.05)
+            await wait_for(lambda: tts.state in ("running", "failed"), timeout=60, interval=0.05)
             if tts.state == "failed":
                 break
             try:
