@@ -106,7 +106,7 @@ def main() -> int:
     fd, max_age_s, max_in_flight = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)-7s health-http %(name)s: %(message)s")
     for name in ("aiohttp.server", "aiohttp.web"):  # one line per kind of bad request per interval
-        logging.getLogger(name).addFilter(RateLimitFilter())
+        logging.getLogger(name).addFilter(RateLimitFilter(client_faults=True))
     sock = socket.socket(fileno=fd)
     asyncio.run(Server(sock, max_age_s, max_in_flight).run())
     return 0

@@ -54,14 +54,23 @@ class RateLimitFilter(logging.Filter):
     """The same for a library's own logger (aiohttp's per-request errors): one record per logger
     and message template per interval; the next one carries the count."""
 
-    def __init__(self, interval_s: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, interval_s: float = 10.0, clock: Callable[[], float] = time.monotonic, client_faults: bool = False) -> None:
         super().__init__()
         self._window = _Window(interval_s, clock)
+        # client_faults: what is logged is a client's bad request, not our error: a one-line
+        # warning with the exception's message, no traceback.
+        self._client_faults = client_faults
 
     def filter(self, record: logging.LogRecord) -> bool:
         suffix = self._window.admit((record.name, record.msg))
         if suffix is None:
             return False
+        if self._client_faults and record.exc_info and record.exc_info[1] is not None:
+            text = " ".join(str(record.exc_info[1]).split())[:200]
+            record.msg = f"{record.getMessage()}: {record.exc_info[1].__class__.__name__}: {text}"
+            record.args = None
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
         if suffix:
             record.msg = f"{record.msg}{suffix}"
         return True

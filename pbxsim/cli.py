@@ -39,7 +39,12 @@ async def _serve(args: argparse.Namespace) -> int:
     from pbxsim.server import SimPBX
 
     pbx = SimPBX(username=args.username, password=args.password, rtp_host=args.host, rtp_start=args.rtp_start, rtp_end=args.rtp_end)
-    await pbx.start(args.host, args.port)
+    try:
+        await pbx.start(args.host, args.port)
+    except OSError as e:
+        await pbx.stop()
+        print(f"aiagent-sim: cannot serve ARI on {args.host}:{args.port}/tcp: {e.strerror or e}; choose another with --port", file=sys.stderr)
+        return 1
     print(f"aiagent-sim: ARI on http://{args.host}:{pbx.port}/ari (user {args.username}); dialplan equivalent: Stasis({args.app})", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

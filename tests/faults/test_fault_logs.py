@@ -52,3 +52,15 @@ async def test_a_failing_media_dir_is_one_line_not_one_per_file(pbx, tmp_path, c
         assert all(c.report(pbx)["ended_by"] == "caller" for c in calls)
     lines = [r for r in caplog.records if "cannot write playback file" in r.getMessage()]
     assert len(lines) == 1
+
+
+def test_a_clients_bad_request_is_a_one_line_warning():
+    f = RateLimitFilter(10, clock=lambda: 0.0, client_faults=True)
+    try:
+        raise ValueError("Invalid character in Content-Length:\n\n  b'Content-Length: zz'\n")
+    except ValueError as e:
+        exc = (ValueError, e, e.__traceback__)
+    r = logging.LogRecord("aiohttp.server", logging.ERROR, "", 0, "Error handling request from %s", ("127.0.0.1",), exc)
+    assert f.filter(r)
+    assert r.levelno == logging.WARNING and r.exc_info is None
+    assert r.getMessage() == "Error handling request from 127.0.0.1: ValueError: Invalid character in Content-Length: b'Content-Length: zz'"
