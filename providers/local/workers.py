@@ -92,10 +92,6 @@ class ModelWorker:
             await asyncio.gather(self._task, return_exceptions=True)
         self._kill()
 
-    def kill(self) -> None:
-        """SIGKILL the process (for a hang, and for tests); the supervisor restarts it."""
-        self._kill()
-
     def _kill(self) -> None:
         if self._proc is not None and self._proc.returncode is None:
             try:
@@ -156,7 +152,6 @@ class ModelWorker:
             if kind == "ready":
                 self.detail = str(msg[1])
                 self.state = "running"
-                self.last_error = None if self.restarts == 0 else self.last_error
                 self._ready.set()
                 log.info("%s model worker up (pid %s): %s", self.name, self.pid, self.detail)
                 continue
@@ -177,15 +172,24 @@ class ModelWorker:
                     job.future.set_exception(RuntimeError(f"{self.name} model: {msg[2]}"))
 
     async def _watch_hang(self, loop: asyncio.AbstractEventLoop, proc: asyncio.subprocess.Process) -> None:
+        """Kills a process that has work and shows no progress, or that does not finish loading."""
+        started = loop.time()
         while True:
             await asyncio.sleep(min(1.0, self.hang_timeout_s / 4))
-            if self._pending and self._ready.is_set() and loop.time() - self._last_progress > self.hang_timeout_s:
-                self.last_error = f"hung: no progress for {self.hang_timeout_s:.0f} s, killed"
-                log.error("%s model worker (pid %d) %s", self.name, proc.pid, self.last_error)
+            now = loop.time()
+            if self.state != "running":
+                hung = now - started > self.load_timeout_s
+                why = f"hung: not loaded after {self.load_timeout_s:.0f} s, killed"
+            else:
+                hung = bool(self._pending) and now - self._last_progress > self.hang_timeout_s
+                why = f"hung: no progress for {self.hang_timeout_s:.0f} s, killed"
+            if hung:
+                self.last_error = why
+                log.error("%s model worker (pid %d) %s", self.name, proc.pid, why)
                 self._kill()
                 return
             if not self._pending:
-                self._last_progress = loop.time()
+                self._last_progress = now
 
     def _fail_pending(self, why: str) -> None:
         pending, self._pending = self._pending, {}
