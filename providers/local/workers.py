@@ -90,7 +90,12 @@ class ModelWorker:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        self._kill()
+        if self._proc is not None:
+            self._kill()
+            try:
+                await asyncio.wait_for(self._proc.wait(), 5)  # reaped before the loop goes
+            except TimeoutError:
+                log.warning("%s model worker (pid %d) did not exit after SIGKILL", self.name, self._proc.pid)
 
     def _kill(self) -> None:
         if self._proc is not None and self._proc.returncode is None:
@@ -131,9 +136,17 @@ class ModelWorker:
         proc.stdin.write(encode((self.name, self.config)))
         watchdog = asyncio.create_task(self._watch_hang(loop, proc))
         try:
-            await self._read(proc.stdout, loop)
+            await self._read(proc.stdout, loop)  # until its stdout closes: it ended, or is ending
+        except BaseException:
+            self._kill()
+            raise
         finally:
             watchdog.cancel()
+        # No kill() for a process that is exiting: Popen's kill polls first, and that poll could
+        # reap the child before asyncio's watcher does (which then reports status 255).
+        try:
+            code = await asyncio.wait_for(proc.wait(), 5)
+        except TimeoutError:  # closed its stdout but lives on
             self._kill()
             code = await proc.wait()
         if self.last_error is None or not self.last_error.startswith("hung"):
