@@ -55,6 +55,7 @@ async def test_llm_worker_killed_mid_answer_the_call_carries_on(pbx, tmp_path):
     assert after and all(line != APOLOGY for line in after), lines  # the next question got a real answer
     report = rec.report(pbx)
     assert report["ended_by"] == "caller" and report["hangup_clean"]
+    assert pbx.leftovers() == ([], [])
 
 
 async def test_hung_worker_is_killed_and_restarted(pbx, tmp_path):

@@ -32,6 +32,7 @@ async def test_one_forged_packet_costs_no_genuine_audio(pbx, tmp_path):
     # Everything the caller said was passed on: the echo returned all of it.
     report = rec.report(pbx)
     assert report["agent_audio_seconds"] > 5.3, report
+    assert report["hangup_clean"] and pbx.leftovers() == ([], [])
 
 
 async def test_a_flood_that_fills_the_buffer_shows_as_kernel_drops(pbx, tmp_path):
