@@ -39,8 +39,9 @@ async def test_a_burst_of_requests_costs_the_engine_one_render_per_window(pbx, t
             statuses = await asyncio.gather(*(one("/health" if i % 2 else "/metrics") for i in range(400)))
             elapsed = time.monotonic() - t0
         assert set(statuses) <= {200, 503} and statuses.count(200) >= 200
-        windows = int(elapsed / eng.health_server.max_age_s) + 1
+        windows = int(elapsed / eng.health_server.max_age_s) + 2  # a burst straddles window edges
         assert eng.health_server.renders - renders <= 2 * windows, (eng.health_server.renders - renders, elapsed)
+        assert eng.health_server.renders - renders < 20  # not one per request
 
 
 async def test_the_http_process_is_restarted_when_it_dies(pbx, tmp_path):

@@ -42,8 +42,6 @@ async def test_llm_worker_killed_mid_answer_the_call_carries_on(pbx, tmp_path):
             Say(str(HELLO)), WaitAgent(0.5, 30), WaitAgentDone(0.8, 30),
         ])
         await wait_for(lambda: llm.depth == 1, timeout=30, interval=0.005)  # the answer is being generated
-        await asyncio.sleep(0.1)
-        assert llm.depth == 1
         os.kill(first_pid, signal.SIGKILL)
         await wait_for(lambda: llm.state == "running" and llm.pid != first_pid, timeout=60)
         w = worker(eng, "llm")
