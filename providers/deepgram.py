@@ -92,6 +92,14 @@ class DeepgramCall(ProviderCall):
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"deepgram-{self.ctx.call_id}")
+        self._task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task) -> None:
+        """The session task is this call's: if it dies of a bug, the call moves to the fallback."""
+        if task.cancelled() or (e := task.exception()) is None:
+            return
+        log.error("[%s] Deepgram session task failed: %s", self.ctx.call_id, e, exc_info=e)
+        self._emit(ProviderError(f"Deepgram session failed: {e.__class__.__name__}: {e}", fatal=True))
 
     # ---- caller audio
     def send_audio(self, pcm16: bytes) -> None:
@@ -132,7 +140,7 @@ class DeepgramCall(ProviderCall):
                     self._emit(ProviderError(f"Deepgram unavailable ({why})", fatal=True))
                     return
                 if self._failures > self.cfg.reconnect_attempts:
-                    self._emit(ProviderError(f"Deepgram unavailable after {failures} attempts ({why})", fatal=True))
+                    self._emit(ProviderError(f"Deepgram unavailable after {self._failures} attempts ({why})", fatal=True))
                     return
                 delay = backoff.next_delay()
                 log.warning("[%s] Deepgram session lost (%s); reconnecting in %.1fs", self.ctx.call_id, why, delay)

@@ -79,3 +79,24 @@ async def test_failures_count_afresh_after_each_good_session(pbx, tmp_path, api_
             assert server.seen.answers == 3 and server.seen.connections == 4
     finally:
         await server.stop()
+
+
+async def test_deepgram_gone_mid_call_moves_the_call_to_the_fallback(pbx, tmp_path, api_key, caplog):
+    """A good session, then Deepgram goes away for good: after reconnect_attempts the call is
+    handed to the fallback, which answers the caller's next words."""
+    server = FakeDeepgram(Behaviour(close_after_turns=1, answer_ms=300))
+    await server.start()
+    async with running_engine(pbx, tmp_path, dg(server.url, reconnect_attempts=2), AIAGENT_PROVIDER="deepgram",
+                              DEEPGRAM_AGENT_URL=server.url, AIAGENT_FALLBACK_PROVIDER="echo") as eng:
+        rec = pbx.place_call(script=[WaitAgentDone(0.3), Say(str(HELLO)), WaitAgent(0.2), WaitAgentDone(0.5),
+                                     Pause(3.0), Say(str(HELLO)), WaitAgent(0.5), Pause(0.5)])
+        await wait_for(lambda: server.seen.answers == 1, timeout=15)
+        await server.stop()  # gone: every reconnect is refused
+        await wait_for(lambda: (s := eng.store.get(rec.id)) is not None and s.provider.name == "echo", timeout=15)
+        await asyncio.wait_for(rec.finished.wait(), 30)
+        assert rec.report(pbx)["ended_by"] == "caller"
+        assert not eng.providers["deepgram"].readiness().ready  # the failed reconnects opened the circuit
+    assert pbx.leftovers() == ([], [])
+    # Handed over by the reconnect limit, not rescued from a crashed session task.
+    assert not [r for r in caplog.records if "session task failed" in r.getMessage()]
+    assert any("Deepgram unavailable after 3 attempts" in r.getMessage() for r in caplog.records)
