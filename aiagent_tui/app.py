@@ -14,6 +14,7 @@ from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical
+from textual.coordinate import Coordinate
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, OptionList, RichLog, Static
 from textual.widgets.option_list import Option
@@ -123,7 +124,7 @@ class AiAgentApp(App):
     def compose(self) -> ComposeResult:
         yield HeaderBar("starting…", id="header")
         with Horizontal(id="body"):
-            table = DataTable(id="calls", cursor_type="row", zebra_stripes=True)
+            table: DataTable = DataTable(id="calls", cursor_type="row", zebra_stripes=True)
             table.border_title = "calls"
             yield table
             with Grid(id="panes"):
@@ -254,7 +255,7 @@ class AiAgentApp(App):
         """The call list, twice a second: redrawing 50 rows is the costliest thing on screen."""
         assert self.engine is not None
         rows = {r.call_id: r for r in self.engine.store.summaries()}
-        for key in [k.value for k in list(table.rows)]:
+        for key in [k.value for k in list(table.rows) if k.value is not None]:
             if key not in rows:
                 table.remove_row(key)
                 self._shown.pop(key, None)
@@ -264,12 +265,12 @@ class AiAgentApp(App):
             if shown is None:
                 table.add_row(*row, key=cid)
             elif shown != row:  # touch only what changed: with many calls this is most of the cost
-                for col, old, new in zip(("caller", "state", "time", "provider"), shown, row):
+                for col, old, new in zip(("caller", "state", "time", "provider"), shown, row, strict=True):
                     if old != new:
                         table.update_cell(cid, col, new)
             self._shown[cid] = row
         if table.row_count and (self.selected not in rows):
-            self.selected = table.coordinate_to_cell_key((table.cursor_row, 0)).row_key.value if table.cursor_row < table.row_count else None
+            self.selected = table.coordinate_to_cell_key(Coordinate(table.cursor_row, 0)).row_key.value if table.cursor_row < table.row_count else None
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         if event.row_key is not None:
@@ -338,7 +339,10 @@ class AiAgentApp(App):
         cid = self._need_call()
         if cid is None or self.engine is None:
             return
-        snap = self.engine.store.get(cid).snapshot()
+        session = self.engine.store.get(cid)
+        if session is None:
+            return
+        snap = session.snapshot()
         path = self.dump_dir / f"call-{cid}-{time.strftime('%Y%m%d-%H%M%S')}.json"
         path.write_text(json.dumps(dataclasses.asdict(snap), indent=2, default=str))
         self.notify(f"dumped to {path}")

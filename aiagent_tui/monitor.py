@@ -33,7 +33,7 @@ class AudioMonitor:
         self.call_id = call_id
         self.device = str(info.get("name", "default output"))
         self._lock = threading.Lock()
-        self._queues = {"caller": deque(), "agent": deque()}
+        self._queues: dict[str, deque[np.ndarray]] = {"caller": deque(), "agent": deque()}
         self._resamplers: dict[tuple[str, int], Resampler] = {}
         try:
             self._stream = sd.OutputStream(samplerate=RATE, channels=1, dtype="int16", callback=self._play)

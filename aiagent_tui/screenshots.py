@@ -41,7 +41,7 @@ async def capture(out: Path, provider: str) -> None:
         def ready() -> bool:
             snaps = app.engine.store.snapshots() if app.engine else []
             sel = next((s for s in snaps if s.call_id == app.selected), None)
-            return len(snaps) >= 2 and sel is not None and sel.turns and {t.role for t in sel.transcript} == {"caller", "agent"}
+            return len(snaps) >= 2 and sel is not None and bool(sel.turns) and {t.role for t in sel.transcript} == {"caller", "agent"}
 
         while not ready() and loop.time() < end:
             await pilot.pause(0.2)
@@ -55,6 +55,7 @@ async def capture(out: Path, provider: str) -> None:
         await pilot.press("p")
         await pilot.pause(0.3)
         app.save_screenshot("provider.svg", str(out))
+        assert app.engine is not None
         current = sorted(PROVIDER_NAMES).index(app.engine.default_provider)
         await pilot.press(*["up"] * current, "enter")  # to deepgram, the first
         await pilot.pause(0.5)

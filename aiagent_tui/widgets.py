@@ -150,7 +150,7 @@ class TimelinePane(Pane):
         scale = 30 / max(2.0, max((t.latency_s or 0) for t in c.turns[-5:]))
         for i, t in enumerate(c.turns[-5:], 1):
             out.append(f"#{i} ")
-            for name, a, b, colour in STAGES:
+            for _name, a, b, colour in STAGES:
                 ta, tb = getattr(t, a), getattr(t, b)
                 if ta is not None and tb is not None:
                     out.append("█" * max(1, int((tb - ta) * scale)), style=colour)

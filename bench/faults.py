@@ -104,7 +104,7 @@ class Bench:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             cid = await self.call([{"say": HELLO}, {"pause": 0.3}])
-            ok = await self.until(lambda: (s := self.eng.store.get(cid)) is not None and s.state.value == "streaming", 5)
+            ok = await self.until(lambda cid=cid: (s := self.eng.store.get(cid)) is not None and s.state.value == "streaming", 5)
             if ok:
                 return time.monotonic() - since
             await asyncio.sleep(0.1)

@@ -91,7 +91,7 @@ def stage_alone(cfg: LocalProviderConfig, prompts: list[str]) -> list[float]:
         splitter, first = SentenceSplitter(), []
         done = threading.Event()
 
-        def on_text(piece: str) -> None:
+        def on_text(piece: str, first: list[str] = first, splitter: SentenceSplitter = splitter, done: threading.Event = done) -> None:
             if not first:
                 first.extend(splitter.feed(piece))
                 if first:
@@ -132,7 +132,7 @@ async def main_async(args: argparse.Namespace) -> None:
         sim_url = f"http://127.0.0.1:{port}"
         prompts = [PROMPTS[i % len(PROMPTS)] for i in range(args.turns)]
         turns = await run_turns(eng, sim_url, prompts, 1)
-        for text, t in turns[:3]:
+        for text, _ in turns[:3]:
             print(f"  heard: {text!r}")
         await eng.stop()
         alone = await asyncio.to_thread(stage_alone, eng.config.providers.local, prompts)

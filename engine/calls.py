@@ -76,7 +76,7 @@ class CallHandle:
     tasks: set[asyncio.Task] = field(default_factory=set)
 
     def spawn(self, coro) -> asyncio.Task:
-        task = asyncio.create_task(coro)
+        task = asyncio.create_task(coro, name=getattr(coro, "__qualname__", None))
         self.tasks.add(task)
         task.add_done_callback(self._done)
         return task
@@ -86,7 +86,7 @@ class CallHandle:
         if not task.cancelled() and (e := task.exception()) is not None:
             # The call owns its tasks: a failed one is its error, logged with the traceback.
             self.session.task_errors += 1
-            log.error("[%s] call task %s failed: %s", self.session.call_id, task.get_coro().__qualname__, e, exc_info=e)
+            log.error("[%s] call task %s failed: %s", self.session.call_id, task.get_name(), e, exc_info=e)
 
 
 def _drop_audio(pcm: bytes) -> None:
@@ -135,7 +135,7 @@ class CallController:
 
     # ---- helpers
     def _spawn(self, coro) -> asyncio.Task:
-        task = asyncio.create_task(coro)
+        task = asyncio.create_task(coro, name=getattr(coro, "__qualname__", None))
         self._tasks.add(task)
         task.add_done_callback(self._done)
         return task
@@ -144,7 +144,7 @@ class CallController:
         self._tasks.discard(task)
         if not task.cancelled() and (e := task.exception()) is not None:
             self.task_errors += 1
-            log.error("call control task %s failed: %s", task.get_coro().__qualname__, e, exc_info=e)
+            log.error("call control task %s failed: %s", task.get_name(), e, exc_info=e)
 
     def handle_for_channel(self, channel_id: str) -> CallHandle | None:
         h = self.handles.get(channel_id)
@@ -372,14 +372,16 @@ class CallController:
         if media is None or conv is None or h.session.downstream_mode != "stream":
             return
         queued = b"".join(media.out_frames)
-        conv.downstream.close()
+        if conv.downstream is not None:
+            conv.downstream.close()
         media.on_stream_start = media.on_drained = media.on_send_failed = None
         self._use_files(h)
         self.playback_counters.stream_fallbacks += 1
         self.store.log(h.session.call_id, logging.WARNING, "stream playback failed (RTP send errors): falling back to file playback for this call")
-        if queued:
-            conv.downstream.add(ulaw_to_pcm16(queued), 8000)
-            conv.downstream.finish()
+        files = conv.downstream
+        if queued and files is not None:
+            files.add(ulaw_to_pcm16(queued), 8000)
+            files.finish()
 
     # ---- provider events
     def _on_provider_event(self, h: CallHandle, source: ProviderCall, ev: ProviderEvent) -> None:

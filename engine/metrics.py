@@ -89,8 +89,8 @@ class EngineCollector:
         yield CounterMetricFamily("ai_agent_stream_underruns", "Outbound RTP streams that ran dry mid-speech", value=sum(c.rtp_out.underruns for c in store) + e.store.ended_underruns)
         yield CounterMetricFamily("ai_agent_stream_overruns", "Outbound frames dropped on a full queue", value=sum(c.rtp_out.overruns for c in store) + e.store.ended_overruns)
         depth = GaugeMetricFamily("ai_agent_model_queue_depth", "Model jobs waiting or running", labels=["provider", "model"])
-        for name, p in e.providers.items():
-            for model, n in p.queue_depths().items():
+        for name, provider in e.providers.items():
+            for model, n in provider.queue_depths().items():
                 depth.add_metric([name, model], n)
         yield depth
         ready = GaugeMetricFamily("ai_agent_provider_ready", "1 when the provider can take calls", labels=["provider"])

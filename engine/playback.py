@@ -51,7 +51,8 @@ class Downstream:
 
     def add(self, pcm16: bytes, sample_rate: int) -> None: ...
     def finish(self) -> None: ...
-    def stop(self) -> int: ...
+    def stop(self) -> int:
+        raise NotImplementedError
     def close(self) -> None: ...
 
 
@@ -149,6 +150,7 @@ class FilePlayback(Downstream):
             if pid not in self.session.playbacks:
                 continue  # stopped before it was posted
             ref = self.session.playbacks[pid]
+            assert self.session.bridge_id is not None  # file playback starts once the call is bridged
             try:
                 await self.ari.play_on_bridge(self.session.bridge_id, pid, f"sound:{ref.path}")
             except (AriError, AriUnavailable) as e:

@@ -62,10 +62,9 @@ def speech_onset_s(ulaw: bytes, threshold_dbfs: float = -40.0) -> float:
 def mix_ulaw(parts: list[bytes]) -> bytes:
     if len(parts) == 1:
         return parts[0]
-    acc = None
-    for p in parts:
-        lin = audioop.ulaw2lin(p.ljust(FRAME_BYTES, b"\xff"), 2)
-        acc = lin if acc is None else audioop.add(acc, lin, 2)
+    acc = audioop.ulaw2lin(parts[0].ljust(FRAME_BYTES, b"\xff"), 2)
+    for p in parts[1:]:
+        acc = audioop.add(acc, audioop.ulaw2lin(p.ljust(FRAME_BYTES, b"\xff"), 2), 2)
     return audioop.lin2ulaw(acc, 2)
 
 
@@ -183,11 +182,12 @@ class Bridge:
             break
         agents = {m: getattr(m, "is_agent", False) for m in self.members}
         for m in self.members:
-            parts = []
+            parts: list[bytes] = []
             agent = False
             for o in self.members:
-                if o is not m and inputs.get(o) is not None:
-                    parts.append(inputs[o])
+                frame = inputs.get(o)
+                if o is not m and frame is not None:
+                    parts.append(frame)
                     agent = agent or agents[o]
             if pb_frame is not None:
                 parts.append(pb_frame)

@@ -94,7 +94,7 @@ class AriSpec:
                 continue
             m = op.regex.match(path)
             if m:
-                return op, dict(zip(op.path_param_names, m.groups()))
+                return op, dict(zip(op.path_param_names, m.groups(), strict=True))
         return None
 
     def path_exists(self, path: str) -> bool:

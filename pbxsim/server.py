@@ -852,7 +852,7 @@ class SimPBX:
     ) -> CallRecord:
         """A caller dials into ``app``. It says ``wav`` then stays on the line ``hold_s``, or
         follows ``script``; then it hangs up."""
-        steps = script if script is not None else [Say(wav), Pause(hold_s)] if wav else [Pause(hold_s)]
+        steps: list[Step] = script if script is not None else [Say(wav), Pause(hold_s)] if wav else [Pause(hold_s)]
         for st in steps:  # fail now, not in the middle of the call
             if isinstance(st, Say):
                 self._speech(st.wav)

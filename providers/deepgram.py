@@ -221,10 +221,9 @@ class DeepgramCall(ProviderCall):
             self._failures = 0  # a good session: failures count afresh
             self.breaker.success()
         elif kind == "ConversationText":
-            role = "caller" if msg.role == "user" else "agent"
-            if role == "caller":
+            if msg.role == "user":
                 self._emit(TurnMark("stt_final", now))
-            self._emit(Transcript(role, msg.content))
+            self._emit(Transcript("caller" if msg.role == "user" else "agent", msg.content))
         elif kind == "UserStartedSpeaking":
             self._emit(CallerInterrupted())
         elif kind == "AgentThinking":

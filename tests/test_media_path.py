@@ -9,10 +9,10 @@ import struct
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.parametrize("downstream_mode", ["stream"])  # RTP out of the engine
-
 from engine.rtp import build_packet
 from tests.conftest import AGENT_PASS, HELLO, THANKS, wait_for
+
+pytestmark = pytest.mark.parametrize("downstream_mode", ["stream"])  # RTP out of the engine
 
 
 async def test_malformed_foreign_and_wrong_payload_packets_are_dropped_and_counted(pbx, engine):
@@ -51,9 +51,9 @@ async def test_outbound_rtp_is_one_paced_stream(pbx, engine):
     seqs = [e[1] for e in log]
     stamps = [e[2] for e in log]
     assert len({e[4] for e in log}) == 1  # one SSRC for the call
-    assert all((b - a) & 0xFFFF == 1 for a, b in zip(seqs, seqs[1:]))
+    assert all((b - a) & 0xFFFF == 1 for a, b in zip(seqs, seqs[1:], strict=False))
     # Continuous speech: timestamps advance exactly one frame per packet, no marker after the first.
-    assert all((b - a) & 0xFFFFFFFF == 160 for a, b in zip(stamps, stamps[1:]))
+    assert all((b - a) & 0xFFFFFFFF == 160 for a, b in zip(stamps, stamps[1:], strict=False))
     assert not any(e[3] for e in log[1:])
     # Paced, not burst: the stream spans real time (20 ms per packet), no pile-ups.
     span = arrivals[-1] - arrivals[0]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterator, cast
 
 
 class ChatModel:
@@ -29,7 +29,8 @@ class ChatModel:
         """Runs in the LLM's worker thread; hands each piece of text to ``on_text`` as it comes
         and stops at once when ``cancelled`` is set (barge-in). Returns the whole text."""
         out = []
-        stream: Iterable[dict] = self.llm.create_chat_completion(messages=messages, max_tokens=max_tokens, temperature=temperature, stream=True)
+        # llama-cpp-python types messages as TypedDicts and the result as stream-or-not.
+        stream = cast(Iterator[dict], self.llm.create_chat_completion(messages=cast(Any, messages), max_tokens=max_tokens, temperature=temperature, stream=True))
         for chunk in stream:
             if cancelled.is_set():
                 break

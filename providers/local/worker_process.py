@@ -114,7 +114,10 @@ def main() -> int:
             if cancelled.is_set():
                 result: Any = None
             else:
-                result = model.methods[method](args, lambda piece, j=job_id: send(("chunk", j, piece)), cancelled)
+                def chunk(piece: Any, j: int = job_id) -> None:
+                    send(("chunk", j, piece))
+
+                result = model.methods[method](args, chunk, cancelled)
             send(("done", job_id, result))
         except Exception as e:
             send(("error", job_id, f"{e.__class__.__name__}: {e}"))

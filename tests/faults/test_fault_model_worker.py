@@ -8,7 +8,7 @@ import signal
 
 from engine.config import LocalProviderConfig
 from engine.sessions import TranscriptAdded
-from pbxsim.server import Pause, Say, WaitAgent, WaitAgentDone
+from pbxsim.server import Say, WaitAgent, WaitAgentDone
 from tests.conftest import AGENT_PASS, HELLO, running_engine, wait_for
 
 APOLOGY = LocalProviderConfig().apology
