@@ -25,7 +25,7 @@ from aiagent_tui.widgets import GatingPane, HeaderBar, LevelSparkline, RtpPane, 
 from engine.config import AppConfig
 from engine.engine import Engine
 from engine.sessions import CallEnded, CallLog, CallStarted, TranscriptAdded
-from providers.registry import PROVIDER_NAMES
+from providers.config import PROVIDER_NAMES
 
 HELP = """\
 [b]aiagent-tui[/b] — live calls of the AI voice agent

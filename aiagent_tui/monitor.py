@@ -10,7 +10,7 @@ from collections import deque
 
 import numpy as np
 
-from engine.audio import Resampler
+from media.audio import Resampler
 
 RATE = 8000
 MAX_BUFFER_S = 2.0  # a listener further behind than this skips ahead

@@ -19,7 +19,7 @@ from pathlib import Path
 from rich.console import Console
 
 from aiagent_tui.app import AiAgentApp
-from providers.registry import PROVIDER_NAMES
+from providers.config import PROVIDER_NAMES
 from engine.config import load_config
 
 

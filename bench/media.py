@@ -33,8 +33,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.audio import Resampler, pcm16_to_ulaw, ulaw_to_pcm16  # noqa: E402
-from engine.rtp import HEADER, build_packet  # noqa: E402
+from media.audio import Resampler, pcm16_to_ulaw, ulaw_to_pcm16  # noqa: E402
+from media.rtp import HEADER, build_packet  # noqa: E402
 from common import free_port, http_json  # noqa: E402
 
 SOUNDS = Path("/usr/share/asterisk/sounds/en_US_f_Allison")

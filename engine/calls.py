@@ -27,7 +27,7 @@ from engine.ari.models import (
     StasisEnd,
     StasisStart,
 )
-from engine.audio import ulaw_to_pcm16
+from media.audio import ulaw_to_pcm16
 from engine.config import AppConfig
 from engine.conversation import ConversationCoordinator, ConversationCounters
 from engine.media import CallMedia

@@ -10,16 +10,14 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, model_validator
+
+from providers.config import ConfigSection as _Section
+from providers.config import ProvidersConfig
 
 
 class ConfigError(Exception):
     """The configuration cannot be used; the message names the field and the reason."""
-
-
-class _Section(BaseModel):
-    # Unknown keys are typos in an operator's file: reject them instead of ignoring them.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class AsteriskConfig(_Section):
@@ -88,64 +86,7 @@ class PlaybackConfig(_Section):
     stream_queue_max_ms: int = Field(30000, ge=1000, le=600000)  # stream mode: queued agent audio cap
 
 
-class ToneProviderConfig(_Section):
-    frequency_hz: float = Field(440.0, gt=20, lt=4000)
-    duration_ms: int = Field(2000, ge=20, le=60000)
-    think_ms: int = Field(200, ge=0, le=10000)
 
-
-class LocalProviderConfig(_Section):
-    """The local provider: STT -> LLM -> TTS on this machine. Empty model paths mean the models
-    shipped in PyPI packages (Whisper tiny.en, SmolLM2-135M-Instruct, Piper en_US-joe-medium)."""
-
-    stt_engine: Literal["whisper", "pocketsphinx", "vosk"] = "whisper"
-    stt_model_path: str = ""  # a CTranslate2 Whisper dir, or a Vosk model dir
-    stt_threads: int = Field(2, ge=1, le=64)
-    stt_compute_type: str = "int8"
-    stt_beam_size: int = Field(1, ge=1, le=10)
-    stt_partial_interval_ms: int = Field(1000, ge=0, le=10000)  # 0: no partial transcripts
-    llm_model_path: str = ""  # any GGUF file
-    llm_chat_format: str = ""  # empty: the chat template stored in the GGUF
-    llm_context: int = Field(2048, ge=256, le=131072)
-    llm_max_tokens: int = Field(60, ge=1, le=4096)
-    llm_temperature: float = Field(0.3, ge=0.0, le=2.0)
-    llm_threads: int = Field(2, ge=1, le=64)
-    history_turns: int = Field(6, ge=0, le=100)  # earlier exchanges kept in the prompt
-    system_prompt: str = (
-        "You are a friendly voice assistant answering a phone call. Reply in one or two short "
-        "sentences of plain spoken English, with no lists, markup or emoji."
-    )
-    greeting: str = "Hello! Thanks for calling. How can I help you today?"
-    tts_voice_path: str = ""  # a Piper .onnx voice (its .onnx.json beside it)
-    tts_cache_size: int = Field(128, ge=0, le=100000)  # synthesized sentences kept
-    max_queue: int = Field(16, ge=1, le=1000)  # model jobs waiting before new ones are refused
-    # A model worker process with work but no progress this long is hung: killed and restarted.
-    worker_hang_timeout_s: float = Field(10.0, gt=0, le=3600)
-    # Said when a turn is lost to a model worker that crashed or hung (it is being restarted).
-    apology: str = "Sorry, I lost my train of thought. Could you say that again?"
-
-
-class DeepgramProviderConfig(_Section):
-    """Deepgram's Voice Agent API (STT, LLM and TTS in one websocket per call). The API key comes
-    from the environment (DEEPGRAM_API_KEY) only: it is never read from or printed with config."""
-
-    agent_url: str = ""  # DEEPGRAM_AGENT_URL; empty: Deepgram's production endpoint
-    listen_model: str = "nova-3"
-    think_provider: str = "open_ai"
-    think_model: str = "gpt-4o-mini"
-    speak_model: str = "aura-2-thalia-en"
-    prompt: str = "You are a friendly voice assistant answering a phone call. Keep answers short."
-    greeting: str = "Hello! Thanks for calling. How can I help you today?"
-    output_encoding: Literal["mulaw", "linear16"] = "mulaw"  # mulaw 8 kHz needs no resampling
-    connect_timeout_s: float = Field(3.0, gt=0)  # a first connect this slow: the call falls back
-    keepalive_interval_s: float = Field(5.0, gt=0)  # with no audio going out, KeepAlive this often
-    # While a first connect fails, new calls go to the fallback (circuit open); a probe connection
-    # after this long (doubling while it still fails, up to 2 minutes) finds out when it is back.
-    circuit_open_s: float = Field(10.0, gt=0)
-    reconnect_attempts: int = Field(3, ge=0, le=100)  # failures in a row before the call falls back
-    reconnect_initial_s: float = Field(0.5, gt=0)
-    reconnect_max_s: float = Field(5.0, gt=0)
-    watchdog_s: float = Field(30.0, gt=0)  # no server message this long while the caller speaks: reset
 
 
 class HealthConfig(_Section):
@@ -153,28 +94,6 @@ class HealthConfig(_Section):
     port: int = Field(15000, ge=0, le=65535)
 
 
-class EchoProviderConfig(_Section):
-    delay_ms: int = Field(500, ge=0, le=10000)
-
-
-class ProvidersConfig(_Section):
-    default: str = "echo"
-    # Used for new calls while the default is not ready (e.g. no DEEPGRAM_API_KEY), and for a
-    # call whose provider fails for good. Empty: no fallback, such calls end with a logged error.
-    fallback: str = ""
-    echo: EchoProviderConfig = EchoProviderConfig()
-    deepgram: DeepgramProviderConfig = DeepgramProviderConfig()
-    tone: ToneProviderConfig = ToneProviderConfig()
-    local: LocalProviderConfig = LocalProviderConfig()
-
-    @field_validator("default", "fallback")
-    @classmethod
-    def _known_provider(cls, v: str) -> str:
-        from providers.registry import PROVIDER_NAMES
-
-        if v and v not in PROVIDER_NAMES:
-            raise ValueError(f"unknown provider {v!r}; known: {', '.join(sorted(PROVIDER_NAMES))}")
-        return v
 
 
 class StorageConfig(_Section):

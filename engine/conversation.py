@@ -14,10 +14,10 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
-from engine.audio import Resampler, rms_dbfs
+from media.audio import Resampler, rms_dbfs
 from engine.config import AppConfig
 from engine.playback import Downstream
-from engine.playback_reference import PlaybackReference
+from media.playback_reference import PlaybackReference
 from engine.sessions import (
     BargeIn,
     CallSession,
@@ -28,7 +28,7 @@ from engine.sessions import (
     TurnCompleted,
     TurnTimeline,
 )
-from engine.vad import VoiceActivity, packet_frames
+from media.vad import VoiceActivity, packet_frames
 from providers.base import INPUT_SAMPLE_RATE, ProviderCall
 
 log = logging.getLogger(__name__)

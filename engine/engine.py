@@ -22,7 +22,8 @@ from engine.rtp_server import RtpServer
 from engine.sessions import SessionStore
 from engine.supervisor import Supervisor
 from providers.base import ComponentStatus, Provider, Readiness
-from providers.registry import PROVIDER_NAMES, build_provider
+from providers.config import PROVIDER_NAMES
+from providers.registry import build_provider
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +161,7 @@ class Engine:
         lock = self._provider_locks.setdefault(name, asyncio.Lock())
         async with lock:
             if name not in self.providers:
-                provider = build_provider(name, self.config)
+                provider = build_provider(name, self.config.providers)
                 await provider.load()
                 self.providers[name] = provider
         return self.providers[name]

@@ -9,8 +9,8 @@ from typing import Callable
 
 import numpy as np
 
-from engine.audio import ULAW_SILENCE, Resampler, pcm16_to_ulaw, ulaw_to_pcm16
-from engine.rtp import ULAW_FRAME_BYTES
+from media.audio import ULAW_SILENCE, Resampler, pcm16_to_ulaw, ulaw_to_pcm16
+from media.rtp import ULAW_FRAME_BYTES
 from engine.sessions import CallSession
 
 ASTERISK_RATE = 8000

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Callable
 
 from engine.ari.client import AriClient, AriError, AriUnavailable
-from engine.audio import Resampler, pcm16_to_ulaw
+from media.audio import Resampler, pcm16_to_ulaw
 from engine.config import PlaybackConfig
 from engine.media import CallMedia
-from engine.playback_reference import PlaybackReference
+from media.playback_reference import PlaybackReference
 from engine.ratelimit import RateLimitedLog
 from engine.rtp_server import RtpServer
 from engine.sessions import CallSession, PlaybackRef

@@ -18,8 +18,8 @@ from typing import Callable
 
 from engine.media import CallMedia, MediaTimings
 from engine.ratelimit import RateLimitedLog
-from engine.rtp import PT_ULAW, RtpPacket, RtpParseError, build_packet
-from engine.rtp_stats import DUPLICATE, LATE, PROBATION
+from media.rtp import PT_ULAW, RtpPacket, RtpParseError, build_packet
+from media.rtp_stats import DUPLICATE, LATE, PROBATION
 
 log = logging.getLogger(__name__)
 

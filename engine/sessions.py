@@ -15,7 +15,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Literal
 
-from engine.rtp_stats import RtpStreamStats
+from media.rtp_stats import RtpStreamStats
 
 log = logging.getLogger(__name__)
 

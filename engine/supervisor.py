@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
-from engine.backoff import Backoff
+from media.backoff import Backoff
 from engine.ratelimit import RateLimitedLog
 from providers.base import ComponentStatus
 

@@ -24,9 +24,9 @@ from typing import Callable
 import numpy as np
 import soxr
 
-from engine.audio import audioop
+from media.audio import audioop
 
-from engine.rtp import PT_ULAW, RtpPacket, RtpParseError, build_packet
+from media.rtp import PT_ULAW, RtpPacket, RtpParseError, build_packet
 
 FRAME_S = 0.020
 FRAME_BYTES = 160

@@ -23,7 +23,7 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import WSMsgType, web
 
-from engine.audio import audioop
+from media.audio import audioop
 
 from pbxsim.media import (
     Bridge,

@@ -16,9 +16,9 @@ import os
 from collections import deque
 from typing import Any
 
-from engine.audio import ulaw_to_pcm16
-from engine.backoff import Backoff
-from engine.config import DeepgramProviderConfig
+from media.audio import ulaw_to_pcm16
+from media.backoff import Backoff
+from providers.config import DeepgramProviderConfig
 from providers.circuit import CircuitBreaker
 from providers.base import (
     AgentAudio,

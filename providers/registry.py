@@ -1,33 +1,27 @@
-"""Provider names and how each is built from config."""
+"""How each provider is built from its configuration (the names are in providers.config)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from providers.base import Provider
-
-if TYPE_CHECKING:
-    from engine.config import AppConfig
-
-PROVIDER_NAMES = frozenset({"echo", "tone", "local", "deepgram"})
+from providers.config import PROVIDER_NAMES, ProvidersConfig
 
 
-def build_provider(name: str, config: AppConfig) -> Provider:
+def build_provider(name: str, config: ProvidersConfig) -> Provider:
     if name == "echo":
         from providers.echo import EchoProvider
 
-        return EchoProvider(config.providers.echo.delay_ms)
+        return EchoProvider(config.echo.delay_ms)
     if name == "tone":
         from providers.tone import ToneProvider
 
-        t = config.providers.tone
+        t = config.tone
         return ToneProvider(t.frequency_hz, t.duration_ms, t.think_ms)
     if name == "local":
         from providers.local.provider import LocalProvider
 
-        return LocalProvider(config.providers.local)
+        return LocalProvider(config.local)
     if name == "deepgram":
         from providers.deepgram import DeepgramProvider
 
-        return DeepgramProvider(config.providers.deepgram)
+        return DeepgramProvider(config.deepgram)
     raise ValueError(f"unknown provider {name!r}; known: {', '.join(sorted(PROVIDER_NAMES))}")

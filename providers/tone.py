@@ -11,7 +11,7 @@ import asyncio
 
 import numpy as np
 
-from engine.audio import voiced_ms
+from media.audio import voiced_ms
 from providers.base import (
     AgentAudio,
     AgentSpeakingStarted,

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from aiohttp import WSMsgType, web
 
-from engine.audio import pcm16_to_ulaw, rms_dbfs
+from media.audio import pcm16_to_ulaw, rms_dbfs
 
 API_KEY = "test-key-123"
 FRAME = 640  # 20 ms of 16 kHz linear16

@@ -141,7 +141,7 @@ async def test_silent_caller_still_streams_silence(pbx, tmp_path, deepgram, api_
 
 
 async def test_keepalive_when_no_audio_goes_out(deepgram, api_key):
-    from engine.config import DeepgramProviderConfig
+    from providers.config import DeepgramProviderConfig
     from providers.base import CallContext
     from providers.deepgram import DeepgramProvider
 

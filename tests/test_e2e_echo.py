@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from engine.audio import ulaw_to_pcm16
+from media.audio import ulaw_to_pcm16
 from pbxsim.media import load_wav_ulaw
 from tests.conftest import AGENT_PASS, HELLO, wait_for
 

@@ -12,8 +12,8 @@ import jiwer
 import numpy as np
 import pytest
 
-from engine.audio import Resampler, ulaw_to_pcm16
-from engine.config import LocalProviderConfig
+from media.audio import Resampler, ulaw_to_pcm16
+from providers.config import LocalProviderConfig
 from engine.engine import EngineStartError
 from engine.sessions import BargeIn, TranscriptAdded
 from pbxsim.server import Pause, Say, WaitAgent, WaitAgentDone

@@ -9,7 +9,7 @@ import struct
 import numpy as np
 import pytest
 
-from engine.rtp import build_packet
+from media.rtp import build_packet
 from tests.conftest import AGENT_PASS, HELLO, THANKS, wait_for
 
 pytestmark = pytest.mark.parametrize("downstream_mode", ["stream"])  # RTP out of the engine

@@ -2,7 +2,7 @@ import struct
 
 import pytest
 
-from engine.rtp import RtpPacket, RtpParseError, build_packet
+from media.rtp import RtpPacket, RtpParseError, build_packet
 
 
 def test_roundtrip_plain_packet():

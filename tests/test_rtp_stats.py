@@ -1,4 +1,4 @@
-from engine.rtp_stats import DUPLICATE, IN_ORDER, LATE, PROBATION, RtpStreamStats
+from media.rtp_stats import DUPLICATE, IN_ORDER, LATE, PROBATION, RtpStreamStats
 
 
 def feed(stats, seqs, ts_step=160, t_step=0.02, arrivals=None, ssrc=1):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.audio import pcm16_to_ulaw, rms_dbfs, ulaw_to_pcm16
-from engine.playback_reference import PlaybackReference
-from engine.vad import VoiceActivity, packet_frames
+from media.audio import pcm16_to_ulaw, rms_dbfs, ulaw_to_pcm16
+from media.playback_reference import PlaybackReference
+from media.vad import VoiceActivity, packet_frames
 from pbxsim.media import load_wav_ulaw, mix_ulaw, speech_onset_s
 from tests.conftest import AGENT_PASS, HELLO
 

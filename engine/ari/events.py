@@ -11,7 +11,7 @@ import aiohttp
 
 from engine.ari.client import AriClient
 from engine.ari.models import AriEvent, EventParseError, parse_event
-from engine.backoff import Backoff
+from media.backoff import Backoff
 from engine.ratelimit import RateLimitedLog
 
 log = logging.getLogger(__name__)

@@ -12,8 +12,8 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
-from engine.audio import rms_dbfs, voiced_ms
-from engine.config import LocalProviderConfig
+from media.audio import rms_dbfs, voiced_ms
+from providers.config import LocalProviderConfig
 from providers.base import (
     AgentAudio,
     AgentSpeakingStarted,

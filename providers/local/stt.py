@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.config import LocalProviderConfig
+from providers.config import LocalProviderConfig
 from providers.local.models import VOSK, WHISPER_TINY_EN, resolve
 
 SAMPLE_RATE = 16000

@@ -81,7 +81,7 @@ def main() -> int:
     if first is None:
         return 2
     kind, cfg_data = first
-    from engine.config import LocalProviderConfig
+    from providers.config import LocalProviderConfig
 
     cfg = LocalProviderConfig.model_validate(cfg_data)
     write_lock = threading.Lock()

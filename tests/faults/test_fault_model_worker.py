@@ -6,7 +6,7 @@ import asyncio
 import os
 import signal
 
-from engine.config import LocalProviderConfig
+from providers.config import LocalProviderConfig
 from engine.sessions import TranscriptAdded
 from pbxsim.server import Say, WaitAgent, WaitAgentDone
 from tests.conftest import AGENT_PASS, HELLO, running_engine, wait_for

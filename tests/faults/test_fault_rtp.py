@@ -8,7 +8,7 @@ import socket
 import time
 
 from engine.metrics import render
-from engine.rtp import PT_ULAW, build_packet
+from media.rtp import PT_ULAW, build_packet
 from pbxsim.server import Pause, Say
 from tests.conftest import THANKS, running_engine, wait_for
 

@@ -18,7 +18,7 @@ from collections import deque
 
 import numpy as np
 
-from engine.audio import ulaw_to_pcm16
+from media.audio import ulaw_to_pcm16
 
 FRAME_SAMPLES = 160
 _SILENT = np.zeros(FRAME_SAMPLES, dtype=np.int64)

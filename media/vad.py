@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import webrtcvad
 
-from engine.audio import rms_dbfs
+from media.audio import rms_dbfs
 
 FRAME_MS = 20
 FRAME_BYTES_8K = 320  # 160 samples of PCM16 at 8 kHz
