@@ -19,13 +19,11 @@ from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, OptionList, RichLog, Static
 from textual.widgets.option_list import Option
 
-from aiagent_tui.demo import demo_calls, start_simulator
 from aiagent_tui.monitor import AudioMonitor, MonitorUnavailable
 from aiagent_tui.widgets import GatingPane, HeaderBar, LevelSparkline, RtpPane, TimelinePane, TranscriptPane, VadPane
-from engine.config import AppConfig
-from engine.engine import Engine
+from engine.api import EngineRuntime, EngineView
 from engine.sessions import CallEnded, CallLog, CallStarted, TranscriptAdded
-from providers.config import PROVIDER_NAMES
+from providers.base import Readiness
 
 HELP = """\
 [b]aiagent-tui[/b] — live calls of the AI voice agent
@@ -54,20 +52,21 @@ class HelpScreen(ModalScreen):
 class ProviderScreen(ModalScreen[str | None]):
     BINDINGS = [Binding("escape", "dismiss_none", "cancel")]
 
-    def __init__(self, current: str, readiness: dict) -> None:
+    def __init__(self, current: str, readiness: dict[str, Readiness]) -> None:
         super().__init__()
         self.current = current
         self.readiness = readiness
 
     def compose(self) -> ComposeResult:
+        names = sorted(self.readiness)
         opts = []
-        for name in sorted(PROVIDER_NAMES):
-            r = self.readiness.get(name)
-            note = "" if r is None or r.ready or r.detail == "not loaded" else f"  ({r.detail})"
+        for name in names:
+            r = self.readiness[name]
+            note = "" if r.ready or r.detail == "not loaded" else f"  ({r.detail})"
             opts.append(Option(f"{'● ' if name == self.current else '  '}{name}{note}", id=name))
         options = OptionList(*opts)
-        if self.current in PROVIDER_NAMES:
-            options.highlighted = sorted(PROVIDER_NAMES).index(self.current)
+        if self.current in names:
+            options.highlighted = names.index(self.current)
         yield Vertical(Static("Provider for new calls and the selected call:"), options, id="provider-box")
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
@@ -77,7 +76,7 @@ class ProviderScreen(ModalScreen[str | None]):
         self.dismiss(None)
 
 
-class AiAgentApp(App):
+class AiAgentApp(App[int]):
     TITLE = "aiagent-tui"
     CSS = """
     Screen { layout: vertical; }
@@ -105,14 +104,11 @@ class AiAgentApp(App):
         Binding("q", "quit", "quit"),
     ]
 
-    def __init__(self, config: AppConfig, sim: bool = False, demo_interval_s: float = 8.0, dump_dir: Path = Path(".")) -> None:
+    def __init__(self, runtime: EngineRuntime, dump_dir: Path = Path(".")) -> None:
         super().__init__()
-        self.config = config
-        self.sim_enabled = sim
-        self.demo_interval_s = demo_interval_s
+        self.runtime = runtime  # starts the engine (and the simulator with --sim) in this app's loop
         self.dump_dir = dump_dir
-        self.engine: Engine | None = None
-        self.pbx = None
+        self.engine: EngineView | None = None
         self.selected: str | None = None
         self.partials: dict[str, str] = {}
         self._shown: dict[str, tuple[str, ...]] = {}  # the call list's rows as last drawn
@@ -152,11 +148,9 @@ class AiAgentApp(App):
         table = self.query_one(DataTable)
         for col, width in (("caller", 8), ("state", 13), ("time", 4), ("provider", 6)):
             table.add_column(col, key=col, width=width)
+        table.focus()  # the arrow keys pick a call (the log would take them otherwise)
         try:
-            if self.sim_enabled:
-                self.pbx = await start_simulator(self.config)
-            self.engine = Engine(self.config)
-            await self.engine.start()
+            self.engine = await self.runtime.start()
         except Exception as e:
             self.exit_code = 1
             self.exit(message=f"aiagent-tui: {e}")
@@ -164,9 +158,7 @@ class AiAgentApp(App):
         self.follow_events()
         self.watch_fatal()
         self.set_interval(0.1, self.refresh_panes)
-        if self.sim_enabled:
-            self.place_demo_calls()
-        self.write_log(None, f"engine up; {'simulated PBX on port ' + str(self.pbx.port) if self.pbx else 'ARI ' + self.config.asterisk.base_url}")
+        self.write_log(None, f"engine up; {self.runtime.describe()}")
 
     async def on_unmount(self) -> None:
         await self.shutdown()
@@ -175,12 +167,8 @@ class AiAgentApp(App):
         if self.monitor is not None:
             self.monitor.close()
             self.monitor = None
-        if self.engine is not None:
-            await self.engine.stop()
-            self.engine = None
-        if self.pbx is not None:
-            await self.pbx.stop()
-            self.pbx = None
+        self.engine = None
+        await self.runtime.stop()
 
     async def action_quit(self) -> None:
         await self.shutdown()  # hang every call up before the app goes
@@ -216,11 +204,6 @@ class AiAgentApp(App):
         finally:
             sub.close()
 
-    @work(exclusive=True, group="demo")
-    async def place_demo_calls(self) -> None:
-        assert self.pbx is not None and self.engine is not None
-        await demo_calls(self.pbx, self.engine, self.config.asterisk.app, self.demo_interval_s)
-
     # ---- rendering
     def write_log(self, call_id: str | None, message: str, level: int = logging.INFO) -> None:
         style = "red" if level >= logging.ERROR else "yellow" if level >= logging.WARNING else ""
@@ -234,10 +217,7 @@ class AiAgentApp(App):
         eng = self.engine
         if eng is None:
             return
-        summary = eng.summary()
-        summary["health_url"] = f"http://{self.config.health.host}:{eng.health_server.port}/health"
-        summary["metrics_url"] = f"http://{self.config.health.host}:{eng.health_server.port}/metrics"
-        self.query_one(HeaderBar).show(summary)
+        self.query_one(HeaderBar).show(eng.summary())
         self._ticks += 1
         table = self.query_one(DataTable)
         if self._ticks % 5 == 1 or self.selected is None:

@@ -8,7 +8,7 @@ import json
 import logging
 import sys
 
-from engine.config import ConfigError, load_config
+from engine.config import AppConfig, ConfigError, load_config
 from engine.engine import EngineStartError
 
 
@@ -45,16 +45,17 @@ def main(argv: list[str] | None = None) -> int:
         level=args.log_level or config.logging.level,
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
     )
+    from aiagent_tui.runtime import Runtime
     from aiagent_tui.service import run_headless
 
     try:
-        return asyncio.run(run_headless(config, sim=args.sim, demo_interval_s=args.demo_interval))
+        return asyncio.run(run_headless(Runtime(config, sim=args.sim, demo_interval_s=args.demo_interval)))
     except EngineStartError as e:
         print(f"aiagent-tui: {e}", file=sys.stderr)
         return 1
 
 
-def _run_app(config, args) -> int:
+def _run_app(config: AppConfig, args: argparse.Namespace) -> int:
     # The screen is the app's: log lines go to a file beside the config, not over the panes.
     logging.basicConfig(
         level=args.log_level or config.logging.level,
@@ -62,8 +63,9 @@ def _run_app(config, args) -> int:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
     )
     from aiagent_tui.app import AiAgentApp
+    from aiagent_tui.runtime import Runtime
 
-    app = AiAgentApp(config, sim=args.sim, demo_interval_s=args.demo_interval)
+    app = AiAgentApp(Runtime(config, sim=args.sim, demo_interval_s=args.demo_interval))
     result = app.run()
     return result if isinstance(result, int) else app.exit_code
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from rich.console import Console
 
 from aiagent_tui.app import AiAgentApp
-from providers.config import PROVIDER_NAMES
+from aiagent_tui.runtime import Runtime
 from engine.config import load_config
 
 
@@ -33,7 +33,7 @@ async def capture(out: Path, provider: str) -> None:
     media = Path(tempfile.mkdtemp())
     cfg = load_config(None, env={"ASTERISK_ARI_PORT": str(_free_port()), "RTP_PORT": "0", "HEALTH_PORT": str(_free_port()),
                                  "AIAGENT_MEDIA_DIR": str(media), "AIAGENT_PROVIDER": provider})
-    app = AiAgentApp(cfg, sim=True, demo_interval_s=4.0)
+    app = AiAgentApp(Runtime(cfg, sim=True, demo_interval_s=4.0))
     async with app.run_test(size=(120, 40), notifications=True) as pilot:
         loop = asyncio.get_running_loop()
         end = loop.time() + 90
@@ -56,7 +56,7 @@ async def capture(out: Path, provider: str) -> None:
         await pilot.pause(0.3)
         app.save_screenshot("provider.svg", str(out))
         assert app.engine is not None
-        current = sorted(PROVIDER_NAMES).index(app.engine.default_provider)
+        current = sorted(app.engine.provider_readiness()).index(app.engine.default_provider)
         await pilot.press(*["up"] * current, "enter")  # to deepgram, the first
         await pilot.pause(0.5)
         app.save_screenshot("provider-refused.svg", str(out))

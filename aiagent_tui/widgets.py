@@ -9,6 +9,7 @@ from rich.text import Text
 from textual.widgets import Sparkline, Static
 
 from engine.sessions import CallSnapshot, TranscriptTurn
+from engine.status import EngineSummary
 
 STAGES = (
     ("stt", "speech_end", "stt_final", "cyan"),
@@ -36,23 +37,23 @@ class Pane(Static):
 
 
 class HeaderBar(Pane):
-    def show(self, health: dict) -> None:
-        why = (health["ari_last_error"] or "connecting").split(":")[0]  # the kind; /health has the whole text
-        ari = Text("ARI ● connected", style="bold green") if health["ari_connected"] else Text(f"ARI ● down ({why})", style="bold red")
-        rtp = Text(f"RTP {health['rtp_address']}/udp", style="green" if health["rtp_server_running"] else "red")
+    def show(self, s: EngineSummary) -> None:
+        why = (s.ari_last_error or "connecting").split(":")[0]  # the kind; /health has the whole text
+        ari = Text("ARI ● connected", style="bold green") if s.ari_connected else Text(f"ARI ● down ({why})", style="bold red")
+        rtp = Text(f"RTP {s.rtp_address}/udp", style="green" if s.rtp_server_running else "red")
         provs = Text()
-        for name, p in health["providers"].items():
-            if p["detail"] == "not loaded":
+        for name, p in s.providers.items():
+            if p.detail == "not loaded":
                 continue
-            provs.append(f"{name}{'' if p['ready'] else ' (not ready)'} ", style="green" if p["ready"] else "red")
-        line1 = Text.assemble(ari, "  │  ", rtp, "  │  providers: ", provs, f"│  new calls → {health['default_provider']}")
+            provs.append(f"{name}{'' if p.ready else ' (not ready)'} ", style="green" if p.ready else "red")
+        line1 = Text.assemble(ari, "  │  ", rtp, "  │  providers: ", provs, f"│  new calls → {s.default_provider}")
         line2 = Text(
-            f"calls {health['active_calls']}/{health['max_calls']}  total {health['calls_total']}  refused {health['calls_rejected_over_capacity']}"
-            f"  │  {health['downstream_mode']} playback  │  health {health['health_url']}  metrics {health['metrics_url']}",
+            f"calls {s.active_calls}/{s.max_calls}  total {s.calls_total}  refused {s.calls_rejected_over_capacity}"
+            f"  │  {s.downstream_mode} playback  │  health {s.health_url}  metrics {s.metrics_url}",
             style="dim",
         )
-        if health["problems"]:  # a component or model worker down outranks the counters
-            line2 = Text("⚠ " + "  │  ".join(health["problems"]), style="bold red")
+        if s.problems:  # a component or model worker down outranks the counters
+            line2 = Text("⚠ " + "  │  ".join(s.problems), style="bold red")
         self.show_content(Group(line1, line2))
 
 

@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 import jiwer  # noqa: E402
 
 from media.audio import Resampler, pcm16_to_ulaw, ulaw_to_pcm16  # noqa: E402
-from engine.config import LocalProviderConfig  # noqa: E402
+from providers.config import LocalProviderConfig  # noqa: E402
 from providers.local.stt import PocketsphinxStt, SpeechToText, build_stt  # noqa: E402
 
 SOUNDS = Path("/usr/share/asterisk/sounds/en_US_f_Allison")

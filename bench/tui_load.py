@@ -23,6 +23,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from aiagent_tui.runtime import Runtime  # noqa: E402
 from aiagent_tui.app import AiAgentApp  # noqa: E402
 from engine.config import load_config  # noqa: E402
 from common import free_port, http_json  # noqa: E402
@@ -45,7 +46,7 @@ async def _run(ari: int, calls: int, seconds: float) -> None:
     cfg = load_config(None, env={"ASTERISK_ARI_PORT": str(ari), "RTP_PORT": "0", "HEALTH_PORT": "0",
                                  "AIAGENT_MEDIA_DIR": tempfile.mkdtemp(), "AIAGENT_PROVIDER": "echo",
                                  "AIAGENT_DOWNSTREAM_MODE": "stream", "AIAGENT_MAX_CALLS": str(calls + 5)})
-    app = AiAgentApp(cfg, sim=False)
+    app = AiAgentApp(rt := Runtime(cfg))
     refresh_times: list[float] = []
     real_refresh = app.refresh_panes
 
@@ -56,9 +57,9 @@ async def _run(ari: int, calls: int, seconds: float) -> None:
 
     app.refresh_panes = timed_refresh  # type: ignore[method-assign]
     async with app.run_test(size=(120, 40)) as pilot:
-        while app.engine is None or not app.engine.ari_connected:
+        while rt.engine is None or not rt.engine.ari_connected:
             await pilot.pause(0.1)
-        eng = app.engine
+        eng = rt.engine
         for i in range(calls):
             await asyncio.to_thread(http_json, f"http://127.0.0.1:{ari}/sim/calls", {"script": [{"say": SPEECH}, {"pause": seconds}], "caller_number": f"7{i:04d}"})
         while len(eng.store) < calls:

@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from engine.config import LocalProviderConfig, load_config  # noqa: E402
+from engine.config import load_config  # noqa: E402
+from providers.config import LocalProviderConfig  # noqa: E402
 from engine.engine import Engine  # noqa: E402
 from engine.sessions import TurnCompleted  # noqa: E402
 from common import free_port  # noqa: E402

@@ -8,16 +8,14 @@ the provider's answer down the call's playback path, and keeps the turn timeline
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
-from media.audio import Resampler, rms_dbfs
+from engine.clock import Clock, Timer
 from engine.config import AppConfig
-from engine.playback import Downstream
-from media.playback_reference import PlaybackReference
+from engine.playback import Downstream, Spawn
 from engine.sessions import (
     BargeIn,
     CallSession,
@@ -28,14 +26,16 @@ from engine.sessions import (
     TurnCompleted,
     TurnTimeline,
 )
-from media.vad import VoiceActivity, packet_frames
+from media.audio import Resampler, rms_dbfs
+from media.frames import FRAME_MS, FRAME_S, RATE, SILENT_PCM_FRAME, frames_in, packet_frames
+from media.playback_reference import PlaybackReference
+from media.vad import VoiceActivity
 from providers.base import INPUT_SAMPLE_RATE, ProviderCall
 
 log = logging.getLogger(__name__)
 
-FRAME_S = 0.02
 FILL_CHECK_S = 0.1
-SILENT_FRAME = bytes(320)  # 20 ms of 8 kHz PCM16 silence
+SILENCE_DBFS = -96.0
 
 
 @dataclass(slots=True)
@@ -68,7 +68,8 @@ class ConversationCoordinator:
         continuous_input: bool,
         counters: ConversationCounters,
         observe_turn_latency: Callable[[float], None],
-        spawn: Callable,
+        spawn: Spawn,
+        clock: Clock,
     ) -> None:
         self.config = config
         self.session = session
@@ -76,31 +77,31 @@ class ConversationCoordinator:
         self.provider_call = provider_call
         self.half_duplex = half_duplex
         self.counters = counters
-        self._filler: asyncio.TimerHandle | None = None
+        self._filler: Timer | None = None
         self.continuous_input = False
         # An operator listening in (the terminal app's monitor): gets ("caller"|"agent", pcm, rate).
         self.tap: Callable[[str, bytes, int], None] | None = None
         self._observe_turn_latency = observe_turn_latency
         self._spawn = spawn
-        self._loop = asyncio.get_running_loop()
+        self._clock = clock
         v = config.vad
         self.vad = VoiceActivity(v.aggressiveness, v.start_ms, v.end_ms, v.min_level_dbfs)
-        self._up = Resampler(8000, INPUT_SAMPLE_RATE)
+        self._up = Resampler(RATE, INPUT_SAMPLE_RATE)
         self.reference = PlaybackReference()
         self.downstream: Downstream | None = None
-        self._fallback_frames = v.fallback_interval_ms // 20
+        self._fallback_frames = frames_in(v.fallback_interval_ms)
         self._unvoiced_frames = 0
         bi = config.barge_in
-        self._barge_frames = max(1, bi.min_ms // 20)
+        self._barge_frames = frames_in(bi.min_ms)
         self._barge_level = bi.min_level_dbfs
-        self._barge_run: deque[bytes] = deque(maxlen=self._barge_frames)
-        self._ungate: asyncio.TimerHandle | None = None
+        self._barge_run: deque[tuple[bytes, float]] = deque(maxlen=self._barge_frames)  # (frame, level)
+        self._ungate: Timer | None = None
         # A two-party bridge sends nothing while the caller is silent (BEHAVIOUR.md): speech can
         # end with packets simply stopping, which the VAD never sees. This timer catches that.
         self._end_s = v.end_ms / 1000
-        self._last_frame_at = self._loop.time()
+        self._last_frame_at = clock.now()
         self._filled_until = 0.0
-        self._gap_timer: asyncio.TimerHandle | None = None
+        self._gap_timer: Timer | None = None
         self._turn: TurnTimeline | None = None
         self._agent_turn_open = False
         self.closed = False
@@ -109,14 +110,14 @@ class ConversationCoordinator:
     # ---- caller audio (hot path: 50 frames/s per call)
     def on_caller_pcm8(self, pcm8: bytes) -> None:
         if self.tap is not None:
-            self.tap("caller", pcm8, 8000)
+            self.tap("caller", pcm8, RATE)
         for frame in packet_frames(pcm8):
             self._frame(frame)
 
     def _frame(self, frame: bytes) -> None:
         s = self.session
         voice = s.voice
-        self._last_frame_at = self._loop.time()
+        self._last_frame_at = self._clock.now()
         if self.reference.active:
             # File mode: the bridge mixes the agent's own playback into this stream; take it out
             # so that only the caller is left.
@@ -129,7 +130,7 @@ class ConversationCoordinator:
             voice.levels.append(level)
             voiced = level >= self._barge_level and self.vad.is_voiced(probe, level)
             if voiced:
-                self._barge_run.append(probe)
+                self._barge_run.append((probe, level))
                 if self.config.barge_in.enabled and len(self._barge_run) >= self._barge_frames:
                     self.barge_in(forced=False)
                     return
@@ -140,16 +141,16 @@ class ConversationCoordinator:
             if self.continuous_input:
                 # Such a provider finds barge-ins itself: it hears what may be the caller talking
                 # over the agent (the agent's own voice taken out), and silence otherwise.
-                self._deliver(probe if voiced else SILENT_FRAME)
+                self._deliver(probe, level) if voiced else self._deliver(SILENT_PCM_FRAME, SILENCE_DBFS)
             return
         edge = self.vad.update(frame)
-        voice.level_dbfs = self.vad.level_dbfs
-        voice.levels.append(self.vad.level_dbfs)
+        level = voice.level_dbfs = self.vad.level_dbfs
+        voice.levels.append(level)
         if edge == "start":
             self._speech_started()
         elif edge == "end":
             self._speech_ended(fallback=False)
-        self._deliver(frame)
+        self._deliver(frame, level)
         if not self.vad.speaking:
             self._unvoiced_frames += 1
             if self._unvoiced_frames >= self._fallback_frames:
@@ -159,16 +160,16 @@ class ConversationCoordinator:
         else:
             self._unvoiced_frames = 0
 
-    def _deliver(self, frame: bytes) -> None:
+    def _deliver(self, frame: bytes, level_dbfs: float) -> None:
         pcm16 = self._up.process(frame)
         if pcm16:
-            self.provider_call.send_audio(pcm16)
+            self.provider_call.send_audio(pcm16, level_dbfs)
 
     def _speech_started(self) -> None:
         self.session.voice.speaking = True
         self._unvoiced_frames = 0
         if self._gap_timer is None:
-            self._gap_timer = self._loop.call_later(self._end_s, self._check_gap)
+            self._gap_timer = self._clock.call_later(self._end_s, self._check_gap)
         self.provider_call.utterance_started()
         self._set_state(ConversationState.USER_SPEAKING)
 
@@ -176,17 +177,17 @@ class ConversationCoordinator:
         self._gap_timer = None
         if not self.vad.speaking:
             return
-        idle = self._loop.time() - self._last_frame_at
+        idle = self._clock.now() - self._last_frame_at
         if idle >= self._end_s:
             self.vad.reset()
             self._speech_ended(fallback=False)
         else:
-            self._gap_timer = self._loop.call_later(self._end_s - idle, self._check_gap)
+            self._gap_timer = self._clock.call_later(self._end_s - idle, self._check_gap)
 
     def _speech_ended(self, fallback: bool) -> None:
         self.session.voice.speaking = False
         if not fallback or self._turn is None or self._turn.first_audio_out is not None:
-            self._turn = TurnTimeline(speech_end=self._loop.time())
+            self._turn = TurnTimeline(speech_end=self._clock.now())
         self.provider_call.utterance_ended(fallback)
         if not fallback and self.half_duplex:
             self._set_state(ConversationState.PROCESSING)
@@ -196,20 +197,20 @@ class ConversationCoordinator:
     def _set_continuous(self, on: bool) -> None:
         self.continuous_input = on
         if on and self._filler is None:
-            self._filler = self._loop.call_later(FILL_CHECK_S, self._fill_gap)
+            self._filler = self._clock.call_later(FILL_CHECK_S, self._fill_gap)
         elif not on and self._filler is not None:
             self._filler.cancel()
             self._filler = None
 
     def _fill_gap(self) -> None:
         """No RTP for a while: give a continuous-input provider the silence it did not get."""
-        now = self._loop.time()
+        now = self._clock.now()
         missing = int((now - max(self._last_frame_at, self._filled_until)) / FRAME_S)
         if missing >= 3:
             for _ in range(missing):
-                self._deliver(SILENT_FRAME)
+                self._deliver(SILENT_PCM_FRAME, SILENCE_DBFS)
             self._filled_until = now
-        self._filler = self._loop.call_later(FILL_CHECK_S, self._fill_gap)
+        self._filler = self._clock.call_later(FILL_CHECK_S, self._fill_gap)
 
     def replace_provider(self, provider_call: ProviderCall, half_duplex: bool, continuous_input: bool) -> None:
         """Another provider takes the call over from here on."""
@@ -276,7 +277,7 @@ class ConversationCoordinator:
             if s.capture_enabled:
                 self._set_capture(False)
         elif not s.capture_enabled and self._ungate is None:
-            self._ungate = self._loop.call_later(self.config.playback.gating_tail_ms / 1000, self._reopen)
+            self._ungate = self._clock.call_later(self.config.playback.gating_tail_ms / 1000, self._reopen)
 
     def _reopen(self) -> None:
         self._ungate = None
@@ -291,7 +292,7 @@ class ConversationCoordinator:
     def barge_in(self, forced: bool) -> None:
         """Stop the agent now: its playback, its queued audio, the answer being generated."""
         s = self.session
-        onset = None if forced else self._loop.time() - len(self._barge_run) * FRAME_S
+        onset = None if forced else self._clock.now() - len(self._barge_run) * FRAME_S
         heard = list(self._barge_run)
         self._barge_run.clear()
         s.barge_ins += 1
@@ -307,16 +308,16 @@ class ConversationCoordinator:
             self._ungate = None
         self.reference.clear()
         self._set_capture(True)
-        reaction = None if onset is None else self._loop.time() - onset
+        reaction = None if onset is None else self._clock.now() - onset
         self.store.publish(BargeIn(s.call_id, forced, reaction))
-        self.store.log(s.call_id, logging.INFO, "barge-in (operator)" if forced else f"barge-in: caller spoke over the agent for {len(heard) * 20} ms")
+        self.store.log(s.call_id, logging.INFO, "barge-in (operator)" if forced else f"barge-in: caller spoke over the agent for {len(heard) * FRAME_MS} ms")
         if heard:
             # The caller's first words are the start of the next utterance.
             self.vad.reset()
             self.vad.speaking = True
             self._speech_started()
-            for frame in heard:
-                self._deliver(frame)
+            for frame, level in heard:
+                self._deliver(frame, level)
         else:
             self._set_state(ConversationState.LISTENING)
 

@@ -14,12 +14,23 @@ from typing import Any
 
 from engine.ari.client import AriClient
 from engine.ari.events import AriEventStream
+from engine.api import AudioTap
 from engine.calls import CallController
 from engine.config import AppConfig
 from engine.health import HealthServer
 from engine.metrics import EngineMetrics
 from engine.rtp_server import RtpServer
 from engine.sessions import SessionStore
+from engine.status import (
+    AriCounters,
+    CallAggregates,
+    ConversationTotals,
+    EngineStatus,
+    EngineSummary,
+    ModelQueue,
+    PlaybackTotals,
+    RtpCounters,
+)
 from engine.supervisor import Supervisor
 from providers.base import ComponentStatus, Provider, Readiness
 from providers.config import PROVIDER_NAMES
@@ -49,13 +60,13 @@ class Engine:
         self.ari = AriClient(config.asterisk)
         self.providers: dict[str, Provider] = {}
         self.default_provider = config.providers.default
-        self.metrics = EngineMetrics(self)
+        self.metrics = EngineMetrics(lambda: self.status(detail=False))
         self.calls = CallController(
             config, self.ari, self.store, self.rtp, self.provider_for_new_call, self.get_provider,
             self.metrics.turn_latency.observe,
         )
         self.events = AriEventStream(self.ari, config.asterisk.app, self.calls.on_event, self.calls.reconcile)
-        self.health_server = HealthServer(self, config.health.host, config.health.port)
+        self.health_server = HealthServer(self.status, self.metrics.render, config.health.host, config.health.port)
         self._provider_locks: dict[str, asyncio.Lock] = {}
         self.asterisk_version: str | None = None
         self.started = False
@@ -193,34 +204,28 @@ class Engine:
 
     async def set_call_provider(self, call_id: str, name: str) -> bool:
         """Moves a live call to another provider (from its next turn)."""
-        h = self.calls.handles.get(call_id)
-        if h is None:
+        call = self.calls.calls.get(call_id)
+        if call is None:
             return False
-        await self.calls.switch_provider(h, name, "operator's choice")
+        await call.switch_provider(name, "operator's choice")
         return True
 
-    def set_audio_tap(self, call_id: str, tap) -> bool:
+    def set_audio_tap(self, call_id: str, tap: AudioTap | None) -> bool:
         """Listen in on a call: ``tap(source, pcm16, rate)`` gets the caller's audio as it arrives
         and the agent's as the provider produces it. ``None`` stops listening."""
-        h = self.calls.handles.get(call_id)
-        if h is None or h.conversation is None:
-            return False
-        h.conversation.tap = tap
-        return True
+        call = self.calls.calls.get(call_id)
+        return call is not None and call.set_tap(tap)
 
     def barge_in(self, call_id: str) -> bool:
         """Stop the agent on this call now, as if the caller had talked over it."""
-        h = self.calls.handles.get(call_id)
-        if h is None or h.conversation is None:
-            return False
-        h.conversation.barge_in(forced=True)
-        return True
+        call = self.calls.calls.get(call_id)
+        return call is not None and call.barge_in()
 
     async def hangup(self, call_id: str) -> bool:
-        h = self.calls.handles.get(call_id)
-        if h is None:
+        call = self.calls.calls.get(call_id)
+        if call is None:
             return False
-        await self.calls.begin_teardown(h, "hung up by operator", hangup_caller=True)
+        await self.calls.begin_teardown(call, "hung up by operator", hangup_caller=True)
         return True
 
     # ---- state for consumers
@@ -228,7 +233,7 @@ class Engine:
     def ari_connected(self) -> bool:
         return self.events.connected and not self.calls.replaced
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> EngineSummary:
         """The engine's state without any per-call detail (for a header refreshed 10 times a second)."""
         readiness = self.provider_readiness()
         ok = (
@@ -236,31 +241,35 @@ class Engine:
             self.ari_connected and self.rtp.running and readiness[self.default_provider].ready
             and self.supervisor.healthy and self.fatal_error is None
         )
-        return {
-            "status": "ok" if ok else "degraded",
-            "fatal_error": self.fatal_error,
-            "ari_connected": self.ari_connected,
-            "ari_url": self.config.asterisk.base_url,
-            "ari_app": self.config.asterisk.app,
-            "ari_last_error": self.events.last_error,
-            "ari_reconnects": max(0, self.events.connects - 1),
-            "rtp_server_running": self.rtp.running,
-            "rtp_address": f"{self.config.rtp.host}:{self.rtp.port}",
-            "audio_transport": "externalmedia",
-            "active_calls": len(self.store),
-            "max_calls": self.config.rtp.max_calls,
-            "calls_total": self.store.calls_total,
-            "calls_rejected_over_capacity": self.store.calls_rejected_over_capacity,
-            "calls_failed": self.store.calls_failed,
-            "default_provider": self.default_provider,
-            "providers": {name: {"ready": r.ready, "detail": r.detail} for name, r in readiness.items()},
-            "downstream_mode": self.config.playback.downstream_mode,
+        store = self.store
+        base = f"http://{self.config.health.host}:{self.health_server.port}"
+        return EngineSummary(
+            status="ok" if ok else "degraded",
+            fatal_error=self.fatal_error,
+            ari_connected=self.ari_connected,
+            ari_url=self.config.asterisk.base_url,
+            ari_app=self.config.asterisk.app,
+            ari_last_error=self.events.last_error,
+            ari_reconnects=max(0, self.events.connects - 1),
+            rtp_server_running=self.rtp.running,
+            rtp_address=f"{self.config.rtp.host}:{self.rtp.port}",
+            audio_transport="externalmedia",
+            active_calls=len(store),
+            max_calls=self.config.rtp.max_calls,
+            calls_total=store.calls_total,
+            calls_rejected_over_capacity=store.calls_rejected_over_capacity,
+            calls_failed=store.calls_failed,
+            default_provider=self.default_provider,
+            providers=readiness,
+            downstream_mode=self.config.playback.downstream_mode,
             # What an operator must look at now: components and model workers that are not running.
-            "problems": [
+            problems=tuple(
                 f"{c.name} {c.state}" + (f": {c.last_error}" if c.last_error else "")
                 for c in self.components() if not c.ok
-            ],
-        }
+            ),
+            health_url=f"{base}/health",
+            metrics_url=f"{base}/metrics",
+        )
 
     def components(self) -> list[ComponentStatus]:
         """Every long-lived part of the engine and its providers' model workers, with their failures."""
@@ -269,40 +278,53 @@ class Engine:
             out += [dataclasses.replace(w, name=f"{p.name}-{w.name}-worker") for w in p.workers()]
         return out
 
-    def health(self) -> dict[str, Any]:
+    def status(self, detail: bool = True) -> EngineStatus:
+        """Everything /health and /metrics show; ``detail`` adds a snapshot of every call."""
         c = self.rtp.counters
-        snapshots = self.store.snapshots()
-        return {
-            **self.summary(),
-            "components": [dataclasses.asdict(c) for c in self.components()],
-            "ari": {
-                "malformed_events": self.events.malformed_events,
-                "handler_errors": self.events.handler_errors,
-                "call_task_errors": self.calls.task_errors,
-            },
-            "rtp": {
-                "packets_in": c.packets_in,
-                "packets_out": c.packets_out,
-                "foreign_dropped": c.foreign,
-                "malformed_dropped": sum(c.malformed.values()),
-                "unsupported_payload_dropped": c.unsupported_payload,
-                "duplicates": c.duplicates,
-                "late_dropped": c.late,
-                "probation_dropped": c.probation,
-                "kernel_drops": self.rtp.kernel_drops(),
-                "receive_buffer_bytes": self.rtp.receive_buffer_bytes,
-                "send_errors": c.send_errors,
-                "internal_errors": c.internal_errors,
-            },
-            "conversation": {
-                s.call_id: {
-                    "state": s.conversation.state,
-                    "gating": s.conversation.gating,
-                    "capture_enabled": s.conversation.capture_enabled,
-                    "barge_ins": s.conversation.barge_ins,
-                    "downstream_mode": s.conversation.downstream_mode,
-                }
-                for s in snapshots
-            },
-            "calls": [dataclasses.asdict(s) for s in snapshots],
-        }
+        pacing = self.rtp.timings.pacing_error
+        store = self.store
+        live = list(store)
+        cc = self.calls.conversation_counters
+        pc = self.calls.playback_counters
+        return EngineStatus(
+            summary=self.summary(),
+            components=tuple(self.components()),
+            ari=AriCounters(self.events.malformed_events, self.events.handler_errors, self.calls.task_errors),
+            rtp=RtpCounters(
+                packets_in=c.packets_in,
+                packets_out=c.packets_out,
+                foreign_dropped=c.foreign,
+                malformed_dropped=dict(c.malformed),
+                unsupported_payload_dropped=c.unsupported_payload,
+                duplicates=c.duplicates,
+                late_dropped=c.late,
+                probation_dropped=c.probation,
+                kernel_drops=self.rtp.kernel_drops(),
+                receive_buffer_bytes=self.rtp.receive_buffer_bytes,
+                send_errors=c.send_errors,
+                internal_errors=c.internal_errors,
+                late_ticks=c.late_ticks,
+                pacing_error_p50_ms=pacing.percentile_ms(50),
+                pacing_error_p99_ms=pacing.percentile_ms(99),
+            ),
+            aggregates=CallAggregates(
+                worst_loss_ratio=max((s.rtp_in.loss_fraction for s in live), default=0.0),
+                worst_jitter_ms=max((s.rtp_in.jitter_ms for s in live), default=0.0),
+                gated=sum(1 for s in live if s.playbacks),
+                capturing=sum(1 for s in live if s.capture_enabled),
+                stream_underruns=sum(s.rtp_out.underruns for s in live) + store.ended_underruns,
+                stream_overruns=sum(s.rtp_out.overruns for s in live) + store.ended_overruns,
+            ),
+            conversation=ConversationTotals(cc.barge_ins, cc.barge_ins_forced, cc.barge_in_attempts, cc.fallback_flushes, cc.turns),
+            playback=PlaybackTotals(
+                pc.files_started, pc.files_finished, pc.files_failed, pc.files_timed_out, pc.files_stopped, pc.stream_fallbacks,
+            ),
+            model_queues=tuple(
+                ModelQueue(name, model, n) for name, p in self.providers.items() for model, n in p.queue_depths().items()
+            ),
+            calls=tuple(store.snapshots()) if detail else (),
+        )
+
+    def health(self) -> dict[str, Any]:
+        """The /health document."""
+        return self.status().as_json()

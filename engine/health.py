@@ -14,22 +14,23 @@ import json
 import logging
 import socket
 import sys
-from typing import TYPE_CHECKING
+from typing import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from engine.health_process import encode_body
-from engine.metrics import render
-
-if TYPE_CHECKING:
-    from engine.engine import Engine
+from engine.status import EngineStatus
 
 log = logging.getLogger(__name__)
 
 
 class HealthServer:
-    def __init__(self, engine: Engine, host: str, port: int, max_age_s: float = 0.5, max_in_flight: int = 256) -> None:
-        self.engine = engine
+    def __init__(
+        self, status: Callable[[], EngineStatus], metrics: Callable[[], bytes], host: str, port: int,
+        max_age_s: float = 0.5, max_in_flight: int = 256,
+    ) -> None:
+        self._status = status
+        self._metrics = metrics
         self.host = host
         self.port = port
         self.max_age_s = max_age_s
@@ -77,9 +78,10 @@ class HealthServer:
     def _render(self, kind: str) -> bytes:
         self.renders += 1
         if kind == "metrics":
-            return encode_body(kind, 200, CONTENT_TYPE_LATEST, render(self.engine.metrics.registry))
-        report = self.engine.health()
-        return encode_body(kind, 200 if report["status"] == "ok" else 503, "application/json", json.dumps(report, default=str).encode())
+            return encode_body(kind, 200, CONTENT_TYPE_LATEST, self._metrics())
+        status = self._status()
+        code = 200 if status.summary.status == "ok" else 503
+        return encode_body(kind, code, "application/json", json.dumps(status.as_json(), default=str).encode())
 
     @property
     def pid(self) -> int | None:

@@ -17,12 +17,13 @@ import socket
 import struct
 import sys
 import time
-from typing import Callable
+from typing import Awaitable, Callable
 
 from aiohttp import web
 
 from engine.ratelimit import RateLimitFilter
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _LEN = struct.Struct(">I")
 ENGINE_ANSWER_TIMEOUT_S = 2.0  # an engine that renders no body in this time is stuck
 
@@ -68,12 +69,13 @@ class Server:
             await runner.cleanup()
 
     @web.middleware
-    async def bounded(self, request: web.Request, handler: Callable) -> web.StreamResponse:
+    async def bounded(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if self.in_flight >= self.max_in_flight:
             return web.json_response({"status": "busy", "detail": "too many requests in flight"}, status=503, headers={"Retry-After": "1"})
         self.in_flight += 1
         try:
-            return await handler(request)
+            response: web.StreamResponse = await handler(request)
+            return response
         finally:
             self.in_flight -= 1
 

@@ -1,19 +1,25 @@
-"""Per-call media conversion: caller RTP payload to provider PCM, agent PCM to paced u-law frames."""
+"""Per-call media: caller RTP payload to the call's audio path, agent PCM to paced u-law frames.
+
+A packet is followed by name: ``RtpServer.datagram_received`` -> ``CallMedia.receive`` ->
+``MediaOwner.caller_audio`` (the Call) -> the conversation. Agent audio goes the other way:
+``CallMedia.agent_audio`` queues frames that the server's pacer sends, and the pacer's news
+(stream started, queue drained, sends failing) goes back to the owner by the same protocol.
+"""
 
 from __future__ import annotations
 
 import random
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Protocol
 
 import numpy as np
 
-from media.audio import ULAW_SILENCE, Resampler, pcm16_to_ulaw, ulaw_to_pcm16
-from media.rtp import ULAW_FRAME_BYTES
 from engine.sessions import CallSession
-
-ASTERISK_RATE = 8000
+from media.audio import UlawEncoder, ulaw_to_pcm16
+from media.frames import ULAW_FRAME_BYTES, ULAW_SILENCE
+from media.rtp import RtpPacket
+from media.rtp_stats import IN_ORDER, LATE
 
 
 class LatencyRing:
@@ -45,7 +51,7 @@ class LatencyRing:
 
 @dataclass(slots=True)
 class MediaTimings:
-    """Where the engine spends time per packet, for metrics and bench/media.py."""
+    """Where the engine spends time per packet, for metrics and bench/media_load.py."""
 
     inbound: LatencyRing = field(default_factory=LatencyRing)  # datagram in -> handed to provider
     outbound: LatencyRing = field(default_factory=LatencyRing)  # provider audio -> frames queued, per frame
@@ -57,18 +63,25 @@ class MediaTimings:
             ring.clear()
 
 
+class MediaOwner(Protocol):
+    """What a call's media reports to the call that owns it."""
+
+    def caller_audio(self, pcm8: bytes) -> None: ...  # one in-order packet, 8 kHz PCM16
+    def stream_started(self, at: float) -> None: ...  # first outbound frame after a pause
+    def stream_drained(self) -> None: ...  # the outbound queue ran empty
+    def stream_send_failed(self) -> None: ...  # sends to Asterisk keep failing
+
+
 class CallMedia:
-    """The media state of one call: its Asterisk address, outbound resampler and RTP stream."""
+    """The media state of one call: its Asterisk address, outbound queue and RTP stream. It is the
+    only writer of the call's RTP counters (``session.rtp_in``, ``rtp_out`` and their drops)."""
 
     __slots__ = (
         "session",
         "remote",
-        "sink",
-        "on_stream_start",
-        "on_drained",
-        "on_send_failed",
+        "owner",
         "send_failures",
-        "_down",
+        "_encoder",
         "_partial",
         "out_frames",
         "max_queue_frames",
@@ -80,16 +93,12 @@ class CallMedia:
         "queued_at",
     )
 
-    def __init__(self, session: CallSession, remote: tuple[str, int], sink: Callable[[bytes], None], max_queue_frames: int = 1500) -> None:
+    def __init__(self, session: CallSession, remote: tuple[str, int], owner: MediaOwner, max_queue_frames: int = 1500) -> None:
         self.session = session
         self.remote = remote
-        self.sink = sink  # receives the caller's audio as 8 kHz PCM16 (the conversation)
-        # Outbound stream hooks, set by the stream playback of the call.
-        self.on_stream_start: Callable[[float], None] | None = None  # first frame after a pause
-        self.on_drained: Callable[[], None] | None = None  # queue ran empty
-        self.on_send_failed: Callable[[], None] | None = None  # sends keep failing
+        self.owner: MediaOwner | None = owner  # None once the call is being torn down: audio is dropped
         self.send_failures = 0
-        self._down: Resampler | None = None
+        self._encoder = UlawEncoder()
         self._partial = b""
         self.out_frames: deque[bytes] = deque()
         self.max_queue_frames = max_queue_frames
@@ -101,17 +110,26 @@ class CallMedia:
         self.queued_at = 0.0  # loop time when the queue last went from empty to non-empty
         session.outbound_ssrc = self.ssrc
 
-    def caller_audio(self, ulaw: bytes) -> None:
-        """One in-order caller packet, decoded, to the conversation."""
-        self.sink(ulaw_to_pcm16(ulaw))
+    # ---- inbound
+    def receive(self, pkt: RtpPacket, arrival: float) -> int:
+        """One valid u-law packet from this call's address: counted, and passed on if in order.
+        Returns the stream statistics' verdict (media.rtp_stats)."""
+        s = self.session
+        verdict = s.rtp_in.update(pkt.sequence, pkt.timestamp, pkt.ssrc, len(pkt.payload), arrival)
+        if verdict == LATE:
+            # Playing a late frame would put audio out of order; loss concealment is the STT's job.
+            s.rtp_in_late += 1
+        elif verdict == IN_ORDER and self.owner is not None:
+            self.owner.caller_audio(ulaw_to_pcm16(pkt.payload))
+        return verdict
 
+    def malformed(self) -> None:
+        self.session.rtp_in_malformed += 1
+
+    # ---- outbound
     def agent_audio(self, pcm16: bytes, sample_rate: int) -> int:
         """Queue agent speech as 20 ms u-law frames; returns how many frames were added."""
-        if sample_rate != ASTERISK_RATE:
-            if self._down is None or self._down.in_rate != sample_rate:
-                self._down = Resampler(sample_rate, ASTERISK_RATE)
-            pcm16 = self._down.process(pcm16)
-        data = self._partial + pcm16_to_ulaw(pcm16)
+        data = self._partial + self._encoder.encode(pcm16, sample_rate)
         whole = len(data) - len(data) % ULAW_FRAME_BYTES
         frames = self.out_frames
         for i in range(0, whole, ULAW_FRAME_BYTES):
@@ -136,3 +154,18 @@ class CallMedia:
         self.out_frames.clear()
         self._partial = b""
         return n
+
+    def sent(self, payload_bytes: int) -> None:
+        self.send_failures = 0
+        out = self.session.rtp_out
+        out.packets += 1
+        out.bytes += payload_bytes
+
+    def paced(self, error_s: float) -> None:
+        out = self.session.rtp_out
+        out.last_pacing_error_ms = error_s * 1000.0
+        if out.last_pacing_error_ms > out.max_pacing_error_ms:
+            out.max_pacing_error_ms = out.last_pacing_error_ms
+
+    def underrun(self) -> None:
+        self.session.rtp_out.underruns += 1

@@ -13,23 +13,26 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Coroutine
 
 from engine.ari.client import AriClient, AriError, AriUnavailable
-from media.audio import Resampler, pcm16_to_ulaw
+from engine.clock import Clock, Timer
 from engine.config import PlaybackConfig
 from engine.media import CallMedia
-from media.playback_reference import PlaybackReference
 from engine.ratelimit import RateLimitedLog
 from engine.rtp_server import RtpServer
 from engine.sessions import CallSession, PlaybackRef
+from media.audio import UlawEncoder
+from media.frames import RATE
+from media.playback_reference import PlaybackReference
 
 log = logging.getLogger(__name__)
+Spawn = Callable[[Coroutine[Any, Any, Any]], "asyncio.Task[Any]"]  # runs a coroutine as a task of the call
 _rl = RateLimitedLog(log)  # a full disk fails every file of every call: one line per interval
 
 STREAM_TOKEN = "stream"
 IDLE_FLUSH_S = 0.1  # agent audio that stops without an end-of-speech mark is flushed after this
-ULAW_BYTES_PER_S = 8000
+ULAW_BYTES_PER_S = RATE  # one byte per sample
 
 
 @dataclass(slots=True)
@@ -69,10 +72,11 @@ class FilePlayback(Downstream):
         media_dir: Path,
         config: PlaybackConfig,
         counters: PlaybackCounters,
-        spawn: Callable,
+        spawn: Spawn,
         on_tokens_changed: Callable[[], None],
         on_first_audio: Callable[[float], None],  # a playback started (the turn's first counts)
         reference: PlaybackReference,
+        clock: Clock,
     ) -> None:
         self.ari = ari
         self.session = session
@@ -84,13 +88,13 @@ class FilePlayback(Downstream):
         self._on_tokens_changed = on_tokens_changed
         self._on_first_audio = on_first_audio
         self.reference = reference
-        self._loop = asyncio.get_running_loop()
-        self._resampler: Resampler | None = None
+        self._clock = clock
+        self._encoder = UlawEncoder()
         self._buf = bytearray()
         self._seq = 0
         self._chunk_bytes = config.file_chunk_ms * ULAW_BYTES_PER_S // 1000
-        self._idle: asyncio.TimerHandle | None = None
-        self._timeouts: dict[str, asyncio.TimerHandle] = {}
+        self._idle: Timer | None = None
+        self._timeouts: dict[str, Timer] = {}
         self._audio: dict[str, bytes] = {}  # playback id -> its u-law, for the reference
         self._posts: asyncio.Queue[str] = asyncio.Queue()
         self._expected_end = 0.0  # when the last queued playback should end
@@ -98,16 +102,12 @@ class FilePlayback(Downstream):
 
     # ---- in
     def add(self, pcm16: bytes, sample_rate: int) -> None:
-        if sample_rate != 8000:
-            if self._resampler is None or self._resampler.in_rate != sample_rate:
-                self._resampler = Resampler(sample_rate, 8000)
-            pcm16 = self._resampler.process(pcm16)
-        self._buf += pcm16_to_ulaw(pcm16)
+        self._buf += self._encoder.encode(pcm16, sample_rate)
         if len(self._buf) >= self._chunk_bytes:
             self._flush()
         if self._idle is not None:
             self._idle.cancel()
-        self._idle = self._loop.call_later(IDLE_FLUSH_S, self._flush)
+        self._idle = self._clock.call_later(IDLE_FLUSH_S, self._flush)
 
     def finish(self) -> None:
         self._flush()
@@ -136,10 +136,10 @@ class FilePlayback(Downstream):
         duration = len(data) / ULAW_BYTES_PER_S
         self.session.playbacks[pid] = PlaybackRef(pid, str(path), duration)
         self._audio[pid] = data
-        now = self._loop.time()
+        now = self._clock.now()
         self._expected_end = max(now, self._expected_end) + duration
         # Overdue after the queue ahead of it and itself have played, plus a margin.
-        self._timeouts[pid] = self._loop.call_at(self._expected_end + self.config.timeout_margin_ms / 1000, self._timed_out, pid)
+        self._timeouts[pid] = self._clock.call_at(self._expected_end + self.config.timeout_margin_ms / 1000, self._timed_out, pid)
         self._on_tokens_changed()
         self._posts.put_nowait(pid)
 
@@ -163,7 +163,7 @@ class FilePlayback(Downstream):
         ref = self.session.playbacks.get(pid)
         if ref is None:
             return
-        ref.started_at = self._loop.time()
+        ref.started_at = self._clock.now()
         self.counters.files_started += 1
         self.reference.add(self._audio.get(pid, b""))
         self._on_first_audio(ref.started_at)

@@ -14,16 +14,17 @@ import socket
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
+from engine.clock import Clock, LoopClock, Timer
 from engine.media import CallMedia, MediaTimings
 from engine.ratelimit import RateLimitedLog
+from media.frames import FRAME_S, FRAME_SAMPLES
 from media.rtp import PT_ULAW, RtpPacket, RtpParseError, build_packet
 from media.rtp_stats import DUPLICATE, LATE, PROBATION
 
 log = logging.getLogger(__name__)
 
-FRAME_S = 0.020
 PREBUFFER_FRAMES = 2  # a stream starts once this much is queued (absorbs provider jitter) ...
 PREBUFFER_MAX_WAIT_S = 0.040  # ... or once its first frame has waited this long
 UNDERRUN_WINDOW_TICKS = 5
@@ -37,7 +38,7 @@ class RtpServerCounters:
     packets_in: int = 0  # every datagram received
     packets_routed: int = 0  # valid packets of a known call
     foreign: int = 0  # from an address that belongs to no call
-    malformed: Counter = field(default_factory=Counter)  # by reason
+    malformed: Counter[str] = field(default_factory=Counter)  # by reason
     unsupported_payload: int = 0
     duplicates: int = 0
     late: int = 0
@@ -58,7 +59,7 @@ def _log_error(component: str, e: BaseException) -> None:
 class RtpServer(asyncio.DatagramProtocol):
     def __init__(
         self, host: str, port: int, timings: MediaTimings | None = None, on_error: ErrorSink = _log_error,
-        receive_buffer_bytes: int = 0,
+        receive_buffer_bytes: int = 0, clock: Clock | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -72,7 +73,8 @@ class RtpServer(asyncio.DatagramProtocol):
         self.counters = RtpServerCounters()
         self.routes: dict[tuple[str, int], CallMedia] = {}
         self.transport: asyncio.DatagramTransport | None = None
-        self.pacer = OutboundPacer(self)
+        self.clock = clock or LoopClock()
+        self.pacer = OutboundPacer(self, self.clock)
         self._rl = RateLimitedLog(log, _WARN_INTERVAL_S)
 
     # -- lifecycle
@@ -112,7 +114,7 @@ class RtpServer(asyncio.DatagramProtocol):
         self.pacer.discard(media)
 
     # -- inbound (hot path: 50 packets/s per call)
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
         try:
             self._receive(data, addr)
         except Exception as e:
@@ -128,35 +130,30 @@ class RtpServer(asyncio.DatagramProtocol):
             c.foreign += 1
             self._warn("foreign", f"dropped RTP from {addr[0]}:{addr[1]}: no call has that address")
             return
-        session = media.session
+        call_id = media.session.call_id
         try:
             pkt = RtpPacket.parse(data)
         except RtpParseError as e:
             c.malformed[e.reason] += 1
-            session.rtp_in_malformed += 1
-            self._warn("malformed", f"[{session.call_id}] dropped malformed RTP from {addr[0]}:{addr[1]}: {e}")
+            media.malformed()
+            self._warn("malformed", f"[{call_id}] dropped malformed RTP from {addr[0]}:{addr[1]}: {e}")
             return
         if pkt.payload_type != PT_ULAW:
             c.unsupported_payload += 1
-            self._warn("pt", f"[{session.call_id}] dropped RTP with payload type {pkt.payload_type} (expected 0, ulaw)")
+            self._warn("pt", f"[{call_id}] dropped RTP with payload type {pkt.payload_type} (expected 0, ulaw)")
             return
-        verdict = session.rtp_in.update(pkt.sequence, pkt.timestamp, pkt.ssrc, len(pkt.payload), time.monotonic())
+        verdict = media.receive(pkt, time.monotonic())
         if verdict == DUPLICATE:
             c.duplicates += 1
-            return
-        if verdict == PROBATION:
+        elif verdict == PROBATION:
             c.probation += 1
-            return
-        if verdict == LATE:
-            # Playing a late frame would put audio out of order; loss concealment is the STT's job.
+        elif verdict == LATE:
             c.late += 1
-            session.rtp_in_late += 1
-            return
-        c.packets_routed += 1
-        media.caller_audio(pkt.payload)
-        self.timings.inbound.add(time.perf_counter() - t0)
+        else:
+            c.packets_routed += 1
+            self.timings.inbound.add(time.perf_counter() - t0)
 
-    def error_received(self, exc: Exception) -> None:  # type: ignore[override]
+    def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable from a channel Asterisk already tore down: not fatal.
         self.counters.send_errors += 1
         self._warn("icmp", f"RTP socket error: {exc}")
@@ -172,7 +169,7 @@ class RtpServer(asyncio.DatagramProtocol):
         if n:
             self.timings.outbound.add((time.perf_counter() - t0) / n)
             if was_empty:
-                media.queued_at = asyncio.get_running_loop().time()
+                media.queued_at = self.clock.now()
             self.pacer.wake(media)
 
     def finish_agent_audio(self, media: CallMedia) -> None:
@@ -192,23 +189,20 @@ class RtpServer(asyncio.DatagramProtocol):
             self.counters.send_errors += 1
             media.send_failures += 1
             self._warn("send", f"[{media.session.call_id}] RTP send failed: {e}")
-            if media.send_failures >= SEND_FAILURES_BEFORE_FALLBACK and media.on_send_failed is not None:
-                media.on_send_failed()
+            if media.send_failures >= SEND_FAILURES_BEFORE_FALLBACK and media.owner is not None:
+                media.owner.stream_send_failed()
             return
-        media.send_failures = 0
         self.counters.packets_out += 1
-        out = media.session.rtp_out
-        out.packets += 1
-        out.bytes += len(payload)
+        media.sent(len(payload))
 
 
-def _size_receive_buffer(sock, wanted: int) -> int:
+def _size_receive_buffer(sock: socket.socket, wanted: int) -> int:
     if wanted:
         try:  # root may exceed net.core.rmem_max
             sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, wanted)
         except OSError:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, wanted)
-    got = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2  # Linux reports twice the payload room
+    got: int = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2  # Linux reports twice the payload room
     if wanted and got < wanted // 2:
         log.warning(
             "RTP receive buffer is %d KiB, %d KiB asked: raise net.core.rmem_max (sysctl) or run as root",
@@ -259,28 +253,28 @@ class OutboundPacer:
     timestamp follows the wall clock, as Asterisk's own streams do.
     """
 
-    def __init__(self, server: RtpServer) -> None:
+    def __init__(self, server: RtpServer, clock: Clock) -> None:
         self._server = server
+        self._clock = clock
         self._active: dict[CallMedia, None] = {}  # ordered set of calls with frames queued
-        self._handle: asyncio.TimerHandle | None = None
+        self._handle: Timer | None = None
         self._t0 = 0.0
         self._tick = 0
 
     def wake(self, media: CallMedia) -> None:
         if media.dry_tick is not None:
             if self._tick - media.dry_tick <= UNDERRUN_WINDOW_TICKS:
-                media.session.rtp_out.underruns += 1
+                media.underrun()
             media.dry_tick = None
         self._active[media] = None
         if self._handle is None:
-            loop = asyncio.get_running_loop()
             # Keep tick numbering continuous so RTP timestamps stay on one clock.
-            now = loop.time()
+            now = self._clock.now()
             if self._tick == 0:
                 self._t0 = now
             else:
                 self._tick = max(self._tick, int((now - self._t0) / FRAME_S))
-            self._handle = loop.call_at(self._t0 + self._tick * FRAME_S, self._run)
+            self._handle = self._clock.call_at(self._t0 + self._tick * FRAME_S, self._run)
 
     def discard(self, media: CallMedia) -> None:
         self._active.pop(media, None)
@@ -292,14 +286,14 @@ class OutboundPacer:
         self._active.clear()
 
     def _run(self) -> None:
-        loop = asyncio.get_running_loop()
+        clock = self._clock
         deadline = self._t0 + self._tick * FRAME_S
         server = self._server
         tick = self._tick
         done: list[CallMedia] = []
         for media in self._active:
             try:
-                if self._serve(media, tick, deadline, loop):
+                if self._serve(media, tick, deadline):
                     done.append(media)
             except Exception as e:
                 # Out of the schedule (its next audio wakes it again); the other calls go on.
@@ -314,15 +308,15 @@ class OutboundPacer:
             return
         # Next deadline on the fixed grid; skip ticks that are already past.
         nxt = tick + 1
-        now = loop.time()
+        now = clock.now()
         behind = int((now - self._t0) / FRAME_S)
         if behind > nxt:
             server.counters.late_ticks += 1
             nxt = behind
         self._tick = nxt
-        self._handle = loop.call_at(self._t0 + nxt * FRAME_S, self._run)
+        self._handle = clock.call_at(self._t0 + nxt * FRAME_S, self._run)
 
-    def _serve(self, media: CallMedia, tick: int, deadline: float, loop: asyncio.AbstractEventLoop) -> bool:
+    def _serve(self, media: CallMedia, tick: int, deadline: float) -> bool:
         """Sends this tick's frame of one call; True when the call has nothing more queued."""
         server = self._server
         timings = server.timings
@@ -332,25 +326,22 @@ class OutboundPacer:
         if not frames:
             if playing:
                 media.dry_tick = tick
-            if media.on_drained is not None:
-                media.on_drained()
+            if media.owner is not None:
+                media.owner.stream_drained()
             return True
         if not playing and len(frames) < PREBUFFER_FRAMES and deadline - media.queued_at < PREBUFFER_MAX_WAIT_S:
             return False
         t1 = time.perf_counter()
         marker = last is not None and last != tick - 1
         if last is not None:
-            media.ts = (media.ts + 160 * (tick - last)) & 0xFFFFFFFF
+            media.ts = (media.ts + FRAME_SAMPLES * (tick - last)) & 0xFFFFFFFF
         media.last_tick = tick
         server.send_frame(media, frames.popleft(), marker)
-        now = loop.time()
-        if not playing and media.on_stream_start is not None:
-            media.on_stream_start(now)
+        now = self._clock.now()
+        if not playing and media.owner is not None:
+            media.owner.stream_started(now)
         err = now - deadline
         timings.send.add(time.perf_counter() - t1)
         timings.pacing_error.add(err)
-        out = media.session.rtp_out
-        out.last_pacing_error_ms = err * 1000.0
-        if out.last_pacing_error_ms > out.max_pacing_error_ms:
-            out.max_pacing_error_ms = out.last_pacing_error_ms
+        media.paced(err)
         return False

@@ -13,7 +13,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Literal
+from typing import AsyncIterator, Iterator, Literal
 
 from media.rtp_stats import RtpStreamStats
 
@@ -60,7 +60,7 @@ class VoiceState:
 
     speaking: bool = False
     level_dbfs: float = -96.0
-    levels: deque = field(default_factory=lambda: deque(maxlen=150))  # 3 s of 20 ms frames
+    levels: deque[float] = field(default_factory=lambda: deque(maxlen=150))  # 3 s of 20 ms frames
 
 
 @dataclass(slots=True)
@@ -122,7 +122,6 @@ class CallSession:
     capture_enabled: bool = True
     downstream_mode: str = "file"
     barge_ins: int = 0
-    task_errors: int = 0  # tasks of this call that failed (logged with their traceback)
     voice: VoiceState = field(default_factory=VoiceState)
     turns: list[TurnTimeline] = field(default_factory=list)
     transcript: list[TranscriptTurn] = field(default_factory=list)
@@ -370,7 +369,7 @@ class SessionStore:
     def __len__(self) -> int:
         return len(self._calls)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[CallSession]:
         return iter(list(self._calls.values()))
 
     def snapshots(self) -> list[CallSnapshot]:

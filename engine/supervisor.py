@@ -49,7 +49,7 @@ class Supervisor:
         self._backoff = backoff
         self._clock = clock
         self.components: dict[str, _Component] = {}
-        self._tasks: dict[str, asyncio.Task] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
         self._rl = RateLimitedLog(log)
 
     def status(self) -> list[ComponentStatus]:

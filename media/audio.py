@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 try:
-    import audioop  # stdlib up to 3.12
+    import audioop as audioop  # stdlib up to 3.12; re-exported for the simulator
 except ModuleNotFoundError:  # pragma: no cover - Python 3.13+: the audioop-lts package
-    import audioop  # type: ignore[no-redef]
+    import audioop as audioop
 
 import numpy as np
 import soxr
+
+from media.frames import RATE as LINE_RATE
 
 
 def ulaw_to_pcm16(data: bytes) -> bytes:
@@ -17,9 +19,6 @@ def ulaw_to_pcm16(data: bytes) -> bytes:
 
 def pcm16_to_ulaw(data: bytes) -> bytes:
     return audioop.lin2ulaw(data, 2)
-
-
-ULAW_SILENCE = 0xFF  # u-law code of 0, what Asterisk fills silence with
 
 
 class Resampler:
@@ -39,13 +38,31 @@ class Resampler:
     def process(self, pcm16: bytes) -> bytes:
         if self._stream is None:
             return pcm16
-        out = self._stream.resample_chunk(np.frombuffer(pcm16, dtype=np.int16))
+        out: np.ndarray = self._stream.resample_chunk(np.frombuffer(pcm16, dtype=np.int16))
         return out.tobytes()
 
     def flush(self) -> bytes:
         if self._stream is None:
             return b""
-        return self._stream.resample_chunk(np.zeros(0, dtype=np.int16), last=True).tobytes()
+        out: np.ndarray = self._stream.resample_chunk(np.zeros(0, dtype=np.int16), last=True)
+        return out.tobytes()
+
+
+class UlawEncoder:
+    """Agent speech at any sample rate to the line's u-law at 8 kHz, one stream per call (the
+    resampler's filter state carries across chunks)."""
+
+    __slots__ = ("_resampler",)
+
+    def __init__(self) -> None:
+        self._resampler: Resampler | None = None
+
+    def encode(self, pcm16: bytes, sample_rate: int) -> bytes:
+        if sample_rate != LINE_RATE:
+            if self._resampler is None or self._resampler.in_rate != sample_rate:
+                self._resampler = Resampler(sample_rate, LINE_RATE)
+            pcm16 = self._resampler.process(pcm16)
+        return pcm16_to_ulaw(pcm16)
 
 
 def rms_dbfs(pcm16: bytes) -> float:

@@ -19,8 +19,8 @@ from collections import deque
 import numpy as np
 
 from media.audio import ulaw_to_pcm16
+from media.frames import FRAME_SAMPLES
 
-FRAME_SAMPLES = 160
 _SILENT = np.zeros(FRAME_SAMPLES, dtype=np.int64)
 
 

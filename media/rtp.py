@@ -10,8 +10,6 @@ HEADER = struct.Struct("!BBHII")
 HEADER_LEN = HEADER.size  # 12
 
 PT_ULAW = 0
-ULAW_FRAME_BYTES = 160  # 20 ms at 8 kHz, one byte per sample
-ULAW_FRAME_SAMPLES = 160
 
 
 class RtpParseError(ValueError):

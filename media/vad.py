@@ -5,22 +5,7 @@ from __future__ import annotations
 import webrtcvad
 
 from media.audio import rms_dbfs
-
-FRAME_MS = 20
-FRAME_BYTES_8K = 320  # 160 samples of PCM16 at 8 kHz
-
-
-def packet_frames(pcm: bytes, size: int = FRAME_BYTES_8K) -> list[bytes]:
-    """One packet's audio as whole 20 ms frames. A short packet (Asterisk can end a prompt with a
-    12-byte one) is padded with silence rather than carried into the next packet, so that frame
-    boundaries stay on packet boundaries, where the agent's own playback lines up with them."""
-    if len(pcm) == size:
-        return [pcm]
-    rem = len(pcm) % size
-    if rem:
-        pcm = pcm + bytes(size - rem)
-    return [pcm[i : i + size] for i in range(0, len(pcm), size)]
-
+from media.frames import RATE, frames_in
 
 class VoiceActivity:
     """Speech/silence for one call, from 8 kHz PCM16 20 ms frames.
@@ -34,8 +19,8 @@ class VoiceActivity:
 
     def __init__(self, aggressiveness: int, start_ms: int, end_ms: int, min_level_dbfs: float) -> None:
         self._vad = webrtcvad.Vad(aggressiveness)
-        self._start_frames = max(1, start_ms // FRAME_MS)
-        self._end_frames = max(1, end_ms // FRAME_MS)
+        self._start_frames = frames_in(start_ms)
+        self._end_frames = frames_in(end_ms)
         self._min_level = min_level_dbfs
         self.speaking = False
         self._voiced_run = 0
@@ -44,7 +29,7 @@ class VoiceActivity:
         self.voiced = False
 
     def is_voiced(self, frame: bytes, level_dbfs: float) -> bool:
-        return level_dbfs >= self._min_level and self._vad.is_speech(frame, 8000)
+        return level_dbfs >= self._min_level and self._vad.is_speech(frame, RATE)
 
     def update(self, frame: bytes) -> str | None:
         self.level_dbfs = level = rms_dbfs(frame)

@@ -113,8 +113,9 @@ class ProviderCall(ABC):
         """Open whatever the call needs (a websocket, a model context)."""
 
     @abstractmethod
-    def send_audio(self, pcm16: bytes) -> None:
-        """One frame of caller audio. Called on the event loop for every frame: must not block."""
+    def send_audio(self, pcm16: bytes, level_dbfs: float) -> None:
+        """One 20 ms frame of caller audio and its level (the engine's VAD measured it already).
+        Called on the event loop for every frame: must not block."""
 
     def utterance_started(self) -> None:
         """The engine's VAD heard the caller start speaking."""

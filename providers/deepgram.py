@@ -102,7 +102,7 @@ class DeepgramCall(ProviderCall):
         self._emit(ProviderError(f"Deepgram session failed: {e.__class__.__name__}: {e}", fatal=True))
 
     # ---- caller audio
-    def send_audio(self, pcm16: bytes) -> None:
+    def send_audio(self, pcm16: bytes, level_dbfs: float) -> None:
         self._audio.append(pcm16)
         self._audio_ready.set()
 

@@ -25,7 +25,7 @@ class EchoCall(ProviderCall):
     async def start(self) -> None:
         pass
 
-    def send_audio(self, pcm16: bytes) -> None:
+    def send_audio(self, pcm16: bytes, level_dbfs: float) -> None:
         if self._stopped:
             return
         self._pending.append(self._loop.call_later(self._delay, self._release, pcm16))

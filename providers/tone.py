@@ -54,7 +54,7 @@ class ToneCall(ProviderCall):
     async def start(self) -> None:
         pass
 
-    def send_audio(self, pcm16: bytes) -> None:
+    def send_audio(self, pcm16: bytes, level_dbfs: float) -> None:
         self._collector.add(pcm16)
 
     def utterance_started(self) -> None:

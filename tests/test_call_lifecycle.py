@@ -16,7 +16,7 @@ async def test_caller_hangs_up_mid_sentence(pbx, engine, tmp_path):
     rec = pbx.place_call(str(THANKS), hold_s=5.0)
     await wait_for(lambda: rec.bridged and rec.media.frames_sent > 40)  # 0.8 s into a 5.5 s prompt
     # A file the call wrote (as playback does) must go with the call.
-    token = engine.calls.handles[rec.id].token
+    token = engine.calls.calls[rec.id].token
     (tmp_path / "media" / f"{token}-0001.ulaw").write_bytes(b"\xff" * 160)
     pbx.hangup_channel(pbx.channels[rec.id], by="caller")
     await asyncio.wait_for(rec.finished.wait(), 10)

@@ -50,7 +50,7 @@ async def test_five_concurrent_echo_calls_answered_bridged_echoed_and_cleaned(pb
     await wait_for(lambda: len(engine.store) == 0)
     assert pbx.leftovers() == ([], [])
     assert engine.rtp.routes == {}
-    assert engine.calls.handles == {}
+    assert engine.calls.calls == {}
     assert list((tmp_path / "media").iterdir()) == []
     assert engine.rtp.counters.foreign == 0 and sum(engine.rtp.counters.malformed.values()) == 0
 

@@ -67,7 +67,7 @@ async def test_outbound_gap_sets_marker_and_jumps_timestamp(pbx, engine):
     await asyncio.wait_for(rec.finished.wait(), 15)
     first = pbx.external_endpoints[rec.external_media].rx_log
     assert first
-    session_media_ids = set(engine.calls.handles)  # the call is gone
+    session_media_ids = set(engine.calls.calls)  # the call is gone
     assert rec.id not in session_media_ids
     # Drive a second burst directly through the engine's pacer on a live call.
     rec2 = pbx.place_call(str(THANKS), hold_s=0.2)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from textual.widgets import DataTable
 
+from aiagent_tui.runtime import Runtime
 from aiagent_tui.app import AiAgentApp, HelpScreen, ProviderScreen
 from aiagent_tui.service import run_headless
 from engine.config import load_config
@@ -33,10 +34,10 @@ async def test_app_shows_live_calls_and_every_key_works(tmp_path):
     from pbxsim.server import Pause, Say, WaitAgent
     from tests.conftest import HELLO
 
-    app = AiAgentApp(app_config(tmp_path), sim=True, demo_interval_s=600.0, dump_dir=tmp_path)
+    app = AiAgentApp(rt := Runtime(app_config(tmp_path), sim=True, demo_interval_s=600.0), dump_dir=tmp_path)
     async with app.run_test(size=(120, 40)) as pilot:
-        await until(pilot, lambda: app.engine is not None and app.engine.ari_connected and app.pbx is not None)
-        eng, pbx = app.engine, app.pbx
+        await until(pilot, lambda: rt.engine is not None and rt.engine.ari_connected and rt.pbx is not None)
+        eng, pbx = rt.engine, rt.pbx
         rec = pbx.place_call(script=[Say(str(HELLO)), WaitAgent(1.0), Pause(8.0)], caller_number="5551234")
         await until(pilot, lambda: eng.store.get(rec.id) is not None)
         cid = rec.id
@@ -101,7 +102,7 @@ async def test_headless_sim_service_answers_demo_calls(tmp_path):
 
     cfg = app_config(tmp_path)
     cfg.health.port = free_port()
-    task = asyncio.create_task(run_headless(cfg, sim=True, demo_interval_s=0.5))
+    task = asyncio.create_task(run_headless(Runtime(cfg, sim=True, demo_interval_s=0.5)))
     url = f"http://127.0.0.1:{cfg.health.port}/health"
 
     def calls_total() -> int:

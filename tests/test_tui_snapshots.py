@@ -1,5 +1,6 @@
-"""Snapshot tests of the app's screens (pytest-textual-snapshot). With no PBX reachable the
-screen is deterministic: ARI down, no calls, the help screen over it.
+"""Snapshot tests of the app's screens (pytest-textual-snapshot), given a scripted engine with
+live calls: the panes render real CallSnapshots of fixed state, so each screen reads the same on
+every run. Also: the app's keys reach the engine as commands.
 
 Refresh after an intended UI change with: pytest tests/test_tui_snapshots.py --snapshot-update
 """
@@ -10,32 +11,79 @@ import pytest
 
 from aiagent_tui import app as app_module
 from aiagent_tui.app import AiAgentApp
-from engine.config import load_config
-
-# Fixed ports nothing listens on, so the header and the ARI error read the same every run.
-ENV = {"ASTERISK_ARI_PORT": "1", "RTP_PORT": "38551", "HEALTH_PORT": "38552", "AIAGENT_PROVIDER": "tone"}
+from tests.scripted_engine import ScriptedEngine, ScriptedRuntime, freeze_session_clock
 
 
-@pytest.fixture
-def quiet_app(tmp_path, monkeypatch):
+@pytest.fixture(autouse=True)
+def still_clock(monkeypatch):
+    freeze_session_clock(monkeypatch)
     monkeypatch.setattr(app_module.time, "strftime", lambda fmt, *a: "12:00:00 " if fmt.startswith("%H") else "20260101")
-    cfg = load_config(None, env={**ENV, "AIAGENT_MEDIA_DIR": str(tmp_path / "media")})
-    cfg.asterisk.reconnect_initial_s = 30.0  # one failed connect, then a long wait: a stable screen
-    return AiAgentApp(cfg)
+
+
+def live_app(**kw) -> AiAgentApp:
+    return AiAgentApp(ScriptedRuntime(ScriptedEngine.two_calls(**kw)))
 
 
 async def _settle(pilot) -> None:
-    await pilot.pause(1.0)
+    await pilot.pause(0.6)
 
 
-def test_main_screen(snap_compare, quiet_app):
-    assert snap_compare(quiet_app, terminal_size=(120, 40), run_before=_settle)
+def test_main_screen_with_live_calls(snap_compare):
+    assert snap_compare(live_app(), terminal_size=(120, 40), run_before=_settle)
 
 
-def test_help_screen(snap_compare, quiet_app):
+def test_header_shows_a_failed_model_worker(snap_compare):
+    app = live_app(problems=("local-llm-worker failed: crashed 5 times in a row (signal 9)",))
+    assert snap_compare(app, terminal_size=(120, 40), run_before=_settle)
+
+
+def test_second_call_selected(snap_compare):
+    async def down(pilot) -> None:
+        await _settle(pilot)
+        await pilot.press("down")
+        await pilot.pause(0.3)
+
+    assert snap_compare(live_app(), terminal_size=(120, 40), run_before=down)
+
+
+def test_help_screen(snap_compare):
     async def open_help(pilot) -> None:
         await _settle(pilot)
         await pilot.press("question_mark")
         await pilot.pause(0.3)
 
-    assert snap_compare(quiet_app, terminal_size=(120, 40), run_before=open_help)
+    assert snap_compare(live_app(), terminal_size=(120, 40), run_before=open_help)
+
+
+def test_provider_picker(snap_compare):
+    async def open_picker(pilot) -> None:
+        await _settle(pilot)
+        await pilot.press("p")
+        await pilot.pause(0.3)
+
+    assert snap_compare(live_app(), terminal_size=(120, 40), run_before=open_picker)
+
+
+async def test_keys_become_engine_commands_on_the_selected_call():
+    engine = ScriptedEngine.two_calls()
+    runtime = ScriptedRuntime(engine)
+    app = AiAgentApp(runtime)
+    first, second = (s.call_id for s in engine.store)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause(0.4)
+        await pilot.press("b")
+        await pilot.press("down")
+        await pilot.pause(0.2)
+        await pilot.press("h")
+        await pilot.press("p")
+        await pilot.pause(0.2)
+        await pilot.press("up", "up", "enter")  # from local, two up: deepgram
+        await pilot.pause(0.3)
+        await pilot.press("q")
+    assert engine.commands == [
+        ("barge_in", first),
+        ("hangup", second),
+        ("default_provider", "deepgram"),
+        ("call_provider", second, "deepgram"),
+    ]
+    assert runtime.stopped

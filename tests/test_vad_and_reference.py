@@ -7,7 +7,8 @@ import pytest
 
 from media.audio import pcm16_to_ulaw, rms_dbfs, ulaw_to_pcm16
 from media.playback_reference import PlaybackReference
-from media.vad import VoiceActivity, packet_frames
+from media.frames import packet_frames
+from media.vad import VoiceActivity
 from pbxsim.media import load_wav_ulaw, mix_ulaw, speech_onset_s
 from tests.conftest import AGENT_PASS, HELLO
 

@@ -12,7 +12,7 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
-from media.audio import rms_dbfs, voiced_ms
+from media.audio import voiced_ms
 from providers.config import LocalProviderConfig
 from providers.base import (
     AgentAudio,
@@ -123,12 +123,12 @@ class LocalCall(ProviderCall):
             self._turn_task = asyncio.create_task(self._say(self.cfg.greeting))
 
     # ---- caller audio
-    def send_audio(self, pcm16: bytes) -> None:
+    def send_audio(self, pcm16: bytes, level_dbfs: float) -> None:
         c = self._collector
         c.add(pcm16)
         if not c.in_speech:
             return
-        if rms_dbfs(pcm16) > SPEECH_DBFS:
+        if level_dbfs > SPEECH_DBFS:
             self._voiced += 1
             self._since_voiced = 0
         else:

@@ -96,7 +96,7 @@ async def test_worker_that_crashes_at_once_again_is_shown_failed_and_new_calls_f
         assert eng.provider_for_new_call() == "tone"
         assert eng.health()["status"] == "degraded"
         # The app's header shows this line in red.
-        problems = eng.summary()["problems"]
+        problems = eng.summary().problems
         assert any(p.startswith("local-tts-worker failed: killed by SIGSEGV") for p in problems), problems
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from aiagent_tui.runtime import Runtime
 from aiagent_tui.app import AiAgentApp, ProviderScreen
 from tests.conftest import free_port
 from tests.test_tui import app_config, until
@@ -81,22 +82,22 @@ async def test_app_with_sim_port_taken_exits_non_zero_with_one_line(tmp_path, ca
     cfg = app_config(tmp_path)
     cfg.asterisk.ari_port = held.getsockname()[1]
     try:
-        app = AiAgentApp(cfg, sim=True, demo_interval_s=600.0)
+        app = AiAgentApp(rt := Runtime(cfg, sim=True, demo_interval_s=600.0))
         async with app.run_test(size=(120, 40)) as pilot:
             await pilot.pause(0.5)
     finally:
         held.close()
-    assert app.exit_code == 1 and app.engine is None
+    assert app.exit_code == 1 and app.engine is None and rt.engine is None and rt.pbx is None
     err = " ".join(capsys.readouterr().err.split())  # the terminal wraps it
     assert "cannot start the simulated PBX" in err and "ASTERISK_ARI_PORT" in err and "Traceback" not in err
 
 
 async def test_picking_a_provider_that_is_not_ready_is_refused_visibly(tmp_path, monkeypatch):
     monkeypatch.delenv("DEEPGRAM_API_KEY", raising=False)
-    app = AiAgentApp(app_config(tmp_path), sim=True, demo_interval_s=600.0, dump_dir=tmp_path)
+    app = AiAgentApp(rt := Runtime(app_config(tmp_path), sim=True, demo_interval_s=600.0), dump_dir=tmp_path)
     async with app.run_test(size=(120, 40)) as pilot:
-        await until(pilot, lambda: app.engine is not None and app.engine.ari_connected)
-        eng = app.engine
+        await until(pilot, lambda: rt.engine is not None and rt.engine.ari_connected)
+        eng = rt.engine
         await pilot.press("p")
         await pilot.pause(0.2)
         assert isinstance(app.screen, ProviderScreen)
@@ -113,7 +114,7 @@ async def test_picking_a_provider_that_is_not_ready_is_refused_visibly(tmp_path,
         note = next(n for n in app._notifications if "not ready" in n.message)
         assert note.severity == "error" and "new calls stay on tone" in note.message
         assert eng.default_provider == "tone"
-        rec = app.pbx.place_call(hold_s=0.5)
+        rec = rt.pbx.place_call(hold_s=0.5)
         await until(pilot, lambda: rec.finished.is_set())
-        assert rec.report(app.pbx)["bridged"]
+        assert rec.report(rt.pbx)["bridged"]
         assert eng.store.calls_failed == 0

@@ -7,7 +7,6 @@ import asyncio
 import socket
 import time
 
-from engine.metrics import render
 from media.rtp import PT_ULAW, build_packet
 from pbxsim.server import Pause, Say
 from tests.conftest import THANKS, running_engine, wait_for
@@ -51,7 +50,7 @@ async def test_a_flood_that_fills_the_buffer_shows_as_kernel_drops(pbx, tmp_path
         rtp = eng.health()["rtp"]
         assert rtp["kernel_drops"] > 1000, rtp
         assert rtp["foreign_dropped"] + rtp["kernel_drops"] == 2000
-        assert "ai_agent_rtp_kernel_drops_total" in render(eng.metrics.registry).decode()
+        assert "ai_agent_rtp_kernel_drops_total" in eng.metrics.render().decode()
 
 
 async def test_receive_buffer_is_sized_by_default(pbx, tmp_path):

@@ -1,6 +1,6 @@
 """Media path benchmark: N concurrent echo calls through the PBX simulator.
 
-    python bench/media.py [--calls 50] [--seconds 30] [--mode stream|file]
+    python bench/media_load.py [--calls 50] [--seconds 30] [--mode stream|file]
 
 Phase 1 runs the simulator (aiagent-sim serve) and the engine with the echo provider in separate
 processes and measures the engine: RTP in/out, loss, per-packet processing time, outbound pacing

@@ -1,0 +1,80 @@
+"""The composition root: the one place that starts the optional simulated PBX, the engine and the
+demo caller, and stops them in reverse order. The terminal app, ``--no-ui`` and ``--sim`` all
+run through it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from engine.config import AppConfig
+from engine.engine import Engine, EngineStartError
+from pbxsim.demo import demo_calls
+from pbxsim.server import SimPBX
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    def __init__(self, config: AppConfig, sim: bool = False, demo_interval_s: float = 8.0) -> None:
+        self.config = config
+        self.sim = sim
+        self.demo_interval_s = demo_interval_s
+        self.engine: Engine | None = None
+        self.pbx: SimPBX | None = None
+        self._demo: asyncio.Task[None] | None = None
+
+    async def start(self) -> Engine:
+        """Simulator (with ``sim``), then the engine, then the demo caller. Raises EngineStartError
+        with what to fix; whatever had started is stopped again."""
+        try:
+            if self.sim:
+                self.pbx = await self._start_simulator()
+            engine = Engine(self.config)
+            await engine.start()
+        except BaseException:
+            await self.stop()
+            raise
+        self.engine = engine
+        if self.pbx is not None:
+            self._demo = asyncio.create_task(
+                demo_calls(self.pbx, self.config.asterisk.app, self.demo_interval_s, lambda: engine.ari_connected), name="demo-calls",
+            )
+            self._demo.add_done_callback(_demo_done)
+        return engine
+
+    async def _start_simulator(self) -> SimPBX:
+        """The simulated PBX, on the port the engine's ARI settings point at."""
+        cfg = self.config.asterisk
+        pbx = SimPBX(username=cfg.ari_username, password=cfg.ari_password.get_secret_value())
+        try:
+            await pbx.start(host=cfg.host, port=cfg.ari_port)
+        except OSError as e:
+            await pbx.stop()
+            raise EngineStartError(
+                f"cannot start the simulated PBX on {cfg.host}:{cfg.ari_port}/tcp: {e.strerror or e} "
+                "(is Asterisk running there?); set asterisk.ari_port (ASTERISK_ARI_PORT) to a free port"
+            ) from None
+        return pbx
+
+    async def stop(self) -> None:
+        """Demo caller, engine (hangs every call up), simulator: each once, in that order."""
+        if self._demo is not None:
+            self._demo.cancel()
+            await asyncio.gather(self._demo, return_exceptions=True)
+            self._demo = None
+        if self.engine is not None:
+            engine, self.engine = self.engine, None
+            await engine.stop()
+        if self.pbx is not None:
+            pbx, self.pbx = self.pbx, None
+            await pbx.stop()
+
+    def describe(self) -> str:
+        if self.pbx is not None:
+            return f"simulated PBX on port {self.pbx.port}"
+        return f"ARI {self.config.asterisk.base_url}"
+
+
+def _demo_done(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (e := task.exception()) is not None:
+        log.error("demo caller stopped: %s", e, exc_info=e)

@@ -1,0 +1,37 @@
+"""What a front end (the terminal app) may use of a running engine: its public API as protocols,
+so that the app can be given the real Engine or a scripted one (snapshot tests)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Callable, Protocol
+
+from engine.sessions import SessionStore
+from engine.status import EngineSummary
+from providers.base import Readiness
+
+# Listening in on a call: gets ("caller" | "agent", pcm16, sample rate) as the audio passes.
+AudioTap = Callable[[str, bytes, int], None]
+
+
+class EngineView(Protocol):
+    store: SessionStore  # snapshots of live calls and the event stream
+    fatal: asyncio.Event  # set when the engine cannot go on
+    fatal_error: str | None
+    default_provider: str
+
+    def summary(self) -> EngineSummary: ...
+    def provider_readiness(self) -> dict[str, Readiness]: ...
+    def barge_in(self, call_id: str) -> bool: ...
+    async def hangup(self, call_id: str) -> bool: ...
+    async def set_default_provider(self, name: str) -> None: ...
+    async def set_call_provider(self, call_id: str, name: str) -> bool: ...
+    def set_audio_tap(self, call_id: str, tap: AudioTap | None) -> bool: ...
+
+
+class EngineRuntime(Protocol):
+    """Starts an engine (and whatever it needs, such as a simulator) and stops it again."""
+
+    async def start(self) -> EngineView: ...
+    async def stop(self) -> None: ...
+    def describe(self) -> str: ...

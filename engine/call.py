@@ -1,0 +1,306 @@
+"""One call: what it does with its media, its provider session and its agent's playback.
+
+A ``Call`` owns everything one caller's conversation holds (the RTP stream state, the
+conversation, the provider call, the downstream, its tasks), built with its collaborators passed
+in. Call control (engine/calls.py) creates it once the caller is answered and tears it down; in
+between, the Call is the media's owner (``MediaOwner``) and the provider's listener.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Coroutine
+
+from engine.api import AudioTap
+from engine.ari.client import AriClient, AriError, AriUnavailable
+from engine.clock import Clock
+from engine.config import AppConfig
+from engine.conversation import ConversationCoordinator, ConversationCounters
+from engine.media import CallMedia
+from engine.playback import FilePlayback, PlaybackCounters, StreamPlayback
+from engine.rtp_server import RtpServer
+from engine.sessions import CallSession, ProviderSession, SessionStore, TranscriptTurn
+from engine.tasks import OwnedTasks
+from media.audio import ulaw_to_pcm16
+from media.frames import FRAME_MS, RATE
+from providers.base import (
+    AgentAudio,
+    AgentSpeakingStarted,
+    AgentSpeakingStopped,
+    CallContext,
+    CallerInterrupted,
+    Provider,
+    ProviderCall,
+    ProviderError,
+    ProviderEvent,
+    Transcript,
+    TurnMark,
+)
+
+log = logging.getLogger(__name__)
+
+PROVIDER_STOP_TIMEOUT_S = 5.0
+TRANSCRIPT_VARIABLE = "AIAGENT_TRANSCRIPT"  # the dialplan/CDR can read what the caller said
+
+ProviderLookup = Callable[[str], Awaitable[Provider]]
+
+
+@dataclass(frozen=True, slots=True)
+class CallServices:
+    """What every call of one engine shares: passed to each Call by call control."""
+
+    config: AppConfig
+    ari: AriClient
+    store: SessionStore
+    rtp: RtpServer
+    get_provider: ProviderLookup
+    clock: Clock
+    playback_counters: PlaybackCounters
+    conversation_counters: ConversationCounters
+    observe_turn_latency: Callable[[float], None]
+
+
+class Call:
+    def __init__(self, services: CallServices, session: CallSession, token: str, end: Callable[[Call, str], None]) -> None:
+        self.services = services
+        self.session = session
+        self.token = token  # names the call's bridge, ExternalMedia channel and files; never caller text
+        self._end = end  # call control ends the call (hangs the caller up) on a failure it cannot survive
+        self.media: CallMedia | None = None
+        self.provider_call: ProviderCall | None = None
+        self.conversation: ConversationCoordinator | None = None
+        self.setup_task: asyncio.Task[None] | None = None
+        self.teardown_task: asyncio.Task[None] | None = None
+        self._tasks = OwnedTasks(f"[{session.call_id}] call")
+
+    @property
+    def call_id(self) -> str:
+        return self.session.call_id
+
+    @property
+    def ending(self) -> bool:
+        return self.teardown_task is not None
+
+    # ---- tasks: the call owns them; a failed one is its error, logged with the traceback
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        return self._tasks.spawn(coro)
+
+    @property
+    def task_errors(self) -> int:
+        return self._tasks.errors
+
+    # ---- start
+    async def start_media(self, remote: tuple[str, int]) -> None:
+        """Opens the provider session, the conversation and the RTP stream to ``remote``."""
+        sv = self.services
+        s = self.session
+        assert s.provider is not None
+        provider, pcall = await self._open_provider_call(s.provider.name)
+        self.provider_call = pcall
+        self.conversation = ConversationCoordinator(
+            sv.config, s, sv.store, pcall, provider.half_duplex, provider.continuous_input,
+            sv.conversation_counters, sv.observe_turn_latency, self.spawn, sv.clock,
+        )
+        frames = sv.config.playback.stream_queue_max_ms // FRAME_MS
+        self.media = CallMedia(s, remote, self, max_queue_frames=frames)
+        if sv.config.playback.downstream_mode == "stream":
+            self._use_stream()
+        else:
+            self._use_files()
+        await pcall.start()
+        s.provider.ready = True
+        s.provider.started_at = sv.clock.now()
+        sv.rtp.register(self.media)
+
+    async def _open_provider_call(self, name: str) -> tuple[Provider, ProviderCall]:
+        s = self.session
+        provider = await self.services.get_provider(name)
+        ready = provider.readiness()
+        if not ready.ready:
+            raise RuntimeError(f"provider {name} is not ready: {ready.detail}")
+        vad = self.services.config.vad
+        ctx = CallContext(
+            call_id=s.call_id,
+            caller_number=s.caller_number,
+            caller_name=s.caller_name,
+            preroll_ms=vad.preroll_ms,
+            fallback_window_ms=vad.fallback_interval_ms,
+        )
+        pcall = provider.open_call(ctx, lambda ev: self._on_provider_event(pcall, ev))
+        return provider, pcall
+
+    async def switch_provider(self, name: str, why: str) -> None:
+        """Moves the call to another provider: the new one takes over at once if the call is
+        listening, else at its next turn; the old one is stopped when it is replaced."""
+        conv = self.conversation
+        if conv is None or self.ending:
+            return
+        provider, pcall = await self._open_provider_call(name)
+        await pcall.start()
+        old = self.provider_call
+        self.provider_call = pcall
+        self.session.provider = ProviderSession(name, started_at=self.services.clock.now(), ready=True)
+        conv.replace_provider(pcall, provider.half_duplex, provider.continuous_input)
+        self.services.store.log(self.call_id, logging.WARNING if "fail" in why else logging.INFO, f"provider now {name}: {why}")
+        if old is not None:
+            self.spawn(old.stop())
+
+    # ---- downstream: how the agent's audio reaches the caller
+    def _use_files(self) -> None:
+        conv = self.conversation
+        assert conv is not None
+        sv = self.services
+        self.session.downstream_mode = "file"
+        conv.downstream = FilePlayback(
+            sv.ari, self.session, self.token, sv.config.storage.media_dir, sv.config.playback, sv.playback_counters,
+            self.spawn, conv.tokens_changed, conv.first_audio_out, conv.reference, sv.clock,
+        )
+
+    def _use_stream(self) -> None:
+        conv, media = self.conversation, self.media
+        assert conv is not None and media is not None
+        self.session.downstream_mode = "stream"
+        conv.downstream = StreamPlayback(self.services.rtp, media, conv.tokens_changed)
+
+    def _stream_failed(self) -> None:
+        """RTP to Asterisk keeps failing for this call: play its audio as files instead."""
+        media, conv = self.media, self.conversation
+        if media is None or conv is None or self.session.downstream_mode != "stream":
+            return
+        queued = b"".join(media.out_frames)
+        if conv.downstream is not None:
+            conv.downstream.close()
+        self._use_files()
+        self.services.playback_counters.stream_fallbacks += 1
+        self.services.store.log(self.call_id, logging.WARNING, "stream playback failed (RTP send errors): falling back to file playback for this call")
+        files = conv.downstream
+        if queued and files is not None:
+            files.add(ulaw_to_pcm16(queued), RATE)
+            files.finish()
+
+    # ---- MediaOwner: what the call's RTP stream reports
+    def caller_audio(self, pcm8: bytes) -> None:
+        if self.conversation is not None:
+            self.conversation.on_caller_pcm8(pcm8)
+
+    def stream_started(self, at: float) -> None:
+        if self.conversation is not None and self.session.downstream_mode == "stream":
+            self.conversation.first_audio_out(at)
+
+    def stream_drained(self) -> None:
+        downstream = self.conversation.downstream if self.conversation is not None else None
+        if isinstance(downstream, StreamPlayback):
+            downstream.drained()
+
+    def stream_send_failed(self) -> None:
+        self._stream_failed()
+
+    # ---- ARI playback events of this call's bridge (file mode)
+    def playback_event(self, playback_id: str, started: bool, state: str) -> None:
+        downstream = self.conversation.downstream if self.conversation is not None else None
+        if not isinstance(downstream, FilePlayback):
+            return
+        if started:
+            downstream.on_started(playback_id)
+        else:
+            downstream.on_finished(playback_id, state)
+
+    # ---- provider events
+    def _on_provider_event(self, source: ProviderCall, ev: ProviderEvent) -> None:
+        if self.ending or source is not self.provider_call:
+            return  # a provider call that was replaced has nothing more to say
+        s = self.session
+        conv = self.conversation
+        if isinstance(ev, AgentAudio):
+            if conv is not None:
+                conv.agent_audio(ev.pcm16, ev.sample_rate)
+        elif isinstance(ev, Transcript):
+            turn = TranscriptTurn(ev.role, ev.text, ev.final, self.services.clock.now())
+            self.services.store.add_transcript(s, turn)
+            if ev.role == "caller" and ev.final:
+                text = " ".join(t.text for t in s.transcript if t.role == "caller")
+                self.spawn(self._set_transcript_var(text))
+        elif isinstance(ev, AgentSpeakingStopped):
+            if conv is not None:
+                conv.agent_finished()
+        elif isinstance(ev, AgentSpeakingStarted):
+            if conv is not None:
+                conv.agent_started()
+        elif isinstance(ev, TurnMark):
+            if conv is not None:
+                conv.mark(ev.stage, ev.at)
+        elif isinstance(ev, CallerInterrupted):
+            if conv is not None and conv.agent_is_speaking:
+                conv.barge_in(forced=False)
+        elif isinstance(ev, ProviderError):
+            assert s.provider is not None
+            s.provider.errors += 1
+            s.provider.last_error = ev.message
+            self.services.store.log(s.call_id, logging.ERROR, f"provider {s.provider.name}: {ev.message}")
+            if ev.fatal:
+                fallback = self.services.config.providers.fallback
+                if fallback and fallback != s.provider.name:
+                    self.spawn(self._fall_back(fallback, ev.message))
+                else:
+                    self._end(self, f"provider error: {ev.message}")
+
+    async def _fall_back(self, name: str, why: str) -> None:
+        try:
+            await self.switch_provider(name, f"{self.session.provider.name if self.session.provider else '?'} failed ({why})")
+        except Exception as e:
+            self.services.store.log(self.call_id, logging.ERROR, f"fallback provider {name} failed too: {e}")
+            self._end(self, f"provider error: {why}")
+
+    async def _set_transcript_var(self, text: str) -> None:
+        try:
+            await self.services.ari.set_variable(self.session.caller_channel_id, TRANSCRIPT_VARIABLE, text[-1000:])
+        except (AriError, AriUnavailable) as e:
+            log.debug("could not set %s on %s: %s", TRANSCRIPT_VARIABLE, self.session.caller_channel_id, e)
+
+    # ---- operator commands
+    def barge_in(self) -> bool:
+        if self.conversation is None:
+            return False
+        self.conversation.barge_in(forced=True)
+        return True
+
+    def set_tap(self, tap: AudioTap | None) -> bool:
+        if self.conversation is None:
+            return False
+        self.conversation.tap = tap
+        return True
+
+    # ---- end
+    async def release(self) -> None:
+        """Stops what the call runs here: its tasks, its audio in both directions, its provider
+        session. Asterisk's side (channels, bridge) is call control's to release."""
+        await self._tasks.cancel()
+        try:
+            if self.media is not None:
+                # The route stays until the ExternalMedia channel is gone, so that packets still in
+                # flight are recognised (and dropped here) rather than counted as foreign.
+                self.media.owner = None
+                self.services.rtp.pacer.discard(self.media)
+            if self.conversation is not None:
+                self.conversation.close()
+        except Exception as e:
+            log.error("[%s] teardown: stopping media failed: %s", self.call_id, e, exc_info=e)
+        if self.provider_call is not None:
+            try:
+                await asyncio.wait_for(self.provider_call.stop(), PROVIDER_STOP_TIMEOUT_S)
+            except TimeoutError:
+                log.warning("[%s] provider stop took over %.0f s", self.call_id, PROVIDER_STOP_TIMEOUT_S)
+            except Exception as e:
+                log.error("[%s] teardown: provider stop failed: %s", self.call_id, e, exc_info=e)
+
+    def delete_files(self) -> None:
+        media_dir = self.services.config.storage.media_dir
+        if not media_dir.is_dir():
+            return
+        for f in media_dir.glob(f"{self.token}-*"):
+            try:
+                f.unlink()
+            except OSError as e:
+                log.warning("[%s] could not delete %s: %s", self.call_id, f, e)

@@ -1,0 +1,140 @@
+"""The engine's state as frozen typed objects: made by ``Engine.summary()`` / ``Engine.status()``,
+served by ``/health`` (``EngineStatus.as_json``), drawn by the app's header, read by the metrics
+collector. Per-call detail lives here and in the app, never in metric labels."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from engine.sessions import CallSnapshot
+from providers.base import ComponentStatus, Readiness
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSummary:
+    """The engine without per-call detail: cheap enough for a header drawn ten times a second."""
+
+    status: Literal["ok", "degraded"]
+    fatal_error: str | None
+    ari_connected: bool
+    ari_url: str
+    ari_app: str
+    ari_last_error: str | None
+    ari_reconnects: int
+    rtp_server_running: bool
+    rtp_address: str
+    audio_transport: str
+    active_calls: int
+    max_calls: int
+    calls_total: int
+    calls_rejected_over_capacity: int
+    calls_failed: int
+    default_provider: str
+    providers: dict[str, Readiness]
+    downstream_mode: str
+    problems: tuple[str, ...]  # components and model workers that are not running, in words
+    health_url: str
+    metrics_url: str
+
+
+@dataclass(frozen=True, slots=True)
+class AriCounters:
+    malformed_events: int
+    handler_errors: int
+    call_task_errors: int
+
+
+@dataclass(frozen=True, slots=True)
+class RtpCounters:
+    packets_in: int
+    packets_out: int
+    foreign_dropped: int
+    malformed_dropped: dict[str, int]  # by reason
+    unsupported_payload_dropped: int
+    duplicates: int
+    late_dropped: int
+    probation_dropped: int
+    kernel_drops: int | None
+    receive_buffer_bytes: int
+    send_errors: int
+    internal_errors: int
+    late_ticks: int
+    pacing_error_p50_ms: float
+    pacing_error_p99_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class CallAggregates:
+    """Over every live call (and, for the totals, the ended ones): bounded, for /metrics."""
+
+    worst_loss_ratio: float
+    worst_jitter_ms: float
+    gated: int  # calls whose capture is muted while the agent speaks
+    capturing: int  # calls whose caller audio reaches the provider
+    stream_underruns: int
+    stream_overruns: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationTotals:
+    barge_ins: int
+    barge_ins_forced: int
+    barge_in_attempts: int
+    fallback_flushes: int
+    turns: int
+
+
+@dataclass(frozen=True, slots=True)
+class PlaybackTotals:
+    files_started: int
+    files_finished: int
+    files_failed: int
+    files_timed_out: int
+    files_stopped: int
+    stream_fallbacks: int
+
+
+@dataclass(frozen=True, slots=True)
+class ModelQueue:
+    provider: str
+    model: str
+    depth: int
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStatus:
+    summary: EngineSummary
+    components: tuple[ComponentStatus, ...]
+    ari: AriCounters
+    rtp: RtpCounters
+    aggregates: CallAggregates
+    conversation: ConversationTotals
+    playback: PlaybackTotals
+    model_queues: tuple[ModelQueue, ...]
+    calls: tuple[CallSnapshot, ...]  # empty unless asked for with detail
+
+    def as_json(self) -> dict[str, Any]:
+        """The /health document: the summary's fields at the top, then the detail."""
+        summary = dataclasses.asdict(self.summary)
+        summary["problems"] = list(self.summary.problems)
+        rtp = dataclasses.asdict(self.rtp)
+        rtp["malformed_dropped"] = sum(self.rtp.malformed_dropped.values())
+        return {
+            **summary,
+            "components": [dataclasses.asdict(c) for c in self.components],
+            "ari": dataclasses.asdict(self.ari),
+            "rtp": rtp,
+            "conversation": {
+                s.call_id: {
+                    "state": s.conversation.state,
+                    "gating": s.conversation.gating,
+                    "capture_enabled": s.conversation.capture_enabled,
+                    "barge_ins": s.conversation.barge_ins,
+                    "downstream_mode": s.conversation.downstream_mode,
+                }
+                for s in self.calls
+            },
+            "calls": [dataclasses.asdict(s) for s in self.calls],
+        }

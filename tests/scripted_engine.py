@@ -1,0 +1,162 @@
+"""A scripted engine for the app: live calls with fixed state, and a record of the commands the
+app sends. It fills the same SessionStore the real engine does, so the panes render real
+CallSnapshots; only time is held still (see ``freeze_session_clock``)."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from engine import sessions
+from engine.api import AudioTap
+from engine.sessions import (
+    CallSession,
+    CallState,
+    ConversationState,
+    PlaybackRef,
+    ProviderSession,
+    SessionStore,
+    TranscriptTurn,
+    TurnTimeline,
+)
+from engine.status import EngineSummary
+from providers.base import Readiness
+
+NOW = 5000.0
+
+
+def freeze_session_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Call durations and packet ages are read from this clock: a screenshot stays the same."""
+    monkeypatch.setattr(sessions, "time", SimpleNamespace(monotonic=lambda: NOW, time=lambda: 1_790_000_000.0))
+
+
+def _stream(session: CallSession, packets: int, lost: set[int], start: float) -> None:
+    ssrc = 0x5EED0000 + int(session.caller_number[-4:])
+    for i in range(packets):
+        if i not in lost:
+            jitter = 0.002 if i % 7 == 0 else 0.0
+            session.rtp_in.update(1000 + i, 160 * i, ssrc, 160, start + i * 0.02 + jitter)
+
+
+class ScriptedEngine:
+    def __init__(self, problems: tuple[str, ...] = ()) -> None:
+        self.store = SessionStore()
+        self.fatal = asyncio.Event()
+        self.fatal_error: str | None = None
+        self.default_provider = "local"
+        self.problems = problems
+        self.commands: list[tuple[str, ...]] = []
+
+    def add_call(self, number: str, started_s_ago: float, state: ConversationState, **kw: Any) -> CallSession:
+        cid = f"1790000{len(self.store):03d}.{number[-4:]}"
+        s = CallSession(call_id=cid, caller_channel_id=cid, caller_number=number, provider=ProviderSession("local", ready=True))
+        s.created_mono = NOW - started_s_ago
+        s.bridge_id = f"aiagent-br-{number}"
+        s.external_channel_id = f"aiagent-em-{number}"
+        s.rtp_remote = ("127.0.0.1", 17000 + len(self.store))
+        s.downstream_mode = "stream"
+        self.store.add(s)
+        s.state = CallState.SPEAKING if state is ConversationState.AGENT_SPEAKING else CallState.STREAMING
+        s.conversation = state
+        for k, v in kw.items():
+            setattr(s, k, v)
+        return s
+
+    @classmethod
+    def two_calls(cls, problems: tuple[str, ...] = ()) -> ScriptedEngine:
+        eng = cls(problems)
+        a = eng.add_call("5550142", 74.0, ConversationState.AGENT_SPEAKING, capture_enabled=False, barge_ins=1)
+        _stream(a, 3700, lost={50, 51, 900}, start=NOW - 74.0)
+        a.rtp_out.packets, a.rtp_out.bytes = 1480, 236800
+        a.rtp_out.last_pacing_error_ms, a.rtp_out.max_pacing_error_ms = 0.4, 1.7
+        a.playbacks["stream"] = PlaybackRef("stream", "", 0.0)
+        a.voice.level_dbfs = -31.5
+        a.voice.levels.extend([-70.0] * 40 + [-35.0, -28.0, -24.0, -26.0, -30.0] * 8 + [-60.0] * 70)
+        a.transcript.extend([
+            TranscriptTurn("agent", "Hello, thanks for calling Northside Dental. How can I help?", True, NOW - 72),
+            TranscriptTurn("caller", "Hi, are you open on Saturday?", True, NOW - 66),
+            TranscriptTurn("agent", "We are open Saturday from nine to one.", True, NOW - 64),
+            TranscriptTurn("caller", "And where do I park?", True, NOW - 58),
+            TranscriptTurn("agent", "There is free parking behind the building.", True, NOW - 56),
+        ])
+        a.turns.extend([
+            TurnTimeline(NOW - 66.0, NOW - 65.74, NOW - 65.61, NOW - 65.61, NOW - 65.52, NOW - 65.50),
+            TurnTimeline(NOW - 58.0, NOW - 57.71, NOW - 57.55, NOW - 57.55, NOW - 57.47, NOW - 57.45),
+        ])
+        b = eng.add_call("5550199", 12.0, ConversationState.USER_SPEAKING)
+        _stream(b, 600, lost=set(), start=NOW - 12.0)
+        b.voice.speaking = True
+        b.voice.level_dbfs = -22.0
+        return eng
+
+    # ---- EngineView
+    def summary(self) -> EngineSummary:
+        return EngineSummary(
+            status="degraded" if self.problems else "ok",
+            fatal_error=None,
+            ari_connected=True,
+            ari_url="http://127.0.0.1:8088",
+            ari_app="aiagent",
+            ari_last_error=None,
+            ari_reconnects=0,
+            rtp_server_running=True,
+            rtp_address="127.0.0.1:40000",
+            audio_transport="externalmedia",
+            active_calls=len(self.store),
+            max_calls=50,
+            calls_total=17,
+            calls_rejected_over_capacity=0,
+            calls_failed=1,
+            default_provider=self.default_provider,
+            providers=self.provider_readiness(),
+            downstream_mode="stream",
+            problems=self.problems,
+            health_url="http://127.0.0.1:15000/health",
+            metrics_url="http://127.0.0.1:15000/metrics",
+        )
+
+    def provider_readiness(self) -> dict[str, Readiness]:
+        return {
+            "deepgram": Readiness(False, "DEEPGRAM_API_KEY is not set"),
+            "echo": Readiness(False, "not loaded"),
+            "local": Readiness(True, "models loaded"),
+            "tone": Readiness(False, "not loaded"),
+        }
+
+    def barge_in(self, call_id: str) -> bool:
+        self.commands.append(("barge_in", call_id))
+        return True
+
+    async def hangup(self, call_id: str) -> bool:
+        self.commands.append(("hangup", call_id))
+        return True
+
+    async def set_default_provider(self, name: str) -> None:
+        self.commands.append(("default_provider", name))
+        self.default_provider = name
+
+    async def set_call_provider(self, call_id: str, name: str) -> bool:
+        self.commands.append(("call_provider", call_id, name))
+        return True
+
+    def set_audio_tap(self, call_id: str, tap: AudioTap | None) -> bool:
+        self.commands.append(("tap", call_id, "on" if tap else "off"))
+        return True
+
+
+class ScriptedRuntime:
+    def __init__(self, engine: ScriptedEngine) -> None:
+        self.engine = engine
+        self.stopped = False
+
+    async def start(self) -> ScriptedEngine:
+        return self.engine
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+    def describe(self) -> str:
+        return "scripted engine"
