@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from typing import Mapping, Sequence
 from pathlib import Path
 
 import aiohttp
@@ -40,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import free_port  # noqa: E402
 from engine.config import load_config  # noqa: E402
 from engine.engine import Engine  # noqa: E402
+from providers.local.provider import LocalProvider  # noqa: E402
 
 SOUNDS = Path("/usr/share/asterisk/sounds/en_US_f_Allison")
 THANKS = str(SOUNDS / "demo-thanks.wav")  # 5.5 s
@@ -82,11 +84,11 @@ class Bench:
         async with self.http.get(self.sim + path) as r:
             return await r.json()
 
-    async def call(self, script: list[dict], number: str = "") -> str:
+    async def call(self, script: Sequence[Mapping[str, object]], number: str = "") -> str:
         return (await self.post("/sim/calls", {"script": script, "caller_number": number}))["id"]
 
     async def live_calls(self, n: int, seconds: float = 8.0) -> list[str]:
-        script = [{"say": THANKS}, {"pause": seconds}]
+        script: list[dict[str, object]] = [{"say": THANKS}, {"pause": seconds}]
         ids = [await self.call(script, f"55500{i:02d}") for i in range(n)]
         await self.until(lambda: sum(1 for s in self.eng.store if s.state.value == "streaming") >= n, 15)
         return ids
@@ -271,11 +273,14 @@ class Bench:
         if "local" not in eng.providers:
             await eng.get_provider("local")
         await eng.set_default_provider("local")
-        llm = eng.providers["local"].models.llm
+        local = eng.providers["local"]
+        assert isinstance(local, LocalProvider) and local.models is not None
+        llm = local.models.llm
         ids = [await self.call([{"wait_agent_done": 0.4}, {"say": AGENT_PASS}, {"wait_agent": 0.3, "timeout_s": 30},
                                 {"wait_agent_done": 0.8, "timeout_s": 30}, {"say": HELLO}, {"wait_agent": 0.3, "timeout_s": 30},
                                 {"wait_agent_done": 0.8, "timeout_s": 30}])]
         await self.until(lambda: llm.depth == 1, 30)
+        assert llm.pid is not None
         os.kill(llm.pid, signal.SIGKILL)
         t0 = time.monotonic()
         await self.until(lambda: llm.state == "running" and llm.restarts == 1, 60)

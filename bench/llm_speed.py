@@ -44,8 +44,8 @@ def main() -> int:
         t0 = time.perf_counter()
         first = None
         n = 0
-        for chunk in llm.create_chat_completion(messages=PROMPT, max_tokens=args.tokens, temperature=0.0, stream=True):
-            if chunk["choices"][0].get("delta", {}).get("content"):
+        for chunk in llm.create_chat_completion(messages=PROMPT, max_tokens=args.tokens, temperature=0.0, stream=True):  # type: ignore[arg-type]
+            if chunk["choices"][0].get("delta", {}).get("content"):  # type: ignore[union-attr,index]
                 n += 1
                 if first is None:
                     first = time.perf_counter()

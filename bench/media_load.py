@@ -209,6 +209,7 @@ class FloorEcho(asyncio.DatagramProtocol):
         st.q.append(pcm16_to_ulaw(st.down.process(pcm16k)))
 
     def tick(self) -> None:
+        assert self.transport is not None
         sendto = self.transport.sendto
         for addr, st in self.streams.items():
             if st.q:

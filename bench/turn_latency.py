@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from engine.config import load_config  # noqa: E402
 from providers.config import LocalProviderConfig  # noqa: E402
 from engine.engine import Engine  # noqa: E402
-from engine.sessions import TurnCompleted  # noqa: E402
+from engine.sessions import TurnCompleted, TurnTimeline  # noqa: E402
 from common import free_port  # noqa: E402
 from providers.local.llm import ChatModel  # noqa: E402
 from providers.local.models import JOE_VOICE, SMOLLM2, resolve  # noqa: E402
@@ -55,9 +55,9 @@ async def place(sim_url: str, prompt: str, number: str) -> str:
             return (await r.json())["id"]
 
 
-async def run_turns(eng: Engine, sim_url: str, prompts: list[str], concurrent: int) -> list[tuple[str, object]]:
+async def run_turns(eng: Engine, sim_url: str, prompts: list[str], concurrent: int) -> list[tuple[str, TurnTimeline]]:
     sub = eng.store.subscribe()
-    turns: list[tuple[str, object]] = []
+    turns: list[tuple[str, TurnTimeline]] = []
     texts: dict[str, str] = {}
     for i in range(0, len(prompts), concurrent):
         batch = prompts[i : i + concurrent]
@@ -89,7 +89,7 @@ def stage_alone(cfg: LocalProviderConfig, prompts: list[str]) -> list[float]:
         pcm, _ = phone_audio(SOUNDS / f"{p}.wav")
         t0 = time.perf_counter()
         text = stt.transcribe(pcm)
-        splitter, first = SentenceSplitter(), []
+        splitter, first = SentenceSplitter(), list[str]()
         done = threading.Event()
 
         def on_text(piece: str, first: list[str] = first, splitter: SentenceSplitter = splitter, done: threading.Event = done) -> None:
@@ -107,7 +107,7 @@ def stage_alone(cfg: LocalProviderConfig, prompts: list[str]) -> list[float]:
     return sums
 
 
-def report(title: str, turns: list[tuple[str, object]], alone: list[float] | None) -> None:
+def report(title: str, turns: list[tuple[str, TurnTimeline]], alone: list[float] | None) -> None:
     print(title)
     for name, a, b in STAGES:
         v = [getattr(t, b) - getattr(t, a) for _, t in turns if getattr(t, a) is not None and getattr(t, b) is not None]
@@ -116,7 +116,7 @@ def report(title: str, turns: list[tuple[str, object]], alone: list[float] | Non
     total = [t.latency_s for _, t in turns if t.latency_s is not None]
     print(f"  {'total':20s} p50 {np.percentile(total, 50) * 1000:7.0f} ms   p90 {np.percentile(total, 90) * 1000:7.0f} ms   ({len(total)} turns)")
     if alone:
-        engine_stages = [t.first_audio_out - t.speech_end for _, t in turns]
+        engine_stages = [t.latency_s for _, t in turns if t.latency_s is not None]
         print(f"  model stages alone   p50 {np.percentile(alone, 50) * 1000:7.0f} ms   overhead ratio (engine total / stages alone, p50) {np.percentile(engine_stages, 50) / np.percentile(alone, 50):.2f}")
 
 

@@ -104,7 +104,6 @@ class ConversationCoordinator:
         self._gap_timer: Timer | None = None
         self._turn: TurnTimeline | None = None
         self._agent_turn_open = False
-        self.closed = False
         self._set_continuous(continuous_input)
 
     # ---- caller audio (hot path: 50 frames/s per call)
@@ -339,7 +338,6 @@ class ConversationCoordinator:
         self.store.publish(ConversationChanged(s.call_id, s.conversation, s.capture_enabled, bool(s.playbacks)))
 
     def close(self) -> None:
-        self.closed = True
         for timer in (self._ungate, self._gap_timer, self._filler):
             if timer is not None:
                 timer.cancel()

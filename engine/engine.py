@@ -1,8 +1,9 @@
 """The Engine: everything that answers calls, in one object that runs inside any asyncio loop.
 
-The headless service (``aiagent-tui --no-ui``) and the terminal app run this same object; they
-read its state through ``store`` (events and snapshots) and ``health()`` and steer it with its
-command methods.
+The headless service (``aiagent-tui --no-ui``) and the terminal app run this same object (started
+by aiagent_tui/runtime.py); they read its state through ``store`` (events and snapshots),
+``summary()`` and ``status()`` (engine/status.py), and steer it with its command methods
+(engine/api.py names what a front end may use).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from typing import Any, Callable
 from engine.clock import Clock, LoopClock, Timer
 from engine.media import CallMedia, MediaTimings
 from engine.ratelimit import RateLimitedLog
-from media.frames import FRAME_S, FRAME_SAMPLES
+from media.pacing import FrameGrid, next_rtp_timestamp
 from media.rtp import PT_ULAW, RtpPacket, RtpParseError, build_packet
 from media.rtp_stats import DUPLICATE, LATE, PROBATION
 
@@ -258,23 +258,16 @@ class OutboundPacer:
         self._clock = clock
         self._active: dict[CallMedia, None] = {}  # ordered set of calls with frames queued
         self._handle: Timer | None = None
-        self._t0 = 0.0
-        self._tick = 0
+        self._grid = FrameGrid()
 
     def wake(self, media: CallMedia) -> None:
         if media.dry_tick is not None:
-            if self._tick - media.dry_tick <= UNDERRUN_WINDOW_TICKS:
+            if self._grid.tick - media.dry_tick <= UNDERRUN_WINDOW_TICKS:
                 media.underrun()
             media.dry_tick = None
         self._active[media] = None
         if self._handle is None:
-            # Keep tick numbering continuous so RTP timestamps stay on one clock.
-            now = self._clock.now()
-            if self._tick == 0:
-                self._t0 = now
-            else:
-                self._tick = max(self._tick, int((now - self._t0) / FRAME_S))
-            self._handle = self._clock.call_at(self._t0 + self._tick * FRAME_S, self._run)
+            self._handle = self._clock.call_at(self._grid.resume(self._clock.now()), self._run)
 
     def discard(self, media: CallMedia) -> None:
         self._active.pop(media, None)
@@ -286,10 +279,10 @@ class OutboundPacer:
         self._active.clear()
 
     def _run(self) -> None:
-        clock = self._clock
-        deadline = self._t0 + self._tick * FRAME_S
+        grid = self._grid
+        tick = grid.tick
+        deadline = grid.due(tick)
         server = self._server
-        tick = self._tick
         done: list[CallMedia] = []
         for media in self._active:
             try:
@@ -304,17 +297,11 @@ class OutboundPacer:
             del self._active[media]
         if not self._active:
             self._handle = None
-            self._tick += 1
+            grid.idle()
             return
-        # Next deadline on the fixed grid; skip ticks that are already past.
-        nxt = tick + 1
-        now = clock.now()
-        behind = int((now - self._t0) / FRAME_S)
-        if behind > nxt:
+        if grid.advance(self._clock.now()):
             server.counters.late_ticks += 1
-            nxt = behind
-        self._tick = nxt
-        self._handle = clock.call_at(self._t0 + nxt * FRAME_S, self._run)
+        self._handle = self._clock.call_at(grid.due(grid.tick), self._run)
 
     def _serve(self, media: CallMedia, tick: int, deadline: float) -> bool:
         """Sends this tick's frame of one call; True when the call has nothing more queued."""
@@ -334,7 +321,7 @@ class OutboundPacer:
         t1 = time.perf_counter()
         marker = last is not None and last != tick - 1
         if last is not None:
-            media.ts = (media.ts + FRAME_SAMPLES * (tick - last)) & 0xFFFFFFFF
+            media.ts = next_rtp_timestamp(media.ts, last, tick)
         media.last_tick = tick
         server.send_frame(media, frames.popleft(), marker)
         now = self._clock.now()

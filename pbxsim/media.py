@@ -25,12 +25,11 @@ import numpy as np
 import soxr
 
 from media.audio import audioop
-
+from media.frames import FRAME_S, RATE, ULAW_SILENCE
+from media.frames import ULAW_FRAME_BYTES as FRAME_BYTES
 from media.rtp import PT_ULAW, RtpPacket, RtpParseError, build_packet
 
-FRAME_S = 0.020
-FRAME_BYTES = 160
-SILENCE = b"\xff" * FRAME_BYTES
+SILENCE = bytes([ULAW_SILENCE]) * FRAME_BYTES
 SOFTMIX_MAX_QUEUE = 4  # frames (80 ms); more triggers a flush
 
 
@@ -44,8 +43,8 @@ def load_wav_ulaw(path: str | Path) -> bytes:
     samples = np.frombuffer(pcm, dtype=np.int16)
     if channels > 1:
         samples = samples.reshape(-1, channels).mean(axis=1).astype(np.int16)
-    if rate != 8000:
-        samples = soxr.resample(samples, rate, 8000).astype(np.int16)
+    if rate != RATE:
+        samples = soxr.resample(samples, rate, RATE).astype(np.int16)
     return audioop.lin2ulaw(samples.tobytes(), 2)
 
 
@@ -55,7 +54,7 @@ def speech_onset_s(ulaw: bytes, threshold_dbfs: float = -40.0) -> float:
         pcm = audioop.ulaw2lin(ulaw[i : i + FRAME_BYTES], 2)
         rms = audioop.rms(pcm, 2)
         if rms and 20 * np.log10(rms / 32768) > threshold_dbfs:
-            return i / 8000
+            return i / RATE
     return 0.0
 
 
@@ -242,7 +241,7 @@ class CallerMedia(Endpoint):
         self.bridge.on_frame(self, frame, False, tick)
 
     def agent_heard_s(self, since: float = 0.0) -> float:
-        return sum(len(p) for t, p in self.agent_frames if t >= since) / 8000.0
+        return sum(len(p) for t, p in self.agent_frames if t >= since) / RATE
 
     def barge_in_reactions(self) -> list[float]:
         """For each time the caller started speaking while the agent was being heard: seconds from
@@ -278,7 +277,7 @@ class CallerMedia(Endpoint):
 
     @property
     def agent_audio_seconds(self) -> float:
-        return round(sum(len(p) for _, p in self.agent_frames) / 8000.0, 3)
+        return round(sum(len(p) for _, p in self.agent_frames) / RATE, 3)
 
     def agent_audio(self) -> bytes:
         return b"".join(p for _, p in self.agent_frames)
@@ -331,7 +330,7 @@ class ExternalMediaEndpoint(Endpoint, asyncio.DatagramProtocol):
         """Fault: one packet from this channel's own address, ``seq_ahead`` beyond the stream (a
         forged or stray packet that strict RTP cannot tell from a genuine one)."""
         if self.transport is not None:
-            pkt = build_packet(PT_ULAW, (self.seq + seq_ahead) & 0xFFFF, self.ts, self.ssrc if ssrc is None else ssrc, b"\x00" * 160)
+            pkt = build_packet(PT_ULAW, (self.seq + seq_ahead) & 0xFFFF, self.ts, self.ssrc if ssrc is None else ssrc, b"\x00" * FRAME_BYTES)
             self.transport.sendto(pkt, self.remote)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]

@@ -24,6 +24,7 @@ from typing import Any, Awaitable, Callable
 from aiohttp import WSMsgType, web
 
 from media.audio import audioop
+from media.frames import FRAME_S, RATE
 
 from pbxsim.media import (
     Bridge,
@@ -675,7 +676,7 @@ class SimPBX:
             t0 = loop.time()
             while (f := pb.next_frame()) is not None and pb.state == "playing":
                 media.deliver(f, True, self.clock.tick)
-                await asyncio.sleep(max(0.0, t0 + pb.pos * 0.02 - loop.time()))
+                await asyncio.sleep(max(0.0, t0 + pb.pos * FRAME_S - loop.time()))
         finally:
             if isinstance(media, CallerMedia):
                 media.muted = False
@@ -903,7 +904,7 @@ class SimPBX:
             # Did the engine clean up what served this call?
             end = time.monotonic() + CLEANUP_GRACE_S
             while time.monotonic() < end and not self._call_cleaned(rec):
-                await asyncio.sleep(0.02)
+                await asyncio.sleep(FRAME_S)
             rec.hangup_clean = self._call_cleaned(rec)
         finally:
             rec.finished.set()
@@ -974,7 +975,7 @@ class SimPBX:
         with wave.open(buf, "wb") as w:
             w.setnchannels(1)
             w.setsampwidth(2)
-            w.setframerate(8000)
+            w.setframerate(RATE)
             w.writeframes(pcm)
         return web.Response(body=buf.getvalue(), content_type="audio/wav")
 
