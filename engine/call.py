@@ -181,9 +181,9 @@ class Call:
             files.finish()
 
     # ---- MediaOwner: what the call's RTP stream reports
-    def caller_audio(self, pcm8: bytes) -> None:
+    def caller_audio(self, pcm8: bytes, lost: int) -> None:
         if self.conversation is not None:
-            self.conversation.on_caller_pcm8(pcm8)
+            self.conversation.on_caller_pcm8(pcm8, lost)
 
     def stream_started(self, at: float) -> None:
         if self.conversation is not None and self.session.downstream_mode == "stream":

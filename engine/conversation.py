@@ -107,20 +107,22 @@ class ConversationCoordinator:
         self._set_continuous(continuous_input)
 
     # ---- caller audio (hot path: 50 frames/s per call)
-    def on_caller_pcm8(self, pcm8: bytes) -> None:
+    def on_caller_pcm8(self, pcm8: bytes, lost: int = 0) -> None:
+        """One packet of the caller's audio; ``lost``: packets missing before it."""
         if self.tap is not None:
             self.tap("caller", pcm8, RATE)
         for frame in packet_frames(pcm8):
-            self._frame(frame)
+            self._frame(frame, lost)
+            lost = 0
 
-    def _frame(self, frame: bytes) -> None:
+    def _frame(self, frame: bytes, lost: int) -> None:
         s = self.session
         voice = s.voice
         self._last_frame_at = self._clock.now()
         if self.reference.active:
             # File mode: the bridge mixes the agent's own playback into this stream; take it out
             # so that only the caller is left.
-            frame = self.reference.residual(frame)
+            frame = self.reference.residual(frame, lost)
         if self.half_duplex and not s.capture_enabled:
             # The agent is speaking: listen only for the caller talking over it.
             probe = frame
@@ -282,7 +284,6 @@ class ConversationCoordinator:
         self._ungate = None
         if self.session.playbacks:
             return
-        self.reference.clear()
         self._set_capture(True)
         if self.session.conversation is ConversationState.AGENT_SPEAKING and not self._agent_turn_open:
             self._set_state(ConversationState.LISTENING)
@@ -305,7 +306,6 @@ class ConversationCoordinator:
         if self._ungate is not None:
             self._ungate.cancel()
             self._ungate = None
-        self.reference.clear()
         self._set_capture(True)
         reaction = None if onset is None else self._clock.now() - onset
         self.store.publish(BargeIn(s.call_id, forced, reaction))

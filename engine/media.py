@@ -66,7 +66,7 @@ class MediaTimings:
 class MediaOwner(Protocol):
     """What a call's media reports to the call that owns it."""
 
-    def caller_audio(self, pcm8: bytes) -> None: ...  # one in-order packet, 8 kHz PCM16
+    def caller_audio(self, pcm8: bytes, lost: int) -> None: ...  # one in-order packet (8 kHz PCM16), packets lost before it
     def stream_started(self, at: float) -> None: ...  # first outbound frame after a pause
     def stream_drained(self) -> None: ...  # the outbound queue ran empty
     def stream_send_failed(self) -> None: ...  # sends to Asterisk keep failing
@@ -81,6 +81,7 @@ class CallMedia:
         "remote",
         "owner",
         "send_failures",
+        "_last_seq",
         "_encoder",
         "_partial",
         "out_frames",
@@ -98,6 +99,7 @@ class CallMedia:
         self.remote = remote
         self.owner: MediaOwner | None = owner  # None once the call is being torn down: audio is dropped
         self.send_failures = 0
+        self._last_seq: int | None = None
         self._encoder = UlawEncoder()
         self._partial = b""
         self.out_frames: deque[bytes] = deque()
@@ -119,8 +121,12 @@ class CallMedia:
         if verdict == LATE:
             # Playing a late frame would put audio out of order; loss concealment is the STT's job.
             s.rtp_in_late += 1
-        elif verdict == IN_ORDER and self.owner is not None:
-            self.owner.caller_audio(ulaw_to_pcm16(pkt.payload))
+        elif verdict == IN_ORDER:
+            gap = 0 if self._last_seq is None else (pkt.sequence - self._last_seq - 1) & 0xFFFF
+            self._last_seq = pkt.sequence
+            if self.owner is not None:
+                # A jump too large to be loss (a restart) is not counted as lost frames.
+                self.owner.caller_audio(ulaw_to_pcm16(pkt.payload), gap if gap < 50 else 0)
         return verdict
 
     def malformed(self) -> None:

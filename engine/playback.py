@@ -23,7 +23,7 @@ from engine.ratelimit import RateLimitedLog
 from engine.rtp_server import RtpServer
 from engine.sessions import CallSession, PlaybackRef
 from media.audio import UlawEncoder
-from media.frames import RATE
+from media.frames import RATE, ULAW_FRAME_BYTES, ULAW_SILENCE
 from media.playback_reference import PlaybackReference
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ class FilePlayback(Downstream):
     def add(self, pcm16: bytes, sample_rate: int) -> None:
         self._buf += self._encoder.encode(pcm16, sample_rate)
         if len(self._buf) >= self._chunk_bytes:
-            self._flush()
+            self._flush(whole_frames=True)
         if self._idle is not None:
             self._idle.cancel()
         self._idle = self._clock.call_later(IDLE_FLUSH_S, self._flush)
@@ -112,14 +112,23 @@ class FilePlayback(Downstream):
     def finish(self) -> None:
         self._flush()
 
-    def _flush(self) -> None:
+    def _flush(self, whole_frames: bool = False) -> None:
+        """Writes and queues what is buffered. Files are whole 20 ms frames (Asterisk drops the
+        partial last frame of a queue and plays queued files back to back: whole frames keep
+        the echo on the reference's frame grid): mid-speech the remainder waits for more audio,
+        at the end of speech it is padded with silence."""
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
-        if not self._buf:
+        if whole_frames:
+            cut = len(self._buf) - len(self._buf) % ULAW_FRAME_BYTES
+            data = bytes(self._buf[:cut])
+            del self._buf[:cut]
+        else:
+            data = bytes(self._buf) + bytes([ULAW_SILENCE]) * (-len(self._buf) % ULAW_FRAME_BYTES)
+            self._buf.clear()
+        if not data:
             return
-        data = bytes(self._buf)
-        self._buf.clear()
         self._seq += 1
         # Names come from the call's random token and a counter: no caller-controlled text.
         pid = f"{self.token}-{self._seq:05d}"
@@ -151,6 +160,8 @@ class FilePlayback(Downstream):
                 continue  # stopped before it was posted
             ref = self.session.playbacks[pid]
             assert self.session.bridge_id is not None  # file playback starts once the call is bridged
+            # The echo of this file follows the audio posted before it, counted from this POST.
+            self.reference.posted(self._audio.get(pid, b""))
             try:
                 await self.ari.play_on_bridge(self.session.bridge_id, pid, f"sound:{ref.path}")
             except (AriError, AriUnavailable) as e:
@@ -165,7 +176,6 @@ class FilePlayback(Downstream):
             return
         ref.started_at = self._clock.now()
         self.counters.files_started += 1
-        self.reference.add(self._audio.get(pid, b""))
         self._on_first_audio(ref.started_at)
 
     def on_finished(self, pid: str, state: str) -> None:
@@ -199,7 +209,6 @@ class FilePlayback(Downstream):
             # Every queued playback must be deleted: stopping one lets the next one play.
             self._spawn(self._stop_remote(pid))
             self._release(pid, notify=False)
-        self.reference.clear()
         self._expected_end = 0.0
         self._on_tokens_changed()
         return len(pids)
@@ -226,6 +235,7 @@ class FilePlayback(Downstream):
                 log.warning("[%s] cannot delete %s: %s", self.session.call_id, ref.path, e)
         if not self.session.playbacks:
             self._expected_end = 0.0
+            self.reference.run_ended()  # Asterisk's queue is empty: the next file starts a new run
         if notify:
             self._on_tokens_changed()
 

@@ -58,13 +58,49 @@ def speech_onset_s(ulaw: bytes, threshold_dbfs: float = -40.0) -> float:
     return 0.0
 
 
-def mix_ulaw(parts: list[bytes]) -> bytes:
-    if len(parts) == 1:
+def mix_ulaw(parts: list[bytes], linear: bytes | None = None) -> bytes:
+    """softmix: the 16-bit saturating sum of the parts (u-law frames, plus ``linear`` PCM16),
+    re-encoded to u-law (BEHAVIOUR.md: AST_LIN2MU(file + caller), byte-exact)."""
+    if len(parts) == 1 and linear is None:
         return parts[0]
-    acc = audioop.ulaw2lin(parts[0].ljust(FRAME_BYTES, b"\xff"), 2)
-    for p in parts[1:]:
-        acc = audioop.add(acc, audioop.ulaw2lin(p.ljust(FRAME_BYTES, b"\xff"), 2), 2)
+    acc = linear
+    for p in parts:
+        lin = audioop.ulaw2lin(p.ljust(FRAME_BYTES, b"\xff"), 2)
+        acc = lin if acc is None else audioop.add(acc, lin, 2)  # audioop.add saturates
+    assert acc is not None
     return audioop.lin2ulaw(acc, 2)
+
+
+def line_noise(dbfs: float, seconds: float = 4.0, seed: int = 7) -> bytes:
+    """Band-limited hiss at ``dbfs`` (RMS), as u-law: what a phone line carries between words."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * RATE)
+    white = rng.standard_normal(n + 8)
+    noise = np.convolve(white, np.ones(8) / 8, mode="valid")[:n]  # duller than white, as line noise is
+    noise *= 32768.0 * 10 ** (dbfs / 20) / max(1e-9, float(np.sqrt(np.mean(noise**2))))
+    return audioop.lin2ulaw(np.clip(noise, -32768, 32767).astype(np.int16).tobytes(), 2)
+
+
+class WidebandEchoPath:
+    """The playback as a 16 kHz caller's bridge returns it to an 8 kHz ExternalMedia channel
+    (BEHAVIOUR.md): 80 samples (10 ms) later and low-pass filtered by the 8 -> 16 -> 8 kHz
+    translation, at 0 dB."""
+
+    DELAY = 80
+
+    def __init__(self) -> None:
+        taps = 31
+        n = np.arange(taps) - (taps - 1) / 2
+        cutoff = 3400 / RATE
+        h = 2 * cutoff * np.sinc(2 * cutoff * n) * np.hamming(taps)
+        self._h = h / h.sum()
+        self._history = np.zeros(self.DELAY - (taps - 1) // 2 + taps - 1)
+
+    def process(self, pcm16: np.ndarray) -> np.ndarray:
+        x = np.concatenate([self._history, pcm16.astype(np.float64)])
+        self._history = x[-len(self._history):]
+        y = np.convolve(x, self._h, mode="valid")  # filter delay 15 + line delay 65 = 80
+        return y[: len(pcm16)]
 
 
 class Endpoint:
@@ -82,7 +118,21 @@ class Playback:
     frames: list[bytes] | None  # None: the URI cannot be played (missing file, bad scheme)
     never_finishes: bool = False  # unknown URI scheme: Asterisk never sends PlaybackFinished
     state: str = "queued"
-    pos: int = 0
+    pos: int = 0  # frames played (channel playbacks)
+    spos: int = 0  # samples played (bridge playbacks: sample-continuous across the queue)
+    _data: bytes | None = None
+
+    def read(self, n: int) -> bytes:
+        """Up to ``n`` more samples of the file (u-law)."""
+        if self._data is None:
+            self._data = b"".join(self.frames or [])
+        out = self._data[self.spos : self.spos + n]
+        self.spos += len(out)
+        return out
+
+    @property
+    def exhausted(self) -> bool:
+        return self._data is not None and self.spos >= len(self._data)
 
     def next_frame(self) -> bytes | None:
         if self.frames is None or self.pos >= len(self.frames):
@@ -112,8 +162,89 @@ def load_playback_frames(media_uri: str, sounds_dirs: list[Path]) -> tuple[list[
     return None, False
 
 
+class BridgePlayer:
+    """Asterisk's bridge playback as the ExternalMedia channel receives it (BEHAVIOUR.md, "The echo
+    of bridge playbacks"): queued playbacks play sample-continuously, whatever their lengths; a run
+    starts either with the file's first frame in the first packet (then one frame without playback
+    follows within 20-380 ms) or one frame late; about every 8-12 s of continuous playback the mixer
+    emits one more frame without playback, so the delay only grows; when the queue runs empty, the
+    last partial frame is dropped and the next playback starts a new run."""
+
+    def __init__(self, queue: deque[Playback], on_playback: Callable[[Playback, str], None], rng: random.Random) -> None:
+        self.queue = queue
+        self._on_playback = on_playback
+        self._rng = rng
+        self._running = False
+        self._until_step = 0  # frames of content before the next frame without playback
+        self._finished: list[Playback] = []
+
+    def _steps_every(self) -> int:
+        return self._rng.randint(400, 600)  # 8-12 s
+
+    def _start(self, pb: Playback) -> bool:
+        """PlaybackStarted; False if the playback cannot play (it finishes failed at once)."""
+        if pb.frames is None:
+            self.queue.popleft()
+            if pb.never_finishes:
+                pb.state = "playing"
+                self._on_playback(pb, "started")
+            else:
+                pb.state = "failed"
+                self._on_playback(pb, "finished")
+            return False
+        pb.state = "playing"
+        self._on_playback(pb, "started")
+        return True
+
+    def frame(self) -> bytes | None:
+        """This tick's playback content (160 u-law samples), or None for a frame without any."""
+        while not self._running:
+            if not self.queue:
+                return None
+            if self.queue[0].state == "queued" and not self._start(self.queue[0]):
+                continue
+            self._running = True
+            if self._rng.random() < 0.5:  # the first packet carries the file's first frame ...
+                self._until_step = self._rng.randint(1, 19)  # ... and a frame without it follows soon
+            else:
+                self._until_step = self._steps_every()
+                return None  # ... or silence, and the file from the next frame on
+        if self._until_step == 0:
+            self._until_step = self._steps_every()
+            return None
+        self._until_step -= 1
+        out = bytearray()
+        while len(out) < FRAME_BYTES and self.queue:
+            pb = self.queue[0]
+            if pb.state == "queued" and not self._start(pb):
+                continue
+            out += pb.read(FRAME_BYTES - len(out))
+            if pb.exhausted:
+                self.queue.popleft()
+                pb.state = "done"
+                self._finished.append(pb)
+        if not self.queue:
+            self._running = False
+            if len(out) < FRAME_BYTES:
+                return None  # the last partial frame never reaches the channel
+        return bytes(out)
+
+    def flush_events(self) -> None:
+        """PlaybackFinished of what ended this tick: after its last echo frame went out."""
+        for pb in self._finished:
+            self._on_playback(pb, "finished")
+        self._finished.clear()
+
+    def stopped(self, pb: Playback) -> None:
+        if not self.queue:
+            self._running = False
+
+
 class Bridge:
-    def __init__(self, bridge_id: str, name: str, bridge_type: str, on_playback: Callable[[Playback, str], None]) -> None:
+    def __init__(
+        self, bridge_id: str, name: str, bridge_type: str, on_playback: Callable[[Playback, str], None],
+        rng: random.Random | None = None,
+    ) -> None:
         self.id = bridge_id
         self.name = name
         self.bridge_type = bridge_type
@@ -122,6 +253,8 @@ class Bridge:
         self.playbacks: deque[Playback] = deque()
         self.created = time.time()
         self._on_playback = on_playback  # (playback, "started" | "finished")
+        self.player = BridgePlayer(self.playbacks, on_playback, rng or random.Random())
+        self._wideband: WidebandEchoPath | None = None
 
     @property
     def softmix(self) -> bool:
@@ -157,28 +290,18 @@ class Bridge:
     def mix_tick(self, tick: int) -> None:
         """One 20 ms softmix step: every member hears everyone else and the playback."""
         inputs = {m: (q.popleft() if q else None) for m, q in self.queues.items()}
-        pb_frame = None
-        while self.playbacks:
-            pb = self.playbacks[0]
-            if pb.state == "queued":
-                if pb.frames is None:
-                    self.playbacks.popleft()
-                    if pb.never_finishes:
-                        pb.state = "playing"
-                        self._on_playback(pb, "started")
-                    else:
-                        pb.state = "failed"
-                        self._on_playback(pb, "finished")
-                    continue
-                pb.state = "playing"
-                self._on_playback(pb, "started")
-            pb_frame = pb.next_frame()
-            if pb_frame is None:
-                self.playbacks.popleft()
-                pb.state = "done"
-                self._on_playback(pb, "finished")
-                continue
-            break
+        pb_frame = self.player.frame()
+        pb_linear = None
+        wideband = any(getattr(m, "rate", RATE) != RATE for m in self.members)
+        if wideband:
+            if self._wideband is None:
+                self._wideband = WidebandEchoPath()
+            x = np.frombuffer(audioop.ulaw2lin(pb_frame, 2), dtype=np.int16) if pb_frame is not None else np.zeros(FRAME_BYTES, np.int16)
+            y = self._wideband.process(x)
+            if pb_frame is not None or np.abs(y).max() >= 1:  # the filtered tail still sounds
+                pb_linear = np.clip(np.round(y), -32768, 32767).astype(np.int16).tobytes()
+        elif pb_frame is not None:
+            pb_linear = audioop.ulaw2lin(pb_frame, 2)
         agents = {m: getattr(m, "is_agent", False) for m in self.members}
         for m in self.members:
             parts: list[bytes] = []
@@ -188,15 +311,19 @@ class Bridge:
                 if o is not m and frame is not None:
                     parts.append(frame)
                     agent = agent or agents[o]
-            if pb_frame is not None:
-                parts.append(pb_frame)
+            if pb_linear is not None:
                 agent = True
-            m.deliver(mix_ulaw(parts) if parts else SILENCE, agent if parts else False, tick)
+            if parts or pb_linear is not None:
+                m.deliver(mix_ulaw(parts, pb_linear), agent, tick)
+            else:
+                m.deliver(SILENCE, False, tick)
+        self.player.flush_events()
 
     def stop_playback(self, pb: Playback) -> bool:
         if pb in self.playbacks:
             self.playbacks.remove(pb)
             pb.state = "done"
+            self.player.stopped(pb)
             self._on_playback(pb, "finished")
             return True
         return False
@@ -216,6 +343,9 @@ class CallerMedia(Endpoint):
     said: list[tuple[float, float]] = field(default_factory=list)  # (first frame time, speech onset time)
     muted: bool = False  # a playback on the caller's own channel cuts its speech off the bridge
     is_agent: bool = False
+    rate: int = RATE  # 16000: a wideband phone (slin16), which changes how the bridge's mix sounds
+    noise: bytes = b""  # line noise sent all the time (empty: DTX, nothing sent in silence)
+    _noise_pos: int = 0
     _onset_s: float = 0.0
 
     def say(self, ulaw: bytes) -> None:
@@ -227,14 +357,27 @@ class CallerMedia(Endpoint):
     def speech_done(self) -> bool:
         return self.pos >= len(self.speech)
 
+    def _noise_frame(self) -> bytes:
+        n = self.noise
+        frame = n[self._noise_pos : self._noise_pos + FRAME_BYTES]
+        self._noise_pos = (self._noise_pos + FRAME_BYTES) % (len(n) - len(n) % FRAME_BYTES)
+        return frame
+
     def produce(self, tick: int) -> None:
-        if self.bridge is None or self.speech_done:
+        if self.bridge is None:
             return
-        if self.pos == 0:
-            now = time.monotonic()
-            self.said.append((now, now + self._onset_s))
-        frame = self.speech[self.pos : self.pos + FRAME_BYTES]
-        self.pos += FRAME_BYTES
+        if self.speech_done:
+            if not self.noise:
+                return  # DTX: a silent phone sends nothing
+            frame = self._noise_frame()
+        else:
+            if self.pos == 0:
+                now = time.monotonic()
+                self.said.append((now, now + self._onset_s))
+            frame = self.speech[self.pos : self.pos + FRAME_BYTES].ljust(FRAME_BYTES, b"\xff")
+            self.pos += FRAME_BYTES
+            if self.noise:
+                frame = mix_ulaw([frame, self._noise_frame()])
         if self.muted:
             return
         self.frames_sent += 1

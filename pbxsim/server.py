@@ -10,6 +10,7 @@ Besides ARI it serves a small control API under /sim/ to place simulated calls a
 from __future__ import annotations
 
 import asyncio
+import random
 import base64
 import io
 import json
@@ -32,9 +33,11 @@ from pbxsim.media import (
     ExternalMediaEndpoint,
     MediaClock,
     Playback,
+    line_noise,
     load_playback_frames,
     load_wav_ulaw,
 )
+from pbxsim.voice import speak
 from pbxsim.schema import AriSpec, Operation, default_spec
 
 log = logging.getLogger("pbxsim")
@@ -105,6 +108,13 @@ class Say:
 
 
 @dataclass(frozen=True)
+class SayText:
+    """Say ``text`` in a synthesized human voice (Piper; pbxsim/voice.py)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
 class Pause:
     seconds: float
 
@@ -125,7 +135,17 @@ class WaitAgentDone:
     timeout_s: float = 15.0
 
 
-Step = Say | Pause | WaitAgent | WaitAgentDone
+Step = Say | SayText | Pause | WaitAgent | WaitAgentDone
+
+
+@dataclass(frozen=True)
+class Line:
+    """The caller's phone line: ``noise_dbfs`` set means the phone sends line noise at that level all
+    the time (as most phones do); None means it sends nothing in silence (DTX, Local channels).
+    ``rate`` 16000 is a wideband phone (slin16)."""
+
+    noise_dbfs: float | None = None
+    rate: int = 8000
 
 
 def parse_script(items: list[dict[str, Any]]) -> list[Step]:
@@ -133,6 +153,8 @@ def parse_script(items: list[dict[str, Any]]) -> list[Step]:
     for it in items:
         if "say" in it:
             steps.append(Say(str(it["say"])))
+        elif "say_text" in it:
+            steps.append(SayText(str(it["say_text"])))
         elif "pause" in it:
             steps.append(Pause(float(it["pause"])))
         elif "wait_agent" in it:
@@ -259,8 +281,10 @@ class SimPBX:
         rtp_end: int = 20998,
         sounds_dirs: list[Path] | None = None,
         spec: AriSpec | None = None,
+        seed: int | None = None,
     ) -> None:
         self.spec = spec or default_spec()
+        self.rng = random.Random(seed)  # the bridges' echo timing (see BridgePlayer)
         self.username = username
         self.password = password
         self.rtp_host = rtp_host
@@ -712,7 +736,7 @@ class SimPBX:
     def _create_bridge(self, bid: str, q):
         if bid in self.bridges:
             raise AriHttpError(409, "Bridge with this ID already exists")
-        b = Bridge(bid, q.get("name", ""), q.get("type", "mixing").split(",")[0], self._playback_event)
+        b = Bridge(bid, q.get("name", ""), q.get("type", "mixing").split(",")[0], self._playback_event, random.Random(self.rng.random()))
         self.bridges[bid] = b
         self.clock.bridges[bid] = b
         self.bridge_apps[bid] = ""  # its events go to the app of the channels that join it
@@ -850,15 +874,16 @@ class SimPBX:
         app: str = "aiagent",
         args: list[str] | None = None,
         script: list[Step] | None = None,
+        line: Line = Line(),
     ) -> CallRecord:
         """A caller dials into ``app``. It says ``wav`` then stays on the line ``hold_s``, or
-        follows ``script``; then it hangs up."""
+        follows ``script``; then it hangs up. ``line``: its noise and rate."""
         steps: list[Step] = script if script is not None else [Say(wav), Pause(hold_s)] if wav else [Pause(hold_s)]
         for st in steps:  # fail now, not in the middle of the call
             if isinstance(st, Say):
                 self._speech(st.wav)
         cid = self._new_id()
-        media = CallerMedia()
+        media = CallerMedia(rate=line.rate, noise=line_noise(line.noise_dbfs, seed=len(self.calls)) if line.noise_dbfs is not None else b"")
         ch = SimChannel(cid, f"PJSIP/{caller_number or 'sim'}-{cid}", "caller", media, caller_number=caller_number, caller_name="Sim Caller", app=app, app_args=list(args or []))
         rec = CallRecord(cid, caller_number, steps, media=media)
         self._forget_old_calls()
@@ -911,8 +936,9 @@ class SimPBX:
 
     async def _run_step(self, ch: SimChannel, media: CallerMedia, step: Step) -> None:
         alive = lambda: ch.id in self.channels  # noqa: E731
-        if isinstance(step, Say):
-            media.say(self._speech(step.wav))  # speaks from the next tick on
+        if isinstance(step, (Say, SayText)):
+            speech = self._speech(step.wav) if isinstance(step, Say) else await asyncio.to_thread(speak, step.text)
+            media.say(speech)  # speaks from the next tick on
             while alive() and not media.speech_done:
                 await asyncio.sleep(0.01)
         elif isinstance(step, Pause):
@@ -951,7 +977,9 @@ class SimPBX:
         data = await request.json()
         try:
             script = parse_script(data["script"]) if "script" in data else None
-            rec = self.place_call(data.get("wav"), float(data.get("hold_s", 2.0)), str(data.get("caller_number", "")), data.get("app", "aiagent"), data.get("args"), script)
+            noise = data.get("noise_dbfs")
+            line = Line(None if noise is None else float(noise), int(data.get("rate", 8000)))
+            rec = self.place_call(data.get("wav"), float(data.get("hold_s", 2.0)), str(data.get("caller_number", "")), data.get("app", "aiagent"), data.get("args"), script, line)
         except (KeyError, OSError, ValueError, wave.Error) as e:
             return web.json_response({"error": str(e)}, status=400)
         return web.json_response(rec.report(self))

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import random
+from collections import deque
+
 import numpy as np
 import pytest
 
-from media.audio import pcm16_to_ulaw, rms_dbfs, ulaw_to_pcm16
+from media.audio import audioop, pcm16_to_ulaw, rms_dbfs, ulaw_to_pcm16
 from media.playback_reference import PlaybackReference
 from media.frames import packet_frames
 from media.vad import VoiceActivity
-from pbxsim.media import load_wav_ulaw, mix_ulaw, speech_onset_s
-from tests.conftest import AGENT_PASS, HELLO
+from pbxsim.media import BridgePlayer, Playback, line_noise, load_wav_ulaw, mix_ulaw, speech_onset_s
+from tests.conftest import AGENT_PASS, HELLO, THANKS
 
 
 def frames_of(ulaw: bytes) -> list[bytes]:
@@ -47,26 +50,104 @@ def test_packet_frames_keep_packet_boundaries():
     assert len(packet_frames(b"\x00" * 640)) == 2
 
 
-@pytest.mark.parametrize("lag_frames", [-2, -1, 0, 1, 3, 5])
-def test_reference_takes_the_agents_playback_out_of_the_mix(lag_frames):
-    """Capture = caller + agent playback (summed as softmix does), the playback delayed by
-    ``lag_frames``. The agent talks alone for 200 ms, then the caller talks over it (a barge-in):
-    the residual must be the caller, with the agent 25 dB down or more."""
-    caller = b"\xff" * 160 * 10 + load_wav_ulaw(HELLO)[: 160 * 50]
-    agent = load_wav_ulaw(AGENT_PASS)[160 * 20 : 160 * 80]
-    ref = PlaybackReference()
-    delayed = b"\xff" * 160 * max(lag_frames, 0) + agent[160 * max(-lag_frames, 0) :]
-    ref.add(agent)
-    residual_err, agent_energy = 0.0, 0.0
-    for i in range(50):
-        c = caller[i * 160 : (i + 1) * 160]
-        a = delayed[i * 160 : (i + 1) * 160].ljust(160, b"\xff")
-        out = np.frombuffer(ref.residual(ulaw_to_pcm16(mix_ulaw([c, a]))), dtype=np.int16).astype(float)
+class RealBridge:
+    """The measured echo path of a bridge playback (the simulator's BridgePlayer, BEHAVIOUR.md)
+    between the engine's reference and the capture stream, with a caller summed in."""
+
+    def __init__(self, seed: int) -> None:
+        self.queue: deque = deque()
+        self.events: list[tuple[str, str]] = []
+        self.player = BridgePlayer(self.queue, lambda pb, what: self.events.append((pb.id, what)), random.Random(seed))
+        self.ref = PlaybackReference()
+        self.posted = 0
+
+    def post(self, ulaw: bytes) -> None:
+        self.posted += 1
+        self.ref.posted(ulaw)
+        frames = [ulaw[i : i + 160] for i in range(0, len(ulaw), 160)]
+        self.queue.append(Playback(f"p{self.posted}", "sound:x", "bridge:b", frames))
+
+    def tick(self, caller: bytes) -> tuple[np.ndarray, np.ndarray]:
+        """One 20 ms frame: (the residual the engine computes, the echo that was in it)."""
+        pb = self.player.frame()
+        self.player.flush_events()
+        if not self.queue and self.ref.active and self.events and self.events[-1][1] == "finished":
+            self.ref.run_ended()
+        mixed = mix_ulaw([caller], audioop.ulaw2lin(pb, 2) if pb is not None else None)
+        out = np.frombuffer(self.ref.residual(ulaw_to_pcm16(mixed)), dtype=np.int16).astype(float)
+        echo = np.frombuffer(ulaw_to_pcm16(pb), dtype=np.int16).astype(float) if pb is not None else np.zeros(160)
+        return out, echo
+
+
+def agent_speech(seconds: float) -> bytes:
+    speech = load_wav_ulaw(AGENT_PASS) + load_wav_ulaw(THANKS)
+    return (speech * 10)[: int(seconds * 8000)]
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("line", ["silent", "noise"])
+def test_reference_cancels_the_real_bridge_echo(seed, line):
+    """50 s of agent speech queued in chunks of arbitrary whole-frame lengths (as the engine posts
+    them), played as a real bridge does (random start, extra frames about every 10 s), with a
+    silent line or -62 dBFS line noise: the echo is cancelled by 30 dB or more, and no frame of
+    the residual reaches the barge-in level (-40 dBFS)."""
+    rng = random.Random(seed)
+    bridge = RealBridge(seed)
+    agent = agent_speech(50.0)
+    noise = line_noise(-62.0, seed=seed) if line == "noise" else b"\xff" * 160 * 100
+    pos, leaked, err, energy = 0, 0, 0.0, 0.0
+    for i in range(2700):
+        if pos < len(agent) and len(bridge.queue) < 2:  # one chunk always queued ahead
+            n = 160 * rng.randint(5, 40)
+            bridge.post(agent[pos : pos + n])
+            pos += n
+        c = noise[(i * 160) % (len(noise) - 159) :][:160]
+        out, echo = bridge.tick(c)
         want = np.frombuffer(ulaw_to_pcm16(c), dtype=np.int16).astype(float)
-        if i >= 6:  # after the lag window has filled
-            residual_err += float(np.sum((out - want) ** 2))
-            agent_energy += float(np.sum(np.frombuffer(ulaw_to_pcm16(a), dtype=np.int16).astype(float) ** 2))
-    assert 10 * np.log10(agent_energy / residual_err) > 25
+        err += float(np.sum((out - want) ** 2))
+        energy += float(np.sum(echo**2))
+        if rms_dbfs(np.clip(out, -32768, 32767).astype(np.int16).tobytes()) > -40:
+            leaked += 1
+    assert bridge.ref.steps >= 4  # the delay grew as on a real bridge
+    assert 10 * np.log10(energy / max(err, 1.0)) >= 30
+    assert leaked == 0
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_reference_keeps_a_talking_caller_and_follows_a_queue_that_runs_dry(seed):
+    """A noisy line with a caller who talks every 4 s over 30 s of agent speech; half of the
+    time the engine's next file comes late, so the bridge's queue runs empty and the next file
+    starts afresh. Between the caller's words the echo is cancelled by 30 dB or more and never
+    reaches barge-in level; while the caller talks (the echo then sits under a louder voice,
+    u-law re-quantisation of the sum bounds it) by 15 dB or more."""
+    bridge = RealBridge(seed)
+    agent = agent_speech(30.0)
+    hello = load_wav_ulaw(HELLO)
+    noise = line_noise(-62.0, seed=seed)
+    rng = random.Random(seed)
+    pos, leaked = 0, 0
+    quiet_err = quiet_echo = talk_err = talk_echo = 0.0
+    for i in range(1500):
+        late = i % 300 >= 150  # the engine posts only once the bridge's queue is empty
+        if pos < len(agent) and (len(bridge.queue) < 2 if not late else not bridge.queue):
+            n = 160 * rng.randint(5, 40)
+            bridge.post(agent[pos : pos + n])
+            pos += n
+        c = noise[(i * 160) % (len(noise) - 159) :][:160]
+        talking = (i % 200) * 160 < len(hello)
+        if talking:
+            c = mix_ulaw([hello[(i % 200) * 160 :][:160].ljust(160, b"\xff"), c])
+        out, echo = bridge.tick(c)
+        want = np.frombuffer(ulaw_to_pcm16(c), dtype=np.int16).astype(float)
+        err, energy = float(np.sum((out - want) ** 2)), float(np.sum(echo**2))
+        if talking:
+            talk_err, talk_echo = talk_err + err, talk_echo + energy
+        else:
+            quiet_err, quiet_echo = quiet_err + err, quiet_echo + energy
+            leaked += rms_dbfs(np.clip(out, -32768, 32767).astype(np.int16).tobytes()) > -40
+    assert 10 * np.log10(quiet_echo / max(quiet_err, 1.0)) >= 30
+    assert leaked == 0
+    assert 10 * np.log10(talk_echo / talk_err) >= 15
 
 
 def test_reference_leaves_the_caller_alone_when_nothing_plays():

@@ -1,0 +1,52 @@
+"""The agent must not hear itself on the real echo path of bridge playbacks.
+
+The simulator returns file playbacks as a real Asterisk 22 bridge does (BEHAVIOUR.md, "The echo of
+bridge playbacks": bit-exact, whole-frame delays that grow, sample-continuous queued files, a
+saturating sum with the caller). A caller on a silent or a noisy line asks a question in a human
+TTS voice and then listens to a long answer (the real local models): no barge-in may fire, the
+caller's side of the transcript holds the question only (no agent words heard back as the
+caller's), and the whole answer reaches the caller. Before the engine followed the echo with a
+continuous, POST-anchored reference, these calls were cut off by their own echo.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.sessions import BargeIn, TranscriptAdded
+from pbxsim.server import Line, Pause, SayText, SimPBX, WaitAgent, WaitAgentDone
+from tests.conftest import running_engine, wait_for
+
+QUESTION = "Hello. Can you tell me a story about a lighthouse keeper?"
+
+
+def storyteller(cfg) -> None:
+    cfg.providers.local.system_prompt = "You are a storyteller. Always answer with a long story of many sentences."
+    cfg.providers.local.llm_max_tokens = 120
+    cfg.providers.local.greeting = "Hello, thank you for calling. I am the storyteller. What would you like to hear about today?"
+
+
+@pytest.mark.parametrize("line", [Line(), Line(noise_dbfs=-62.0)], ids=["silent-line", "noisy-line"])
+async def test_the_agent_does_not_hear_itself_on_the_real_echo_path(tmp_path, line):
+    pbx = SimPBX(seed=11)
+    await pbx.start(port=0)
+    try:
+        async with running_engine(pbx, tmp_path, storyteller, AIAGENT_PROVIDER="local", AIAGENT_DOWNSTREAM_MODE="file") as eng:
+            events = eng.store.subscribe()
+            script = [WaitAgentDone(0.8, 30.0), SayText(QUESTION), WaitAgent(2.0, 40.0), WaitAgentDone(1.5, 60.0), Pause(0.5)]
+            rec = pbx.place_call(script=script, caller_number="5550100", line=line)
+            await wait_for(rec.finished.is_set, timeout=150)
+            report = rec.report(pbx)
+            barge_ins, caller_words = [], []
+            while (ev := events.get_nowait()) is not None:
+                if isinstance(ev, BargeIn):
+                    barge_ins.append(ev)
+                elif isinstance(ev, TranscriptAdded) and ev.turn.role == "caller" and ev.turn.final:
+                    caller_words.append(ev.turn.text)
+        assert report["bridged"] and report["hangup_clean"]
+        assert barge_ins == [], f"the agent's own voice fired {len(barge_ins)} barge-in(s)"
+        assert len(caller_words) == 1 and "lighthouse" in caller_words[0].lower(), caller_words
+        assert report["agent_audio_seconds"] > 8.0  # the greeting and a long answer, not cut off
+    finally:
+        await pbx.stop()
+    assert pbx.violations == []
