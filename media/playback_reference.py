@@ -31,22 +31,154 @@ _WINDOW = _BEHIND + 4  # ... and ahead of it
 _STEP_COST = 8.0  # a frame without playback must be that much likelier than the pointer staying
 _DOF = 8.0  # independent values in a 20 ms frame of speech, about (it is not white noise)
 _FLOOR = float(160 * 50**2)  # the unexplained energy of a frame is taken as at least -56 dBFS
+_N, _T, _Q = 0, 1, 2  # the tracker's states: on the lag, the step frame, the frame after it
+_HALF = FRAME_SAMPLES // 2
+_SETTLE_FRAMES = 50  # a second of clear evidence decides between an 8 and a 16 kHz caller
 _TAIL_FRAMES = 3  # frames matched after the last playback finished (its PlaybackFinished races the RTP)
+
+
+class _Tracker:
+    """One hypothesis of what the bridge does to the reference (``shape``), its frames, and the
+    lag tracker that follows the echo in them."""
+
+    def __init__(self, shape: _Shape | None) -> None:
+        self._shape = shape  # None: the echo is the reference itself (an 8 kHz caller)
+        self._frames: deque[np.ndarray] = deque()
+        self._base = 0  # run frame index of _frames[0]
+        self._pending = np.zeros(0, dtype=np.int64)  # samples short of a whole frame
+        self._lag = 0  # received frame n carries reference frame n - lag
+        self._lo = -_BEHIND  # the lowest lag tracked
+        self._cost = _initial_cost()  # path cost per lag, from self._lo
+        self.steps = 0
+        if shape is not None:
+            shape.reset()
+
+    def add(self, pcm: np.ndarray) -> None:
+        if self._shape is not None:
+            pcm = self._shape.process(pcm)
+        pcm = np.concatenate([self._pending, pcm])
+        whole = len(pcm) - len(pcm) % FRAME_SAMPLES
+        self._frames.extend(pcm[:whole].reshape(-1, FRAME_SAMPLES))
+        self._pending = pcm[whole:]
+
+    @property
+    def lag(self) -> int:
+        return self._lag
+
+    def _ref(self, k: int) -> np.ndarray | None:
+        i = k - self._base
+        if 0 <= i < len(self._frames):
+            return self._frames[i]
+        return None
+
+    def follow(self, x: np.ndarray, n: int, running: bool) -> np.ndarray | None:
+        """What of the reference is in received frame ``n`` (None: nothing), moving the pointer.
+
+        A small hidden-Markov tracker over the lags around the pointer. Each frame is the caller
+        plus, at the pointer's lag, the reference frame (state N), or, where the mixer inserted a
+        frame without playback, the step frame (T: the lag grows by one, at a fixed cost) and the
+        frame after it (Q). For an 8 kHz caller the step frame is empty and the next one whole;
+        for a 16 kHz caller, whose echo is half a frame late, the gap falls mid-frame: the step
+        frame holds the first half of the old lag's frame and the next one the second half of
+        the new lag's. Costs are in units of the frame's unexplained energy, so that a loud
+        caller, who makes every lag look alike, cannot move the pointer on one frame's evidence,
+        while a frame that only the new lag explains does at once."""
+        end = self._base + len(self._frames)
+        while running and n - (self._lo + _BEHIND) >= end:
+            self._lo += 1  # all that was posted has played: the stream carries no playback now
+            self._cost = np.concatenate([self._cost[:, 1:], self._cost[:, -1:]], axis=1)
+        half = self._shape is not None
+        zero = np.zeros(FRAME_SAMPLES, dtype=np.int64)
+        est = np.empty((3, _WINDOW, FRAME_SAMPLES), dtype=np.int64)
+        for i in range(_WINDOW):
+            lag = self._lo + i
+            r = self._ref(n - lag)
+            est[_N, i] = zero if r is None else r
+            if half:
+                before = self._ref(n - lag + 1)  # the old lag's frame, of which the first half plays
+                est[_T, i] = zero if before is None else np.concatenate([before[:_HALF], zero[_HALF:]])
+                est[_Q, i] = zero if r is None else np.concatenate([zero[:_HALF], r[_HALF:]])
+            else:
+                est[_T, i] = zero
+                est[_Q, i] = est[_N, i]
+        d = x[None, None, :] - est
+        obs = np.einsum("kij,kij->ki", d, d).astype(np.float64)
+        ex = float(np.dot(x, x))
+        scale = max(_FLOOR, min(float(obs.min()), ex)) / _DOF
+        obs /= scale
+        c = self._cost
+        settled = np.minimum(c[_N], c[_Q])
+        new = np.empty_like(c)
+        new[_N] = settled + obs[_N]
+        new[_T, 0] = np.inf
+        new[_T, 1:] = settled[:-1] + _STEP_COST + obs[_T, 1:]
+        new[_Q] = c[_T] + obs[_Q]
+        new -= new.min()
+        kind, best = np.unravel_index(int(np.argmin(new)), new.shape)
+        lag = self._lo + int(best)
+        # The window follows the pointer forward only (the delay never shrinks): lags behind it stay
+        # in reach until the pointer is _BEHIND ahead of them.
+        shift = int(best) - _BEHIND
+        if shift > 0:
+            new = np.concatenate([new[:, shift:], np.full((3, shift), new.max() + _STEP_COST)], axis=1)
+            self._lo += shift
+        self._cost = new
+        if lag != self._lag:
+            self.steps += lag - self._lag
+            self._lag = lag
+        # Reference frames the pointer has passed are not needed again (the delay only grows).
+        while self._frames and self._base < n - self._lag - _BEHIND:
+            self._frames.popleft()
+            self._base += 1
+        out = est[kind, best]
+        return out if out.any() else None
+
+
+class _Shape:
+    """A 16 kHz caller's bridge (BEHAVIOUR.md): the echo comes 80 samples (10 ms) later and low-pass
+    filtered by the 8 -> 16 -> 8 kHz translation. Modelled by a 3.5 kHz linear-phase low-pass, not
+    Asterisk's own filter: about 40 dB on speech."""
+
+    TAPS = 21
+    DELAY = 80
+
+    def __init__(self) -> None:
+        n = np.arange(self.TAPS) - (self.TAPS - 1) / 2
+        c = 3500 / 8000
+        h = 2 * c * np.sinc(2 * c * n) * np.hanning(self.TAPS)
+        self._h = h / h.sum()
+        self.reset()
+
+    def reset(self) -> None:
+        # The filter's own delay is half its length: the rest of the 80 samples is leading silence.
+        self._history = np.zeros(self.TAPS - 1)
+        self._lead = self.DELAY - (self.TAPS - 1) // 2
+
+    def process(self, pcm: np.ndarray) -> np.ndarray:
+        x = np.concatenate([self._history, pcm.astype(np.float64)])
+        self._history = x[-(self.TAPS - 1):]
+        y = np.rint(np.convolve(x, self._h, mode="valid")).astype(np.int64)
+        if self._lead:
+            y = np.concatenate([np.zeros(self._lead, dtype=np.int64), y])
+            self._lead = 0
+        return y
 
 
 class PlaybackReference:
     def __init__(self) -> None:
-        self._frames: deque[np.ndarray] = deque()  # reference frames of the run not yet passed
-        self._base = 0  # run frame index of _frames[0]
-        self._pending = np.zeros(0, dtype=np.int64)  # samples short of a whole frame
+        # Two hypotheses of the caller's bridge, each followed; the one that explains the
+        # capture better lately is used.
+        self._narrow = _Tracker(None)
+        self._wide = _Tracker(_Shape())
+        self._fit = np.zeros(2)  # recent unexplained energy per hypothesis
         self._n = 0  # run frame index of the next received frame
-        self._lag = 0  # received frame n carries reference frame n - lag
-        self._lo = -_BEHIND  # the lowest lag tracked
-        self._cost = _initial_cost()  # path cost per lag, from self._lo
         self._running = False  # playbacks are queued or playing
         self._tail = 0  # frames left to match once the run ended
-        self.steps = 0  # frames without playback found (the delay grew)
         self.frames_cancelled = 0
+        self._earlier_steps = 0
+        self._evidence = 0  # frames on which one hypothesis clearly won
+        self._settled = False
+        self.wideband = False  # the caller's bridge looks like a 16 kHz one
 
     # ---- the run
     def posted(self, ulaw: bytes) -> None:
@@ -55,10 +187,8 @@ class PlaybackReference:
             self._reset()
         self._running = True
         pcm = np.frombuffer(ulaw_to_pcm16(ulaw), dtype=np.int16).astype(np.int64)
-        pcm = np.concatenate([self._pending, pcm])
-        whole = len(pcm) - len(pcm) % FRAME_SAMPLES
-        self._frames.extend(pcm[:whole].reshape(-1, FRAME_SAMPLES))
-        self._pending = pcm[whole:]
+        self._narrow.add(pcm)
+        self._wide.add(pcm)
 
     def run_ended(self) -> None:
         """Every posted playback finished or was stopped: nothing more is coming back after the
@@ -73,29 +203,39 @@ class PlaybackReference:
         self._reset()
 
     def _reset(self) -> None:
-        self._frames.clear()
-        self._base = 0
-        self._pending = np.zeros(0, dtype=np.int64)
+        # The bridge's kind carries over from run to run (it is the caller's); the lags do not.
+        self._earlier_steps += self.steps
+        self._narrow = _Tracker(None)
+        self._wide = _Tracker(self._wide._shape)
         self._n = 0
-        self._lag = 0
-        self._lo = -_BEHIND
-        self._cost = _initial_cost()
 
     @property
     def active(self) -> bool:
         return self._running or self._tail > 0
 
+    def _judge(self, x: np.ndarray, n: int) -> np.ndarray | None:
+        """Both hypotheses follow the echo until one has explained it clearly better for long
+        enough; then only that one runs (the caller's codec does not change mid-call)."""
+        outs = [self._narrow.follow(x, n, self._running), self._wide.follow(x, n, self._running)]
+        misfit = np.array([float(np.dot(x - r, x - r)) if r is not None else float(np.dot(x, x)) for r in outs])
+        self._fit = 0.9 * self._fit + 0.1 * misfit
+        narrow, wide = float(self._fit[0]), float(self._fit[1])
+        self.wideband = wide < 0.5 * narrow or (self.wideband and wide < 2 * narrow)
+        if max(narrow, wide) > 16 * max(_FLOOR, min(narrow, wide)):
+            self._evidence += 1  # one hypothesis explains 12 dB more than the other
+            self._settled = self._evidence >= _SETTLE_FRAMES
+        return outs[1] if self.wideband else outs[0]
+
     @property
     def lag_frames(self) -> int:
-        return self._lag
+        return self._wide.lag if self.wideband else self._narrow.lag
+
+    @property
+    def steps(self) -> int:
+        """Frames without playback found so far (the delay grew), over every run."""
+        return self._earlier_steps + (self._wide.steps if self.wideband else self._narrow.steps)
 
     # ---- the capture stream
-    def _ref(self, k: int) -> np.ndarray | None:
-        i = k - self._base
-        if 0 <= i < len(self._frames):
-            return self._frames[i]
-        return None
-
     def residual(self, frame: bytes, lost: int = 0) -> bytes:
         """``frame`` (8 kHz PCM16, 20 ms) with the agent's playback taken out."""
         if not self.active:
@@ -108,65 +248,20 @@ class PlaybackReference:
         n = self._n
         self._n += 1
         x = np.frombuffer(frame, dtype=np.int16).astype(np.int64)
-        out = self._follow(x, n)
-        # Reference frames the pointer has passed are not needed again (the delay only grows).
-        while self._frames and self._base < n - self._lag - 2:
-            self._frames.popleft()
-            self._base += 1
+        if self._settled:
+            out = (self._wide if self.wideband else self._narrow).follow(x, n, self._running)
+        else:
+            out = self._judge(x, n)
         if out is None:
             return frame
         self.frames_cancelled += 1
         pcm: bytes = np.clip(x - out, -32768, 32767).astype(np.int16).tobytes()
         return pcm
 
-    def _follow(self, x: np.ndarray, n: int) -> np.ndarray | None:
-        """The reference frame in received frame ``n``, moving the pointer; None: it carries no
-        playback.
-
-        A small hidden-Markov tracker over the lags around the pointer: each frame either
-        continues at the same lag (the frame should be the caller plus that lag's reference
-        frame) or the mixer inserted a frame without playback (the frame is the caller alone,
-        the lag grows by one, at a fixed cost). The cheapest path wins; one loud caller frame
-        cannot move the pointer, a frame that only the new lag explains does at once."""
-        end = self._base + len(self._frames)
-        while self._running and n - (self._lo + _BEHIND) >= end:
-            self._lo += 1  # all that was posted has played: the stream carries no playback now
-        ex = float(np.dot(x, x))
-        obs = np.empty(_WINDOW)
-        for i in range(_WINDOW):
-            r = self._ref(n - (self._lo + i))
-            if r is None:
-                obs[i] = ex
-            else:
-                d = x - r
-                obs[i] = float(np.dot(d, d))
-        # In units of this frame's unexplained energy (the caller, mostly): a loud caller makes every
-        # lag look alike, and then only a run of frames may move the pointer.
-        scale = max(_FLOOR, min(float(obs.min()), ex)) / _DOF
-        stay = self._cost + obs / scale
-        step = np.full(_WINDOW, np.inf)
-        step[1:] = self._cost[:-1] + _STEP_COST + ex / scale
-        cost = np.minimum(stay, step)
-        cost -= cost.min()
-        best = int(np.argmin(cost))
-        by_step = bool(step[best] < stay[best])
-        lag = self._lo + best
-        # The window follows the pointer forward only (the delay never shrinks): lags behind it stay
-        # in reach until the pointer is _BEHIND ahead of them.
-        shift = best - _BEHIND
-        if shift > 0:
-            cost = np.concatenate([cost[shift:], np.full(shift, cost.max() + _STEP_COST)])
-            self._lo += shift
-        self._cost = cost
-        if lag != self._lag:
-            self.steps += lag - self._lag
-            self._lag = lag
-        if by_step:
-            return None  # the frame the mixer sent without playback
-        return self._ref(n - lag)
-
 
 def _initial_cost() -> np.ndarray:
-    """At a run's start the echo is at lag 0 or later (never before the POST)."""
+    """At a run's start the echo is at lag 0 or later (never before the POST), on the lag (N)."""
     lags = np.arange(-_BEHIND, _WINDOW - _BEHIND, dtype=np.float64)
-    return np.where(lags < 0, np.inf, lags * _STEP_COST)
+    cost = np.full((3, _WINDOW), np.inf)
+    cost[_N] = np.where(lags < 0, np.inf, lags * _STEP_COST)
+    return cost

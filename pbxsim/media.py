@@ -341,6 +341,7 @@ class CallerMedia(Endpoint):
     frames_heard: int = 0
     agent_frames: list[tuple[float, bytes]] = field(default_factory=list)
     said: list[tuple[float, float]] = field(default_factory=list)  # (first frame time, speech onset time)
+    said_end: list[float] = field(default_factory=list)  # when each utterance's last frame went out
     muted: bool = False  # a playback on the caller's own channel cuts its speech off the bridge
     is_agent: bool = False
     rate: int = RATE  # 16000: a wideband phone (slin16), which changes how the bridge's mix sounds
@@ -376,6 +377,8 @@ class CallerMedia(Endpoint):
                 self.said.append((now, now + self._onset_s))
             frame = self.speech[self.pos : self.pos + FRAME_BYTES].ljust(FRAME_BYTES, b"\xff")
             self.pos += FRAME_BYTES
+            if self.speech_done:
+                self.said_end.append(time.monotonic())
             if self.noise:
                 frame = mix_ulaw([frame, self._noise_frame()])
         if self.muted:
@@ -385,6 +388,18 @@ class CallerMedia(Endpoint):
 
     def agent_heard_s(self, since: float = 0.0) -> float:
         return sum(len(p) for t, p in self.agent_frames if t >= since) / RATE
+
+    def turn_latencies(self) -> list[float]:
+        """For each utterance the agent answered: seconds from the caller's last frame to the
+        first agent audio after it, as the caller hears it. (The utterance's trailing silence
+        counts as speech here: a VAD needs silence to know speech has ended.)"""
+        out = []
+        times = [t for t, _ in self.agent_frames]
+        for end in self.said_end:
+            after = next((t for t in times if t > end), None)
+            if after is not None and all(not (end < t < after) for t in self.said_end):
+                out.append(round(after - end, 4))
+        return out
 
     def barge_in_reactions(self) -> list[float]:
         """For each time the caller started speaking while the agent was being heard: seconds from

@@ -109,9 +109,11 @@ class Say:
 
 @dataclass(frozen=True)
 class SayText:
-    """Say ``text`` in a synthesized human voice (Piper; pbxsim/voice.py)."""
+    """Say ``text`` in a synthesized human voice (Piper; pbxsim/voice.py), ``gain_db`` louder
+    (negative: a voice in the background, or crosstalk on the line)."""
 
     text: str
+    gain_db: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -154,7 +156,7 @@ def parse_script(items: list[dict[str, Any]]) -> list[Step]:
         if "say" in it:
             steps.append(Say(str(it["say"])))
         elif "say_text" in it:
-            steps.append(SayText(str(it["say_text"])))
+            steps.append(SayText(str(it["say_text"]), float(it.get("gain_db", 0.0))))
         elif "pause" in it:
             steps.append(Pause(float(it["pause"])))
         elif "wait_agent" in it:
@@ -205,6 +207,7 @@ class CallRecord:
             # From dialling to the first agent audio the caller heard (the greeting, usually).
             "first_agent_audio_s": round(m.agent_frames[0][0] - self.placed_at, 3) if m and m.agent_frames else None,
             "barge_in_reactions_s": m.barge_in_reactions() if m else [],
+            "turn_latencies_s": m.turn_latencies() if m else [],
             "transcript": (pbx.final_vars.get(self.id) or (ch.vars if ch else {})).get("AIAGENT_TRANSCRIPT"),
             "ended_by": self.ended_by,
             "hangup_clean": self.hangup_clean,
@@ -938,6 +941,8 @@ class SimPBX:
         alive = lambda: ch.id in self.channels  # noqa: E731
         if isinstance(step, (Say, SayText)):
             speech = self._speech(step.wav) if isinstance(step, Say) else await asyncio.to_thread(speak, step.text)
+            if isinstance(step, SayText) and step.gain_db:
+                speech = audioop.lin2ulaw(audioop.mul(audioop.ulaw2lin(speech, 2), 2, 10 ** (step.gain_db / 20)), 2)
             media.say(speech)  # speaks from the next tick on
             while alive() and not media.speech_done:
                 await asyncio.sleep(0.01)

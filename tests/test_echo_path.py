@@ -2,7 +2,8 @@
 
 The simulator returns file playbacks as a real Asterisk 22 bridge does (BEHAVIOUR.md, "The echo of
 bridge playbacks": bit-exact, whole-frame delays that grow, sample-continuous queued files, a
-saturating sum with the caller). A caller on a silent or a noisy line asks a question in a human
+saturating sum with the caller; a 16 kHz caller's echo half a frame late and low-passed). A caller
+on a DTX, a noisy or a wideband line asks a question in a human
 TTS voice and then listens to a long answer (the real local models): no barge-in may fire, the
 caller's side of the transcript holds the question only (no agent words heard back as the
 caller's), and the whole answer reaches the caller. Before the engine followed the echo with a
@@ -26,7 +27,9 @@ def storyteller(cfg) -> None:
     cfg.providers.local.greeting = "Hello, thank you for calling. I am the storyteller. What would you like to hear about today?"
 
 
-@pytest.mark.parametrize("line", [Line(), Line(noise_dbfs=-62.0)], ids=["silent-line", "noisy-line"])
+@pytest.mark.parametrize(
+    "line", [Line(), Line(noise_dbfs=-62.0), Line(noise_dbfs=-62.0, rate=16000)], ids=["dtx-line", "noisy-line", "wideband-noisy-line"],
+)
 async def test_the_agent_does_not_hear_itself_on_the_real_echo_path(tmp_path, line):
     pbx = SimPBX(seed=11)
     await pbx.start(port=0)
@@ -50,3 +53,34 @@ async def test_the_agent_does_not_hear_itself_on_the_real_echo_path(tmp_path, li
     finally:
         await pbx.stop()
     assert pbx.violations == []
+
+
+def strict_vad(cfg) -> None:
+    storyteller(cfg)
+    cfg.vad.min_level_dbfs = -30.0  # a site that raised the VAD's floor for noisy lines
+
+
+async def test_sound_the_vad_never_found_voiced_is_not_answered(tmp_path):
+    """A voice in the background (about -45 dBFS: below this site's VAD floor, above the loudness
+    the provider transcribes) talks on a noisy line while the caller says nothing: the fallback
+    flushes hand it to STT, which can read it, but it is not the caller's turn: no caller words,
+    no answer. (Before, the fallback's audio went on to the LLM.)"""
+    pbx = SimPBX(seed=5)
+    await pbx.start(port=0)
+    try:
+        async with running_engine(pbx, tmp_path, strict_vad, AIAGENT_PROVIDER="local", AIAGENT_DOWNSTREAM_MODE="file") as eng:
+            events = eng.store.subscribe()
+            mumble = SayText("Please enter your password, followed by the pound key. Thank you for calling, goodbye.", gain_db=-22.0)
+            script = [WaitAgentDone(0.8, 30.0), mumble, mumble, Pause(2.0)]
+            rec = pbx.place_call(script=script, caller_number="5550101", line=Line(noise_dbfs=-62.0))
+            await wait_for(rec.finished.is_set, timeout=120)
+            flushes = eng.calls.conversation_counters.fallback_flushes
+            caller_words = []
+            while (ev := events.get_nowait()) is not None:
+                if isinstance(ev, TranscriptAdded) and ev.turn.role == "caller" and ev.turn.final:
+                    caller_words.append(ev.turn.text)
+        assert flushes >= 1  # the fallback did hand the audio over
+        assert caller_words == []
+        assert rec.report(pbx)["agent_audio_seconds"] < 8.0  # the greeting only
+    finally:
+        await pbx.stop()

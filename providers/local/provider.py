@@ -155,9 +155,12 @@ class LocalCall(ProviderCall):
         done = self._partial if self._partial is not None and self._partial[0] == self._voiced else None
         self._partial = None
         self._voiced = self._since_voiced = 0
+        if fallback:
+            # Audio the VAD never found voiced (line noise, the agent's residual echo, which
+            # Whisper transcribes even 35 dB down): it is not the caller's turn.
+            return
         if voiced_ms(audio, SAMPLE_RATE, SPEECH_DBFS) < MIN_SPEECH_MS:
-            if not fallback:
-                self._emit(TurnMark("no_answer", self._loop.time()))
+            self._emit(TurnMark("no_answer", self._loop.time()))
             return
         self._cancel_turn()
         self._turn_task = asyncio.create_task(self._answer(audio, done[1] if done else None))

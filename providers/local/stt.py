@@ -11,6 +11,7 @@ from providers.config import LocalProviderConfig
 from providers.local.models import VOSK, WHISPER_TINY_EN, resolve
 
 SAMPLE_RATE = 16000
+NO_SPEECH = 0.6  # Whisper's own no-speech threshold
 
 
 class SpeechToText(ABC):
@@ -39,7 +40,9 @@ class WhisperStt(SpeechToText):
         # Timestamps on: without them the tiny model stops after the first sentence of a long
         # utterance (measured on Asterisk's 25 s IVR prompt).
         segments, _ = self.model.transcribe(audio, language="en", beam_size=self.beam_size, condition_on_previous_text=False)
-        return " ".join(s.text.strip() for s in segments).strip()
+        # Whisper turns faint noise into "Thank you." or "That's it.": what it rates as no
+        # speech itself is not the caller's words.
+        return " ".join(s.text.strip() for s in segments if s.no_speech_prob < NO_SPEECH).strip()
 
 
 class PocketsphinxStt(SpeechToText):
