@@ -86,8 +86,8 @@ def test_sim_call_command_reports_clean_echo_calls(stack, tmp_path):
     assert len(data["calls"]) == 3
     for c in data["calls"]:
         assert c["answered"] and c["bridged"] and c["external_media"] and c["hangup_clean"]
-        # The shipped config plays the agent's audio as files on the bridge (file mode).
-        assert c["rtp_sent"] > 150 and c["rtp_received"] == 0
+        # The shipped config sends the agent's audio as RTP (stream mode), never as bridge files.
+        assert c["rtp_sent"] > 150 and c["rtp_received"] > 150
         assert c["agent_audio_seconds"] > 3.0
     status, health = get_json(f"http://127.0.0.1:{health_port}/health")
     assert status == 200 and health["calls_total"] == 3 and health["active_calls"] == 0
@@ -121,7 +121,7 @@ def test_health_while_a_call_is_up(stack, tmp_path):
     assert call["provider"] == "echo"
     assert call["rtp"]["ssrc"] is not None and call["rtp"]["lost"] == 0
     conv = h["conversation"][call["call_id"]]
-    assert conv["downstream_mode"] == "file" and conv["capture_enabled"]  # echo is full duplex: never gated
+    assert conv["downstream_mode"] == "stream" and conv["capture_enabled"]  # echo is full duplex: never gated
     with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/metrics", timeout=2) as r:
         metrics = r.read().decode()
     assert "ai_agent_active_calls 1.0" in metrics
@@ -141,7 +141,7 @@ def test_no_ui_exits_nonzero_with_a_clear_message_when_the_rtp_port_is_taken(tmp
 def test_no_ui_refuses_a_media_dir_it_cannot_write(tmp_path):
     blocker = tmp_path / "file-not-dir"
     blocker.write_text("")
-    env = {**os.environ, "AIAGENT_MEDIA_DIR": str(blocker / "media"), "RTP_PORT": str(free_port(socket.SOCK_DGRAM)), "HEALTH_PORT": str(free_port())}
+    env = {**os.environ, "AIAGENT_MEDIA_DIR": str(blocker / "media"), "AIAGENT_DOWNSTREAM_MODE": "file", "RTP_PORT": str(free_port(socket.SOCK_DGRAM)), "HEALTH_PORT": str(free_port())}
     r = subprocess.run([BIN / "aiagent-tui", "--no-ui"], env=env, capture_output=True, text=True, timeout=30, cwd=tmp_path)
     assert r.returncode == 1
     assert "storage.media_dir" in r.stderr and str(blocker / "media") in r.stderr and "Traceback" not in r.stderr

@@ -179,3 +179,31 @@ async def test_a_long_running_simulator_forgets_old_finished_calls(pbx, monkeypa
     recs = [pbx.place_call(str(HELLO), hold_s=0.1) for _ in range(6)]  # no app connected: each ends at once
     assert all(r.finished.is_set() for r in recs)
     assert list(pbx.calls) == [r.id for r in recs[2:]]  # 3 finished kept + the newest
+
+
+def test_bridge_playbacks_come_back_as_a_real_bridge_returns_them():
+    """BEHAVIOUR.md, "The echo of bridge playbacks": queued files play sample-continuously
+    whatever their lengths, the partial last frame of the queue never comes back, and in
+    continuous playback one frame without playback slips in about every 8-12 s."""
+    import random
+    from collections import deque
+
+    from pbxsim.media import BridgePlayer, Playback
+
+    rng = random.Random(4)
+    files = [bytes(rng.randrange(256) for _ in range(n)) for n in (250, 333, 417, 160 * 3000 + 77)]
+    queue: deque = deque(Playback(f"p{i}", "sound:x", "bridge:b", [f[j : j + 160] for j in range(0, len(f), 160)]) for i, f in enumerate(files))
+    events: list[tuple[str, str]] = []
+    player = BridgePlayer(queue, lambda pb, what: events.append((pb.id, what)), random.Random(1))
+    frames = []
+    for _ in range(3100):
+        frames.append(player.frame())
+        player.flush_events()
+    content = b"".join(f for f in frames if f is not None)
+    whole = b"".join(files)
+    assert content == whole[: len(whole) - len(whole) % 160]  # continuous; the partial last frame dropped
+    last = max(i for i, f in enumerate(frames) if f is not None)
+    gaps = sum(1 for f in frames[:last] if f is None)
+    assert 5 <= gaps <= 9  # at the start, and one every 8-12 s of the 60 s
+    assert [e for e in events if e[1] == "started"] == [(f"p{i}", "started") for i in range(4)]
+    assert [e for e in events if e[1] == "finished"] == [(f"p{i}", "finished") for i in range(4)]

@@ -43,7 +43,7 @@ def test_a_library_logger_is_limited_too():
 async def test_a_failing_media_dir_is_one_line_not_one_per_file(pbx, tmp_path, caplog):
     """Every playback file fails to write (as on a full disk; here the media dir is a plain file):
     the calls go on, the failures are counted, and the log says it once."""
-    async with running_engine(pbx, tmp_path, AIAGENT_PROVIDER="tone") as eng:
+    async with running_engine(pbx, tmp_path, AIAGENT_PROVIDER="tone", AIAGENT_DOWNSTREAM_MODE="file") as eng:
         eng.config.storage.media_dir = tmp_path / "full"
         (tmp_path / "full").write_bytes(b"")  # not a directory: every write fails
         calls = [pbx.place_call(str(HELLO), hold_s=1.5) for _ in range(3)]
