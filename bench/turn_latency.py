@@ -35,7 +35,7 @@ from engine.engine import Engine  # noqa: E402
 from engine.sessions import TurnCompleted, TurnTimeline  # noqa: E402
 from common import free_port  # noqa: E402
 from providers.local.llm import ChatModel  # noqa: E402
-from providers.local.models import JOE_VOICE, SMOLLM2, resolve  # noqa: E402
+from providers.local.models import JOE_VOICE, resolve, resolve_llm  # noqa: E402
 from providers.local.sentences import SentenceSplitter  # noqa: E402
 from providers.local.stt import build_stt  # noqa: E402
 from providers.local.tts import PiperTts  # noqa: E402
@@ -82,7 +82,7 @@ def stage_alone(cfg: LocalProviderConfig, prompts: list[str]) -> list[float]:
     """Each model stage on its own, in this process, on the same inputs, one after the other: STT
     of the utterance, LLM until its first sentence, TTS of that sentence."""
     stt = build_stt(cfg)
-    llm = ChatModel(resolve(SMOLLM2, cfg.llm_model_path), cfg.llm_context, cfg.llm_threads, cfg.llm_chat_format)
+    llm = ChatModel(resolve_llm(cfg.llm_model, cfg.llm_model_path), cfg.llm_context, cfg.llm_threads, cfg.llm_chat_format)
     tts = PiperTts(resolve(JOE_VOICE, cfg.tts_voice_path))
     sums = []
     for p in prompts:
@@ -125,6 +125,8 @@ async def main_async(args: argparse.Namespace) -> None:
     sim = subprocess.Popen([sys.executable, "-m", "pbxsim.cli", "serve", "--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     media = tempfile.mkdtemp()
     env = {"ASTERISK_ARI_PORT": str(port), "RTP_PORT": "0", "HEALTH_PORT": "0", "AIAGENT_PROVIDER": "local", "AIAGENT_DOWNSTREAM_MODE": args.mode, "AIAGENT_MEDIA_DIR": media}
+    if args.llm:
+        env["LOCAL_LLM_MODEL"] = args.llm
     eng = Engine(load_config(ROOT / "config.toml", env=env))
     try:
         await asyncio.sleep(0.5)
@@ -154,6 +156,7 @@ def main() -> int:
     ap.add_argument("--turns", type=int, default=10)
     ap.add_argument("--concurrent", type=int, default=4)
     ap.add_argument("--mode", choices=["file", "stream"], default="file")
+    ap.add_argument("--llm", help="providers.local.llm_model for this run (default: config.toml's)")
     asyncio.run(main_async(ap.parse_args()))
     return 0
 

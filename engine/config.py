@@ -142,6 +142,8 @@ ENV_OVERRIDES: dict[str, str] = {
     "LOCAL_STT_THREADS": "providers.local.stt_threads",
     "LOCAL_STT_COMPUTE_TYPE": "providers.local.stt_compute_type",
     "LOCAL_LLM_MODEL_PATH": "providers.local.llm_model_path",
+    "LOCAL_LLM_MODEL": "providers.local.llm_model",
+    "LOCAL_FACTS": "providers.local.facts",
     "LOCAL_LLM_CHAT_FORMAT": "providers.local.llm_chat_format",
     "LOCAL_LLM_MAX_TOKENS": "providers.local.llm_max_tokens",
     "LOCAL_LLM_THREADS": "providers.local.llm_threads",

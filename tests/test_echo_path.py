@@ -49,7 +49,7 @@ async def test_the_agent_does_not_hear_itself_on_the_real_echo_path(tmp_path, li
         assert report["bridged"] and report["hangup_clean"]
         assert barge_ins == [], f"the agent's own voice fired {len(barge_ins)} barge-in(s)"
         assert len(caller_words) == 1 and "lighthouse" in caller_words[0].lower(), caller_words
-        assert report["agent_audio_seconds"] > 8.0  # the greeting and a long answer, not cut off
+        assert report["agent_audio_seconds"] > 6.0  # the greeting (about 5 s) and an answer, not cut off
     finally:
         await pbx.stop()
     assert pbx.violations == []
@@ -75,12 +75,12 @@ async def test_sound_the_vad_never_found_voiced_is_not_answered(tmp_path):
             rec = pbx.place_call(script=script, caller_number="5550101", line=Line(noise_dbfs=-62.0))
             await wait_for(rec.finished.is_set, timeout=120)
             flushes = eng.calls.conversation_counters.fallback_flushes
-            caller_words = []
+            caller_words, agent_words = [], []
             while (ev := events.get_nowait()) is not None:
-                if isinstance(ev, TranscriptAdded) and ev.turn.role == "caller" and ev.turn.final:
-                    caller_words.append(ev.turn.text)
+                if isinstance(ev, TranscriptAdded) and ev.turn.final:
+                    (caller_words if ev.turn.role == "caller" else agent_words).append(ev.turn.text)
         assert flushes >= 1  # the fallback did hand the audio over
         assert caller_words == []
-        assert rec.report(pbx)["agent_audio_seconds"] < 8.0  # the greeting only
+        assert len(agent_words) == 1 and "storyteller" in agent_words[0]  # the greeting only
     finally:
         await pbx.stop()

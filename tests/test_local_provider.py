@@ -111,9 +111,15 @@ async def test_default_models_come_from_their_packages():
     await p.load()
     try:
         assert p.readiness().ready
-        assert "SmolLM2-135M-Instruct" in p.readiness().detail
+        assert "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf" in p.readiness().detail  # assembled by the setup
     finally:
         await p.close()
+    smol = LocalProvider(LocalProviderConfig(greeting="", llm_model="smollm2-135m"))
+    await smol.load()
+    try:
+        assert "SmolLM2-135M-Instruct" in smol.readiness().detail
+    finally:
+        await smol.close()
     with pytest.raises(ModelNotFound, match="providers.local.stt_model_path"):
         await LocalProvider(LocalProviderConfig(stt_model_path="/nonexistent/whisper")).load()
 
@@ -163,3 +169,27 @@ def test_sentence_splitter(pieces, sentences, rest):
         got += s.feed(p)
     assert got == sentences
     assert s.flush() == rest
+
+
+def test_a_model_in_parts_is_kept_only_with_its_published_hash(tmp_path):
+    """The setup joins a model's parts in order and refuses the result unless its sha256 is the
+    published one: nothing is left behind that the engine could load."""
+    import hashlib
+
+    from providers.local.models import AssembledModel
+
+    parts = {f"m{i}": tmp_path / f"part{i}.bin" for i in range(3)}
+    for i, p in enumerate(parts.values()):
+        p.write_bytes(bytes([i]) * 1000)
+    whole = b"".join(p.read_bytes() for p in parts.values())
+    locate = lambda module, relative: parts.get(module)  # noqa: E731
+    spec = dict(name="m", parts=tuple((m, "x") for m in parts), size=len(whole), filename="m.gguf", directory=tmp_path / "models")
+    bad = AssembledModel(sha256="0" * 64, **spec)
+    with pytest.raises(ModelNotFound, match="refused"):
+        bad.assemble(locate)
+    assert not bad.ready() and list((tmp_path / "models").iterdir()) == []
+    good = AssembledModel(sha256=hashlib.sha256(whole).hexdigest(), **spec)
+    assert good.assemble(locate).read_bytes() == whole and good.ready()
+    reordered = AssembledModel(sha256=good.sha256, **{**spec, "parts": tuple(reversed(spec["parts"])), "filename": "r.gguf"})
+    with pytest.raises(ModelNotFound):
+        reordered.assemble(locate)

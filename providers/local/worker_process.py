@@ -45,7 +45,7 @@ class _Model:
 
     def __init__(self, kind: str, cfg: Any) -> None:
         from providers.local.llm import ChatModel
-        from providers.local.models import JOE_VOICE, SMOLLM2, resolve
+        from providers.local.models import JOE_VOICE, resolve, resolve_llm
         from providers.local.stt import build_stt
         from providers.local.tts import PiperTts
 
@@ -55,7 +55,7 @@ class _Model:
             self.detail = stt.name
             self.methods["transcribe"] = lambda a, chunk, cancelled: stt.transcribe(a[0])
         elif kind == "llm":
-            llm = ChatModel(resolve(SMOLLM2, cfg.llm_model_path), cfg.llm_context, cfg.llm_threads, cfg.llm_chat_format)
+            llm = ChatModel(resolve_llm(cfg.llm_model, cfg.llm_model_path), cfg.llm_context, cfg.llm_threads, cfg.llm_chat_format)
             self.detail = llm.path.name
             self.methods["generate"] = lambda a, chunk, cancelled: llm.generate(a[0], a[1], a[2], chunk, cancelled)
         elif kind == "tts":
