@@ -86,18 +86,28 @@ QUESTIONS: list[tuple[str, str, tuple[str, ...]]] = [
 ]
 
 
+# Questions the facts do not answer: an honest answer says so (and offers a transfer).
+HONEST = ("know", "not sure", "transfer", "put you through", "connect")
+UNANSWERABLE: list[tuple[str, str, tuple[str, ...]]] = [
+    (DENTIST, "Do you do teeth whitening?", HONEST),
+    (PIZZA, "Do you have vegan cheese?", HONEST),
+    (GARAGE, "Do you sell used cars?", HONEST),
+    (DENTIST, "Is Dr. Lopez married?", HONEST),
+]
+
+
 def correct(answer: str, want: tuple[str, ...]) -> bool:
     a = re.sub(r"\s+", " ", answer.lower())
     return any(w in a for w in want)
 
 
-def run_model(name: str, temperature: float | None) -> tuple[float, list[float], list[float], list[tuple[str, str]]]:
+def run_model(name: str, temperature: float | None) -> tuple[float, int, list[float], list[float], list[tuple[str, str]]]:
     cfg = LocalProviderConfig(llm_model=name)  # type: ignore[arg-type]
     if temperature is not None:
         cfg.llm_temperature = temperature
     model = ChatModel(resolve_llm(cfg.llm_model, cfg.llm_model_path), cfg.llm_context, cfg.llm_threads, cfg.llm_chat_format)
-    first, whole, misses, right = [], [], [], 0
-    for facts, question, want in QUESTIONS:
+    first, whole, misses, right, honest = [], [], [], 0, 0
+    for facts, question, want in QUESTIONS + UNANSWERABLE:
         cfg.facts = facts
         messages = [{"role": "system", "content": system_message(cfg)}, {"role": "user", "content": question}]
         t0 = time.perf_counter()
@@ -110,11 +120,13 @@ def run_model(name: str, temperature: float | None) -> tuple[float, list[float],
         answer = model.generate(messages, cfg.llm_max_tokens, cfg.llm_temperature, on_text, threading.Event())
         whole.append(time.perf_counter() - t0)
         first += seen
-        if correct(answer, want):
-            right += 1
-        else:
+        if not correct(answer, want):
             misses.append((question, answer.strip()))
-    return right / len(QUESTIONS), first, whole, misses
+        elif want is HONEST:
+            honest += 1
+        else:
+            right += 1
+    return right / len(QUESTIONS), honest, first, whole, misses
 
 
 def main() -> int:
@@ -123,11 +135,11 @@ def main() -> int:
     ap.add_argument("--show", action="store_true", help="print every answer that missed its fact")
     ap.add_argument("--temperature", type=float, help="instead of providers.local.llm_temperature")
     args = ap.parse_args()
-    print(f"answers: {len(QUESTIONS)} questions about 3 businesses, the local provider's prompt, 2 threads")
+    print(f"answers: {len(QUESTIONS)} questions about 3 businesses and {len(UNANSWERABLE)} the facts do not answer, the local provider's prompt, 2 threads")
     for name in args.models.split(","):
-        score, first, whole, misses = run_model(name, args.temperature)
+        score, honest, first, whole, misses = run_model(name, args.temperature)
         f, w = np.array(first) * 1000, np.array(whole) * 1000
-        print(f"  {name:20s} score {score * 100:5.1f}%   first token p50 {np.percentile(f, 50):4.0f} ms p90 {np.percentile(f, 90):4.0f} ms"
+        print(f"  {name:20s} facts stated {score * 100:5.1f}%   honest when they do not say {honest}/{len(UNANSWERABLE)}   first token p50 {np.percentile(f, 50):4.0f} ms p90 {np.percentile(f, 90):4.0f} ms"
               f"   whole answer p50 {np.percentile(w, 50):5.0f} ms p90 {np.percentile(w, 90):5.0f} ms", flush=True)
         if args.show:
             for q, a in misses:
