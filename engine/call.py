@@ -164,7 +164,7 @@ class Call:
         self.session.downstream_mode = "stream"
         conv.downstream = StreamPlayback(self.services.rtp, media, conv.tokens_changed)
 
-    def _stream_failed(self) -> None:
+    def stream_send_failed(self) -> None:
         """RTP to Asterisk keeps failing for this call: play its audio as files instead."""
         media, conv = self.media, self.conversation
         if media is None or conv is None or self.session.downstream_mode != "stream":
@@ -193,9 +193,6 @@ class Call:
         downstream = self.conversation.downstream if self.conversation is not None else None
         if isinstance(downstream, StreamPlayback):
             downstream.drained()
-
-    def stream_send_failed(self) -> None:
-        self._stream_failed()
 
     # ---- ARI playback events of this call's bridge (file mode)
     def playback_event(self, playback_id: str, started: bool, state: str) -> None:

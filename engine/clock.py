@@ -91,7 +91,3 @@ class ManualClock:
     def stall(self, seconds: float) -> None:
         """Time passes while the loop is blocked: no timer runs until the next ``advance``."""
         self._now += seconds
-
-    @property
-    def pending(self) -> int:
-        return sum(1 for _, _, t in self._heap if not t.cancelled)

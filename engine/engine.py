@@ -234,8 +234,10 @@ class Engine:
     def ari_connected(self) -> bool:
         return self.events.connected and not self.calls.replaced
 
-    def summary(self) -> EngineSummary:
+    def summary(self, components: list[ComponentStatus] | None = None) -> EngineSummary:
         """The engine's state without any per-call detail (for a header refreshed 10 times a second)."""
+        if components is None:
+            components = self.components()
         readiness = self.provider_readiness()
         ok = (
             # Calls still go to the fallback while the default is not ready, but an operator must know.
@@ -266,7 +268,7 @@ class Engine:
             # What an operator must look at now: components and model workers that are not running.
             problems=tuple(
                 f"{c.name} {c.state}" + (f": {c.last_error}" if c.last_error else "")
-                for c in self.components() if not c.ok
+                for c in components if not c.ok
             ),
             health_url=f"{base}/health",
             metrics_url=f"{base}/metrics",
@@ -287,9 +289,10 @@ class Engine:
         live = list(store)
         cc = self.calls.conversation_counters
         pc = self.calls.playback_counters
+        components = self.components()
         return EngineStatus(
-            summary=self.summary(),
-            components=tuple(self.components()),
+            summary=self.summary(components),
+            components=tuple(components),
             ari=AriCounters(self.events.malformed_events, self.events.handler_errors, self.calls.task_errors),
             rtp=RtpCounters(
                 packets_in=c.packets_in,

@@ -81,7 +81,6 @@ class CallMedia:
         "remote",
         "owner",
         "send_failures",
-        "_last_seq",
         "_encoder",
         "_partial",
         "out_frames",
@@ -99,7 +98,6 @@ class CallMedia:
         self.remote = remote
         self.owner: MediaOwner | None = owner  # None once the call is being torn down: audio is dropped
         self.send_failures = 0
-        self._last_seq: int | None = None
         self._encoder = UlawEncoder()
         self._partial = b""
         self.out_frames: deque[bytes] = deque()
@@ -117,16 +115,16 @@ class CallMedia:
         """One valid u-law packet from this call's address: counted, and passed on if in order.
         Returns the stream statistics' verdict (media.rtp_stats)."""
         s = self.session
+        before = s.rtp_in.highest_sequence
         verdict = s.rtp_in.update(pkt.sequence, pkt.timestamp, pkt.ssrc, len(pkt.payload), arrival)
         if verdict == LATE:
             # Playing a late frame would put audio out of order; loss concealment is the STT's job.
             s.rtp_in_late += 1
         elif verdict == IN_ORDER:
-            gap = 0 if self._last_seq is None else (pkt.sequence - self._last_seq - 1) & 0xFFFF
-            self._last_seq = pkt.sequence
+            gap = s.rtp_in.highest_sequence - before - 1 if before >= 0 else 0
             if self.owner is not None:
                 # A jump too large to be loss (a restart) is not counted as lost frames.
-                self.owner.caller_audio(ulaw_to_pcm16(pkt.payload), gap if gap < 50 else 0)
+                self.owner.caller_audio(ulaw_to_pcm16(pkt.payload), gap if 0 < gap < 50 else 0)
         return verdict
 
     def malformed(self) -> None:

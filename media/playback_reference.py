@@ -61,10 +61,6 @@ class _Tracker:
         self._frames.extend(pcm[:whole].reshape(-1, FRAME_SAMPLES))
         self._pending = pcm[whole:]
 
-    @property
-    def lag(self) -> int:
-        return self._lag
-
     def _ref(self, k: int) -> np.ndarray | None:
         i = k - self._base
         if 0 <= i < len(self._frames):
@@ -174,7 +170,6 @@ class PlaybackReference:
         self._n = 0  # run frame index of the next received frame
         self._running = False  # playbacks are queued or playing
         self._tail = 0  # frames left to match once the run ended
-        self.frames_cancelled = 0
         self._earlier_steps = 0
         self._evidence = 0  # frames on which one hypothesis clearly won
         self._settled = False
@@ -196,11 +191,6 @@ class PlaybackReference:
         if self._running:
             self._running = False
             self._tail = _TAIL_FRAMES
-
-    def clear(self) -> None:
-        self._running = False
-        self._tail = 0
-        self._reset()
 
     def _reset(self) -> None:
         # The bridge's kind carries over from run to run (it is the caller's); the lags do not.
@@ -227,10 +217,6 @@ class PlaybackReference:
         return outs[1] if self.wideband else outs[0]
 
     @property
-    def lag_frames(self) -> int:
-        return self._wide.lag if self.wideband else self._narrow.lag
-
-    @property
     def steps(self) -> int:
         """Frames without playback found so far (the delay grew), over every run."""
         return self._earlier_steps + (self._wide.steps if self.wideband else self._narrow.steps)
@@ -254,7 +240,6 @@ class PlaybackReference:
             out = self._judge(x, n)
         if out is None:
             return frame
-        self.frames_cancelled += 1
         pcm: bytes = np.clip(x - out, -32768, 32767).astype(np.int16).tobytes()
         return pcm
 

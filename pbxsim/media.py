@@ -235,7 +235,8 @@ class BridgePlayer:
             self._on_playback(pb, "finished")
         self._finished.clear()
 
-    def stopped(self, pb: Playback) -> None:
+    def stopped(self) -> None:
+        """A playback was taken out of the queue: an empty queue ends the run."""
         if not self.queue:
             self._running = False
 
@@ -323,7 +324,7 @@ class Bridge:
         if pb in self.playbacks:
             self.playbacks.remove(pb)
             pb.state = "done"
-            self.player.stopped(pb)
+            self.player.stopped()
             self._on_playback(pb, "finished")
             return True
         return False
