@@ -23,7 +23,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from providers.config import LocalProviderConfig, system_message  # noqa: E402
+from providers.config import LocalProviderConfig  # noqa: E402
+from providers.profile import AgentProfile  # noqa: E402
 from providers.local.llm import ChatModel  # noqa: E402
 from providers.local.models import resolve_llm  # noqa: E402
 
@@ -108,8 +109,7 @@ def run_model(name: str, temperature: float | None) -> tuple[float, int, list[fl
     model = ChatModel(resolve_llm(cfg.llm_model, cfg.llm_model_path), cfg.llm_context, cfg.llm_threads, cfg.llm_chat_format)
     first, whole, misses, right, honest = [], [], [], 0, 0
     for facts, question, want in QUESTIONS + UNANSWERABLE:
-        cfg.facts = facts
-        messages = [{"role": "system", "content": system_message(cfg)}, {"role": "user", "content": question}]
+        messages = [{"role": "system", "content": AgentProfile(facts=facts).instructions()}, {"role": "user", "content": question}]
         t0 = time.perf_counter()
         seen: list[float] = []
 

@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from engine.config import load_config  # noqa: E402
 from providers.config import LocalProviderConfig  # noqa: E402
+from providers.profile import AgentProfile  # noqa: E402
 from engine.engine import Engine  # noqa: E402
 from engine.sessions import TurnCompleted, TurnTimeline  # noqa: E402
 from common import free_port  # noqa: E402
@@ -84,6 +85,7 @@ def stage_alone(cfg: LocalProviderConfig, prompts: list[str]) -> list[float]:
     stt = build_stt(cfg)
     llm = ChatModel(resolve_llm(cfg.llm_model, cfg.llm_model_path), cfg.llm_context, cfg.llm_threads, cfg.llm_chat_format)
     tts = PiperTts(resolve(JOE_VOICE, cfg.tts_voice_path))
+    profile = AgentProfile()
     sums = []
     for p in prompts:
         pcm, _ = phone_audio(SOUNDS / f"{p}.wav")
@@ -98,7 +100,7 @@ def stage_alone(cfg: LocalProviderConfig, prompts: list[str]) -> list[float]:
                 if first:
                     done.set()
 
-        messages = [{"role": "system", "content": cfg.system_prompt}, {"role": "assistant", "content": cfg.greeting}, {"role": "user", "content": text}]
+        messages = [{"role": "system", "content": profile.instructions()}, {"role": "assistant", "content": profile.greeting}, {"role": "user", "content": text}]
         llm.generate(messages, cfg.llm_max_tokens, cfg.llm_temperature, on_text, done)
         sentence = first[0] if first else (splitter.flush() or "OK.")
         tts.synthesize(sentence)

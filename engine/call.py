@@ -9,10 +9,12 @@ between, the Call is the media's owner (``MediaOwner``) and the provider's liste
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Coroutine
 
+from engine.actions import TRANSFER_CHECK_S, ActionCounters, SilenceWatchdog
 from engine.api import AudioTap
 from engine.ari.client import AriClient, AriError, AriUnavailable
 from engine.clock import Clock
@@ -21,11 +23,12 @@ from engine.conversation import ConversationCoordinator, ConversationCounters
 from engine.media import CallMedia
 from engine.playback import FilePlayback, PlaybackCounters, StreamPlayback
 from engine.rtp_server import RtpServer
-from engine.sessions import CallSession, ProviderSession, SessionStore, TranscriptTurn
+from engine.sessions import ActionChanged, ActionRecord, CallSession, ConversationState, ProviderSession, SessionStore, TranscriptTurn
 from engine.tasks import OwnedTasks
 from media.audio import ulaw_to_pcm16
 from media.frames import FRAME_MS, RATE
 from providers.base import (
+    ActionRequest,
     AgentAudio,
     AgentSpeakingStarted,
     AgentSpeakingStopped,
@@ -42,9 +45,16 @@ from providers.base import (
 log = logging.getLogger(__name__)
 
 PROVIDER_STOP_TIMEOUT_S = 5.0
+ACTION_LINE_TIMEOUT_S = 30.0  # an action's line that has not played out by then: act anyway
+TRANSFER_FAILED_LINE = "Sorry, I could not put you through right now."
 TRANSCRIPT_VARIABLE = "AIAGENT_TRANSCRIPT"  # the dialplan/CDR can read what the caller said
 
 ProviderLookup = Callable[[str], Awaitable[Provider]]
+
+
+def _settle(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +69,7 @@ class CallServices:
     clock: Clock
     playback_counters: PlaybackCounters
     conversation_counters: ConversationCounters
+    action_counters: ActionCounters
     observe_turn_latency: Callable[[float], None]
 
 
@@ -74,6 +85,11 @@ class Call:
         self.setup_task: asyncio.Task[None] | None = None
         self.teardown_task: asyncio.Task[None] | None = None
         self._tasks = OwnedTasks(f"[{session.call_id}] call")
+        self.profile = services.config.profiles[session.profile]
+        self.action: ActionRecord | None = None  # the action under way (one at a time)
+        self.watchdog = SilenceWatchdog(
+            services.clock, self.profile.silence_prompt_s, self.profile.silence_hangup_s, self._silence_prompt, self._silence_hangup,
+        )
 
     @property
     def call_id(self) -> str:
@@ -99,9 +115,11 @@ class Call:
         assert s.provider is not None
         provider, pcall = await self._open_provider_call(s.provider.name)
         self.provider_call = pcall
+        # The watchdog needs a provider that listens in turns and can speak a line.
+        self.watchdog.enabled &= provider.half_duplex and provider.speaks_text
         self.conversation = ConversationCoordinator(
             sv.config, s, sv.store, pcall, provider.half_duplex, provider.continuous_input,
-            sv.conversation_counters, sv.observe_turn_latency, self.spawn, sv.clock,
+            sv.conversation_counters, sv.observe_turn_latency, self.spawn, sv.clock, self.watchdog.state,
         )
         frames = sv.config.playback.stream_queue_max_ms // FRAME_MS
         self.media = CallMedia(s, remote, self, max_queue_frames=frames)
@@ -113,6 +131,8 @@ class Call:
         s.provider.ready = True
         s.provider.started_at = sv.clock.now()
         sv.rtp.register(self.media)
+        if s.conversation is ConversationState.LISTENING:  # no greeting: the caller's turn now
+            self.watchdog.state(ConversationState.LISTENING)
 
     async def _open_provider_call(self, name: str) -> tuple[Provider, ProviderCall]:
         s = self.session
@@ -127,6 +147,7 @@ class Call:
             caller_name=s.caller_name,
             preroll_ms=vad.preroll_ms,
             fallback_window_ms=vad.fallback_interval_ms,
+            profile=self.profile,
         )
         pcall = provider.open_call(ctx, lambda ev: self._on_provider_event(pcall, ev))
         return provider, pcall
@@ -228,6 +249,8 @@ class Call:
         elif isinstance(ev, TurnMark):
             if conv is not None:
                 conv.mark(ev.stage, ev.at)
+        elif isinstance(ev, ActionRequest):
+            self.request_action(ev, by="agent")
         elif isinstance(ev, CallerInterrupted):
             if conv is not None and conv.agent_is_speaking:
                 conv.barge_in(forced=False)
@@ -256,6 +279,126 @@ class Call:
         except (AriError, AriUnavailable) as e:
             log.debug("could not set %s on %s: %s", TRANSCRIPT_VARIABLE, self.session.caller_channel_id, e)
 
+    # ---- actions
+    def request_action(self, req: ActionRequest, by: str) -> bool:
+        """A transfer or a hangup, asked for by the agent, the caller's keypad, the silence
+        watchdog or the operator. The guard: a transfer goes only to one of the profile's
+        departments, whoever asks; one action at a time."""
+        s = self.session
+        if self.ending or self.conversation is None:
+            return False
+        if self.action is not None:
+            self.services.store.log(s.call_id, logging.INFO, f"{req.kind} asked for by {by} while {self.action.kind} is under way: ignored")
+            return False
+        rec = ActionRecord(req.kind, by, req.reason, req.department)
+        if req.kind == "transfer":
+            dept = self.profile.departments.get(req.department)
+            if dept is None:
+                rec.state = "refused"
+                known = ", ".join(self.profile.departments) or "none"
+                rec.detail = f"{req.department!r} is not a department of profile {s.profile} (it has: {known})"
+                self._record(rec, logging.WARNING)
+                self.services.action_counters.count("transfer", "refused")
+                return False
+            rec.target = dept.target
+            line = self.profile.announcement(req.department)
+        else:
+            line = self.profile.closing
+        self.action = rec
+        self._record(rec, logging.INFO)
+        self.spawn(self._carry_out(rec, line))
+        return True
+
+    def _record(self, rec: ActionRecord, level: int) -> None:
+        s = self.session
+        if rec not in s.actions:
+            s.actions.append(rec)
+        self.services.store.publish(ActionChanged(s.call_id, copy.copy(rec)))
+        self.services.store.log(s.call_id, level, rec.describe() + (f" ({rec.reason})" if rec.reason else ""))
+
+    async def _carry_out(self, rec: ActionRecord, line: str) -> None:
+        """Says the action's line, waits until the caller has heard it, then acts."""
+        conv, pcall = self.conversation, self.provider_call
+        assert conv is not None and pcall is not None
+        self.watchdog.close()
+        played = conv.hold()
+        await pcall.cancel_response(played)
+        await self._say_and_wait(line)
+        if rec.kind == "hangup":
+            rec.state = "done"
+            self._record(rec, logging.INFO)
+            self.services.action_counters.count("hangup", "done")
+            self._end(self, f"agent hung up ({rec.reason or rec.by})")
+        else:
+            await self._transfer(rec)
+
+    async def _say_and_wait(self, line: str) -> None:
+        conv, pcall = self.conversation, self.provider_call
+        assert conv is not None and pcall is not None
+        if not line or not await pcall.say(line):
+            return
+        done = conv.played_out()
+        timer = self.services.clock.call_later(ACTION_LINE_TIMEOUT_S, _settle, done)
+        try:
+            await done
+        finally:
+            timer.cancel()
+
+    async def _transfer(self, rec: ActionRecord) -> None:
+        sv, s = self.services, self.session
+        dept = self.profile.departments[rec.department]
+        # Sent before the request: the caller's StasisEnd can arrive before its 204.
+        rec.state = "sent"
+        try:
+            if dept.endpoint:
+                await sv.ari.redirect(s.caller_channel_id, dept.endpoint)
+                # A driver that cannot transfer (Local channels) answers 204 and does nothing.
+                sv.clock.call_later(TRANSFER_CHECK_S, self._redirect_check, rec)
+            else:
+                # Asterisk answers 204 even for a target that does not exist and then drops the
+                # caller; subscribed to its channel, call control still sees that hangup.
+                await sv.ari.subscribe(sv.config.asterisk.app, f"channel:{s.caller_channel_id}")
+                await sv.ari.continue_in_dialplan(s.caller_channel_id, dept.context, dept.extension, dept.priority)
+        except (AriError, AriUnavailable) as e:
+            await self._transfer_failed(rec, str(e))
+            return
+        self._record(rec, logging.INFO)
+
+    def _redirect_check(self, rec: ActionRecord) -> None:
+        if not self.ending and rec.state == "sent":
+            self.spawn(self._transfer_failed(rec, "the caller is still here: its channel driver did not transfer (Local channels cannot)"))
+
+    async def _transfer_failed(self, rec: ActionRecord, why: str) -> None:
+        """The caller is still with us: say so and go on with the conversation."""
+        rec.state, rec.detail = "failed", why
+        self._record(rec, logging.ERROR)
+        self.services.action_counters.count("transfer", "failed")
+        self.action = None
+        conv = self.conversation
+        if conv is None or self.ending:
+            return
+        await self._say_and_wait(TRANSFER_FAILED_LINE)
+        conv.held = False
+        self.watchdog.enabled = self.profile.silence_prompt_s > 0
+        self.watchdog.state(self.session.conversation)
+
+    def transfer_left(self) -> ActionRecord | None:
+        """The caller left Stasis: the transfer under way, if that is why."""
+        rec = self.action
+        return rec if rec is not None and rec.kind == "transfer" and rec.state == "sent" else None
+
+    def _silence_prompt(self) -> None:
+        self.services.action_counters.count("still_there", "done")
+        self.services.store.log(self.call_id, logging.INFO, f"caller silent for {self.profile.silence_prompt_s:g} s: asking whether they are still there")
+        self.spawn(self._prompt_silent_caller())
+
+    async def _prompt_silent_caller(self) -> None:
+        if self.provider_call is not None and not await self.provider_call.say(self.profile.still_there):
+            self.watchdog.state(ConversationState.LISTENING)  # nothing was said: count on to the hangup
+
+    def _silence_hangup(self) -> None:
+        self.request_action(ActionRequest("hangup", reason=f"caller silent after {self.profile.still_there!r}"), by="silence")
+
     # ---- operator commands
     def barge_in(self) -> bool:
         if self.conversation is None:
@@ -273,6 +416,7 @@ class Call:
     async def release(self) -> None:
         """Stops what the call runs here: its tasks, its audio in both directions, its provider
         session. Asterisk's side (channels, bridge) is call control's to release."""
+        self.watchdog.close()
         await self._tasks.cancel()
         try:
             if self.media is not None:

@@ -20,6 +20,7 @@ from engine.ari.models import (
     AriEvent,
     Channel,
     ChannelDestroyed,
+    ChannelDialplan,
     ChannelDtmfReceived,
     ChannelHangupRequest,
     PlaybackFinished,
@@ -27,14 +28,16 @@ from engine.ari.models import (
     StasisEnd,
     StasisStart,
 )
+from engine.actions import TRANSFER_CHECK_S, ActionCounters
 from engine.call import Call, CallServices, ProviderLookup
 from engine.clock import Clock, LoopClock
 from engine.config import AppConfig
 from engine.conversation import ConversationCounters
 from engine.playback import PlaybackCounters
 from engine.rtp_server import RtpServer
-from engine.sessions import CallSession, CallState, ProviderSession, SessionStore
+from engine.sessions import ActionChanged, ActionRecord, CallSession, CallState, ProviderSession, SessionStore
 from engine.tasks import OwnedTasks
+from providers.base import ActionRequest
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +68,7 @@ class CallController:
         ari: AriClient,
         store: SessionStore,
         rtp: RtpServer,
-        provider_for_new_call: Callable[[], str],
+        provider_for_new_call: Callable[[str], str],
         get_provider: ProviderLookup,
         observe_turn_latency: Callable[[float], None] = lambda s: None,
         clock: Clock | None = None,
@@ -78,10 +81,14 @@ class CallController:
         self._provider_for_new_call = provider_for_new_call
         self.playback_counters = PlaybackCounters()
         self.conversation_counters = ConversationCounters()
+        self.action_counters = ActionCounters()
         self.services = CallServices(
             config, ari, store, rtp, get_provider, clock or LoopClock(),
-            self.playback_counters, self.conversation_counters, observe_turn_latency,
+            self.playback_counters, self.conversation_counters, self.action_counters, observe_turn_latency,
         )
+        # Callers transferred by continue, watched for a moment: a hangup this soon means the PBX
+        # dropped them (the target does not exist).
+        self._transferred: dict[str, tuple[CallSession, ActionRecord]] = {}
         self.calls: dict[str, Call] = {}  # by the caller's channel id
         self._by_token: dict[str, Call] = {}
         self._pending_external: dict[str, asyncio.Future[Channel]] = {}
@@ -117,11 +124,21 @@ class CallController:
         if isinstance(event, StasisStart):
             self._on_stasis_start(event)
         elif isinstance(event, (StasisEnd, ChannelHangupRequest, ChannelDestroyed)):
+            if event.channel.id in self._transferred and not isinstance(event, StasisEnd):
+                self._transfer_dropped(event.channel.id)
+                return
             c = self.call_for_channel(event.channel.id)
             if c is not None and not c.ending:
                 is_caller = event.channel.id == c.session.caller_channel_id
+                transfer = c.transfer_left() if is_caller else None
+                if transfer is not None:
+                    self._transfer_out(c, transfer)
+                    return
                 reason = "caller hung up" if is_caller else "ExternalMedia channel ended"
                 self.begin_teardown(c, reason, hangup_caller=not is_caller)
+        elif isinstance(event, ChannelDialplan):
+            if event.channel.id in self._transferred:
+                self.store.log(event.channel.id, logging.INFO, f"transferred caller runs {event.dialplan_app}({event.dialplan_app_data}) at {event.channel.dialplan.exten}@{event.channel.dialplan.context}")
         elif isinstance(event, (PlaybackStarted, PlaybackFinished)):
             # Our playback ids are "<call token>-<n>": the token finds the call.
             c = self._by_token.get(event.playback.id.rsplit("-", 1)[0])
@@ -130,7 +147,7 @@ class CallController:
         elif isinstance(event, ChannelDtmfReceived):
             c = self.calls.get(event.channel.id)
             if c is not None:
-                self.store.log(c.call_id, logging.INFO, f"DTMF {event.digit}")
+                self._on_dtmf(c, event.digit)
         elif isinstance(event, ApplicationReplaced):
             self.replaced = True
             self.store.log(
@@ -160,21 +177,65 @@ class CallController:
             self.store.calls_rejected_over_capacity += 1
             self._spawn(self._reject(ch, f"over capacity ({self.config.rtp.max_calls} calls)"))
             return
-        provider = self._provider_for_new_call()
+        profile = self.config.profile_for(event.args, ch.dialplan.exten)
+        provider = self._provider_for_new_call(self.config.profiles[profile].provider)
         session = CallSession(
             call_id=ch.id,
             caller_channel_id=ch.id,
             caller_number=ch.caller.number,
             caller_name=ch.caller.name,
             stasis_args=tuple(event.args),
+            dialled=ch.dialplan.exten,
+            profile=profile,
             provider=ProviderSession(provider),
         )
         call = Call(self.services, session, uuid.uuid4().hex[:12], self._end_failed)
         self.calls[ch.id] = call
         self._by_token[call.token] = call
         self.store.add(session)
-        self.store.log(ch.id, logging.INFO, f"call from {ch.caller.number or 'unknown'} ({ch.name}), provider {provider}")
+        self.store.log(ch.id, logging.INFO, f"call from {ch.caller.number or 'unknown'} ({ch.name}) to {ch.dialplan.exten or '?'}, profile {profile}, provider {provider}")
         call.setup_task = call.spawn(self._setup(call))
+
+    # ---- actions that take the caller away
+    def _on_dtmf(self, c: Call, digit: str) -> None:
+        dept = c.profile.department_for_digit(digit)
+        self.store.log(c.call_id, logging.INFO, f"DTMF {digit}" + (f": transfer to {dept}" if dept else " (no department has this key)"))
+        if dept is not None:
+            c.request_action(ActionRequest("transfer", dept, f"caller pressed {digit}"), by="keypad")
+
+    def _transfer_out(self, c: Call, rec: ActionRecord) -> None:
+        """The caller left Stasis into the transfer's target: release what served the call, never
+        the caller (a DELETE now would hang up the transferred call)."""
+        cid = c.session.caller_channel_id
+        if c.profile.departments[rec.department].endpoint:
+            rec.state = "done"  # the channel driver took it (redirect): nothing more to see here
+            self._action_done(c.session, rec)
+        else:
+            self._transferred[cid] = (c.session, rec)
+            self.services.clock.call_later(TRANSFER_CHECK_S, self._transfer_settled, cid)
+        self.begin_teardown(c, f"transferred to {rec.department} ({rec.target})", hangup_caller=False)
+
+    def _transfer_settled(self, channel_id: str) -> None:
+        entry = self._transferred.pop(channel_id, None)
+        if entry is None:
+            return
+        session, rec = entry
+        rec.state = "done"
+        self._action_done(session, rec)
+        self._spawn(self._ari_cleanup(self.ari.unsubscribe(self.app, f"channel:{channel_id}"), f"subscription to {channel_id}"))
+
+    def _transfer_dropped(self, channel_id: str) -> None:
+        session, rec = self._transferred.pop(channel_id)
+        rec.state = "failed"
+        rec.detail = f"the PBX hung the caller up {TRANSFER_CHECK_S:g} s or less after the transfer: does {rec.target} exist in the dialplan?"
+        self.action_counters.count("transfer", "failed")
+        self.store.publish(ActionChanged(session.call_id, rec))
+        self.store.log(session.call_id, logging.ERROR, rec.describe())
+
+    def _action_done(self, session: CallSession, rec: ActionRecord) -> None:
+        self.action_counters.count(rec.kind, "done")
+        self.store.publish(ActionChanged(session.call_id, rec))
+        self.store.log(session.call_id, logging.INFO, rec.describe())
 
     def _end_failed(self, call: Call, reason: str) -> None:
         self.begin_teardown(call, reason, hangup_caller=True)

@@ -8,12 +8,13 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal, Mapping, Sequence
 
 from pydantic import Field, SecretStr, ValidationError, model_validator
 
 from providers.config import ConfigSection as _Section
-from providers.config import ProvidersConfig
+from providers.config import PROVIDER_NAMES, ProvidersConfig
+from providers.profile import DEFAULT_PROFILE, AgentProfile
 
 
 class ConfigError(Exception):
@@ -114,6 +115,39 @@ class AppConfig(_Section):
     playback: PlaybackConfig = PlaybackConfig()
     storage: StorageConfig = StorageConfig()
     logging: LoggingConfig = LoggingConfig()
+    # [profiles.NAME]: who the agent is per dialled number; "default" takes every other call.
+    profiles: dict[str, AgentProfile] = {DEFAULT_PROFILE: AgentProfile()}
+
+    @model_validator(mode="after")
+    def _profiles_valid(self) -> AppConfig:
+        self.profiles.setdefault(DEFAULT_PROFILE, AgentProfile())
+        claimed: dict[str, str] = {}
+        for name, p in self.profiles.items():
+            if p.provider and p.provider not in PROVIDER_NAMES:
+                raise ValueError(f"profiles.{name}.provider: unknown provider {p.provider!r}; known: {', '.join(sorted(PROVIDER_NAMES))}")
+            for key in p.match:
+                if key in claimed:
+                    raise ValueError(f"profiles.{claimed[key]} and profiles.{name} both match {key!r}")
+                claimed[key] = name
+        return self
+
+    def profile_for(self, stasis_args: Sequence[str], dialled: str) -> str:
+        """The profile of a new call: the first Stasis argument a profile matches, else the dialled
+        extension, else the default."""
+        for key in (*stasis_args, dialled):
+            for name, p in self.profiles.items():
+                if key and key in p.match:
+                    return name
+        return DEFAULT_PROFILE
+
+    def fixed_phrases(self) -> tuple[str, ...]:
+        """What the profiles always say the same way: greetings, closing lines, announcements."""
+        out: dict[str, None] = {}
+        for p in self.profiles.values():
+            for text in (p.greeting, p.closing, p.still_there, *(p.announcement(d) for d in p.departments)):
+                if text:
+                    out.setdefault(text, None)
+        return tuple(out)
 
     def masked(self) -> dict[str, Any]:
         """The effective config as plain data, secrets masked (for check-config and logs)."""
@@ -143,14 +177,12 @@ ENV_OVERRIDES: dict[str, str] = {
     "LOCAL_STT_COMPUTE_TYPE": "providers.local.stt_compute_type",
     "LOCAL_LLM_MODEL_PATH": "providers.local.llm_model_path",
     "LOCAL_LLM_MODEL": "providers.local.llm_model",
-    "LOCAL_FACTS": "providers.local.facts",
     "LOCAL_LLM_CHAT_FORMAT": "providers.local.llm_chat_format",
     "LOCAL_LLM_MAX_TOKENS": "providers.local.llm_max_tokens",
     "LOCAL_LLM_THREADS": "providers.local.llm_threads",
     "LOCAL_LLM_CONTEXT": "providers.local.llm_context",
     "LOCAL_LLM_TEMPERATURE": "providers.local.llm_temperature",
     "LOCAL_TTS_VOICE_PATH": "providers.local.tts_voice_path",
-    "LOCAL_GREETING": "providers.local.greeting",
     "AIAGENT_FALLBACK_PROVIDER": "providers.fallback",
     "DEEPGRAM_AGENT_URL": "providers.deepgram.agent_url",
 }

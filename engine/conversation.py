@@ -8,6 +8,7 @@ the provider's answer down the call's playback path, and keeps the turn timeline
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import deque
 from dataclasses import dataclass
@@ -70,6 +71,7 @@ class ConversationCoordinator:
         observe_turn_latency: Callable[[float], None],
         spawn: Spawn,
         clock: Clock,
+        on_state: Callable[[ConversationState], None] = lambda state: None,
     ) -> None:
         self.config = config
         self.session = session
@@ -104,6 +106,11 @@ class ConversationCoordinator:
         self._gap_timer: Timer | None = None
         self._turn: TurnTimeline | None = None
         self._agent_turn_open = False
+        self._answer_audio_s = 0.0  # agent audio handed down for the answer being spoken
+        self._on_state = on_state
+        # An action is under way (transfer, hangup): the caller is no longer listened to.
+        self.held = False
+        self._played_out: list[asyncio.Future[None]] = []
         self._set_continuous(continuous_input)
 
     # ---- caller audio (hot path: 50 frames/s per call)
@@ -111,6 +118,8 @@ class ConversationCoordinator:
         """One packet of the caller's audio; ``lost``: packets missing before it."""
         if self.tap is not None:
             self.tap("caller", pcm8, RATE)
+        if self.held:
+            return
         for frame in packet_frames(pcm8):
             self._frame(frame, lost)
             lost = 0
@@ -228,6 +237,7 @@ class ConversationCoordinator:
     # ---- agent audio
     def agent_started(self) -> None:
         self._agent_turn_open = True
+        self._answer_audio_s = 0.0
 
     def agent_audio(self, pcm16: bytes, sample_rate: int) -> None:
         if self.downstream is None:
@@ -236,7 +246,10 @@ class ConversationCoordinator:
             self.tap("agent", pcm16, sample_rate)
         self.downstream.add(pcm16, sample_rate)
         if self.session.conversation is not ConversationState.AGENT_SPEAKING:
+            if not self._agent_turn_open:
+                self._answer_audio_s = 0.0
             self._set_state(ConversationState.AGENT_SPEAKING)
+        self._answer_audio_s += len(pcm16) / 2 / sample_rate
 
     def agent_finished(self) -> None:
         self._agent_turn_open = False
@@ -285,8 +298,40 @@ class ConversationCoordinator:
         if self.session.playbacks:
             return
         self._set_capture(True)
-        if self.session.conversation is ConversationState.AGENT_SPEAKING and not self._agent_turn_open:
-            self._set_state(ConversationState.LISTENING)
+        if not self._agent_turn_open:
+            for fut in self._played_out:
+                if not fut.done():
+                    fut.set_result(None)
+            self._played_out.clear()
+            if self.session.conversation is ConversationState.AGENT_SPEAKING:
+                self._set_state(ConversationState.LISTENING)
+
+    def played_out(self) -> asyncio.Future[None]:
+        """Resolves once the agent's audio handed down so far has played to the caller."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._played_out.append(fut)
+        return fut
+
+    def hold(self) -> float | None:
+        """An action begins: stop listening to the caller and stop what the agent is saying, so
+        that the action's own line comes next. Returns how much of the interrupted answer was
+        heard (None if the agent was not speaking), for the provider's history."""
+        self.held = True
+        self._barge_run.clear()
+        self.vad.reset()
+        self.session.voice.speaking = False
+        played = self._stop_agent()
+        self._set_state(ConversationState.LISTENING)
+        return played
+
+    def _stop_agent(self) -> float | None:
+        """Stops the agent's audio now; how much of its answer the caller heard."""
+        self._agent_turn_open = False
+        if self.downstream is None:
+            return None
+        speaking = self.agent_is_speaking
+        unplayed = self.downstream.stop()
+        return max(0.0, self._answer_audio_s - unplayed) if speaking else None
 
     # ---- barge-in
     def barge_in(self, forced: bool) -> None:
@@ -299,10 +344,8 @@ class ConversationCoordinator:
         self.counters.barge_ins += 1
         if forced:
             self.counters.barge_ins_forced += 1
-        if self.downstream is not None:
-            self.downstream.stop()
-        self._agent_turn_open = False
-        self._spawn(self.provider_call.cancel_response())
+        played = self._stop_agent()
+        self._spawn(self.provider_call.cancel_response(played))
         if self._ungate is not None:
             self._ungate.cancel()
             self._ungate = None
@@ -332,12 +375,15 @@ class ConversationCoordinator:
         s.conversation = state
         self.store.set_state(s, _CALL_STATE[state])
         self._publish()
+        self._on_state(state)
 
     def _publish(self) -> None:
         s = self.session
         self.store.publish(ConversationChanged(s.call_id, s.conversation, s.capture_enabled, bool(s.playbacks)))
 
     def close(self) -> None:
+        for fut in self._played_out:
+            fut.cancel()
         for timer in (self._ungate, self._gap_timer, self._filler):
             if timer is not None:
                 timer.cancel()

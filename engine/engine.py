@@ -33,7 +33,7 @@ from engine.status import (
     RtpCounters,
 )
 from engine.supervisor import Supervisor
-from providers.base import ComponentStatus, Provider, Readiness
+from providers.base import ActionRequest, ComponentStatus, Provider, Readiness
 from providers.config import PROVIDER_NAMES
 from providers.registry import build_provider
 
@@ -98,12 +98,14 @@ class Engine:
             await self.health_server.stop()
             await self.rtp.stop()
             raise EngineStartError(f"provider {self.default_provider} cannot start: {e}") from e
-        if fallback and fallback != self.default_provider:
-            # Loaded now, so that it can take new calls the moment the default fails.
-            try:
-                await self.get_provider(fallback)
-            except Exception as e:
-                log.warning("fallback provider %s cannot start: %s", fallback, e)
+        # Loaded now: the fallback, so that it can take new calls the moment the default fails, and
+        # the providers profiles name, so that their first call does not wait for a model load.
+        for name in dict.fromkeys([fallback, *(p.provider for p in self.config.profiles.values())]):
+            if name and name != self.default_provider:
+                try:
+                    await self.get_provider(name)
+                except Exception as e:
+                    log.warning("provider %s cannot start: %s", name, e)
         for name in ("rtp-receive", "rtp-pacer"):
             self.supervisor.register(name)
         self.supervisor.start("ari-events", self.events.run)
@@ -173,18 +175,21 @@ class Engine:
         lock = self._provider_locks.setdefault(name, asyncio.Lock())
         async with lock:
             if name not in self.providers:
-                provider = build_provider(name, self.config.providers)
+                provider = build_provider(name, self.config.providers, self.config.fixed_phrases())
                 await provider.load()
                 self.providers[name] = provider
         return self.providers[name]
 
-    def provider_for_new_call(self) -> str:
-        """The default provider, or the fallback while the default is not ready."""
-        p = self.providers.get(self.default_provider)
+    def provider_for_new_call(self, preferred: str = "") -> str:
+        """``preferred`` (the call's profile's provider) or the default, or the fallback while
+        that one is not ready."""
+        name = preferred or self.default_provider
+        p = self.providers.get(name)
         fallback = self.config.providers.fallback
-        if p is not None and not p.readiness().ready and fallback and fallback in self.providers:
-            return fallback
-        return self.default_provider
+        if (p is None and preferred) or (p is not None and not p.readiness().ready):
+            if fallback and fallback in self.providers:
+                return fallback
+        return name
 
     def provider_readiness(self) -> dict[str, Readiness]:
         out = {}
@@ -221,6 +226,12 @@ class Engine:
         """Stop the agent on this call now, as if the caller had talked over it."""
         call = self.calls.calls.get(call_id)
         return call is not None and call.barge_in()
+
+    def transfer(self, call_id: str, department: str) -> bool:
+        """The operator puts the caller through to one of its profile's departments (the agent
+        announces it first, as for any transfer)."""
+        call = self.calls.calls.get(call_id)
+        return call is not None and call.request_action(ActionRequest("transfer", department, "operator's choice"), by="operator")
 
     async def hangup(self, call_id: str) -> bool:
         call = self.calls.calls.get(call_id)
@@ -323,6 +334,7 @@ class Engine:
             playback=PlaybackTotals(
                 pc.files_started, pc.files_finished, pc.files_failed, pc.files_timed_out, pc.files_stopped, pc.stream_fallbacks,
             ),
+            actions=tuple((k, o, n) for (k, o), n in sorted(self.calls.action_counters.counts.items())),
             model_queues=tuple(
                 ModelQueue(name, model, n) for name, p in self.providers.items() for model, n in p.queue_depths().items()
             ),

@@ -78,6 +78,10 @@ class EngineCollector:
         yield CounterMetricFamily("ai_agent_stream_fallbacks", "Calls whose stream playback fell back to files", value=pc.stream_fallbacks)
         yield CounterMetricFamily("ai_agent_stream_underruns", "Outbound RTP streams that ran dry mid-speech", value=a.stream_underruns)
         yield CounterMetricFamily("ai_agent_stream_overruns", "Outbound frames dropped on a full queue", value=a.stream_overruns)
+        actions = CounterMetricFamily("ai_agent_actions", "Agent actions (transfer, hangup, still_there), by outcome", labels=["action", "outcome"])
+        for kind, outcome, n in st.actions:
+            actions.add_metric([kind, outcome], n)
+        yield actions
         depth = GaugeMetricFamily("ai_agent_model_queue_depth", "Model jobs waiting or running", labels=["provider", "model"])
         for q in st.model_queues:
             depth.add_metric([q.provider, q.model], q.depth)

@@ -23,7 +23,7 @@ from engine.ratelimit import RateLimitedLog
 from engine.rtp_server import RtpServer
 from engine.sessions import CallSession, PlaybackRef
 from media.audio import UlawEncoder
-from media.frames import RATE, ULAW_FRAME_BYTES, ULAW_SILENCE
+from media.frames import FRAME_S, RATE, ULAW_FRAME_BYTES, ULAW_SILENCE
 from media.playback_reference import PlaybackReference
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,9 @@ class Downstream:
 
     def add(self, pcm16: bytes, sample_rate: int) -> None: ...
     def finish(self) -> None: ...
-    def stop(self) -> int:
+    def stop(self) -> float:
+        """Barge-in: stop what plays, drop what is queued; returns the seconds of agent audio
+        the caller will now not hear."""
         raise NotImplementedError
     def close(self) -> None: ...
 
@@ -197,8 +199,12 @@ class FilePlayback(Downstream):
         self._release(pid)
 
     # ---- out
-    def stop(self) -> int:
-        """Barge-in: stop what plays, drop what is queued. Returns how many playbacks were cut."""
+    def stop(self) -> float:
+        now = self._clock.now()
+        unplayed = len(self._buf) / ULAW_BYTES_PER_S
+        for ref in self.session.playbacks.values():
+            played = now - ref.started_at if ref.started_at is not None else 0.0
+            unplayed += max(0.0, ref.duration_s - played)
         self._buf.clear()
         if self._idle is not None:
             self._idle.cancel()
@@ -211,7 +217,7 @@ class FilePlayback(Downstream):
             self._release(pid, notify=False)
         self._expected_end = 0.0
         self._on_tokens_changed()
-        return len(pids)
+        return unplayed
 
     async def _stop_remote(self, pid: str) -> None:
         try:
@@ -274,10 +280,10 @@ class StreamPlayback(Downstream):
         if self.media.session.playbacks.pop(STREAM_TOKEN, None) is not None:
             self._on_tokens_changed()
 
-    def stop(self) -> int:
+    def stop(self) -> float:
         n = self.media.flush_outbound()
         self.drained()
-        return n
+        return n * FRAME_S
 
     def close(self) -> None:
         self.media.flush_outbound()

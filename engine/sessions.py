@@ -101,12 +101,34 @@ class TranscriptTurn:
 
 
 @dataclass(slots=True)
+class ActionRecord:
+    """An action on the call: a transfer or a hangup, who asked for it, and how it went."""
+
+    kind: str  # "transfer" | "hangup"
+    by: str  # "agent" (the provider decided), "keypad" (the caller's DTMF), "operator", "silence"
+    reason: str
+    department: str = ""
+    target: str = ""  # for a transfer: EXT@CONTEXT or TECH/resource
+    # announcing (its line is being said) -> sent (ARI asked) -> done | failed; refused: not allowed
+    state: str = "announcing"
+    detail: str = ""  # why it failed or was refused
+    at: float = field(default_factory=time.time)
+
+    def describe(self) -> str:
+        what = f"transfer to {self.department} ({self.target})" if self.kind == "transfer" else "hangup"
+        return f"{what} by {self.by}: {self.state}{' - ' + self.detail if self.detail else ''}"
+
+
+@dataclass(slots=True)
 class CallSession:
     call_id: str  # the caller's channel id
     caller_channel_id: str
     caller_number: str = ""
     caller_name: str = ""
     stasis_args: tuple[str, ...] = ()
+    dialled: str = ""  # the extension the caller dialled (StasisStart channel.dialplan.exten)
+    profile: str = "default"  # the agent profile serving the call
+    actions: list[ActionRecord] = field(default_factory=list)
     bridge_id: str | None = None
     external_channel_id: str | None = None
     rtp_remote: tuple[str, int] | None = None  # Asterisk's UNICASTRTP_LOCAL_ADDRESS/PORT
@@ -138,6 +160,8 @@ class CallSession:
             call_id=self.call_id,
             caller_number=self.caller_number,
             caller_name=self.caller_name,
+            dialled=self.dialled,
+            profile=self.profile,
             state=self.state.value,
             provider=self.provider.name if self.provider else None,
             provider_error=self.provider.last_error if self.provider else None,
@@ -180,6 +204,7 @@ class CallSession:
             ),
             turns=tuple(copy.copy(t) for t in self.turns[-10:]),
             transcript=tuple(self.transcript),
+            actions=tuple(copy.copy(a) for a in self.actions),
             end_reason=self.end_reason,
         )
 
@@ -239,6 +264,8 @@ class CallSnapshot:
     call_id: str
     caller_number: str
     caller_name: str
+    dialled: str
+    profile: str
     state: str
     provider: str | None
     provider_error: str | None
@@ -250,6 +277,7 @@ class CallSnapshot:
     conversation: ConversationSnapshot
     turns: tuple[TurnTimeline, ...]
     transcript: tuple[TranscriptTurn, ...]
+    actions: tuple[ActionRecord, ...]
     end_reason: str | None
 
 
@@ -305,6 +333,14 @@ class TurnCompleted:
 
 
 @dataclass(slots=True, frozen=True)
+class ActionChanged:
+    """An action was asked for, carried out, refused or failed (a copy of its record)."""
+
+    call_id: str
+    action: ActionRecord
+
+
+@dataclass(slots=True, frozen=True)
 class CallLog:
     """A line for the call's log: what happened, in words an operator reads."""
 
@@ -314,7 +350,7 @@ class CallLog:
     at: float = field(default_factory=time.time)
 
 
-SessionEvent = CallStarted | CallStateChanged | CallEnded | TranscriptAdded | ConversationChanged | BargeIn | TurnCompleted | CallLog
+SessionEvent = CallStarted | CallStateChanged | CallEnded | TranscriptAdded | ConversationChanged | BargeIn | TurnCompleted | ActionChanged | CallLog
 
 
 class Subscription:

@@ -112,6 +112,7 @@ class EngineStatus:
     aggregates: CallAggregates
     conversation: ConversationTotals
     playback: PlaybackTotals
+    actions: tuple[tuple[str, str, int], ...]  # (kind, outcome, count): transfers, hangups, prompts
     model_queues: tuple[ModelQueue, ...]
     calls: tuple[CallSnapshot, ...]  # empty unless asked for with detail
 
@@ -136,5 +137,6 @@ class EngineStatus:
                 }
                 for s in self.calls
             },
+            "actions": [{"kind": k, "outcome": o, "count": n} for k, o, n in self.actions],
             "calls": [dataclasses.asdict(s) for s in self.calls],
         }

@@ -43,6 +43,19 @@ from pbxsim.schema import AriSpec, Operation, default_spec
 log = logging.getLogger("pbxsim")
 
 CAUSE_NORMAL = 16
+CAUSE_APP_HANGUP = 32  # ChannelHangupRequest of an app's DELETE: always 32 with soft (BEHAVIOUR.md)
+# DELETE /channels/{id}?reason=... -> the Q.850 cause on ChannelDestroyed and HANGUPCAUSE.
+HANGUP_CAUSES = {
+    "normal": (16, "Normal Clearing"), "busy": (17, "User busy"), "congestion": (34, "Circuit/channel congestion"),
+    "no_answer": (19, "No user responding"), "timeout": (18, "No user responding"), "rejected": (21, "Call Rejected"),
+    "unallocated": (1, "Unallocated (unassigned) number"), "normal_unspecified": (31, "Normal, unspecified"),
+    "number_incomplete": (28, "Invalid number format (addr incomplete)"), "codec_mismatch": (58, "Bearer capability not available"),
+    "interworking": (127, "Interworking, unspecified"), "failure": (38, "Network out of order"),
+    "answered_elsewhere": (26, "Answered elsewhere"),
+}
+# The simulated PBX's dialplan: context -> extensions that exist (a transfer into anything else is
+# dropped by the PBX at once, as Asterisk does with an invalid extension).
+DEFAULT_DIALPLAN: dict[str, set[str]] = {"from-internal": {"0", *(str(n) for n in range(100, 1000))}}
 CLEANUP_GRACE_S = 3.0
 KEEP_FINISHED_CALLS = 200  # reports of ended calls kept; older ones go (a --sim demo runs for days)
 BRIDGE_WAIT_S = 10.0
@@ -77,6 +90,12 @@ class SimChannel:
     bridge: Bridge | None = None
     created: float = field(default_factory=time.time)
     channel_playbacks: list[Playback] = field(default_factory=list)
+    context: str = ""  # where in the dialplan the channel is (for a caller: its Stasis() step)
+    exten: str = "s"
+    priority: int = 1
+    # Apps that get the channel's events outside Stasis (applications/{app}/subscription; the app
+    # that originated a channel keeps getting them).
+    subscribed: set[str] = field(default_factory=set)
 
     def to_json(self, with_vars: bool = False) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -88,9 +107,9 @@ class SimChannel:
             "connected": {"name": "", "number": ""},
             "accountcode": "",
             "dialplan": {
-                "context": "default" if self.kind == "caller" else "",
-                "exten": "s",
-                "priority": 1,
+                "context": self.context,
+                "exten": self.exten,
+                "priority": self.priority,
                 "app_name": "Stasis" if self.in_stasis else "",
                 "app_data": ",".join([self.app or "", *self.app_args]) if self.in_stasis else "",
             },
@@ -137,7 +156,15 @@ class WaitAgentDone:
     timeout_s: float = 15.0
 
 
-Step = Say | SayText | Pause | WaitAgent | WaitAgentDone
+@dataclass(frozen=True)
+class Dtmf:
+    """Press keys: each ``digits`` key held ``duration_ms`` (the event comes when it is released)."""
+
+    digits: str
+    duration_ms: int = 120
+
+
+Step = Say | SayText | Pause | WaitAgent | WaitAgentDone | Dtmf
 
 
 @dataclass(frozen=True)
@@ -161,6 +188,8 @@ def parse_script(items: list[dict[str, Any]]) -> list[Step]:
             steps.append(Pause(float(it["pause"])))
         elif "wait_agent" in it:
             steps.append(WaitAgent(float(it["wait_agent"]), float(it.get("timeout_s", 15.0))))
+        elif "dtmf" in it:
+            steps.append(Dtmf(str(it["dtmf"]), int(it.get("duration_ms", 120))))
         elif "wait_agent_done" in it:
             steps.append(WaitAgentDone(float(it["wait_agent_done"]), float(it.get("timeout_s", 15.0))))
         else:
@@ -180,8 +209,12 @@ class CallRecord:
     bridged: bool = False
     external_media: str | None = None
     bridge_id: str | None = None
+    dialled: str = "s"
     ended_by: str | None = None
     ended_at: float | None = None
+    hangup_cause: int | None = None
+    left_stasis: str | None = None  # how: "continue to EXT@CONTEXT", "redirect to TECH/RES", "move to APP"
+    transferred_to: str | None = None  # where the caller went and was connected
     hangup_clean: bool | None = None
     error: str | None = None
     media: CallerMedia | None = None
@@ -209,7 +242,11 @@ class CallRecord:
             "barge_in_reactions_s": m.barge_in_reactions() if m else [],
             "turn_latencies_s": m.turn_latencies() if m else [],
             "transcript": (pbx.final_vars.get(self.id) or (ch.vars if ch else {})).get("AIAGENT_TRANSCRIPT"),
+            "dialled": self.dialled,
+            "left_stasis": self.left_stasis,
+            "transferred_to": self.transferred_to,
             "ended_by": self.ended_by,
+            "hangup_cause": self.hangup_cause,
             "hangup_clean": self.hangup_clean,
             "error": self.error,
             "done": self.finished.is_set(),
@@ -317,6 +354,7 @@ class SimPBX:
         self.drop_event_types: set[str] = set()  # events "lost" on purpose, to test timeouts
         self.faults = Faults()
         self._speech_cache: dict[str, bytes] = {}
+        self.dialplan: dict[str, set[str]] = {k: set(v) for k, v in DEFAULT_DIALPLAN.items()}
 
     # ---- lifecycle
     def make_app(self) -> web.Application:
@@ -396,6 +434,14 @@ class SimPBX:
         if sock is None or app in sock.replaced or event["type"] in self.drop_event_types:
             return  # missed events are never replayed
         sock.queue.put_nowait(json.dumps(event))
+
+    def channel_event(self, ch: SimChannel, event: dict[str, Any]) -> None:
+        """A channel's event: to its app while it is in Stasis, and to every app subscribed to it."""
+        apps = set(ch.subscribed)
+        if ch.in_stasis and ch.app:
+            apps.add(ch.app)
+        for app in sorted(apps):
+            self.emit(app, event)
 
     async def _events_ws(self, request: web.Request) -> web.StreamResponse:
         match = self.spec.match("GET", "/events")
@@ -558,6 +604,30 @@ class SimPBX:
             raise AriHttpError(404, "Application not found")
         return 200, self._app_json(pp["applicationName"])
 
+    def _event_source(self, pp, q) -> tuple[str, SimChannel]:
+        app = pp["applicationName"]
+        if app not in self.sockets:
+            raise AriHttpError(404, "Application not found")
+        kind, _, cid = q["eventSource"].partition(":")
+        if kind != "channel":
+            raise AriHttpError(400, "only channel: event sources are simulated")
+        ch = self.channels.get(cid)
+        if ch is None:
+            raise AriHttpError(422, "Event source does not exist")
+        return app, ch
+
+    def op_applications_subscribe(self, pp, q, body):
+        app, ch = self._event_source(pp, q)
+        ch.subscribed.add(app)
+        return 200, self._app_json(app)
+
+    def op_applications_unsubscribe(self, pp, q, body):
+        app, ch = self._event_source(pp, q)
+        if app not in ch.subscribed:
+            raise AriHttpError(409, "Application not subscribed to event source")
+        ch.subscribed.discard(app)
+        return 200, self._app_json(app)
+
     def _app_json(self, app: str) -> dict[str, Any]:
         chans = [c.id for c in self.channels.values() if c.app == app and c.in_stasis]
         bridges = [b for b, a in self.bridge_apps.items() if a == app]
@@ -584,18 +654,101 @@ class SimPBX:
 
     def op_channels_hangup(self, pp, q, body):
         ch = self._channel(pp["channelId"])
-        self.hangup_channel(ch, by="ari")
+        if "reason" in q and "reason_code" in q:
+            raise AriHttpError(400, "The reason and reason_code can't both be specified")
+        if "reason_code" in q:
+            if not q["reason_code"].isdigit():
+                raise AriHttpError(400, "Invalid reason for hangup reason code provided")
+            cause = (int(q["reason_code"]), "")
+        else:
+            cause = HANGUP_CAUSES.get(q.get("reason", "normal"))  # type: ignore[assignment]
+            if cause is None:
+                raise AriHttpError(400, "Invalid reason for hangup reason provided")
+        self.hangup_channel(ch, by="ari", cause=cause[0])
         return 204, None
 
     def op_channels_continueInDialplan(self, pp, q, body):
         ch = self._channel(pp["channelId"])
+        if "label" in q:
+            # The simulated dialplan has no labels (BEHAVIOUR.md: an unknown one is a 404).
+            raise AriHttpError(400 if q["label"] == "0" else 404, "Requested priority is illegal" if q["label"] == "0" else "Requested label can not be found")
         if not ch.in_stasis:
             raise AriHttpError(409, "Channel not in Stasis application")
+        rec = self.calls.get(ch.id)
+        target = (q.get("context") or ch.context, q.get("extension") or ch.exten, int(q.get("priority", 0) or 0))
+        explicit = "context" in q or "extension" in q or "priority" in q
+        if ch.bridge is not None:
+            self.channel_event(ch, {"type": "ChannelVarset", "variable": "BRIDGEPEER", "value": "", "channel": ch.to_json()})
         self._leave_bridge(ch)
         ch.in_stasis = False
+        ch.vars["STASISSTATUS"] = "SUCCESS"
         self.emit(ch.app, {"type": "StasisEnd", "channel": ch.to_json()})
-        # The simulated dialplan has nothing after Stasis(): the call ends there.
-        asyncio.get_running_loop().call_later(0.05, self.hangup_channel, ch, "dialplan")
+        loop = asyncio.get_running_loop()
+        if not explicit:
+            # Resumes after Stasis(); the simulated dialplan has nothing there: the call ends.
+            loop.call_later(0.05, self.hangup_channel, ch, "dialplan")
+            return 204, None
+        ch.context, ch.exten, ch.priority = target[0], target[1], target[2] or 1
+        where = f"{ch.exten}@{ch.context}"
+        if rec is not None:
+            rec.left_stasis = f"continue to {where}"
+        if ch.exten in self.dialplan.get(ch.context, set()):
+            # The target answers; the caller talks to it (the engine hears nothing more).
+            loop.call_later(0.001, self._in_dialplan, ch, "Dial", f"Local/{where}")
+            if rec is not None:
+                rec.transferred_to = where
+        else:
+            # Asterisk does not check the target: the PBX drops the caller at once.
+            log.warning("channel %s sent to invalid extension %s", ch.id, where)
+            loop.call_later(0.001, self.hangup_channel, ch, "dialplan")
+        return 204, None
+
+    def _in_dialplan(self, ch: SimChannel, app: str, data: str) -> None:
+        if self.channels.get(ch.id) is ch:
+            self.channel_event(ch, {"type": "ChannelDialplan", "dialplan_app": app, "dialplan_app_data": data, "channel": ch.to_json()})
+
+    def op_channels_redirect(self, pp, q, body):
+        ch = self._channel(pp["channelId"])
+        endpoint = q["endpoint"]
+        tech, sep, resource = endpoint.partition("/")
+        if not sep:
+            raise AriHttpError(422, f"Endpoint parameter '{endpoint}' does not contain tech/resource")
+        if not resource:
+            raise AriHttpError(422, "No resource provided in endpoint parameter")
+        ch_tech = ch.name.split("/", 1)[0]
+        if tech.lower() != ch_tech.lower():
+            raise AriHttpError(422, f"Endpoint technology '{tech}' does not match channel technology '{ch_tech}'")
+        if not ch.in_stasis:
+            raise AriHttpError(409, "Channel not in Stasis application")
+        rec = self.calls.get(ch.id)
+        if rec is not None:
+            rec.left_stasis = f"redirect to {endpoint}"
+        if ch_tech == "Local":
+            log.info("NOTICE: Unsupported transfer requested on %s", ch.name)  # nothing happens
+            return 204, None
+        # As an IAX2 caller measured: its far end transfers its party; the channel here ends.
+        if rec is not None:
+            rec.transferred_to = endpoint
+        asyncio.get_running_loop().call_later(0.006, self.hangup_channel, ch, "transfer")
+        return 204, None
+
+    def op_channels_move(self, pp, q, body):
+        ch = self._channel(pp["channelId"])
+        if not ch.in_stasis:
+            raise AriHttpError(409, "Channel not in Stasis application")
+        args = [a for a in q.get("appArgs", "").split(",") if a]
+        if not self.app_active(q["app"]):
+            self.emit(ch.app, {"type": "ApplicationMoveFailed", "destination": q["app"], "args": args, "channel": ch.to_json()})
+            return 204, None
+        old = ch.app
+        ch.in_stasis = False
+        self.emit(old, {"type": "StasisEnd", "channel": ch.to_json()})
+        # The caller stays in the old app's bridge until it is put elsewhere (BEHAVIOUR.md).
+        ch.app, ch.app_args, ch.in_stasis = q["app"], args, True
+        rec = self.calls.get(ch.id)
+        if rec is not None:
+            rec.left_stasis = f"move to {q['app']}"
+        self.emit(ch.app, {"type": "StasisStart", "args": args, "channel": ch.to_json()})
         return 204, None
 
     def op_channels_getChannelVar(self, pp, q, body):
@@ -616,9 +769,17 @@ class SimPBX:
 
     def op_channels_sendDTMF(self, pp, q, body):
         ch = self._channel(pp["channelId"])
-        for d in q.get("dtmf", ""):
-            self.emit(ch.app, {"type": "ChannelDtmfReceived", "digit": d, "duration_ms": int(q.get("duration", 100)), "channel": ch.to_json()})
+        self._spawn(self.press_keys(ch, q.get("dtmf", ""), int(q.get("duration", 100))))
         return 204, None
+
+    async def press_keys(self, ch: SimChannel, digits: str, duration_ms: int) -> None:
+        """The caller presses keys: one ChannelDtmfReceived per digit, when it is released."""
+        for d in digits:
+            await asyncio.sleep(duration_ms / 1000)
+            if self.channels.get(ch.id) is not ch:
+                return
+            self.channel_event(ch, {"type": "ChannelDtmfReceived", "digit": d, "duration_ms": duration_ms, "channel": ch.to_json()})
+            await asyncio.sleep(0.08)  # the gap between two key presses
 
     async def op_channels_externalMedia(self, pp, q, body):
         return await self._external_media(q, body)
@@ -637,7 +798,8 @@ class SimPBX:
             raise AriHttpError(409, "Channel with given unique ID already exists")
         ep = ExternalMediaEndpoint((rhost, int(rport)), self.clock)
         port = await self._open_rtp_port(ep)
-        ch = SimChannel(cid, f"UnicastRTP/{host}-{cid}", "external", ep, state="Up", app=q["app"])
+        # The app that originated it keeps getting its events after Stasis (BEHAVIOUR.md).
+        ch = SimChannel(cid, f"UnicastRTP/{host}-{cid}", "external", ep, state="Up", app=q["app"], subscribed={q["app"]})
         ch.vars["UNICASTRTP_LOCAL_ADDRESS"] = self.rtp_host
         ch.vars["UNICASTRTP_LOCAL_PORT"] = str(port)
         self.channels[cid] = ch
@@ -841,11 +1003,13 @@ class SimPBX:
         ch.media.bridge = None
         self.emit(ch.app, {"type": "ChannelLeftBridge", "bridge": self.bridge_json(b), "channel": ch.to_json()})
 
-    def hangup_channel(self, ch: SimChannel, by: str) -> None:
+    def hangup_channel(self, ch: SimChannel, by: str, cause: int = CAUSE_NORMAL) -> None:
+        """``by``: "caller" (the far end), "ari" (an app's DELETE), "dialplan", "transfer"."""
         if self.channels.get(ch.id) is not ch:
             return
-        if by == "caller":
-            self.emit(ch.app, {"type": "ChannelHangupRequest", "cause": CAUSE_NORMAL, "channel": ch.to_json()})
+        # An app's hangup shows cause 32 with soft; the real cause comes on ChannelDestroyed.
+        request: dict[str, Any] = {"cause": CAUSE_APP_HANGUP, "soft": True} if by == "ari" else {"cause": cause}
+        self.channel_event(ch, {"type": "ChannelHangupRequest", **request, "channel": ch.to_json()})
         self._leave_bridge(ch)
         if ch.in_stasis:
             ch.in_stasis = False
@@ -855,7 +1019,11 @@ class SimPBX:
                 pb.state = "failed"
                 self._playback_event(pb, "finished")
         del self.channels[ch.id]
-        self.emit(ch.app, {"type": "ChannelDestroyed", "cause": CAUSE_NORMAL, "cause_txt": "Normal Clearing", "channel": ch.to_json()})
+        ch.vars["HANGUPCAUSE"] = str(cause)
+        # StasisEnd is the last event of a caller that entered Stasis from the dialplan, unless an
+        # app subscribed to it (BEHAVIOUR.md).
+        text = next((t for c, t in HANGUP_CAUSES.values() if c == cause), "Normal Clearing")
+        self.channel_event(ch, {"type": "ChannelDestroyed", "cause": cause, "cause_txt": text, "channel": ch.to_json()})
         if isinstance(ch.media, ExternalMediaEndpoint):
             if ch.media.local:
                 self._used_ports.discard(ch.media.local[1])
@@ -867,6 +1035,7 @@ class SimPBX:
         if rec is not None and rec.ended_by is None:
             rec.ended_by = by
             rec.ended_at = time.monotonic()
+            rec.hangup_cause = cause
 
     # ---- simulated callers
     def place_call(
@@ -878,17 +1047,22 @@ class SimPBX:
         args: list[str] | None = None,
         script: list[Step] | None = None,
         line: Line = Line(),
+        dialled: str = "s",
     ) -> CallRecord:
-        """A caller dials into ``app``. It says ``wav`` then stays on the line ``hold_s``, or
-        follows ``script``; then it hangs up. ``line``: its noise and rate."""
+        """A caller dials ``dialled``, which runs Stasis(``app``, ``args``). It says ``wav`` then
+        stays on the line ``hold_s``, or follows ``script``; then it hangs up. ``line``: its noise
+        and rate."""
         steps: list[Step] = script if script is not None else [Say(wav), Pause(hold_s)] if wav else [Pause(hold_s)]
         for st in steps:  # fail now, not in the middle of the call
             if isinstance(st, Say):
                 self._speech(st.wav)
         cid = self._new_id()
         media = CallerMedia(rate=line.rate, noise=line_noise(line.noise_dbfs, seed=len(self.calls)) if line.noise_dbfs is not None else b"")
-        ch = SimChannel(cid, f"PJSIP/{caller_number or 'sim'}-{cid}", "caller", media, caller_number=caller_number, caller_name="Sim Caller", app=app, app_args=list(args or []))
-        rec = CallRecord(cid, caller_number, steps, media=media)
+        ch = SimChannel(
+            cid, f"PJSIP/{caller_number or 'sim'}-{cid}", "caller", media, caller_number=caller_number, caller_name="Sim Caller",
+            app=app, app_args=list(args or []), context="from-pstn", exten=dialled, priority=2,
+        )
+        rec = CallRecord(cid, caller_number, steps, media=media, dialled=dialled)
         self._forget_old_calls()
         self.calls[cid] = rec
         if not self.app_active(app):
@@ -955,6 +1129,8 @@ class SimPBX:
             end = since + step.timeout_s
             while alive() and time.monotonic() < end and media.agent_heard_s(since) < step.seconds:
                 await asyncio.sleep(0.01)
+        elif isinstance(step, Dtmf):
+            await self.press_keys(ch, step.digits, step.duration_ms)
         elif isinstance(step, WaitAgentDone):
             since = time.monotonic()
             end = since + step.timeout_s
@@ -984,7 +1160,10 @@ class SimPBX:
             script = parse_script(data["script"]) if "script" in data else None
             noise = data.get("noise_dbfs")
             line = Line(None if noise is None else float(noise), int(data.get("rate", 8000)))
-            rec = self.place_call(data.get("wav"), float(data.get("hold_s", 2.0)), str(data.get("caller_number", "")), data.get("app", "aiagent"), data.get("args"), script, line)
+            rec = self.place_call(
+                data.get("wav"), float(data.get("hold_s", 2.0)), str(data.get("caller_number", "")), data.get("app", "aiagent"),
+                data.get("args"), script, line, str(data.get("dialled", "s")),
+            )
         except (KeyError, OSError, ValueError, wave.Error) as e:
             return web.json_response({"error": str(e)}, status=400)
         return web.json_response(rec.report(self))
@@ -1022,9 +1201,8 @@ class SimPBX:
     async def _sim_dtmf(self, request: web.Request) -> web.Response:
         rec = self._rec(request)
         ch = self.channels.get(rec.id)
-        digit = request.query.get("digit", "1")
-        if ch is not None and ch.in_stasis:
-            self.emit(ch.app, {"type": "ChannelDtmfReceived", "digit": digit, "duration_ms": 100, "channel": ch.to_json()})
+        if ch is not None:
+            self._spawn(self.press_keys(ch, request.query.get("digit", "1"), int(request.query.get("duration_ms", "120"))))
         return web.json_response({"ok": ch is not None})
 
     async def _sim_state(self, request: web.Request) -> web.Response:

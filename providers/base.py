@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from dataclasses import field
 from typing import Callable, Literal
+
+from providers.profile import ActionKind, AgentProfile
 
 INPUT_SAMPLE_RATE = 16000
 
@@ -55,6 +58,17 @@ class ProviderError:
     fatal: bool = False
 
 
+@dataclass(slots=True, frozen=True)
+class ActionRequest:
+    """The agent decided to act: transfer the caller to one of the profile's departments, or hang
+    up. The engine checks it against the profile, has the announcement or the closing line said
+    (``ProviderCall.say``), waits until it has played, and carries it out."""
+
+    kind: ActionKind
+    department: str = ""  # for a transfer: a key of the profile's departments
+    reason: str = ""  # in words, for the call's log (e.g. the caller's own)
+
+
 TurnStage = Literal["stt_final", "llm_first_token", "first_sentence", "tts_first_audio", "no_answer"]
 
 
@@ -67,7 +81,7 @@ class TurnMark:
     at: float
 
 
-ProviderEvent = AgentAudio | Transcript | AgentSpeakingStarted | AgentSpeakingStopped | CallerInterrupted | ProviderError | TurnMark
+ProviderEvent = AgentAudio | Transcript | AgentSpeakingStarted | AgentSpeakingStopped | CallerInterrupted | ProviderError | TurnMark | ActionRequest
 EmitFn = Callable[[ProviderEvent], None]
 
 
@@ -79,6 +93,7 @@ class CallContext:
     input_sample_rate: int = INPUT_SAMPLE_RATE
     preroll_ms: int = 300  # audio from just before a speech start that belongs to the utterance
     fallback_window_ms: int = 4000  # what a fallback flush hands over
+    profile: AgentProfile = field(default_factory=AgentProfile)  # who the agent is on this call
 
 
 @dataclass(slots=True, frozen=True)
@@ -124,8 +139,16 @@ class ProviderCall(ABC):
         """The caller stopped speaking (``fallback``: no speech was detected, but audio has been
         arriving for the fallback interval; what was heard should still go to STT)."""
 
-    async def cancel_response(self) -> None:
-        """Barge-in: stop the answer being generated or spoken. Default: nothing to cancel."""
+    async def cancel_response(self, played_s: float | None = None) -> None:
+        """Barge-in: stop the answer being generated or spoken. ``played_s``: how much of the
+        answer's audio the caller heard (None: not known), so that the conversation's history keeps
+        only what was said. Default: nothing to cancel."""
+
+    async def say(self, text: str) -> bool:
+        """Speak a fixed line (a transfer announcement, the closing line, "are you still there?"):
+        emits its audio like an answer's, and returns once it is handed over. False: this provider
+        cannot speak text (the engine acts without the line)."""
+        return False
 
     @abstractmethod
     async def stop(self) -> None:
@@ -141,6 +164,9 @@ class Provider(ABC):
     # the caller's audio while capture is gated, and while no RTP arrives (a two-party bridge
     # sends nothing while the caller is quiet): its endpointing needs to hear the silence.
     continuous_input: bool = False
+    # It can speak a given line (ProviderCall.say): the agent's actions and the silence watchdog
+    # have their lines said.
+    speaks_text: bool = False
 
     async def load(self) -> None:
         """Once at startup: load models, check keys. Raise with a clear message when unusable."""

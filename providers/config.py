@@ -27,7 +27,7 @@ class ToneProviderConfig(ConfigSection):
 class LocalProviderConfig(ConfigSection):
     """The local provider: STT -> LLM -> TTS on this machine. Empty model paths mean the models
     shipped in PyPI packages (Whisper tiny.en, Qwen2.5-Coder-0.5B-Instruct or SmolLM2-135M-Instruct,
-    Piper en_US-joe-medium)."""
+    Piper en_US-joe-medium). What the agent says and knows is the call's profile's."""
 
     stt_engine: Literal["whisper", "pocketsphinx", "vosk"] = "whisper"
     stt_model_path: str = ""  # a CTranslate2 Whisper dir, or a Vosk model dir
@@ -45,12 +45,6 @@ class LocalProviderConfig(ConfigSection):
     llm_temperature: float = Field(0.3, ge=0.0, le=2.0)
     llm_threads: int = Field(2, ge=1, le=64)
     history_turns: int = Field(6, ge=0, le=100)  # earlier exchanges kept in the prompt
-    system_prompt: str = (
-        "You are a friendly voice assistant answering a phone call. Reply in one or two short "
-        "sentences of plain spoken English, with no lists, markup or emoji."
-    )
-    greeting: str = "Hello! Thanks for calling. How can I help you today?"
-    facts: str = ""  # what the business wants callers told (hours, address, prices...): free text
     tts_voice_path: str = ""  # a Piper .onnx voice (its .onnx.json beside it)
     tts_cache_size: int = Field(128, ge=0, le=100000)  # synthesized sentences kept
     max_queue: int = Field(16, ge=1, le=1000)  # model jobs waiting before new ones are refused
@@ -58,20 +52,6 @@ class LocalProviderConfig(ConfigSection):
     worker_hang_timeout_s: float = Field(10.0, gt=0, le=3600)
     # Said when a turn is lost to a model worker that crashed or hung (it is being restarted).
     apology: str = "Sorry, I lost my train of thought. Could you say that again?"
-
-
-def system_message(cfg: LocalProviderConfig) -> str:
-    """The LLM's instructions: the persona, and the business's facts to answer from."""
-    if not cfg.facts.strip():
-        return cfg.system_prompt
-    # The facts first and the rule last: small models follow what they read last. (Measured with
-    # bench/answers.py: one fact a line, or examples in the rule, scored lower.)
-    return (
-        f"{cfg.system_prompt}\n\nFacts about the business you answer for:\n{cfg.facts.strip()}\n\n"
-        "Answer the caller's question with the matching fact, word for word where you can (names, "
-        "numbers, times, prices). Only if no fact answers it, say you do not know and offer to put "
-        "the caller through to someone who does."
-    )
 
 
 class DeepgramProviderConfig(ConfigSection):
@@ -83,8 +63,6 @@ class DeepgramProviderConfig(ConfigSection):
     think_provider: str = "open_ai"
     think_model: str = "gpt-4o-mini"
     speak_model: str = "aura-2-thalia-en"
-    prompt: str = "You are a friendly voice assistant answering a phone call. Keep answers short."
-    greeting: str = "Hello! Thanks for calling. How can I help you today?"
     output_encoding: Literal["mulaw", "linear16"] = "mulaw"  # mulaw 8 kHz needs no resampling
     connect_timeout_s: float = Field(3.0, gt=0)  # a first connect this slow: the call falls back
     keepalive_interval_s: float = Field(5.0, gt=0)  # with no audio going out, KeepAlive this often

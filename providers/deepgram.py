@@ -20,7 +20,9 @@ from media.audio import ulaw_to_pcm16
 from media.backoff import Backoff
 from providers.config import DeepgramProviderConfig
 from providers.circuit import CircuitBreaker
+from providers.profile import AgentProfile
 from providers.base import (
+    ActionRequest,
     AgentAudio,
     AgentSpeakingStarted,
     AgentSpeakingStopped,
@@ -45,15 +47,41 @@ class SessionReset(Exception):
     """The watchdog gave up on a silent server."""
 
 
-def settings_message(cfg: DeepgramProviderConfig, input_rate: int, greet: bool = True) -> dict[str, Any]:
+TRANSFER_FN = "transfer_call"
+END_FN = "end_call"
+
+
+def functions(profile: AgentProfile) -> list[dict[str, Any]]:
+    """The actions the agent's LLM may call (client side: the engine carries them out). A transfer
+    names one of the profile's departments and nothing else."""
+    fns: list[dict[str, Any]] = [{
+        "name": END_FN,
+        "description": "End the call after the caller said goodbye or has nothing more to ask. The closing line is said for you.",
+        "parameters": {"type": "object", "properties": {"reason": {"type": "string", "description": "why the call ends"}}, "required": []},
+    }]
+    if profile.departments:
+        fns.append({
+            "name": TRANSFER_FN,
+            "description": "Put the caller through to a department, when they ask for it or a person. The announcement is said for you. "
+            + "; ".join(f"{name}: {d.description}" for name, d in profile.departments.items() if d.description),
+            "parameters": {
+                "type": "object",
+                "properties": {"department": {"type": "string", "enum": list(profile.departments)}},
+                "required": ["department"],
+            },
+        })
+    return fns
+
+
+def settings_message(cfg: DeepgramProviderConfig, profile: AgentProfile, input_rate: int, greet: bool = True) -> dict[str, Any]:
     out_rate = 8000 if cfg.output_encoding == "mulaw" else 16000
     agent: dict[str, Any] = {
         "listen": {"provider": {"type": "deepgram", "model": cfg.listen_model}},
-        "think": {"provider": {"type": cfg.think_provider, "model": cfg.think_model}, "prompt": cfg.prompt},
+        "think": {"provider": {"type": cfg.think_provider, "model": cfg.think_model}, "prompt": profile.instructions(), "functions": functions(profile)},
         "speak": {"provider": {"type": "deepgram", "model": cfg.speak_model}},
     }
-    if cfg.greeting and greet:
-        agent["greeting"] = cfg.greeting
+    if profile.greeting and greet:
+        agent["greeting"] = profile.greeting
     return {
         "type": "Settings",
         "audio": {
@@ -158,7 +186,7 @@ class DeepgramCall(ProviderCall):
             from deepgram.agent.v1.types import AgentV1Settings
 
             # After a reconnect the caller has heard the greeting already.
-            settings = settings_message(self.cfg, self.ctx.input_sample_rate, greet=self.connects == 1)
+            settings = settings_message(self.cfg, self.ctx.profile, self.ctx.input_sample_rate, greet=self.connects == 1)
             await sock.send_settings(AgentV1Settings.model_validate(settings))
             # No audio before SettingsApplied; other messages may come first and are handled.
             while not self._applied:
@@ -237,7 +265,7 @@ class DeepgramCall(ProviderCall):
         elif kind == "FunctionCallRequest":
             for fn in msg.functions:
                 if getattr(fn, "client_side", True):
-                    asyncio.create_task(self._refuse_function(fn))
+                    asyncio.create_task(self._answer_function(fn))
         elif kind in ("Warning", "Error"):
             text = f"Deepgram {kind.lower()} {msg.code}: {msg.description}"
             if kind == "Error":
@@ -247,15 +275,42 @@ class DeepgramCall(ProviderCall):
         elif kind in ("PromptUpdated", "SpeakUpdated", "Welcome"):
             log.info("[%s] Deepgram %s", self.ctx.call_id, kind)
 
-    async def _refuse_function(self, fn: Any) -> None:
-        # No functions exist yet: say so, so that the agent carries on instead of waiting.
+    def function_result(self, name: str, arguments: str) -> dict[str, Any]:
+        """Carries out one of ``functions`` (as an ActionRequest for the engine) and says how it
+        went; anything else is refused, so that the agent carries on instead of waiting."""
+        try:
+            args = json.loads(arguments or "{}")
+        except ValueError:
+            args = None
+        if not isinstance(args, dict):
+            return {"error": "arguments are not a JSON object"}
+        if name == END_FN:
+            self._emit(ActionRequest("hangup", reason=f"the LLM ended the call: {str(args.get('reason', ''))[:200]}"))
+            return {"ok": True, "status": "the call is ending"}
+        if name == TRANSFER_FN and self.ctx.profile.departments:
+            dept = str(args.get("department", ""))
+            if dept not in self.ctx.profile.departments:
+                return {"error": f"no department {dept!r}; the departments are {', '.join(self.ctx.profile.departments)}"}
+            self._emit(ActionRequest("transfer", dept, "the LLM asked for it"))
+            return {"ok": True, "status": f"transferring to {dept}"}
+        return {"error": f"function {name} is not supported by this agent"}
+
+    async def _answer_function(self, fn: Any) -> None:
         from deepgram.agent.v1.types import AgentV1SendFunctionCallResponse
 
-        content = json.dumps({"error": f"function {fn.name} is not supported by this agent"})
+        content = json.dumps(self.function_result(fn.name, fn.arguments))
         if self._sock is not None:
             await self._sock.send_function_call_response(
                 AgentV1SendFunctionCallResponse(type="FunctionCallResponse", id=fn.id, name=fn.name, content=content)
             )
+
+    async def say(self, text: str) -> bool:
+        if self._sock is None or not self._applied:
+            return False
+        from deepgram.agent.v1.types import AgentV1InjectAgentMessage
+
+        await self._sock.send_inject_agent_message(AgentV1InjectAgentMessage(message=text, behavior="interrupt"))
+        return True
 
     async def stop(self) -> None:
         self._stopped = True
@@ -267,6 +322,7 @@ class DeepgramCall(ProviderCall):
 class DeepgramProvider(Provider):
     name = "deepgram"
     continuous_input = True
+    speaks_text = True
 
     def __init__(self, cfg: DeepgramProviderConfig) -> None:
         self.cfg = cfg

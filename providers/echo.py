@@ -34,7 +34,7 @@ class EchoCall(ProviderCall):
         self._pending.popleft()
         self._emit(AgentAudio(pcm16, self._ctx.input_sample_rate))
 
-    async def cancel_response(self) -> None:
+    async def cancel_response(self, played_s: float | None = None) -> None:
         self._cancel_pending()
 
     def _cancel_pending(self) -> None:

@@ -6,7 +6,9 @@ from providers.base import Provider
 from providers.config import PROVIDER_NAMES, ProvidersConfig
 
 
-def build_provider(name: str, config: ProvidersConfig) -> Provider:
+def build_provider(name: str, config: ProvidersConfig, phrases: tuple[str, ...] = ()) -> Provider:
+    """``phrases``: what the profiles always say (greetings, closing lines, announcements), for a
+    provider that prepares them once."""
     if name == "echo":
         from providers.echo import EchoProvider
 
@@ -19,7 +21,7 @@ def build_provider(name: str, config: ProvidersConfig) -> Provider:
     if name == "local":
         from providers.local.provider import LocalProvider
 
-        return LocalProvider(config.local)
+        return LocalProvider(config.local, phrases)
     if name == "deepgram":
         from providers.deepgram import DeepgramProvider
 

@@ -77,7 +77,7 @@ class ToneCall(ProviderCall):
         self._emit(AgentAudio(self._tone, SAMPLE_RATE))
         self._emit(AgentSpeakingStopped())
 
-    async def cancel_response(self) -> None:
+    async def cancel_response(self, played_s: float | None = None) -> None:
         if self._answer is not None:
             self._answer.cancel()
 

@@ -37,7 +37,8 @@ class Behaviour:
     close_after_turns: int | None = None  # drop the socket (once) after this many answers
     close_every_turn: bool = False  # drop the socket after every answer (each reconnect is a good session)
     error_after_turns: int | None = None  # send an Error message after this many answers
-    function_call: bool = False  # ask the client to run a function before answering
+    # (name, JSON arguments): ask the client to run this function before answering
+    function_call: tuple[str, str] | None = None
     silent: bool = False  # never answer anything after SettingsApplied (for the watchdog)
 
 
@@ -52,6 +53,7 @@ class Seen:
     audio_before_applied: int = 0
     keepalives: int = 0
     function_responses: list[dict] = field(default_factory=list)
+    injected: list[str] = field(default_factory=list)  # InjectAgentMessage texts, spoken
     client_messages: list[str] = field(default_factory=list)
     answers: int = 0
 
@@ -137,6 +139,9 @@ class FakeDeepgram:
                     self.seen.keepalives += 1
                 elif kind == "FunctionCallResponse":
                     self.seen.function_responses.append(data)
+                elif kind == "InjectAgentMessage":
+                    self.seen.injected.append(data["message"])
+                    await self._speak(ws, data["message"], 600)
         if answering is not None:
             answering.cancel()
         return ws
@@ -157,8 +162,9 @@ class FakeDeepgram:
         """``turn``: this connection's count, ``n``: the server's (names the answer)."""
         b = self.behaviour
         await ws.send_json({"type": "ConversationText", "role": "user", "content": f"caller turn {n}"})
-        if b.function_call:
-            await ws.send_json({"type": "FunctionCallRequest", "functions": [{"id": f"fc-{turn}", "name": "lookup_account", "arguments": "{}", "client_side": True}]})
+        if b.function_call is not None:
+            name, args = b.function_call
+            await ws.send_json({"type": "FunctionCallRequest", "functions": [{"id": f"fc-{turn}", "name": name, "arguments": args, "client_side": True}]})
             for _ in range(100):
                 if len(self.seen.function_responses) >= turn:
                     break

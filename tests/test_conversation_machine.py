@@ -50,7 +50,7 @@ class RecordingProviderCall(ProviderCall):
     def utterance_ended(self, fallback: bool) -> None:
         self.events.append("fallback" if fallback else "ended")
 
-    async def cancel_response(self) -> None:
+    async def cancel_response(self, played_s: float | None = None) -> None:
         self.events.append("cancelled")
 
     async def stop(self) -> None:

@@ -116,7 +116,7 @@ async def test_error_message_reaches_call_log_and_health(pbx, tmp_path, deepgram
 
 
 async def test_function_call_gets_an_honest_refusal(pbx, tmp_path, deepgram, api_key):
-    deepgram.behaviour = Behaviour(function_call=True, answer_ms=400)
+    deepgram.behaviour = Behaviour(function_call=("lookup_account", "{}"), answer_ms=400)
     async with dg_engine(pbx, tmp_path, deepgram):
         rec = pbx.place_call(script=[WaitAgentDone(0.3), Say(str(HELLO)), WaitAgent(0.2), WaitAgentDone(0.5)])
         await asyncio.wait_for(rec.finished.wait(), 30)
@@ -131,7 +131,7 @@ async def test_silent_caller_still_streams_silence(pbx, tmp_path, deepgram, api_
     hear that silence, so the engine streams it."""
 
     def no_greeting(c):
-        c.providers.deepgram.greeting = ""
+        c.profiles["default"].greeting = ""
 
     async with dg_engine(pbx, tmp_path, deepgram, "file", no_greeting):
         rec = pbx.place_call(script=[Pause(2.0)])  # no packet at all from this caller
@@ -145,10 +145,12 @@ async def test_keepalive_when_no_audio_goes_out(deepgram, api_key):
     from providers.base import CallContext
     from providers.deepgram import DeepgramProvider
 
-    provider = DeepgramProvider(DeepgramProviderConfig(agent_url=deepgram.url, keepalive_interval_s=0.3, greeting=""))
+    from providers.profile import AgentProfile
+
+    provider = DeepgramProvider(DeepgramProviderConfig(agent_url=deepgram.url, keepalive_interval_s=0.3))
     await provider.load()
     events = []
-    call = provider.open_call(CallContext("c1"), events.append)
+    call = provider.open_call(CallContext("c1", profile=AgentProfile(greeting="")), events.append)
     await call.start()
     try:
         await wait_for(lambda: deepgram.seen.keepalives >= 2, timeout=5)

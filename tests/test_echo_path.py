@@ -22,9 +22,9 @@ QUESTION = "Hello. Can you tell me a story about a lighthouse keeper?"
 
 
 def storyteller(cfg) -> None:
-    cfg.providers.local.system_prompt = "You are a storyteller. Always answer with a long story of many sentences."
+    cfg.profiles["default"].persona = "You are a storyteller. Always answer with a long story of many sentences."
     cfg.providers.local.llm_max_tokens = 120
-    cfg.providers.local.greeting = "Hello, thank you for calling. I am the storyteller. What would you like to hear about today?"
+    cfg.profiles["default"].greeting = "Hello, thank you for calling. I am the storyteller. What would you like to hear about today?"
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ import pytest
 
 from media.audio import Resampler, ulaw_to_pcm16
 from providers.config import LocalProviderConfig
+from providers.profile import AgentProfile
 from engine.engine import EngineStartError
 from engine.sessions import BargeIn, TranscriptAdded
 from pbxsim.server import Pause, Say, WaitAgent, WaitAgentDone
@@ -55,7 +56,7 @@ async def test_a_caller_gets_understood_and_a_spoken_answer(pbx, tmp_path, whisp
     # What the caller said, as the provider understood it, is in the report.
     assert wer("Please enter your password followed by the pound key.", report["transcript"] or "") < 0.2
     agent_lines = [e.turn.text for e in events if isinstance(e, TranscriptAdded) and e.turn.role == "agent" and e.turn.final]
-    assert agent_lines[0] == LocalProviderConfig().greeting and len(agent_lines) >= 2
+    assert agent_lines[0] == AgentProfile().greeting and len(agent_lines) >= 2
     # The answer was spoken: the caller heard speech after the greeting, and it says what the LLM wrote.
     greeting_end = rec.media.said[0][0]
     answer = b"".join(p for t, p in rec.media.agent_frames if t > greeting_end)
@@ -67,9 +68,9 @@ async def test_a_caller_gets_understood_and_a_spoken_answer(pbx, tmp_path, whisp
 
 async def test_barge_in_cancels_generation_and_speech(pbx, tmp_path):
     def chatty(cfg):
-        cfg.providers.local.system_prompt = "You are a storyteller. Always answer with a long story of many sentences."
+        cfg.profiles["default"].persona = "You are a storyteller. Always answer with a long story of many sentences."
         cfg.providers.local.llm_max_tokens = 300
-        cfg.providers.local.greeting = ""
+        cfg.profiles["default"].greeting = ""
 
     async with local_engine(pbx, tmp_path, "stream", chatty) as eng:
         sub = eng.store.subscribe()

@@ -107,8 +107,15 @@ class AriClient:
     async def hangup(self, channel_id: str, reason: str = "normal") -> None:
         await self.request("DELETE", f"/channels/{channel_id}", {"reason": reason}, reply=False)
 
-    async def continue_in_dialplan(self, channel_id: str) -> None:
-        await self.request("POST", f"/channels/{channel_id}/continue", reply=False)
+    async def continue_in_dialplan(self, channel_id: str, context: str | None = None, extension: str | None = None, priority: int | None = None) -> None:
+        """Out of Stasis into the dialplan: at ``extension@context`` (a transfer), or with no target
+        at the step after Stasis()."""
+        params = {"context": context, "extension": extension, "priority": priority}
+        await self.request("POST", f"/channels/{channel_id}/continue", params, reply=False)
+
+    async def redirect(self, channel_id: str, endpoint: str) -> None:
+        """The channel driver's own transfer (SIP REFER, IAX2 transfer) to ``TECH/resource``."""
+        await self.request("POST", f"/channels/{channel_id}/redirect", {"endpoint": endpoint}, reply=False)
 
     async def get_variable(self, channel_id: str, name: str) -> str:
         return (await self.fetch(Variable, "GET", f"/channels/{channel_id}/variable", {"variable": name})).value
@@ -119,6 +126,14 @@ class AriClient:
     async def external_media(self, channel_id: str, app: str, external_host: str, fmt: str) -> Channel:
         params = {"channelId": channel_id, "app": app, "external_host": external_host, "format": fmt}
         return await self.fetch(Channel, "POST", "/channels/externalMedia", params)
+
+    # -- applications
+    async def subscribe(self, app: str, event_source: str) -> None:
+        """Keep getting ``event_source``'s events (e.g. ``channel:ID``) after it leaves Stasis."""
+        await self.request("POST", f"/applications/{app}/subscription", {"eventSource": event_source}, reply=False)
+
+    async def unsubscribe(self, app: str, event_source: str) -> None:
+        await self.request("DELETE", f"/applications/{app}/subscription", {"eventSource": event_source}, reply=False)
 
     # -- bridges
     async def list_bridges(self) -> list[Bridge]:

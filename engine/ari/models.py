@@ -120,6 +120,15 @@ class ChannelDtmfReceived(_Event):
     channel: Channel
 
 
+class ChannelDialplan(_Event):
+    """A channel moved on in the dialplan (after a transfer, seen only by a subscribed app)."""
+
+    type: Literal["ChannelDialplan"]
+    dialplan_app: str = ""
+    dialplan_app_data: str = ""
+    channel: Channel
+
+
 class ApplicationReplaced(_Event):
     type: Literal["ApplicationReplaced"]
 
@@ -132,6 +141,7 @@ AriEvent = Annotated[
     | PlaybackStarted
     | PlaybackFinished
     | ChannelDtmfReceived
+    | ChannelDialplan
     | ApplicationReplaced,
     Field(discriminator="type"),
 ]
@@ -145,6 +155,7 @@ KNOWN_EVENT_TYPES = frozenset(
         "PlaybackStarted",
         "PlaybackFinished",
         "ChannelDtmfReceived",
+        "ChannelDialplan",
         "ApplicationReplaced",
     }
 )

@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass, field
 
 from media.audio import voiced_ms
-from providers.config import LocalProviderConfig, system_message
+from providers.config import LocalProviderConfig
 from providers.base import (
     AgentAudio,
     AgentSpeakingStarted,
@@ -29,6 +29,7 @@ from providers.base import (
     UtteranceCollector,
     ComponentStatus,
 )
+from providers.intents import decide, offered_department
 from providers.local.models import JOE_VOICE, ModelNotFound, resolve, resolve_llm
 from providers.local.sentences import SentenceSplitter
 from providers.local.stt import check_stt_model
@@ -75,9 +76,10 @@ def check_model_files(cfg: LocalProviderConfig) -> None:
         raise ModelNotFound(f"{JOE_VOICE.setting}: the voice's config {voice.name}.json is missing beside {voice}")
 
 
-async def start_models(cfg: LocalProviderConfig) -> LocalModels:
-    """One worker process per model, loading side by side; the greeting and the apology are
-    synthesized now, so they cost nothing on a call and play even while a worker restarts."""
+async def start_models(cfg: LocalProviderConfig, phrases: tuple[str, ...] = ()) -> LocalModels:
+    """One worker process per model, loading side by side; the fixed ``phrases`` (the profiles'
+    greetings, closing lines, announcements) and the apology are synthesized now, so they cost
+    nothing on a call and play even while a worker restarts."""
     check_model_files(cfg)
     data = cfg.model_dump(mode="json")
     workers = [ModelWorker(kind, data, cfg.max_queue, cfg.worker_hang_timeout_s) for kind in ("stt", "llm", "tts")]
@@ -88,7 +90,7 @@ async def start_models(cfg: LocalProviderConfig) -> LocalModels:
         raise failed[0]
     stt, llm, tts = workers
     m = LocalModels(stt, llm, tts, SpeechCache(cfg.tts_cache_size), int(tts.detail))
-    for text in (cfg.greeting, cfg.apology):
+    for text in dict.fromkeys((*phrases, cfg.apology)):
         if text:
             m.cache.put(text, await tts.run("synthesize", text), pin=True)
     return m
@@ -96,8 +98,28 @@ async def start_models(cfg: LocalProviderConfig) -> LocalModels:
 
 @dataclass
 class _Turn:
+    user: str = ""  # what the caller said ("" for a line of the agent's own)
     cancelled: bool = False
-    spoken: list[str] = field(default_factory=list)
+    spoken: list[tuple[str, float]] = field(default_factory=list)  # (sentence, seconds of its audio)
+    recorded: bool = False  # in the history already
+
+    def heard(self, played_s: float | None) -> str:
+        """What the caller heard of the answer: whole sentences, and the words of the one cut off
+        in proportion to how much of it played."""
+        if played_s is None:
+            return " ".join(t for t, _ in self.spoken)
+        out, left = [], played_s
+        for text, seconds in self.spoken:
+            if left >= seconds:
+                out.append(text)
+            else:
+                words = text.split()
+                cut = int(len(words) * max(0.0, left) / seconds) if seconds > 0 else 0
+                if cut:
+                    out.append(" ".join(words[:cut]) + "...")
+                break
+            left -= seconds
+        return " ".join(out)
 
 
 class LocalCall(ProviderCall):
@@ -108,7 +130,10 @@ class LocalCall(ProviderCall):
         self.cfg = cfg
         self._loop = asyncio.get_running_loop()
         self._collector = UtteranceCollector(ctx.input_sample_rate, ctx.fallback_window_ms, ctx.preroll_ms)
+        self.profile = ctx.profile
+        self._vocabulary = ctx.profile.stt_prompt()
         self._history: list[dict[str, str]] = []
+        self._offered: str | None = None  # the department the last answer offered to put the caller through to
         self._turn_task: asyncio.Task | None = None
         self._turn: _Turn | None = None
         self._partial_task: asyncio.Task | None = None
@@ -119,8 +144,8 @@ class LocalCall(ProviderCall):
         self._stopped = False
 
     async def start(self) -> None:
-        if self.cfg.greeting:
-            self._turn_task = asyncio.create_task(self._say(self.cfg.greeting))
+        if self.profile.greeting:
+            self._turn_task = asyncio.create_task(self._say(self.profile.greeting))
 
     # ---- caller audio
     def send_audio(self, pcm16: bytes, level_dbfs: float) -> None:
@@ -167,7 +192,7 @@ class LocalCall(ProviderCall):
 
     async def _run_partial(self, audio: bytes, voiced: int) -> None:
         try:
-            text = await self.m.stt.run("transcribe", audio)
+            text = await self.m.stt.run("transcribe", audio, self._vocabulary)
         except (QueueFull, WorkerCrashed):
             return  # a partial is an optimisation: the final transcription tries again
         if self._collector.in_speech:
@@ -181,13 +206,22 @@ class LocalCall(ProviderCall):
         turn = self._turn = _Turn()
         loop = self._loop
         try:
-            text = transcribed if transcribed is not None else await self.m.stt.run("transcribe", audio)
+            text = transcribed if transcribed is not None else await self.m.stt.run("transcribe", audio, self._vocabulary)
             self._emit(TurnMark("stt_final", loop.time()))
             if not text:
                 self._emit(TurnMark("no_answer", loop.time()))
                 return
             self._emit(Transcript("caller", text))
-            messages = [{"role": "system", "content": system_message(self.cfg)}, *self._history[-2 * self.cfg.history_turns :], {"role": "user", "content": text}]
+            turn.user = text
+            action = decide(text, self.profile, self._offered)
+            self._offered = None
+            if action is not None:
+                # The engine has the announcement or the closing line said, then acts.
+                self._history.append({"role": "user", "content": text})
+                turn.recorded = True
+                self._emit(action)
+                return
+            messages = [{"role": "system", "content": self.profile.instructions()}, *self._history[-2 * self.cfg.history_turns :], {"role": "user", "content": text}]
             sentences: asyncio.Queue[str | None] = asyncio.Queue()
             speaker = asyncio.create_task(self._speak(sentences, turn))
             splitter = SentenceSplitter()
@@ -213,7 +247,11 @@ class LocalCall(ProviderCall):
                 if turn.cancelled:
                     speaker.cancel()
                 await asyncio.gather(speaker, return_exceptions=turn.cancelled)
-            self._history += [{"role": "user", "content": text}, {"role": "assistant", "content": " ".join(turn.spoken) or reply}]
+            if not turn.cancelled:
+                said = turn.heard(None) or reply
+                self._history += [{"role": "user", "content": text}, {"role": "assistant", "content": said}]
+                turn.recorded = True
+                self._offered = offered_department(said, self.profile)
         except asyncio.CancelledError:
             turn.cancelled = True
             raise
@@ -246,7 +284,7 @@ class LocalCall(ProviderCall):
                     started = True
                     self._emit(TurnMark("tts_first_audio", self._loop.time()))
                     self._emit(AgentSpeakingStarted())
-                turn.spoken.append(sentence)
+                turn.spoken.append((sentence, len(pcm) / 2 / self.m.sample_rate))
                 self._emit(Transcript("agent", sentence))
                 self._emit(AgentAudio(pcm, self.m.sample_rate))
         finally:
@@ -255,32 +293,57 @@ class LocalCall(ProviderCall):
             elif not started:
                 self._emit(TurnMark("no_answer", self._loop.time()))
 
-    async def _say(self, text: str) -> None:
-        """One whole utterance of the agent's (the greeting, the apology)."""
+    async def _say(self, text: str) -> bool:
+        """One whole utterance of the agent's (the greeting, the apology, a line the engine asks
+        for); False if it could not be spoken."""
         if not text:
             self._emit(TurnMark("no_answer", self._loop.time()))
-            return
+            return False
         try:
             pcm = await self.m.synthesize(text)
         except (QueueFull, WorkerCrashed) as e:
             self._emit(ProviderError(f"could not speak: {e}"))
             self._emit(TurnMark("no_answer", self._loop.time()))
-            return
+            return False
+        self._turn = _Turn(spoken=[(text, len(pcm) / 2 / self.m.sample_rate)], recorded=True)
         self._emit(AgentSpeakingStarted())
         self._emit(Transcript("agent", text))
         self._emit(AgentAudio(pcm, self.m.sample_rate))
         self._emit(AgentSpeakingStopped())
         self._history.append({"role": "assistant", "content": text})
+        return True
+
+    async def say(self, text: str) -> bool:
+        return await self._say(text)
 
     # ---- control
-    def _cancel_turn(self) -> None:
-        if self._turn is not None:
-            self._turn.cancelled = True
+    def _cancel_turn(self, played_s: float | None = None) -> None:
+        """Stops the turn; the history keeps what the caller heard of its answer (``played_s``:
+        how much played; None: all that was spoken), not the whole planned answer."""
+        turn = self._turn
         if self._turn_task is not None and not self._turn_task.done():
             self._turn_task.cancel()
+        if turn is None or turn.cancelled:
+            return
+        turn.cancelled = True
+        heard = turn.heard(played_s)
+        if turn.recorded:
+            if self._history and self._history[-1]["role"] == "assistant":
+                self._history.pop()
+        elif turn.user:
+            self._history.append({"role": "user", "content": turn.user})
+        if heard:
+            self._history.append({"role": "assistant", "content": heard})
+        turn.recorded = True
+        self._offered = offered_department(heard, self.profile)
 
-    async def cancel_response(self) -> None:
-        self._cancel_turn()
+    async def cancel_response(self, played_s: float | None = None) -> None:
+        self._cancel_turn(played_s)
+
+    @property
+    def history(self) -> list[dict[str, str]]:
+        """The conversation as the LLM sees it (earlier turns)."""
+        return list(self._history)
 
     async def stop(self) -> None:
         self._stopped = True
@@ -293,9 +356,11 @@ class LocalCall(ProviderCall):
 
 class LocalProvider(Provider):
     name = "local"
+    speaks_text = True
 
-    def __init__(self, cfg: LocalProviderConfig) -> None:
+    def __init__(self, cfg: LocalProviderConfig, phrases: tuple[str, ...] = ()) -> None:
         self.cfg = cfg
+        self.phrases = phrases
         self.models: LocalModels | None = None
         self._error: str | None = None
 
@@ -303,7 +368,7 @@ class LocalProvider(Provider):
         """Starts a worker process per model (a clear ModelNotFound names the setting and path
         when one is missing)."""
         try:
-            self.models = await start_models(self.cfg)
+            self.models = await start_models(self.cfg, self.phrases)
         except Exception as e:
             self._error = str(e)
             raise

@@ -12,14 +12,16 @@ from providers.local.models import VOSK, WHISPER_TINY_EN, resolve
 
 SAMPLE_RATE = 16000
 NO_SPEECH = 0.6  # Whisper's own no-speech threshold
+VOCABULARY_AS = "initial_prompt"  # or "hotwords" (faster-whisper); chosen by bench/stt_wer.py --profiles
 
 
 class SpeechToText(ABC):
     name: str
 
     @abstractmethod
-    def transcribe(self, pcm16: bytes) -> str:
-        """Text of 16 kHz mono PCM16 speech ('' for none)."""
+    def transcribe(self, pcm16: bytes, vocabulary: str = "") -> str:
+        """Text of 16 kHz mono PCM16 speech ('' for none); ``vocabulary``: words to expect (the
+        profile's names, streets, products), for the engines that can use them."""
 
 
 class WhisperStt(SpeechToText):
@@ -35,11 +37,15 @@ class WhisperStt(SpeechToText):
         self.model = WhisperModel(str(model_dir), device="cpu", compute_type=compute_type, cpu_threads=threads, local_files_only=True)
         self.beam_size = beam_size
 
-    def transcribe(self, pcm16: bytes) -> str:
+    def transcribe(self, pcm16: bytes, vocabulary: str = "") -> str:
         audio = np.frombuffer(pcm16, dtype=np.int16).astype(np.float32) / 32768.0
         # Timestamps on: without them the tiny model stops after the first sentence of a long
-        # utterance (measured on Asterisk's 25 s IVR prompt).
-        segments, _ = self.model.transcribe(audio, language="en", beam_size=self.beam_size, condition_on_previous_text=False)
+        # utterance (measured on Asterisk's 25 s IVR prompt). The vocabulary goes in as Whisper's
+        # initial prompt (bench/stt_wer.py --profiles measures it against hotwords and nothing).
+        segments, _ = self.model.transcribe(
+            audio, language="en", beam_size=self.beam_size, condition_on_previous_text=False,
+            **{VOCABULARY_AS: vocabulary or None},
+        )
         # Whisper turns faint noise into "Thank you." or "That's it.": what it rates as no
         # speech itself is not the caller's words.
         return " ".join(s.text.strip() for s in segments if s.no_speech_prob < NO_SPEECH).strip()
@@ -55,7 +61,7 @@ class PocketsphinxStt(SpeechToText):
 
         self.decoder = Decoder(samprate=SAMPLE_RATE, loglevel="FATAL")
 
-    def transcribe(self, pcm16: bytes) -> str:
+    def transcribe(self, pcm16: bytes, vocabulary: str = "") -> str:
         d = self.decoder
         d.start_utt()
         d.process_raw(pcm16, full_utt=True)
@@ -76,7 +82,7 @@ class VoskStt(SpeechToText):
         self._model = Model(str(model_dir))
         self._recognizer = KaldiRecognizer
 
-    def transcribe(self, pcm16: bytes) -> str:
+    def transcribe(self, pcm16: bytes, vocabulary: str = "") -> str:
         import json
 
         rec = self._recognizer(self._model, SAMPLE_RATE)

@@ -53,7 +53,7 @@ class _Model:
         if kind == "stt":
             stt = build_stt(cfg)
             self.detail = stt.name
-            self.methods["transcribe"] = lambda a, chunk, cancelled: stt.transcribe(a[0])
+            self.methods["transcribe"] = lambda a, chunk, cancelled: stt.transcribe(*a)
         elif kind == "llm":
             llm = ChatModel(resolve_llm(cfg.llm_model, cfg.llm_model_path), cfg.llm_context, cfg.llm_threads, cfg.llm_chat_format)
             self.detail = llm.path.name

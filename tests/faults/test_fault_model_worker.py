@@ -15,9 +15,9 @@ APOLOGY = LocalProviderConfig().apology
 
 
 def chatty(cfg):
-    cfg.providers.local.system_prompt = "You are a storyteller. Always answer with a long story of many sentences."
+    cfg.profiles["default"].persona = "You are a storyteller. Always answer with a long story of many sentences."
     cfg.providers.local.llm_max_tokens = 300
-    cfg.providers.local.greeting = ""
+    cfg.profiles["default"].greeting = ""
 
 
 def agent_lines(sub) -> list[str]:
@@ -58,7 +58,7 @@ async def test_llm_worker_killed_mid_answer_the_call_carries_on(pbx, tmp_path):
 
 async def test_hung_worker_is_killed_and_restarted(pbx, tmp_path):
     def hang_fast(cfg):
-        cfg.providers.local.greeting = ""
+        cfg.profiles["default"].greeting = ""
         cfg.providers.local.worker_hang_timeout_s = 2.0
         cfg.providers.local.stt_partial_interval_ms = 0  # the turn's one transcription meets the hang
 

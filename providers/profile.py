@@ -1,0 +1,114 @@
+"""Agent profiles: who the agent is on a call, what it knows, where it may send the caller.
+
+A profile is a ``[profiles.NAME]`` table of config.toml. Call control picks one per call (by the
+Stasis argument or the dialled extension); the provider speaks and answers as it says, and the
+engine carries out the actions it allows (transfer to one of its departments, hangup).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from providers.config import ConfigSection
+
+DEFAULT_PROFILE = "default"
+OPERATOR = "operator"  # the department "0" and "operator" go to
+
+
+class Department(ConfigSection):
+    """Where a transfer sends the caller: a dialplan context/extension (ARI ``continue``, works for
+    every kind of caller) or an endpoint (ARI ``redirect``, the channel driver's own transfer:
+    SIP REFER, IAX2 transfer; it does nothing on Local channels)."""
+
+    description: str = ""  # what it handles, in the caller's words (the LLM reads it)
+    digit: str = Field("", pattern=r"^[0-9*#]?$")  # a DTMF key that transfers at once
+    context: str = ""
+    extension: str = ""
+    priority: int = Field(1, ge=1)
+    endpoint: str = Field("", pattern=r"^$|^[A-Za-z0-9]+/.+$")  # TECH/resource, e.g. PJSIP/200
+    announce: str = ""  # said before the transfer; empty: "Putting you through to NAME now."
+
+    @model_validator(mode="after")
+    def _one_target(self) -> Department:
+        dialplan = bool(self.context or self.extension)
+        if dialplan and not (self.context and self.extension):
+            raise ValueError("a dialplan target needs both context and extension")
+        if dialplan == bool(self.endpoint):
+            raise ValueError("give either context and extension, or endpoint")
+        return self
+
+    @property
+    def target(self) -> str:
+        return self.endpoint or f"{self.extension}@{self.context}"
+
+
+class AgentProfile(ConfigSection):
+    # Dialled extensions or Stasis arguments (Stasis(aiagent,ARG)) that select this profile.
+    match: list[str] = []
+    provider: str = ""  # empty: providers.default (or what the operator picked in the app)
+    persona: str = (
+        "You are a friendly receptionist answering a phone call. Reply in one or two short "
+        "sentences of plain spoken English, with no lists, markup or emoji."
+    )
+    greeting: str = "Hello! Thanks for calling. How can I help you today?"
+    facts: str = ""  # what callers should be told (hours, address, prices, names): free text
+    # Words speech recognition should expect (names, streets, products); empty: the capitalised
+    # words and numbers of the facts.
+    vocabulary: str = ""
+    departments: dict[str, Department] = {}
+    closing: str = "Thank you for calling. Goodbye!"  # said before the agent hangs up
+    still_there: str = "Are you still there?"
+    # The caller says nothing this long: "still_there"; then this much longer: closing and hangup.
+    silence_prompt_s: float = Field(10.0, ge=0)  # 0: no silence watchdog
+    silence_hangup_s: float = Field(8.0, gt=0)
+
+    @model_validator(mode="after")
+    def _digits_unique(self) -> AgentProfile:
+        seen: dict[str, str] = {}
+        for name, d in self.departments.items():
+            if not re.fullmatch(r"[a-z][a-z0-9_-]*", name):
+                raise ValueError(f"department name {name!r}: lower-case letters, digits, - and _")
+            if d.digit and d.digit in seen:
+                raise ValueError(f"departments {seen[d.digit]!r} and {name!r} both use digit {d.digit}")
+            seen[d.digit] = name
+        return self
+
+    def instructions(self) -> str:
+        """The LLM's instructions: the persona, and the business's facts to answer from."""
+        if not self.facts.strip():
+            return self.persona
+        # The facts first and the rule last: small models follow what they read last. (Measured with
+        # bench/answers.py: one fact a line, or examples in the rule, scored lower.)
+        return (
+            f"{self.persona}\n\nFacts about the business you answer for:\n{self.facts.strip()}\n\n"
+            "Answer the caller's question with the matching fact, word for word where you can (names, "
+            "numbers, times, prices). Only if no fact answers it, say you do not know and offer to put "
+            "the caller through to someone who does."
+        )
+
+    def department_for_digit(self, digit: str) -> str | None:
+        for name, d in self.departments.items():
+            if d.digit == digit or (not d.digit and digit == "0" and name == OPERATOR):
+                return name
+        return None
+
+    def announcement(self, department: str) -> str:
+        d = self.departments[department]
+        return d.announce or f"Putting you through to {department.replace('_', ' ')} now."
+
+    def stt_prompt(self) -> str:
+        """What Whisper is primed with (its initial prompt): the business's own words."""
+        if self.vocabulary.strip():
+            return self.vocabulary.strip()
+        words = re.findall(r"\b(?:[A-Z][\w'-]*(?:\s+[A-Z][\w'-]*)*|\d[\d:.,]*)\b", self.facts)
+        seen: dict[str, None] = {}
+        for w in words:
+            if w.lower() not in {"a", "an", "the", "we", "our", "open", "for", "free"}:
+                seen.setdefault(w, None)
+        return ", ".join(seen)[:400]
+
+
+ActionKind = Literal["transfer", "hangup"]
