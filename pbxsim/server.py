@@ -214,6 +214,7 @@ class CallRecord:
     ended_at: float | None = None
     hangup_cause: int | None = None
     left_stasis: str | None = None  # how: "continue to EXT@CONTEXT", "redirect to TECH/RES", "move to APP"
+    left_stasis_at: float | None = None  # monotonic
     transferred_to: str | None = None  # where the caller went and was connected
     hangup_clean: bool | None = None
     error: str | None = None
@@ -691,7 +692,7 @@ class SimPBX:
         ch.context, ch.exten, ch.priority = target[0], target[1], target[2] or 1
         where = f"{ch.exten}@{ch.context}"
         if rec is not None:
-            rec.left_stasis = f"continue to {where}"
+            rec.left_stasis, rec.left_stasis_at = f"continue to {where}", time.monotonic()
         if ch.exten in self.dialplan.get(ch.context, set()):
             # The target answers; the caller talks to it (the engine hears nothing more).
             loop.call_later(0.001, self._in_dialplan, ch, "Dial", f"Local/{where}")
@@ -722,7 +723,7 @@ class SimPBX:
             raise AriHttpError(409, "Channel not in Stasis application")
         rec = self.calls.get(ch.id)
         if rec is not None:
-            rec.left_stasis = f"redirect to {endpoint}"
+            rec.left_stasis, rec.left_stasis_at = f"redirect to {endpoint}", time.monotonic()
         if ch_tech == "Local":
             log.info("NOTICE: Unsupported transfer requested on %s", ch.name)  # nothing happens
             return 204, None
@@ -747,7 +748,7 @@ class SimPBX:
         ch.app, ch.app_args, ch.in_stasis = q["app"], args, True
         rec = self.calls.get(ch.id)
         if rec is not None:
-            rec.left_stasis = f"move to {q['app']}"
+            rec.left_stasis, rec.left_stasis_at = f"move to {q['app']}", time.monotonic()
         self.emit(ch.app, {"type": "StasisStart", "args": args, "channel": ch.to_json()})
         return 204, None
 

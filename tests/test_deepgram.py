@@ -255,3 +255,35 @@ asyncio.run(main())
     assert r.returncode == 0, out[-2000:]
     assert "Deepgram" in out  # the failing connects were logged ...
     assert secret not in out  # ... and the key never was
+
+
+async def test_the_llm_transfers_through_a_function_call(pbx, tmp_path, deepgram, api_key):
+    from providers.profile import AgentProfile, Department
+
+    def billing(c):
+        c.profiles["default"] = AgentProfile(departments={"billing": Department(description="invoices", context="from-internal", extension="201")})
+
+    deepgram.behaviour = Behaviour(function_call=("transfer_call", '{"department": "billing"}'), answer_ms=400)
+    async with dg_engine(pbx, tmp_path, deepgram, "stream", billing) as eng:
+        rec = pbx.place_call(script=[WaitAgentDone(0.3), Say(str(HELLO)), Pause(5.0)])
+        await asyncio.wait_for(rec.finished.wait(), 30)
+        await wait_for(lambda: eng.status().actions == (("transfer", "done", 1),), timeout=5)
+    fns = {f["name"]: f for f in deepgram.seen.settings[0]["agent"]["think"]["functions"]}
+    assert fns["transfer_call"]["parameters"]["properties"]["department"]["enum"] == ["billing"] and "end_call" in fns
+    (resp,) = deepgram.seen.function_responses
+    assert json.loads(resp["content"]) == {"ok": True, "status": "transferring to billing"}
+    # The engine had the announcement said by the agent's own voice, then transferred.
+    assert deepgram.seen.injected == ["Putting you through to billing now."]
+    r = rec.report(pbx)
+    assert r["transferred_to"] == "201@from-internal" and r["hangup_clean"]
+
+
+async def test_a_function_call_outside_the_profile_is_refused(pbx, tmp_path, deepgram, api_key):
+    deepgram.behaviour = Behaviour(function_call=("transfer_call", '{"department": "+15551234567"}'), answer_ms=400)
+    async with dg_engine(pbx, tmp_path, deepgram, "stream") as eng:
+        rec = pbx.place_call(script=[WaitAgentDone(0.3), Say(str(HELLO)), WaitAgent(0.2), WaitAgentDone(0.5)])
+        await asyncio.wait_for(rec.finished.wait(), 30)
+        assert eng.status().actions == ()
+    (resp,) = deepgram.seen.function_responses
+    assert "error" in json.loads(resp["content"])
+    assert rec.report(pbx)["left_stasis"] is None and deepgram.seen.answers == 1

@@ -74,8 +74,8 @@ async def test_barge_in_cancels_generation_and_speech(pbx, tmp_path):
 
     async with local_engine(pbx, tmp_path, "stream", chatty) as eng:
         sub = eng.store.subscribe()
-        rec = pbx.place_call(script=[Say(str(AGENT_PASS)), WaitAgent(0.3), Pause(3.0)])
-        await wait_for(lambda: rec.media.agent_heard_s() >= 0.3, timeout=30)
+        rec = pbx.place_call(script=[Say(str(AGENT_PASS)), WaitAgent(1.5), Pause(3.0)])
+        await wait_for(lambda: rec.media.agent_heard_s() >= 1.5, timeout=30)
         assert eng.barge_in(rec.id)
         t_barge = asyncio.get_running_loop().time()
         provider = eng.providers["local"]
@@ -88,6 +88,13 @@ async def test_barge_in_cancels_generation_and_speech(pbx, tmp_path):
         later_agent = [e for e in events[barge_at:] if isinstance(e, TranscriptAdded) and e.turn.role == "agent"]
         assert later_agent == []  # nothing more of the story
         assert rec.media.agent_stopped_after(t_barge - 0.05) is not None
+        # The history keeps what the caller heard (a few words), not every sentence generated.
+        spoken = " ".join(e.turn.text for e in events[:barge_at] if isinstance(e, TranscriptAdded) and e.turn.role == "agent")
+        history = eng.calls.calls[rec.id].provider_call.history
+        assert [m["role"] for m in history] == ["user", "assistant"]
+        heard = history[-1]["content"]
+        assert heard.endswith("...") and spoken.startswith(heard[:-3]), (heard, spoken)
+        assert 0 < len(heard.split()) < len(spoken.split())
         await asyncio.wait_for(rec.finished.wait(), 15)
 
 

@@ -207,3 +207,99 @@ def test_bridge_playbacks_come_back_as_a_real_bridge_returns_them():
     assert 5 <= gaps <= 9  # at the start, and one every 8-12 s of the 60 s
     assert [e for e in events if e[1] == "started"] == [(f"p{i}", "started") for i in range(4)]
     assert [e for e in events if e[1] == "finished"] == [(f"p{i}", "finished") for i in range(4)]
+
+
+async def _collect(ws, seconds: float) -> list[dict]:
+    out = []
+    end = asyncio.get_running_loop().time() + seconds
+    while (left := end - asyncio.get_running_loop().time()) > 0:
+        try:
+            msg = await ws.receive(timeout=left)
+        except TimeoutError:
+            break
+        out.append(json.loads(msg.data))
+    return out
+
+
+async def _bridged_caller(http, pbx, **call):
+    """A caller in Stasis, in a bridge of ours; the events socket with StasisStart read."""
+    ws = await _events(http, pbx)
+    await wait_for(lambda: pbx.app_active("aiagent"))
+    rec = pbx.place_call(hold_s=5.0, **call)
+    start = json.loads((await ws.receive(timeout=2)).data)
+    assert start["type"] == "StasisStart"
+    await _ari(http, pbx, "POST", "/bridges", type="mixing", bridgeId="b1")
+    assert (await _ari(http, pbx, "POST", "/bridges/b1/addChannel", channel=rec.id))[0] == 204
+    await _collect(ws, 0.05)
+    return ws, rec, start
+
+
+async def test_behaviour_dialled_number_and_continue_into_the_dialplan(pbx):
+    async with aiohttp.ClientSession() as http:
+        ws, rec, start = await _bridged_caller(http, pbx, dialled="100", args=["inbound", "100"])
+        assert start["channel"]["dialplan"]["exten"] == "100" and start["args"] == ["inbound", "100"]
+        assert (await _ari(http, pbx, "POST", f"/channels/{rec.id}/continue", label="nope"))[0] == 404
+        assert (await _ari(http, pbx, "POST", "/applications/aiagent/subscription", eventSource=f"channel:{rec.id}"))[0] == 200
+        assert (await _ari(http, pbx, "POST", f"/channels/{rec.id}/continue", context="from-internal", extension="201", priority="1"))[0] == 204
+        events = [e["type"] for e in await _collect(ws, 0.2)]
+        # As a real Asterisk: BRIDGEPEER cleared, out of the bridge, out of Stasis; then, subscribed,
+        # the dialplan running the target. The bridge stays, the caller is not hung up.
+        assert events == ["ChannelVarset", "ChannelLeftBridge", "StasisEnd", "ChannelDialplan"]
+        assert rec.transferred_to == "201@from-internal" and "b1" in pbx.bridges and rec.id in pbx.channels
+        assert (await _ari(http, pbx, "POST", f"/channels/{rec.id}/continue"))[0] == 409  # a second one
+
+
+async def test_behaviour_continue_to_a_missing_extension_drops_the_caller(pbx):
+    async with aiohttp.ClientSession() as http:
+        ws, rec, _ = await _bridged_caller(http, pbx)
+        assert (await _ari(http, pbx, "POST", f"/channels/{rec.id}/continue", context="from-internal", extension="5555"))[0] == 204
+        events = [e["type"] for e in await _collect(ws, 0.2)]
+        assert events == ["ChannelVarset", "ChannelLeftBridge", "StasisEnd"]  # unsubscribed: nothing more
+        assert rec.ended_by == "dialplan" and rec.transferred_to is None
+        ws2, rec2, _ = await _bridged_caller(http, pbx)
+        await _ari(http, pbx, "DELETE", "/bridges/b1")
+        assert (await _ari(http, pbx, "POST", "/applications/aiagent/subscription", eventSource=f"channel:{rec2.id}"))[0] == 200
+        await _ari(http, pbx, "POST", f"/channels/{rec2.id}/continue", context="nowhere", extension="1")
+        events = [e["type"] for e in await _collect(ws2, 0.2)]
+        assert events[-3:] == ["StasisEnd", "ChannelHangupRequest", "ChannelDestroyed"]  # the failed transfer, seen
+
+
+async def test_behaviour_redirect_move_and_hangup_causes(pbx):
+    async with aiohttp.ClientSession() as http:
+        ws, rec, _ = await _bridged_caller(http, pbx)
+        status, body = await _ari(http, pbx, "POST", f"/channels/{rec.id}/redirect", endpoint="Local/201@from-internal")
+        assert (status, body["message"]) == (422, "Endpoint technology 'Local' does not match channel technology 'PJSIP'")
+        assert (await _ari(http, pbx, "POST", f"/channels/{rec.id}/redirect", endpoint="PJSIP"))[0] == 422
+        assert (await _ari(http, pbx, "POST", f"/channels/{rec.id}/move", app="nobody"))[0] == 204
+        assert [e["type"] for e in await _collect(ws, 0.1)] == ["ApplicationMoveFailed"]
+        assert (await _ari(http, pbx, "DELETE", f"/channels/{rec.id}", reason="teapot"))[0] == 400
+        assert (await _ari(http, pbx, "DELETE", f"/channels/{rec.id}", reason="busy", reason_code="17"))[0] == 400
+        await _ari(http, pbx, "POST", "/applications/aiagent/subscription", eventSource=f"channel:{rec.id}")
+        assert (await _ari(http, pbx, "DELETE", f"/channels/{rec.id}", reason="busy"))[0] == 204
+        events = await _collect(ws, 0.1)
+        assert [e["type"] for e in events] == ["ChannelHangupRequest", "ChannelLeftBridge", "StasisEnd", "ChannelDestroyed"]
+        assert (events[0]["cause"], events[0]["soft"]) == (32, True) and events[-1]["cause"] == 17
+        assert rec.hangup_cause == 17
+    assert len(pbx.violations) == 1 and "'teapot' is not one of" in pbx.violations[0]  # the 400 above
+    pbx.violations.clear()
+
+
+async def test_behaviour_move_without_app_is_refused_by_the_spec(pbx):
+    async with aiohttp.ClientSession() as http:
+        _, rec, _ = await _bridged_caller(http, pbx)
+        # Asterisk 22.10.1 segfaults on this (BEHAVIOUR.md); the simulator answers 400 and records it.
+        assert (await _ari(http, pbx, "POST", f"/channels/{rec.id}/move"))[0] == 400
+    assert any("move" in v and "'app'" in v for v in pbx.violations)
+    pbx.violations.clear()
+
+
+async def test_behaviour_dtmf_arrives_when_the_key_is_released(pbx):
+    async with aiohttp.ClientSession() as http:
+        ws, rec, _ = await _bridged_caller(http, pbx)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        async with http.post(f"{pbx.url}/sim/calls/{rec.id}/dtmf", params={"digit": "5", "duration_ms": "200"}) as r:
+            assert r.status == 200
+        msg = json.loads((await ws.receive(timeout=2)).data)
+        assert (msg["type"], msg["digit"], msg["duration_ms"]) == ("ChannelDtmfReceived", "5", 200)
+        assert loop.time() - t0 >= 0.19
