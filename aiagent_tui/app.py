@@ -32,6 +32,7 @@ HELP = """\
   [b]p[/b]     choose the provider: for new calls, and for the selected call from its next turn
   [b]b[/b]     barge-in: stop the agent on the selected call now
   [b]m[/b]     monitor: listen to the selected call (caller and agent) on this machine's speaker
+  [b]t[/b]     transfer the selected call to one of its profile's departments (announced first)
   [b]h[/b]     hang up the selected call
   [b]d[/b]     dump the selected call (transcript, RTP stats, turn timeline) to a JSON file
   [b]?[/b]     this help          [b]q[/b]  quit (hangs every call up cleanly)
@@ -76,6 +77,24 @@ class ProviderScreen(ModalScreen[str | None]):
         self.dismiss(None)
 
 
+class TransferScreen(ModalScreen[str | None]):
+    BINDINGS = [Binding("escape", "dismiss_none", "cancel")]
+
+    def __init__(self, departments: dict[str, str]) -> None:
+        super().__init__()
+        self.departments = departments
+
+    def compose(self) -> ComposeResult:
+        options = OptionList(*(Option(f"{name}  →  {target}", id=name) for name, target in self.departments.items()))
+        yield Vertical(Static("Transfer the call to:"), options, id="provider-box")
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        self.dismiss(event.option.id)
+
+    def action_dismiss_none(self) -> None:
+        self.dismiss(None)
+
+
 class AiAgentApp(App[int]):
     TITLE = "aiagent-tui"
     CSS = """
@@ -98,6 +117,7 @@ class AiAgentApp(App[int]):
         Binding("p", "provider", "provider"),
         Binding("b", "barge_in", "barge-in"),
         Binding("m", "monitor", "monitor"),
+        Binding("t", "transfer", "transfer"),
         Binding("h", "hangup", "hang up"),
         Binding("d", "dump", "dump"),
         Binding("question_mark", "help", "help"),
@@ -276,6 +296,22 @@ class AiAgentApp(App[int]):
         if cid and self.engine is not None:
             await self.engine.hangup(cid)
             self.notify(f"hung up {cid[-8:]}")
+
+    def action_transfer(self) -> None:
+        cid = self._need_call()
+        if cid is None or self.engine is None:
+            return
+        departments = self.engine.departments(cid)
+        if not departments:
+            self.notify("this call's profile has no departments to transfer to", severity="warning")
+            return
+
+        def chosen(name: str | None) -> None:
+            if name and self.engine is not None:
+                ok = self.engine.transfer(cid, name)
+                self.notify(f"transferring {cid[-8:]} to {name}" if ok else f"transfer refused: {cid[-8:]} is ending or already acting", severity="information" if ok else "error")
+
+        self.push_screen(TransferScreen(departments), chosen)
 
     def action_provider(self) -> None:
         if self.engine is None:

@@ -8,7 +8,7 @@ from rich.table import Table
 from rich.text import Text
 from textual.widgets import Sparkline, Static
 
-from engine.sessions import CallSnapshot, TranscriptTurn
+from engine.sessions import ActionRecord, CallSnapshot, TranscriptTurn
 from engine.status import EngineSummary
 
 STAGES = (
@@ -21,7 +21,8 @@ STAGES = (
 
 def _kv(rows: list[tuple[str, str]]) -> Table:
     t = Table.grid(padding=(0, 1))
-    t.add_column(style="dim", no_wrap=True)
+    # The names stay whole; a value too long for the pane is cut instead.
+    t.add_column(style="dim", no_wrap=True, min_width=max((len(k) for k, _ in rows), default=0))
     t.add_column(no_wrap=True)
     for k, v in rows:
         t.add_row(k, v)
@@ -111,6 +112,7 @@ class GatingPane(Pane):
             _kv(
                 [
                     ("call", f"{c.caller_number or 'unknown'} · {c.call_id[-8:]}"),
+                    ("profile", f"{c.profile} · dialled {c.dialled or '?'}"),
                     ("provider", c.provider or "—"),
                     ("capture", cap),
                     ("state", v.state.replace("_", " ")),
@@ -118,9 +120,16 @@ class GatingPane(Pane):
                     ("barge-ins", str(v.barge_ins)),
                     ("mode", v.downstream_mode),
                     *([("error", f"[red]{c.provider_error}[/]")] if c.provider_error else []),
+                    *([("action", _action(c.actions[-1]))] if c.actions else []),
                 ]
             )
         )
+
+
+def _action(a: ActionRecord) -> str:
+    colour = {"done": "green", "failed": "red", "refused": "red"}.get(a.state, "yellow")
+    what = f"transfer → {a.department}" if a.kind == "transfer" else "hangup"
+    return f"[{colour}]{what} ({a.by}): {a.state}[/]"
 
 
 class TranscriptPane(Pane):

@@ -233,6 +233,11 @@ class Engine:
         call = self.calls.calls.get(call_id)
         return call is not None and call.request_action(ActionRequest("transfer", department, "operator's choice"), by="operator")
 
+    def departments(self, call_id: str) -> dict[str, str]:
+        """Where the call's profile may transfer it: department -> target."""
+        call = self.calls.calls.get(call_id)
+        return {name: d.target for name, d in call.profile.departments.items()} if call is not None else {}
+
     async def hangup(self, call_id: str) -> bool:
         call = self.calls.calls.get(call_id)
         if call is None:

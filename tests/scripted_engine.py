@@ -13,6 +13,7 @@ import pytest
 from engine import sessions
 from engine.api import AudioTap
 from engine.sessions import (
+    ActionRecord,
     CallSession,
     CallState,
     ConversationState,
@@ -68,7 +69,8 @@ class ScriptedEngine:
     @classmethod
     def two_calls(cls, problems: tuple[str, ...] = ()) -> ScriptedEngine:
         eng = cls(problems)
-        a = eng.add_call("5550142", 74.0, ConversationState.AGENT_SPEAKING, capture_enabled=False, barge_ins=1)
+        a = eng.add_call("5550142", 74.0, ConversationState.AGENT_SPEAKING, capture_enabled=False, barge_ins=1, profile="dental", dialled="100")
+        a.actions.append(ActionRecord("transfer", "keypad", "caller pressed 1", "billing", "201@from-internal", at=NOW))
         _stream(a, 3700, lost={50, 51, 900}, start=NOW - 74.0)
         a.rtp_out.packets, a.rtp_out.bytes = 1480, 236800
         a.rtp_out.last_pacing_error_ms, a.rtp_out.max_pacing_error_ms = 0.4, 1.7
@@ -133,6 +135,13 @@ class ScriptedEngine:
     async def hangup(self, call_id: str) -> bool:
         self.commands.append(("hangup", call_id))
         return True
+
+    def transfer(self, call_id: str, department: str) -> bool:
+        self.commands.append(("transfer", call_id, department))
+        return True
+
+    def departments(self, call_id: str) -> dict[str, str]:
+        return {"billing": "201@from-internal", "operator": "0@from-internal"}
 
     async def set_default_provider(self, name: str) -> None:
         self.commands.append(("default_provider", name))

@@ -64,6 +64,15 @@ def test_provider_picker(snap_compare):
     assert snap_compare(live_app(), terminal_size=(120, 40), run_before=open_picker)
 
 
+def test_transfer_picker(snap_compare):
+    async def open_picker(pilot) -> None:
+        await _settle(pilot)
+        await pilot.press("t")
+        await pilot.pause(0.3)
+
+    assert snap_compare(live_app(), terminal_size=(120, 40), run_before=open_picker)
+
+
 async def test_keys_become_engine_commands_on_the_selected_call():
     engine = ScriptedEngine.two_calls()
     runtime = ScriptedRuntime(engine)
@@ -72,6 +81,10 @@ async def test_keys_become_engine_commands_on_the_selected_call():
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.pause(0.4)
         await pilot.press("b")
+        await pilot.press("t")
+        await pilot.pause(0.2)
+        await pilot.press("down", "enter")  # the second department: operator
+        await pilot.pause(0.2)
         await pilot.press("down")
         await pilot.pause(0.2)
         await pilot.press("h")
@@ -82,6 +95,7 @@ async def test_keys_become_engine_commands_on_the_selected_call():
         await pilot.press("q")
     assert engine.commands == [
         ("barge_in", first),
+        ("transfer", first, "operator"),
         ("hangup", second),
         ("default_provider", "deepgram"),
         ("call_provider", second, "deepgram"),
