@@ -32,6 +32,7 @@ from providers.base import (
 from providers.intents import decide, offered_department
 from providers.local.models import JOE_VOICE, ModelNotFound, resolve, resolve_llm
 from providers.local.sentences import SentenceSplitter
+from providers.local.spoken import spoken
 from providers.local.stt import check_stt_model
 from providers.local.tts import SpeechCache
 from providers.local.workers import ModelWorker, QueueFull, WorkerCrashed
@@ -59,7 +60,7 @@ class LocalModels:
     async def synthesize(self, text: str) -> bytes:
         pcm = self.cache.get(text)
         if pcm is None:
-            pcm = await self.tts.run("synthesize", text)
+            pcm = await self.tts.run("synthesize", spoken(text))
             self.cache.put(text, pcm)
         return pcm
 
