@@ -56,13 +56,28 @@ async def place(sim_url: str, prompt: str, number: str) -> str:
             return (await r.json())["id"]
 
 
-async def run_turns(eng: Engine, sim_url: str, prompts: list[str], concurrent: int) -> list[tuple[str, TurnTimeline]]:
+async def caller_side(sim_url: str, ids: list[str]) -> list[float]:
+    """Each call's turn latency as its caller heard it: from the caller's last frame to the first
+    agent audio after it (the simulator's report)."""
+    import aiohttp
+
+    out: list[float] = []
+    async with aiohttp.ClientSession() as http:
+        for cid in ids:
+            async with http.get(f"{sim_url}/sim/calls/{cid}") as r:
+                out += (await r.json())["turn_latencies_s"]
+    return out
+
+
+async def run_turns(eng: Engine, sim_url: str, prompts: list[str], concurrent: int, placed: list[str] | None = None) -> list[tuple[str, TurnTimeline]]:
     sub = eng.store.subscribe()
     turns: list[tuple[str, TurnTimeline]] = []
     texts: dict[str, str] = {}
     for i in range(0, len(prompts), concurrent):
         batch = prompts[i : i + concurrent]
         ids = await asyncio.gather(*(place(sim_url, p, str(3000 + i + j)) for j, p in enumerate(batch)))
+        if placed is not None:
+            placed += ids
         want = set(ids)
         got: set[str] = set()
         deadline = time.monotonic() + 60
@@ -109,14 +124,17 @@ def stage_alone(cfg: LocalProviderConfig, prompts: list[str]) -> list[float]:
     return sums
 
 
-def report(title: str, turns: list[tuple[str, TurnTimeline]], alone: list[float] | None) -> None:
+def report(title: str, turns: list[tuple[str, TurnTimeline]], alone: list[float] | None, heard: list[float]) -> None:
     print(title)
     for name, a, b in STAGES:
         v = [getattr(t, b) - getattr(t, a) for _, t in turns if getattr(t, a) is not None and getattr(t, b) is not None]
         if v:
             print(f"  {name:20s} p50 {np.percentile(v, 50) * 1000:7.0f} ms   p90 {np.percentile(v, 90) * 1000:7.0f} ms")
     total = [t.latency_s for _, t in turns if t.latency_s is not None]
-    print(f"  {'total':20s} p50 {np.percentile(total, 50) * 1000:7.0f} ms   p90 {np.percentile(total, 90) * 1000:7.0f} ms   ({len(total)} turns)")
+    print(f"  {'total (engine)':20s} p50 {np.percentile(total, 50) * 1000:7.0f} ms   p90 {np.percentile(total, 90) * 1000:7.0f} ms   ({len(total)} turns)")
+    if heard:
+        # What the caller feels: from its last frame, so the end-of-speech wait is in it.
+        print(f"  {'at the caller':20s} p50 {np.percentile(heard, 50) * 1000:7.0f} ms   p90 {np.percentile(heard, 90) * 1000:7.0f} ms   ({len(heard)} turns)")
     if alone:
         engine_stages = [t.latency_s for _, t in turns if t.latency_s is not None]
         print(f"  model stages alone   p50 {np.percentile(alone, 50) * 1000:7.0f} ms   overhead ratio (engine total / stages alone, p50) {np.percentile(engine_stages, 50) / np.percentile(alone, 50):.2f}")
@@ -136,17 +154,20 @@ async def main_async(args: argparse.Namespace) -> None:
         assert await eng.wait_ari_connected(10)
         sim_url = f"http://127.0.0.1:{port}"
         prompts = [PROMPTS[i % len(PROMPTS)] for i in range(args.turns)]
-        turns = await run_turns(eng, sim_url, prompts, 1)
+        ids: list[str] = []
+        turns = await run_turns(eng, sim_url, prompts, 1, ids)
+        heard = await caller_side(sim_url, ids)
         for text, _ in turns[:3]:
             print(f"  heard: {text!r}")
         await eng.stop()
         alone = await asyncio.to_thread(stage_alone, eng.config.providers.local, prompts)
-        report(f"turn latency, {len(turns)} turns one at a time ({args.mode} mode)", turns, alone)
+        report(f"turn latency, {len(turns)} turns one at a time ({args.mode} mode)", turns, alone, heard)
         eng = Engine(load_config(ROOT / "config.toml", env=env))
         await eng.start()
         assert await eng.wait_ari_connected(10)
-        conc = await run_turns(eng, sim_url, prompts[: args.concurrent] * 2, args.concurrent)
-        report(f"turn latency, {args.concurrent} calls talking at once", conc, None)
+        ids = []
+        conc = await run_turns(eng, sim_url, prompts[: args.concurrent] * 2, args.concurrent, ids)
+        report(f"turn latency, {args.concurrent} calls talking at once", conc, None, await caller_side(sim_url, ids))
     finally:
         await eng.stop()
         sim.send_signal(signal.SIGTERM)

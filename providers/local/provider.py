@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 SAMPLE_RATE = 16000
 MIN_SPEECH_MS = 200  # an utterance with less sound than this is not transcribed
 SPEECH_DBFS = -45.0
-PAUSE_FRAMES = 10  # 200 ms without voice: transcribe now, the utterance may be over
+PAUSE_S = 0.2  # this long without voice: transcribe now, the utterance may be over
 
 
 @dataclass
@@ -137,10 +137,13 @@ class LocalCall(ProviderCall):
         self._offered: str | None = None  # the department the last answer offered to put the caller through to
         self._turn_task: asyncio.Task | None = None
         self._turn: _Turn | None = None
-        self._partial_task: asyncio.Task | None = None
+        self._partial_task: asyncio.Task[str | None] | None = None
+        self._partial_voiced = 0  # voiced frames the last partial started covered
+        self._utterance = 0  # counts utterances: a partial belongs to the one it started in
         self._partial_due = 0.0
         self._voiced = 0  # voiced 20 ms frames in the current utterance
-        self._since_voiced = 0  # frames since the last voiced one
+        self._last_voiced_at = 0.0
+        self._pause_timer: asyncio.TimerHandle | None = None
         self._partial: tuple[int, str] | None = None  # (voiced frames it covered, its text)
         self._stopped = False
 
@@ -156,31 +159,58 @@ class LocalCall(ProviderCall):
             return
         if level_dbfs > SPEECH_DBFS:
             self._voiced += 1
-            self._since_voiced = 0
+            self._last_voiced_at = self._loop.time()
+            if self._pause_timer is None:
+                self._pause_timer = self._loop.call_later(PAUSE_S, self._check_pause)
+        self._consider_partial()
+
+    def _check_pause(self) -> None:
+        """A pause is time without voice, whether frames come or not (a phone with DTX sends
+        nothing while its user is silent)."""
+        self._pause_timer = None
+        quiet = self._loop.time() - self._last_voiced_at
+        if quiet < PAUSE_S:
+            self._pause_timer = self._loop.call_later(PAUSE_S - quiet, self._check_pause)
         else:
-            self._since_voiced += 1
-        interval = self.cfg.stt_partial_interval_ms / 1000
-        if not interval or (self._partial_task is not None and not self._partial_task.done()):
-            return
+            self._consider_partial()
+
+    def _consider_partial(self) -> None:
         # Whisper is not streaming: transcribe the growing utterance every interval (partial text
-        # for the operator), and once more as soon as the caller pauses. If no voice comes after
-        # that pause, the VAD's end-of-speech finds the transcript already done.
-        pausing = self._since_voiced == PAUSE_FRAMES and (self._partial is None or self._partial[0] < self._voiced)
-        if pausing or self._loop.time() >= self._partial_due:
-            self._partial_due = self._loop.time() + interval
-            self._partial_task = asyncio.create_task(self._run_partial(c.snapshot(), self._voiced))
+        # for the operator), and once more as soon as the caller pauses (or once the partial in
+        # flight at the pause is done). If no voice comes after that pause, the VAD's end of speech
+        # finds the transcript done or under way, and waits for it instead of starting again.
+        interval = self.cfg.stt_partial_interval_ms / 1000
+        c = self._collector
+        if not interval or not c.in_speech or (self._partial_task is not None and not self._partial_task.done()):
+            return
+        now = self._loop.time()
+        pausing = now - self._last_voiced_at >= PAUSE_S and self._partial_voiced < self._voiced
+        if pausing or now >= self._partial_due:
+            self._partial_due = now + interval
+            self._partial_voiced = self._voiced
+            self._partial_task = asyncio.create_task(self._run_partial(c.snapshot(), self._voiced, self._utterance))
+            self._partial_task.add_done_callback(lambda _: self._consider_partial())
 
     def utterance_started(self) -> None:
         self._collector.start()
         self._partial_due = self._loop.time() + self.cfg.stt_partial_interval_ms / 1000
-        self._voiced = self._since_voiced = 0
+        self._voiced = self._partial_voiced = 0
         self._partial = None
+        self._utterance += 1
 
     def utterance_ended(self, fallback: bool) -> None:
         audio = self._collector.take()
-        done = self._partial if self._partial is not None and self._partial[0] == self._voiced else None
+        # The text of the whole utterance, if a partial has it or is working on it.
+        covered: str | asyncio.Task[str | None] | None = None
+        if self._partial is not None and self._partial[0] == self._voiced:
+            covered = self._partial[1]
+        elif self._partial_task is not None and not self._partial_task.done() and self._partial_voiced == self._voiced:
+            covered = self._partial_task
         self._partial = None
-        self._voiced = self._since_voiced = 0
+        self._voiced = self._partial_voiced = 0
+        if self._pause_timer is not None:
+            self._pause_timer.cancel()
+            self._pause_timer = None
         if fallback:
             # Audio the VAD never found voiced (line noise, the agent's residual echo, which
             # Whisper transcribes even 35 dB down): it is not the caller's turn.
@@ -189,25 +219,37 @@ class LocalCall(ProviderCall):
             self._emit(TurnMark("no_answer", self._loop.time()))
             return
         self._cancel_turn()
-        self._turn_task = asyncio.create_task(self._answer(audio, done[1] if done else None))
+        self._turn_task = asyncio.create_task(self._answer(audio, covered))
 
-    async def _run_partial(self, audio: bytes, voiced: int) -> None:
+    async def _run_partial(self, audio: bytes, voiced: int, utterance: int) -> str | None:
         try:
-            text = await self.m.stt.run("transcribe", audio, self._vocabulary)
+            text: str = await self.m.stt.run("transcribe", audio, self._vocabulary)
         except (QueueFull, WorkerCrashed):
-            return  # a partial is an optimisation: the final transcription tries again
-        if self._collector.in_speech:
+            return None  # a partial is an optimisation: the final transcription tries again
+        if self._collector.in_speech and utterance == self._utterance:
             self._partial = (voiced, text)
             if text:
                 self._emit(Transcript("caller", text, final=False))
+        return text
+
+    async def _transcript(self, audio: bytes, covered: str | asyncio.Task[str | None] | None) -> str:
+        if isinstance(covered, str):
+            return covered
+        if covered is not None:
+            text = await asyncio.shield(covered)
+            if text is not None:
+                return text
+        text = await self.m.stt.run("transcribe", audio, self._vocabulary)
+        return str(text)
 
     # ---- the answer
-    async def _answer(self, audio: bytes, transcribed: str | None) -> None:
-        """``transcribed``: the text of a partial that already covered all of the voice."""
+    async def _answer(self, audio: bytes, covered: str | asyncio.Task[str | None] | None) -> None:
+        """``covered``: the text of the whole utterance from a partial, or the partial that is
+        transcribing all of it."""
         turn = self._turn = _Turn()
         loop = self._loop
         try:
-            text = transcribed if transcribed is not None else await self.m.stt.run("transcribe", audio, self._vocabulary)
+            text = await self._transcript(audio, covered)
             self._emit(TurnMark("stt_final", loop.time()))
             if not text:
                 self._emit(TurnMark("no_answer", loop.time()))
@@ -349,6 +391,8 @@ class LocalCall(ProviderCall):
     async def stop(self) -> None:
         self._stopped = True
         self._cancel_turn()
+        if self._pause_timer is not None:
+            self._pause_timer.cancel()
         tasks = [t for t in (self._turn_task, self._partial_task) if t is not None]
         for t in tasks:
             t.cancel()
