@@ -1,6 +1,11 @@
 """Word error rate and real-time factor of the local STT on Asterisk's own prompts.
 
     python bench/stt_wer.py [--engines whisper,pocketsphinx] [--limit N]
+    python bench/stt_wer.py --profiles
+
+--profiles: the questions of bench/answers.py and some full of the businesses' own names, spoken
+by the simulator's caller voice at 8 kHz, transcribed by Whisper with nothing, with the profile's
+vocabulary as its initial prompt, and as hotwords (providers.local.stt.VOCABULARY_AS).
 
 Prompts: the top-level files of asterisk-core-sounds-en-wav whose names start with a to m (the
 rest are held out), against their texts in asterisk-core-sounds-en's core-sounds-en.txt. Each is
@@ -20,6 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 import jiwer  # noqa: E402
 
@@ -97,12 +103,76 @@ def measure(stt: SpeechToText, items: list[tuple[Path, str]]) -> tuple[float, fl
     return jiwer.wer(refs, hyps), work_s / audio_s, misses
 
 
+NAMED = [
+    ("dentist", "Is Doctor Maria Lopez working on Saturday?"),
+    ("dentist", "Can I see Anna Berg for a cleaning?"),
+    ("dentist", "Is Northside Dental on Harbour Street in Springfield?"),
+    ("dentist", "Does Doctor Chen take children?"),
+    ("pizza", "Is Luigi Russo there today?"),
+    ("pizza", "Is Luigi's Pizzeria on Oak Avenue?"),
+    ("pizza", "How much is a large margherita with a gluten-free crust?"),
+    ("garage", "I need to talk to Tom Baker at Greenway Auto Repair."),
+    ("garage", "Is the garage on Mill Road?"),
+    ("garage", "Can you tow my car to Greenway?"),
+]
+
+
+def profile_questions() -> list[tuple[str, str, str]]:
+    """(business facts, question, vocabulary) for the --profiles run."""
+    from answers import DENTIST, GARAGE, PIZZA, QUESTIONS, UNANSWERABLE
+
+    from providers.profile import AgentProfile
+
+    facts = {"dentist": DENTIST, "pizza": PIZZA, "garage": GARAGE}
+    items = [(f, q) for f, q, _ in QUESTIONS + UNANSWERABLE] + [(facts[b], q) for b, q in NAMED]
+    return [(f, q, AgentProfile(facts=f).stt_prompt()) for f, q in items]
+
+
+def measure_profiles() -> None:
+    from pbxsim.voice import speak
+    from providers.local import stt as stt_module
+
+    items = profile_questions()
+    audio = [phone_audio_of(speak(q)) for _, q, _ in items]
+    print(f"profile questions: {len(items)} ({len(NAMED)} full of names), the simulator's caller voice, 8 kHz u-law")
+    stt = build_stt(LocalProviderConfig())
+    for label, how in (("no vocabulary", None), ("initial prompt", "initial_prompt"), ("hotwords", "hotwords")):
+        refs, hyps, named_refs, named_hyps, misses = [], [], [], [], []
+        t0 = time.perf_counter()
+        for (_, q, vocab), pcm in zip(items, audio, strict=True):
+            if how is not None:
+                stt_module.VOCABULARY_AS = how
+            h = stt.transcribe(pcm, vocab if how else "")
+            r, h = normalize(q), normalize(h)
+            refs.append(r)
+            hyps.append(h)
+            if q in dict(NAMED).values():
+                named_refs.append(r)
+                named_hyps.append(h)
+            if r != h:
+                misses.append((r, h))
+        took = (time.perf_counter() - t0) / len(items)
+        print(f"  {label:15s} WER {jiwer.wer(refs, hyps):.3f}   named questions WER {jiwer.wer(named_refs, named_hyps):.3f}   {took * 1000:.0f} ms a question")
+        for r, h in misses[:4]:
+            print(f"      {r!r} -> {h!r}")
+
+
+def phone_audio_of(ulaw: bytes) -> bytes:
+    """8 kHz u-law as the engine hands it to STT: 16 kHz PCM16 through its resampler."""
+    up = Resampler(8000, 16000)
+    return b"".join(up.process(ulaw_to_pcm16(ulaw[i : i + 160])) for i in range(0, len(ulaw), 160))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profiles", action="store_true", help="WER of profile questions with and without the vocabulary")
     ap.add_argument("--engines", default="whisper,pocketsphinx")
     ap.add_argument("--limit", type=int, default=0, help="only the first N prompts")
     ap.add_argument("--show", type=int, default=5, help="print this many mismatches per engine")
     args = ap.parse_args()
+    if args.profiles:
+        measure_profiles()
+        return 0
     items = prompts()
     if args.limit:
         items = items[: args.limit]

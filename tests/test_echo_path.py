@@ -81,6 +81,8 @@ async def test_sound_the_vad_never_found_voiced_is_not_answered(tmp_path):
                     (caller_words if ev.turn.role == "caller" else agent_words).append(ev.turn.text)
         assert flushes >= 1  # the fallback did hand the audio over
         assert caller_words == []
-        assert len(agent_words) == 1 and "storyteller" in agent_words[0]  # the greeting only
+        # The greeting, and nothing that answers the mumble (the silence watchdog may ask whether
+        # the caller is still there: they said nothing).
+        assert "storyteller" in agent_words[0] and set(agent_words[1:]) <= {"Are you still there?"}
     finally:
         await pbx.stop()

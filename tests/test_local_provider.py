@@ -115,14 +115,14 @@ def test_missing_voice_via_cli(tmp_path):
 
 
 async def test_default_models_come_from_their_packages():
-    p = LocalProvider(LocalProviderConfig(greeting=""))
+    p = LocalProvider(LocalProviderConfig())
     await p.load()
     try:
         assert p.readiness().ready
         assert "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf" in p.readiness().detail  # assembled by the setup
     finally:
         await p.close()
-    smol = LocalProvider(LocalProviderConfig(greeting="", llm_model="smollm2-135m"))
+    smol = LocalProvider(LocalProviderConfig(llm_model="smollm2-135m"))
     await smol.load()
     try:
         assert "SmolLM2-135M-Instruct" in smol.readiness().detail
@@ -133,7 +133,7 @@ async def test_default_models_come_from_their_packages():
 
 
 async def test_tts_cache_makes_repeats_free():
-    p = LocalProvider(LocalProviderConfig(greeting="", tts_cache_size=4))
+    p = LocalProvider(LocalProviderConfig(tts_cache_size=4))
     await p.load()
     try:
         m = p.models
