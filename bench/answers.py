@@ -26,7 +26,9 @@ sys.path.insert(0, str(ROOT))
 from providers.config import LocalProviderConfig  # noqa: E402
 from providers.profile import AgentProfile  # noqa: E402
 from providers.local.llm import ChatModel  # noqa: E402
+from providers.local import grounding  # noqa: E402
 from providers.local.models import resolve_llm  # noqa: E402
+from providers.local.sentences import SentenceSplitter  # noqa: E402
 
 DENTIST = """Northside Dental, 14 Harbour Street, Springfield.
 Open Monday to Friday 8 am to 6 pm, Saturday 9 am to 1 pm, closed on Sunday and public holidays.
@@ -91,37 +93,62 @@ QUESTIONS: list[tuple[str, str, tuple[str, ...]]] = [
 HONEST = ("know", "not sure", "transfer", "put you through", "connect")
 UNANSWERABLE: list[tuple[str, str, tuple[str, ...]]] = [
     (DENTIST, "Do you do teeth whitening?", HONEST),
-    (PIZZA, "Do you have vegan cheese?", HONEST),
-    (GARAGE, "Do you sell used cars?", HONEST),
     (DENTIST, "Is Dr. Lopez married?", HONEST),
+    (DENTIST, "Do you offer braces for adults?", HONEST),
+    (PIZZA, "Do you have vegan cheese?", HONEST),
+    (PIZZA, "Do you sell beer?", HONEST),
+    (PIZZA, "Is there a kids menu?", HONEST),
+    (GARAGE, "Do you sell used cars?", HONEST),
+    (GARAGE, "Do you rotate tires?", HONEST),
 ]
 
 
 def correct(answer: str, want: tuple[str, ...]) -> bool:
     a = re.sub(r"\s+", " ", answer.lower())
+    if want is not HONEST and re.search(r"\b(don't|do not) know\b|not sure", a):
+        return False  # "I don't know" is no answer to a question the facts do answer
     return any(w in a for w in want)
 
 
-def run_model(name: str, temperature: float | None) -> tuple[float, int, list[float], list[float], list[tuple[str, str]]]:
+def answer(model: ChatModel, profile: AgentProfile, question: str, cfg: LocalProviderConfig, checked: bool, seen: list[float], t0: float) -> str:
+    """The local provider's answer path: the profile's instructions, the model's streamed answer
+    cut into sentences, and (``checked``) the first sentence held against the facts."""
+    splitter = SentenceSplitter()
+    first: list[str] = []
+    stop = threading.Event()
+
+    def on_text(piece: str) -> None:
+        if not seen:
+            seen.append(time.perf_counter() - t0)
+        if checked and not first:
+            first.extend(splitter.feed(piece)[:1])
+            if first and grounding.check(first[0], question, profile.facts, profile.unknown_answer) is not None:
+                stop.set()  # the provider cancels the rest of a replaced answer
+
+    messages = [{"role": "system", "content": profile.instructions()}, {"role": "user", "content": question}]
+    reply = model.generate(messages, cfg.llm_max_tokens, cfg.llm_temperature, on_text, stop)
+    if checked:
+        head = first[0] if first else (splitter.flush() or reply)
+        instead = grounding.check(head, question, profile.facts, profile.unknown_answer)
+        if instead is not None:
+            return instead
+    return reply
+
+
+def run_model(name: str, temperature: float | None, checked: bool) -> tuple[float, int, list[float], list[float], list[tuple[str, str]]]:
     cfg = LocalProviderConfig(llm_model=name)  # type: ignore[arg-type]
     if temperature is not None:
         cfg.llm_temperature = temperature
     model = ChatModel(resolve_llm(cfg.llm_model, cfg.llm_model_path), cfg.llm_context, cfg.llm_threads, cfg.llm_chat_format)
     first, whole, misses, right, honest = [], [], [], 0, 0
     for facts, question, want in QUESTIONS + UNANSWERABLE:
-        messages = [{"role": "system", "content": AgentProfile(facts=facts).instructions()}, {"role": "user", "content": question}]
         t0 = time.perf_counter()
         seen: list[float] = []
-
-        def on_text(piece: str, seen: list[float] = seen, t0: float = t0) -> None:
-            if not seen:
-                seen.append(time.perf_counter() - t0)
-
-        answer = model.generate(messages, cfg.llm_max_tokens, cfg.llm_temperature, on_text, threading.Event())
+        said = answer(model, AgentProfile(facts=facts), question, cfg, checked, seen, t0)
         whole.append(time.perf_counter() - t0)
         first += seen
-        if not correct(answer, want):
-            misses.append((question, answer.strip()))
+        if not correct(said, want):
+            misses.append((question, said.strip()))
         elif want is HONEST:
             honest += 1
         else:
@@ -134,16 +161,24 @@ def main() -> int:
     ap.add_argument("--models", default="smollm2-135m,qwen2.5-coder-0.5b")
     ap.add_argument("--show", action="store_true", help="print every answer that missed its fact")
     ap.add_argument("--temperature", type=float, help="instead of providers.local.llm_temperature")
+    ap.add_argument("--runs", type=int, default=1, help="repeat (the model samples: scores vary by a question or two)")
     args = ap.parse_args()
-    print(f"answers: {len(QUESTIONS)} questions about 3 businesses and {len(UNANSWERABLE)} the facts do not answer, the local provider's prompt, 2 threads")
+    print(f"answers: {len(QUESTIONS)} questions about 3 businesses and {len(UNANSWERABLE)} the facts do not answer, the local provider's answer path, 2 threads")
     for name in args.models.split(","):
-        score, honest, first, whole, misses = run_model(name, args.temperature)
-        f, w = np.array(first) * 1000, np.array(whole) * 1000
-        print(f"  {name:20s} facts stated {score * 100:5.1f}%   honest when they do not say {honest}/{len(UNANSWERABLE)}   first token p50 {np.percentile(f, 50):4.0f} ms p90 {np.percentile(f, 90):4.0f} ms"
-              f"   whole answer p50 {np.percentile(w, 50):5.0f} ms p90 {np.percentile(w, 90):5.0f} ms", flush=True)
-        if args.show:
-            for q, a in misses:
-                print(f"      missed: {q!r} -> {a!r}")
+        for checked in (False, True):
+            for _ in range(args.runs):
+                score, honest, first, whole, misses = run_model(name, args.temperature, checked)
+                f, w = np.array(first) * 1000, np.array(whole) * 1000
+                label = f"{name} {'+ facts check' if checked else '(model alone)'}"
+                print(
+                    f"  {label:36s} facts stated {score * 100:5.1f}%   honest when they do not say {honest}/{len(UNANSWERABLE)}"
+                    f"   first token p50 {np.percentile(f, 50):4.0f} ms p90 {np.percentile(f, 90):4.0f} ms"
+                    f"   whole answer p50 {np.percentile(w, 50):5.0f} ms p90 {np.percentile(w, 90):5.0f} ms",
+                    flush=True,
+                )
+                if args.show:
+                    for q, a in misses:
+                        print(f"      missed: {q!r} -> {a!r}")
     return 0
 
 

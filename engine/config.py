@@ -144,7 +144,7 @@ class AppConfig(_Section):
         """What the profiles always say the same way: greetings, closing lines, announcements."""
         out: dict[str, None] = {}
         for p in self.profiles.values():
-            for text in (p.greeting, p.closing, p.still_there, *(p.announcement(d) for d in p.departments)):
+            for text in (p.greeting, p.closing, p.still_there, p.unknown_answer, *(p.announcement(d) for d in p.departments)):
                 if text:
                     out.setdefault(text, None)
         return tuple(out)

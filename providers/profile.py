@@ -60,6 +60,8 @@ class AgentProfile(ConfigSection):
     vocabulary: str = ""
     departments: dict[str, Department] = {}
     closing: str = "Thank you for calling. Goodbye!"  # said before the agent hangs up
+    # Said when the facts do not answer a question (a "yes" to it transfers to the operator).
+    unknown_answer: str = "I'm sorry, I don't know that. Shall I put you through to someone who does?"
     still_there: str = "Are you still there?"
     # The caller says nothing this long: "still_there"; then this much longer: closing and hangup.
     silence_prompt_s: float = Field(10.0, ge=0)  # 0: no silence watchdog

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 from dataclasses import dataclass, field
 
 from media.audio import voiced_ms
@@ -30,6 +31,7 @@ from providers.base import (
     ComponentStatus,
 )
 from providers.intents import decide, offered_department
+from providers.local import grounding
 from providers.local.models import JOE_VOICE, ModelNotFound, resolve, resolve_llm
 from providers.local.sentences import SentenceSplitter
 from providers.local.spoken import spoken
@@ -269,6 +271,24 @@ class LocalCall(ProviderCall):
             speaker = asyncio.create_task(self._speak(sentences, turn))
             splitter = SentenceSplitter()
             first_token = True
+            checked = replaced = False
+            generating: asyncio.Task[Any] | None = None
+
+            def deliver(sentence: str) -> None:
+                nonlocal checked, replaced
+                if replaced:
+                    return
+                if not checked:
+                    # An answer that only echoes the question is not spoken (providers/local/grounding.py).
+                    checked = True
+                    instead = grounding.check(sentence, text, self.profile.facts, self.profile.unknown_answer)
+                    if instead is not None:
+                        replaced = True
+                        sentences.put_nowait(instead)
+                        if generating is not None:
+                            generating.cancel()  # the rest of that answer is not wanted
+                        return
+                sentences.put_nowait(sentence)
 
             def got_text(piece: str) -> None:
                 nonlocal first_token
@@ -278,13 +298,22 @@ class LocalCall(ProviderCall):
                     first_token = False
                     self._emit(TurnMark("llm_first_token", loop.time()))
                 for sentence in splitter.feed(piece):
-                    sentences.put_nowait(sentence)
+                    deliver(sentence)
 
             try:
-                reply = await self.m.llm.run("generate", messages, self.cfg.llm_max_tokens, self.cfg.llm_temperature, on_chunk=got_text)
+                generating = asyncio.create_task(
+                    self.m.llm.run("generate", messages, self.cfg.llm_max_tokens, self.cfg.llm_temperature, on_chunk=got_text)
+                )
+                try:
+                    reply = await generating
+                except asyncio.CancelledError:
+                    current = asyncio.current_task()
+                    if not replaced or (current is not None and current.cancelling()):
+                        raise
+                    reply = ""
                 rest = splitter.flush()
                 if rest:
-                    sentences.put_nowait(rest)
+                    deliver(rest)
             finally:
                 sentences.put_nowait(None)
                 if turn.cancelled:
