@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from engine.config import load_config  # noqa: E402
+from engine.config import AppConfig, load_config  # noqa: E402
 from providers.config import LocalProviderConfig  # noqa: E402
 from providers.profile import AgentProfile  # noqa: E402
 from engine.engine import Engine  # noqa: E402
@@ -94,13 +94,12 @@ async def run_turns(eng: Engine, sim_url: str, prompts: list[str], concurrent: i
     return turns
 
 
-def stage_alone(cfg: LocalProviderConfig, prompts: list[str]) -> list[float]:
+def stage_alone(cfg: LocalProviderConfig, profile: AgentProfile, prompts: list[str]) -> list[float]:
     """Each model stage on its own, in this process, on the same inputs, one after the other: STT
     of the utterance, LLM until its first sentence, TTS of that sentence."""
     stt = build_stt(cfg)
     llm = ChatModel(resolve_llm(cfg.llm_model, cfg.llm_model_path), cfg.llm_context, cfg.llm_threads, cfg.llm_chat_format)
     tts = PiperTts(resolve(JOE_VOICE, cfg.tts_voice_path))
-    profile = AgentProfile()
     sums = []
     for p in prompts:
         pcm, _ = phone_audio(SOUNDS / f"{p}.wav")
@@ -140,6 +139,15 @@ def report(title: str, turns: list[tuple[str, TurnTimeline]], alone: list[float]
         print(f"  model stages alone   p50 {np.percentile(alone, 50) * 1000:7.0f} ms   overhead ratio (engine total / stages alone, p50) {np.percentile(engine_stages, 50) / np.percentile(alone, 50):.2f}")
 
 
+def config(args: argparse.Namespace, env: dict[str, str]) -> AppConfig:
+    cfg = load_config(ROOT / "config.toml", env=env)
+    if args.facts:
+        from answers import DENTIST
+
+        cfg.profiles["default"].facts = DENTIST  # a receptionist's prompt: longer, and the answers checked
+    return cfg
+
+
 async def main_async(args: argparse.Namespace) -> None:
     port = free_port()
     sim = subprocess.Popen([sys.executable, "-m", "pbxsim.cli", "serve", "--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -147,7 +155,7 @@ async def main_async(args: argparse.Namespace) -> None:
     env = {"ASTERISK_ARI_PORT": str(port), "RTP_PORT": "0", "HEALTH_PORT": "0", "AIAGENT_PROVIDER": "local", "AIAGENT_DOWNSTREAM_MODE": args.mode, "AIAGENT_MEDIA_DIR": media}
     if args.llm:
         env["LOCAL_LLM_MODEL"] = args.llm
-    eng = Engine(load_config(ROOT / "config.toml", env=env))
+    eng = Engine(config(args, env))
     try:
         await asyncio.sleep(0.5)
         await eng.start()
@@ -160,9 +168,9 @@ async def main_async(args: argparse.Namespace) -> None:
         for text, _ in turns[:3]:
             print(f"  heard: {text!r}")
         await eng.stop()
-        alone = await asyncio.to_thread(stage_alone, eng.config.providers.local, prompts)
+        alone = await asyncio.to_thread(stage_alone, eng.config.providers.local, eng.config.profiles["default"], prompts)
         report(f"turn latency, {len(turns)} turns one at a time ({args.mode} mode)", turns, alone, heard)
-        eng = Engine(load_config(ROOT / "config.toml", env=env))
+        eng = Engine(config(args, env))
         await eng.start()
         assert await eng.wait_ari_connected(10)
         ids = []
@@ -180,6 +188,7 @@ def main() -> int:
     ap.add_argument("--concurrent", type=int, default=4)
     ap.add_argument("--mode", choices=["file", "stream"], default="file")
     ap.add_argument("--llm", help="providers.local.llm_model for this run (default: config.toml's)")
+    ap.add_argument("--facts", action="store_true", help="the default profile gets bench/answers.py's dental practice facts")
     asyncio.run(main_async(ap.parse_args()))
     return 0
 

@@ -140,15 +140,6 @@ class AppConfig(_Section):
                     return name
         return DEFAULT_PROFILE
 
-    def fixed_phrases(self) -> tuple[str, ...]:
-        """What the profiles always say the same way: greetings, closing lines, announcements."""
-        out: dict[str, None] = {}
-        for p in self.profiles.values():
-            for text in (p.greeting, p.closing, p.still_there, p.unknown_answer, *(p.announcement(d) for d in p.departments)):
-                if text:
-                    out.setdefault(text, None)
-        return tuple(out)
-
     def masked(self) -> dict[str, Any]:
         """The effective config as plain data, secrets masked (for check-config and logs)."""
         data = self.model_dump(mode="json")

@@ -175,7 +175,7 @@ class Engine:
         lock = self._provider_locks.setdefault(name, asyncio.Lock())
         async with lock:
             if name not in self.providers:
-                provider = build_provider(name, self.config.providers, self.config.fixed_phrases())
+                provider = build_provider(name, self.config.providers, tuple(self.config.profiles.values()))
                 await provider.load()
                 self.providers[name] = provider
         return self.providers[name]

@@ -102,6 +102,10 @@ class AgentProfile(ConfigSection):
         d = self.departments[department]
         return d.announce or f"Putting you through to {department.replace('_', ' ')} now."
 
+    def fixed_phrases(self) -> tuple[str, ...]:
+        """What this profile always says the same way: greeting, closing, announcements..."""
+        return (self.greeting, self.closing, self.still_there, self.unknown_answer, *(self.announcement(d) for d in self.departments))
+
     def stt_prompt(self) -> str:
         """What Whisper is primed with (its initial prompt): the business's own words. The facts
         themselves did better than a list of their names (bench/stt_wer.py --profiles)."""

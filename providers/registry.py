@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 from providers.base import Provider
+from providers.profile import AgentProfile
 from providers.config import PROVIDER_NAMES, ProvidersConfig
 
 
-def build_provider(name: str, config: ProvidersConfig, phrases: tuple[str, ...] = ()) -> Provider:
-    """``phrases``: what the profiles always say (greetings, closing lines, announcements), for a
-    provider that prepares them once."""
+def build_provider(name: str, config: ProvidersConfig, profiles: Sequence[AgentProfile] = ()) -> Provider:
+    """``profiles``: who the agent will be, for a provider that prepares their fixed lines
+    (greetings, closing lines, announcements) and instructions once."""
     if name == "echo":
         from providers.echo import EchoProvider
 
@@ -21,7 +24,8 @@ def build_provider(name: str, config: ProvidersConfig, phrases: tuple[str, ...] 
     if name == "local":
         from providers.local.provider import LocalProvider
 
-        return LocalProvider(config.local, phrases)
+        phrases = tuple(dict.fromkeys(t for p in profiles for t in p.fixed_phrases() if t))
+        return LocalProvider(config.local, phrases, tuple(dict.fromkeys(p.instructions() for p in profiles)))
     if name == "deepgram":
         from providers.deepgram import DeepgramProvider
 

@@ -63,7 +63,8 @@ def test_profile_by_stasis_argument_then_dialled_extension(tmp_path):
     assert cfg.profile_for(["inbound"], "100") == "dental"
     assert cfg.profile_for([], "999") == "default"
     assert cfg.profiles["pizza"].department_for_digit("3") == "kitchen"
-    assert "Luigi's!" in cfg.fixed_phrases() and "Putting you through to kitchen now." in cfg.fixed_phrases()
+    assert "Luigi's!" in cfg.profiles["pizza"].fixed_phrases()
+    assert "Putting you through to kitchen now." in cfg.profiles["pizza"].fixed_phrases()
 
 
 @pytest.mark.parametrize(("toml", "error"), [

@@ -79,10 +79,11 @@ def check_model_files(cfg: LocalProviderConfig) -> None:
         raise ModelNotFound(f"{JOE_VOICE.setting}: the voice's config {voice.name}.json is missing beside {voice}")
 
 
-async def start_models(cfg: LocalProviderConfig, phrases: tuple[str, ...] = ()) -> LocalModels:
+async def start_models(cfg: LocalProviderConfig, phrases: tuple[str, ...] = (), instructions: tuple[str, ...] = ()) -> LocalModels:
     """One worker process per model, loading side by side; the fixed ``phrases`` (the profiles'
     greetings, closing lines, announcements) and the apology are synthesized now, so they cost
-    nothing on a call and play even while a worker restarts."""
+    nothing on a call and play even while a worker restarts; the profiles' ``instructions`` are
+    read by the LLM now, so that a call's first turn starts from them (the prefix cache)."""
     check_model_files(cfg)
     data = cfg.model_dump(mode="json")
     workers = [ModelWorker(kind, data, cfg.max_queue, cfg.worker_hang_timeout_s) for kind in ("stt", "llm", "tts")]
@@ -93,6 +94,8 @@ async def start_models(cfg: LocalProviderConfig, phrases: tuple[str, ...] = ()) 
         raise failed[0]
     stt, llm, tts = workers
     m = LocalModels(stt, llm, tts, SpeechCache(cfg.tts_cache_size), int(tts.detail))
+    for system in dict.fromkeys(instructions):
+        await llm.run("generate", [{"role": "system", "content": system}], 1, 0.0)
     for text in dict.fromkeys((*phrases, cfg.apology)):
         if text:
             m.cache.put(text, await tts.run("synthesize", text), pin=True)
@@ -432,9 +435,10 @@ class LocalProvider(Provider):
     name = "local"
     speaks_text = True
 
-    def __init__(self, cfg: LocalProviderConfig, phrases: tuple[str, ...] = ()) -> None:
+    def __init__(self, cfg: LocalProviderConfig, phrases: tuple[str, ...] = (), instructions: tuple[str, ...] = ()) -> None:
         self.cfg = cfg
         self.phrases = phrases
+        self.instructions = instructions
         self.models: LocalModels | None = None
         self._error: str | None = None
 
@@ -442,7 +446,7 @@ class LocalProvider(Provider):
         """Starts a worker process per model (a clear ModelNotFound names the setting and path
         when one is missing)."""
         try:
-            self.models = await start_models(self.cfg, self.phrases)
+            self.models = await start_models(self.cfg, self.phrases, self.instructions)
         except Exception as e:
             self._error = str(e)
             raise
