@@ -21,6 +21,9 @@ HONEST = "I don't know that. Shall I put you through to someone who does?"
     (DENTIST, "Which dentists work there?", "Dr. Maria Lopez and Dr. James Chen.", None),
     (DENTIST, "Hello?", "Hello! How can I help you today?", None),
     (DENTIST, "Do you do teeth whitening?", "I'm sorry, I don't know.", None),
+    # "I don't know" where a fact does answer: the fact.
+    (DENTIST, "What time do you open on Saturday?", "I'm sorry, but I don't know the exact time for Saturday.",
+     "Open Monday to Friday 8 am to 6 pm, Saturday 9 am to 1 pm, closed on Sunday and public holidays."),
     # Echoes: replaced by the fact that answers, ...
     (DENTIST, "Are you open on Sunday?", "Yes, we are open on Sunday.",
      "Open Monday to Friday 8 am to 6 pm, Saturday 9 am to 1 pm, closed on Sunday and public holidays."),

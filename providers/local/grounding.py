@@ -8,7 +8,8 @@ more). Telling it not to guess, in any wording tried, cost a fifth of its right 
 none of the echoes. So the first sentence of an answer is checked before it is spoken: one that
 only repeats the question's own words (or the instructions') is replaced by the fact that matches
 the question best, or, when no fact does, by the profile's honest line ("I don't know that, shall I
-put you through to someone who does?").
+put you through to someone who does?"). An "I don't know" where a fact does answer is replaced by
+that fact.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ _FILLER = set(
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 _DAYS = {"monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday", "weekday", "weekend"}
 _EVERY_DAY = re.compile(r"\b(every day|daily|7 days|seven days)\b", re.I)
+_DONT_KNOW = re.compile(r"\b(don't|do not) know\b|\bnot sure\b", re.I)
 _LEAK = re.compile(r"offer to put the caller|matching fact|word for word|facts about the business", re.I)
 _SENTENCE = re.compile(r"(?<=[.!?;])\s+|\n+")
 
@@ -75,7 +77,10 @@ def check(first_sentence: str, question: str, facts: str, honest: str) -> str | 
     """None if the answer's first sentence may be spoken; else what to say instead."""
     if not facts.strip():
         return None
-    said = _content(first_sentence)
-    if not _LEAK.search(first_sentence) and not said <= _content(question) | _name_words(facts):
+    if _LEAK.search(first_sentence):
+        return best_fact(question, facts) or honest  # the instructions said back: never spoken
+    if _DONT_KNOW.search(first_sentence):
+        return best_fact(question, facts)  # "I don't know" where a fact does answer: that fact
+    if not _content(first_sentence) <= _content(question) | _name_words(facts):
         return None  # it says something the question did not
     return best_fact(question, facts) or honest
