@@ -6,12 +6,13 @@ Call's (engine/call.py); the transfer's outcome after the caller left Stasis is 
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
 from engine.clock import Clock, Timer
-from engine.sessions import ConversationState
+from engine.sessions import ActionChanged, ActionRecord, ConversationState, SessionStore
 
 TRANSFER_CHECK_S = 2.0  # a caller hung up this soon after leaving Stasis: the target did not exist
 
@@ -25,6 +26,18 @@ class ActionCounters:
 
     def count(self, kind: str, outcome: str) -> None:
         self.counts[(kind, outcome)] += 1
+
+
+FINAL_STATES = frozenset({"done", "failed", "refused"})
+
+
+def report_action(store: SessionStore, counters: ActionCounters, call_id: str, rec: ActionRecord, level: int) -> None:
+    """An action's news, once per change: to the session's subscribers, the call's log and, when it
+    has come to an end, the counts."""
+    store.publish(ActionChanged(call_id, copy.copy(rec)))
+    store.log(call_id, level, rec.describe() + (f" ({rec.reason})" if rec.reason else ""))
+    if rec.state in FINAL_STATES:
+        counters.count(rec.kind, rec.state)
 
 
 class SilenceWatchdog:

@@ -9,12 +9,11 @@ between, the Call is the media's owner (``MediaOwner``) and the provider's liste
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Coroutine
 
-from engine.actions import TRANSFER_CHECK_S, ActionCounters, SilenceWatchdog
+from engine.actions import TRANSFER_CHECK_S, ActionCounters, SilenceWatchdog, report_action
 from engine.api import AudioTap
 from engine.ari.client import AriClient, AriError, AriUnavailable
 from engine.clock import Clock
@@ -23,7 +22,7 @@ from engine.conversation import ConversationCoordinator, ConversationCounters
 from engine.media import CallMedia
 from engine.playback import FilePlayback, PlaybackCounters, StreamPlayback
 from engine.rtp_server import RtpServer
-from engine.sessions import ActionChanged, ActionRecord, CallSession, ConversationState, ProviderSession, SessionStore, TranscriptTurn
+from engine.sessions import ActionRecord, CallSession, ConversationState, ProviderSession, SessionStore, TranscriptTurn
 from engine.tasks import OwnedTasks
 from media.audio import ulaw_to_pcm16
 from media.frames import FRAME_MS, RATE
@@ -90,6 +89,7 @@ class Call:
         self.watchdog = SilenceWatchdog(
             services.clock, self.profile.silence_prompt_s, self.profile.silence_hangup_s, self._silence_prompt, self._silence_hangup,
         )
+        self._watch_silence = False
 
     @property
     def call_id(self) -> str:
@@ -116,7 +116,8 @@ class Call:
         provider, pcall = await self._open_provider_call(s.provider.name)
         self.provider_call = pcall
         # The watchdog needs a provider that listens in turns and can speak a line.
-        self.watchdog.enabled &= provider.half_duplex and provider.speaks_text
+        self._watch_silence = self.profile.silence_prompt_s > 0 and provider.half_duplex and provider.speaks_text
+        self.watchdog.enabled = self._watch_silence
         self.conversation = ConversationCoordinator(
             sv.config, s, sv.store, pcall, provider.half_duplex, provider.continuous_input,
             sv.conversation_counters, sv.observe_turn_latency, self.spawn, sv.clock, self.watchdog.state,
@@ -298,7 +299,6 @@ class Call:
                 known = ", ".join(self.profile.departments) or "none"
                 rec.detail = f"{req.department!r} is not a department of profile {s.profile} (it has: {known})"
                 self._record(rec, logging.WARNING)
-                self.services.action_counters.count("transfer", "refused")
                 return False
             rec.target = dept.target
             line = self.profile.announcement(req.department)
@@ -313,8 +313,7 @@ class Call:
         s = self.session
         if rec not in s.actions:
             s.actions.append(rec)
-        self.services.store.publish(ActionChanged(s.call_id, copy.copy(rec)))
-        self.services.store.log(s.call_id, level, rec.describe() + (f" ({rec.reason})" if rec.reason else ""))
+        report_action(self.services.store, self.services.action_counters, s.call_id, rec, level)
 
     async def _carry_out(self, rec: ActionRecord, line: str) -> None:
         """Says the action's line, waits until the caller has heard it, then acts."""
@@ -327,7 +326,6 @@ class Call:
         if rec.kind == "hangup":
             rec.state = "done"
             self._record(rec, logging.INFO)
-            self.services.action_counters.count("hangup", "done")
             self._end(self, f"agent hung up ({rec.reason or rec.by})")
         else:
             await self._transfer(rec)
@@ -335,14 +333,16 @@ class Call:
     async def _say_and_wait(self, line: str) -> None:
         conv, pcall = self.conversation, self.provider_call
         assert conv is not None and pcall is not None
-        if not line or not await pcall.say(line):
+        if not line:
             return
-        done = conv.played_out()
+        done = conv.played_out()  # before the line: its audio may come at once, or much later
         timer = self.services.clock.call_later(ACTION_LINE_TIMEOUT_S, _settle, done)
         try:
-            await done
+            if await pcall.say(line):
+                await done
         finally:
             timer.cancel()
+            done.cancel()
 
     async def _transfer(self, rec: ActionRecord) -> None:
         sv, s = self.services, self.session
@@ -357,7 +357,10 @@ class Call:
             else:
                 # Asterisk answers 204 even for a target that does not exist and then drops the
                 # caller; subscribed to its channel, call control still sees that hangup.
-                await sv.ari.subscribe(sv.config.asterisk.app, f"channel:{s.caller_channel_id}")
+                try:
+                    await sv.ari.subscribe(sv.config.asterisk.app, f"channel:{s.caller_channel_id}")
+                except (AriError, AriUnavailable) as e:
+                    log.warning("[%s] transfer: no subscription to the caller (%s); a dropped transfer will not be seen", self.call_id, e)
                 await sv.ari.continue_in_dialplan(s.caller_channel_id, dept.context, dept.extension, dept.priority)
         except (AriError, AriUnavailable) as e:
             await self._transfer_failed(rec, str(e))
@@ -372,14 +375,13 @@ class Call:
         """The caller is still with us: say so and go on with the conversation."""
         rec.state, rec.detail = "failed", why
         self._record(rec, logging.ERROR)
-        self.services.action_counters.count("transfer", "failed")
         self.action = None
         conv = self.conversation
         if conv is None or self.ending:
             return
         await self._say_and_wait(TRANSFER_FAILED_LINE)
         conv.held = False
-        self.watchdog.enabled = self.profile.silence_prompt_s > 0
+        self.watchdog.enabled = self._watch_silence
         self.watchdog.state(self.session.conversation)
 
     def transfer_left(self) -> ActionRecord | None:

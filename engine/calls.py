@@ -28,14 +28,14 @@ from engine.ari.models import (
     StasisEnd,
     StasisStart,
 )
-from engine.actions import TRANSFER_CHECK_S, ActionCounters
+from engine.actions import TRANSFER_CHECK_S, ActionCounters, report_action
 from engine.call import Call, CallServices, ProviderLookup
 from engine.clock import Clock, LoopClock
 from engine.config import AppConfig
 from engine.conversation import ConversationCounters
 from engine.playback import PlaybackCounters
 from engine.rtp_server import RtpServer
-from engine.sessions import ActionChanged, ActionRecord, CallSession, CallState, ProviderSession, SessionStore
+from engine.sessions import ActionRecord, CallSession, CallState, ProviderSession, SessionStore
 from engine.tasks import OwnedTasks
 from providers.base import ActionRequest
 
@@ -209,7 +209,7 @@ class CallController:
         cid = c.session.caller_channel_id
         if c.profile.departments[rec.department].endpoint:
             rec.state = "done"  # the channel driver took it (redirect): nothing more to see here
-            self._action_done(c.session, rec)
+            report_action(self.store, self.action_counters, c.call_id, rec, logging.INFO)
         else:
             self._transferred[cid] = (c.session, rec)
             self.services.clock.call_later(TRANSFER_CHECK_S, self._transfer_settled, cid)
@@ -221,21 +221,15 @@ class CallController:
             return
         session, rec = entry
         rec.state = "done"
-        self._action_done(session, rec)
-        self._spawn(self._ari_cleanup(self.ari.unsubscribe(self.app, f"channel:{channel_id}"), f"subscription to {channel_id}"))
+        report_action(self.store, self.action_counters, session.call_id, rec, logging.INFO)
+        if not self.closing:
+            self._spawn(self._ari_cleanup(self.ari.unsubscribe(self.app, f"channel:{channel_id}"), f"subscription to {channel_id}"))
 
     def _transfer_dropped(self, channel_id: str) -> None:
         session, rec = self._transferred.pop(channel_id)
         rec.state = "failed"
         rec.detail = f"the PBX hung the caller up {TRANSFER_CHECK_S:g} s or less after the transfer: does {rec.target} exist in the dialplan?"
-        self.action_counters.count("transfer", "failed")
-        self.store.publish(ActionChanged(session.call_id, rec))
-        self.store.log(session.call_id, logging.ERROR, rec.describe())
-
-    def _action_done(self, session: CallSession, rec: ActionRecord) -> None:
-        self.action_counters.count(rec.kind, "done")
-        self.store.publish(ActionChanged(session.call_id, rec))
-        self.store.log(session.call_id, logging.INFO, rec.describe())
+        report_action(self.store, self.action_counters, session.call_id, rec, logging.ERROR)
 
     def _end_failed(self, call: Call, reason: str) -> None:
         self.begin_teardown(call, reason, hangup_caller=True)

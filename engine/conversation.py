@@ -110,7 +110,8 @@ class ConversationCoordinator:
         self._on_state = on_state
         # An action is under way (transfer, hangup): the caller is no longer listened to.
         self.held = False
-        self._played_out: list[asyncio.Future[None]] = []
+        self._audio_pieces = 0  # agent audio handed down, counted
+        self._played_out: list[tuple[int, asyncio.Future[None]]] = []  # (pieces when asked, done)
         self._set_continuous(continuous_input)
 
     # ---- caller audio (hot path: 50 frames/s per call)
@@ -250,6 +251,7 @@ class ConversationCoordinator:
                 self._answer_audio_s = 0.0
             self._set_state(ConversationState.AGENT_SPEAKING)
         self._answer_audio_s += len(pcm16) / 2 / sample_rate
+        self._audio_pieces += 1
 
     def agent_finished(self) -> None:
         self._agent_turn_open = False
@@ -299,17 +301,21 @@ class ConversationCoordinator:
             return
         self._set_capture(True)
         if not self._agent_turn_open:
-            for fut in self._played_out:
-                if not fut.done():
+            waiting = []
+            for since, fut in self._played_out:
+                if since < self._audio_pieces and not fut.done():
                     fut.set_result(None)
-            self._played_out.clear()
+                elif not fut.done():
+                    waiting.append((since, fut))
+            self._played_out = waiting
             if self.session.conversation is ConversationState.AGENT_SPEAKING:
                 self._set_state(ConversationState.LISTENING)
 
     def played_out(self) -> asyncio.Future[None]:
-        """Resolves once the agent's audio handed down so far has played to the caller."""
+        """Resolves once agent audio handed down from now on (a line about to be said) has
+        played to the caller."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._played_out.append(fut)
+        self._played_out.append((self._audio_pieces, fut))
         return fut
 
     def hold(self) -> float | None:
@@ -382,7 +388,7 @@ class ConversationCoordinator:
         self.store.publish(ConversationChanged(s.call_id, s.conversation, s.capture_enabled, bool(s.playbacks)))
 
     def close(self) -> None:
-        for fut in self._played_out:
+        for _, fut in self._played_out:
             fut.cancel()
         for timer in (self._ungate, self._gap_timer, self._filler):
             if timer is not None:

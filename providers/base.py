@@ -10,8 +10,7 @@ engine's event loop (providers that work in threads hop back with ``loop.call_so
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from dataclasses import field
+from dataclasses import dataclass, field
 from typing import Callable, Literal
 
 from providers.profile import ActionKind, AgentProfile

@@ -272,8 +272,11 @@ async def test_the_llm_transfers_through_a_function_call(pbx, tmp_path, deepgram
     assert fns["transfer_call"]["parameters"]["properties"]["department"]["enum"] == ["billing"] and "end_call" in fns
     (resp,) = deepgram.seen.function_responses
     assert json.loads(resp["content"]) == {"ok": True, "status": "transferring to billing"}
-    # The engine had the announcement said by the agent's own voice, then transferred.
+    # The engine had the announcement said by the agent's own voice and heard out, then transferred.
     assert deepgram.seen.injected == ["Putting you through to billing now."]
+    left = rec.left_stasis_at
+    assert left is not None and max(t for t, _ in rec.media.agent_frames) <= left + 0.05
+    assert sum(len(p) for t, p in rec.media.agent_frames if left - 1.0 <= t <= left) / 8000 >= 0.55  # its 600 ms
     r = rec.report(pbx)
     assert r["transferred_to"] == "201@from-internal" and r["hangup_clean"]
 

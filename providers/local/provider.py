@@ -186,7 +186,7 @@ class LocalCall(ProviderCall):
         # finds the transcript done or under way, and waits for it instead of starting again.
         interval = self.cfg.stt_partial_interval_ms / 1000
         c = self._collector
-        if not interval or not c.in_speech or (self._partial_task is not None and not self._partial_task.done()):
+        if self._stopped or not interval or not c.in_speech or (self._partial_task is not None and not self._partial_task.done()):
             return
         now = self._loop.time()
         pausing = now - self._last_voiced_at >= PAUSE_S and self._partial_voiced < self._voiced
