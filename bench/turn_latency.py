@@ -1,6 +1,7 @@
 """Turn latency of the local provider: caller speech end to first agent audio out.
 
     python bench/turn_latency.py [--turns 10] [--concurrent 4] [--mode file|stream]
+    python bench/turn_latency.py --pipeline local,remote [--callers 1,2,4,8] [--rounds 2]
 
 The simulator runs in its own process; the engine (local provider, real models) in this one.
 Each simulated caller waits for the greeting, says an Asterisk prompt, and hangs up once the
@@ -9,6 +10,11 @@ answer has started. From each turn's timeline it prints, per stage, p50/p90: STT
 the total. Then it times each model stage alone on the same inputs and prints the engine's
 overhead as total / sum of the stages. Last, the same with --concurrent calls talking at once.
 Target on a 2-core CPU: p50 total under 1.2 s, overhead ratio under 1.15.
+
+With --pipeline it prints instead, for each pipeline, the turn latency at the caller (p50, p95) with
+1, 2, 4 and 8 callers asking at the same moment: "local" is the models in the engine's worker
+processes, "remote" the same models on the model servers (llama.cpp's server, wyoming-faster-whisper,
+wyoming-piper) that this script starts on this machine (aiagent-tui model-servers).
 """
 
 from __future__ import annotations
@@ -182,6 +188,61 @@ async def main_async(args: argparse.Namespace) -> None:
         sim.wait(10)
 
 
+async def scaling(args: argparse.Namespace) -> None:
+    from aiagent_tui.model_servers import ModelServers, server_specs
+    from providers.config import ModelServerConfig, PipelineConfig
+
+    port = free_port()
+    sim = subprocess.Popen([sys.executable, "-m", "pbxsim.cli", "serve", "--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sim_url = f"http://127.0.0.1:{port}"
+    media = tempfile.mkdtemp()
+    callers = [int(n) for n in args.callers.split(",")]
+    rows: dict[str, dict[int, list[float]]] = {}
+    try:
+        for pipeline in args.pipeline.split(","):
+            env = {"ASTERISK_ARI_PORT": str(port), "RTP_PORT": "0", "HEALTH_PORT": "0", "AIAGENT_PROVIDER": "local", "AIAGENT_DOWNSTREAM_MODE": args.mode, "AIAGENT_MEDIA_DIR": media}
+            cfg = config(args, env)
+            servers = None
+            if pipeline == "remote":
+                local = cfg.providers.local
+                specs = server_specs(local, llm_port=free_port(), stt_port=free_port(), tts_port=free_port(), threads=local.llm_threads)
+                servers = ModelServers(specs, Path(media) / "server-logs")
+                await asyncio.to_thread(servers.start)
+                for sp in specs:
+                    cfg.providers.servers[sp.name] = ModelServerConfig(api=sp.api, url=sp.url, model=local.llm_model, timeout_s=30.0, max_concurrency=16)  # type: ignore[arg-type]
+                cfg.providers.pipelines["remote"] = PipelineConfig(stt="stt", llm="llm", tts="tts")
+                cfg.providers.default = "remote"
+            eng = Engine(cfg)
+            try:
+                await eng.start()
+                assert await eng.wait_ari_connected(10)
+                rows[pipeline] = {}
+                for n in callers:
+                    ids: list[str] = []
+                    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(n)] * args.rounds
+                    await run_turns(eng, sim_url, prompts, n, ids)
+                    rows[pipeline][n] = await caller_side(sim_url, ids)
+                    heard = rows[pipeline][n]
+                    print(f"  {pipeline:7s} {n} callers: p50 {np.percentile(heard, 50) * 1000:5.0f} ms  p95 {np.percentile(heard, 95) * 1000:5.0f} ms  ({len(heard)} turns)", flush=True)
+            finally:
+                await eng.stop()
+                if servers is not None:
+                    await asyncio.to_thread(servers.stop)
+    finally:
+        sim.send_signal(signal.SIGTERM)
+        sim.wait(10)
+    names = list(rows)
+    print(f"turn latency at the caller, {args.mode} mode, {args.rounds} rounds of N callers asking at the same moment")
+    print("| callers | " + " | ".join(f"{p} p50 | {p} p95" for p in names) + " |")
+    print("|---|" + "---|---|" * len(names))
+    for n in callers:
+        cells = []
+        for p in names:
+            v = rows[p].get(n) or [float("nan")]
+            cells += [f"{np.percentile(v, 50) * 1000:.0f} ms", f"{np.percentile(v, 95) * 1000:.0f} ms"]
+        print(f"| {n} | " + " | ".join(cells) + " |")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--turns", type=int, default=10)
@@ -189,7 +250,11 @@ def main() -> int:
     ap.add_argument("--mode", choices=["file", "stream"], default="file")
     ap.add_argument("--llm", help="providers.local.llm_model for this run (default: config.toml's)")
     ap.add_argument("--facts", action="store_true", help="the default profile gets bench/answers.py's dental practice facts")
-    asyncio.run(main_async(ap.parse_args()))
+    ap.add_argument("--pipeline", help="local, remote or local,remote: the scaling table instead (see above)")
+    ap.add_argument("--callers", default="1,2,4,8", help="with --pipeline: callers asking at once, per row")
+    ap.add_argument("--rounds", type=int, default=2, help="with --pipeline: rounds per row")
+    args = ap.parse_args()
+    asyncio.run(scaling(args) if args.pipeline else main_async(args))
     return 0
 
 

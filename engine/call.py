@@ -261,7 +261,7 @@ class Call:
             s.provider.last_error = ev.message
             self.services.store.log(s.call_id, logging.ERROR, f"provider {s.provider.name}: {ev.message}")
             if ev.fatal:
-                fallback = self.services.config.providers.fallback
+                fallback = self.services.config.providers.fallback_for(s.provider.name)
                 if fallback and fallback != s.provider.name:
                     self.spawn(self._fall_back(fallback, ev.message))
                 else:

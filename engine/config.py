@@ -6,6 +6,7 @@ Errors name the offending field (``rtp.port``) and the reason, so an operator ca
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
@@ -13,7 +14,7 @@ from typing import Any, Literal, Mapping, Sequence
 from pydantic import Field, SecretStr, ValidationError, model_validator
 
 from providers.config import ConfigSection as _Section
-from providers.config import PROVIDER_NAMES, ProvidersConfig
+from providers.config import ProvidersConfig
 from providers.profile import DEFAULT_PROFILE, AgentProfile
 
 
@@ -123,8 +124,7 @@ class AppConfig(_Section):
         self.profiles.setdefault(DEFAULT_PROFILE, AgentProfile())
         claimed: dict[str, str] = {}
         for name, p in self.profiles.items():
-            if p.provider and p.provider not in PROVIDER_NAMES:
-                raise ValueError(f"profiles.{name}.provider: unknown provider {p.provider!r}; known: {', '.join(sorted(PROVIDER_NAMES))}")
+            self.providers.check_name(f"profiles.{name}.provider", p.provider)
             for key in p.match:
                 if key in claimed:
                     raise ValueError(f"profiles.{claimed[key]} and profiles.{name} both match {key!r}")
@@ -177,6 +177,9 @@ ENV_OVERRIDES: dict[str, str] = {
     "AIAGENT_FALLBACK_PROVIDER": "providers.fallback",
     "DEEPGRAM_AGENT_URL": "providers.deepgram.agent_url",
 }
+
+
+SERVER_ENV = re.compile(r"^AIAGENT_SERVER_([A-Z0-9_]+)_(URL|MODEL)$")
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
@@ -234,6 +237,19 @@ def load_config(path: str | Path | None = "config.toml", env: Mapping[str, str] 
             except ConfigError as e:
                 raise ConfigError(f"{where}: {e} (while applying environment variable {var})") from None
             sources[dotted] = var
+    # A model server's address and model per host: AIAGENT_SERVER_<NAME>_URL / _MODEL, NAME as in
+    # [providers.servers.NAME], upper case, "-" as "_".
+    servers = data.get("providers", {}).get("servers", {}) if isinstance(data.get("providers"), dict) else {}
+    for var, value in env.items():
+        m = SERVER_ENV.match(var)
+        if not m or value == "":
+            continue
+        name = next((n for n in servers if n.upper().replace("-", "_") == m[1]), None)
+        if name is None:
+            raise ConfigError(f"{where}: environment variable {var}: there is no [providers.servers.*] named {m[1].lower().replace('_', '-')!r}")
+        dotted = f"providers.servers.{name}.{m[2].lower()}"
+        _set_dotted(data, dotted, value)
+        sources[dotted] = var
     try:
         return AppConfig.model_validate(data)
     except ValidationError as e:

@@ -34,7 +34,7 @@ from engine.status import (
 )
 from engine.supervisor import Supervisor
 from providers.base import ActionRequest, ComponentStatus, Provider, Readiness
-from providers.config import PROVIDER_NAMES
+from providers.pipeline import StagePool
 from providers.registry import build_provider
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,7 @@ class Engine:
         )
         self.ari = AriClient(config.asterisk)
         self.providers: dict[str, Provider] = {}
+        self.stages = StagePool(config.providers)  # the model stages the pipelines share
         self.default_provider = config.providers.default
         self.metrics = EngineMetrics(lambda: self.status(detail=False))
         self.calls = CallController(
@@ -87,7 +88,7 @@ class Engine:
         except OSError as e:
             await self.rtp.stop()
             raise EngineStartError(f"cannot serve health on {self.config.health.host}:{self.config.health.port}/tcp: {e.strerror or e}; set health.port (HEALTH_PORT) to a free port") from e
-        fallback = self.config.providers.fallback
+        fallback = self.config.providers.fallback_for(self.default_provider)
         try:
             provider = await self.get_provider(self.default_provider)
             ready = provider.readiness()
@@ -100,7 +101,9 @@ class Engine:
             raise EngineStartError(f"provider {self.default_provider} cannot start: {e}") from e
         # Loaded now: the fallback, so that it can take new calls the moment the default fails, and
         # the providers profiles name, so that their first call does not wait for a model load.
-        for name in dict.fromkeys([fallback, *(p.provider for p in self.config.profiles.values())]):
+        profiled = [p.provider for p in self.config.profiles.values()]
+        fallbacks = [self.config.providers.fallback_for(name) for name in (self.default_provider, *profiled) if name]
+        for name in dict.fromkeys([*fallbacks, *profiled]):
             if name and name != self.default_provider:
                 try:
                     await self.get_provider(name)
@@ -167,6 +170,7 @@ class Engine:
                 await p.close()
             except Exception as e:
                 log.warning("provider %s close failed: %s", p.name, e)
+        await self.stages.close()
 
     async def get_provider(self, name: str) -> Provider:
         """The named provider, built and loaded once (concurrent first calls share one load)."""
@@ -175,7 +179,7 @@ class Engine:
         lock = self._provider_locks.setdefault(name, asyncio.Lock())
         async with lock:
             if name not in self.providers:
-                provider = build_provider(name, self.config.providers, tuple(self.config.profiles.values()))
+                provider = build_provider(name, self.config.providers, self.stages, tuple(self.config.profiles.values()))
                 await provider.load()
                 self.providers[name] = provider
         return self.providers[name]
@@ -185,7 +189,7 @@ class Engine:
         that one is not ready."""
         name = preferred or self.default_provider
         p = self.providers.get(name)
-        fallback = self.config.providers.fallback
+        fallback = self.config.providers.fallback_for(name)
         if (p is None and preferred) or (p is not None and not p.readiness().ready):
             if fallback and fallback in self.providers:
                 return fallback
@@ -193,7 +197,7 @@ class Engine:
 
     def provider_readiness(self) -> dict[str, Readiness]:
         out = {}
-        for name in sorted(PROVIDER_NAMES):
+        for name in sorted(self.config.providers.names):
             p = self.providers.get(name)
             out[name] = p.readiness() if p is not None else Readiness(False, "not loaded")
         return out
@@ -291,8 +295,9 @@ class Engine:
         )
 
     def components(self) -> list[ComponentStatus]:
-        """Every long-lived part of the engine and its providers' model workers, with their failures."""
-        out = self.supervisor.status()
+        """Every long-lived part of the engine, its model stages (worker processes, model servers) and
+        its providers' own workers, with their failures."""
+        out = self.supervisor.status() + self.stages.statuses()
         for p in self.providers.values():
             out += [dataclasses.replace(w, name=f"{p.name}-{w.name}-worker") for w in p.workers()]
         return out

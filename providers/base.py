@@ -106,13 +106,14 @@ class ComponentStatus:
     """A long-lived part of the engine, or a provider's model worker process, for /health."""
 
     name: str
-    state: str  # starting | running | restarting | failed | stopped
+    state: str  # starting | running | restarting | failed | stopped; a model server: running | down
     restarts: int = 0
     errors: int = 0  # failures seen (restarted, or recovered from in place)
     last_error: str | None = None
     pid: int | None = None  # a process of its own
     jobs: int | None = None  # a model worker: jobs served
     depth: int | None = None  # a model worker: jobs waiting or running
+    latency_ms: float | None = None  # a model server: its last answer's time (a probe or a job)
 
     @property
     def ok(self) -> bool:

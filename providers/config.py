@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-PROVIDER_NAMES = frozenset({"echo", "tone", "local", "deepgram"})
+PROVIDER_NAMES = frozenset({"echo", "tone", "local", "deepgram"})  # built in; pipelines add theirs
+IN_PROCESS = "local"  # a pipeline stage on this machine's model workers ([providers.local])
 
 
 class ConfigSection(BaseModel):
@@ -75,11 +76,47 @@ class DeepgramProviderConfig(ConfigSection):
     watchdog_s: float = Field(30.0, gt=0)  # no server message this long while the caller speaks: reset
 
 
+class ModelServerConfig(ConfigSection):
+    """A model server some pipeline stage runs on (``[providers.servers.NAME]``)."""
+
+    # "openai": the OpenAI-compatible HTTP API (llama.cpp's server, vLLM, Ollama, OpenAI) for the
+    # LLM, transcriptions and speech; "wyoming": a Wyoming STT or TTS server.
+    api: Literal["openai", "wyoming"]
+    url: str = Field(pattern=r"^(https?|tcp)://")  # openai: http://HOST:PORT/v1; wyoming: tcp://HOST:PORT
+    model: str = ""  # the model to ask for (openai; "" for a server that serves one)
+    voice: str = ""  # TTS voice ("" the server's default)
+    api_key_env: str = ""  # the environment variable that holds the API key (never this file)
+    timeout_s: float = Field(5.0, gt=0, le=300)  # connect, and each wait for the next piece of an answer
+    max_concurrency: int = Field(4, ge=1, le=1024)  # jobs this engine runs on it at once
+    probe_interval_s: float = Field(5.0, gt=0, le=3600)  # how often it is checked (and found back)
+
+    @model_validator(mode="after")
+    def _scheme_fits(self) -> ModelServerConfig:
+        wants = ("tcp://",) if self.api == "wyoming" else ("http://", "https://")
+        if not self.url.startswith(wants):
+            raise ValueError(f"a {self.api} server's url starts with {' or '.join(wants)}")
+        return self
+
+
+class PipelineConfig(ConfigSection):
+    """A provider made of three stages (``[providers.pipelines.NAME]``), each "local" (this
+    machine's model workers, as [providers.local] says) or the name of a [providers.servers.NAME].
+    Its other settings (history, answer length, the apology) are [providers.local]'s."""
+
+    stt: str = IN_PROCESS
+    llm: str = IN_PROCESS
+    tts: str = IN_PROCESS
+    fallback: str = ""  # provider for new calls while one of its servers is down; "": providers.fallback
+
+
 class EchoProviderConfig(ConfigSection):
     delay_ms: int = Field(500, ge=0, le=10000)
 
 
 class ProvidersConfig(ConfigSection):
+    # First, so that the checks of the names below know the pipelines.
+    servers: dict[str, ModelServerConfig] = {}
+    pipelines: dict[str, PipelineConfig] = {}
     default: str = "echo"
     # Used for new calls while the default is not ready (e.g. no DEEPGRAM_API_KEY), and for a
     # call whose provider fails for good. Empty: no fallback, such calls end with a logged error.
@@ -89,9 +126,47 @@ class ProvidersConfig(ConfigSection):
     tone: ToneProviderConfig = ToneProviderConfig()
     local: LocalProviderConfig = LocalProviderConfig()
 
+    @property
+    def names(self) -> frozenset[str]:
+        """Every provider a call may use: the built-in ones and the pipelines."""
+        return PROVIDER_NAMES | frozenset(self.pipelines)
+
+    def is_pipeline(self, name: str) -> bool:
+        return name == IN_PROCESS or name in self.pipelines
+
+    def pipeline(self, name: str) -> PipelineConfig:
+        return self.pipelines.get(name) or PipelineConfig()
+
+    def fallback_for(self, name: str) -> str:
+        """The provider that takes new calls while ``name`` is not ready."""
+        p = self.pipelines.get(name)
+        return (p.fallback if p is not None else "") or self.fallback
+
+    def check_name(self, what: str, name: str) -> None:
+        if name and name not in self.names:
+            raise ValueError(f"{what}: unknown provider {name!r}; known: {', '.join(sorted(self.names))}")
+
     @field_validator("default", "fallback")
     @classmethod
-    def _known_provider(cls, v: str) -> str:
-        if v and v not in PROVIDER_NAMES:
-            raise ValueError(f"unknown provider {v!r}; known: {', '.join(sorted(PROVIDER_NAMES))}")
+    def _known_provider(cls, v: str, info: ValidationInfo) -> str:
+        known = PROVIDER_NAMES | frozenset(info.data.get("pipelines") or ())
+        if v and v not in known:
+            raise ValueError(f"unknown provider {v!r}; known: {', '.join(sorted(known))}")
         return v
+
+    @model_validator(mode="after")
+    def _pipelines_valid(self) -> ProvidersConfig:
+        for name, p in self.pipelines.items():
+            if name in PROVIDER_NAMES:
+                raise ValueError(f"pipelines.{name}: {name!r} is a built-in provider; name the pipeline otherwise")
+            self.check_name(f"pipelines.{name}.fallback", p.fallback)
+            for stage in ("stt", "llm", "tts"):
+                server = getattr(p, stage)
+                if server == IN_PROCESS:
+                    continue
+                if server not in self.servers:
+                    known = ", ".join([IN_PROCESS, *sorted(self.servers)])
+                    raise ValueError(f"pipelines.{name}.{stage}: no server {server!r}; known: {known}")
+                if stage == "llm" and self.servers[server].api != "openai":
+                    raise ValueError(f"pipelines.{name}.llm: server {server!r} speaks {self.servers[server].api}; an LLM needs an openai server")
+        return self

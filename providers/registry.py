@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from providers.base import Provider
 from providers.profile import AgentProfile
-from providers.config import PROVIDER_NAMES, ProvidersConfig
+from providers.config import ProvidersConfig
+
+if TYPE_CHECKING:
+    from providers.pipeline import StagePool
 
 
-def build_provider(name: str, config: ProvidersConfig, profiles: Sequence[AgentProfile] = ()) -> Provider:
-    """``profiles``: who the agent will be, for a provider that prepares their fixed lines
-    (greetings, closing lines, announcements) and instructions once."""
+def build_provider(name: str, config: ProvidersConfig, pool: StagePool, profiles: Sequence[AgentProfile] = ()) -> Provider:
+    """``pool``: the model stages pipelines share; ``profiles``: who the agent will be, for a
+    provider that prepares their fixed lines (greetings, closing lines, announcements) and
+    instructions once."""
     if name == "echo":
         from providers.echo import EchoProvider
 
@@ -21,13 +25,13 @@ def build_provider(name: str, config: ProvidersConfig, profiles: Sequence[AgentP
 
         t = config.tone
         return ToneProvider(t.frequency_hz, t.duration_ms, t.think_ms)
-    if name == "local":
-        from providers.local.provider import LocalProvider
+    if config.is_pipeline(name):
+        from providers.pipeline import PipelineProvider
 
         phrases = tuple(dict.fromkeys(t for p in profiles for t in p.fixed_phrases() if t))
-        return LocalProvider(config.local, phrases, tuple(dict.fromkeys(p.instructions() for p in profiles)))
+        return PipelineProvider(name, config, pool, phrases, tuple(dict.fromkeys(p.instructions() for p in profiles)))
     if name == "deepgram":
         from providers.deepgram import DeepgramProvider
 
         return DeepgramProvider(config.deepgram)
-    raise ValueError(f"unknown provider {name!r}; known: {', '.join(sorted(PROVIDER_NAMES))}")
+    raise ValueError(f"unknown provider {name!r}; known: {', '.join(sorted(config.names))}")

@@ -33,8 +33,7 @@ def local_engine(pbx, tmp_path, mode="stream", **profile):
 
 def line_seconds(eng, text: str) -> float:
     """How long a fixed line of the agent's is (the provider synthesized it at startup)."""
-    models = eng.providers["local"].models
-    return len(models.cache.get(text)) / 2 / models.sample_rate
+    return eng.providers["local"].models.cache.get(text).seconds
 
 
 def drain(sub) -> list:

@@ -94,3 +94,31 @@ def test_local_provider_settings_come_from_the_environment():
     assert c.tts_voice_path == "/voices/amy.onnx"
     with pytest.raises(ConfigError, match=r"providers.local.llm_max_tokens: .*\(from environment variable LOCAL_LLM_MAX_TOKENS\)"):
         load_config(None, env={"LOCAL_LLM_MAX_TOKENS": "0"})
+
+
+def test_pipelines_name_their_servers_and_servers_come_from_the_environment(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text(
+        '[providers]\ndefault = "gpu"\n'
+        '[providers.servers.gpu-llm]\napi = "openai"\nurl = "http://10.0.0.9:8000/v1"\napi_key_env = "GPU_KEY"\n'
+        '[providers.servers.whisper]\napi = "wyoming"\nurl = "tcp://10.0.0.9:10300"\n'
+        '[providers.pipelines.gpu]\nstt = "whisper"\nllm = "gpu-llm"\nfallback = "local"\n'
+    )
+    cfg = load_config(f, env={"AIAGENT_SERVER_GPU_LLM_URL": "http://10.0.0.7:8000/v1", "AIAGENT_SERVER_GPU_LLM_MODEL": "qwen"})
+    assert cfg.providers.servers["gpu-llm"].url == "http://10.0.0.7:8000/v1" and cfg.providers.servers["gpu-llm"].model == "qwen"
+    assert cfg.providers.pipeline("gpu").tts == "local" and cfg.providers.fallback_for("gpu") == "local"
+    assert "gpu" in cfg.providers.names and cfg.masked()["providers"]["servers"]["gpu-llm"]["api_key_env"] == "GPU_KEY"
+    with pytest.raises(ConfigError, match="no \\[providers.servers.\\*\\] named 'nope'"):
+        load_config(f, env={"AIAGENT_SERVER_NOPE_URL": "http://x/v1"})
+    bad = {
+        '[providers.servers.w]\napi = "wyoming"\nurl = "tcp://h:1"\n[providers.pipelines.p]\nllm = "w"\n': "an LLM needs an openai server",
+        '[providers.pipelines.p]\nstt = "gpu"\n': "pipelines.p.stt: no server 'gpu'; known: local",
+        '[providers.servers.w]\napi = "wyoming"\nurl = "http://h:1"\n': "a wyoming server's url starts with tcp://",
+        '[providers.pipelines.local]\n': "'local' is a built-in provider",
+        '[profiles.default]\nprovider = "gpu"\n': "profiles.default.provider: unknown provider 'gpu'",
+    }
+    for text, reason in bad.items():
+        f.write_text(text)
+        with pytest.raises(ConfigError) as e:
+            load_config(f, env={})
+        assert reason in str(e.value), str(e.value)

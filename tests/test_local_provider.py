@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 
 from media.audio import Resampler, ulaw_to_pcm16
-from providers.config import LocalProviderConfig
+from providers.config import LocalProviderConfig, ProvidersConfig
 from providers.profile import AgentProfile
 from engine.engine import EngineStartError
 from engine.sessions import BargeIn, TranscriptAdded
 from pbxsim.server import Pause, Say, WaitAgent, WaitAgentDone
 from providers.local.models import ModelNotFound
-from providers.local.provider import LocalProvider
 from providers.local.stt import build_stt
-from providers.local.tts import SpeechCache
+from providers.pipeline import PipelineProvider, SpeechCache, StagePool
+from providers.stages import Speech
 from providers.local.sentences import SentenceSplitter
 from tests.conftest import AGENT_PASS, running_engine, wait_for
 
@@ -114,51 +114,60 @@ def test_missing_voice_via_cli(tmp_path):
     assert "providers.local.tts_voice_path" in r.stderr and str(tmp_path / "voice.onnx") in r.stderr and "Traceback" not in r.stderr
 
 
+class local_pipeline:
+    """The built-in local pipeline on its own (its stage pool closed with it)."""
+
+    def __init__(self, cfg: LocalProviderConfig) -> None:
+        self.pool = StagePool(ProvidersConfig(local=cfg))
+        self.provider = PipelineProvider("local", self.pool.config, self.pool)
+
+    async def __aenter__(self) -> PipelineProvider:
+        try:
+            await self.provider.load()
+        except BaseException:
+            await self.pool.close()
+            raise
+        return self.provider
+
+    async def __aexit__(self, *exc) -> None:
+        await self.pool.close()
+
+
 async def test_default_models_come_from_their_packages():
-    p = LocalProvider(LocalProviderConfig())
-    await p.load()
-    try:
+    async with local_pipeline(LocalProviderConfig()) as p:
         assert p.readiness().ready
         assert "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf" in p.readiness().detail  # assembled by the setup
-    finally:
-        await p.close()
-    smol = LocalProvider(LocalProviderConfig(llm_model="smollm2-135m"))
-    await smol.load()
-    try:
+    async with local_pipeline(LocalProviderConfig(llm_model="smollm2-135m")) as smol:
         assert "SmolLM2-135M-Instruct" in smol.readiness().detail
-    finally:
-        await smol.close()
     with pytest.raises(ModelNotFound, match="providers.local.stt_model_path"):
-        await LocalProvider(LocalProviderConfig(stt_model_path="/nonexistent/whisper")).load()
+        async with local_pipeline(LocalProviderConfig(stt_model_path="/nonexistent/whisper")):
+            pass
 
 
 async def test_tts_cache_makes_repeats_free():
-    p = LocalProvider(LocalProviderConfig(tts_cache_size=4))
-    await p.load()
-    try:
+    async with local_pipeline(LocalProviderConfig(tts_cache_size=4)) as p:
         m = p.models
         assert m is not None
         text = "Thank you for calling, goodbye."
         first = await m.synthesize(text)
-        jobs = m.tts.jobs
+        jobs = m.voice.tts.status().jobs
         again = await m.synthesize("thank you for calling,   goodbye.")
-        assert again is first and m.tts.jobs == jobs  # served from the cache, no TTS job
-        assert len(first) / 2 / m.sample_rate > 1.0  # about two seconds of speech
-        assert np.abs(np.frombuffer(first, dtype=np.int16)).max() > 3000  # not silence
+        assert again is first and m.voice.tts.status().jobs == jobs  # served from the cache, no TTS job
+        assert first.seconds > 1.0  # about two seconds of speech
+        assert np.abs(np.frombuffer(first.pcm16, dtype=np.int16)).max() > 3000  # not silence
         for i in range(5):
             await m.synthesize(f"Sentence number {i}.")
         assert m.cache.get(text) is None  # evicted, least recently used first
         assert m.cache.get(LocalProviderConfig().apology) is not None  # pinned at load
-    finally:
-        await p.close()
 
 
 def test_speech_cache_pins_survive_eviction():
     c = SpeechCache(1)
-    c.put("Sorry.", b"a", pin=True)
-    c.put("One.", b"b")
-    c.put("Two.", b"c")
-    assert c.get("sorry.") == b"a" and c.get("One.") is None and c.get("two.") == b"c"
+    a, b, cc = (Speech(x, 8000) for x in (b"a", b"b", b"c"))
+    c.put("Sorry.", a, pin=True)
+    c.put("One.", b)
+    c.put("Two.", cc)
+    assert c.get("sorry.") == a and c.get("One.") is None and c.get("two.") == cc
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 from providers.base import ComponentStatus
 from providers.local.worker_process import _LEN, encode
+from providers.stages import StageBusy, StageFailed
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +29,11 @@ RESTART_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 30.0)  # after 1, 2, 3, 4, 5+ failures 
 FAILED_AFTER = 5  # failures in a row without a job done: shown as failed (the provider is not ready)
 
 
-class QueueFull(Exception):
+class QueueFull(StageBusy):
     pass
 
 
-class WorkerCrashed(Exception):
+class WorkerCrashed(StageFailed):
     """The model process died or hung while this job was queued or running."""
 
 

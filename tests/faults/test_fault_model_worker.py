@@ -35,7 +35,7 @@ def worker(eng, name: str) -> dict:
 async def test_llm_worker_killed_mid_answer_the_call_carries_on(pbx, tmp_path):
     async with running_engine(pbx, tmp_path, chatty, AIAGENT_PROVIDER="local", AIAGENT_DOWNSTREAM_MODE="stream") as eng:
         sub = eng.store.subscribe()
-        llm = eng.providers["local"].models.llm
+        llm = eng.providers["local"].models.llm.worker
         first_pid = llm.pid
         rec = pbx.place_call(script=[
             Say(str(AGENT_PASS)), WaitAgent(0.3, 30), WaitAgentDone(0.8, 30),  # the apology
@@ -64,7 +64,7 @@ async def test_hung_worker_is_killed_and_restarted(pbx, tmp_path):
 
     async with running_engine(pbx, tmp_path, hang_fast, AIAGENT_PROVIDER="local") as eng:
         sub = eng.store.subscribe()
-        stt = eng.providers["local"].models.stt
+        stt = eng.providers["local"].models.stt.worker
         pid = stt.pid
         os.kill(pid, signal.SIGSTOP)  # the process hangs as native code can: alive, answering nothing
         rec = pbx.place_call(script=[Say(str(AGENT_PASS)), WaitAgent(1.0, 30), WaitAgentDone(0.5, 30)])
@@ -82,7 +82,7 @@ async def test_worker_that_crashes_at_once_again_is_shown_failed_and_new_calls_f
     failed, and the provider is no longer ready, so new calls go to the fallback provider."""
     async with running_engine(pbx, tmp_path, AIAGENT_PROVIDER="local", AIAGENT_FALLBACK_PROVIDER="tone") as eng:
         models = eng.providers["local"].models
-        tts = models.tts
+        tts = models.voice.tts.worker
         for _ in range(7):
             await wait_for(lambda: tts.state in ("running", "failed"), timeout=60, interval=0.05)
             if tts.state == "failed":

@@ -1,20 +1,24 @@
-"""The local provider: STT, then the LLM, then Piper TTS, streamed so that the first sentence is
-spoken while the rest is still being generated.
+"""The pipeline provider: speech to text, then the LLM, then text to speech, streamed so that the
+first sentence is spoken while the rest is still being generated.
 
-Each model loads once in its own supervised worker process (ModelWorker) shared by all calls, so
-RTP pacing and the UI never wait on inference, and a crash or hang in native model code costs a
-turn (the caller hears a short apology), never the call.
+Each stage is in this machine's model worker processes (providers/local: a crash or hang in native
+model code costs a turn, never the call) or on a model server (providers/remote). The built-in
+"local" pipeline has all three in process; ``[providers.pipelines.NAME]`` mixes them. A stage that
+loses a job gets the caller a short apology instead of silence; a pipeline whose server is down
+takes no new calls (they go to its fallback), and its calls in progress move there too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+from collections import OrderedDict
 from typing import Any
 from dataclasses import dataclass, field
 
 from media.audio import voiced_ms
-from providers.config import LocalProviderConfig
+from providers.config import IN_PROCESS, LocalProviderConfig, PipelineConfig, ProvidersConfig
 from providers.base import (
     AgentAudio,
     AgentSpeakingStarted,
@@ -35,9 +39,13 @@ from providers.local import grounding
 from providers.local.models import JOE_VOICE, ModelNotFound, resolve, resolve_llm
 from providers.local.sentences import SentenceSplitter
 from providers.local.spoken import spoken
+from providers.local.stages import WorkerLlm, WorkerStt, WorkerTts
 from providers.local.stt import check_stt_model
-from providers.local.tts import SpeechCache
-from providers.local.workers import ModelWorker, QueueFull, WorkerCrashed
+from providers.local.workers import ModelWorker
+from providers.remote.openai import OpenAiLlm, OpenAiServer, OpenAiStt, OpenAiTts
+from providers.remote.server import ModelServer
+from providers.remote.wyoming import WyomingServer, WyomingStt, WyomingTts
+from providers.stages import LanguageModel, Speech, SpeechToText, Stage, StageBusy, StageFailed, TextToSpeech
 
 log = logging.getLogger(__name__)
 
@@ -45,29 +53,6 @@ SAMPLE_RATE = 16000
 MIN_SPEECH_MS = 200  # an utterance with less sound than this is not transcribed
 SPEECH_DBFS = -45.0
 PAUSE_S = 0.2  # this long without voice: transcribe now, the utterance may be over
-
-
-@dataclass
-class LocalModels:
-    stt: ModelWorker
-    llm: ModelWorker
-    tts: ModelWorker
-    cache: SpeechCache
-    sample_rate: int  # of the TTS voice
-
-    @property
-    def workers(self) -> tuple[ModelWorker, ModelWorker, ModelWorker]:
-        return (self.stt, self.llm, self.tts)
-
-    async def synthesize(self, text: str) -> bytes:
-        pcm = self.cache.get(text)
-        if pcm is None:
-            pcm = await self.tts.run("synthesize", spoken(text))
-            self.cache.put(text, pcm)
-        return pcm
-
-    async def close(self) -> None:
-        await asyncio.gather(*(w.close() for w in self.workers))
 
 
 def check_model_files(cfg: LocalProviderConfig) -> None:
@@ -79,27 +64,139 @@ def check_model_files(cfg: LocalProviderConfig) -> None:
         raise ModelNotFound(f"{JOE_VOICE.setting}: the voice's config {voice.name}.json is missing beside {voice}")
 
 
-async def start_models(cfg: LocalProviderConfig, phrases: tuple[str, ...] = (), instructions: tuple[str, ...] = ()) -> LocalModels:
-    """One worker process per model, loading side by side; the fixed ``phrases`` (the profiles'
-    greetings, closing lines, announcements) and the apology are synthesized now, so they cost
-    nothing on a call and play even while a worker restarts; the profiles' ``instructions`` are
-    read by the LLM now, so that a call's first turn starts from them (the prefix cache)."""
-    check_model_files(cfg)
-    data = cfg.model_dump(mode="json")
-    workers = [ModelWorker(kind, data, cfg.max_queue, cfg.worker_hang_timeout_s) for kind in ("stt", "llm", "tts")]
-    results = await asyncio.gather(*(w.start() for w in workers), return_exceptions=True)
-    failed = [r for r in results if isinstance(r, BaseException)]
-    if failed:
-        await asyncio.gather(*(w.close() for w in workers))
-        raise failed[0]
-    stt, llm, tts = workers
-    m = LocalModels(stt, llm, tts, SpeechCache(cfg.tts_cache_size), int(tts.detail))
-    for system in dict.fromkeys(instructions):
-        await llm.run("generate", [{"role": "system", "content": system}], 1, 0.0)
-    for text in dict.fromkeys((*phrases, cfg.apology)):
-        if text:
-            m.cache.put(text, await tts.run("synthesize", text), pin=True)
-    return m
+class SpeechCache:
+    """Synthesized sentences by normalised text, least recently used dropped first, plus pinned
+    ones (the greeting, the apology). It lives in the engine, so those play even while the TTS
+    worker restarts or its server is down."""
+
+    def __init__(self, size: int) -> None:
+        self._cache: OrderedDict[str, Speech] = OrderedDict()
+        self._pinned: dict[str, Speech] = {}
+        self._size = size
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def _key(text: str) -> str:
+        return " ".join(text.split()).lower()
+
+    def get(self, text: str) -> Speech | None:
+        key = self._key(text)
+        speech = self._pinned.get(key) or self._cache.get(key)
+        if speech is None:
+            self.misses += 1
+            return None
+        if key in self._cache:
+            self._cache.move_to_end(key)
+        self.hits += 1
+        return speech
+
+    def put(self, text: str, speech: Speech, pin: bool = False) -> None:
+        if pin:
+            self._pinned[self._key(text)] = speech
+        elif self._size:
+            self._cache[self._key(text)] = speech
+            while len(self._cache) > self._size:
+                self._cache.popitem(last=False)
+
+
+class _Voice:
+    """A TTS stage with the cache of what it said (shared by every pipeline that speaks with it)."""
+
+    def __init__(self, tts: TextToSpeech, cache_size: int) -> None:
+        self.tts = tts
+        self.cache = SpeechCache(cache_size)
+
+    async def synthesize(self, text: str) -> Speech:
+        speech = self.cache.get(text)
+        if speech is None:
+            speech = await self.tts.synthesize(spoken(text))
+            self.cache.put(text, speech)
+        return speech
+
+
+class StagePool:
+    """Every stage the engine's pipelines use, each built and started once: two pipelines with
+    local Whisper share one Whisper worker, and stages on one server share its connection pool."""
+
+    def __init__(self, config: ProvidersConfig) -> None:
+        self.config = config
+        self._stages: dict[tuple[str, str], Stage] = {}
+        self._servers: dict[str, ModelServer] = {}
+        self._voices: dict[str, _Voice] = {}
+        self._lock = asyncio.Lock()
+
+    def server(self, name: str) -> ModelServer:
+        """The one client of the named server (its connection pool, its circuit)."""
+        if name not in self._servers:
+            cfg = self.config.servers[name]
+            self._servers[name] = OpenAiServer(name, cfg) if cfg.api == "openai" else WyomingServer(name, cfg)
+        return self._servers[name]
+
+    def _build(self, kind: str, backend: str) -> Stage:
+        local = self.config.local
+        if backend == IN_PROCESS:
+            worker = ModelWorker(kind, local.model_dump(mode="json"), local.max_queue, local.worker_hang_timeout_s)
+            in_process: dict[str, type[WorkerStt | WorkerLlm | WorkerTts]] = {"stt": WorkerStt, "llm": WorkerLlm, "tts": WorkerTts}
+            return in_process[kind](worker)
+        server = self.server(backend)
+        if isinstance(server, OpenAiServer):
+            http: dict[str, type[OpenAiStt | OpenAiLlm | OpenAiTts]] = {"stt": OpenAiStt, "llm": OpenAiLlm, "tts": OpenAiTts}
+            return http[kind](server)
+        assert isinstance(server, WyomingServer) and kind != "llm"  # config validation: an LLM is on an openai server
+        return WyomingStt(server) if kind == "stt" else WyomingTts(server)
+
+    async def stages(self, p: PipelineConfig) -> tuple[SpeechToText, LanguageModel, _Voice]:
+        """The pipeline's three stages, started (side by side: the models load in parallel)."""
+        async with self._lock:
+            if IN_PROCESS in (p.stt, p.llm, p.tts):
+                check_model_files(self.config.local)
+            wanted = [("stt", p.stt), ("llm", p.llm), ("tts", p.tts)]
+            new = {key: self._build(*key) for key in wanted if key not in self._stages}
+            results = await asyncio.gather(*(s.start() for s in new.values()), return_exceptions=True)
+            failed = [r for r in results if isinstance(r, BaseException)]
+            if failed:
+                await asyncio.gather(*(s.close() for s in new.values()))
+                raise failed[0]
+            self._stages.update(new)
+            stt, llm, tts = (self._stages[key] for key in wanted)
+            assert isinstance(stt, SpeechToText) and isinstance(llm, LanguageModel) and isinstance(tts, TextToSpeech)
+            if p.tts not in self._voices:
+                self._voices[p.tts] = _Voice(tts, self.config.local.tts_cache_size)
+            return stt, llm, self._voices[p.tts]
+
+    def statuses(self) -> list[ComponentStatus]:
+        out: dict[str, ComponentStatus] = {}
+        for (kind, backend), stage in self._stages.items():
+            st = stage.status()
+            name = f"local-{kind}-worker" if backend == IN_PROCESS else st.name
+            out[name] = dataclasses.replace(st, name=name)
+        return list(out.values())
+
+    async def close(self) -> None:
+        stages, self._stages = self._stages, {}
+        await asyncio.gather(*(s.close() for s in stages.values()), return_exceptions=True)
+        self._voices.clear()
+
+
+@dataclass
+class Pipeline:
+    """One pipeline's stages."""
+
+    stt: SpeechToText
+    llm: LanguageModel
+    voice: _Voice
+
+    @property
+    def stages(self) -> tuple[Stage, Stage, Stage]:
+        return (self.stt, self.llm, self.voice.tts)
+
+    @property
+    def cache(self) -> SpeechCache:
+        return self.voice.cache
+
+    async def synthesize(self, text: str) -> Speech:
+        return await self.voice.synthesize(text)
 
 
 @dataclass
@@ -128,12 +225,13 @@ class _Turn:
         return " ".join(out)
 
 
-class LocalCall(ProviderCall):
-    def __init__(self, ctx: CallContext, emit: EmitFn, models: LocalModels, cfg: LocalProviderConfig) -> None:
+class PipelineCall(ProviderCall):
+    def __init__(self, ctx: CallContext, emit: EmitFn, pipeline: Pipeline, cfg: LocalProviderConfig, fallback: str = "") -> None:
         self.ctx = ctx
         self._emit = emit
-        self.m = models
+        self.m = pipeline
         self.cfg = cfg
+        self._fallback = fallback  # the provider this call moves to if a stage's server goes down
         self._loop = asyncio.get_running_loop()
         self._collector = UtteranceCollector(ctx.input_sample_rate, ctx.fallback_window_ms, ctx.preroll_ms)
         self.profile = ctx.profile
@@ -228,8 +326,8 @@ class LocalCall(ProviderCall):
 
     async def _run_partial(self, audio: bytes, voiced: int, utterance: int) -> str | None:
         try:
-            text: str = await self.m.stt.run("transcribe", audio, self._vocabulary)
-        except (QueueFull, WorkerCrashed):
+            text = await self.m.stt.transcribe(audio, self._vocabulary)
+        except (StageBusy, StageFailed):
             return None  # a partial is an optimisation: the final transcription tries again
         if self._collector.in_speech and utterance == self._utterance:
             self._partial = (voiced, text)
@@ -244,8 +342,7 @@ class LocalCall(ProviderCall):
             text = await asyncio.shield(covered)
             if text is not None:
                 return text
-        text = await self.m.stt.run("transcribe", audio, self._vocabulary)
-        return str(text)
+        return await self.m.stt.transcribe(audio, self._vocabulary)
 
     # ---- the answer
     async def _answer(self, audio: bytes, covered: str | asyncio.Task[str | None] | None) -> None:
@@ -305,7 +402,7 @@ class LocalCall(ProviderCall):
 
             try:
                 generating = asyncio.create_task(
-                    self.m.llm.run("generate", messages, self.cfg.llm_max_tokens, self.cfg.llm_temperature, on_chunk=got_text)
+                    self.m.llm.generate(messages, self.cfg.llm_max_tokens, self.cfg.llm_temperature, got_text)
                 )
                 try:
                     reply = await generating
@@ -330,14 +427,17 @@ class LocalCall(ProviderCall):
         except asyncio.CancelledError:
             turn.cancelled = True
             raise
-        except QueueFull as e:
+        except StageBusy as e:
             self._emit(ProviderError(f"models busy, turn dropped: {e}"))
             self._emit(TurnMark("no_answer", loop.time()))
-        except WorkerCrashed as e:
-            # The model process died or hung mid-turn (it is being restarted): say so briefly
-            # rather than leave the caller in silence.
+        except StageFailed as e:
+            # A model process died or hung mid-turn (it is being restarted), or a server failed or
+            # was too slow: say so briefly rather than leave the caller in silence.
             self._emit(ProviderError(f"turn lost: {e}"))
             await self._say(self.cfg.apology)
+            down = [s.name for s in self.m.stages if not s.available]
+            if down and self._fallback:
+                self._emit(ProviderError(f"{', '.join(down)} down: moving the call to {self._fallback}", fatal=True))
         except Exception as e:
             log.exception("[%s] local provider turn failed", self.ctx.call_id)
             self._emit(ProviderError(f"turn failed: {e.__class__.__name__}: {e}"))
@@ -352,16 +452,16 @@ class LocalCall(ProviderCall):
                     continue
                 if not started:
                     self._emit(TurnMark("first_sentence", self._loop.time()))
-                pcm = await self.m.synthesize(sentence)
+                speech = await self.m.synthesize(sentence)
                 if turn.cancelled:
                     continue
                 if not started:
                     started = True
                     self._emit(TurnMark("tts_first_audio", self._loop.time()))
                     self._emit(AgentSpeakingStarted())
-                turn.spoken.append((sentence, len(pcm) / 2 / self.m.sample_rate))
+                turn.spoken.append((sentence, speech.seconds))
                 self._emit(Transcript("agent", sentence))
-                self._emit(AgentAudio(pcm, self.m.sample_rate))
+                self._emit(AgentAudio(speech.pcm16, speech.sample_rate))
         finally:
             if started and not turn.cancelled:
                 self._emit(AgentSpeakingStopped())
@@ -375,15 +475,15 @@ class LocalCall(ProviderCall):
             self._emit(TurnMark("no_answer", self._loop.time()))
             return False
         try:
-            pcm = await self.m.synthesize(text)
-        except (QueueFull, WorkerCrashed) as e:
+            speech = await self.m.synthesize(text)
+        except (StageBusy, StageFailed) as e:
             self._emit(ProviderError(f"could not speak: {e}"))
             self._emit(TurnMark("no_answer", self._loop.time()))
             return False
-        self._turn = _Turn(spoken=[(text, len(pcm) / 2 / self.m.sample_rate)], recorded=True)
+        self._turn = _Turn(spoken=[(text, speech.seconds)], recorded=True)
         self._emit(AgentSpeakingStarted())
         self._emit(Transcript("agent", text))
-        self._emit(AgentAudio(pcm, self.m.sample_rate))
+        self._emit(AgentAudio(speech.pcm16, speech.sample_rate))
         self._emit(AgentSpeakingStopped())
         self._history.append({"role": "assistant", "content": text})
         return True
@@ -431,42 +531,71 @@ class LocalCall(ProviderCall):
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-class LocalProvider(Provider):
-    name = "local"
+class PipelineProvider(Provider):
     speaks_text = True
 
-    def __init__(self, cfg: LocalProviderConfig, phrases: tuple[str, ...] = (), instructions: tuple[str, ...] = ()) -> None:
-        self.cfg = cfg
+    def __init__(
+        self, name: str, config: ProvidersConfig, pool: StagePool, phrases: tuple[str, ...] = (), instructions: tuple[str, ...] = ()
+    ) -> None:
+        self.name = name
+        self.cfg = config.local
+        self.spec = config.pipeline(name)
+        self.fallback = config.fallback_for(name)
+        self.pool = pool
         self.phrases = phrases
         self.instructions = instructions
-        self.models: LocalModels | None = None
+        self.models: Pipeline | None = None
         self._error: str | None = None
 
     async def load(self) -> None:
-        """Starts a worker process per model (a clear ModelNotFound names the setting and path
-        when one is missing)."""
+        """Starts its stages (a clear ModelNotFound names the setting and path when a local model
+        file is missing; a server that does not answer yet is shown as down, not an error). The
+        fixed ``phrases`` (greetings, closing lines, announcements) and the apology are
+        synthesized now, so they cost nothing on a call and play even while the TTS is down; the
+        ``instructions`` are read by an in-process LLM now (its prefix cache)."""
         try:
-            self.models = await start_models(self.cfg, self.phrases, self.instructions)
+            stt, llm, voice = await self.pool.stages(self.spec)
         except Exception as e:
             self._error = str(e)
             raise
+        m = self.models = Pipeline(stt, llm, voice)
+        for system in dict.fromkeys(self.instructions):
+            try:
+                await llm.prime(system)
+            except (StageBusy, StageFailed) as e:
+                log.warning("%s: the LLM could not read a profile's instructions ahead: %s", self.name, e)
+        for text in dict.fromkeys((*self.phrases, self.cfg.apology)):
+            if text and m.cache.get(text) is None:
+                try:
+                    m.cache.put(text, await voice.tts.synthesize(spoken(text)), pin=True)
+                except (StageBusy, StageFailed) as e:
+                    log.warning("%s: could not synthesize %r ahead (%s); it will be on its first use", self.name, text, e)
 
     def readiness(self) -> Readiness:
         m = self.models
         if m is None:
             return Readiness(False, self._error or "models not loaded")
-        failed = [w for w in m.workers if w.state in ("failed", "stopped")]
-        if failed:
-            return Readiness(False, "; ".join(f"{w.name} worker {w.state}: {w.last_error}" for w in failed))
-        return Readiness(True, f"{m.stt.detail} + {m.llm.detail} + piper {m.sample_rate} Hz")
+        down = [s.status() for s in m.stages if not s.available]
+        if down:
+            return Readiness(False, "; ".join(f"{st.name} {st.state}: {st.last_error}" for st in down))
+        return Readiness(True, " + ".join(_describe(s) for s in m.stages))
 
     def open_call(self, ctx: CallContext, emit: EmitFn) -> ProviderCall:
         assert self.models is not None, "load() first"
-        return LocalCall(ctx, emit, self.models, self.cfg)
+        return PipelineCall(ctx, emit, self.models, self.cfg, self.fallback)
 
-    def workers(self) -> list[ComponentStatus]:
-        return [w.status() for w in self.models.workers] if self.models is not None else []
+    # Its stages' state is the pool's (StagePool.statuses): stages are shared between pipelines.
+    def queue_depths(self) -> dict[str, int]:
+        if self.models is None:
+            return {}
+        return {kind: s.status().depth or 0 for kind, s in zip(("stt", "llm", "tts"), self.models.stages, strict=True)}
 
     async def close(self) -> None:
-        if self.models is not None:
-            await self.models.close()
+        """The stages are the pool's: the engine closes it after its providers."""
+
+
+def _describe(stage: Stage) -> str:
+    detail = getattr(stage, "detail", "")
+    if detail:
+        return f"piper {detail} Hz" if isinstance(stage, WorkerTts) else str(detail)
+    return stage.name

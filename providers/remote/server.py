@@ -1,0 +1,149 @@
+"""One model server as the engine sees it: its address, its share of the engine's work (bounded
+concurrency), whether it is up (a circuit breaker fed by every job and by a periodic probe), and
+its state for /health.
+
+While the circuit is open every job fails at once (``StageFailed``) instead of waiting for a
+timeout, so a pipeline on that server is not available and new calls go to its fallback; the probe
+closes the circuit again as soon as the server answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from contextlib import asynccontextmanager
+from abc import ABC, abstractmethod
+from typing import AsyncIterator, Mapping
+
+from providers.base import ComponentStatus
+from providers.circuit import CircuitBreaker
+from providers.config import ModelServerConfig
+from providers.stages import StageFailed
+
+log = logging.getLogger(__name__)
+
+LOG_EVERY_S = 60.0  # a server that keeps failing is logged once a minute, not once a job
+
+
+class ModelServer(ABC):
+    def __init__(self, name: str, cfg: ModelServerConfig, env: Mapping[str, str] | None = None) -> None:
+        self.name = name
+        self.cfg = cfg
+        env = os.environ if env is None else env
+        self.api_key = env.get(cfg.api_key_env, "") if cfg.api_key_env else ""
+        self.circuit = CircuitBreaker(cfg.probe_interval_s, max_open_s=cfg.probe_interval_s)
+        self.circuit.state = "open"  # down until it first answers
+        self._slots = asyncio.Semaphore(cfg.max_concurrency)
+        self.in_flight = 0
+        self.jobs = 0
+        self.errors = 0
+        self.latency_ms: float | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._started = asyncio.Lock()
+        self._logged_at = 0.0
+        self.up = asyncio.Event()  # set while the circuit is closed
+
+    @property
+    def label(self) -> str:
+        return f"server-{self.name}"
+
+    def status(self) -> ComponentStatus:
+        state = "running" if self.circuit.closed else "down"
+        return ComponentStatus(self.label, state, 0, self.errors, self.circuit.last_error, None, self.jobs, self.in_flight, self.latency_ms)
+
+    @property
+    def available(self) -> bool:
+        return self.circuit.closed
+
+    @abstractmethod
+    async def probe(self) -> None:
+        """Raises unless the server is there and answering (a cheap request of its protocol)."""
+
+    # ---- lifecycle
+    async def start(self) -> None:
+        """Probes once now (a server that is down is shown as such, not an error), then every
+        ``probe_interval_s`` in a task this object owns. Once, however many stages use it."""
+        async with self._started:
+            if self._task is not None:
+                return
+            await self.check()
+            self._task = asyncio.create_task(self._probe_loop(), name=f"probe-{self.label}")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _probe_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.probe_interval_s)
+            if self.circuit.closed and self.in_flight:
+                continue  # jobs under way say more than a probe would (and some servers stop an answer for any new request)
+            try:
+                await self.check()
+            except Exception:  # a bug of ours in a probe: logged, and the loop goes on
+                log.exception("%s: probe failed unexpectedly", self.label)
+
+    async def check(self) -> bool:
+        """One probe: is the server there and answering? Updates the circuit and the latency."""
+        t0 = time.perf_counter()
+        try:
+            await asyncio.wait_for(self.probe(), self.cfg.timeout_s)
+        except (Exception, TimeoutError) as e:
+            self._failed(_describe(e))
+            return False
+        self.latency_ms = (time.perf_counter() - t0) * 1000
+        self._succeeded()
+        return True
+
+    def _succeeded(self) -> None:
+        if not self.circuit.closed:
+            log.info("%s (%s) is up", self.label, self.cfg.url)
+        self.circuit.success()
+        self.up.set()
+
+    def _failed(self, why: str) -> None:
+        self.errors += 1
+        now = time.monotonic()
+        if self.circuit.closed or now - self._logged_at >= LOG_EVERY_S:
+            self._logged_at = now
+            log.warning("%s (%s) is down: %s", self.label, self.cfg.url, why)
+        self.circuit.failure(why)
+        self.up.clear()
+
+    # ---- jobs
+    @asynccontextmanager
+    async def job(self) -> AsyncIterator[None]:
+        """A job on this server: refused at once while it is down; any failure inside (connection,
+        timeout, a bad reply) marks it down and becomes ``StageFailed``. Cancellation is not a
+        failure."""
+        if not self.circuit.closed:
+            raise StageFailed(f"{self.label} is down: {self.circuit.last_error}")
+        async with self._slots:
+            self.in_flight += 1
+            self.jobs += 1
+            t0 = time.perf_counter()
+            try:
+                yield
+            except StageFailed as e:
+                self._failed(str(e))
+                raise
+            except (Exception, TimeoutError) as e:
+                why = _describe(e)
+                self._failed(why)
+                raise StageFailed(f"{self.label}: {why}") from e
+            else:
+                self.latency_ms = (time.perf_counter() - t0) * 1000
+                self._succeeded()
+            finally:
+                self.in_flight -= 1
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, TimeoutError):
+        return "timed out"
+    text = str(e) or e.__class__.__name__
+    return text if text.startswith(e.__class__.__name__) else f"{e.__class__.__name__}: {text}"

@@ -1,0 +1,83 @@
+"""The three model stages of a pipeline (speech to text, the LLM, text to speech), each either in
+this machine's model worker processes (providers/local) or on a model server (providers/remote).
+
+A pipeline call only sees these interfaces, so that its stages can be mixed freely: a remote LLM
+with local Whisper and Piper, say. A stage that cannot do a job raises ``StageBusy`` (refused at
+once: too much queued) or ``StageFailed`` (a worker crashed or hung, a server is down or too slow):
+the caller hears a short apology for that turn, never silence.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Callable
+
+from providers.base import ComponentStatus
+
+Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": ...}
+
+
+@dataclass(frozen=True, slots=True)
+class Speech:
+    """Synthesized speech: PCM16 mono at ``sample_rate`` (each TTS has its own rate)."""
+
+    pcm16: bytes
+    sample_rate: int
+
+    @property
+    def seconds(self) -> float:
+        return len(self.pcm16) / 2 / self.sample_rate
+
+
+class StageBusy(Exception):
+    """Refused at once: the stage has too much work queued."""
+
+
+class StageFailed(Exception):
+    """The job was lost: its worker process died or hung, or its server is down or too slow."""
+
+
+class Stage(ABC):
+    """What every stage has: a start (load the model, or find the server), a state for /health,
+    a close."""
+
+    name: str  # in /health: "stt", "llm", "tts" for workers; "server:NAME" for a server
+
+    async def start(self) -> None:
+        """Raises if the stage cannot start at all (a missing model file). A server that does not
+        answer yet is not an error here: it is shown as down until it answers."""
+
+    @abstractmethod
+    def status(self) -> ComponentStatus: ...
+
+    @property
+    def available(self) -> bool:
+        """False while the stage is known to fail every job (a server's circuit is open, a worker
+        failed for good): new calls go to the pipeline's fallback."""
+        return self.status().state not in ("failed", "stopped", "down")
+
+    async def close(self) -> None:
+        pass
+
+
+class SpeechToText(Stage):
+    @abstractmethod
+    async def transcribe(self, pcm16: bytes, prompt: str) -> str:
+        """The text of PCM16 mono 16 kHz speech; ``prompt``: words to expect (where the stage can
+        use them)."""
+
+
+class LanguageModel(Stage):
+    @abstractmethod
+    async def generate(self, messages: list[Message], max_tokens: int, temperature: float, on_text: Callable[[str], None]) -> str:
+        """The reply to ``messages``, streamed: ``on_text`` gets each piece as it comes (on the
+        event loop). Cancelling stops the generation."""
+
+    async def prime(self, system: str) -> None:
+        """Reads a system prompt ahead of the first call that uses it, where that saves time."""
+
+
+class TextToSpeech(Stage):
+    @abstractmethod
+    async def synthesize(self, text: str) -> Speech: ...
