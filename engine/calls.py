@@ -18,6 +18,7 @@ from engine.ari.client import AriClient, AriError, AriUnavailable
 from engine.ari.models import (
     ApplicationReplaced,
     AriEvent,
+    CallBroadcast,
     Channel,
     ChannelDestroyed,
     ChannelDialplan,
@@ -43,6 +44,9 @@ log = logging.getLogger(__name__)
 
 EXTERNAL_MEDIA_READY_TIMEOUT_S = 5.0
 ORPHAN_GRACE_S = 1.0
+# A broadcast call is claimed after this much delay times the share of max_calls in use: the least
+# loaded engine tends to win (StasisBroadcast's own default timeout is 500 ms).
+CLAIM_SPREAD_S = 0.1
 # ARI requests have their own timeout (asterisk.request_timeout_s); this bounds a teardown whose
 # every step is slow, so that a call never holds its max_calls slot for long.
 TEARDOWN_TIMEOUT_S = 20.0
@@ -72,6 +76,7 @@ class CallController:
         get_provider: ProviderLookup,
         observe_turn_latency: Callable[[float], None] = lambda s: None,
         clock: Clock | None = None,
+        ready_for_calls: Callable[[], bool] = lambda: True,
     ) -> None:
         self.config = config
         self.app = config.asterisk.app
@@ -79,6 +84,8 @@ class CallController:
         self.store = store
         self.rtp = rtp
         self._provider_for_new_call = provider_for_new_call
+        self._ready_for_calls = ready_for_calls
+        self._claiming: set[str] = set()  # broadcast calls this engine is claiming
         self.playback_counters = PlaybackCounters()
         self.conversation_counters = ConversationCounters()
         self.action_counters = ActionCounters()
@@ -148,6 +155,8 @@ class CallController:
             c = self.calls.get(event.channel.id)
             if c is not None:
                 self._on_dtmf(c, event.digit)
+        elif isinstance(event, CallBroadcast):
+            self._on_broadcast(event.channel.id)
         elif isinstance(event, ApplicationReplaced):
             self.replaced = True
             self.store.log(
@@ -156,6 +165,28 @@ class CallController:
                 f"another ARI client connected as app {self.app!r} and now receives its calls; "
                 "give each engine its own app name (ARI_APP)",
             )
+
+    def _on_broadcast(self, channel_id: str) -> None:
+        """A call offered to every engine: claimed only with room for it and a provider ready to
+        answer, so that a full or broken engine leaves it to the others. The busier this engine,
+        the later it claims, so that the least loaded one tends to win."""
+        if self.closing or self.replaced or channel_id in self.calls or channel_id in self._claiming:
+            return
+        if len(self.calls) + len(self._claiming) >= self.config.rtp.max_calls or not self._ready_for_calls():
+            return
+        self._claiming.add(channel_id)
+        self._spawn(self._claim(channel_id, CLAIM_SPREAD_S * len(self.calls) / self.config.rtp.max_calls))
+
+    async def _claim(self, channel_id: str, delay_s: float) -> None:
+        try:
+            if delay_s:
+                await asyncio.sleep(delay_s)
+            won = await self.ari.claim(channel_id, self.app)
+            log.info("broadcast call %s: %s", channel_id, "claimed" if won else "taken by another engine")
+        except (AriError, AriUnavailable) as e:
+            log.warning("broadcast call %s: claim failed: %s", channel_id, e)
+        finally:
+            self._claiming.discard(channel_id)
 
     def _on_stasis_start(self, event: StasisStart) -> None:
         ch = event.channel

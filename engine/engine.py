@@ -65,7 +65,7 @@ class Engine:
         self.metrics = EngineMetrics(lambda: self.status(detail=False))
         self.calls = CallController(
             config, self.ari, self.store, self.rtp, self.provider_for_new_call, self.get_provider,
-            self.metrics.turn_latency.observe,
+            self.metrics.turn_latency.observe, ready_for_calls=self.takes_new_calls,
         )
         self.events = AriEventStream(self.ari, config.asterisk.app, self.calls.on_event, self.calls.reconcile)
         self.health_server = HealthServer(self.status, self.metrics.render, config.health.host, config.health.port)
@@ -194,6 +194,11 @@ class Engine:
             if fallback and fallback in self.providers:
                 return fallback
         return name
+
+    def takes_new_calls(self) -> bool:
+        """A new call would get a provider that is ready (its default's or its fallback)."""
+        p = self.providers.get(self.provider_for_new_call())
+        return p is not None and p.readiness().ready
 
     def provider_readiness(self) -> dict[str, Readiness]:
         out = {}

@@ -48,11 +48,18 @@ class EngineCollector:
         yield CounterMetricFamily("ai_agent_internal_errors", "Packets or pacer ticks lost to a failure in the engine's code", value=r.internal_errors)
         comp = GaugeMetricFamily("ai_agent_component_up", "1 while an engine component or model worker runs", labels=["component"])
         restarts = CounterMetricFamily("ai_agent_component_restarts", "Restarts of an engine component or model worker", labels=["component"])
+        latency = GaugeMetricFamily("ai_agent_model_server_latency_seconds", "A model server's last answer time (a probe or a job)", labels=["component"])
+        errors = CounterMetricFamily("ai_agent_component_errors", "Failures an engine component, model worker or model server had", labels=["component"])
         for co in st.components:
             comp.add_metric([co.name], int(co.ok))
             restarts.add_metric([co.name], co.restarts)
+            errors.add_metric([co.name], co.errors)
+            if co.latency_ms is not None:
+                latency.add_metric([co.name], co.latency_ms / 1000)
         yield comp
         yield restarts
+        yield errors
+        yield latency
         a = st.aggregates
         yield GaugeMetricFamily("ai_agent_rtp_worst_loss_ratio", "Inbound RTP loss of the live call that loses most", value=a.worst_loss_ratio)
         yield GaugeMetricFamily("ai_agent_rtp_worst_jitter_ms", "Inbound RTP interarrival jitter of the live call with the most", value=a.worst_jitter_ms)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import base64
 import io
 import json
@@ -119,6 +120,22 @@ class SimChannel:
         if with_vars:
             d["channelvars"] = dict(self.vars)
         return d
+
+
+@dataclass(frozen=True)
+class Broadcast:
+    """The dialplan runs StasisBroadcast(timeout_ms, app_filter) instead of Stasis(app)."""
+
+    timeout_ms: int = 500
+    app_filter: str = ""  # a regular expression on app names ("": every connected app)
+
+
+@dataclass
+class _BroadcastState:
+    apps: list[str]  # the apps that got CallBroadcast
+    winner: str | None = None
+    expired: bool = False  # nobody claimed in time: the dialplan went on
+    claimed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass(frozen=True)
@@ -353,6 +370,7 @@ class SimPBX:
         self.port = 0
         self.block_websockets_until = 0.0
         self.drop_event_types: set[str] = set()  # events "lost" on purpose, to test timeouts
+        self.broadcasts: dict[str, _BroadcastState] = {}  # StasisBroadcast() calls by channel id
         self.faults = Faults()
         self._speech_cache: dict[str, bytes] = {}
         self.dialplan: dict[str, set[str]] = {k: set(v) for k, v in DEFAULT_DIALPLAN.items()}
@@ -1049,8 +1067,11 @@ class SimPBX:
         script: list[Step] | None = None,
         line: Line = Line(),
         dialled: str = "s",
+        broadcast: Broadcast | None = None,
     ) -> CallRecord:
-        """A caller dials ``dialled``, which runs Stasis(``app``, ``args``). It says ``wav`` then
+        """A caller dials ``dialled``, which runs Stasis(``app``, ``args``), or with ``broadcast``
+        StasisBroadcast(): every connected app matching its filter gets CallBroadcast and the first
+        to claim the call gets it (no claim in time: the dialplan hangs up). It says ``wav`` then
         stays on the line ``hold_s``, or follows ``script``; then it hangs up. ``line``: its noise
         and rate."""
         steps: list[Step] = script if script is not None else [Say(wav), Pause(hold_s)] if wav else [Pause(hold_s)]
@@ -1066,6 +1087,11 @@ class SimPBX:
         rec = CallRecord(cid, caller_number, steps, media=media, dialled=dialled)
         self._forget_old_calls()
         self.calls[cid] = rec
+        if broadcast is not None:
+            ch.app = None
+            self.channels[cid] = ch
+            self._spawn(self._broadcast(ch, rec, broadcast))
+            return rec
         if not self.app_active(app):
             # As Asterisk: an originate into an app with no WebSocket is hung up at once.
             rec.accepted = False
@@ -1077,6 +1103,44 @@ class SimPBX:
         self.emit(app, {"type": "StasisStart", "args": ch.app_args, "channel": ch.to_json()})
         self._spawn(self._run_caller(ch, rec))
         return rec
+
+    async def _broadcast(self, ch: SimChannel, rec: CallRecord, b: Broadcast) -> None:
+        """StasisBroadcast(timeout, app_filter): CallBroadcast to each matching app in a shuffled
+        order (as Asterisk does, for a fair race), then wait for the first claim."""
+        apps = [a for a in self.sockets if self.app_active(a) and (not b.app_filter or re.search(b.app_filter, a))]
+        self.rng.shuffle(apps)
+        claim = self.broadcasts[ch.id] = _BroadcastState(apps)
+        for app in apps:
+            self.emit(app, {"type": "CallBroadcast", "channel": ch.to_json(), "caller": ch.caller_number, "called": rec.dialled})
+        try:
+            await asyncio.wait_for(claim.claimed.wait(), b.timeout_ms / 1000)
+        except TimeoutError:
+            claim.expired = True
+            rec.accepted = False
+            rec.error = "no app claimed the call (STASISSTATUS=TIMEOUT)"
+            if ch.id in self.channels:
+                self.hangup_channel(ch, by="dialplan")
+            rec.finished.set()
+
+    def op_events_claimChannel(self, pp, q, body):
+        ch = self.channels.get(q["channelId"])
+        claim = self.broadcasts.get(q["channelId"])
+        if ch is None or claim is None or claim.expired:
+            return 404, {"message": "Channel not found or not in broadcast state"}
+        if claim.winner is not None:
+            return 409, {"message": "Channel has already been claimed by another application"}
+        app = q["application"]
+        claim.winner = app
+        claim.claimed.set()
+        ch.app = app
+        ch.in_stasis = True
+        for other in claim.apps:
+            self.emit(other, {"type": "CallClaimed", "channel": ch.to_json(), "winner_app": app})
+        self.emit(app, {"type": "StasisStart", "args": ch.app_args, "channel": ch.to_json()})
+        rec = self.calls.get(ch.id)
+        if rec is not None:
+            self._spawn(self._run_caller(ch, rec))
+        return 204, None
 
     def _forget_old_calls(self) -> None:
         finished = [r for r in self.calls.values() if r.finished.is_set()]
@@ -1161,9 +1225,11 @@ class SimPBX:
             script = parse_script(data["script"]) if "script" in data else None
             noise = data.get("noise_dbfs")
             line = Line(None if noise is None else float(noise), int(data.get("rate", 8000)))
+            bc = data.get("broadcast")  # {"timeout_ms": 500, "app_filter": "^aiagent-"}: StasisBroadcast()
+            broadcast = Broadcast(int(bc.get("timeout_ms", 500)), str(bc.get("app_filter", ""))) if isinstance(bc, dict) else None
             rec = self.place_call(
                 data.get("wav"), float(data.get("hold_s", 2.0)), str(data.get("caller_number", "")), data.get("app", "aiagent"),
-                data.get("args"), script, line, str(data.get("dialled", "s")),
+                data.get("args"), script, line, str(data.get("dialled", "s")), broadcast,
             )
         except (KeyError, OSError, ValueError, wave.Error) as e:
             return web.json_response({"error": str(e)}, status=400)

@@ -59,6 +59,7 @@ async def test_a_call_is_heard_answered_and_spoken_by_the_servers(pbx, tmp_path,
         events = drain(sub)
         health = {c["name"]: c for c in eng.health()["components"]}
         greeting_s = eng.providers["remote"].models.cache.get(AgentProfile().greeting).seconds
+        metrics = eng.metrics.render().decode()
     heard, said = lines(events, "caller"), lines(events)
     assert jiwer.wer(NORM("Please enter your password followed by the pound key."), NORM(" ".join(heard)) or "x") < 0.2, heard
     assert said[0] == AgentProfile().greeting and len(said) >= 2 and APOLOGY not in said, said
@@ -66,6 +67,7 @@ async def test_a_call_is_heard_answered_and_spoken_by_the_servers(pbx, tmp_path,
     for name in ("server-stt", "server-llm", "server-tts"):
         assert health[name]["state"] == "running" and health[name]["jobs"] >= 1 and health[name]["latency_ms"] > 0, health[name]
     assert not any(name.startswith("local-") for name in health)  # no model ran in the engine's processes
+    assert 'ai_agent_component_up{component="server-llm"} 1.0' in metrics and 'ai_agent_model_server_latency_seconds{component="server-stt"}' in metrics
     # The caller heard the greeting and then the answer.
     assert rec.media.agent_heard_s() > greeting_s + 1.0
     report = rec.report(pbx)

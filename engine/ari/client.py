@@ -113,6 +113,17 @@ class AriClient:
         params = {"context": context, "extension": extension, "priority": priority}
         await self.request("POST", f"/channels/{channel_id}/continue", params, reply=False)
 
+    async def claim(self, channel_id: str, app: str) -> bool:
+        """Claims a call StasisBroadcast() offers: True if this app got it (its StasisStart
+        follows), False if another app was first or the offer is over."""
+        try:
+            await self.request("POST", "/events/claim", {"channelId": channel_id, "application": app}, reply=False)
+        except AriError as e:
+            if e.status in (404, 409):
+                return False
+            raise
+        return True
+
     async def redirect(self, channel_id: str, endpoint: str) -> None:
         """The channel driver's own transfer (SIP REFER, IAX2 transfer) to ``TECH/resource``."""
         await self.request("POST", f"/channels/{channel_id}/redirect", {"endpoint": endpoint}, reply=False)

@@ -133,6 +133,16 @@ class ApplicationReplaced(_Event):
     type: Literal["ApplicationReplaced"]
 
 
+class CallBroadcast(_Event):
+    """StasisBroadcast() offers a call to every app (or those its filter matches): the first to
+    claim it (POST /events/claim) gets it, as if the dialplan had run Stasis(that app)."""
+
+    type: Literal["CallBroadcast"]
+    channel: Channel
+    caller: str = ""
+    called: str = ""
+
+
 AriEvent = Annotated[
     StasisStart
     | StasisEnd
@@ -142,7 +152,8 @@ AriEvent = Annotated[
     | PlaybackFinished
     | ChannelDtmfReceived
     | ChannelDialplan
-    | ApplicationReplaced,
+    | ApplicationReplaced
+    | CallBroadcast,
     Field(discriminator="type"),
 ]
 _EVENT_ADAPTER: TypeAdapter[AriEvent] = TypeAdapter(AriEvent)
@@ -157,6 +168,7 @@ KNOWN_EVENT_TYPES = frozenset(
         "ChannelDtmfReceived",
         "ChannelDialplan",
         "ApplicationReplaced",
+        "CallBroadcast",
     }
 )
 
