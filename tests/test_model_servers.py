@@ -108,3 +108,18 @@ async def test_a_server_killed_mid_call_costs_an_apology_and_the_call_goes_on_el
     assert rec.media.agent_heard_s() > 1.0 + 3.0 + 1.5  # greeting, apology, then the beep: never silence
     report = rec.report(pbx)
     assert report["ended_by"] == "caller" and report["hangup_clean"]
+
+
+def test_doctor_asks_each_model_server_a_pipeline_in_use_names(servers, tmp_path):
+    from aiagent_tui.doctor import run_checks
+    from engine.config import load_config
+
+    cfg = load_config(None, env={"RTP_PORT": str(free_port()), "HEALTH_PORT": str(free_port()), "ASTERISK_ARI_PORT": str(free_port())})
+    on_servers(servers)(cfg)
+    cfg.providers.servers["stt"] = ModelServerConfig(api="wyoming", url=f"tcp://127.0.0.1:{free_port()}")  # nobody there
+    cfg.providers.servers["unused"] = ModelServerConfig(api="openai", url="http://127.0.0.1:9/v1")
+    checks = {c.name: c for c in run_checks(cfg)}
+    assert checks["server llm"].ok and " ms)" in checks["server llm"].detail
+    assert checks["server tts"].ok
+    assert checks["server stt"].ok is False and "Connect call failed" in checks["server stt"].detail and checks["server stt"].fix
+    assert "server unused" not in checks and "local models" not in checks  # not used by any pipeline in use

@@ -42,7 +42,8 @@ class OpenAiServer(ModelServer):
 
     async def probe(self) -> None:
         async with self.session.get(f"{self.base}/models") as r:
-            await _check(r)
+            if r.status not in (404, 405):  # a speech-only server may have no model list: it answered
+                await _check(r)
             await r.read()
 
     async def close(self) -> None:
