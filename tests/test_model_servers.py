@@ -6,6 +6,8 @@ short apology and moves the call to the fallback, never silence or the call."""
 from __future__ import annotations
 
 import asyncio
+import signal
+import sys
 
 import jiwer
 import pytest
@@ -123,3 +125,62 @@ def test_doctor_asks_each_model_server_a_pipeline_in_use_names(servers, tmp_path
     assert checks["server tts"].ok
     assert checks["server stt"].ok is False and "Connect call failed" in checks["server stt"].detail and checks["server stt"].fix
     assert "server unused" not in checks and "local models" not in checks  # not used by any pipeline in use
+
+
+async def test_a_server_that_stops_answering_costs_an_apology_after_its_timeout(pbx, tmp_path, servers):
+    """The LLM server hangs (SIGSTOP: alive, accepting connections, answering nothing): after the
+    server's timeout_s the caller hears the apology and the call goes on with the fallback."""
+
+    def short_timeout(cfg):
+        on_servers(servers, fallback="tone")(cfg)
+        cfg.providers.servers["llm"].timeout_s = 2.0
+
+    async with running_engine(pbx, tmp_path, short_timeout, AIAGENT_DOWNSTREAM_MODE="stream") as eng:
+        sub = eng.store.subscribe()
+        rec = pbx.place_call(script=[
+            WaitAgentDone(0.4, 30),
+            Say(str(AGENT_PASS)), WaitAgent(0.3, 30), WaitAgentDone(0.8, 30),  # the apology
+            Say(str(HELLO)), WaitAgent(0.3, 30), WaitAgentDone(0.8, 30),  # the fallback's beep
+        ])
+        await wait_for(lambda: rec.media.agent_heard_s() > 1.0, timeout=30)
+        servers.kill("llm", signal.SIGSTOP)
+        try:
+            await asyncio.wait_for(rec.finished.wait(), 60)
+            events = drain(sub)
+            health = {c["name"]: c for c in eng.health()["components"]}
+            assert health["server-llm"]["state"] == "down" and health["server-llm"]["last_error"] == "timed out", health["server-llm"]
+        finally:
+            servers.kill("llm", signal.SIGCONT)
+        await wait_for(lambda: eng.providers["remote"].readiness().ready, timeout=30)
+    assert APOLOGY in lines(events)
+    assert any(isinstance(e, CallLog) and "provider now tone" in e.message for e in events)
+    assert rec.report(pbx)["ended_by"] == "caller"
+
+
+async def test_stt_over_the_openai_audio_api(pbx, tmp_path, servers, tmp_path_factory):
+    """The same Whisper model behind an OpenAI-compatible /v1/audio/transcriptions server
+    (faster-whisper-server), with the LLM and the voice on the other servers."""
+    from aiagent_tui.model_servers import ServerSpec
+    from providers.local.models import WHISPER_TINY_EN, resolve
+
+    port = free_port()
+    whisper = ServerSpec("stt-openai", "openai", "127.0.0.1", port, [
+        sys.executable, "-m", "faster_whisper_server", str(resolve(WHISPER_TINY_EN, "")), "--host", "127.0.0.1", "--port", str(port),
+    ])
+    with ModelServers([whisper], tmp_path_factory.mktemp("fws-logs")):
+        def configure(cfg):
+            on_servers(servers)(cfg)
+            cfg.providers.servers["stt-openai"] = ModelServerConfig(api="openai", url=whisper.url, model="whisper-1", timeout_s=20.0)
+            cfg.providers.pipelines["remote"].stt = "stt-openai"
+
+        async with running_engine(pbx, tmp_path, configure, AIAGENT_DOWNSTREAM_MODE="stream") as eng:
+            assert eng.providers["remote"].readiness().ready  # no model list there: it answered, so it is up
+            sub = eng.store.subscribe()
+            rec = pbx.place_call(script=[WaitAgentDone(0.4, 30), Say(str(AGENT_PASS)), WaitAgent(0.5, 30), WaitAgentDone(0.8, 30)])
+            await asyncio.wait_for(rec.finished.wait(), 90)
+            events = drain(sub)
+            stt = {c["name"]: c for c in eng.health()["components"]}["server-stt-openai"]
+    heard = lines(events, "caller")
+    assert jiwer.wer(NORM("Please enter your password followed by the pound key."), NORM(" ".join(heard)) or "x") < 0.2, heard
+    assert stt["state"] == "running" and stt["jobs"] >= 1
+    assert len(lines(events)) >= 2 and APOLOGY not in lines(events)
