@@ -37,6 +37,7 @@ class ServerSpec:
     host: str
     port: int
     argv: list[str]
+    model: str = ""  # the name to ask for (the LLM's alias)
 
     @property
     def url(self) -> str:
@@ -59,7 +60,7 @@ def server_specs(cfg: LocalProviderConfig, host: str = "127.0.0.1", llm_port: in
             # Its default stops an answer when another request comes: every caller but one would
             # lose theirs (and an engine's health probe would cut them all).
             "--interrupt_requests", "False", "--verbose", "False",
-        ]),
+        ], model=cfg.llm_model),
         ServerSpec("stt", "wyoming", host, stt_port, [
             py, "-m", "wyoming_faster_whisper", "--uri", f"tcp://{host}:{stt_port}", "--model", str(whisper),
             "--data-dir", data, "--local-files-only", "--language", "en", "--beam-size", str(cfg.stt_beam_size),
@@ -75,8 +76,8 @@ def config_snippet(specs: list[ServerSpec], pipeline: str = "remote", fallback: 
     """What config.toml needs to use these servers as a pipeline."""
     lines = []
     for s in specs:
-        lines += [f"[providers.servers.{s.name}]", f'api = "{s.api}"', f'url = "{s.url}"', ""]
-    lines += [f"[providers.pipelines.{pipeline}]", *(f'{s.name} = "{s.name}"' for s in specs), f'fallback = "{fallback}"']
+        lines += [f"[providers.servers.{s.name}]", f'api = "{s.api}"', f'url = "{s.url}"', *([f'model = "{s.model}"'] if s.model else []), ""]
+    lines += [f"[providers.pipelines.{pipeline}]", *(f'{s.name} = "{s.name}"' for s in sorted(specs, key=lambda s: "stt llm tts".index(s.name))), f'fallback = "{fallback}"']
     return "\n".join(lines)
 
 

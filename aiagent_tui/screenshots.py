@@ -71,13 +71,54 @@ async def capture(out: Path, provider: str) -> None:
         await pilot.press("q")
 
 
+async def capture_servers(out: Path) -> None:
+    """A remote pipeline on this project's model servers; its LLM server is killed mid-call: the
+    header shows the server down and where new calls go instead."""
+    from aiagent_tui.model_servers import ModelServers, server_specs
+    from providers.config import ModelServerConfig, PipelineConfig
+
+    media = Path(tempfile.mkdtemp())
+    cfg = load_config(None, env={"ASTERISK_ARI_PORT": str(_free_port()), "RTP_PORT": "0", "HEALTH_PORT": str(_free_port()),
+                                 "AIAGENT_MEDIA_DIR": str(media), "AIAGENT_PROVIDER": "local"})
+    specs = server_specs(cfg.providers.local, llm_port=_free_port(), stt_port=_free_port(), tts_port=_free_port(), threads=1)
+    with ModelServers(specs, media / "server-logs") as servers:
+        for sp in specs:
+            cfg.providers.servers[sp.name] = ModelServerConfig(api=sp.api, url=sp.url, model=sp.model)  # type: ignore[arg-type]
+        cfg.providers.pipelines["remote"] = PipelineConfig(stt="stt", llm="llm", tts="tts", fallback="local")
+        cfg.providers.default = "remote"
+        app = AiAgentApp(Runtime(cfg, sim=True, demo_interval_s=5.0))
+        async with app.run_test(size=(120, 40), notifications=True) as pilot:
+            loop = asyncio.get_running_loop()
+
+            async def until(pred, timeout: float = 90) -> None:
+                end = loop.time() + timeout
+                while not pred() and loop.time() < end:
+                    await pilot.pause(0.2)
+
+            def on(provider: str) -> bool:
+                snaps = app.engine.store.snapshots() if app.engine else []
+                return any(s.provider == provider and s.turns for s in snaps)
+
+            await until(lambda: on("remote"))
+            servers.kill("llm")
+            await until(lambda: on("local"))
+            await pilot.pause(0.5)
+            app.save_screenshot("model-server-down.svg", str(out))
+            await pilot.press("q")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="screenshots")
     ap.add_argument("--provider", default="local")
+    ap.add_argument("--servers", action="store_true", help="only model-server-down.svg: a pipeline on model servers, one of them killed")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.servers:
+        asyncio.run(capture_servers(out))
+        print(f"wrote {out}/model-server-down.svg")
+        return 0
     asyncio.run(capture(out, args.provider))
     print(f"wrote {out}/main.svg, help.svg, provider.svg, provider-refused.svg, doctor.svg")
     return 0

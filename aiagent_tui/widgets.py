@@ -47,7 +47,10 @@ class HeaderBar(Pane):
             if p.detail == "not loaded":
                 continue
             provs.append(f"{name}{'' if p.ready else ' (not ready)'} ", style="green" if p.ready else "red")
-        line1 = Text.assemble(ari, "  │  ", rtp, "  │  providers: ", provs, f"│  new calls → {s.default_provider}")
+        to = Text(f"│  new calls → {s.default_provider}")
+        if s.new_calls_provider != s.default_provider:  # the default is not ready: its fallback takes them
+            to = Text.assemble("│  new calls → ", (f"{s.new_calls_provider} (fallback)", "bold yellow"))
+        line1 = Text.assemble(ari, "  │  ", rtp, "  │  providers: ", provs, to)
         line2 = Text(
             f"calls {s.active_calls}/{s.max_calls}  total {s.calls_total}  refused {s.calls_rejected_over_capacity}"
             f"  │  {s.downstream_mode} playback  │  health {s.health_url}  metrics {s.metrics_url}",

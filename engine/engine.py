@@ -288,6 +288,7 @@ class Engine:
             calls_rejected_over_capacity=store.calls_rejected_over_capacity,
             calls_failed=store.calls_failed,
             default_provider=self.default_provider,
+            new_calls_provider=self.provider_for_new_call(),
             providers=readiness,
             downstream_mode=self.config.playback.downstream_mode,
             # What an operator must look at now: components and model workers that are not running.

@@ -32,6 +32,7 @@ class EngineSummary:
     calls_rejected_over_capacity: int
     calls_failed: int
     default_provider: str
+    new_calls_provider: str  # where a new call goes now: the default, or its fallback while it is not ready
     providers: dict[str, Readiness]
     downstream_mode: str
     problems: tuple[str, ...]  # components and model workers that are not running, in words

@@ -113,6 +113,7 @@ class ScriptedEngine:
             calls_rejected_over_capacity=0,
             calls_failed=1,
             default_provider=self.default_provider,
+            new_calls_provider=self.default_provider,
             providers=self.provider_readiness(),
             downstream_mode="stream",
             problems=self.problems,
