@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import wave
+
 try:
     import audioop as audioop  # stdlib up to 3.12; re-exported for the simulator
 except ModuleNotFoundError:  # pragma: no cover - Python 3.13+: the audioop-lts package
@@ -63,6 +66,17 @@ class UlawEncoder:
                 self._resampler = Resampler(sample_rate, LINE_RATE)
             pcm16 = self._resampler.process(pcm16)
         return pcm16_to_ulaw(pcm16)
+
+
+def wav_bytes(pcm16: bytes, rate: int) -> bytes:
+    """PCM16 mono as a WAV file."""
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm16)
+    return buf.getvalue()
 
 
 def rms_dbfs(pcm16: bytes) -> float:

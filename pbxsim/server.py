@@ -13,7 +13,6 @@ import asyncio
 import random
 import re
 import base64
-import io
 import json
 import logging
 import time
@@ -25,7 +24,7 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import WSMsgType, web
 
-from media.audio import audioop
+from media.audio import audioop, wav_bytes
 from media.frames import FRAME_S, RATE
 
 from pbxsim.media import (
@@ -1250,13 +1249,7 @@ class SimPBX:
     async def _sim_recording(self, request: web.Request) -> web.Response:
         rec = self._rec(request)
         pcm = audioop.ulaw2lin(rec.media.agent_audio() if rec.media else b"", 2)
-        buf = io.BytesIO()
-        with wave.open(buf, "wb") as w:
-            w.setnchannels(1)
-            w.setsampwidth(2)
-            w.setframerate(RATE)
-            w.writeframes(pcm)
-        return web.Response(body=buf.getvalue(), content_type="audio/wav")
+        return web.Response(body=wav_bytes(pcm, RATE), content_type="audio/wav")
 
     async def _sim_hangup(self, request: web.Request) -> web.Response:
         rec = self._rec(request)

@@ -15,9 +15,9 @@ from typing import Any, Callable
 
 import aiohttp
 
-from providers.base import ComponentStatus
+from media.audio import wav_bytes
 from providers.config import ModelServerConfig
-from providers.remote.server import ModelServer
+from providers.remote.server import ModelServer, ServerStage
 from providers.stages import LanguageModel, Message, Speech, SpeechToText, StageFailed, TextToSpeech
 
 SPEECH_RATE = 24000  # OpenAI's /audio/speech "pcm": 24 kHz 16-bit mono
@@ -59,26 +59,7 @@ async def _check(r: aiohttp.ClientResponse) -> None:
         raise StageFailed(f"HTTP {r.status} from {r.url.path}: {body}")
 
 
-class _OpenAiStage:
-    def __init__(self, server: OpenAiServer) -> None:
-        self.server = server
-        self.name = server.label
-
-    async def start(self) -> None:
-        await self.server.start()
-
-    def status(self) -> ComponentStatus:
-        return self.server.status()
-
-    @property
-    def available(self) -> bool:
-        return self.server.available
-
-    async def close(self) -> None:
-        await self.server.close()
-
-
-class OpenAiLlm(_OpenAiStage, LanguageModel):
+class OpenAiLlm(ServerStage[OpenAiServer], LanguageModel):
     async def generate(self, messages: list[Message], max_tokens: int, temperature: float, on_text: Callable[[str], None]) -> str:
         s = self.server
         body = {
@@ -123,11 +104,11 @@ def _delta(chunk: dict[str, Any]) -> tuple[str, bool]:
     return (content if isinstance(content, str) else ""), choices[0].get("finish_reason") is not None
 
 
-class OpenAiStt(_OpenAiStage, SpeechToText):
+class OpenAiStt(ServerStage[OpenAiServer], SpeechToText):
     async def transcribe(self, pcm16: bytes, prompt: str) -> str:
         s = self.server
         form = aiohttp.FormData()
-        form.add_field("file", _wav(pcm16, 16000), filename="speech.wav", content_type="audio/wav")
+        form.add_field("file", wav_bytes(pcm16, 16000), filename="speech.wav", content_type="audio/wav")
         form.add_field("model", s.cfg.model or "whisper-1")
         form.add_field("response_format", "json")
         if prompt:
@@ -142,7 +123,7 @@ class OpenAiStt(_OpenAiStage, SpeechToText):
         return text.strip()
 
 
-class OpenAiTts(_OpenAiStage, TextToSpeech):
+class OpenAiTts(ServerStage[OpenAiServer], TextToSpeech):
     async def synthesize(self, text: str) -> Speech:
         s = self.server
         body = {"model": s.cfg.model or "tts-1", "input": text, "voice": s.cfg.voice or "alloy", "response_format": "pcm"}
@@ -154,13 +135,3 @@ class OpenAiTts(_OpenAiStage, TextToSpeech):
             with wave.open(io.BytesIO(data)) as w:
                 return Speech(w.readframes(w.getnframes()), w.getframerate())
         return Speech(data[: len(data) // 2 * 2], SPEECH_RATE)
-
-
-def _wav(pcm16: bytes, rate: int) -> bytes:
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm16)
-    return buf.getvalue()

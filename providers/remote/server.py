@@ -15,7 +15,7 @@ import os
 import time
 from contextlib import asynccontextmanager
 from abc import ABC, abstractmethod
-from typing import AsyncIterator, Mapping
+from typing import AsyncIterator, Generic, Mapping, TypeVar
 
 from providers.base import ComponentStatus
 from providers.circuit import CircuitBreaker
@@ -147,3 +147,28 @@ def _describe(e: BaseException) -> str:
         return "timed out"
     text = str(e) or e.__class__.__name__
     return text if text.startswith(e.__class__.__name__) else f"{e.__class__.__name__}: {text}"
+
+
+S = TypeVar("S", bound=ModelServer)
+
+
+class ServerStage(Generic[S]):
+    """A stage on a model server: its state, start and close are the server's (shared by the
+    stages on that server)."""
+
+    def __init__(self, server: S) -> None:
+        self.server = server
+        self.name = server.label
+
+    async def start(self) -> None:
+        await self.server.start()
+
+    def status(self) -> ComponentStatus:
+        return self.server.status()
+
+    @property
+    def available(self) -> bool:
+        return self.server.available
+
+    async def close(self) -> None:
+        await self.server.close()

@@ -19,9 +19,8 @@ from wyoming.event import Event
 from wyoming.info import Describe, Info
 from wyoming.tts import Synthesize, SynthesizeVoice
 
-from providers.base import ComponentStatus
 from providers.config import ModelServerConfig
-from providers.remote.server import ModelServer
+from providers.remote.server import ModelServer, ServerStage
 from providers.stages import Speech, SpeechToText, StageFailed, TextToSpeech
 
 STT_RATE = 16000
@@ -57,26 +56,7 @@ async def _read(c: AsyncTcpClient) -> Event:
     return ev
 
 
-class _WyomingStage:
-    def __init__(self, server: WyomingServer) -> None:
-        self.server = server
-        self.name = server.label
-
-    async def start(self) -> None:
-        await self.server.start()
-
-    def status(self) -> ComponentStatus:
-        return self.server.status()
-
-    @property
-    def available(self) -> bool:
-        return self.server.available
-
-    async def close(self) -> None:
-        await self.server.close()
-
-
-class WyomingStt(_WyomingStage, SpeechToText):
+class WyomingStt(ServerStage[WyomingServer], SpeechToText):
     async def transcribe(self, pcm16: bytes, prompt: str) -> str:
         # ``prompt`` has no place in Wyoming's transcribe request: a Whisper server takes its
         # words to expect from its own --initial-prompt.
@@ -97,7 +77,7 @@ class WyomingStt(_WyomingStage, SpeechToText):
                     return Transcript.from_event(ev).text.strip()
 
 
-class WyomingTts(_WyomingStage, TextToSpeech):
+class WyomingTts(ServerStage[WyomingServer], TextToSpeech):
     async def synthesize(self, text: str) -> Speech:
         s = self.server
         async with s.job():
