@@ -1,1 +1,1 @@
-"""The local provider: speech-to-text, an LLM (llama.cpp) and Piper TTS, all on this machine."""
+"""The in-process model stages: Whisper (or pocketsphinx, Vosk), llama.cpp and Piper, each in a supervised worker process."""
