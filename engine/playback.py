@@ -188,7 +188,7 @@ class FilePlayback(Downstream):
             log.warning("[%s] playback %s failed in Asterisk", self.session.call_id, pid)
         else:
             self.counters.files_finished += 1
-        self._release(pid)
+        self._release(pid, played=state != "failed")
 
     def _timed_out(self, pid: str) -> None:
         if pid not in self.session.playbacks:
@@ -228,7 +228,9 @@ class FilePlayback(Downstream):
         except AriUnavailable as e:
             log.warning("[%s] stopping playback %s: %s", self.session.call_id, pid, e)
 
-    def _release(self, pid: str, notify: bool = True) -> None:
+    def _release(self, pid: str, notify: bool = True, played: bool = False) -> None:
+        """``played``: it finished playing, so its whole echo is coming (perhaps behind RTP that a
+        busy loop has not read yet); else it was stopped or lost, and little more of it comes."""
         ref = self.session.playbacks.pop(pid, None)
         self._audio.pop(pid, None)
         t = self._timeouts.pop(pid, None)
@@ -241,7 +243,7 @@ class FilePlayback(Downstream):
                 log.warning("[%s] cannot delete %s: %s", self.session.call_id, ref.path, e)
         if not self.session.playbacks:
             self._expected_end = 0.0
-            self.reference.run_ended()  # Asterisk's queue is empty: the next file starts a new run
+            self.reference.run_ended(played)  # Asterisk's queue is empty: the next file starts a new run
         if notify:
             self._on_tokens_changed()
 

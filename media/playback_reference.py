@@ -34,7 +34,10 @@ _FLOOR = float(160 * 50**2)  # the unexplained energy of a frame is taken as at 
 _N, _T, _Q = 0, 1, 2  # the tracker's states: on the lag, the step frame, the frame after it
 _HALF = FRAME_SAMPLES // 2
 _SETTLE_FRAMES = 50  # a second of clear evidence decides between an 8 and a 16 kHz caller
-_TAIL_FRAMES = 3  # frames matched after the last playback finished (its PlaybackFinished races the RTP)
+_TAIL_FRAMES = 3  # frames matched after the last one's echo is due; misses that end a stopped run
+# After a run ended its echo is matched for as long as it keeps coming: a busy loop can read
+# PlaybackFinished (or stop a playback) seconds before the RTP that carries the echo; at most this long.
+_MAX_TAIL_FRAMES = 1500
 
 
 class _Tracker:
@@ -66,6 +69,11 @@ class _Tracker:
         if 0 <= i < len(self._frames):
             return self._frames[i]
         return None
+
+    def remaining(self, n: int) -> int:
+        """Reference frames whose echo is still to come at received frame ``n`` (negative: frames
+        since the last one's)."""
+        return self._base + len(self._frames) - (n - self._lag)
 
     def follow(self, x: np.ndarray, n: int, running: bool) -> np.ndarray | None:
         """What of the reference is in received frame ``n`` (None: nothing), moving the pointer.
@@ -170,6 +178,8 @@ class PlaybackReference:
         self._n = 0  # run frame index of the next received frame
         self._running = False  # playbacks are queued or playing
         self._tail = 0  # frames left to match once the run ended
+        self._until_echoed = False  # ... ended by playing to its end: matched until its echo is in
+        self._misses = 0  # frames in a row, after the run, that its reference did not explain
         self._earlier_steps = 0
         self._evidence = 0  # frames on which one hypothesis clearly won
         self._settled = False
@@ -185,12 +195,15 @@ class PlaybackReference:
         self._narrow.add(pcm)
         self._wide.add(pcm)
 
-    def run_ended(self) -> None:
+    def run_ended(self, played: bool = False) -> None:
         """Every posted playback finished or was stopped: nothing more is coming back after the
-        echo frames still on their way."""
+        echo frames still on their way. ``played``: the run played to its end, so the echo of all
+        of it is coming; else (stopped, failed) only a few frames more."""
         if self._running:
             self._running = False
-            self._tail = _TAIL_FRAMES
+            self._until_echoed = played
+            self._tail = _MAX_TAIL_FRAMES
+            self._misses = 0
 
     def _reset(self) -> None:
         # The bridge's kind carries over from run to run (it is the caller's); the lags do not.
@@ -227,9 +240,13 @@ class PlaybackReference:
         if not self.active:
             return frame
         if not self._running:
+            # After the run: matched while its echo keeps coming, until the echo of its last
+            # frame is due (and a few frames more).
             self._tail -= 1
-            if self._tail == 0:
-                self._reset()
+            tracker = self._wide if self.wideband else self._narrow
+            if self._tail <= 0 or self._misses >= _TAIL_FRAMES or (self._until_echoed and tracker.remaining(self._n) <= -_TAIL_FRAMES):
+                self._let_go()
+                return frame
         self._n += lost
         n = self._n
         self._n += 1
@@ -240,8 +257,24 @@ class PlaybackReference:
             out = self._judge(x, n)
         if out is None:
             return frame
-        pcm: bytes = np.clip(x - out, -32768, 32767).astype(np.int16).tobytes()
+        y = x - out
+        if not self._running and float(np.dot(out, out)) > _FLOOR:
+            # The reference has sound here: if taking it out does not lower the frame, its echo
+            # has stopped (a stopped playback), and what comes is the caller, to be left alone.
+            if float(np.dot(y, y)) >= float(np.dot(x, x)):
+                self._misses += 1
+                if self._misses >= _TAIL_FRAMES:
+                    self._let_go()
+                    return frame
+            else:
+                self._misses = 0
+        pcm: bytes = np.clip(y, -32768, 32767).astype(np.int16).tobytes()
         return pcm
+
+    def _let_go(self) -> None:
+        self._tail = 0
+        self._misses = 0
+        self._reset()
 
 
 def _initial_cost() -> np.ndarray:

@@ -175,7 +175,9 @@ class StagePool:
 
     async def close(self) -> None:
         stages, self._stages = self._stages, {}
+        servers, self._servers = self._servers, {}
         await asyncio.gather(*(s.close() for s in stages.values()), return_exceptions=True)
+        await asyncio.gather(*(s.close() for s in servers.values()), return_exceptions=True)
         self._voices.clear()
 
 
