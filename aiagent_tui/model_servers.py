@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import shlex
 import signal
@@ -24,8 +23,6 @@ from pathlib import Path
 
 from providers.config import LocalProviderConfig
 from providers.local.models import JOE_VOICE, WHISPER_TINY_EN, resolve, resolve_llm
-
-log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 120.0
 

@@ -89,7 +89,6 @@ class Call:
         self.watchdog = SilenceWatchdog(
             services.clock, self.profile.silence_prompt_s, self.profile.silence_hangup_s, self._silence_prompt, self._silence_hangup,
         )
-        self._watch_silence = False
 
     @property
     def call_id(self) -> str:

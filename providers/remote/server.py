@@ -43,7 +43,6 @@ class ModelServer(ABC):
         self._task: asyncio.Task[None] | None = None
         self._started = asyncio.Lock()
         self._logged_at = 0.0
-        self.up = asyncio.Event()  # set while the circuit is closed
 
     @property
     def label(self) -> str:
@@ -52,10 +51,6 @@ class ModelServer(ABC):
     def status(self) -> ComponentStatus:
         state = "running" if self.circuit.closed else "down"
         return ComponentStatus(self.label, state, 0, self.errors, self.circuit.last_error, None, self.jobs, self.in_flight, self.latency_ms)
-
-    @property
-    def available(self) -> bool:
-        return self.circuit.closed
 
     @abstractmethod
     async def probe(self) -> None:
@@ -92,7 +87,7 @@ class ModelServer(ABC):
         t0 = time.perf_counter()
         try:
             await asyncio.wait_for(self.probe(), self.cfg.timeout_s)
-        except (Exception, TimeoutError) as e:
+        except Exception as e:  # TimeoutError among them
             self._failed(_describe(e))
             return False
         self.latency_ms = (time.perf_counter() - t0) * 1000
@@ -103,7 +98,6 @@ class ModelServer(ABC):
         if not self.circuit.closed:
             log.info("%s (%s) is up", self.label, self.cfg.url)
         self.circuit.success()
-        self.up.set()
 
     def _failed(self, why: str) -> None:
         self.errors += 1
@@ -112,7 +106,6 @@ class ModelServer(ABC):
             self._logged_at = now
             log.warning("%s (%s) is down: %s", self.label, self.cfg.url, why)
         self.circuit.failure(why)
-        self.up.clear()
 
     # ---- jobs
     @asynccontextmanager
@@ -131,7 +124,7 @@ class ModelServer(ABC):
             except StageFailed as e:
                 self._failed(str(e))
                 raise
-            except (Exception, TimeoutError) as e:
+            except Exception as e:
                 why = _describe(e)
                 self._failed(why)
                 raise StageFailed(f"{self.label}: {why}") from e
@@ -165,10 +158,6 @@ class ServerStage(Generic[S]):
 
     def status(self) -> ComponentStatus:
         return self.server.status()
-
-    @property
-    def available(self) -> bool:
-        return self.server.available
 
     async def close(self) -> None:
         pass
