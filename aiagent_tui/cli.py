@@ -29,6 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     ms.add_argument("--stt-port", type=int, default=10300)
     ms.add_argument("--tts-port", type=int, default=10200)
     ms.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="CPU threads per model")
+    ms.add_argument("--parallel", type=int, default=4, help="callers the LLM answers at once (llama-server's slots; default 4)")
     ms.add_argument("--log-dir", default="/tmp/aiagent-model-servers", help="each server's log file goes here")
     return p
 
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from aiagent_tui.model_servers import serve
 
-        return asyncio.run(serve(config.providers.local, args.host, args.llm_port, args.stt_port, args.tts_port, args.threads, Path(args.log_dir)))
+        return asyncio.run(serve(config.providers.local, args.host, args.llm_port, args.stt_port, args.tts_port, args.threads, args.parallel, Path(args.log_dir)))
     if args.command == "doctor":
         from aiagent_tui.doctor import main as doctor
 

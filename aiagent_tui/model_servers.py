@@ -1,5 +1,5 @@
-"""The project's own models as standard model servers: llama.cpp's server (the OpenAI-compatible
-API) for the LLM, wyoming-faster-whisper for STT and wyoming-piper for TTS, all from the packages
+"""The project's own models as standard model servers: llama.cpp's server (llama-server, the
+OpenAI-compatible API, parallel slots) for the LLM, wyoming-faster-whisper for STT and wyoming-piper for TTS, all from the packages
 the setup installs and the model files it verified. ``aiagent-tui model-servers`` runs them on a
 model box; the tests and bench/turn_latency.py start them the same way.
 
@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,8 +42,16 @@ class ServerSpec:
         return f"http://{self.host}:{self.port}/v1" if self.api == "openai" else f"tcp://{self.host}:{self.port}"
 
 
+def llama_server() -> Path:
+    """llama.cpp's server, built by the setup (scripts/build_llama_server.sh) beside this Python."""
+    path = Path(sys.executable).parent / "llama-server"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: scripts/setup.sh builds it (scripts/build_llama_server.sh)")
+    return path
+
+
 def server_specs(cfg: LocalProviderConfig, host: str = "127.0.0.1", llm_port: int = 8000, stt_port: int = 10300, tts_port: int = 10200,
-                 threads: int = 2, data_dir: Path | None = None) -> list[ServerSpec]:
+                 threads: int = 2, parallel: int = 4, data_dir: Path | None = None) -> list[ServerSpec]:
     """The three servers' command lines, with the models ``cfg`` names (the packaged ones by
     default). ``data_dir``: where the Wyoming servers may keep their state (nothing is fetched)."""
     py = sys.executable
@@ -52,11 +61,11 @@ def server_specs(cfg: LocalProviderConfig, host: str = "127.0.0.1", llm_port: in
     data = str(data_dir or Path(tempfile.gettempdir()) / "aiagent-model-servers")
     return [
         ServerSpec("llm", "openai", host, llm_port, [
-            py, "-m", "llama_cpp.server", "--model", str(llm), "--model_alias", cfg.llm_model,
-            "--host", host, "--port", str(llm_port), "--n_ctx", str(cfg.llm_context), "--n_threads", str(threads),
-            # Its default stops an answer when another request comes: every caller but one would
-            # lose theirs (and an engine's health probe would cut them all).
-            "--interrupt_requests", "False", "--verbose", "False",
+            str(llama_server()), "--model", str(llm), "--alias", cfg.llm_model, "--host", host, "--port", str(llm_port),
+            # Parallel slots (continuous batching: callers answered together, not in series), each
+            # with the context one call needs; tool calls through the model's own chat template.
+            "--parallel", str(parallel), "--ctx-size", str(cfg.llm_context * parallel), "--threads", str(threads),
+            "--jinja", "--no-webui",
         ], model=cfg.llm_model),
         ServerSpec("stt", "wyoming", host, stt_port, [
             py, "-m", "wyoming_faster_whisper", "--uri", f"tcp://{host}:{stt_port}", "--model", str(whisper),
@@ -76,6 +85,18 @@ def config_snippet(specs: list[ServerSpec], pipeline: str = "remote", fallback: 
         lines += [f"[providers.servers.{s.name}]", f'api = "{s.api}"', f'url = "{s.url}"', *([f'model = "{s.model}"'] if s.model else []), ""]
     lines += [f"[providers.pipelines.{pipeline}]", *(f'{s.name} = "{s.name}"' for s in sorted(specs, key=lambda s: "stt llm tts".index(s.name))), f'fallback = "{fallback}"']
     return "\n".join(lines)
+
+
+def _answers(s: ServerSpec) -> bool:
+    if s.api == "openai":
+        try:
+            with urllib.request.urlopen(f"http://{s.host}:{s.port}/health", timeout=1) as r:
+                return bool(r.status == 200)
+        except OSError:  # refused, or 503 while the model loads
+            return False
+    with contextlib.suppress(OSError), socket.create_connection((s.host, s.port), timeout=1):
+        return True
+    return False
 
 
 @dataclass
@@ -108,13 +129,14 @@ class ModelServers:
             self.procs[name] = subprocess.Popen(self.spec(name).argv, stdout=out, stderr=out, stdin=subprocess.DEVNULL, start_new_session=True)
 
     def wait_ready(self, name: str, timeout: float = START_TIMEOUT_S) -> None:
-        """Until the server accepts a TCP connection (each of them listens once its model is loaded)."""
+        """Until the server is ready for jobs: llama-server's /health says so once its model is
+        loaded (503 before); the Wyoming servers listen only then."""
         s, proc = self.spec(name), self.procs[name]
         deadline = time.monotonic() + timeout
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"{name} server exited with status {proc.returncode}; see {self.log_file(name)}")
-            with contextlib.suppress(OSError), socket.create_connection((s.host, s.port), timeout=1):
+            if _answers(s):
                 return
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{name} server not listening on {s.host}:{s.port} after {timeout:.0f} s; see {self.log_file(name)}")
@@ -158,9 +180,9 @@ class ModelServers:
         self.stop()
 
 
-async def serve(cfg: LocalProviderConfig, host: str, llm_port: int, stt_port: int, tts_port: int, threads: int, log_dir: Path) -> int:
+async def serve(cfg: LocalProviderConfig, host: str, llm_port: int, stt_port: int, tts_port: int, threads: int, parallel: int, log_dir: Path) -> int:
     """``aiagent-tui model-servers``: runs the three until one exits or SIGTERM/SIGINT comes."""
-    specs = server_specs(cfg, host, llm_port, stt_port, tts_port, threads)
+    specs = server_specs(cfg, host, llm_port, stt_port, tts_port, threads, parallel)
     for s in specs:
         print(f"# {s.name}: {shlex.join(s.argv)}")
     servers = ModelServers(specs, log_dir)

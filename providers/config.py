@@ -89,6 +89,10 @@ class ModelServerConfig(ConfigSection):
     timeout_s: float = Field(5.0, gt=0, le=300)  # connect, and each wait for the next piece of an answer
     max_concurrency: int = Field(4, ge=1, le=1024)  # jobs this engine runs on it at once
     probe_interval_s: float = Field(5.0, gt=0, le=3600)  # how often it is checked (and found back)
+    # openai LLM: offer it the profile's actions (transfer_call, end_call) as tool calls. For a
+    # model that calls tools well, on a server that passes them on (llama-server --jinja, vLLM
+    # with tool parsing, Ollama, OpenAI); the word rules (providers/intents.py) decide first.
+    tools: bool = False
 
     @model_validator(mode="after")
     def _scheme_fits(self) -> ModelServerConfig:

@@ -21,8 +21,8 @@ from media.backoff import Backoff
 from providers.config import DeepgramProviderConfig
 from providers.circuit import CircuitBreaker
 from providers.profile import AgentProfile
+from providers.tools import action_for, action_functions
 from providers.base import (
-    ActionRequest,
     AgentAudio,
     AgentSpeakingStarted,
     AgentSpeakingStopped,
@@ -47,37 +47,11 @@ class SessionReset(Exception):
     """The watchdog gave up on a silent server."""
 
 
-TRANSFER_FN = "transfer_call"
-END_FN = "end_call"
-
-
-def functions(profile: AgentProfile) -> list[dict[str, Any]]:
-    """The actions the agent's LLM may call (client side: the engine carries them out). A transfer
-    names one of the profile's departments and nothing else."""
-    fns: list[dict[str, Any]] = [{
-        "name": END_FN,
-        "description": "End the call after the caller said goodbye or has nothing more to ask. The closing line is said for you.",
-        "parameters": {"type": "object", "properties": {"reason": {"type": "string", "description": "why the call ends"}}, "required": []},
-    }]
-    if profile.departments:
-        fns.append({
-            "name": TRANSFER_FN,
-            "description": "Put the caller through to a department, when they ask for it or a person. The announcement is said for you. "
-            + "; ".join(f"{name}: {d.description}" for name, d in profile.departments.items() if d.description),
-            "parameters": {
-                "type": "object",
-                "properties": {"department": {"type": "string", "enum": list(profile.departments)}},
-                "required": ["department"],
-            },
-        })
-    return fns
-
-
 def settings_message(cfg: DeepgramProviderConfig, profile: AgentProfile, input_rate: int, greet: bool = True) -> dict[str, Any]:
     out_rate = 8000 if cfg.output_encoding == "mulaw" else 16000
     agent: dict[str, Any] = {
         "listen": {"provider": {"type": "deepgram", "model": cfg.listen_model}},
-        "think": {"provider": {"type": cfg.think_provider, "model": cfg.think_model}, "prompt": profile.instructions(), "functions": functions(profile)},
+        "think": {"provider": {"type": cfg.think_provider, "model": cfg.think_model}, "prompt": profile.instructions(), "functions": action_functions(profile)},
         "speak": {"provider": {"type": "deepgram", "model": cfg.speak_model}},
     }
     if profile.greeting and greet:
@@ -276,24 +250,13 @@ class DeepgramCall(ProviderCall):
             log.info("[%s] Deepgram %s", self.ctx.call_id, kind)
 
     def function_result(self, name: str, arguments: str) -> dict[str, Any]:
-        """Carries out one of ``functions`` (as an ActionRequest for the engine) and says how it
-        went; anything else is refused, so that the agent carries on instead of waiting."""
-        try:
-            args = json.loads(arguments or "{}")
-        except ValueError:
-            args = None
-        if not isinstance(args, dict):
-            return {"error": "arguments are not a JSON object"}
-        if name == END_FN:
-            self._emit(ActionRequest("hangup", reason=f"the LLM ended the call: {str(args.get('reason', ''))[:200]}"))
-            return {"ok": True, "status": "the call is ending"}
-        if name == TRANSFER_FN and self.ctx.profile.departments:
-            dept = str(args.get("department", ""))
-            if dept not in self.ctx.profile.departments:
-                return {"error": f"no department {dept!r}; the departments are {', '.join(self.ctx.profile.departments)}"}
-            self._emit(ActionRequest("transfer", dept, "the LLM asked for it"))
-            return {"ok": True, "status": f"transferring to {dept}"}
-        return {"error": f"function {name} is not supported by this agent"}
+        """Carries out one of the action functions (as an ActionRequest for the engine) and says
+        how it went; anything else is refused, so that the agent carries on instead of waiting."""
+        action = action_for(name, arguments, self.ctx.profile)
+        if isinstance(action, str):
+            return {"error": action}
+        self._emit(action)
+        return {"ok": True, "status": "the call is ending" if action.kind == "hangup" else f"transferring to {action.department}"}
 
     async def _answer_function(self, fn: Any) -> None:
         from deepgram.agent.v1.types import AgentV1SendFunctionCallResponse

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from media.audio import voiced_ms
 from providers.config import IN_PROCESS, LocalProviderConfig, PipelineConfig, ProvidersConfig
 from providers.base import (
+    ActionRequest,
     AgentAudio,
     AgentSpeakingStarted,
     AgentSpeakingStopped,
@@ -45,7 +46,8 @@ from providers.local.workers import ModelWorker
 from providers.remote.openai import OpenAiLlm, OpenAiServer, OpenAiStt, OpenAiTts
 from providers.remote.server import ModelServer
 from providers.remote.wyoming import WyomingServer, WyomingStt, WyomingTts
-from providers.stages import LanguageModel, Speech, SpeechToText, Stage, StageBusy, StageFailed, TextToSpeech
+from providers.stages import LanguageModel, Reply, Speech, SpeechToText, Stage, StageBusy, StageFailed, TextToSpeech
+from providers.tools import action_for, action_functions
 
 log = logging.getLogger(__name__)
 
@@ -403,8 +405,9 @@ class PipelineCall(ProviderCall):
                     deliver(sentence)
 
             try:
+                tools = action_functions(self.profile) if self.m.llm.calls_tools else []
                 generating = asyncio.create_task(
-                    self.m.llm.generate(messages, self.cfg.llm_max_tokens, self.cfg.llm_temperature, got_text)
+                    self.m.llm.generate(messages, self.cfg.llm_max_tokens, self.cfg.llm_temperature, got_text, tools)
                 )
                 try:
                     reply = await generating
@@ -412,7 +415,7 @@ class PipelineCall(ProviderCall):
                     current = asyncio.current_task()
                     if not replaced or (current is not None and current.cancelling()):
                         raise
-                    reply = ""
+                    reply = Reply("")
                 rest = splitter.flush()
                 if rest:
                     deliver(rest)
@@ -422,10 +425,16 @@ class PipelineCall(ProviderCall):
                     speaker.cancel()
                 await asyncio.gather(speaker, return_exceptions=turn.cancelled)
             if not turn.cancelled:
-                said = turn.heard(None) or reply
-                self._history += [{"role": "user", "content": text}, {"role": "assistant", "content": said}]
+                said = turn.heard(None) or reply.text
+                self._history += [{"role": "user", "content": text}, *([{"role": "assistant", "content": said}] if said else [])]
                 turn.recorded = True
-                self._offered = offered_department(said, self.profile)
+                action = self._tool_action(reply)
+                if action is not None:
+                    self._emit(action)  # after what it said: the engine has the announcement said, then acts
+                elif reply.tool_calls and not said:
+                    await self._say(self.profile.unknown_answer)  # a call that cannot be done, and nothing said
+                else:
+                    self._offered = offered_department(said, self.profile)
         except asyncio.CancelledError:
             turn.cancelled = True
             raise
@@ -444,6 +453,18 @@ class PipelineCall(ProviderCall):
             log.exception("[%s] local provider turn failed", self.ctx.call_id)
             self._emit(ProviderError(f"turn failed: {e.__class__.__name__}: {e}"))
             self._emit(TurnMark("no_answer", loop.time()))
+
+    def _tool_action(self, reply: Reply) -> ActionRequest | None:
+        """The action of the reply's first tool call; a call that cannot be done is reported (the
+        answer's text, if any, has been spoken)."""
+        if not reply.tool_calls:
+            return None
+        call = reply.tool_calls[0]
+        action = action_for(call.name, call.arguments, self.profile)
+        if isinstance(action, str):
+            self._emit(ProviderError(f"the LLM called {call.name}({call.arguments[:100]}): {action}"))
+            return None
+        return action
 
     async def _speak(self, sentences: asyncio.Queue[str | None], turn: _Turn) -> None:
         """Speaks sentences as they come; TTS of one overlaps generation of the next."""

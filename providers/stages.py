@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 from providers.base import ComponentStatus
 
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": ...}
+Tool = dict[str, Any]  # a function's "name", "description" and JSON-schema "parameters"
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +29,20 @@ class Speech:
     @property
     def seconds(self) -> float:
         return len(self.pcm16) / 2 / self.sample_rate
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A function the LLM called instead of (or after) answering."""
+
+    name: str
+    arguments: str  # JSON, as the model wrote it
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    text: str
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 class StageBusy(Exception):
@@ -69,10 +84,19 @@ class SpeechToText(Stage):
 
 
 class LanguageModel(Stage):
+    @property
+    def calls_tools(self) -> bool:
+        """Whether it is offered functions to call (``tools``): a model that calls them well, on
+        a server that passes them on. The small in-process models are not (providers/intents.py)."""
+        return False
+
     @abstractmethod
-    async def generate(self, messages: list[Message], max_tokens: int, temperature: float, on_text: Callable[[str], None]) -> str:
-        """The reply to ``messages``, streamed: ``on_text`` gets each piece as it comes (on the
-        event loop). Cancelling stops the generation."""
+    async def generate(
+        self, messages: list[Message], max_tokens: int, temperature: float, on_text: Callable[[str], None], tools: Sequence[Tool] = ()
+    ) -> Reply:
+        """The reply to ``messages``, streamed: ``on_text`` gets each piece of text as it comes
+        (on the event loop). ``tools``: functions it may call (name, description, parameters), if
+        ``calls_tools``. Cancelling stops the generation."""
 
     async def prime(self, system: str) -> None:
         """Reads a system prompt ahead of the first call that uses it, where that saves time."""

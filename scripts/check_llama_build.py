@@ -30,14 +30,16 @@ def features() -> dict[str, bool]:
 
 
 def unsafe_instructions() -> dict[str, int] | None:
-    """Counts of AMX / AVX-512 instructions per library (None: objdump is not installed)."""
+    """Counts of AMX / AVX-512 instructions per library and in llama-server (None: objdump is not
+    installed)."""
     import llama_cpp
 
     objdump = shutil.which("objdump")
     if objdump is None:
         return None
     out: dict[str, int] = {}
-    for lib in sorted((Path(llama_cpp.__file__).parent / "lib").glob("libggml*.so")):
+    server = Path(sys.executable).parent / "llama-server"  # scripts/build_llama_server.sh, same flags
+    for lib in [*sorted((Path(llama_cpp.__file__).parent / "lib").glob("libggml*.so")), *([server] if server.is_file() else [])]:
         text = subprocess.run([objdump, "-d", "--no-show-raw-insn", str(lib)], capture_output=True, text=True, check=True).stdout
         out[lib.name] = len(UNSAFE_CODE.findall(text))
     return out

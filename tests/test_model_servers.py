@@ -184,3 +184,68 @@ async def test_stt_over_the_openai_audio_api(pbx, tmp_path, servers, tmp_path_fa
     assert jiwer.wer(NORM("Please enter your password followed by the pound key."), NORM(" ".join(heard)) or "x") < 0.2, heard
     assert stt["state"] == "running" and stt["jobs"] >= 1
     assert len(lines(events)) >= 2 and APOLOGY not in lines(events)
+
+
+async def test_the_llm_server_ends_the_call_with_a_tool_call(pbx, tmp_path, servers):
+    """Words the rules (providers/intents.py) do not act on; offered the profile's actions as tools
+    (``tools = true``), the LLM on llama-server calls end_call (the default model writes the call
+    as JSON text, which the client takes as the call and does not speak), and the engine says the
+    closing line and hangs up. The default model is not trusted with tools in production (README:
+    it also hangs up on "I was charged twice"): this is the path a capable model takes."""
+    from engine.sessions import ActionChanged
+    from pbxsim.server import Pause, SayText
+    from providers.intents import decide
+    from tests.test_actions import reception
+
+    words = "Okay, I am done now, you can end the call."
+
+    def configure(cfg):
+        on_servers(servers)(cfg)
+        cfg.providers.servers["llm"].tools = True
+        cfg.providers.local.llm_temperature = 0.0
+        reception(cfg, greeting="")  # the default model calls tools on a first turn, rarely after its greeting
+
+    async with running_engine(pbx, tmp_path, configure, AIAGENT_DOWNSTREAM_MODE="stream") as eng:
+        assert decide(words, eng.config.profiles["default"]) is None
+        sub = eng.store.subscribe()
+        rec = pbx.place_call(script=[Pause(1.0), SayText(words), Pause(15.0)])
+        await asyncio.wait_for(rec.finished.wait(), 60)
+        events = drain(sub)
+    acted = [e.action for e in events if isinstance(e, ActionChanged)]
+    assert [(a.kind, a.state) for a in acted][-1] == ("hangup", "done"), acted
+    assert "the LLM ended the call" in acted[0].reason, acted[0]
+    said = lines(events)
+    assert said[-1] == AgentProfile().closing and not any("{" in line or "end_call" in line for line in said), said
+    report = rec.report(pbx)
+    assert report["ended_by"] == "ari" and report["hangup_clean"]
+
+
+def chunk(content=None, calls=None, finish=None) -> dict:
+    delta = {k: v for k, v in (("content", content), ("tool_calls", calls)) if v is not None}
+    return {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+
+@pytest.mark.parametrize(("chunks", "text", "passed_on", "calls"), [
+    # The OpenAI API's own tool calls: name and arguments in pieces, by index.
+    ([chunk(calls=[{"index": 0, "id": "c1", "type": "function", "function": {"name": "transfer_call", "arguments": ""}}]),
+      chunk(calls=[{"index": 0, "function": {"arguments": '{"department": '}}]),
+      chunk(calls=[{"index": 0, "function": {"arguments": '"billing"}'}}], finish="tool_calls")],
+     "", [], [("transfer_call", '{"department": "billing"}')]),
+    # Written as text (llama-server with the default model): held back, never passed on to be spoken.
+    ([chunk("```"), chunk("json\n{\n"), chunk(' "name": "end_call",\n "arguments": {"reason": "bye"}\n}\n'), chunk("```", finish="stop")],
+     "", [], [("end_call", '{"reason": "bye"}')]),
+    ([chunk("<tool_call>\n"), chunk('{"name": "end_call", "arguments": {}}'), chunk("\n</tool_call>", finish="stop")], "", [], [("end_call", "{}")]),
+    # An answer: passed on as it comes, once it cannot be a call.
+    ([chunk(" We"), chunk(" open at 8."), chunk(None, finish="stop")], " We open at 8.", [" We", " open at 8."], []),
+    # Looked like a call, was not: passed on whole at the end.
+    ([chunk("{not json"), chunk(" at all}", finish="stop")], "{not json at all}", ["{not json at all}"], []),
+])
+def test_a_streamed_reply_is_put_together_with_its_tool_calls(chunks, text, passed_on, calls):
+    from providers.remote.openai import _Stream
+
+    stream = _Stream(text_calls=True)
+    out = [p for c in chunks if (p := stream.feed(c))]
+    reply, held = stream.reply()
+    out += [held] if held else []
+    assert stream.finished and reply.text == text and out == passed_on
+    assert [(c.name, c.arguments) for c in reply.tool_calls] == calls

@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 from providers.base import ComponentStatus
 from providers.local.workers import ModelWorker
-from providers.stages import LanguageModel, Message, Speech, SpeechToText, TextToSpeech
+from providers.stages import LanguageModel, Message, Reply, Speech, SpeechToText, TextToSpeech, Tool
 
 
 class _WorkerStage:
@@ -35,8 +35,10 @@ class WorkerStt(_WorkerStage, SpeechToText):
 
 
 class WorkerLlm(_WorkerStage, LanguageModel):
-    async def generate(self, messages: list[Message], max_tokens: int, temperature: float, on_text: Callable[[str], None]) -> str:
-        return str(await self.worker.run("generate", messages, max_tokens, temperature, on_chunk=on_text))
+    async def generate(
+        self, messages: list[Message], max_tokens: int, temperature: float, on_text: Callable[[str], None], tools: Sequence[Tool] = ()
+    ) -> Reply:
+        return Reply(str(await self.worker.run("generate", messages, max_tokens, temperature, on_chunk=on_text)))
 
     async def prime(self, system: str) -> None:
         # One token of an answer to the system prompt alone: its KV state goes into the prefix cache.
