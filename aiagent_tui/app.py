@@ -278,7 +278,7 @@ class AiAgentApp(App[int]):
 
     # ---- keys
     def _need_call(self) -> str | None:
-        if self.engine is None or self.selected is None or self.engine.store.get(self.selected) is None:
+        if self.engine is None or self.selected is None or self.engine.store.snapshot(self.selected) is None:
             self.notify("no call selected", severity="warning")
             return None
         return self.selected
@@ -323,7 +323,7 @@ class AiAgentApp(App[int]):
             return
         try:
             await self.engine.set_default_provider(name)
-            cid = self.selected if self.selected and self.engine.store.get(self.selected) else None
+            cid = self.selected if self.selected and self.engine.store.snapshot(self.selected) else None
             if cid:
                 await self.engine.set_call_provider(cid, name)
             self.notify(f"provider {name} for new calls" + (f" and call {cid[-8:]}" if cid else ""))
@@ -342,6 +342,9 @@ class AiAgentApp(App[int]):
             if was == cid:
                 self.notify("monitor off")
                 return
+        if not self.engine.set_audio_tap(cid, None):
+            self.notify("cannot monitor: the call's audio is in the engine's process (attached)", severity="warning", timeout=8)
+            return
         try:
             self.monitor = AudioMonitor(cid)
         except MonitorUnavailable as e:
@@ -355,10 +358,9 @@ class AiAgentApp(App[int]):
         cid = self._need_call()
         if cid is None or self.engine is None:
             return
-        session = self.engine.store.get(cid)
-        if session is None:
+        snap = self.engine.store.snapshot(cid)
+        if snap is None:
             return
-        snap = session.snapshot()
         path = self.dump_dir / f"call-{cid}-{time.strftime('%Y%m%d-%H%M%S')}.json"
         path.write_text(json.dumps(dataclasses.asdict(snap), indent=2, default=str))
         self.notify(f"dumped to {path}")

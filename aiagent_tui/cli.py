@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 from engine.config import AppConfig, ConfigError, load_config
 from engine.engine import EngineStartError
@@ -23,6 +24,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command")
     sub.add_parser("check-config", help="validate the config and print the effective values (secrets masked)")
     sub.add_parser("doctor", help="check ARI, ports, media directory, models, model servers and keys; one line per check with the fix")
+    at = sub.add_parser("attach", help="the terminal app on an engine already running on this machine (a headless service); q detaches")
+    at.add_argument("--socket", help="its console socket (default: from the config's console.socket and asterisk.app)")
     ms = sub.add_parser("model-servers", help="serve this project's models as standard model servers (llama.cpp's server, Wyoming Whisper and Piper) for engines elsewhere")
     ms.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for engines on other hosts)")
     ms.add_argument("--llm-port", type=int, default=8000)
@@ -45,11 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(config.masked(), indent=2))
         return 0
     if args.command == "model-servers":
-        from pathlib import Path
-
         from aiagent_tui.model_servers import serve
 
         return asyncio.run(serve(config.providers.local, args.host, args.llm_port, args.stt_port, args.tts_port, args.threads, args.parallel, Path(args.log_dir)))
+    if args.command == "attach":
+        return _attach(config, args)
     if args.command == "doctor":
         from aiagent_tui.doctor import main as doctor
 
@@ -68,6 +71,17 @@ def main(argv: list[str] | None = None) -> int:
     except EngineStartError as e:
         print(f"aiagent-tui: {e}", file=sys.stderr)
         return 1
+
+
+def _attach(config: AppConfig, args: argparse.Namespace) -> int:
+    from aiagent_tui.app import AiAgentApp
+    from aiagent_tui.attach import AttachRuntime
+    from engine.console import console_socket
+
+    path = Path(args.socket) if args.socket else console_socket(config.asterisk.app, config.console.socket)
+    app = AiAgentApp(AttachRuntime(path))
+    result = app.run()
+    return result if isinstance(result, int) else app.exit_code
 
 
 def _run_app(config: AppConfig, args: argparse.Namespace) -> int:

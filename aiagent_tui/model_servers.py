@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,9 +91,11 @@ def config_snippet(specs: list[ServerSpec], pipeline: str = "remote", fallback: 
 def _answers(s: ServerSpec) -> bool:
     if s.api == "openai":
         try:
-            with urllib.request.urlopen(f"http://{s.host}:{s.port}/health", timeout=1) as r:
-                return bool(r.status == 200)
-        except OSError:  # refused, or 503 while the model loads
+            with urllib.request.urlopen(f"http://{s.host}:{s.port}/health", timeout=1):
+                return True
+        except urllib.error.HTTPError as e:
+            return e.code != 503  # llama-server's answer while its model loads; a 404: no such route, but up
+        except OSError:
             return False
     with contextlib.suppress(OSError), socket.create_connection((s.host, s.port), timeout=1):
         return True

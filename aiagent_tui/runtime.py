@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from engine.config import AppConfig
+from engine.console import ConsoleServer, console_socket
 from engine.engine import Engine, EngineStartError
 from pbxsim.demo import demo_calls
 from pbxsim.server import SimPBX
@@ -20,6 +21,7 @@ class Runtime:
         self.sim = sim
         self.demo_interval_s = demo_interval_s
         self.engine: Engine | None = None
+        self.console: ConsoleServer | None = None
         self.pbx: SimPBX | None = None
         self._demo: asyncio.Task[None] | None = None
 
@@ -29,18 +31,31 @@ class Runtime:
         try:
             if self.sim:
                 self.pbx = await self._start_simulator()
-            engine = Engine(self.config)
+            engine = self.engine = Engine(self.config)
             await engine.start()
+            self.console = await self._start_console(engine)
         except BaseException:
             await self.stop()
             raise
-        self.engine = engine
         if self.pbx is not None:
             self._demo = asyncio.create_task(
                 demo_calls(self.pbx, self.config.asterisk.app, self.demo_interval_s, lambda: engine.ari_connected), name="demo-calls",
             )
             self._demo.add_done_callback(_demo_done)
         return engine
+
+    async def _start_console(self, engine: Engine) -> ConsoleServer:
+        """The socket ``aiagent-tui attach`` connects to."""
+        path = console_socket(self.config.asterisk.app, self.config.console.socket)
+        console = ConsoleServer(engine, path)
+        try:
+            await console.start()
+        except OSError as e:
+            raise EngineStartError(
+                f"cannot serve the console socket {path}: {e.strerror or e}; "
+                "set console.socket (AIAGENT_CONSOLE_SOCKET), or give each engine its own asterisk.app"
+            ) from None
+        return console
 
     async def _start_simulator(self) -> SimPBX:
         """The simulated PBX, on the port the engine's ARI settings point at."""
@@ -57,11 +72,14 @@ class Runtime:
         return pbx
 
     async def stop(self) -> None:
-        """Demo caller, engine (hangs every call up), simulator: each once, in that order."""
+        """Demo caller, console, engine (hangs every call up), simulator: each once, in that order."""
         if self._demo is not None:
             self._demo.cancel()
             await asyncio.gather(self._demo, return_exceptions=True)
             self._demo = None
+        if self.console is not None:
+            console, self.console = self.console, None
+            await console.stop()
         if self.engine is not None:
             engine, self.engine = self.engine, None
             await engine.stop()

@@ -205,7 +205,7 @@ async def scaling(args: argparse.Namespace) -> None:
             servers = None
             if pipeline == "remote":
                 local = cfg.providers.local
-                specs = server_specs(local, llm_port=free_port(), stt_port=free_port(), tts_port=free_port(), threads=local.llm_threads)
+                specs = server_specs(local, llm_port=free_port(), stt_port=free_port(), tts_port=free_port(), threads=local.llm_threads, parallel=max(callers))
                 servers = ModelServers(specs, Path(media) / "server-logs")
                 await asyncio.to_thread(servers.start)
                 for sp in specs:

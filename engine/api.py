@@ -15,10 +15,16 @@ AudioTap = Callable[[str, bytes, int], None]
 
 
 class EngineView(Protocol):
-    store: SessionStore  # snapshots of live calls and the event stream
+    @property
+    def store(self) -> SessionStore:
+        """Snapshots of live calls and the event stream."""
+        ...
+
     fatal: asyncio.Event  # set when the engine cannot go on
     fatal_error: str | None
-    default_provider: str
+
+    @property
+    def default_provider(self) -> str: ...
 
     def summary(self) -> EngineSummary: ...
     def provider_readiness(self) -> dict[str, Readiness]: ...

@@ -98,6 +98,12 @@ class HealthConfig(_Section):
 
 
 
+class ConsoleConfig(_Section):
+    # The Unix socket ``aiagent-tui attach`` connects to; "": APP.sock in /run/aiagent-tui or a
+    # per-user runtime directory (engine/console.py, console_socket).
+    socket: str = ""
+
+
 class StorageConfig(_Section):
     media_dir: Path = Path("/var/lib/aiagent/media")
 
@@ -110,6 +116,7 @@ class AppConfig(_Section):
     asterisk: AsteriskConfig = AsteriskConfig()
     rtp: RtpConfig = RtpConfig()
     health: HealthConfig = HealthConfig()
+    console: ConsoleConfig = ConsoleConfig()
     providers: ProvidersConfig = ProvidersConfig()
     vad: VadConfig = VadConfig()
     barge_in: BargeInConfig = BargeInConfig()
@@ -158,6 +165,7 @@ ENV_OVERRIDES: dict[str, str] = {
     "RTP_PORT": "rtp.port",
     "HEALTH_HOST": "health.host",
     "HEALTH_PORT": "health.port",
+    "AIAGENT_CONSOLE_SOCKET": "console.socket",
     "AIAGENT_PROVIDER": "providers.default",
     "AIAGENT_MAX_CALLS": "rtp.max_calls",
     "AIAGENT_MEDIA_DIR": "storage.media_dir",

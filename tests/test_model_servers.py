@@ -77,6 +77,35 @@ async def test_a_call_is_heard_answered_and_spoken_by_the_servers(pbx, tmp_path,
     assert pbx.leftovers() == ([], [])
 
 
+async def test_llama_cpp_pythons_own_server_answers_too(pbx, tmp_path, servers, tmp_path_factory):
+    """The LLM on llama-cpp-python's server (``python -m llama_cpp.server``, one request at a time)
+    instead of llama-server, with the same Whisper and Piper servers."""
+    from aiagent_tui.model_servers import ServerSpec
+    from providers.local.models import resolve_llm
+
+    port = free_port()
+    llm = ServerSpec("llm-py", "openai", "127.0.0.1", port, [
+        sys.executable, "-m", "llama_cpp.server", "--model", str(resolve_llm("qwen2.5-coder-0.5b", "")), "--model_alias", "qwen2.5-coder-0.5b",
+        "--host", "127.0.0.1", "--port", str(port), "--n_threads", "1", "--interrupt_requests", "False", "--verbose", "False",
+    ])
+    with ModelServers([llm], tmp_path_factory.mktemp("llama-cpp-python-logs")):
+        def configure(cfg):
+            on_servers(servers)(cfg)
+            cfg.providers.servers["llm-py"] = ModelServerConfig(api="openai", url=llm.url, model="qwen2.5-coder-0.5b", timeout_s=20.0)
+            cfg.providers.pipelines["remote"].llm = "llm-py"
+
+        async with running_engine(pbx, tmp_path, configure, AIAGENT_DOWNSTREAM_MODE="stream") as eng:
+            sub = eng.store.subscribe()
+            rec = pbx.place_call(script=[WaitAgentDone(0.4, 30), Say(str(AGENT_PASS)), WaitAgent(0.5, 30), WaitAgentDone(0.8, 30)])
+            await asyncio.wait_for(rec.finished.wait(), 90)
+            events = drain(sub)
+            health = {c["name"]: c for c in eng.health()["components"]}
+    said = lines(events)
+    assert len(said) >= 2 and APOLOGY not in said, said
+    assert health["server-llm-py"]["state"] == "running" and health["server-llm-py"]["jobs"] >= 1
+    assert "server-llm" not in health
+
+
 @pytest.mark.parametrize("stage", ["llm", "stt", "tts"])
 async def test_a_server_killed_mid_call_costs_an_apology_and_the_call_goes_on_elsewhere(pbx, tmp_path, servers, stage):
     """The fallback here is the tone provider (a beep per utterance), so that which provider

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from pathlib import Path
 
 from textual.widgets import DataTable
@@ -16,8 +17,11 @@ from tests.conftest import free_port
 
 
 def app_config(tmp_path: Path, provider: str = "tone"):
+    # A Unix socket's path has at most 107 bytes: pytest's tmp_path can be longer.
+    console = Path(tempfile.mkdtemp(prefix="aiagent-console-")) / "engine.sock"
     cfg = load_config(None, env={"ASTERISK_ARI_PORT": str(free_port()), "RTP_PORT": "0", "HEALTH_PORT": "0",
-                                 "AIAGENT_MEDIA_DIR": str(tmp_path / "media"), "AIAGENT_PROVIDER": provider})
+                                 "AIAGENT_MEDIA_DIR": str(tmp_path / "media"), "AIAGENT_PROVIDER": provider,
+                                 "AIAGENT_CONSOLE_SOCKET": str(console)})
     cfg.providers.tone.duration_ms = 4000
     return cfg
 
@@ -118,3 +122,62 @@ async def test_headless_sim_service_answers_demo_calls(tmp_path):
         await asyncio.sleep(0.2)
     os.kill(os.getpid(), signal.SIGTERM)  # as systemd stops it
     assert await asyncio.wait_for(task, 20) == 0
+
+
+async def test_attach_shows_a_headless_engines_calls_controls_them_and_detaches(tmp_path):
+    """``aiagent-tui attach``: the app on an engine that runs without it (here the headless
+    service's Runtime in this process), over its console socket. Quitting detaches: the engine
+    and its calls go on. When the engine goes, the app says so and exits non-zero."""
+    from pbxsim.server import Pause, Say, WaitAgent
+    from aiagent_tui.attach import AttachRuntime
+    from tests.conftest import HELLO
+
+    cfg = app_config(tmp_path)
+    rt = Runtime(cfg, sim=True, demo_interval_s=600.0)
+    eng = await rt.start()
+    try:
+        assert await eng.wait_ari_connected(10)
+        sock = Path(cfg.console.socket)
+        assert sock.stat().st_mode & 0o777 == 0o600  # only the engine's user (and root) may attach
+        pbx = rt.pbx
+        first = pbx.place_call(script=[Say(str(HELLO)), WaitAgent(1.0), Pause(20.0)], caller_number="5550142")
+
+        app = AiAgentApp(AttachRuntime(sock), dump_dir=tmp_path)
+        async with app.run_test(size=(120, 40)) as pilot:
+            table = app.query_one(DataTable)
+            await until(pilot, lambda: first.id in [k.value for k in table.rows])
+            table.move_cursor(row=[k.value for k in table.rows].index(first.id))
+            await until(pilot, lambda: app.selected == first.id)
+            # The panes fill from the engine's snapshots, the log from its events.
+            await until(pilot, lambda: "beep" in app.export_screenshot() and "pkts" in app.export_screenshot())
+            screen = app.export_screenshot().replace("&#160;", " ")
+            assert "5550142" in screen and "attached to the engine" in screen
+            # m: the audio is in the engine's process.
+            await pilot.press("m")
+            await pilot.pause(0.3)
+            assert any("attached" in str(n.message) for n in app._notifications)
+            # h: the engine hangs the call up.
+            await pilot.press("h")
+            await until(pilot, lambda: first.ended_by is not None)
+            assert first.ended_by == "ari"
+            await pilot.press("q")
+        assert app.exit_code == 0
+        # Detached: the engine goes on and answers the next call.
+        assert eng.ari_connected and rt.engine is eng
+        second = pbx.place_call(str(HELLO), hold_s=1.0)
+        await asyncio.wait_for(second.finished.wait(), 20)
+        assert second.report(pbx)["answered"]
+
+        # The engine stops under an attached app: it exits 1 and says why.
+        app = AiAgentApp(AttachRuntime(sock))
+        async with app.run_test(size=(120, 40)) as pilot:
+            await until(pilot, lambda: app.engine is not None)
+            await rt.stop()
+            await until(pilot, lambda: app.exit_code == 1)
+    finally:
+        await rt.stop()
+    assert not sock.exists()
+    # No engine there: a clear refusal.
+    app = AiAgentApp(AttachRuntime(sock))
+    async with app.run_test() as pilot:
+        await until(pilot, lambda: app.exit_code == 1)

@@ -1,0 +1,186 @@
+"""The engine's console socket, which ``aiagent-tui attach`` connects to (as ``asterisk -r`` does to
+asterisk.ctl): the operator's view of a headless engine, and its call controls.
+
+A Unix socket, not the health port: it can hang calls up, so only the socket's owner (the
+service's user, and root) may connect (directory 0700, socket 0600). HTTP over it, JSON bodies of
+the same typed snapshots the terminal app draws from (engine/sessions.py, engine/status.py):
+
+    GET  /view?call=ID       EngineSummary, every CallSummary, the CallSnapshot of ID, its departments
+    GET  /events             WebSocket: every SessionEvent as {"type": NAME, "event": {...}}
+    POST /calls/ID/hangup    POST /calls/ID/barge-in    POST /calls/ID/transfer {"department": D}
+    POST /provider           {"name": P, "call": ID or null}
+
+The view is rendered on request (the console asks a few times a second); the event stream is one
+store subscription per console, dropped (with the console told) if the console cannot keep up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import stat
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from pydantic import TypeAdapter
+
+from engine.api import EngineView
+from engine.sessions import (
+    ActionChanged,
+    BargeIn,
+    CallEnded,
+    CallLog,
+    CallSnapshot,
+    CallStarted,
+    CallStateChanged,
+    CallSummary,
+    ConversationChanged,
+    SessionEvent,
+    TranscriptAdded,
+    TurnCompleted,
+)
+from engine.status import EngineSummary
+
+log = logging.getLogger(__name__)
+
+EVENT_TYPES: dict[str, type[Any]] = {
+    t.__name__: t
+    for t in (CallStarted, CallStateChanged, CallEnded, TranscriptAdded, ConversationChanged, BargeIn, TurnCompleted, ActionChanged, CallLog)
+}
+EVENTS = {name: TypeAdapter(t) for name, t in EVENT_TYPES.items()}
+SUMMARY = TypeAdapter(EngineSummary)
+CALLS = TypeAdapter(list[CallSummary])
+SNAPSHOT = TypeAdapter(CallSnapshot | None)
+
+
+RUN_DIR = Path("/run/aiagent-tui")  # the systemd unit's RuntimeDirectory (owned by its User, 0700)
+
+
+def console_socket(app: str, configured: str = "") -> Path:
+    """Where the engine of Stasis app ``app`` listens: ``configured`` (console.socket), else
+    /run/aiagent-tui (made by the systemd unit, or by root), else a per-user runtime directory
+    ($XDG_RUNTIME_DIR, or the temp dir). The engine and ``attach`` run this same rule."""
+    if configured:
+        return Path(configured)
+    if RUN_DIR.is_dir() or os.geteuid() == 0:
+        base = RUN_DIR
+    elif os.environ.get("XDG_RUNTIME_DIR"):
+        base = Path(os.environ["XDG_RUNTIME_DIR"]) / "aiagent-tui"
+    else:
+        base = Path(tempfile.gettempdir()) / f"aiagent-tui-{os.geteuid()}"
+    return base / f"{app}.sock"
+
+
+def encode_event(event: SessionEvent) -> str:
+    name = type(event).__name__
+    return f'{{"type": "{name}", "event": {EVENTS[name].dump_json(event).decode()}}}'
+
+
+class ConsoleServer:
+    def __init__(self, engine: EngineView, path: Path) -> None:
+        self.engine = engine
+        self.path = path
+        self._runner: web.AppRunner | None = None
+        self._sockets: set[web.WebSocketResponse] = set()
+
+    async def start(self) -> None:
+        """Raises OSError if the socket cannot be made, or if another engine is serving it."""
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.path.exists() or self.path.is_symlink():
+            if not stat.S_ISSOCK(self.path.lstat().st_mode):
+                raise OSError(f"{self.path} exists and is not a socket")
+            if _answers(self.path):
+                raise OSError(f"another engine is serving {self.path}")
+            self.path.unlink()  # left by an engine that was killed
+        app = web.Application()
+        app.router.add_get("/view", self._view)
+        app.router.add_get("/events", self._events)
+        app.router.add_post("/calls/{call_id}/{action}", self._call_action)
+        app.router.add_post("/provider", self._provider)
+        self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        await self._runner.setup()
+        old = os.umask(0o177)  # the socket is born 0600: no window where others may connect
+        try:
+            await web.UnixSite(self._runner, str(self.path)).start()
+        finally:
+            os.umask(old)
+
+    async def stop(self) -> None:
+        for ws in list(self._sockets):
+            await ws.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    async def _view(self, request: web.Request) -> web.Response:
+        e = self.engine
+        call_id = request.query.get("call", "")
+        snap = e.store.snapshot(call_id) if call_id else None
+        body = (
+            f'{{"summary": {SUMMARY.dump_json(e.summary()).decode()}, "calls": {CALLS.dump_json(e.store.summaries()).decode()}, '
+            f'"call": {SNAPSHOT.dump_json(snap).decode()}, "departments": {json.dumps(e.departments(call_id) if snap else {})}}}'
+        )
+        return web.Response(text=body, content_type="application/json")
+
+    async def _events(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(heartbeat=10.0)
+        await ws.prepare(request)
+        self._sockets.add(ws)
+        sub = self.engine.store.subscribe(2000)
+        try:
+            reader = asyncio.ensure_future(ws.receive())  # the console closing its end
+            while not ws.closed:
+                getting = asyncio.ensure_future(sub.get())
+                done, _ = await asyncio.wait({getting, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if reader in done:
+                    getting.cancel()
+                    break
+                await ws.send_str(encode_event(getting.result()))
+            reader.cancel()
+        finally:
+            sub.close()
+            self._sockets.discard(ws)
+        return ws
+
+    async def _call_action(self, request: web.Request) -> web.Response:
+        e, call_id, action = self.engine, request.match_info["call_id"], request.match_info["action"]
+        if e.store.snapshot(call_id) is None:
+            return web.json_response({"ok": False, "error": f"no call {call_id}"}, status=404)
+        if action == "hangup":
+            ok = await e.hangup(call_id)
+        elif action == "barge-in":
+            ok = e.barge_in(call_id)
+        elif action == "transfer":
+            body = await request.json()
+            ok = e.transfer(call_id, str(body.get("department", "")))
+        else:
+            return web.json_response({"ok": False, "error": f"no action {action}"}, status=404)
+        log.info("console: %s on %s: %s", action, call_id, "done" if ok else "refused")
+        return web.json_response({"ok": ok})
+
+    async def _provider(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        name, call_id = str(body.get("name", "")), body.get("call")
+        if name not in self.engine.provider_readiness():
+            return web.json_response({"ok": False, "error": f"no provider {name}"}, status=404)
+        if call_id:
+            return web.json_response({"ok": await self.engine.set_call_provider(str(call_id), name)})
+        await self.engine.set_default_provider(name)
+        return web.json_response({"ok": True})
+
+
+def _answers(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX) as s:
+        try:
+            s.connect(str(path))
+            return True
+        except OSError:
+            return False
