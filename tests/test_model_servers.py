@@ -41,6 +41,24 @@ def on_servers(servers: ModelServers, fallback: str = ""):
     return configure
 
 
+def stage_on(servers: ModelServers, stage: str, spec, model: str):
+    """The servers' pipeline with one stage on another (OpenAI-API) server."""
+    def configure(cfg):
+        on_servers(servers)(cfg)
+        cfg.providers.servers[spec.name] = ModelServerConfig(api="openai", url=spec.url, model=model, timeout_s=20.0)
+        setattr(cfg.providers.pipelines["remote"], stage, spec.name)
+
+    return configure
+
+
+async def ask_once(pbx, eng) -> list:
+    """A call that hears the greeting, asks one question and hears the answer: its events."""
+    sub = eng.store.subscribe()
+    rec = pbx.place_call(script=[WaitAgentDone(0.4, 30), Say(str(AGENT_PASS)), WaitAgent(0.5, 30), WaitAgentDone(0.8, 30)])
+    await asyncio.wait_for(rec.finished.wait(), 90)
+    return drain(sub)
+
+
 def drain(sub) -> list:
     out = []
     while (e := sub.get_nowait()) is not None:
@@ -89,16 +107,8 @@ async def test_llama_cpp_pythons_own_server_answers_too(pbx, tmp_path, servers, 
         "--host", "127.0.0.1", "--port", str(port), "--n_threads", "1", "--interrupt_requests", "False", "--verbose", "False",
     ])
     with ModelServers([llm], tmp_path_factory.mktemp("llama-cpp-python-logs")):
-        def configure(cfg):
-            on_servers(servers)(cfg)
-            cfg.providers.servers["llm-py"] = ModelServerConfig(api="openai", url=llm.url, model="qwen2.5-coder-0.5b", timeout_s=20.0)
-            cfg.providers.pipelines["remote"].llm = "llm-py"
-
-        async with running_engine(pbx, tmp_path, configure, AIAGENT_DOWNSTREAM_MODE="stream") as eng:
-            sub = eng.store.subscribe()
-            rec = pbx.place_call(script=[WaitAgentDone(0.4, 30), Say(str(AGENT_PASS)), WaitAgent(0.5, 30), WaitAgentDone(0.8, 30)])
-            await asyncio.wait_for(rec.finished.wait(), 90)
-            events = drain(sub)
+        async with running_engine(pbx, tmp_path, stage_on(servers, "llm", llm, "qwen2.5-coder-0.5b"), AIAGENT_DOWNSTREAM_MODE="stream") as eng:
+            events = await ask_once(pbx, eng)
             health = {c["name"]: c for c in eng.health()["components"]}
     said = lines(events)
     assert len(said) >= 2 and APOLOGY not in said, said
@@ -197,17 +207,9 @@ async def test_stt_over_the_openai_audio_api(pbx, tmp_path, servers, tmp_path_fa
         sys.executable, "-m", "faster_whisper_server", str(resolve(WHISPER_TINY_EN, "")), "--host", "127.0.0.1", "--port", str(port),
     ])
     with ModelServers([whisper], tmp_path_factory.mktemp("fws-logs")):
-        def configure(cfg):
-            on_servers(servers)(cfg)
-            cfg.providers.servers["stt-openai"] = ModelServerConfig(api="openai", url=whisper.url, model="whisper-1", timeout_s=20.0)
-            cfg.providers.pipelines["remote"].stt = "stt-openai"
-
-        async with running_engine(pbx, tmp_path, configure, AIAGENT_DOWNSTREAM_MODE="stream") as eng:
+        async with running_engine(pbx, tmp_path, stage_on(servers, "stt", whisper, "whisper-1"), AIAGENT_DOWNSTREAM_MODE="stream") as eng:
             assert eng.providers["remote"].readiness().ready  # no model list there: it answered, so it is up
-            sub = eng.store.subscribe()
-            rec = pbx.place_call(script=[WaitAgentDone(0.4, 30), Say(str(AGENT_PASS)), WaitAgent(0.5, 30), WaitAgentDone(0.8, 30)])
-            await asyncio.wait_for(rec.finished.wait(), 90)
-            events = drain(sub)
+            events = await ask_once(pbx, eng)
             stt = {c["name"]: c for c in eng.health()["components"]}["server-stt-openai"]
     heard = lines(events, "caller")
     assert jiwer.wer(NORM("Please enter your password followed by the pound key."), NORM(" ".join(heard)) or "x") < 0.2, heard
@@ -278,3 +280,37 @@ def test_a_streamed_reply_is_put_together_with_its_tool_calls(chunks, text, pass
     out += [held] if held else []
     assert stream.finished and reply.text == text and out == passed_on
     assert [(c.name, c.arguments) for c in reply.tool_calls] == calls
+
+
+async def test_a_cancelled_answer_closes_its_stream_and_frees_the_servers_slot(servers):
+    """Barge-in cancels the turn: the client closes the stream, and llama-server stops generating
+    (its slot is free again at once, not after the answer's 400 tokens)."""
+    import aiohttp
+
+    from providers.remote.openai import OpenAiLlm, OpenAiServer
+
+    spec = servers.spec("llm")
+    server = OpenAiServer("llm", ModelServerConfig(api="openai", url=spec.url, model=spec.model, timeout_s=20.0))
+    llm = OpenAiLlm(server)
+    await llm.start()
+    first = asyncio.Event()
+
+    async def processing() -> bool:
+        async with aiohttp.ClientSession() as http, http.get(spec.url.removesuffix("/v1") + "/slots") as r:
+            return any(slot["is_processing"] for slot in await r.json())
+
+    try:
+        messages = [{"role": "user", "content": "Count from one to five hundred in words, one number a line."}]
+        answer = asyncio.create_task(llm.generate(messages, 400, 0.0, lambda _: first.set()))
+        await asyncio.wait_for(first.wait(), 30)
+        assert await processing()
+        answer.cancel()
+        await asyncio.gather(answer, return_exceptions=True)
+        loop = asyncio.get_running_loop()
+        cancelled_at = loop.time()
+        while await processing():
+            assert loop.time() - cancelled_at < 1.0, "llama-server still generating a second after the stream closed"
+            await asyncio.sleep(0.02)
+        assert server.in_flight == 0 and server.circuit.closed  # a cancel is not a failure of the server
+    finally:
+        await server.close()
