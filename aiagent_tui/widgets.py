@@ -53,9 +53,18 @@ class HeaderBar(Pane):
         line1 = Text.assemble(ari, "  │  ", rtp, "  │  providers: ", provs, to)
         line2 = Text(
             f"calls {s.active_calls}/{s.max_calls}  total {s.calls_total}  refused {s.calls_rejected_over_capacity}"
-            f"  │  {s.downstream_mode} playback  │  health {s.health_url}  metrics {s.metrics_url}",
+            f"  │  {s.downstream_mode} playback  │  ",
             style="dim",
         )
+        busy = [q for q in s.model_queues if q.depth]
+        if busy:  # model work queued: where the turns are waiting, instead of the URLs
+            line2.append("models: ", style="dim")
+            for q in busy:
+                wait = q.oldest_wait_s
+                line2.append(f"{q.model.removeprefix('local-').removesuffix('-worker')} {q.depth}" + (f" ({wait:.1f} s)" if wait >= 0.1 else "") + "  ",
+                             style="bold red" if wait >= 2.0 else "yellow" if wait >= 0.5 else "")
+        else:
+            line2.append(f"health {s.health_url}  metrics {s.metrics_url}", style="dim")
         if s.problems:  # a component or model worker down outranks the counters
             line2 = Text("⚠ " + "  │  ".join(s.problems), style="bold red")
         self.show_content(Group(line1, line2))

@@ -147,6 +147,9 @@ def report(title: str, turns: list[tuple[str, TurnTimeline]], alone: list[float]
 
 def config(args: argparse.Namespace, env: dict[str, str]) -> AppConfig:
     cfg = load_config(ROOT / "config.toml", env=env)
+    # The hold line ("One moment, please.") would be the first sound a slow turn's caller hears:
+    # off unless asked for, so that the figures are the answers'.
+    cfg.providers.local.hold_after_ms = args.hold_after_ms
     if args.facts:
         from answers import DENTIST
 
@@ -253,6 +256,7 @@ def main() -> int:
     ap.add_argument("--pipeline", help="local, remote or local,remote: the scaling table instead (see above)")
     ap.add_argument("--callers", default="1,2,4,8", help="with --pipeline: callers asking at once, per row")
     ap.add_argument("--rounds", type=int, default=2, help="with --pipeline: rounds per row")
+    ap.add_argument("--hold-after-ms", type=int, default=0, help="providers.local.hold_after_ms (default 0: no hold line, the answers are timed)")
     args = ap.parse_args()
     asyncio.run(scaling(args) if args.pipeline else main_async(args))
     return 0

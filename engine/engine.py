@@ -9,7 +9,6 @@ by aiagent_tui/runtime.py); they read its state through ``store`` (events and sn
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from typing import Any
 
@@ -60,9 +59,9 @@ class Engine:
         )
         self.ari = AriClient(config.asterisk)
         self.providers: dict[str, Provider] = {}
-        self.stages = StagePool(config.providers)  # the model stages the pipelines share
         self.default_provider = config.providers.default
         self.metrics = EngineMetrics(lambda: self.status(detail=False))
+        self.stages = StagePool(config.providers, self.metrics.model_wait)  # the model stages the pipelines share
         self.calls = CallController(
             config, self.ari, self.store, self.rtp, self.provider_for_new_call, self.get_provider,
             self.metrics.turn_latency.observe, ready_for_calls=self.takes_new_calls,
@@ -296,17 +295,15 @@ class Engine:
                 f"{c.name} {c.state}" + (f": {c.last_error}" if c.last_error else "")
                 for c in components if not c.ok
             ),
+            model_queues=tuple(ModelQueue(name, q.depth, q.oldest_wait_s) for name, q in self.stages.queues().items()),
             health_url=f"{base}/health",
             metrics_url=f"{base}/metrics",
         )
 
     def components(self) -> list[ComponentStatus]:
-        """Every long-lived part of the engine, its model stages (worker processes, model servers) and
-        its providers' own workers, with their failures."""
-        out = self.supervisor.status() + self.stages.statuses()
-        for p in self.providers.values():
-            out += [dataclasses.replace(w, name=f"{p.name}-{w.name}-worker") for w in p.workers()]
-        return out
+        """Every long-lived part of the engine and its model stages (worker processes, model
+        servers), with their failures."""
+        return self.supervisor.status() + self.stages.statuses()
 
     def status(self, detail: bool = True) -> EngineStatus:
         """Everything /health and /metrics show; ``detail`` adds a snapshot of every call."""
@@ -351,9 +348,6 @@ class Engine:
                 pc.files_started, pc.files_finished, pc.files_failed, pc.files_timed_out, pc.files_stopped, pc.stream_fallbacks,
             ),
             actions=tuple((k, o, n) for (k, o), n in sorted(self.calls.action_counters.counts.items())),
-            model_queues=tuple(
-                ModelQueue(name, model, n) for name, p in self.providers.items() for model, n in p.queue_depths().items()
-            ),
             calls=tuple(store.snapshots()) if detail else (),
         )
 

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from engine.status import EngineStatus
+from providers.stages import Priority
 
 
 class EngineCollector:
@@ -89,10 +90,13 @@ class EngineCollector:
         for kind, outcome, n in st.actions:
             actions.add_metric([kind, outcome], n)
         yield actions
-        depth = GaugeMetricFamily("ai_agent_model_queue_depth", "Model jobs waiting or running", labels=["provider", "model"])
-        for q in st.model_queues:
-            depth.add_metric([q.provider, q.model], q.depth)
+        depth = GaugeMetricFamily("ai_agent_model_queue_depth", "Model jobs waiting or running, per model stage", labels=["model"])
+        oldest = GaugeMetricFamily("ai_agent_model_oldest_wait_seconds", "How long the model job waiting longest has waited", labels=["model"])
+        for q in s.model_queues:
+            depth.add_metric([q.model], q.depth)
+            oldest.add_metric([q.model], q.oldest_wait_s)
         yield depth
+        yield oldest
         ready = GaugeMetricFamily("ai_agent_provider_ready", "1 when the provider can take calls", labels=["provider"])
         for name, readiness in s.providers.items():
             ready.add_metric([name], int(readiness.ready))
@@ -111,6 +115,17 @@ class EngineMetrics:
             buckets=(0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0),
             registry=self.registry,
         )
+
+        self._model_wait = Histogram(
+            "ai_agent_model_wait_seconds",
+            "Time an in-process model job waited for its worker, by model and priority (now: what a caller waits on)",
+            labelnames=["model", "priority"],
+            buckets=(0.01, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
+            registry=self.registry,
+        )
+
+    def model_wait(self, model: str, priority: Priority, seconds: float) -> None:
+        self._model_wait.labels(model, priority.name.lower()).observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

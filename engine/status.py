@@ -13,6 +13,13 @@ from providers.base import ComponentStatus, Readiness
 
 
 @dataclass(frozen=True, slots=True)
+class ModelQueue:
+    model: str  # the stage's component name: local-llm-worker, server-NAME
+    depth: int  # jobs waiting or running
+    oldest_wait_s: float  # how long the job waiting longest has waited (in-process workers)
+
+
+@dataclass(frozen=True, slots=True)
 class EngineSummary:
     """The engine without per-call detail: cheap enough for a header drawn ten times a second."""
 
@@ -36,6 +43,7 @@ class EngineSummary:
     providers: dict[str, Readiness]
     downstream_mode: str
     problems: tuple[str, ...]  # components and model workers that are not running, in words
+    model_queues: tuple[ModelQueue, ...]  # each model stage's jobs (in-process workers, servers)
     health_url: str
     metrics_url: str
 
@@ -98,13 +106,6 @@ class PlaybackTotals:
 
 
 @dataclass(frozen=True, slots=True)
-class ModelQueue:
-    provider: str
-    model: str
-    depth: int
-
-
-@dataclass(frozen=True, slots=True)
 class EngineStatus:
     summary: EngineSummary
     components: tuple[ComponentStatus, ...]
@@ -114,7 +115,6 @@ class EngineStatus:
     conversation: ConversationTotals
     playback: PlaybackTotals
     actions: tuple[tuple[str, str, int], ...]  # (kind, outcome, count): transfers, hangups, prompts
-    model_queues: tuple[ModelQueue, ...]
     calls: tuple[CallSnapshot, ...]  # empty unless asked for with detail
 
     def as_json(self) -> dict[str, Any]:

@@ -102,6 +102,14 @@ class Readiness:
 
 
 @dataclass(slots=True, frozen=True)
+class QueueState:
+    """A model's jobs: how many wait or run, and how long the one waiting longest has waited."""
+
+    depth: int
+    oldest_wait_s: float = 0.0
+
+
+@dataclass(slots=True, frozen=True)
 class ComponentStatus:
     """A long-lived part of the engine, or a provider's model worker process, for /health."""
 
@@ -176,14 +184,6 @@ class Provider(ABC):
 
     @abstractmethod
     def open_call(self, ctx: CallContext, emit: EmitFn) -> ProviderCall: ...
-
-    def queue_depths(self) -> dict[str, int]:
-        """Model jobs waiting or running, per model (for /metrics)."""
-        return {w.name: w.depth or 0 for w in self.workers()}
-
-    def workers(self) -> list[ComponentStatus]:
-        """The provider's model worker processes (for /health and /metrics)."""
-        return []
 
     async def close(self) -> None:
         """At engine shutdown, after every call has stopped."""

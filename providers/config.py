@@ -53,6 +53,10 @@ class LocalProviderConfig(ConfigSection):
     worker_hang_timeout_s: float = Field(10.0, gt=0, le=3600)
     # Said when a turn is lost to a model worker that crashed or hung (it is being restarted).
     apology: str = "Sorry, I lost my train of thought. Could you say that again?"
+    # Said when a caller's answer has not started this long after they stopped speaking (more
+    # callers than the models keep up with): a short line instead of silence. 0: never.
+    hold_line: str = "One moment, please."
+    hold_after_ms: int = Field(2000, ge=0, le=60000)
 
 
 class DeepgramProviderConfig(ConfigSection):

@@ -34,6 +34,7 @@ from providers.base import (
     TurnMark,
     UtteranceCollector,
     ComponentStatus,
+    QueueState,
 )
 from providers.intents import decide, offered_department
 from providers.local import grounding
@@ -42,11 +43,11 @@ from providers.local.sentences import SentenceSplitter
 from providers.local.spoken import spoken
 from providers.local.stages import WorkerLlm, WorkerStt, WorkerTts
 from providers.local.stt import check_stt_model
-from providers.local.workers import ModelWorker
+from providers.local.workers import ModelWorker, WaitObserver
 from providers.remote.openai import OpenAiLlm, OpenAiServer, OpenAiStt, OpenAiTts
 from providers.remote.server import ModelServer
 from providers.remote.wyoming import WyomingServer, WyomingStt, WyomingTts
-from providers.stages import LanguageModel, Reply, Speech, SpeechToText, Stage, StageBusy, StageFailed, TextToSpeech
+from providers.stages import LanguageModel, Priority, Reply, Speech, SpeechToText, Stage, StageBusy, StageFailed, TextToSpeech
 from providers.tools import action_for, action_functions
 
 log = logging.getLogger(__name__)
@@ -109,10 +110,10 @@ class _Voice:
         self.tts = tts
         self.cache = SpeechCache(cache_size)
 
-    async def synthesize(self, text: str) -> Speech:
+    async def synthesize(self, text: str, priority: Priority = Priority.NOW) -> Speech:
         speech = self.cache.get(text)
         if speech is None:
-            speech = await self.tts.synthesize(spoken(text))
+            speech = await self.tts.synthesize(spoken(text), priority)
             self.cache.put(text, speech)
         return speech
 
@@ -121,8 +122,9 @@ class StagePool:
     """Every stage the engine's pipelines use, each built and started once: two pipelines with
     local Whisper share one Whisper worker, and stages on one server share its connection pool."""
 
-    def __init__(self, config: ProvidersConfig) -> None:
+    def __init__(self, config: ProvidersConfig, on_wait: WaitObserver | None = None) -> None:
         self.config = config
+        self.on_wait = on_wait  # each in-process job's wait for its worker (the engine's histogram)
         self._stages: dict[tuple[str, str], Stage] = {}
         self._servers: dict[str, ModelServer] = {}
         self._voices: dict[str, _Voice] = {}
@@ -138,7 +140,7 @@ class StagePool:
     def _build(self, kind: str, backend: str) -> Stage:
         local = self.config.local
         if backend == IN_PROCESS:
-            worker = ModelWorker(kind, local.model_dump(mode="json"), local.max_queue, local.worker_hang_timeout_s)
+            worker = ModelWorker(kind, local.model_dump(mode="json"), local.max_queue, local.worker_hang_timeout_s, on_wait=self.on_wait)
             in_process: dict[str, type[WorkerStt | WorkerLlm | WorkerTts]] = {"stt": WorkerStt, "llm": WorkerLlm, "tts": WorkerTts}
             return in_process[kind](worker)
         server = self.server(backend)
@@ -167,13 +169,16 @@ class StagePool:
                 self._voices[p.tts] = _Voice(tts, self.config.local.tts_cache_size)
             return stt, llm, self._voices[p.tts]
 
+    def _named(self) -> dict[str, Stage]:
+        """Each stage once, by its name in /health: local-KIND-worker, or server-NAME (a server's
+        stages share its client)."""
+        return {(f"local-{kind}-worker" if backend == IN_PROCESS else stage.status().name): stage for (kind, backend), stage in self._stages.items()}
+
     def statuses(self) -> list[ComponentStatus]:
-        out: dict[str, ComponentStatus] = {}
-        for (kind, backend), stage in self._stages.items():
-            st = stage.status()
-            name = f"local-{kind}-worker" if backend == IN_PROCESS else st.name
-            out[name] = dataclasses.replace(st, name=name)
-        return list(out.values())
+        return [dataclasses.replace(stage.status(), name=name) for name, stage in self._named().items()]
+
+    def queues(self) -> dict[str, QueueState]:
+        return {name: stage.queue() for name, stage in self._named().items()}
 
     async def close(self) -> None:
         stages, self._stages = self._stages, {}
@@ -199,8 +204,8 @@ class Pipeline:
     def cache(self) -> SpeechCache:
         return self.voice.cache
 
-    async def synthesize(self, text: str) -> Speech:
-        return await self.voice.synthesize(text)
+    async def synthesize(self, text: str, priority: Priority = Priority.NOW) -> Speech:
+        return await self.voice.synthesize(text, priority)
 
 
 @dataclass
@@ -209,6 +214,8 @@ class _Turn:
     cancelled: bool = False
     spoken: list[tuple[str, float]] = field(default_factory=list)  # (sentence, seconds of its audio)
     recorded: bool = False  # in the history already
+    hold: asyncio.TimerHandle | None = None  # the hold line, due if the answer is slow
+    held: bool = False  # the hold line was said
 
     def heard(self, played_s: float | None) -> str:
         """What the caller heard of the answer: whole sentences, and the words of the one cut off
@@ -295,7 +302,10 @@ class PipelineCall(ProviderCall):
         if pausing or now >= self._partial_due:
             self._partial_due = now + interval
             self._partial_voiced = self._voiced
-            self._partial_task = asyncio.create_task(self._run_partial(c.snapshot(), self._voiced, self._utterance))
+            # The pause's transcript is most often the final one (the caller has finished): as
+            # urgent as a final; the periodic ones only show the operator words early.
+            priority = Priority.NOW if pausing else Priority.IF_IDLE
+            self._partial_task = asyncio.create_task(self._run_partial(c.snapshot(), self._voiced, self._utterance, priority))
             self._partial_task.add_done_callback(lambda _: self._consider_partial())
 
     def utterance_started(self) -> None:
@@ -328,11 +338,11 @@ class PipelineCall(ProviderCall):
         self._cancel_turn()
         self._turn_task = asyncio.create_task(self._answer(audio, covered))
 
-    async def _run_partial(self, audio: bytes, voiced: int, utterance: int) -> str | None:
+    async def _run_partial(self, audio: bytes, voiced: int, utterance: int, priority: Priority) -> str | None:
         try:
-            text = await self.m.stt.transcribe(audio, self._vocabulary)
+            text = await self.m.stt.transcribe(audio, self._vocabulary, priority)
         except (StageBusy, StageFailed):
-            return None  # a partial is an optimisation: the final transcription tries again
+            return None  # a partial is an optimisation (refused under load): the final transcription tries again
         if self._collector.in_speech and utterance == self._utterance:
             self._partial = (voiced, text)
             if text:
@@ -354,6 +364,7 @@ class PipelineCall(ProviderCall):
         transcribing all of it."""
         turn = self._turn = _Turn()
         loop = self._loop
+        started_at = loop.time()
         try:
             text = await self._transcript(audio, covered)
             self._emit(TurnMark("stt_final", loop.time()))
@@ -362,6 +373,7 @@ class PipelineCall(ProviderCall):
                 return
             self._emit(Transcript("caller", text))
             turn.user = text
+            self._hold_timer(turn, started_at)
             action = decide(text, self.profile, self._offered)
             self._offered = None
             if action is not None:
@@ -445,6 +457,8 @@ class PipelineCall(ProviderCall):
             # A model process died or hung mid-turn (it is being restarted), or a server failed or
             # was too slow: say so briefly rather than leave the caller in silence.
             self._emit(ProviderError(f"turn lost: {e}"))
+            if turn.hold is not None:
+                turn.hold.cancel()
             await self._say(self.cfg.apology)
             down = [s.name for s in self.m.stages if not s.available]
             if down and self._fallback:
@@ -453,6 +467,27 @@ class PipelineCall(ProviderCall):
             log.exception("[%s] local provider turn failed", self.ctx.call_id)
             self._emit(ProviderError(f"turn failed: {e.__class__.__name__}: {e}"))
             self._emit(TurnMark("no_answer", loop.time()))
+        finally:
+            if turn.hold is not None:
+                turn.hold.cancel()
+
+    def _hold_timer(self, turn: _Turn, started_at: float) -> None:
+        """The hold line, if the answer has not started ``hold_after_ms`` after the turn began."""
+        after = self.cfg.hold_after_ms / 1000
+        if not after or not self.cfg.hold_line:
+            return
+
+        def hold() -> None:
+            speech = self.m.cache.get(self.cfg.hold_line)  # pinned at load: no model work
+            if turn.cancelled or turn.spoken or turn.held or speech is None:
+                return
+            turn.held = True
+            self._emit(AgentSpeakingStarted())
+            self._emit(Transcript("agent", self.cfg.hold_line))
+            self._emit(AgentAudio(speech.pcm16, speech.sample_rate))
+            self._emit(AgentSpeakingStopped())
+
+        turn.hold = self._loop.call_at(started_at + after, hold)
 
     def _tool_action(self, reply: Reply) -> ActionRequest | None:
         """The action of the reply's first tool call; a call that cannot be done is reported (the
@@ -475,7 +510,7 @@ class PipelineCall(ProviderCall):
                     continue
                 if not started:
                     self._emit(TurnMark("first_sentence", self._loop.time()))
-                speech = await self.m.synthesize(sentence)
+                speech = await self.m.synthesize(sentence, Priority.LATER if started else Priority.NOW)
                 if turn.cancelled:
                     continue
                 if not started:
@@ -573,7 +608,7 @@ class PipelineProvider(Provider):
     async def load(self) -> None:
         """Starts its stages (a clear ModelNotFound names the setting and path when a local model
         file is missing; a server that does not answer yet is shown as down, not an error). The
-        fixed ``phrases`` (greetings, closing lines, announcements) and the apology are
+        fixed ``phrases`` (greetings, closing lines, announcements), the apology and the hold line are
         synthesized now, so they cost nothing on a call and play even while the TTS is down; the
         ``instructions`` are read by an in-process LLM now (its prefix cache)."""
         try:
@@ -587,7 +622,7 @@ class PipelineProvider(Provider):
                 await llm.prime(system)
             except (StageBusy, StageFailed) as e:
                 log.warning("%s: the LLM could not read a profile's instructions ahead: %s", self.name, e)
-        for text in dict.fromkeys((*self.phrases, self.cfg.apology)):
+        for text in dict.fromkeys((*self.phrases, self.cfg.apology, self.cfg.hold_line)):
             if text and m.cache.get(text) is None:
                 try:
                     m.cache.put(text, await voice.tts.synthesize(spoken(text)), pin=True)
@@ -607,12 +642,8 @@ class PipelineProvider(Provider):
         assert self.models is not None, "load() first"
         return PipelineCall(ctx, emit, self.models, self.cfg, self.fallback)
 
-    # Its stages' state is the pool's (StagePool.statuses): stages are shared between pipelines.
-    def queue_depths(self) -> dict[str, int]:
-        if self.models is None:
-            return {}
-        return {kind: s.status().depth or 0 for kind, s in zip(("stt", "llm", "tts"), self.models.stages, strict=True)}
-
+    # Its stages' state and queues are the pool's (StagePool.statuses, queues): stages are shared
+    # between pipelines.
     async def close(self) -> None:
         """The stages are the pool's: the engine closes it after its providers."""
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import Any, Callable, Sequence
 
-from providers.base import ComponentStatus
+from providers.base import ComponentStatus, QueueState
 
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": ...}
 Tool = dict[str, Any]  # a function's "name", "description" and JSON-schema "parameters"
@@ -45,6 +46,16 @@ class Reply:
     tool_calls: tuple[ToolCall, ...] = ()
 
 
+class Priority(IntEnum):
+    """Which job a stage serves first when several wait (in-process stages; a server orders its
+    own): what a caller is waiting on, then the rest of answers, then partial transcripts, which
+    are refused when anything else waits (they only show the operator words early)."""
+
+    NOW = 0  # a final transcript, an answer's first sentence and its voice, a fixed line
+    LATER = 1  # the later sentences of an answer, and their voice
+    IF_IDLE = 2  # a partial transcript
+
+
 class StageBusy(Exception):
     """Refused at once: the stage has too much work queued."""
 
@@ -66,6 +77,10 @@ class Stage(ABC):
     @abstractmethod
     def status(self) -> ComponentStatus: ...
 
+    def queue(self) -> QueueState:
+        """Its jobs waiting or running (a server's: in flight from this engine)."""
+        return QueueState(self.status().depth or 0)
+
     @property
     def available(self) -> bool:
         """False while the stage is known to fail every job (a server's circuit is open, a worker
@@ -78,7 +93,7 @@ class Stage(ABC):
 
 class SpeechToText(Stage):
     @abstractmethod
-    async def transcribe(self, pcm16: bytes, prompt: str) -> str:
+    async def transcribe(self, pcm16: bytes, prompt: str, priority: Priority = Priority.NOW) -> str:
         """The text of PCM16 mono 16 kHz speech; ``prompt``: words to expect (where the stage can
         use them)."""
 
@@ -104,4 +119,4 @@ class LanguageModel(Stage):
 
 class TextToSpeech(Stage):
     @abstractmethod
-    async def synthesize(self, text: str) -> Speech: ...
+    async def synthesize(self, text: str, priority: Priority = Priority.NOW) -> Speech: ...

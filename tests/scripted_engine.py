@@ -23,7 +23,7 @@ from engine.sessions import (
     TranscriptTurn,
     TurnTimeline,
 )
-from engine.status import EngineSummary
+from engine.status import EngineSummary, ModelQueue
 from providers.base import Readiness
 
 NOW = 5000.0
@@ -49,6 +49,7 @@ class ScriptedEngine:
         self.fatal_error: str | None = None
         self.default_provider = "local"
         self.problems = problems
+        self.model_queues: tuple[ModelQueue, ...] = ()
         self.commands: list[tuple[str, ...]] = []
 
     def add_call(self, number: str, started_s_ago: float, state: ConversationState, **kw: Any) -> CallSession:
@@ -117,6 +118,7 @@ class ScriptedEngine:
             providers=self.provider_readiness(),
             downstream_mode="stream",
             problems=self.problems,
+            model_queues=self.model_queues,
             health_url="http://127.0.0.1:15000/health",
             metrics_url="http://127.0.0.1:15000/metrics",
         )

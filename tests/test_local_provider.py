@@ -66,6 +66,26 @@ async def test_a_caller_gets_understood_and_a_spoken_answer(pbx, tmp_path, whisp
     assert wer(" ".join(agent_lines[1:]), heard) < 0.5, (agent_lines, heard)
 
 
+async def test_a_slow_answer_is_announced_by_the_hold_line_not_silence(pbx, tmp_path):
+    """More callers than the models keep up with: the answer has not started ``hold_after_ms``
+    after the caller stopped, so the caller hears the hold line (pinned: no model work), then the
+    answer."""
+    def impatient(cfg):
+        cfg.providers.local.hold_after_ms = 100  # shorter than any answer here takes
+
+    async with local_engine(pbx, tmp_path, "stream", impatient) as eng:
+        sub = eng.store.subscribe()
+        rec = pbx.place_call(script=[WaitAgentDone(0.4), Say(str(AGENT_PASS)), WaitAgent(0.3), WaitAgentDone(1.0)])
+        await asyncio.wait_for(rec.finished.wait(), 60)
+        events = []
+        while (e := sub.get_nowait()) is not None:
+            events.append(e)
+    hold = LocalProviderConfig().hold_line
+    agent_lines = [e.turn.text for e in events if isinstance(e, TranscriptAdded) and e.turn.role == "agent" and e.turn.final]
+    assert agent_lines[0] == AgentProfile().greeting and agent_lines[1] == hold and len(agent_lines) >= 3, agent_lines
+    assert rec.media.agent_heard_s() > 1.0 + 0.8 + 1.0  # greeting, hold line, answer
+
+
 async def test_barge_in_cancels_generation_and_speech(pbx, tmp_path):
     def chatty(cfg):
         cfg.profiles["default"].persona = "You are a storyteller. Always answer with a long story of many sentences."
@@ -78,8 +98,7 @@ async def test_barge_in_cancels_generation_and_speech(pbx, tmp_path):
         await wait_for(lambda: rec.media.agent_heard_s() >= 1.5, timeout=30)
         assert eng.barge_in(rec.id)
         t_barge = asyncio.get_running_loop().time()
-        provider = eng.providers["local"]
-        await wait_for(lambda: provider.queue_depths()["llm"] == 0, timeout=2)  # generation stopped
+        await wait_for(lambda: eng.stages.queues()["local-llm-worker"].depth == 0, timeout=2)  # generation stopped
         await asyncio.sleep(1.0)
         events = []
         while (e := sub.get_nowait()) is not None:
@@ -159,6 +178,40 @@ async def test_tts_cache_makes_repeats_free():
             await m.synthesize(f"Sentence number {i}.")
         assert m.cache.get(text) is None  # evicted, least recently used first
         assert m.cache.get(LocalProviderConfig().apology) is not None  # pinned at load
+
+
+async def test_model_work_is_served_by_priority_and_partials_give_way():
+    """The worker's queue: what a caller waits on (NOW) before the rest of answers (LATER), in
+    arrival order within a priority; a partial transcript (IF_IDLE) is refused while others wait;
+    a queued job that is cancelled never reaches the model."""
+    from providers.stages import Priority, StageBusy
+
+    async with local_pipeline(LocalProviderConfig(tts_cache_size=0)) as p:
+        tts, stt = p.models.voice.tts, p.models.stt
+        worker = tts.worker
+        done: list[str] = []
+
+        async def say(name: str, priority: Priority) -> None:
+            await tts.synthesize(f"This is sentence {name}, spoken for the test.", priority)
+            done.append(name)
+
+        dispatched: list[Priority] = []
+        worker.on_wait = lambda model, priority, waited: dispatched.append(priority)
+        running = asyncio.create_task(say("running", Priority.LATER))
+        await wait_for(lambda: worker._running is not None, timeout=10, interval=0.001)
+        later = [asyncio.create_task(say(f"later{i}", Priority.LATER)) for i in range(2)]
+        await asyncio.sleep(0)
+        cancelled = asyncio.create_task(say("cancelled", Priority.NOW))
+        now = asyncio.create_task(say("now", Priority.NOW))
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        with pytest.raises(StageBusy):  # others wait
+            await worker.run("synthesize", "A partial.", priority=Priority.IF_IDLE)
+        assert await stt.transcribe(b"\0" * 32000, "", Priority.IF_IDLE) == ""  # nothing waits on the STT worker
+        await asyncio.gather(running, *later, now, cancelled, return_exceptions=True)
+        assert done == ["running", "now", "later0", "later1"]
+        assert worker.depth == 0
+        assert dispatched == [Priority.LATER, Priority.NOW, Priority.LATER, Priority.LATER]  # the cancelled one never reached the model
 
 
 def test_speech_cache_pins_survive_eviction():

@@ -37,6 +37,14 @@ def test_header_shows_a_failed_model_worker(snap_compare):
     assert snap_compare(app, terminal_size=(120, 40), run_before=_settle)
 
 
+def test_header_shows_where_model_work_waits(snap_compare):
+    from engine.status import ModelQueue
+
+    app = live_app()
+    app.runtime.engine.model_queues = (ModelQueue("local-stt-worker", 1, 0.0), ModelQueue("local-llm-worker", 4, 2.4), ModelQueue("local-tts-worker", 0, 0.0))
+    assert snap_compare(app, terminal_size=(120, 40), run_before=_settle)
+
+
 def test_second_call_selected(snap_compare):
     async def down(pilot) -> None:
         await _settle(pilot)

@@ -9,13 +9,17 @@ prompts is kept (``PrefixCache``) and the longest one that starts the new prompt
 
 from __future__ import annotations
 
+import codecs
 import ctypes
 import threading
+from dataclasses import dataclass
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence, cast
+from typing import Any, Callable, Generator, Iterator, Sequence, cast
 
 import numpy as np
+
+from providers.local.sentences import SentenceSplitter
 
 PREFIX_CACHE_BYTES = 256 << 20  # about 35 conversations of 600 tokens with the 0.5B model
 MIN_GAIN_TOKENS = 16  # put a state back only when it saves at least this much prompt
@@ -89,14 +93,41 @@ class PrefixCache:
             self._bytes -= len(dropped)
 
 
+@dataclass(frozen=True, slots=True)
+class Slice:
+    """Part of an answer: ``tokens`` is the prompt and every token generated so far (what a next
+    slice continues from), ``text`` this slice's text and ``generated`` its tokens, ``finished``
+    whether the answer is done."""
+
+    tokens: list[int]
+    text: str
+    generated: int
+    finished: bool
+
+
+class _PromptOnly(Exception):
+    pass
+
+
+SAMPLING = {"top_k": 40, "top_p": 0.95, "min_p": 0.05, "repeat_penalty": 1.0}  # create_chat_completion's defaults
+
+
 class ChatModel:
+    """The model, and answers generated a slice (a sentence) at a time, so that the worker can
+    serve another caller's first sentence between two sentences of a long answer (the prompt and
+    the tokens so far stay in the prefix cache: a next slice costs nothing to resume)."""
+
     def __init__(self, path: Path, context: int, threads: int, chat_format: str) -> None:
         from llama_cpp import Llama
 
         cache_holder: list[PrefixCache] = []
+        prompt_holder: list[list[int]] = []
 
         class CachingLlama(Llama):
             def generate(self, tokens: Sequence[int], *args: Any, **kwargs: Any) -> Iterator[int]:  # type: ignore[override]
+                if prompt_holder:  # prompt_tokens(): the chat handler's tokens, nothing evaluated
+                    prompt_holder[0] = list(tokens)
+                    raise _PromptOnly
                 cache = cache_holder[0]
                 cache.restore_for(tokens)
                 try:
@@ -112,6 +143,59 @@ class ChatModel:
         )
         self.cache = PrefixCache(self.llm)
         cache_holder.append(self.cache)
+        self._prompt_holder = prompt_holder
+
+    def prompt_tokens(self, messages: list[dict[str, str]]) -> list[int]:
+        """The prompt as the model's chat format makes it (whichever format: its own handler
+        formats and tokenizes, and the generation it starts is stopped before any evaluation)."""
+        self._prompt_holder.append([])
+        try:
+            self.llm.create_chat_completion(messages=cast(Any, messages), max_tokens=1)
+        except _PromptOnly:
+            return self._prompt_holder[0]
+        finally:
+            self._prompt_holder.clear()
+        raise RuntimeError("the chat handler did not generate")
+
+    def answer_slice(
+        self,
+        tokens: list[int],
+        max_tokens: int,
+        temperature: float,
+        on_text: Callable[[str], None],
+        cancelled: threading.Event,
+        whole: bool = False,
+    ) -> Slice:
+        """Generates from ``tokens`` until a sentence ends (or, ``whole``, the answer), handing each
+        piece of text to ``on_text`` as it comes; stops at once when ``cancelled`` is set."""
+        import llama_cpp
+
+        vocab = self.llm._model.vocab
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        splitter = SentenceSplitter()
+        out: list[str] = []
+        done = list(tokens)
+        finished = True
+        if max_tokens <= 0:
+            return Slice(done, "", 0, True)
+        gen = cast(Generator[int, None, None], self.llm.generate(tokens, temp=temperature, **SAMPLING))
+        try:
+            for token in gen:
+                if cancelled.is_set() or llama_cpp.llama_token_is_eog(vocab, token):
+                    break
+                piece = decoder.decode(self.llm.detokenize([token], prev_tokens=done))
+                done.append(token)
+                if piece:
+                    out.append(piece)
+                    on_text(piece)
+                if len(done) - len(tokens) >= max_tokens:
+                    break
+                if not whole and splitter.feed(piece):
+                    finished = False
+                    break
+        finally:
+            gen.close()  # the KV state so far goes into the prefix cache
+        return Slice(done, "".join(out), len(done) - len(tokens), finished)
 
     def generate(
         self,
@@ -121,16 +205,5 @@ class ChatModel:
         on_text: Callable[[str], None],
         cancelled: threading.Event,
     ) -> str:
-        """Runs in the LLM's worker thread; hands each piece of text to ``on_text`` as it comes
-        and stops at once when ``cancelled`` is set (barge-in). Returns the whole text."""
-        out = []
-        # llama-cpp-python types messages as TypedDicts and the result as stream-or-not.
-        stream = cast(Iterator[dict], self.llm.create_chat_completion(messages=cast(Any, messages), max_tokens=max_tokens, temperature=temperature, stream=True))
-        for chunk in stream:
-            if cancelled.is_set():
-                break
-            piece = chunk["choices"][0].get("delta", {}).get("content")
-            if piece:
-                out.append(piece)
-                on_text(piece)
-        return "".join(out)
+        """The whole answer at once (benchmarks); the worker serves it a slice at a time."""
+        return self.answer_slice(self.prompt_tokens(messages), max_tokens, temperature, on_text, cancelled, whole=True).text

@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Callable, Sequence
 
-from providers.base import ComponentStatus
+from providers.base import ComponentStatus, QueueState
 from providers.local.workers import ModelWorker
-from providers.stages import LanguageModel, Message, Reply, Speech, SpeechToText, TextToSpeech, Tool
+from providers.stages import LanguageModel, Message, Priority, Reply, Speech, SpeechToText, TextToSpeech, Tool
 
 
 class _WorkerStage:
@@ -21,6 +22,9 @@ class _WorkerStage:
     def status(self) -> ComponentStatus:
         return self.worker.status()
 
+    def queue(self) -> QueueState:
+        return QueueState(self.worker.depth, self.worker.oldest_wait_s(asyncio.get_running_loop().time()))
+
     @property
     def detail(self) -> str:
         return self.worker.detail
@@ -30,19 +34,32 @@ class _WorkerStage:
 
 
 class WorkerStt(_WorkerStage, SpeechToText):
-    async def transcribe(self, pcm16: bytes, prompt: str) -> str:
-        return str(await self.worker.run("transcribe", pcm16, prompt))
+    async def transcribe(self, pcm16: bytes, prompt: str, priority: Priority = Priority.NOW) -> str:
+        return str(await self.worker.run("transcribe", pcm16, prompt, priority=priority))
 
 
 class WorkerLlm(_WorkerStage, LanguageModel):
     async def generate(
         self, messages: list[Message], max_tokens: int, temperature: float, on_text: Callable[[str], None], tools: Sequence[Tool] = ()
     ) -> Reply:
-        return Reply(str(await self.worker.run("generate", messages, max_tokens, temperature, on_chunk=on_text)))
+        """A sentence at a time: the first one now, each later one behind any other caller's
+        first sentence that waits by then (the worker keeps the answer's state between them)."""
+        text: list[str] = []
+        tokens: list[int] | None = None  # the prompt and the answer so far, once the first slice is done
+        priority, left = Priority.NOW, max_tokens
+        while True:
+            tokens, piece, generated, finished = await self.worker.run(
+                "answer", messages if tokens is None else None, tokens, left, temperature, on_chunk=on_text, priority=priority
+            )
+            text.append(piece)
+            left -= generated
+            if finished:
+                return Reply("".join(text))
+            priority = Priority.LATER
 
     async def prime(self, system: str) -> None:
         # One token of an answer to the system prompt alone: its KV state goes into the prefix cache.
-        await self.worker.run("generate", [{"role": "system", "content": system}], 1, 0.0)
+        await self.worker.run("answer", [{"role": "system", "content": system}], None, 1, 0.0)
 
 
 class WorkerTts(_WorkerStage, TextToSpeech):
@@ -52,5 +69,5 @@ class WorkerTts(_WorkerStage, TextToSpeech):
         await self.worker.start()
         self.sample_rate = int(self.worker.detail)  # the worker reports its voice's rate
 
-    async def synthesize(self, text: str) -> Speech:
-        return Speech(await self.worker.run("synthesize", text), self.sample_rate)
+    async def synthesize(self, text: str, priority: Priority = Priority.NOW) -> Speech:
+        return Speech(await self.worker.run("synthesize", text, priority=priority), self.sample_rate)

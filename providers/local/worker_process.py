@@ -12,6 +12,7 @@ Frames are a 4-byte big-endian length and a pickle; both ends are this project's
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import queue
@@ -57,7 +58,10 @@ class _Model:
         elif kind == "llm":
             llm = ChatModel(resolve_llm(cfg.llm_model, cfg.llm_model_path), cfg.llm_context, cfg.llm_threads, cfg.llm_chat_format)
             self.detail = llm.path.name
-            self.methods["generate"] = lambda a, chunk, cancelled: llm.generate(a[0], a[1], a[2], chunk, cancelled)
+            # ("answer", messages or None, tokens so far or None, max tokens, temperature): one slice.
+            self.methods["answer"] = lambda a, chunk, cancelled: dataclasses.astuple(
+                llm.answer_slice(a[1] if a[1] is not None else llm.prompt_tokens(a[0]), a[2], a[3], chunk, cancelled)
+            )
         elif kind == "tts":
             tts = PiperTts(resolve(JOE_VOICE, cfg.tts_voice_path))
             self.detail = str(tts.sample_rate)

@@ -1,4 +1,4 @@
-"""Model work in supervised worker processes: one process per model, jobs served in arrival order.
+"""Model work in supervised worker processes: one process per model, jobs served by priority.
 
 A model (a llama.cpp context, a Whisper model, a Piper voice) loads once in its own process and is
 shared by every call. A crash (SIGSEGV, SIGILL, abort) or a hang in its native code ends that
@@ -6,11 +6,17 @@ process only: the jobs it held fail with ``WorkerCrashed`` (the provider apologi
 the worker is restarted with backoff, and ``status()`` says so for /health. A worker that shows no
 progress for ``hang_timeout_s`` while it has work is killed and restarted the same way. The queue is
 bounded so that a flood of turns fails fast instead of piling up minutes of work.
+
+Jobs wait here, not in the process: it is given one at a time, the most urgent first
+(``Priority``: what a caller waits on, then the rest of answers, then partial transcripts, which
+are refused when anything else waits), in arrival order within a priority. A queued job that is
+cancelled (barge-in, hangup) never reaches the process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import itertools
 import logging
 import pickle
@@ -21,12 +27,15 @@ from typing import Any, Callable
 
 from providers.base import ComponentStatus
 from providers.local.worker_process import _LEN, encode
-from providers.stages import StageBusy, StageFailed
+from providers.stages import Priority, StageBusy, StageFailed
 
 log = logging.getLogger(__name__)
 
 RESTART_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 30.0)  # after 1, 2, 3, 4, 5+ failures in a row
 FAILED_AFTER = 5  # failures in a row without a job done: shown as failed (the provider is not ready)
+
+
+WaitObserver = Callable[[str, Priority, float], None]  # (model kind, priority, seconds waited)
 
 
 class QueueFull(StageBusy):
@@ -41,6 +50,9 @@ class WorkerCrashed(StageFailed):
 class _Job:
     future: asyncio.Future
     on_chunk: Callable[[Any], None] | None
+    message: bytes  # the job's frame for the process
+    priority: Priority
+    queued_at: float
 
 
 @dataclass
@@ -49,6 +61,7 @@ class ModelWorker:
     config: dict  # LocalProviderConfig, as data for the process
     max_queue: int
     hang_timeout_s: float = 60.0
+    on_wait: WaitObserver | None = None  # told how long each job waited before the process took it
     load_timeout_s: float = 300.0
     state: str = "starting"  # starting | running | restarting | failed | stopped
     detail: str = ""  # what the process reported when it loaded
@@ -56,7 +69,9 @@ class ModelWorker:
     jobs: int = 0
     last_error: str | None = None
     _proc: asyncio.subprocess.Process | None = None
-    _pending: dict[int, _Job] = field(default_factory=dict)
+    _pending: dict[int, _Job] = field(default_factory=dict)  # queued and running
+    _queue: list[tuple[int, int]] = field(default_factory=list)  # heap of (priority, id) waiting here
+    _running: int | None = None  # the job the process has
     _ids: itertools.count = field(default_factory=itertools.count)
     _ready: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task | None = None
@@ -67,6 +82,12 @@ class ModelWorker:
     def depth(self) -> int:
         """Jobs waiting or running."""
         return len(self._pending)
+
+    def oldest_wait_s(self, now: float) -> float:
+        """How long the job that has waited longest for the process has been waiting."""
+        waiting = [j.queued_at for i, j in self._pending.items() if i != self._running]
+        return now - min(waiting) if waiting else 0.0
+
 
     @property
     def pid(self) -> int | None:
@@ -169,6 +190,10 @@ class ModelWorker:
                 self._ready.set()
                 log.info("%s model worker up (pid %s): %s", self.name, self.pid, self.detail)
                 continue
+            if kind != "chunk" and msg[1] == self._running:
+                self._running = None
+                self._failures = 0
+                self._dispatch()
             job = self._pending.get(msg[1])
             if job is None:
                 continue  # a cancelled job's late reply
@@ -177,7 +202,6 @@ class ModelWorker:
                     job.on_chunk(msg[2])
             else:
                 del self._pending[msg[1]]
-                self._failures = 0
                 if job.future.done():
                     continue
                 if kind == "done":
@@ -195,47 +219,77 @@ class ModelWorker:
                 hung = now - started > self.load_timeout_s
                 why = f"hung: not loaded after {self.load_timeout_s:.0f} s, killed"
             else:
-                hung = bool(self._pending) and now - self._last_progress > self.hang_timeout_s
+                hung = self._running is not None and now - self._last_progress > self.hang_timeout_s
                 why = f"hung: no progress for {self.hang_timeout_s:.0f} s, killed"
             if hung:
                 self.last_error = why
                 log.error("%s model worker (pid %d) %s", self.name, proc.pid, why)
                 self._kill()
                 return
-            if not self._pending:
+            if self._running is None:
                 self._last_progress = now
 
     def _fail_pending(self, why: str) -> None:
         pending, self._pending = self._pending, {}
+        self._queue.clear()
+        self._running = None
         for job in pending.values():
             if not job.future.done():
                 job.future.set_exception(WorkerCrashed(why))
 
     # ---- jobs
-    async def run(self, method: str, *args: Any, on_chunk: Callable[[Any], None] | None = None) -> Any:
+    async def run(self, method: str, *args: Any, on_chunk: Callable[[Any], None] | None = None, priority: Priority = Priority.NOW) -> Any:
         """Runs ``method(*args)`` in the worker; ``on_chunk`` gets streamed pieces (on this loop).
-        Cancelling the caller cancels the job in the worker (it stops at its next step)."""
+        Cancelling the caller cancels the job (before it reaches the worker, or in it: it stops at
+        its next step). A partial transcript (``IF_IDLE``) is refused with StageBusy when other
+        jobs wait."""
         if self.depth >= self.max_queue:
             raise QueueFull(f"{self.name}: {self.depth} jobs already queued")
+        if priority is Priority.IF_IDLE and self._queue:
+            raise StageBusy(f"{self.name}: {len(self._queue)} jobs waiting; a partial transcript can wait for the final one")
         if self.state != "running" or self._proc is None or self._proc.stdin is None:
             raise WorkerCrashed(f"{self.name} model worker is {self.state} ({self.last_error or 'no detail'})")
+        loop = asyncio.get_running_loop()
         job_id = next(self._ids)
-        fut = asyncio.get_running_loop().create_future()
-        if not self._pending:
-            self._last_progress = asyncio.get_running_loop().time()
-        self._pending[job_id] = _Job(fut, on_chunk)
+        fut = loop.create_future()
+        self._pending[job_id] = _Job(fut, on_chunk, encode(("job", job_id, method, args)), priority, loop.time())
+        heapq.heappush(self._queue, (priority, job_id))
         self.jobs += 1
-        stdin = self._proc.stdin
+        self._dispatch()
         try:
-            stdin.write(encode(("job", job_id, method, args)))
             return await fut
         except asyncio.CancelledError:
-            if self._pending.pop(job_id, None) is not None and not stdin.is_closing():
-                stdin.write(encode(("cancel", job_id)))
+            if self._pending.pop(job_id, None) is not None and job_id == self._running:
+                self._send(encode(("cancel", job_id)))  # its late "done" frees the process
             raise
-        except (BrokenPipeError, ConnectionResetError) as e:
-            self._pending.pop(job_id, None)
-            raise WorkerCrashed(f"{self.name} model worker is gone: {e}") from e
+
+    def _dispatch(self) -> None:
+        """Gives the process the most urgent waiting job, if it has none."""
+        while self._running is None and self._queue:
+            _, job_id = heapq.heappop(self._queue)
+            job = self._pending.get(job_id)
+            if job is None:
+                continue  # cancelled while it waited
+            now = asyncio.get_running_loop().time()
+            if self.on_wait is not None:
+                self.on_wait(self.name, job.priority, now - job.queued_at)
+            self._running = job_id
+            self._last_progress = now
+            if not self._send(job.message):
+                self._running = None
+                del self._pending[job_id]
+                if not job.future.done():
+                    job.future.set_exception(WorkerCrashed(f"{self.name} model worker is gone"))
+
+    def _send(self, data: bytes) -> bool:
+        stdin = self._proc.stdin if self._proc is not None else None
+        if stdin is None or stdin.is_closing():
+            return False
+        try:
+            stdin.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            return False
+        return True
 
 
 def _describe_exit(code: int) -> str:

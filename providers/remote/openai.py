@@ -19,7 +19,7 @@ import aiohttp
 from media.audio import wav_bytes
 from providers.config import ModelServerConfig
 from providers.remote.server import ModelServer, ServerStage
-from providers.stages import LanguageModel, Message, Reply, Speech, SpeechToText, StageFailed, TextToSpeech, Tool, ToolCall
+from providers.stages import LanguageModel, Message, Priority, Reply, Speech, SpeechToText, StageFailed, TextToSpeech, Tool, ToolCall
 
 SPEECH_RATE = 24000  # OpenAI's /audio/speech "pcm": 24 kHz 16-bit mono
 
@@ -187,7 +187,7 @@ def _text_call(text: str) -> ToolCall | None:
 
 
 class OpenAiStt(ServerStage[OpenAiServer], SpeechToText):
-    async def transcribe(self, pcm16: bytes, prompt: str) -> str:
+    async def transcribe(self, pcm16: bytes, prompt: str, priority: Priority = Priority.NOW) -> str:
         s = self.server
         wav = wav_bytes(pcm16, 16000)
 
@@ -211,7 +211,7 @@ class OpenAiStt(ServerStage[OpenAiServer], SpeechToText):
 
 
 class OpenAiTts(ServerStage[OpenAiServer], TextToSpeech):
-    async def synthesize(self, text: str) -> Speech:
+    async def synthesize(self, text: str, priority: Priority = Priority.NOW) -> Speech:
         s = self.server
         body = {"model": s.cfg.model or "tts-1", "input": text, "voice": s.cfg.voice or "alloy", "response_format": "pcm"}
         async with s.job():

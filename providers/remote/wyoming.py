@@ -21,7 +21,7 @@ from wyoming.tts import Synthesize, SynthesizeVoice
 
 from providers.config import ModelServerConfig
 from providers.remote.server import ModelServer, ServerStage
-from providers.stages import Speech, SpeechToText, StageFailed, TextToSpeech
+from providers.stages import Priority, Speech, SpeechToText, StageFailed, TextToSpeech
 
 STT_RATE = 16000
 CHUNK_BYTES = 2 * 1024 * 2  # 1024 samples a chunk, as Wyoming's own clients send
@@ -57,7 +57,7 @@ async def _read(c: AsyncTcpClient) -> Event:
 
 
 class WyomingStt(ServerStage[WyomingServer], SpeechToText):
-    async def transcribe(self, pcm16: bytes, prompt: str) -> str:
+    async def transcribe(self, pcm16: bytes, prompt: str, priority: Priority = Priority.NOW) -> str:
         # ``prompt`` has no place in Wyoming's transcribe request: a Whisper server takes its
         # words to expect from its own --initial-prompt.
         s = self.server
@@ -78,7 +78,7 @@ class WyomingStt(ServerStage[WyomingServer], SpeechToText):
 
 
 class WyomingTts(ServerStage[WyomingServer], TextToSpeech):
-    async def synthesize(self, text: str) -> Speech:
+    async def synthesize(self, text: str, priority: Priority = Priority.NOW) -> Speech:
         s = self.server
         async with s.job():
             return await asyncio.wait_for(self._synthesize(text), s.cfg.timeout_s)
