@@ -9,6 +9,9 @@ listen to the answers; in its last turn each caller talks over the answer one se
 Printed per mode and line, counted on the caller's side and the engine's:
 
 - false barge-ins: the agent stopped while the caller was silent (its own echo, or noise);
+- false pauses: the agent paused on sound that was not the caller talking, and went on (stream
+  mode, barge_in.pause_ms: a gap in its answer, nothing lost);
+- barge-in reaction p50 at the caller: from the caller's speech onset to the agent going quiet;
 - mis-heard words: caller transcripts that are not one of the caller's questions (the agent's
   own words heard back, or noise turned into words);
 - barge-ins caught: of the talk-over turns, how many stopped the agent;
@@ -69,6 +72,8 @@ class Result:
     talk_overs: int = 0
     caught: int = 0
     latencies: list[float] = field(default_factory=list)
+    false_pauses: int = 0
+    reactions: list[float] = field(default_factory=list)
 
 
 def _words(text: str) -> set[str]:
@@ -91,12 +96,16 @@ def script(questions: int) -> list[dict[str, object]]:
     return steps
 
 
-async def run_case(mode: str, line: str, calls: int, questions: int) -> Result:
+async def run_case(mode: str, line: str, calls: int, questions: int, hold_after_ms: int = 0) -> Result:
     port = free_port()
     sim = subprocess.Popen([sys.executable, "-m", "pbxsim.cli", "serve", "--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     env = {"ASTERISK_ARI_PORT": str(port), "RTP_PORT": "0", "HEALTH_PORT": "0", "AIAGENT_PROVIDER": "local",
            "AIAGENT_DOWNSTREAM_MODE": mode, "AIAGENT_MEDIA_DIR": tempfile.mkdtemp()}
-    eng = Engine(load_config(ROOT / "config.toml", env=env))
+    cfg = load_config(ROOT / "config.toml", env=env)
+    # The simulated callers ask again after 1 s of quiet: after a hold line they would talk over
+    # the answer that follows it. Off unless asked for.
+    cfg.providers.local.hold_after_ms = hold_after_ms
+    eng = Engine(cfg)
     res = Result()
     try:
         await asyncio.sleep(0.7)
@@ -126,6 +135,8 @@ async def run_case(mode: str, line: str, calls: int, questions: int) -> Result:
             res.caught += min(1, caught)
             res.false_barge_ins += max(0, barge_ins.get(cid, 0) - min(1, caught))
             res.latencies += r["turn_latencies_s"]
+            res.reactions += r["barge_in_reactions_s"]
+        res.false_pauses = eng.calls.conversation_counters.false_pauses
     finally:
         await eng.stop()
         sim.send_signal(signal.SIGTERM)
@@ -135,13 +146,15 @@ async def run_case(mode: str, line: str, calls: int, questions: int) -> Result:
 
 async def main_async(args: argparse.Namespace) -> None:
     print(f"echo path: {args.calls} callers at once, {args.questions} turns each (the last one talked over), local models")
-    print(f"  {'mode':6s} {'line':9s} {'turns':>5s} {'false barge-ins':>15s} {'mis-heard':>9s} {'barge-ins caught':>16s} {'turn p50':>9s} {'turn p95':>9s}")
+    print(f"  {'mode':6s} {'line':9s} {'turns':>5s} {'false barge-ins':>15s} {'false pauses':>12s} {'mis-heard':>9s} {'barge-ins caught':>16s}"
+          f" {'reaction p50':>12s} {'turn p50':>9s} {'turn p95':>9s}")
     for mode in args.modes.split(","):
         for line in args.lines.split(","):
-            r = await run_case(mode, line, args.calls, args.questions)
+            r = await run_case(mode, line, args.calls, args.questions, args.hold_after_ms)
             lat = np.array(r.latencies) * 1000 if r.latencies else np.zeros(1)
-            print(f"  {mode:6s} {line:9s} {r.turns:5d} {r.false_barge_ins:15d} {len(r.misheard):9d} {f'{r.caught}/{r.talk_overs}':>16s}"
-                  f" {np.percentile(lat, 50):7.0f}ms {np.percentile(lat, 95):7.0f}ms", flush=True)
+            reaction = f"{np.percentile(r.reactions, 50) * 1000:.0f}ms" if r.reactions else "-"
+            print(f"  {mode:6s} {line:9s} {r.turns:5d} {r.false_barge_ins:15d} {r.false_pauses:12d} {len(r.misheard):9d} {f'{r.caught}/{r.talk_overs}':>16s}"
+                  f" {reaction:>12s} {np.percentile(lat, 50):7.0f}ms {np.percentile(lat, 95):7.0f}ms", flush=True)
             for text in r.misheard[:3]:
                 print(f"      mis-heard: {text!r}")
 
@@ -152,6 +165,7 @@ def main() -> int:
     ap.add_argument("--questions", type=int, default=10)
     ap.add_argument("--modes", default="file,stream")
     ap.add_argument("--lines", default="dtx,silent,noisy,wideband")
+    ap.add_argument("--hold-after-ms", type=int, default=0, help="providers.local.hold_after_ms (default 0: no hold line)")
     asyncio.run(main_async(ap.parse_args()))
     return 0
 

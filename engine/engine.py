@@ -343,7 +343,9 @@ class Engine:
                 stream_underruns=sum(s.rtp_out.underruns for s in live) + store.ended_underruns,
                 stream_overruns=sum(s.rtp_out.overruns for s in live) + store.ended_overruns,
             ),
-            conversation=ConversationTotals(cc.barge_ins, cc.barge_ins_forced, cc.barge_in_attempts, cc.fallback_flushes, cc.turns),
+            conversation=ConversationTotals(
+                cc.barge_ins, cc.barge_ins_forced, cc.barge_in_attempts, cc.fallback_flushes, cc.turns, cc.barge_in_pauses, cc.false_pauses,
+            ),
             playback=PlaybackTotals(
                 pc.files_started, pc.files_finished, pc.files_failed, pc.files_timed_out, pc.files_stopped, pc.stream_fallbacks,
             ),

@@ -91,6 +91,7 @@ class CallMedia:
         "last_tick",
         "dry_tick",
         "queued_at",
+        "paused",
     )
 
     def __init__(self, session: CallSession, remote: tuple[str, int], owner: MediaOwner, max_queue_frames: int = 1500) -> None:
@@ -108,6 +109,7 @@ class CallMedia:
         self.last_tick: int | None = None  # pacer tick of the last frame sent
         self.dry_tick: int | None = None  # tick at which a playing stream found its queue empty
         self.queued_at = 0.0  # loop time when the queue last went from empty to non-empty
+        self.paused = False  # the agent's audio held: the caller may be talking over it
         session.outbound_ssrc = self.ssrc
 
     # ---- inbound
@@ -157,6 +159,7 @@ class CallMedia:
         n = len(self.out_frames)
         self.out_frames.clear()
         self._partial = b""
+        self.paused = False
         return n
 
     def sent(self, payload_bytes: int) -> None:

@@ -74,6 +74,8 @@ class EngineCollector:
         yield CounterMetricFamily("ai_agent_barge_in_events", "Barge-ins (caller or operator stopped the agent)", value=cc.barge_ins)
         yield CounterMetricFamily("ai_agent_barge_in_attempts", "Caller sound during agent speech too short to stop it", value=cc.barge_in_attempts)
         yield CounterMetricFamily("ai_agent_barge_in_forced", "Barge-ins forced by the operator", value=cc.barge_ins_forced)
+        yield CounterMetricFamily("ai_agent_barge_in_pauses", "Times the agent paused on caller sound (stream mode)", value=cc.barge_in_pauses)
+        yield CounterMetricFamily("ai_agent_barge_in_false_pauses", "Pauses that resumed: not the caller talking", value=cc.false_pauses)
         yield CounterMetricFamily("ai_agent_fallback_flushes", "Utterances handed over by the fallback timer (VAD heard nothing)", value=cc.fallback_flushes)
         pc = st.playback
         pb = CounterMetricFamily("ai_agent_playbacks", "File playbacks on bridges, by outcome", labels=["outcome"])

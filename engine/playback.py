@@ -60,6 +60,11 @@ class Downstream:
         raise NotImplementedError
     def close(self) -> None: ...
 
+    def pause(self, paused: bool) -> bool:
+        """Holds the agent's audio where it is (True) or goes on from there (False); False if
+        this path cannot (Asterisk plays the files)."""
+        return False
+
 
 class FilePlayback(Downstream):
     """Agent audio as u-law files played on the call's bridge, in order, each with its own id."""
@@ -290,3 +295,9 @@ class StreamPlayback(Downstream):
     def close(self) -> None:
         self.media.flush_outbound()
         self.media.session.playbacks.pop(STREAM_TOKEN, None)
+
+    def pause(self, paused: bool) -> bool:
+        self.media.paused = paused
+        if not paused and self.media.out_frames:
+            self.rtp.pacer.wake(self.media)
+        return True

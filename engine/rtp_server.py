@@ -310,6 +310,8 @@ class OutboundPacer:
         frames = media.out_frames
         last = media.last_tick
         playing = last is not None and last == tick - 1
+        if media.paused:
+            return True  # held while the caller may be talking over it: out of the schedule until resumed
         if not frames:
             if playing:
                 media.dry_tick = tick

@@ -93,6 +93,8 @@ class ConversationTotals:
     barge_in_attempts: int
     fallback_flushes: int
     turns: int
+    barge_in_pauses: int  # the agent paused on caller sound (stream mode)
+    false_pauses: int  # ... and went on: not the caller talking
 
 
 @dataclass(frozen=True, slots=True)

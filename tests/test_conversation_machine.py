@@ -83,6 +83,14 @@ class TokenDownstream(Downstream):
         self.drained()
         return 1
 
+    pauses: list[bool] | None = None  # None: a path that cannot pause (file mode)
+
+    def pause(self, paused: bool) -> bool:
+        if self.pauses is None:
+            return False
+        self.pauses.append(paused)
+        return True
+
 
 class Rig:
     def __init__(self, **config: Any) -> None:
@@ -204,6 +212,65 @@ def test_barge_in_stops_the_agent_after_min_ms_of_speech_and_keeps_the_words():
     assert n == run_end
     assert rig.session.capture_enabled and rig.provider.events[-1] == "started"
     assert len(rig.provider.frames) == frames_before + 5  # the heard frames start the next utterance
+
+
+def talking_agent(rig: Rig) -> list[bool]:
+    rig.down.pauses = []
+    rig.conv.agent_started()
+    rig.conv.agent_audio(bytes(640), 16000)
+    return rig.down.pauses
+
+
+def voiced_run(rig: Rig, n: int) -> list[bytes]:
+    """The first ``n`` frames of speech that are all loud and voiced enough to count."""
+    speech = speech_frames()
+    ok = [voiced(rig.conv.vad, f, -40.0) for f in speech]
+    start = next(i for i in range(len(ok)) if all(ok[i : i + n]))
+    return speech[start : start + n]
+
+
+def test_the_agent_pauses_on_the_first_voiced_frames_and_the_barge_in_confirms():
+    rig = Rig()  # pause after 40 ms, barge-in after 200 ms
+    pauses = talking_agent(rig)
+    run = voiced_run(rig, 10)
+    rig.feed(run[:1])
+    assert pauses == []
+    rig.feed(run[1:2])
+    assert pauses == [True]  # the caller hears the agent stop now, 160 ms before the barge-in
+    rig.feed(run[2:])
+    assert rig.down.stopped == 1 and pauses == [True]  # held audio dropped, never resumed
+    assert (rig.counters.barge_in_pauses, rig.counters.false_pauses, rig.counters.barge_ins) == (1, 0, 1)
+
+
+def test_a_short_sound_pauses_the_agent_which_then_goes_on():
+    rig = Rig()
+    pauses = talking_agent(rig)
+    rig.feed(voiced_run(rig, 4) + [SILENCE])  # a cough: 80 ms, then quiet
+    assert pauses == [True, False] and rig.down.stopped == 0
+    assert (rig.counters.barge_in_pauses, rig.counters.false_pauses, rig.counters.barge_ins) == (1, 1, 0)
+    assert not rig.published(BargeIn) and "cancelled" not in rig.provider.events
+
+
+def test_a_pause_ends_when_the_caller_sends_nothing_more():
+    """DTX: the phone stops sending once its user is quiet; no quiet frame ends the run."""
+    rig = Rig()
+    pauses = talking_agent(rig)
+    rig.feed(voiced_run(rig, 3))
+    assert pauses == [True]
+    rig.clock.advance(0.3)
+    assert pauses == [True, False] and rig.counters.false_pauses == 1 and rig.down.stopped == 0
+
+
+def test_no_pause_where_the_path_cannot_hold_audio_or_when_disabled():
+    rig = Rig(barge_in={"pause_ms": 0})
+    pauses = talking_agent(rig)
+    rig.feed(voiced_run(rig, 4) + [SILENCE])
+    assert pauses == [] and rig.counters.barge_in_pauses == 0
+    rig = Rig()
+    rig.conv.agent_started()
+    rig.conv.agent_audio(bytes(640), 16000)  # pauses None: file mode
+    rig.feed(voiced_run(rig, 4) + [SILENCE])
+    assert rig.counters.barge_in_pauses == 0 and rig.counters.false_pauses == 0
 
 
 def test_turn_latency_is_speech_end_to_first_agent_audio():
