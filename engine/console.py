@@ -25,35 +25,18 @@ import socket
 import stat
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from aiohttp import web
 from pydantic import TypeAdapter
 
 from engine.api import EngineView
-from engine.sessions import (
-    ActionChanged,
-    BargeIn,
-    CallEnded,
-    CallLog,
-    CallSnapshot,
-    CallStarted,
-    CallStateChanged,
-    CallSummary,
-    ConversationChanged,
-    SessionEvent,
-    TranscriptAdded,
-    TurnCompleted,
-)
+from engine.sessions import CallSnapshot, CallSummary, SessionEvent
 from engine.status import EngineSummary
 
 log = logging.getLogger(__name__)
 
-EVENT_TYPES: dict[str, type[Any]] = {
-    t.__name__: t
-    for t in (CallStarted, CallStateChanged, CallEnded, TranscriptAdded, ConversationChanged, BargeIn, TurnCompleted, ActionChanged, CallLog)
-}
-EVENTS = {name: TypeAdapter(t) for name, t in EVENT_TYPES.items()}
+EVENTS: dict[str, TypeAdapter[Any]] = {t.__name__: TypeAdapter(t) for t in get_args(SessionEvent)}
 SUMMARY = TypeAdapter(EngineSummary)
 CALLS = TypeAdapter(list[CallSummary])
 SNAPSHOT = TypeAdapter(CallSnapshot | None)

@@ -100,8 +100,7 @@ class ConversationCoordinator:
         self._barge_level = bi.min_level_dbfs
         self._barge_run: deque[tuple[bytes, float]] = deque(maxlen=self._barge_frames)  # (frame, level)
         self._pause_frames = frames_in(bi.pause_ms) if bi.pause_ms else 0
-        self._paused = False  # the agent's audio is held on a run of caller sound
-        self._pause_timer: Timer | None = None
+        self._pause_timer: Timer | None = None  # set while the agent's audio is held on a run of caller sound
         self._ungate: Timer | None = None
         # A two-party bridge sends nothing while the caller is silent (BEHAVIOUR.md): speech can
         # end with packets simply stopping, which the VAD never sees. This timer catches that.
@@ -151,20 +150,21 @@ class ConversationCoordinator:
                     if len(self._barge_run) >= self._barge_frames:
                         self.barge_in(forced=False)
                         return
-                    if self._pause_frames and len(self._barge_run) >= self._pause_frames and not self._paused:
-                        # The caller may be talking over the agent: hold its audio now (the
-                        # caller hears it stop within a frame) and let the run decide.
-                        self._paused = self.downstream is not None and self.downstream.pause(True)
-                        if self._paused:
-                            self.counters.barge_in_pauses += 1
-                            # A phone with DTX sends nothing once its user is quiet: no quiet
-                            # frame would end the run, so a timer does.
-                            self._pause_timer = self._clock.call_later((self._barge_frames + 3) * FRAME_S, self._pause_expired)
+                    if (
+                        self._pause_frames and len(self._barge_run) >= self._pause_frames and self._pause_timer is None
+                        and self.downstream is not None and self.downstream.pause(True)
+                    ):
+                        # The caller may be talking over the agent: its audio is held now (the
+                        # caller hears it stop within a frame) and the run decides. A phone with
+                        # DTX sends nothing once its user is quiet: no quiet frame would end the
+                        # run, so a timer does.
+                        self.counters.barge_in_pauses += 1
+                        self._pause_timer = self._clock.call_later((self._barge_frames + 3) * FRAME_S, self._pause_expired)
             else:
                 if len(self._barge_run) >= 3:  # 60 ms or more, but not enough to stop the agent
                     self.counters.barge_in_attempts += 1
                 self._barge_run.clear()
-                self._resume()
+                self._end_pause(resume=True)
             if self.continuous_input:
                 # Such a provider finds barge-ins itself: it hears what may be the caller talking
                 # over the agent (the agent's own voice taken out), and silence otherwise.
@@ -356,22 +356,22 @@ class ConversationCoordinator:
         return max(0.0, self._answer_audio_s - unplayed) if speaking else None
 
     # ---- barge-in
-    def _resume(self) -> None:
-        """The run of caller sound ended short of a barge-in: not the caller talking after all
-        (a cough, a click, echo); the agent goes on from where it paused."""
-        if self._pause_timer is not None:
-            self._pause_timer.cancel()
-            self._pause_timer = None
-        if self._paused:
-            self._paused = False
+    def _end_pause(self, resume: bool) -> None:
+        """Ends a pause, if there is one: ``resume`` when the run of caller sound ended short of a
+        barge-in (not the caller talking: a cough, a click, echo), so the agent goes on from
+        where it paused; else the barge-in drops what was held."""
+        timer, self._pause_timer = self._pause_timer, None
+        if timer is None:
+            return
+        timer.cancel()
+        if resume:
             self.counters.false_pauses += 1
             if self.downstream is not None:
                 self.downstream.pause(False)
 
     def _pause_expired(self) -> None:
-        self._pause_timer = None
         self._barge_run.clear()
-        self._resume()
+        self._end_pause(resume=True)
 
     def barge_in(self, forced: bool) -> None:
         """Stop the agent now: its playback, its queued audio, the answer being generated."""
@@ -379,10 +379,7 @@ class ConversationCoordinator:
         onset = None if forced else self._clock.now() - len(self._barge_run) * FRAME_S
         heard = list(self._barge_run)
         self._barge_run.clear()
-        self._paused = False  # the stop below drops what was held
-        if self._pause_timer is not None:
-            self._pause_timer.cancel()
-            self._pause_timer = None
+        self._end_pause(resume=False)  # the stop below drops what was held
         s.barge_ins += 1
         self.counters.barge_ins += 1
         if forced:

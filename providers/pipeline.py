@@ -215,7 +215,6 @@ class _Turn:
     spoken: list[tuple[str, float]] = field(default_factory=list)  # (sentence, seconds of its audio)
     recorded: bool = False  # in the history already
     hold: asyncio.TimerHandle | None = None  # the hold line, due if the answer is slow
-    held: bool = False  # the hold line was said
 
     def heard(self, played_s: float | None) -> str:
         """What the caller heard of the answer: whole sentences, and the words of the one cut off
@@ -479,13 +478,8 @@ class PipelineCall(ProviderCall):
 
         def hold() -> None:
             speech = self.m.cache.get(self.cfg.hold_line)  # pinned at load: no model work
-            if turn.cancelled or turn.spoken or turn.held or speech is None:
-                return
-            turn.held = True
-            self._emit(AgentSpeakingStarted())
-            self._emit(Transcript("agent", self.cfg.hold_line))
-            self._emit(AgentAudio(speech.pcm16, speech.sample_rate))
-            self._emit(AgentSpeakingStopped())
+            if not turn.cancelled and not turn.spoken and speech is not None:
+                self._play(self.cfg.hold_line, speech)
 
         turn.hold = self._loop.call_at(started_at + after, hold)
 
@@ -539,12 +533,16 @@ class PipelineCall(ProviderCall):
             self._emit(TurnMark("no_answer", self._loop.time()))
             return False
         self._turn = _Turn(spoken=[(text, speech.seconds)], recorded=True)
+        self._play(text, speech)
+        self._history.append({"role": "assistant", "content": text})
+        return True
+
+    def _play(self, text: str, speech: Speech) -> None:
+        """A whole line of the agent's, spoken at once."""
         self._emit(AgentSpeakingStarted())
         self._emit(Transcript("agent", text))
         self._emit(AgentAudio(speech.pcm16, speech.sample_rate))
         self._emit(AgentSpeakingStopped())
-        self._history.append({"role": "assistant", "content": text})
-        return True
 
     async def say(self, text: str) -> bool:
         return await self._say(text)
