@@ -32,6 +32,7 @@ from providers.base import (
     AgentSpeakingStarted,
     AgentSpeakingStopped,
     CallContext,
+    CallerFinished,
     CallerInterrupted,
     Provider,
     ProviderCall,
@@ -251,6 +252,9 @@ class Call:
                 conv.mark(ev.stage, ev.at)
         elif isinstance(ev, ActionRequest):
             self.request_action(ev, by="agent")
+        elif isinstance(ev, CallerFinished):
+            if conv is not None:
+                conv.caller_finished()
         elif isinstance(ev, CallerInterrupted):
             if conv is not None and conv.agent_is_speaking:
                 conv.barge_in(forced=False)

@@ -50,6 +50,7 @@ class ConversationCounters:
     false_pauses: int = 0  # ... and resumed: it was not the caller talking (a cough, a click, echo)
     fallback_flushes: int = 0
     turns: int = 0
+    early_ends: int = 0  # turns ended at the caller's pause on a complete transcript, before the VAD's hangover
 
 
 _CALL_STATE = {
@@ -220,6 +221,16 @@ class ConversationCoordinator:
             self._set_state(ConversationState.PROCESSING)
         elif self.session.conversation is ConversationState.USER_SPEAKING:
             self._set_state(ConversationState.LISTENING)
+
+    def caller_finished(self) -> None:
+        """The provider read the caller's words as complete at a pause (providers.base.CallerFinished):
+        the turn ends now instead of after the VAD's hangover (the provider has checked that the
+        caller has not spoken since). Only a turn still open is ended."""
+        if not self.vad.speaking:
+            return
+        self.counters.early_ends += 1
+        self.vad.reset()
+        self._speech_ended(fallback=False)
 
     def _set_continuous(self, on: bool) -> None:
         self.continuous_input = on

@@ -21,6 +21,8 @@ from media.frames import ULAW_FRAME_BYTES, ULAW_SILENCE
 from media.rtp import RtpPacket
 from media.rtp_stats import IN_ORDER, LATE
 
+PREBUFFER_FRAMES = 2  # a stream starts once this much is queued (absorbs provider jitter)
+
 
 class LatencyRing:
     """The last N samples of one timing, in seconds; cheap to append on the hot path."""
@@ -91,6 +93,7 @@ class CallMedia:
         "last_tick",
         "dry_tick",
         "queued_at",
+        "prebuffer",
         "paused",
     )
 
@@ -109,6 +112,7 @@ class CallMedia:
         self.last_tick: int | None = None  # pacer tick of the last frame sent
         self.dry_tick: int | None = None  # tick at which a playing stream found its queue empty
         self.queued_at = 0.0  # loop time when the queue last went from empty to non-empty
+        self.prebuffer = PREBUFFER_FRAMES  # frames queued before a stream (re)starts (the pacer adapts it)
         self.paused = False  # the agent's audio held: the caller may be talking over it
         session.outbound_ssrc = self.ssrc
 

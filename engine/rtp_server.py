@@ -19,14 +19,14 @@ from typing import Any, Callable
 from engine.clock import Clock, LoopClock, Timer
 from engine.media import CallMedia, MediaTimings
 from engine.ratelimit import RateLimitedLog
+from media.frames import FRAME_S
 from media.pacing import FrameGrid, next_rtp_timestamp
 from media.rtp import PT_ULAW, RtpPacket, RtpParseError, build_packet
 from media.rtp_stats import DUPLICATE, LATE, PROBATION
 
 log = logging.getLogger(__name__)
 
-PREBUFFER_FRAMES = 2  # a stream starts once this much is queued (absorbs provider jitter) ...
-PREBUFFER_MAX_WAIT_S = 0.040  # ... or once its first frame has waited this long
+PREBUFFER_MAX_FRAMES = 6  # a stream's prebuffer grows after underruns up to this (120 ms)
 UNDERRUN_WINDOW_TICKS = 5
 SEND_FAILURES_BEFORE_FALLBACK = 3
 _WARN_INTERVAL_S = 10.0
@@ -246,9 +246,10 @@ class KernelDrops:
 class OutboundPacer:
     """One 20 ms clock for every call's outbound RTP, on the loop's monotonic time.
 
-    Each tick sends at most one frame per call. A stream (re)starts only with PREBUFFER_FRAMES
-    queued, a 20 ms jitter buffer between the provider's timing and the pacer's grid, so that a
-    provider delivering in real time does not underrun on phase jitter. A tick that runs late does not send a burst to
+    Each tick sends at most one frame per call. A stream (re)starts only with its prebuffer
+    queued (or once its first frame has waited that long), a jitter buffer between the provider's
+    timing and the pacer's grid, so that a provider delivering in real time does not underrun on
+    phase jitter; it grows by a frame after each underrun. A tick that runs late does not send a burst to
     catch up (Asterisk's softmix flushes on bursts); the schedule skips ahead instead and the RTP
     timestamp follows the wall clock, as Asterisk's own streams do.
     """
@@ -264,6 +265,9 @@ class OutboundPacer:
         if media.dry_tick is not None:
             if self._grid.tick - media.dry_tick <= UNDERRUN_WINDOW_TICKS:
                 media.underrun()
+                # An adaptive jitter buffer: a provider (or a line) whose audio comes late once
+                # will again; its stream restarts with one more frame in hand.
+                media.prebuffer = min(PREBUFFER_MAX_FRAMES, media.prebuffer + 1)
             media.dry_tick = None
         self._active[media] = None
         if self._handle is None:
@@ -318,7 +322,7 @@ class OutboundPacer:
             if media.owner is not None:
                 media.owner.stream_drained()
             return True
-        if not playing and len(frames) < PREBUFFER_FRAMES and deadline - media.queued_at < PREBUFFER_MAX_WAIT_S:
+        if not playing and len(frames) < media.prebuffer and deadline - media.queued_at < media.prebuffer * FRAME_S:
             return False
         t1 = time.perf_counter()
         marker = last is not None and last != tick - 1

@@ -95,6 +95,7 @@ class ConversationTotals:
     turns: int
     barge_in_pauses: int  # the agent paused on caller sound (stream mode)
     false_pauses: int  # ... and went on: not the caller talking
+    early_ends: int  # turns ended at the caller's pause on a complete transcript
 
 
 @dataclass(frozen=True, slots=True)

@@ -117,7 +117,14 @@ class _Tracker:
         new[_T, 0] = np.inf
         new[_T, 1:] = settled[:-1] + _STEP_COST + obs[_T, 1:]
         new[_Q] = c[_T] + obs[_Q]
-        new -= new.min()
+        low = new.min()
+        if not np.isfinite(low):
+            # Every path ruled out (seen once, at 250 calls with most packets dropped by the kernel):
+            # start over from the pointer rather than carry NaN costs for the rest of the call.
+            new = _initial_cost()
+            new[_N] = np.where(np.isfinite(new[_N]), 0.0, np.inf)
+            low = 0.0
+        new -= low
         kind, best = np.unravel_index(int(np.argmin(new)), new.shape)
         lag = self._lo + int(best)
         # The window follows the pointer forward only (the delay never shrinks): lags behind it stay

@@ -507,6 +507,9 @@ class ExternalMediaEndpoint(Endpoint, asyncio.DatagramProtocol):
             self.bridge.on_frame(self, pkt.payload, True, self.clock.tick)
 
 
+CATCHUP_TICKS = 5
+
+
 class MediaClock:
     """One 20 ms clock for the whole PBX: callers speak, softmix bridges mix."""
 
@@ -514,6 +517,8 @@ class MediaClock:
         self.callers: set[CallerMedia] = set()
         self.bridges: dict[str, Bridge] = {}
         self.tick = 0
+        self.late_runs = 0  # times the clock ran a tick or more (20 ms) late: the simulator stalled
+        self.skipped_ticks = 0  # ticks the simulator ran too late for (its callers' frames came late)
         self._t0 = 0.0
         self._handle: asyncio.TimerHandle | None = None
 
@@ -529,12 +534,23 @@ class MediaClock:
 
     def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        tick = self.tick
-        for c in list(self.callers):
-            c.produce(tick)
-        for b in list(self.bridges.values()):
-            if b.softmix:
-                b.mix_tick(tick)
-        nxt = max(tick + 1, int((loop.time() - self._t0) / FRAME_S))
-        self.tick = nxt
-        self._handle = loop.call_at(self._t0 + nxt * FRAME_S, self._run)
+        due = int((loop.time() - self._t0) / FRAME_S)
+        # A phone keeps its own clock: when the simulator runs late, the frames it owes go out
+        # now, back to back (as a network delivers a delayed burst), up to CATCHUP_TICKS; a
+        # longer stall skips ticks, counted.
+        late = max(0, due - self.tick)
+        self.late_runs += late > 0
+        if late > CATCHUP_TICKS:
+            self.skipped_ticks += late - CATCHUP_TICKS
+            self.tick = due - CATCHUP_TICKS
+        while True:
+            tick = self.tick
+            for c in list(self.callers):
+                c.produce(tick)
+            for b in list(self.bridges.values()):
+                if b.softmix:
+                    b.mix_tick(tick)
+            self.tick = tick + 1
+            if self.tick > due:
+                break
+        self._handle = loop.call_at(self._t0 + self.tick * FRAME_S, self._run)

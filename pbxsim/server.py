@@ -267,6 +267,7 @@ class CallRecord:
             "hangup_clean": self.hangup_clean,
             "error": self.error,
             "done": self.finished.is_set(),
+            "duration_s": round((self.ended_at or time.monotonic()) - self.placed_at, 3),
         }
 
 
@@ -1279,6 +1280,8 @@ class SimPBX:
             "violations": self.violations,
             "port_exhaustion_events": self.port_exhaustion_events,
             "media_ticks": self.clock.tick,
+            "media_ticks_skipped": self.clock.skipped_ticks,
+            "media_late_runs": self.clock.late_runs,
         }
 
     async def _sim_faults(self, request: web.Request) -> web.Response:

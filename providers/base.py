@@ -80,7 +80,14 @@ class TurnMark:
     at: float
 
 
-ProviderEvent = AgentAudio | Transcript | AgentSpeakingStarted | AgentSpeakingStopped | CallerInterrupted | ProviderError | TurnMark | ActionRequest
+@dataclass(slots=True, frozen=True)
+class CallerFinished:
+    """The provider has the caller's words so far and they read as complete (a pipeline's
+    transcript at the caller's pause): the engine ends the caller's turn now rather than after its
+    VAD's hangover, unless the caller has spoken again since."""
+
+
+ProviderEvent = AgentAudio | Transcript | AgentSpeakingStarted | AgentSpeakingStopped | CallerInterrupted | ProviderError | TurnMark | ActionRequest | CallerFinished
 EmitFn = Callable[[ProviderEvent], None]
 
 

@@ -35,7 +35,15 @@ class LocalProviderConfig(ConfigSection):
     stt_threads: int = Field(2, ge=1, le=64)
     stt_compute_type: str = "int8"
     stt_beam_size: int = Field(1, ge=1, le=10)
-    stt_partial_interval_ms: int = Field(1000, ge=0, le=10000)  # 0: no partial transcripts
+    # Transcribe the utterance so far at each pause of the caller (200 ms): at the end of speech
+    # the transcript is usually there already.
+    stt_at_pause: bool = True
+    # And every this often while the caller talks, to show the operator words early. Each is a whole
+    # Whisper pass (~0.6 CPU-s with tiny.en): 0, none (the default).
+    stt_partial_interval_ms: int = Field(0, ge=0, le=10000)
+    # At the caller's pause, a transcript that reads as a whole sentence ends the turn without
+    # waiting out the VAD's hangover (vad.end_ms). Needs stt_at_pause.
+    end_on_complete: bool = True
     # A packaged model; the default by bench/answers.py (facts stated 85% against 55%), at the cost
     # of about 170 ms more to the first sentence (README, "Local models").
     llm_model: Literal["smollm2-135m", "qwen2.5-coder-0.5b"] = "qwen2.5-coder-0.5b"

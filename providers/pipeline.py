@@ -25,6 +25,7 @@ from providers.base import (
     AgentSpeakingStarted,
     AgentSpeakingStopped,
     CallContext,
+    CallerFinished,
     EmitFn,
     Provider,
     ProviderCall,
@@ -39,7 +40,7 @@ from providers.base import (
 from providers.intents import decide, offered_department
 from providers.local import grounding
 from providers.local.models import JOE_VOICE, ModelNotFound, resolve, resolve_llm
-from providers.local.sentences import SentenceSplitter
+from providers.local.sentences import SentenceSplitter, reads_complete
 from providers.local.spoken import spoken
 from providers.local.stages import WorkerLlm, WorkerStt, WorkerTts
 from providers.local.stt import check_stt_model
@@ -288,17 +289,19 @@ class PipelineCall(ProviderCall):
             self._consider_partial()
 
     def _consider_partial(self) -> None:
-        # Whisper is not streaming: transcribe the growing utterance every interval (partial text
-        # for the operator), and once more as soon as the caller pauses (or once the partial in
-        # flight at the pause is done). If no voice comes after that pause, the VAD's end of speech
-        # finds the transcript done or under way, and waits for it instead of starting again.
+        # Whisper is not streaming: transcribe the utterance so far as soon as the caller pauses
+        # (or once the partial in flight at the pause is done), and, if asked, every interval
+        # (words for the operator early). If no voice comes after that pause, the VAD's end of
+        # speech (or the transcript reading complete) finds the transcript done or under way, and
+        # waits for it instead of starting again. Each is a whole Whisper pass (its encoder always
+        # reads a 30 s window: ~0.6 CPU-s with tiny.en), hence no periodic ones by default.
         interval = self.cfg.stt_partial_interval_ms / 1000
         c = self._collector
-        if self._stopped or not interval or not c.in_speech or (self._partial_task is not None and not self._partial_task.done()):
+        if self._stopped or not c.in_speech or (self._partial_task is not None and not self._partial_task.done()):
             return
         now = self._loop.time()
-        pausing = now - self._last_voiced_at >= PAUSE_S and self._partial_voiced < self._voiced
-        if pausing or now >= self._partial_due:
+        pausing = self.cfg.stt_at_pause and now - self._last_voiced_at >= PAUSE_S and self._partial_voiced < self._voiced
+        if pausing or (interval and now >= self._partial_due):
             self._partial_due = now + interval
             self._partial_voiced = self._voiced
             # The pause's transcript is most often the final one (the caller has finished): as
@@ -346,6 +349,13 @@ class PipelineCall(ProviderCall):
             self._partial = (voiced, text)
             if text:
                 self._emit(Transcript("caller", text, final=False))
+                if (
+                    self.cfg.end_on_complete and voiced == self._voiced
+                    and self._loop.time() - self._last_voiced_at >= PAUSE_S and reads_complete(text)
+                ):
+                    # The caller has paused, said nothing since, and what they said is a whole
+                    # sentence: their turn is over (the transcript is the final one).
+                    self._emit(CallerFinished())
         return text
 
     async def _transcript(self, audio: bytes, covered: str | asyncio.Task[str | None] | None) -> str:

@@ -167,6 +167,24 @@ def test_packets_that_stop_mid_speech_end_the_utterance_on_the_clock():
     assert rig.provider.events == ["started", "ended"]
 
 
+def test_a_caller_the_provider_reads_as_finished_ends_the_turn_before_the_hangover():
+    """CallerFinished (a pipeline's complete transcript at the caller's pause) ends the open turn at
+    once; it does nothing when no turn is open (the hangover got there first, or the caller has not
+    started)."""
+    rig = Rig()
+    rig.conv.caller_finished()
+    assert rig.provider.events == [] and rig.counters.early_ends == 0
+    rig.feed(speech_frames())
+    rig.feed([SILENCE] * 10)  # 200 ms: well inside the 500 ms hangover
+    assert rig.provider.events == ["started"]
+    rig.conv.caller_finished()
+    assert rig.provider.events == ["started", "ended"] and rig.counters.early_ends == 1
+    assert rig.session.conversation is ConversationState.PROCESSING
+    rig.feed([SILENCE] * 40)  # the hangover does not end it a second time
+    rig.conv.caller_finished()
+    assert rig.provider.events == ["started", "ended"] and rig.counters.early_ends == 1
+
+
 def test_audio_without_speech_is_handed_over_at_the_fallback_interval():
     rig = Rig(vad={"fallback_interval_ms": 1000})
     rig.feed([SILENCE] * 49)

@@ -6,23 +6,25 @@ import asyncio
 import os
 import subprocess
 import sys
+import wave
 from pathlib import Path
 
 import jiwer
 import numpy as np
 import pytest
 
-from media.audio import Resampler, ulaw_to_pcm16
+from media.audio import Resampler, rms_dbfs, ulaw_to_pcm16
 from providers.config import LocalProviderConfig, ProvidersConfig
 from providers.profile import AgentProfile
 from engine.engine import EngineStartError
 from engine.sessions import BargeIn, TranscriptAdded
-from pbxsim.server import Pause, Say, WaitAgent, WaitAgentDone
+from pbxsim.server import Pause, Say, SayText, WaitAgent, WaitAgentDone
+from pbxsim.voice import speak
 from providers.local.models import ModelNotFound
 from providers.local.stt import build_stt
 from providers.pipeline import PipelineProvider, SpeechCache, StagePool
 from providers.stages import Speech
-from providers.local.sentences import SentenceSplitter
+from providers.local.sentences import SentenceSplitter, reads_complete
 from tests.conftest import AGENT_PASS, running_engine, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,6 +117,45 @@ async def test_barge_in_cancels_generation_and_speech(pbx, tmp_path):
         assert heard.endswith("...") and spoken.startswith(heard[:-3]), (heard, spoken)
         assert 0 < len(heard.split()) < len(spoken.split())
         await asyncio.wait_for(rec.finished.wait(), 15)
+
+
+def trimmed(ulaw: bytes) -> bytes:
+    """Speech without the quiet before and after it (frames under -50 dBFS)."""
+    frames = [ulaw[i : i + 160] for i in range(0, len(ulaw) - 159, 160)]
+    loud = [i for i, f in enumerate(frames) if rms_dbfs(ulaw_to_pcm16(f)) > -50]
+    return b"".join(frames[loud[0] : loud[-1] + 1])
+
+
+async def test_a_whole_sentence_ends_the_turn_at_the_pause_and_a_half_one_does_not(pbx, tmp_path):
+    """A question that reads complete at the caller's 200 ms pause ends the turn there, not after
+    the VAD's hangover (a long one here, as a site with noisy lines sets it, so that the pause's
+    transcription always finishes first); a caller pausing after "My name is" is waited for, and
+    both halves are one turn."""
+    def long_hangover(cfg):
+        cfg.vad.end_ms = 1200
+
+    async with local_engine(pbx, tmp_path, "stream", long_hangover) as eng:
+        sub = eng.store.subscribe()
+        cc = eng.calls.conversation_counters
+        rec = pbx.place_call(script=[WaitAgentDone(0.4), SayText("What are your opening hours?"), WaitAgent(0.5), WaitAgentDone(0.5)])
+        await asyncio.wait_for(rec.finished.wait(), 60)
+        assert cc.early_ends == 1 and cc.turns == 1
+        # A 300 ms pause mid-sentence: longer than the 200 ms that trigger the pause transcript,
+        # shorter than any hangover.
+        wav = tmp_path / "pause.wav"
+        with wave.open(str(wav), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(8000)
+            w.writeframes(ulaw_to_pcm16(trimmed(speak("My name is")) + b"\xff" * 2400 + trimmed(speak("John and I need help with my bill."))))
+        rec = pbx.place_call(script=[WaitAgentDone(0.4), Say(str(wav)), WaitAgent(0.5), WaitAgentDone(0.5)])
+        await asyncio.wait_for(rec.finished.wait(), 60)
+        events = []
+        while (e := sub.get_nowait()) is not None:
+            events.append(e)
+    said = [e.turn.text for e in events if isinstance(e, TranscriptAdded) and e.turn.role == "caller" and e.turn.final and e.call_id == rec.id]
+    assert len(said) == 1 and "name" in said[0].lower() and "bill" in said[0].lower(), said
+    assert cc.turns == 2
 
 
 async def test_missing_model_is_a_startup_error_naming_setting_and_path(pbx, tmp_path):
@@ -239,6 +280,18 @@ def test_sentence_splitter(pieces, sentences, rest):
         got += s.feed(p)
     assert got == sentences
     assert s.flush() == rest
+
+
+@pytest.mark.parametrize(
+    "text, complete",
+    [
+        ("What are your opening hours?", True), ("Please enter your password followed by the pound key.", True),
+        ("Thanks!", True), ("I would like to.", False), ("My account number is.", False), ("I want to pay my", False),
+        ("Hello...", False), ("Um.", False), ("So,", False), ("", False),
+    ],
+)
+def test_a_transcript_reads_complete_only_as_a_finished_sentence(text, complete):
+    assert reads_complete(text) is complete
 
 
 def test_a_model_in_parts_is_kept_only_with_its_published_hash(tmp_path):

@@ -84,6 +84,25 @@ def test_a_stream_waits_for_its_prebuffer_or_40_ms():
     assert len(wire.sent) == 1
 
 
+def test_an_underrun_grows_that_streams_prebuffer():
+    """A provider delivering in real time (echo, a voice agent) whose audio comes late: the stream
+    runs dry, counts an underrun, and restarts with one more frame in hand than before."""
+    clock, server, wire, media, owner = rig()
+    for _ in range(5):
+        server.agent_audio(media, speech(1), 8000)
+        clock.advance(FRAME_S)
+    clock.advance(3 * FRAME_S)  # the provider is 60 ms late: the stream runs dry
+    assert not media.out_frames and owner.news[-1] == "drained" and media.session.rtp_out.underruns == 0
+    late_at = clock.now()
+    for _ in range(3):
+        server.agent_audio(media, speech(1), 8000)
+        clock.advance(FRAME_S)
+    assert media.session.rtp_out.underruns == 1 and media.prebuffer == 3
+    assert owner.news[-1] == f"started@{late_at + 2 * FRAME_S:.3f}"  # once the third frame is in hand
+    clock.advance(1.0)
+    assert len(wire.sent) == 8  # nothing lost
+
+
 def test_a_late_tick_sends_one_frame_not_a_burst_and_the_timestamp_follows_the_clock():
     clock, server, wire, media, _ = rig()
     server.agent_audio(media, speech(20), 8000)

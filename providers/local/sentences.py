@@ -44,3 +44,24 @@ class SentenceSplitter:
                 self._buf = buf[m.end() :]
                 return " ".join(head.split())
         return None
+
+
+# Words a sentence does not end on: a caller who stops after one is pausing mid-sentence ("I would
+# like to ... pay my bill"), whatever punctuation Whisper gave the pause.
+_GOES_ON = frozenset(
+    """a an the and or but so because if when while than that which who whose whom where to of in on at
+    for from with about into onto by as like my your our their his her its i we you they he she it is are
+    was were be been am will would can could should shall may might must do does did have has had not no
+    um uh er erm hmm mm well just also then very really please""".split()
+)
+
+
+def reads_complete(text: str) -> bool:
+    """Whether a caller's transcript reads as a finished sentence: it ends with a full stop, a
+    question or an exclamation mark (not an ellipsis, a comma or nothing), on a word a sentence can
+    end on. Ends the caller's turn at a short pause instead of the VAD's longer hangover."""
+    t = text.strip().rstrip("\"')]")
+    if not t or t[-1] not in ".?!" or t.endswith(".."):
+        return False
+    words = t.rstrip(".?!").split()
+    return bool(words) and words[-1].lower().strip(",;:\"'") not in _GOES_ON

@@ -60,7 +60,7 @@ async def test_hung_worker_is_killed_and_restarted(pbx, tmp_path):
     def hang_fast(cfg):
         cfg.profiles["default"].greeting = ""
         cfg.providers.local.worker_hang_timeout_s = 2.0
-        cfg.providers.local.stt_partial_interval_ms = 0  # the turn's one transcription meets the hang
+        cfg.providers.local.stt_at_pause = False  # the turn's one transcription meets the hang
 
     async with running_engine(pbx, tmp_path, hang_fast, AIAGENT_PROVIDER="local") as eng:
         sub = eng.store.subscribe()

@@ -1,0 +1,178 @@
+"""CPU per call of the local pipeline: the engine and its model worker processes, measured while
+simulated callers hold a conversation, and while they are silent between turns.
+
+    python bench/cpu.py [--calls 1,3] [--turns 4] [--mode stream|file]
+
+The simulator runs in its own process (not counted); the engine (local provider, real models) in
+this one, its STT, LLM and TTS workers in theirs (counted: psutil, user + system time). Printed, as
+% of one core:
+  - the engine with no call (the floor: timers, the ARI WebSocket);
+  - per call between turns: one caller on the line, silent for 10 s after the greeting, on a DTX
+    line (no packets while silent) and on a line with faint noise all the time (VAD on every frame);
+  - per active call: N callers each talking through the turn benchmark's questions (greeting,
+    then --turns questions, each answered in full), CPU over the calls' lifetime / call-seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from engine.config import load_config  # noqa: E402
+from engine.engine import Engine  # noqa: E402
+from common import free_port  # noqa: E402
+
+SOUNDS = Path("/usr/share/asterisk/sounds/en_US_f_Allison")
+PROMPTS = ["agent-pass", "auth-incorrect", "call-forwarding", "conf-getpin", "demo-thanks", "dir-instr", "hello-world", "agent-newlocation"]
+NOISY_LINE_DBFS = -60.0
+
+
+class CpuMeter:
+    """CPU seconds of this process (the engine) and its children (the model workers, named by the
+    engine's components), the simulator left out."""
+
+    def __init__(self, eng: Engine, exclude: set[int]) -> None:
+        self.me = psutil.Process()
+        self.eng = eng
+        self.exclude = exclude
+
+    def by_process(self) -> dict[str, float]:
+        names = {c.pid: c.name for c in self.eng.components() if c.pid is not None}
+        out: dict[str, float] = {}
+        for p in [self.me, *self.me.children(recursive=True)]:
+            if p.pid in self.exclude:
+                continue
+            try:
+                t = p.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            name = "engine" if p.pid == self.me.pid else names.get(p.pid, "other")
+            out[name] = out.get(name, 0.0) + t.user + t.system
+        return out
+
+    def seconds(self) -> float:
+        return sum(self.by_process().values())
+
+
+async def place(http: aiohttp.ClientSession, sim_url: str, script: list[dict], number: str, noise_dbfs: float | None = None) -> str:
+    body: dict = {"script": script, "caller_number": number}
+    if noise_dbfs is not None:
+        body["noise_dbfs"] = noise_dbfs
+    async with http.post(f"{sim_url}/sim/calls", json=body) as r:
+        return (await r.json())["id"]
+
+
+async def report(http: aiohttp.ClientSession, sim_url: str, cid: str) -> dict:
+    async with http.get(f"{sim_url}/sim/calls/{cid}") as r:
+        return await r.json()
+
+
+async def until_done(http: aiohttp.ClientSession, sim_url: str, ids: list[str]) -> list[dict]:
+    while True:
+        reports = [await report(http, sim_url, c) for c in ids]
+        if all(r["done"] for r in reports):
+            return reports
+        await asyncio.sleep(0.2)
+
+
+async def between_turns(eng: Engine, http: aiohttp.ClientSession, sim_url: str, meter: CpuMeter, noise: float | None) -> float:
+    """% of one core for one call whose caller is silent: measured from 1 s after the greeting
+    finished, for 8 s."""
+    cid = await place(http, sim_url, [{"wait_agent_done": 0.4}, {"pause": 10.0}], "4000", noise)
+    heard, still = 0.0, 0
+    while still < 5:  # the greeting heard, then 0.5 s without agent audio
+        await asyncio.sleep(0.1)
+        now = (await report(http, sim_url, cid))["agent_audio_seconds"]
+        still = still + 1 if now and now == heard else 0
+        heard = now
+    await asyncio.sleep(0.5)
+    c0, t0 = meter.seconds(), time.monotonic()
+    await asyncio.sleep(8.0)
+    pct = 100 * (meter.seconds() - c0) / (time.monotonic() - t0)
+    await until_done(http, sim_url, [cid])
+    while len(eng.store):
+        await asyncio.sleep(0.1)
+    return pct
+
+
+async def conversation(eng: Engine, http: aiohttp.ClientSession, sim_url: str, meter: CpuMeter, calls: int, turns: int) -> tuple[float, float, int, dict[str, float]]:
+    """(% of one core per active call, call-seconds, answers heard, % per call by process) for
+    ``calls`` callers at once."""
+    ids = []
+    p0 = meter.by_process()
+    for i in range(calls):
+        script: list[dict] = [{"wait_agent_done": 0.4}]
+        for k in range(turns):
+            script += [{"say": str(SOUNDS / f"{PROMPTS[(i + k) % len(PROMPTS)]}.wav")}, {"wait_agent": 0.3, "timeout_s": 30}, {"wait_agent_done": 0.6, "timeout_s": 30}]
+        ids.append(await place(http, sim_url, script, str(5000 + i)))
+    reports = await until_done(http, sim_url, ids)
+    while len(eng.store):
+        await asyncio.sleep(0.1)
+    p1 = meter.by_process()
+    call_s = sum(r["duration_s"] for r in reports)
+    answers = sum(len(r["turn_latencies_s"]) for r in reports)
+    parts = {k: 100 * (v - p0.get(k, 0.0)) / call_s for k, v in p1.items()}
+    return sum(parts.values()), call_s, answers, parts
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    port = free_port()
+    sim = subprocess.Popen([sys.executable, "-m", "pbxsim.cli", "serve", "--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {"ASTERISK_ARI_PORT": str(port), "RTP_PORT": "0", "HEALTH_PORT": "0", "AIAGENT_PROVIDER": "local", "AIAGENT_DOWNSTREAM_MODE": args.mode, "AIAGENT_MEDIA_DIR": tempfile.mkdtemp()}
+    cfg = load_config(ROOT / "config.toml", env=env)
+    cfg.providers.local.hold_after_ms = 0
+    if args.partial_interval_ms is not None:
+        cfg.providers.local.stt_partial_interval_ms = args.partial_interval_ms
+    eng = Engine(cfg)
+    meter = CpuMeter(eng, {sim.pid})
+    sim_url = f"http://127.0.0.1:{port}"
+    try:
+        await asyncio.sleep(0.5)
+        await eng.start()
+        assert await eng.wait_ari_connected(10)
+        print(f"CPU of the local pipeline (engine + model workers, % of one core; {os.cpu_count()} cores, {args.mode} mode)")
+        async with aiohttp.ClientSession() as http:
+            await conversation(eng, http, sim_url, meter, 1, 1)  # warm-up: models loaded and run once
+            c0, t0 = meter.seconds(), time.monotonic()
+            await asyncio.sleep(5.0)
+            print(f"  no call                                {100 * (meter.seconds() - c0) / (time.monotonic() - t0):6.1f} %")
+            for name, noise in (("DTX line", None), (f"line noise {NOISY_LINE_DBFS:.0f} dBFS", NOISY_LINE_DBFS)):
+                pct = await between_turns(eng, http, sim_url, meter, noise)
+                print(f"  1 call between turns, {name:18s}{pct:6.1f} %")
+            for n in [int(x) for x in args.calls.split(",")]:
+                pct, call_s, answers, parts = await conversation(eng, http, sim_url, meter, n, args.turns)
+                print(f"  per active call, {n} at once             {pct:6.1f} %   ({call_s:.0f} call-seconds, {answers} answers heard)")
+                print("      " + ", ".join(f"{k} {v:.1f} %" for k, v in sorted(parts.items(), key=lambda kv: -kv[1])))
+    finally:
+        await eng.stop()
+        sim.send_signal(signal.SIGTERM)
+        sim.wait(10)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--calls", default="1,3", help="callers talking at once, per row")
+    ap.add_argument("--turns", type=int, default=4, help="questions per call")
+    ap.add_argument("--partial-interval-ms", type=int, help="providers.local.stt_partial_interval_ms for this run (default: config.toml's)")
+    ap.add_argument("--mode", choices=["stream", "file"], default="stream")
+    args = ap.parse_args()
+    asyncio.run(main_async(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
