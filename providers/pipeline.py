@@ -258,6 +258,7 @@ class PipelineCall(ProviderCall):
         self._voiced = 0  # voiced 20 ms frames in the current utterance
         self._last_voiced_at = 0.0
         self._pause_timer: asyncio.TimerHandle | None = None
+        self._finish_timer: asyncio.TimerHandle | None = None  # a complete transcript waits for enough quiet
         self._partial: tuple[int, str] | None = None  # (voiced frames it covered, its text)
         self._stopped = False
 
@@ -327,9 +328,10 @@ class PipelineCall(ProviderCall):
             covered = self._partial_task
         self._partial = None
         self._voiced = self._partial_voiced = 0
-        if self._pause_timer is not None:
-            self._pause_timer.cancel()
-            self._pause_timer = None
+        for timer in (self._pause_timer, self._finish_timer):
+            if timer is not None:
+                timer.cancel()
+        self._pause_timer = self._finish_timer = None
         if fallback:
             # Audio the VAD never found voiced (line noise, the agent's residual echo, which
             # Whisper transcribes even 35 dB down): it is not the caller's turn.
@@ -349,14 +351,22 @@ class PipelineCall(ProviderCall):
             self._partial = (voiced, text)
             if text:
                 self._emit(Transcript("caller", text, final=False))
-                if (
-                    self.cfg.end_on_complete and voiced == self._voiced
-                    and self._loop.time() - self._last_voiced_at >= PAUSE_S and reads_complete(text)
-                ):
-                    # The caller has paused, said nothing since, and what they said is a whole
-                    # sentence: their turn is over (the transcript is the final one).
-                    self._emit(CallerFinished())
+                if self.cfg.complete_end_ms and voiced == self._voiced and reads_complete(text):
+                    self._finish_if_quiet(voiced, utterance)
         return text
+
+    def _finish_if_quiet(self, voiced: int, utterance: int) -> None:
+        """What the caller said so far (``voiced`` frames of ``utterance``) reads as a whole sentence:
+        their turn is over once they have been quiet ``complete_end_ms`` (a comma's pause is
+        shorter) and said nothing more; the transcript is then the final one."""
+        self._finish_timer = None
+        if self._stopped or not self._collector.in_speech or utterance != self._utterance or voiced != self._voiced:
+            return
+        wait = self._last_voiced_at + self.cfg.complete_end_ms / 1000 - self._loop.time()
+        if wait > 0:
+            self._finish_timer = self._loop.call_later(wait, self._finish_if_quiet, voiced, utterance)
+        else:
+            self._emit(CallerFinished())
 
     async def _transcript(self, audio: bytes, covered: str | asyncio.Task[str | None] | None) -> str:
         if isinstance(covered, str):
@@ -589,8 +599,9 @@ class PipelineCall(ProviderCall):
     async def stop(self) -> None:
         self._stopped = True
         self._cancel_turn()
-        if self._pause_timer is not None:
-            self._pause_timer.cancel()
+        for timer in (self._pause_timer, self._finish_timer):
+            if timer is not None:
+                timer.cancel()
         tasks = [t for t in (self._turn_task, self._partial_task) if t is not None]
         for t in tasks:
             t.cancel()
