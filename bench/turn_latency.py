@@ -259,7 +259,7 @@ def main() -> int:
     ap.add_argument("--pipeline", help="local, remote or local,remote: the scaling table instead (see above)")
     ap.add_argument("--callers", default="1,2,4,8", help="with --pipeline: callers asking at once, per row")
     ap.add_argument("--rounds", type=int, default=2, help="with --pipeline: rounds per row")
-    ap.add_argument("--complete-end-ms", type=int, default=350, help="providers.local.complete_end_ms (0: the VAD's hangover ends every turn)")
+    ap.add_argument("--complete-end-ms", type=int, default=0, help="providers.local.complete_end_ms (default 0: the VAD's hangover ends every turn)")
     ap.add_argument("--partial-interval-ms", type=int, help="providers.local.stt_partial_interval_ms for this run (default: config.toml's)")
     ap.add_argument("--hold-after-ms", type=int, default=0, help="providers.local.hold_after_ms (default 0: no hold line, the answers are timed)")
     args = ap.parse_args()

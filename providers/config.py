@@ -42,8 +42,9 @@ class LocalProviderConfig(ConfigSection):
     # Whisper pass (~0.6 CPU-s with tiny.en): 0, none (the default).
     stt_partial_interval_ms: int = Field(0, ge=0, le=10000)
     # A transcript at the caller's pause that reads as a whole sentence ends the turn after this
-    # much quiet instead of the VAD's hangover (vad.end_ms); longer than a comma's pause. 0: off.
-    complete_end_ms: int = Field(350, ge=0, le=5000)
+    # much quiet instead of the VAD's hangover (vad.end_ms); longer than a comma's pause. 0: off
+    # (the default: with end_ms 500 it gains little, and a caller's comma can split a question).
+    complete_end_ms: int = Field(0, ge=0, le=5000)
     # A packaged model; the default by bench/answers.py (facts stated 85% against 55%), at the cost
     # of about 170 ms more to the first sentence (README, "Local models").
     llm_model: Literal["smollm2-135m", "qwen2.5-coder-0.5b"] = "qwen2.5-coder-0.5b"

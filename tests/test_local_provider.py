@@ -133,6 +133,7 @@ async def test_a_whole_sentence_ends_the_turn_at_the_pause_and_a_half_one_does_n
     both halves are one turn."""
     def long_hangover(cfg):
         cfg.vad.end_ms = 1200
+        cfg.providers.local.complete_end_ms = 350
 
     async with local_engine(pbx, tmp_path, "stream", long_hangover) as eng:
         sub = eng.store.subscribe()
