@@ -35,9 +35,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 from engine.config import load_config  # noqa: E402
 from engine.engine import Engine  # noqa: E402
 from common import free_port  # noqa: E402
+from turn_latency import PROMPTS, SOUNDS  # noqa: E402  (the turn benchmark's questions)
 
-SOUNDS = Path("/usr/share/asterisk/sounds/en_US_f_Allison")
-PROMPTS = ["agent-pass", "auth-incorrect", "call-forwarding", "conf-getpin", "demo-thanks", "dir-instr", "hello-world", "agent-newlocation"]
 NOISY_LINE_DBFS = -60.0
 
 

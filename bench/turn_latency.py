@@ -150,7 +150,8 @@ def config(args: argparse.Namespace, env: dict[str, str]) -> AppConfig:
     # The hold line ("One moment, please.") would be the first sound a slow turn's caller hears:
     # off unless asked for, so that the figures are the answers'.
     cfg.providers.local.hold_after_ms = args.hold_after_ms
-    cfg.providers.local.complete_end_ms = args.complete_end_ms
+    if args.complete_end_ms is not None:
+        cfg.providers.local.complete_end_ms = args.complete_end_ms
     if args.partial_interval_ms is not None:
         cfg.providers.local.stt_partial_interval_ms = args.partial_interval_ms
     if args.facts:
@@ -259,7 +260,7 @@ def main() -> int:
     ap.add_argument("--pipeline", help="local, remote or local,remote: the scaling table instead (see above)")
     ap.add_argument("--callers", default="1,2,4,8", help="with --pipeline: callers asking at once, per row")
     ap.add_argument("--rounds", type=int, default=2, help="with --pipeline: rounds per row")
-    ap.add_argument("--complete-end-ms", type=int, default=0, help="providers.local.complete_end_ms (default 0: the VAD's hangover ends every turn)")
+    ap.add_argument("--complete-end-ms", type=int, help="providers.local.complete_end_ms for this run (default: config.toml's)")
     ap.add_argument("--partial-interval-ms", type=int, help="providers.local.stt_partial_interval_ms for this run (default: config.toml's)")
     ap.add_argument("--hold-after-ms", type=int, default=0, help="providers.local.hold_after_ms (default 0: no hold line, the answers are timed)")
     args = ap.parse_args()

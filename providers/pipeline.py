@@ -328,10 +328,7 @@ class PipelineCall(ProviderCall):
             covered = self._partial_task
         self._partial = None
         self._voiced = self._partial_voiced = 0
-        for timer in (self._pause_timer, self._finish_timer):
-            if timer is not None:
-                timer.cancel()
-        self._pause_timer = self._finish_timer = None
+        self._cancel_timers()
         if fallback:
             # Audio the VAD never found voiced (line noise, the agent's residual echo, which
             # Whisper transcribes even 35 dB down): it is not the caller's turn.
@@ -354,6 +351,12 @@ class PipelineCall(ProviderCall):
                 if self.cfg.complete_end_ms and voiced == self._voiced and reads_complete(text):
                     self._finish_if_quiet(voiced, utterance)
         return text
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._pause_timer, self._finish_timer):
+            if timer is not None:
+                timer.cancel()
+        self._pause_timer = self._finish_timer = None
 
     def _finish_if_quiet(self, voiced: int, utterance: int) -> None:
         """What the caller said so far (``voiced`` frames of ``utterance``) reads as a whole sentence:
@@ -599,9 +602,7 @@ class PipelineCall(ProviderCall):
     async def stop(self) -> None:
         self._stopped = True
         self._cancel_turn()
-        for timer in (self._pause_timer, self._finish_timer):
-            if timer is not None:
-                timer.cancel()
+        self._cancel_timers()
         tasks = [t for t in (self._turn_task, self._partial_task) if t is not None]
         for t in tasks:
             t.cancel()
