@@ -169,6 +169,12 @@ class Call:
         if old is not None:
             self.spawn(old.stop())
 
+    def bridged(self) -> None:
+        """The ExternalMedia channel is in the bridge: the agent's audio may go out."""
+        self.session.bridged_at = self.services.clock.now()
+        if self.conversation is not None and self.conversation.downstream is not None:
+            self.conversation.downstream.bridged()
+
     # ---- downstream: how the agent's audio reaches the caller
     def _use_files(self) -> None:
         conv = self.conversation

@@ -302,7 +302,7 @@ class CallController:
                 self._pending_external.pop(ext_id, None)
             await ari.add_channel(bridge_id, ext_id)
             self.store.set_state(s, CallState.STREAMING)
-            s.bridged_at = self.services.clock.now()
+            h.bridged()
             self.store.log(s.call_id, logging.INFO, f"bridged with ExternalMedia; Asterisk RTP at {s.rtp_remote[0]}:{s.rtp_remote[1]}")
         except asyncio.CancelledError:
             raise

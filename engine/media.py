@@ -95,6 +95,7 @@ class CallMedia:
         "queued_at",
         "prebuffer",
         "paused",
+        "bridged",
     )
 
     def __init__(self, session: CallSession, remote: tuple[str, int], owner: MediaOwner, max_queue_frames: int = 1500) -> None:
@@ -114,6 +115,7 @@ class CallMedia:
         self.queued_at = 0.0  # loop time when the queue last went from empty to non-empty
         self.prebuffer = PREBUFFER_FRAMES  # frames queued before a stream (re)starts (the pacer adapts it)
         self.paused = False  # the agent's audio held: the caller may be talking over it
+        self.bridged = False  # the ExternalMedia channel is in the bridge: what is sent reaches the caller
         session.outbound_ssrc = self.ssrc
 
     # ---- inbound

@@ -54,6 +54,11 @@ class Downstream:
 
     def add(self, pcm16: bytes, sample_rate: int) -> None: ...
     def finish(self) -> None: ...
+    def bridged(self) -> None:
+        """The ExternalMedia channel joined the bridge: the agent's audio may go out (a greeting
+        is often ready before). Before, a stream would not reach the caller, and a file would, but
+        its first frames would be missing from the capture stream, throwing the echo reference off
+        by as many frames: the greeting's own echo would barge in on it."""
     def stop(self) -> float:
         """Barge-in: stop what plays, drop what is queued; returns the seconds of agent audio
         the caller will now not hear."""
@@ -104,6 +109,9 @@ class FilePlayback(Downstream):
         self._timeouts: dict[str, Timer] = {}
         self._audio: dict[str, bytes] = {}  # playback id -> its u-law, for the reference
         self._posts: asyncio.Queue[str] = asyncio.Queue()
+        self._bridged = asyncio.Event()
+        if session.bridged_at is not None:  # a stream that failed over to files mid-call
+            self._bridged.set()
         self._expected_end = 0.0  # when the last queued playback should end
         self._poster = spawn(self._post_loop())
 
@@ -152,21 +160,25 @@ class FilePlayback(Downstream):
         duration = len(data) / ULAW_BYTES_PER_S
         self.session.playbacks[pid] = PlaybackRef(pid, str(path), duration)
         self._audio[pid] = data
-        now = self._clock.now()
-        self._expected_end = max(now, self._expected_end) + duration
-        # Overdue after the queue ahead of it and itself have played, plus a margin.
-        self._timeouts[pid] = self._clock.call_at(self._expected_end + self.config.timeout_margin_ms / 1000, self._timed_out, pid)
         self._on_tokens_changed()
         self._posts.put_nowait(pid)
 
+    def bridged(self) -> None:
+        self._bridged.set()
+
     async def _post_loop(self) -> None:
         # One poster per call keeps the POSTs, and so Asterisk's playback queue, in order.
+        await self._bridged.wait()
         while True:
             pid = await self._posts.get()
             if pid not in self.session.playbacks:
                 continue  # stopped before it was posted
             ref = self.session.playbacks[pid]
-            assert self.session.bridge_id is not None  # file playback starts once the call is bridged
+            assert self.session.bridge_id is not None
+            now = self._clock.now()
+            self._expected_end = max(now, self._expected_end) + ref.duration_s
+            # Overdue after the queue ahead of it and itself have played, plus a margin.
+            self._timeouts[pid] = self._clock.call_at(self._expected_end + self.config.timeout_margin_ms / 1000, self._timed_out, pid)
             # The echo of this file follows the audio posted before it, counted from this POST.
             self.reference.posted(self._audio.get(pid, b""))
             try:
@@ -295,6 +307,11 @@ class StreamPlayback(Downstream):
     def close(self) -> None:
         self.media.flush_outbound()
         self.media.session.playbacks.pop(STREAM_TOKEN, None)
+
+    def bridged(self) -> None:
+        self.media.bridged = True
+        if self.media.out_frames:
+            self.rtp.pacer.wake(self.media)
 
     def pause(self, paused: bool) -> bool:
         self.media.paused = paused

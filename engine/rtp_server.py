@@ -314,8 +314,10 @@ class OutboundPacer:
         frames = media.out_frames
         last = media.last_tick
         playing = last is not None and last == tick - 1
-        if media.paused:
-            return True  # held while the caller may be talking over it: out of the schedule until resumed
+        if media.paused or not media.bridged:
+            # Held while the caller may be talking over it, or until the ExternalMedia channel is in
+            # the bridge (Asterisk drops what reaches it before): out of the schedule until then.
+            return True
         if not frames:
             if playing:
                 media.dry_tick = tick

@@ -12,9 +12,12 @@ continuous, POST-anchored reference, these calls were cut off by their own echo.
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
 
-from engine.sessions import BargeIn, TranscriptAdded
+from engine.sessions import BargeIn, CallState, CallStateChanged, ConversationChanged, TranscriptAdded
 from pbxsim.server import Line, Pause, SayText, SimPBX, WaitAgent, WaitAgentDone
 from tests.conftest import running_engine, wait_for
 
@@ -73,16 +76,64 @@ async def test_sound_the_vad_never_found_voiced_is_not_answered(tmp_path):
             mumble = SayText("Please enter your password, followed by the pound key. Thank you for calling, goodbye.", gain_db=-22.0)
             script = [WaitAgentDone(0.8, 30.0), mumble, mumble, Pause(2.0)]
             rec = pbx.place_call(script=script, caller_number="5550101", line=Line(noise_dbfs=-62.0))
-            await wait_for(rec.finished.is_set, timeout=120)
+            timeline: list[tuple[float, object]] = []  # what the call went through, for a failure's message
+            start = time.monotonic()
+            while not rec.finished.is_set():
+                while (ev := events.get_nowait()) is not None:
+                    timeline.append((time.monotonic() - start, ev))
+                await asyncio.sleep(0.05)
+                assert time.monotonic() - start < 120, "the call did not end"
+            while (ev := events.get_nowait()) is not None:
+                timeline.append((time.monotonic() - start, ev))
             flushes = eng.calls.conversation_counters.fallback_flushes
             caller_words, agent_words = [], []
-            while (ev := events.get_nowait()) is not None:
+            for _, ev in timeline:
                 if isinstance(ev, TranscriptAdded) and ev.turn.final:
                     (caller_words if ev.turn.role == "caller" else agent_words).append(ev.turn.text)
-        assert flushes >= 1  # the fallback did hand the audio over
-        assert caller_words == []
+        story = "\n".join(f"{t:6.2f} {ev}" for t, ev in timeline)
+        assert flushes >= 1, f"no fallback flush; the call:\n{story}"  # the fallback did hand the audio over
+        assert caller_words == [], story
         # The greeting, and nothing that answers the mumble (the silence watchdog may ask whether
         # the caller is still there: they said nothing).
-        assert "storyteller" in agent_words[0] and set(agent_words[1:]) <= {"Are you still there?"}
+        assert "storyteller" in agent_words[0] and set(agent_words[1:]) <= {"Are you still there?"}, story
     finally:
         await pbx.stop()
+
+
+@pytest.mark.parametrize("mode", ["file", "stream"])
+async def test_a_greeting_ready_before_the_bridge_waits_for_it(tmp_path, mode):
+    """The PBX is slow to put the ExternalMedia channel in the bridge (addChannel answered after a
+    second), so the greeting is ready before it is. Played at once, a file would reach the caller
+    but its first frames not the ExternalMedia stream: the echo reference, counted from the POST,
+    would be off by as many frames and the greeting's own echo would barge in on it (seen in CI);
+    a stream would not reach the caller at all until the bridge. It waits: the caller hears all of
+    it, and nothing barges in."""
+    pbx = SimPBX(seed=5)
+    await pbx.start(port=0)
+    pbx.faults.delays["bridges.addChannel"] = 1.0
+    try:
+        async with running_engine(pbx, tmp_path, storyteller, AIAGENT_PROVIDER="local", AIAGENT_DOWNSTREAM_MODE=mode) as eng:
+            events = eng.store.subscribe()
+            rec = pbx.place_call(script=[WaitAgentDone(1.0, 30.0)], caller_number="5550102", line=Line(noise_dbfs=-62.0))
+            await wait_for(rec.finished.is_set, timeout=60)
+            report = rec.report(pbx)
+            sent_s = eng.rtp.counters.packets_out * 0.02
+            order = []
+            while (ev := events.get_nowait()) is not None:
+                if isinstance(ev, BargeIn):
+                    order.append("barge-in")
+                elif isinstance(ev, ConversationChanged) and ev.gating and "audio" not in order:
+                    order.append("audio")  # the greeting's audio was handed down
+                elif isinstance(ev, CallStateChanged) and ev.new is CallState.STREAMING and "bridged" not in order:
+                    order.append("bridged")
+            files_stopped = eng.calls.playback_counters.files_stopped
+        assert order == ["audio", "bridged"], order  # ready first, and no barge-in
+        assert report["hangup_clean"]
+        assert report["agent_audio_seconds"] > 4.0  # the greeting, about 5 s
+        if mode == "file":
+            assert files_stopped == 0
+        else:
+            assert report["agent_audio_seconds"] >= sent_s - 0.02  # every frame sent was heard
+    finally:
+        await pbx.stop()
+    assert pbx.violations == []

@@ -53,6 +53,7 @@ def rig() -> tuple[ManualClock, RtpServer, Wire, CallMedia, Owner]:
     server.transport = wire  # type: ignore[assignment]
     owner = Owner()
     media = CallMedia(CallSession(call_id="c", caller_channel_id="c"), ("127.0.0.1", 4000), owner)
+    media.bridged = True  # the ExternalMedia channel is in the bridge
     return clock, server, wire, media, owner
 
 
