@@ -10,6 +10,7 @@ import os
 import sys
 from pathlib import Path
 
+from aiagent_tui import history_cli
 from engine.config import AppConfig, ConfigError, load_config
 from engine.engine import EngineStartError
 
@@ -34,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     ms.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="CPU threads per model")
     ms.add_argument("--parallel", type=int, default=4, help="callers the LLM answers at once (llama-server's slots; default 4)")
     ms.add_argument("--log-dir", default="/tmp/aiagent-model-servers", help="each server's log file goes here")
+    history_cli.add_parser(sub)
     return p
 
 
@@ -53,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(serve(config.providers.local, args.host, args.llm_port, args.stt_port, args.tts_port, args.threads, args.parallel, Path(args.log_dir)))
     if args.command == "attach":
         return _attach(config, args)
+    if args.command == "calls":
+        return history_cli.main(config, args)
     if args.command == "doctor":
         from aiagent_tui.doctor import main as doctor
 

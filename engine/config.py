@@ -112,6 +112,17 @@ class StorageConfig(_Section):
     media_dir: Path = Path("/var/lib/aiagent/media")
 
 
+class HistoryConfig(_Section):
+    """The call history (engine/history.py)."""
+
+    enabled: bool = True
+    path: Path | None = None  # SQLite, when no url is given; None: history.sqlite3 beside storage.media_dir
+    url: str = ""  # a database URL (postgresql+psycopg://USER:PASS@HOST/DB) instead of the file
+    retention_days: float = Field(90.0, gt=0)
+    max_calls: int = Field(100_000, ge=1)  # beyond this, the oldest calls go
+    engine_name: str = ""  # this engine in a shared history; "": HOST:APP
+
+
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -126,6 +137,7 @@ class AppConfig(_Section):
     barge_in: BargeInConfig = BargeInConfig()
     playback: PlaybackConfig = PlaybackConfig()
     storage: StorageConfig = StorageConfig()
+    history: HistoryConfig = HistoryConfig()
     logging: LoggingConfig = LoggingConfig()
     # [profiles.NAME]: who the agent is per dialled number; "default" takes every other call.
     profiles: dict[str, AgentProfile] = {DEFAULT_PROFILE: AgentProfile()}
@@ -173,6 +185,8 @@ ENV_OVERRIDES: dict[str, str] = {
     "AIAGENT_PROVIDER": "providers.default",
     "AIAGENT_MAX_CALLS": "rtp.max_calls",
     "AIAGENT_MEDIA_DIR": "storage.media_dir",
+    "AIAGENT_HISTORY_PATH": "history.path",
+    "AIAGENT_HISTORY_URL": "history.url",
     "AIAGENT_DOWNSTREAM_MODE": "playback.downstream_mode",
     "LOCAL_STT_ENGINE": "providers.local.stt_engine",
     "LOCAL_STT_MODEL_PATH": "providers.local.stt_model_path",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from typing import Any
 
 from engine.ari.client import AriClient
@@ -18,6 +19,7 @@ from engine.api import AudioTap
 from engine.calls import CallController
 from engine.config import AppConfig
 from engine.health import HealthServer
+from engine.history import HistoryDb, HistoryRecorder, database_url
 from engine.metrics import EngineMetrics
 from engine.rtp_server import RtpServer
 from engine.sessions import SessionStore
@@ -68,6 +70,11 @@ class Engine:
         )
         self.events = AriEventStream(self.ari, config.asterisk.app, self.calls.on_event, self.calls.reconcile)
         self.health_server = HealthServer(self.status, self.metrics.render, config.health.host, config.health.port)
+        h = config.history
+        self.history = HistoryRecorder(
+            self.store, HistoryDb(database_url(config)), h.engine_name or f"{socket.gethostname()}:{config.asterisk.app}",
+            h.retention_days, h.max_calls, self.supervisor.report,
+        ) if h.enabled else None
         self._provider_locks: dict[str, asyncio.Lock] = {}
         self.asterisk_version: str | None = None
         self.started = False
@@ -108,10 +115,23 @@ class Engine:
                     await self.get_provider(name)
                 except Exception as e:
                     log.warning("provider %s cannot start: %s", name, e)
+        if self.history is not None:
+            try:
+                await self.history.open()
+            except Exception as e:
+                await self._close_providers()
+                await self.health_server.stop()
+                await self.rtp.stop()
+                raise EngineStartError(
+                    f"cannot open the call history at {self.history.db.url}: {e.__class__.__name__}: {e}; "
+                    "fix history.path or history.url (AIAGENT_HISTORY_PATH, AIAGENT_HISTORY_URL), or set history.enabled = false"
+                ) from e
         for name in ("rtp-receive", "rtp-pacer"):
             self.supervisor.register(name)
         self.supervisor.start("ari-events", self.events.run)
         self.supervisor.start("health-http", self.health_server.run)
+        if self.history is not None:
+            self.supervisor.start("history", self.history.run)
         self.started = True
         log.info(
             "engine started: app %s, ARI %s, RTP %s:%d, provider %s",
@@ -156,6 +176,8 @@ class Engine:
         self.started = False
         await self.calls.shutdown()
         await self.supervisor.stop()
+        if self.history is not None:
+            await self.history.close()
         await self._close_providers()
         await self.health_server.stop()
         await self.rtp.stop()

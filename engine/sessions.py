@@ -13,7 +13,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Iterator, Literal
+from typing import AsyncIterator, Iterator, Literal, Protocol
 
 from media.rtp_stats import RtpStreamStats
 
@@ -388,10 +388,19 @@ class Subscription:
             yield await self._queue.get()
 
 
+class SessionWatcher(Protocol):
+    """Told of each call as it is added and removed, synchronously (the call history: unlike an
+    event subscriber that may lag, it cannot miss a call that ends before it looks)."""
+
+    def call_added(self, call: CallSession) -> None: ...
+    def call_removed(self, call: CallSession) -> None: ...
+
+
 class SessionStore:
     def __init__(self) -> None:
         self._calls: dict[str, CallSession] = {}
         self._subscribers: set[Subscription] = set()
+        self.watchers: list[SessionWatcher] = []
         self.calls_total = 0
         self.calls_rejected_over_capacity = 0
         self.calls_failed = 0
@@ -428,6 +437,8 @@ class SessionStore:
             raise KeyError(f"call {call.call_id} already exists")
         self._calls[call.call_id] = call
         self.calls_total += 1
+        for w in self.watchers:
+            w.call_added(call)
         self.publish(CallStarted(call.call_id, call.caller_number, call.provider.name if call.provider else ""))
 
     def set_state(self, call: CallSession, state: CallState) -> None:
@@ -454,6 +465,8 @@ class SessionStore:
         self.ended_underruns += call.rtp_out.underruns
         self.ended_overruns += call.rtp_out.overruns
         old, call.state = call.state, CallState.ENDED
+        for w in self.watchers:
+            w.call_removed(call)
         self.publish(CallStateChanged(call.call_id, old, CallState.ENDED))
         self.publish(CallEnded(call.call_id, reason, call.snapshot()))
 

@@ -14,6 +14,8 @@ extras=""
 # has no wheel on PyPI and compiles llama.cpp on install (about 5 minutes on 2 cores).
 # libportaudio2: the terminal app's audio monitor (sounddevice).
 apt_pkgs=(asterisk-core-sounds-en-wav asterisk-core-sounds-en build-essential cmake libportaudio2)
+# The tests run the call history on a real PostgreSQL server too (a throwaway cluster of their own).
+[ -n "$extras" ] && apt_pkgs+=(postgresql)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -2,14 +2,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import shutil
 import socket
+import subprocess
+import tempfile
 from pathlib import Path
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator, Callable, Iterator
 
 import pytest
 
 from engine.config import AppConfig, load_config
 from engine.engine import Engine
+from engine.history import CallRecord, HistoryDb, database_url
 from pbxsim.server import SimPBX
 
 SOUNDS = Path("/usr/share/asterisk/sounds/en_US_f_Allison")
@@ -78,6 +83,80 @@ def downstream_mode() -> str:
 async def engine(pbx: SimPBX, tmp_path: Path, downstream_mode: str) -> AsyncIterator[Engine]:
     async with running_engine(pbx, tmp_path, AIAGENT_DOWNSTREAM_MODE=downstream_mode) as eng:
         yield eng
+
+
+def _postgres_bin() -> Path:
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parent.parent.name))
+    if not versions:
+        pytest.fail("PostgreSQL is not installed: run scripts/setup.sh --test (Debian's postgresql package)")
+    return versions[-1].parent
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A real PostgreSQL server (Debian's package), in a throwaway cluster on a free port, for the
+    whole session; yields its URL for SQLAlchemy. Each test that uses it gets a database of its own
+    (``history_url``)."""
+    bindir = _postgres_bin()
+    # Not under pytest's own temporary directory: that one is private to this user.
+    root = Path(tempfile.mkdtemp(prefix="aiagent-postgres-"))
+    data, sock = root / "data", root / "sock"
+    sock.mkdir()
+    # PostgreSQL refuses to run as root: as root, the cluster belongs to the package's postgres user.
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres")
+        shutil.chown(sock, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    run = lambda *cmd: subprocess.run([*as_user, *cmd], check=True, capture_output=True, text=True, timeout=120)  # noqa: E731
+    run(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "aiagent", "--no-sync")
+    port = free_port()
+    run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w", "-t", "60", "start",
+        "-o", f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off")
+    try:
+        yield f"postgresql+psycopg://aiagent@127.0.0.1:{port}"
+    finally:
+        run(str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+_databases = 0
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def history_url(request, tmp_path) -> str:
+    """A fresh, empty history database: a SQLite file, or a database on the real PostgreSQL server."""
+    global _databases
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'history.sqlite3'}"
+    server = request.getfixturevalue("postgres_server")
+    _databases += 1
+    name = f"history{_databases}"
+    import sqlalchemy as sa
+
+    admin = sa.create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"CREATE DATABASE {name}"))
+    admin.dispose()
+    return f"{server}/{name}"
+
+
+async def history_of(eng: Engine, call_id: str, timeout: float = 10.0) -> CallRecord:
+    """The call's record in the engine's history, once it is written as ended (read as the CLI
+    reads it: another connection to the database)."""
+    db = HistoryDb(database_url(eng.config))
+    try:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while True:
+            rec = await asyncio.to_thread(db.get, call_id)
+            if rec is not None and rec.outcome != "live":
+                return rec
+            if loop.time() > end:
+                raise AssertionError(f"call {call_id} not in the history as ended: {rec}")
+            await asyncio.sleep(0.1)
+    finally:
+        db.close()
 
 
 async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02) -> None:

@@ -13,7 +13,7 @@ import pytest
 from engine.sessions import ActionChanged, TranscriptAdded
 from pbxsim.server import Dtmf, Pause, SayText, WaitAgentDone
 from providers.profile import AgentProfile, Department
-from tests.conftest import running_engine, wait_for
+from tests.conftest import history_of, running_engine, wait_for
 
 BILLING = Department(description="invoices, payments and refunds", digit="1", context="from-internal", extension="201")
 OPERATOR = Department(description="the front desk", context="from-internal", extension="0")
@@ -78,6 +78,10 @@ async def test_caller_asks_for_a_department_and_is_transferred_after_the_announc
     assert heard >= announced_s - 0.04, (heard, announced_s)
     assert max(t for t, _ in rec.media.agent_frames) <= rec.left_stasis_at + 0.05
     assert eng.status().actions == (("transfer", "done", 1),)
+    hist = await history_of(eng, rec.id)
+    assert hist.outcome == "transferred" and hist.end_reason == "transferred to billing (201@from-internal)"
+    assert [(a.kind, a.department, a.target, a.state) for a in hist.actions] == [("transfer", "billing", "201@from-internal", "done")]
+    assert "billing" in " ".join(t.text for t in hist.transcript if t.role == "caller").lower()
 
 
 
@@ -117,6 +121,8 @@ async def test_goodbye_is_answered_with_the_closing_line_then_a_hangup(pbx, tmp_
     assert rec.media.agent_heard_s(rec.media.said_end[-1]) >= closing_s - 0.04
     assert rec.ended_at - max(t for t, _ in rec.media.agent_frames) < 0.5
     assert ("hangup", "", "done") in actions(got)
+    hist = await history_of(eng, rec.id)
+    assert hist.outcome == "agent_hung_up" and hist.transcript[-1].text == "Thank you for calling. Goodbye!"
 
 
 async def test_a_silent_caller_is_asked_then_hung_up(pbx, tmp_path):

@@ -1,0 +1,130 @@
+"""``aiagent-tui calls list|show|export``: the call history from a shell (scripts, SSH one-liners)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from datetime import datetime
+from typing import TextIO
+
+from engine.config import AppConfig
+from engine.history import OUTCOMES, CallRecord, HistoryDb, database_url
+
+_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    calls = sub.add_parser("calls", help="the call history: list, show, export")
+    csub = calls.add_subparsers(dest="calls_command", required=True)
+    ls = csub.add_parser("list", help="the newest calls first")
+    ls.add_argument("--caller", help="part of the caller's number")
+    ls.add_argument("--outcome", choices=[o for o in OUTCOMES])
+    ls.add_argument("--profile")
+    ls.add_argument("--since", help="start time: 2026-11-30T02:00, 02:00 (today), or 30m / 2h / 7d ago")
+    ls.add_argument("--until", help="end time, as --since")
+    ls.add_argument("--search", help="words said on the call (either side)")
+    ls.add_argument("--limit", type=int, default=50)
+    ls.add_argument("--json", action="store_true", help="one JSON object per line")
+    show = csub.add_parser("show", help="one call: transcript, turns, actions, quality")
+    show.add_argument("id", help="the call's id (or a unique beginning of it)")
+    ex = csub.add_parser("export", help="one call's whole record")
+    ex.add_argument("id")
+    ex.add_argument("--format", choices=["json"], default="json")
+
+
+def parse_when(text: str, now: float | None = None) -> float:
+    """A time as an operator types it: ISO date-time, a clock time today, or an age (2h = 2 hours ago)."""
+    now = time.time() if now is None else now
+    m = _RELATIVE.match(text.strip())
+    if m:
+        return now - float(m.group(1)) * _UNIT_S[m.group(2)]
+    try:
+        if re.fullmatch(r"\d{1,2}:\d{2}(:\d{2})?", text.strip()):
+            today = datetime.fromtimestamp(now).date().isoformat()
+            return datetime.fromisoformat(f"{today}T{text.strip()}").timestamp()
+        return datetime.fromisoformat(text.strip()).timestamp()
+    except ValueError:
+        raise ValueError(f"cannot read {text!r} as a time: give 2026-11-30T02:00, 02:00, or 30m / 2h / 7d") from None
+
+
+def main(config: AppConfig, args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = sys.stdout if out is None else out
+    url = database_url(config)
+    db = HistoryDb(url)
+    try:
+        db.create()  # an empty history rather than an error on a machine with no call yet
+        if args.calls_command == "list":
+            try:
+                since = parse_when(args.since) if args.since else None
+                until = parse_when(args.until) if args.until else None
+            except ValueError as e:
+                print(f"aiagent-tui calls list: {e}", file=sys.stderr)
+                return 2
+            rows = db.list(args.limit, args.caller, args.outcome, args.profile, since, until, args.search)
+            if args.json:
+                for r in rows:
+                    print(json.dumps({"call_id": r.call_id, "started_at": r.started_at, "ended_at": r.ended_at, "caller_number": r.caller_number,
+                                      "dialled": r.dialled, "profile": r.profile, "outcome": r.outcome, "turns": r.turns}), file=out)
+                return 0
+            if not rows:
+                print(f"no calls in {url}" + (" match" if any([args.caller, args.outcome, args.profile, since, until, args.search]) else ""), file=out)
+                return 0
+            print(f"{'started':19s}  {'length':>7s}  {'caller':16s}  {'dialled':8s}  {'profile':10s}  {'outcome':16s}  {'turns':>5s}  id", file=out)
+            for r in rows:
+                length = f"{r.ended_at - r.started_at:.0f} s" if r.ended_at is not None else "-"
+                print(f"{_clock(r.started_at):19s}  {length:>7s}  {r.caller_number:16s}  {r.dialled:8s}  {r.profile:10s}  {r.outcome:16s}  {r.turns:5d}  {r.call_id}", file=out)
+            return 0
+        rec = db.get(args.id)
+        if rec is None:
+            print(f"aiagent-tui calls: no call {args.id!r} in {url} (or more than one begins so)", file=sys.stderr)
+            return 1
+        if args.calls_command == "export":
+            print(rec.model_dump_json(indent=2), file=out)
+        else:
+            show(rec, out)
+        return 0
+    finally:
+        db.close()
+
+
+def _clock(t: float) -> str:
+    return datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _s(v: float | None) -> str:
+    return f"{v:.2f}" if v is not None else "-"
+
+
+def show(r: CallRecord, out: TextIO) -> None:
+    p = lambda text="": print(text, file=out)  # noqa: E731
+    name = f" ({r.caller_name})" if r.caller_name else ""
+    p(f"call {r.call_id} from {r.caller_number or 'unknown'}{name} to {r.dialled or '-'}, profile {r.profile}, engine {r.engine}")
+    ended = f"ended {_clock(r.ended_at)}" if r.ended_at is not None else "still live"
+    p(f"  started {_clock(r.started_at)}, {r.duration_s:.1f} s, {ended}: {r.outcome}" + (f" ({r.end_reason})" if r.end_reason else ""))
+    errors = f", {r.provider_errors} provider error(s), last: {r.last_provider_error}" if r.provider_errors else ""
+    p(f"  providers: {' then '.join(r.providers) or '-'}{errors}; audio to the caller as {r.downstream_mode}; barge-ins {r.barge_ins}")
+    q = r.quality
+    p(f"  RTP in: {q.packets_in} packets, {q.lost} lost ({q.loss_pct:.1f} %), jitter {q.jitter_ms:.1f} ms, {q.late_dropped} late, {q.malformed} malformed, {q.ssrc_changes} SSRC changes")
+    p(f"  RTP out: {q.packets_out} packets, {q.underruns} underruns, {q.overruns} overruns, pacing error up to {q.max_pacing_error_ms:.1f} ms")
+    p()
+    p("transcript")
+    for line in r.transcript:
+        p(f"  {datetime.fromtimestamp(line.at).strftime('%H:%M:%S.%f')[:-4]}  {line.role:6s}  {line.text}")
+    if not r.transcript:
+        p("  (nothing said)")
+    if r.turns:
+        p()
+        p("turns (seconds from the end of the caller's speech)")
+        p(f"  {'at':11s}  {'to answer':>9s}  {'stt':>5s}  {'llm':>5s}  {'tts':>5s}  {'playout':>7s}")
+        for t in r.turns:
+            p(f"  {datetime.fromtimestamp(t.at).strftime('%H:%M:%S.%f')[:-4]}  {_s(t.latency_s):>9s}  {_s(t.stt_s):>5s}  {_s(t.llm_first_sentence_s):>5s}  {_s(t.tts_first_audio_s):>5s}  {_s(t.playout_s):>7s}")
+    if r.actions:
+        p()
+        p("actions")
+        for a in r.actions:
+            what = f"transfer to {a.department} ({a.target})" if a.kind == "transfer" else a.kind
+            p(f"  {datetime.fromtimestamp(a.at).strftime('%H:%M:%S')}  {what} by {a.by}: {a.state}" + (f" - {a.detail}" if a.detail else "") + (f"; reason: {a.reason}" if a.reason else ""))

@@ -1,0 +1,441 @@
+"""The call history: each call's record in a database, kept across calls, restarts and crashes.
+
+``HistoryRecorder`` follows the session store: a call's row is written when the call starts,
+brought up to date once a second while it runs (a crash or ``kill -9`` loses at most that second),
+and completed when it ends; at the next start, rows still marked live are marked interrupted.
+``HistoryDb`` is the database: SQLite by default (one file, WAL), or any database URL SQLAlchemy
+knows (``postgresql+psycopg://...``: several engines sharing one history). Each row has the
+columns that lists filter on and the whole record as JSON (``CallRecord``). Every statement runs
+on one thread of the recorder's own, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal, TypeVar
+
+import sqlalchemy as sa
+from pydantic import BaseModel
+
+from engine.config import AppConfig
+from engine.ratelimit import RateLimitedLog
+from engine.sessions import CallSession, SessionStore, TurnTimeline
+
+log = logging.getLogger(__name__)
+_rl = RateLimitedLog(log)
+
+T = TypeVar("T")
+SYNC_INTERVAL_S = 1.0  # a live call's row is at most this old: what a crash can lose
+PRUNE_INTERVAL_S = 3600.0
+
+Outcome = Literal[
+    "live", "transferred", "caller_hung_up", "agent_hung_up", "operator_hung_up", "shutdown", "failed", "interrupted",
+]
+OUTCOMES: tuple[str, ...] = Outcome.__args__  # type: ignore[attr-defined]
+
+# The engine's end reasons (engine/calls.py, engine/call.py), by how they begin.
+_REASONS: tuple[tuple[str, Outcome], ...] = (
+    ("transferred to ", "transferred"),
+    ("caller hung up", "caller_hung_up"),
+    ("caller left ", "caller_hung_up"),
+    ("agent hung up", "agent_hung_up"),
+    ("hung up by operator", "operator_hung_up"),
+    ("engine shutdown", "shutdown"),
+)
+
+
+def outcome_of(end_reason: str | None) -> Outcome:
+    """How a call ended, from the engine's end reason: what it does not name is a failure (setup
+    failed, provider error, the media path lost)."""
+    if end_reason is None:
+        return "live"
+    for prefix, outcome in _REASONS:
+        if end_reason.startswith(prefix):
+            return outcome
+    return "failed"
+
+
+# ---- the record -----------------------------------------------------------------------------
+
+
+class Line(BaseModel):
+    role: Literal["caller", "agent"]
+    text: str
+    at: float  # wall clock
+
+
+class TurnRecord(BaseModel):
+    """One answered turn, in seconds from the end of the caller's speech (the VAD's decision)."""
+
+    at: float  # wall clock of the end of the caller's speech
+    latency_s: float | None  # to the first agent audio out
+    stt_s: float | None = None
+    llm_first_sentence_s: float | None = None
+    tts_first_audio_s: float | None = None
+    playout_s: float | None = None
+
+
+class ActionEntry(BaseModel):
+    kind: str
+    by: str
+    reason: str
+    department: str = ""
+    target: str = ""
+    state: str
+    detail: str = ""
+    at: float
+
+
+class Quality(BaseModel):
+    packets_in: int = 0
+    expected: int = 0
+    lost: int = 0
+    loss_pct: float = 0.0
+    jitter_ms: float = 0.0
+    late_dropped: int = 0
+    malformed: int = 0
+    duplicates: int = 0
+    ssrc_changes: int = 0
+    packets_out: int = 0
+    underruns: int = 0
+    overruns: int = 0
+    max_pacing_error_ms: float = 0.0
+
+
+class CallRecord(BaseModel):
+    call_id: str
+    engine: str = ""  # the engine that took the call (HOST:APP): several may share one history
+    started_at: float  # wall clock
+    ended_at: float | None = None
+    duration_s: float = 0.0
+    caller_number: str = ""
+    caller_name: str = ""
+    dialled: str = ""
+    profile: str = ""
+    providers: list[str] = []  # in the order the call used them (a fallback comes second)
+    provider_errors: int = 0
+    last_provider_error: str | None = None
+    outcome: Outcome = "live"
+    end_reason: str | None = None
+    downstream_mode: str = ""
+    barge_ins: int = 0
+    turns: list[TurnRecord] = []
+    transcript: list[Line] = []
+    actions: list[ActionEntry] = []
+    quality: Quality = Quality()
+
+
+def _span(a: float | None, b: float | None) -> float | None:
+    return round(b - a, 4) if a is not None and b is not None else None
+
+
+def _turn(t: TurnTimeline, speech_end: float, wall: float) -> TurnRecord:
+    return TurnRecord(
+        at=round(wall + speech_end, 3),
+        latency_s=_span(t.speech_end, t.first_audio_out),
+        stt_s=_span(t.speech_end, t.stt_final),
+        llm_first_sentence_s=_span(t.stt_final, t.first_sentence),
+        tts_first_audio_s=_span(t.first_sentence, t.tts_first_audio),
+        playout_s=_span(t.tts_first_audio, t.first_audio_out),
+    )
+
+
+def record_of(s: CallSession, engine: str, providers: list[str], now_mono: float | None = None) -> CallRecord:
+    """The call's record as it stands. The engine's timeline is on the monotonic clock; ``wall``
+    turns it into wall-clock times."""
+    now_mono = time.monotonic() if now_mono is None else now_mono
+    wall = s.created_at - s.created_mono
+    rtp, out = s.rtp_in, s.rtp_out
+    return CallRecord(
+        call_id=s.call_id,
+        engine=engine,
+        started_at=s.created_at,
+        ended_at=s.ended_at,
+        duration_s=round((s.ended_at - s.created_at) if s.ended_at is not None else now_mono - s.created_mono, 3),
+        caller_number=s.caller_number,
+        caller_name=s.caller_name,
+        dialled=s.dialled,
+        profile=s.profile,
+        providers=providers,
+        provider_errors=s.provider.errors if s.provider else 0,
+        last_provider_error=s.provider.last_error if s.provider else None,
+        outcome=outcome_of(s.end_reason),
+        end_reason=s.end_reason,
+        downstream_mode=s.downstream_mode,
+        barge_ins=s.barge_ins,
+        turns=[_turn(t, t.speech_end, wall) for t in s.turns if t.speech_end is not None],
+        transcript=[Line(role=t.role, text=t.text, at=round(wall + t.at, 3)) for t in s.transcript],
+        actions=[ActionEntry(kind=a.kind, by=a.by, reason=a.reason, department=a.department, target=a.target, state=a.state, detail=a.detail, at=a.at) for a in s.actions],
+        quality=Quality(
+            packets_in=rtp.packets, expected=rtp.expected, lost=rtp.lost, loss_pct=round(100.0 * rtp.loss_fraction, 3),
+            jitter_ms=round(rtp.jitter_ms, 3), late_dropped=s.rtp_in_late, malformed=s.rtp_in_malformed,
+            duplicates=rtp.duplicates, ssrc_changes=rtp.ssrc_changes, packets_out=out.packets, underruns=out.underruns,
+            overruns=out.overruns, max_pacing_error_ms=round(out.max_pacing_error_ms, 3),
+        ),
+    )
+
+
+# ---- the database ---------------------------------------------------------------------------
+
+_meta = sa.MetaData()
+calls_table = sa.Table(
+    "calls",
+    _meta,
+    sa.Column("call_id", sa.String(128), primary_key=True),
+    sa.Column("engine", sa.String(128), nullable=False),
+    sa.Column("started_at", sa.Float, nullable=False, index=True),
+    sa.Column("ended_at", sa.Float),
+    sa.Column("caller_number", sa.String(64), nullable=False, index=True),
+    sa.Column("dialled", sa.String(64), nullable=False),
+    sa.Column("profile", sa.String(64), nullable=False),
+    sa.Column("outcome", sa.String(32), nullable=False, index=True),
+    sa.Column("turns", sa.Integer, nullable=False),
+    sa.Column("record", sa.Text, nullable=False),  # CallRecord as JSON
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CallRow:
+    """One line of a listing."""
+
+    call_id: str
+    started_at: float
+    ended_at: float | None
+    caller_number: str
+    dialled: str
+    profile: str
+    outcome: str
+    turns: int
+
+
+def database_url(config: AppConfig) -> str:
+    """Where the history is: ``history.url``, else the SQLite file ``history.path``, by default
+    beside the media directory (/var/lib/aiagent/history.sqlite3)."""
+    h = config.history
+    return h.url or f"sqlite:///{h.path or config.storage.media_dir.parent / 'history.sqlite3'}"
+
+
+class HistoryDb:
+    """The history's database, used from one thread at a time (the recorder's, or a CLI's)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = sa.create_engine(url)
+        if self.engine.dialect.name == "sqlite":
+            path = self.engine.url.database
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+
+    def create(self) -> None:
+        _meta.create_all(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- writing
+    def save(self, records: list[CallRecord]) -> None:
+        """Inserts or replaces these records, in one transaction."""
+        if not records:
+            return
+        with self.engine.begin() as conn:
+            ids = [r.call_id for r in records]
+            conn.execute(calls_table.delete().where(calls_table.c.call_id.in_(ids)))
+            conn.execute(calls_table.insert(), [_row(r) for r in records])
+
+    def mark_interrupted(self, engine: str) -> int:
+        """Calls left live by this engine when it stopped without ending them (a crash, ``kill -9``);
+        other engines' live calls are theirs."""
+        c = calls_table.c
+        with self.engine.begin() as conn:
+            rows = conn.execute(sa.select(c.record).where(c.outcome == "live", c.engine == engine)).scalars().all()
+            records = [CallRecord.model_validate_json(r) for r in rows]
+            for r in records:
+                r.outcome = "interrupted"
+                r.end_reason = "the engine stopped during the call (crash or kill); the record ends at its last update"
+                r.ended_at = r.started_at + r.duration_s
+                conn.execute(calls_table.update().where(calls_table.c.call_id == r.call_id).values(_row(r)))
+            return len(records)
+
+    def prune(self, older_than: float, keep: int) -> int:
+        """Deletes ended calls that started before ``older_than`` (wall clock), and the oldest
+        beyond the newest ``keep``."""
+        with self.engine.begin() as conn:
+            n = conn.execute(calls_table.delete().where(calls_table.c.started_at < older_than, calls_table.c.outcome != "live")).rowcount
+            cutoff = conn.execute(
+                sa.select(calls_table.c.started_at).order_by(calls_table.c.started_at.desc()).offset(keep).limit(1)
+            ).scalar()
+            if cutoff is not None:
+                n += conn.execute(calls_table.delete().where(calls_table.c.started_at <= cutoff, calls_table.c.outcome != "live")).rowcount
+            return n
+
+    # -- reading
+    def list(
+        self, limit: int = 50, caller: str | None = None, outcome: str | None = None, profile: str | None = None,
+        since: float | None = None, until: float | None = None, text: str | None = None,
+    ) -> list[CallRow]:
+        """The newest calls first, filtered: ``caller`` is a part of the number, ``text`` a part
+        of what was said (either side, case-insensitive)."""
+        c = calls_table.c
+        q = sa.select(c.call_id, c.started_at, c.ended_at, c.caller_number, c.dialled, c.profile, c.outcome, c.turns)
+        if caller:
+            q = q.where(c.caller_number.contains(caller, autoescape=True))
+        if outcome:
+            q = q.where(c.outcome == outcome)
+        if profile:
+            q = q.where(c.profile == profile)
+        if since is not None:
+            q = q.where(c.started_at >= since)
+        if until is not None:
+            q = q.where(c.started_at < until)
+        if text:
+            # The record's JSON holds the transcript; a match anywhere else in it is filtered out below.
+            q = q.where(sa.func.lower(c.record).contains(text.lower(), autoescape=True))
+        q = q.order_by(c.started_at.desc()).limit(limit if not text else None)
+        with self.engine.connect() as conn:
+            rows = [CallRow(*r) for r in conn.execute(q)]
+        if text:
+            needle = text.lower()
+            rows = [r for r in rows if (rec := self.get(r.call_id)) and any(needle in line.text.lower() for line in rec.transcript)][:limit]
+        return rows
+
+    def get(self, call_id: str) -> CallRecord | None:
+        """One call, by its id or a unique beginning of it."""
+        c = calls_table.c
+        with self.engine.connect() as conn:
+            raw = conn.execute(sa.select(c.record).where(c.call_id == call_id)).scalar()
+            if raw is None:
+                found = conn.execute(sa.select(c.record).where(c.call_id.startswith(call_id, autoescape=True)).limit(2)).scalars().all()
+                raw = found[0] if len(found) == 1 else None
+        return CallRecord.model_validate_json(raw) if raw is not None else None
+
+
+def _row(r: CallRecord) -> dict[str, object]:
+    return {
+        "call_id": r.call_id, "engine": r.engine, "started_at": r.started_at, "ended_at": r.ended_at, "caller_number": r.caller_number,
+        "dialled": r.dialled, "profile": r.profile, "outcome": r.outcome, "turns": len(r.turns), "record": r.model_dump_json(),
+    }
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+    # WAL: a reader (the CLI, the TUI) never blocks the engine's writes; NORMAL sync is durable
+    # across a process crash (what kill -9 is), and costs no fsync per write.
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=5000")
+    cur.close()
+
+
+# ---- the recorder ---------------------------------------------------------------------------
+
+
+class HistoryRecorder:
+    """Writes the store's calls to the history: a supervised task (``run``) and a watcher of the
+    store (told of every call as it starts and ends). A failing database loses no call and no
+    record it can keep: the failure is reported (``on_error``: counted and shown in /health,
+    logged once per interval) and the records are written at the next try."""
+
+    def __init__(
+        self, store: SessionStore, db: HistoryDb, engine: str, retention_days: float, max_calls: int,
+        on_error: Callable[[str, BaseException], None],
+    ) -> None:
+        self.db = db
+        self.engine = engine
+        self.retention_days = retention_days
+        self.max_calls = max_calls
+        self._on_error = on_error
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="history")
+        self._providers: dict[str, list[str]] = {}  # call id -> providers in the order used
+        self._live: dict[str, CallSession] = {}
+        self._ended: dict[str, CallSession] = {}  # not written since they ended (or the write failed)
+        self._wake = asyncio.Event()
+        self.written = 0
+        self.interrupted_found = 0
+        store.watchers.append(self)
+
+    # ---- SessionWatcher
+    def call_added(self, call: CallSession) -> None:
+        self._live[call.call_id] = call
+        self._note_provider(call)
+
+    def call_removed(self, call: CallSession) -> None:
+        self._live.pop(call.call_id, None)
+        self._ended[call.call_id] = call
+        self._wake.set()
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
+
+    async def open(self) -> None:
+        """Creates the tables, marks what this engine left live when it last stopped as
+        interrupted, prunes. Raises if the database cannot be used (the engine says so at start)."""
+        await self._call(self.db.create)
+        self.interrupted_found = await self._call(self.db.mark_interrupted, self.engine)
+        if self.interrupted_found:
+            log.warning("call history: %d call(s) marked interrupted (the engine had stopped during them)", self.interrupted_found)
+        await self._prune()
+
+    async def run(self) -> None:
+        """Writes an ended call at once, the live ones once a second, prunes hourly."""
+        loop = asyncio.get_running_loop()
+        next_sync = loop.time()
+        next_prune = loop.time() + PRUNE_INTERVAL_S
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(0.0, next_sync - loop.time()))
+            self._wake.clear()
+            sync = loop.time() >= next_sync
+            if sync:
+                next_sync = loop.time() + SYNC_INTERVAL_S
+            await self._write(sync)
+            if loop.time() >= next_prune:
+                next_prune = loop.time() + PRUNE_INTERVAL_S
+                await self._prune()
+
+    def _note_provider(self, s: CallSession) -> list[str]:
+        used = self._providers.setdefault(s.call_id, [])
+        if s.provider is not None and (not used or used[-1] != s.provider.name):
+            used.append(s.provider.name)
+        return used
+
+    async def _write(self, sync: bool) -> None:
+        """Writes the ended calls not yet written and, with ``sync``, the live ones as they stand."""
+        ended = list(self._ended.values())
+        sessions = ended + (list(self._live.values()) if sync else [])
+        if not sessions:
+            return
+        records = [record_of(s, self.engine, list(self._note_provider(s))) for s in sessions]
+        try:
+            await self._call(self.db.save, records)
+        except Exception as e:  # the database is down, full, locked: retried at the next write
+            self._on_error("history", e)
+            return
+        self.written += len(records)
+        for s in ended:
+            self._ended.pop(s.call_id, None)
+            self._providers.pop(s.call_id, None)
+
+    async def _prune(self) -> None:
+        older = time.time() - self.retention_days * 86400
+        try:
+            n = await self._call(self.db.prune, older, self.max_calls)
+        except Exception as e:
+            self._on_error("history", e)
+            return
+        if n:
+            log.info("call history: %d old call(s) pruned", n)
+
+    async def close(self) -> None:
+        """Writes every call as it stands (the engine is stopping), then closes the database."""
+        try:
+            await self._write(sync=True)
+        finally:
+            await self._call(self.db.close)
+            self._io.shutdown(wait=True)

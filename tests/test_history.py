@@ -1,0 +1,185 @@
+"""The call history: what an operator reads the morning after, from the engine's own calls."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from datetime import datetime
+
+import pytest
+
+from aiagent_tui.cli import main as cli
+from aiagent_tui.history_cli import parse_when
+from engine.history import CallRecord, HistoryDb, HistoryRecorder, outcome_of
+from engine.sessions import CallSession, SessionStore
+from pbxsim.server import SayText, SimPBX, WaitAgent, WaitAgentDone
+from tests.conftest import AGENT_PASS, history_of, running_engine, wait_for
+from tests.test_service import BIN, ROOT, get_json, sim_call, wait_until
+
+
+async def test_a_call_is_in_the_history_with_what_was_said_and_how_it_went(tmp_path, capsys, history_url):
+    """A caller asks a question of the local models and hangs up: the record has the caller, the
+    outcome, both sides of the transcript in order, the answered turn with its latency and stages,
+    and the RTP figures; ``calls list``, ``show`` and ``export`` find it from the shell."""
+    pbx = SimPBX(seed=3)
+    await pbx.start(port=0)
+    try:
+        async with running_engine(pbx, tmp_path, AIAGENT_PROVIDER="local", AIAGENT_DOWNSTREAM_MODE="stream", AIAGENT_HISTORY_URL=history_url) as eng:
+            script = [WaitAgentDone(0.8, 30.0), SayText("What are your opening hours?"), WaitAgent(1.0, 40.0), WaitAgentDone(1.0, 60.0)]
+            rec = pbx.place_call(script=script, caller_number="5550142")
+            await wait_for(rec.finished.is_set, timeout=120)
+            hist = await history_of(eng, rec.id)
+    finally:
+        await pbx.stop()
+    assert hist.caller_number == "5550142" and hist.profile == "default" and hist.providers == ["local"]
+    assert hist.outcome == "caller_hung_up" and hist.end_reason == "caller hung up"
+    assert hist.ended_at is not None and 5 < hist.ended_at - hist.started_at < 120
+    roles = [t.role for t in hist.transcript]
+    assert roles[0] == "agent" and "caller" in roles and roles[-1] == "agent"
+    assert "opening" in next(t.text for t in hist.transcript if t.role == "caller").lower()
+    assert [t.at for t in hist.transcript] == sorted(t.at for t in hist.transcript)
+    assert hist.started_at <= hist.transcript[0].at <= hist.ended_at
+    answered = [t for t in hist.turns if t.stt_s is not None]
+    assert answered and all(0 < t.latency_s < 10 for t in answered)
+    assert answered[0].llm_first_sentence_s is not None and answered[0].tts_first_audio_s is not None
+    assert hist.quality.packets_in > 50 and hist.quality.lost == 0 and hist.quality.packets_out > 100  # a DTX line: packets while the caller speaks
+    assert hist.downstream_mode == "stream"
+
+    (tmp_path / "cli.toml").write_text(f'[history]\nurl = "{history_url}"\n')
+    cfg = str(tmp_path / "cli.toml")
+    assert cli(["--config", cfg, "calls", "list"]) == 0
+    listing = capsys.readouterr().out
+    assert "5550142" in listing and "caller_hung_up" in listing and rec.id in listing
+    assert cli(["--config", cfg, "calls", "list", "--search", "OPENING", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["call_id"] == rec.id
+    assert cli(["--config", cfg, "calls", "list", "--search", "lighthouse"]) == 0
+    assert "no calls" in capsys.readouterr().out
+    assert cli(["--config", cfg, "calls", "list", "--caller", "0142", "--outcome", "transferred"]) == 0
+    assert rec.id not in capsys.readouterr().out
+    assert cli(["--config", cfg, "calls", "show", rec.id[:8]]) == 0
+    shown = capsys.readouterr().out
+    assert "caller hung up" in shown and "opening" in shown.lower() and "RTP in:" in shown
+    assert cli(["--config", cfg, "calls", "export", rec.id, "--format", "json"]) == 0
+    assert CallRecord.model_validate_json(capsys.readouterr().out) == hist
+    assert cli(["--config", cfg, "calls", "show", "nosuchcall"]) == 1
+
+
+def _engine(env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([BIN / "aiagent-tui", "--config", str(ROOT / "config.toml"), "--no-ui"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_kill_9_mid_call_loses_at_most_a_second_and_the_next_start_marks_it_interrupted(tmp_path, history_url):
+    """The engine is killed (SIGKILL: no cleanup at all) in the middle of a call. Its record was
+    at most about a second behind, and the next start marks it interrupted."""
+    from tests.conftest import free_port
+
+    ari_port, health_port = free_port(), free_port()
+    sim = subprocess.Popen([BIN / "aiagent-sim", "serve", "--port", str(ari_port), "--rtp-start", "22400", "--rtp-end", "22600"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    (tmp_path / "media").mkdir()
+    env = {**os.environ, "ASTERISK_ARI_PORT": str(ari_port), "RTP_PORT": str(free_port(socket.SOCK_DGRAM)), "HEALTH_PORT": str(health_port),
+           "AIAGENT_MEDIA_DIR": str(tmp_path / "media"), "AIAGENT_PROVIDER": "echo", "AIAGENT_HISTORY_URL": history_url}
+    db = HistoryDb(history_url)
+    eng = _engine(env)
+    caller = None
+    try:
+        wait_until(lambda: get_json(f"http://127.0.0.1:{health_port}/health")[1]["ari_connected"])
+        caller = sim_call(ari_port, "--wav", str(AGENT_PASS), "--hold", "30")
+        wait_until(lambda: (rows := db.list()) and rows[0].outcome == "live" and (r := db.get(rows[0].call_id)) is not None and r.duration_s > 3.0, 20)
+        time.sleep(1.5)
+        eng.send_signal(signal.SIGKILL)
+        killed_at = time.time()
+        eng.wait(10)
+        call_id = db.list()[0].call_id
+        before = db.get(call_id)
+        assert before is not None and before.outcome == "live" and before.ended_at is None
+        # What the kill lost: the record was brought up to date about once a second.
+        assert killed_at - (before.started_at + before.duration_s) < 1.6
+        assert before.quality.packets_in > 100
+
+        env["RTP_PORT"] = str(free_port(socket.SOCK_DGRAM))
+        eng = _engine(env)
+        wait_until(lambda: (r := db.get(call_id)) is not None and r.outcome == "interrupted", 20)
+        after = db.get(call_id)
+        assert after is not None and after.ended_at == pytest.approx(before.started_at + before.duration_s)
+        assert "stopped during the call" in (after.end_reason or "")
+        assert after.quality == before.quality  # what was written stays
+    finally:
+        db.close()
+        for p in (caller, eng, sim):
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+
+
+class _FlakyDb(HistoryDb):
+    """The real SQLite history whose writes fail while ``down`` (a full disk, a locked file, a
+    database server gone)."""
+
+    down = True
+
+    def save(self, records: list[CallRecord]) -> None:
+        if self.down:
+            raise OSError(28, "No space left on device")
+        super().save(records)
+
+
+async def test_a_failing_database_loses_no_call_and_no_record(history_url):
+    store = SessionStore()
+    errors: list[str] = []
+    db = _FlakyDb(history_url)
+    rec = HistoryRecorder(store, db, "test:aiagent", 90, 1000, lambda name, e: errors.append(f"{name}: {e}"))
+    await rec.open()
+    task = asyncio.create_task(rec.run())
+    await asyncio.sleep(0.05)  # it follows the store from here on
+    try:
+        call = CallSession(call_id="c1", caller_channel_id="c1", caller_number="5550100")
+        store.add(call)
+        store.remove(call, "caller hung up")
+        await wait_for(lambda: errors, timeout=5)
+        assert errors[0] == "history: [Errno 28] No space left on device"
+        assert await asyncio.to_thread(HistoryDb(db.url).get, "c1") is None
+        db.down = False  # the disk was cleared: the next sync writes what was kept
+        await wait_for(lambda: rec.written >= 1, timeout=5)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await rec.close()
+    got = HistoryDb(db.url).get("c1")
+    assert got is not None and got.outcome == "caller_hung_up" and got.caller_number == "5550100"
+
+
+async def test_retention_deletes_old_calls_and_the_oldest_beyond_the_cap(history_url):
+    db = HistoryDb(history_url)
+    db.create()
+    now = time.time()
+    db.save([CallRecord(call_id=f"c{i}", started_at=now - i * 86400, outcome="caller_hung_up") for i in range(10)])
+    db.save([CallRecord(call_id="live-old", started_at=now - 30 * 86400, outcome="live")])
+    assert db.prune(older_than=now - 7.5 * 86400, keep=1000) == 2  # c8, c9; a live call stays
+    assert db.prune(older_than=0, keep=5) == 3  # the newest 5 stay, and a live call
+    assert sorted(r.call_id for r in db.list()) == ["c0", "c1", "c2", "c3", "c4", "live-old"]
+    db.close()
+
+
+def test_outcomes_and_times_as_operators_type_them():
+    assert outcome_of(None) == "live"
+    assert outcome_of("caller hung up") == "caller_hung_up"
+    assert outcome_of("transferred to billing (201@from-internal)") == "transferred"
+    assert outcome_of("agent hung up (caller said goodbye)") == "agent_hung_up"
+    assert outcome_of("hung up by operator") == "operator_hung_up"
+    assert outcome_of("engine shutdown") == "shutdown"
+    assert outcome_of("setup failed: ExternalMedia channel never entered Stasis") == "failed"
+    assert outcome_of("provider error: LLM worker crashed") == "failed"
+    now = 1_764_600_000.0
+    assert parse_when("2h", now) == now - 7200 and parse_when("30m", now) == now - 1800 and parse_when("7d", now) == now - 7 * 86400
+    assert parse_when("2026-11-30T02:13") == datetime(2026, 11, 30, 2, 13).timestamp()
+    assert parse_when("02:13", now) == datetime.combine(datetime.fromtimestamp(now).date(), datetime.min.time()).timestamp() + 2 * 3600 + 13 * 60
+    with pytest.raises(ValueError, match="cannot read"):
+        parse_when("yesterday", now)
