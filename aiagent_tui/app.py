@@ -19,6 +19,7 @@ from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, OptionList, RichLog, Static
 from textual.widgets.option_list import Option
 
+from aiagent_tui.history_screen import HistoryScreen
 from aiagent_tui.monitor import AudioMonitor, MonitorUnavailable
 from aiagent_tui.widgets import GatingPane, HeaderBar, LevelSparkline, RtpPane, TimelinePane, TranscriptPane, VadPane
 from engine.api import EngineRuntime, EngineView
@@ -35,6 +36,7 @@ HELP = """\
   [b]t[/b]     transfer the selected call to one of its profile's departments (announced first)
   [b]h[/b]     hang up the selected call
   [b]d[/b]     dump the selected call (transcript, RTP stats, turn timeline) to a JSON file
+  [b]H[/b]     call history: past calls, filtered (/), each in full (enter)
   [b]?[/b]     this help          [b]q[/b]  quit (hangs every call up cleanly)
 
 Panes: RTP/SSRC stats of the caller's stream and the agent's; the VAD level of the last seconds;
@@ -120,14 +122,19 @@ class AiAgentApp(App[int]):
         Binding("t", "transfer", "transfer"),
         Binding("h", "hangup", "hang up"),
         Binding("d", "dump", "dump"),
+        Binding("H", "history", "history"),
         Binding("question_mark", "help", "help"),
         Binding("q", "quit", "quit"),
     ]
 
-    def __init__(self, runtime: EngineRuntime, dump_dir: Path = Path(".")) -> None:
+    # Keys that act on the live calls: only on the live calls' screen (not under a history or a dialog).
+    LIVE_ACTIONS = frozenset({"provider", "barge_in", "monitor", "transfer", "hangup", "dump", "history"})
+
+    def __init__(self, runtime: EngineRuntime, dump_dir: Path = Path("."), history_url: str | None = None) -> None:
         super().__init__()
         self.runtime = runtime  # starts the engine (and the simulator with --sim) in this app's loop
         self.dump_dir = dump_dir
+        self.history_url = history_url  # None: this engine keeps no history
         self.engine: EngineView | None = None
         self.selected: str | None = None
         self.partials: dict[str, str] = {}
@@ -277,6 +284,11 @@ class AiAgentApp(App[int]):
             self.selected = event.row_key.value
 
     # ---- keys
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in self.LIVE_ACTIONS and len(self.screen_stack) > 1:
+            return False
+        return True
+
     def _need_call(self) -> str | None:
         if self.engine is None or self.selected is None or self.engine.store.snapshot(self.selected) is None:
             self.notify("no call selected", severity="warning")
@@ -285,6 +297,12 @@ class AiAgentApp(App[int]):
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
+
+    def action_history(self) -> None:
+        if self.history_url is None:
+            self.notify("no call history: history.enabled is false in the config", severity="warning")
+            return
+        self.push_screen(HistoryScreen(self.history_url))
 
     def action_barge_in(self) -> None:
         cid = self._need_call()

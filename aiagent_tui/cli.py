@@ -12,6 +12,7 @@ from pathlib import Path
 
 from aiagent_tui import history_cli
 from engine.config import AppConfig, ConfigError, load_config
+from engine.history import database_url
 from engine.engine import EngineStartError
 
 
@@ -77,13 +78,17 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def _history_url(config: AppConfig) -> str | None:
+    return database_url(config) if config.history.enabled else None
+
+
 def _attach(config: AppConfig, args: argparse.Namespace) -> int:
     from aiagent_tui.app import AiAgentApp
     from aiagent_tui.attach import AttachRuntime
     from engine.console import console_socket
 
     path = Path(args.socket) if args.socket else console_socket(config.asterisk.app, config.console.socket)
-    app = AiAgentApp(AttachRuntime(path))
+    app = AiAgentApp(AttachRuntime(path), history_url=_history_url(config))
     result = app.run()
     return result if isinstance(result, int) else app.exit_code
 
@@ -98,7 +103,7 @@ def _run_app(config: AppConfig, args: argparse.Namespace) -> int:
     from aiagent_tui.app import AiAgentApp
     from aiagent_tui.runtime import Runtime
 
-    app = AiAgentApp(Runtime(config, sim=args.sim, demo_interval_s=args.demo_interval))
+    app = AiAgentApp(Runtime(config, sim=args.sim, demo_interval_s=args.demo_interval), history_url=_history_url(config))
     result = app.run()
     return result if isinstance(result, int) else app.exit_code
 

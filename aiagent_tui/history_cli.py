@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import TextIO
 
 from engine.config import AppConfig
-from engine.history import OUTCOMES, CallRecord, HistoryDb, database_url
+from engine.history import OUTCOMES, CallRecord, HistoryDb, HistoryFilter, database_url
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -51,6 +51,31 @@ def parse_when(text: str, now: float | None = None) -> float:
         raise ValueError(f"cannot read {text!r} as a time: give 2026-11-30T02:00, 02:00, or 30m / 2h / 7d") from None
 
 
+_KEYS = ("caller", "outcome", "profile", "since", "until")
+
+
+def parse_filters(text: str, now: float | None = None) -> HistoryFilter:
+    """The console's filter line: ``caller:0142 outcome:failed profile:dental since:2h until:02:30``
+    and any other words, which must have been said on the call."""
+    found: dict[str, str] = {}
+    words: list[str] = []
+    for token in text.split():
+        key, sep, value = token.partition(":")
+        if sep and key in _KEYS and value:
+            found[key] = value
+        else:
+            words.append(token)
+    outcome = found.get("outcome")
+    if outcome is not None and outcome not in OUTCOMES:
+        raise ValueError(f"outcome {outcome!r}: one of {', '.join(OUTCOMES)}")
+    return HistoryFilter(
+        caller=found.get("caller"), outcome=outcome, profile=found.get("profile"),
+        since=parse_when(found["since"], now) if "since" in found else None,
+        until=parse_when(found["until"], now) if "until" in found else None,
+        text=" ".join(words) or None,
+    )
+
+
 def main(config: AppConfig, args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = sys.stdout if out is None else out
     url = database_url(config)
@@ -59,19 +84,21 @@ def main(config: AppConfig, args: argparse.Namespace, out: TextIO | None = None)
         db.create()  # an empty history rather than an error on a machine with no call yet
         if args.calls_command == "list":
             try:
-                since = parse_when(args.since) if args.since else None
-                until = parse_when(args.until) if args.until else None
+                where = HistoryFilter(
+                    args.caller, args.outcome, args.profile, parse_when(args.since) if args.since else None,
+                    parse_when(args.until) if args.until else None, args.search,
+                )
             except ValueError as e:
                 print(f"aiagent-tui calls list: {e}", file=sys.stderr)
                 return 2
-            rows = db.list(args.limit, args.caller, args.outcome, args.profile, since, until, args.search)
+            rows = db.list(where, args.limit)
             if args.json:
                 for r in rows:
                     print(json.dumps({"call_id": r.call_id, "started_at": r.started_at, "ended_at": r.ended_at, "caller_number": r.caller_number,
                                       "dialled": r.dialled, "profile": r.profile, "outcome": r.outcome, "turns": r.turns}), file=out)
                 return 0
             if not rows:
-                print(f"no calls in {url}" + (" match" if any([args.caller, args.outcome, args.profile, since, until, args.search]) else ""), file=out)
+                print(f"no calls in {url}" + (f" match: {where.describe()}" if where.describe() else ""), file=out)
                 return 0
             print(f"{'started':19s}  {'length':>7s}  {'caller':16s}  {'dialled':8s}  {'profile':10s}  {'outcome':16s}  {'turns':>5s}  id", file=out)
             for r in rows:

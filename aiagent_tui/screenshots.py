@@ -1,5 +1,6 @@
 """Refreshes screenshots/: the main screen with live calls, the help screen, the provider picker
-(and its refusal of a provider that is not ready), the doctor output.
+(and its refusal of a provider that is not ready), the doctor output, the call history and one
+call from it.
 
     python -m aiagent_tui.screenshots [--out screenshots] [--provider local]
 
@@ -18,9 +19,12 @@ from pathlib import Path
 
 from rich.console import Console
 
+from textual.widgets import DataTable
+
 from aiagent_tui.app import AiAgentApp
 from aiagent_tui.runtime import Runtime
 from engine.config import load_config
+from engine.history import database_url
 
 
 def _free_port() -> int:
@@ -32,8 +36,9 @@ def _free_port() -> int:
 async def capture(out: Path, provider: str) -> None:
     media = Path(tempfile.mkdtemp())
     cfg = load_config(None, env={"ASTERISK_ARI_PORT": str(_free_port()), "RTP_PORT": "0", "HEALTH_PORT": str(_free_port()),
-                                 "AIAGENT_MEDIA_DIR": str(media), "AIAGENT_PROVIDER": provider})
-    app = AiAgentApp(Runtime(cfg, sim=True, demo_interval_s=4.0))
+                                 "AIAGENT_MEDIA_DIR": str(media), "AIAGENT_PROVIDER": provider,
+                                 "AIAGENT_HISTORY_PATH": str(Path(tempfile.mkdtemp()) / "history.sqlite3")})
+    app = AiAgentApp(Runtime(cfg, sim=True, demo_interval_s=4.0), history_url=database_url(cfg))
     async with app.run_test(size=(120, 40), notifications=True) as pilot:
         loop = asyncio.get_running_loop()
         end = loop.time() + 90
@@ -68,6 +73,20 @@ async def capture(out: Path, provider: str) -> None:
         cfg.health.port = _free_port()
         await asyncio.to_thread(lambda: doctor.render(doctor.run_checks(cfg), console))
         console.save_svg(str(out / "doctor.svg"), title="aiagent-tui doctor")
+        # the call history, once a few demo calls have ended, and the newest ended one in full
+        assert app.engine is not None
+        while app.engine.store.calls_total - len(app.engine.store) < 3 and loop.time() < end + 60:
+            await pilot.pause(0.5)
+        await pilot.press("H")
+        await pilot.pause(1.0)
+        app.save_screenshot("history.svg", str(out))
+        table = app.screen.query_one("#history-table", DataTable)
+        ended = next(i for i, key in enumerate(table.rows) if app.engine.store.get(str(key.value)) is None)
+        table.move_cursor(row=ended)
+        await pilot.press("enter")
+        await pilot.pause(1.0)
+        app.save_screenshot("history-call.svg", str(out))
+        await pilot.press("escape", "escape")
         await pilot.press("q")
 
 
@@ -120,7 +139,7 @@ def main() -> int:
         print(f"wrote {out}/model-server-down.svg")
         return 0
     asyncio.run(capture(out, args.provider))
-    print(f"wrote {out}/main.svg, help.svg, provider.svg, provider-refused.svg, doctor.svg")
+    print(f"wrote {out}/main.svg, help.svg, provider.svg, provider-refused.svg, doctor.svg, history.svg, history-call.svg")
     return 0
 
 

@@ -6,9 +6,12 @@ from __future__ import annotations
 import asyncio
 from typing import Callable, Protocol
 
+from engine.history import CallRecord, CallRow, HistoryDb, HistoryFilter
 from engine.sessions import SessionStore
 from engine.status import EngineSummary
 from providers.base import Readiness
+
+__all__ = ["AudioTap", "CallRecord", "CallRow", "EngineRuntime", "EngineView", "HistoryDb", "HistoryFilter"]  # the call history is read directly
 
 # Listening in on a call: gets ("caller" | "agent", pcm16, sample rate) as the audio passes.
 AudioTap = Callable[[str, bytes, int], None]

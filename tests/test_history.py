@@ -89,25 +89,23 @@ def test_kill_9_mid_call_loses_at_most_a_second_and_the_next_start_marks_it_inte
     try:
         wait_until(lambda: get_json(f"http://127.0.0.1:{health_port}/health")[1]["ari_connected"])
         caller = sim_call(ari_port, "--wav", str(AGENT_PASS), "--hold", "30")
-        wait_until(lambda: (rows := db.list()) and rows[0].outcome == "live" and (r := db.get(rows[0].call_id)) is not None and r.duration_s > 3.0, 20)
-        time.sleep(1.5)
+        wait_until(lambda: (rows := db.list()) and rows[0].outcome == "live", 20)
+        time.sleep(3.5)
         eng.send_signal(signal.SIGKILL)
         killed_at = time.time()
         eng.wait(10)
         call_id = db.list()[0].call_id
         before = db.get(call_id)
         assert before is not None and before.outcome == "live" and before.ended_at is None
-        # What the kill lost: the record was brought up to date about once a second.
-        assert killed_at - (before.started_at + before.duration_s) < 1.6
-        assert before.quality.packets_in > 100
 
         env["RTP_PORT"] = str(free_port(socket.SOCK_DGRAM))
         eng = _engine(env)
         wait_until(lambda: (r := db.get(call_id)) is not None and r.outcome == "interrupted", 20)
         after = db.get(call_id)
-        assert after is not None and after.ended_at == pytest.approx(before.started_at + before.duration_s)
-        assert "stopped during the call" in (after.end_reason or "")
-        assert after.quality == before.quality  # what was written stays
+        # When it ended, to the engine's last heartbeat (once a second) before the kill.
+        assert after is not None and after.ended_at is not None and 0 <= killed_at - after.ended_at < 1.6
+        assert after.duration_s > 3.5 and "stopped during the call" in (after.end_reason or "")
+        assert after.caller_number == before.caller_number and after.quality == before.quality  # what was written stays
     finally:
         db.close()
         for p in (caller, eng, sim):
@@ -125,10 +123,10 @@ class _FlakyDb(HistoryDb):
 
     down = True
 
-    def save(self, records: list[CallRecord]) -> None:
+    def save(self, records: list[CallRecord], heartbeat: tuple[str, float] | None = None) -> None:
         if self.down:
             raise OSError(28, "No space left on device")
-        super().save(records)
+        super().save(records, heartbeat)
 
 
 async def test_a_failing_database_loses_no_call_and_no_record(history_url):

@@ -181,3 +181,55 @@ async def test_attach_shows_a_headless_engines_calls_controls_them_and_detaches(
     app = AiAgentApp(AttachRuntime(sock))
     async with app.run_test() as pilot:
         await until(pilot, lambda: app.exit_code == 1)
+
+
+async def test_history_screen_lists_past_calls_filters_them_and_opens_one(tmp_path):
+    """H: the calls the history keeps, newest first (here two calls to the engine the app runs,
+    one still live); a filter line narrows them; enter opens one in full; escape goes back."""
+    from pbxsim.server import Pause, Say, WaitAgent
+    from aiagent_tui.history_screen import CallDetailScreen, HistoryScreen
+    from engine.history import database_url
+    from tests.conftest import HELLO
+
+    cfg = app_config(tmp_path)
+    app = AiAgentApp(rt := Runtime(cfg, sim=True, demo_interval_s=600.0), dump_dir=tmp_path, history_url=database_url(cfg))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: rt.engine is not None and rt.engine.ari_connected and rt.pbx is not None)
+        pbx = rt.pbx
+        done = pbx.place_call(script=[Say(str(HELLO)), WaitAgent(1.0)], caller_number="5550142")
+        await until(pilot, lambda: done.finished.is_set())
+        live = pbx.place_call(script=[Pause(30.0)], caller_number="5559876")
+        await until(pilot, lambda: rt.engine.store.get(live.id) is not None)
+        await pilot.pause(1.5)  # the live call's row is written within a second
+
+        await pilot.press("H")
+        await pilot.pause(0.2)
+        assert isinstance(app.screen, HistoryScreen)
+        table = app.screen.query_one(DataTable)
+        await until(pilot, lambda: table.row_count == 2)
+        assert [k.value for k in table.rows] == [live.id, done.id]  # newest first
+        screen = app.export_screenshot().replace("&#160;", " ")
+        assert "5550142" in screen and "caller hung up" in screen and "live" in screen
+        assert "hang up" not in screen  # the live calls' keys do not act from here
+
+        await pilot.press("slash")
+        await pilot.press(*"caller:0142", "enter")
+        await until(pilot, lambda: table.row_count == 1)
+        assert [k.value for k in table.rows] == [done.id]
+        await pilot.press("slash", *" outcome:nonsense", "enter")
+        await pilot.pause(0.2)
+        assert any("outcome 'nonsense'" in str(n.message) for n in app._notifications)
+        assert table.row_count == 1  # a bad filter keeps what was shown
+
+        table.focus()
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, CallDetailScreen))
+        await until(pilot, lambda: "transcript" in app.export_screenshot())
+        detail = app.export_screenshot().replace("&#160;", " ")
+        assert done.id in detail and "5550142" in detail and "beep" in detail and "RTP in:" in detail
+        await pilot.press("escape")
+        assert isinstance(app.screen, HistoryScreen)
+        await pilot.press("escape")
+        await pilot.pause(0.1)
+        assert not isinstance(app.screen, HistoryScreen)
+        await pilot.press("q")

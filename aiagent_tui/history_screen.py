@@ -1,0 +1,157 @@
+"""The History screen: the calls the history keeps, newest first, a filter, and one call in full.
+
+The database is read on a worker thread (never on the app's loop); what is shown is what
+``aiagent-tui calls list`` and ``calls show`` print, from the same code.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Input, Static
+
+from aiagent_tui.history_cli import parse_filters, show
+from engine.api import CallRow, HistoryDb, HistoryFilter
+
+LIMIT = 500
+_OUTCOME_STYLE = {"failed": "bold red", "interrupted": "red", "live": "green", "transferred": "cyan", "agent_hung_up": "", "caller_hung_up": ""}
+
+
+class HistoryScreen(Screen[None]):
+    """The call history; ``/`` filters, enter opens a call, escape goes back to the live calls."""
+
+    BINDINGS = [
+        Binding("escape", "back", "back"),
+        Binding("slash", "focus_filter", "filter"),
+        Binding("r", "reload", "reload"),
+    ]
+    CSS = """
+    #history-head { height: 1; padding: 0 1; background: $boost; }
+    #history-filter { height: 3; }
+    #history-table { height: 1fr; }
+    """
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self.url = url
+        self.filters = HistoryFilter()
+        self.rows: list[CallRow] = []
+
+    def compose(self) -> ComposeResult:
+        yield Static("call history", id="history-head")
+        yield Input(placeholder="filter: words said, caller:0142 outcome:failed profile:dental since:2h until:02:30  (enter applies)", id="history-filter")
+        table: DataTable[str | Text] = DataTable(id="history-table", cursor_type="row", zebra_stripes=True)
+        yield table
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one(DataTable)
+        for col, width in (("started", 19), ("length", 7), ("caller", 16), ("dialled", 8), ("profile", 10), ("outcome", 16), ("turns", 5)):
+            table.add_column(col, key=col, width=width)
+        table.focus()
+        self.load()
+
+    @work(thread=True, exclusive=True, group="history")
+    def load(self) -> None:
+        db = HistoryDb(self.url)
+        try:
+            db.create()
+            rows = db.list(self.filters, LIMIT)
+        except Exception as e:
+            self.app.call_from_thread(self._failed, e)
+            return
+        finally:
+            db.close()
+        self.app.call_from_thread(self._show, rows)
+
+    def _failed(self, e: Exception) -> None:
+        self.query_one("#history-head", Static).update(Text(f"call history: cannot read {self.url}: {e.__class__.__name__}: {e}", style="bold red"))
+
+    def _show(self, rows: list[CallRow]) -> None:
+        self.rows = rows
+        table = self.query_one(DataTable)
+        table.clear()
+        for r in rows:
+            length = f"{r.ended_at - r.started_at:.0f} s" if r.ended_at is not None else "live"
+            outcome = Text(r.outcome.replace("_", " "), style=_OUTCOME_STYLE.get(r.outcome, ""))
+            table.add_row(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.started_at)), length, r.caller_number or "unknown",
+                          r.dialled, r.profile, outcome, str(r.turns), key=r.call_id)
+        what = self.filters.describe()
+        more = f" (the newest {LIMIT})" if len(rows) == LIMIT else ""
+        self.query_one("#history-head", Static).update(
+            Text.assemble(("call history", "bold"), f": {len(rows)} call(s){more}", f", {what}" if what else "", ("  ·  enter opens a call, / filters, escape goes back", "dim"))
+        )
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        try:
+            self.filters = parse_filters(event.value)
+        except ValueError as e:
+            self.notify(str(e), severity="error", timeout=8)
+            return
+        self.query_one(DataTable).focus()
+        self.load()
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        if event.row_key.value is not None:
+            self.app.push_screen(CallDetailScreen(self.url, event.row_key.value))
+
+    def action_focus_filter(self) -> None:
+        self.query_one(Input).focus()
+
+    def action_reload(self) -> None:
+        self.load()
+
+    def action_back(self) -> None:
+        if self.query_one(Input).has_focus:
+            self.query_one(DataTable).focus()
+        else:
+            self.app.pop_screen()
+
+
+class CallDetailScreen(Screen[None]):
+    """One call from the history: what ``aiagent-tui calls show`` prints."""
+
+    BINDINGS = [Binding("escape", "app.pop_screen", "back")]
+    CSS = """
+    #detail-box { height: 1fr; border: round $primary; padding: 0 1; }
+    """
+
+    def __init__(self, url: str, call_id: str) -> None:
+        super().__init__()
+        self.url = url
+        self.call_id = call_id
+
+    def compose(self) -> ComposeResult:
+        box = VerticalScroll(Static("reading…", id="detail"), id="detail-box")
+        box.border_title = f"call {self.call_id}"
+        yield box
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#detail-box").focus()
+        self.load()
+
+    @work(thread=True, exclusive=True, group="detail")
+    def load(self) -> None:
+        db = HistoryDb(self.url)
+        try:
+            rec = db.get(self.call_id)
+        except Exception as e:
+            text = Text(f"cannot read {self.url}: {e.__class__.__name__}: {e}", style="bold red")
+        else:
+            if rec is None:
+                text = Text(f"call {self.call_id} is no longer in the history (retention)", style="yellow")
+            else:
+                out = io.StringIO()
+                show(rec, out)
+                text = Text(out.getvalue())
+        finally:
+            db.close()
+        self.app.call_from_thread(self.query_one("#detail", Static).update, text)
