@@ -23,7 +23,7 @@ from aiagent_tui.history_screen import HistoryScreen
 from aiagent_tui.monitor import AudioMonitor, MonitorUnavailable
 from aiagent_tui.widgets import GatingPane, HeaderBar, LevelSparkline, RtpPane, TimelinePane, TranscriptPane, VadPane
 from engine.api import EngineRuntime, EngineView
-from engine.sessions import CallEnded, CallLog, CallStarted, TranscriptAdded
+from engine.sessions import CallEnded, CallLog, CallSnapshot, CallStarted, CallSummary, TranscriptAdded
 from providers.base import Readiness
 
 HELP = """\
@@ -34,10 +34,10 @@ HELP = """\
   [b]b[/b]     barge-in: stop the agent on the selected call now
   [b]m[/b]     monitor: listen to the selected call (caller and agent) on this machine's speaker
   [b]t[/b]     transfer the selected call to one of its profile's departments (announced first)
-  [b]h[/b]     hang up the selected call
+  [b]h[/b]     hang up the selected call (asks first; an ended call stays listed a few seconds)
   [b]d[/b]     dump the selected call (transcript, RTP stats, turn timeline) to a JSON file
   [b]H[/b]     call history: past calls, filtered (/), each in full (enter)
-  [b]?[/b]     this help          [b]q[/b]  quit (hangs every call up cleanly)
+  [b]?[/b]     this help          [b]q[/b]  quit (asks first if that hangs calls up; attached: detach)
 
 Panes: RTP/SSRC stats of the caller's stream and the agent's; the VAD level of the last seconds;
 gating (is the caller heard, what is playing, barge-ins); the transcript (partial words dimmed);
@@ -79,6 +79,22 @@ class ProviderScreen(ModalScreen[str | None]):
         self.dismiss(None)
 
 
+class ConfirmScreen(ModalScreen[bool]):
+    """A yes/no question before what cannot be undone: ending calls."""
+
+    BINDINGS = [Binding("y", "answer(True)", "yes"), Binding("n,escape", "answer(False)", "no")]
+
+    def __init__(self, question: str) -> None:
+        super().__init__()
+        self.question = question
+
+    def compose(self) -> ComposeResult:
+        yield Vertical(Static(self.question), Static(Text.from_markup("[b]y[/b] yes    [b]n[/b] or [b]escape[/b] no")), id="confirm-box")
+
+    def action_answer(self, yes: bool) -> None:
+        self.dismiss(yes)
+
+
 class TransferScreen(ModalScreen[str | None]):
     BINDINGS = [Binding("escape", "dismiss_none", "cancel")]
 
@@ -112,7 +128,8 @@ class AiAgentApp(App[int]):
     #spark { height: 1fr; }
     #log { height: 9; border: round $secondary; }
     #help { width: 104; height: auto; border: thick $primary; padding: 1 2; background: $surface; }
-    HelpScreen, ProviderScreen { align: center middle; }
+    HelpScreen, ProviderScreen, ConfirmScreen { align: center middle; }
+    #confirm-box { width: 64; height: auto; border: thick $warning; padding: 1 2; background: $surface; }
     #provider-box { width: 60; height: auto; border: thick $primary; padding: 1 2; background: $surface; }
     """
     BINDINGS = [
@@ -129,6 +146,7 @@ class AiAgentApp(App[int]):
 
     # Keys that act on the live calls: only on the live calls' screen (not under a history or a dialog).
     LIVE_ACTIONS = frozenset({"provider", "barge_in", "monitor", "transfer", "hangup", "dump", "history"})
+    ENDED_ROW_S = 5.0  # an ended call stays in the list (and selected) this long, shown as ended
 
     def __init__(self, runtime: EngineRuntime, dump_dir: Path = Path("."), history_url: str | None = None) -> None:
         super().__init__()
@@ -138,6 +156,7 @@ class AiAgentApp(App[int]):
         self.engine: EngineView | None = None
         self.selected: str | None = None
         self.partials: dict[str, str] = {}
+        self.ended: dict[str, tuple[CallSnapshot, float]] = {}  # call id -> (its last snapshot, when its row goes)
         self._shown: dict[str, tuple[str, ...]] = {}  # the call list's rows as last drawn
         self._ticks = 0
         self.monitor: AudioMonitor | None = None
@@ -198,7 +217,18 @@ class AiAgentApp(App[int]):
         await self.runtime.stop()
 
     async def action_quit(self) -> None:
-        await self.shutdown()  # hang every call up before the app goes
+        live = len(self.engine.store) if self.engine is not None else 0
+        if live and self.runtime.ends_calls:
+            self.push_screen(ConfirmScreen(f"Quit? The engine stops with the app: {live} live call(s) will be hung up."), self._quit_answered)
+            return
+        await self._quit()
+
+    async def _quit_answered(self, yes: bool | None) -> None:
+        if yes:
+            await self._quit()
+
+    async def _quit(self) -> None:
+        await self.shutdown()  # hang every call up before the app goes (attached: detach)
         self.exit(self.exit_code)
 
     @work(exclusive=True, group="fatal")
@@ -228,6 +258,7 @@ class AiAgentApp(App[int]):
                     self.selected = ev.call_id
                 elif isinstance(ev, CallEnded):
                     self.partials.pop(ev.call_id, None)
+                    self.ended[ev.call_id] = (ev.snapshot, time.monotonic() + self.ENDED_ROW_S)
         finally:
             sub.close()
 
@@ -249,8 +280,10 @@ class AiAgentApp(App[int]):
         table = self.query_one(DataTable)
         if self._ticks % 5 == 1 or self.selected is None:
             self._refresh_list(table)
-        # Only the selected call is rendered in full.
+        # Only the selected call is rendered in full (an ended one as it ended).
         c = eng.store.snapshot(self.selected) if self.selected else None
+        if c is None and self.selected in self.ended:
+            c = self.ended[self.selected][0]
         self.query_one(RtpPane).show(c)
         self.query_one(VadPane).show(c)
         self.query_one(LevelSparkline).show(c)
@@ -262,6 +295,13 @@ class AiAgentApp(App[int]):
         """The call list, twice a second: redrawing 50 rows is the costliest thing on screen."""
         assert self.engine is not None
         rows = {r.call_id: r for r in self.engine.store.summaries()}
+        # An ended call lingers a few seconds, marked, so that the list does not shift under the
+        # operator (the next key would act on the call that moved under the cursor).
+        now = time.monotonic()
+        self.ended = {cid: (snap, until) for cid, (snap, until) in self.ended.items() if until > now}
+        for cid, (snap, _) in self.ended.items():
+            if cid not in rows:
+                rows[cid] = CallSummary(cid, snap.caller_number, "ended", snap.duration_s, snap.provider)
         for key in [k.value for k in list(table.rows) if k.value is not None]:
             if key not in rows:
                 table.remove_row(key)
@@ -290,6 +330,10 @@ class AiAgentApp(App[int]):
         return True
 
     def _need_call(self) -> str | None:
+        if self.selected in self.ended:
+            who = self.ended[self.selected][0].caller_number or "an unknown number"
+            self.notify(f"the call from {who} has ended", severity="warning")
+            return None
         if self.engine is None or self.selected is None or self.engine.store.snapshot(self.selected) is None:
             self.notify("no call selected", severity="warning")
             return None
@@ -309,11 +353,19 @@ class AiAgentApp(App[int]):
         if cid and self.engine is not None and self.engine.barge_in(cid):
             self.notify(f"barge-in on {cid[-8:]}")
 
-    async def action_hangup(self) -> None:
+    def action_hangup(self) -> None:
         cid = self._need_call()
-        if cid and self.engine is not None:
-            await self.engine.hangup(cid)
-            self.notify(f"hung up {cid[-8:]}")
+        if cid is None or self.engine is None:
+            return
+        snap = self.engine.store.snapshot(cid)
+        who = snap.caller_number if snap is not None and snap.caller_number else "an unknown number"
+
+        async def answered(yes: bool | None) -> None:
+            if yes and self.engine is not None:
+                await self.engine.hangup(cid)
+                self.notify(f"hung up the call from {who} ({cid[-8:]})")
+
+        self.push_screen(ConfirmScreen(f"Hang up the call from {who}?\n(call {cid})"), answered)
 
     def action_transfer(self) -> None:
         cid = self._need_call()

@@ -193,6 +193,8 @@ class AttachedEngine:
 class AttachRuntime:
     """The app's runtime when attached: connects, and detaches on quit (no call is touched)."""
 
+    ends_calls = False
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self.engine: AttachedEngine | None = None

@@ -78,8 +78,8 @@ def parse_filters(text: str, now: float | None = None) -> HistoryFilter:
 
 def main(config: AppConfig, args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = sys.stdout if out is None else out
-    url = database_url(config)
-    db = HistoryDb(url)
+    db = HistoryDb(database_url(config))
+    url = db.shown_url
     try:
         db.create()  # an empty history rather than an error on a machine with no call yet
         if args.calls_command == "list":

@@ -19,6 +19,7 @@ from textual.widgets import DataTable, Footer, Input, Static
 
 from aiagent_tui.history_cli import parse_filters, show
 from engine.api import CallRow, HistoryDb, HistoryFilter
+from engine.config import shown_url
 
 LIMIT = 500
 _OUTCOME_STYLE = {"failed": "bold red", "interrupted": "red", "live": "green", "transferred": "cyan", "agent_hung_up": "", "caller_hung_up": ""}
@@ -72,7 +73,7 @@ class HistoryScreen(Screen[None]):
         self.app.call_from_thread(self._show, rows)
 
     def _failed(self, e: Exception) -> None:
-        self.query_one("#history-head", Static).update(Text(f"call history: cannot read {self.url}: {e.__class__.__name__}: {e}", style="bold red"))
+        self.query_one("#history-head", Static).update(Text(f"call history: cannot read {shown_url(self.url)}: {e.__class__.__name__}: {e}", style="bold red"))
 
     def _show(self, rows: list[CallRow]) -> None:
         self.rows = rows
@@ -144,7 +145,7 @@ class CallDetailScreen(Screen[None]):
         try:
             rec = db.get(self.call_id)
         except Exception as e:
-            text = Text(f"cannot read {self.url}: {e.__class__.__name__}: {e}", style="bold red")
+            text = Text(f"cannot read {shown_url(self.url)}: {e.__class__.__name__}: {e}", style="bold red")
         else:
             if rec is None:
                 text = Text(f"call {self.call_id} is no longer in the history (retention)", style="yellow")

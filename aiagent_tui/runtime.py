@@ -16,6 +16,8 @@ log = logging.getLogger(__name__)
 
 
 class Runtime:
+    ends_calls = True  # the engine lives and dies with the app (or the service)
+
     def __init__(self, config: AppConfig, sim: bool = False, demo_interval_s: float = 8.0) -> None:
         self.config = config
         self.sim = sim

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import free_port, http_json
+from common import free_port, http_json, scratch_media
 
 ROOT = Path(__file__).resolve().parent.parent
 SOUNDS = Path("/usr/share/asterisk/sounds/en_US_f_Allison")
@@ -34,7 +34,7 @@ def run_mode(mode: str, calls: int, concurrency: int) -> tuple[list[float], int]
     media = tempfile.mkdtemp()
     sim = subprocess.Popen([BIN / "aiagent-sim", "serve", "--port", str(ari)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     env = {**os.environ, "ASTERISK_ARI_PORT": str(ari), "HEALTH_PORT": str(health), "RTP_PORT": str(free_port()),
-           "AIAGENT_PROVIDER": "tone", "AIAGENT_DOWNSTREAM_MODE": mode, "AIAGENT_MEDIA_DIR": media}
+           "AIAGENT_PROVIDER": "tone", "AIAGENT_DOWNSTREAM_MODE": mode, "AIAGENT_MEDIA_DIR": scratch_media(media)}
     cfg = Path(media) / "config.toml"
     cfg.write_text("[providers.tone]\nduration_ms = 6000\n")
     eng = subprocess.Popen([BIN / "aiagent-tui", "--config", str(cfg), "--no-ui"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

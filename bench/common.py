@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import socket
+import tempfile
 import urllib.request
+from pathlib import Path
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
@@ -18,3 +20,9 @@ def http_json(url: str, data: dict | None = None):
     req = urllib.request.Request(url, data=json.dumps(data).encode() if data is not None else None, headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=10) as r:
         return json.loads(r.read())
+
+
+def scratch_media(scratch: str | None = None) -> str:
+    """A media directory for one run's engine, in ``scratch`` (a new temporary directory by
+    default), so that its call history (history.sqlite3 beside it) is the run's own too."""
+    return str(Path(scratch or tempfile.mkdtemp(prefix="aiagent-bench-")) / "media")

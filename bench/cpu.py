@@ -21,7 +21,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -34,7 +33,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from engine.config import load_config  # noqa: E402
 from engine.engine import Engine  # noqa: E402
-from common import free_port  # noqa: E402
+from common import free_port, scratch_media  # noqa: E402
 from turn_latency import PROMPTS, SOUNDS  # noqa: E402  (the turn benchmark's questions)
 
 NOISY_LINE_DBFS = -60.0
@@ -131,7 +130,7 @@ async def conversation(eng: Engine, http: aiohttp.ClientSession, sim_url: str, m
 async def main_async(args: argparse.Namespace) -> None:
     port = free_port()
     sim = subprocess.Popen([sys.executable, "-m", "pbxsim.cli", "serve", "--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    env = {"ASTERISK_ARI_PORT": str(port), "RTP_PORT": "0", "HEALTH_PORT": "0", "AIAGENT_PROVIDER": "local", "AIAGENT_DOWNSTREAM_MODE": args.mode, "AIAGENT_MEDIA_DIR": tempfile.mkdtemp()}
+    env = {"ASTERISK_ARI_PORT": str(port), "RTP_PORT": "0", "HEALTH_PORT": "0", "AIAGENT_PROVIDER": "local", "AIAGENT_DOWNSTREAM_MODE": args.mode, "AIAGENT_MEDIA_DIR": scratch_media()}
     cfg = load_config(ROOT / "config.toml", env=env)
     cfg.providers.local.hold_after_ms = 0
     if args.partial_interval_ms is not None:

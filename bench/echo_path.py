@@ -30,7 +30,6 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,7 +38,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common import free_port, http_json  # noqa: E402
+from common import free_port, http_json, scratch_media  # noqa: E402
 from engine.config import load_config  # noqa: E402
 from engine.engine import Engine  # noqa: E402
 from engine.sessions import BargeIn, TranscriptAdded  # noqa: E402
@@ -100,7 +99,7 @@ async def run_case(mode: str, line: str, calls: int, questions: int, hold_after_
     port = free_port()
     sim = subprocess.Popen([sys.executable, "-m", "pbxsim.cli", "serve", "--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     env = {"ASTERISK_ARI_PORT": str(port), "RTP_PORT": "0", "HEALTH_PORT": "0", "AIAGENT_PROVIDER": "local",
-           "AIAGENT_DOWNSTREAM_MODE": mode, "AIAGENT_MEDIA_DIR": tempfile.mkdtemp()}
+           "AIAGENT_DOWNSTREAM_MODE": mode, "AIAGENT_MEDIA_DIR": scratch_media()}
     cfg = load_config(ROOT / "config.toml", env=env)
     # The simulated callers ask again after 1 s of quiet: after a hold line they would talk over
     # the answer that follows it. Off unless asked for.

@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import free_port  # noqa: E402
+from common import free_port, scratch_media  # noqa: E402
 from engine.config import load_config  # noqa: E402
 from engine.engine import Engine  # noqa: E402
 from providers.local.stages import WorkerLlm  # noqa: E402
@@ -322,7 +322,7 @@ async def main_async(only: list[str]) -> None:
     sim = subprocess.Popen([sys.executable, "-m", "pbxsim.cli", "serve", "--port", str(port)], cwd=ROOT,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     media = tempfile.mkdtemp()
-    env = {"ASTERISK_ARI_PORT": str(port), "RTP_PORT": "0", "HEALTH_PORT": "0", "AIAGENT_PROVIDER": "echo", "AIAGENT_MEDIA_DIR": media}
+    env = {"ASTERISK_ARI_PORT": str(port), "RTP_PORT": "0", "HEALTH_PORT": "0", "AIAGENT_PROVIDER": "echo", "AIAGENT_MEDIA_DIR": scratch_media(media)}
     cfg = load_config(None, env=env)
     cfg.asterisk.reconnect_initial_s = 0.05
     cfg.asterisk.reconnect_max_s = 0.5

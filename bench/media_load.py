@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 from media.audio import Resampler, pcm16_to_ulaw, ulaw_to_pcm16  # noqa: E402
 from media.rtp import HEADER, build_packet  # noqa: E402
 from pbxsim.media import CATCHUP_TICKS  # noqa: E402
-from common import free_port, http_json  # noqa: E402
+from common import free_port, http_json, scratch_media  # noqa: E402
 
 SOUNDS = Path("/usr/share/asterisk/sounds/en_US_f_Allison")
 SIM_RTP_PORTS = range(30000, 31999)
@@ -143,13 +143,14 @@ def _pbx_priority() -> None:
         pass
 
 
-def run_engine_phase(calls: int, seconds: float, wav: Path, mode: str) -> dict:
+def run_engine_phase(calls: int, seconds: float, wav: Path, mode: str, history: bool = True) -> dict:
     ari_port = free_port()
     sim = subprocess.Popen(
         [sys.executable, "-m", "pbxsim.cli", "serve", "--port", str(ari_port), "--rtp-start", str(SIM_RTP_PORTS.start), "--rtp-end", str(SIM_RTP_PORTS.stop - 1)],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_pbx_priority,
     )
-    env = {"ASTERISK_ARI_PORT": str(ari_port), "RTP_PORT": "0", "HEALTH_PORT": "0", "AIAGENT_MAX_CALLS": str(calls + 10), "AIAGENT_MEDIA_DIR": tempfile.mkdtemp(), "AIAGENT_DOWNSTREAM_MODE": mode}
+    env = {"ASTERISK_ARI_PORT": str(ari_port), "RTP_PORT": "0", "HEALTH_PORT": "0", "AIAGENT_MAX_CALLS": str(calls + 10), "AIAGENT_MEDIA_DIR": scratch_media(), "AIAGENT_DOWNSTREAM_MODE": mode,
+           "AIAGENT_HISTORY": str(history).lower()}
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
     proc = ctx.Process(target=engine_child, args=(child, env), daemon=True)
@@ -336,12 +337,13 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--mode", choices=["stream", "file"], default="stream", help="how agent audio goes back (default stream)")
     ap.add_argument("--json", help="also write the figures here")
+    ap.add_argument("--no-history", action="store_true", help="the engine keeps no call history (to see what keeping it costs)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         # Every caller still talking when the window ends: calls start 20 ms apart and take a
         # while to set up, and hanging up (ARI requests, events) is the simulator's busiest work.
         wav = speech_wav(args.seconds + 5 + args.calls * 0.04, Path(tmp) / "speech.wav")
-        e = run_engine_phase(args.calls, args.seconds, wav, args.mode)
+        e = run_engine_phase(args.calls, args.seconds, wav, args.mode, not args.no_history)
         f = run_floor_phase(args.calls, args.seconds, wav)
     call_minutes = args.calls * e["window_s"] / 60
     e_cpm = e["cpu_s"] / call_minutes

@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 from aiagent_tui.runtime import Runtime  # noqa: E402
 from aiagent_tui.app import AiAgentApp  # noqa: E402
 from engine.config import load_config  # noqa: E402
-from common import free_port, http_json  # noqa: E402
+from common import free_port, http_json, scratch_media  # noqa: E402
 
 SPEECH = "/usr/share/asterisk/sounds/en_US_f_Allison/demo-congrats.wav"  # 15 s
 
@@ -44,7 +43,7 @@ async def run(calls: int, seconds: float) -> None:
 async def _run(ari: int, calls: int, seconds: float) -> None:
     await asyncio.sleep(0.5)
     cfg = load_config(None, env={"ASTERISK_ARI_PORT": str(ari), "RTP_PORT": "0", "HEALTH_PORT": "0",
-                                 "AIAGENT_MEDIA_DIR": tempfile.mkdtemp(), "AIAGENT_PROVIDER": "echo",
+                                 "AIAGENT_MEDIA_DIR": scratch_media(), "AIAGENT_PROVIDER": "echo",
                                  "AIAGENT_DOWNSTREAM_MODE": "stream", "AIAGENT_MAX_CALLS": str(calls + 5)})
     app = AiAgentApp(rt := Runtime(cfg))
     refresh_times: list[float] = []

@@ -40,7 +40,7 @@ from providers.config import LocalProviderConfig  # noqa: E402
 from providers.profile import AgentProfile  # noqa: E402
 from engine.engine import Engine  # noqa: E402
 from engine.sessions import TurnCompleted, TurnTimeline  # noqa: E402
-from common import free_port  # noqa: E402
+from common import free_port, scratch_media  # noqa: E402
 from providers.local.llm import ChatModel  # noqa: E402
 from providers.local.models import JOE_VOICE, resolve, resolve_llm  # noqa: E402
 from providers.local.sentences import SentenceSplitter  # noqa: E402
@@ -165,7 +165,7 @@ async def main_async(args: argparse.Namespace) -> None:
     port = free_port()
     sim = subprocess.Popen([sys.executable, "-m", "pbxsim.cli", "serve", "--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     media = tempfile.mkdtemp()
-    env = {"ASTERISK_ARI_PORT": str(port), "RTP_PORT": "0", "HEALTH_PORT": "0", "AIAGENT_PROVIDER": "local", "AIAGENT_DOWNSTREAM_MODE": args.mode, "AIAGENT_MEDIA_DIR": media}
+    env = {"ASTERISK_ARI_PORT": str(port), "RTP_PORT": "0", "HEALTH_PORT": "0", "AIAGENT_PROVIDER": "local", "AIAGENT_DOWNSTREAM_MODE": args.mode, "AIAGENT_MEDIA_DIR": scratch_media(media)}
     if args.llm:
         env["LOCAL_LLM_MODEL"] = args.llm
     eng = Engine(config(args, env))
@@ -207,7 +207,7 @@ async def scaling(args: argparse.Namespace) -> None:
     rows: dict[str, dict[int, list[float]]] = {}
     try:
         for pipeline in args.pipeline.split(","):
-            env = {"ASTERISK_ARI_PORT": str(port), "RTP_PORT": "0", "HEALTH_PORT": "0", "AIAGENT_PROVIDER": "local", "AIAGENT_DOWNSTREAM_MODE": args.mode, "AIAGENT_MEDIA_DIR": media}
+            env = {"ASTERISK_ARI_PORT": str(port), "RTP_PORT": "0", "HEALTH_PORT": "0", "AIAGENT_PROVIDER": "local", "AIAGENT_DOWNSTREAM_MODE": args.mode, "AIAGENT_MEDIA_DIR": scratch_media(media)}
             cfg = config(args, env)
             servers = None
             if pipeline == "remote":

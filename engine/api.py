@@ -43,6 +43,9 @@ class EngineView(Protocol):
 class EngineRuntime(Protocol):
     """Starts an engine (and whatever it needs, such as a simulator) and stops it again."""
 
+    # True when stop() ends the engine and so hangs its calls up (not when attached to one).
+    ends_calls: bool
+
     async def start(self) -> EngineView: ...
     async def stop(self) -> None: ...
     def describe(self) -> str: ...

@@ -253,6 +253,7 @@ class CallController:
         session, rec = entry
         rec.state = "done"
         report_action(self.store, self.action_counters, session.call_id, rec, logging.INFO)
+        self.store.amend(session)
         if not self.closing:
             self._spawn(self._ari_cleanup(self.ari.unsubscribe(self.app, f"channel:{channel_id}"), f"subscription to {channel_id}"))
 
@@ -261,6 +262,7 @@ class CallController:
         rec.state = "failed"
         rec.detail = f"the PBX hung the caller up {TRANSFER_CHECK_S:g} s or less after the transfer: does {rec.target} exist in the dialplan?"
         report_action(self.store, self.action_counters, session.call_id, rec, logging.ERROR)
+        self.store.amend(session)
 
     def _end_failed(self, call: Call, reason: str) -> None:
         self.begin_teardown(call, reason, hangup_caller=True)

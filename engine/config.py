@@ -11,7 +11,9 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from providers.config import ConfigSection as _Section
 from providers.config import ProvidersConfig
@@ -122,6 +124,16 @@ class HistoryConfig(_Section):
     max_calls: int = Field(100_000, ge=1)  # beyond this, the oldest calls go
     engine_name: str = ""  # this engine in a shared history; "": HOST:APP
 
+    @field_validator("url")
+    @classmethod
+    def _url_readable(cls, v: str) -> str:
+        if v:
+            try:
+                make_url(v)
+            except ArgumentError:
+                raise ValueError("not a database URL: sqlite:////var/lib/aiagent/history.sqlite3 or postgresql+psycopg://USER:PASS@HOST/DB") from None
+        return v
+
 
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -167,7 +179,16 @@ class AppConfig(_Section):
         """The effective config as plain data, secrets masked (for check-config and logs)."""
         data = self.model_dump(mode="json")
         data["asterisk"]["ari_password"] = "********" if self.asterisk.ari_password.get_secret_value() else ""
+        data["history"]["url"] = shown_url(self.history.url)
         return data
+
+
+def shown_url(url: str) -> str:
+    """A database URL as it may be printed or logged: its password masked."""
+    try:
+        return make_url(url).render_as_string(hide_password=True) if url else url
+    except ArgumentError:
+        return "(not a database URL)"
 
 
 # Environment variable -> dotted config field. Operators set these per host.
@@ -185,6 +206,7 @@ ENV_OVERRIDES: dict[str, str] = {
     "AIAGENT_PROVIDER": "providers.default",
     "AIAGENT_MAX_CALLS": "rtp.max_calls",
     "AIAGENT_MEDIA_DIR": "storage.media_dir",
+    "AIAGENT_HISTORY": "history.enabled",
     "AIAGENT_HISTORY_PATH": "history.path",
     "AIAGENT_HISTORY_URL": "history.url",
     "AIAGENT_DOWNSTREAM_MODE": "playback.downstream_mode",

@@ -123,7 +123,7 @@ class Engine:
                 await self.health_server.stop()
                 await self.rtp.stop()
                 raise EngineStartError(
-                    f"cannot open the call history at {self.history.db.url}: {e.__class__.__name__}: {e}; "
+                    f"cannot open the call history at {self.history.db.shown_url}: {e.__class__.__name__}: {e}; "
                     "fix history.path or history.url (AIAGENT_HISTORY_PATH, AIAGENT_HISTORY_URL), or set history.enabled = false"
                 ) from e
         for name in ("rtp-receive", "rtp-pacer"):

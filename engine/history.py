@@ -23,7 +23,7 @@ from typing import Any, Callable, Literal, TypeVar
 import sqlalchemy as sa
 from pydantic import BaseModel
 
-from engine.config import AppConfig
+from engine.config import AppConfig, shown_url
 from engine.ratelimit import RateLimitedLog
 from engine.sessions import CallSession, SessionStore, TurnTimeline
 
@@ -256,18 +256,28 @@ class HistoryDb:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.engine = sa.create_engine(url)
-        if self.engine.dialect.name == "sqlite":
-            path = self.engine.url.database
-            if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
-            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        self.shown_url = shown_url(url)  # for messages: no password
+        self._engine: sa.Engine | None = None
+
+    @property
+    def engine(self) -> sa.Engine:
+        # Made on first use: a URL whose driver is missing fails where the caller reports it.
+        if self._engine is None:
+            self._engine = sa.create_engine(self.url)
+            if self._engine.dialect.name == "sqlite":
+                sa.event.listen(self._engine, "connect", _sqlite_pragmas)
+        return self._engine
 
     def create(self) -> None:
+        """The tables, and a SQLite file's directory, if they are not there yet."""
+        path = self.engine.url.database if self.engine.dialect.name == "sqlite" else None
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
         _meta.create_all(self.engine)
 
     def close(self) -> None:
-        self.engine.dispose()
+        if self._engine is not None:
+            self._engine.dispose()
 
     # -- writing
     def save(self, records: list[CallRecord], heartbeat: tuple[str, float] | None = None) -> None:
@@ -410,6 +420,9 @@ class HistoryRecorder:
         self._live.pop(call.call_id, None)
         self._ended[call.call_id] = call
         self._wake.set()
+
+    def call_amended(self, call: CallSession) -> None:
+        self.call_removed(call)
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)

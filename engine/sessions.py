@@ -394,6 +394,8 @@ class SessionWatcher(Protocol):
 
     def call_added(self, call: CallSession) -> None: ...
     def call_removed(self, call: CallSession) -> None: ...
+    def call_amended(self, call: CallSession) -> None:
+        """A call that ended changed since (a transfer's outcome, known seconds later)."""
 
 
 class SessionStore:
@@ -469,6 +471,11 @@ class SessionStore:
             w.call_removed(call)
         self.publish(CallStateChanged(call.call_id, old, CallState.ENDED))
         self.publish(CallEnded(call.call_id, reason, call.snapshot()))
+
+    def amend(self, call: CallSession) -> None:
+        """An ended call's record changed (its transfer settled): the watchers write it again."""
+        for w in self.watchers:
+            w.call_amended(call)
 
     # -- events
     def subscribe(self, maxsize: int = 10000) -> Subscription:

@@ -141,16 +141,16 @@ def history_url(request, tmp_path) -> str:
     return f"{server}/{name}"
 
 
-async def history_of(eng: Engine, call_id: str, timeout: float = 10.0) -> CallRecord:
-    """The call's record in the engine's history, once it is written as ended (read as the CLI
-    reads it: another connection to the database)."""
+async def history_of(eng: Engine, call_id: str, timeout: float = 10.0, until: Callable[[CallRecord], bool] = lambda r: True) -> CallRecord:
+    """The call's record in the engine's history, once it is written as ended (and ``until``
+    holds), read as the CLI reads it: another connection to the database."""
     db = HistoryDb(database_url(eng.config))
     try:
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout
         while True:
             rec = await asyncio.to_thread(db.get, call_id)
-            if rec is not None and rec.outcome != "live":
+            if rec is not None and rec.outcome != "live" and until(rec):
                 return rec
             if loop.time() > end:
                 raise AssertionError(f"call {call_id} not in the history as ended: {rec}")

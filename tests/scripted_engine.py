@@ -160,6 +160,8 @@ class ScriptedEngine:
 
 
 class ScriptedRuntime:
+    ends_calls = True
+
     def __init__(self, engine: ScriptedEngine) -> None:
         self.engine = engine
         self.stopped = False

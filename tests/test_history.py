@@ -15,10 +15,12 @@ import pytest
 
 from aiagent_tui.cli import main as cli
 from aiagent_tui.history_cli import parse_when
+from engine.config import ConfigError, load_config
+from engine.engine import Engine, EngineStartError
 from engine.history import CallRecord, HistoryDb, HistoryRecorder, outcome_of
 from engine.sessions import CallSession, SessionStore
 from pbxsim.server import SayText, SimPBX, WaitAgent, WaitAgentDone
-from tests.conftest import AGENT_PASS, history_of, running_engine, wait_for
+from tests.conftest import AGENT_PASS, engine_config, history_of, running_engine, wait_for
 from tests.test_service import BIN, ROOT, get_json, sim_call, wait_until
 
 
@@ -181,3 +183,19 @@ def test_outcomes_and_times_as_operators_type_them():
     assert parse_when("02:13", now) == datetime.combine(datetime.fromtimestamp(now).date(), datetime.min.time()).timestamp() + 2 * 3600 + 13 * 60
     with pytest.raises(ValueError, match="cannot read"):
         parse_when("yesterday", now)
+
+
+def test_a_database_url_is_checked_and_its_password_never_shown():
+    with pytest.raises(ConfigError, match="history.url: .*not a database URL"):
+        load_config(None, env={"AIAGENT_HISTORY_URL": "not a url"})
+    cfg = load_config(None, env={"AIAGENT_HISTORY_URL": "postgresql+psycopg://aiagent:s3cret@db/history"})
+    assert "s3cret" not in json.dumps(cfg.masked()) and cfg.masked()["history"]["url"] == "postgresql+psycopg://aiagent:***@db/history"
+
+
+async def test_a_history_it_cannot_open_stops_the_engine_at_start_saying_what_to_fix(pbx, tmp_path):
+    cfg = engine_config(pbx, tmp_path, AIAGENT_HISTORY_URL="postgresql+psycopg://aiagent:s3cret@127.0.0.1:1/history")
+    with pytest.raises(EngineStartError) as e:
+        await Engine(cfg).start()
+    why = str(e.value)
+    assert "cannot open the call history at postgresql+psycopg://aiagent:***@127.0.0.1:1/history" in why
+    assert "history.url" in why and "s3cret" not in why

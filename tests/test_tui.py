@@ -9,7 +9,7 @@ from pathlib import Path
 from textual.widgets import DataTable
 
 from aiagent_tui.runtime import Runtime
-from aiagent_tui.app import AiAgentApp, HelpScreen, ProviderScreen
+from aiagent_tui.app import AiAgentApp, ConfirmScreen, HelpScreen, ProviderScreen
 from aiagent_tui.service import run_headless
 from engine.config import load_config
 from engine.sessions import ConversationState
@@ -83,17 +83,38 @@ async def test_app_shows_live_calls_and_every_key_works(tmp_path):
         await pilot.press("enter")
         await until(pilot, lambda: eng.default_provider == "echo")
         assert eng.store.get(cid).provider.name == "echo"
-        second = pbx.place_call(str(HELLO), hold_s=1.0)
+        second = pbx.place_call(str(HELLO), hold_s=30.0)  # up until the app quits
         await until(pilot, lambda: eng.store.get(second.id) is not None)
         assert eng.store.get(second.id).provider.name == "echo"
 
-        # h: hang up the selected call; the simulated PBX sees the engine end it.
+        # h: hang up the selected call, once the operator says yes; the simulated PBX sees the
+        # engine end it. The ended call stays listed and selected for a few seconds: a second h
+        # does not land on the call that would have moved under the cursor.
         app.selected = cid
         await pilot.press("h")
+        await pilot.pause(0.2)
+        assert isinstance(app.screen, ConfirmScreen) and "Hang up the call from 5551234?" in app.screen.question
+        await pilot.press("n")
+        await pilot.pause(0.3)
+        assert eng.store.get(cid) is not None and rec.ended_by is None
+        await pilot.press("h", "y")
         await until(pilot, lambda: rec.ended_by is not None)
         assert rec.ended_by == "ari"
+        await until(pilot, lambda: "ended" in app.export_screenshot())
+        assert app.selected == cid and eng.store.get(second.id) is not None
+        await pilot.press("h")
+        await pilot.pause(0.2)
+        assert any("the call from 5551234 has ended" in str(n.message) for n in app._notifications)
+        assert eng.store.get(second.id) is not None
 
+        # q with a call still up asks first: no, the app goes on; yes, it hangs up and goes.
         await pilot.press("q")
+        await pilot.pause(0.2)
+        assert isinstance(app.screen, ConfirmScreen) and "1 live call(s) will be hung up" in app.screen.question
+        await pilot.press("escape")
+        await pilot.pause(0.2)
+        assert app.is_running and eng.store.get(second.id) is not None
+        await pilot.press("q", "y")
     assert pbx.leftovers() == ([], [])
 
 
@@ -157,7 +178,7 @@ async def test_attach_shows_a_headless_engines_calls_controls_them_and_detaches(
             await pilot.pause(0.3)
             assert any("attached" in str(n.message) for n in app._notifications)
             # h: the engine hangs the call up.
-            await pilot.press("h")
+            await pilot.press("h", "y")
             await until(pilot, lambda: first.ended_by is not None)
             assert first.ended_by == "ari"
             await pilot.press("q")
@@ -232,4 +253,4 @@ async def test_history_screen_lists_past_calls_filters_them_and_opens_one(tmp_pa
         await pilot.press("escape")
         await pilot.pause(0.1)
         assert not isinstance(app.screen, HistoryScreen)
-        await pilot.press("q")
+        await pilot.press("q", "y")

@@ -95,7 +95,7 @@ async def test_keys_become_engine_commands_on_the_selected_call():
         await pilot.pause(0.2)
         await pilot.press("down")
         await pilot.pause(0.2)
-        await pilot.press("h")
+        await pilot.press("h", "y")
         await pilot.press("p")
         await pilot.pause(0.2)
         await pilot.press("up", "up", "enter")  # from local, two up: deepgram
