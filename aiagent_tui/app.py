@@ -350,8 +350,12 @@ class AiAgentApp(App[int]):
 
     def action_barge_in(self) -> None:
         cid = self._need_call()
-        if cid and self.engine is not None and self.engine.barge_in(cid):
+        if cid is None or self.engine is None:
+            return
+        if self.engine.barge_in(cid):
             self.notify(f"barge-in on {cid[-8:]}")
+        else:
+            self.notify("the agent is not speaking on this call: nothing to stop", severity="warning")
 
     def action_hangup(self) -> None:
         cid = self._need_call()

@@ -412,7 +412,8 @@ class Call:
 
     # ---- operator commands
     def barge_in(self) -> bool:
-        if self.conversation is None:
+        """The operator stops the agent; False when it is not speaking (nothing is counted)."""
+        if self.conversation is None or not self.conversation.agent_is_speaking:
             return False
         self.conversation.barge_in(forced=True)
         return True

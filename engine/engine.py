@@ -253,7 +253,8 @@ class Engine:
         return call is not None and call.set_tap(tap)
 
     def barge_in(self, call_id: str) -> bool:
-        """Stop the agent on this call now, as if the caller had talked over it."""
+        """Stop the agent on this call now, as if the caller had talked over it; False if there is
+        no such call or its agent is not speaking."""
         call = self.calls.calls.get(call_id)
         return call is not None and call.barge_in()
 

@@ -59,6 +59,10 @@ async def test_app_shows_live_calls_and_every_key_works(tmp_path):
         # b: barge-in stops the agent's playback.
         await pilot.press("b")
         await until(pilot, lambda: eng.store.get(cid).barge_ins == 1 and not eng.store.get(cid).playbacks)
+        # b again: the agent is silent now; nothing is stopped or counted.
+        await pilot.press("b")
+        await pilot.pause(0.2)
+        assert any("not speaking" in str(n.message) for n in app._notifications) and eng.store.get(cid).barge_ins == 1
 
         # d: the call's dump.
         await pilot.press("d")
