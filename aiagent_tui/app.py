@@ -20,6 +20,7 @@ from textual.widgets import DataTable, Footer, OptionList, RichLog, Static
 from textual.widgets.option_list import Option
 
 from aiagent_tui.history_screen import HistoryScreen
+from aiagent_tui.paths import state_dir
 from aiagent_tui.monitor import AudioMonitor, MonitorUnavailable
 from aiagent_tui.widgets import GatingPane, HeaderBar, LevelSparkline, RtpPane, TimelinePane, TranscriptPane, VadPane
 from engine.api import EngineRuntime, EngineView
@@ -148,10 +149,10 @@ class AiAgentApp(App[int]):
     LIVE_ACTIONS = frozenset({"provider", "barge_in", "monitor", "transfer", "hangup", "dump", "history"})
     ENDED_ROW_S = 5.0  # an ended call stays in the list (and selected) this long, shown as ended
 
-    def __init__(self, runtime: EngineRuntime, dump_dir: Path = Path("."), history_url: str | None = None) -> None:
+    def __init__(self, runtime: EngineRuntime, dump_dir: Path | None = None, history_url: str | None = None) -> None:
         super().__init__()
         self.runtime = runtime  # starts the engine (and the simulator with --sim) in this app's loop
-        self.dump_dir = dump_dir
+        self.dump_dir = (dump_dir or state_dir()).resolve()  # the notice gives the whole path
         self.history_url = history_url  # None: this engine keeps no history
         self.engine: EngineView | None = None
         self.selected: str | None = None

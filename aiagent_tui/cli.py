@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from aiagent_tui import history_cli
+from aiagent_tui.paths import state_dir
 from engine.config import AppConfig, ConfigError, load_config
 from engine.history import database_url
 from engine.engine import EngineStartError
@@ -47,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"aiagent-tui: {e}", file=sys.stderr)
         return 2
+    if args.config == "config.toml" and not Path("config.toml").exists():
+        # The default file may be absent, but the operator must know the defaults are in use.
+        print(f"aiagent-tui: no config.toml in {Path.cwd()}: using the defaults and the environment (--config PATH reads another file)", file=sys.stderr)
     if args.command == "check-config":
         print(json.dumps(config.masked(), indent=2))
         return 0
@@ -94,10 +98,11 @@ def _attach(config: AppConfig, args: argparse.Namespace) -> int:
 
 
 def _run_app(config: AppConfig, args: argparse.Namespace) -> int:
-    # The screen is the app's: log lines go to a file beside the config, not over the panes.
+    # The screen is the app's: log lines go to a file in the state directory, not over the panes.
+    state = state_dir()
     logging.basicConfig(
         level=args.log_level or config.logging.level,
-        filename="aiagent-tui.log",
+        filename=str(state / "aiagent-tui.log"),
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
     )
     from aiagent_tui.app import AiAgentApp

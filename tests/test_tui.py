@@ -67,6 +67,7 @@ async def test_app_shows_live_calls_and_every_key_works(tmp_path):
         # d: the call's dump.
         await pilot.press("d")
         await until(pilot, lambda: list(tmp_path.glob(f"call-{cid}-*.json")))
+        assert any(f"dumped to {tmp_path.resolve()}/call-{cid}-" in str(n.message) for n in app._notifications)  # the whole path
 
         # m: no sound device here: a notice, no crash.
         await pilot.press("m")
