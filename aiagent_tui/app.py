@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import threading
 import time
 from pathlib import Path
 
@@ -114,6 +115,30 @@ class TransferScreen(ModalScreen[str | None]):
         self.dismiss(None)
 
 
+class _PaneHandler(logging.Handler):
+    """Log records of WARNING and up, from any of the engine's modules, into the log pane: what
+    an operator must see does not stay in the log file. The store's own lines come as events."""
+
+    def __init__(self, app: AiAgentApp) -> None:
+        super().__init__(logging.WARNING)
+        self.app = app
+        self._thread = threading.get_ident()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name == "engine.sessions":  # SessionStore.log: shown from its CallLog event
+            return
+        try:
+            message = record.getMessage()
+            if record.exc_info and record.exc_info[1] is not None:
+                message += f" ({record.exc_info[1].__class__.__name__}: {record.exc_info[1]}; the log file has the traceback)"
+            if threading.get_ident() == self._thread:
+                self.app.write_log(None, message, record.levelno)
+            else:
+                self.app.call_from_thread(self.app.write_log, None, message, record.levelno)
+        except Exception:  # the app is closing: the log file still has it
+            pass
+
+
 class AiAgentApp(App[int]):
     TITLE = "aiagent-tui"
     CSS = """
@@ -162,6 +187,7 @@ class AiAgentApp(App[int]):
         self._ticks = 0
         self.monitor: AudioMonitor | None = None
         self.exit_code = 0
+        self._log_handler: logging.Handler = logging.NullHandler()
 
     # ---- layout
     def compose(self) -> ComposeResult:
@@ -196,6 +222,8 @@ class AiAgentApp(App[int]):
         for col, width in (("caller", 8), ("state", 13), ("time", 4), ("provider", 6)):
             table.add_column(col, key=col, width=width)
         table.focus()  # the arrow keys pick a call (the log would take them otherwise)
+        self._log_handler = _PaneHandler(self)
+        logging.getLogger().addHandler(self._log_handler)
         try:
             self.engine = await self.runtime.start()
         except Exception as e:
@@ -211,6 +239,7 @@ class AiAgentApp(App[int]):
         await self.shutdown()
 
     async def shutdown(self) -> None:
+        logging.getLogger().removeHandler(self._log_handler)
         if self.monitor is not None:
             self.monitor.close()
             self.monitor = None

@@ -39,8 +39,7 @@ class Pane(Static):
 
 class HeaderBar(Pane):
     def show(self, s: EngineSummary) -> None:
-        why = (s.ari_last_error or "connecting").split(":")[0]  # the kind; /health has the whole text
-        ari = Text("ARI ● connected", style="bold green") if s.ari_connected else Text(f"ARI ● down ({why})", style="bold red")
+        ari = Text("ARI ● connected", style="bold green") if s.ari_connected else Text("ARI ● down", style="bold red")
         rtp = Text(f"RTP {s.rtp_address}/udp", style="green" if s.rtp_server_running else "red")
         provs = Text()
         for name, p in s.providers.items():
@@ -51,11 +50,9 @@ class HeaderBar(Pane):
         if s.new_calls_provider != s.default_provider:  # the default is not ready: its fallback takes them
             to = Text.assemble("│  new calls → ", (f"{s.new_calls_provider} (fallback)", "bold yellow"))
         line1 = Text.assemble(ari, "  │  ", rtp, "  │  providers: ", provs, to)
-        line2 = Text(
-            f"calls {s.active_calls}/{s.max_calls}  total {s.calls_total}  refused {s.calls_rejected_over_capacity}"
-            f"  │  {s.downstream_mode} playback  │  ",
-            style="dim",
-        )
+        line2 = Text(f"calls {s.active_calls}/{s.max_calls}  total {s.calls_total}  refused {s.calls_rejected_over_capacity}  ", style="dim")
+        line2.append(f"failed {s.calls_failed}", style="bold red" if s.calls_failed else "dim")
+        line2.append(f"  │  {s.downstream_mode} playback  │  ", style="dim")
         busy = [q for q in s.model_queues if q.depth]
         if busy:  # model work queued: where the turns are waiting, instead of the URLs
             line2.append("models: ", style="dim")
@@ -67,6 +64,8 @@ class HeaderBar(Pane):
             line2.append(f"health {s.health_url}  metrics {s.metrics_url}", style="dim")
         if s.problems:  # a component or model worker down outranks the counters
             line2 = Text("⚠ " + "  │  ".join(s.problems), style="bold red")
+        if not s.ari_connected:  # and ARI down outranks everything: no call can come in
+            line2 = Text(f"⚠ {s.ari_last_error or 'connecting to ARI'}", style="bold red")
         self.show_content(Group(line1, line2))
 
 

@@ -6,7 +6,8 @@ import asyncio
 import tempfile
 from pathlib import Path
 
-from textual.widgets import DataTable
+from pydantic import SecretStr
+from textual.widgets import DataTable, RichLog
 
 from aiagent_tui.runtime import Runtime
 from aiagent_tui.app import AiAgentApp, ConfirmScreen, HelpScreen, ProviderScreen
@@ -54,7 +55,7 @@ async def test_app_shows_live_calls_and_every_key_works(tmp_path):
         await until(pilot, lambda: eng.store.get(cid).conversation is ConversationState.AGENT_SPEAKING)
         await pilot.pause(0.3)
         screen = app.export_screenshot()
-        assert "pkts" in screen and "beep" in screen and "5551234" in screen and "ARI" in screen
+        assert "pkts" in screen and "beep" in screen and "5551234" in screen and "ARI" in screen and "failed" in screen
 
         # b: barge-in stops the agent's playback.
         await pilot.press("b")
@@ -259,3 +260,34 @@ async def test_history_screen_lists_past_calls_filters_them_and_opens_one(tmp_pa
         await pilot.pause(0.1)
         assert not isinstance(app.screen, HistoryScreen)
         await pilot.press("q", "y")
+
+
+async def test_what_an_operator_must_fix_is_on_screen_not_only_in_the_log_file(tmp_path):
+    """ARI unreachable, then a wrong password: the header says what is wrong and what to set, and
+    the engine's warnings (here: the reconnects) reach the log pane in full."""
+    from pbxsim.server import SimPBX
+
+    cfg = app_config(tmp_path)  # its ARI port has nothing behind it
+    app = AiAgentApp(Runtime(cfg), dump_dir=tmp_path)
+    async with app.run_test(size=(160, 40)) as pilot:
+        await until(pilot, lambda: "cannot reach ARI at 127.0.0.1" in app.export_screenshot().replace("&#160;", " "))
+        screen = app.export_screenshot().replace("&#160;", " ")
+        assert "(connection refused)" in screen
+        log = "".join(line.text for line in app.query_one(RichLog).lines)  # its lines wrap
+        assert "ARI events disconnected (cannot reach ARI at 127.0.0.1" in log and "asterisk.ari_port" in log
+        await pilot.press("q")
+
+    pbx = SimPBX(password="right")
+    await pbx.start(port=0)
+    try:
+        cfg = app_config(tmp_path)
+        cfg.asterisk.ari_port = pbx.port
+        cfg.asterisk.ari_password = SecretStr("wrong")
+        app = AiAgentApp(Runtime(cfg), dump_dir=tmp_path)
+        async with app.run_test(size=(160, 40)) as pilot:
+            await until(pilot, lambda: "(401)" in app.export_screenshot())
+            log = "".join(line.text for line in app.query_one(RichLog).lines)  # its lines wrap
+            assert "ARI refused user 'aiagent' (401): set asterisk.ari_username and ari_password" in log
+            await pilot.press("q")
+    finally:
+        await pbx.stop()

@@ -38,6 +38,16 @@ class AriEventStream:
         self._first = asyncio.Event()
         self._rl = RateLimitedLog(log)
 
+    def _refused(self, status: int, message: str) -> str:
+        """What an operator must fix when ARI answers the events WebSocket with an error."""
+        cfg = self.client.config
+        if status == 401:
+            return (f"ARI refused user {cfg.ari_username!r} (401): set asterisk.ari_username and ari_password "
+                    "(ASTERISK_ARI_USERNAME, ASTERISK_ARI_PASSWORD) to a user of ari.conf")
+        if status == 404:
+            return f"no ARI at {self.client.base_url} (404): load res_ari and enable it in ari.conf (and http.conf)"
+        return f"ARI refused the events WebSocket: {status} {message}"
+
     @property
     def url(self) -> str:
         base = self.client.base_url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
@@ -80,7 +90,14 @@ class AriEventStream:
             except asyncio.CancelledError:
                 raise
             except aiohttp.WSServerHandshakeError as e:
-                self.last_error = f"events websocket refused: {e.status} {e.message}"
+                self.last_error = self._refused(e.status, e.message)
+            except aiohttp.ClientConnectorError as e:
+                cfg = self.client.config
+                why = "connection refused" if isinstance(e.os_error, ConnectionRefusedError) else e.os_error.strerror or str(e.os_error)
+                self.last_error = (
+                    f"cannot reach ARI at {cfg.host}:{cfg.ari_port} ({why}): is Asterisk running, "
+                    "with its HTTP server on (http.conf)? (asterisk.host, asterisk.ari_port)"
+                )
             except (aiohttp.ClientError, OSError, TimeoutError) as e:
                 self.last_error = f"{e.__class__.__name__}: {e}"
             finally:
