@@ -100,6 +100,9 @@ class PlaybackConfig(_Section):
 class HealthConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(15000, ge=0, le=65535)
+    # A model job waiting longer than this for its model (the engine is over its capacity): /health
+    # says degraded and the header names the queue.
+    max_model_wait_s: float = Field(5.0, gt=0)
 
 
 

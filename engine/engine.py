@@ -286,10 +286,16 @@ class Engine:
         if components is None:
             components = self.components()
         readiness = self.provider_readiness()
+        queues = tuple(ModelQueue(name, q.depth, q.oldest_wait_s) for name, q in self.stages.queues().items())
+        limit = self.config.health.max_model_wait_s
+        overloaded = tuple(
+            f"{q.model}: a job has waited {q.oldest_wait_s:.1f} s for its model ({q.depth} queued; health.max_model_wait_s {limit:g})"
+            for q in queues if q.oldest_wait_s > limit
+        )
         ok = (
             # Calls still go to the fallback while the default is not ready, but an operator must know.
             self.ari_connected and self.rtp.running and readiness[self.default_provider].ready
-            and self.supervisor.healthy and self.fatal_error is None
+            and self.supervisor.healthy and self.fatal_error is None and not overloaded
         )
         store = self.store
         base = f"http://{self.config.health.host}:{self.health_server.port}"
@@ -317,8 +323,8 @@ class Engine:
             problems=tuple(
                 f"{c.name} {c.state}" + (f": {c.last_error}" if c.last_error else "")
                 for c in components if not c.ok
-            ),
-            model_queues=tuple(ModelQueue(name, q.depth, q.oldest_wait_s) for name, q in self.stages.queues().items()),
+            ) + overloaded,
+            model_queues=queues,
             health_url=f"{base}/health",
             metrics_url=f"{base}/metrics",
         )

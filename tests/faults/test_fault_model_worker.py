@@ -111,3 +111,20 @@ def test_llama_cpp_is_a_portable_build():
     r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "AVX2" in r.stdout and "no AMX or AVX-512 instruction" in r.stdout
+
+
+async def test_model_work_waiting_past_the_limit_turns_health_degraded_and_says_where(pbx, tmp_path):
+    """Overload is visible: jobs queued for a model longer than health.max_model_wait_s make
+    /health degraded with the queue named (what the header shows in red); once served, ok again."""
+    def strict(cfg):
+        cfg.health.max_model_wait_s = 0.3
+
+    async with running_engine(pbx, tmp_path, strict, AIAGENT_PROVIDER="local") as eng:
+        tts = eng.providers["local"].models.voice.tts.worker
+        text = "This is a long sentence for the voice to read, so that each job takes a while. " * 3
+        jobs = asyncio.gather(*(tts.run("synthesize", text) for _ in range(4)))
+        await wait_for(lambda: eng.health()["status"] == "degraded", timeout=20, interval=0.05)
+        problems = eng.summary().problems
+        assert any(p.startswith("local-tts-worker: a job has waited") and "health.max_model_wait_s 0.3" in p for p in problems), problems
+        await jobs
+        assert eng.health()["status"] == "ok" and not eng.summary().problems
