@@ -115,6 +115,15 @@ class TransferScreen(ModalScreen[str | None]):
         self.dismiss(None)
 
 
+def _state_cell(r: CallSummary) -> str | Text:
+    """A call's state in the list; a turn waiting for the models says for how long (the caller
+    hears nothing meanwhile), yellow from 2 s, red from 5 s."""
+    state = r.state.replace("_", " ")
+    if r.state != "processing" or r.in_state_s < 2.0:
+        return state
+    return Text(f"waiting {r.in_state_s:.0f}s", style="bold red" if r.in_state_s >= 5.0 else "yellow")
+
+
 class _PaneHandler(logging.Handler):
     """Log records of WARNING and up, from any of the engine's modules, into the log pane: what
     an operator must see does not stay in the log file. The store's own lines come as events."""
@@ -183,7 +192,7 @@ class AiAgentApp(App[int]):
         self.selected: str | None = None
         self.partials: dict[str, str] = {}
         self.ended: dict[str, tuple[CallSnapshot, float]] = {}  # call id -> (its last snapshot, when its row goes)
-        self._shown: dict[str, tuple[str, ...]] = {}  # the call list's rows as last drawn
+        self._shown: dict[str, tuple[str | Text, ...]] = {}  # the call list's rows as last drawn
         self._ticks = 0
         self.monitor: AudioMonitor | None = None
         self.exit_code = 0
@@ -337,7 +346,7 @@ class AiAgentApp(App[int]):
                 table.remove_row(key)
                 self._shown.pop(key, None)
         for cid, r in rows.items():
-            row = (r.caller_number or "unknown", r.state.replace("_", " "), f"{int(r.duration_s) // 60}:{int(r.duration_s) % 60:02d}", r.provider or "—")
+            row = (r.caller_number or "unknown", _state_cell(r), f"{int(r.duration_s) // 60}:{int(r.duration_s) % 60:02d}", r.provider or "—")
             shown = self._shown.get(cid)
             if shown is None:
                 table.add_row(*row, key=cid)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable
@@ -424,6 +425,7 @@ class ConversationCoordinator:
         if s.conversation is state:
             return
         s.conversation = state
+        s.conversation_since = time.monotonic()  # the store's time base (CallSession.created_mono)
         self.store.set_state(s, _CALL_STATE[state])
         self._publish()
         self._on_state(state)

@@ -141,6 +141,7 @@ class CallSession:
     outbound_ssrc: int = 0
     playbacks: dict[str, PlaybackRef] = field(default_factory=dict)  # gating tokens
     conversation: ConversationState = ConversationState.LISTENING
+    conversation_since: float = field(default_factory=time.monotonic)  # when it entered that state
     capture_enabled: bool = True
     downstream_mode: str = "file"
     barge_ins: int = 0
@@ -241,6 +242,7 @@ class CallSummary:
     state: str
     duration_s: float
     provider: str | None
+    in_state_s: float = 0.0  # how long the conversation has been in that state (a turn waiting: processing)
 
 
 @dataclass(slots=True, frozen=True)
@@ -425,7 +427,7 @@ class SessionStore:
     def summaries(self) -> list[CallSummary]:
         now = time.monotonic()
         return [
-            CallSummary(c.call_id, c.caller_number, c.conversation.value, now - c.created_mono, c.provider.name if c.provider else None)
+            CallSummary(c.call_id, c.caller_number, c.conversation.value, now - c.created_mono, c.provider.name if c.provider else None, now - c.conversation_since)
             for c in self._calls.values()
         ]
 

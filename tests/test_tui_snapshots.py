@@ -11,7 +11,8 @@ import pytest
 
 from aiagent_tui import app as app_module
 from aiagent_tui.app import AiAgentApp
-from tests.scripted_engine import ScriptedEngine, ScriptedRuntime, freeze_session_clock
+from engine.sessions import ConversationState
+from tests.scripted_engine import NOW, ScriptedEngine, ScriptedRuntime, freeze_session_clock
 
 
 @pytest.fixture(autouse=True)
@@ -41,7 +42,12 @@ def test_header_shows_where_model_work_waits(snap_compare):
     from engine.status import ModelQueue
 
     app = live_app()
-    app.runtime.engine.model_queues = (ModelQueue("local-stt-worker", 1, 0.0), ModelQueue("local-llm-worker", 4, 2.4), ModelQueue("local-tts-worker", 0, 0.0))
+    eng = app.runtime.engine
+    eng.model_queues = (ModelQueue("local-stt-worker", 1, 0.0), ModelQueue("local-llm-worker", 4, 2.4), ModelQueue("local-tts-worker", 0, 0.0))
+    # Three callers whose turns wait for the models: the list says for how long.
+    eng.add_call("+4915112345678", 40.0, ConversationState.PROCESSING, conversation_since=NOW - 12.0)
+    eng.add_call("5550177", 20.0, ConversationState.PROCESSING, conversation_since=NOW - 3.0)
+    eng.add_call("5550178", 9.0, ConversationState.PROCESSING, conversation_since=NOW - 1.0)
     assert snap_compare(app, terminal_size=(120, 40), run_before=_settle)
 
 
