@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from rich.text import Text
-from textual import work
+from textual import events, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical
@@ -154,10 +154,24 @@ class AiAgentApp(App[int]):
     Screen { layout: vertical; }
     #header { height: 2; background: $boost; padding: 0 1; }
     #body { height: 1fr; }
-    #calls { width: 42; height: 100%; border: round $primary; }
-    #panes { grid-size: 3 2; grid-columns: 1fr 1fr 1fr; grid-rows: 12 1fr; }
+    #calls { width: 46; height: 100%; border: round $primary; }
+    /* Normal width: RTP and gating above the transcript and the turn timeline; from 150 columns
+       the VAD pane too and the provider column. */
+    #panes { grid-size: 2 2; grid-columns: 1fr 1fr; grid-rows: 12 1fr; }
+    #vadbox { display: none; }
+    .-wide #calls { width: 56; }
+    .-wide #panes { grid-size: 3 2; grid-columns: 1fr 1fr 1fr; }
+    .-wide #vadbox { display: block; }
+    .-wide #transcript { column-span: 2; }
+    /* Narrow or short terminals (80x24 over SSH): the calls above, the transcript and the turn
+       timeline below; the RTP, VAD and gating panes fold away (the call's dump has them). */
+    .-narrow #body { layout: vertical; }
+    .-narrow #calls { width: 100%; height: 7; }
+    .-narrow #rtp, .-narrow #vadbox, .-narrow #gating { display: none; }
+    .-narrow #panes { grid-size: 2 1; grid-columns: 1fr 30; grid-rows: 1fr; }
+    .-narrow #transcript { column-span: 1; }
+    .-narrow #log { height: 5; }
     .pane { border: round $secondary; padding: 0 1; height: 100%; }
-    #transcript { column-span: 2; }
     #vadbox { border: round $secondary; padding: 0 1; height: 100%; }
     #vad { height: 2; }
     #spark { height: 1fr; }
@@ -182,6 +196,9 @@ class AiAgentApp(App[int]):
     # Keys that act on the live calls: only on the live calls' screen (not under a history or a dialog).
     LIVE_ACTIONS = frozenset({"provider", "barge_in", "monitor", "transfer", "hangup", "dump", "history"})
     ENDED_ROW_S = 5.0  # an ended call stays in the list (and selected) this long, shown as ended
+    # The call list's columns: wide enough for +4915112345678 and "agent speaking"; the provider
+    # only on a wide terminal (the gating pane and the header name it otherwise).
+    COLUMNS = (("caller", 16), ("state", 14), ("time", 5), ("provider", 8))
 
     def __init__(self, runtime: EngineRuntime, dump_dir: Path | None = None, history_url: str | None = None) -> None:
         super().__init__()
@@ -197,6 +214,7 @@ class AiAgentApp(App[int]):
         self.monitor: AudioMonitor | None = None
         self.exit_code = 0
         self._log_handler: logging.Handler = logging.NullHandler()
+        self._columns: tuple[str, ...] = ()  # the call list's columns now
 
     # ---- layout
     def compose(self) -> ComposeResult:
@@ -228,8 +246,7 @@ class AiAgentApp(App[int]):
     async def on_mount(self) -> None:
         self.query_one("#vadbox").border_title = "VAD"
         table = self.query_one(DataTable)
-        for col, width in (("caller", 8), ("state", 13), ("time", 4), ("provider", 6)):
-            table.add_column(col, key=col, width=width)
+        self._fit_layout()
         table.focus()  # the arrow keys pick a call (the log would take them otherwise)
         self._log_handler = _PaneHandler(self)
         logging.getLogger().addHandler(self._log_handler)
@@ -330,6 +347,35 @@ class AiAgentApp(App[int]):
         self.query_one(TranscriptPane).show(c, self.partials.get(self.selected or ""))
         self.query_one(TimelinePane).show(c)
 
+    def on_resize(self, event: events.Resize) -> None:
+        self._fit_layout()
+
+    def _fit_layout(self) -> None:
+        """Narrow (under 100 columns or 30 rows), normal, or wide (150 columns and up): the CSS
+        classes pick the panes, and the call list gets the columns that fit."""
+        w, h = self.size
+        narrow = w < 100 or h < 30
+        wide = w >= 150 and not narrow
+        self.set_class(narrow, "-narrow")
+        self.set_class(wide, "-wide")
+        self.query_one(HeaderBar).compact = narrow
+        self.query_one(Footer).compact = narrow
+        columns = tuple(name for name, _ in self.COLUMNS if name != "provider" or wide or narrow)
+        if columns != self._columns:
+            table = self.query_one("#calls", DataTable)
+            table.clear(columns=True)
+            for name, width in self.COLUMNS:
+                if name in columns:
+                    table.add_column(name, key=name, width=width)
+            self._columns = columns
+            self._shown.clear()
+            if self.engine is not None:
+                selected = self.selected
+                self._refresh_list(table)
+                keys = [k.value for k in table.rows]
+                if selected in keys:  # the selection stays on its call
+                    table.move_cursor(row=keys.index(selected))
+
     def _refresh_list(self, table: DataTable) -> None:
         """The call list, twice a second: redrawing 50 rows is the costliest thing on screen."""
         assert self.engine is not None
@@ -346,12 +392,13 @@ class AiAgentApp(App[int]):
                 table.remove_row(key)
                 self._shown.pop(key, None)
         for cid, r in rows.items():
-            row = (r.caller_number or "unknown", _state_cell(r), f"{int(r.duration_s) // 60}:{int(r.duration_s) % 60:02d}", r.provider or "—")
+            cells = {"caller": r.caller_number or "unknown", "state": _state_cell(r), "time": f"{int(r.duration_s) // 60}:{int(r.duration_s) % 60:02d}", "provider": r.provider or "—"}
+            row = tuple(cells[c] for c in self._columns)
             shown = self._shown.get(cid)
             if shown is None:
                 table.add_row(*row, key=cid)
             elif shown != row:  # touch only what changed: with many calls this is most of the cost
-                for col, old, new in zip(("caller", "state", "time", "provider"), shown, row, strict=True):
+                for col, old, new in zip(self._columns, shown, row, strict=True):
                     if old != new:
                         table.update_cell(cid, col, new)
             self._shown[cid] = row

@@ -38,21 +38,26 @@ class Pane(Static):
 
 
 class HeaderBar(Pane):
+    compact = False  # a narrow terminal: the same facts, shorter (each line is cut, never wrapped)
+
     def show(self, s: EngineSummary) -> None:
         ari = Text("ARI ● connected", style="bold green") if s.ari_connected else Text("ARI ● down", style="bold red")
-        rtp = Text(f"RTP {s.rtp_address}/udp", style="green" if s.rtp_server_running else "red")
+        rtp = Text(f"RTP {s.rtp_address.rsplit(':', 1)[-1] if self.compact else s.rtp_address}/udp", style="green" if s.rtp_server_running else "red")
         provs = Text()
         for name, p in s.providers.items():
-            if p.detail == "not loaded":
+            if p.detail == "not loaded" or (self.compact and p.ready):
                 continue
             provs.append(f"{name}{'' if p.ready else ' (not ready)'} ", style="green" if p.ready else "red")
         to = Text(f"│  new calls → {s.default_provider}")
         if s.new_calls_provider != s.default_provider:  # the default is not ready: its fallback takes them
             to = Text.assemble("│  new calls → ", (f"{s.new_calls_provider} (fallback)", "bold yellow"))
-        line1 = Text.assemble(ari, "  │  ", rtp, "  │  providers: ", provs, to)
+        if self.compact:
+            line1 = Text.assemble(ari, " │ ", to, " │ ", rtp, " │ " if provs else "", provs)
+        else:
+            line1 = Text.assemble(ari, "  │  ", rtp, "  │  providers: ", provs, to)
         line2 = Text(f"calls {s.active_calls}/{s.max_calls}  total {s.calls_total}  refused {s.calls_rejected_over_capacity}  ", style="dim")
         line2.append(f"failed {s.calls_failed}", style="bold red" if s.calls_failed else "dim")
-        line2.append(f"  │  {s.downstream_mode} playback  │  ", style="dim")
+        line2.append("  │  " if self.compact else f"  │  {s.downstream_mode} playback  │  ", style="dim")
         busy = [q for q in s.model_queues if q.depth]
         if busy:  # model work queued: where the turns are waiting, instead of the URLs
             line2.append("models: ", style="dim")
@@ -60,12 +65,14 @@ class HeaderBar(Pane):
                 wait = q.oldest_wait_s
                 line2.append(f"{q.model.removeprefix('local-').removesuffix('-worker')} {q.depth}" + (f" ({wait:.1f} s)" if wait >= 0.1 else "") + "  ",
                              style="bold red" if wait >= 2.0 else "yellow" if wait >= 0.5 else "")
-        else:
+        elif not self.compact:
             line2.append(f"health {s.health_url}  metrics {s.metrics_url}", style="dim")
         if s.problems:  # a component or model worker down outranks the counters
             line2 = Text("⚠ " + "  │  ".join(s.problems), style="bold red")
         if not s.ari_connected:  # and ARI down outranks everything: no call can come in
             line2 = Text(f"⚠ {s.ari_last_error or 'connecting to ARI'}", style="bold red")
+        for line in (line1, line2):
+            line.no_wrap, line.overflow = True, "ellipsis"  # two lines, whatever the width
         self.show_content(Group(line1, line2))
 
 

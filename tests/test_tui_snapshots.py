@@ -115,3 +115,12 @@ async def test_keys_become_engine_commands_on_the_selected_call():
         ("call_provider", second, "deepgram"),
     ]
     assert runtime.stopped
+
+
+@pytest.mark.parametrize("size", [(80, 24), (160, 48)], ids=["80x24", "160x48"])
+def test_main_screen_fits_the_terminal(snap_compare, size):
+    """From an 80x24 SSH session (the calls above; the transcript and the turn timeline below;
+    numbers such as +4915112345678 whole) to a wide screen (every pane, the provider column)."""
+    app = live_app()
+    app.runtime.engine.add_call("+4915112345678", 600.0, ConversationState.PROCESSING, conversation_since=NOW - 6.0)
+    assert snap_compare(app, terminal_size=size, run_before=_settle)
