@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.config == "config.toml" and not Path("config.toml").exists():
         # The default file may be absent, but the operator must know the defaults are in use.
-        print(f"aiagent-tui: no config.toml in {Path.cwd()}: using the defaults and the environment (--config PATH reads another file)", file=sys.stderr)
+        # A note, not an error line ("aiagent-tui: ..." is kept for what stops the command).
+        print(f"note: no config.toml in {Path.cwd()}: using the defaults and the environment (--config PATH reads another file)", file=sys.stderr)
     if args.command == "check-config":
         print(json.dumps(config.masked(), indent=2))
         return 0

@@ -174,7 +174,7 @@ def test_sim_call_converse_waits_for_the_greeting_then_speaks(tmp_path):
 def test_without_a_config_file_the_commands_say_they_run_on_the_defaults(tmp_path):
     r = subprocess.run([BIN / "aiagent-tui", "check-config"], capture_output=True, text=True, timeout=30, cwd=tmp_path, env={**os.environ, "AIAGENT_MEDIA_DIR": str(tmp_path / "m")})
     assert r.returncode == 0 and json.loads(r.stdout)["storage"]["media_dir"] == str(tmp_path / "m")
-    assert f"no config.toml in {tmp_path}: using the defaults and the environment" in r.stderr
+    assert r.stderr.startswith(f"note: no config.toml in {tmp_path}: using the defaults and the environment")
     (tmp_path / "config.toml").write_text("[logging]\nlevel = 'WARNING'\n")
     r = subprocess.run([BIN / "aiagent-tui", "check-config"], capture_output=True, text=True, timeout=30, cwd=tmp_path)
     assert r.returncode == 0 and r.stderr == "" and json.loads(r.stdout)["logging"]["level"] == "WARNING"
