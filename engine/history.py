@@ -325,28 +325,32 @@ class HistoryDb:
     # -- reading
     def list(self, where: HistoryFilter = HistoryFilter(), limit: int = 50) -> list[CallRow]:
         """The newest calls first, filtered."""
-        caller, outcome, profile, since, until, text = where.caller, where.outcome, where.profile, where.since, where.until, where.text
         c = calls_table.c
-        q = sa.select(c.call_id, c.started_at, c.ended_at, c.caller_number, c.dialled, c.profile, c.outcome, c.turns)
-        if caller:
-            q = q.where(c.caller_number.contains(caller, autoescape=True))
-        if outcome:
-            q = q.where(c.outcome == outcome)
-        if profile:
-            q = q.where(c.profile == profile)
-        if since is not None:
-            q = q.where(c.started_at >= since)
-        if until is not None:
-            q = q.where(c.started_at < until)
-        if text:
+        needle = where.text.lower() if where.text else None
+        columns = [c.call_id, c.started_at, c.ended_at, c.caller_number, c.dialled, c.profile, c.outcome, c.turns]
+        q = sa.select(*columns, c.record) if needle else sa.select(*columns)  # the record only to search it
+        if where.caller:
+            q = q.where(c.caller_number.contains(where.caller, autoescape=True))
+        if where.outcome:
+            q = q.where(c.outcome == where.outcome)
+        if where.profile:
+            q = q.where(c.profile == where.profile)
+        if where.since is not None:
+            q = q.where(c.started_at >= where.since)
+        if where.until is not None:
+            q = q.where(c.started_at < where.until)
+        if needle:
             # The record's JSON holds the transcript; a match anywhere else in it is filtered out below.
-            q = q.where(sa.func.lower(c.record).contains(text.lower(), autoescape=True))
-        q = q.order_by(c.started_at.desc()).limit(limit if not text else None)
+            q = q.where(sa.func.lower(c.record).contains(needle, autoescape=True))
+        q = q.order_by(c.started_at.desc()).limit(None if needle else limit)
+        rows: list[CallRow] = []
         with self.engine.connect() as conn:
-            rows = [CallRow(*r) for r in conn.execute(q)]
-        if text:
-            needle = text.lower()
-            rows = [r for r in rows if (rec := self.get(r.call_id)) and any(needle in line.text.lower() for line in rec.transcript)][:limit]
+            for found in conn.execute(q):
+                if needle and not any(needle in line.text.lower() for line in CallRecord.model_validate_json(found[-1]).transcript):
+                    continue
+                rows.append(CallRow(*found[:8]))
+                if len(rows) == limit:
+                    break
         return rows
 
     def get(self, call_id: str) -> CallRecord | None:
