@@ -20,7 +20,7 @@ from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, OptionList, RichLog, Static
 from textual.widgets.option_list import Option
 
-from aiagent_tui.history_screen import HistoryScreen
+from aiagent_tui.history_screen import Diagnose, HistoryScreen
 from aiagent_tui.paths import state_dir
 from aiagent_tui.monitor import AudioMonitor, MonitorUnavailable
 from aiagent_tui.widgets import GatingPane, HeaderBar, LevelSparkline, RtpPane, TimelinePane, TranscriptPane, VadPane
@@ -200,11 +200,14 @@ class AiAgentApp(App[int]):
     # only on a wide terminal (the gating pane and the header name it otherwise).
     COLUMNS = (("caller", 16), ("state", 14), ("time", 5), ("provider", 8))
 
-    def __init__(self, runtime: EngineRuntime, dump_dir: Path | None = None, history_url: str | None = None) -> None:
+    def __init__(
+        self, runtime: EngineRuntime, dump_dir: Path | None = None, history_url: str | None = None, diagnose_call: Diagnose | None = None,
+    ) -> None:
         super().__init__()
         self.runtime = runtime  # starts the engine (and the simulator with --sim) in this app's loop
         self.dump_dir = (dump_dir or state_dir()).resolve()  # the notice gives the whole path
         self.history_url = history_url  # None: this engine keeps no history
+        self.diagnose_call = diagnose_call  # None: against the default norms
         self.engine: EngineView | None = None
         self.selected: str | None = None
         self.partials: dict[str, str] = {}
@@ -432,7 +435,7 @@ class AiAgentApp(App[int]):
         if self.history_url is None:
             self.notify("no call history: history.enabled is false in the config", severity="warning")
             return
-        self.push_screen(HistoryScreen(self.history_url))
+        self.push_screen(HistoryScreen(self.history_url, *([self.diagnose_call] if self.diagnose_call else [])))
 
     def action_barge_in(self) -> None:
         cid = self._need_call()

@@ -8,11 +8,13 @@ import json
 import logging
 import os
 import sys
+from functools import partial
 from pathlib import Path
 
 from aiagent_tui import history_cli
 from aiagent_tui.paths import state_dir
 from engine.config import AppConfig, ConfigError, load_config
+from engine.diagnosis import diagnose_in
 from engine.history import database_url
 from engine.engine import EngineStartError
 
@@ -93,7 +95,7 @@ def _attach(config: AppConfig, args: argparse.Namespace) -> int:
     from engine.console import console_socket
 
     path = Path(args.socket) if args.socket else console_socket(config.asterisk.app, config.console.socket)
-    app = AiAgentApp(AttachRuntime(path), history_url=_history_url(config))
+    app = AiAgentApp(AttachRuntime(path), history_url=_history_url(config), diagnose_call=partial(diagnose_in, config))
     result = app.run()
     return result if isinstance(result, int) else app.exit_code
 
@@ -109,7 +111,9 @@ def _run_app(config: AppConfig, args: argparse.Namespace) -> int:
     from aiagent_tui.app import AiAgentApp
     from aiagent_tui.runtime import Runtime
 
-    app = AiAgentApp(Runtime(config, sim=args.sim, demo_interval_s=args.demo_interval), history_url=_history_url(config))
+    app = AiAgentApp(
+        Runtime(config, sim=args.sim, demo_interval_s=args.demo_interval), history_url=_history_url(config), diagnose_call=partial(diagnose_in, config),
+    )
     result = app.run()
     return result if isinstance(result, int) else app.exit_code
 

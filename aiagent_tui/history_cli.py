@@ -1,8 +1,9 @@
-"""``aiagent-tui calls list|show|export``: the call history from a shell (scripts, SSH one-liners)."""
+"""``aiagent-tui calls list|show|diagnose|export``: the call history from a shell (scripts, SSH one-liners)."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import sys
@@ -11,6 +12,7 @@ from datetime import datetime
 from typing import TextIO
 
 from engine.config import AppConfig
+from engine.diagnosis import Diagnosis, diagnose_in
 from engine.history import OUTCOMES, CallRecord, HistoryDb, HistoryFilter, database_url
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -18,7 +20,7 @@ _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    calls = sub.add_parser("calls", help="the call history: list, show, export")
+    calls = sub.add_parser("calls", help="the call history: list, show, diagnose, export")
     csub = calls.add_subparsers(dest="calls_command", required=True)
     ls = csub.add_parser("list", help="the newest calls first")
     ls.add_argument("--caller", help="part of the caller's number")
@@ -31,6 +33,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     ls.add_argument("--json", action="store_true", help="one JSON object per line")
     show = csub.add_parser("show", help="one call: transcript, turns, actions, quality")
     show.add_argument("id", help="the call's id (or a unique beginning of it)")
+    dg = csub.add_parser("diagnose", help="what went wrong on a call, measured against its profile's norms")
+    dg.add_argument("id")
+    dg.add_argument("--json", action="store_true")
     ex = csub.add_parser("export", help="one call's whole record")
     ex.add_argument("id")
     ex.add_argument("--format", choices=["json"], default="json")
@@ -111,6 +116,12 @@ def main(config: AppConfig, args: argparse.Namespace, out: TextIO | None = None)
             return 1
         if args.calls_command == "export":
             print(rec.model_dump_json(indent=2), file=out)
+        elif args.calls_command == "diagnose":
+            d = diagnose_in(config, rec)
+            if args.json:
+                print(json.dumps(dataclasses.asdict(d), indent=2), file=out)
+            else:
+                print_diagnosis(d, out)
         else:
             show(rec, out)
         return 0
@@ -148,10 +159,19 @@ def show(r: CallRecord, out: TextIO) -> None:
         p("turns (seconds from the end of the caller's speech)")
         p(f"  {'at':11s}  {'to answer':>9s}  {'stt':>5s}  {'llm':>5s}  {'tts':>5s}  {'playout':>7s}")
         for t in r.turns:
-            p(f"  {datetime.fromtimestamp(t.at).strftime('%H:%M:%S.%f')[:-4]}  {_s(t.latency_s):>9s}  {_s(t.stt_s):>5s}  {_s(t.llm_first_sentence_s):>5s}  {_s(t.tts_first_audio_s):>5s}  {_s(t.playout_s):>7s}")
+            p(f"  {datetime.fromtimestamp(t.at).strftime('%H:%M:%S.%f')[:-4]}  {_s(t.latency_s):>9s}  {_s(t.stt_s):>5s}  {_s(t.llm_first_sentence_s):>5s}  {_s(t.tts_first_audio_s):>5s}  {_s(t.playout_s):>7s}"
+              + (f"  (the hold line at {t.hold_s:.2f}: 'to answer' is its)" if t.hold_s is not None else ""))
     if r.actions:
         p()
         p("actions")
         for a in r.actions:
             what = f"transfer to {a.department} ({a.target})" if a.kind == "transfer" else a.kind
             p(f"  {datetime.fromtimestamp(a.at).strftime('%H:%M:%S')}  {what} by {a.by}: {a.state}" + (f" - {a.detail}" if a.detail else "") + (f"; reason: {a.reason}" if a.reason else ""))
+
+
+def print_diagnosis(d: Diagnosis, out: TextIO) -> None:
+    print(f"call {d.call_id}: {d.headline}", file=out)
+    for f in d.findings:
+        print(f"  {f.severity:7s}  {f.says}", file=out)
+        for e in f.evidence:
+            print(f"           - {e}", file=out)

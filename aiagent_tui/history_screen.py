@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import time
+from typing import Callable
 
 from rich.text import Text
 from textual import work
@@ -18,8 +19,16 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Static
 
 from aiagent_tui.history_cli import parse_filters, show
-from engine.api import CallRow, HistoryDb, HistoryFilter
+from engine.api import CallRecord, CallRow, HistoryDb, HistoryFilter
 from engine.config import shown_url
+from engine.diagnosis import Diagnosis, diagnose
+from providers.profile import Norms
+
+Diagnose = Callable[[CallRecord], Diagnosis]
+
+
+def _default_norms(rec: CallRecord) -> Diagnosis:
+    return diagnose(rec, Norms())
 
 LIMIT = 500
 _OUTCOME_STYLE = {"failed": "bold red", "interrupted": "red", "live": "green", "transferred": "cyan", "agent_hung_up": "", "caller_hung_up": ""}
@@ -39,9 +48,10 @@ class HistoryScreen(Screen[None]):
     #history-table { height: 1fr; }
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, diagnose_call: Diagnose = _default_norms) -> None:
         super().__init__()
         self.url = url
+        self.diagnose_call = diagnose_call
         self.filters = HistoryFilter()
         self.rows: list[CallRow] = []
 
@@ -101,7 +111,7 @@ class HistoryScreen(Screen[None]):
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         if event.row_key.value is not None:
-            self.app.push_screen(CallDetailScreen(self.url, event.row_key.value))
+            self.app.push_screen(CallDetailScreen(self.url, event.row_key.value, self.diagnose_call))
 
     def action_focus_filter(self) -> None:
         self.query_one(Input).focus()
@@ -117,17 +127,18 @@ class HistoryScreen(Screen[None]):
 
 
 class CallDetailScreen(Screen[None]):
-    """One call from the history: what ``aiagent-tui calls show`` prints."""
+    """One call from the history: what ``aiagent-tui calls diagnose`` and ``calls show`` print."""
 
     BINDINGS = [Binding("escape", "app.pop_screen", "back")]
     CSS = """
     #detail-box { height: 1fr; border: round $primary; padding: 0 1; }
     """
 
-    def __init__(self, url: str, call_id: str) -> None:
+    def __init__(self, url: str, call_id: str, diagnose_call: Diagnose = _default_norms) -> None:
         super().__init__()
         self.url = url
         self.call_id = call_id
+        self.diagnose_call = diagnose_call
 
     def compose(self) -> ComposeResult:
         box = VerticalScroll(Static("reading…", id="detail"), id="detail-box")
@@ -152,7 +163,19 @@ class CallDetailScreen(Screen[None]):
             else:
                 out = io.StringIO()
                 show(rec, out)
-                text = Text(out.getvalue())
+                text = Text.assemble(diagnosis_text(self.diagnose_call(rec)), "\n", out.getvalue())
         finally:
             db.close()
         self.app.call_from_thread(self.query_one("#detail", Static).update, text)
+
+
+def diagnosis_text(d: Diagnosis) -> Text:
+    text = Text()
+    text.append("diagnosis: ", style="bold")
+    text.append(d.headline + "\n", style="bold red" if d.problems else "green")
+    for f in d.findings:
+        text.append(f"  {f.severity:7s} ", style="red" if f.severity == "problem" else "yellow")
+        text.append(f.says + "\n")
+        for e in f.evidence:
+            text.append(f"           - {e}\n", style="dim")
+    return text

@@ -23,6 +23,7 @@ from engine.sessions import (
     CallSession,
     CallState,
     ConversationChanged,
+    QUIET_MIN_S,
     ConversationState,
     SessionStore,
     TurnCompleted,
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 
 FILL_CHECK_S = 0.1
 SILENCE_DBFS = -96.0
+HISTORY_MAX_EVENTS = 200  # barge-ins and quiet spells kept per call (a storm is clear long before)
 
 
 @dataclass(slots=True)
@@ -293,7 +295,8 @@ class ConversationCoordinator:
                 self._set_state(ConversationState.LISTENING)
             return
         t = self._turn
-        if t is not None and t.first_audio_out is None and getattr(t, stage) is None:
+        # After the first audio too: behind a hold line, the answer's own stages still count.
+        if t is not None and getattr(t, stage) is None:
             setattr(t, stage, at)
 
     def first_audio_out(self, at: float) -> None:
@@ -393,6 +396,8 @@ class ConversationCoordinator:
         self._barge_run.clear()
         self._end_pause(resume=False)  # the stop below drops what was held
         s.barge_ins += 1
+        if len(s.barge_in_at) < HISTORY_MAX_EVENTS:
+            s.barge_in_at.append(time.monotonic())
         self.counters.barge_ins += 1
         if forced:
             self.counters.barge_ins_forced += 1
@@ -424,8 +429,11 @@ class ConversationCoordinator:
         s = self.session
         if s.conversation is state:
             return
+        now = time.monotonic()  # the store's time base (CallSession.created_mono)
+        if s.conversation is ConversationState.LISTENING and now - s.conversation_since >= QUIET_MIN_S and len(s.silences) < HISTORY_MAX_EVENTS:
+            s.silences.append((s.conversation_since, now - s.conversation_since))
         s.conversation = state
-        s.conversation_since = time.monotonic()  # the store's time base (CallSession.created_mono)
+        s.conversation_since = now
         self.store.set_state(s, _CALL_STATE[state])
         self._publish()
         self._on_state(state)

@@ -73,7 +73,7 @@ class Engine:
         h = config.history
         self.history = HistoryRecorder(
             self.store, HistoryDb(database_url(config)), h.engine_name or f"{socket.gethostname()}:{config.asterisk.app}",
-            h.retention_days, h.max_calls, self.supervisor.report,
+            h.retention_days, h.max_calls, self.supervisor.report, kernel_drops=self.rtp.kernel_drops,
         ) if h.enabled else None
         self._provider_locks: dict[str, asyncio.Lock] = {}
         self.asterisk_version: str | None = None

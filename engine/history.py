@@ -25,7 +25,7 @@ from pydantic import BaseModel
 
 from engine.config import AppConfig, shown_url
 from engine.ratelimit import RateLimitedLog
-from engine.sessions import CallSession, SessionStore, TurnTimeline
+from engine.sessions import QUIET_MIN_S, CallSession, ConversationState, SessionStore, TurnTimeline
 
 log = logging.getLogger(__name__)
 _rl = RateLimitedLog(log)
@@ -80,6 +80,7 @@ class TurnRecord(BaseModel):
     llm_first_sentence_s: float | None = None
     tts_first_audio_s: float | None = None
     playout_s: float | None = None
+    hold_s: float | None = None  # the hold line started (latency_s is then the hold line's)
 
 
 class ActionEntry(BaseModel):
@@ -107,6 +108,14 @@ class Quality(BaseModel):
     underruns: int = 0
     overruns: int = 0
     max_pacing_error_ms: float = 0.0
+    # Datagrams the engine's RTP socket lost to a full buffer while the call was up: every call's,
+    # not only this one's (the kernel counts per socket). None: not known.
+    kernel_drops: int | None = None
+
+
+class Silence(BaseModel):
+    at: float  # wall clock
+    seconds: float
 
 
 class CallRecord(BaseModel):
@@ -126,6 +135,8 @@ class CallRecord(BaseModel):
     end_reason: str | None = None
     downstream_mode: str = ""
     barge_ins: int = 0
+    barge_in_at: list[float] = []  # wall clock
+    silences: list[Silence] = []  # nobody speaking, no answer on the way (QUIET_MIN_S and longer)
     turns: list[TurnRecord] = []
     transcript: list[Line] = []
     actions: list[ActionEntry] = []
@@ -143,11 +154,22 @@ def _turn(t: TurnTimeline, speech_end: float, wall: float) -> TurnRecord:
         stt_s=_span(t.speech_end, t.stt_final),
         llm_first_sentence_s=_span(t.stt_final, t.first_sentence),
         tts_first_audio_s=_span(t.first_sentence, t.tts_first_audio),
-        playout_s=_span(t.tts_first_audio, t.first_audio_out),
+        playout_s=_span(t.tts_first_audio, t.first_audio_out) if t.hold is None else None,
+        hold_s=_span(t.speech_end, t.hold),
     )
 
 
-def record_of(s: CallSession, engine: str, providers: list[str], now_mono: float | None = None) -> CallRecord:
+def _silences(s: CallSession, wall: float, now_mono: float) -> list[Silence]:
+    spells = list(s.silences)
+    end = s.ended_at - wall if s.ended_at is not None else now_mono
+    if s.conversation is ConversationState.LISTENING and end - s.conversation_since >= QUIET_MIN_S:
+        spells.append((s.conversation_since, end - s.conversation_since))  # the one going on (or the last)
+    return [Silence(at=round(wall + at, 3), seconds=round(n, 2)) for at, n in spells]
+
+
+def record_of(
+    s: CallSession, engine: str, providers: list[str], now_mono: float | None = None, kernel_drops: int | None = None,
+) -> CallRecord:
     """The call's record as it stands. The engine's timeline is on the monotonic clock; ``wall``
     turns it into wall-clock times."""
     now_mono = time.monotonic() if now_mono is None else now_mono
@@ -170,6 +192,8 @@ def record_of(s: CallSession, engine: str, providers: list[str], now_mono: float
         end_reason=s.end_reason,
         downstream_mode=s.downstream_mode,
         barge_ins=s.barge_ins,
+        barge_in_at=[round(wall + t, 3) for t in s.barge_in_at],
+        silences=_silences(s, wall, now_mono),
         turns=[_turn(t, t.speech_end, wall) for t in s.turns if t.speech_end is not None],
         transcript=[Line(role=t.role, text=t.text, at=round(wall + t.at, 3)) for t in s.transcript],
         actions=[ActionEntry(kind=a.kind, by=a.by, reason=a.reason, department=a.department, target=a.target, state=a.state, detail=a.detail, at=a.at) for a in s.actions],
@@ -177,7 +201,7 @@ def record_of(s: CallSession, engine: str, providers: list[str], now_mono: float
             packets_in=rtp.packets, expected=rtp.expected, lost=rtp.lost, loss_pct=round(100.0 * rtp.loss_fraction, 3),
             jitter_ms=round(rtp.jitter_ms, 3), late_dropped=s.rtp_in_late, malformed=s.rtp_in_malformed,
             duplicates=rtp.duplicates, ssrc_changes=rtp.ssrc_changes, packets_out=out.packets, underruns=out.underruns,
-            overruns=out.overruns, max_pacing_error_ms=round(out.max_pacing_error_ms, 3),
+            overruns=out.overruns, max_pacing_error_ms=round(out.max_pacing_error_ms, 3), kernel_drops=kernel_drops,
         ),
     )
 
@@ -398,9 +422,11 @@ class HistoryRecorder:
 
     def __init__(
         self, store: SessionStore, db: HistoryDb, engine: str, retention_days: float, max_calls: int,
-        on_error: Callable[[str, BaseException], None],
+        on_error: Callable[[str, BaseException], None], kernel_drops: Callable[[], int | None] = lambda: None,
     ) -> None:
         self.db = db
+        self._kernel_drops = kernel_drops
+        self._drops_before: dict[str, int | None] = {}  # call id -> the socket's drop count at its start
         self.engine = engine
         self.retention_days = retention_days
         self.max_calls = max_calls
@@ -418,6 +444,7 @@ class HistoryRecorder:
     # ---- SessionWatcher
     def call_added(self, call: CallSession) -> None:
         self._live[call.call_id] = call
+        self._drops_before[call.call_id] = self._kernel_drops()
         self._note_provider(call)
 
     def call_removed(self, call: CallSession) -> None:
@@ -479,7 +506,11 @@ class HistoryRecorder:
                 sig, saved = _signature(s), self._saved.get(s.call_id)
                 if saved is None or saved[0] != sig or now - saved[1] >= QUALITY_REFRESH_S:
                     live.append((s, sig))
-        records = [record_of(s, self.engine, list(self._note_provider(s))) for s in ended + [s for s, _ in live]]
+        drops = self._kernel_drops()
+        records = [
+            record_of(s, self.engine, list(self._note_provider(s)), kernel_drops=self._drops_during(s.call_id, drops))
+            for s in ended + [s for s, _ in live]
+        ]
         if not records and not sync:
             return
         try:
@@ -494,6 +525,11 @@ class HistoryRecorder:
             self._ended.pop(s.call_id, None)
             self._providers.pop(s.call_id, None)
             self._saved.pop(s.call_id, None)
+            self._drops_before.pop(s.call_id, None)
+
+    def _drops_during(self, call_id: str, now: int | None) -> int | None:
+        before = self._drops_before.get(call_id)
+        return now - before if now is not None and before is not None else None
 
     async def _prune(self) -> None:
         older = time.time() - self.retention_days * 86400

@@ -19,6 +19,7 @@ from media.rtp_stats import RtpStreamStats
 
 log = logging.getLogger(__name__)
 
+QUIET_MIN_S = 2.0  # quiet spells kept for the history: shorter ones are a normal pause
 
 class CallState(str, enum.Enum):
     CONNECTING = "connecting"  # answered, bridge and ExternalMedia being set up
@@ -45,7 +46,8 @@ class TurnTimeline:
     llm_first_token: float | None = None
     first_sentence: float | None = None
     tts_first_audio: float | None = None
-    first_audio_out: float | None = None  # first agent frame sent / playback started
+    first_audio_out: float | None = None  # first agent frame sent / playback started (the hold line's, if held)
+    hold: float | None = None  # the provider said its hold line: the answer was slow
 
     @property
     def latency_s(self) -> float | None:
@@ -145,6 +147,9 @@ class CallSession:
     capture_enabled: bool = True
     downstream_mode: str = "file"
     barge_ins: int = 0
+    barge_in_at: list[float] = field(default_factory=list)  # monotonic, for the history (storms)
+    # (start, seconds) of each quiet spell past QUIET_MIN_S: nobody speaking, no answer on the way
+    silences: list[tuple[float, float]] = field(default_factory=list)
     voice: VoiceState = field(default_factory=VoiceState)
     turns: list[TurnTimeline] = field(default_factory=list)
     transcript: list[TranscriptTurn] = field(default_factory=list)

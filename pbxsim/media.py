@@ -447,9 +447,11 @@ class ExternalMediaEndpoint(Endpoint, asyncio.DatagramProtocol):
 
     is_agent = True
 
-    def __init__(self, remote: tuple[str, int], clock: "MediaClock") -> None:
+    def __init__(self, remote: tuple[str, int], clock: "MediaClock", loss_every: int = 0) -> None:
         self.remote = remote
         self.clock = clock
+        self.loss_every = loss_every  # fault: the network loses every Nth packet to the engine
+        self.packets_lost = 0
         self.bridge: Bridge | None = None
         self.transport: asyncio.DatagramTransport | None = None
         self.local: tuple[str, int] | None = None
@@ -482,6 +484,9 @@ class ExternalMediaEndpoint(Endpoint, asyncio.DatagramProtocol):
             self.ts = (self.ts + FRAME_BYTES * max(1, tick - self._last_tick)) & 0xFFFFFFFF
         self._last_tick = tick
         self.seq = (self.seq + 1) & 0xFFFF
+        if self.loss_every and self.seq % self.loss_every == 0:
+            self.packets_lost += 1
+            return
         self.transport.sendto(build_packet(PT_ULAW, self.seq, self.ts, self.ssrc, payload, marker), self.remote)
         self.packets_sent += 1
 

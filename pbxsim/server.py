@@ -286,6 +286,9 @@ class Faults:
     drop_ws_count: dict[str, int] = field(default_factory=dict)  # op -> how many more times (absent: always)
     # op -> seconds to wait before answering.
     delays: dict[str, float] = field(default_factory=dict)
+    # The network loses every Nth RTP packet on the way to the engine (0: none), on ExternalMedia
+    # channels created from then on.
+    rtp_loss_every: int = 0
 
     def take_bad_reply(self, op: str) -> tuple[int, str] | None:
         spec = self.bad_replies.get(op)
@@ -815,7 +818,7 @@ class SimPBX:
         cid = q.get("channelId") or self._new_id()
         if cid in self.channels:
             raise AriHttpError(409, "Channel with given unique ID already exists")
-        ep = ExternalMediaEndpoint((rhost, int(rport)), self.clock)
+        ep = ExternalMediaEndpoint((rhost, int(rport)), self.clock, loss_every=self.faults.rtp_loss_every)
         port = await self._open_rtp_port(ep)
         # The app that originated it keeps getting its events after Stasis (BEHAVIOUR.md).
         ch = SimChannel(cid, f"UnicastRTP/{host}-{cid}", "external", ep, state="Up", app=q["app"], subscribed={q["app"]})
@@ -1295,6 +1298,7 @@ class SimPBX:
             if "count" in spec:
                 f.drop_ws_count[op] = int(spec["count"])
         f.delays.update({op: float(v) for op, v in data.get("delays", {}).items()})
+        f.rtp_loss_every = int(data.get("rtp_loss_every", 0))
         return web.json_response({"ok": True})
 
     async def _sim_raw_event(self, request: web.Request) -> web.Response:

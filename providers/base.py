@@ -68,13 +68,14 @@ class ActionRequest:
     reason: str = ""  # in words, for the call's log (e.g. the caller's own)
 
 
-TurnStage = Literal["stt_final", "llm_first_token", "first_sentence", "tts_first_audio", "no_answer"]
+TurnStage = Literal["stt_final", "llm_first_token", "first_sentence", "tts_first_audio", "hold", "no_answer"]
 
 
 @dataclass(slots=True, frozen=True)
 class TurnMark:
-    """A provider reached a stage of its answer (monotonic loop time); "no_answer" means the
-    utterance gets none (nothing was understood), so the conversation goes back to listening."""
+    """A provider reached a stage of its answer (monotonic loop time); "hold" means it said its hold
+    line because the answer was slow; "no_answer" means the utterance gets none (nothing was
+    understood), so the conversation goes back to listening."""
 
     stage: TurnStage
     at: float

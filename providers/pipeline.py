@@ -502,6 +502,7 @@ class PipelineCall(ProviderCall):
         def hold() -> None:
             speech = self.m.cache.get(self.cfg.hold_line)  # pinned at load: no model work
             if not turn.cancelled and not turn.spoken and speech is not None:
+                self._emit(TurnMark("hold", self._loop.time()))
                 self._play(self.cfg.hold_line, speech)
 
         turn.hold = self._loop.call_at(started_at + after, hold)

@@ -46,6 +46,21 @@ class Department(ConfigSection):
         return self.endpoint or f"{self.extension}@{self.context}"
 
 
+class Norms(ConfigSection):
+    """What a good call of this profile looks like: ``aiagent-tui calls diagnose`` measures a call's
+    record against these. Turn figures are seconds from the end of the caller's speech."""
+
+    answer_s: float = Field(1.5, gt=0)  # to the first agent audio the caller hears
+    stt_s: float = Field(0.8, gt=0)  # to the final transcription
+    llm_first_sentence_s: float = Field(1.0, gt=0)  # from the transcription to the first sentence
+    tts_first_audio_s: float = Field(0.4, gt=0)  # from that sentence to its first audio
+    playout_s: float = Field(0.3, gt=0)  # from that audio to the caller (file mode: the playback's start)
+    silence_s: float = Field(6.0, gt=0)  # nobody speaking and nothing being answered this long: dead air
+    loss_pct: float = Field(1.0, ge=0)  # caller packets lost on the way in
+    jitter_ms: float = Field(30.0, ge=0)
+    barge_ins_per_minute: float = Field(4.0, gt=0)  # more: a storm (echo, line noise, a talkative caller)
+
+
 class AgentProfile(ConfigSection):
     # Dialled extensions or Stasis arguments (Stasis(aiagent,ARG)) that select this profile.
     match: list[str] = []
@@ -67,6 +82,7 @@ class AgentProfile(ConfigSection):
     # The caller says nothing this long: "still_there"; then this much longer: closing and hangup.
     silence_prompt_s: float = Field(10.0, ge=0)  # 0: no silence watchdog
     silence_hangup_s: float = Field(8.0, gt=0)
+    norms: Norms = Norms()
 
     @model_validator(mode="after")
     def _digits_unique(self) -> AgentProfile:

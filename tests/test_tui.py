@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 
 from pydantic import SecretStr
-from textual.widgets import DataTable, RichLog
+from textual.widgets import DataTable, RichLog, Static
 
 from aiagent_tui.runtime import Runtime
 from aiagent_tui.app import AiAgentApp, ConfirmScreen, HelpScreen, ProviderScreen
@@ -254,6 +254,8 @@ async def test_history_screen_lists_past_calls_filters_them_and_opens_one(tmp_pa
         await until(pilot, lambda: "transcript" in app.export_screenshot())
         detail = app.export_screenshot().replace("&#160;", " ")
         assert done.id in detail and "5550142" in detail and "beep" in detail and "RTP in:" in detail
+        shown = str(app.screen.query_one("#detail", Static).content)
+        assert shown.startswith("diagnosis: nothing wrong found: caller hung up")  # what calls diagnose prints, on top
         await pilot.press("escape")
         assert isinstance(app.screen, HistoryScreen)
         await pilot.press("escape")

@@ -1,0 +1,220 @@
+"""What went wrong on a call, from its history record: ``aiagent-tui calls diagnose ID``.
+
+The record is measured against the profile's norms (``[profiles.NAME.norms]``). Each finding says
+what happened in the operator's words, with the figures that show it and, where there is one, what
+to look at next. A problem is something a caller felt (a slow answer, dead air, a lost turn, broken
+audio); a note is worth knowing but felt by nobody.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+from engine.config import AppConfig
+from engine.history import CallRecord, TurnRecord
+from providers.profile import DEFAULT_PROFILE, Norms
+
+Severity = Literal["problem", "note"]
+
+# The stages of a turn as the record has them, with the norm each is measured against.
+_STAGES: tuple[tuple[str, str, str], ...] = (
+    ("stt_s", "speech to text", "stt_s"),
+    ("llm_first_sentence_s", "the LLM's first sentence", "llm_first_sentence_s"),
+    ("tts_first_audio_s", "text to speech's first audio", "tts_first_audio_s"),
+    ("playout_s", "getting the audio to the caller", "playout_s"),
+)
+_STAGE_HINT = {
+    "stt_s": "the STT model or its server is slow (a bigger model, a busy GPU, a CPU with too many calls)",
+    "llm_first_sentence_s": "the LLM is slow to start answering (model size, context length, a busy server)",
+    "tts_first_audio_s": "the TTS voice is slow to synthesise its first sentence",
+    "playout_s": "the engine held the audio back (file mode waits for a whole sentence; stream mode for its pacer)",
+}
+MIN_STORM = 3  # barge-ins: fewer is never a storm, whatever the norm
+
+
+@dataclass(slots=True)
+class Finding:
+    kind: str  # failed | interrupted | provider_error | fallback | slow_turns | dead_air | loss | jitter | kernel_drops | barge_in_storm | action_failed | ...
+    severity: Severity
+    says: str
+    evidence: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Diagnosis:
+    call_id: str
+    headline: str
+    findings: list[Finding]
+
+    @property
+    def problems(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "problem"]
+
+
+def _clock(t: float) -> str:
+    return datetime.fromtimestamp(t).strftime("%H:%M:%S")
+
+
+def _offset(rec: CallRecord, t: float) -> str:
+    return f"{_clock(t)} ({t - rec.started_at:.0f} s in)"
+
+
+def diagnose(rec: CallRecord, norms: Norms, profile_known: bool = True) -> Diagnosis:
+    found: list[Finding] = []
+    if not profile_known:
+        found.append(Finding("norms", "note", f"profile {rec.profile!r} is no longer in the config: measured against the default norms"))
+    _ending(rec, found)
+    _providers(rec, found)
+    _turns(rec, norms, found)
+    _silences(rec, norms, found)
+    _audio(rec, norms, found)
+    _barge_ins(rec, norms, found)
+    _actions(rec, found)
+    problems = [f for f in found if f.severity == "problem"]
+    if problems:
+        headline = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}: " + "; ".join(f.says for f in problems)
+    else:
+        turns = [t.latency_s for t in rec.turns if t.latency_s is not None]
+        answered = f", {len(turns)} turn(s) answered within {norms.answer_s:.1f} s" if turns else ""
+        headline = f"nothing wrong found: {rec.outcome.replace('_', ' ')}{answered}"
+    return Diagnosis(rec.call_id, headline, found)
+
+
+def diagnose_in(config: AppConfig, rec: CallRecord) -> Diagnosis:
+    """Against the norms of the call's profile as the config has it now."""
+    profile = config.profiles.get(rec.profile)
+    return diagnose(rec, (profile or config.profiles[DEFAULT_PROFILE]).norms, profile is not None)
+
+
+def _ending(rec: CallRecord, found: list[Finding]) -> None:
+    if rec.outcome == "failed":
+        found.append(Finding("failed", "problem", f"the call failed: {rec.end_reason}", [f"ended {_offset(rec, rec.ended_at or rec.started_at)}"]))
+    elif rec.outcome == "interrupted":
+        found.append(Finding(
+            "interrupted", "problem", "the engine stopped during the call (killed or crashed): its record ends where it stopped",
+            ["look at the engine's log and the service manager's journal around " + _clock(rec.ended_at or rec.started_at)],
+        ))
+
+
+def _providers(rec: CallRecord, found: list[Finding]) -> None:
+    if rec.provider_errors:
+        found.append(Finding(
+            "provider_error", "problem",
+            f"the provider failed {rec.provider_errors} time(s)" + (f": {rec.last_provider_error}" if rec.last_provider_error else ""),
+            ["a lost turn is answered with an apology; a fatal error hands the call to the fallback provider"],
+        ))
+    if len(rec.providers) > 1:
+        found.append(Finding("fallback", "problem", f"the call fell back from {rec.providers[0]} to {' then '.join(rec.providers[1:])}"))
+
+
+def answered_after(t: TurnRecord) -> float | None:
+    """When the caller heard the answer, from the end of their speech. Behind a hold line the
+    turn's latency is the hold line's: the answer's own is its stages (its playout not known)."""
+    if t.hold_s is None:
+        return t.latency_s
+    stages = [t.stt_s, t.llm_first_sentence_s, t.tts_first_audio_s]
+    return round(sum(x for x in stages if x is not None), 4) if None not in stages else t.latency_s
+
+
+def _turns(rec: CallRecord, norms: Norms, found: list[Finding]) -> None:
+    slow = [t for t in rec.turns if (a := answered_after(t)) is not None and a > norms.answer_s]
+    unanswered = [t for t in rec.turns if t.latency_s is None and t.stt_s is not None]
+    if unanswered:
+        found.append(Finding(
+            "unanswered", "note", f"{len(unanswered)} turn(s) heard but never answered with audio (a lost turn, a barge-in, or the call ended)",
+            [f"caller stopped speaking at {_offset(rec, t.at)}" for t in unanswered[:5]],
+        ))
+    if not slow:
+        return
+    # The stage to blame is the one most over its own norm, over all the slow turns.
+    excess: dict[str, list[float]] = {}
+    evidence = []
+    for t in slow:
+        worst = _worst_stage(t, norms)
+        stages = ", ".join(f"{label} {getattr(t, name):.2f} s" for name, label, _ in _STAGES if getattr(t, name) is not None)
+        held = f"; the hold line played after {t.hold_s:.2f} s" if t.hold_s is not None else ""
+        evidence.append(f"{_offset(rec, t.at)}: answered after {answered_after(t):.2f} s ({stages}{held})")
+        if worst is not None:
+            excess.setdefault(worst, []).append(getattr(t, worst))
+    answered = sum(1 for t in rec.turns if t.latency_s is not None)
+    says = f"{len(slow)} of {answered} answers took longer than {norms.answer_s:.1f} s (worst {max(answered_after(t) or 0 for t in slow):.1f} s)"
+    if excess:
+        name = max(excess, key=lambda n: len(excess[n]) * 100 + max(excess[n]) - getattr(norms, n))
+        label = next(lb for n, lb, _ in _STAGES if n == name)
+        values = excess[name]
+        norm = getattr(norms, name)
+        says += f": {label} took up to {max(values):.1f} s against its norm of {norm:.1f} s (+{max(values) - norm:.1f} s)"
+        evidence.append(f"likely cause: {_STAGE_HINT[name]}")
+    found.append(Finding("slow_turns", "problem", says, evidence))
+
+
+def _worst_stage(t: TurnRecord, norms: Norms) -> str | None:
+    over = [(getattr(t, name) - getattr(norms, norm), name) for name, _, norm in _STAGES if getattr(t, name) is not None]
+    over = [(x, n) for x, n in over if x > 0]
+    return max(over)[1] if over else None
+
+
+def _silences(rec: CallRecord, norms: Norms, found: list[Finding]) -> None:
+    long = [s for s in rec.silences if s.seconds >= norms.silence_s]
+    watchdog = [a for a in rec.actions if a.by == "silence"]
+    if long:
+        found.append(Finding(
+            "dead_air", "problem",
+            f"{len(long)} silence(s) of {norms.silence_s:.0f} s or more with nobody speaking (longest {max(s.seconds for s in long):.1f} s)",
+            [f"{_offset(rec, s.at)}: {s.seconds:.1f} s" for s in long[:5]]
+            + ["a caller who says nothing may not hear the agent: compare RTP out and the agent's lines in the transcript"],
+        ))
+    for a in watchdog:
+        found.append(Finding("silence_watchdog", "note", f"the silence watchdog ended the call: {a.reason}", [f"at {_offset(rec, a.at)}"]))
+
+
+def _audio(rec: CallRecord, norms: Norms, found: list[Finding]) -> None:
+    q = rec.quality
+    if q.loss_pct > norms.loss_pct:
+        found.append(Finding(
+            "loss", "problem", f"{q.loss_pct:.1f} % of the caller's packets were lost on the way in (norm {norms.loss_pct:.1f} %)",
+            [f"{q.lost} of {q.expected} packets lost", "the network between Asterisk and the engine: speech to text hears gaps"],
+        ))
+    if q.jitter_ms > norms.jitter_ms:
+        found.append(Finding(
+            "jitter", "problem", f"the caller's packets arrived unevenly: jitter {q.jitter_ms:.0f} ms (norm {norms.jitter_ms:.0f} ms)",
+            [f"{q.late_dropped} packet(s) came too late to use"],
+        ))
+    if q.kernel_drops:
+        found.append(Finding(
+            "kernel_drops", "problem", f"the engine fell behind: its RTP socket dropped {q.kernel_drops} datagram(s) while the call was up",
+            ["every call on the engine lost audio then; raise [rtp] receive_buffer_bytes or take fewer calls per engine"],
+        ))
+    if q.ssrc_changes:
+        found.append(Finding("ssrc", "note", f"the caller's stream changed source {q.ssrc_changes} time(s) (a re-INVITE, a transfer, or a media server change)"))
+    if q.malformed:
+        found.append(Finding("malformed", "note", f"{q.malformed} malformed RTP packet(s) from the caller's side were dropped"))
+    if q.underruns:
+        found.append(Finding(
+            "underruns", "note", f"the agent's audio ran dry {q.underruns} time(s) while it spoke (the caller heard a gap)",
+            [f"pacing error up to {q.max_pacing_error_ms:.1f} ms"],
+        ))
+
+
+def _barge_ins(rec: CallRecord, norms: Norms, found: list[Finding]) -> None:
+    times = sorted(rec.barge_in_at)
+    allowed = max(MIN_STORM - 1, int(norms.barge_ins_per_minute))
+    worst, start = 0, 0
+    for i, t in enumerate(times):
+        while t - times[start] > 60.0:
+            start += 1
+        worst = max(worst, i - start + 1)
+    if worst > allowed:
+        found.append(Finding(
+            "barge_in_storm", "problem", f"{worst} barge-ins within a minute cut the agent off (norm {norms.barge_ins_per_minute:.0f} a minute)",
+            [f"{rec.barge_ins} barge-ins in all", "echo of the agent's own voice, a noisy line, or a VAD too eager: look at [vad] and the caller's level"],
+        ))
+
+
+def _actions(rec: CallRecord, found: list[Finding]) -> None:
+    for a in rec.actions:
+        if a.state in ("failed", "refused"):
+            what = f"transfer to {a.department}" + (f" ({a.target})" if a.target else "") if a.kind == "transfer" else a.kind
+            found.append(Finding("action_" + a.state, "problem", f"the {what} asked for by {a.by} {a.state}: {a.detail or 'no detail'}", [f"at {_offset(rec, a.at)}"]))
