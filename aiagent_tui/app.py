@@ -17,6 +17,7 @@ from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical
 from textual.coordinate import Coordinate
 from textual.screen import ModalScreen
+from textual.notifications import SeverityLevel
 from textual.widgets import DataTable, Footer, OptionList, RichLog, Static
 from textual.widgets.option_list import Option
 
@@ -39,6 +40,7 @@ HELP = """\
   [b]h[/b]     hang up the selected call (asks first; an ended call stays listed a few seconds)
   [b]d[/b]     dump the selected call (transcript, RTP stats, turn timeline) to a JSON file
   [b]H[/b]     call history: past calls, filtered (/), each in full (enter)
+  [b]R[/b]     reload config.toml: new calls get its profiles, prompts, timings; calls up keep theirs
   [b]?[/b]     this help          [b]q[/b]  quit (asks first if that hangs calls up; attached: detach)
 
 Panes: RTP/SSRC stats of the caller's stream and the agent's; the VAD level of the last seconds;
@@ -181,7 +183,8 @@ class AiAgentApp(App[int]):
     #confirm-box { width: 64; height: auto; border: thick $warning; padding: 1 2; background: $surface; }
     #provider-box { width: 60; height: auto; border: thick $primary; padding: 1 2; background: $surface; }
     """
-    BINDINGS = [
+    BINDINGS = [  # help first: at 80 columns the footer shows what fits, from the left
+        Binding("question_mark", "help", "help"),
         Binding("p", "provider", "provider"),
         Binding("b", "barge_in", "barge-in"),
         Binding("m", "monitor", "monitor"),
@@ -189,12 +192,12 @@ class AiAgentApp(App[int]):
         Binding("h", "hangup", "hang up"),
         Binding("d", "dump", "dump"),
         Binding("H", "history", "history"),
-        Binding("question_mark", "help", "help"),
+        Binding("R", "reload", "reload"),
         Binding("q", "quit", "quit"),
     ]
 
     # Keys that act on the live calls: only on the live calls' screen (not under a history or a dialog).
-    LIVE_ACTIONS = frozenset({"provider", "barge_in", "monitor", "transfer", "hangup", "dump", "history"})
+    LIVE_ACTIONS = frozenset({"provider", "barge_in", "monitor", "transfer", "hangup", "dump", "history", "reload"})
     ENDED_ROW_S = 5.0  # an ended call stays in the list (and selected) this long, shown as ended
     # The call list's columns: wide enough for +4915112345678 and "agent speaking"; the provider
     # only on a wide terminal (the gating pane and the header name it otherwise).
@@ -237,7 +240,7 @@ class AiAgentApp(App[int]):
         log = RichLog(id="log", wrap=True, markup=False, max_lines=500)
         log.border_title = "log"
         yield log
-        yield Footer()
+        yield Footer(show_command_palette=False)  # room for the keys (^p still opens the palette)
 
     @staticmethod
     def _pane(widget: Static, title: str) -> Static:
@@ -475,6 +478,16 @@ class AiAgentApp(App[int]):
                 self.notify(f"transferring {cid[-8:]} to {name}" if ok else f"transfer refused: {cid[-8:]} is ending or already acting", severity="information" if ok else "error")
 
         self.push_screen(TransferScreen(departments), chosen)
+
+    @work(exclusive=True, group="reload")
+    async def action_reload(self) -> None:
+        """Re-reads the config file: new calls get the profiles, prompts, timings and default
+        provider it now has; calls in progress keep theirs; a bad file is refused whole."""
+        if self.engine is None:
+            return
+        result = await self.runtime.reload()
+        severity: SeverityLevel = "error" if result.refused or result.failed else "warning" if result.restart else "information"
+        self.notify(f"config {result.describe()}", title="reload", severity=severity, timeout=12)
 
     def action_provider(self) -> None:
         if self.engine is None:

@@ -12,15 +12,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from engine.api import AudioTap
-from engine.console import CALLS, EVENTS, SNAPSHOT, SUMMARY
+from engine.console import CALLS, EVENTS, RELOAD, SNAPSHOT, SUMMARY
 from engine.sessions import CallSnapshot, CallSummary, SessionStore
-from engine.status import EngineSummary
+from engine.status import EngineSummary, ReloadResult
 from providers.base import Readiness
 
 log = logging.getLogger(__name__)
@@ -189,6 +190,14 @@ class AttachedEngine:
     def set_audio_tap(self, call_id: str, tap: AudioTap | None) -> bool:
         return False
 
+    async def reload(self) -> ReloadResult:
+        """The engine reads its config file again (its own file and environment)."""
+        try:
+            async with self.http.post("/reload") as r:
+                return RELOAD.validate_json(await r.read())
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as e:
+            return ReloadResult(time.time(), (), (), (f"could not ask the engine: {e}",))
+
 
 class AttachRuntime:
     """The app's runtime when attached: connects, and detaches on quit (no call is touched)."""
@@ -209,6 +218,11 @@ class AttachRuntime:
         if self.engine is not None:
             engine, self.engine = self.engine, None
             await engine.close()
+
+    async def reload(self) -> ReloadResult:
+        if self.engine is None:
+            raise RuntimeError("not attached")
+        return await self.engine.reload()
 
     def describe(self) -> str:
         return f"attached to the engine on {self.path}"

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     from aiagent_tui.service import run_headless
 
     try:
-        return asyncio.run(run_headless(Runtime(config, sim=args.sim, demo_interval_s=args.demo_interval)))
+        return asyncio.run(run_headless(Runtime(config, sim=args.sim, demo_interval_s=args.demo_interval, config_path=args.config)))
     except EngineStartError as e:
         print(f"aiagent-tui: {e}", file=sys.stderr)
         return 1
@@ -111,9 +111,9 @@ def _run_app(config: AppConfig, args: argparse.Namespace) -> int:
     from aiagent_tui.app import AiAgentApp
     from aiagent_tui.runtime import Runtime
 
-    app = AiAgentApp(
-        Runtime(config, sim=args.sim, demo_interval_s=args.demo_interval), history_url=_history_url(config), diagnose_call=partial(diagnose_in, config),
-    )
+    runtime = Runtime(config, sim=args.sim, demo_interval_s=args.demo_interval, config_path=args.config)
+    # Against the norms as the last reload left them.
+    app = AiAgentApp(runtime, history_url=_history_url(config), diagnose_call=lambda rec: diagnose_in(runtime.config, rec))
     result = app.run()
     return result if isinstance(result, int) else app.exit_code
 

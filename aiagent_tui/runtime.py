@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from engine.config import AppConfig
+from pathlib import Path
+
+from engine.config import AppConfig, ConfigError, load_config
 from engine.console import ConsoleServer, console_socket
 from engine.engine import Engine, EngineStartError
+from engine.status import ReloadResult
 from pbxsim.demo import demo_calls
 from pbxsim.server import SimPBX
 
@@ -18,8 +21,9 @@ log = logging.getLogger(__name__)
 class Runtime:
     ends_calls = True  # the engine lives and dies with the app (or the service)
 
-    def __init__(self, config: AppConfig, sim: bool = False, demo_interval_s: float = 8.0) -> None:
+    def __init__(self, config: AppConfig, sim: bool = False, demo_interval_s: float = 8.0, config_path: str | Path | None = None) -> None:
         self.config = config
+        self.config_path = config_path  # what a reload reads (with the environment, as at start); None: no file
         self.sim = sim
         self.demo_interval_s = demo_interval_s
         self.engine: Engine | None = None
@@ -49,7 +53,7 @@ class Runtime:
     async def _start_console(self, engine: Engine) -> ConsoleServer:
         """The socket ``aiagent-tui attach`` connects to."""
         path = console_socket(self.config.asterisk.app, self.config.console.socket)
-        console = ConsoleServer(engine, path)
+        console = ConsoleServer(engine, path, self.reload)
         try:
             await console.start()
         except OSError as e:
@@ -88,6 +92,21 @@ class Runtime:
         if self.pbx is not None:
             pbx, self.pbx = self.pbx, None
             await pbx.stop()
+
+    async def reload(self) -> ReloadResult:
+        """Reads the config file again and hands it to the engine (SIGHUP, the console's R). A file
+        that does not load or would not work is refused whole: the running config stays."""
+        engine = self.engine
+        if engine is None:
+            raise RuntimeError("the engine is not running")
+        if self.config_path is None:
+            return engine.reload_refused("the engine was started without a config file: there is nothing to read again")
+        try:
+            result = await engine.reload(load_config(self.config_path))
+        except ConfigError as e:
+            return engine.reload_refused(str(e))
+        self.config = engine.config
+        return result
 
     def describe(self) -> str:
         if self.pbx is not None:

@@ -8,7 +8,7 @@ from typing import Callable, Protocol
 
 from engine.history import CallRecord, CallRow, HistoryDb, HistoryFilter
 from engine.sessions import SessionStore
-from engine.status import EngineSummary
+from engine.status import EngineSummary, ReloadResult
 from providers.base import Readiness
 
 __all__ = ["AudioTap", "CallRecord", "CallRow", "EngineRuntime", "EngineView", "HistoryDb", "HistoryFilter"]  # the call history is read directly
@@ -48,4 +48,8 @@ class EngineRuntime(Protocol):
 
     async def start(self) -> EngineView: ...
     async def stop(self) -> None: ...
+    async def reload(self) -> ReloadResult:
+        """Reads the config file again: new calls get what changed (see engine.config.LIVE_SECTIONS)."""
+        ...
+
     def describe(self) -> str: ...

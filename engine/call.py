@@ -85,7 +85,9 @@ class Call:
         self.setup_task: asyncio.Task[None] | None = None
         self.teardown_task: asyncio.Task[None] | None = None
         self._tasks = OwnedTasks(f"[{session.call_id}] call")
-        self.profile = services.config.profiles[session.profile]
+        # The config as it was when the call came in: a reload changes the calls after it, not this one.
+        self.config = services.config
+        self.profile = self.config.profiles[session.profile]
         self.action: ActionRecord | None = None  # the action under way (one at a time)
         self.watchdog = SilenceWatchdog(
             services.clock, self.profile.silence_prompt_s, self.profile.silence_hangup_s, self._silence_prompt, self._silence_hangup,
@@ -119,12 +121,12 @@ class Call:
         self._watch_silence = self.profile.silence_prompt_s > 0 and provider.half_duplex and provider.speaks_text
         self.watchdog.enabled = self._watch_silence
         self.conversation = ConversationCoordinator(
-            sv.config, s, sv.store, pcall, provider.half_duplex, provider.continuous_input,
+            self.config, s, sv.store, pcall, provider.half_duplex, provider.continuous_input,
             sv.conversation_counters, sv.observe_turn_latency, self.spawn, sv.clock, self.watchdog.state,
         )
-        frames = sv.config.playback.stream_queue_max_ms // FRAME_MS
+        frames = self.config.playback.stream_queue_max_ms // FRAME_MS
         self.media = CallMedia(s, remote, self, max_queue_frames=frames)
-        if sv.config.playback.downstream_mode == "stream":
+        if self.config.playback.downstream_mode == "stream":
             self._use_stream()
         else:
             self._use_files()
@@ -141,7 +143,7 @@ class Call:
         ready = provider.readiness()
         if not ready.ready:
             raise RuntimeError(f"provider {name} is not ready: {ready.detail}")
-        vad = self.services.config.vad
+        vad = self.config.vad
         ctx = CallContext(
             call_id=s.call_id,
             caller_number=s.caller_number,
@@ -182,7 +184,7 @@ class Call:
         sv = self.services
         self.session.downstream_mode = "file"
         conv.downstream = FilePlayback(
-            sv.ari, self.session, self.token, sv.config.storage.media_dir, sv.config.playback, sv.playback_counters,
+            sv.ari, self.session, self.token, self.config.storage.media_dir, self.config.playback, sv.playback_counters,
             self.spawn, conv.tokens_changed, conv.first_audio_out, conv.reference, sv.clock,
         )
 
@@ -270,7 +272,7 @@ class Call:
             s.provider.last_error = ev.message
             self.services.store.log(s.call_id, logging.ERROR, f"provider {s.provider.name}: {ev.message}")
             if ev.fatal:
-                fallback = self.services.config.providers.fallback_for(s.provider.name)
+                fallback = self.config.providers.fallback_for(s.provider.name)
                 if fallback and fallback != s.provider.name:
                     self.spawn(self._fall_back(fallback, ev.message))
                 else:
@@ -367,7 +369,7 @@ class Call:
                 # Asterisk answers 204 even for a target that does not exist and then drops the
                 # caller; subscribed to its channel, call control still sees that hangup.
                 try:
-                    await sv.ari.subscribe(sv.config.asterisk.app, f"channel:{s.caller_channel_id}")
+                    await sv.ari.subscribe(self.config.asterisk.app, f"channel:{s.caller_channel_id}")
                 except (AriError, AriUnavailable) as e:
                     log.warning("[%s] transfer: no subscription to the caller (%s); a dropped transfer will not be seen", self.call_id, e)
                 await sv.ari.continue_in_dialplan(s.caller_channel_id, dept.context, dept.extension, dept.priority)
@@ -449,7 +451,7 @@ class Call:
                 log.error("[%s] teardown: provider stop failed: %s", self.call_id, e, exc_info=e)
 
     def delete_files(self) -> None:
-        media_dir = self.services.config.storage.media_dir
+        media_dir = self.config.storage.media_dir
         if not media_dir.is_dir():
             return
         for f in media_dir.glob(f"{self.token}-*"):

@@ -9,6 +9,7 @@ touches another.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import contextlib
 import logging
 import uuid
@@ -106,6 +107,11 @@ class CallController:
         self.closing = False
         self._spawn = self._tasks.spawn
         self._ended_call_task_errors = 0
+
+    def reconfigure(self, config: AppConfig) -> None:
+        """A reloaded config, for the calls that come in from now on (each call keeps its own)."""
+        self.config = config
+        self.services = dataclasses.replace(self.services, config=config)
 
     @property
     def task_errors(self) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
@@ -184,6 +185,48 @@ class AppConfig(_Section):
         data["asterisk"]["ari_password"] = "********" if self.asterisk.ari_password.get_secret_value() else ""
         data["history"]["url"] = shown_url(self.history.url)
         return data
+
+
+# What a reload (SIGHUP, the console's R) applies to the calls that start after it: who the agent
+# is, how speech is found, how audio goes out, the log level, the default provider. Everything
+# else (ports, ARI, models, servers, storage, history) is bound at start: named, applied at restart.
+LIVE_SECTIONS = ("profiles", "vad", "barge_in", "playback", "logging")
+LIVE_SETTINGS = ("providers.default",)
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadPlan:
+    config: AppConfig  # the running config with what a reload applies
+    applied: tuple[str, ...]  # dotted settings that changed and apply to new calls
+    restart: tuple[str, ...]  # dotted settings that changed and wait for a restart
+
+
+def _changed(old: Any, new: Any, path: str) -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for key in dict.fromkeys([*old, *new]):
+            if old.get(key, _MISSING) != new.get(key, _MISSING):
+                out += _changed(old.get(key), new.get(key), f"{path}.{key}" if path else str(key))
+        return out
+    return [path] if old != new else []
+
+
+_MISSING = object()
+
+
+def plan_reload(running: AppConfig, new: AppConfig) -> ReloadPlan:
+    """What reloading ``new`` over ``running`` changes. Raises ConfigError when the result would not
+    be a valid config (a profile naming a provider that only a restart would add)."""
+    changed = _changed(running.model_dump(mode="json"), new.model_dump(mode="json"), "")
+    live = [c for c in changed if c.split(".")[0] in LIVE_SECTIONS or c in LIVE_SETTINGS]
+    restart = [c for c in changed if c not in live]
+    update: dict[str, Any] = {name: getattr(new, name) for name in LIVE_SECTIONS}
+    update["providers"] = running.providers.model_copy(update={"default": new.providers.default})
+    try:
+        merged = AppConfig.model_validate({**running.model_dump(), **update})
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e, {}) + "\n  (with the running providers: a new one needs a restart)") from None
+    return ReloadPlan(merged, tuple(live), tuple(restart))
 
 
 def shown_url(url: str) -> str:

@@ -25,14 +25,14 @@ import socket
 import stat
 import tempfile
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, Awaitable, Callable, get_args
 
 from aiohttp import web
 from pydantic import TypeAdapter
 
 from engine.api import EngineView
 from engine.sessions import CallSnapshot, CallSummary, SessionEvent
-from engine.status import EngineSummary
+from engine.status import EngineSummary, ReloadResult
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ EVENTS: dict[str, TypeAdapter[Any]] = {t.__name__: TypeAdapter(t) for t in get_a
 SUMMARY = TypeAdapter(EngineSummary)
 CALLS = TypeAdapter(list[CallSummary])
 SNAPSHOT = TypeAdapter(CallSnapshot | None)
+RELOAD = TypeAdapter(ReloadResult)
 
 
 RUN_DIR = Path("/run/aiagent-tui")  # the systemd unit's RuntimeDirectory (owned by its User, 0700)
@@ -66,9 +67,10 @@ def encode_event(event: SessionEvent) -> str:
 
 
 class ConsoleServer:
-    def __init__(self, engine: EngineView, path: Path) -> None:
+    def __init__(self, engine: EngineView, path: Path, reload: Callable[[], Awaitable[ReloadResult]] | None = None) -> None:
         self.engine = engine
         self.path = path
+        self._reload = reload  # the composition root's: it knows the config file
         self._runner: web.AppRunner | None = None
         self._sockets: set[web.WebSocketResponse] = set()
 
@@ -86,6 +88,7 @@ class ConsoleServer:
         app.router.add_get("/events", self._events)
         app.router.add_post("/calls/{call_id}/{action}", self._call_action)
         app.router.add_post("/provider", self._provider)
+        app.router.add_post("/reload", self._reload_config)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()
         old = os.umask(0o177)  # the socket is born 0600: no window where others may connect
@@ -148,6 +151,13 @@ class ConsoleServer:
             return web.json_response({"ok": False, "error": f"no action {action}"}, status=404)
         log.info("console: %s on %s: %s", action, call_id, "done" if ok else "refused")
         return web.json_response({"ok": ok})
+
+    async def _reload_config(self, request: web.Request) -> web.Response:
+        if self._reload is None:
+            return web.json_response({"ok": False, "error": "this engine cannot reload its config"}, status=404)
+        result = await self._reload()
+        log.info("console: config reload: %s", result.describe())
+        return web.Response(text=RELOAD.dump_json(result).decode(), content_type="application/json")
 
     async def _provider(self, request: web.Request) -> web.Response:
         body = await request.json()

@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from typing import Any
 
 from engine.ari.client import AriClient
 from engine.ari.events import AriEventStream
 from engine.api import AudioTap
 from engine.calls import CallController
-from engine.config import AppConfig
+from engine.config import AppConfig, ConfigError, plan_reload
 from engine.health import HealthServer
 from engine.history import HistoryDb, HistoryRecorder, database_url
 from engine.metrics import EngineMetrics
@@ -31,6 +32,7 @@ from engine.status import (
     EngineSummary,
     ModelQueue,
     PlaybackTotals,
+    ReloadResult,
     RtpCounters,
 )
 from engine.supervisor import Supervisor
@@ -77,6 +79,7 @@ class Engine:
         ) if h.enabled else None
         self._provider_locks: dict[str, asyncio.Lock] = {}
         self.asterisk_version: str | None = None
+        self.last_reload: ReloadResult | None = None
         self.started = False
 
     # ---- lifecycle
@@ -84,7 +87,7 @@ class Engine:
         """Bind sockets, load the default provider, connect to ARI. Fails fast on what an operator
         must fix (a port in use, a provider that cannot load); a missing Asterisk is not fatal:
         the event stream keeps retrying with backoff."""
-        self._check_media_dir()
+        _check_media_dir(self.config)
         try:
             await self.rtp.start()
         except OSError as e:
@@ -142,22 +145,6 @@ class Engine:
             self.default_provider,
         )
 
-    def _check_media_dir(self) -> None:
-        """File mode needs a directory the engine writes and Asterisk reads: say so now, not on
-        the first call."""
-        if self.config.playback.downstream_mode != "file":
-            return
-        d = self.config.storage.media_dir
-        try:
-            d.mkdir(mode=0o755, parents=True, exist_ok=True)
-            probe = d / ".aiagent-write-test"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as e:
-            raise EngineStartError(
-                f"storage.media_dir {d} is not writable ({e.strerror or e}); create it "
-                "(e.g. install -d -g asterisk -m 0755 DIR) or set AIAGENT_MEDIA_DIR"
-            ) from e
 
     def _fatal(self, why: str) -> None:
         """A component failed for good: whoever runs the engine stops it and exits non-zero."""
@@ -227,6 +214,57 @@ class Engine:
             p = self.providers.get(name)
             out[name] = p.readiness() if p is not None else Readiness(False, "not loaded")
         return out
+
+    # ---- reload
+    async def reload(self, new: AppConfig) -> ReloadResult:
+        """Applies what can change while calls are up (config.LIVE_SECTIONS) to the calls that come
+        in from now on; names what waits for a restart. Raises ConfigError, changing nothing, when
+        the result would not work (a profile naming a provider that is not configured, file mode
+        without a writable media directory)."""
+        plan = plan_reload(self.config, new)
+        if plan.config.playback.downstream_mode == "file" and self.config.playback.downstream_mode != "file":
+            try:
+                _check_media_dir(plan.config)
+            except EngineStartError as e:
+                raise ConfigError(str(e)) from None
+        failed: list[str] = []
+        self.config = plan.config
+        self.calls.reconfigure(plan.config)
+        if "logging.level" in plan.applied:  # only when the file changed it: --log-level stays otherwise
+            logging.getLogger().setLevel(plan.config.logging.level)
+        if plan.config.providers.default != self.default_provider:
+            try:
+                await self.set_default_provider(plan.config.providers.default)
+            except Exception as e:  # not ready, or cannot load: new calls stay where they were
+                failed.append(f"providers.default: {e}")
+        profiles = tuple(plan.config.profiles.values())
+        for name in dict.fromkeys(p.provider for p in profiles):
+            if name and name not in self.providers:
+                try:
+                    await self.get_provider(name)
+                except Exception as e:
+                    failed.append(f"provider {name} (a profile's) cannot start: {e}")
+        for provider in list(self.providers.values()):
+            await provider.prepare(profiles)
+        result = ReloadResult(time.time(), plan.applied, plan.restart, tuple(failed))
+        self.last_reload = result
+        self.store.log(None, logging.WARNING if failed or plan.restart else logging.INFO, f"config reloaded: {result.describe()}")
+        return result
+
+    def _reload_problems(self) -> tuple[str, ...]:
+        r = self.last_reload
+        if r is None:
+            return ()
+        if r.refused is not None:
+            return (f"config reload refused (the running config stays): {r.refused}",)
+        return (f"config: {', '.join(r.restart)} changed: restart to apply",) if r.restart else ()
+
+    def reload_refused(self, error: str) -> ReloadResult:
+        """A reload that could not be read or would not work: the running config stays."""
+        result = ReloadResult(time.time(), (), (), (), refused=error)
+        self.last_reload = result
+        self.store.log(None, logging.ERROR, f"config reload refused, the running config stays: {error}")
+        return result
 
     # ---- commands (the terminal app's keys call these)
     async def set_default_provider(self, name: str) -> None:
@@ -323,10 +361,11 @@ class Engine:
             problems=tuple(
                 f"{c.name} {c.state}" + (f": {c.last_error}" if c.last_error else "")
                 for c in components if not c.ok
-            ) + overloaded,
+            ) + overloaded + self._reload_problems(),
             model_queues=queues,
             health_url=f"{base}/health",
             metrics_url=f"{base}/metrics",
+            last_reload=self.last_reload,
         )
 
     def components(self) -> list[ComponentStatus]:
@@ -386,3 +425,21 @@ class Engine:
     def health(self) -> dict[str, Any]:
         """The /health document."""
         return self.status().as_json()
+
+
+def _check_media_dir(config: AppConfig) -> None:
+    """File mode needs a directory the engine writes and Asterisk reads: say so now, not on the
+    first call."""
+    if config.playback.downstream_mode != "file":
+        return
+    d = config.storage.media_dir
+    try:
+        d.mkdir(mode=0o755, parents=True, exist_ok=True)
+        probe = d / ".aiagent-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise EngineStartError(
+            f"storage.media_dir {d} is not writable ({e.strerror or e}); create it "
+            "(e.g. install -d -g asterisk -m 0755 DIR) or set AIAGENT_MEDIA_DIR"
+        ) from e

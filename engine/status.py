@@ -20,6 +20,31 @@ class ModelQueue:
 
 
 @dataclass(frozen=True, slots=True)
+class ReloadResult:
+    """The last config reload (SIGHUP, the console's R): what it applied to new calls, what waits for
+    a restart, what it could not do, or why the file was refused whole."""
+
+    at: float  # wall clock
+    applied: tuple[str, ...]  # dotted settings
+    restart: tuple[str, ...]
+    failed: tuple[str, ...]
+    refused: str | None = None
+
+    def describe(self) -> str:
+        if self.refused is not None:
+            return f"refused: {self.refused}"
+        parts = [f"{_listed(self.applied)} for new calls" if self.applied else "nothing changed that applies while running"]
+        if self.restart:
+            parts.append(f"{_listed(self.restart)} at the next restart")
+        parts += self.failed
+        return "; ".join(parts)
+
+
+def _listed(names: tuple[str, ...], most: int = 6) -> str:
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+@dataclass(frozen=True, slots=True)
 class EngineSummary:
     """The engine without per-call detail: cheap enough for a header drawn ten times a second."""
 
@@ -46,6 +71,7 @@ class EngineSummary:
     model_queues: tuple[ModelQueue, ...]  # each model stage's jobs (in-process workers, servers)
     health_url: str
     metrics_url: str
+    last_reload: ReloadResult | None = None
 
 
 @dataclass(frozen=True, slots=True)

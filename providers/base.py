@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Callable, Literal, Sequence
 
 from providers.profile import ActionKind, AgentProfile
 
@@ -192,6 +192,10 @@ class Provider(ABC):
 
     @abstractmethod
     def open_call(self, ctx: CallContext, emit: EmitFn) -> ProviderCall: ...
+
+    async def prepare(self, profiles: Sequence[AgentProfile]) -> None:
+        """The config was reloaded: readies what these profiles will need (their fixed lines, their
+        instructions), so that the first new call does not wait for it. Failures are logged here."""
 
     async def close(self) -> None:
         """At engine shutdown, after every call has stopped."""

@@ -14,7 +14,7 @@ import asyncio
 import dataclasses
 import logging
 from collections import OrderedDict
-from typing import Any
+from typing import Any, Sequence
 from dataclasses import dataclass, field
 
 from media.audio import voiced_ms
@@ -49,6 +49,7 @@ from providers.remote.openai import OpenAiLlm, OpenAiServer, OpenAiStt, OpenAiTt
 from providers.remote.server import ModelServer
 from providers.remote.wyoming import WyomingServer, WyomingStt, WyomingTts
 from providers.stages import LanguageModel, Priority, Reply, Speech, SpeechToText, Stage, StageBusy, StageFailed, TextToSpeech
+from providers.profile import AgentProfile
 from providers.tools import action_for, action_functions
 
 log = logging.getLogger(__name__)
@@ -614,39 +615,44 @@ class PipelineProvider(Provider):
     speaks_text = True
 
     def __init__(
-        self, name: str, config: ProvidersConfig, pool: StagePool, phrases: tuple[str, ...] = (), instructions: tuple[str, ...] = ()
+        self, name: str, config: ProvidersConfig, pool: StagePool, profiles: Sequence[AgentProfile] = ()
     ) -> None:
         self.name = name
         self.cfg = config.local
         self.spec = config.pipeline(name)
         self.fallback = config.fallback_for(name)
         self.pool = pool
-        self.phrases = phrases
-        self.instructions = instructions
+        self.profiles = profiles
         self.models: Pipeline | None = None
         self._error: str | None = None
 
     async def load(self) -> None:
         """Starts its stages (a clear ModelNotFound names the setting and path when a local model
         file is missing; a server that does not answer yet is shown as down, not an error). The
-        fixed ``phrases`` (greetings, closing lines, announcements), the apology and the hold line are
-        synthesized now, so they cost nothing on a call and play even while the TTS is down; the
-        ``instructions`` are read by an in-process LLM now (its prefix cache)."""
+        profiles' fixed lines (greetings, closing lines, announcements), the apology and the hold line
+        are synthesized now, so they cost nothing on a call and play even while the TTS is down; their
+        instructions are read by an in-process LLM now (its prefix cache)."""
         try:
             stt, llm, voice = await self.pool.stages(self.spec)
         except Exception as e:
             self._error = str(e)
             raise
-        m = self.models = Pipeline(stt, llm, voice)
-        for system in dict.fromkeys(self.instructions):
+        self.models = Pipeline(stt, llm, voice)
+        await self.prepare(self.profiles)
+
+    async def prepare(self, profiles: Sequence[AgentProfile]) -> None:
+        m = self.models
+        if m is None:
+            return
+        for system in dict.fromkeys(p.instructions() for p in profiles):
             try:
-                await llm.prime(system)
+                await m.llm.prime(system)
             except (StageBusy, StageFailed) as e:
                 log.warning("%s: the LLM could not read a profile's instructions ahead: %s", self.name, e)
-        for text in dict.fromkeys((*self.phrases, self.cfg.apology, self.cfg.hold_line)):
+        for text in dict.fromkeys((*(t for p in profiles for t in p.fixed_phrases()), self.cfg.apology, self.cfg.hold_line)):
             if text and m.cache.get(text) is None:
                 try:
-                    m.cache.put(text, await voice.tts.synthesize(spoken(text)), pin=True)
+                    m.cache.put(text, await m.voice.tts.synthesize(spoken(text)), pin=True)
                 except (StageBusy, StageFailed) as e:
                     log.warning("%s: could not synthesize %r ahead (%s); it will be on its first use", self.name, text, e)
 

@@ -28,8 +28,7 @@ def build_provider(name: str, config: ProvidersConfig, pool: StagePool, profiles
     if config.is_pipeline(name):
         from providers.pipeline import PipelineProvider
 
-        phrases = tuple(dict.fromkeys(t for p in profiles for t in p.fixed_phrases() if t))
-        return PipelineProvider(name, config, pool, phrases, tuple(dict.fromkeys(p.instructions() for p in profiles)))
+        return PipelineProvider(name, config, pool, profiles)
     if name == "deepgram":
         from providers.deepgram import DeepgramProvider
 

@@ -23,7 +23,7 @@ from engine.sessions import (
     TranscriptTurn,
     TurnTimeline,
 )
-from engine.status import EngineSummary, ModelQueue
+from engine.status import EngineSummary, ModelQueue, ReloadResult
 from providers.base import Readiness
 
 NOW = 5000.0
@@ -165,12 +165,18 @@ class ScriptedRuntime:
     def __init__(self, engine: ScriptedEngine) -> None:
         self.engine = engine
         self.stopped = False
+        self.reloads = 0
+        self.reload_result = ReloadResult(0.0, ("profiles.default.greeting",), ("rtp.port",), ())
 
     async def start(self) -> ScriptedEngine:
         return self.engine
 
     async def stop(self) -> None:
         self.stopped = True
+
+    async def reload(self) -> ReloadResult:
+        self.reloads += 1
+        return self.reload_result
 
     def describe(self) -> str:
         return "scripted engine"

@@ -183,6 +183,10 @@ async def test_attach_shows_a_headless_engines_calls_controls_them_and_detaches(
             await pilot.press("m")
             await pilot.pause(0.3)
             assert any("attached" in str(n.message) for n in app._notifications)
+            # R: the engine reads its config again (this one was started without a file: refused, said).
+            await pilot.press("R")
+            await until(pilot, lambda: any("without a config file" in str(n.message) for n in app._notifications))
+            assert eng.last_reload is not None and eng.last_reload.refused is not None
             # h: the engine hangs the call up.
             await pilot.press("h", "y")
             await until(pilot, lambda: first.ended_by is not None)

@@ -117,6 +117,20 @@ async def test_keys_become_engine_commands_on_the_selected_call():
     assert runtime.stopped
 
 
+async def test_r_reloads_the_config_and_says_what_applies_now_and_what_at_restart():
+    runtime = ScriptedRuntime(ScriptedEngine.two_calls())
+    app = AiAgentApp(runtime)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause(0.3)
+        await pilot.press("R")
+        await pilot.pause(0.3)
+        said = [str(n.message) for n in app._notifications]
+        assert runtime.reloads == 1
+        assert "config profiles.default.greeting for new calls; rtp.port at the next restart" in said
+        assert [n.severity for n in app._notifications] == ["warning"]  # something waits for a restart
+        await pilot.press("q", "y")
+
+
 @pytest.mark.parametrize("size", [(80, 24), (160, 48)], ids=["80x24", "160x48"])
 def test_main_screen_fits_the_terminal(snap_compare, size):
     """From an 80x24 SSH session (the calls above; the transcript and the turn timeline below;
