@@ -148,6 +148,8 @@ def show(r: CallRecord, out: TextIO) -> None:
     q = r.quality
     p(f"  RTP in: {q.packets_in} packets, {q.lost} lost ({q.loss_pct:.1f} %), jitter {q.jitter_ms:.1f} ms, {q.late_dropped} late, {q.malformed} malformed, {q.ssrc_changes} SSRC changes")
     p(f"  RTP out: {q.packets_out} packets, {q.underruns} underruns, {q.overruns} overruns, pacing error up to {q.max_pacing_error_ms:.1f} ms")
+    if r.recording:
+        p(f"  recording: {r.recording} (caller left, agent right)")
     p()
     p("transcript")
     for line in r.transcript:

@@ -1,12 +1,17 @@
-"""Listening in on a call on this machine's sound device (sounddevice/PortAudio).
+"""Listening on this machine's sound device (sounddevice/PortAudio): in on a live call, or to a
+recorded one.
 
-The engine hands over the caller's and the agent's audio as it flows; this mixes the two at
-8 kHz and plays them. On a PBX with no sound device (the usual case) it says so instead."""
+The engine hands over the caller's and the agent's audio as it flows; AudioMonitor mixes the two
+at 8 kHz and plays them. Replay plays a recording (both sides mixed) and knows where it is, for the
+transcript to follow. On a PBX with no sound device (the usual case) they say so instead."""
 
 from __future__ import annotations
 
 import threading
+import wave
 from collections import deque
+from pathlib import Path
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
@@ -20,8 +25,20 @@ class MonitorUnavailable(Exception):
     pass
 
 
-class AudioMonitor:
-    def __init__(self, call_id: str) -> None:
+# PortAudio's callback: (out int16[frames, 1], frames, time info, status).
+Callback = Callable[[np.ndarray, int, Any, Any], None]
+
+
+class Output(Protocol):
+    device: str
+
+    def close(self) -> None: ...
+
+
+class _SoundDevice:
+    """The default output device, 8 kHz mono, pulling audio from ``callback`` on PortAudio's thread."""
+
+    def __init__(self, callback: Callback) -> None:
         try:
             import sounddevice as sd
         except OSError as e:  # PortAudio itself is missing
@@ -30,16 +47,32 @@ class AudioMonitor:
             info = sd.query_devices(kind="output")
         except Exception as e:
             raise MonitorUnavailable(f"no audio output device on this machine ({e})") from e
-        self.call_id = call_id
         self.device = str(info.get("name", "default output"))
-        self._lock = threading.Lock()
-        self._queues: dict[str, deque[np.ndarray]] = {"caller": deque(), "agent": deque()}
-        self._resamplers: dict[tuple[str, int], Resampler] = {}
         try:
-            self._stream = sd.OutputStream(samplerate=RATE, channels=1, dtype="int16", callback=self._play)
+            self._stream = sd.OutputStream(samplerate=RATE, channels=1, dtype="int16", callback=callback)
             self._stream.start()
         except Exception as e:
             raise MonitorUnavailable(f"cannot open {self.device}: {e}") from e
+
+    def close(self) -> None:
+        try:
+            self._stream.stop()
+            self._stream.close()
+        except Exception:
+            pass
+
+
+OpenOutput = Callable[[Callback], Output]
+
+
+class AudioMonitor:
+    def __init__(self, call_id: str, open_output: OpenOutput = _SoundDevice) -> None:
+        self.call_id = call_id
+        self._lock = threading.Lock()
+        self._queues: dict[str, deque[np.ndarray]] = {"caller": deque(), "agent": deque()}
+        self._resamplers: dict[tuple[str, int], Resampler] = {}
+        self._out = open_output(self._play)
+        self.device = self._out.device
 
     def feed(self, source: str, pcm16: bytes, rate: int) -> None:
         """Called by the engine on its loop: must be quick."""
@@ -75,8 +108,43 @@ class AudioMonitor:
         outdata[:, 0] = np.clip(mix, -32768, 32767).astype(np.int16)
 
     def close(self) -> None:
+        self._out.close()
+
+
+class Replay:
+    """A recorded call on the sound device, both sides mixed; ``position_s`` is what has been played.
+    Space pauses (the device plays silence meanwhile)."""
+
+    def __init__(self, path: str | Path, open_output: OpenOutput = _SoundDevice) -> None:
         try:
-            self._stream.stop()
-            self._stream.close()
-        except Exception:
-            pass
+            with wave.open(str(path)) as w:
+                if (w.getnchannels(), w.getsampwidth(), w.getframerate()) != (2, 2, RATE):
+                    raise MonitorUnavailable(f"{path} is not a call recording (8 kHz 16-bit stereo)")
+                both = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16).reshape(-1, 2).astype(np.int32)
+        except (OSError, EOFError, wave.Error) as e:
+            raise MonitorUnavailable(f"cannot read the recording {path}: {e}") from e
+        self.samples = np.clip(both[:, 0] + both[:, 1], -32768, 32767).astype(np.int16)
+        self.duration_s = len(self.samples) / RATE
+        self._pos = 0
+        self.paused = False
+        self._out = open_output(self._play)
+        self.device = self._out.device
+
+    @property
+    def position_s(self) -> float:
+        return self._pos / RATE
+
+    @property
+    def done(self) -> bool:
+        return self._pos >= len(self.samples)
+
+    def _play(self, outdata, frames, time_info, status) -> None:  # PortAudio's thread
+        outdata[:, 0] = 0
+        if self.paused:
+            return
+        chunk = self.samples[self._pos : self._pos + frames]
+        outdata[: len(chunk), 0] = chunk
+        self._pos += len(chunk)
+
+    def close(self) -> None:
+        self._out.close()

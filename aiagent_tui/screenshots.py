@@ -1,6 +1,6 @@
 """Refreshes screenshots/: the main screen with live calls, the help screen, the provider picker
 (and its refusal of a provider that is not ready), the doctor output, the call history and one
-call from it.
+call from it and its recording replayed.
 
     python -m aiagent_tui.screenshots [--out screenshots] [--provider local]
 
@@ -15,13 +15,17 @@ import io
 import asyncio
 import socket
 import tempfile
+import threading
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 
 from textual.widgets import DataTable
 
 from aiagent_tui.app import AiAgentApp
+from aiagent_tui.history_screen import CallDetailScreen
+from aiagent_tui.monitor import Callback
 from aiagent_tui.runtime import Runtime
 from engine.config import load_config
 from engine.history import database_url
@@ -38,6 +42,7 @@ async def capture(out: Path, provider: str) -> None:
     cfg = load_config(None, env={"ASTERISK_ARI_PORT": str(_free_port()), "RTP_PORT": "0", "HEALTH_PORT": str(_free_port()),
                                  "AIAGENT_MEDIA_DIR": str(media), "AIAGENT_PROVIDER": provider,
                                  "AIAGENT_HISTORY_PATH": str(Path(tempfile.mkdtemp()) / "history.sqlite3")})
+    cfg.profiles["default"].record = True
     app = AiAgentApp(Runtime(cfg, sim=True, demo_interval_s=4.0), history_url=database_url(cfg))
     async with app.run_test(size=(120, 40), notifications=True) as pilot:
         loop = asyncio.get_running_loop()
@@ -86,8 +91,37 @@ async def capture(out: Path, provider: str) -> None:
         await pilot.press("enter")
         await pilot.pause(1.0)
         app.save_screenshot("history-call.svg", str(out))
+        # its recording replayed (a machine with no sound card: a silent one that keeps time)
+        call_id = str(list(table.rows)[ended].value)
+        await pilot.press("escape")
+        detail = CallDetailScreen(database_url(cfg), call_id, open_output=_SilentCard)
+        app.push_screen(detail)
+        while (detail.record is None or detail.current_line is None or detail.current_line < 1) and loop.time() < end + 120:
+            if detail.record is not None and detail.replay is None:
+                await pilot.press("p")
+            await pilot.pause(0.3)
+        app.save_screenshot("history-replay.svg", str(out))
         await pilot.press("escape", "escape")
         await pilot.press("q")
+
+
+class _SilentCard:
+    """Plays nothing, in real time."""
+
+    device = "no sound card (silent)"
+
+    def __init__(self, callback: Callback) -> None:
+        self._stop = threading.Event()
+
+        def run() -> None:
+            out = np.zeros((160, 1), dtype=np.int16)
+            while not self._stop.wait(0.02):
+                callback(out, 160, None, None)
+
+        threading.Thread(target=run, daemon=True).start()
+
+    def close(self) -> None:
+        self._stop.set()
 
 
 async def capture_servers(out: Path) -> None:
@@ -139,7 +173,7 @@ def main() -> int:
         print(f"wrote {out}/model-server-down.svg")
         return 0
     asyncio.run(capture(out, args.provider))
-    print(f"wrote {out}/main.svg, help.svg, provider.svg, provider-refused.svg, doctor.svg, history.svg, history-call.svg")
+    print(f"wrote {out}/main.svg, help.svg, provider.svg, provider-refused.svg, doctor.svg, history.svg, history-call.svg, history-replay.svg")
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Coroutine
 
@@ -21,6 +22,7 @@ from engine.config import AppConfig
 from engine.conversation import ConversationCoordinator, ConversationCounters
 from engine.media import CallMedia
 from engine.playback import FilePlayback, PlaybackCounters, StreamPlayback
+from engine.recording import CallRecording, Recordings
 from engine.rtp_server import RtpServer
 from engine.sessions import ActionRecord, CallSession, ConversationState, ProviderSession, SessionStore, TranscriptTurn
 from engine.tasks import OwnedTasks
@@ -71,6 +73,7 @@ class CallServices:
     conversation_counters: ConversationCounters
     action_counters: ActionCounters
     observe_turn_latency: Callable[[float], None]
+    recordings: Recordings | None = None
 
 
 class Call:
@@ -80,6 +83,7 @@ class Call:
         self.token = token  # names the call's bridge, ExternalMedia channel and files; never caller text
         self._end = end  # call control ends the call (hangs the caller up) on a failure it cannot survive
         self.media: CallMedia | None = None
+        self.recording: CallRecording | None = None  # the profile records calls
         self.provider_call: ProviderCall | None = None
         self.conversation: ConversationCoordinator | None = None
         self.setup_task: asyncio.Task[None] | None = None
@@ -126,6 +130,10 @@ class Call:
         )
         frames = self.config.playback.stream_queue_max_ms // FRAME_MS
         self.media = CallMedia(s, remote, self, max_queue_frames=frames)
+        if self.profile.record and sv.recordings is not None:
+            rec = self.recording = sv.recordings.start(s.call_id, sv.clock.now)
+            s.recording, s.recording_started_at = str(rec.path), time.time()
+            self.conversation.recording = self.media.recording = rec
         if self.config.playback.downstream_mode == "stream":
             self._use_stream()
         else:
@@ -185,7 +193,7 @@ class Call:
         self.session.downstream_mode = "file"
         conv.downstream = FilePlayback(
             sv.ari, self.session, self.token, self.config.storage.media_dir, self.config.playback, sv.playback_counters,
-            self.spawn, conv.tokens_changed, conv.first_audio_out, conv.reference, sv.clock,
+            self.spawn, conv.tokens_changed, conv.first_audio_out, conv.reference, sv.clock, self.recording,
         )
 
     def _use_stream(self) -> None:
@@ -440,6 +448,8 @@ class Call:
                 self.services.rtp.pacer.discard(self.media)
             if self.conversation is not None:
                 self.conversation.close()
+            if self.recording is not None and self.services.recordings is not None:
+                self.services.recordings.finish(self.recording)
         except Exception as e:
             log.error("[%s] teardown: stopping media failed: %s", self.call_id, e, exc_info=e)
         if self.provider_call is not None:

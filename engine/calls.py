@@ -34,6 +34,7 @@ from engine.actions import TRANSFER_CHECK_S, ActionCounters, report_action
 from engine.call import Call, CallServices, ProviderLookup
 from engine.clock import Clock, LoopClock
 from engine.config import AppConfig
+from engine.recording import Recordings
 from engine.conversation import ConversationCounters
 from engine.playback import PlaybackCounters
 from engine.rtp_server import RtpServer
@@ -78,6 +79,7 @@ class CallController:
         observe_turn_latency: Callable[[float], None] = lambda s: None,
         clock: Clock | None = None,
         ready_for_calls: Callable[[], bool] = lambda: True,
+        recordings: Recordings | None = None,
     ) -> None:
         self.config = config
         self.app = config.asterisk.app
@@ -92,7 +94,7 @@ class CallController:
         self.action_counters = ActionCounters()
         self.services = CallServices(
             config, ari, store, rtp, get_provider, clock or LoopClock(),
-            self.playback_counters, self.conversation_counters, self.action_counters, observe_turn_latency,
+            self.playback_counters, self.conversation_counters, self.action_counters, observe_turn_latency, recordings,
         )
         # Callers transferred by continue, watched for a moment: a hangup this soon means the PBX
         # dropped them (the target does not exist).

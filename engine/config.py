@@ -127,6 +127,9 @@ class HistoryConfig(_Section):
     retention_days: float = Field(90.0, gt=0)
     max_calls: int = Field(100_000, ge=1)  # beyond this, the oldest calls go
     engine_name: str = ""  # this engine in a shared history; "": HOST:APP
+    # Recordings of the profiles with record = true, one WAV per call, with the retention above.
+    # None: "recordings" beside storage.media_dir (/var/lib/aiagent/recordings).
+    recordings_dir: Path | None = None
 
     @field_validator("url")
     @classmethod

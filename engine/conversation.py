@@ -18,6 +18,7 @@ from typing import Callable
 from engine.clock import Clock, Timer
 from engine.config import AppConfig
 from engine.playback import Downstream, Spawn
+from engine.recording import CallRecording
 from engine.sessions import (
     BargeIn,
     CallSession,
@@ -89,6 +90,7 @@ class ConversationCoordinator:
         self.continuous_input = False
         # An operator listening in (the terminal app's monitor): gets ("caller"|"agent", pcm, rate).
         self.tap: Callable[[str, bytes, int], None] | None = None
+        self.recording: CallRecording | None = None  # the call's, when its profile records
         self._observe_turn_latency = observe_turn_latency
         self._spawn = spawn
         self._clock = clock
@@ -128,6 +130,8 @@ class ConversationCoordinator:
         if self.tap is not None:
             self.tap("caller", pcm8, RATE)
         if self.held:
+            if self.recording is not None:
+                self.recording.caller(pcm8)
             return
         for frame in packet_frames(pcm8):
             self._frame(frame, lost)
@@ -141,6 +145,8 @@ class ConversationCoordinator:
             # File mode: the bridge mixes the agent's own playback into this stream; take it out
             # so that only the caller is left.
             frame = self.reference.residual(frame, lost)
+        if self.recording is not None:  # the caller alone: in file mode, the agent's echo taken out
+            self.recording.caller(frame)
         if self.half_duplex and not s.capture_enabled:
             # The agent is speaking: listen only for the caller talking over it.
             probe = frame

@@ -22,6 +22,7 @@ from engine.config import AppConfig, ConfigError, plan_reload
 from engine.health import HealthServer
 from engine.history import HistoryDb, HistoryRecorder, database_url
 from engine.metrics import EngineMetrics
+from engine.recording import Recordings, recordings_dir
 from engine.rtp_server import RtpServer
 from engine.sessions import SessionStore
 from engine.status import (
@@ -66,13 +67,14 @@ class Engine:
         self.default_provider = config.providers.default
         self.metrics = EngineMetrics(lambda: self.status(detail=False))
         self.stages = StagePool(config.providers, self.metrics.model_wait)  # the model stages the pipelines share
+        h = config.history
+        self.recordings = Recordings(recordings_dir(config), h.retention_days, h.max_calls, self.supervisor.report)
         self.calls = CallController(
             config, self.ari, self.store, self.rtp, self.provider_for_new_call, self.get_provider,
-            self.metrics.turn_latency.observe, ready_for_calls=self.takes_new_calls,
+            self.metrics.turn_latency.observe, ready_for_calls=self.takes_new_calls, recordings=self.recordings,
         )
         self.events = AriEventStream(self.ari, config.asterisk.app, self.calls.on_event, self.calls.reconcile)
         self.health_server = HealthServer(self.status, self.metrics.render, config.health.host, config.health.port)
-        h = config.history
         self.history = HistoryRecorder(
             self.store, HistoryDb(database_url(config)), h.engine_name or f"{socket.gethostname()}:{config.asterisk.app}",
             h.retention_days, h.max_calls, self.supervisor.report, kernel_drops=self.rtp.kernel_drops,
@@ -135,6 +137,7 @@ class Engine:
         self.supervisor.start("health-http", self.health_server.run)
         if self.history is not None:
             self.supervisor.start("history", self.history.run)
+        self.supervisor.start("recordings", self.recordings.run)
         self.started = True
         log.info(
             "engine started: app %s, ARI %s, RTP %s:%d, provider %s",
@@ -163,6 +166,7 @@ class Engine:
         self.started = False
         await self.calls.shutdown()
         await self.supervisor.stop()
+        await self.recordings.close()
         if self.history is not None:
             await self.history.close()
         await self._close_providers()

@@ -141,6 +141,8 @@ class CallRecord(BaseModel):
     transcript: list[Line] = []
     actions: list[ActionEntry] = []
     quality: Quality = Quality()
+    recording: str | None = None  # the stereo WAV (caller left, agent right) on the engine's host
+    recording_started_at: float | None = None  # wall clock of its first sample
 
 
 def _span(a: float | None, b: float | None) -> float | None:
@@ -193,6 +195,8 @@ def record_of(
         downstream_mode=s.downstream_mode,
         barge_ins=s.barge_ins,
         barge_in_at=[round(wall + t, 3) for t in s.barge_in_at],
+        recording=s.recording,
+        recording_started_at=s.recording_started_at,
         silences=_silences(s, wall, now_mono),
         turns=[_turn(t, t.speech_end, wall) for t in s.turns if t.speech_end is not None],
         transcript=[Line(role=t.role, text=t.text, at=round(wall + t.at, 3)) for t in s.transcript],

@@ -15,6 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
+from engine.recording import CallRecording
 from engine.sessions import CallSession
 from media.audio import UlawEncoder, ulaw_to_pcm16
 from media.frames import ULAW_FRAME_BYTES, ULAW_SILENCE
@@ -80,6 +81,7 @@ class CallMedia:
 
     __slots__ = (
         "session",
+        "recording",
         "remote",
         "owner",
         "send_failures",
@@ -103,6 +105,7 @@ class CallMedia:
         self.remote = remote
         self.owner: MediaOwner | None = owner  # None once the call is being torn down: audio is dropped
         self.send_failures = 0
+        self.recording: CallRecording | None = None  # the agent's frames as sent, when the profile records
         self._encoder = UlawEncoder()
         self._partial = b""
         self.out_frames: deque[bytes] = deque()

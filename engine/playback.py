@@ -20,6 +20,7 @@ from engine.clock import Clock, Timer
 from engine.config import PlaybackConfig
 from engine.media import CallMedia
 from engine.ratelimit import RateLimitedLog
+from engine.recording import CallRecording
 from engine.rtp_server import RtpServer
 from engine.sessions import CallSession, PlaybackRef
 from media.audio import UlawEncoder
@@ -89,6 +90,7 @@ class FilePlayback(Downstream):
         on_first_audio: Callable[[float], None],  # a playback started (the turn's first counts)
         reference: PlaybackReference,
         clock: Clock,
+        recording: CallRecording | None = None,
     ) -> None:
         self.ari = ari
         self.session = session
@@ -101,6 +103,7 @@ class FilePlayback(Downstream):
         self._on_first_audio = on_first_audio
         self.reference = reference
         self._clock = clock
+        self._recording = recording
         self._encoder = UlawEncoder()
         self._buf = bytearray()
         self._seq = 0
@@ -194,6 +197,8 @@ class FilePlayback(Downstream):
         if ref is None:
             return
         ref.started_at = self._clock.now()
+        if self._recording is not None:
+            self._recording.agent_ulaw(self._audio.get(pid, b""), ref.started_at)
         self.counters.files_started += 1
         self._on_first_audio(ref.started_at)
 

@@ -194,6 +194,8 @@ class RtpServer(asyncio.DatagramProtocol):
             return
         self.counters.packets_out += 1
         media.sent(len(payload))
+        if media.recording is not None:
+            media.recording.agent_ulaw(payload)
 
 
 def _size_receive_buffer(sock: socket.socket, wanted: int) -> int:

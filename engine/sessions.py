@@ -148,6 +148,8 @@ class CallSession:
     downstream_mode: str = "file"
     barge_ins: int = 0
     barge_in_at: list[float] = field(default_factory=list)  # monotonic, for the history (storms)
+    recording: str | None = None  # the WAV file, when the profile records
+    recording_started_at: float | None = None  # wall clock of its first sample
     # (start, seconds) of each quiet spell past QUIET_MIN_S: nobody speaking, no answer on the way
     silences: list[tuple[float, float]] = field(default_factory=list)
     voice: VoiceState = field(default_factory=VoiceState)

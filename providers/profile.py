@@ -83,6 +83,8 @@ class AgentProfile(ConfigSection):
     silence_prompt_s: float = Field(10.0, ge=0)  # 0: no silence watchdog
     silence_hangup_s: float = Field(8.0, gt=0)
     norms: Norms = Norms()
+    # Keep each call's audio (caller left, agent right) in history.recordings_dir: tell callers.
+    record: bool = False
 
     @model_validator(mode="after")
     def _digits_unique(self) -> AgentProfile:
