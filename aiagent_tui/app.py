@@ -8,6 +8,7 @@ import json
 import logging
 import threading
 import time
+from collections import deque
 from pathlib import Path
 
 from rich.text import Text
@@ -16,9 +17,9 @@ from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical
 from textual.coordinate import Coordinate
-from textual.screen import ModalScreen
+from textual.screen import ModalScreen, Screen
 from textual.notifications import SeverityLevel
-from textual.widgets import DataTable, Footer, OptionList, RichLog, Static
+from textual.widgets import DataTable, Footer, Input, OptionList, RichLog, Static
 from textual.widgets.option_list import Option
 
 from aiagent_tui.history_screen import Diagnose, HistoryScreen
@@ -29,23 +30,35 @@ from engine.api import EngineRuntime, EngineView
 from engine.sessions import CallEnded, CallLog, CallSnapshot, CallStarted, CallSummary, TranscriptAdded
 from providers.base import Readiness
 
+LOG_KEPT = 5000  # log lines the app keeps for L (the pane shows the last 500)
+
 HELP = """\
 [b]aiagent-tui[/b] — live calls of the AI voice agent
 
-  [b]↑ ↓[/b]   select a call in the list
+  [b]↑ ↓[/b]   select a call          [b]/[/b]  filter the calls (caller, state, provider, profile, channel)
+  [b]s[/b]     sort: as they came, longest, waiting first, by caller     [b]space[/b]  pause the screen
+  [b]c[/b]     copy the call's id (the clipboard, over SSH too; the notice shows it and its channel)
   [b]p[/b]     choose the provider: for new calls, and for the selected call from its next turn
   [b]b[/b]     barge-in: stop the agent on the selected call now
   [b]m[/b]     monitor: listen to the selected call (caller and agent) on this machine's speaker
   [b]t[/b]     transfer the selected call to one of its profile's departments (announced first)
   [b]h[/b]     hang up the selected call (asks first; an ended call stays listed a few seconds)
   [b]d[/b]     dump the selected call (transcript, RTP stats, turn timeline) to a JSON file
-  [b]H[/b]     call history: past calls, filtered (/), each in full (enter)
+  [b]H[/b]     call history: past calls, filtered (/), each diagnosed and in full (enter), replayed (p)
+  [b]L[/b]     the whole log (5000 lines), filtered (/), warnings only (w)
   [b]R[/b]     reload config.toml: new calls get its profiles, prompts, timings; calls up keep theirs
   [b]?[/b]     this help          [b]q[/b]  quit (asks first if that hangs calls up; attached: detach)
 
-Panes: RTP/SSRC stats of the caller's stream and the agent's; the VAD level of the last seconds;
-gating (is the caller heard, what is playing, barge-ins); the transcript (partial words dimmed);
-the turn timeline (speech end → STT → LLM → TTS → audio out); the call's log.
+[b]The numbers[/b] (yellow: worse than a good line; red: a caller hears it)
+  [b]loss[/b]      caller packets that never arrived, of those expected (yellow 1 %, red 5 %)
+  [b]jitter[/b]    how unevenly they arrive (RFC 3550; yellow 30 ms, red 60 ms)
+  [b]reord/dup[/b] packets out of order / twice     [b]last pkt[/b]  since the last one (silence may send none)
+  [b]out[/b]       packets to the caller; [b]dry[/b]: the agent's audio ran out mid-sentence (a gap heard)
+  [b]pacing[/b]    how late a 20 ms frame went out (yellow 10 ms, red 40 ms: the engine is overloaded)
+  [b]dB[/b]        the caller's level (dBFS: 0 is full scale; speech is about -30, silence under -50)
+  [b]GATED[/b]     the caller is not listened to while the agent speaks (except for barge-in); [b]open[/b]: heard
+  [b]waiting Ns[/b]  a turn has waited that long for the models (the caller hears nothing)
+  [b]timeline[/b]  per turn: speech end → STT → LLM's first sentence → TTS → first audio out
 """
 
 
@@ -117,6 +130,81 @@ class TransferScreen(ModalScreen[str | None]):
         self.dismiss(None)
 
 
+def _matches(r: CallSummary, needle: str) -> bool:
+    hay = f"{r.caller_number} {r.state} {r.state.replace('_', ' ')} {r.provider or ''} {r.profile} {r.channel} {r.call_id}".lower()
+    return all(word in hay for word in needle.lower().split())
+
+
+def _sort_key(r: CallSummary, by: str) -> tuple:
+    if by == "time":
+        return (-r.duration_s,)  # the longest first
+    if by == "state":  # the ones waiting for an answer first, the longest wait on top
+        return (r.state != "processing", r.state, -r.in_state_s)
+    return (r.caller_number,)
+
+
+class LogScreen(Screen[None]):
+    """Every log line the app has kept (LOG_KEPT), full screen, with a filter; escape goes back."""
+
+    BINDINGS = [Binding("escape", "back", "back"), Binding("slash", "focus_filter", "filter"), Binding("w", "warnings", "warnings only")]
+    CSS = """
+    #fulllog { height: 1fr; border: round $primary; }
+    #log-filter { height: 3; }
+    """
+
+    def __init__(self, lines: deque[Text]) -> None:
+        super().__init__()
+        self.lines = lines
+        self.needle = ""
+        self.warnings_only = False
+
+    def compose(self) -> ComposeResult:
+        yield Input(placeholder="filter the log: words (enter applies); w: warnings and errors only", id="log-filter")
+        log = RichLog(id="fulllog", wrap=True, markup=False, max_lines=LOG_KEPT)
+        yield log
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self._fill()
+        self.query_one("#fulllog").focus()
+
+    def _shows(self, line: Text) -> bool:
+        if self.warnings_only and not any(str(span.style) in ("red", "yellow") for span in line.spans):
+            return False
+        return self.needle.lower() in line.plain.lower()
+
+    def _fill(self) -> None:
+        log = self.query_one("#fulllog", RichLog)
+        log.clear()
+        shown = [line for line in self.lines if self._shows(line)]
+        for line in shown:
+            log.write(line)
+        what = ("warnings and errors" if self.warnings_only else "all") + (f" containing {self.needle!r}" if self.needle else "")
+        log.border_title = f"log: {len(shown)} of {len(self.lines)} lines, {what}  ·  / filters, w warnings, escape back"
+
+    def add(self, line: Text) -> None:
+        if self._shows(line):
+            self.query_one("#fulllog", RichLog).write(line)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.needle = event.value.strip()
+        self._fill()
+        self.query_one("#fulllog").focus()
+
+    def action_focus_filter(self) -> None:
+        self.query_one(Input).focus()
+
+    def action_warnings(self) -> None:
+        self.warnings_only = not self.warnings_only
+        self._fill()
+
+    def action_back(self) -> None:
+        if self.query_one(Input).has_focus:
+            self.query_one("#fulllog").focus()
+        else:
+            self.app.pop_screen()
+
+
 def _state_cell(r: CallSummary) -> str | Text:
     """A call's state in the list; a turn waiting for the models says for how long (the caller
     hears nothing meanwhile), yellow from 2 s, red from 5 s."""
@@ -156,19 +244,23 @@ class AiAgentApp(App[int]):
     Screen { layout: vertical; }
     #header { height: 2; background: $boost; padding: 0 1; }
     #body { height: 1fr; }
-    #calls { width: 46; height: 100%; border: round $primary; }
+    #callsbox { width: 46; height: 100%; }
+    #calls { height: 1fr; border: round $primary; }
+    #call-filter { display: none; height: 3; }
+    #call-filter.-shown { display: block; }
     /* Normal width: RTP and gating above the transcript and the turn timeline; from 150 columns
        the VAD pane too and the provider column. */
     #panes { grid-size: 2 2; grid-columns: 1fr 1fr; grid-rows: 12 1fr; }
     #vadbox { display: none; }
-    .-wide #calls { width: 56; }
+    .-wide #callsbox { width: 56; }
     .-wide #panes { grid-size: 3 2; grid-columns: 1fr 1fr 1fr; }
     .-wide #vadbox { display: block; }
     .-wide #transcript { column-span: 2; }
     /* Narrow or short terminals (80x24 over SSH): the calls above, the transcript and the turn
        timeline below; the RTP, VAD and gating panes fold away (the call's dump has them). */
     .-narrow #body { layout: vertical; }
-    .-narrow #calls { width: 100%; height: 7; }
+    .-narrow #callsbox { width: 100%; height: auto; }
+    .-narrow #calls { height: 7; }
     .-narrow #rtp, .-narrow #vadbox, .-narrow #gating { display: none; }
     .-narrow #panes { grid-size: 2 1; grid-columns: 1fr 30; grid-rows: 1fr; }
     .-narrow #transcript { column-span: 1; }
@@ -193,11 +285,19 @@ class AiAgentApp(App[int]):
         Binding("d", "dump", "dump"),
         Binding("H", "history", "history"),
         Binding("R", "reload", "reload"),
+        Binding("slash", "filter_calls", "filter", show=False),
+        Binding("s", "sort_calls", "sort", show=False),
+        Binding("space", "pause", "pause", show=False),
+        Binding("c", "copy_id", "copy id", show=False),
+        Binding("L", "full_log", "log", show=False),
         Binding("q", "quit", "quit"),
     ]
 
     # Keys that act on the live calls: only on the live calls' screen (not under a history or a dialog).
-    LIVE_ACTIONS = frozenset({"provider", "barge_in", "monitor", "transfer", "hangup", "dump", "history", "reload"})
+    LIVE_ACTIONS = frozenset({
+        "provider", "barge_in", "monitor", "transfer", "hangup", "dump", "history", "reload", "filter_calls", "sort_calls", "pause", "copy_id", "full_log",
+    })
+    SORTS = ("arrival", "time", "state", "caller")  # s cycles; arrival: as they came in
     ENDED_ROW_S = 5.0  # an ended call stays in the list (and selected) this long, shown as ended
     # The call list's columns: wide enough for +4915112345678 and "agent speaking"; the provider
     # only on a wide terminal (the gating pane and the header name it otherwise).
@@ -221,14 +321,20 @@ class AiAgentApp(App[int]):
         self.exit_code = 0
         self._log_handler: logging.Handler = logging.NullHandler()
         self._columns: tuple[str, ...] = ()  # the call list's columns now
+        self.call_filter = ""  # /: calls whose caller, state, provider, profile or channel contain it
+        self.sort = "arrival"
+        self.paused = False  # space: the panes and the list hold still to be read; the engine goes on
+        self.log_lines: deque[Text] = deque(maxlen=LOG_KEPT)  # for the full log view (L)
 
     # ---- layout
     def compose(self) -> ComposeResult:
         yield HeaderBar("starting…", id="header")
         with Horizontal(id="body"):
-            table: DataTable = DataTable(id="calls", cursor_type="row", zebra_stripes=True)
-            table.border_title = "calls"
-            yield table
+            with Vertical(id="callsbox"):
+                yield Input(placeholder="filter: caller, state, provider, profile, channel (enter keeps it, escape clears)", id="call-filter")
+                table: DataTable = DataTable(id="calls", cursor_type="row", zebra_stripes=True)
+                table.border_title = "calls"
+                yield table
             with Grid(id="panes"):
                 yield self._pane(RtpPane(id="rtp"), "RTP / SSRC")
                 with Vertical(id="vadbox"):
@@ -331,13 +437,18 @@ class AiAgentApp(App[int]):
         if call_id:
             line.append(f"[{call_id[-8:]}] ", style="cyan")
         line.append(message, style=style)
+        self.log_lines.append(line)
         self.query_one(RichLog).write(line)
+        if isinstance(self.screen, LogScreen):
+            self.screen.add(line)
 
     def refresh_panes(self) -> None:
         eng = self.engine
         if eng is None:
             return
-        self.query_one(HeaderBar).show(eng.summary())
+        self.query_one(HeaderBar).show(eng.summary(), paused=self.paused)
+        if self.paused:
+            return
         self._ticks += 1
         table = self.query_one(DataTable)
         if self._ticks % 5 == 1 or self.selected is None:
@@ -365,6 +476,7 @@ class AiAgentApp(App[int]):
         self.set_class(narrow, "-narrow")
         self.set_class(wide, "-wide")
         self.query_one(HeaderBar).compact = narrow
+        self.query_one(GatingPane).with_level = not wide
         self.query_one(Footer).compact = narrow
         columns = tuple(name for name, _ in self.COLUMNS if name != "provider" or wide or narrow)
         if columns != self._columns:
@@ -392,11 +504,20 @@ class AiAgentApp(App[int]):
         self.ended = {cid: (snap, until) for cid, (snap, until) in self.ended.items() if until > now}
         for cid, (snap, _) in self.ended.items():
             if cid not in rows:
-                rows[cid] = CallSummary(cid, snap.caller_number, "ended", snap.duration_s, snap.provider)
+                rows[cid] = CallSummary(cid, snap.caller_number, "ended", snap.duration_s, snap.provider, 0.0, snap.channel, snap.profile)
+        if self.call_filter:
+            rows = {cid: r for cid, r in rows.items() if _matches(r, self.call_filter)}
+        if self.sort != "arrival":
+            rows = dict(sorted(rows.items(), key=lambda kv: _sort_key(kv[1], self.sort)))
         for key in [k.value for k in list(table.rows) if k.value is not None]:
             if key not in rows:
                 table.remove_row(key)
                 self._shown.pop(key, None)
+        kept = [k.value for k in table.rows]
+        redrawn = kept != [cid for cid in rows if cid in self._shown]
+        if redrawn:  # the order changed (sorting, filtering): redraw in order
+            table.clear()
+            self._shown.clear()
         for cid, r in rows.items():
             cells = {"caller": r.caller_number or "unknown", "state": _state_cell(r), "time": f"{int(r.duration_s) // 60}:{int(r.duration_s) % 60:02d}", "provider": r.provider or "—"}
             row = tuple(cells[c] for c in self._columns)
@@ -408,6 +529,9 @@ class AiAgentApp(App[int]):
                     if old != new:
                         table.update_cell(cid, col, new)
             self._shown[cid] = row
+        keys = [k.value for k in table.rows]
+        if redrawn and self.selected in keys:  # the selection stays on its call
+            table.move_cursor(row=keys.index(self.selected))
         if table.row_count and (self.selected not in rows):
             self.selected = table.coordinate_to_cell_key(Coordinate(table.cursor_row, 0)).row_key.value if table.cursor_row < table.row_count else None
 
@@ -433,6 +557,65 @@ class AiAgentApp(App[int]):
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
+
+    # ---- finding one's way among many calls
+    def action_filter_calls(self) -> None:
+        box = self.query_one("#call-filter", Input)
+        box.add_class("-shown")
+        box.focus()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id == "call-filter":
+            self.call_filter = event.value.strip()
+            self._refresh_calls_title()
+            self._refresh_list(self.query_one("#calls", DataTable))
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id == "call-filter":
+            if not event.value.strip():
+                event.input.remove_class("-shown")
+            self.query_one("#calls", DataTable).focus()
+
+    def on_key(self, event: events.Key) -> None:
+        box = self.query_one("#call-filter", Input)
+        if event.key == "escape" and self.screen is self.screen_stack[0] and (box.has_focus or box.has_class("-shown")):  # clears the filter
+            box.value = ""
+            box.remove_class("-shown")
+            self.query_one("#calls", DataTable).focus()
+            event.stop()
+
+    def action_sort_calls(self) -> None:
+        self.sort = self.SORTS[(self.SORTS.index(self.sort) + 1) % len(self.SORTS)]
+        self._refresh_calls_title()
+        self._refresh_list(self.query_one("#calls", DataTable))
+
+    def _refresh_calls_title(self) -> None:
+        parts = ["calls"]
+        if self.sort != "arrival":
+            parts.append(f"by {self.sort}")
+        if self.call_filter:
+            parts.append(f"matching {self.call_filter!r}")
+        self.query_one("#calls", DataTable).border_title = " · ".join(parts)
+
+    def action_pause(self) -> None:
+        self.paused = not self.paused
+        self.query_one(RichLog).auto_scroll = not self.paused
+        if self.engine is not None:
+            self.query_one(HeaderBar).show(self.engine.summary(), paused=self.paused)
+
+    def action_copy_id(self) -> None:
+        snap = self.engine.store.snapshot(self.selected) if self.engine is not None and self.selected else None
+        if snap is None and self.selected in self.ended:
+            snap = self.ended[self.selected][0]
+        if snap is None:
+            self.notify("no call selected", severity="warning")
+            return
+        # OSC 52: the terminal (even over SSH) puts it on the clipboard; the notice shows it too.
+        self.copy_to_clipboard(snap.call_id)
+        self.notify(f"copied {snap.call_id}" + (f"  (channel {snap.channel})" if snap.channel else ""), timeout=8)
+
+    def action_full_log(self) -> None:
+        self.push_screen(LogScreen(self.log_lines))
 
     def action_history(self) -> None:
         if self.history_url is None:

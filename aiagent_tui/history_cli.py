@@ -141,8 +141,11 @@ def show(r: CallRecord, out: TextIO) -> None:
     p = lambda text="": print(text, file=out)  # noqa: E731
     name = f" ({r.caller_name})" if r.caller_name else ""
     p(f"call {r.call_id} from {r.caller_number or 'unknown'}{name} to {r.dialled or '-'}, profile {r.profile}, engine {r.engine}")
+    if r.channel:
+        p(f"  channel {r.channel}")
     ended = f"ended {_clock(r.ended_at)}" if r.ended_at is not None else "still live"
-    p(f"  started {_clock(r.started_at)}, {r.duration_s:.1f} s, {ended}: {r.outcome}" + (f" ({r.end_reason})" if r.end_reason else ""))
+    length = r.duration_s if r.ended_at is not None else time.time() - r.started_at  # a live call's row has no length yet
+    p(f"  started {_clock(r.started_at)}, {length:.1f} s, {ended}: {r.outcome}" + (f" ({r.end_reason})" if r.end_reason else ""))
     errors = f", {r.provider_errors} provider error(s), last: {r.last_provider_error}" if r.provider_errors else ""
     p(f"  providers: {' then '.join(r.providers) or '-'}{errors}; audio to the caller as {r.downstream_mode}; barge-ins {r.barge_ins}")
     q = r.quality

@@ -8,7 +8,7 @@ from rich.table import Table
 from rich.text import Text
 from textual.widgets import Sparkline, Static
 
-from engine.sessions import ActionRecord, CallSnapshot, TranscriptTurn
+from engine.sessions import ActionRecord, CallSnapshot, ConversationSnapshot, TranscriptTurn
 from engine.status import EngineSummary
 
 STAGES = (
@@ -19,7 +19,7 @@ STAGES = (
 )
 
 
-def _kv(rows: list[tuple[str, str]]) -> Table:
+def _kv(rows: list[tuple[str, str | Text]]) -> Table:
     t = Table.grid(padding=(0, 1))
     # The names stay whole; a value too long for the pane is cut instead.
     t.add_column(style="dim", no_wrap=True, min_width=max((len(k) for k, _ in rows), default=0))
@@ -40,7 +40,7 @@ class Pane(Static):
 class HeaderBar(Pane):
     compact = False  # a narrow terminal: the same facts, shorter (each line is cut, never wrapped)
 
-    def show(self, s: EngineSummary) -> None:
+    def show(self, s: EngineSummary, paused: bool = False) -> None:
         ari = Text("ARI ● connected", style="bold green") if s.ari_connected else Text("ARI ● down", style="bold red")
         rtp = Text(f"RTP {s.rtp_address.rsplit(':', 1)[-1] if self.compact else s.rtp_address}/udp", style="green" if s.rtp_server_running else "red")
         provs = Text()
@@ -71,6 +71,8 @@ class HeaderBar(Pane):
             line2 = Text("⚠ " + "  │  ".join(s.problems), style="bold red")
         if not s.ari_connected:  # and ARI down outranks everything: no call can come in
             line2 = Text(f"⚠ {s.ari_last_error or 'connecting to ARI'}", style="bold red")
+        if paused:  # first: the operator must know the screen is not moving
+            line1 = Text.assemble(("⏸ PAUSED (space resumes) ", "bold black on yellow"), line1)
         for line in (line1, line2):
             line.no_wrap, line.overflow = True, "ellipsis"  # two lines, whatever the width
         self.show_content(Group(line1, line2))
@@ -89,15 +91,30 @@ class RtpPane(Pane):
                     ("SSRC", f"{r.ssrc:08x}" if r.ssrc is not None else "—"),
                     ("from", c.rtp_remote or "—"),
                     ("in", f"{r.packets_in} pkts"),
-                    ("loss", f"{r.loss_pct:.2f} % ({r.lost}/{r.expected})"),
-                    ("jitter", f"{r.jitter_ms:.2f} ms"),
+                    ("loss", _bad(f"{r.loss_pct:.2f} % ({r.lost}/{r.expected})", r.loss_pct, 1.0, 5.0)),
+                    ("jitter", _bad(f"{r.jitter_ms:.2f} ms", r.jitter_ms, 30.0, 60.0)),
                     ("reord/dup", f"{r.reordered} / {r.duplicates}"),
-                    ("last pkt", age),
-                    ("out", f"{r.packets_out} pkts"),
-                    ("pacing", f"{r.pacing_error_ms:.1f} ms (max {r.max_pacing_error_ms:.1f})"),
+                    # DTX lines send nothing in silence: only a long gap is a problem.
+                    ("last pkt", _bad(age, r.last_packet_age_s or 0.0, 2.0, 10.0)),
+                    ("out", f"{r.packets_out} pkts" + (f", [yellow]{r.outbound_underruns} dry[/]" if r.outbound_underruns else "")),
+                    ("pacing", _bad(f"{r.pacing_error_ms:.1f} ms (max {r.max_pacing_error_ms:.1f})", r.max_pacing_error_ms, 10.0, 40.0)),
                 ]
             )
         )
+
+
+def _bad(text: str, value: float, warn: float, bad: float) -> str:
+    """Coloured as operators read it: yellow past what a good line does, red past what a caller hears."""
+    if value >= bad:
+        return f"[bold red]{text}[/]"
+    return f"[yellow]{text}[/]" if value >= warn else text
+
+
+def level_text(v: ConversationSnapshot, width: int = 14) -> Text:
+    filled = int(max(0.0, min(1.0, (v.level_dbfs + 70) / 70)) * width)
+    bar = Text("█" * filled, style="green" if v.speaking else "blue")
+    bar.append("░" * (width - filled), style="dim")
+    return Text.assemble(bar, f" {v.level_dbfs:3.0f} dB ", ("SPEECH", "bold green") if v.speaking else ("quiet", "dim"))
 
 
 class VadPane(Pane):
@@ -105,13 +122,7 @@ class VadPane(Pane):
         if c is None:
             self.show_content("")
             return
-        v = c.conversation
-        width = 14
-        filled = int(max(0.0, min(1.0, (v.level_dbfs + 70) / 70)) * width)
-        bar = Text("█" * filled, style="green" if v.speaking else "blue")
-        bar.append("░" * (width - filled), style="dim")
-        state = Text("SPEECH", style="bold green") if v.speaking else Text("silence", style="dim")
-        self.show_content(Group(Text.assemble(bar, f" {v.level_dbfs:5.1f} dB"), state))
+        self.show_content(level_text(c.conversation))
 
 
 class LevelSparkline(Sparkline):
@@ -120,6 +131,8 @@ class LevelSparkline(Sparkline):
 
 
 class GatingPane(Pane):
+    with_level = True  # the VAD pane is not shown (under 150 columns): the caller's level here
+
     def show(self, c: CallSnapshot | None) -> None:
         if c is None:
             self.show_content("")
@@ -130,7 +143,9 @@ class GatingPane(Pane):
             _kv(
                 [
                     ("call", f"{c.caller_number or 'unknown'} · {c.call_id[-8:]}"),
+                    ("channel", c.channel or "—"),
                     ("profile", f"{c.profile} · dialled {c.dialled or '?'}"),
+                    *([("level", level_text(v, 6))] if self.with_level else []),
                     ("provider", c.provider or "—"),
                     ("capture", cap),
                     ("state", v.state.replace("_", " ")),

@@ -221,6 +221,7 @@ class CallController:
         session = CallSession(
             call_id=ch.id,
             caller_channel_id=ch.id,
+            caller_channel_name=ch.name,
             caller_number=ch.caller.number,
             caller_name=ch.caller.name,
             stasis_args=tuple(event.args),

@@ -127,6 +127,7 @@ class CallRecord(BaseModel):
     caller_number: str = ""
     caller_name: str = ""
     dialled: str = ""
+    channel: str = ""  # Asterisk's name of the caller's channel (PJSIP/100-0000002a): for its logs and CDRs
     profile: str = ""
     providers: list[str] = []  # in the order the call used them (a fallback comes second)
     provider_errors: int = 0
@@ -186,6 +187,7 @@ def record_of(
         caller_number=s.caller_number,
         caller_name=s.caller_name,
         dialled=s.dialled,
+        channel=s.caller_channel_name,
         profile=s.profile,
         providers=providers,
         provider_errors=s.provider.errors if s.provider else 0,

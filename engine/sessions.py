@@ -125,6 +125,7 @@ class ActionRecord:
 class CallSession:
     call_id: str  # the caller's channel id
     caller_channel_id: str
+    caller_channel_name: str = ""  # Asterisk's name for it (PJSIP/100-0000002a), as in `core show channels`
     caller_number: str = ""
     caller_name: str = ""
     stasis_args: tuple[str, ...] = ()
@@ -173,6 +174,7 @@ class CallSession:
             state=self.state.value,
             provider=self.provider.name if self.provider else None,
             provider_error=self.provider.last_error if self.provider else None,
+            channel=self.caller_channel_name,
             bridge_id=self.bridge_id,
             external_channel_id=self.external_channel_id,
             rtp_remote=f"{self.rtp_remote[0]}:{self.rtp_remote[1]}" if self.rtp_remote else None,
@@ -250,6 +252,8 @@ class CallSummary:
     duration_s: float
     provider: str | None
     in_state_s: float = 0.0  # how long the conversation has been in that state (a turn waiting: processing)
+    channel: str = ""  # Asterisk's name of the caller's channel (PJSIP/100-0000002a)
+    profile: str = ""
 
 
 @dataclass(slots=True, frozen=True)
@@ -278,6 +282,7 @@ class CallSnapshot:
     state: str
     provider: str | None
     provider_error: str | None
+    channel: str  # Asterisk's name of the caller's channel
     bridge_id: str | None
     external_channel_id: str | None
     rtp_remote: str | None
@@ -434,7 +439,10 @@ class SessionStore:
     def summaries(self) -> list[CallSummary]:
         now = time.monotonic()
         return [
-            CallSummary(c.call_id, c.caller_number, c.conversation.value, now - c.created_mono, c.provider.name if c.provider else None, now - c.conversation_since)
+            CallSummary(
+                c.call_id, c.caller_number, c.conversation.value, now - c.created_mono, c.provider.name if c.provider else None,
+                now - c.conversation_since, c.caller_channel_name, c.profile,
+            )
             for c in self._calls.values()
         ]
 

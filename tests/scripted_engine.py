@@ -54,7 +54,10 @@ class ScriptedEngine:
 
     def add_call(self, number: str, started_s_ago: float, state: ConversationState, **kw: Any) -> CallSession:
         cid = f"1790000{len(self.store):03d}.{number[-4:]}"
-        s = CallSession(call_id=cid, caller_channel_id=cid, caller_number=number, provider=ProviderSession("local", ready=True))
+        s = CallSession(
+            call_id=cid, caller_channel_id=cid, caller_channel_name=f"PJSIP/trunk-{len(self.store) + 42:08x}", caller_number=number,
+            provider=ProviderSession("local", ready=True),
+        )
         s.created_mono = NOW - started_s_ago
         s.bridge_id = f"aiagent-br-{number}"
         s.external_channel_id = f"aiagent-em-{number}"

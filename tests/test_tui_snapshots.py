@@ -7,6 +7,8 @@ Refresh after an intended UI change with: pytest tests/test_tui_snapshots.py --s
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from aiagent_tui import app as app_module
@@ -128,6 +130,80 @@ async def test_r_reloads_the_config_and_says_what_applies_now_and_what_at_restar
         assert runtime.reloads == 1
         assert "config profiles.default.greeting for new calls; rtp.port at the next restart" in said
         assert [n.severity for n in app._notifications] == ["warning"]  # something waits for a restart
+        await pilot.press("q", "y")
+
+
+async def test_what_operators_reach_for_first_filter_sort_pause_copy_and_the_whole_log():
+    """/ filters the live calls, s sorts them (the selection stays on its call), space holds the
+    screen still while the engine goes on, c copies the call's id, L shows the whole log."""
+    from textual.widgets import DataTable
+
+    from aiagent_tui.app import LogScreen
+
+    engine = ScriptedEngine.two_calls()
+    engine.add_call("+4915112345678", 600.0, ConversationState.PROCESSING, conversation_since=NOW - 6.0)
+    app = AiAgentApp(ScriptedRuntime(engine))
+    ids = {s.caller_number: s.call_id for s in engine.store}
+    async with app.run_test(size=(120, 40)) as pilot:
+        table = app.query_one("#calls", DataTable)
+        await pilot.pause(0.4)
+        order = lambda: [engine.store.get(k.value).caller_number for k in table.rows]  # noqa: E731
+        assert order() == ["5550142", "5550199", "+4915112345678"]
+
+        await pilot.press("slash", *"0199")
+        await pilot.pause(0.2)
+        assert order() == ["5550199"] and table.border_title == "calls · matching '0199'"
+        await pilot.press("escape")  # clears the filter
+        await pilot.pause(0.2)
+        assert order() == ["5550142", "5550199", "+4915112345678"] and app.call_filter == ""
+        await pilot.press("slash", *"trunk-0000002b", "enter")  # the Asterisk channel name finds it too
+        await pilot.pause(0.2)
+        assert order() == ["5550199"]
+        await pilot.press("slash", "ctrl+u", "enter")  # an empty filter hides the line
+        await pilot.pause(0.2)
+
+        assert app.selected == ids["5550199"] and table.cursor_row == 1  # the call the filter found stays selected
+        await pilot.press("s")  # the longest first
+        await pilot.pause(0.2)
+        assert order() == ["+4915112345678", "5550142", "5550199"] and table.border_title == "calls · by time"
+        assert app.selected == ids["5550199"] and table.cursor_row == 2  # the selection moved with its call
+        await pilot.press("s")  # a turn waiting for the models first
+        await pilot.pause(0.2)
+        assert order()[0] == "+4915112345678"
+        await pilot.press("s", "s")  # by caller, then as they came
+        await pilot.pause(0.2)
+        assert order() == ["5550142", "5550199", "+4915112345678"] and table.border_title == "calls"
+
+        await pilot.press("space")
+        await pilot.pause(0.2)
+        assert "PAUSED (space resumes)" in app.export_screenshot().replace("&#160;", " ")
+        engine.add_call("5550777", 1.0, ConversationState.LISTENING)
+        await pilot.pause(0.8)
+        assert "5550777" not in order()  # held still
+        await pilot.press("space")
+        await pilot.pause(0.8)
+        assert "5550777" in order()
+
+        await pilot.press("c")
+        await pilot.pause(0.2)
+        assert app.clipboard == ids["5550199"]
+        assert any(f"copied {ids['5550199']}  (channel PJSIP/trunk-0000002b)" == str(n.message) for n in app._notifications)
+
+        for i in range(700):  # more than the pane keeps
+            app.write_log(None, f"line {i}", logging.WARNING if i % 100 == 0 else logging.INFO)
+        await pilot.press("L")
+        await pilot.pause(0.3)
+        assert isinstance(app.screen, LogScreen)
+        log = app.screen.query_one("#fulllog")
+        assert log.border_title.startswith("log: 701 of 701 lines")
+        await pilot.press("w")
+        await pilot.pause(0.2)
+        assert log.border_title.startswith("log: 7 of 701 lines, warnings and errors")
+        await pilot.press("slash", *"line 60", "enter")
+        await pilot.pause(0.2)
+        assert log.border_title.startswith("log: 1 of 701 lines")  # line 600, a warning
+        await pilot.press("escape")
+        assert not isinstance(app.screen, LogScreen)
         await pilot.press("q", "y")
 
 
