@@ -31,7 +31,7 @@ from aiohttp import web
 from pydantic import TypeAdapter
 
 from engine.api import EngineView
-from engine.sessions import CallSnapshot, CallSummary, SessionEvent
+from engine.sessions import CallLog, CallSnapshot, CallSummary, SessionEvent
 from engine.status import EngineSummary, ReloadResult
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,7 @@ EVENTS: dict[str, TypeAdapter[Any]] = {t.__name__: TypeAdapter(t) for t in get_a
 SUMMARY = TypeAdapter(EngineSummary)
 CALLS = TypeAdapter(list[CallSummary])
 SNAPSHOT = TypeAdapter(CallSnapshot | None)
+LOG_BACKLOG = 500  # log lines waiting for one console
 RELOAD = TypeAdapter(ReloadResult)
 
 
@@ -73,6 +74,9 @@ class ConsoleServer:
         self._reload = reload  # the composition root's: it knows the config file
         self._runner: web.AppRunner | None = None
         self._sockets: set[web.WebSocketResponse] = set()
+        self._log_queues: set[asyncio.Queue[SessionEvent]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._log_handler = _Forwarder(self._forward)
 
     async def start(self) -> None:
         """Raises OSError if the socket cannot be made, or if another engine is serving it."""
@@ -83,6 +87,8 @@ class ConsoleServer:
             if _answers(self.path):
                 raise OSError(f"another engine is serving {self.path}")
             self.path.unlink()  # left by an engine that was killed
+        self._loop = asyncio.get_running_loop()
+        logging.getLogger().addHandler(self._log_handler)
         app = web.Application()
         app.router.add_get("/view", self._view)
         app.router.add_get("/events", self._events)
@@ -98,6 +104,7 @@ class ConsoleServer:
             os.umask(old)
 
     async def stop(self) -> None:
+        logging.getLogger().removeHandler(self._log_handler)
         for ws in list(self._sockets):
             await ws.close()
         if self._runner is not None:
@@ -121,20 +128,44 @@ class ConsoleServer:
         await ws.prepare(request)
         self._sockets.add(ws)
         sub = self.engine.store.subscribe(2000)
+        logs: asyncio.Queue[SessionEvent] = asyncio.Queue(LOG_BACKLOG)
+        self._log_queues.add(logs)
+        # One pending read of each: the store's events and the engine's forwarded log lines.
+        pending: dict[str, asyncio.Future[Any]] = {}
         try:
             reader = asyncio.ensure_future(ws.receive())  # the console closing its end
             while not ws.closed:
-                getting = asyncio.ensure_future(sub.get())
-                done, _ = await asyncio.wait({getting, reader}, return_when=asyncio.FIRST_COMPLETED)
+                pending.setdefault("events", asyncio.ensure_future(sub.get()))
+                pending.setdefault("logs", asyncio.ensure_future(logs.get()))
+                done, _ = await asyncio.wait({*pending.values(), reader}, return_when=asyncio.FIRST_COMPLETED)
                 if reader in done:
-                    getting.cancel()
                     break
-                await ws.send_str(encode_event(getting.result()))
+                for name in ("events", "logs"):
+                    if pending[name] in done:
+                        await ws.send_str(encode_event(pending.pop(name).result()))
             reader.cancel()
         finally:
+            for fut in pending.values():
+                fut.cancel()
             sub.close()
+            self._log_queues.discard(logs)
             self._sockets.discard(ws)
         return ws
+
+    def _forward(self, record: logging.LogRecord) -> None:
+        """A warning or error the engine's modules logged (any thread): to every attached console,
+        whose log pane shows it as the app's own would. The store's own lines come as events."""
+        if record.name == "engine.sessions" or not self._log_queues or self._loop is None:
+            return
+        message = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            message += f" ({record.exc_info[1].__class__.__name__}: {record.exc_info[1]}; the engine's log has the traceback)"
+        self._loop.call_soon_threadsafe(self._broadcast, CallLog(None, record.levelno, message))
+
+    def _broadcast(self, event: CallLog) -> None:
+        for q in self._log_queues:
+            if not q.full():  # a console that does not read loses lines, not the engine its memory
+                q.put_nowait(event)
 
     async def _call_action(self, request: web.Request) -> web.Response:
         e, call_id, action = self.engine, request.match_info["call_id"], request.match_info["action"]
@@ -168,6 +199,18 @@ class ConsoleServer:
             return web.json_response({"ok": await self.engine.set_call_provider(str(call_id), name)})
         await self.engine.set_default_provider(name)
         return web.json_response({"ok": True})
+
+
+class _Forwarder(logging.Handler):
+    def __init__(self, forward: Callable[[logging.LogRecord], None]) -> None:
+        super().__init__(logging.WARNING)
+        self._forward = forward
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._forward(record)
+        except Exception:  # the loop is closing: the log file still has it
+            pass
 
 
 def _answers(path: Path) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import tempfile
 from pathlib import Path
 
@@ -297,3 +298,43 @@ async def test_what_an_operator_must_fix_is_on_screen_not_only_in_the_log_file(t
             await pilot.press("q")
     finally:
         await pbx.stop()
+
+
+async def test_attached_the_engines_warnings_reach_the_log_pane(tmp_path):
+    """An operator attached to a headless engine (another process) sees what it logs at WARNING
+    and up, not only its call events: here a stray RTP datagram the engine drops and says so."""
+    import signal
+    import socket
+    import subprocess
+
+    from aiagent_tui.attach import AttachRuntime
+    from tests.conftest import free_port
+    from tests.test_reload import _write
+    from tests.test_service import BIN, get_json, wait_until
+
+    sim_port, health_port, rtp_port = free_port(), free_port(), free_port(socket.SOCK_DGRAM)
+    sim = subprocess.Popen([BIN / "aiagent-sim", "serve", "--port", str(sim_port), "--rtp-start", "22600", "--rtp-end", "22700"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    path = tmp_path / "config.toml"
+    (tmp_path / "media").mkdir()
+    _write(path, sim_port, tmp_path, "Hello.")
+    path.write_text(path.read_text().replace('default = "local"', 'default = "echo"').replace("port = 0\n[health]", f"port = {rtp_port}\n[health]")
+                    .replace("port = 0\n[console]", f"port = {health_port}\n[console]"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIAGENT_", "ASTERISK_", "RTP_", "HEALTH_"))}
+    eng = subprocess.Popen([BIN / "aiagent-tui", "--config", str(path), "--no-ui"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        await asyncio.to_thread(wait_until, lambda: get_json(f"http://127.0.0.1:{health_port}/health")[1]["ari_connected"])
+        app = AiAgentApp(AttachRuntime(tmp_path / "console.sock"))
+        async with app.run_test(size=(120, 40)) as pilot:
+            await until(pilot, lambda: app.engine is not None)
+            await pilot.pause(0.5)
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.sendto(b"\x80\x00" + bytes(170), ("127.0.0.1", rtp_port))
+            await until(pilot, lambda: any("dropped RTP from 127.0.0.1" in line.plain for line in app.log_lines))
+            line = next(line for line in app.log_lines if "dropped RTP from" in line.plain)
+            assert "no call has that address" in line.plain and any(str(span.style) == "yellow" for span in line.spans)
+            await pilot.press("q")
+    finally:
+        eng.send_signal(signal.SIGTERM)
+        eng.wait(20)
+        sim.terminate()
+        sim.wait(10)
