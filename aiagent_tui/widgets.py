@@ -94,8 +94,8 @@ class RtpPane(Pane):
                     ("loss", _bad(f"{r.loss_pct:.2f} % ({r.lost}/{r.expected})", r.loss_pct, 1.0, 5.0)),
                     ("jitter", _bad(f"{r.jitter_ms:.2f} ms", r.jitter_ms, 30.0, 60.0)),
                     ("reord/dup", f"{r.reordered} / {r.duplicates}"),
-                    # DTX lines send nothing in silence: only a long gap is a problem.
-                    ("last pkt", _bad(age, r.last_packet_age_s or 0.0, 2.0, 10.0)),
+                    # DTX lines send nothing while the caller is quiet: only a long gap is worth a colour.
+                    ("last pkt", _bad(age, r.last_packet_age_s or 0.0, 15.0, 60.0)),
                     ("out", f"{r.packets_out} pkts" + (f", [yellow]{r.outbound_underruns} dry[/]" if r.outbound_underruns else "")),
                     ("pacing", _bad(f"{r.pacing_error_ms:.1f} ms (max {r.max_pacing_error_ms:.1f})", r.max_pacing_error_ms, 10.0, 40.0)),
                 ]

@@ -132,7 +132,9 @@ def stage_alone(cfg: LocalProviderConfig, profile: AgentProfile, prompts: list[s
 def report(title: str, turns: list[tuple[str, TurnTimeline]], alone: list[float] | None, heard: list[float]) -> None:
     print(title)
     for name, a, b in STAGES:
-        v = [getattr(t, b) - getattr(t, a) for _, t in turns if getattr(t, a) is not None and getattr(t, b) is not None]
+        # Behind a hold line the first audio out is the hold line's: its playout is no stage of the answer.
+        v = [getattr(t, b) - getattr(t, a) for _, t in turns
+             if getattr(t, a) is not None and getattr(t, b) is not None and not (b == "first_audio_out" and t.hold is not None)]
         if v:
             print(f"  {name:20s} p50 {np.percentile(v, 50) * 1000:7.0f} ms   p90 {np.percentile(v, 90) * 1000:7.0f} ms")
     total = [t.latency_s for _, t in turns if t.latency_s is not None]

@@ -117,9 +117,13 @@ def test_sighup_reloads_the_headless_service_and_a_bad_file_leaves_it_running(tm
         assert "not valid TOML" in doc["last_reload"]["refused"] and any("config reload refused" in p for p in doc["problems"])
         assert eng.poll() is None
     finally:
-        eng.send_signal(signal.SIGTERM)
-        out = eng.communicate(timeout=20)[0]
         sim.terminate()
+        eng.send_signal(signal.SIGTERM)
+        try:
+            out = eng.communicate(timeout=20)[0]
+        except subprocess.TimeoutExpired:
+            eng.kill()
+            out = eng.communicate()[0]
         sim.wait(10)
     assert eng.returncode == 0, out
     assert "config reloaded: profiles.default.greeting for new calls" in out and "config reload refused, the running config stays" in out

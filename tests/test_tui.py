@@ -334,7 +334,10 @@ async def test_attached_the_engines_warnings_reach_the_log_pane(tmp_path):
             assert "no call has that address" in line.plain and any(str(span.style) == "yellow" for span in line.spans)
             await pilot.press("q")
     finally:
-        eng.send_signal(signal.SIGTERM)
-        eng.wait(20)
-        sim.terminate()
-        sim.wait(10)
+        for p in (eng, sim):
+            p.send_signal(signal.SIGTERM)
+        for p in (eng, sim):
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
