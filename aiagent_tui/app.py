@@ -514,8 +514,9 @@ class AiAgentApp(App[int]):
                 table.remove_row(key)
                 self._shown.pop(key, None)
         kept = [k.value for k in table.rows]
-        redrawn = kept != [cid for cid in rows if cid in self._shown]
-        if redrawn:  # the order changed (sorting, filtering): redraw in order
+        # New rows go at the end: anything else (sorting, a filter let go) redraws the list in order.
+        redrawn = kept + [cid for cid in rows if cid not in self._shown] != list(rows)
+        if redrawn:
             table.clear()
             self._shown.clear()
         for cid, r in rows.items():
