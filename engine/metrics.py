@@ -30,6 +30,11 @@ class EngineCollector:
         yield CounterMetricFamily("ai_agent_calls_rejected_over_capacity", "Calls refused at max_calls", value=s.calls_rejected_over_capacity)
         yield CounterMetricFamily("ai_agent_calls_failed", "Calls whose setup failed", value=s.calls_failed)
         yield GaugeMetricFamily("ai_agent_ari_connected", "1 while the ARI events WebSocket is up", value=int(s.ari_connected))
+        reload = s.last_reload
+        yield GaugeMetricFamily("ai_agent_config_reload_refused", "1 while the last config reload was refused (the running config stays)",
+                                value=int(reload is not None and reload.refused is not None))
+        yield GaugeMetricFamily("ai_agent_config_restart_pending", "Changed settings that wait for a restart",
+                                value=len(reload.restart) if reload is not None else 0)
         yield CounterMetricFamily("ai_agent_ari_reconnects", "ARI events WebSocket reconnects", value=s.ari_reconnects)
         yield GaugeMetricFamily("ai_agent_rtp_server_running", "1 while the RTP socket is open", value=int(s.rtp_server_running))
         yield CounterMetricFamily("ai_agent_rtp_packets_in", "RTP datagrams received", value=r.packets_in)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import urllib.request
 
 from aiagent_tui.runtime import Runtime
 from engine.config import load_config
@@ -115,6 +116,8 @@ def test_sighup_reloads_the_headless_service_and_a_bad_file_leaves_it_running(tm
         wait_until(lambda: get_json(health)[1]["last_reload"]["refused"] is not None)
         doc = get_json(health)[1]
         assert "not valid TOML" in doc["last_reload"]["refused"] and any("config reload refused" in p for p in doc["problems"])
+        with urllib.request.urlopen(health.replace("/health", "/metrics"), timeout=5) as r:
+            assert "ai_agent_config_reload_refused 1.0" in r.read().decode()
         assert eng.poll() is None
     finally:
         sim.terminate()
