@@ -241,6 +241,9 @@ class Engine:
                 await self.set_default_provider(plan.config.providers.default)
             except Exception as e:  # not ready, or cannot load: new calls stay where they were
                 failed.append(f"providers.default: {e}")
+                kept = self.config.providers.model_copy(update={"default": self.default_provider})
+                self.config = self.config.model_copy(update={"providers": kept})  # the next reload tries again
+                self.calls.reconfigure(self.config)
         profiles = tuple(plan.config.profiles.values())
         for name in dict.fromkeys(p.provider for p in profiles):
             if name and name not in self.providers:

@@ -41,11 +41,12 @@ silence_prompt_s = 0
 """)
 
 
-async def test_a_reload_gives_new_calls_the_new_profile_and_keeps_calls_in_progress_and_a_bad_file_is_refused(tmp_path):
+async def test_a_reload_gives_new_calls_the_new_profile_and_keeps_calls_in_progress_and_a_bad_file_is_refused(tmp_path, monkeypatch):
     """A call is up when the file changes (greeting, VAD timing, the RTP port) and is reloaded: the
     next caller hears the new greeting; the call in progress keeps the config it started with; the
     RTP port is named as waiting for a restart. Then a broken file is refused whole: the running
     config stays, and the header says so."""
+    monkeypatch.delenv("DEEPGRAM_API_KEY", raising=False)
     pbx = SimPBX(seed=7)
     await pbx.start(port=0)
     path = tmp_path / "config.toml"
@@ -86,6 +87,12 @@ async def test_a_reload_gives_new_calls_the_new_profile_and_keeps_calls_in_progr
         path.write_text(path.read_text().replace("end_ms = 50", "end_ms = 700") + '\n[profiles.sales]\nmatch = ["200"]\nprovider = "nosuch"\n')
         refused = await rt.reload()
         assert refused.refused is not None and "profiles.sales.provider" in refused.refused and eng.config is good
+
+        # A default provider that cannot take calls (no Deepgram key here): said, and new calls stay put.
+        path.write_text(path.read_text().split("\n[profiles.sales]")[0].replace('default = "local"', 'default = "deepgram"'))
+        result = await rt.reload()
+        assert result.refused is None and any(f.startswith("providers.default: ") for f in result.failed), result
+        assert eng.default_provider == "local" and eng.config.providers.default == "local"
     finally:
         await rt.stop()
         await pbx.stop()
