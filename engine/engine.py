@@ -397,6 +397,7 @@ class Engine:
                 packets_in=c.packets_in,
                 packets_out=c.packets_out,
                 foreign_dropped=c.foreign,
+                after_end_dropped=c.after_end,
                 malformed_dropped=dict(c.malformed),
                 unsupported_payload_dropped=c.unsupported_payload,
                 duplicates=c.duplicates,

@@ -41,6 +41,7 @@ class EngineCollector:
         yield CounterMetricFamily("ai_agent_rtp_packets_out", "RTP packets sent", value=r.packets_out)
         dropped = CounterMetricFamily("ai_agent_rtp_dropped", "Datagrams dropped, by reason", labels=["reason"])
         dropped.add_metric(["foreign"], r.foreign_dropped)
+        dropped.add_metric(["after_end"], r.after_end_dropped)
         dropped.add_metric(["unsupported_payload"], r.unsupported_payload_dropped)
         dropped.add_metric(["duplicate"], r.duplicates)
         dropped.add_metric(["late"], r.late_dropped)

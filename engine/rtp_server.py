@@ -26,6 +26,7 @@ from media.rtp_stats import DUPLICATE, LATE, PROBATION
 
 log = logging.getLogger(__name__)
 
+ENDED_GRACE_S = 2.0  # a call's address stays known this long after it ended (packets in flight)
 PREBUFFER_MAX_FRAMES = 6  # a stream's prebuffer grows after underruns up to this (120 ms)
 UNDERRUN_WINDOW_TICKS = 5
 SEND_FAILURES_BEFORE_FALLBACK = 3
@@ -38,6 +39,7 @@ class RtpServerCounters:
     packets_in: int = 0  # every datagram received
     packets_routed: int = 0  # valid packets of a known call
     foreign: int = 0  # from an address that belongs to no call
+    after_end: int = 0  # from a call that just ended: already on their way when its route went
     malformed: Counter[str] = field(default_factory=Counter)  # by reason
     unsupported_payload: int = 0
     duplicates: int = 0
@@ -74,6 +76,7 @@ class RtpServer(asyncio.DatagramProtocol):
         self.routes: dict[tuple[str, int], CallMedia] = {}
         self.transport: asyncio.DatagramTransport | None = None
         self.clock = clock or LoopClock()
+        self._ended: dict[tuple[str, int], float] = {}  # addresses of calls just ended -> until when
         self.pacer = OutboundPacer(self, self.clock)
         self._rl = RateLimitedLog(log, _WARN_INTERVAL_S)
 
@@ -103,6 +106,7 @@ class RtpServer(asyncio.DatagramProtocol):
 
     # -- routing
     def register(self, media: CallMedia) -> None:
+        self._ended.pop(media.remote, None)
         other = self.routes.get(media.remote)
         if other is not None and other is not media:
             raise ValueError(f"RTP address {media.remote} already belongs to call {other.session.call_id}")
@@ -111,6 +115,9 @@ class RtpServer(asyncio.DatagramProtocol):
     def unregister(self, media: CallMedia) -> None:
         if self.routes.get(media.remote) is media:
             del self.routes[media.remote]
+            now = self.clock.now()
+            self._ended = {a: until for a, until in self._ended.items() if until > now}
+            self._ended[media.remote] = now + ENDED_GRACE_S
         self.pacer.discard(media)
 
     # -- inbound (hot path: 50 packets/s per call)
@@ -127,6 +134,10 @@ class RtpServer(asyncio.DatagramProtocol):
         c.packets_in += 1
         media = self.routes.get(addr[:2])
         if media is None:
+            until = self._ended.get(addr[:2])
+            if until is not None and self.clock.now() < until:
+                c.after_end += 1  # the bridge's last frames, sent as the channel went: not news
+                return
             c.foreign += 1
             self._warn("foreign", f"dropped RTP from {addr[0]}:{addr[1]}: no call has that address")
             return

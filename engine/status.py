@@ -86,6 +86,7 @@ class RtpCounters:
     packets_in: int
     packets_out: int
     foreign_dropped: int
+    after_end_dropped: int  # from a call that had just ended (in flight as it went)
     malformed_dropped: dict[str, int]  # by reason
     unsupported_payload_dropped: int
     duplicates: int

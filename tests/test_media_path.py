@@ -42,6 +42,30 @@ async def test_malformed_foreign_and_wrong_payload_packets_are_dropped_and_count
     assert r["hangup_clean"] and r["agent_audio_seconds"] > 4.0
 
 
+async def test_packets_in_flight_when_a_call_ends_are_dropped_quietly_then_count_as_foreign(pbx, engine):
+    """The bridge's last frames can arrive after the call's route went (UDP overtakes nothing, but
+    the DELETE's answer may be read first): for ENDED_GRACE_S they are the ended call's, counted
+    apart and not warned about; after that, its address is a stranger's like any other."""
+    from engine import rtp_server
+
+    rec = pbx.place_call(str(THANKS), hold_s=0.5)
+    await wait_for(lambda: rec.bridged and engine.rtp.routes)
+    ep = pbx.external_endpoints[rec.external_media]
+    await asyncio.wait_for(rec.finished.wait(), 20)
+    await wait_for(lambda: not engine.rtp.routes)
+    engine_addr = ("127.0.0.1", engine.rtp.port)
+    c = engine.rtp.counters
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as late:
+        late.bind(ep.local)  # the ended call's Asterisk address (its port is free again)
+        late.sendto(build_packet(0, 1, 1, 1, b"\xff" * 160), engine_addr)
+        await wait_for(lambda: c.after_end == 1)
+        assert c.foreign == 0
+        engine.rtp._ended[ep.local] = 0.0  # the grace is over
+        late.sendto(build_packet(0, 2, 2, 1, b"\xff" * 160), engine_addr)
+        await wait_for(lambda: c.foreign == 1)
+    assert rtp_server.ENDED_GRACE_S >= 1.0
+
+
 async def test_outbound_rtp_is_one_paced_stream(pbx, engine):
     rec = pbx.place_call(str(AGENT_PASS), hold_s=0.5)
     await asyncio.wait_for(rec.finished.wait(), 20)
