@@ -22,7 +22,7 @@ from textual.notifications import SeverityLevel
 from textual.widgets import DataTable, Footer, Input, OptionList, RichLog, Static
 from textual.widgets.option_list import Option
 
-from aiagent_tui.history_screen import Diagnose, HistoryScreen
+from aiagent_tui.history_screen import Diagnose, HistoryScreen, default_norms
 from aiagent_tui.paths import state_dir
 from aiagent_tui.monitor import AudioMonitor, MonitorUnavailable
 from aiagent_tui.widgets import GatingPane, HeaderBar, LevelSparkline, RtpPane, TimelinePane, TranscriptPane, VadPane
@@ -304,13 +304,13 @@ class AiAgentApp(App[int]):
     COLUMNS = (("caller", 16), ("state", 14), ("time", 5), ("provider", 8))
 
     def __init__(
-        self, runtime: EngineRuntime, dump_dir: Path | None = None, history_url: str | None = None, diagnose_call: Diagnose | None = None,
+        self, runtime: EngineRuntime, dump_dir: Path | None = None, history_url: str | None = None, diagnose_call: Diagnose = default_norms,
     ) -> None:
         super().__init__()
         self.runtime = runtime  # starts the engine (and the simulator with --sim) in this app's loop
         self.dump_dir = (dump_dir or state_dir()).resolve()  # the notice gives the whole path
         self.history_url = history_url  # None: this engine keeps no history
-        self.diagnose_call = diagnose_call  # None: against the default norms
+        self.diagnose_call = diagnose_call
         self.engine: EngineView | None = None
         self.selected: str | None = None
         self.partials: dict[str, str] = {}
@@ -488,11 +488,7 @@ class AiAgentApp(App[int]):
             self._columns = columns
             self._shown.clear()
             if self.engine is not None:
-                selected = self.selected
                 self._refresh_list(table)
-                keys = [k.value for k in table.rows]
-                if selected in keys:  # the selection stays on its call
-                    table.move_cursor(row=keys.index(selected))
 
     def _refresh_list(self, table: DataTable) -> None:
         """The call list, twice a second: redrawing 50 rows is the costliest thing on screen."""
@@ -514,8 +510,9 @@ class AiAgentApp(App[int]):
                 table.remove_row(key)
                 self._shown.pop(key, None)
         kept = [k.value for k in table.rows]
-        # New rows go at the end: anything else (sorting, a filter let go) redraws the list in order.
-        redrawn = kept + [cid for cid in rows if cid not in self._shown] != list(rows)
+        # New rows go at the end: anything else (sorting, a filter let go) redraws the list in order;
+        # so does an empty table (new columns).
+        redrawn = not kept or kept + [cid for cid in rows if cid not in self._shown] != list(rows)
         if redrawn:
             table.clear()
             self._shown.clear()
@@ -622,7 +619,7 @@ class AiAgentApp(App[int]):
         if self.history_url is None:
             self.notify("no call history: history.enabled is false in the config", severity="warning")
             return
-        self.push_screen(HistoryScreen(self.history_url, *([self.diagnose_call] if self.diagnose_call else [])))
+        self.push_screen(HistoryScreen(self.history_url, self.diagnose_call))
 
     def action_barge_in(self) -> None:
         cid = self._need_call()

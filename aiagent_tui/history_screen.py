@@ -29,7 +29,7 @@ from providers.profile import Norms
 Diagnose = Callable[[CallRecord], Diagnosis]
 
 
-def _default_norms(rec: CallRecord) -> Diagnosis:
+def default_norms(rec: CallRecord) -> Diagnosis:
     return diagnose(rec, Norms())
 
 LIMIT = 500
@@ -50,7 +50,7 @@ class HistoryScreen(Screen[None]):
     #history-table { height: 1fr; }
     """
 
-    def __init__(self, url: str, diagnose_call: Diagnose = _default_norms) -> None:
+    def __init__(self, url: str, diagnose_call: Diagnose = default_norms) -> None:
         super().__init__()
         self.url = url
         self.diagnose_call = diagnose_call
@@ -141,7 +141,7 @@ class CallDetailScreen(Screen[None]):
     #detail-box { height: 1fr; border: round $primary; padding: 0 1; }
     """
 
-    def __init__(self, url: str, call_id: str, diagnose_call: Diagnose = _default_norms, open_output: OpenOutput | None = None) -> None:
+    def __init__(self, url: str, call_id: str, diagnose_call: Diagnose = default_norms, open_output: OpenOutput | None = None) -> None:
         super().__init__()
         self.url = url
         self.call_id = call_id

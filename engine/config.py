@@ -204,6 +204,9 @@ class ReloadPlan:
     restart: tuple[str, ...]  # dotted settings that changed and wait for a restart
 
 
+_MISSING = object()
+
+
 def _changed(old: Any, new: Any, path: str) -> list[str]:
     if isinstance(old, dict) and isinstance(new, dict):
         out: list[str] = []
@@ -212,9 +215,6 @@ def _changed(old: Any, new: Any, path: str) -> list[str]:
                 out += _changed(old.get(key), new.get(key), f"{path}.{key}" if path else str(key))
         return out
     return [path] if old != new else []
-
-
-_MISSING = object()
 
 
 def plan_reload(running: AppConfig, new: AppConfig) -> ReloadPlan:

@@ -18,12 +18,12 @@ from providers.profile import DEFAULT_PROFILE, Norms
 
 Severity = Literal["problem", "note"]
 
-# The stages of a turn as the record has them, with the norm each is measured against.
-_STAGES: tuple[tuple[str, str, str], ...] = (
-    ("stt_s", "speech to text", "stt_s"),
-    ("llm_first_sentence_s", "the LLM's first sentence", "llm_first_sentence_s"),
-    ("tts_first_audio_s", "text to speech's first audio", "tts_first_audio_s"),
-    ("playout_s", "getting the audio to the caller", "playout_s"),
+# The stages of a turn as the record has them; each is measured against the norm of the same name.
+_STAGES: tuple[tuple[str, str], ...] = (
+    ("stt_s", "speech to text"),
+    ("llm_first_sentence_s", "the LLM's first sentence"),
+    ("tts_first_audio_s", "text to speech's first audio"),
+    ("playout_s", "getting the audio to the caller"),
 )
 _STAGE_HINT = {
     "stt_s": "the STT model or its server is slow (a bigger model, a busy GPU, a CPU with too many calls)",
@@ -133,7 +133,7 @@ def _turns(rec: CallRecord, norms: Norms, found: list[Finding]) -> None:
     evidence = []
     for t in slow:
         worst = _worst_stage(t, norms)
-        stages = ", ".join(f"{label} {getattr(t, name):.2f} s" for name, label, _ in _STAGES if getattr(t, name) is not None)
+        stages = ", ".join(f"{label} {getattr(t, name):.2f} s" for name, label in _STAGES if getattr(t, name) is not None)
         held = f"; the hold line played after {t.hold_s:.2f} s" if t.hold_s is not None else ""
         evidence.append(f"{_offset(rec, t.at)}: answered after {answered_after(t):.2f} s ({stages}{held})")
         if worst is not None:
@@ -142,7 +142,7 @@ def _turns(rec: CallRecord, norms: Norms, found: list[Finding]) -> None:
     says = f"{len(slow)} of {answered} answers took longer than {norms.answer_s:.1f} s (worst {max(answered_after(t) or 0 for t in slow):.1f} s)"
     if excess:
         name = max(excess, key=lambda n: len(excess[n]) * 100 + max(excess[n]) - getattr(norms, n))
-        label = next(lb for n, lb, _ in _STAGES if n == name)
+        label = dict(_STAGES)[name]
         values = excess[name]
         norm = getattr(norms, name)
         says += f": {label} took up to {max(values):.1f} s against its norm of {norm:.1f} s (+{max(values) - norm:.1f} s)"
@@ -151,7 +151,7 @@ def _turns(rec: CallRecord, norms: Norms, found: list[Finding]) -> None:
 
 
 def _worst_stage(t: TurnRecord, norms: Norms) -> str | None:
-    over = [(getattr(t, name) - getattr(norms, norm), name) for name, _, norm in _STAGES if getattr(t, name) is not None]
+    over = [(getattr(t, name) - getattr(norms, name), name) for name, _ in _STAGES if getattr(t, name) is not None]
     over = [(x, n) for x, n in over if x > 0]
     return max(over)[1] if over else None
 

@@ -37,10 +37,6 @@ class StereoTimeline:
         self._pending[side].extend(pcm16)
         self._placed[side] += len(pcm16) // 2
 
-    @property
-    def seconds(self) -> float:
-        return max(self._placed) / RATE
-
     def take(self, upto_s: float | None = None) -> bytes:
         """Interleaved stereo up to ``upto_s`` (None: all that was placed), silence where a side had
         nothing; what is taken is forgotten."""
