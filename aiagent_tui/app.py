@@ -17,6 +17,7 @@ from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical
 from textual.coordinate import Coordinate
+from textual.css.query import NoMatches
 from textual.screen import ModalScreen, Screen
 from textual.notifications import SeverityLevel
 from textual.widgets import DataTable, Footer, Input, OptionList, RichLog, Static
@@ -438,7 +439,10 @@ class AiAgentApp(App[int]):
             line.append(f"[{call_id[-8:]}] ", style="cyan")
         line.append(message, style=style)
         self.log_lines.append(line)
-        self.query_one(RichLog).write(line)
+        try:
+            self.query_one(RichLog).write(line)
+        except NoMatches:  # closing: the line is kept for nobody, but logging must not fail
+            return
         if isinstance(self.screen, LogScreen):
             self.screen.add(line)
 
@@ -446,7 +450,11 @@ class AiAgentApp(App[int]):
         eng = self.engine
         if eng is None:
             return
-        self.query_one(HeaderBar).show(eng.summary(), paused=self.paused)
+        try:
+            header = self.query_one(HeaderBar)
+        except NoMatches:  # the app is closing: its widgets go before its timer stops
+            return
+        header.show(eng.summary(), paused=self.paused)
         if self.paused:
             return
         self._ticks += 1

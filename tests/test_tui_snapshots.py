@@ -214,3 +214,15 @@ def test_main_screen_fits_the_terminal(snap_compare, size):
     app = live_app()
     app.runtime.engine.add_call("+4915112345678", 600.0, ConversationState.PROCESSING, conversation_since=NOW - 6.0)
     assert snap_compare(app, terminal_size=size, run_before=_settle)
+
+
+async def test_a_refresh_tick_or_log_line_while_the_app_closes_is_ignored():
+    # The app's widgets are removed before its interval timer stops: a tick in between once failed CI.
+    engine = ScriptedEngine.two_calls()
+    app = AiAgentApp(ScriptedRuntime(engine))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+    app.engine = engine  # as it still is during the close, before on_unmount
+    app.refresh_panes()
+    app.write_log(None, "a warning logged while closing")
+    assert app.log_lines[-1].plain.endswith("a warning logged while closing")
