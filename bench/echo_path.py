@@ -9,8 +9,8 @@ listen to the answers; in its last turn each caller talks over the answer one se
 Printed per mode and line, counted on the caller's side and the engine's:
 
 - false barge-ins: the agent stopped while the caller was silent (its own echo, or noise);
-- false pauses: the agent paused on sound that was not the caller talking, and went on (stream
-  mode, barge_in.pause_ms: a gap in its answer, nothing lost);
+- false pauses: the agent paused on sound that was not the caller talking, and went on
+  (barge_in.pause_ms: a gap in its answer, nothing lost);
 - barge-in reaction p50 at the caller: from the caller's speech onset to the agent going quiet;
 - mis-heard words: caller transcripts that are not one of the caller's questions (the agent's
   own words heard back, or noise turned into words);

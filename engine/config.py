@@ -78,9 +78,10 @@ class VadConfig(_Section):
 class BargeInConfig(_Section):
     enabled: bool = True
     min_ms: int = Field(200, ge=20, le=2000)  # caller speech this long during agent speech stops it
-    # Stream mode: the agent pauses after this much caller speech, until min_ms confirms the
-    # barge-in (its audio is dropped) or the caller goes quiet first (it resumes where it paused:
-    # a cough, a click, line echo). 0: no pause, only the barge-in.
+    # The agent pauses after this much caller speech (stream mode: the pacer holds; file mode: ARI
+    # pauses the playing file), until min_ms confirms the barge-in (its audio is dropped) or the
+    # caller goes quiet first (it resumes where it paused: a cough, a click, line echo). 0: no
+    # pause, only the barge-in.
     pause_ms: int = Field(40, ge=0, le=2000)
     # Level a frame of caller speech must reach while the agent talks (after the agent's own
     # playback has been subtracted in file mode).

@@ -68,8 +68,8 @@ class Downstream:
 
     def pause(self, paused: bool) -> bool:
         """Holds the agent's audio where it is (True) or goes on from there (False); False if
-        this path cannot (Asterisk plays the files)."""
-        return False
+        nothing is held (a file still queued in Asterisk cannot be paused)."""
+        raise NotImplementedError
 
 
 class FilePlayback(Downstream):
@@ -109,13 +109,14 @@ class FilePlayback(Downstream):
         self._seq = 0
         self._chunk_bytes = config.file_chunk_ms * ULAW_BYTES_PER_S // 1000
         self._idle: Timer | None = None
-        self._timeouts: dict[str, Timer] = {}
+        self._timeouts: dict[str, tuple[float, Timer]] = {}  # playback id -> (deadline, its timer)
         self._audio: dict[str, bytes] = {}  # playback id -> its u-law, for the reference
         self._posts: asyncio.Queue[str] = asyncio.Queue()
         self._bridged = asyncio.Event()
         if session.bridged_at is not None:  # a stream that failed over to files mid-call
             self._bridged.set()
         self._expected_end = 0.0  # when the last queued playback should end
+        self._paused: tuple[str, float] | None = None  # (playback id, since) while the agent is held
         self._poster = spawn(self._post_loop())
 
     # ---- in
@@ -181,7 +182,7 @@ class FilePlayback(Downstream):
             now = self._clock.now()
             self._expected_end = max(now, self._expected_end) + ref.duration_s
             # Overdue after the queue ahead of it and itself have played, plus a margin.
-            self._timeouts[pid] = self._clock.call_at(self._expected_end + self.config.timeout_margin_ms / 1000, self._timed_out, pid)
+            self._set_timeout(pid, self._expected_end + self.config.timeout_margin_ms / 1000)
             # The echo of this file follows the audio posted before it, counted from this POST.
             self.reference.posted(self._audio.get(pid, b""))
             try:
@@ -191,12 +192,19 @@ class FilePlayback(Downstream):
                 self.counters.files_failed += 1
                 self._release(pid)
 
+    def _set_timeout(self, pid: str, deadline: float) -> None:
+        self._timeouts[pid] = (deadline, self._clock.call_at(deadline, self._timed_out, pid))
+
     # ---- ARI events
     def on_started(self, pid: str) -> None:
         ref = self.session.playbacks.get(pid)
-        if ref is None:
-            return
+        if ref is None or ref.started_at is not None:
+            return  # not ours, or the PlaybackStarted that Asterisk sends again on unpause
         ref.started_at = self._clock.now()
+        if self._paused is not None and self._paused[0] != pid:
+            # The pause reached Asterisk after the file before this one had ended: hold this one.
+            self._paused = (pid, self._paused[1])
+            self._spawn(self._control(pid, "pause"))
         if self._recording is not None:
             self._recording.agent_ulaw(self._audio.get(pid, b""), ref.started_at)
         self.counters.files_started += 1
@@ -231,6 +239,8 @@ class FilePlayback(Downstream):
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
+        self._paused = None
+        self.reference.hold(False)
         pids = list(self.session.playbacks)
         for pid in pids:
             self.counters.files_stopped += 1
@@ -240,6 +250,44 @@ class FilePlayback(Downstream):
         self._expected_end = 0.0
         self._on_tokens_changed()
         return unplayed
+
+    def pause(self, paused: bool) -> bool:
+        """Holds the playing file where it is (ARI playback control), the echo reference with it;
+        on resume, the files' timeouts move on by the time held."""
+        now = self._clock.now()
+        if paused:
+            playing = next((p for p, ref in self.session.playbacks.items() if ref.started_at is not None), None)
+            if playing is None or self._paused is not None:
+                return False
+            self._paused = (playing, now)
+            self.reference.hold(True)
+            self._spawn(self._control(playing, "pause"))
+            return True
+        if self._paused is None:
+            return False
+        pid, since = self._paused
+        self._paused = None
+        held = now - since
+        self.reference.hold(False)
+        self._spawn(self._control(pid, "unpause"))
+        ref = self.session.playbacks.get(pid)
+        if ref is not None and ref.started_at is not None:
+            ref.started_at += held  # what is left of it plays from now
+        self._expected_end += held
+        for p, (deadline, timer) in list(self._timeouts.items()):
+            timer.cancel()
+            self._set_timeout(p, deadline + held)
+        return True
+
+    async def _control(self, pid: str, operation: str) -> None:
+        try:
+            await self.ari.control_playback(pid, operation)
+        except AriError as e:
+            # 404 or 409: it ended (or was stopped) before the request arrived; nothing is held.
+            if e.status not in (404, 409):
+                log.warning("[%s] %s playback %s: %s", self.session.call_id, operation, pid, e)
+        except AriUnavailable as e:
+            log.warning("[%s] %s playback %s: %s", self.session.call_id, operation, pid, e)
 
     async def _stop_remote(self, pid: str) -> None:
         try:
@@ -257,7 +305,7 @@ class FilePlayback(Downstream):
         self._audio.pop(pid, None)
         t = self._timeouts.pop(pid, None)
         if t is not None:
-            t.cancel()
+            t[1].cancel()
         if ref is not None:
             try:
                 Path(ref.path).with_suffix(".ulaw").unlink(missing_ok=True)
@@ -272,7 +320,7 @@ class FilePlayback(Downstream):
     def close(self) -> None:
         if self._idle is not None:
             self._idle.cancel()
-        for t in self._timeouts.values():
+        for _, t in self._timeouts.values():
             t.cancel()
         self._poster.cancel()
         for pid in list(self.session.playbacks):

@@ -31,7 +31,10 @@ _WINDOW = _BEHIND + 4  # ... and ahead of it
 _STEP_COST = 8.0  # a frame without playback must be that much likelier than the pointer staying
 _DOF = 8.0  # independent values in a 20 ms frame of speech, about (it is not white noise)
 _FLOOR = float(160 * 50**2)  # the unexplained energy of a frame is taken as at least -56 dBFS
-_N, _T, _Q = 0, 1, 2  # the tracker's states: on the lag, the step frame, the frame after it
+_N, _T, _Q, _H = 0, 1, 2, 3  # the tracker's states: on the lag, the step frame, the frame after it, held
+_HOLD_COST = -0.1  # while held, a frame that either state explains as well is taken as held ...
+_GRACE_COST = 1.0  # ... and after the resume as playing (a silent stretch of the file must not drift)
+_HOLD_GRACE_FRAMES = 10  # the pause may still show this long after the resume went out
 _HALF = FRAME_SAMPLES // 2
 _SETTLE_FRAMES = 50  # a second of clear evidence decides between an 8 and a 16 kHz caller
 _TAIL_FRAMES = 3  # frames matched after the last one's echo is due; misses that end a stopped run
@@ -53,6 +56,7 @@ class _Tracker:
         self._lo = -_BEHIND  # the lowest lag tracked
         self._cost = _initial_cost()  # path cost per lag, from self._lo
         self.steps = 0
+        self._held: tuple[int, int] | None = None  # (received frame, lag) when the engine paused
         if shape is not None:
             shape.reset()
 
@@ -75,7 +79,26 @@ class _Tracker:
         since the last one's)."""
         return self._base + len(self._frames) - (n - self._lag)
 
-    def follow(self, x: np.ndarray, n: int, running: bool) -> np.ndarray | None:
+    def held(self, n: int) -> None:
+        if self._held is None:
+            self._held = (n, self._lag)
+
+    def resumed(self, n: int) -> None:
+        """Frames with nothing of the file told the tracker little where the file itself was silent:
+        the pause is taken as lasting from the hold to now, at most two frames shorter (the pause
+        reached the bridge late), and the lags are tracked from there."""
+        if self._held is None:
+            return
+        n0, lag0 = self._held
+        self._held = None
+        self._lag = lag0 + (n - n0)
+        self._lo = self._lag - _BEHIND
+        lags = self._lo + np.arange(_WINDOW)
+        self._cost = np.full((4, _WINDOW), np.inf)
+        near = (lags >= self._lag - 2) & (lags <= self._lag)
+        self._cost[:, near] = 0.0
+
+    def follow(self, x: np.ndarray, n: int, running: bool, hold_cost: float | None = None) -> np.ndarray | None:
         """What of the reference is in received frame ``n`` (None: nothing), moving the pointer.
 
         A small hidden-Markov tracker over the lags around the pointer. Each frame is the caller
@@ -86,14 +109,18 @@ class _Tracker:
         frame holds the first half of the old lag's frame and the next one the second half of
         the new lag's. Costs are in units of the frame's unexplained energy, so that a loud
         caller, who makes every lag look alike, cannot move the pointer on one frame's evidence,
-        while a frame that only the new lag explains does at once."""
+        while a frame that only the new lag explains does at once.
+
+        ``hold_cost``: the engine paused the playback (or just resumed it), so frames without
+        playback may follow each other for as long as the pause (state H: nothing of the
+        reference, the lag one more each frame), at this cost; None: H is ruled out."""
         end = self._base + len(self._frames)
         while running and n - (self._lo + _BEHIND) >= end:
             self._lo += 1  # all that was posted has played: the stream carries no playback now
             self._cost = np.concatenate([self._cost[:, 1:], self._cost[:, -1:]], axis=1)
         half = self._shape is not None
         zero = np.zeros(FRAME_SAMPLES, dtype=np.int64)
-        est = np.empty((3, _WINDOW, FRAME_SAMPLES), dtype=np.int64)
+        est = np.empty((4, _WINDOW, FRAME_SAMPLES), dtype=np.int64)
         for i in range(_WINDOW):
             lag = self._lo + i
             r = self._ref(n - lag)
@@ -105,6 +132,7 @@ class _Tracker:
             else:
                 est[_T, i] = zero
                 est[_Q, i] = est[_N, i]
+            est[_H, i] = zero
         d = x[None, None, :] - est
         obs = np.einsum("kij,kij->ki", d, d).astype(np.float64)
         ex = float(np.dot(x, x))
@@ -116,7 +144,11 @@ class _Tracker:
         new[_N] = settled + obs[_N]
         new[_T, 0] = np.inf
         new[_T, 1:] = settled[:-1] + _STEP_COST + obs[_T, 1:]
-        new[_Q] = c[_T] + obs[_Q]
+        # A pause is entered like a step (the step frame then nothing: a 16 kHz caller's first
+        # frame still has half a frame of the file) and left like one (the frame after it).
+        new[_Q] = np.minimum(c[_T], c[_H]) + obs[_Q]
+        new[_H, 0] = np.inf
+        new[_H, 1:] = np.inf if hold_cost is None else c.min(axis=0)[:-1] + hold_cost + obs[_H, 1:]
         low = new.min()
         if not np.isfinite(low):
             # Every path ruled out (seen once, at 250 calls with most packets dropped by the kernel):
@@ -131,14 +163,15 @@ class _Tracker:
         # in reach until the pointer is _BEHIND ahead of them.
         shift = int(best) - _BEHIND
         if shift > 0:
-            new = np.concatenate([new[:, shift:], np.full((3, shift), new.max() + _STEP_COST)], axis=1)
+            new = np.concatenate([new[:, shift:], np.full((4, shift), new.max() + _STEP_COST)], axis=1)
             self._lo += shift
         self._cost = new
         if lag != self._lag:
             self.steps += lag - self._lag
             self._lag = lag
-        # Reference frames the pointer has passed are not needed again (the delay only grows).
-        while self._frames and self._base < n - self._lag - _BEHIND:
+        # Reference frames the pointer has passed are not needed again (the delay only grows; a
+        # pause may yet put the pointer back to where it began).
+        while self._held is None and self._frames and self._base < n - self._lag - _BEHIND:
             self._frames.popleft()
             self._base += 1
         out = est[kind, best]
@@ -191,6 +224,7 @@ class PlaybackReference:
         self._evidence = 0  # frames on which one hypothesis clearly won
         self._settled = False
         self.wideband = False  # the caller's bridge looks like a 16 kHz one
+        self._hold = 0  # frames for which the playback may be held (paused); -1: until resumed
 
     # ---- the run
     def posted(self, ulaw: bytes) -> None:
@@ -201,6 +235,13 @@ class PlaybackReference:
         pcm = np.frombuffer(ulaw_to_pcm16(ulaw), dtype=np.int16).astype(np.int64)
         self._narrow.add(pcm)
         self._wide.add(pcm)
+
+    def hold(self, on: bool) -> None:
+        """The engine paused (True) or resumed (False) the playing file: the echo stops where the
+        pause reaches the bridge and goes on from that point of the file after the resume."""
+        for t in (self._narrow, self._wide):
+            t.held(self._n) if on else t.resumed(self._n)
+        self._hold = -1 if on else (_HOLD_GRACE_FRAMES if self._hold else 0)
 
     def run_ended(self, played: bool = False) -> None:
         """Every posted playback finished or was stopped: nothing more is coming back after the
@@ -223,10 +264,10 @@ class PlaybackReference:
     def active(self) -> bool:
         return self._running or self._tail > 0
 
-    def _judge(self, x: np.ndarray, n: int) -> np.ndarray | None:
+    def _judge(self, x: np.ndarray, n: int, hold: float | None) -> np.ndarray | None:
         """Both hypotheses follow the echo until one has explained it clearly better for long
         enough; then only that one runs (the caller's codec does not change mid-call)."""
-        outs = [self._narrow.follow(x, n, self._running), self._wide.follow(x, n, self._running)]
+        outs = [self._narrow.follow(x, n, self._running, hold), self._wide.follow(x, n, self._running, hold)]
         misfit = np.array([float(np.dot(x - r, x - r)) if r is not None else float(np.dot(x, x)) for r in outs])
         self._fit = 0.9 * self._fit + 0.1 * misfit
         narrow, wide = float(self._fit[0]), float(self._fit[1])
@@ -258,10 +299,13 @@ class PlaybackReference:
         n = self._n
         self._n += 1
         x = np.frombuffer(frame, dtype=np.int16).astype(np.int64)
+        hold = _HOLD_COST if self._hold < 0 else _GRACE_COST if self._hold > 0 else None
+        if self._hold > 0:
+            self._hold -= 1
         if self._settled:
-            out = (self._wide if self.wideband else self._narrow).follow(x, n, self._running)
+            out = (self._wide if self.wideband else self._narrow).follow(x, n, self._running, hold)
         else:
-            out = self._judge(x, n)
+            out = self._judge(x, n, hold)
         if out is None:
             return frame
         y = x - out
@@ -287,6 +331,6 @@ class PlaybackReference:
 def _initial_cost() -> np.ndarray:
     """At a run's start the echo is at lag 0 or later (never before the POST), on the lag (N)."""
     lags = np.arange(-_BEHIND, _WINDOW - _BEHIND, dtype=np.float64)
-    cost = np.full((3, _WINDOW), np.inf)
+    cost = np.full((4, _WINDOW), np.inf)
     cost[_N] = np.where(lags < 0, np.inf, lags * _STEP_COST)
     return cost

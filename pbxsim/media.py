@@ -134,6 +134,18 @@ class Playback:
     def exhausted(self) -> bool:
         return self._data is not None and self.spos >= len(self._data)
 
+    SKIP_SAMPLES = 3 * RATE  # reverse/forward: Asterisk's default skipms, 3000
+
+    def seek(self, op: str) -> None:
+        """restart, reverse or forward, in both the channel's frames and the bridge's samples."""
+        if op == "restart":
+            self.pos = self.spos = 0
+            return
+        step = self.SKIP_SAMPLES if op == "forward" else -self.SKIP_SAMPLES
+        total = sum(len(f) for f in self.frames or [])
+        self.spos = min(max(0, self.spos + step), total)
+        self.pos = min(max(0, self.pos + step // FRAME_BYTES), len(self.frames or []))
+
     def next_frame(self) -> bytes | None:
         if self.frames is None or self.pos >= len(self.frames):
             return None
@@ -209,6 +221,8 @@ class BridgePlayer:
             else:
                 self._until_step = self._steps_every()
                 return None  # ... or silence, and the file from the next frame on
+        if self.queue and self.queue[0].state == "paused":
+            return None  # the announcer holds its place in the file; the queue behind it waits
         if self._until_step == 0:
             self._until_step = self._steps_every()
             return None

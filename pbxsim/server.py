@@ -885,9 +885,16 @@ class SimPBX:
         try:
             loop = asyncio.get_running_loop()
             t0 = loop.time()
-            while (f := pb.next_frame()) is not None and pb.state == "playing":
-                media.deliver(f, True, self.clock.tick)
-                await asyncio.sleep(max(0.0, t0 + pb.pos * FRAME_S - loop.time()))
+            held = 0  # frames of pause, which push the rest of the file later
+            while pb.state in ("playing", "paused"):
+                if pb.state == "paused":
+                    held += 1
+                else:
+                    f = pb.next_frame()
+                    if f is None:
+                        break
+                    media.deliver(f, True, self.clock.tick)
+                await asyncio.sleep(max(0.0, t0 + (pb.pos + held) * FRAME_S - loop.time()))
         finally:
             if isinstance(media, CallerMedia):
                 media.muted = False
@@ -1004,6 +1011,31 @@ class SimPBX:
             self._playback_event(pb, "finished")
         return 204, None
 
+    def op_playbacks_control(self, pp, q, body):
+        # Asterisk's state table (res_stasis_playback.c): a queued playback takes only restart (a
+        # no-op); pausing publishes state "paused" with no event; unpausing publishes "playing",
+        # which ARI sends as a second PlaybackStarted. Anything else in a state that lacks it: 409.
+        entry = self.playbacks.get(pp["playbackId"])
+        if entry is None:
+            raise AriHttpError(404, "Playback not found")
+        pb, target = entry
+        op = q["operation"]
+        if pb.state == "queued" and op == "restart":
+            return 204, None
+        if pb.state == "playing" and op in ("restart", "reverse", "forward") and pb.frames is not None:
+            pb.seek(op)
+            return 204, None
+        if pb.state == "playing" and op in ("pause", "unpause"):
+            if op == "pause":
+                pb.state = "paused"  # the mixer's next tick plays nothing of it
+            return 204, None
+        if pb.state == "paused" and op in ("pause", "unpause"):
+            if op == "unpause":
+                pb.state = "playing"
+                self._playback_event(pb, "started")
+            return 204, None
+        raise AriHttpError(409, "Playback not in a state to accept this operation")
+
     # ---- call lifecycle
     def _note_bridged(self, b: Bridge) -> None:
         members = [c for c in self.channels.values() if c.bridge is b]
@@ -1037,7 +1069,7 @@ class SimPBX:
             ch.in_stasis = False
             self.emit(ch.app, {"type": "StasisEnd", "channel": ch.to_json()})
         for pb in ch.channel_playbacks:
-            if pb.state == "playing":
+            if pb.state in ("playing", "paused"):
                 pb.state = "failed"
                 self._playback_event(pb, "finished")
         del self.channels[ch.id]

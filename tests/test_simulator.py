@@ -122,6 +122,52 @@ async def test_behaviour_bridge_playback_is_mixed_into_externalmedia(pbx, tmp_pa
     assert pbx.violations == []
 
 
+async def test_behaviour_playback_control_follows_asterisks_state_table(pbx, tmp_path):
+    """Pause and unpause as res_stasis_playback.c does them: a queued file cannot be paused (409),
+    a pause sends no event and holds the file (and the queue behind it) where it is, an unpause
+    sends PlaybackStarted again and the file plays on from there."""
+    prompt = tmp_path / "prompt"
+    (tmp_path / "prompt.ulaw").write_bytes(bytes(range(0, 256, 2)) * 50)  # 800 ms
+    async with aiohttp.ClientSession() as http:
+        ws = await _events(http, pbx)
+        await wait_for(lambda: pbx.app_active("aiagent"))
+        await _ari(http, pbx, "POST", "/bridges", type="mixing", bridgeId="b3")
+        await _ari(http, pbx, "POST", "/channels/externalMedia", app="aiagent", external_host="127.0.0.1:9", format="ulaw", channelId="em3")
+        await asyncio.sleep(0.05)
+        await _ari(http, pbx, "POST", "/bridges/b3/addChannel", channel="em3")
+        loop = asyncio.get_running_loop()
+
+        async def next_playback_event() -> tuple[float, dict]:
+            while True:
+                ev = json.loads((await ws.receive(timeout=3)).data)
+                if ev["type"].startswith("Playback"):
+                    return loop.time(), ev
+
+        await _ari(http, pbx, "POST", "/bridges/b3/play/p1", media=f"sound:{prompt}")
+        await _ari(http, pbx, "POST", "/bridges/b3/play/p2", media=f"sound:{prompt}")
+        started, ev = await next_playback_event()
+        assert (ev["type"], ev["playback"]["id"]) == ("PlaybackStarted", "p1")
+        assert (await _ari(http, pbx, "POST", "/playbacks/p2/control", operation="pause"))[0] == 409  # queued
+        assert (await _ari(http, pbx, "POST", "/playbacks/nope/control", operation="pause"))[0] == 404
+        await asyncio.sleep(0.2)
+        assert (await _ari(http, pbx, "POST", "/playbacks/p1/control", operation="pause"))[0] == 204
+        assert (await _ari(http, pbx, "POST", "/playbacks/p1/control", operation="pause"))[0] == 204  # a no-op
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(next_playback_event(), 0.6)  # held: nothing finishes, nothing starts
+        assert (await _ari(http, pbx, "POST", "/playbacks/p1/control", operation="unpause"))[0] == 204
+        _, ev = await next_playback_event()
+        assert (ev["type"], ev["playback"]["id"], ev["playback"]["state"]) == ("PlaybackStarted", "p1", "playing")
+        finished, ev = await next_playback_event()
+        assert (ev["type"], ev["playback"]["id"]) == ("PlaybackFinished", "p1")
+        assert finished - started >= 0.8 + 0.6  # its 800 ms, and the time it was held
+        _, ev = await next_playback_event()
+        assert (ev["type"], ev["playback"]["id"]) == ("PlaybackStarted", "p2")
+        await ws.close()
+        await _ari(http, pbx, "DELETE", "/channels/em3")
+        await _ari(http, pbx, "DELETE", "/bridges/b3")
+    assert pbx.violations == []
+
+
 async def test_unknown_operation_and_bad_parameters_are_violations():
     pbx = SimPBX()
     await pbx.start(port=0)

@@ -210,3 +210,54 @@ def test_after_a_stopped_playback_the_reference_lets_go_at_once():
     touched = [i for i, f in enumerate(frames) if bridge.ref.residual(f) != f]
     assert all(i < 6 for i in touched), touched  # a few frames at most: it sees the echo is gone
     assert not bridge.ref.active
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("caller_rate", [8000, 16000])
+def test_reference_follows_the_playback_through_pauses(seed, caller_rate):
+    """File-mode barge-in pauses the playing file (ARI playback control) on a cough and resumes
+    it: the bridge plays nothing for 3 to 13 frames, from a frame or two after the engine held the
+    reference to a frame or two after it let go, with the caller coughing or quiet meanwhile.
+    Outside the pauses the echo is cancelled by 30 dB or more and no frame reaches the barge-in
+    level (-40 dBFS); during them the residual is the caller, left alone."""
+    rng = random.Random(seed)
+    bridge = RealBridge(seed, wideband=caller_rate == 16000)
+    agent = agent_speech(30.0)
+    noise = line_noise(-62.0, seed=seed)
+    hello = load_wav_ulaw(HELLO)
+    pos, leaked, err, energy, pauses = 0, 0, 0.0, 0.0, 0
+    plan: dict[int, list[str]] = {}  # tick -> what happens then
+    cough_until = -1
+    for i in range(1500):
+        if pos < len(agent) and len(bridge.queue) < 2:
+            n = 160 * rng.randint(5, 40)
+            bridge.post(agent[pos : pos + n])
+            pos += n
+        if i % 75 == 40 and bridge.queue and bridge.queue[0].state == "playing":
+            held = rng.randint(3, 13)
+            bridge.ref.hold(True)  # the engine's pause request ...
+            plan.setdefault(i + rng.randint(0, 2), []).append("pause")  # ... reaches the bridge's mixer
+            plan.setdefault(i + held, []).append("resume")
+            cough_until = i + rng.choice([0, 5])  # a cough starts the pause, or a click
+        for what in plan.pop(i, []):
+            if what == "resume":
+                bridge.ref.hold(False)
+                plan.setdefault(i + rng.randint(1, 2), []).append("unpause")
+            elif what == "pause" and bridge.queue:
+                bridge.queue[0].state = "paused"
+                pauses += 1
+            elif what == "unpause" and bridge.queue and bridge.queue[0].state == "paused":
+                bridge.queue[0].state = "playing"
+        c = noise[(i * 160) % (len(noise) - 159) :][:160]
+        coughing = i <= cough_until
+        if coughing:
+            c = mix_ulaw([hello[(60 + i % 5) * 160 :][:160], c])
+        out, echo = bridge.tick(c)
+        want = np.frombuffer(ulaw_to_pcm16(c), dtype=np.int16).astype(float)
+        if not coughing:
+            err += float(np.sum((out - want) ** 2))
+            energy += float(np.sum(echo**2))
+            leaked += rms_dbfs(np.clip(out, -32768, 32767).astype(np.int16).tobytes()) > -40
+    assert pauses >= 15
+    assert 10 * np.log10(energy / max(err, 1.0)) >= 30
+    assert leaked == 0 if caller_rate == 8000 else leaked <= 2

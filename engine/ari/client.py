@@ -166,6 +166,11 @@ class AriClient:
     async def stop_playback(self, playback_id: str) -> None:
         await self.request("DELETE", f"/playbacks/{playback_id}", reply=False)
 
+    async def control_playback(self, playback_id: str, operation: str) -> None:
+        """``operation``: pause, unpause, restart, reverse or forward (409 if the playback's
+        state does not take it, e.g. pausing one still queued)."""
+        await self.request("POST", f"/playbacks/{playback_id}/control", {"operation": operation}, reply=False)
+
 
 def _param(v: Any) -> str:
     if isinstance(v, bool):
