@@ -95,7 +95,7 @@ def script(questions: int) -> list[dict[str, object]]:
     return steps
 
 
-async def run_case(mode: str, line: str, calls: int, questions: int, hold_after_ms: int = 0, defer_later_ms: int | None = None) -> Result:
+async def run_case(mode: str, line: str, calls: int, questions: int, hold_after_ms: int = 0) -> Result:
     port = free_port()
     sim = subprocess.Popen([sys.executable, "-m", "pbxsim.cli", "serve", "--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     env = {"ASTERISK_ARI_PORT": str(port), "RTP_PORT": "0", "HEALTH_PORT": "0", "AIAGENT_PROVIDER": "local",
@@ -104,8 +104,6 @@ async def run_case(mode: str, line: str, calls: int, questions: int, hold_after_
     # The simulated callers ask again after 1 s of quiet: after a hold line they would talk over
     # the answer that follows it. Off unless asked for.
     cfg.providers.local.hold_after_ms = hold_after_ms
-    if defer_later_ms is not None:
-        cfg.providers.local.defer_later_ms = defer_later_ms
     eng = Engine(cfg)
     res = Result()
     try:
@@ -151,7 +149,7 @@ async def main_async(args: argparse.Namespace) -> None:
           f" {'reaction p50':>12s} {'turn p50':>9s} {'turn p95':>9s}")
     for mode in args.modes.split(","):
         for line in args.lines.split(","):
-            r = await run_case(mode, line, args.calls, args.questions, args.hold_after_ms, args.defer_later_ms)
+            r = await run_case(mode, line, args.calls, args.questions, args.hold_after_ms)
             lat = np.array(r.latencies) * 1000 if r.latencies else np.zeros(1)
             reaction = f"{np.percentile(r.reactions, 50) * 1000:.0f}ms" if r.reactions else "-"
             print(f"  {mode:6s} {line:9s} {r.turns:5d} {r.false_barge_ins:15d} {r.false_pauses:12d} {len(r.misheard):9d} {f'{r.caught}/{r.talk_overs}':>16s}"
@@ -167,7 +165,6 @@ def main() -> int:
     ap.add_argument("--modes", default="file,stream")
     ap.add_argument("--lines", default="dtx,silent,noisy,wideband")
     ap.add_argument("--hold-after-ms", type=int, default=0, help="providers.local.hold_after_ms (default 0: no hold line)")
-    ap.add_argument("--defer-later-ms", type=int, help="providers.local.defer_later_ms for this run (default: config.toml's)")
     asyncio.run(main_async(ap.parse_args()))
     return 0
 

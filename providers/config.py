@@ -58,10 +58,6 @@ class LocalProviderConfig(ConfigSection):
     tts_voice_path: str = ""  # a Piper .onnx voice (its .onnx.json beside it)
     tts_cache_size: int = Field(128, ge=0, le=100000)  # synthesized sentences kept
     max_queue: int = Field(16, ge=1, le=1000)  # model jobs waiting before new ones are refused
-    # While a caller waits on a model (a final transcript, an answer's first sentence or its voice),
-    # the other workers hold later work (the rest of answers) back up to this long, so that it
-    # does not take the cores from that turn. 0: no holding back.
-    defer_later_ms: int = Field(500, ge=0, le=5000)
     # A model worker process with work but no progress this long is hung: killed and restarted.
     worker_hang_timeout_s: float = Field(10.0, gt=0, le=3600)
     # Said when a turn is lost to a model worker that crashed or hung (it is being restarted).

@@ -44,7 +44,7 @@ from providers.local.sentences import SentenceSplitter, reads_complete
 from providers.local.spoken import spoken
 from providers.local.stages import WorkerLlm, WorkerStt, WorkerTts
 from providers.local.stt import check_stt_model
-from providers.local.workers import CoreShare, ModelWorker, WaitObserver
+from providers.local.workers import ModelWorker, WaitObserver
 from providers.remote.openai import OpenAiLlm, OpenAiServer, OpenAiStt, OpenAiTts
 from providers.remote.server import ModelServer
 from providers.remote.wyoming import WyomingServer, WyomingStt, WyomingTts
@@ -131,7 +131,6 @@ class StagePool:
         self._servers: dict[str, ModelServer] = {}
         self._voices: dict[str, _Voice] = {}
         self._lock = asyncio.Lock()
-        self._core_share = CoreShare(config.local.defer_later_ms / 1000)  # the in-process workers share the cores
 
     def server(self, name: str) -> ModelServer:
         """The one client of the named server (its connection pool, its circuit)."""
@@ -143,7 +142,7 @@ class StagePool:
     def _build(self, kind: str, backend: str) -> Stage:
         local = self.config.local
         if backend == IN_PROCESS:
-            worker = ModelWorker(kind, local.model_dump(mode="json"), local.max_queue, local.worker_hang_timeout_s, on_wait=self.on_wait, share=self._core_share)
+            worker = ModelWorker(kind, local.model_dump(mode="json"), local.max_queue, local.worker_hang_timeout_s, on_wait=self.on_wait)
             in_process: dict[str, type[WorkerStt | WorkerLlm | WorkerTts]] = {"stt": WorkerStt, "llm": WorkerLlm, "tts": WorkerTts}
             return in_process[kind](worker)
         server = self.server(backend)

@@ -256,34 +256,6 @@ async def test_model_work_is_served_by_priority_and_partials_give_way():
         assert dispatched == [Priority.LATER, Priority.NOW, Priority.LATER, Priority.LATER]  # the cancelled one never reached the model
 
 
-@pytest.mark.parametrize("defer_ms", [5000, 30])
-async def test_later_work_waits_while_a_caller_waits_on_another_model(defer_ms):
-    """The workers share the cores: while a caller's final transcript runs on the STT worker, a
-    later sentence's voice waits on the TTS worker, and goes once the transcript is done; or, with a
-    short ``defer_later_ms``, once that much time is up, the transcript still running."""
-    from pbxsim.media import load_wav_ulaw
-    from providers.stages import Priority
-    from tests.conftest import HELLO
-
-    pcm = Resampler(8000, 16000).process(ulaw_to_pcm16(load_wav_ulaw(HELLO)))
-    async with local_pipeline(LocalProviderConfig(tts_cache_size=0, defer_later_ms=defer_ms)) as p:
-        tts, stt = p.models.voice.tts, p.models.stt
-        await stt.transcribe(pcm, "")  # warm: the timed pass below is a steady one
-        seen: list[tuple[str, Priority]] = []  # jobs as the processes get them
-        transcribing: list[bool] = []  # when the voice went: was the transcript still running?
-        stt.worker.on_wait = lambda model, priority, waited: seen.append((model, priority))
-        tts.worker.on_wait = lambda model, priority, waited: (seen.append((model, priority)), transcribing.append(stt.worker._running is not None))
-        final = asyncio.create_task(stt.transcribe(pcm, "", Priority.NOW))
-        await wait_for(lambda: stt.worker._running is not None, timeout=10, interval=0.001)
-        later = asyncio.create_task(tts.synthesize("And this is the second sentence.", Priority.LATER))
-        text, _ = await asyncio.gather(final, later)
-        assert "hello" in text.lower()
-        share = stt.worker.share
-        assert share is not None and share is tts.worker.share and share.deferred == 1 and share.urgent == 0
-        assert seen == [("stt", Priority.NOW), ("tts", Priority.LATER)]
-        assert transcribing == [defer_ms < 100]
-
-
 def test_speech_cache_pins_survive_eviction():
     c = SpeechCache(1)
     a, b, cc = (Speech(x, 8000) for x in (b"a", b"b", b"c"))

@@ -11,10 +11,6 @@ Jobs wait here, not in the process: it is given one at a time, the most urgent f
 (``Priority``: what a caller waits on, then the rest of answers, then partial transcripts, which
 are refused when anything else waits), in arrival order within a priority. A queued job that is
 cancelled (barge-in, hangup) never reaches the process.
-
-The three processes share the machine's cores, and a turn is a chain (STT, then the LLM's first
-sentence, then its voice): while any caller waits on any of them, the workers hold back later
-work (``CoreShare``), so that another call's later sentences do not take the cores from it.
 """
 
 from __future__ import annotations
@@ -50,32 +46,6 @@ class WorkerCrashed(StageFailed):
     """The model process died or hung while this job was queued or running."""
 
 
-class CoreShare:
-    """Shared by a provider's workers: while a NOW job is queued or running in any of them, the
-    others give their processes no later work (the rest of an answer, a partial transcript) for up
-    to ``max_defer_s`` after it was queued: it is needed before the audio already queued for its
-    call has played, which is longer than that."""
-
-    def __init__(self, max_defer_s: float = 0.5) -> None:
-        self.max_defer_s = max_defer_s
-        self.urgent = 0  # NOW jobs queued or running, over every worker
-        self.deferred = 0  # later jobs held back at least once
-        self.workers: list[ModelWorker] = []
-
-    def holds(self, job: _Job, now: float) -> bool:
-        return job.priority is not Priority.NOW and self.urgent > 0 and now - job.queued_at < self.max_defer_s
-
-    def add(self, fut: asyncio.Future) -> None:
-        self.urgent += 1
-        fut.add_done_callback(self._done)
-
-    def _done(self, _: asyncio.Future) -> None:
-        self.urgent -= 1
-        if self.urgent == 0:
-            for w in self.workers:
-                w._dispatch()
-
-
 @dataclass
 class _Job:
     future: asyncio.Future
@@ -92,7 +62,6 @@ class ModelWorker:
     max_queue: int
     hang_timeout_s: float = 60.0
     on_wait: WaitObserver | None = None  # told how long each job waited before the process took it
-    share: CoreShare | None = None  # later work waits while any worker of the provider serves a caller
     load_timeout_s: float = 300.0
     state: str = "starting"  # starting | running | restarting | failed | stopped
     detail: str = ""  # what the process reported when it loaded
@@ -108,11 +77,6 @@ class ModelWorker:
     _task: asyncio.Task | None = None
     _last_progress: float = 0.0
     _failures: int = 0  # restarts in a row without a job done
-    _wake: asyncio.TimerHandle | None = None  # a held-back job's time is up
-
-    def __post_init__(self) -> None:
-        if self.share is not None:
-            self.share.workers.append(self)
 
     @property
     def depth(self) -> int:
@@ -289,8 +253,6 @@ class ModelWorker:
         job_id = next(self._ids)
         fut = loop.create_future()
         self._pending[job_id] = _Job(fut, on_chunk, encode(("job", job_id, method, args)), priority, loop.time())
-        if priority is Priority.NOW and self.share is not None:
-            self.share.add(fut)
         heapq.heappush(self._queue, (priority, job_id))
         self.jobs += 1
         self._dispatch()
@@ -302,24 +264,13 @@ class ModelWorker:
             raise
 
     def _dispatch(self) -> None:
-        """Gives the process the most urgent waiting job, if it has none (and it is not held back)."""
-        loop = asyncio.get_running_loop()
+        """Gives the process the most urgent waiting job, if it has none."""
         while self._running is None and self._queue:
-            job_id = self._queue[0][1]
+            _, job_id = heapq.heappop(self._queue)
             job = self._pending.get(job_id)
             if job is None:
-                heapq.heappop(self._queue)
                 continue  # cancelled while it waited
-            now = loop.time()
-            if self.share is not None and self.share.holds(job, now):
-                if self._wake is None or self._wake.when() > job.queued_at + self.share.max_defer_s:
-                    if self._wake is not None:
-                        self._wake.cancel()
-                    else:
-                        self.share.deferred += 1
-                    self._wake = loop.call_at(job.queued_at + self.share.max_defer_s, self._woken)
-                return
-            heapq.heappop(self._queue)
+            now = asyncio.get_running_loop().time()
             if self.on_wait is not None:
                 self.on_wait(self.name, job.priority, now - job.queued_at)
             self._running = job_id
@@ -329,10 +280,6 @@ class ModelWorker:
                 del self._pending[job_id]
                 if not job.future.done():
                     job.future.set_exception(WorkerCrashed(f"{self.name} model worker is gone"))
-
-    def _woken(self) -> None:
-        self._wake = None
-        self._dispatch()
 
     def _send(self, data: bytes) -> bool:
         stdin = self._proc.stdin if self._proc is not None else None
