@@ -15,7 +15,9 @@ Printed per mode and line, counted on the caller's side and the engine's:
 - mis-heard words: caller transcripts that are not one of the caller's questions (the agent's
   own words heard back, or noise turned into words);
 - barge-ins caught: of the talk-over turns, how many stopped the agent;
-- turn latency p50/p95 at the caller: from the caller's last frame to the first answer frame heard.
+- turn latency p50/p95 at the caller: from the caller's last frame to the first answer frame heard;
+- the engine's side of those turns, per stage (p50 / p95), and the mean wait of each model's jobs
+  for its worker process, by priority: where the time of a turn under load goes.
 
 Lines: dtx (the phone sends nothing in silence), silent (digital silence sent all the time),
 noisy (-62 dBFS line noise all the time: the VAD's hangover, not the packets stopping, ends the
@@ -41,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 from common import free_port, http_json, scratch_media  # noqa: E402
 from engine.config import load_config  # noqa: E402
 from engine.engine import Engine  # noqa: E402
-from engine.sessions import BargeIn, TranscriptAdded  # noqa: E402
+from engine.sessions import BargeIn, TranscriptAdded, TurnCompleted  # noqa: E402
 
 QUESTIONS = [
     "Hi, what time do you open on Saturday?",
@@ -73,6 +75,8 @@ class Result:
     latencies: list[float] = field(default_factory=list)
     false_pauses: int = 0
     reactions: list[float] = field(default_factory=list)
+    stages: dict[str, list[float]] = field(default_factory=dict)  # engine side, per stage of the turn
+    waits: dict[str, tuple[float, int]] = field(default_factory=dict)  # "model priority" -> (seconds waited, jobs)
 
 
 def _words(text: str) -> set[str]:
@@ -93,6 +97,10 @@ def script(questions: int) -> list[dict[str, object]]:
     steps += [{"say_text": "Tell me everything about your opening hours, please."}, {"wait_agent": 1.0, "timeout_s": 40},
               {"say_text": "Sorry, stop, I have to go now."}, {"wait_agent_done": 1.0, "timeout_s": 40}, {"pause": 0.5}]
     return steps
+
+
+STAGES = [("stt", "speech_end", "stt_final"), ("llm first sentence", "stt_final", "first_sentence"),
+          ("tts", "first_sentence", "tts_first_audio"), ("playout", "tts_first_audio", "first_audio_out")]
 
 
 async def run_case(mode: str, line: str, calls: int, questions: int, hold_after_ms: int = 0) -> Result:
@@ -124,6 +132,11 @@ async def run_case(mode: str, line: str, calls: int, questions: int, hold_after_
         while (ev := sub.get_nowait()) is not None:
             if isinstance(ev, BargeIn) and not ev.forced:
                 barge_ins[ev.call_id] = barge_ins.get(ev.call_id, 0) + 1
+            elif isinstance(ev, TurnCompleted):
+                for name, a, b in STAGES:
+                    ta, tb = getattr(ev.turn, a), getattr(ev.turn, b)
+                    if ta is not None and tb is not None:
+                        res.stages.setdefault(name, []).append(tb - ta)
             elif isinstance(ev, TranscriptAdded) and ev.turn.role == "caller" and ev.turn.final:
                 res.turns += 1
                 if not is_question(ev.turn.text) and "opening hours" not in ev.turn.text.lower() and "have to go" not in ev.turn.text.lower():
@@ -136,6 +149,15 @@ async def run_case(mode: str, line: str, calls: int, questions: int, hold_after_
             res.latencies += r["turn_latencies_s"]
             res.reactions += r["barge_in_reactions_s"]
         res.false_pauses = eng.calls.conversation_counters.false_pauses
+        for metric in eng.metrics.registry.collect():
+            if metric.name == "ai_agent_model_wait_seconds":
+                for smp in metric.samples:
+                    key = f"{smp.labels['model']} {smp.labels['priority']}"
+                    total, n = res.waits.get(key, (0.0, 0))
+                    if smp.name.endswith("_sum"):
+                        res.waits[key] = (smp.value, n)
+                    elif smp.name.endswith("_count"):
+                        res.waits[key] = (total, int(smp.value))
     finally:
         await eng.stop()
         sim.send_signal(signal.SIGTERM)
@@ -154,6 +176,9 @@ async def main_async(args: argparse.Namespace) -> None:
             reaction = f"{np.percentile(r.reactions, 50) * 1000:.0f}ms" if r.reactions else "-"
             print(f"  {mode:6s} {line:9s} {r.turns:5d} {r.false_barge_ins:15d} {r.false_pauses:12d} {len(r.misheard):9d} {f'{r.caught}/{r.talk_overs}':>16s}"
                   f" {reaction:>12s} {np.percentile(lat, 50):7.0f}ms {np.percentile(lat, 95):7.0f}ms", flush=True)
+            print("      engine side, p50 / p95: " + ", ".join(
+                f"{name} {np.percentile(v, 50) * 1000:.0f} / {np.percentile(v, 95) * 1000:.0f} ms" for name, v in r.stages.items()), flush=True)
+            print("      model queue, mean wait: " + ", ".join(f"{k} {t / n * 1000:.0f} ms ({n})" for k, (t, n) in sorted(r.waits.items()) if n), flush=True)
             for text in r.misheard[:3]:
                 print(f"      mis-heard: {text!r}")
 
