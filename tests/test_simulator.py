@@ -62,6 +62,17 @@ async def _events(http, pbx, app="aiagent"):
     return ws
 
 
+async def _bridged_external_media(http, pbx, bridge_id: str, channel_id: str):
+    """The app's event socket, and a mixing bridge holding an ExternalMedia channel alone."""
+    ws = await _events(http, pbx)
+    await wait_for(lambda: pbx.app_active("aiagent"))
+    await _ari(http, pbx, "POST", "/bridges", type="mixing", bridgeId=bridge_id)
+    await _ari(http, pbx, "POST", "/channels/externalMedia", app="aiagent", external_host="127.0.0.1:9", format="ulaw", channelId=channel_id)
+    await asyncio.sleep(0.05)
+    await _ari(http, pbx, "POST", f"/bridges/{bridge_id}/addChannel", channel=channel_id)
+    return ws
+
+
 async def test_behaviour_externalmedia_422_before_stasis_start_and_channelvars(pbx):
     async with aiohttp.ClientSession() as http:
         ws = await _events(http, pbx)
@@ -93,12 +104,7 @@ async def test_behaviour_bridge_playback_is_mixed_into_externalmedia(pbx, tmp_pa
     prompt = tmp_path / "prompt"
     (tmp_path / "prompt.ulaw").write_bytes(bytes(range(0, 256, 2)) * 10)  # 1280 bytes = 160 ms
     async with aiohttp.ClientSession() as http:
-        ws = await _events(http, pbx)
-        await wait_for(lambda: pbx.app_active("aiagent"))
-        await _ari(http, pbx, "POST", "/bridges", type="mixing", bridgeId="b2")
-        await _ari(http, pbx, "POST", "/channels/externalMedia", app="aiagent", external_host="127.0.0.1:9", format="ulaw", channelId="em2")
-        await asyncio.sleep(0.05)
-        await _ari(http, pbx, "POST", "/bridges/b2/addChannel", channel="em2")
+        ws = await _bridged_external_media(http, pbx, "b2", "em2")
         ep = pbx.external_endpoints["em2"]
         assert ep.packets_sent == 0  # alone and silent: no packets at all
         status, pb = await _ari(http, pbx, "POST", "/bridges/b2/play/pb-1", media=f"sound:{prompt}")
@@ -129,12 +135,7 @@ async def test_behaviour_playback_control_follows_asterisks_state_table(pbx, tmp
     prompt = tmp_path / "prompt"
     (tmp_path / "prompt.ulaw").write_bytes(bytes(range(0, 256, 2)) * 50)  # 800 ms
     async with aiohttp.ClientSession() as http:
-        ws = await _events(http, pbx)
-        await wait_for(lambda: pbx.app_active("aiagent"))
-        await _ari(http, pbx, "POST", "/bridges", type="mixing", bridgeId="b3")
-        await _ari(http, pbx, "POST", "/channels/externalMedia", app="aiagent", external_host="127.0.0.1:9", format="ulaw", channelId="em3")
-        await asyncio.sleep(0.05)
-        await _ari(http, pbx, "POST", "/bridges/b3/addChannel", channel="em3")
+        ws = await _bridged_external_media(http, pbx, "b3", "em3")
         loop = asyncio.get_running_loop()
 
         async def next_playback_event() -> tuple[float, dict]:
