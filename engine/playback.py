@@ -241,6 +241,8 @@ class FilePlayback(Downstream):
             self._idle = None
         self._paused = None
         self.reference.hold(False)
+        if self._recording is not None:
+            self._recording.agent_stopped(now)
         pids = list(self.session.playbacks)
         for pid in pids:
             self.counters.files_stopped += 1
@@ -261,6 +263,8 @@ class FilePlayback(Downstream):
                 return False
             self._paused = (playing, now)
             self.reference.hold(True)
+            if self._recording is not None:
+                self._recording.agent_stopped(now)
             self._spawn(self._control(playing, "pause"))
             return True
         if self._paused is None:
@@ -272,6 +276,9 @@ class FilePlayback(Downstream):
         self._spawn(self._control(pid, "unpause"))
         ref = self.session.playbacks.get(pid)
         if ref is not None and ref.started_at is not None:
+            if self._recording is not None:
+                played = int((since - ref.started_at) * ULAW_BYTES_PER_S)
+                self._recording.agent_ulaw(self._audio.get(pid, b"")[played:], now)
             ref.started_at += held  # what is left of it plays from now
         self._expected_end += held
         for p, (deadline, timer) in list(self._timeouts.items()):

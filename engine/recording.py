@@ -54,6 +54,11 @@ class CallRecording:
         started at ``at`` (the call's clock)."""
         self.timeline.add_ulaw(AGENT, ulaw, (self._now() if at is None else at) - self._start)
 
+    def agent_stopped(self, at: float) -> None:
+        """The bridge stopped (or paused) the agent's playback at ``at``: what was placed after it
+        was not heard."""
+        self.timeline.cut(AGENT, at - self._start)
+
     def ready(self) -> bytes:
         return self.timeline.take(None if self.ended else self._now() - self._start - LAG_S)
 

@@ -33,6 +33,14 @@ class StereoTimeline:
     def add_ulaw(self, side: int, ulaw: bytes, at_s: float) -> None:
         self.add(side, ulaw_to_pcm16(ulaw), at_s)
 
+    def cut(self, side: int, at_s: float) -> None:
+        """Forgets what was placed on ``side`` after ``at_s`` and not yet taken: audio placed ahead
+        of its time (a file the bridge plays) that was stopped or paused."""
+        excess = self._placed[side] - max(int(at_s * RATE), self.taken)
+        if excess > 0:
+            del self._pending[side][len(self._pending[side]) - 2 * excess :]
+            self._placed[side] -= excess
+
     def _put(self, side: int, pcm16: bytes) -> None:
         self._pending[side].extend(pcm16)
         self._placed[side] += len(pcm16) // 2

@@ -11,6 +11,7 @@ import re
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from engine.engine import Engine
@@ -25,10 +26,11 @@ MODES = pytest.mark.parametrize("downstream_mode", ["stream", "file"])
 REACTION_S = {"stream": (-0.03, 0.150), "file": (-0.03, 0.150)}
 
 
-async def start_engine(pbx: SimPBX, tmp_path: Path, mode: str, tone_ms: int = 2000, **env: str) -> Engine:
+async def start_engine(pbx: SimPBX, tmp_path: Path, mode: str, tone_ms: int = 2000, record: bool = False, **env: str) -> Engine:
     (tmp_path / "media").mkdir(exist_ok=True)
     cfg = engine_config(pbx, tmp_path, AIAGENT_PROVIDER="tone", AIAGENT_DOWNSTREAM_MODE=mode, **env)
     cfg.providers.tone.duration_ms = tone_ms
+    cfg.profiles["default"].record = record
     eng = Engine(cfg)
     await eng.start()
     assert await eng.wait_ari_connected(5)
@@ -120,7 +122,7 @@ async def test_a_cough_over_the_agent_pauses_it_and_it_goes_on(pbx, tmp_path, do
         w.setsampwidth(2)
         w.setframerate(8000)
         w.writeframes(ulaw_to_pcm16(ulaw[start : start + 800]))
-    eng = await start_engine(pbx, tmp_path, downstream_mode, tone_ms=3000)
+    eng = await start_engine(pbx, tmp_path, downstream_mode, tone_ms=3000, record=True)
     sub = eng.store.subscribe()
     try:
         rec = pbx.place_call(script=[Say(str(HELLO)), WaitAgent(0.6), Say(str(cough)), WaitAgentDone(quiet_s=1.0)])
@@ -135,6 +137,17 @@ async def test_a_cough_over_the_agent_pauses_it_and_it_goes_on(pbx, tmp_path, do
         assert rec.media.agent_stopped_after(onset) is not None
         if downstream_mode == "file":
             assert [op for op, _ in pbx.requests if op == "playbacks.control"] == ["playbacks.control"] * 2  # pause, unpause
+        # The recording's agent side has the pause where the caller heard it, and all of the beep.
+        await wait_for(lambda: eng.recordings.written >= 1, timeout=10)
+        with wave.open(str(tmp_path / "recordings" / f"{rec.id}.wav")) as w:
+            pcm = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16).reshape(-1, 2)
+        n = len(pcm) // 160
+        loud = np.abs(pcm[: n * 160].reshape(n, 160, 2)).max(axis=1) > 1000  # per 20 ms frame and side
+        caller, agent = np.flatnonzero(loud[:, 0]), np.flatnonzero(loud[:, 1])
+        cough = caller[np.flatnonzero(np.diff(caller) > 10)[-1] + 1]  # the caller's last run of sound
+        gap = int(agent[np.flatnonzero(np.diff(agent) > 2)[0]]) + 1  # the agent's first pause
+        assert 0 <= gap - cough <= 6, (gap, cough)
+        assert abs(len(agent) * 0.02 - rec.media.agent_heard_s()) <= 0.1, (len(agent) * 0.02, rec.media.agent_heard_s())
     finally:
         await eng.stop()
 
