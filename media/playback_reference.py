@@ -120,7 +120,7 @@ class _Tracker:
             self._cost = np.concatenate([self._cost[:, 1:], self._cost[:, -1:]], axis=1)
         half = self._shape is not None
         zero = np.zeros(FRAME_SAMPLES, dtype=np.int64)
-        est = np.empty((4, _WINDOW, FRAME_SAMPLES), dtype=np.int64)
+        est = np.empty((3, _WINDOW, FRAME_SAMPLES), dtype=np.int64)  # N, T, Q; H holds nothing of it
         for i in range(_WINDOW):
             lag = self._lo + i
             r = self._ref(n - lag)
@@ -132,7 +132,6 @@ class _Tracker:
             else:
                 est[_T, i] = zero
                 est[_Q, i] = est[_N, i]
-            est[_H, i] = zero
         d = x[None, None, :] - est
         obs = np.einsum("kij,kij->ki", d, d).astype(np.float64)
         ex = float(np.dot(x, x))
@@ -148,7 +147,7 @@ class _Tracker:
         # frame still has half a frame of the file) and left like one (the frame after it).
         new[_Q] = np.minimum(c[_T], c[_H]) + obs[_Q]
         new[_H, 0] = np.inf
-        new[_H, 1:] = np.inf if hold_cost is None else c.min(axis=0)[:-1] + hold_cost + obs[_H, 1:]
+        new[_H, 1:] = np.inf if hold_cost is None else c.min(axis=0)[:-1] + hold_cost + ex / scale  # nothing explained
         low = new.min()
         if not np.isfinite(low):
             # Every path ruled out (seen once, at 250 calls with most packets dropped by the kernel):
@@ -174,6 +173,8 @@ class _Tracker:
         while self._held is None and self._frames and self._base < n - self._lag - _BEHIND:
             self._frames.popleft()
             self._base += 1
+        if kind == _H:
+            return None
         out = est[kind, best]
         return out if out.any() else None
 
@@ -240,7 +241,10 @@ class PlaybackReference:
         """The engine paused (True) or resumed (False) the playing file: the echo stops where the
         pause reaches the bridge and goes on from that point of the file after the resume."""
         for t in (self._narrow, self._wide):
-            t.held(self._n) if on else t.resumed(self._n)
+            if on:
+                t.held(self._n)
+            else:
+                t.resumed(self._n)
         self._hold = -1 if on else (_HOLD_GRACE_FRAMES if self._hold else 0)
 
     def run_ended(self, played: bool = False) -> None:

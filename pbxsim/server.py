@@ -1018,8 +1018,7 @@ class SimPBX:
         entry = self.playbacks.get(pp["playbackId"])
         if entry is None:
             raise AriHttpError(404, "Playback not found")
-        pb, target = entry
-        op = q["operation"]
+        pb, op = entry[0], q["operation"]
         if pb.state == "queued" and op == "restart":
             return 204, None
         if pb.state == "playing" and op in ("restart", "reverse", "forward") and pb.frames is not None:
