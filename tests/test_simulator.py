@@ -160,7 +160,9 @@ async def test_behaviour_playback_control_follows_asterisks_state_table(pbx, tmp
         assert (ev["type"], ev["playback"]["id"], ev["playback"]["state"]) == ("PlaybackStarted", "p1", "playing")
         finished, ev = await next_playback_event()
         assert (ev["type"], ev["playback"]["id"]) == ("PlaybackFinished", "p1")
-        assert finished - started >= 0.8 + 0.6  # its 800 ms, and the time it was held
+        # Its 800 ms and the 0.6 s it was held; less a few 20 ms ticks that the simulator's clock
+        # plays at once to catch up after a stall (CI saw 1.3998 s).
+        assert finished - started >= 0.8 + 0.6 - 0.1
         _, ev = await next_playback_event()
         assert (ev["type"], ev["playback"]["id"]) == ("PlaybackStarted", "p2")
         await ws.close()
