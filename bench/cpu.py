@@ -135,6 +135,8 @@ async def main_async(args: argparse.Namespace) -> None:
     cfg.providers.local.hold_after_ms = 0
     if args.partial_interval_ms is not None:
         cfg.providers.local.stt_partial_interval_ms = args.partial_interval_ms
+    if args.stt_window_s is not None:
+        cfg.providers.local.stt_window_s = args.stt_window_s
     eng = Engine(cfg)
     meter = CpuMeter(eng, {sim.pid})
     sim_url = f"http://127.0.0.1:{port}"
@@ -166,6 +168,7 @@ def main() -> int:
     ap.add_argument("--calls", default="1,3", help="callers talking at once, per row")
     ap.add_argument("--turns", type=int, default=4, help="questions per call")
     ap.add_argument("--partial-interval-ms", type=int, help="providers.local.stt_partial_interval_ms for this run (default: config.toml's)")
+    ap.add_argument("--stt-window-s", type=float, help="providers.local.stt_window_s for this run (default: config.toml's)")
     ap.add_argument("--mode", choices=["stream", "file"], default="stream")
     args = ap.parse_args()
     asyncio.run(main_async(args))

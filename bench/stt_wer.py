@@ -2,12 +2,17 @@
 
     python bench/stt_wer.py [--engines whisper,pocketsphinx] [--limit N]
     python bench/stt_wer.py --profiles
+    python bench/stt_wer.py --windows 30,15,10 [--limit N]
 
 --profiles: the questions of bench/answers.py and some full of the businesses' own names, spoken
 by the simulator's caller voice at 8 kHz, transcribed by Whisper with nothing, with the profile's
 words (AgentProfile.stt_prompt: the facts) as its initial prompt, and as hotwords
 (providers.local.stt.VOCABULARY_AS). The same audio for the three; the voice samples, so another
 run differs by a few words.
+
+--windows: Whisper with each minimum encoder window (providers.local.stt_window_s) on the
+prompts and on the profile questions (the facts as the initial prompt, as calls have them): word
+error rate, time per item (p50, max) and the items the model looped on (its words repeated).
 
 Prompts: the top-level files of asterisk-core-sounds-en-wav whose names start with a to m (the
 rest are held out), against their texts in asterisk-core-sounds-en's core-sounds-en.txt. Each is
@@ -166,13 +171,41 @@ def phone_audio_of(ulaw: bytes) -> bytes:
     return b"".join(up.process(ulaw_to_pcm16(ulaw[i : i + 160])) for i in range(0, len(ulaw), 160))
 
 
+def measure_windows(windows: list[float], limit: int) -> None:
+    from pbxsim.voice import speak
+
+    asterisk = [(phone_audio(w)[0], text, "") for w, text in prompts()[: limit or None]]
+    profile = [(phone_audio_of(speak(q)), q, vocab) for _, q, vocab in profile_questions()]
+    print(f"Whisper's encoder window: {len(asterisk)} Asterisk prompts, {len(profile)} profile questions (the facts as initial prompt)")
+    for window in windows:
+        stt = build_stt(LocalProviderConfig(stt_window_s=window))
+        for label, items in (("prompts", asterisk), ("profile questions", profile)):
+            refs, hyps, took = [], [], []
+            for pcm, text, vocab in items:
+                t0 = time.perf_counter()
+                hyp = stt.transcribe(pcm, vocab)
+                took.append(time.perf_counter() - t0)
+                refs.append(normalize(text))
+                hyps.append(normalize(hyp))
+            loops = sum(len(h.split()) > 1.5 * len(r.split()) for r, h in zip(refs, hyps, strict=True))
+            took.sort()
+            print(
+                f"  window >= {window:4.1f} s  {label:17s} WER {jiwer.wer(refs, hyps):.3f}   "
+                f"{took[len(took) // 2] * 1000:4.0f} ms p50  {took[-1] * 1000:5.0f} ms max   looped {loops}"
+            )
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profiles", action="store_true", help="WER of profile questions with and without the vocabulary")
     ap.add_argument("--engines", default="whisper,pocketsphinx")
     ap.add_argument("--limit", type=int, default=0, help="only the first N prompts")
     ap.add_argument("--show", type=int, default=5, help="print this many mismatches per engine")
+    ap.add_argument("--windows", default="", help="minimum encoder windows to compare, in seconds: 30,15,10")
     args = ap.parse_args()
+    if args.windows:
+        measure_windows([float(w) for w in args.windows.split(",")], args.limit)
+        return 0
     if args.profiles:
         measure_profiles()
         return 0

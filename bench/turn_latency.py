@@ -156,6 +156,8 @@ def config(args: argparse.Namespace, env: dict[str, str]) -> AppConfig:
         cfg.providers.local.complete_end_ms = args.complete_end_ms
     if args.partial_interval_ms is not None:
         cfg.providers.local.stt_partial_interval_ms = args.partial_interval_ms
+    if args.stt_window_s is not None:
+        cfg.providers.local.stt_window_s = args.stt_window_s
     if args.facts:
         from answers import DENTIST
 
@@ -264,6 +266,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2, help="with --pipeline: rounds per row")
     ap.add_argument("--complete-end-ms", type=int, help="providers.local.complete_end_ms for this run (default: config.toml's)")
     ap.add_argument("--partial-interval-ms", type=int, help="providers.local.stt_partial_interval_ms for this run (default: config.toml's)")
+    ap.add_argument("--stt-window-s", type=float, help="providers.local.stt_window_s for this run (default: config.toml's)")
     ap.add_argument("--hold-after-ms", type=int, default=0, help="providers.local.hold_after_ms (default 0: no hold line, the answers are timed)")
     args = ap.parse_args()
     asyncio.run(scaling(args) if args.pipeline else main_async(args))

@@ -35,6 +35,10 @@ class LocalProviderConfig(ConfigSection):
     stt_threads: int = Field(2, ge=1, le=64)
     stt_compute_type: str = "int8"
     stt_beam_size: int = Field(1, ge=1, le=10)
+    # Whisper's encoder window: at least this long, and the utterance plus 1 s. 15 s halves a
+    # pass over a question at the same word error rate; at 10 s and less the tiny model loops on
+    # short clips (bench/stt_wer.py --windows). 30: Whisper's own.
+    stt_window_s: float = Field(15.0, ge=5.0, le=30.0)
     # Transcribe the utterance so far at each pause of the caller (200 ms): at the end of speech
     # the transcript is usually there already.
     stt_at_pause: bool = True

@@ -159,6 +159,26 @@ async def test_a_whole_sentence_ends_the_turn_at_the_pause_and_a_half_one_does_n
     assert cc.turns == 2
 
 
+def test_whisper_reads_a_window_of_the_utterance_not_30_s(whisper, monkeypatch):
+    """The encoder's cost is its window's: a 3 s prompt is read in the 15 s minimum window, a
+    long utterance in its own length and a second more, with the same words."""
+    import faster_whisper.transcribe as fw
+
+    shapes: list[tuple[int, ...]] = []
+    to_ct2 = fw.get_ctranslate2_storage
+    monkeypatch.setattr(fw, "get_ctranslate2_storage", lambda a: shapes.append(a.shape) or to_ct2(a))
+    with wave.open(str(AGENT_PASS)) as w:
+        prompt = Resampler(8000, 16000).process(w.readframes(w.getnframes()))
+    said = "Please enter your password followed by the pound key."
+    assert wer(said, whisper.transcribe(prompt)) < 0.2
+    assert shapes == [(1, 80, 1500)]
+    shapes.clear()
+    # 21 s: the prompt, 15 s of silence, the prompt again: the encoder sees all of it.
+    long = prompt + bytes(15 * 32000) + prompt
+    assert wer(f"{said} {said}", whisper.transcribe(long)) < 0.2
+    assert shapes and shapes[0][2] == len(long) // 320 + 1 + 100 < 3000
+
+
 async def test_missing_model_is_a_startup_error_naming_setting_and_path(pbx, tmp_path):
     missing = tmp_path / "nope.gguf"
     with pytest.raises(EngineStartError) as e:

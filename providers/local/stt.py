@@ -24,21 +24,45 @@ class SpeechToText(ABC):
         profile's names, streets, products), for the engines that can use them."""
 
 
+FULL_WINDOW = 3000  # Whisper's encoder window in feature frames: 30 s
+FRAMES_PER_S = 100
+WINDOW_MARGIN = 100  # frames of the window past the audio's end: 1 s
+
+
+def encoder_window(samples: int, min_window_s: float) -> int:
+    """Feature frames the encoder reads for ``samples`` of 16 kHz audio: the audio and a second
+    more, at least ``min_window_s``, at most Whisper's 30 s."""
+    content = samples // (SAMPLE_RATE // FRAMES_PER_S) + 1
+    return min(FULL_WINDOW, max(round(min_window_s * FRAMES_PER_S), content + WINDOW_MARGIN))
+
+
 class WhisperStt(SpeechToText):
-    """faster-whisper (CTranslate2). Not streaming: the provider transcribes the growing
-    utterance while the caller speaks, so that little is left to do at the end."""
+    """faster-whisper (CTranslate2). Not streaming: the provider transcribes the utterance at the
+    caller's pauses, so that little is left to do at the end."""
 
     name = "whisper"
 
-    def __init__(self, model_dir: Path, threads: int, compute_type: str, beam_size: int) -> None:
+    def __init__(self, model_dir: Path, threads: int, compute_type: str, beam_size: int, min_window_s: float = 30.0) -> None:
         from faster_whisper import WhisperModel
 
+        class WindowedWhisper(WhisperModel):
+            """faster-whisper pads every segment to Whisper's 30 s window, and the encoder's cost
+            is the window's (0.35 s with tiny.en on 2 threads, for a 2 s question). CTranslate2
+            takes a shorter window: cut the padding back to ``window`` frames."""
+
+            window = FULL_WINDOW
+
+            def encode(self, features: np.ndarray):  # type: ignore[no-untyped-def]
+                return super().encode(features[..., : self.window])
+
         # local_files_only: a path, never a hub download.
-        self.model = WhisperModel(str(model_dir), device="cpu", compute_type=compute_type, cpu_threads=threads, local_files_only=True)
+        self.model = WindowedWhisper(str(model_dir), device="cpu", compute_type=compute_type, cpu_threads=threads, local_files_only=True)
         self.beam_size = beam_size
+        self.min_window_s = min_window_s
 
     def transcribe(self, pcm16: bytes, vocabulary: str = "") -> str:
         audio = np.frombuffer(pcm16, dtype=np.int16).astype(np.float32) / 32768.0
+        self.model.window = encoder_window(len(audio), self.min_window_s)  # type: ignore[attr-defined]
         # Timestamps on: without them the tiny model stops after the first sentence of a long
         # utterance (measured on Asterisk's 25 s IVR prompt). The vocabulary goes in as Whisper's
         # initial prompt (bench/stt_wer.py --profiles measures it against hotwords and nothing).
@@ -93,7 +117,9 @@ class VoskStt(SpeechToText):
 def build_stt(cfg: LocalProviderConfig) -> SpeechToText:
     """Resolves the model path (a clear ModelNotFound if it is not there) and loads the model."""
     if cfg.stt_engine == "whisper":
-        return WhisperStt(resolve(WHISPER_TINY_EN, cfg.stt_model_path), cfg.stt_threads, cfg.stt_compute_type, cfg.stt_beam_size)
+        return WhisperStt(
+            resolve(WHISPER_TINY_EN, cfg.stt_model_path), cfg.stt_threads, cfg.stt_compute_type, cfg.stt_beam_size, cfg.stt_window_s
+        )
     if cfg.stt_engine == "pocketsphinx":
         return PocketsphinxStt()
     return VoskStt(resolve(VOSK, cfg.stt_model_path))
