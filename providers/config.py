@@ -43,12 +43,15 @@ class LocalProviderConfig(ConfigSection):
     # the transcript is usually there already.
     stt_at_pause: bool = True
     # And every this often while the caller talks, to show the operator words early. Each is a whole
-    # Whisper pass (~0.6 CPU-s with tiny.en): 0, none (the default).
+    # Whisper pass (0.2-0.3 CPU-s with tiny.en for a question): 0, none (the default).
     stt_partial_interval_ms: int = Field(0, ge=0, le=10000)
     # A transcript at the caller's pause that reads as a whole sentence ends the turn after this
     # much quiet instead of the VAD's hangover (vad.end_ms); longer than a comma's pause. 0: off
     # (the default: with end_ms 500 it gains little, and a caller's comma can split a question).
     complete_end_ms: int = Field(0, ge=0, le=5000)
+    # Begin the answer (the LLM) at the caller's pause when its transcript reads as a whole
+    # sentence, and play it if the turn ends on those words (dropped if the caller goes on).
+    answer_at_pause: bool = True
     # A packaged model; the default by bench/answers.py (facts stated 85% against 55%), at the cost
     # of about 170 ms more to the first sentence (README, "Local models").
     llm_model: Literal["smollm2-135m", "qwen2.5-coder-0.5b"] = "qwen2.5-coder-0.5b"

@@ -14,7 +14,7 @@ import asyncio
 import dataclasses
 import logging
 from collections import OrderedDict
-from typing import Any, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from media.audio import voiced_ms
@@ -237,6 +237,36 @@ class _Turn:
         return " ".join(out)
 
 
+class _EarlyAnswer:
+    """The LLM's answer to a transcript taken at the caller's pause, begun before their turn is
+    over: what it has generated so far, handed to the turn if the caller ends it on those words,
+    dropped if they say more."""
+
+    def __init__(self, text: str, messages: list[dict[str, str]], generate: Callable[[Callable[[str], None]], Awaitable[Reply]]) -> None:
+        self.text = text
+        self.messages = messages
+        self._pieces: list[str] = []
+        self._sink: Callable[[str], None] | None = None
+        self.task: asyncio.Task[Reply] = asyncio.ensure_future(generate(self._got))
+
+    def _got(self, piece: str) -> None:
+        self._pieces.append(piece)
+        if self._sink is not None:
+            self._sink(piece)
+
+    async def follow(self, on_text: Callable[[str], None]) -> Reply:
+        """The answer: what came so far at once, the rest as it comes. Cancelling stops it."""
+        for piece in self._pieces:
+            on_text(piece)
+        self._sink = on_text
+        return await self.task
+
+    def drop(self) -> None:
+        self.task.cancel()
+        # A generation that failed before it was wanted is not the caller's problem.
+        self.task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+
 class PipelineCall(ProviderCall):
     def __init__(self, ctx: CallContext, emit: EmitFn, pipeline: Pipeline, cfg: LocalProviderConfig, fallback: str = "") -> None:
         self.ctx = ctx
@@ -261,6 +291,7 @@ class PipelineCall(ProviderCall):
         self._pause_timer: asyncio.TimerHandle | None = None
         self._finish_timer: asyncio.TimerHandle | None = None  # a complete transcript waits for enough quiet
         self._partial: tuple[int, str] | None = None  # (voiced frames it covered, its text)
+        self._early: _EarlyAnswer | None = None
         self._stopped = False
 
     async def start(self) -> None:
@@ -275,6 +306,7 @@ class PipelineCall(ProviderCall):
             return
         if level_dbfs > SPEECH_DBFS:
             self._voiced += 1
+            self._drop_early()  # the caller goes on: the pause's transcript is not all they say
             self._last_voiced_at = self._loop.time()
             if self._pause_timer is None:
                 self._pause_timer = self._loop.call_later(PAUSE_S, self._check_pause)
@@ -295,8 +327,8 @@ class PipelineCall(ProviderCall):
         # (or once the partial in flight at the pause is done), and, if asked, every interval
         # (words for the operator early). If no voice comes after that pause, the VAD's end of
         # speech (or the transcript reading complete) finds the transcript done or under way, and
-        # waits for it instead of starting again. Each is a whole Whisper pass (its encoder always
-        # reads a 30 s window: ~0.6 CPU-s with tiny.en), hence no periodic ones by default.
+        # waits for it instead of starting again. Each is a whole Whisper pass (its encoder reads
+        # at least a 15 s window: 0.2-0.3 CPU-s with tiny.en), hence no periodic ones by default.
         interval = self.cfg.stt_partial_interval_ms / 1000
         c = self._collector
         if self._stopped or not c.in_speech or (self._partial_task is not None and not self._partial_task.done()):
@@ -318,6 +350,7 @@ class PipelineCall(ProviderCall):
         self._voiced = self._partial_voiced = 0
         self._partial = None
         self._utterance += 1
+        self._drop_early()
 
     def utterance_ended(self, fallback: bool) -> None:
         audio = self._collector.take()
@@ -330,6 +363,11 @@ class PipelineCall(ProviderCall):
         self._partial = None
         self._voiced = self._partial_voiced = 0
         self._cancel_timers()
+        early, self._early = self._early, None
+        if fallback or not isinstance(covered, str) or early is None or early.text != covered:
+            if early is not None:
+                early.drop()
+            early = None
         if fallback:
             # Audio the VAD never found voiced (line noise, the agent's residual echo, which
             # Whisper transcribes even 35 dB down): it is not the caller's turn.
@@ -338,7 +376,7 @@ class PipelineCall(ProviderCall):
             self._emit(TurnMark("no_answer", self._loop.time()))
             return
         self._cancel_turn()
-        self._turn_task = asyncio.create_task(self._answer(audio, covered))
+        self._turn_task = asyncio.create_task(self._answer(audio, covered, early))
 
     async def _run_partial(self, audio: bytes, voiced: int, utterance: int, priority: Priority) -> str | None:
         try:
@@ -349,9 +387,33 @@ class PipelineCall(ProviderCall):
             self._partial = (voiced, text)
             if text:
                 self._emit(Transcript("caller", text, final=False))
-                if self.cfg.complete_end_ms and voiced == self._voiced and reads_complete(text):
-                    self._finish_if_quiet(voiced, utterance)
+                if voiced == self._voiced and reads_complete(text):
+                    if self.cfg.complete_end_ms:
+                        self._finish_if_quiet(voiced, utterance)
+                    if self.cfg.answer_at_pause:
+                        self._answer_early(text)
         return text
+
+    def _messages(self, text: str) -> list[dict[str, str]]:
+        return [{"role": "system", "content": self.profile.instructions()}, *self._history[-2 * self.cfg.history_turns :], {"role": "user", "content": text}]
+
+    def _answer_early(self, text: str) -> None:
+        """The caller paused after a whole sentence: most often their turn is over, and the VAD
+        says so only ``vad.end_ms`` after their last word. Begin the answer now (an action the
+        words ask for is decided at the turn's end, as always)."""
+        self._drop_early()
+        if decide(text, self.profile, self._offered) is not None:
+            return
+        tools = action_functions(self.profile) if self.m.llm.calls_tools else []
+        messages = self._messages(text)
+        self._early = _EarlyAnswer(
+            text, messages, lambda on_text: self.m.llm.generate(messages, self.cfg.llm_max_tokens, self.cfg.llm_temperature, on_text, tools)
+        )
+
+    def _drop_early(self) -> None:
+        if self._early is not None:
+            self._early.drop()
+            self._early = None
 
     def _cancel_timers(self) -> None:
         for timer in (self._pause_timer, self._finish_timer):
@@ -382,9 +444,9 @@ class PipelineCall(ProviderCall):
         return await self.m.stt.transcribe(audio, self._vocabulary)
 
     # ---- the answer
-    async def _answer(self, audio: bytes, covered: str | asyncio.Task[str | None] | None) -> None:
+    async def _answer(self, audio: bytes, covered: str | asyncio.Task[str | None] | None, early: _EarlyAnswer | None = None) -> None:
         """``covered``: the text of the whole utterance from a partial, or the partial that is
-        transcribing all of it."""
+        transcribing all of it; ``early``: the answer to that text, begun at the caller's pause."""
         turn = self._turn = _Turn()
         loop = self._loop
         started_at = loop.time()
@@ -399,13 +461,16 @@ class PipelineCall(ProviderCall):
             self._hold_timer(turn, started_at)
             action = decide(text, self.profile, self._offered)
             self._offered = None
+            messages = self._messages(text)
+            if early is not None and (action is not None or early.messages != messages):
+                early.drop()
+                early = None
             if action is not None:
                 # The engine has the announcement or the closing line said, then acts.
                 self._history.append({"role": "user", "content": text})
                 turn.recorded = True
                 self._emit(action)
                 return
-            messages = [{"role": "system", "content": self.profile.instructions()}, *self._history[-2 * self.cfg.history_turns :], {"role": "user", "content": text}]
             sentences: asyncio.Queue[str | None] = asyncio.Queue()
             speaker = asyncio.create_task(self._speak(sentences, turn))
             splitter = SentenceSplitter()
@@ -440,10 +505,13 @@ class PipelineCall(ProviderCall):
                     deliver(sentence)
 
             try:
-                tools = action_functions(self.profile) if self.m.llm.calls_tools else []
-                generating = asyncio.create_task(
-                    self.m.llm.generate(messages, self.cfg.llm_max_tokens, self.cfg.llm_temperature, got_text, tools)
-                )
+                if early is not None:
+                    generating = asyncio.create_task(early.follow(got_text))
+                else:
+                    tools = action_functions(self.profile) if self.m.llm.calls_tools else []
+                    generating = asyncio.create_task(
+                        self.m.llm.generate(messages, self.cfg.llm_max_tokens, self.cfg.llm_temperature, got_text, tools)
+                    )
                 try:
                     reply = await generating
                 except asyncio.CancelledError:
@@ -472,6 +540,8 @@ class PipelineCall(ProviderCall):
                     self._offered = offered_department(said, self.profile)
         except asyncio.CancelledError:
             turn.cancelled = True
+            if early is not None:
+                early.drop()
             raise
         except StageBusy as e:
             self._emit(ProviderError(f"models busy, turn dropped: {e}"))
@@ -605,6 +675,7 @@ class PipelineCall(ProviderCall):
         self._stopped = True
         self._cancel_turn()
         self._cancel_timers()
+        self._drop_early()
         tasks = [t for t in (self._turn_task, self._partial_task) if t is not None]
         for t in tasks:
             t.cancel()

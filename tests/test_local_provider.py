@@ -17,7 +17,7 @@ from media.audio import Resampler, rms_dbfs, ulaw_to_pcm16
 from providers.config import LocalProviderConfig, ProvidersConfig
 from providers.profile import AgentProfile
 from engine.engine import EngineStartError
-from engine.sessions import BargeIn, TranscriptAdded
+from engine.sessions import BargeIn, TranscriptAdded, TurnCompleted
 from pbxsim.server import Pause, Say, SayText, WaitAgent, WaitAgentDone
 from pbxsim.voice import speak
 from providers.local.models import ModelNotFound
@@ -157,6 +157,40 @@ async def test_a_whole_sentence_ends_the_turn_at_the_pause_and_a_half_one_does_n
     said = [e.turn.text for e in events if isinstance(e, TranscriptAdded) and e.turn.role == "caller" and e.turn.final and e.call_id == rec.id]
     assert len(said) == 1 and "name" in said[0].lower() and "bill" in said[0].lower(), said
     assert cc.turns == 2
+
+
+async def test_the_answer_begins_at_the_pause_and_is_dropped_if_the_caller_goes_on(pbx, tmp_path):
+    """A question that reads complete at the caller's 200 ms pause gets its answer begun there:
+    when the VAD ends the turn (a long hangover here, so that the LLM is surely done), the first
+    words are already generated. A caller who goes on after such a sentence gets one answer, to
+    all they said."""
+
+    def long_hangover(cfg):
+        cfg.vad.end_ms = 1200
+
+    async with local_engine(pbx, tmp_path, "stream", long_hangover) as eng:
+        sub = eng.store.subscribe()
+        rec = pbx.place_call(script=[WaitAgentDone(0.4), SayText("What are your opening hours?"), WaitAgent(0.5), WaitAgentDone(0.5)])
+        await asyncio.wait_for(rec.finished.wait(), 60)
+        wav = tmp_path / "goes_on.wav"
+        with wave.open(str(wav), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(8000)
+            w.writeframes(ulaw_to_pcm16(trimmed(speak("I need help with my bill.")) + b"\xff" * 2800 + trimmed(speak("My name is John Smith."))))
+        rec2 = pbx.place_call(script=[WaitAgentDone(0.4), Say(str(wav)), WaitAgent(0.5), WaitAgentDone(0.5)])
+        await asyncio.wait_for(rec2.finished.wait(), 60)
+        events = []
+        while (e := sub.get_nowait()) is not None:
+            events.append(e)
+    (turn,) = [e.turn for e in events if isinstance(e, TurnCompleted) and e.call_id == rec.id and e.turn.stt_final is not None]
+    # Without the early answer the first token comes an LLM's first-token time after the
+    # transcript (tens to hundreds of ms); with it, at once.
+    assert turn.llm_first_token is not None and turn.llm_first_token - turn.stt_final < 0.03, turn
+    said = [e.turn.text for e in events if isinstance(e, TranscriptAdded) and e.turn.role == "caller" and e.turn.final and e.call_id == rec2.id]
+    assert len(said) == 1 and "bill" in said[0].lower() and "john" in said[0].lower(), said
+    answers = [e.turn for e in events if isinstance(e, TurnCompleted) and e.call_id == rec2.id and e.turn.stt_final is not None]
+    assert len(answers) == 1 and answers[0].first_audio_out is not None
 
 
 def test_whisper_reads_a_window_of_the_utterance_not_30_s(whisper, monkeypatch):
