@@ -35,6 +35,7 @@ from providers.base import (
     AgentSpeakingStopped,
     CallContext,
     CallerFinished,
+    EarlyAnswer,
     CallerInterrupted,
     Provider,
     ProviderCall,
@@ -271,6 +272,9 @@ class Call:
         elif isinstance(ev, CallerFinished):
             if conv is not None:
                 conv.caller_finished()
+        elif isinstance(ev, EarlyAnswer):
+            if conv is not None:
+                conv.early_answer(ev.used)
         elif isinstance(ev, CallerInterrupted):
             if conv is not None and conv.agent_is_speaking:
                 conv.barge_in(forced=False)

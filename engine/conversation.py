@@ -55,6 +55,8 @@ class ConversationCounters:
     fallback_flushes: int = 0
     turns: int = 0
     early_ends: int = 0  # turns ended at the caller's pause on a complete transcript, before the VAD's hangover
+    early_answers_used: int = 0  # answers begun at the caller's pause and taken over by the turn
+    early_answers_dropped: int = 0  # ... and dropped: the caller said more (model work spent for nothing)
 
 
 _CALL_STATE = {
@@ -240,6 +242,12 @@ class ConversationCoordinator:
         self.counters.early_ends += 1
         self.vad.reset()
         self._speech_ended(fallback=False)
+
+    def early_answer(self, used: bool) -> None:
+        if used:
+            self.counters.early_answers_used += 1
+        else:
+            self.counters.early_answers_dropped += 1
 
     def _set_continuous(self, on: bool) -> None:
         self.continuous_input = on

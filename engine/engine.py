@@ -421,7 +421,7 @@ class Engine:
             ),
             conversation=ConversationTotals(
                 cc.barge_ins, cc.barge_ins_forced, cc.barge_in_attempts, cc.fallback_flushes, cc.turns, cc.barge_in_pauses, cc.false_pauses,
-                cc.early_ends,
+                cc.early_ends, cc.early_answers_used, cc.early_answers_dropped,
             ),
             playback=PlaybackTotals(
                 pc.files_started, pc.files_finished, pc.files_failed, pc.files_timed_out, pc.files_stopped, pc.stream_fallbacks,

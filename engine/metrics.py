@@ -83,6 +83,10 @@ class EngineCollector:
         yield CounterMetricFamily("ai_agent_barge_in_pauses", "Times the agent paused on caller sound (stream mode)", value=cc.barge_in_pauses)
         yield CounterMetricFamily("ai_agent_barge_in_false_pauses", "Pauses that resumed: not the caller talking", value=cc.false_pauses)
         yield CounterMetricFamily("ai_agent_turns_ended_early", "Caller turns ended at a pause on a complete transcript, before the VAD's hangover", value=cc.early_ends)
+        ea = CounterMetricFamily("ai_agent_early_answers", "Answers begun at the caller's pause: used by the turn, or dropped (the caller said more)", labels=["outcome"])
+        ea.add_metric(["used"], cc.early_answers_used)
+        ea.add_metric(["dropped"], cc.early_answers_dropped)
+        yield ea
         yield CounterMetricFamily("ai_agent_fallback_flushes", "Utterances handed over by the fallback timer (VAD heard nothing)", value=cc.fallback_flushes)
         pc = st.playback
         pb = CounterMetricFamily("ai_agent_playbacks", "File playbacks on bridges, by outcome", labels=["outcome"])

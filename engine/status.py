@@ -123,6 +123,8 @@ class ConversationTotals:
     barge_in_pauses: int  # the agent paused on caller sound (stream mode)
     false_pauses: int  # ... and went on: not the caller talking
     early_ends: int  # turns ended at the caller's pause on a complete transcript
+    early_answers_used: int  # answers begun at the caller's pause, taken over by the turn
+    early_answers_dropped: int  # ... and dropped: the caller said more
 
 
 @dataclass(frozen=True, slots=True)

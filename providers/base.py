@@ -88,7 +88,17 @@ class CallerFinished:
     VAD's hangover, unless the caller has spoken again since."""
 
 
-ProviderEvent = AgentAudio | Transcript | AgentSpeakingStarted | AgentSpeakingStopped | CallerInterrupted | ProviderError | TurnMark | ActionRequest | CallerFinished
+@dataclass(slots=True, frozen=True)
+class EarlyAnswer:
+    """An answer begun at the caller's pause (a pipeline's ``answer_at_pause``) was taken over by
+    the turn (``used``) or dropped: the caller said more, so its model work was spent for nothing."""
+
+    used: bool
+
+
+ProviderEvent = (
+    AgentAudio | Transcript | AgentSpeakingStarted | AgentSpeakingStopped | CallerInterrupted | ProviderError | TurnMark | ActionRequest | CallerFinished | EarlyAnswer
+)
 EmitFn = Callable[[ProviderEvent], None]
 
 

@@ -26,6 +26,7 @@ from providers.base import (
     AgentSpeakingStopped,
     CallContext,
     CallerFinished,
+    EarlyAnswer,
     EmitFn,
     Provider,
     ProviderCall,
@@ -237,7 +238,7 @@ class _Turn:
         return " ".join(out)
 
 
-class _EarlyAnswer:
+class _AnswerBegun:
     """The LLM's answer to a transcript taken at the caller's pause, begun before their turn is
     over: what it has generated so far, handed to the turn if the caller ends it on those words,
     dropped if they say more."""
@@ -291,7 +292,7 @@ class PipelineCall(ProviderCall):
         self._pause_timer: asyncio.TimerHandle | None = None
         self._finish_timer: asyncio.TimerHandle | None = None  # a complete transcript waits for enough quiet
         self._partial: tuple[int, str] | None = None  # (voiced frames it covered, its text)
-        self._early: _EarlyAnswer | None = None
+        self._early: _AnswerBegun | None = None
         self._stopped = False
 
     async def start(self) -> None:
@@ -364,9 +365,8 @@ class PipelineCall(ProviderCall):
         self._voiced = self._partial_voiced = 0
         self._cancel_timers()
         early, self._early = self._early, None
-        if fallback or not isinstance(covered, str) or early is None or early.text != covered:
-            if early is not None:
-                early.drop()
+        if early is not None and (fallback or early.text != covered):
+            self._discard(early)
             early = None
         if fallback:
             # Audio the VAD never found voiced (line noise, the agent's residual echo, which
@@ -406,14 +406,18 @@ class PipelineCall(ProviderCall):
             return
         tools = action_functions(self.profile) if self.m.llm.calls_tools else []
         messages = self._messages(text)
-        self._early = _EarlyAnswer(
+        self._early = _AnswerBegun(
             text, messages, lambda on_text: self.m.llm.generate(messages, self.cfg.llm_max_tokens, self.cfg.llm_temperature, on_text, tools)
         )
 
     def _drop_early(self) -> None:
         if self._early is not None:
-            self._early.drop()
+            self._discard(self._early)
             self._early = None
+
+    def _discard(self, early: _AnswerBegun) -> None:
+        early.drop()
+        self._emit(EarlyAnswer(used=False))
 
     def _cancel_timers(self) -> None:
         for timer in (self._pause_timer, self._finish_timer):
@@ -444,7 +448,7 @@ class PipelineCall(ProviderCall):
         return await self.m.stt.transcribe(audio, self._vocabulary)
 
     # ---- the answer
-    async def _answer(self, audio: bytes, covered: str | asyncio.Task[str | None] | None, early: _EarlyAnswer | None = None) -> None:
+    async def _answer(self, audio: bytes, covered: str | asyncio.Task[str | None] | None, early: _AnswerBegun | None = None) -> None:
         """``covered``: the text of the whole utterance from a partial, or the partial that is
         transcribing all of it; ``early``: the answer to that text, begun at the caller's pause."""
         turn = self._turn = _Turn()
@@ -463,7 +467,7 @@ class PipelineCall(ProviderCall):
             self._offered = None
             messages = self._messages(text)
             if early is not None and (action is not None or early.messages != messages):
-                early.drop()
+                self._discard(early)
                 early = None
             if action is not None:
                 # The engine has the announcement or the closing line said, then acts.
@@ -506,6 +510,7 @@ class PipelineCall(ProviderCall):
 
             try:
                 if early is not None:
+                    self._emit(EarlyAnswer(used=True))
                     generating = asyncio.create_task(early.follow(got_text))
                 else:
                     tools = action_functions(self.profile) if self.m.llm.calls_tools else []
@@ -675,7 +680,8 @@ class PipelineCall(ProviderCall):
         self._stopped = True
         self._cancel_turn()
         self._cancel_timers()
-        self._drop_early()
+        if self._early is not None:
+            self._early.drop()  # the call is over: nothing to count
         tasks = [t for t in (self._turn_task, self._partial_task) if t is not None]
         for t in tasks:
             t.cancel()

@@ -6,6 +6,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import urllib.request
 import wave
 from pathlib import Path
 
@@ -170,16 +171,24 @@ async def test_the_answer_begins_at_the_pause_and_is_dropped_if_the_caller_goes_
 
     async with local_engine(pbx, tmp_path, "stream", long_hangover) as eng:
         sub = eng.store.subscribe()
+        cc = eng.calls.conversation_counters
         rec = pbx.place_call(script=[WaitAgentDone(0.4), SayText("What are your opening hours?"), WaitAgent(0.5), WaitAgentDone(0.5)])
         await asyncio.wait_for(rec.finished.wait(), 60)
+        assert (cc.early_answers_used, cc.early_answers_dropped) == (1, 0)
         wav = tmp_path / "goes_on.wav"
         with wave.open(str(wav), "wb") as w:
             w.setnchannels(1)
             w.setsampwidth(2)
             w.setframerate(8000)
-            w.writeframes(ulaw_to_pcm16(trimmed(speak("I need help with my bill.")) + b"\xff" * 2800 + trimmed(speak("My name is John Smith."))))
+            w.writeframes(ulaw_to_pcm16(trimmed(speak("I need help with my bill.")) + b"\xff" * 7200 + trimmed(speak("My name is John Smith."))))
         rec2 = pbx.place_call(script=[WaitAgentDone(0.4), Say(str(wav)), WaitAgent(0.5), WaitAgentDone(0.5)])
         await asyncio.wait_for(rec2.finished.wait(), 60)
+        # The answer to "I need help with my bill." was begun at the pause and dropped (the whole
+        # utterance's answer is begun at the last pause too, if Whisper ends it with a full stop).
+        assert cc.early_answers_dropped == 1 and cc.early_answers_used in (1, 2)
+        url = f"http://127.0.0.1:{eng.health_server.port}/metrics"
+        metrics = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=2).read().decode())
+        assert 'ai_agent_early_answers_total{outcome="dropped"} 1.0' in metrics
         events = []
         while (e := sub.get_nowait()) is not None:
             events.append(e)
