@@ -127,6 +127,16 @@ def trimmed(ulaw: bytes) -> bytes:
     return b"".join(frames[loud[0] : loud[-1] + 1])
 
 
+def two_phrases(path: Path, first: str, pause_ms: int, second: str) -> str:
+    """A WAV of ``first``, ``pause_ms`` of silence and ``second``, as a caller says them."""
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(ulaw_to_pcm16(trimmed(speak(first)) + b"\xff" * (pause_ms * 8) + trimmed(speak(second))))
+    return str(path)
+
+
 async def test_a_whole_sentence_ends_the_turn_at_the_pause_and_a_half_one_does_not(pbx, tmp_path):
     """A question that reads complete at the caller's 200 ms pause ends the turn there, not after
     the VAD's hangover (a long one here, as a site with noisy lines sets it, so that the pause's
@@ -144,13 +154,8 @@ async def test_a_whole_sentence_ends_the_turn_at_the_pause_and_a_half_one_does_n
         assert cc.early_ends == 1 and cc.turns == 1
         # A 300 ms pause mid-sentence: longer than the 200 ms that trigger the pause transcript,
         # shorter than any hangover.
-        wav = tmp_path / "pause.wav"
-        with wave.open(str(wav), "wb") as w:
-            w.setnchannels(1)
-            w.setsampwidth(2)
-            w.setframerate(8000)
-            w.writeframes(ulaw_to_pcm16(trimmed(speak("My name is")) + b"\xff" * 2400 + trimmed(speak("John and I need help with my bill."))))
-        rec = pbx.place_call(script=[WaitAgentDone(0.4), Say(str(wav)), WaitAgent(0.5), WaitAgentDone(0.5)])
+        wav = two_phrases(tmp_path / "pause.wav", "My name is", 300, "John and I need help with my bill.")
+        rec = pbx.place_call(script=[WaitAgentDone(0.4), Say(wav), WaitAgent(0.5), WaitAgentDone(0.5)])
         await asyncio.wait_for(rec.finished.wait(), 60)
         events = []
         while (e := sub.get_nowait()) is not None:
@@ -175,13 +180,8 @@ async def test_the_answer_begins_at_the_pause_and_is_dropped_if_the_caller_goes_
         rec = pbx.place_call(script=[WaitAgentDone(0.4), SayText("What are your opening hours?"), WaitAgent(0.5), WaitAgentDone(0.5)])
         await asyncio.wait_for(rec.finished.wait(), 60)
         assert (cc.early_answers_used, cc.early_answers_dropped) == (1, 0)
-        wav = tmp_path / "goes_on.wav"
-        with wave.open(str(wav), "wb") as w:
-            w.setnchannels(1)
-            w.setsampwidth(2)
-            w.setframerate(8000)
-            w.writeframes(ulaw_to_pcm16(trimmed(speak("I need help with my bill.")) + b"\xff" * 7200 + trimmed(speak("My name is John Smith."))))
-        rec2 = pbx.place_call(script=[WaitAgentDone(0.4), Say(str(wav)), WaitAgent(0.5), WaitAgentDone(0.5)])
+        wav = two_phrases(tmp_path / "goes_on.wav", "I need help with my bill.", 900, "My name is John Smith.")
+        rec2 = pbx.place_call(script=[WaitAgentDone(0.4), Say(wav), WaitAgent(0.5), WaitAgentDone(0.5)])
         await asyncio.wait_for(rec2.finished.wait(), 60)
         # The answer to "I need help with my bill." was begun at the pause and dropped (the whole
         # utterance's answer is begun at the last pause too, if Whisper ends it with a full stop).
