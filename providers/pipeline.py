@@ -545,8 +545,6 @@ class PipelineCall(ProviderCall):
                     self._offered = offered_department(said, self.profile)
         except asyncio.CancelledError:
             turn.cancelled = True
-            if early is not None:
-                early.drop()
             raise
         except StageBusy as e:
             self._emit(ProviderError(f"models busy, turn dropped: {e}"))
@@ -568,6 +566,8 @@ class PipelineCall(ProviderCall):
         finally:
             if turn.hold is not None:
                 turn.hold.cancel()
+            if early is not None:
+                early.drop()  # done already, unless the turn ended before it took it over
 
     def _hold_timer(self, turn: _Turn, started_at: float) -> None:
         """The hold line, if the answer has not started ``hold_after_ms`` after the turn began."""
