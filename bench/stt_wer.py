@@ -3,6 +3,7 @@
     python bench/stt_wer.py [--engines whisper,pocketsphinx] [--limit N]
     python bench/stt_wer.py --profiles
     python bench/stt_wer.py --windows 30,15,10 [--limit N]
+    python bench/stt_wer.py --departments
 
 --profiles: the questions of bench/answers.py and some full of the businesses' own names, spoken
 by the simulator's caller voice at 8 kHz, transcribed by Whisper with nothing, with the profile's
@@ -13,6 +14,11 @@ run differs by a few words.
 --windows: Whisper with each minimum encoder window (providers.local.stt_window_s) on the
 prompts and on the profile questions (the facts as the initial prompt, as calls have them): word
 error rate, time per item (p50, max) and the items the model looped on (its words repeated).
+
+--departments: callers asking for a profile's departments in their own words, transcribed as calls
+are (the facts as the prompt): how many transcripts name the department, and how many the local
+pipeline turns into the right transfer (providers.intents.decide, which also takes a name that
+sounds like a department's); and how many of the --profiles questions it takes for an action.
 
 Prompts: the top-level files of asterisk-core-sounds-en-wav whose names start with a to m (the
 rest are held out), against their texts in asterisk-core-sounds-en's core-sounds-en.txt. Each is
@@ -165,6 +171,59 @@ def measure_profiles() -> None:
             print(f"      {r!r} -> {h!r}")
 
 
+DEPARTMENTS = {
+    "billing": "invoices, payments and refunds",
+    "appointments": "booking, moving or cancelling a visit",
+    "operator": "the front desk",
+}
+DEPARTMENT_REQUESTS = [
+    ("Can you put me through to billing, please?", "billing"),
+    ("Can I talk to someone in billing about an invoice?", "billing"),
+    ("I have a question about my bill, can you transfer me to billing?", "billing"),
+    ("Billing, please.", "billing"),
+    ("I'd like to speak to billing.", "billing"),
+    ("Connect me with appointments, please.", "appointments"),
+    ("Can you transfer me to appointments?", "appointments"),
+    ("I want to talk to the appointments desk.", "appointments"),
+    ("Put me through to the operator please.", "operator"),
+    ("Can I speak to the operator?", "operator"),
+    ("Operator.", "operator"),
+    ("Could you connect me to a real person at the front desk, the operator?", "operator"),
+]
+
+
+def measure_departments() -> None:
+    from answers import DENTIST
+    from pbxsim.voice import speak
+
+    from providers.intents import decide
+    from providers.profile import AgentProfile, Department
+
+    profile = AgentProfile(
+        facts=DENTIST, departments={n: Department(description=d, context="from-internal", extension="200") for n, d in DEPARTMENTS.items()}
+    )
+    stt = build_stt(LocalProviderConfig())
+    print(f"department requests: {len(DEPARTMENT_REQUESTS)} to {len(DEPARTMENTS)} departments, the simulator's caller voice, 8 kHz u-law")
+    named = right = 0
+    for q, dept in DEPARTMENT_REQUESTS:
+        heard = stt.transcribe(phone_audio_of(speak(q)), profile.stt_prompt())
+        action = decide(heard, profile)
+        named += dept in normalize(heard).split() or dept[:-1] in normalize(heard).split()
+        right += action is not None and action.department == dept
+        if action is None or action.department != dept:
+            print(f"      {q!r} -> {heard!r}: {action}")
+    print(f"  the department's name in the transcript: {named}/{len(DEPARTMENT_REQUESTS)}   transferred right: {right}/{len(DEPARTMENT_REQUESTS)}")
+    questions = profile_questions()  # the three businesses', each with these departments
+    wrong = []
+    for facts, q, vocabulary in questions:
+        heard = stt.transcribe(phone_audio_of(speak(q)), vocabulary)
+        if (action := decide(heard, profile.model_copy(update={"facts": facts}))) is not None:
+            wrong.append((heard, action))
+    print(f"  the businesses' questions taken for an action: {len(wrong)}/{len(questions)}")
+    for heard, action in wrong:
+        print(f"      {heard!r}: {action}")
+
+
 def phone_audio_of(ulaw: bytes) -> bytes:
     """8 kHz u-law as the engine hands it to STT: 16 kHz PCM16 through its resampler."""
     up = Resampler(8000, 16000)
@@ -201,6 +260,7 @@ def main() -> int:
     ap.add_argument("--engines", default="whisper,pocketsphinx")
     ap.add_argument("--limit", type=int, default=0, help="only the first N prompts")
     ap.add_argument("--show", type=int, default=5, help="print this many mismatches per engine")
+    ap.add_argument("--departments", action="store_true", help="department requests: transferred right, with and without the departments in the prompt")
     ap.add_argument("--windows", default="", help="minimum encoder windows to compare, in seconds: 30,15,10")
     args = ap.parse_args()
     if args.windows:
@@ -208,6 +268,9 @@ def main() -> int:
         return 0
     if args.profiles:
         measure_profiles()
+        return 0
+    if args.departments:
+        measure_departments()
         return 0
     items = prompts()
     if args.limit:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 
+import jellyfish
+
 from providers.base import ActionRequest
 from providers.profile import OPERATOR, AgentProfile
 
@@ -30,6 +32,7 @@ _STOP = {"and", "the", "for", "with", "about", "your", "from", "that", "this", "
 
 
 def _stem(word: str) -> str:
+    word = word.removesuffix("'s")  # "the appointment's desk": Whisper's possessive
     return word[:-1] if len(word) > 4 and word.endswith("s") else word
 
 
@@ -37,7 +40,21 @@ def _words(text: str) -> list[str]:
     return _WORD.findall(text.lower().replace("-", " "))
 
 
-def _department_mentioned(words: list[str], profile: AgentProfile) -> str | None:
+def _sounds(word: str) -> str:
+    return jellyfish.metaphone(re.sub(r"[^a-z]", "", word)) if re.search(r"[a-z]", word) else ""
+
+
+def _sounds_like(said: str, name_word: str) -> bool:
+    """Whisper tiny.en writes a department's name as words that sound like it: "billing" comes out
+    "the building", "Billin" or "Bill and" (bench/stt_wer.py --departments). Same first letter,
+    and the sound codes (metaphone) one edit apart at most; or its start ("transfer me to bill")."""
+    if len(said) >= 4 and name_word.startswith(said):
+        return True
+    want = _sounds(name_word)
+    return len(want) >= 3 and said[:1] == name_word[:1] and jellyfish.levenshtein_distance(want, _sounds(said)) <= 1
+
+
+def _department_mentioned(words: list[str], profile: AgentProfile, sound_alike: bool = False) -> str | None:
     stems = {_stem(w) for w in words}
     for name in profile.departments:
         if {_stem(w) for w in _words(name.replace("_", " "))} <= stems:
@@ -46,6 +63,12 @@ def _department_mentioned(words: list[str], profile: AgentProfile) -> str | None
         keys = {_stem(w) for w in _words(d.description) if len(w) >= 4 and w not in _STOP}
         if keys & stems:
             return name
+    if sound_alike:
+        # Each word, and each pair of words written as one ("bill and" for "billing").
+        said = [*words, *(a + b for a, b in zip(words, words[1:], strict=False))]
+        for name in profile.departments:
+            if all(any(_sounds_like(w, n) for w in said) for n in _words(name.replace("_", " "))):
+                return name
     return None
 
 
@@ -67,7 +90,9 @@ def decide(text: str, profile: AgentProfile, offered: str | None = None) -> Acti
     if offered and len(words) <= 6 and words[0] in _YES and set(words) <= _YES | set(_words(offered)):
         return ActionRequest("transfer", offered, f"caller accepted the offer: {text!r}")
     asks = bool(_TRANSFER.search(lowered))
-    dept = _department_mentioned(words, profile)
+    # A name that only sounds like a department's counts where the caller asks to be put through
+    # or says little else ("Bill and, please.").
+    dept = _department_mentioned(words, profile, sound_alike=asks or len(words) <= 3)
     if dept is not None and (asks or len(words) <= 3 or _REQUEST.search(lowered)):
         return ActionRequest("transfer", dept, f"caller asked: {text!r}")
     if OPERATOR in profile.departments and (asks or len(words) <= 3) and _PERSON & set(words):

@@ -22,6 +22,13 @@ PROFILE = AgentProfile(departments={
     ("Can I speak to a real person?", ("transfer", "operator")),
     ("Operator.", ("transfer", "operator")),
     ("Billing, please.", ("transfer", "billing")),
+    # How Whisper tiny.en writes them on the phone line (bench/stt_wer.py --departments).
+    ("Can you put me through the building, please?", ("transfer", "billing")),
+    ("Bill and please.", ("transfer", "billing")),
+    ("Building, please.", ("transfer", "billing")),
+    ("I have a question about my bill. Can you transfer me to bill?", ("transfer", "billing")),
+    ("I'd like to speak to Billin.", ("transfer", "billing")),
+    ("I want to talk to the appointment's desk.", ("transfer", "appointments")),
     ("That's all, thank you, bye.", ("hangup", "")),
     ("Okay thanks, goodbye!", ("hangup", "")),
     ("No, that's everything. Have a nice day.", ("hangup", "")),
@@ -30,6 +37,8 @@ PROFILE = AgentProfile(departments={
     ("How much is a cleaning?", None),
     ("Do you take credit cards for payment?", None),  # a question about payments is not a transfer
     ("Is the parking free?", None),
+    ("Is the building accessible by wheelchair?", None),  # sounds like billing, but asks nothing of it
+    ("Can you put me through, I'm willing to wait.", None),  # not billing: another first sound
 ])
 def test_caller_words(said, want):
     got = decide(said, PROFILE)
