@@ -38,10 +38,11 @@ def main() -> int:
 
     features = [p.split("=")[0].strip() for p in llama_cpp.llama_print_system_info().decode().split("|") if p.strip().endswith("= 1")]
     llm = llama_cpp.Llama(model_path=args.model or default_model(), n_ctx=1024, n_threads=args.threads, n_threads_batch=args.threads, verbose=False)
-    prompt_tps, gen_tps = [], []
+    prompt_tps, gen_tps, cpu_s, wall_s = [], [], [], []
     for i in range(args.runs + 1):
         llm.reset()  # no prompt cache: every run evaluates the whole prompt
         t0 = time.perf_counter()
+        c0 = time.process_time()
         first = None
         n = 0
         for chunk in llm.create_chat_completion(messages=PROMPT, max_tokens=args.tokens, temperature=0.0, stream=True):  # type: ignore[arg-type]
@@ -52,6 +53,8 @@ def main() -> int:
         end = time.perf_counter()
         if i == 0 or first is None:
             continue  # warm-up
+        cpu_s.append(time.process_time() - c0)
+        wall_s.append(end - t0)
         prompt_tokens = sum(len(llm.tokenize(m["content"].encode())) for m in PROMPT)
         prompt_tps.append(prompt_tokens / (first - t0))
         if n > 1:
@@ -59,6 +62,7 @@ def main() -> int:
     print(f"llama.cpp {llama_cpp.__version__} [{' '.join(f.split(': ')[-1] for f in features)}], {args.threads} threads")
     print(f"  prompt   {statistics.median(prompt_tps):7.0f} tokens/s (median of {len(prompt_tps)})")
     print(f"  generate {statistics.median(gen_tps):7.1f} tokens/s (median of {len(gen_tps)})")
+    print(f"  an answer of {args.tokens} tokens: {statistics.median(wall_s):.2f} s, {statistics.median(cpu_s):.2f} CPU-s (all threads)")
     return 0
 
 
