@@ -40,8 +40,13 @@ def _words(text: str) -> list[str]:
     return _WORD.findall(text.lower().replace("-", " "))
 
 
+def _name_words(department: str) -> list[str]:
+    return _words(department.replace("_", " "))
+
+
 def _sounds(word: str) -> str:
-    return jellyfish.metaphone(re.sub(r"[^a-z]", "", word)) if re.search(r"[a-z]", word) else ""
+    letters = re.sub(r"[^a-z]", "", word)
+    return jellyfish.metaphone(letters) if letters else ""
 
 
 def _sounds_like(said: str, name_word: str) -> bool:
@@ -57,7 +62,7 @@ def _sounds_like(said: str, name_word: str) -> bool:
 def _department_mentioned(words: list[str], profile: AgentProfile, sound_alike: bool = False) -> str | None:
     stems = {_stem(w) for w in words}
     for name in profile.departments:
-        if {_stem(w) for w in _words(name.replace("_", " "))} <= stems:
+        if {_stem(w) for w in _name_words(name)} <= stems:
             return name
     for name, d in profile.departments.items():
         keys = {_stem(w) for w in _words(d.description) if len(w) >= 4 and w not in _STOP}
@@ -67,7 +72,7 @@ def _department_mentioned(words: list[str], profile: AgentProfile, sound_alike: 
         # Each word, and each pair of words written as one ("bill and" for "billing").
         said = [*words, *(a + b for a, b in zip(words, words[1:], strict=False))]
         for name in profile.departments:
-            if all(any(_sounds_like(w, n) for w in said) for n in _words(name.replace("_", " "))):
+            if all(any(_sounds_like(w, n) for w in said) for n in _name_words(name)):
                 return name
     return None
 
@@ -90,12 +95,12 @@ def decide(text: str, profile: AgentProfile, offered: str | None = None) -> Acti
     if offered and len(words) <= 6 and words[0] in _YES and set(words) <= _YES | set(_words(offered)):
         return ActionRequest("transfer", offered, f"caller accepted the offer: {text!r}")
     asks = bool(_TRANSFER.search(lowered))
-    # A name that only sounds like a department's counts where the caller asks to be put through
-    # or says little else ("Bill and, please.").
-    dept = _department_mentioned(words, profile, sound_alike=asks or len(words) <= 3)
-    if dept is not None and (asks or len(words) <= 3 or _REQUEST.search(lowered)):
+    direct = asks or len(words) <= 3  # asks to be put through, or says little else ("Billing, please.")
+    # There a name that only sounds like a department's counts too ("Bill and, please.").
+    dept = _department_mentioned(words, profile, sound_alike=direct)
+    if dept is not None and (direct or _REQUEST.search(lowered)):
         return ActionRequest("transfer", dept, f"caller asked: {text!r}")
-    if OPERATOR in profile.departments and (asks or len(words) <= 3) and _PERSON & set(words):
+    if OPERATOR in profile.departments and direct and _PERSON & set(words):
         return ActionRequest("transfer", OPERATOR, f"caller asked for a person: {text!r}")
     if _GOODBYE.search(lowered) and "?" not in text:
         return ActionRequest("hangup", reason=f"caller said goodbye: {text!r}")

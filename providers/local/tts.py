@@ -13,7 +13,7 @@ class PiperTts:
 
         # PiperVoice.load's session, but with onnxruntime's worker threads sleeping between
         # operators instead of spinning (``spin``: its default, for bench/tts_speed.py): the spin
-        # costs CPU time that the other callers' Whisper and LLM work needs, for no speed.
+        # costs CPU time that the other callers' Whisper and LLM work needs, for 20 ms a sentence.
         options = onnxruntime.SessionOptions()
         for key in ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning"):
             options.add_session_config_entry(key, "1" if spin else "0")
