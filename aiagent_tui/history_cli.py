@@ -162,9 +162,9 @@ def show(r: CallRecord, out: TextIO) -> None:
     if r.turns:
         p()
         p("turns (seconds from the end of the caller's speech)")
-        p(f"  {'at':11s}  {'to answer':>9s}  {'stt':>5s}  {'llm':>5s}  {'tts':>5s}  {'playout':>7s}")
+        p(f"  {'at':11s}  {'to answer':>9s}  {'stt':>5s}  {'llm':>5s}  {'tts':>5s}  {'playout':>7s}  {'queued':>6s}  {'engine':>6s}")
         for t in r.turns:
-            p(f"  {datetime.fromtimestamp(t.at).strftime('%H:%M:%S.%f')[:-4]}  {_s(t.latency_s):>9s}  {_s(t.stt_s):>5s}  {_s(t.llm_first_sentence_s):>5s}  {_s(t.tts_first_audio_s):>5s}  {_s(t.playout_s):>7s}"
+            p(f"  {datetime.fromtimestamp(t.at).strftime('%H:%M:%S.%f')[:-4]}  {_s(t.latency_s):>9s}  {_s(t.stt_s):>5s}  {_s(t.llm_first_sentence_s):>5s}  {_s(t.tts_first_audio_s):>5s}  {_s(t.playout_s):>7s}  {_s(t.queued_s):>6s}  {_s(t.own_s):>6s}"
               + (f"  (the hold line at {t.hold_s:.2f}: 'to answer' is its)" if t.hold_s is not None else ""))
     if r.actions:
         p()

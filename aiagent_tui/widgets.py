@@ -17,6 +17,7 @@ STAGES = (
     ("tts", "first_sentence", "tts_first_audio", "yellow"),
     ("out", "tts_first_audio", "first_audio_out", "green"),
 )
+QUEUED_SHOWN_S = 0.05
 
 
 def _kv(rows: list[tuple[str, str | Text]]) -> Table:
@@ -199,6 +200,8 @@ class TimelinePane(Pane):
                     out.append("█" * max(1, int((tb - ta) * scale)), style=colour)
             total = t.latency_s
             out.append(f" {total * 1000:.0f} ms\n" if total is not None else " …\n")
+            if t.queued_s is not None and t.queued_s >= QUEUED_SHOWN_S:  # behind other calls' model work
+                out.append(f"   {t.queued_s * 1000:.0f} ms waiting for models\n", style="red")
         out.append("stt ", style="cyan")
         out.append("llm ", style="magenta")
         out.append("tts ", style="yellow")

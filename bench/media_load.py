@@ -79,6 +79,74 @@ def pct(values: list[float] | np.ndarray, q: float) -> float:
 # ---- phase 1: the engine ------------------------------------------------------------------
 
 
+STALL_S = 0.030  # the engine's loop silent this long: every call's input waits (the echo comes late)
+
+
+class StallWatch:
+    """Where the engine's event loop stalls: the loop beats every 5 ms; a thread that finds the beat
+    STALL_S old records the main thread's stack then (the code that holds the loop), and the
+    garbage collector's passes are timed, since a full collection of many calls' objects holds it
+    too."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        import gc
+        import threading
+
+        self.loop = loop
+        self.beat = time.monotonic()
+        self.stalls: list[tuple[float, str]] = []  # (how long, where)
+        self.gc_passes: list[tuple[int, float]] = []  # (generation, seconds) of passes over 5 ms
+        self._gc_t0 = 0.0
+        self._main = threading.main_thread().ident
+        self.on = False
+        loop.call_soon(self._tick)
+        gc.callbacks.append(self._gc)
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def _tick(self) -> None:
+        self.beat = time.monotonic()
+        self.loop.call_later(0.005, self._tick)
+
+    def _gc(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._gc_t0 = time.perf_counter()
+        elif self.on and (d := time.perf_counter() - self._gc_t0) > 0.005:
+            self.gc_passes.append((info["generation"], d))
+
+    def _watch(self) -> None:
+        import traceback
+
+        seen = 0.0  # the beat of the stall already recorded
+        while True:
+            time.sleep(0.002)
+            beat = self.beat
+            if not self.on or time.monotonic() - beat < STALL_S:
+                if seen and beat != seen and self.stalls:  # the stall ended: its length
+                    self.stalls[-1] = (beat - seen, self.stalls[-1][1])
+                    seen = 0.0
+                continue
+            if beat == seen:
+                continue
+            seen = beat
+            frame = sys._current_frames().get(self._main)
+            stack = traceback.extract_stack(frame) if frame is not None else []
+            ours = [f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in stack if str(ROOT) in f.filename and "bench" not in f.filename]
+            self.stalls.append((STALL_S, " < ".join(reversed(ours[-3:])) or (stack[-1].name if stack else "?")))
+
+    def report(self) -> dict:
+        from collections import Counter
+
+        where = Counter(w for _, w in self.stalls)
+        return {
+            "stalls": len(self.stalls),
+            "stall_max_ms": max((d for d, _ in self.stalls), default=0.0) * 1000,
+            "stall_where": where.most_common(4),
+            "gc_passes": len(self.gc_passes),
+            "gc_max_ms": max((d for _, d in self.gc_passes), default=0.0) * 1000,
+            "gc_full": sum(1 for g, _ in self.gc_passes if g == 2),
+        }
+
+
 def engine_child(conn, env: dict[str, str]) -> None:
     from engine.config import load_config
     from engine.engine import Engine
@@ -89,6 +157,7 @@ def engine_child(conn, env: dict[str, str]) -> None:
         await eng.wait_ari_connected(10)
         conn.send("ready")
         loop = asyncio.get_running_loop()
+        watch = StallWatch(loop)
         cpu0 = 0.0
         c = eng.rtp.counters
         in0 = out0 = under0 = 0
@@ -99,8 +168,10 @@ def engine_child(conn, env: dict[str, str]) -> None:
                 cpu0 = time.process_time()
                 in0, out0 = c.packets_in, c.packets_out
                 under0 = sum(s.rtp_out.underruns for s in eng.store)
+                watch.on = True
                 conn.send("marked")
             elif cmd == "report":
+                watch.on = False
                 t = eng.rtp.timings
                 calls = list(eng.store)
                 conn.send(
@@ -122,6 +193,7 @@ def engine_child(conn, env: dict[str, str]) -> None:
                         "late_ticks": eng.rtp.counters.late_ticks,
                         "kernel_drops": eng.rtp.kernel_drops(),
                         "playbacks": {k: getattr(eng.calls.playback_counters, k) for k in ("files_started", "files_finished", "files_failed", "files_timed_out")},
+                        **watch.report(),
                     }
                 )
             elif cmd == "stop":
@@ -365,6 +437,9 @@ def main() -> int:
     print(f"  where packets were lost   kernel drops: engine socket {e['kernel_drops']}, simulator sockets {e['sim_kernel_drops']}")
     print(f"  simulator stalls (window) {e['sim_stalls_window']} ticks run 20 ms or more late; {e['sim_skipped_window']} ticks skipped (stalls over {CATCHUP_TICKS * 20} ms; {e['sim_skipped_ticks']} in the whole run, call set-up included)")
     print(f"  underruns in the window   {e['underruns_window']} (a stream's jitter buffer grows a frame after each)")
+    print(f"  engine loop stalls        {e['stalls']} of {STALL_S * 1000:.0f} ms or more (longest {e['stall_max_ms']:.0f} ms); garbage collector passes over 5 ms: {e['gc_passes']} ({e['gc_full']} full, longest {e['gc_max_ms']:.0f} ms)")
+    for where, n in e["stall_where"]:
+        print(f"    {n:4d} x  {where}")
     print(f"  agent audio heard         {e['agent_audio_s'] / args.calls:.1f} s per call")
     print(f"  engine CPU                {e['cpu_s']:.2f} s = {e_cpm:.3f} CPU-s per call-minute")
     print(f"  floor CPU                 {f['cpu_s']:.2f} s = {f_cpm:.3f} CPU-s per call-minute ({f['packets_in']} in, {f['packets_out']} out)")

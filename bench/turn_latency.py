@@ -7,14 +7,17 @@ The simulator runs in its own process; the engine (local provider, real models) 
 Each simulated caller waits for the greeting, says an Asterisk prompt, and hangs up once the
 answer has started. From each turn's timeline it prints, per stage, p50/p90: STT finalization
 (speech end -> transcript), LLM to first sentence, TTS of the first sentence, playout start, and
-the total. Then it times each model stage alone on the same inputs and prints the engine's
-overhead as total / sum of the stages. Last, the same with --concurrent calls talking at once.
+the total; and the engine's own share: the turn until the audio is handed on, less the time the
+models worked for the call and the time its jobs queued behind other callers' (target: p95 under
+20 ms). Then it times each model stage alone on the same inputs and prints the engine's overhead
+as total / sum of the stages. Last, the same with --concurrent calls talking at once.
 Target on a 2-core CPU: p50 total under 1.2 s, overhead ratio under 1.15.
 
 With --pipeline it prints instead, for each pipeline, the turn latency at the caller (p50, p95) with
 1, 2, 4 and 8 callers asking at the same moment: "local" is the models in the engine's worker
 processes, "remote" the same models on the model servers (llama.cpp's server, wyoming-faster-whisper,
-wyoming-piper) that this script starts on this machine (aiagent-tui model-servers).
+wyoming-piper) that this script starts on this machine (aiagent-tui model-servers); under each row,
+the end-of-speech wait, the time in models, queued and the engine's own share (local stages only).
 """
 
 from __future__ import annotations
@@ -142,9 +145,32 @@ def report(title: str, turns: list[tuple[str, TurnTimeline]], alone: list[float]
     if heard:
         # What the caller feels: from its last frame, so the end-of-speech wait is in it.
         print(f"  {'at the caller':20s} p50 {np.percentile(heard, 50) * 1000:7.0f} ms   p90 {np.percentile(heard, 90) * 1000:7.0f} ms   ({len(heard)} turns)")
+    shares(turns)
     if alone:
         engine_stages = [t.latency_s for _, t in turns if t.latency_s is not None]
         print(f"  model stages alone   p50 {np.percentile(alone, 50) * 1000:7.0f} ms   overhead ratio (engine total / stages alone, p50) {np.percentile(engine_stages, 50) / np.percentile(alone, 50):.2f}")
+
+
+def own_shares(turns: list[tuple[str, TurnTimeline]]) -> dict[str, list[float]]:
+    """Per turn, in seconds: the end-of-speech wait (the caller's last voiced frame in -> the turn
+    ended), and of the rest (-> first agent audio out) the time in the models, queued for them
+    behind other callers, and the engine's own share (neither)."""
+    out: dict[str, list[float]] = {"endpoint": [], "in models": [], "queued": [], "engine's own": []}
+    for _, t in turns:
+        if t.own_s is None or t.in_models_s is None or t.queued_s is None or t.hold is not None:
+            continue
+        if t.last_voice_in is not None and t.speech_end is not None:
+            out["endpoint"].append(t.speech_end - t.last_voice_in)
+        out["in models"].append(t.in_models_s)
+        out["queued"].append(t.queued_s)
+        out["engine's own"].append(t.own_s)
+    return out
+
+
+def shares(turns: list[tuple[str, TurnTimeline]], indent: str = "  ") -> None:
+    for name, v in own_shares(turns).items():
+        if v:
+            print(f"{indent}{name:20s} p50 {np.percentile(v, 50) * 1000:7.1f} ms   p95 {np.percentile(v, 95) * 1000:7.1f} ms   max {max(v) * 1000:7.1f} ms")
 
 
 def config(args: argparse.Namespace, env: dict[str, str]) -> AppConfig:
@@ -209,6 +235,7 @@ async def scaling(args: argparse.Namespace) -> None:
     media = tempfile.mkdtemp()
     callers = [int(n) for n in args.callers.split(",")]
     rows: dict[str, dict[int, list[float]]] = {}
+    own: dict[str, dict[int, list[float]]] = {}  # the engine's own share of each turn (local stages only)
     try:
         for pipeline in args.pipeline.split(","):
             env = {"ASTERISK_ARI_PORT": str(port), "RTP_PORT": "0", "HEALTH_PORT": "0", "AIAGENT_PROVIDER": "local", "AIAGENT_DOWNSTREAM_MODE": args.mode, "AIAGENT_MEDIA_DIR": scratch_media(media)}
@@ -227,14 +254,16 @@ async def scaling(args: argparse.Namespace) -> None:
             try:
                 await eng.start()
                 assert await eng.wait_ari_connected(10)
-                rows[pipeline] = {}
+                rows[pipeline], own[pipeline] = {}, {}
                 for n in callers:
                     ids: list[str] = []
                     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(n)] * args.rounds
-                    await run_turns(eng, sim_url, prompts, n, ids)
+                    turns = await run_turns(eng, sim_url, prompts, n, ids)
                     rows[pipeline][n] = await caller_side(sim_url, ids)
                     heard = rows[pipeline][n]
                     print(f"  {pipeline:7s} {n} callers: p50 {np.percentile(heard, 50) * 1000:5.0f} ms  p95 {np.percentile(heard, 95) * 1000:5.0f} ms  ({len(heard)} turns)", flush=True)
+                    shares(turns, "      ")
+                    own[pipeline][n] = own_shares(turns)["engine's own"]
             finally:
                 await eng.stop()
                 if servers is not None:
@@ -244,13 +273,16 @@ async def scaling(args: argparse.Namespace) -> None:
         sim.wait(10)
     names = list(rows)
     print(f"turn latency at the caller, {args.mode} mode, {args.rounds} rounds of N callers asking at the same moment")
-    print("| callers | " + " | ".join(f"{p} p50 | {p} p95" for p in names) + " |")
-    print("|---|" + "---|---|" * len(names))
+    print("| callers | " + " | ".join(f"{p} p50 | {p} p95" + (f" | {p} engine's own p95" if any(own[p].values()) else "") for p in names) + " |")
+    print("|---|" + "|".join("---|---|" + ("---|" if any(own[p].values()) else "") for p in names))
     for n in callers:
         cells = []
         for p in names:
             v = rows[p].get(n) or [float("nan")]
             cells += [f"{np.percentile(v, 50) * 1000:.0f} ms", f"{np.percentile(v, 95) * 1000:.0f} ms"]
+            if any(own[p].values()):
+                o = own[p].get(n) or [float("nan")]
+                cells.append(f"{np.percentile(o, 95) * 1000:.1f} ms")
         print(f"| {n} | " + " | ".join(cells) + " |")
 
 

@@ -114,6 +114,7 @@ class ConversationCoordinator:
         # end with packets simply stopping, which the VAD never sees. This timer catches that.
         self._end_s = v.end_ms / 1000
         self._last_frame_at = clock.now()
+        self._last_voice_at: float | None = None
         self._filled_until = 0.0
         self._gap_timer: Timer | None = None
         self._turn: TurnTimeline | None = None
@@ -183,6 +184,8 @@ class ConversationCoordinator:
                 self._deliver(probe, level) if voiced else self._deliver(SILENT_PCM_FRAME, SILENCE_DBFS)
             return
         edge = self.vad.update(frame)
+        if self.vad.voiced:
+            self._last_voice_at = self._last_frame_at
         level = voice.level_dbfs = self.vad.level_dbfs
         voice.levels.append(level)
         if edge == "start":
@@ -226,7 +229,7 @@ class ConversationCoordinator:
     def _speech_ended(self, fallback: bool) -> None:
         self.session.voice.speaking = False
         if not fallback or self._turn is None or self._turn.first_audio_out is not None:
-            self._turn = TurnTimeline(speech_end=self._clock.now())
+            self._turn = TurnTimeline(speech_end=self._clock.now(), last_voice_in=self._last_voice_at)
         self.provider_call.utterance_ended(fallback)
         if not fallback and self.half_duplex:
             self._set_state(ConversationState.PROCESSING)
@@ -313,12 +316,18 @@ class ConversationCoordinator:
         if t is not None and getattr(t, stage) is None:
             setattr(t, stage, at)
 
-    def first_audio_out(self, at: float) -> None:
-        """The downstream put agent audio on the line (a frame sent, a playback started)."""
+    def first_audio_out(self, at: float, handed: float | None = None) -> None:
+        """The downstream put agent audio on the line (a frame sent, a playback started);
+        ``handed``: when the engine asked for it (a playback's request), if earlier."""
         t = self._turn
         if t is None or t.first_audio_out is not None:
             return
         t.first_audio_out = at
+        t.audio_handed = handed if handed is not None else at
+        work = self.provider_call.work
+        if work is not None and t.speech_end is not None:
+            share = work.share(t.speech_end, t.audio_handed)
+            t.in_models_s, t.queued_s = share.inside_s, share.queued_s
         self.session.turns.append(t)
         self.counters.turns += 1
         if t.latency_s is not None:

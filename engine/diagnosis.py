@@ -32,6 +32,7 @@ _STAGE_HINT = {
     "playout_s": "the engine held the audio back (file mode waits for a whole sentence; stream mode for its pacer)",
 }
 MIN_STORM = 3  # barge-ins: fewer is never a storm, whatever the norm
+QUEUED_NOTE_S = 0.1  # a slow turn's wait for models busy with other calls: named from this long
 
 
 @dataclass(slots=True)
@@ -135,6 +136,8 @@ def _turns(rec: CallRecord, norms: Norms, found: list[Finding]) -> None:
         worst = _worst_stage(t, norms)
         stages = ", ".join(f"{label} {getattr(t, name):.2f} s" for name, label in _STAGES if getattr(t, name) is not None)
         held = f"; the hold line played after {t.hold_s:.2f} s" if t.hold_s is not None else ""
+        if t.queued_s is not None and t.queued_s >= QUEUED_NOTE_S:
+            held += f"; {t.queued_s:.2f} s of it waiting for models busy with other calls"
         evidence.append(f"{_offset(rec, t.at)}: answered after {answered_after(t):.2f} s ({stages}{held})")
         if worst is not None:
             excess.setdefault(worst, []).append(getattr(t, worst))

@@ -81,6 +81,10 @@ class TurnRecord(BaseModel):
     tts_first_audio_s: float | None = None
     playout_s: float | None = None
     hold_s: float | None = None  # the hold line started (latency_s is then the hold line's)
+    # Of latency_s, where the engine runs the models (the local pipeline): waiting for a model busy
+    # with other calls' work, and the engine's own share (neither in a model nor waiting for one).
+    queued_s: float | None = None
+    own_s: float | None = None
 
 
 class ActionEntry(BaseModel):
@@ -159,6 +163,8 @@ def _turn(t: TurnTimeline, speech_end: float, wall: float) -> TurnRecord:
         tts_first_audio_s=_span(t.first_sentence, t.tts_first_audio),
         playout_s=_span(t.tts_first_audio, t.first_audio_out) if t.hold is None else None,
         hold_s=_span(t.speech_end, t.hold),
+        queued_s=None if t.queued_s is None else round(t.queued_s, 4),
+        own_s=None if t.own_s is None else round(t.own_s, 4),
     )
 
 

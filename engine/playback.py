@@ -87,7 +87,7 @@ class FilePlayback(Downstream):
         counters: PlaybackCounters,
         spawn: Spawn,
         on_tokens_changed: Callable[[], None],
-        on_first_audio: Callable[[float], None],  # a playback started (the turn's first counts)
+        on_first_audio: Callable[[float, float], None],  # a playback started, and when it was asked for (the turn's first counts)
         reference: PlaybackReference,
         clock: Clock,
         recording: CallRecording | None = None,
@@ -185,6 +185,7 @@ class FilePlayback(Downstream):
             self._set_timeout(pid, self._expected_end + self.config.timeout_margin_ms / 1000)
             # The echo of this file follows the audio posted before it, counted from this POST.
             self.reference.posted(self._audio.get(pid, b""))
+            ref.posted_at = now
             try:
                 await self.ari.play_on_bridge(self.session.bridge_id, pid, f"sound:{ref.path}")
             except (AriError, AriUnavailable) as e:
@@ -208,7 +209,7 @@ class FilePlayback(Downstream):
         if self._recording is not None:
             self._recording.agent_ulaw(self._audio.get(pid, b""), ref.started_at)
         self.counters.files_started += 1
-        self._on_first_audio(ref.started_at)
+        self._on_first_audio(ref.started_at, ref.posted_at if ref.posted_at is not None else ref.started_at)
 
     def on_finished(self, pid: str, state: str) -> None:
         if pid not in self.session.playbacks:

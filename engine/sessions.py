@@ -48,12 +48,28 @@ class TurnTimeline:
     tts_first_audio: float | None = None
     first_audio_out: float | None = None  # first agent frame sent / playback started (the hold line's, if held)
     hold: float | None = None  # the provider said its hold line: the answer was slow
+    last_voice_in: float | None = None  # the caller's last frame the VAD heard as voice, before speech_end
+    # The engine handed the first audio on: its first frame sent (stream mode, = first_audio_out),
+    # its first play request sent (file mode: Asterisk starts it 1-8 ms later).
+    audio_handed: float | None = None
+    # Of speech_end -> audio_handed, where the provider runs models itself (the local pipeline): the
+    # time a model worked for this call, and the time its jobs waited behind other calls'.
+    in_models_s: float | None = None
+    queued_s: float | None = None
 
     @property
     def latency_s(self) -> float | None:
         if self.speech_end is None or self.first_audio_out is None:
             return None
         return self.first_audio_out - self.speech_end
+
+    @property
+    def own_s(self) -> float | None:
+        """The engine's own share of the turn until it handed the audio on: neither in a model nor
+        queued for one."""
+        if self.speech_end is None or self.audio_handed is None or self.in_models_s is None or self.queued_s is None:
+            return None
+        return self.audio_handed - self.speech_end - self.in_models_s - self.queued_s
 
 
 @dataclass(slots=True)
@@ -83,6 +99,7 @@ class PlaybackRef:
     path: str
     duration_s: float
     started_at: float | None = None
+    posted_at: float | None = None  # the engine asked Asterisk to play it
 
 
 @dataclass(slots=True)

@@ -10,6 +10,8 @@ engine's event loop (providers that work in threads hop back with ``loop.call_so
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections import deque
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Callable, Literal, Sequence
 
@@ -81,6 +83,64 @@ class TurnMark:
     at: float
 
 
+@dataclass(slots=True)
+class Span:
+    start: float
+    end: float | None = None  # None: still going on
+
+
+@dataclass(slots=True, frozen=True)
+class ModelShare:
+    """Of a stretch of a turn: the time a model was working for the call (several at once count
+    once), and the time its jobs only waited for a model busy with other calls' work."""
+
+    inside_s: float
+    queued_s: float
+
+
+class ModelWork:
+    """One call's model jobs on the loop's monotonic clock: when each waited for its model process
+    and when that process worked on it. A turn's time inside the models is what the engine does not
+    own; the rest of the turn is its own (bench/turn_latency.py). Jobs find the call's record
+    through ``model_work``, set in the call's tasks, so that no stage interface has to carry it."""
+
+    KEEP = 64  # jobs; a turn has a handful
+
+    def __init__(self) -> None:
+        self.waits: deque[Span] = deque(maxlen=self.KEEP)
+        self.runs: deque[Span] = deque(maxlen=self.KEEP)
+
+    def waited(self, queued_at: float, taken_at: float) -> None:
+        if taken_at > queued_at:
+            self.waits.append(Span(queued_at, taken_at))
+
+    def running(self, at: float) -> Span:
+        """A job the process has just been given; its end (and its true start, as the process
+        stamps it) is filled in when it is done."""
+        span = Span(at)
+        self.runs.append(span)
+        return span
+
+    def share(self, start: float, end: float) -> ModelShare:
+        inside = _covered(self.runs, start, end)
+        return ModelShare(inside, _covered([*self.runs, *self.waits], start, end) - inside)
+
+
+def _covered(spans: Sequence[Span] | deque[Span], start: float, end: float) -> float:
+    """How much of [start, end] the spans cover (overlaps once; a running one runs to ``end``)."""
+    cut = sorted((max(s.start, start), min(end if s.end is None else s.end, end)) for s in spans)
+    total, reach = 0.0, start
+    for a, b in cut:
+        a = max(a, reach)
+        if b > a:
+            total += b - a
+            reach = b
+    return total
+
+
+model_work: ContextVar[ModelWork | None] = ContextVar("model_work", default=None)
+
+
 @dataclass(slots=True, frozen=True)
 class CallerFinished:
     """The provider has the caller's words so far and they read as complete (a pipeline's
@@ -148,6 +208,8 @@ class ComponentStatus:
 
 class ProviderCall(ABC):
     """One call's conversation with a provider."""
+
+    work: ModelWork | None = None  # its model jobs, where the provider runs them itself
 
     @abstractmethod
     async def start(self) -> None:

@@ -11,10 +11,11 @@ takes no new calls (they go to its fallback), and its calls in progress move the
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import logging
 from collections import OrderedDict
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any, Awaitable, Callable, Coroutine, Sequence, TypeVar
 from dataclasses import dataclass, field
 
 from media.audio import voiced_ms
@@ -28,6 +29,7 @@ from providers.base import (
     CallerFinished,
     EarlyAnswer,
     EmitFn,
+    ModelWork,
     Provider,
     ProviderCall,
     ProviderError,
@@ -37,6 +39,7 @@ from providers.base import (
     UtteranceCollector,
     ComponentStatus,
     QueueState,
+    model_work,
 )
 from providers.intents import decide, offered_department
 from providers.local import grounding
@@ -54,6 +57,7 @@ from providers.profile import AgentProfile
 from providers.tools import action_for, action_functions
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SAMPLE_RATE = 16000
 MIN_SPEECH_MS = 200  # an utterance with less sound than this is not transcribed
@@ -294,10 +298,16 @@ class PipelineCall(ProviderCall):
         self._partial: tuple[int, str] | None = None  # (voiced frames it covered, its text)
         self._early: _AnswerBegun | None = None
         self._stopped = False
+        self.work = ModelWork()
+        self._context = contextvars.copy_context()  # the call's tasks' context: their model jobs count as its
+        self._context.run(model_work.set, self.work)
+
+    def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        return self._context.run(asyncio.create_task, coro)
 
     async def start(self) -> None:
         if self.profile.greeting:
-            self._turn_task = asyncio.create_task(self._say(self.profile.greeting))
+            self._turn_task = self._spawn(self._say(self.profile.greeting))
 
     # ---- caller audio
     def send_audio(self, pcm16: bytes, level_dbfs: float) -> None:
@@ -342,7 +352,7 @@ class PipelineCall(ProviderCall):
             # The pause's transcript is most often the final one (the caller has finished): as
             # urgent as a final; the periodic ones only show the operator words early.
             priority = Priority.NOW if pausing else Priority.IF_IDLE
-            self._partial_task = asyncio.create_task(self._run_partial(c.snapshot(), self._voiced, self._utterance, priority))
+            self._partial_task = self._spawn(self._run_partial(c.snapshot(), self._voiced, self._utterance, priority))
             self._partial_task.add_done_callback(lambda _: self._consider_partial())
 
     def utterance_started(self) -> None:
@@ -376,7 +386,7 @@ class PipelineCall(ProviderCall):
             self._emit(TurnMark("no_answer", self._loop.time()))
             return
         self._cancel_turn()
-        self._turn_task = asyncio.create_task(self._answer(audio, covered, early))
+        self._turn_task = self._spawn(self._answer(audio, covered, early))
 
     async def _run_partial(self, audio: bytes, voiced: int, utterance: int, priority: Priority) -> str | None:
         try:

@@ -84,6 +84,11 @@ def test_the_slowest_stage_is_blamed_against_its_own_norm():
     assert f.kind == "slow_turns" and "2 of 2 answers" in f.says and "speech to text took up to 1.1 s against its norm of 0.8 s" in f.says
     tight = Norms(stt_s=2.0, answer_s=3.0)
     assert diagnose(_record(turns=turns), tight).problems == []  # a profile's own norms decide
+    assert not any("busy with other calls" in e for e in f.evidence)
+    # A turn that waited behind other calls' model work says so: the machine, not the model, is short.
+    turns[0].queued_s = 0.8
+    (f,) = diagnose(_record(turns=turns), Norms()).problems
+    assert "0.80 s of it waiting for models busy with other calls" in f.evidence[0] and "busy" not in f.evidence[1]
 
 
 def test_dead_air_a_barge_in_storm_a_failed_transfer_and_a_fallback_are_each_named():

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from media.audio import Resampler, rms_dbfs, ulaw_to_pcm16
+from providers.base import ModelWork, model_work
 from providers.config import LocalProviderConfig, ProvidersConfig
 from providers.profile import AgentProfile
 from engine.engine import EngineStartError
@@ -67,6 +68,13 @@ async def test_a_caller_gets_understood_and_a_spoken_answer(pbx, tmp_path, whisp
     pcm16k = Resampler(8000, 16000).process(ulaw_to_pcm16(answer))
     heard = whisper.transcribe(pcm16k)
     assert wer(" ".join(agent_lines[1:]), heard) < 0.5, (agent_lines, heard)
+    # The turn says where its time went: most of it in the call's own model jobs (not another
+    # call's: there is none), the engine's own share the rest.
+    turn = next(e.turn for e in events if isinstance(e, TurnCompleted) and e.turn.stt_final is not None)
+    assert turn.latency_s is not None and turn.in_models_s is not None and turn.queued_s is not None and turn.own_s is not None
+    assert turn.in_models_s + turn.queued_s > turn.latency_s / 2, turn
+    assert 0 <= turn.own_s < turn.latency_s / 2, turn
+    assert turn.last_voice_in is not None and turn.speech_end is not None and 0 < turn.speech_end - turn.last_voice_in < 1.0
 
 
 async def test_a_slow_answer_is_announced_by_the_hold_line_not_silence(pbx, tmp_path):
@@ -317,6 +325,48 @@ async def test_model_work_is_served_by_priority_and_partials_give_way():
         assert done == ["running", "now", "later0", "later1"]
         assert worker.depth == 0
         assert dispatched == [Priority.LATER, Priority.NOW, Priority.LATER, Priority.LATER]  # the cancelled one never reached the model
+
+
+async def test_a_calls_model_time_counts_its_own_jobs_where_they_ran_and_waited():
+    """A job records, in the call's ModelWork, how long it waited behind another call's job and
+    when the model process worked on it (the process's own stamps): what is left of the caller's
+    wait is the engine's (here: handing the job over and back)."""
+    async with local_pipeline(LocalProviderConfig(tts_cache_size=0)) as p:
+        tts = p.models.voice.tts
+        loop = asyncio.get_running_loop()
+        mine, theirs = ModelWork(), ModelWork()
+
+        async def say(work: ModelWork, text: str) -> tuple[float, float]:
+            model_work.set(work)  # this task's context only
+            began = loop.time()
+            await tts.synthesize(text)
+            return began, loop.time()
+
+        first = asyncio.create_task(say(theirs, "Another caller's answer, a sentence long enough to wait for."))
+        await wait_for(lambda: tts.worker._running is not None, timeout=10, interval=0.001)
+        (a0, a1), (b0, b1) = await asyncio.gather(first, say(mine, "Mine, after it."))
+    share = mine.share(b0, b1)
+    assert share.queued_s > 0.05 and share.inside_s > 0.02, share
+    assert abs(share.queued_s - (a1 - b0)) < 0.05, (share, a1 - b0)  # it waited until the other's was done
+    assert 0 <= (b1 - b0) - share.inside_s - share.queued_s < 0.05, share
+    assert theirs.share(b0, b1).queued_s == 0 and len(theirs.runs) == len(mine.runs) == 1
+
+
+@pytest.mark.parametrize("spans, waits, expect", [
+    ([(1.0, 2.0)], [], (1.0, 0.0)),
+    ([(1.0, 2.0), (1.5, 3.0)], [], (2.0, 0.0)),  # two models at once count once
+    ([(0.0, 1.5)], [], (0.5, 0.0)),  # clipped to the stretch
+    ([(2.0, None)], [(1.0, 2.0)], (2.0, 1.0)),  # still running: to the stretch's end
+    ([(2.0, 2.5)], [(1.5, 2.2), (3.5, 9.0)], (0.5, 1.0)),  # a wait overlapping a run counts as the run
+])
+def test_model_share_of_a_stretch(spans, waits, expect):
+    w = ModelWork()
+    for a, b in spans:
+        w.running(a).end = b
+    for a, b in waits:
+        w.waited(a, b)
+    share = w.share(1.0, 4.0)
+    assert (round(share.inside_s, 6), round(share.queued_s, 6)) == expect
 
 
 def test_speech_cache_pins_survive_eviction():

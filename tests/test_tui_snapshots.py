@@ -13,7 +13,7 @@ import pytest
 
 from aiagent_tui import app as app_module
 from aiagent_tui.app import AiAgentApp
-from engine.sessions import ConversationState
+from engine.sessions import ConversationState, TurnTimeline
 from tests.scripted_engine import NOW, ScriptedEngine, ScriptedRuntime, freeze_session_clock
 
 
@@ -50,6 +50,9 @@ def test_header_shows_where_model_work_waits(snap_compare):
     eng.add_call("+4915112345678", 40.0, ConversationState.PROCESSING, conversation_since=NOW - 12.0)
     eng.add_call("5550177", 20.0, ConversationState.PROCESSING, conversation_since=NOW - 3.0)
     eng.add_call("5550178", 9.0, ConversationState.PROCESSING, conversation_since=NOW - 1.0)
+    # The selected call's last turn waited 0.9 s behind the others' model work: its timeline says so.
+    next(iter(eng.store)).turns.append(
+        TurnTimeline(NOW - 20.0, NOW - 19.1, NOW - 18.9, NOW - 18.8, NOW - 18.6, NOW - 18.5, in_models_s=0.55, queued_s=0.9))
     assert snap_compare(app, terminal_size=(120, 40), run_before=_settle)
 
 

@@ -7,7 +7,10 @@ is ``(kind, config)``.
 
 Frames are a 4-byte big-endian length and a pickle; both ends are this project's own code.
   parent -> worker: ("job", id, method, args) | ("cancel", id)
-  worker -> parent: ("ready", detail) | ("chunk", id, piece) | ("done", id, result) | ("error", id, text)
+  worker -> parent: ("ready", detail) | ("chunk", id, piece) | ("done", id, result, started, ended)
+                    | ("error", id, text)
+``started`` and ``ended`` are this machine's monotonic clock (the engine loop's): the job's time in
+the model, which a turn's timing takes out to find the engine's own share.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import queue
 import struct
 import sys
 import threading
+import time
 from typing import Any, BinaryIO, Callable
 
 _LEN = struct.Struct(">I")
@@ -114,6 +118,7 @@ def main() -> int:
     while (job := jobs.get()) is not None:
         _, job_id, method, args = job
         cancelled = cancels[job_id]
+        started = time.monotonic()
         try:
             if cancelled.is_set():
                 result: Any = None
@@ -122,7 +127,7 @@ def main() -> int:
                     send(("chunk", j, piece))
 
                 result = model.methods[method](args, chunk, cancelled)
-            send(("done", job_id, result))
+            send(("done", job_id, result, started, time.monotonic()))
         except Exception as e:
             send(("error", job_id, f"{e.__class__.__name__}: {e}"))
         finally:

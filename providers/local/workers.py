@@ -25,7 +25,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from providers.base import ComponentStatus
+from providers.base import ComponentStatus, ModelWork, Span, model_work
 from providers.local.worker_process import _LEN, encode
 from providers.stages import Priority, StageBusy, StageFailed
 
@@ -53,6 +53,8 @@ class _Job:
     message: bytes  # the job's frame for the process
     priority: Priority
     queued_at: float
+    work: ModelWork | None  # the call's record of its model time, if it keeps one
+    span: Span | None = None  # its time in the process, once given to it
 
 
 @dataclass
@@ -205,6 +207,8 @@ class ModelWorker:
                 if job.future.done():
                     continue
                 if kind == "done":
+                    if job.span is not None:
+                        job.span.start, job.span.end = msg[3], msg[4]
                     job.future.set_result(msg[2])
                 else:
                     job.future.set_exception(RuntimeError(f"{self.name} model: {msg[2]}"))
@@ -252,7 +256,7 @@ class ModelWorker:
         loop = asyncio.get_running_loop()
         job_id = next(self._ids)
         fut = loop.create_future()
-        self._pending[job_id] = _Job(fut, on_chunk, encode(("job", job_id, method, args)), priority, loop.time())
+        job = self._pending[job_id] = _Job(fut, on_chunk, encode(("job", job_id, method, args)), priority, loop.time(), model_work.get())
         heapq.heappush(self._queue, (priority, job_id))
         self.jobs += 1
         self._dispatch()
@@ -262,6 +266,9 @@ class ModelWorker:
             if self._pending.pop(job_id, None) is not None and job_id == self._running:
                 self._send(encode(("cancel", job_id)))  # its late "done" frees the process
             raise
+        finally:
+            if job.span is not None and job.span.end is None:  # cancelled, failed, lost with the process
+                job.span.end = loop.time()
 
     def _dispatch(self) -> None:
         """Gives the process the most urgent waiting job, if it has none."""
@@ -273,6 +280,9 @@ class ModelWorker:
             now = asyncio.get_running_loop().time()
             if self.on_wait is not None:
                 self.on_wait(self.name, job.priority, now - job.queued_at)
+            if job.work is not None:
+                job.work.waited(job.queued_at, now)
+                job.span = job.work.running(now)
             self._running = job_id
             self._last_progress = now
             if not self._send(job.message):
