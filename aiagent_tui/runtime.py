@@ -5,6 +5,7 @@ run through it."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from pathlib import Path
 
@@ -43,6 +44,11 @@ class Runtime:
         except BaseException:
             await self.stop()
             raise
+        # What startup made (modules, config, the providers' Python side) lives as long as the
+        # process: out of the collector's passes, so that a full collection walks only the calls'
+        # objects and holds the loop, and every call's audio, for less (bench/media_load.py at 250
+        # calls: longest pass 82 -> 20 ms).
+        gc.freeze()
         if self.pbx is not None:
             self._demo = asyncio.create_task(
                 demo_calls(self.pbx, self.config.asterisk.app, self.demo_interval_s, lambda: engine.ari_connected), name="demo-calls",

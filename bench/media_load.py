@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import multiprocessing as mp
 import os
@@ -97,7 +98,7 @@ class StallWatch:
         self.stalls: list[tuple[float, str]] = []  # (how long, where)
         self.gc_passes: list[tuple[int, float]] = []  # (generation, seconds) of passes over 5 ms
         self._gc_t0 = 0.0
-        self._main = threading.main_thread().ident
+        self._main = threading.main_thread().ident or 0
         self.on = False
         loop.call_soon(self._tick)
         gc.callbacks.append(self._gc)
@@ -158,6 +159,7 @@ def engine_child(conn, env: dict[str, str]) -> None:
         conn.send("ready")
         loop = asyncio.get_running_loop()
         watch = StallWatch(loop)
+        gc.freeze()  # as aiagent_tui's Runtime does once the engine is up
         cpu0 = 0.0
         c = eng.rtp.counters
         in0 = out0 = under0 = 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import signal
@@ -46,6 +47,7 @@ async def _serve(args: argparse.Namespace) -> int:
         print(f"aiagent-sim: cannot serve ARI on {args.host}:{args.port}/tcp: {e.strerror or e}; choose another with --port", file=sys.stderr)
         return 1
     print(f"aiagent-sim: ARI on http://{args.host}:{pbx.port}/ari (user {args.username}); dialplan equivalent: Stasis({args.app})", flush=True)
+    gc.freeze()  # startup's objects out of the collector's passes: shorter stalls of every caller's 20 ms clock
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
