@@ -87,7 +87,7 @@ class FilePlayback(Downstream):
         counters: PlaybackCounters,
         spawn: Spawn,
         on_tokens_changed: Callable[[], None],
-        on_first_audio: Callable[[float, float], None],  # a playback started, and when it was asked for (the turn's first counts)
+        on_first_audio: Callable[[float, float | None], None],  # a playback started, and when it was asked for (the turn's first counts)
         reference: PlaybackReference,
         clock: Clock,
         recording: CallRecording | None = None,
@@ -209,7 +209,7 @@ class FilePlayback(Downstream):
         if self._recording is not None:
             self._recording.agent_ulaw(self._audio.get(pid, b""), ref.started_at)
         self.counters.files_started += 1
-        self._on_first_audio(ref.started_at, ref.posted_at if ref.posted_at is not None else ref.started_at)
+        self._on_first_audio(ref.started_at, ref.posted_at)
 
     def on_finished(self, pid: str, state: str) -> None:
         if pid not in self.session.playbacks:
