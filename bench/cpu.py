@@ -10,7 +10,8 @@ this one, its STT, LLM and TTS workers in theirs (counted: psutil, user + system
   - per call between turns: one caller on the line, silent for 10 s after the greeting, on a DTX
     line (no packets while silent) and on a line with faint noise all the time (VAD on every frame);
   - per active call: N callers each talking through the turn benchmark's questions (greeting,
-    then --turns questions, each answered in full), CPU over the calls' lifetime / call-seconds.
+    then --turns questions, each answered in full), CPU over the calls' lifetime / call-seconds;
+    and each turn's latency at the caller by its place in the call (p50 over the callers).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import argparse
 import asyncio
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -35,6 +37,10 @@ from engine.config import load_config  # noqa: E402
 from engine.engine import Engine  # noqa: E402
 from common import free_port, scratch_media  # noqa: E402
 from turn_latency import PROMPTS, SOUNDS  # noqa: E402  (the turn benchmark's questions)
+
+# Without "demo-thanks", which says goodbye: the agent ends the call on it (every call here talks
+# through all of its --turns).
+QUESTIONS = [p for p in PROMPTS if p != "demo-thanks"]
 
 NOISY_LINE_DBFS = -60.0
 
@@ -107,24 +113,25 @@ async def between_turns(eng: Engine, http: aiohttp.ClientSession, sim_url: str, 
     return pct
 
 
-async def conversation(eng: Engine, http: aiohttp.ClientSession, sim_url: str, meter: CpuMeter, calls: int, turns: int) -> tuple[float, float, int, dict[str, float]]:
-    """(% of one core per active call, call-seconds, answers heard, % per call by process) for
-    ``calls`` callers at once."""
+async def conversation(
+    eng: Engine, http: aiohttp.ClientSession, sim_url: str, meter: CpuMeter, calls: int, turns: int
+) -> tuple[float, float, list[list[float]], dict[str, float]]:
+    """(% of one core per active call, call-seconds, each call's turn latencies at the caller, % per
+    call by process) for ``calls`` callers at once."""
     ids = []
     p0 = meter.by_process()
     for i in range(calls):
         script: list[dict] = [{"wait_agent_done": 0.4}]
         for k in range(turns):
-            script += [{"say": str(SOUNDS / f"{PROMPTS[(i + k) % len(PROMPTS)]}.wav")}, {"wait_agent": 0.3, "timeout_s": 30}, {"wait_agent_done": 0.6, "timeout_s": 30}]
+            script += [{"say": str(SOUNDS / f"{QUESTIONS[(i + k) % len(QUESTIONS)]}.wav")}, {"wait_agent": 0.3, "timeout_s": 30}, {"wait_agent_done": 0.6, "timeout_s": 30}]
         ids.append(await place(http, sim_url, script, str(5000 + i)))
     reports = await until_done(http, sim_url, ids)
     while len(eng.store):
         await asyncio.sleep(0.1)
     p1 = meter.by_process()
     call_s = sum(r["duration_s"] for r in reports)
-    answers = sum(len(r["turn_latencies_s"]) for r in reports)
     parts = {k: 100 * (v - p0.get(k, 0.0)) / call_s for k, v in p1.items()}
-    return sum(parts.values()), call_s, answers, parts
+    return sum(parts.values()), call_s, [r["turn_latencies_s"] for r in reports], parts
 
 
 async def main_async(args: argparse.Namespace) -> None:
@@ -154,9 +161,13 @@ async def main_async(args: argparse.Namespace) -> None:
                 pct = await between_turns(eng, http, sim_url, meter, noise)
                 print(f"  1 call between turns, {name:18s}{pct:6.1f} %")
             for n in [int(x) for x in args.calls.split(",")]:
-                pct, call_s, answers, parts = await conversation(eng, http, sim_url, meter, n, args.turns)
+                pct, call_s, latencies, parts = await conversation(eng, http, sim_url, meter, n, args.turns)
+                answers = sum(len(x) for x in latencies)
                 print(f"  per active call, {n} at once             {pct:6.1f} %   ({call_s:.0f} call-seconds, {answers} answers heard)")
                 print("      " + ", ".join(f"{k} {v:.1f} %" for k, v in sorted(parts.items(), key=lambda kv: -kv[1])))
+                # By the turn's place in the call: a long call's later turns must not cost more.
+                by_turn = [statistics.median(x[k] for x in latencies if len(x) > k) for k in range(max(map(len, latencies), default=0))]
+                print("      turn latency at the caller, p50 by turn: " + " ".join(f"{1000 * t:.0f}" for t in by_turn) + " ms")
     finally:
         await eng.stop()
         sim.send_signal(signal.SIGTERM)

@@ -10,6 +10,7 @@ engine's event loop (providers that work in threads hop back with ``loop.call_so
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+import itertools
 from collections import deque
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -105,8 +106,12 @@ class ModelWork:
     through ``model_work``, set in the call's tasks, so that no stage interface has to carry it."""
 
     KEEP = 64  # jobs; a turn has a handful
+    _numbers = itertools.count(1)
 
     def __init__(self) -> None:
+        # Which conversation a job belongs to, for a model that may reuse only the call's own state
+        # in ways that carry what it saw (the LLM's cut: providers/local/llm.py).
+        self.conversation = next(self._numbers)
         self.waits: deque[Span] = deque(maxlen=self.KEEP)
         self.runs: deque[Span] = deque(maxlen=self.KEEP)
 

@@ -61,7 +61,7 @@ class LocalProviderConfig(ConfigSection):
     llm_max_tokens: int = Field(60, ge=1, le=4096)
     llm_temperature: float = Field(0.3, ge=0.0, le=2.0)
     llm_threads: int = Field(2, ge=1, le=64)
-    history_turns: int = Field(6, ge=0, le=100)  # earlier exchanges kept in the prompt
+    history_turns: int = Field(6, ge=0, le=100)  # earlier exchanges kept in the prompt, at most (pipeline.history_window)
     tts_voice_path: str = ""  # a Piper .onnx voice (its .onnx.json beside it)
     tts_cache_size: int = Field(128, ge=0, le=100000)  # synthesized sentences kept
     max_queue: int = Field(16, ge=1, le=1000)  # model jobs waiting before new ones are refused

@@ -65,6 +65,20 @@ SPEECH_DBFS = -45.0
 PAUSE_S = 0.2  # this long without voice: transcribe now, the utterance may be over
 
 
+def history_window(history: list[dict[str, str]], turns: int) -> list[dict[str, str]]:
+    """The earlier messages a prompt carries: at most the last ``turns`` exchanges, its start moving
+    on half of them at a time rather than at every turn. A prompt that begins as the last one did
+    costs the LLM only its new tokens (the prefix cache, providers/local/llm.py); one whose oldest
+    exchange has just slid out costs the whole conversation again (about 0.9 s to the first token
+    instead of 0.2 s with Qwen2.5-0.5B on 2 cores)."""
+    limit = 2 * turns
+    if len(history) <= limit:
+        return history
+    step = 2 * max(1, turns // 2)
+    start = -(-(len(history) - limit) // step) * step  # the first multiple of step that fits
+    return history[start:]
+
+
 def check_model_files(cfg: LocalProviderConfig) -> None:
     """Every model file the config names is there (raises ModelNotFound otherwise). Cheap."""
     check_stt_model(cfg)
@@ -405,7 +419,7 @@ class PipelineCall(ProviderCall):
         return text
 
     def _messages(self, text: str) -> list[dict[str, str]]:
-        return [{"role": "system", "content": self.profile.instructions()}, *self._history[-2 * self.cfg.history_turns :], {"role": "user", "content": text}]
+        return [{"role": "system", "content": self.profile.instructions()}, *history_window(self._history, self.cfg.history_turns), {"role": "user", "content": text}]
 
     def _answer_early(self, text: str) -> None:
         """The caller paused after a whole sentence: most often their turn is over, and the VAD

@@ -24,7 +24,7 @@ from pbxsim.server import Pause, Say, SayText, WaitAgent, WaitAgentDone
 from pbxsim.voice import speak
 from providers.local.models import ModelNotFound
 from providers.local.stt import build_stt
-from providers.pipeline import PipelineProvider, SpeechCache, StagePool
+from providers.pipeline import PipelineProvider, SpeechCache, StagePool, history_window
 from providers.stages import Speech
 from providers.local.sentences import SentenceSplitter, reads_complete
 from tests.conftest import AGENT_PASS, running_engine, wait_for
@@ -430,3 +430,80 @@ def test_a_model_in_parts_is_kept_only_with_its_published_hash(tmp_path):
     reordered = AssembledModel(sha256=good.sha256, **{**spec, "parts": tuple(reversed(spec["parts"])), "filename": "r.gguf"})
     with pytest.raises(ModelNotFound):
         reordered.assemble(locate)
+
+
+@pytest.mark.parametrize("turns", [0, 1, 4, 6])
+def test_the_history_window_keeps_the_last_exchanges_and_moves_half_of_them_at_a_time(turns):
+    history: list[dict[str, str]] = []
+    starts = []
+    for k in range(1, 30):
+        history += [{"role": "user", "content": f"q{k}"}, {"role": "assistant", "content": f"a{k}"}]
+        window = history_window(history, turns)
+        assert len(window) <= 2 * turns and window == history[len(history) - len(window) :]
+        assert len(window) > 2 * (turns - max(1, turns // 2)) or len(history) <= 2 * turns
+        starts.append(len(history) - len(window))
+    moves = [k for k in range(1, len(starts)) if starts[k] != starts[k - 1]]
+    assert all(b - a >= max(1, turns // 2) for a, b in zip(moves, moves[1:], strict=False))
+
+
+def test_a_long_calls_later_turns_cost_the_llm_only_their_new_words():
+    """Once a call has more exchanges than its prompt keeps, the oldest leave half the window at a
+    time (turns 5, 7 and 9 here), and the LLM cuts them out of the conversation's cached state
+    instead of reading the whole conversation again: no turn after the first evaluates most of
+    its prompt. (Before, the window slid on by one exchange every turn and turns 5 to 9 each
+    evaluated all of theirs.)"""
+    import threading
+
+    import llama_cpp
+
+    from providers.local.llm import ChatModel
+    from providers.local.models import resolve_llm
+
+    model = ChatModel(resolve_llm("smollm2-135m", ""), 2048, 2, "")
+    ctx = model.llm._ctx.ctx
+    system = {"role": "system", "content": AgentProfile().instructions()}
+    history: list[dict[str, str]] = []
+    whole, cuts = [], []
+    for turn in range(10):
+        question = {"role": "user", "content": f"Question {turn}: are you open on the {turn + 1}th of May?"}
+        messages = [system, *history_window(history, 4), question]
+        prompt = model.prompt_tokens(messages)
+        llama_cpp.llama_perf_context_reset(ctx)
+        before = model.cache.cuts
+        answer = model.generate(messages, 12, 0.0, lambda _: None, threading.Event(), conversation=1)
+        assert answer.strip()
+        if llama_cpp.llama_perf_context(ctx).n_p_eval > len(prompt) / 2:
+            whole.append(turn)
+        if model.cache.cuts > before:
+            cuts.append(turn)
+        history += [question, {"role": "assistant", "content": answer}]
+    assert whole == [0]
+    assert cuts == [5, 7, 9]
+
+
+def test_the_llm_cuts_only_a_calls_own_state():
+    """The values kept after a cut were computed with the cut exchanges before them: another call
+    whose prompt holds the same later exchanges gets the shared prefix only, not a cut of this
+    call's state."""
+    import threading
+
+    from providers.local.llm import ChatModel
+    from providers.local.models import resolve_llm
+
+    model = ChatModel(resolve_llm("smollm2-135m", ""), 2048, 2, "")
+    system = {"role": "system", "content": AgentProfile().instructions()}
+    said = [
+        {"role": "user", "content": "My account number is 4471 and my name is Jane Doe."},
+        {"role": "assistant", "content": "Thank you, Jane, I have noted your account number."},
+    ]
+    common = [
+        {"role": "user", "content": "What are your opening hours on a Saturday morning, please?"},
+        {"role": "assistant", "content": "We are open from nine in the morning until one in the afternoon on Saturdays."},
+    ]
+    question = {"role": "user", "content": "And on Sunday?"}
+    model.generate([system, *said, *common, question], 8, 0.0, lambda _: None, threading.Event(), conversation=1)
+    model.generate([system, *common, question], 8, 0.0, lambda _: None, threading.Event(), conversation=2)
+    assert model.cache.cuts == 0
+    model.generate([system, *said, *common, question], 8, 0.0, lambda _: None, threading.Event(), conversation=1)
+    model.generate([system, *common, question], 8, 0.0, lambda _: None, threading.Event(), conversation=1)
+    assert model.cache.cuts == 1

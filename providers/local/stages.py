@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Callable, Sequence
 
-from providers.base import ComponentStatus, QueueState
+from providers.base import ComponentStatus, QueueState, model_work
 from providers.local.workers import ModelWorker
 from providers.stages import LanguageModel, Message, Priority, Reply, Speech, SpeechToText, TextToSpeech, Tool
 
@@ -47,9 +47,11 @@ class WorkerLlm(_WorkerStage, LanguageModel):
         text: list[str] = []
         tokens: list[int] | None = None  # the prompt and the answer so far, once the first slice is done
         priority, left = Priority.NOW, max_tokens
+        work = model_work.get()
+        conversation = work.conversation if work is not None else None
         while True:
             tokens, piece, generated, finished = await self.worker.run(
-                "answer", messages if tokens is None else None, tokens, left, temperature, on_chunk=on_text, priority=priority
+                "answer", messages if tokens is None else None, tokens, left, temperature, conversation, on_chunk=on_text, priority=priority
             )
             text.append(piece)
             left -= generated
@@ -59,7 +61,7 @@ class WorkerLlm(_WorkerStage, LanguageModel):
 
     async def prime(self, system: str) -> None:
         # One token of an answer to the system prompt alone: its KV state goes into the prefix cache.
-        await self.worker.run("answer", [{"role": "system", "content": system}], None, 1, 0.0)
+        await self.worker.run("answer", [{"role": "system", "content": system}], None, 1, 0.0, None)
 
 
 class WorkerTts(_WorkerStage, TextToSpeech):

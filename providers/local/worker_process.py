@@ -62,9 +62,10 @@ class _Model:
         elif kind == "llm":
             llm = ChatModel(resolve_llm(cfg.llm_model, cfg.llm_model_path), cfg.llm_context, cfg.llm_threads, cfg.llm_chat_format)
             self.detail = llm.path.name
-            # ("answer", messages or None, tokens so far or None, max tokens, temperature): one slice.
+            # ("answer", messages or None, tokens so far or None, max tokens, temperature, conversation):
+            # one slice.
             self.methods["answer"] = lambda a, chunk, cancelled: dataclasses.astuple(
-                llm.answer_slice(a[1] if a[1] is not None else llm.prompt_tokens(a[0]), a[2], a[3], chunk, cancelled)
+                llm.answer_slice(a[1] if a[1] is not None else llm.prompt_tokens(a[0]), a[2], a[3], chunk, cancelled, conversation=a[4])
             )
         elif kind == "tts":
             tts = PiperTts(resolve(JOE_VOICE, cfg.tts_voice_path))
