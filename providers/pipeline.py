@@ -68,9 +68,10 @@ PAUSE_S = 0.2  # this long without voice: transcribe now, the utterance may be o
 def history_window(history: list[dict[str, str]], turns: int) -> list[dict[str, str]]:
     """The earlier messages a prompt carries: at most the last ``turns`` exchanges, its start moving
     on half of them at a time rather than at every turn. A prompt that begins as the last one did
-    costs the LLM only its new tokens (the prefix cache, providers/local/llm.py); one whose oldest
-    exchange has just slid out costs the whole conversation again (about 0.9 s to the first token
-    instead of 0.2 s with Qwen2.5-0.5B on 2 cores)."""
+    costs the LLM only its new tokens (its prefix cache; a model server's prompt cache); one whose
+    oldest exchange has just slid out costs the whole conversation again (about 0.9 s to the first
+    token instead of 0.2 s with Qwen2.5-0.5B on 2 cores), unless the model cuts it out of the call's
+    state, as the in-process one does (providers/local/llm.py)."""
     limit = 2 * turns
     if len(history) <= limit:
         return history
