@@ -507,3 +507,33 @@ def test_the_llm_cuts_only_a_calls_own_state():
     model.generate([system, *said, *common, question], 8, 0.0, lambda _: None, threading.Event(), conversation=1)
     model.generate([system, *common, question], 8, 0.0, lambda _: None, threading.Event(), conversation=1)
     assert model.cache.cuts == 1
+
+
+async def test_a_calls_answers_reach_the_llm_worker_with_its_number():
+    """The LLM worker cuts a state only for the call that made it: each answer's job carries the
+    number of the call whose task asks (``model_work``), slice after slice; a profile read ahead
+    belongs to no call."""
+    from providers.local.stages import WorkerLlm
+
+    class Worker:
+        name, detail, depth = "llm", "", 0
+        jobs: list[tuple] = []
+
+        async def run(self, method, *args, on_chunk=None, priority=None):
+            self.jobs.append((method, *args))
+            first = args[1] is None
+            return ([1, 2, 3], "One. " if first else "Two.", 2, not first)
+
+    llm = WorkerLlm(Worker())  # type: ignore[arg-type]
+    calls = [ModelWork(), ModelWork()]
+
+    async def answer(work: ModelWork) -> None:
+        model_work.set(work)
+        await llm.generate([{"role": "user", "content": "hi"}], 20, 0.0, lambda _: None)
+
+    await asyncio.gather(*(asyncio.create_task(answer(w)) for w in calls))
+    await llm.prime("You answer the phone.")
+    numbers = [job[5] for job in Worker.jobs]
+    assert calls[0].conversation != calls[1].conversation
+    assert sorted(numbers[:4]) == sorted([calls[0].conversation] * 2 + [calls[1].conversation] * 2)
+    assert numbers[4] is None
