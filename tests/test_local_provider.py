@@ -509,6 +509,40 @@ def test_the_llm_cuts_only_a_calls_own_state():
     assert model.cache.cuts == 1
 
 
+def test_the_llm_worker_cuts_a_state_only_for_the_call_its_jobs_name():
+    """The worker process hands each answer job's call number on to the model: the same
+    conversation asked by a call has its state cut when its oldest exchanges leave the prompt, and
+    asked by no call (answers read ahead for a profile) it never has."""
+    import threading
+
+    from providers.local.worker_process import _Model
+
+    model = _Model("llm", LocalProviderConfig(llm_model="smollm2-135m"))
+    assert model.llm is not None
+    system = {"role": "system", "content": AgentProfile().instructions()}
+    said = [
+        {"role": "user", "content": "My account number is 4471 and my name is Jane Doe."},
+        {"role": "assistant", "content": "Thank you, Jane, I have noted your account number."},
+    ]
+    common = [
+        {"role": "user", "content": "What are your opening hours on a Saturday morning, please?"},
+        {"role": "assistant", "content": "We are open from nine in the morning until one in the afternoon on Saturdays."},
+    ]
+    question = {"role": "user", "content": "And on Sunday?"}
+
+    def ask(messages: list[dict[str, str]], conversation: int | None) -> None:
+        tokens, text, generated, finished = model.methods["answer"]((messages, None, 8, 0.0, conversation), lambda _: None, threading.Event())
+        assert generated > 0 and tokens
+
+    ask([system, *said, *common, question], None)
+    ask([system, *common, question], None)
+    assert model.llm.cache.cuts == 0
+    later = {"role": "user", "content": "And on Monday?"}
+    ask([system, *said, *common, later], 7)
+    ask([system, *common, later], 7)
+    assert model.llm.cache.cuts == 1
+
+
 async def test_a_calls_answers_reach_the_llm_worker_with_its_number():
     """The LLM worker cuts a state only for the call that made it: each answer's job carries the
     number of the call whose task asks (``model_work``), slice after slice; a profile read ahead

@@ -86,9 +86,8 @@ class PrefixCache:
         for key, owner in owners.items():
             p = common_prefix(key, tokens)
             j, m = gap_match(key, tokens, p) if shift and conversation is not None and owner == conversation else (p, 0)
-            for n, gap in ((p, (p, p)), (p + m, (p, j))):
-                if n > best:
-                    best, best_key, cut = n, key, gap
+            if p + m > best:  # m == 0: the common prefix alone (j == p: nothing to cut)
+                best, best_key, cut = p + m, key, (p, j)
         if best - have < MIN_GAIN_TOKENS:
             return have
         if best_key is not current:

@@ -55,12 +55,13 @@ class _Model:
         from providers.local.tts import PiperTts
 
         self.methods: dict[str, Callable[[tuple, Callable[[Any], None], threading.Event], Any]] = {}
+        self.llm: ChatModel | None = None  # the LLM worker's model (its prefix cache's counters)
         if kind == "stt":
             stt = build_stt(cfg)
             self.detail = stt.name
             self.methods["transcribe"] = lambda a, chunk, cancelled: stt.transcribe(*a)
         elif kind == "llm":
-            llm = ChatModel(resolve_llm(cfg.llm_model, cfg.llm_model_path), cfg.llm_context, cfg.llm_threads, cfg.llm_chat_format)
+            llm = self.llm = ChatModel(resolve_llm(cfg.llm_model, cfg.llm_model_path), cfg.llm_context, cfg.llm_threads, cfg.llm_chat_format)
             self.detail = llm.path.name
             # ("answer", messages or None, tokens so far or None, max tokens, temperature, conversation):
             # one slice.
