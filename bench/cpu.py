@@ -11,7 +11,8 @@ this one, its STT, LLM and TTS workers in theirs (counted: psutil, user + system
     line (no packets while silent) and on a line with faint noise all the time (VAD on every frame);
   - per active call: N callers each talking through the turn benchmark's questions (greeting,
     then --turns questions, each answered in full), CPU over the calls' lifetime / call-seconds;
-    and each turn's latency at the caller by its place in the call (p50 over the callers).
+    each turn's latency at the caller by its place in the call (p50 over the callers), and the
+    model jobs per answer (Whisper passes, LLM slices, TTS sentences).
 """
 
 from __future__ import annotations
@@ -71,6 +72,10 @@ class CpuMeter:
     def seconds(self) -> float:
         return sum(self.by_process().values())
 
+    def jobs(self) -> dict[str, int]:
+        """Jobs each model worker has been given so far."""
+        return {c.name: c.jobs for c in self.eng.components() if c.jobs is not None}
+
 
 async def place(http: aiohttp.ClientSession, sim_url: str, script: list[dict], number: str, noise_dbfs: float | None = None) -> str:
     body: dict = {"script": script, "caller_number": number}
@@ -115,11 +120,11 @@ async def between_turns(eng: Engine, http: aiohttp.ClientSession, sim_url: str, 
 
 async def conversation(
     eng: Engine, http: aiohttp.ClientSession, sim_url: str, meter: CpuMeter, calls: int, turns: int
-) -> tuple[float, float, list[list[float]], dict[str, float]]:
+) -> tuple[float, float, list[list[float]], dict[str, float], dict[str, int]]:
     """(% of one core per active call, call-seconds, each call's turn latencies at the caller, % per
-    call by process) for ``calls`` callers at once."""
+    call by process, jobs per model worker) for ``calls`` callers at once."""
     ids = []
-    p0 = meter.by_process()
+    p0, j0 = meter.by_process(), meter.jobs()
     for i in range(calls):
         script: list[dict] = [{"wait_agent_done": 0.4}]
         for k in range(turns):
@@ -131,7 +136,8 @@ async def conversation(
     p1 = meter.by_process()
     call_s = sum(r["duration_s"] for r in reports)
     parts = {k: 100 * (v - p0.get(k, 0.0)) / call_s for k, v in p1.items()}
-    return sum(parts.values()), call_s, [r["turn_latencies_s"] for r in reports], parts
+    jobs = {k: v - j0.get(k, 0) for k, v in meter.jobs().items()}
+    return sum(parts.values()), call_s, [r["turn_latencies_s"] for r in reports], parts, jobs
 
 
 async def main_async(args: argparse.Namespace) -> None:
@@ -161,10 +167,13 @@ async def main_async(args: argparse.Namespace) -> None:
                 pct = await between_turns(eng, http, sim_url, meter, noise)
                 print(f"  1 call between turns, {name:18s}{pct:6.1f} %")
             for n in [int(x) for x in args.calls.split(",")]:
-                pct, call_s, latencies, parts = await conversation(eng, http, sim_url, meter, n, args.turns)
+                pct, call_s, latencies, parts, jobs = await conversation(eng, http, sim_url, meter, n, args.turns)
                 answers = sum(len(x) for x in latencies)
                 print(f"  per active call, {n} at once             {pct:6.1f} %   ({call_s:.0f} call-seconds, {answers} answers heard)")
                 print("      " + ", ".join(f"{k} {v:.1f} %" for k, v in sorted(parts.items(), key=lambda kv: -kv[1])))
+                # What each answer cost in model passes: Whisper passes per utterance (pause
+                # transcripts and finals), LLM slices (sentences), TTS sentences.
+                print("      model jobs per answer: " + ", ".join(f"{k} {v / max(1, answers):.1f}" for k, v in sorted(jobs.items())))
                 # By the turn's place in the call: a long call's later turns must not cost more.
                 by_turn = [statistics.median(x[k] for x in latencies if len(x) > k) for k in range(max(map(len, latencies), default=0))]
                 print("      turn latency at the caller, p50 by turn: " + " ".join(f"{1000 * t:.0f}" for t in by_turn) + " ms")

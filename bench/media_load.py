@@ -29,6 +29,7 @@ import time
 import wave
 from collections import deque
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -148,6 +149,58 @@ class StallWatch:
         }
 
 
+INPUT_GAP_S = 0.030  # a call's packets this far apart: its input paused (they are due every 20 ms)
+
+
+class UnderrunWatch:
+    """When the streams ran dry, and whether their input had paused: each call's packets that came
+    INPUT_GAP_S or more apart, and the time of each underrun (counted when the stream's audio
+    comes again). The echo plays a frame ``delay`` after it came in, so it can only be as early as
+    its input: an underrun that follows a pause in its own call's input by that delay is the
+    input's (the sender's, the kernel's, or the engine not reading its socket: the loop stalls
+    below say which), the others the pacer's."""
+
+    def __init__(self, eng: Any) -> None:
+        from engine.media import CallMedia
+
+        self.on = False
+        self.delay = eng.config.providers.echo.delay_ms / 1000
+        self.gaps: dict[Any, list[tuple[float, float]]] = {}  # by the call's address: (start, end), monotonic
+        self.underruns: list[tuple[Any, float]] = []  # (the call's address, when)
+        last: dict[Any, float] = {}
+        received = eng.rtp.datagram_received
+        underrun = CallMedia.underrun
+
+        def datagram_received(data: bytes, addr: Any) -> None:
+            now = time.monotonic()
+            before = last.get(addr)
+            last[addr] = now
+            if self.on and before is not None and now - before >= INPUT_GAP_S:
+                self.gaps.setdefault(addr, []).append((before, now))
+            received(data, addr)
+
+        def on_underrun(media: CallMedia) -> None:
+            if self.on:
+                self.underruns.append((media.remote, time.monotonic()))
+            underrun(media)
+
+        eng.rtp.datagram_received = datagram_received
+        CallMedia.underrun = on_underrun  # type: ignore[method-assign,assignment]
+
+    def report(self) -> dict:
+        def after_pause(addr: Any, t: float) -> bool:
+            return any(t - self.delay - 0.06 <= end <= t - self.delay + 0.06 for _, end in self.gaps.get(addr, ()))
+
+        pauses = [g for gs in self.gaps.values() for g in gs]
+        return {
+            "input_pauses": len(pauses),
+            "input_pause_moments": len({round(end / 0.02) for _, end in pauses}),
+            "input_pause_max_ms": max((b - a for a, b in pauses), default=0.0) * 1000,
+            "underruns_after_pause": sum(1 for addr, t in self.underruns if after_pause(addr, t)),
+            "underrun_moments": len({round(t / 0.02) for _, t in self.underruns}),
+        }
+
+
 def engine_child(conn, env: dict[str, str]) -> None:
     from engine.config import load_config
     from engine.engine import Engine
@@ -159,6 +212,7 @@ def engine_child(conn, env: dict[str, str]) -> None:
         conn.send("ready")
         loop = asyncio.get_running_loop()
         watch = StallWatch(loop)
+        dry = UnderrunWatch(eng)
         gc.freeze()  # as aiagent_tui's Runtime does once the engine is up
         cpu0 = 0.0
         c = eng.rtp.counters
@@ -170,10 +224,10 @@ def engine_child(conn, env: dict[str, str]) -> None:
                 cpu0 = time.process_time()
                 in0, out0 = c.packets_in, c.packets_out
                 under0 = sum(s.rtp_out.underruns for s in eng.store)
-                watch.on = True
+                watch.on = dry.on = True
                 conn.send("marked")
             elif cmd == "report":
-                watch.on = False
+                watch.on = dry.on = False
                 t = eng.rtp.timings
                 calls = list(eng.store)
                 conn.send(
@@ -196,6 +250,7 @@ def engine_child(conn, env: dict[str, str]) -> None:
                         "kernel_drops": eng.rtp.kernel_drops(),
                         "playbacks": {k: getattr(eng.calls.playback_counters, k) for k in ("files_started", "files_finished", "files_failed", "files_timed_out")},
                         **watch.report(),
+                        **dry.report(),
                     }
                 )
             elif cmd == "stop":
@@ -438,7 +493,9 @@ def main() -> int:
         print(f"  file playbacks            {e['playbacks']}")
     print(f"  where packets were lost   kernel drops: engine socket {e['kernel_drops']}, simulator sockets {e['sim_kernel_drops']}")
     print(f"  simulator stalls (window) {e['sim_stalls_window']} ticks run 20 ms or more late; {e['sim_skipped_window']} ticks skipped (stalls over {CATCHUP_TICKS * 20} ms; {e['sim_skipped_ticks']} in the whole run, call set-up included)")
-    print(f"  underruns in the window   {e['underruns_window']} (a stream's jitter buffer grows a frame after each)")
+    print(f"  underruns in the window   {e['underruns_window']} (a stream's jitter buffer grows a frame after each), at {e['underrun_moments']} distinct 20 ms ticks;")
+    print(f"                            {e['underruns_after_pause']} of them the echo of a pause in their call's input: {e['input_pauses']} pauses of"
+          f" {INPUT_GAP_S * 1000:.0f} ms or more at {e['input_pause_moments']} ticks, longest {e['input_pause_max_ms']:.0f} ms")
     print(f"  engine loop stalls        {e['stalls']} of {STALL_S * 1000:.0f} ms or more (longest {e['stall_max_ms']:.0f} ms); garbage collector passes over 5 ms: {e['gc_passes']} ({e['gc_full']} full, longest {e['gc_max_ms']:.0f} ms)")
     for where, n in e["stall_where"]:
         print(f"    {n:4d} x  {where}")
