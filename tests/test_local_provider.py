@@ -481,6 +481,19 @@ def test_a_long_calls_later_turns_cost_the_llm_only_their_new_words():
     assert cuts == [5, 7, 9]
 
 
+def two_calls_exchanges() -> tuple[dict[str, str], list[dict[str, str]], list[dict[str, str]], dict[str, str]]:
+    """(system prompt, an exchange only one call had, an exchange both had, the next question)."""
+    said = [
+        {"role": "user", "content": "My account number is 4471 and my name is Jane Doe."},
+        {"role": "assistant", "content": "Thank you, Jane, I have noted your account number."},
+    ]
+    common = [
+        {"role": "user", "content": "What are your opening hours on a Saturday morning, please?"},
+        {"role": "assistant", "content": "We are open from nine in the morning until one in the afternoon on Saturdays."},
+    ]
+    return {"role": "system", "content": AgentProfile().instructions()}, said, common, {"role": "user", "content": "And on Sunday?"}
+
+
 def test_the_llm_cuts_only_a_calls_own_state():
     """The values kept after a cut were computed with the cut exchanges before them: another call
     whose prompt holds the same later exchanges gets the shared prefix only, not a cut of this
@@ -491,16 +504,7 @@ def test_the_llm_cuts_only_a_calls_own_state():
     from providers.local.models import resolve_llm
 
     model = ChatModel(resolve_llm("smollm2-135m", ""), 2048, 2, "")
-    system = {"role": "system", "content": AgentProfile().instructions()}
-    said = [
-        {"role": "user", "content": "My account number is 4471 and my name is Jane Doe."},
-        {"role": "assistant", "content": "Thank you, Jane, I have noted your account number."},
-    ]
-    common = [
-        {"role": "user", "content": "What are your opening hours on a Saturday morning, please?"},
-        {"role": "assistant", "content": "We are open from nine in the morning until one in the afternoon on Saturdays."},
-    ]
-    question = {"role": "user", "content": "And on Sunday?"}
+    system, said, common, question = two_calls_exchanges()
     model.generate([system, *said, *common, question], 8, 0.0, lambda _: None, threading.Event(), conversation=1)
     model.generate([system, *common, question], 8, 0.0, lambda _: None, threading.Event(), conversation=2)
     assert model.cache.cuts == 0
@@ -519,16 +523,7 @@ def test_the_llm_worker_cuts_a_state_only_for_the_call_its_jobs_name():
 
     model = _Model("llm", LocalProviderConfig(llm_model="smollm2-135m"))
     assert model.llm is not None
-    system = {"role": "system", "content": AgentProfile().instructions()}
-    said = [
-        {"role": "user", "content": "My account number is 4471 and my name is Jane Doe."},
-        {"role": "assistant", "content": "Thank you, Jane, I have noted your account number."},
-    ]
-    common = [
-        {"role": "user", "content": "What are your opening hours on a Saturday morning, please?"},
-        {"role": "assistant", "content": "We are open from nine in the morning until one in the afternoon on Saturdays."},
-    ]
-    question = {"role": "user", "content": "And on Sunday?"}
+    system, said, common, question = two_calls_exchanges()
 
     def ask(messages: list[dict[str, str]], conversation: int | None) -> None:
         tokens, text, generated, finished = model.methods["answer"]((messages, None, 8, 0.0, conversation), lambda _: None, threading.Event())
