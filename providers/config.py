@@ -32,7 +32,9 @@ class LocalProviderConfig(ConfigSection):
 
     stt_engine: Literal["whisper", "pocketsphinx", "vosk"] = "whisper"
     stt_model_path: str = ""  # a CTranslate2 Whisper dir, or a Vosk model dir
-    stt_threads: int = Field(2, ge=1, le=64)
+    # Whisper and the LLM work at the same time under load: each gets half the cores (1 and 1 on
+    # two; with 2 each their spinning threads wait on each other: bench/cpu.py 18.7 % a call against 15.6 %).
+    stt_threads: int = Field(1, ge=1, le=64)
     stt_compute_type: str = "int8"
     stt_beam_size: int = Field(1, ge=1, le=10)
     # Whisper's encoder window: at least this long, and the utterance plus 1 s. 15 s halves a
@@ -60,7 +62,7 @@ class LocalProviderConfig(ConfigSection):
     llm_context: int = Field(2048, ge=256, le=131072)
     llm_max_tokens: int = Field(60, ge=1, le=4096)
     llm_temperature: float = Field(0.3, ge=0.0, le=2.0)
-    llm_threads: int = Field(2, ge=1, le=64)
+    llm_threads: int = Field(1, ge=1, le=64)  # half the cores, as stt_threads
     history_turns: int = Field(6, ge=0, le=100)  # earlier exchanges kept in the prompt, at most (pipeline.history_window)
     tts_voice_path: str = ""  # a Piper .onnx voice (its .onnx.json beside it)
     tts_cache_size: int = Field(128, ge=0, le=100000)  # synthesized sentences kept
