@@ -162,41 +162,39 @@ class UnderrunWatch:
 
     def __init__(self, eng: Any) -> None:
         from engine.media import CallMedia
+        from media.rtp import RtpPacket
 
         self.on = False
         self.delay = eng.config.providers.echo.delay_ms / 1000
-        self.gaps: dict[Any, list[tuple[float, float]]] = {}  # by the call's address: (start, end), monotonic
-        self.underruns: list[tuple[Any, float]] = []  # (the call's address, when)
-        last: dict[Any, float] = {}
-        received = eng.rtp.datagram_received
-        underrun = CallMedia.underrun
+        self.gaps: dict[CallMedia, list[tuple[float, float]]] = {}  # by call: (start, end), monotonic
+        self.underruns: list[tuple[CallMedia, float]] = []  # (the call, when)
+        receive, underrun = CallMedia.receive, CallMedia.underrun
 
-        def datagram_received(data: bytes, addr: Any) -> None:
-            now = time.monotonic()
-            before = last.get(addr)
-            last[addr] = now
-            if self.on and before is not None and now - before >= INPUT_GAP_S:
-                self.gaps.setdefault(addr, []).append((before, now))
-            received(data, addr)
+        def on_receive(media: CallMedia, pkt: RtpPacket, arrival: float) -> int:
+            # The engine's own arrival time, and its stream statistics' last one.
+            before = media.session.rtp_in.last_arrival
+            if self.on and before is not None and arrival - before >= INPUT_GAP_S:
+                self.gaps.setdefault(media, []).append((before, arrival))
+            return receive(media, pkt, arrival)
 
         def on_underrun(media: CallMedia) -> None:
             if self.on:
-                self.underruns.append((media.remote, time.monotonic()))
+                self.underruns.append((media, time.monotonic()))
             underrun(media)
 
-        eng.rtp.datagram_received = datagram_received
+        CallMedia.receive = on_receive  # type: ignore[method-assign,assignment]
         CallMedia.underrun = on_underrun  # type: ignore[method-assign,assignment]
 
     def report(self) -> dict:
-        def after_pause(addr: Any, t: float) -> bool:
-            return any(t - self.delay - 0.06 <= end <= t - self.delay + 0.06 for _, end in self.gaps.get(addr, ()))
+        def after_pause(media: Any, t: float) -> bool:
+            return any(t - self.delay - 0.06 <= end <= t - self.delay + 0.06 for _, end in self.gaps.get(media, ()))
 
         pauses = [g for gs in self.gaps.values() for g in gs]
         return {
             "input_pauses": len(pauses),
             "input_pause_moments": len({round(end / 0.02) for _, end in pauses}),
             "input_pause_max_ms": max((b - a for a, b in pauses), default=0.0) * 1000,
-            "underruns_after_pause": sum(1 for addr, t in self.underruns if after_pause(addr, t)),
+            "underruns_after_pause": sum(1 for media, t in self.underruns if after_pause(media, t)),
             "underrun_moments": len({round(t / 0.02) for _, t in self.underruns}),
         }
 
