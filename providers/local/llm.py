@@ -129,7 +129,7 @@ class PrefixCache:
         size = llama_cpp.llama_state_seq_get_size(llm._ctx.ctx, 0)
         buf = (ctypes.c_uint8 * size)()
         n = llama_cpp.llama_state_seq_get_data(llm._ctx.ctx, buf, size, 0)
-        data = bytes(buf[:n])
+        data = ctypes.string_at(buf, n)  # not bytes(buf[:n]): that slice is a list of ints, 0.1 s for 7 MB
         # A state that extends a kept one replaces it: the same conversation, one turn on.
         for old in [k for k in self._states if len(k) < len(key) and key[: len(k)] == k]:
             self._bytes -= len(self._states.pop(old)[0])
