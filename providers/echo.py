@@ -13,14 +13,21 @@ from providers.base import AgentAudio, CallContext, EmitFn, Provider, ProviderCa
 
 
 class EchoCall(ProviderCall):
-    def __init__(self, ctx: CallContext, emit: EmitFn, delay_s: float) -> None:
+    """Plays each frame ``delay_s`` after its place in the caller's stream, not after its arrival:
+    the line's jitter (a frame 60 ms late, then two at once) is absorbed by the delay instead of
+    being played back as a gap. A frame more than half the delay late (the caller's packets
+    stopped: DTX, hold) starts the schedule anew from it; an early one waits for its place."""
+
+    def __init__(self, ctx: CallContext, emit: EmitFn, delay_s: float, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._ctx = ctx
         self._emit = emit
         self._delay = delay_s
-        self._loop = asyncio.get_running_loop()
+        self._loop = loop or asyncio.get_running_loop()
         # Timer handles instead of a task per frame: 50 frames/s per call must stay cheap.
         self._pending: deque[asyncio.TimerHandle] = deque()
         self._stopped = False
+        self._anchor: float | None = None  # when the stream's first sample would have arrived
+        self._samples = 0  # where the next frame starts in the caller's stream
 
     async def start(self) -> None:
         pass
@@ -28,7 +35,12 @@ class EchoCall(ProviderCall):
     def send_audio(self, pcm16: bytes, level_dbfs: float) -> None:
         if self._stopped:
             return
-        self._pending.append(self._loop.call_later(self._delay, self._release, pcm16))
+        now = self._loop.time()
+        place = self._samples / self._ctx.input_sample_rate
+        if self._anchor is None or now - (self._anchor + place) > self._delay / 2:
+            self._anchor = now - place
+        self._pending.append(self._loop.call_at(self._anchor + place + self._delay, self._release, pcm16))
+        self._samples += len(pcm16) // 2
 
     def _release(self, pcm16: bytes) -> None:
         self._pending.popleft()
