@@ -1,7 +1,7 @@
 """CPU per call of the local pipeline: the engine and its model worker processes, measured while
 simulated callers hold a conversation, and while they are silent between turns.
 
-    python bench/cpu.py [--calls 1,3] [--turns 4] [--mode stream|file]
+    python bench/cpu.py [--calls 1,3] [--turns 4] [--mode stream|file] [--llm NAME]
 
 The simulator runs in its own process (not counted); the engine (local provider, real models) in
 this one, its STT, LLM and TTS workers in theirs (counted: psutil, user + system time). Printed, as
@@ -144,6 +144,8 @@ async def main_async(args: argparse.Namespace) -> None:
     port = free_port()
     sim = subprocess.Popen([sys.executable, "-m", "pbxsim.cli", "serve", "--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     env = {"ASTERISK_ARI_PORT": str(port), "RTP_PORT": "0", "HEALTH_PORT": "0", "AIAGENT_PROVIDER": "local", "AIAGENT_DOWNSTREAM_MODE": args.mode, "AIAGENT_MEDIA_DIR": scratch_media()}
+    if args.llm:
+        env["LOCAL_LLM_MODEL"] = args.llm
     cfg = load_config(ROOT / "config.toml", env=env)
     cfg.providers.local.hold_after_ms = 0
     if args.partial_interval_ms is not None:
@@ -188,6 +190,7 @@ def main() -> int:
     ap.add_argument("--calls", default="1,3", help="callers talking at once, per row")
     ap.add_argument("--turns", type=int, default=4, help="questions per call")
     ap.add_argument("--partial-interval-ms", type=int, help="providers.local.stt_partial_interval_ms for this run (default: config.toml's)")
+    ap.add_argument("--llm", help="providers.local.llm_model for this run (default: config.toml's)")
     ap.add_argument("--stt-window-s", type=float, help="providers.local.stt_window_s for this run (default: config.toml's)")
     ap.add_argument("--mode", choices=["stream", "file"], default="stream")
     args = ap.parse_args()

@@ -304,6 +304,7 @@ class PipelineCall(ProviderCall):
         self._turn: _Turn | None = None
         self._partial_task: asyncio.Task[str | None] | None = None
         self._partial_voiced = 0  # voiced frames the last partial started covered
+        self._partial_at_pause = False  # the partial in flight was started by a pause (not the interval)
         self._utterance = 0  # counts utterances: a partial belongs to the one it started in
         self._partial_due = 0.0
         self._voiced = 0  # voiced 20 ms frames in the current utterance
@@ -333,6 +334,7 @@ class PipelineCall(ProviderCall):
         if level_dbfs > SPEECH_DBFS:
             self._voiced += 1
             self._drop_early()  # the caller goes on: the pause's transcript is not all they say
+            self._drop_pause_partial()
             self._last_voiced_at = self._loop.time()
             if self._pause_timer is None:
                 self._pause_timer = self._loop.call_later(PAUSE_S, self._check_pause)
@@ -367,8 +369,17 @@ class PipelineCall(ProviderCall):
             # The pause's transcript is most often the final one (the caller has finished): as
             # urgent as a final; the periodic ones only show the operator words early.
             priority = Priority.NOW if pausing else Priority.IF_IDLE
+            self._partial_at_pause = pausing
             self._partial_task = self._spawn(self._run_partial(c.snapshot(), self._voiced, self._utterance, priority))
             self._partial_task.add_done_callback(lambda _: self._consider_partial())
+
+    def _drop_pause_partial(self) -> None:
+        """The caller speaks again: a transcript of their pause still queued behind other calls'
+        model work would only be stale (the next pause transcribes all of it), so its job is
+        dropped before it takes a Whisper pass; one already running finishes unused."""
+        t = self._partial_task
+        if t is not None and self._partial_at_pause and not t.done():
+            t.cancel()
 
     def utterance_started(self) -> None:
         self._collector.start()
@@ -386,6 +397,7 @@ class PipelineCall(ProviderCall):
             covered = self._partial[1]
         elif self._partial_task is not None and not self._partial_task.done() and self._partial_voiced == self._voiced:
             covered = self._partial_task
+            self._partial_at_pause = False  # the turn's transcript now: not to be dropped as stale
         self._partial = None
         self._voiced = self._partial_voiced = 0
         self._cancel_timers()

@@ -68,7 +68,7 @@ class ModelWorker:
     state: str = "starting"  # starting | running | restarting | failed | stopped
     detail: str = ""  # what the process reported when it loaded
     restarts: int = 0
-    jobs: int = 0
+    jobs: int = 0  # given to the process (not those dropped while they waited)
     last_error: str | None = None
     _proc: asyncio.subprocess.Process | None = None
     _pending: dict[int, _Job] = field(default_factory=dict)  # queued and running
@@ -258,7 +258,6 @@ class ModelWorker:
         fut = loop.create_future()
         job = self._pending[job_id] = _Job(fut, on_chunk, encode(("job", job_id, method, args)), priority, loop.time(), model_work.get())
         heapq.heappush(self._queue, (priority, job_id))
-        self.jobs += 1
         self._dispatch()
         try:
             return await fut
@@ -284,6 +283,7 @@ class ModelWorker:
                 job.work.waited(job.queued_at, now)
                 job.span = job.work.running(now)
             self._running = job_id
+            self.jobs += 1
             self._last_progress = now
             if not self._send(job.message):
                 self._running = None
