@@ -237,6 +237,7 @@ class _Turn:
     spoken: list[tuple[str, float]] = field(default_factory=list)  # (sentence, seconds of its audio)
     recorded: bool = False  # in the history already
     hold: asyncio.TimerHandle | None = None  # the hold line, due if the answer is slow
+    hearing: asyncio.Task[str] | None = None  # the transcription of the caller's words it answers
 
     def heard(self, played_s: float | None) -> str:
         """What the caller heard of the answer: whole sentences, and the words of the one cut off
@@ -401,8 +402,9 @@ class PipelineCall(ProviderCall):
         self._partial = None
         self._voiced = self._partial_voiced = 0
         self._cancel_timers()
+        earlier = self._unheard()
         early, self._early = self._early, None
-        if early is not None and (fallback or early.text != covered):
+        if early is not None and (fallback or earlier is not None or early.text != covered):
             self._discard(early)
             early = None
         if fallback:
@@ -413,7 +415,27 @@ class PipelineCall(ProviderCall):
             self._emit(TurnMark("no_answer", self._loop.time()))
             return
         self._cancel_turn()
-        self._turn_task = self._spawn(self._answer(audio, covered, early))
+        hearing = self._spawn(self._hear(audio, covered, earlier))
+        hearing.add_done_callback(lambda t: t.cancelled() or t.exception())  # its turn's, or reported there
+        self._turn_task = self._spawn(self._answer(hearing, early))
+
+    def _unheard(self) -> asyncio.Task[str] | None:
+        """The last turn's transcription if it has not reached its answer yet: the caller spoke
+        again before it came (a loaded machine), and the next turn answers both utterances."""
+        turn = self._turn
+        if turn is None or turn.user or turn.hearing is None:
+            return None
+        return turn.hearing
+
+    async def _hear(self, audio: bytes, covered: str | asyncio.Task[str | None] | None, earlier: asyncio.Task[str] | None) -> str:
+        text = await self._transcript(audio, covered)
+        if earlier is None:
+            return text
+        try:
+            before = await earlier
+        except (StageBusy, StageFailed):
+            before = ""  # refused or lost with its own turn, which said so
+        return f"{before} {text}".strip()
 
     async def _run_partial(self, audio: bytes, voiced: int, utterance: int, priority: Priority) -> str | None:
         try:
@@ -485,14 +507,15 @@ class PipelineCall(ProviderCall):
         return await self.m.stt.transcribe(audio, self._vocabulary)
 
     # ---- the answer
-    async def _answer(self, audio: bytes, covered: str | asyncio.Task[str | None] | None, early: _AnswerBegun | None = None) -> None:
-        """``covered``: the text of the whole utterance from a partial, or the partial that is
-        transcribing all of it; ``early``: the answer to that text, begun at the caller's pause."""
-        turn = self._turn = _Turn()
+    async def _answer(self, hearing: asyncio.Task[str], early: _AnswerBegun | None = None) -> None:
+        """``hearing``: the transcription of what the caller said (it outlives the turn if the
+        caller speaks again before it comes: the next turn takes it over); ``early``: the answer
+        to those words, begun at the caller's pause."""
+        turn = self._turn = _Turn(hearing=hearing)
         loop = self._loop
         started_at = loop.time()
         try:
-            text = await self._transcript(audio, covered)
+            text = await asyncio.shield(hearing)
             self._emit(TurnMark("stt_final", loop.time()))
             if not text:
                 self._emit(TurnMark("no_answer", loop.time()))
@@ -719,7 +742,8 @@ class PipelineCall(ProviderCall):
         self._cancel_timers()
         if self._early is not None:
             self._early.drop()  # the call is over: nothing to count
-        tasks = [t for t in (self._turn_task, self._partial_task) if t is not None]
+        hearing = self._turn.hearing if self._turn is not None else None
+        tasks = [t for t in (self._turn_task, self._partial_task, hearing) if t is not None]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -211,60 +211,86 @@ async def test_the_answer_begins_at_the_pause_and_is_dropped_if_the_caller_goes_
     assert len(answers) == 1 and answers[0].first_audio_out is not None
 
 
+def _slow_end(cfg):
+    cfg.profiles["default"].greeting = ""
+    cfg.vad.end_ms = 1200
+
+
+async def _talk_while_stt_busy(pbx, eng, wav: str, depths: list[float]):
+    """The caller says ``wav`` while the STT process is busy with another call's pass (stopped
+    behind it, as a loaded one would be); ``depths``: the STT queue's depths to see in turn (a
+    float: seconds to wait) before it is let go. Returns the call and the Whisper passes it took."""
+    stt = eng.providers["local"].models.stt.worker
+    os.kill(stt.pid, signal.SIGSTOP)
+    try:
+        busy = asyncio.ensure_future(stt.run("transcribe", bytes(32000), ""))
+        await wait_for(lambda: stt.depth == 1)
+        given = stt.jobs
+        rec = pbx.place_call(script=[Say(wav), WaitAgent(0.5, 30), WaitAgentDone(0.5, 30)])
+        for depth in depths:
+            if isinstance(depth, float):
+                await asyncio.sleep(depth)
+            else:
+                await wait_for(lambda d=depth: stt.depth == d, timeout=10, interval=0.005)
+    finally:
+        os.kill(stt.pid, signal.SIGCONT)
+    await busy
+    await asyncio.wait_for(rec.finished.wait(), 60)
+    return rec, stt.jobs - given
+
+
+def _caller_said(events, rec) -> list[str]:
+    return [e.turn.text.lower() for e in events if isinstance(e, TranscriptAdded) and e.turn.role == "caller" and e.turn.final and e.call_id == rec.id]
+
+
 async def test_a_pause_transcript_still_waiting_when_the_caller_goes_on_is_dropped(pbx, tmp_path):
     """Under load a pause's transcript waits for Whisper behind other calls' work; if the caller
     speaks again meanwhile it could only be stale, so it is dropped before it takes a pass: the
     utterance costs one Whisper pass, not two. One that the turn waits for (the caller spoke
-    again after their turn ended) is the turn's transcript, and kept. (The STT process is stopped
-    behind another job while the caller talks, as a busy one would be.)"""
-    def slow_end(cfg):
-        cfg.profiles["default"].greeting = ""
-        cfg.vad.end_ms = 1200
-
-    async def talk_while_busy(eng, wav: str, depths: list[float]):
-        """The caller says ``wav`` while the STT process is busy; ``depths``: the STT queue's
-        depths to see in turn (a float: seconds to wait) before it is let go."""
-        stt = eng.providers["local"].models.stt.worker
-        os.kill(stt.pid, signal.SIGSTOP)
-        try:
-            busy = asyncio.ensure_future(stt.run("transcribe", bytes(32000), ""))  # another call's pass
-            await wait_for(lambda: stt.depth == 1)
-            given = stt.jobs
-            rec = pbx.place_call(script=[Say(wav), WaitAgent(0.5, 30), WaitAgentDone(0.5, 30)])
-            for depth in depths:
-                if isinstance(depth, float):
-                    await asyncio.sleep(depth)
-                else:
-                    await wait_for(lambda d=depth: stt.depth == d, timeout=10, interval=0.005)
-        finally:
-            os.kill(stt.pid, signal.SIGCONT)
-        await busy
-        await asyncio.wait_for(rec.finished.wait(), 60)
-        return rec, stt.jobs - given
-
-    async with local_engine(pbx, tmp_path, "stream", slow_end) as eng:
+    again after their turn ended) is the turn's transcript, and kept."""
+    async with local_engine(pbx, tmp_path, "stream", _slow_end) as eng:
         sub = eng.store.subscribe()
         stt = eng.providers["local"].models.stt.worker
         # The first pause's transcript waits (2), the caller goes on and it is dropped (1), the
         # last pause's waits (2): one Whisper pass for the whole utterance.
         wav = two_phrases(tmp_path / "goes_on.wav", "I need help with my bill.", 800, "My name is John Smith.")
-        rec, passes = await talk_while_busy(eng, wav, [2, 1, 2])
+        rec, passes = await _talk_while_stt_busy(pbx, eng, wav, [2, 1, 2])
         assert passes == 1
         # 1.5 s apart: the turn ends on the first sentence (1.2 s of quiet) with its pause's
         # transcript still waiting (2); the caller goes on (1.3 s after the pause was seen), and it
         # stays: it is the turn's. Let go, it answers the first sentence; the second is a turn too.
         wav = two_phrases(tmp_path / "two_turns.wav", "I need help with my bill.", 1500, "My name is John Smith.")
-        rec2, _ = await talk_while_busy(eng, wav, [2, 1.6, 2])
+        rec2, _ = await _talk_while_stt_busy(pbx, eng, wav, [2, 1.6, 2])
         assert stt.depth == 0
         events = []
         while (e := sub.get_nowait()) is not None:
             events.append(e)
 
-    def said(r) -> list[str]:
-        return [e.turn.text.lower() for e in events if isinstance(e, TranscriptAdded) and e.turn.role == "caller" and e.turn.final and e.call_id == r.id]
+    said = _caller_said(events, rec)
+    assert len(said) == 1 and "bill" in said[0] and "john" in said[0], said
+    said = _caller_said(events, rec2)
+    assert len(said) == 2 and "bill" in said[0] and "john" in said[1], said
+    assert rec.report(pbx)["agent_audio_seconds"] > 0.5
 
-    assert len(said(rec)) == 1 and "bill" in said(rec)[0] and "john" in said(rec)[0], said(rec)
-    assert len(said(rec2)) == 2 and "bill" in said(rec2)[0] and "john" in said(rec2)[1], said(rec2)
+
+async def test_a_caller_who_speaks_again_before_their_transcript_comes_is_answered_on_both(pbx, tmp_path):
+    """The caller's turn ends, its transcript waits behind other calls' work, and they say more
+    (and end that too) before it comes: the new turn answers both utterances' words, in order;
+    the first is not lost with the turn the second one replaced."""
+    async with local_engine(pbx, tmp_path, "stream", _slow_end) as eng:
+        sub = eng.store.subscribe()
+        wav = two_phrases(tmp_path / "two_turns.wav", "I need help with my bill.", 1500, "My name is John Smith.")
+        # Turn one's transcript waits (2); the caller goes on and ends turn two, whose own
+        # transcription queues behind it (3).
+        rec, passes = await _talk_while_stt_busy(pbx, eng, wav, [2, 1.6, 3])
+        assert passes == 2
+        events = []
+        while (e := sub.get_nowait()) is not None:
+            events.append(e)
+    said = _caller_said(events, rec)
+    assert len(said) == 1 and said[0].index("bill") < said[0].index("john"), said
+    answers = [e.turn for e in events if isinstance(e, TurnCompleted) and e.call_id == rec.id and e.turn.first_audio_out is not None]
+    assert len(answers) == 1, answers
     assert rec.report(pbx)["agent_audio_seconds"] > 0.5
 
 
