@@ -47,6 +47,7 @@ def main() -> int:
     if args.batch:
         return batched(args.model or default_model(), [int(n) for n in args.batch.split(",")], args.threads)
 
+    llama_cpp.llama_backend_init()  # loads the CPU variant this host runs best (scripts/setup.sh)
     features = [p.split("=")[0].strip() for p in llama_cpp.llama_print_system_info().decode().split("|") if p.strip().endswith("= 1")]
     llm = llama_cpp.Llama(model_path=args.model or default_model(), n_ctx=1024, n_threads=args.threads, n_threads_batch=args.threads, verbose=False)
     prompt_tps, gen_tps, cpu_s, wall_s = [], [], [], []

@@ -11,6 +11,7 @@ takes no new calls (they go to its fallback), and its calls in progress move the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import dataclasses
 import logging
@@ -63,6 +64,7 @@ SAMPLE_RATE = 16000
 MIN_SPEECH_MS = 200  # an utterance with less sound than this is not transcribed
 SPEECH_DBFS = -45.0
 PAUSE_S = 0.2  # this long without voice: transcribe now, the utterance may be over
+CALLER_HOLDS_S = 4.0  # an answer waits at most this long for a caller who is talking (a noisy line may never stop)
 
 
 def history_window(history: list[dict[str, str]], turns: int) -> list[dict[str, str]]:
@@ -314,6 +316,8 @@ class PipelineCall(ProviderCall):
         self._finish_timer: asyncio.TimerHandle | None = None  # a complete transcript waits for enough quiet
         self._partial: tuple[int, str] | None = None  # (voiced frames it covered, its text)
         self._early: _AnswerBegun | None = None
+        self._caller_quiet = asyncio.Event()  # no utterance of the caller's under way
+        self._caller_quiet.set()
         self._stopped = False
         self.work = ModelWork()
         self._context = contextvars.copy_context()  # the call's tasks' context: their model jobs count as its
@@ -384,6 +388,7 @@ class PipelineCall(ProviderCall):
 
     def utterance_started(self) -> None:
         self._collector.start()
+        self._caller_quiet.clear()
         self._partial_due = self._loop.time() + self.cfg.stt_partial_interval_ms / 1000
         self._voiced = self._partial_voiced = 0
         self._partial = None
@@ -392,6 +397,7 @@ class PipelineCall(ProviderCall):
 
     def utterance_ended(self, fallback: bool) -> None:
         audio = self._collector.take()
+        self._caller_quiet.set()
         # The text of the whole utterance, if a partial has it or is working on it.
         covered: str | asyncio.Task[str | None] | None = None
         if self._partial is not None and self._partial[0] == self._voiced:
@@ -637,7 +643,7 @@ class PipelineCall(ProviderCall):
 
         def hold() -> None:
             speech = self.m.cache.get(self.cfg.hold_line)  # pinned at load: no model work
-            if not turn.cancelled and not turn.spoken and speech is not None:
+            if not turn.cancelled and not turn.spoken and speech is not None and self._caller_quiet.is_set():
                 self._emit(TurnMark("hold", self._loop.time()))
                 self._play(self.cfg.hold_line, speech)
 
@@ -665,6 +671,14 @@ class PipelineCall(ProviderCall):
                 if not started:
                     self._emit(TurnMark("first_sentence", self._loop.time()))
                 speech = await self.m.synthesize(sentence, Priority.LATER if started else Priority.NOW)
+                if not started and not self._caller_quiet.is_set():
+                    # The caller has begun to speak again since the words this answers (a slow
+                    # answer on a loaded machine): not over them. How their utterance ends decides:
+                    # a turn of its own cancels this one, whose words it answers too (they are in
+                    # the history); a cough or the line's noise lets this answer play.
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(CALLER_HOLDS_S):
+                            await self._caller_quiet.wait()
                 if turn.cancelled:
                     continue
                 if not started:

@@ -11,7 +11,7 @@ extras=""
 
 # Debian packages: the Asterisk prompts (real phone speech for the simulator's callers and tests)
 # and their texts (for bench/stt_wer.py); a C/C++ toolchain and CMake, because llama-cpp-python
-# has no wheel on PyPI and compiles llama.cpp on install (about 5 minutes on 2 cores).
+# has no wheel on PyPI and compiles llama.cpp on install (about 7 minutes on 2 cores).
 # libportaudio2: the terminal app's audio monitor (sounddevice).
 apt_pkgs=(asterisk-core-sounds-en-wav asterisk-core-sounds-en build-essential cmake libportaudio2)
 # The tests run the call history on a real PostgreSQL server too (a throwaway cluster of their own).
@@ -39,24 +39,24 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 
-# llama.cpp for a portable x86-64 baseline: by default it compiles with -march=native, and on hosts
-# that advertise AMX its AMX path dies with SIGILL on OpenMP worker threads (the kernel grants AMX
-# tile permission per thread). Native tuning, AMX and AVX-512 off; AVX2/FMA/F16C where the host has
-# them (Haswell and later, i.e. every x86-64 server of the last decade), SSE4.2 otherwise.
-if grep -qw avx2 /proc/cpuinfo 2>/dev/null; then
-  simd="-DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON"
-else
-  simd="-DGGML_SSE42=ON -DGGML_AVX=OFF -DGGML_AVX2=OFF -DGGML_FMA=OFF -DGGML_F16C=OFF -DGGML_BMI2=OFF"
-fi
-export CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_CPU_ALL_VARIANTS=OFF $simd -DGGML_AVX_VNNI=OFF \
-  -DGGML_AVX512=OFF -DGGML_AVX512_VBMI=OFF -DGGML_AVX512_VNNI=OFF -DGGML_AVX512_BF16=OFF \
-  -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF ${LLAMA_EXTRA_CMAKE_ARGS:-}"
+# llama.cpp's CPU code is compiled once per x86-64 level (GGML_CPU_ALL_VARIANTS: plain x86-64,
+# SSE4.2, AVX, AVX2, AVX-512 with and without VBMI/VNNI/BF16, AVX-VNNI) and the best one this CPU's
+# CPUID allows is loaded at run time (GGML_BACKEND_DL) from the package's lib directory (ggml
+# installs the variants in GGML_BACKEND_DIR itself). Never -march=native. The AMX variant is deleted:
+# on hosts that advertise AMX its path dies with SIGILL on OpenMP worker threads (the kernel grants
+# AMX per thread); such a host loads the AVX-512 one instead.
+llama_lib=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["platlib"])')/llama_cpp/lib
+export CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON \
+  -DGGML_BACKEND_DIR=$llama_lib ${LLAMA_EXTRA_CMAKE_ARGS:-}"
 .venv/bin/python -m pip install -q -e ".${extras}"
-# pip reuses a wheel it built before (from any earlier flags): check what is installed, rebuild once.
+rm -f "$llama_lib"/libggml-cpu-sapphirerapids.so
+# pip reuses a wheel it built before (from other flags, or without the variants, which the build
+# writes beside the wheel): check what is installed, rebuild once.
 if ! .venv/bin/python scripts/check_llama_build.py; then
-  echo "setup: rebuilding llama-cpp-python for the portable baseline (about 5 minutes)"
+  echo "setup: rebuilding llama-cpp-python with its CPU variants (about 7 minutes)"
   .venv/bin/python -m pip install -q --force-reinstall --no-deps --no-cache-dir \
     "llama-cpp-python==$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("llama-cpp-python"))')"
+  rm -f "$llama_lib"/libggml-cpu-sapphirerapids.so
   .venv/bin/python scripts/check_llama_build.py
 fi
 scripts/build_llama_server.sh

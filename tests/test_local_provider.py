@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 import wave
 from pathlib import Path
@@ -258,7 +259,8 @@ async def test_a_pause_transcript_still_waiting_when_the_caller_goes_on_is_dropp
         assert passes == 1
         # 1.5 s apart: the turn ends on the first sentence (1.2 s of quiet) with its pause's
         # transcript still waiting (2); the caller goes on (1.3 s after the pause was seen), and it
-        # stays: it is the turn's. Let go, it answers the first sentence; the second is a turn too.
+        # stays: it is the turn's. Let go while they speak, its answer waits for them (not spoken
+        # over them) and gives way to the second sentence's turn, which answers both.
         wav = two_phrases(tmp_path / "two_turns.wav", "I need help with my bill.", 1500, "My name is John Smith.")
         rec2, _ = await _talk_while_stt_busy(pbx, eng, wav, [2, 1.6, 2])
         assert stt.depth == 0
@@ -270,6 +272,8 @@ async def test_a_pause_transcript_still_waiting_when_the_caller_goes_on_is_dropp
     assert len(said) == 1 and "bill" in said[0] and "john" in said[0], said
     said = _caller_said(events, rec2)
     assert len(said) == 2 and "bill" in said[0] and "john" in said[1], said
+    lines = [(e.turn.role, e.turn.text.lower()) for e in events if isinstance(e, TranscriptAdded) and e.turn.final and e.call_id == rec2.id]
+    assert [r for r, _ in lines[:2]] == ["caller", "caller"], lines  # no answer between, over the caller
     assert rec.report(pbx)["agent_audio_seconds"] > 0.5
 
 
@@ -312,6 +316,30 @@ def test_whisper_reads_a_window_of_the_utterance_not_30_s(whisper, monkeypatch):
     long = prompt + bytes(15 * 32000) + prompt
     assert wer(f"{said} {said}", whisper.transcribe(long)) < 0.2
     assert shapes and shapes[0][2] == len(long) // 320 + 1 + 100 < 3000
+
+
+async def test_a_whisper_pass_in_the_stt_worker_takes_one_core_not_two():
+    """stt_threads = 1 is one core: numpy's OpenBLAS (faster-whisper's mel filterbank) would start a
+    thread per core that spins after each call, so that each pass cost twice its time in CPU."""
+    import psutil
+
+    from providers.local.workers import ModelWorker
+
+    with wave.open(str(AGENT_PASS)) as w:
+        prompt = Resampler(8000, 16000).process(w.readframes(w.getnframes()))
+    worker = ModelWorker("stt", LocalProviderConfig(stt_threads=1).model_dump(mode="json"), max_queue=4)
+    await worker.start()
+    try:
+        assert worker.pid is not None
+        proc = psutil.Process(worker.pid)
+        assert "please enter your password" in (await worker.run("transcribe", prompt, "")).lower()
+        cpu0, t0 = sum(proc.cpu_times()[:2]), time.perf_counter()
+        for _ in range(8):
+            await worker.run("transcribe", prompt, "")
+        cpu, wall = sum(proc.cpu_times()[:2]) - cpu0, time.perf_counter() - t0
+    finally:
+        await worker.close()
+    assert cpu < 1.4 * wall, f"{cpu:.2f} CPU-s in {wall:.2f} s"
 
 
 async def test_missing_model_is_a_startup_error_naming_setting_and_path(pbx, tmp_path):

@@ -101,8 +101,9 @@ async def test_worker_that_crashes_at_once_again_is_shown_failed_and_new_calls_f
 
 
 def test_llama_cpp_is_a_portable_build():
-    """Item 0 (a): the setup's llama.cpp has no AMX and no AVX-512 code at all (its AMX path dies
-    with SIGILL on hosts that advertise AMX), checked on the machine code as well as the flags."""
+    """Item 0 (a): the setup's llama.cpp runs on any x86-64 host: its CPU code per x86-64 level, the
+    loaded one within what this host reports, no AMX code at all (its path dies with SIGILL on hosts
+    that advertise AMX) and AVX-512 only in the variants that need it, checked on the machine code."""
     import subprocess
     import sys
     from pathlib import Path
@@ -110,7 +111,8 @@ def test_llama_cpp_is_a_portable_build():
     script = Path(__file__).resolve().parents[2] / "scripts" / "check_llama_build.py"
     r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "AVX2" in r.stdout and "no AMX or AVX-512 instruction" in r.stdout
+    assert "x64" in r.stdout.splitlines()[0] and "haswell" in r.stdout.splitlines()[0], r.stdout
+    assert "no AMX instruction anywhere; AVX-512 only in the AVX-512 variants" in r.stdout
 
 
 async def test_model_work_waiting_past_the_limit_turns_health_degraded_and_says_where(pbx, tmp_path):
