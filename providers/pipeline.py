@@ -316,7 +316,7 @@ class PipelineCall(ProviderCall):
         self._finish_timer: asyncio.TimerHandle | None = None  # a complete transcript waits for enough quiet
         self._partial: tuple[int, str] | None = None  # (voiced frames it covered, its text)
         self._early: _AnswerBegun | None = None
-        self._caller_quiet = asyncio.Event()  # no utterance of the caller's under way
+        self._caller_quiet = asyncio.Event()  # not the collector's in_speech: an answer waits on it
         self._caller_quiet.set()
         self._stopped = False
         self.work = ModelWork()

@@ -25,7 +25,7 @@ AVX512_VARIANTS = {"skylakex", "cannonlake", "cascadelake", "icelake", "cooperla
 HOST_FLAG = {
     "SSE3": "pni", "SSSE3": "ssse3", "AVX": "avx", "AVX2": "avx2", "AVX_VNNI": "avx_vnni", "F16C": "f16c",
     "FMA": "fma", "BMI2": "bmi2", "AVX512": "avx512f", "AVX512_VBMI": "avx512vbmi", "AVX512_VNNI": "avx512_vnni",
-    "AVX512_BF16": "avx512_bf16", "AMX_INT8": "amx_int8",
+    "AVX512_BF16": "avx512_bf16",
 }
 
 
@@ -73,21 +73,20 @@ def instructions() -> dict[str, tuple[int, int]] | None:
     return out
 
 
-def problems() -> list[str]:
+def problems(names: list[str], on: list[str], code: dict[str, tuple[int, int]] | None) -> list[str]:
+    """What makes the install unfit: ``names`` the CPU variants, ``on`` the loaded one's features,
+    ``code`` the instruction counts (None: not checked)."""
     found: list[str] = []
-    names = variants()
     if "x64" not in names:
         found.append(f"no plain x86-64 CPU variant in {lib_dir()} (variants: {' '.join(names) or 'none'})")
     if "sapphirerapids" in names:
         found.append("the AMX CPU variant (sapphirerapids) is installed")
-    on = features()
     if not on:
         found.append("no CPU backend loaded")
     flags = host_flags()
     beyond = [f for f in on if f.startswith("AMX") or (f in HOST_FLAG and HOST_FLAG[f] not in flags)]
     if beyond:
         found.append(f"the loaded CPU variant uses {' '.join(beyond)}, which this host does not report")
-    code = instructions()
     if code is not None:
         for lib, (amx, zmm) in code.items():
             variant = lib.removeprefix("libggml-cpu-").removesuffix(".so")
@@ -99,13 +98,14 @@ def problems() -> list[str]:
 
 
 def main() -> int:
-    print(f"llama.cpp CPU variants: {' '.join(variants()) or '(none)'}")
-    print(f"loaded here: {' '.join(features()) or '(none)'}")
-    bad = problems()
+    names, on, code = variants(), features(), instructions()
+    print(f"llama.cpp CPU variants: {' '.join(names) or '(none)'}")
+    print(f"loaded here: {' '.join(on) or '(none)'}")
+    bad = problems(names, on, code)
     if bad:
         print("llama.cpp is not a portable build: " + "; ".join(bad), file=sys.stderr)
         return 1
-    if shutil.which("objdump") is None:
+    if code is None:
         print("objdump not found: machine code not checked")
     else:
         print("no AMX instruction anywhere; AVX-512 only in the AVX-512 variants")

@@ -39,7 +39,7 @@ FAILED_AFTER = 5  # failures in a row without a job done: shown as failed (the p
 def worker_env() -> dict[str, str]:
     """A worker's environment: numpy's OpenBLAS on one thread (unless set otherwise). Its other
     threads spin after each call, and faster-whisper's mel filterbank is one: Whisper took twice
-    its wall time in CPU (bench/cpu.py: 3.8 % of a core a call for STT, 1.9 % with one thread)."""
+    its wall time in CPU (bench/cpu.py: 3.8 % of a core a call for STT, 1.6-1.9 % with one thread)."""
     return {"OPENBLAS_NUM_THREADS": "1", **os.environ}
 
 
