@@ -2,7 +2,7 @@
 local provider's real prompt path (its system message with the facts, the model, the answer
 length), scored per answer.
 
-    python bench/answers.py [--models smollm2-135m,qwen2.5-coder-0.5b] [--show]
+    python bench/answers.py [--models smollm2-135m,qwen2.5-coder-0.5b,qwen2.5-coder-0.5b-iq4nl] [--show]
 
 Each question names what a correct answer must say (any one of the listed spellings). Printed
 per model: the score, the first-token and whole-answer latency (p50/p90) on this machine, and,
@@ -158,12 +158,12 @@ def run_model(name: str, temperature: float | None, checked: bool) -> tuple[floa
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default="smollm2-135m,qwen2.5-coder-0.5b")
+    ap.add_argument("--models", default="smollm2-135m,qwen2.5-coder-0.5b,qwen2.5-coder-0.5b-iq4nl")
     ap.add_argument("--show", action="store_true", help="print every answer that missed its fact")
     ap.add_argument("--temperature", type=float, help="instead of providers.local.llm_temperature")
     ap.add_argument("--runs", type=int, default=1, help="repeat (the model samples: scores vary by a question or two)")
     args = ap.parse_args()
-    print(f"answers: {len(QUESTIONS)} questions about 3 businesses and {len(UNANSWERABLE)} the facts do not answer, the local provider's answer path, 2 threads")
+    print(f"answers: {len(QUESTIONS)} questions about 3 businesses and {len(UNANSWERABLE)} the facts do not answer, the local provider's answer path, {LocalProviderConfig().llm_threads} thread(s)")
     for name in args.models.split(","):
         for checked in (False, True):
             for _ in range(args.runs):

@@ -56,7 +56,7 @@ class LocalProviderConfig(ConfigSection):
     answer_at_pause: bool = True
     # A packaged model; the default by bench/answers.py (facts stated 85% against 55%), at the cost
     # of about 170 ms more to the first sentence (README, "Local models").
-    llm_model: Literal["smollm2-135m", "qwen2.5-coder-0.5b"] = "qwen2.5-coder-0.5b"
+    llm_model: Literal["smollm2-135m", "qwen2.5-coder-0.5b", "qwen2.5-coder-0.5b-iq4nl"] = "qwen2.5-coder-0.5b-iq4nl"
     llm_model_path: str = ""  # any GGUF file (instead of llm_model)
     llm_chat_format: str = ""  # empty: the chat template stored in the GGUF
     llm_context: int = Field(2048, ge=256, le=131072)

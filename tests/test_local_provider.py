@@ -380,7 +380,7 @@ class local_pipeline:
 async def test_default_models_come_from_their_packages():
     async with local_pipeline(LocalProviderConfig()) as p:
         assert p.readiness().ready
-        assert "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf" in p.readiness().detail  # assembled by the setup
+        assert "qwen2.5-coder-0.5b-instruct-iq4_nl.gguf" in p.readiness().detail  # made by the setup
     async with local_pipeline(LocalProviderConfig(llm_model="smollm2-135m")) as smol:
         assert "SmolLM2-135M-Instruct" in smol.readiness().detail
     with pytest.raises(ModelNotFound, match="providers.local.stt_model_path"):
@@ -542,6 +542,35 @@ def test_a_model_in_parts_is_kept_only_with_its_published_hash(tmp_path):
     reordered = AssembledModel(sha256=good.sha256, **{**spec, "parts": tuple(reversed(spec["parts"])), "filename": "r.gguf"})
     with pytest.raises(ModelNotFound):
         reordered.assemble(locate)
+
+
+def test_a_requantized_model_is_the_same_bytes_every_time_and_kept_only_with_its_hash(tmp_path):
+    """The setup makes the default LLM with llama.cpp's own quantizer from a verified model: the
+    quantizer gives the same bytes every time (so the result has a published sha256 to check), and
+    a result with another hash is refused, nothing left behind."""
+    import hashlib
+    import re
+
+    from providers.local.models import SMOLLM2, AssembledModel, QuantizedModel, resolve
+
+    packaged = resolve(SMOLLM2, "")
+    digest = hashlib.sha256(packaged.read_bytes()).hexdigest()
+    source = AssembledModel("smol", (("smol", "x"),), packaged.stat().st_size, digest, "smol.gguf", tmp_path / "source")
+    locate = lambda module, relative: packaged  # noqa: E731
+    spec = dict(name="smol-q4_0", source=source, ftype=2, output_type=None, filename="q.gguf")  # 2: LLAMA_FTYPE_MOSTLY_Q4_0
+    bad = QuantizedModel(size=1, sha256="0" * 64, directory=tmp_path / "a", **spec)
+    with pytest.raises(ModelNotFound, match="refused") as refused:
+        bad.assemble(locate)
+    assert not bad.ready() and list((tmp_path / "a").iterdir()) == []
+    found = re.search(r"\((\d+) bytes, sha256 ([0-9a-f]{64});", str(refused.value))
+    assert found is not None and found[2] != digest
+    good = QuantizedModel(size=int(found[1]), sha256=found[2], directory=tmp_path / "b", **spec)
+    path = good.assemble(locate)  # made again, in another place: the same bytes
+    assert good.ready() and hashlib.sha256(path.read_bytes()).hexdigest() == found[2]
+
+    from llama_cpp import Llama
+
+    assert Llama(model_path=str(path), n_ctx=64, verbose=False).metadata["general.file_type"] == "2"  # it loads, as Q4_0
 
 
 @pytest.mark.parametrize("turns", [0, 1, 4, 6])

