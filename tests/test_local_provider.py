@@ -84,7 +84,10 @@ async def test_a_slow_answer_is_announced_by_the_hold_line_not_silence(pbx, tmp_
     after the caller stopped, so the caller hears the hold line (pinned: no model work), then the
     answer."""
     def impatient(cfg):
-        cfg.providers.local.hold_after_ms = 100  # shorter than any answer here takes
+        # No answer begun at the caller's pause (with the IQ4_NL model it is ready before the turn
+        # ends), and a wait shorter than the first sentence's generation and synthesis.
+        cfg.providers.local.answer_at_pause = False
+        cfg.providers.local.hold_after_ms = 50
 
     async with local_engine(pbx, tmp_path, "stream", impatient) as eng:
         sub = eng.store.subscribe()
