@@ -321,6 +321,52 @@ def test_whisper_reads_a_window_of_the_utterance_not_30_s(whisper, monkeypatch):
     assert shapes and shapes[0][2] == len(long) // 320 + 1 + 100 < 3000
 
 
+def test_a_whisper_pass_cancelled_while_its_encoder_runs_is_not_decoded(whisper, monkeypatch):
+    """A pause's transcript made stale by the caller's next words is cancelled while Whisper's
+    encoder runs: the pass stops there instead of decoding text nobody reads."""
+    import threading
+
+    import faster_whisper.transcribe as fw
+
+    class Decoder:
+        """The CTranslate2 model, its decoding counted."""
+
+        def __init__(self, model: object) -> None:
+            self.model = model
+            self.decoded = 0
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.model, name)
+
+        def generate(self, *args: object, **kwargs: object) -> object:
+            self.decoded += 1
+            return self.model.generate(*args, **kwargs)
+
+    decoder = Decoder(whisper.model.model)
+    monkeypatch.setattr(whisper.model, "model", decoder)
+    cancelled = threading.Event()
+    encoded: list[int] = []
+    to_ct2 = fw.get_ctranslate2_storage
+
+    def encoder_starts(a):  # type: ignore[no-untyped-def]
+        encoded.append(1)
+        if cancel_in_encoder:
+            cancelled.set()  # the cancel arrives while the encoder runs
+        return to_ct2(a)
+
+    monkeypatch.setattr(fw, "get_ctranslate2_storage", encoder_starts)
+    with wave.open(str(AGENT_PASS)) as w:
+        prompt = Resampler(8000, 16000).process(w.readframes(w.getnframes()))
+    cancel_in_encoder = False
+    assert wer("Please enter your password followed by the pound key.", whisper.transcribe(prompt, "", cancelled)) < 0.2
+    assert (len(encoded), decoder.decoded) == (1, 1)
+    cancel_in_encoder = True
+    assert whisper.transcribe(prompt, "", cancelled) == ""
+    assert (len(encoded), decoder.decoded) == (2, 1)  # encoded, not decoded
+    assert whisper.transcribe(prompt, "", cancelled) == ""  # cancelled before it began: not even encoded
+    assert (len(encoded), decoder.decoded) == (2, 1)
+
+
 async def test_a_whisper_pass_in_the_stt_worker_takes_one_core_not_two():
     """stt_threads = 1 is one core: numpy's OpenBLAS (faster-whisper's mel filterbank) would start a
     thread per core that spins after each call, so that each pass cost twice its time in CPU."""

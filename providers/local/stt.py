@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
 
@@ -19,9 +20,10 @@ class SpeechToText(ABC):
     name: str
 
     @abstractmethod
-    def transcribe(self, pcm16: bytes, vocabulary: str = "") -> str:
+    def transcribe(self, pcm16: bytes, vocabulary: str = "", cancelled: threading.Event | None = None) -> str:
         """Text of 16 kHz mono PCM16 speech ('' for none); ``vocabulary``: words to expect (the
-        profile's names, streets, products), for the engines that can use them."""
+        profile's names, streets, products), for the engines that can use them. Once
+        ``cancelled`` is set nobody wants the text: an engine that can stop part-way returns ''."""
 
 
 FULL_WINDOW = 3000  # Whisper's encoder window in feature frames: 30 s
@@ -36,6 +38,10 @@ def encoder_window(samples: int, min_window_s: float) -> int:
     return min(FULL_WINDOW, max(round(min_window_s * FRAMES_PER_S), content + WINDOW_MARGIN))
 
 
+class _Cancelled(Exception):
+    pass
+
+
 class WhisperStt(SpeechToText):
     """faster-whisper (CTranslate2). Not streaming: the provider transcribes the utterance at the
     caller's pauses, so that little is left to do at the end."""
@@ -48,21 +54,32 @@ class WhisperStt(SpeechToText):
         class WindowedWhisper(WhisperModel):
             """faster-whisper pads every segment to Whisper's 30 s window, and the encoder's cost
             is the window's (0.35 s with tiny.en on 2 threads, for a 2 s question). CTranslate2
-            takes a shorter window: cut the padding back to ``window`` frames."""
+            takes a shorter window: cut the padding back to ``window`` frames. A pass can be
+            stopped only around the encoder (CTranslate2's generate cannot be interrupted): a
+            pass cancelled before the encoder or during it skips the decoding, about 45 % of a
+            short question's pass (a pause's transcript that the caller's next words make stale
+            is cancelled 20-80 ms into its pass, while the encoder runs)."""
 
             window = FULL_WINDOW
+            cancelled: threading.Event | None = None
 
             def encode(self, features: np.ndarray):  # type: ignore[no-untyped-def]
-                return super().encode(features[..., : self.window])
+                if self.cancelled is not None and self.cancelled.is_set():
+                    raise _Cancelled
+                out = super().encode(features[..., : self.window])
+                if self.cancelled is not None and self.cancelled.is_set():
+                    raise _Cancelled
+                return out
 
         # local_files_only: a path, never a hub download.
         self.model = WindowedWhisper(str(model_dir), device="cpu", compute_type=compute_type, cpu_threads=threads, local_files_only=True)
         self.beam_size = beam_size
         self.min_window_s = min_window_s
 
-    def transcribe(self, pcm16: bytes, vocabulary: str = "") -> str:
+    def transcribe(self, pcm16: bytes, vocabulary: str = "", cancelled: threading.Event | None = None) -> str:
         audio = np.frombuffer(pcm16, dtype=np.int16).astype(np.float32) / 32768.0
         self.model.window = encoder_window(len(audio), self.min_window_s)  # type: ignore[attr-defined]
+        self.model.cancelled = cancelled  # type: ignore[attr-defined]
         # Timestamps on: without them the tiny model stops after the first sentence of a long
         # utterance (measured on Asterisk's 25 s IVR prompt). The vocabulary goes in as Whisper's
         # initial prompt (bench/stt_wer.py --profiles measures it against hotwords and nothing).
@@ -72,7 +89,10 @@ class WhisperStt(SpeechToText):
         )
         # Whisper turns faint noise into "Thank you." or "That's it.": what it rates as no
         # speech itself is not the caller's words.
-        return " ".join(s.text.strip() for s in segments if s.no_speech_prob < NO_SPEECH).strip()
+        try:
+            return " ".join(s.text.strip() for s in segments if s.no_speech_prob < NO_SPEECH).strip()
+        except _Cancelled:
+            return ""
 
 
 class PocketsphinxStt(SpeechToText):
@@ -85,7 +105,7 @@ class PocketsphinxStt(SpeechToText):
 
         self.decoder = Decoder(samprate=SAMPLE_RATE, loglevel="FATAL")
 
-    def transcribe(self, pcm16: bytes, vocabulary: str = "") -> str:
+    def transcribe(self, pcm16: bytes, vocabulary: str = "", cancelled: threading.Event | None = None) -> str:
         d = self.decoder
         d.start_utt()
         d.process_raw(pcm16, full_utt=True)
@@ -106,7 +126,7 @@ class VoskStt(SpeechToText):
         self._model = Model(str(model_dir))
         self._recognizer = KaldiRecognizer
 
-    def transcribe(self, pcm16: bytes, vocabulary: str = "") -> str:
+    def transcribe(self, pcm16: bytes, vocabulary: str = "", cancelled: threading.Event | None = None) -> str:
         import json
 
         rec = self._recognizer(self._model, SAMPLE_RATE)

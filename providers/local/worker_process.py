@@ -59,7 +59,7 @@ class _Model:
         if kind == "stt":
             stt = build_stt(cfg)
             self.detail = stt.name
-            self.methods["transcribe"] = lambda a, chunk, cancelled: stt.transcribe(*a)
+            self.methods["transcribe"] = lambda a, chunk, cancelled: stt.transcribe(a[0], a[1], cancelled)
         elif kind == "llm":
             llm = self.llm = ChatModel(resolve_llm(cfg.llm_model, cfg.llm_model_path), cfg.llm_context, cfg.llm_threads, cfg.llm_chat_format)
             self.detail = llm.path.name
