@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
+import signal
 import threading
 import time
 from collections import deque
 from pathlib import Path
+from typing import Any, TextIO, cast
 
 from rich.text import Text
 from textual import events, work
@@ -18,6 +21,7 @@ from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical
 from textual.coordinate import Coordinate
 from textual.css.query import NoMatches
+from textual.drivers.linux_driver import LinuxDriver
 from textual.screen import ModalScreen, Screen
 from textual.notifications import SeverityLevel
 from textual.widgets import DataTable, Footer, Input, OptionList, RichLog, Static
@@ -32,6 +36,8 @@ from engine.sessions import CallEnded, CallLog, CallSnapshot, CallStarted, CallS
 from providers.base import Readiness
 
 LOG_KEPT = 5000  # log lines the app keeps for L (the pane shows the last 500)
+
+log = logging.getLogger(__name__)
 
 HELP = """\
 [b]aiagent-tui[/b] — live calls of the AI voice agent
@@ -240,6 +246,47 @@ class _PaneHandler(logging.Handler):
             pass
 
 
+class _TerminalOut:
+    """The terminal as Textual's writer thread writes to it, without the error once the terminal
+    is gone (the operator's SSH session dropped: EIO). That error would end the writer thread, and
+    the app's 31st write after it would block the event loop on the thread's full queue before the
+    engine could hang the calls up."""
+
+    def __init__(self, file: TextIO) -> None:
+        self._file = file
+        self.gone = False
+
+    def write(self, text: str) -> int:
+        if not self.gone:
+            try:
+                return self._file.write(text)
+            except OSError:
+                self.gone = True
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.gone:
+            try:
+                self._file.flush()
+            except OSError:
+                self.gone = True
+
+    def fileno(self) -> int:
+        return self._file.fileno()
+
+    def isatty(self) -> bool:
+        return True
+
+
+class TerminalDriver(LinuxDriver):
+    """Textual's Linux driver, writing through ``_TerminalOut``."""
+
+    def __init__(self, app: App[Any], **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        assert self._file is not None, "no stderr to draw on"
+        self._file = cast(Any, _TerminalOut(self._file))  # as Textual's WriterThread uses a file
+
+
 class AiAgentApp(App[int]):
     TITLE = "aiagent-tui"
     CSS = """
@@ -308,7 +355,7 @@ class AiAgentApp(App[int]):
     def __init__(
         self, runtime: EngineRuntime, dump_dir: Path | None = None, history_url: str | None = None, diagnose_call: Diagnose = default_norms,
     ) -> None:
-        super().__init__()
+        super().__init__(driver_class=TerminalDriver)
         self.runtime = runtime  # starts the engine (and the simulator with --sim) in this app's loop
         self.dump_dir = (dump_dir or state_dir()).resolve()  # the notice gives the whole path
         self.history_url = history_url  # None: this engine keeps no history
@@ -321,6 +368,7 @@ class AiAgentApp(App[int]):
         self._ticks = 0
         self.monitor: AudioMonitor | None = None
         self.exit_code = 0
+        self._stopping = False  # a signal asked the app to stop
         self._log_handler: logging.Handler = logging.NullHandler()
         self._columns: tuple[str, ...] = ()  # the call list's columns now
         self.call_filter = ""  # /: calls whose caller, state, provider, profile or channel contain it
@@ -370,13 +418,36 @@ class AiAgentApp(App[int]):
             self.exit_code = 1
             self.exit(message=f"aiagent-tui: {e}")
             return
+        # The operator's terminal went away (SIGHUP: an SSH session dropped) or the system stops
+        # the app (SIGTERM): hang up as q does. By default either would end the process at once,
+        # and the callers would stay in Stasis, in silence, with their channels and bridges.
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGHUP, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._stop_on_signal, sig)
         self.follow_events()
         self.watch_fatal()
         self.set_interval(0.1, self.refresh_panes)
         self.write_log(None, f"engine up; {self.runtime.describe()}")
 
+    def _stop_on_signal(self, sig: signal.Signals) -> None:
+        if self._stopping:  # the terminal's hangup and the shell's, both SIGHUP
+            return
+        self._stopping = True
+        live = len(self.engine.store) if self.engine is not None else 0
+        why = "the terminal hung up" if sig == signal.SIGHUP else "asked to stop"
+        if self.runtime.ends_calls:
+            log.warning("%s (%s): stopping the engine, hanging up %d call(s)", sig.name, why, live)
+        else:
+            log.warning("%s (%s): detaching; the engine and its %d call(s) go on", sig.name, why, live)
+        self.call_later(self._quit)
+
     async def on_unmount(self) -> None:
         await self.shutdown()
+        # Only now: a second SIGHUP (the shell passes the terminal's on to its jobs) must not
+        # end the process while it hangs up.
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGHUP, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
 
     async def shutdown(self) -> None:
         logging.getLogger().removeHandler(self._log_handler)

@@ -59,6 +59,7 @@ class HealthServer:
         proc = self._proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "engine.health_process", str(self._sock.fileno()), str(self.max_age_s), str(self.max_in_flight),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, pass_fds=(self._sock.fileno(),),
+            start_new_session=True,  # see ``providers.local.workers``: the engine alone stops it
         )
         assert proc.stdin is not None and proc.stdout is not None
         try:

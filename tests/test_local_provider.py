@@ -407,6 +407,35 @@ def test_missing_voice_via_cli(tmp_path):
     assert "providers.local.tts_voice_path" in r.stderr and str(tmp_path / "voice.onnx") in r.stderr and "Traceback" not in r.stderr
 
 
+def test_sigterm_to_the_engines_group_stops_the_model_workers_with_the_engine(tmp_path):
+    """Ctrl-C in a terminal, ``timeout`` or a cgroup stopped all at once signal every process of
+    the group: the model workers are the engine's to stop (their own session), so none of them is
+    logged as crashed or restarted while the engine shuts down, and none outlives it."""
+    from tests.test_service import get_json, wait_until
+    from tests.conftest import free_port
+
+    health_port = free_port()
+    env = {**os.environ, "AIAGENT_PROVIDER": "local", "AIAGENT_MEDIA_DIR": str(tmp_path / "m"), "RTP_PORT": "0",
+           "HEALTH_PORT": str(health_port), "ASTERISK_ARI_PORT": str(free_port())}
+    eng = subprocess.Popen([Path(sys.executable).parent / "aiagent-tui", "--no-ui"], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{health_port}/health"
+        wait_until(lambda: get_json(url)[1]["providers"]["local"]["ready"], timeout=120)
+        workers = [c["pid"] for c in get_json(url)[1]["components"] if c.get("pid")]
+        assert len(workers) >= 3  # STT, LLM, TTS (and the HTTP process)
+        os.killpg(eng.pid, signal.SIGTERM)
+        assert eng.wait(30) == 0
+    finally:
+        if eng.poll() is None:
+            eng.kill()
+            eng.wait()
+    out = eng.stdout.read() if eng.stdout else ""
+    assert "ERROR" not in out and "Traceback" not in out, out
+    for pid in workers:
+        assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+
+
 class local_pipeline:
     """The built-in local pipeline on its own (its stage pool closed with it)."""
 

@@ -57,7 +57,9 @@ def stack(tmp_path):
         "AIAGENT_MEDIA_DIR": str(tmp_path / "media"),
     }
     (tmp_path / "media").mkdir()
-    eng = subprocess.Popen([BIN / "aiagent-tui", "--config", str(ROOT / "config.toml"), "--no-ui"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # Its own process group, as a service's or a terminal's job: a signal can go to the whole group.
+    eng = subprocess.Popen([BIN / "aiagent-tui", "--config", str(ROOT / "config.toml"), "--no-ui"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           start_new_session=True)
     health = f"http://127.0.0.1:{health_port}/health"
     try:
         wait_until(lambda: get_json(health)[1]["ari_connected"])
@@ -94,15 +96,23 @@ def test_sim_call_command_reports_clean_echo_calls(stack, tmp_path):
     assert health["audio_transport"] == "externalmedia" and health["providers"]["echo"]["ready"]
 
 
-def test_sigterm_hangs_up_live_calls_and_exits_zero(stack, tmp_path):
+@pytest.mark.parametrize("to", ["process", "group"])
+def test_sigterm_hangs_up_live_calls_and_exits_zero(stack, tmp_path, to):
+    """SIGTERM to the engine (``systemctl stop`` with the unit's KillMode=mixed) or to its whole
+    process group (Ctrl-C in a terminal, ``timeout``, a cgroup stopped all at once): the calls are
+    hung up and the engine exits 0, its HTTP process not reported as crashed on the way."""
     ari_port, health_port, eng, sim = stack
     placer = sim_call(ari_port, "--count", "2", "--wav", str(THANKS), "--hold", "10", "--report", str(tmp_path / "r.json"))
     health = f"http://127.0.0.1:{health_port}/health"
     wait_until(lambda: get_json(health)[1]["active_calls"] == 2 and all(c["rtp"]["packets_in"] > 0 for c in get_json(health)[1]["calls"]))
-    eng.send_signal(signal.SIGTERM)
+    if to == "group":
+        os.killpg(eng.pid, signal.SIGTERM)
+    else:
+        eng.send_signal(signal.SIGTERM)
     assert eng.wait(15) == 0, eng.stdout.read()
     out = eng.stdout.read()
-    assert "Traceback" not in out
+    assert "stopping: hanging up 2 call(s)" in out
+    assert "Traceback" not in out and "ERROR" not in out, out
     placer.wait(30)
     data = json.loads((tmp_path / "r.json").read_text())
     assert [c["ended_by"] for c in data["calls"]] == ["ari", "ari"]

@@ -160,9 +160,13 @@ class ModelWorker:
             await asyncio.sleep(RESTART_BACKOFF_S[min(self._failures, len(RESTART_BACKOFF_S)) - 1])
 
     async def _run_once(self, loop: asyncio.AbstractEventLoop) -> None:
+        # Its own session: a signal to the engine's process group (Ctrl-C in a terminal, `timeout`,
+        # `kill -- -PGID`, an SSH hangup) is the engine's to act on. The engine stops it by closing
+        # its stdin once the calls are hung up; killed with the engine, it would be logged as a
+        # crash and restarted while the engine shuts down.
         proc = self._proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "providers.local.worker_process",
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=worker_env(),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=worker_env(), start_new_session=True,
         )
         assert proc.stdin is not None and proc.stdout is not None
         proc.stdin.write(encode((self.name, self.config)))
