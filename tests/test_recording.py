@@ -207,7 +207,8 @@ async def test_replay_plays_the_recording_with_the_transcript_following(tmp_path
         assert detail.replay.paused and detail.replay.position_s == at and "recording paused" in str(detail.query_one("#detail").content)
         await pilot.press("space")
         await until(pilot, lambda: detail.replay is None)  # played to the end
-        assert any("played to the end" in str(n.message) for n in app._notifications)
+        # notify() posts a message to the app: the toast is there once the app has handled it.
+        await until(pilot, lambda: any("played to the end" in str(n.message) for n in app._notifications), timeout=2)
         played = np.concatenate(cards[0].played)
         assert np.abs(played).max() > 7000 and len(played) >= 4 * RATE  # both tones reached the card
         assert cards[0]._stop.is_set()
