@@ -21,6 +21,7 @@ from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical
 from textual.coordinate import Coordinate
 from textual.css.query import NoMatches
+from textual.driver import Driver
 from textual.drivers.linux_driver import LinuxDriver
 from textual.screen import ModalScreen, Screen
 from textual.notifications import SeverityLevel
@@ -355,7 +356,7 @@ class AiAgentApp(App[int]):
     def __init__(
         self, runtime: EngineRuntime, dump_dir: Path | None = None, history_url: str | None = None, diagnose_call: Diagnose = default_norms,
     ) -> None:
-        super().__init__(driver_class=TerminalDriver)
+        super().__init__()
         self.runtime = runtime  # starts the engine (and the simulator with --sim) in this app's loop
         self.dump_dir = (dump_dir or state_dir()).resolve()  # the notice gives the whole path
         self.history_url = history_url  # None: this engine keeps no history
@@ -440,6 +441,12 @@ class AiAgentApp(App[int]):
         else:
             log.warning("%s (%s): detaching; the engine and its %d call(s) go on", sig.name, why, live)
         self.call_later(self._quit)
+
+    def get_driver_class(self) -> type[Driver]:
+        # TerminalDriver where Textual would draw on a Linux terminal; TEXTUAL_DRIVER (textual
+        # serve, a web browser) still chooses its own.
+        cls = super().get_driver_class()
+        return TerminalDriver if cls is LinuxDriver else cls
 
     async def on_unmount(self) -> None:
         await self.shutdown()
