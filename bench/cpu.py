@@ -11,8 +11,8 @@ this one, its STT, LLM and TTS workers in theirs (counted: psutil, user + system
     line (no packets while silent) and on a line with faint noise all the time (VAD on every frame);
   - per active call: N callers each talking through the turn benchmark's questions (greeting,
     then --turns questions, each answered in full), CPU over the calls' lifetime / call-seconds;
-    each turn's latency at the caller by its place in the call (p50 over the callers), and the
-    model jobs per answer (Whisper passes, LLM slices, TTS sentences).
+    each turn's latency at the caller by its place in the call (p50 over the callers), the
+    model jobs per answer (Whisper passes, LLM slices, TTS sentences) and the CPU a job took.
 """
 
 from __future__ import annotations
@@ -178,6 +178,10 @@ async def main_async(args: argparse.Namespace) -> None:
                 # What each answer cost in model passes: Whisper passes per utterance (pause
                 # transcripts and finals), LLM slices (sentences), TTS sentences.
                 print("      model jobs per answer: " + ", ".join(f"{k} {v / max(1, answers):.1f}" for k, v in sorted(jobs.items())))
+                # What a job cost: the host's speed at the hour of the run (the same questions each
+                # run, so a Whisper pass costs the same on the same host: see the README).
+                cost = {k: 10 * parts.get(k, 0.0) * call_s / v for k, v in jobs.items() if v}
+                print("      CPU a job: " + ", ".join(f"{k} {v:.0f} ms" for k, v in sorted(cost.items())))
                 # By the turn's place in the call: a long call's later turns must not cost more.
                 by_turn = [statistics.median(x[k] for x in latencies if len(x) > k) for k in range(max(map(len, latencies), default=0))]
                 print("      turn latency at the caller, p50 by turn: " + " ".join(f"{1000 * t:.0f}" for t in by_turn) + " ms")
