@@ -154,6 +154,8 @@ async def main_async(args: argparse.Namespace) -> None:
         cfg.providers.local.stt_partial_interval_ms = args.partial_interval_ms
     if args.stt_window_s is not None:
         cfg.providers.local.stt_window_s = args.stt_window_s
+    if args.tts_threads is not None:
+        cfg.providers.local.tts_threads = args.tts_threads
     eng = Engine(cfg)
     meter = CpuMeter(eng, {sim.pid})
     sim_url = f"http://127.0.0.1:{port}"
@@ -198,6 +200,7 @@ def main() -> int:
     ap.add_argument("--partial-interval-ms", type=int, help="providers.local.stt_partial_interval_ms for this run (default: config.toml's)")
     ap.add_argument("--llm", help="providers.local.llm_model for this run (default: config.toml's)")
     ap.add_argument("--stt-window-s", type=float, help="providers.local.stt_window_s for this run (default: config.toml's)")
+    ap.add_argument("--tts-threads", type=int, help="providers.local.tts_threads for this run (default: config.toml's)")
     ap.add_argument("--mode", choices=["stream", "file"], default="stream")
     args = ap.parse_args()
     asyncio.run(main_async(args))

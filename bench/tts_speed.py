@@ -1,6 +1,7 @@
 """Piper's cost per sentence in the TTS worker's setup (providers/local/tts.py): wall time and CPU
-time of all of onnxruntime's threads, with its worker threads sleeping between operators (the
-engine's setting) and spinning (onnxruntime's default), one sentence every 0.3 s as in a call.
+time of all of onnxruntime's threads, one sentence every 0.3 s as in a call; on one thread (the
+engine's default, providers.local.tts_threads) and on one a core, with the threads sleeping between
+operators (the engine's setting) and spinning (onnxruntime's default).
 
     python bench/tts_speed.py [--rounds 3]
 """
@@ -8,6 +9,7 @@ engine's setting) and spinning (onnxruntime's default), one sentence every 0.3 s
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -46,9 +48,11 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     path = resolve(JOE_VOICE, LocalProviderConfig().tts_voice_path)
+    cores = os.cpu_count() or 1
     print(f"Piper ({JOE_VOICE.package}), {len(SENTENCES)} sentences x {args.rounds}, twice each way, median per sentence:")
-    for label, spin in (("threads sleep (engine)", False), ("threads spin (default)", True)) * 2:
-        wall, cpu = measure(PiperTts(path, spin=spin), args.rounds)
+    ways = (("1 thread (engine)", 1, False), (f"{cores} threads, sleeping", cores, False), (f"{cores} threads, spinning", cores, True))
+    for label, threads, spin in ways * 2:
+        wall, cpu = measure(PiperTts(path, threads, spin=spin), args.rounds)
         print(f"  {label:24s} {wall * 1000:5.0f} ms   {cpu * 1000:5.0f} CPU-ms (with the 0.3 s after it)")
     return 0
 

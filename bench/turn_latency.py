@@ -108,7 +108,7 @@ def stage_alone(cfg: LocalProviderConfig, profile: AgentProfile, prompts: list[s
     of the utterance, LLM until its first sentence, TTS of that sentence."""
     stt = build_stt(cfg)
     llm = ChatModel(resolve_llm(cfg.llm_model, cfg.llm_model_path), cfg.llm_context, cfg.llm_threads, cfg.llm_chat_format)
-    tts = PiperTts(resolve(JOE_VOICE, cfg.tts_voice_path))
+    tts = PiperTts(resolve(JOE_VOICE, cfg.tts_voice_path), cfg.tts_threads)
     sums = []
     for p in prompts:
         pcm, _ = phone_audio(SOUNDS / f"{p}.wav")
@@ -184,6 +184,8 @@ def config(args: argparse.Namespace, env: dict[str, str]) -> AppConfig:
         cfg.providers.local.stt_partial_interval_ms = args.partial_interval_ms
     if args.stt_window_s is not None:
         cfg.providers.local.stt_window_s = args.stt_window_s
+    if args.tts_threads is not None:
+        cfg.providers.local.tts_threads = args.tts_threads
     if args.facts:
         from answers import DENTIST
 
@@ -299,6 +301,7 @@ def main() -> int:
     ap.add_argument("--complete-end-ms", type=int, help="providers.local.complete_end_ms for this run (default: config.toml's)")
     ap.add_argument("--partial-interval-ms", type=int, help="providers.local.stt_partial_interval_ms for this run (default: config.toml's)")
     ap.add_argument("--stt-window-s", type=float, help="providers.local.stt_window_s for this run (default: config.toml's)")
+    ap.add_argument("--tts-threads", type=int, help="providers.local.tts_threads for this run (default: config.toml's)")
     ap.add_argument("--hold-after-ms", type=int, default=0, help="providers.local.hold_after_ms (default 0: no hold line, the answers are timed)")
     args = ap.parse_args()
     asyncio.run(scaling(args) if args.pipeline else main_async(args))

@@ -272,6 +272,7 @@ ENV_OVERRIDES: dict[str, str] = {
     "LOCAL_LLM_CONTEXT": "providers.local.llm_context",
     "LOCAL_LLM_TEMPERATURE": "providers.local.llm_temperature",
     "LOCAL_TTS_VOICE_PATH": "providers.local.tts_voice_path",
+    "LOCAL_TTS_THREADS": "providers.local.tts_threads",
     "AIAGENT_FALLBACK_PROVIDER": "providers.fallback",
     "DEEPGRAM_AGENT_URL": "providers.deepgram.agent_url",
 }

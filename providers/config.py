@@ -65,6 +65,10 @@ class LocalProviderConfig(ConfigSection):
     llm_threads: int = Field(1, ge=1, le=64)  # half the cores, as stt_threads
     history_turns: int = Field(6, ge=0, le=100)  # earlier exchanges kept in the prompt, at most (pipeline.history_window)
     tts_voice_path: str = ""  # a Piper .onnx voice (its .onnx.json beside it)
+    # Piper's operator threads (onnxruntime's default: one per core). One, as Whisper and the LLM:
+    # a sentence takes about 100 ms longer alone but 10-15 % less CPU in a call, which the other
+    # callers' models get (README, "Piper on one thread too").
+    tts_threads: int = Field(1, ge=1, le=64)
     tts_cache_size: int = Field(128, ge=0, le=100000)  # synthesized sentences kept
     max_queue: int = Field(16, ge=1, le=1000)  # model jobs waiting before new ones are refused
     # A model worker process with work but no progress this long is hung: killed and restarted.

@@ -87,11 +87,12 @@ def test_local_provider_settings_come_from_the_environment():
         "LOCAL_LLM_CONTEXT": "4096",
         "LOCAL_LLM_TEMPERATURE": "0.7",
         "LOCAL_TTS_VOICE_PATH": "/voices/amy.onnx",
+        "LOCAL_TTS_THREADS": "2",
     }
     c = load_config(None, env=env).providers.local
     assert (c.stt_engine, c.stt_model_path, c.stt_threads) == ("pocketsphinx", "/models/vosk", 3)
     assert (c.llm_model_path, c.llm_max_tokens, c.llm_threads, c.llm_context, c.llm_temperature) == ("/models/other.gguf", 99, 4, 4096, 0.7)
-    assert c.tts_voice_path == "/voices/amy.onnx"
+    assert (c.tts_voice_path, c.tts_threads) == ("/voices/amy.onnx", 2)
     with pytest.raises(ConfigError, match=r"providers.local.llm_max_tokens: .*\(from environment variable LOCAL_LLM_MAX_TOKENS\)"):
         load_config(None, env={"LOCAL_LLM_MAX_TOKENS": "0"})
 

@@ -367,24 +367,29 @@ def test_a_whisper_pass_cancelled_while_its_encoder_runs_is_not_decoded(whisper,
     assert (len(encoded), decoder.decoded) == (2, 1)
 
 
-async def test_a_whisper_pass_in_the_stt_worker_takes_one_core_not_two():
-    """stt_threads = 1 is one core: numpy's OpenBLAS (faster-whisper's mel filterbank) would start a
-    thread per core that spins after each call, so that each pass cost twice its time in CPU."""
+@pytest.mark.parametrize("kind", ["stt", "tts"])
+async def test_a_job_in_a_one_thread_worker_takes_one_core_not_two(kind):
+    """stt_threads = 1 and tts_threads = 1 are one core each. For Whisper, numpy's OpenBLAS
+    (faster-whisper's mel filterbank) would start a thread per core that spins after each call, so
+    that each pass cost twice its time in CPU; for Piper, onnxruntime's pool would run its
+    operators on every core."""
     import psutil
 
     from providers.local.workers import ModelWorker
 
     with wave.open(str(AGENT_PASS)) as w:
         prompt = Resampler(8000, 16000).process(w.readframes(w.getnframes()))
-    worker = ModelWorker("stt", LocalProviderConfig(stt_threads=1).model_dump(mode="json"), max_queue=4)
+    method, args = ("transcribe", (prompt, "")) if kind == "stt" else ("synthesize", ("We are open Monday to Friday from 8 am to 6 pm.",))
+    worker = ModelWorker(kind, LocalProviderConfig(stt_threads=1, tts_threads=1).model_dump(mode="json"), max_queue=4)
     await worker.start()
     try:
         assert worker.pid is not None
         proc = psutil.Process(worker.pid)
-        assert "please enter your password" in (await worker.run("transcribe", prompt, "")).lower()
+        first = await worker.run(method, *args)
+        assert "please enter your password" in first.lower() if kind == "stt" else len(first) > 22050
         cpu0, t0 = sum(proc.cpu_times()[:2]), time.perf_counter()
         for _ in range(8):
-            await worker.run("transcribe", prompt, "")
+            await worker.run(method, *args)
         cpu, wall = sum(proc.cpu_times()[:2]) - cpu0, time.perf_counter() - t0
     finally:
         await worker.close()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 class PiperTts:
-    def __init__(self, voice_path: Path, spin: bool = False) -> None:
+    def __init__(self, voice_path: Path, threads: int, spin: bool = False) -> None:
         import onnxruntime
         from piper import PiperConfig, PiperVoice
 
@@ -15,6 +15,7 @@ class PiperTts:
         # operators instead of spinning (``spin``: its default, for bench/tts_speed.py): the spin
         # costs CPU time that the other callers' Whisper and LLM work needs, for 20 ms a sentence.
         options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
         for key in ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning"):
             options.add_session_config_entry(key, "1" if spin else "0")
         config = voice_path.with_name(voice_path.name + ".json")

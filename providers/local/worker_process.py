@@ -69,7 +69,7 @@ class _Model:
                 llm.answer_slice(a[1] if a[1] is not None else llm.prompt_tokens(a[0]), a[2], a[3], chunk, cancelled, conversation=a[4])
             )
         elif kind == "tts":
-            tts = PiperTts(resolve(JOE_VOICE, cfg.tts_voice_path))
+            tts = PiperTts(resolve(JOE_VOICE, cfg.tts_voice_path), cfg.tts_threads)
             self.detail = str(tts.sample_rate)
             self.methods["synthesize"] = lambda a, chunk, cancelled: tts.synthesize(a[0])
         else:
