@@ -3,7 +3,7 @@
     python bench/stt_wer.py [--engines whisper,pocketsphinx] [--limit N]
     python bench/stt_wer.py --profiles
     python bench/stt_wer.py --windows 30,15,10 [--limit N]
-    python bench/stt_wer.py --departments
+    python bench/stt_wer.py --departments [--renditions N]
 
 --profiles: the questions of bench/answers.py and some full of the businesses' own names, spoken
 by the simulator's caller voice at 8 kHz, transcribed by Whisper with nothing, with the profile's
@@ -18,7 +18,9 @@ error rate, time per item (p50, max) and the items the model looped on (its word
 --departments: callers asking for a profile's departments in their own words, transcribed as calls
 are (the facts as the prompt): how many transcripts name the department, and how many the local
 pipeline turns into the right transfer (providers.intents.decide, which also takes a name that
-sounds like a department's); and how many of the --profiles questions it takes for an action.
+sounds like a department's); and how many of the --profiles questions it takes for an action. Each
+spoken in --renditions renditions: the caller's voice samples, and one rendition in 37 of "Can you
+put me through to billing?" came out "Can you put me to the billing".
 
 Prompts: the top-level files of asterisk-core-sounds-en-wav whose names start with a to m (the
 rest are held out), against their texts in asterisk-core-sounds-en's core-sounds-en.txt. Each is
@@ -182,17 +184,21 @@ DEPARTMENT_REQUESTS = [
     ("I have a question about my bill, can you transfer me to billing?", "billing"),
     ("Billing, please.", "billing"),
     ("I'd like to speak to billing.", "billing"),
+    ("Could you send me over to billing?", "billing"),
+    ("Can I get billing, please?", "billing"),
     ("Connect me with appointments, please.", "appointments"),
     ("Can you transfer me to appointments?", "appointments"),
     ("I want to talk to the appointments desk.", "appointments"),
+    ("Can you put me on to appointments?", "appointments"),
     ("Put me through to the operator please.", "operator"),
     ("Can I speak to the operator?", "operator"),
     ("Operator.", "operator"),
     ("Could you connect me to a real person at the front desk, the operator?", "operator"),
+    ("Could you forward me to the operator?", "operator"),
 ]
 
 
-def measure_departments() -> None:
+def measure_departments(renditions: int) -> None:
     from answers import DENTIST
     from pbxsim.voice import speak
 
@@ -203,25 +209,29 @@ def measure_departments() -> None:
         facts=DENTIST, departments={n: Department(description=d, context="from-internal", extension="200") for n, d in DEPARTMENTS.items()}
     )
     stt = build_stt(LocalProviderConfig())
-    print(f"department requests: {len(DEPARTMENT_REQUESTS)} to {len(DEPARTMENTS)} departments, the simulator's caller voice, 8 kHz u-law")
+    n = len(DEPARTMENT_REQUESTS) * renditions
+    print(f"department requests: {len(DEPARTMENT_REQUESTS)} to {len(DEPARTMENTS)} departments, {renditions} renditions each "
+          "in the simulator's caller voice, 8 kHz u-law")
     named = right = 0
     for q, dept in DEPARTMENT_REQUESTS:
-        heard = stt.transcribe(phone_audio_of(speak(q)), profile.stt_prompt())
-        action = decide(heard, profile)
-        words = normalize(heard).split()
-        named += dept in words or dept.removesuffix("s") in words
-        ok = action is not None and action.department == dept
-        right += ok
-        if not ok:
-            print(f"      {q!r} -> {heard!r}: {action}")
-    print(f"  the department's name in the transcript: {named}/{len(DEPARTMENT_REQUESTS)}   transferred right: {right}/{len(DEPARTMENT_REQUESTS)}")
+        for r in range(renditions):
+            heard = stt.transcribe(phone_audio_of(speak(q, r)), profile.stt_prompt())
+            action = decide(heard, profile)
+            words = normalize(heard).split()
+            named += dept in words or dept.removesuffix("s") in words
+            ok = action is not None and action.department == dept
+            right += ok
+            if not ok:
+                print(f"      {q!r} (rendition {r}) -> {heard!r}: {action}")
+    print(f"  the department's name in the transcript: {named}/{n}   transferred right: {right}/{n}")
     questions = profile_questions()  # the three businesses', each with these departments
     wrong = []
     for facts, q, vocabulary in questions:
-        heard = stt.transcribe(phone_audio_of(speak(q)), vocabulary)
-        if (action := decide(heard, profile.model_copy(update={"facts": facts}))) is not None:
-            wrong.append((heard, action))
-    print(f"  the businesses' questions taken for an action: {len(wrong)}/{len(questions)}")
+        for r in range(renditions):
+            heard = stt.transcribe(phone_audio_of(speak(q, r)), vocabulary)
+            if (action := decide(heard, profile.model_copy(update={"facts": facts}))) is not None:
+                wrong.append((heard, action))
+    print(f"  the businesses' questions taken for an action: {len(wrong)}/{len(questions) * renditions}")
     for heard, action in wrong:
         print(f"      {heard!r}: {action}")
 
@@ -263,6 +273,7 @@ def main() -> int:
     ap.add_argument("--limit", type=int, default=0, help="only the first N prompts")
     ap.add_argument("--show", type=int, default=5, help="print this many mismatches per engine")
     ap.add_argument("--departments", action="store_true", help="department requests: named in the transcript, and transferred right")
+    ap.add_argument("--renditions", type=int, default=8, help="--departments: how many renditions of each request (the voice samples)")
     ap.add_argument("--windows", default="", help="minimum encoder windows to compare, in seconds: 30,15,10")
     args = ap.parse_args()
     if args.windows:
@@ -272,7 +283,7 @@ def main() -> int:
         measure_profiles()
         return 0
     if args.departments:
-        measure_departments()
+        measure_departments(args.renditions)
         return 0
     items = prompts()
     if args.limit:

@@ -18,9 +18,17 @@ from providers.profile import OPERATOR, AgentProfile
 
 _WORD = re.compile(r"[a-z0-9']+")
 # Asking to be put through (the verbs), and asking for a person rather than a department.
-_TRANSFER = re.compile(r"\b(transfer|put me (?:through|thru)|put through|through to|connect me|speak (?:to|with)|talk (?:to|with)|get me)\b")
-# Wanting something a department does ("I need to change my appointment"): enough with its name.
-_REQUEST = re.compile(r"\b(i need|i want|i'd like|i would like|change|cancel|book|reschedule)\b")
+# "Put me to the billing": how Whisper wrote one rendition in 37 of "put me through to billing".
+_TRANSFER = re.compile(
+    r"\b(transfer|put me (?:through|thru|on ?to|over to|to)|put through|through to|connect me|speak (?:to|with)|talk (?:to|with)|"
+    r"get me|send me (?:\w+ )?(?:over |through )?to|forward me|pass me (?:on |over )?to|redirect me)\b"
+)
+# Asking for the department alone ("Can I get billing, please?", which Whisper writes "Can I get Bill
+# and please?"): what is asked for is then the name, as Whisper may have written it.
+_ASK_FOR = re.compile(r"(?:can|could|may) i (?:have|get) (?:the )?([a-z' ]+?),? ?(?:please)?[.?!]*")
+# Wanting something a department does ("I need to change my appointment"), or the department itself
+# ("Can I have billing?"): enough with its name.
+_REQUEST = re.compile(r"\b(i need|i want|i'd like|i would like|(?:can|could|may) i (?:have|get)|change|cancel|book|reschedule)\b")
 _PERSON = {"operator", "person", "human", "someone", "somebody", "receptionist", "anyone", "anybody", "agent"}
 _GOODBYE = re.compile(
     r"\b(good ?bye|bye(?: bye)?|that's (?:all|it|everything)|that is (?:all|it|everything)|nothing else|"
@@ -52,11 +60,14 @@ def _sounds(word: str) -> str:
 def _sounds_like(said: str, name_word: str) -> bool:
     """Whisper tiny.en writes a department's name as words that sound like it: "billing" comes out
     "the building", "Billin" or "Bill and" (bench/stt_wer.py --departments). Same first letter,
-    and the sound codes (metaphone) one edit apart at most; or its start ("transfer me to bill")."""
+    and the sound codes (metaphone) one edit apart at most; or its start ("transfer me to bill"),
+    in letters or in sound (a long name cut short: "a point" for "appointments")."""
     if len(said) >= 4 and name_word.startswith(said):
         return True
-    want = _sounds(name_word)
-    return len(want) >= 3 and said[:1] == name_word[:1] and jellyfish.levenshtein_distance(want, _sounds(said)) <= 1
+    want, heard = _sounds(name_word), _sounds(said)
+    if said[:1] != name_word[:1] or len(want) < 3:
+        return False
+    return jellyfish.levenshtein_distance(want, heard) <= 1 or (len(heard) >= 4 and want.startswith(heard))
 
 
 def _department_mentioned(words: list[str], profile: AgentProfile, sound_alike: bool = False) -> str | None:
@@ -74,6 +85,18 @@ def _department_mentioned(words: list[str], profile: AgentProfile, sound_alike: 
         for name in profile.departments:
             if all(any(_sounds_like(w, n) for w in said) for n in _name_words(name)):
                 return name
+    return None
+
+
+def _name_alone(words: list[str], profile: AgentProfile) -> str | None:
+    """The department whose name ``words`` are: one word, or two that run together ("bill and")."""
+    if not 1 <= len(words) <= 2:
+        return None
+    said = "".join(words)
+    for name in profile.departments:
+        name_words = _name_words(name)
+        if len(name_words) == 1 and _sounds_like(said, name_words[0]):
+            return name
     return None
 
 
@@ -98,6 +121,8 @@ def decide(text: str, profile: AgentProfile, offered: str | None = None) -> Acti
     direct = asks or len(words) <= 3  # asks to be put through, or says little else ("Billing, please.")
     # There a name that only sounds like a department's counts too ("Bill and, please.").
     dept = _department_mentioned(words, profile, sound_alike=direct)
+    if dept is None and (ask := _ASK_FOR.fullmatch(lowered.strip())):
+        dept = _name_alone(_words(ask.group(1)), profile)
     if dept is not None and (direct or _REQUEST.search(lowered)):
         return ActionRequest("transfer", dept, f"caller asked: {text!r}")
     if OPERATOR in profile.departments and direct and _PERSON & set(words):

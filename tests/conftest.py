@@ -2,6 +2,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
+import io
+import logging
 import os
 import shutil
 import socket
@@ -26,6 +29,33 @@ AGENT_PASS = SOUNDS / "agent-pass.wav"  # 3.3 s
 def pytest_collection_modifyitems(config, items):
     if not HELLO.exists():
         raise pytest.UsageError(f"{HELLO} is missing: run scripts/setup.sh (installs asterisk-core-sounds-en-wav)")
+    for item in items:
+        if inspect.iscoroutinefunction(getattr(item, "function", None)):
+            item.fixturenames.append("awaits_named_before_the_timeout")
+
+
+@pytest.fixture
+async def awaits_named_before_the_timeout(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """pytest-timeout prints the threads' stacks, and an async test that hangs shows only its event
+    loop's poll there. Shortly before the timeout, every task's await is logged (shown with the
+    failure, as the test's INFO log is)."""
+    marker = request.node.get_closest_marker("timeout")
+    limit = float(marker.args[0]) if marker is not None and marker.args else float(request.config.getini("timeout") or 0)
+    if limit <= 0:
+        yield
+        return
+    handle = asyncio.get_running_loop().call_later(max(limit - 5, limit * 0.9), _log_awaits)
+    try:
+        yield
+    finally:
+        handle.cancel()
+
+
+def _log_awaits() -> None:
+    out = io.StringIO()
+    for task in asyncio.all_tasks():
+        task.print_stack(file=out)
+    logging.getLogger("tests.timeout").warning("about to time out; the tasks await:\n%s", out.getvalue())
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:

@@ -24,6 +24,15 @@ PROFILE = AgentProfile(departments={
     ("Billing, please.", ("transfer", "billing")),
     # How Whisper tiny.en writes them on the phone line (bench/stt_wer.py --departments).
     ("Can you put me through the building, please?", ("transfer", "billing")),
+    ("Can you put me to the billing, please.", ("transfer", "billing")),  # one rendition in 37 of the first
+    ("Could you send me over to billing?", ("transfer", "billing")),
+    ("Can I get billing, please?", ("transfer", "billing")),
+    ("Can you put me on to appointments?", ("transfer", "appointments")),
+    ("Could you forward me to the operator?", ("transfer", "operator")),
+    ("Could you send me it over to Bill N?", ("transfer", "billing")),
+    ("Can I get Bill and please?", ("transfer", "billing")),
+    ("Can I get building, please?", ("transfer", "billing")),
+    ("Can you put me on to a point map?", ("transfer", "appointments")),
     ("Bill and please.", ("transfer", "billing")),
     ("Building, please.", ("transfer", "billing")),
     ("I have a question about my bill. Can you transfer me to bill?", ("transfer", "billing")),
@@ -39,6 +48,9 @@ PROFILE = AgentProfile(departments={
     ("Is the parking free?", None),
     ("Is the building accessible by wheelchair?", None),  # sounds like billing, but asks nothing of it
     ("Can you put me through, I'm willing to wait.", None),  # not billing: another first sound
+    ("Can I get the building's address?", None),  # asks for something, but only sounds like billing
+    ("Can you put me on hold?", None),
+    ("Could you send me the invoice?", None),  # a department's word, but not a request to be put through
 ])
 def test_caller_words(said, want):
     got = decide(said, PROFILE)
