@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import AsyncIterator, Callable, Iterator
 
@@ -34,17 +35,28 @@ def pytest_collection_modifyitems(config, items):
             item.fixturenames.append("awaits_named_before_the_timeout")
 
 
+# When pytest-timeout's timer started for a test, and its limit (as it resolved them: the ini, --timeout,
+# the marker, PYTEST_TIMEOUT).
+_TIMER = pytest.StashKey[tuple[float, float]]()
+
+
+def pytest_timeout_set_timer(item, settings):
+    item.stash[_TIMER] = (time.monotonic(), float(settings.timeout))
+    # None: pytest-timeout's own implementation still sets its timer.
+
+
 @pytest.fixture
 async def awaits_named_before_the_timeout(request: pytest.FixtureRequest) -> AsyncIterator[None]:
     """pytest-timeout prints the threads' stacks, and an async test that hangs shows only its event
     loop's poll there. Shortly before the timeout, every task's await is logged (shown with the
-    failure, as the test's INFO log is)."""
-    marker = request.node.get_closest_marker("timeout")
-    limit = float(marker.args[0]) if marker is not None and marker.args else float(request.config.getini("timeout") or 0)
+    failure, as the test's INFO log is). Timed from pytest-timeout's own start: the fixtures set up
+    before this one (servers started) count against the limit too."""
+    started, limit = request.node.stash.get(_TIMER, (0.0, 0.0))
     if limit <= 0:
         yield
         return
-    handle = asyncio.get_running_loop().call_later(max(limit - 5, limit * 0.9), _log_awaits)
+    warn_at = started + limit - min(5.0, limit * 0.1)
+    handle = asyncio.get_running_loop().call_later(max(0.0, warn_at - time.monotonic()), _log_awaits)
     try:
         yield
     finally:
