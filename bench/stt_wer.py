@@ -18,7 +18,9 @@ error rate, time per item (p50, max) and the items the model looped on (its word
 --departments: callers asking for a profile's departments in their own words, transcribed as calls
 are (the facts as the prompt): how many transcripts name the department, and how many the local
 pipeline turns into the right transfer (providers.intents.decide, which also takes a name that
-sounds like a department's); and how many of the --profiles questions it takes for an action. Each
+sounds like a department's); how many questions for a thing named after a department ("Can I have
+the billing address?") it takes for a transfer; and how many of the --profiles questions it takes
+for an action. Each
 spoken in --renditions renditions: the caller's voice samples, and one rendition in 37 of "Can you
 put me through to billing?" came out "Can you put me to the billing".
 
@@ -195,6 +197,17 @@ DEPARTMENT_REQUESTS = [
     ("Operator.", "operator"),
     ("Could you connect me to a real person at the front desk, the operator?", "operator"),
     ("Could you forward me to the operator?", "operator"),
+    ("I need billing, please.", "billing"),
+    ("I want a refund for my order.", "billing"),
+]
+# Wanting a thing named after a department, not the department: the LLM answers them.
+DEPARTMENT_WORD_QUESTIONS = [
+    "Can I have the billing address?",
+    "I need the billing address for a check.",
+    "Could I get the billing department's email?",
+    "Can I have the refund policy?",
+    "I'd like the operator's phone number.",
+    "I want the appointments email address.",
 ]
 
 
@@ -224,6 +237,15 @@ def measure_departments(renditions: int) -> None:
             if not ok:
                 print(f"      {q!r} (rendition {r}) -> {heard!r}: {action}")
     print(f"  the department's name in the transcript: {named}/{n}   transferred right: {right}/{n}")
+    taken = []
+    for q in DEPARTMENT_WORD_QUESTIONS:
+        for r in range(renditions):
+            heard = stt.transcribe(phone_audio_of(speak(q, r)), profile.stt_prompt())
+            if (action := decide(heard, profile)) is not None:
+                taken.append((heard, action))
+    print(f"  questions about a thing named after a department taken for a transfer: {len(taken)}/{len(DEPARTMENT_WORD_QUESTIONS) * renditions}")
+    for heard, action in taken:
+        print(f"      {heard!r}: {action}")
     questions = profile_questions()  # the three businesses', each with these departments
     wrong = []
     for facts, q, vocabulary in questions:

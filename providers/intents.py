@@ -10,6 +10,7 @@ microseconds, and they can only name the profile's own departments.
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
 
 import jellyfish
 
@@ -17,6 +18,7 @@ from providers.base import ActionRequest
 from providers.profile import OPERATOR, AgentProfile
 
 _WORD = re.compile(r"[a-z0-9']+")
+_TOKEN = re.compile(r"[a-z0-9']+|[,.;:!?]")  # words and the punctuation that ends a clause
 # Asking to be put through (the verbs), and asking for a person rather than a department.
 # "Put me to the billing": how Whisper wrote one rendition in 37 of "put me through to billing".
 _TRANSFER = re.compile(
@@ -27,9 +29,18 @@ _CAN_I_HAVE = r"(?:can|could|may) i (?:have|get)"
 # Asking for the department alone ("Can I get billing, please?", which Whisper writes "Can I get Bill
 # and please?"): what is asked for is then the name, as Whisper may have written it.
 _ASK_FOR = re.compile(_CAN_I_HAVE + r" (?:the )?([a-z' ]+?),? ?(?:please)?[.?!]*")
-# Wanting something a department does ("I need to change my appointment"), or the department itself
-# ("Can I have billing?"): enough with its name.
-_REQUEST = re.compile(rf"\b(i need|i want|i'd like|i would like|{_CAN_I_HAVE}|change|cancel|book|reschedule)\b")
+# Doing something a department does ("I need to change my appointment"): enough with its name.
+_DOES = re.compile(r"\b(change|cancel|book|reschedule)\b")
+# Wanting the department itself ("Can I have billing?", "I need a refund"): enough with its name when
+# that is what is wanted, not a word for another thing ("Can I have the billing address?").
+_WANTS = re.compile(rf"\b(i need|i want|i'd like|i would like|{_CAN_I_HAVE})\b")
+# What may follow the wanted department (or its word) in the same clause: it ends the thing wanted.
+_AFTER_WANTED = frozenset({
+    "please", "thanks", "thank", "now", "today", "again", "too", "then", "right", "and", "or", "but", "so", "because",
+    "since", "as", "if", "when", "with", "for", "about", "regarding", "on", "to", "in", "at", "from", "by", "of", "i",
+    "i'm", "my", "me", "someone", "somebody", "person", "line",
+})
+_UNIT = frozenset({"department", "dept", "team", "desk", "office"})  # part of the name: "the billing department"
 _PERSON = {"operator", "person", "human", "someone", "somebody", "receptionist", "anyone", "anybody", "agent"}
 _GOODBYE = re.compile(
     r"\b(good ?bye|bye(?: bye)?|that's (?:all|it|everything)|that is (?:all|it|everything)|nothing else|"
@@ -71,22 +82,43 @@ def _sounds_like(said: str, name_word: str) -> bool:
     return jellyfish.levenshtein_distance(want, heard) <= 1 or (len(heard) >= 4 and want.startswith(heard))
 
 
-def _department_mentioned(words: list[str], profile: AgentProfile, sound_alike: bool = False) -> str | None:
+class _Mention(NamedTuple):
+    department: str
+    words: frozenset[str]  # the stems that named it: its name's, or its description's
+
+
+def _department_mentioned(words: list[str], profile: AgentProfile, sound_alike: bool = False) -> _Mention | None:
     stems = {_stem(w) for w in words}
     for name in profile.departments:
-        if {_stem(w) for w in _name_words(name)} <= stems:
-            return name
+        if (named := frozenset(_stem(w) for w in _name_words(name))) <= stems:
+            return _Mention(name, named)
     for name, d in profile.departments.items():
         keys = {_stem(w) for w in _words(d.description) if len(w) >= 4 and w not in _STOP}
         if keys & stems:
-            return name
+            return _Mention(name, frozenset(keys & stems))
     if sound_alike:
         # Each word, and each pair of words written as one ("bill and" for "billing").
         said = [*words, *(a + b for a, b in zip(words, words[1:], strict=False))]
         for name in profile.departments:
             if all(any(_sounds_like(w, n) for w in said) for n in _name_words(name)):
-                return name
+                return _Mention(name, frozenset())
     return None
+
+
+def _wanted(text: str, named: frozenset[str]) -> bool:
+    """Whether a word that named the department stands for what the caller wants ("I need billing,
+    please", "a refund for my order") rather than describing the next word ("the billing address",
+    "the refund policy")."""
+    tokens = _TOKEN.findall(text.lower().replace("-", " "))
+    for i, token in enumerate(tokens):
+        if _stem(token) not in named:
+            continue
+        j = i + 1
+        while j < len(tokens) and (_stem(tokens[j]) in named or _stem(tokens[j]) in _UNIT):
+            j += 1
+        if j == len(tokens) or not tokens[j][0].isalnum() or tokens[j] in _AFTER_WANTED:
+            return True
+    return False
 
 
 def _name_alone(words: list[str], profile: AgentProfile) -> str | None:
@@ -106,7 +138,9 @@ def offered_department(agent_text: str, profile: AgentProfile) -> str | None:
     does not know, or that names one), if any."""
     if not _OFFER.search(agent_text.lower()):
         return None
-    return _department_mentioned(_words(agent_text), profile) or (OPERATOR if OPERATOR in profile.departments else None)
+    if mention := _department_mentioned(_words(agent_text), profile):
+        return mention.department
+    return OPERATOR if OPERATOR in profile.departments else None
 
 
 def decide(text: str, profile: AgentProfile, offered: str | None = None) -> ActionRequest | None:
@@ -121,10 +155,13 @@ def decide(text: str, profile: AgentProfile, offered: str | None = None) -> Acti
     asks = bool(_TRANSFER.search(lowered))
     direct = asks or len(words) <= 3  # asks to be put through, or says little else ("Billing, please.")
     # There a name that only sounds like a department's counts too ("Bill and, please.").
-    dept = _department_mentioned(words, profile, sound_alike=direct)
-    if dept is None and (ask := _ASK_FOR.fullmatch(lowered.strip())):
+    dept = None
+    if mention := _department_mentioned(words, profile, sound_alike=direct):
+        if direct or _DOES.search(lowered) or (_WANTS.search(lowered) and _wanted(text, mention.words)):
+            dept = mention.department
+    elif ask := _ASK_FOR.fullmatch(lowered.strip()):
         dept = _name_alone(_words(ask.group(1)), profile)
-    if dept is not None and (direct or _REQUEST.search(lowered)):
+    if dept is not None:
         return ActionRequest("transfer", dept, f"caller asked: {text!r}")
     if OPERATOR in profile.departments and direct and _PERSON & set(words):
         return ActionRequest("transfer", OPERATOR, f"caller asked for a person: {text!r}")

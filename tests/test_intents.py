@@ -51,6 +51,18 @@ PROFILE = AgentProfile(departments={
     ("Can I get the building's address?", None),  # asks for something, but only sounds like billing
     ("Can you put me on hold?", None),
     ("Could you send me the invoice?", None),  # a department's word, but not a request to be put through
+    # Wanting the department, or a thing it does, against wanting a thing named after it: the LLM answers.
+    ("I need billing.", ("transfer", "billing")),
+    ("Can I have the billing department, please?", ("transfer", "billing")),
+    ("I want a refund for my order.", ("transfer", "billing")),
+    ("I'd like a refund, the order came late.", ("transfer", "billing")),
+    ("I need to change my billing address.", ("transfer", "billing")),
+    ("I'd like to cancel my appointment tomorrow.", ("transfer", "appointments")),
+    ("Can I have the billing address?", None),
+    ("I need the billing address for a check.", None),
+    ("Could I get the billing department's email?", None),
+    ("Can I have the refund policy?", None),
+    ("I'd like the operator's phone number.", None),
 ])
 def test_caller_words(said, want):
     got = decide(said, PROFILE)
