@@ -237,25 +237,24 @@ def measure_departments(renditions: int) -> None:
             if not ok:
                 print(f"      {q!r} (rendition {r}) -> {heard!r}: {action}")
     print(f"  the department's name in the transcript: {named}/{n}   transferred right: {right}/{n}")
-    taken = []
-    for q in DEPARTMENT_WORD_QUESTIONS:
-        for r in range(renditions):
-            heard = stt.transcribe(phone_audio_of(speak(q, r)), profile.stt_prompt())
-            if (action := decide(heard, profile)) is not None:
-                taken.append((heard, action))
-    print(f"  questions about a thing named after a department taken for a transfer: {len(taken)}/{len(DEPARTMENT_WORD_QUESTIONS) * renditions}")
-    for heard, action in taken:
-        print(f"      {heard!r}: {action}")
-    questions = profile_questions()  # the three businesses', each with these departments
-    wrong = []
-    for facts, q, vocabulary in questions:
-        for r in range(renditions):
-            heard = stt.transcribe(phone_audio_of(speak(q, r)), vocabulary)
-            if (action := decide(heard, profile.model_copy(update={"facts": facts}))) is not None:
-                wrong.append((heard, action))
-    print(f"  the businesses' questions taken for an action: {len(wrong)}/{len(questions) * renditions}")
-    for heard, action in wrong:
-        print(f"      {heard!r}: {action}")
+
+    def taken_for_action(label: str, items: list[tuple[AgentProfile, str]]) -> None:
+        """Questions, spoken and transcribed as calls are, that the rules take for an action."""
+        taken = []
+        for asked, q in items:
+            for r in range(renditions):
+                heard = stt.transcribe(phone_audio_of(speak(q, r)), asked.stt_prompt())
+                if (action := decide(heard, asked)) is not None:
+                    taken.append((heard, action))
+        print(f"  {label}: {len(taken)}/{len(items) * renditions}")
+        for heard, action in taken:
+            print(f"      {heard!r}: {action}")
+
+    taken_for_action("questions about a thing named after a department taken for a transfer",
+                     [(profile, q) for q in DEPARTMENT_WORD_QUESTIONS])
+    # The three businesses' questions, each business with these departments.
+    taken_for_action("the businesses' questions taken for an action",
+                     [(profile.model_copy(update={"facts": facts}), q) for facts, q, _ in profile_questions()])
 
 
 def phone_audio_of(ulaw: bytes) -> bytes:
