@@ -66,7 +66,8 @@ HELP = """\
   [b]dB[/b]        the caller's level (dBFS: 0 is full scale; speech is about -30, silence under -50)
   [b]GATED[/b]     the caller is not listened to while the agent speaks (except for barge-in); [b]open[/b]: heard
   [b]waiting Ns[/b]  a turn has waited that long for the models (the caller hears nothing)
-  [b]timeline[/b]  per turn: speech end → STT → LLM's first sentence → TTS → first audio out;
+  [b]timeline[/b]  per turn: the caller's last voiced frame → eos (the wait until the engine decides
+            they have finished) → STT → LLM's first sentence → TTS → first audio out;
             [b]N ms waiting for models[/b]: of it, behind other calls' model work
 """
 

@@ -147,6 +147,7 @@ def show(r: CallRecord, out: TextIO) -> None:
     length = r.duration_s if r.ended_at is not None else time.time() - r.started_at  # a live call's row has no length yet
     p(f"  started {_clock(r.started_at)}, {length:.1f} s, {ended}: {r.outcome}" + (f" ({r.end_reason})" if r.end_reason else ""))
     errors = f", {r.provider_errors} provider error(s), last: {r.last_provider_error}" if r.provider_errors else ""
+    errors += f", {r.turns_failed} turn(s) failed (answered with the apology)" if r.turns_failed else ""
     p(f"  providers: {' then '.join(r.providers) or '-'}{errors}; audio to the caller as {r.downstream_mode}; barge-ins {r.barge_ins}")
     q = r.quality
     p(f"  RTP in: {q.packets_in} packets, {q.lost} lost ({q.loss_pct:.1f} %), jitter {q.jitter_ms:.1f} ms, {q.late_dropped} late, {q.malformed} malformed, {q.ssrc_changes} SSRC changes")
@@ -161,10 +162,11 @@ def show(r: CallRecord, out: TextIO) -> None:
         p("  (nothing said)")
     if r.turns:
         p()
-        p("turns (seconds from the end of the caller's speech)")
-        p(f"  {'at':11s}  {'to answer':>9s}  {'stt':>5s}  {'llm':>5s}  {'tts':>5s}  {'playout':>7s}  {'queued':>6s}  {'engine':>6s}")
+        p("turns (seconds from the caller's last voiced frame; eos: until the engine decided they had finished)")
+        p(f"  {'at':11s}  {'to answer':>9s}  {'eos':>5s}  {'stt':>5s}  {'llm':>5s}  {'tts':>5s}  {'playout':>7s}  {'queued':>6s}  {'engine':>6s}")
         for t in r.turns:
-            p(f"  {datetime.fromtimestamp(t.at).strftime('%H:%M:%S.%f')[:-4]}  {_s(t.latency_s):>9s}  {_s(t.stt_s):>5s}  {_s(t.llm_first_sentence_s):>5s}  {_s(t.tts_first_audio_s):>5s}  {_s(t.playout_s):>7s}  {_s(t.queued_s):>6s}  {_s(t.own_s):>6s}"
+            p(f"  {datetime.fromtimestamp(t.at).strftime('%H:%M:%S.%f')[:-4]}  {_s(t.latency_s):>9s}  {_s(t.endpoint_s):>5s}  {_s(t.stt_s):>5s}  {_s(t.llm_first_sentence_s):>5s}"
+              f"  {_s(t.tts_first_audio_s):>5s}  {_s(t.playout_s):>7s}  {_s(t.queued_s):>6s}  {_s(t.own_s):>6s}"
               + (f"  (the hold line at {t.hold_s:.2f}: 'to answer' is its)" if t.hold_s is not None else ""))
     if r.actions:
         p()

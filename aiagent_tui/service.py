@@ -40,10 +40,8 @@ async def run_headless(runtime: Runtime) -> int:
         finally:
             stopping.cancel()
             fatal.cancel()
-        if engine.fatal_error is not None:
-            log.critical("exiting: %s", engine.fatal_error)
         log.info("stopping: hanging up %d call(s)", len(engine.store))
-        return 1 if engine.fatal_error is not None else 0
+        return engine.fatal_exit_code if engine.fatal_error is not None else 0
     finally:
         for task in reloads:
             task.cancel()

@@ -11,7 +11,10 @@ from textual.widgets import Sparkline, Static
 from engine.sessions import ActionRecord, CallSnapshot, ConversationSnapshot, TranscriptTurn
 from engine.status import EngineSummary
 
+# A turn's parts, from the caller's last voiced frame: the wait for the end-of-speech decision
+# (eos), then the provider's stages.
 STAGES = (
+    ("eos", "last_voice_in", "speech_end", "blue"),
     ("stt", "speech_end", "stt_final", "cyan"),
     ("llm", "stt_final", "first_sentence", "magenta"),
     ("tts", "first_sentence", "tts_first_audio", "yellow"),
@@ -56,8 +59,16 @@ class HeaderBar(Pane):
             line1 = Text.assemble(ari, " │ ", to, " │ ", rtp, " │ " if provs else "", provs)
         else:
             line1 = Text.assemble(ari, "  │  ", rtp, "  │  providers: ", provs, to)
-        line2 = Text(f"calls {s.active_calls}/{s.max_calls}  total {s.calls_total}  refused {s.calls_rejected_over_capacity}  ", style="dim")
+        line2 = Text(f"calls {s.active_calls}/{s.max_calls}  ", style="dim")
+        if s.model_capacity is not None:  # what this machine's models serve at once (engine/capacity.py)
+            line2.append(f"model calls {s.model_calls}/{s.model_capacity}  ", style="yellow" if s.model_calls >= s.model_capacity else "dim")
+        line2.append(f"total {s.calls_total}  refused {s.calls_rejected_over_capacity + s.calls_refused_model_capacity}")  # dim: the line's style
+        if s.calls_refused_model_capacity:  # turned away because the models were at capacity
+            line2.append(f" ({s.calls_refused_model_capacity} at model capacity)", style="yellow")
+        line2.append("  ")
         line2.append(f"failed {s.calls_failed}", style="bold red" if s.calls_failed else "dim")
+        if s.turns_failed:  # turns answered with the apology: the models refused or lost them
+            line2.append(f"  turns failed {s.turns_failed}", style="bold red")
         line2.append("  │  " if self.compact else f"  │  {s.downstream_mode} playback  │  ", style="dim")
         busy = [q for q in s.model_queues if q.depth]
         if busy:  # model work queued: where the turns are waiting, instead of the URLs
@@ -191,7 +202,9 @@ class TimelinePane(Pane):
             self.show_content(Text("no turns yet", style="dim"))
             return
         out = Text()
-        scale = 30 / max(2.0, max((t.latency_s or 0) for t in c.turns[-5:]))
+        # 2 s (or the slowest turn) fills the pane beside "#N " and " NNNN ms", up to 30 cells.
+        room = self.content_size.width - len("#5  10000 ms") if self.content_size.width else 30
+        scale = max(5, min(30, room)) / max(2.0, max((t.latency_s or 0) for t in c.turns[-5:]))
         for i, t in enumerate(c.turns[-5:], 1):
             out.append(f"#{i} ")
             for _name, a, b, colour in STAGES:
@@ -202,8 +215,6 @@ class TimelinePane(Pane):
             out.append(f" {total * 1000:.0f} ms\n" if total is not None else " …\n")
             if t.queued_s is not None and t.queued_s >= QUEUED_SHOWN_S:  # behind other calls' model work
                 out.append(f"   {t.queued_s * 1000:.0f} ms waiting for models\n", style="red")
-        out.append("stt ", style="cyan")
-        out.append("llm ", style="magenta")
-        out.append("tts ", style="yellow")
-        out.append("out", style="green")
+        for n, (name, _a, _b, colour) in enumerate(STAGES):
+            out.append(name + (" " if n < len(STAGES) - 1 else ""), style=colour)
         self.show_content(out)

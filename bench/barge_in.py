@@ -5,8 +5,9 @@
 The simulator (aiagent-sim serve) and the engine (aiagent-tui --no-ui, tone provider answering
 each utterance with a 6 s beep) run as separate processes. Each simulated caller says a prompt,
 waits until it has heard 0.6 s of the beep, then says another prompt over it. The reaction is
-measured on the simulator's clock, from the onset of the caller's speech to the last agent audio
-the caller heard. Goals (issue 15): p50 80 ms in stream mode, 150 ms in file mode.
+measured on the caller's clock, from the onset of the caller's speech to the last agent audio
+the caller heard. Goals: p50 80 ms in stream mode, 150 ms in file mode. --pbx asterisk: the same callers on the real
+Asterisk 22 of ../shared/asterisk/ (aiagent-sim asterisk), the reaction taken at the caller's side.
 """
 
 from __future__ import annotations
@@ -22,23 +23,23 @@ from pathlib import Path
 
 import numpy as np
 
-from common import free_port, http_json, scratch_media
+from common import BenchPbx, free_port, http_json, scratch_media
 
 ROOT = Path(__file__).resolve().parent.parent
 SOUNDS = Path("/usr/share/asterisk/sounds/en_US_f_Allison")
 BIN = Path(sys.executable).parent
 
 
-def run_mode(mode: str, calls: int, concurrency: int) -> tuple[list[float], int]:
-    ari, health = free_port(), free_port()
+def run_mode(mode: str, calls: int, concurrency: int, pbx_kind: str) -> tuple[list[float], int]:
+    health = free_port()
     media = tempfile.mkdtemp()
-    sim = subprocess.Popen([BIN / "aiagent-sim", "serve", "--port", str(ari)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    env = {**os.environ, "ASTERISK_ARI_PORT": str(ari), "HEALTH_PORT": str(health), "RTP_PORT": str(free_port()),
+    pbx = BenchPbx(pbx_kind)
+    env = {**os.environ, **pbx.engine_env, "HEALTH_PORT": str(health), "RTP_PORT": str(free_port()),
            "AIAGENT_PROVIDER": "tone", "AIAGENT_DOWNSTREAM_MODE": mode, "AIAGENT_MEDIA_DIR": scratch_media(media)}
     cfg = Path(media) / "config.toml"
     cfg.write_text("[providers.tone]\nduration_ms = 6000\n")
     eng = subprocess.Popen([BIN / "aiagent-tui", "--config", str(cfg), "--no-ui"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    sim_url = f"http://127.0.0.1:{ari}"
+    sim_url = pbx.url
     try:
         for _ in range(200):
             try:
@@ -71,9 +72,9 @@ def run_mode(mode: str, calls: int, concurrency: int) -> tuple[list[float], int]
             done += len(batch)
         return reactions, missed
     finally:
-        for p in (eng, sim):
-            p.send_signal(signal.SIGTERM)
-            p.wait(15)
+        eng.send_signal(signal.SIGTERM)
+        eng.wait(15)
+        pbx.stop()
 
 
 def main() -> int:
@@ -81,11 +82,12 @@ def main() -> int:
     ap.add_argument("--calls", type=int, default=20)
     ap.add_argument("--concurrency", type=int, default=5)
     ap.add_argument("--modes", default="stream,file")
+    ap.add_argument("--pbx", choices=["sim", "asterisk"], default="sim", help="the simulator, or the real Asterisk 22 of ../shared/asterisk/")
     args = ap.parse_args()
     limits = {"stream": 0.080, "file": 0.150}
-    print(f"barge-in benchmark: {args.calls} calls per mode, {args.concurrency} at a time, simulator clock")
+    print(f"barge-in benchmark ({args.pbx}): {args.calls} calls per mode, {args.concurrency} at a time, the caller's clock")
     for mode in args.modes.split(","):
-        reactions, missed = run_mode(mode, args.calls, args.concurrency)
+        reactions, missed = run_mode(mode, args.calls, args.concurrency, args.pbx)
         r = np.array(reactions) * 1000
         within = int(np.sum(r < limits[mode] * 1000))
         print(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import tempfile
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -26,3 +27,56 @@ def scratch_media(scratch: str | None = None) -> str:
     """A media directory for one run's engine, in ``scratch`` (a new temporary directory by
     default), so that its call history (history.sqlite3 beside it) is the run's own too."""
     return str(Path(scratch or tempfile.mkdtemp(prefix="aiagent-bench-")) / "media")
+
+
+class BenchPbx:
+    """The PBX a benchmark runs against, in its own process: ``sim`` (aiagent-sim serve) or ``asterisk``
+    (aiagent-sim asterisk: the real Asterisk 22 of ../shared/asterisk/ with callers on it). Either way
+    callers are placed and read through the same call API at ``url`` (POST /sim/calls, GET
+    /sim/calls/ID), and the engine reaches ARI with ``engine_env``. ``pids``: the PBX side's processes
+    (the simulator; or the callers and Asterisk), not the engine's."""
+
+    def __init__(self, kind: str) -> None:
+        import subprocess
+        import sys
+        import time
+
+        root = Path(__file__).resolve().parent.parent
+        self.kind = kind
+        self.ari_port = free_port()
+        if kind == "sim":
+            self.url = f"http://127.0.0.1:{self.ari_port}"
+            cmd = [sys.executable, "-m", "pbxsim.cli", "serve", "--port", str(self.ari_port)]
+            self.engine_env = {"ASTERISK_ARI_PORT": str(self.ari_port)}
+        elif kind == "asterisk":
+            api = free_port()
+            self.url = f"http://127.0.0.1:{api}"
+            cmd = [sys.executable, "-m", "pbxsim.cli", "asterisk", "--ari-port", str(self.ari_port), "--port", str(api)]
+            self.engine_env = {"ASTERISK_ARI_PORT": str(self.ari_port), "ASTERISK_ARI_USERNAME": "ari", "ASTERISK_ARI_PASSWORD": "ari"}
+        else:
+            raise ValueError(f"--pbx {kind}: sim or asterisk")
+        self.proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{self.url}/sim/calls/none", timeout=1)
+            except urllib.error.HTTPError:
+                break  # 404: the call API answers
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"the {kind} PBX did not start: {self.proc.stderr.read() if self.proc.stderr else ''}") from None
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the {kind} PBX's call API did not answer within 60 s") from None
+                time.sleep(0.1)
+        self.pids = {self.proc.pid}
+        if kind == "asterisk":
+            self.pids.add(int(http_json(f"{self.url}/sim/state")["asterisk_pid"]))
+
+    def stop(self) -> None:
+        import signal
+
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except Exception:
+            self.proc.kill()

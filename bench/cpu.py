@@ -3,7 +3,8 @@ simulated callers hold a conversation, and while they are silent between turns.
 
     python bench/cpu.py [--calls 1,3] [--turns 4] [--mode stream|file] [--llm NAME]
 
-The simulator runs in its own process (not counted); the engine (local provider, real models) in
+The PBX runs in its own process (not counted: the simulator, or with --pbx asterisk the real Asterisk 22
+of ../shared/asterisk/ and its callers); the engine (local provider, real models) in
 this one, its STT, LLM and TTS workers in theirs (counted: psutil, user + system time). Printed, as
 % of one core:
   - the engine with no call (the floor: timers, the ARI WebSocket);
@@ -20,9 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,7 +35,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from engine.config import load_config  # noqa: E402
 from engine.engine import Engine  # noqa: E402
-from common import free_port, scratch_media  # noqa: E402
+from common import BenchPbx, scratch_media  # noqa: E402
 from turn_latency import PROMPTS, SOUNDS  # noqa: E402  (the turn benchmark's questions)
 
 # Without "demo-thanks", which says goodbye: the agent ends the call on it (every call here talks
@@ -143,9 +142,8 @@ async def conversation(
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    port = free_port()
-    sim = subprocess.Popen([sys.executable, "-m", "pbxsim.cli", "serve", "--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    env = {"ASTERISK_ARI_PORT": str(port), "RTP_PORT": "0", "HEALTH_PORT": "0", "AIAGENT_PROVIDER": "local", "AIAGENT_DOWNSTREAM_MODE": args.mode, "AIAGENT_MEDIA_DIR": scratch_media()}
+    pbx = BenchPbx(args.pbx)
+    env = {**pbx.engine_env, "RTP_PORT": "0", "HEALTH_PORT": "0", "AIAGENT_PROVIDER": "local", "AIAGENT_DOWNSTREAM_MODE": args.mode, "AIAGENT_MEDIA_DIR": scratch_media()}
     if args.llm:
         env["LOCAL_LLM_MODEL"] = args.llm
     cfg = load_config(ROOT / "config.toml", env=env)
@@ -157,13 +155,13 @@ async def main_async(args: argparse.Namespace) -> None:
     if args.tts_threads is not None:
         cfg.providers.local.tts_threads = args.tts_threads
     eng = Engine(cfg)
-    meter = CpuMeter(eng, {sim.pid})
-    sim_url = f"http://127.0.0.1:{port}"
+    meter = CpuMeter(eng, pbx.pids)
+    sim_url = pbx.url
     try:
         await asyncio.sleep(0.5)
         await eng.start()
         assert await eng.wait_ari_connected(10)
-        print(f"CPU of the local pipeline (engine + model workers, % of one core; {os.cpu_count()} cores, {args.mode} mode)")
+        print(f"CPU of the local pipeline (engine + model workers, % of one core; {os.cpu_count()} cores, {args.mode} mode, {args.pbx})")
         async with aiohttp.ClientSession() as http:
             await conversation(eng, http, sim_url, meter, 1, 1)  # warm-up: models loaded and run once
             c0, t0 = meter.seconds(), time.monotonic()
@@ -189,8 +187,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 print("      turn latency at the caller, p50 by turn: " + " ".join(f"{1000 * t:.0f}" for t in by_turn) + " ms")
     finally:
         await eng.stop()
-        sim.send_signal(signal.SIGTERM)
-        sim.wait(10)
+        pbx.stop()
 
 
 def main() -> int:
@@ -202,6 +199,7 @@ def main() -> int:
     ap.add_argument("--stt-window-s", type=float, help="providers.local.stt_window_s for this run (default: config.toml's)")
     ap.add_argument("--tts-threads", type=int, help="providers.local.tts_threads for this run (default: config.toml's)")
     ap.add_argument("--mode", choices=["stream", "file"], default="stream")
+    ap.add_argument("--pbx", choices=["sim", "asterisk"], default="sim", help="the simulator, or the real Asterisk 22 of ../shared/asterisk/")
     args = ap.parse_args()
     asyncio.run(main_async(args))
     return 0

@@ -15,13 +15,14 @@ Printed per mode and line, counted on the caller's side and the engine's:
 - mis-heard words: caller transcripts that are not one of the caller's questions (the agent's
   own words heard back, or noise turned into words);
 - barge-ins caught: of the talk-over turns, how many stopped the agent;
-- turn latency p50/p95 at the caller: from the caller's last frame to the first answer frame heard;
+- turn latency p50/p95 at the caller: from the end of the caller's voice to the first answer frame heard;
 - the engine's side of those turns, per stage (p50 / p95), and the mean wait of each model's jobs
   for its worker process, by priority: where the time of a turn under load goes.
 
 Lines: dtx (the phone sends nothing in silence), silent (digital silence sent all the time),
 noisy (-62 dBFS line noise all the time: the VAD's hangover, not the packets stopping, ends the
 turn), wideband (noisy, and a 16 kHz phone: the bridge returns the echo half a frame late).
+--pbx asterisk: the same callers on the real Asterisk 22 of ../shared/asterisk/ (aiagent-sim asterisk).
 """
 
 from __future__ import annotations
@@ -29,8 +30,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
-import signal
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +39,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common import free_port, http_json, scratch_media  # noqa: E402
+from common import BenchPbx, http_json, scratch_media  # noqa: E402
 from engine.config import load_config  # noqa: E402
 from engine.engine import Engine  # noqa: E402
 from engine.sessions import BargeIn, TranscriptAdded, TurnCompleted  # noqa: E402
@@ -103,10 +102,9 @@ STAGES = [("stt", "speech_end", "stt_final"), ("llm first sentence", "stt_final"
           ("tts", "first_sentence", "tts_first_audio"), ("playout", "tts_first_audio", "first_audio_out")]
 
 
-async def run_case(mode: str, line: str, calls: int, questions: int, hold_after_ms: int = 0) -> Result:
-    port = free_port()
-    sim = subprocess.Popen([sys.executable, "-m", "pbxsim.cli", "serve", "--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    env = {"ASTERISK_ARI_PORT": str(port), "RTP_PORT": "0", "HEALTH_PORT": "0", "AIAGENT_PROVIDER": "local",
+async def run_case(mode: str, line: str, calls: int, questions: int, hold_after_ms: int = 0, pbx_kind: str = "sim") -> Result:
+    pbx = BenchPbx(pbx_kind)
+    env = {**pbx.engine_env, "RTP_PORT": "0", "HEALTH_PORT": "0", "AIAGENT_PROVIDER": "local",
            "AIAGENT_DOWNSTREAM_MODE": mode, "AIAGENT_MEDIA_DIR": scratch_media()}
     cfg = load_config(ROOT / "config.toml", env=env)
     # The simulated callers ask again after 1 s of quiet: after a hold line they would talk over
@@ -119,8 +117,10 @@ async def run_case(mode: str, line: str, calls: int, questions: int, hold_after_
         await eng.start()
         assert await eng.wait_ari_connected(10)
         sub = eng.store.subscribe(100_000)
-        url = f"http://127.0.0.1:{port}"
-        ids = [http_json(f"{url}/sim/calls", {"script": script(questions), "caller_number": f"55501{i:02d}", **LINES[line]})["id"] for i in range(calls)]
+        url = pbx.url
+        placed = [http_json(f"{url}/sim/calls", {"script": script(questions), "caller_number": f"55501{i:02d}", **LINES[line]}) for i in range(calls)]
+        ids = [p["id"] for p in placed]
+        engine_id = {p["id"]: p.get("engine_channel") or p["id"] for p in placed}  # the call's id in the engine
         reports: dict[str, dict] = {}
         while len(reports) < len(ids):
             await asyncio.sleep(1.0)
@@ -145,7 +145,7 @@ async def run_case(mode: str, line: str, calls: int, questions: int, hold_after_
             caught = len(r["barge_in_reactions_s"])
             res.talk_overs += 1
             res.caught += min(1, caught)
-            res.false_barge_ins += max(0, barge_ins.get(cid, 0) - min(1, caught))
+            res.false_barge_ins += max(0, barge_ins.get(engine_id[cid], 0) - min(1, caught))
             res.latencies += r["turn_latencies_s"]
             res.reactions += r["barge_in_reactions_s"]
         res.false_pauses = eng.calls.conversation_counters.false_pauses
@@ -160,8 +160,7 @@ async def run_case(mode: str, line: str, calls: int, questions: int, hold_after_
                         res.waits[key] = (total, int(smp.value))
     finally:
         await eng.stop()
-        sim.send_signal(signal.SIGTERM)
-        sim.wait(10)
+        pbx.stop()
     return res
 
 
@@ -171,7 +170,7 @@ async def main_async(args: argparse.Namespace) -> None:
           f" {'reaction p50':>12s} {'turn p50':>9s} {'turn p95':>9s}")
     for mode in args.modes.split(","):
         for line in args.lines.split(","):
-            r = await run_case(mode, line, args.calls, args.questions, args.hold_after_ms)
+            r = await run_case(mode, line, args.calls, args.questions, args.hold_after_ms, args.pbx)
             lat = np.array(r.latencies) * 1000 if r.latencies else np.zeros(1)
             reaction = f"{np.percentile(r.reactions, 50) * 1000:.0f}ms" if r.reactions else "-"
             print(f"  {mode:6s} {line:9s} {r.turns:5d} {r.false_barge_ins:15d} {r.false_pauses:12d} {len(r.misheard):9d} {f'{r.caught}/{r.talk_overs}':>16s}"
@@ -190,6 +189,7 @@ def main() -> int:
     ap.add_argument("--modes", default="file,stream")
     ap.add_argument("--lines", default="dtx,silent,noisy,wideband")
     ap.add_argument("--hold-after-ms", type=int, default=0, help="providers.local.hold_after_ms (default 0: no hold line)")
+    ap.add_argument("--pbx", choices=["sim", "asterisk"], default="sim", help="the simulator, or the real Asterisk 22 of ../shared/asterisk/")
     asyncio.run(main_async(ap.parse_args()))
     return 0
 

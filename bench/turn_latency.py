@@ -13,6 +13,9 @@ models worked for the call and the time its jobs queued behind other callers' (t
 as total / sum of the stages. Last, the same with --concurrent calls talking at once.
 Target on a 2-core CPU: p50 total under 1.2 s, overhead ratio under 1.15.
 
+--pbx asterisk runs the same callers on the real Asterisk 22 of ../shared/asterisk/ (aiagent-sim asterisk:
+the callers cross Asterisk's Local channels and bridges both ways, their times taken at their own side).
+
 With --pipeline it prints instead, for each pipeline, the turn latency at the caller (p50, p95) with
 1, 2, 4 and 8 callers asking at the same moment: "local" is the models in the engine's worker
 processes, "remote" the same models on the model servers (llama.cpp's server, wyoming-faster-whisper,
@@ -24,8 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -43,7 +44,7 @@ from providers.config import LocalProviderConfig  # noqa: E402
 from providers.profile import AgentProfile  # noqa: E402
 from engine.engine import Engine  # noqa: E402
 from engine.sessions import TurnCompleted, TurnTimeline  # noqa: E402
-from common import free_port, scratch_media  # noqa: E402
+from common import BenchPbx, free_port, scratch_media  # noqa: E402
 from providers.local.llm import ChatModel  # noqa: E402
 from providers.local.models import JOE_VOICE, resolve, resolve_llm  # noqa: E402
 from providers.local.sentences import SentenceSplitter  # noqa: E402
@@ -56,13 +57,15 @@ PROMPTS = ["agent-pass", "auth-incorrect", "call-forwarding", "conf-getpin", "de
 STAGES = [("stt", "speech_end", "stt_final"), ("llm first sentence", "stt_final", "first_sentence"), ("tts first sentence", "first_sentence", "tts_first_audio"), ("playout start", "tts_first_audio", "first_audio_out")]
 
 
-async def place(sim_url: str, prompt: str, number: str) -> str:
+async def place(sim_url: str, prompt: str, number: str) -> tuple[str, str]:
+    """The caller's id on the PBX's call API, and the call's id in the engine."""
     import aiohttp
 
     script = [{"wait_agent_done": 0.4}, {"say": str(SOUNDS / f"{prompt}.wav")}, {"wait_agent": 0.3, "timeout_s": 20}]
     async with aiohttp.ClientSession() as http:
         async with http.post(f"{sim_url}/sim/calls", json={"script": script, "caller_number": number}) as r:
-            return (await r.json())["id"]
+            rep = await r.json()
+            return rep["id"], rep.get("engine_channel") or rep["id"]
 
 
 async def caller_side(sim_url: str, ids: list[str]) -> list[float]:
@@ -84,10 +87,10 @@ async def run_turns(eng: Engine, sim_url: str, prompts: list[str], concurrent: i
     texts: dict[str, str] = {}
     for i in range(0, len(prompts), concurrent):
         batch = prompts[i : i + concurrent]
-        ids = await asyncio.gather(*(place(sim_url, p, str(3000 + i + j)) for j, p in enumerate(batch)))
+        pairs = await asyncio.gather(*(place(sim_url, p, str(3000 + i + j)) for j, p in enumerate(batch)))
         if placed is not None:
-            placed += ids
-        want = set(ids)
+            placed += [p[0] for p in pairs]
+        want = {p[1] for p in pairs}
         got: set[str] = set()
         deadline = time.monotonic() + 60
         while got != want and time.monotonic() < deadline:
@@ -194,10 +197,9 @@ def config(args: argparse.Namespace, env: dict[str, str]) -> AppConfig:
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    port = free_port()
-    sim = subprocess.Popen([sys.executable, "-m", "pbxsim.cli", "serve", "--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pbx = BenchPbx(args.pbx)
     media = tempfile.mkdtemp()
-    env = {"ASTERISK_ARI_PORT": str(port), "RTP_PORT": "0", "HEALTH_PORT": "0", "AIAGENT_PROVIDER": "local", "AIAGENT_DOWNSTREAM_MODE": args.mode, "AIAGENT_MEDIA_DIR": scratch_media(media)}
+    env = {**pbx.engine_env, "RTP_PORT": "0", "HEALTH_PORT": "0", "AIAGENT_PROVIDER": "local", "AIAGENT_DOWNSTREAM_MODE": args.mode, "AIAGENT_MEDIA_DIR": scratch_media(media)}
     if args.llm:
         env["LOCAL_LLM_MODEL"] = args.llm
     eng = Engine(config(args, env))
@@ -205,7 +207,7 @@ async def main_async(args: argparse.Namespace) -> None:
         await asyncio.sleep(0.5)
         await eng.start()
         assert await eng.wait_ari_connected(10)
-        sim_url = f"http://127.0.0.1:{port}"
+        sim_url = pbx.url
         prompts = [PROMPTS[i % len(PROMPTS)] for i in range(args.turns)]
         ids: list[str] = []
         turns = await run_turns(eng, sim_url, prompts, 1, ids)
@@ -223,24 +225,22 @@ async def main_async(args: argparse.Namespace) -> None:
         report(f"turn latency, {args.concurrent} calls talking at once", conc, None, await caller_side(sim_url, ids))
     finally:
         await eng.stop()
-        sim.send_signal(signal.SIGTERM)
-        sim.wait(10)
+        pbx.stop()
 
 
 async def scaling(args: argparse.Namespace) -> None:
     from aiagent_tui.model_servers import ModelServers, server_specs
     from providers.config import ModelServerConfig, PipelineConfig
 
-    port = free_port()
-    sim = subprocess.Popen([sys.executable, "-m", "pbxsim.cli", "serve", "--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    sim_url = f"http://127.0.0.1:{port}"
+    pbx = BenchPbx(args.pbx)
+    sim_url = pbx.url
     media = tempfile.mkdtemp()
     callers = [int(n) for n in args.callers.split(",")]
     rows: dict[str, dict[int, list[float]]] = {}
     own: dict[str, dict[int, list[float]]] = {}  # the engine's own share of each turn (local stages only)
     try:
         for pipeline in args.pipeline.split(","):
-            env = {"ASTERISK_ARI_PORT": str(port), "RTP_PORT": "0", "HEALTH_PORT": "0", "AIAGENT_PROVIDER": "local", "AIAGENT_DOWNSTREAM_MODE": args.mode, "AIAGENT_MEDIA_DIR": scratch_media(media)}
+            env = {**pbx.engine_env, "RTP_PORT": "0", "HEALTH_PORT": "0", "AIAGENT_PROVIDER": "local", "AIAGENT_DOWNSTREAM_MODE": args.mode, "AIAGENT_MEDIA_DIR": scratch_media(media)}
             cfg = config(args, env)
             servers = None
             if pipeline == "remote":
@@ -271,10 +271,9 @@ async def scaling(args: argparse.Namespace) -> None:
                 if servers is not None:
                     await asyncio.to_thread(servers.stop)
     finally:
-        sim.send_signal(signal.SIGTERM)
-        sim.wait(10)
+        pbx.stop()
     names = list(rows)
-    print(f"turn latency at the caller, {args.mode} mode, {args.rounds} rounds of N callers asking at the same moment")
+    print(f"turn latency at the caller ({args.pbx}), {args.mode} mode, {args.rounds} rounds of N callers asking at the same moment")
     print("| callers | " + " | ".join(f"{p} p50 | {p} p95" + (f" | {p} engine's own p95" if any(own[p].values()) else "") for p in names) + " |")
     print("|---|" + "|".join("---|---|" + ("---|" if any(own[p].values()) else "") for p in names))
     for n in callers:
@@ -293,6 +292,7 @@ def main() -> int:
     ap.add_argument("--turns", type=int, default=10)
     ap.add_argument("--concurrent", type=int, default=4)
     ap.add_argument("--mode", choices=["file", "stream"], default="file")
+    ap.add_argument("--pbx", choices=["sim", "asterisk"], default="sim", help="the simulator, or the real Asterisk 22 of ../shared/asterisk/")
     ap.add_argument("--llm", help="providers.local.llm_model for this run (default: config.toml's)")
     ap.add_argument("--facts", action="store_true", help="the default profile gets bench/answers.py's dental practice facts")
     ap.add_argument("--pipeline", help="local, remote or local,remote: the scaling table instead (see above)")

@@ -17,6 +17,7 @@ from typing import Any, Awaitable, Callable, Coroutine
 from engine.actions import TRANSFER_CHECK_S, ActionCounters, SilenceWatchdog, report_action
 from engine.api import AudioTap
 from engine.ari.client import AriClient, AriError, AriUnavailable
+from engine.capacity import Overload
 from engine.clock import Clock
 from engine.config import AppConfig
 from engine.conversation import ConversationCoordinator, ConversationCounters
@@ -24,7 +25,7 @@ from engine.media import CallMedia
 from engine.playback import FilePlayback, PlaybackCounters, StreamPlayback
 from engine.recording import CallRecording, Recordings
 from engine.rtp_server import RtpServer
-from engine.sessions import ActionRecord, CallSession, ConversationState, ProviderSession, SessionStore, TranscriptTurn
+from engine.sessions import ActionRecord, CallSession, ConversationState, ProviderSession, SessionStore, TranscriptTurn, TurnTimeline
 from engine.tasks import OwnedTasks
 from media.audio import ulaw_to_pcm16
 from media.frames import FRAME_MS, RATE
@@ -42,6 +43,7 @@ from providers.base import (
     ProviderError,
     ProviderEvent,
     Transcript,
+    TurnFailed,
     TurnMark,
 )
 
@@ -73,8 +75,9 @@ class CallServices:
     playback_counters: PlaybackCounters
     conversation_counters: ConversationCounters
     action_counters: ActionCounters
-    observe_turn_latency: Callable[[float], None]
+    observe_turn: Callable[[TurnTimeline], None]  # the metrics: an answered turn
     recordings: Recordings | None = None
+    overload: Overload | None = None  # counts the turns the models could not serve
 
 
 class Call:
@@ -127,7 +130,7 @@ class Call:
         self.watchdog.enabled = self._watch_silence
         self.conversation = ConversationCoordinator(
             self.config, s, sv.store, pcall, provider.half_duplex, provider.continuous_input,
-            sv.conversation_counters, sv.observe_turn_latency, self.spawn, sv.clock, self.watchdog.state,
+            sv.conversation_counters, sv.observe_turn, self.spawn, sv.clock, self.watchdog.state,
         )
         frames = self.config.playback.stream_queue_max_ms // FRAME_MS
         self.media = CallMedia(s, remote, self, max_queue_frames=frames)
@@ -275,6 +278,9 @@ class Call:
         elif isinstance(ev, EarlyAnswer):
             if conv is not None:
                 conv.early_answer(ev.used)
+        elif isinstance(ev, TurnFailed):
+            if self.services.overload is not None:
+                self.services.overload.turn_failed(s, ev.reason, ev.busy)
         elif isinstance(ev, CallerInterrupted):
             if conv is not None and conv.agent_is_speaking:
                 conv.barge_in(forced=False)

@@ -32,13 +32,14 @@ from engine.ari.models import (
 )
 from engine.actions import TRANSFER_CHECK_S, ActionCounters, report_action
 from engine.call import Call, CallServices, ProviderLookup
+from engine.capacity import Capacity, Overload
 from engine.clock import Clock, LoopClock
 from engine.config import AppConfig
 from engine.recording import Recordings
 from engine.conversation import ConversationCounters
 from engine.playback import PlaybackCounters
 from engine.rtp_server import RtpServer
-from engine.sessions import ActionRecord, CallSession, CallState, ProviderSession, SessionStore
+from engine.sessions import ActionRecord, CallSession, CallState, ProviderSession, SessionStore, TurnTimeline
 from engine.tasks import OwnedTasks
 from providers.base import ActionRequest
 
@@ -49,6 +50,10 @@ ORPHAN_GRACE_S = 1.0
 # A broadcast call is claimed after this much delay times the share of max_calls in use: the least
 # loaded engine tends to win (StasisBroadcast's own default timeout is 500 ms).
 CLAIM_SPREAD_S = 0.1
+# An offer passed over only because this engine's claims in flight filled its room is tried again
+# when one of those claims is lost, for this long (StasisBroadcast waits 500 ms by default; a late
+# claim is simply refused).
+OFFER_KEEP_S = 3.0
 # ARI requests have their own timeout (asterisk.request_timeout_s); this bounds a teardown whose
 # every step is slow, so that a call never holds its max_calls slot for long.
 TEARDOWN_TIMEOUT_S = 20.0
@@ -76,10 +81,11 @@ class CallController:
         rtp: RtpServer,
         provider_for_new_call: Callable[[str], str],
         get_provider: ProviderLookup,
-        observe_turn_latency: Callable[[float], None] = lambda s: None,
+        observe_turn: Callable[[TurnTimeline], None] = lambda t: None,
         clock: Clock | None = None,
         ready_for_calls: Callable[[], bool] = lambda: True,
         recordings: Recordings | None = None,
+        model_capacity: Callable[[], Capacity] = lambda: Capacity(None, "no model runs on this machine"),
     ) -> None:
         self.config = config
         self.app = config.asterisk.app
@@ -88,13 +94,18 @@ class CallController:
         self.rtp = rtp
         self._provider_for_new_call = provider_for_new_call
         self._ready_for_calls = ready_for_calls
+        self._model_capacity = model_capacity
         self._claiming: set[str] = set()  # broadcast calls this engine is claiming
+        self._passed_over: dict[str, float] = {}  # broadcast offers left only for claims in flight: channel -> when
         self.playback_counters = PlaybackCounters()
         self.conversation_counters = ConversationCounters()
         self.action_counters = ActionCounters()
+        clock = clock or LoopClock()
+        self.overload = Overload(clock, store)  # callers turned away at the models' capacity, turns refused
         self.services = CallServices(
-            config, ari, store, rtp, get_provider, clock or LoopClock(),
-            self.playback_counters, self.conversation_counters, self.action_counters, observe_turn_latency, recordings,
+            config, ari, store, rtp, get_provider, clock,
+            self.playback_counters, self.conversation_counters, self.action_counters, observe_turn, recordings,
+            overload=self.overload,
         )
         # Callers transferred by continue, watched for a moment: a hangup this soon means the PBX
         # dropped them (the target does not exist).
@@ -119,6 +130,18 @@ class CallController:
     def task_errors(self) -> int:
         """Tasks that failed: of call control (rejects, orphan clean-up, teardowns) and of calls."""
         return self._tasks.errors + self._ended_call_task_errors + sum(c.task_errors for c in self.calls.values())
+
+    def model_calls(self) -> int:
+        """Calls up on providers whose stages run on this machine's models."""
+        providers = self.config.providers
+        return sum(1 for c in self.calls.values() if c.session.provider is not None and providers.runs_models_here(c.session.provider.name))
+
+    def _models_full(self, provider: str) -> Capacity | None:
+        """The models' capacity, if a new call on ``provider`` would go beyond it."""
+        if not self.config.providers.runs_models_here(provider):
+            return None
+        capacity = self._model_capacity()
+        return capacity if capacity.calls is not None and self.model_calls() >= capacity.calls else None
 
     def call_for_channel(self, channel_id: str) -> Call | None:
         c = self.calls.get(channel_id)
@@ -180,12 +203,20 @@ class CallController:
         the later it claims, so that the least loaded one tends to win."""
         if self.closing or self.replaced or channel_id in self.calls or channel_id in self._claiming:
             return
-        if len(self.calls) + len(self._claiming) >= self.config.rtp.max_calls or not self._ready_for_calls():
+        if len(self.calls) >= self.config.rtp.max_calls or not self._ready_for_calls():
+            return
+        if len(self.calls) + len(self._claiming) >= self.config.rtp.max_calls:
+            # Full only if every claim in flight is won: with several engines racing for a burst of
+            # calls some are lost, and then nobody would claim this one (seen on Asterisk 22).
+            self._passed_over[channel_id] = self.services.clock.now()
+            return
+        if self._models_full(self._provider_for_new_call("")) is not None:
             return
         self._claiming.add(channel_id)
         self._spawn(self._claim(channel_id, CLAIM_SPREAD_S * len(self.calls) / self.config.rtp.max_calls))
 
     async def _claim(self, channel_id: str, delay_s: float) -> None:
+        won = False
         try:
             if delay_s:
                 await asyncio.sleep(delay_s)
@@ -195,6 +226,16 @@ class CallController:
             log.warning("broadcast call %s: claim failed: %s", channel_id, e)
         finally:
             self._claiming.discard(channel_id)
+        if not won:
+            self._offer_again()
+
+    def _offer_again(self) -> None:
+        """A claim was lost: the room it held goes to an offer passed over for it, if still recent."""
+        now = self.services.clock.now()
+        offers, self._passed_over = self._passed_over, {}
+        for cid, when in offers.items():
+            if now - when < OFFER_KEEP_S:
+                self._on_broadcast(cid)
 
     def _on_stasis_start(self, event: StasisStart) -> None:
         ch = event.channel
@@ -218,6 +259,13 @@ class CallController:
             return
         profile = self.config.profile_for(event.args, ch.dialplan.exten)
         provider = self._provider_for_new_call(self.config.profiles[profile].provider)
+        full = self._models_full(provider)
+        if full is not None:
+            # The models serve no more at once: this caller would wait in silence, and make every
+            # other caller wait longer. Turned away now, as at max_calls.
+            self.overload.call_refused()
+            self._spawn(self._reject(ch, f"the models are at capacity ({full.calls} calls at once; {full.basis})"))
+            return
         session = CallSession(
             call_id=ch.id,
             caller_channel_id=ch.id,

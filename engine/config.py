@@ -32,7 +32,8 @@ class AsteriskConfig(_Section):
     ari_username: str = "aiagent"
     ari_password: SecretStr = SecretStr("")
     app: str = Field("aiagent", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
-    # Over-cap calls: "hangup" ends them, "dialplan" hands them back (POST /channels/{id}/continue).
+    # Calls beyond rtp.max_calls or the models' capacity (providers.local.max_active_calls, or
+    # measured): "hangup" ends them (busy), "dialplan" hands them back (POST /channels/{id}/continue).
     over_capacity: Literal["hangup", "dialplan"] = "hangup"
     request_timeout_s: float = Field(5.0, gt=0)
     reconnect_initial_s: float = Field(0.25, gt=0)

@@ -39,6 +39,7 @@ from providers.base import INPUT_SAMPLE_RATE, ProviderCall
 log = logging.getLogger(__name__)
 
 FILL_CHECK_S = 0.1
+GAP_S = 2 * FRAME_S  # no packet this long: the phone has stopped sending (DTX), not merely jitter
 SILENCE_DBFS = -96.0
 HISTORY_MAX_EVENTS = 200  # barge-ins and quiet spells kept per call (a storm is clear long before)
 
@@ -77,7 +78,7 @@ class ConversationCoordinator:
         half_duplex: bool,
         continuous_input: bool,
         counters: ConversationCounters,
-        observe_turn_latency: Callable[[float], None],
+        observe_turn: Callable[[TurnTimeline], None],
         spawn: Spawn,
         clock: Clock,
         on_state: Callable[[ConversationState], None] = lambda state: None,
@@ -93,7 +94,7 @@ class ConversationCoordinator:
         # An operator listening in (the terminal app's monitor): gets ("caller"|"agent", pcm, rate).
         self.tap: Callable[[str, bytes, int], None] | None = None
         self.recording: CallRecording | None = None  # the call's, when its profile records
-        self._observe_turn_latency = observe_turn_latency
+        self._observe_turn = observe_turn  # the metrics: an answered turn
         self._spawn = spawn
         self._clock = clock
         v = config.vad
@@ -114,7 +115,7 @@ class ConversationCoordinator:
         # end with packets simply stopping, which the VAD never sees. This timer catches that.
         self._end_s = v.end_ms / 1000
         self._last_frame_at = clock.now()
-        self._last_voice_at: float | None = None
+        self._last_voice_at: float | None = None  # the caller's last voiced frame since the last turn ended
         self._filled_until = 0.0
         self._gap_timer: Timer | None = None
         self._turn: TurnTimeline | None = None
@@ -216,20 +217,27 @@ class ConversationCoordinator:
         self._set_state(ConversationState.USER_SPEAKING)
 
     def _check_gap(self) -> None:
+        """Packets stopped while the caller was speaking (a DTX phone goes quiet a few frames after
+        its user does): the quiet counts from the caller's last voiced frame, as the VAD counts
+        silent frames, so a turn ends ``end_ms`` after the voice whether the phone sends its
+        silence or not (counted from the last packet, the trailing silent frames added to it)."""
         self._gap_timer = None
         if not self.vad.speaking:
             return
-        idle = self._clock.now() - self._last_frame_at
-        if idle >= self._end_s:
+        now = self._clock.now()
+        quiet_since = self._last_voice_at if self._last_voice_at is not None else self._last_frame_at
+        wait = self._end_s - (now - quiet_since)
+        if wait <= 0 and now - self._last_frame_at >= GAP_S:
             self.vad.reset()
             self._speech_ended(fallback=False)
         else:
-            self._gap_timer = self._clock.call_later(self._end_s - idle, self._check_gap)
+            self._gap_timer = self._clock.call_later(max(wait, GAP_S), self._check_gap)
 
     def _speech_ended(self, fallback: bool) -> None:
         self.session.voice.speaking = False
         if not fallback or self._turn is None or self._turn.first_audio_out is not None:
             self._turn = TurnTimeline(speech_end=self._clock.now(), last_voice_in=self._last_voice_at)
+            self._last_voice_at = None  # a later turn counts from its own voice (a fallback flush may have none)
         self.provider_call.utterance_ended(fallback)
         if not fallback and self.half_duplex:
             self._set_state(ConversationState.PROCESSING)
@@ -330,8 +338,7 @@ class ConversationCoordinator:
             t.in_models_s, t.queued_s = share.inside_s, share.queued_s
         self.session.turns.append(t)
         self.counters.turns += 1
-        if t.latency_s is not None:
-            self._observe_turn_latency(t.latency_s)
+        self._observe_turn(t)
         self.store.publish(TurnCompleted(self.session.call_id, t))
 
     def tokens_changed(self) -> None:
@@ -437,6 +444,7 @@ class ConversationCoordinator:
             # The caller's first words are the start of the next utterance.
             self.vad.reset()
             self.vad.speaking = True
+            self._last_voice_at = self._clock.now()  # the run's last frame was voiced
             self._speech_started()
             for frame, level in heard:
                 self._deliver(frame, level)

@@ -18,14 +18,18 @@ from providers.profile import DEFAULT_PROFILE, Norms
 
 Severity = Literal["problem", "note"]
 
-# The stages of a turn as the record has them; each is measured against the norm of the same name.
+# The stages of a turn as the record has them, in order from the caller's last voiced frame; each
+# is measured against the norm of the same name.
 _STAGES: tuple[tuple[str, str], ...] = (
+    ("endpoint_s", "the end-of-speech wait"),
     ("stt_s", "speech to text"),
     ("llm_first_sentence_s", "the LLM's first sentence"),
     ("tts_first_audio_s", "text to speech's first audio"),
     ("playout_s", "getting the audio to the caller"),
 )
 _STAGE_HINT = {
+    "endpoint_s": "the engine waits [vad] end_ms of quiet after the caller's last voiced frame (more where the line's packets stop late, "
+                  "or its noise sounds like voice): a shorter end_ms, or [providers.local] complete_end_ms, ends a turn sooner",
     "stt_s": "the STT model or its server is slow (a bigger model, a busy GPU, a CPU with too many calls)",
     "llm_first_sentence_s": "the LLM is slow to start answering (model size, context length, a busy server)",
     "tts_first_audio_s": "the TTS voice is slow to synthesise its first sentence",
@@ -106,17 +110,24 @@ def _providers(rec: CallRecord, found: list[Finding]) -> None:
             f"the provider failed {rec.provider_errors} time(s)" + (f": {rec.last_provider_error}" if rec.last_provider_error else ""),
             ["a lost turn is answered with an apology; a fatal error hands the call to the fallback provider"],
         ))
+    if rec.turns_failed:
+        found.append(Finding(
+            "turns_failed", "problem", f"{rec.turns_failed} turn(s) got the apology instead of an answer",
+            ["the models refused them (their queue was full: more callers than they serve; see /health's model_capacity) "
+             "or lost them (a model process crashed or hung: the provider's error says so)"],
+        ))
     if len(rec.providers) > 1:
         found.append(Finding("fallback", "problem", f"the call fell back from {rec.providers[0]} to {' then '.join(rec.providers[1:])}"))
 
 
 def answered_after(t: TurnRecord) -> float | None:
-    """When the caller heard the answer, from the end of their speech. Behind a hold line the
-    turn's latency is the hold line's: the answer's own is its stages (its playout not known)."""
+    """When the caller heard the answer, from the end of their speech (their last voiced frame).
+    Behind a hold line the turn's latency is the hold line's: the answer's own is its stages (its
+    playout not known), the end-of-speech wait first (none in a record from before it was kept)."""
     if t.hold_s is None:
         return t.latency_s
     stages = [t.stt_s, t.llm_first_sentence_s, t.tts_first_audio_s]
-    return round(sum(x for x in stages if x is not None), 4) if None not in stages else t.latency_s
+    return round((t.endpoint_s or 0.0) + sum(x for x in stages if x is not None), 4) if None not in stages else t.latency_s
 
 
 def _turns(rec: CallRecord, norms: Norms, found: list[Finding]) -> None:

@@ -18,6 +18,7 @@ from engine.ari.client import AriClient
 from engine.ari.events import AriEventStream
 from engine.api import AudioTap
 from engine.calls import CallController
+from engine.capacity import ModelCapacity
 from engine.config import AppConfig, ConfigError, plan_reload
 from engine.health import HealthServer
 from engine.history import HistoryDb, HistoryRecorder, database_url
@@ -58,6 +59,7 @@ class Engine:
         self.store = SessionStore()
         self.supervisor = Supervisor(self._fatal)
         self.fatal_error: str | None = None  # set when a component keeps failing: the process must exit
+        self.fatal_exit_code = 1
         self.fatal = asyncio.Event()
         self.rtp = RtpServer(
             config.rtp.host, config.rtp.port, on_error=self.supervisor.report, receive_buffer_bytes=config.rtp.receive_buffer_bytes,
@@ -71,9 +73,18 @@ class Engine:
         self.recordings = Recordings(recordings_dir(config), h.retention_days, h.max_calls, self.supervisor.report)
         self.calls = CallController(
             config, self.ari, self.store, self.rtp, self.provider_for_new_call, self.get_provider,
-            self.metrics.turn_latency.observe, ready_for_calls=self.takes_new_calls, recordings=self.recordings,
+            self.metrics.observe_turn, ready_for_calls=self.takes_new_calls, recordings=self.recordings,
+            model_capacity=lambda: self.capacity.estimate(),
         )
-        self.events = AriEventStream(self.ari, config.asterisk.app, self.calls.on_event, self.calls.reconcile)
+        local = config.providers.local
+        # How many calls this machine's models serve at once: new calls beyond it are turned away.
+        self.capacity = ModelCapacity(
+            self.calls.services.clock, self.stages.model_busy_s, self.calls.model_calls,
+            {"stt": local.stt_threads, "llm": local.llm_threads, "tts": local.tts_threads}, override=local.max_active_calls,
+        )
+        self.events = AriEventStream(
+            self.ari, config.asterisk.app, self.calls.on_event, self.calls.reconcile, on_refused=lambda why: self._fatal(why, config_error=True),
+        )
         self.health_server = HealthServer(self.status, self.metrics.render, config.health.host, config.health.port)
         self.history = HistoryRecorder(
             self.store, HistoryDb(database_url(config)), h.engine_name or f"{socket.gethostname()}:{config.asterisk.app}",
@@ -138,6 +149,7 @@ class Engine:
         if self.history is not None:
             self.supervisor.start("history", self.history.run)
         self.supervisor.start("recordings", self.recordings.run)
+        self.capacity.start()
         self.started = True
         log.info(
             "engine started: app %s, ARI %s, RTP %s:%d, provider %s",
@@ -149,11 +161,15 @@ class Engine:
         )
 
 
-    def _fatal(self, why: str) -> None:
-        """A component failed for good: whoever runs the engine stops it and exits non-zero."""
+    def _fatal(self, why: str, config_error: bool = False) -> None:
+        """A component failed for good: whoever runs the engine stops it and exits non-zero (2 for a
+        configuration error such as refused ARI credentials, which a restart cannot fix: the unit's
+        RestartPreventExitStatus)."""
         if self.fatal_error is None:
             self.fatal_error = why
-            self.store.log(None, logging.CRITICAL, f"engine cannot go on: {why}; exiting so that the service manager restarts it")
+            self.fatal_exit_code = 2 if config_error else 1
+            then = "fix the configuration, then start it again" if config_error else "so that the service manager restarts it"
+            self.store.log(None, logging.CRITICAL, f"engine cannot go on: {why}; exiting: {then}")
         self.fatal.set()
 
     async def wait_ari_connected(self, timeout: float) -> bool:
@@ -164,6 +180,7 @@ class Engine:
         if not self.started:
             return
         self.started = False
+        self.capacity.close()
         await self.calls.shutdown()
         await self.supervisor.stop()
         await self.recordings.close()
@@ -337,6 +354,9 @@ class Engine:
             f"{q.model}: a job has waited {q.oldest_wait_s:.1f} s for its model ({q.depth} queued; health.max_model_wait_s {limit:g})"
             for q in queues if q.oldest_wait_s > limit
         )
+        # Callers turned away at the models' capacity, turns they refused: recently, in words.
+        capacity = self.capacity.estimate()
+        overloaded += self.calls.overload.problems(capacity)
         ok = (
             # Calls still go to the fallback while the default is not ready, but an operator must know.
             self.ari_connected and self.rtp.running and readiness[self.default_provider].ready
@@ -373,6 +393,11 @@ class Engine:
             health_url=f"{base}/health",
             metrics_url=f"{base}/metrics",
             last_reload=self.last_reload,
+            model_capacity=capacity.calls,
+            model_capacity_basis=capacity.basis,
+            model_calls=self.calls.model_calls(),
+            calls_refused_model_capacity=store.calls_refused_model_capacity,
+            turns_failed=store.turns_failed,
         )
 
     def components(self) -> list[ComponentStatus]:

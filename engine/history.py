@@ -72,17 +72,25 @@ class Line(BaseModel):
 
 
 class TurnRecord(BaseModel):
-    """One answered turn, in seconds from the end of the caller's speech (the VAD's decision)."""
+    """One answered turn, in seconds from the end of the caller's speech: their last voiced frame
+    (a turn with none, a fallback flush: the engine's end-of-speech decision). The stages follow one
+    another: the end-of-speech wait, then from that decision STT, the LLM, TTS and playout.
+    Records written before the wait was kept have no ``endpoint_s``; their figures start at the
+    decision."""
 
     at: float  # wall clock of the end of the caller's speech
     latency_s: float | None  # to the first agent audio out
-    stt_s: float | None = None
+    # The end-of-speech wait: the caller's last voiced frame to the engine's decision that they had
+    # finished (the VAD's hangover, or packets that stopped); the first part of latency_s.
+    endpoint_s: float | None = None
+    stt_s: float | None = None  # from the end-of-speech decision
     llm_first_sentence_s: float | None = None
     tts_first_audio_s: float | None = None
     playout_s: float | None = None
     hold_s: float | None = None  # the hold line started (latency_s is then the hold line's)
     # Of latency_s, where the engine runs the models (the local pipeline): waiting for a model busy
-    # with other calls' work, and the engine's own share (neither in a model nor waiting for one).
+    # with other calls' work, and the engine's own share (neither in a model nor waiting for one),
+    # both from the end-of-speech decision to the audio handed on.
     queued_s: float | None = None
     own_s: float | None = None
 
@@ -136,6 +144,7 @@ class CallRecord(BaseModel):
     providers: list[str] = []  # in the order the call used them (a fallback comes second)
     provider_errors: int = 0
     last_provider_error: str | None = None
+    turns_failed: int = 0  # turns the models could not serve (refused: busy; or lost): the caller got the apology
     outcome: Outcome = "live"
     end_reason: str | None = None
     downstream_mode: str = ""
@@ -154,15 +163,17 @@ def _span(a: float | None, b: float | None) -> float | None:
     return round(b - a, 4) if a is not None and b is not None else None
 
 
-def _turn(t: TurnTimeline, speech_end: float, wall: float) -> TurnRecord:
+def _turn(t: TurnTimeline, start: float, wall: float) -> TurnRecord:
+    """``start``: the end of the caller's speech (TurnTimeline.voice_end)."""
     return TurnRecord(
-        at=round(wall + speech_end, 3),
-        latency_s=_span(t.speech_end, t.first_audio_out),
+        at=round(wall + start, 3),
+        latency_s=_span(start, t.first_audio_out),
+        endpoint_s=None if t.endpoint_s is None else round(t.endpoint_s, 4),
         stt_s=_span(t.speech_end, t.stt_final),
         llm_first_sentence_s=_span(t.stt_final, t.first_sentence),
         tts_first_audio_s=_span(t.first_sentence, t.tts_first_audio),
         playout_s=_span(t.tts_first_audio, t.first_audio_out) if t.hold is None else None,
-        hold_s=_span(t.speech_end, t.hold),
+        hold_s=_span(start, t.hold),
         queued_s=None if t.queued_s is None else round(t.queued_s, 4),
         own_s=None if t.own_s is None else round(t.own_s, 4),
     )
@@ -198,6 +209,7 @@ def record_of(
         providers=providers,
         provider_errors=s.provider.errors if s.provider else 0,
         last_provider_error=s.provider.last_error if s.provider else None,
+        turns_failed=s.turns_failed,
         outcome=outcome_of(s.end_reason),
         end_reason=s.end_reason,
         downstream_mode=s.downstream_mode,
@@ -206,7 +218,7 @@ def record_of(
         recording=s.recording,
         recording_started_at=s.recording_started_at,
         silences=_silences(s, wall, now_mono),
-        turns=[_turn(t, t.speech_end, wall) for t in s.turns if t.speech_end is not None],
+        turns=[_turn(t, start, wall) for t in s.turns if (start := t.voice_end) is not None],
         transcript=[Line(role=t.role, text=t.text, at=round(wall + t.at, 3)) for t in s.transcript],
         actions=[ActionEntry(kind=a.kind, by=a.by, reason=a.reason, department=a.department, target=a.target, state=a.state, detail=a.detail, at=a.at) for a in s.actions],
         quality=Quality(

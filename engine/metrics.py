@@ -13,6 +13,7 @@ from typing import Callable, Iterator
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from engine.sessions import TurnTimeline
 from engine.status import EngineStatus
 from providers.stages import Priority
 
@@ -29,6 +30,14 @@ class EngineCollector:
         yield CounterMetricFamily("ai_agent_calls", "Calls taken since start", value=s.calls_total)
         yield CounterMetricFamily("ai_agent_calls_rejected_over_capacity", "Calls refused at max_calls", value=s.calls_rejected_over_capacity)
         yield CounterMetricFamily("ai_agent_calls_failed", "Calls whose setup failed", value=s.calls_failed)
+        yield CounterMetricFamily("ai_agent_calls_refused_model_capacity", "Calls turned away because this machine's models were at capacity",
+                                  value=s.calls_refused_model_capacity)
+        yield CounterMetricFamily("ai_agent_turns_failed", "Caller turns the models could not serve (refused or lost): answered with the apology",
+                                  value=s.turns_failed)
+        if s.model_capacity is not None:
+            yield GaugeMetricFamily("ai_agent_model_capacity_calls", "Calls this machine's models serve at once (measured, or providers.local.max_active_calls)",
+                                    value=s.model_capacity)
+            yield GaugeMetricFamily("ai_agent_model_calls", "Calls up on providers that use this machine's models", value=s.model_calls)
         yield GaugeMetricFamily("ai_agent_ari_connected", "1 while the ARI events WebSocket is up", value=int(s.ari_connected))
         reload = s.last_reload
         yield GaugeMetricFamily("ai_agent_config_reload_refused", "1 while the last config reload was refused (the running config stays)",
@@ -124,8 +133,14 @@ class EngineMetrics:
         self.registry.register(EngineCollector(status))
         self.turn_latency = Histogram(
             "ai_agent_turn_latency_seconds",
-            "Caller speech end to first agent audio out",
+            "The caller's last voiced frame to the first agent audio out (the end-of-speech wait included)",
             buckets=(0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0),
+            registry=self.registry,
+        )
+        self.end_of_speech_wait = Histogram(
+            "ai_agent_turn_end_of_speech_wait_seconds",
+            "Of the turn latency: the caller's last voiced frame to the engine's decision that they had finished (the VAD's hangover)",
+            buckets=(0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.75, 1.0, 1.5, 2.0, 5.0),
             registry=self.registry,
         )
 
@@ -136,6 +151,13 @@ class EngineMetrics:
             buckets=(0.01, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
             registry=self.registry,
         )
+
+    def observe_turn(self, t: TurnTimeline) -> None:
+        """An answered turn: its latency, and the end-of-speech wait it began with."""
+        if t.latency_s is not None:
+            self.turn_latency.observe(t.latency_s)
+        if t.endpoint_s is not None and t.first_audio_out is not None:
+            self.end_of_speech_wait.observe(t.endpoint_s)
 
     def model_wait(self, model: str, priority: Priority, seconds: float) -> None:
         self._model_wait.labels(model, priority.name.lower()).observe(seconds)

@@ -29,6 +29,12 @@ class _Window:
         return f" ({held} more like this in the last {now - last:.0f} s not logged)" if held and last is not None else ""
 
 
+class Throttle(_Window):
+    """The same window for lines that go elsewhere than a logger (the session store's call log,
+    which the terminal app shows too): ``admit(kind)`` is None for a line to hold back, else the
+    suffix that says how many were held back."""
+
+
 class RateLimitedLog:
     def __init__(self, logger: logging.Logger, interval_s: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
         self._log = logger

@@ -39,16 +39,23 @@ class ConversationState(str, enum.Enum):
 
 @dataclass(slots=True)
 class TurnTimeline:
-    """One exchange, on the loop's monotonic clock (seconds). Stages a provider does not have stay None."""
+    """One exchange, on the loop's monotonic clock (seconds). Stages a provider does not have stay None.
 
-    speech_end: float | None = None  # caller stopped speaking (VAD end or fallback flush)
+    The turn's latency is what the caller feels: from their last voiced frame (``last_voice_in``)
+    to the first agent audio out. The first part of it is the end-of-speech wait (``endpoint_s``:
+    that frame to the engine's decision that the caller has finished, ``speech_end``); the
+    provider's stages follow from that decision."""
+
+    speech_end: float | None = None  # the engine decided the caller had finished (VAD end, early end, fallback flush)
     stt_final: float | None = None
     llm_first_token: float | None = None
     first_sentence: float | None = None
     tts_first_audio: float | None = None
     first_audio_out: float | None = None  # first agent frame sent / playback started (the hold line's, if held)
     hold: float | None = None  # the provider said its hold line: the answer was slow
-    last_voice_in: float | None = None  # the caller's last frame the VAD heard as voice, before speech_end
+    # The caller's last frame the VAD heard as voice in this turn (its arrival), before speech_end;
+    # None: none was heard (a fallback flush).
+    last_voice_in: float | None = None
     # The engine handed the first audio on: its first frame sent (stream mode, = first_audio_out),
     # its first play request sent (file mode: Asterisk starts it 1-8 ms later).
     audio_handed: float | None = None
@@ -58,15 +65,31 @@ class TurnTimeline:
     queued_s: float | None = None
 
     @property
-    def latency_s(self) -> float | None:
-        if self.speech_end is None or self.first_audio_out is None:
+    def voice_end(self) -> float | None:
+        """Where the caller's wait starts: their last voiced frame, else the end-of-speech decision."""
+        return self.last_voice_in if self.last_voice_in is not None else self.speech_end
+
+    @property
+    def endpoint_s(self) -> float | None:
+        """The end-of-speech wait: the caller's last voiced frame to the decision that they had finished."""
+        if self.last_voice_in is None or self.speech_end is None:
             return None
-        return self.first_audio_out - self.speech_end
+        return self.speech_end - self.last_voice_in
+
+    @property
+    def latency_s(self) -> float | None:
+        """What the caller waited: their last voiced frame (else the end-of-speech decision) to the
+        first agent audio out."""
+        start = self.voice_end
+        if start is None or self.first_audio_out is None:
+            return None
+        return self.first_audio_out - start
 
     @property
     def own_s(self) -> float | None:
         """The engine's own share of the turn until it handed the audio on: neither in a model nor
-        queued for one."""
+        queued for one. Counted from the end-of-speech decision: the wait for it is not the engine's
+        work but the VAD's hangover (``endpoint_s``)."""
         if self.speech_end is None or self.audio_handed is None or self.in_models_s is None or self.queued_s is None:
             return None
         return self.audio_handed - self.speech_end - self.in_models_s - self.queued_s
@@ -165,6 +188,7 @@ class CallSession:
     capture_enabled: bool = True
     downstream_mode: str = "file"
     barge_ins: int = 0
+    turns_failed: int = 0  # turns the models could not serve: the caller got the apology instead
     barge_in_at: list[float] = field(default_factory=list)  # monotonic, for the history (storms)
     recording: str | None = None  # the WAV file, when the profile records
     recording_started_at: float | None = None  # wall clock of its first sample
@@ -437,6 +461,8 @@ class SessionStore:
         self.calls_total = 0
         self.calls_rejected_over_capacity = 0
         self.calls_failed = 0
+        self.calls_refused_model_capacity = 0  # turned away: the models here were at capacity
+        self.turns_failed = 0  # answered with the apology: the models refused or lost the turn
         self.ended_underruns = 0  # of calls already gone, so totals survive them
         self.ended_overruns = 0
 

@@ -72,6 +72,13 @@ class EngineSummary:
     health_url: str
     metrics_url: str
     last_reload: ReloadResult | None = None
+    # The calls this machine's models serve at once (None: no model runs here), how that was found
+    # (measured, the start value, or providers.local.max_active_calls), and the calls using them now.
+    model_capacity: int | None = None
+    model_capacity_basis: str = ""
+    model_calls: int = 0
+    calls_refused_model_capacity: int = 0  # turned away (asterisk.over_capacity): the models were at capacity
+    turns_failed: int = 0  # turns the models could not serve: the caller got the apology instead
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--password", default="")
     s.add_argument("--rtp-start", type=int, default=20000, help="first RTP port for ExternalMedia (rtp.conf rtpstart)")
     s.add_argument("--rtp-end", type=int, default=20998, help="last RTP port (rtp.conf rtpend)")
+    a = sub.add_parser("asterisk", help="run a real Asterisk 22 (../shared/asterisk/) with the project's dialplan, and callers on it "
+                                          "driven by the simulator's call API (/sim/calls)")
+    a.add_argument("--ari-port", type=int, default=8088, help="Asterisk's HTTP/ARI port (user ari, password ari)")
+    a.add_argument("--port", type=int, default=8089, help="the call API's port (POST /sim/calls, GET /sim/calls/ID)")
+    a.add_argument("--run-dir", help="Asterisk's run directory (default: a new temporary one)")
     c = sub.add_parser("call", help="place simulated calls into an app and write a JSON report")
     c.add_argument("--ari", default="http://127.0.0.1:8088", help="the simulator's URL")
     c.add_argument("--app", default="aiagent")
@@ -61,6 +66,37 @@ async def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _asterisk(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from pbxsim.asterisk import AsteriskCallers, AsteriskInstance, AsteriskNotFound, CallersServer, shared_asterisk
+
+    try:
+        shared = shared_asterisk(Path(__file__).resolve().parent.parent)
+    except AsteriskNotFound as e:
+        print(f"aiagent-sim: {e}", file=sys.stderr)
+        return 2
+    inst = AsteriskInstance(shared, Path(args.run_dir or tempfile.mkdtemp(prefix="aiagent-asterisk-")), http_port=args.ari_port)
+    await asyncio.to_thread(inst.start)
+    callers = AsteriskCallers(inst)
+    server = CallersServer(callers)
+    try:
+        await callers.start()
+        await server.start("127.0.0.1", args.port)
+        print(f"aiagent-sim: Asterisk 22 (PID {inst.pid}) ARI on {inst.url}/ari (user ari/ari); callers' API on http://127.0.0.1:{args.port}/sim/calls", flush=True)
+        gc.freeze()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+    finally:
+        await server.stop()
+        await callers.stop()
+        await asyncio.to_thread(inst.stop)
+    return 0
+
+
 async def _call(args: argparse.Namespace) -> int:
     from pbxsim.client import run_calls
 
@@ -84,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     try:
-        return asyncio.run(_serve(args) if args.command == "serve" else _call(args))
+        commands = {"serve": _serve, "asterisk": _asterisk, "call": _call}
+        return asyncio.run(commands[args.command](args))
     except OSError as e:
         print(f"aiagent-sim: {e}", file=sys.stderr)
         return 1

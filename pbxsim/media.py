@@ -35,6 +35,11 @@ SOFTMIX_MAX_QUEUE = 4  # frames (80 ms); more triggers a flush
 
 def load_wav_ulaw(path: str | Path) -> bytes:
     """A WAV file as 8 kHz mono u-law, resampled and downmixed if need be."""
+    return audioop.lin2ulaw(load_wav_pcm(path).tobytes(), 2)
+
+
+def load_wav_pcm(path: str | Path) -> np.ndarray:
+    """A WAV file as 8 kHz mono 16-bit samples, resampled and downmixed if need be."""
     with wave.open(str(path), "rb") as w:
         if w.getsampwidth() != 2:
             raise ValueError(f"{path}: only 16-bit PCM WAV is supported")
@@ -45,7 +50,30 @@ def load_wav_ulaw(path: str | Path) -> bytes:
         samples = samples.reshape(-1, channels).mean(axis=1).astype(np.int16)
     if rate != RATE:
         samples = soxr.resample(samples, rate, RATE).astype(np.int16)
-    return audioop.lin2ulaw(samples.tobytes(), 2)
+    return samples
+
+
+def _ast_lin2mu_table() -> np.ndarray:
+    """Asterisk's own 16-bit linear to u-law coder (main/ulaw.c, AST_LIN2MU): a table indexed by the
+    sample's top 14 bits, each entry coded from the highest of its 4 samples (bias 0x84, clip
+    32635). It differs from audioop.lin2ulaw on 508 of the 65536 values: -1..-3 are 0x7F there
+    (audioop: 0x7E), and values near segment edges."""
+    exp_lut = np.array([0, 0, 1, 1] + [2] * 4 + [3] * 8 + [4] * 16 + [5] * 32 + [6] * 64 + [7] * 128)
+    x = (np.arange(16384, dtype=np.int32) << 2).astype(np.uint16).astype(np.int16).astype(np.int32) + 3
+    sign = np.where(x < 0, 0x80, 0)
+    mag = np.minimum(np.abs(x), 32635) + 0x84
+    exponent = exp_lut[(mag >> 7) & 0xFF]
+    mantissa = (mag >> (exponent + 3)) & 0x0F
+    return (~(sign | (exponent << 4) | mantissa) & 0xFF).astype(np.uint8)
+
+
+_AST_LIN2MU = _ast_lin2mu_table()
+
+
+def ast_lin2mu(pcm16: bytes | np.ndarray) -> bytes:
+    """16-bit linear samples to u-law exactly as Asterisk's translators and softmix code them."""
+    x = np.frombuffer(pcm16, dtype=np.int16) if isinstance(pcm16, bytes) else pcm16.astype(np.int16)
+    return bytes(_AST_LIN2MU[x.view(np.uint16) >> 2])
 
 
 def speech_onset_s(ulaw: bytes, threshold_dbfs: float = -40.0) -> float:
@@ -58,6 +86,17 @@ def speech_onset_s(ulaw: bytes, threshold_dbfs: float = -40.0) -> float:
     return 0.0
 
 
+def speech_end_offset(ulaw: bytes, threshold_dbfs: float = -40.0) -> int:
+    """Bytes into a prompt after its last 20 ms frame louder than ``threshold_dbfs``: where the
+    caller's voice ends (its trailing silence is not speech; a turn is timed from here)."""
+    end = 0
+    for i in range(0, len(ulaw), FRAME_BYTES):
+        rms = audioop.rms(audioop.ulaw2lin(ulaw[i : i + FRAME_BYTES], 2), 2)
+        if rms and 20 * np.log10(rms / 32768) > threshold_dbfs:
+            end = min(len(ulaw), i + FRAME_BYTES)
+    return end
+
+
 def mix_ulaw(parts: list[bytes], linear: bytes | None = None) -> bytes:
     """softmix: the 16-bit saturating sum of the parts (u-law frames, plus ``linear`` PCM16),
     re-encoded to u-law (BEHAVIOUR.md: AST_LIN2MU(file + caller), byte-exact)."""
@@ -68,7 +107,7 @@ def mix_ulaw(parts: list[bytes], linear: bytes | None = None) -> bytes:
         lin = audioop.ulaw2lin(p.ljust(FRAME_BYTES, b"\xff"), 2)
         acc = lin if acc is None else audioop.add(acc, lin, 2)  # audioop.add saturates
     assert acc is not None
-    return audioop.lin2ulaw(acc, 2)
+    return ast_lin2mu(acc)
 
 
 def line_noise(dbfs: float, seconds: float = 4.0, seed: int = 7) -> bytes:
@@ -166,10 +205,11 @@ def load_playback_frames(media_uri: str, sounds_dirs: list[Path]) -> tuple[list[
             f = b.with_name(b.name + ext)
             if f.is_file():
                 data = f.read_bytes()
+                # Linear files reach a u-law channel through Asterisk's own coder.
                 if kind == "slin":
-                    data = audioop.lin2ulaw(data[: len(data) // 2 * 2], 2)
+                    data = ast_lin2mu(data[: len(data) // 2 * 2])
                 elif kind == "wav":
-                    data = load_wav_ulaw(f)
+                    data = ast_lin2mu(load_wav_pcm(f))
                 return [data[i : i + FRAME_BYTES] for i in range(0, len(data), FRAME_BYTES)], False
     return None, False
 
@@ -194,13 +234,14 @@ class BridgePlayer:
         return self._rng.randint(400, 600)  # 8-12 s
 
     def _start(self, pb: Playback) -> bool:
-        """PlaybackStarted; False if the playback cannot play (it finishes failed at once)."""
+        """PlaybackStarted; False if the playback cannot play (Asterisk still sends PlaybackStarted,
+        then at once PlaybackFinished ``failed``; an unknown scheme never finishes)."""
+        self.flush_events()  # the previous playback's PlaybackFinished comes before this one's start
         if pb.frames is None:
             self.queue.popleft()
-            if pb.never_finishes:
-                pb.state = "playing"
-                self._on_playback(pb, "started")
-            else:
+            pb.state = "playing"
+            self._on_playback(pb, "started")
+            if not pb.never_finishes:
                 pb.state = "failed"
                 self._on_playback(pb, "finished")
             return False
@@ -277,7 +318,10 @@ class Bridge:
 
     @property
     def technology(self) -> str:
-        return "softmix" if self.softmix else "simple_bridge"
+        """What ARI reports: a playback is a member of its own (the announcer channel), so the caller,
+        the ExternalMedia channel and a playback make a softmix bridge, one channel and a playback
+        a simple_bridge."""
+        return "softmix" if len(self.members) + bool(self.playbacks) >= 3 else "simple_bridge"
 
     def add(self, ep: Endpoint) -> None:
         if ep not in self.members:
@@ -328,7 +372,9 @@ class Bridge:
                     agent = agent or agents[o]
             if pb_linear is not None:
                 agent = True
-            if parts or pb_linear is not None:
+            if pb_frame is not None and not parts and not wideband:
+                m.deliver(pb_frame, agent, tick)  # the file alone: its samples as Asterisk coded them
+            elif parts or pb_linear is not None:
                 m.deliver(mix_ulaw(parts, pb_linear), agent, tick)
             else:
                 m.deliver(SILENCE, False, tick)
@@ -356,18 +402,20 @@ class CallerMedia(Endpoint):
     frames_heard: int = 0
     agent_frames: list[tuple[float, bytes]] = field(default_factory=list)
     said: list[tuple[float, float]] = field(default_factory=list)  # (first frame time, speech onset time)
-    said_end: list[float] = field(default_factory=list)  # when each utterance's last frame went out
+    said_end: list[float] = field(default_factory=list)  # when each utterance's last voiced frame went out
     muted: bool = False  # a playback on the caller's own channel cuts its speech off the bridge
     is_agent: bool = False
     rate: int = RATE  # 16000: a wideband phone (slin16), which changes how the bridge's mix sounds
     noise: bytes = b""  # line noise sent all the time (empty: DTX, nothing sent in silence)
     _noise_pos: int = 0
     _onset_s: float = 0.0
+    _end: int = 0  # where the voice ends in ``speech``
 
     def say(self, ulaw: bytes) -> None:
         self.speech = ulaw
         self.pos = 0
         self._onset_s = speech_onset_s(ulaw)
+        self._end = speech_end_offset(ulaw)
 
     @property
     def speech_done(self) -> bool:
@@ -392,7 +440,7 @@ class CallerMedia(Endpoint):
                 self.said.append((now, now + self._onset_s))
             frame = self.speech[self.pos : self.pos + FRAME_BYTES].ljust(FRAME_BYTES, b"\xff")
             self.pos += FRAME_BYTES
-            if self.speech_done:
+            if self.pos >= self._end and len(self.said_end) < len(self.said):
                 self.said_end.append(time.monotonic())
             if self.noise:
                 frame = mix_ulaw([frame, self._noise_frame()])
@@ -405,9 +453,9 @@ class CallerMedia(Endpoint):
         return sum(len(p) for t, p in self.agent_frames if t >= since) / RATE
 
     def turn_latencies(self) -> list[float]:
-        """For each utterance the agent answered: seconds from the caller's last frame to the
-        first agent audio after it, as the caller hears it. (The utterance's trailing silence
-        counts as speech here: a VAD needs silence to know speech has ended.)"""
+        """For each utterance the agent answered: seconds from the end of the caller's voice (its
+        last voiced frame, not the prompt's trailing silence) to the first agent audio after it,
+        as the caller hears it."""
         out = []
         times = [t for t, _ in self.agent_frames]
         for end in self.said_end:
@@ -493,9 +541,12 @@ class ExternalMediaEndpoint(Endpoint, asyncio.DatagramProtocol):
     def deliver(self, payload: bytes, agent: bool, tick: int) -> None:
         if self.transport is None:
             return
-        marker = self._last_tick is not None and tick != self._last_tick + 1
-        if self._last_tick is not None:
-            self.ts = (self.ts + FRAME_BYTES * max(1, tick - self._last_tick)) & 0xFFFFFFFF
+        # res_rtp_asterisk's rtp_raw_write: the timestamp follows the wall clock, with the marker
+        # bit, only when that strays 640 samples (80 ms) or more from the prediction (+160); after
+        # a shorter gap (up to 4 frames missed) it just goes on by 160.
+        gap = 1 if self._last_tick is None else max(1, tick - self._last_tick)
+        marker = (gap - 1) * FRAME_BYTES >= 640
+        self.ts = (self.ts + FRAME_BYTES * (gap if marker else 1)) & 0xFFFFFFFF
         self._last_tick = tick
         self.seq = (self.seq + 1) & 0xFFFF
         if self.loss_every and self.seq % self.loss_every == 0:

@@ -56,6 +56,8 @@ HANGUP_CAUSES = {
 # The simulated PBX's dialplan: context -> extensions that exist (a transfer into anything else is
 # dropped by the PBX at once, as Asterisk does with an invalid extension).
 DEFAULT_DIALPLAN: dict[str, set[str]] = {"from-internal": {"0", *(str(n) for n in range(100, 1000))}}
+# What an ExternalMedia channel shows as its dialplan application outside Stasis (chan_rtp dials it).
+EXTERNAL_MEDIA_APP = ("AppDial2", "(Outgoing Line)")
 CLEANUP_GRACE_S = 3.0
 KEEP_FINISHED_CALLS = 200  # reports of ended calls kept; older ones go (a --sim demo runs for days)
 BRIDGE_WAIT_S = 10.0
@@ -96,6 +98,13 @@ class SimChannel:
     # Apps that get the channel's events outside Stasis (applications/{app}/subscription; the app
     # that originated a channel keeps getting them).
     subscribed: set[str] = field(default_factory=set)
+    # The dialplan application it ran last, shown while it is not in Stasis (as Asterisk does: a
+    # caller's StasisEnd still shows Stasis(); ExternalMedia shows AppDial2 before and after).
+    dialplan_app: tuple[str, str] = ("", "")
+
+    def leave_stasis(self) -> None:
+        self.dialplan_app = ("Stasis", ",".join([self.app or "", *self.app_args]))
+        self.in_stasis = False
 
     def to_json(self, with_vars: bool = False) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -110,8 +119,8 @@ class SimChannel:
                 "context": self.context,
                 "exten": self.exten,
                 "priority": self.priority,
-                "app_name": "Stasis" if self.in_stasis else "",
-                "app_data": ",".join([self.app or "", *self.app_args]) if self.in_stasis else "",
+                "app_name": "Stasis" if self.in_stasis else self.dialplan_app[0],
+                "app_data": ",".join([self.app or "", *self.app_args]) if self.in_stasis else self.dialplan_app[1],
             },
             "creationtime": ari_time(self.created),
             "language": "en",
@@ -555,7 +564,7 @@ class SimPBX:
             if bad is not None:
                 return web.Response(status=bad[0], text=bad[1], content_type="application/json")
         except AriHttpError as e:
-            if e.status not in op.error_codes and e.status != 400:
+            if e.status not in op.error_codes and e.status not in (400, 500):
                 self.violations.append(f"{op.key}: simulator answered {e.status}, not a documented error")
             return web.json_response({"message": e.message}, status=e.status)
         if status == 204:
@@ -593,7 +602,7 @@ class SimPBX:
             "creator": "Stasis",
             "name": b.name,
             "channels": [self._member_id(m) for m in b.members],
-            "video_mode": "none",
+            "video_mode": "talker",
             "creationtime": ari_time(b.created),
         }
 
@@ -702,7 +711,7 @@ class SimPBX:
         if ch.bridge is not None:
             self.channel_event(ch, {"type": "ChannelVarset", "variable": "BRIDGEPEER", "value": "", "channel": ch.to_json()})
         self._leave_bridge(ch)
-        ch.in_stasis = False
+        ch.leave_stasis()
         ch.vars["STASISSTATUS"] = "SUCCESS"
         self.emit(ch.app, {"type": "StasisEnd", "channel": ch.to_json()})
         loop = asyncio.get_running_loop()
@@ -710,7 +719,8 @@ class SimPBX:
             # Resumes after Stasis(); the simulated dialplan has nothing there: the call ends.
             loop.call_later(0.05, self.hangup_channel, ch, "dialplan")
             return 204, None
-        ch.context, ch.exten, ch.priority = target[0], target[1], target[2] or 1
+        # Asterisk's goto: one priority before the target's, the dialplan loop steps onto it.
+        ch.context, ch.exten, ch.priority = target[0], target[1], (target[2] or 1) - 1
         where = f"{ch.exten}@{ch.context}"
         if rec is not None:
             rec.left_stasis, rec.left_stasis_at = f"continue to {where}", time.monotonic()
@@ -722,11 +732,13 @@ class SimPBX:
         else:
             # Asterisk does not check the target: the PBX drops the caller at once.
             log.warning("channel %s sent to invalid extension %s", ch.id, where)
-            loop.call_later(0.001, self.hangup_channel, ch, "dialplan")
+            loop.call_later(0.001, lambda: self.hangup_channel(ch, "dialplan", invalid_extension=True))
         return 204, None
 
     def _in_dialplan(self, ch: SimChannel, app: str, data: str) -> None:
         if self.channels.get(ch.id) is ch:
+            ch.dialplan_app = (app, data)
+            ch.priority += 1
             self.channel_event(ch, {"type": "ChannelDialplan", "dialplan_app": app, "dialplan_app_data": data, "channel": ch.to_json()})
 
     def op_channels_redirect(self, pp, q, body):
@@ -763,7 +775,7 @@ class SimPBX:
             self.emit(ch.app, {"type": "ApplicationMoveFailed", "destination": q["app"], "args": args, "channel": ch.to_json()})
             return 204, None
         old = ch.app
-        ch.in_stasis = False
+        ch.leave_stasis()
         self.emit(old, {"type": "StasisEnd", "channel": ch.to_json()})
         # The caller stays in the old app's bridge until it is put elsewhere (BEHAVIOUR.md).
         ch.app, ch.app_args, ch.in_stasis = q["app"], args, True
@@ -776,6 +788,8 @@ class SimPBX:
     def op_channels_getChannelVar(self, pp, q, body):
         ch = self._channel(pp["channelId"])
         name = q["variable"]
+        if name.upper().startswith("TALK_DETECT("):
+            raise AriHttpError(500, "Unable to read provided function")  # write-only (BEHAVIOUR.md)
         if name not in ch.vars:
             raise AriHttpError(404, "Provided variable was not found")
         return 200, {"value": ch.vars[name]}
@@ -821,7 +835,9 @@ class SimPBX:
         ep = ExternalMediaEndpoint((rhost, int(rport)), self.clock, loss_every=self.faults.rtp_loss_every)
         port = await self._open_rtp_port(ep)
         # The app that originated it keeps getting its events after Stasis (BEHAVIOUR.md).
-        ch = SimChannel(cid, f"UnicastRTP/{host}-{cid}", "external", ep, state="Up", app=q["app"], subscribed={q["app"]})
+        # Down in the reply, Up at its StasisStart; named after chan_rtp's object address.
+        ch = SimChannel(cid, f"UnicastRTP/{host}-0x7f{random.getrandbits(40):010x}", "external", ep, state="Down", app=q["app"],
+                        subscribed={q["app"]}, context="default", dialplan_app=EXTERNAL_MEDIA_APP)
         ch.vars["UNICASTRTP_LOCAL_ADDRESS"] = self.rtp_host
         ch.vars["UNICASTRTP_LOCAL_PORT"] = str(port)
         self.channels[cid] = ch
@@ -847,6 +863,7 @@ class SimPBX:
 
     def _enter_stasis(self, ch: SimChannel) -> None:
         if ch.id in self.channels:
+            ch.state = "Up"
             ch.in_stasis = True
             self.emit(ch.app, {"type": "StasisStart", "args": ch.app_args, "channel": ch.to_json()})
 
@@ -870,13 +887,12 @@ class SimPBX:
         # Heard by the caller only, never mixed into ExternalMedia; mutes the caller on the bridge.
         media = ch.media
         if pb.frames is None:
-            if pb.never_finishes:
-                pb.state = "playing"
-                self._playback_event(pb, "started")
-                return
-            await asyncio.sleep(0.005)
-            pb.state = "failed"
-            self._playback_event(pb, "finished")
+            # Started, then at once failed (a missing file); an unknown scheme never finishes.
+            pb.state = "playing"
+            self._playback_event(pb, "started")
+            if not pb.never_finishes:
+                pb.state = "failed"
+                self._playback_event(pb, "finished")
             return
         pb.state = "playing"
         self._playback_event(pb, "started")
@@ -958,6 +974,8 @@ class SimPBX:
             if ch.bridge is not None and ch.bridge is not b:
                 raise AriHttpError(409, "Channel is already in a bridge")
         for ch in chans:
+            if ch.bridge is b:
+                self._leave_bridge(ch)  # added again: Asterisk takes it out and puts it back
             ch.bridge = b
             ch.media.bridge = b
             b.add(ch.media)
@@ -1051,22 +1069,37 @@ class SimPBX:
         b = ch.bridge
         if b is None:
             return
+        technology = b.technology  # the event shows the bridge as it was before this change
         b.remove(ch.media)
         ch.bridge = None
         ch.media.bridge = None
-        self.emit(ch.app, {"type": "ChannelLeftBridge", "bridge": self.bridge_json(b), "channel": ch.to_json()})
+        self.emit(ch.app, {"type": "ChannelLeftBridge", "bridge": {**self.bridge_json(b), "technology": technology}, "channel": ch.to_json()})
+        if not b.members:
+            # The bridge's playbacks had only its announcer left to play to: they end, failed.
+            for pb in list(b.playbacks):
+                b.playbacks.remove(pb)
+                pb.state = "failed"
+                self._playback_event(pb, "finished")
+            b.player.stopped()
 
-    def hangup_channel(self, ch: SimChannel, by: str, cause: int = CAUSE_NORMAL) -> None:
-        """``by``: "caller" (the far end), "ari" (an app's DELETE), "dialplan", "transfer"."""
+    def hangup_channel(self, ch: SimChannel, by: str, cause: int = CAUSE_NORMAL, invalid_extension: bool = False) -> None:
+        """``by``: "caller" (the far end), "ari" (an app's DELETE), "dialplan", "transfer".
+        ``invalid_extension``: the PBX drops a channel sent where the dialplan has nothing."""
         if self.channels.get(ch.id) is not ch:
             return
         # An app's hangup shows cause 32 with soft; the real cause comes on ChannelDestroyed.
         request: dict[str, Any] = {"cause": CAUSE_APP_HANGUP, "soft": True} if by == "ari" else {"cause": cause}
+        if invalid_extension:
+            request["soft"] = True
         self.channel_event(ch, {"type": "ChannelHangupRequest", **request, "channel": ch.to_json()})
         self._leave_bridge(ch)
         if ch.in_stasis:
-            ch.in_stasis = False
+            ch.leave_stasis()
             self.emit(ch.app, {"type": "StasisEnd", "channel": ch.to_json()})
+        if ch.kind == "external":
+            ch.dialplan_app = EXTERNAL_MEDIA_APP
+        if invalid_extension:
+            ch.priority, ch.dialplan_app = ch.priority + 1, ("", "")
         for pb in ch.channel_playbacks:
             if pb.state in ("playing", "paused"):
                 pb.state = "failed"

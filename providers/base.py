@@ -154,6 +154,16 @@ class CallerFinished:
 
 
 @dataclass(slots=True, frozen=True)
+class TurnFailed:
+    """The caller's turn got no answer from the models, and the caller heard the apology instead:
+    ``busy``: refused at once (too much queued: more callers than the models serve); otherwise
+    lost (a model process died or hung, a server failed). The engine counts it as a failed turn."""
+
+    reason: str
+    busy: bool
+
+
+@dataclass(slots=True, frozen=True)
 class EarlyAnswer:
     """An answer begun at the caller's pause (a pipeline's ``answer_at_pause``) was taken over by
     the turn (``used``) or dropped: the caller said more, so its model work was spent for nothing."""
@@ -163,6 +173,7 @@ class EarlyAnswer:
 
 ProviderEvent = (
     AgentAudio | Transcript | AgentSpeakingStarted | AgentSpeakingStopped | CallerInterrupted | ProviderError | TurnMark | ActionRequest | CallerFinished | EarlyAnswer
+    | TurnFailed
 )
 EmitFn = Callable[[ProviderEvent], None]
 

@@ -71,9 +71,14 @@ class LocalProviderConfig(ConfigSection):
     tts_threads: int = Field(1, ge=1, le=64)
     tts_cache_size: int = Field(128, ge=0, le=100000)  # synthesized sentences kept
     max_queue: int = Field(16, ge=1, le=1000)  # model jobs waiting before new ones are refused
+    # Calls on providers that run models here served at once; a new one beyond that takes the
+    # over-capacity path (asterisk.over_capacity). 0: measured from the models' own work
+    # (engine/capacity.py, README "Capacity").
+    max_active_calls: int = Field(0, ge=0, le=10000)
     # A model worker process with work but no progress this long is hung: killed and restarted.
     worker_hang_timeout_s: float = Field(10.0, gt=0, le=3600)
-    # Said when a turn is lost to a model worker that crashed or hung (it is being restarted).
+    # Said when a turn gets no answer: a model worker crashed or hung (it is being restarted), or
+    # the models' queue was full (more callers than they serve). Such a turn counts as failed.
     apology: str = "Sorry, I lost my train of thought. Could you say that again?"
     # Said when a caller's answer has not started this long after they stopped speaking (more
     # callers than the models keep up with): a short line instead of silence. 0: never.
@@ -166,6 +171,14 @@ class ProvidersConfig(ConfigSection):
 
     def pipeline(self, name: str) -> PipelineConfig:
         return self.pipelines.get(name) or PipelineConfig()
+
+    def runs_models_here(self, name: str) -> bool:
+        """The provider has a stage in this machine's model workers: its calls count against the
+        models' capacity."""
+        if not self.is_pipeline(name):
+            return False
+        p = self.pipeline(name)
+        return IN_PROCESS in (p.stt, p.llm, p.tts)
 
     def fallback_for(self, name: str) -> str:
         """The provider that takes new calls while ``name`` is not ready."""

@@ -36,6 +36,7 @@ from providers.base import (
     ProviderError,
     Readiness,
     Transcript,
+    TurnFailed,
     TurnMark,
     UtteranceCollector,
     ComponentStatus,
@@ -203,6 +204,17 @@ class StagePool:
 
     def queues(self) -> dict[str, QueueState]:
         return {name: stage.queue() for name, stage in self._named().items()}
+
+    def model_busy_s(self) -> dict[str, float]:
+        """Each in-process model's time on jobs so far (loop seconds), by kind: what the engine
+        measures its capacity from. Empty when no model runs here (model servers have their own
+        limits, max_concurrency)."""
+        now = asyncio.get_running_loop().time()
+        return {
+            kind: stage.worker.busy_seconds(now)
+            for (kind, backend), stage in self._stages.items()
+            if backend == IN_PROCESS and isinstance(stage, (WorkerStt, WorkerLlm, WorkerTts))
+        }
 
     async def close(self) -> None:
         stages, self._stages = self._stages, {}
@@ -612,18 +624,20 @@ class PipelineCall(ProviderCall):
         except asyncio.CancelledError:
             turn.cancelled = True
             raise
-        except StageBusy as e:
-            self._emit(ProviderError(f"models busy, turn dropped: {e}"))
-            self._emit(TurnMark("no_answer", loop.time()))
-        except StageFailed as e:
-            # A model process died or hung mid-turn (it is being restarted), or a server failed or
-            # was too slow: say so briefly rather than leave the caller in silence.
-            self._emit(ProviderError(f"turn lost: {e}"))
+        except (StageBusy, StageFailed) as e:
+            # Refused at once (more callers than the models serve: their queue is full), or lost (a
+            # model process died or hung mid-turn and is being restarted, a server failed or was
+            # too slow): say so briefly rather than leave the caller in silence. The apology is
+            # pinned in the speech cache: it costs the models nothing.
+            busy = isinstance(e, StageBusy)
             if turn.hold is not None:
                 turn.hold.cancel()
+            if not busy:
+                self._emit(ProviderError(f"turn lost: {e}"))
+            self._emit(TurnFailed(f"models busy: {e}" if busy else f"turn lost: {e}", busy))
             await self._say(self.cfg.apology)
             down = [s.name for s in self.m.stages if not s.available]
-            if down and self._fallback:
+            if not busy and down and self._fallback:
                 self._emit(ProviderError(f"{', '.join(down)} down: moving the call to {self._fallback}", fatal=True))
         except Exception as e:
             log.exception("[%s] local provider turn failed", self.ctx.call_id)

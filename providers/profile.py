@@ -48,10 +48,12 @@ class Department(ConfigSection):
 
 class Norms(ConfigSection):
     """What a good call of this profile looks like: ``aiagent-tui calls diagnose`` measures a call's
-    record against these. Turn figures are seconds from the end of the caller's speech."""
+    record against these. Turn figures are seconds from the end of the caller's speech (their last
+    voiced frame); the stages follow one another from there."""
 
     answer_s: float = Field(1.5, gt=0)  # to the first agent audio the caller hears
-    stt_s: float = Field(0.8, gt=0)  # to the final transcription
+    endpoint_s: float = Field(0.8, gt=0)  # the end-of-speech wait: to the engine's decision that the caller had finished
+    stt_s: float = Field(0.8, gt=0)  # from that decision to the final transcription
     llm_first_sentence_s: float = Field(1.0, gt=0)  # from the transcription to the first sentence
     tts_first_audio_s: float = Field(0.4, gt=0)  # from that sentence to its first audio
     playout_s: float = Field(0.3, gt=0)  # from that audio to the caller (file mode: the playback's start)

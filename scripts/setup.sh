@@ -14,8 +14,9 @@ extras=""
 # has no wheel on PyPI and compiles llama.cpp on install (about 7 minutes on 2 cores).
 # libportaudio2: the terminal app's audio monitor (sounddevice).
 apt_pkgs=(asterisk-core-sounds-en-wav asterisk-core-sounds-en build-essential cmake libportaudio2)
-# The tests run the call history on a real PostgreSQL server too (a throwaway cluster of their own).
-[ -n "$extras" ] && apt_pkgs+=(postgresql)
+# The tests run the call history on a real PostgreSQL server too (a throwaway cluster of their own),
+# and calls on the real Asterisk 22 of ../shared/asterisk/ (prebuilt; these are the libraries it links).
+[ -n "$extras" ] && apt_pkgs+=(postgresql libjansson4 libedit2 libxml2 libxslt1.1 libsqlite3-0 libssl3 libcurl4 libuuid1 libicu72 libbsd0 libpq5)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -19,7 +19,10 @@ import pytest
 from engine.config import AppConfig, load_config
 from engine.engine import Engine
 from engine.history import CallRecord, HistoryDb, database_url
+from pbxsim.asterisk import Ari, AsteriskCallers, AsteriskInstance, AsteriskNotFound, leftovers, shared_asterisk
 from pbxsim.server import SimPBX
+
+ROOT = Path(__file__).resolve().parent.parent
 
 SOUNDS = Path("/usr/share/asterisk/sounds/en_US_f_Allison")
 HELLO = SOUNDS / "hello-world.wav"  # 1.4 s
@@ -76,13 +79,16 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
         return s.getsockname()[1]
 
 
-def engine_config(pbx: SimPBX, tmp_path: Path, **env: str) -> AppConfig:
+def engine_config(pbx: SimPBX | AsteriskInstance, tmp_path: Path, **env: str) -> AppConfig:
     base = {
-        "ASTERISK_ARI_PORT": str(pbx.port),
         "RTP_PORT": "0",
         "HEALTH_PORT": "0",
         "AIAGENT_MEDIA_DIR": str(tmp_path / "media"),
     }
+    if isinstance(pbx, AsteriskInstance):
+        base.update({"ASTERISK_ARI_PORT": str(pbx.http_port), "ASTERISK_ARI_USERNAME": "ari", "ASTERISK_ARI_PASSWORD": "ari"})
+    else:
+        base["ASTERISK_ARI_PORT"] = str(pbx.port)
     base.update(env)
     cfg = load_config(None, env=base)
     cfg.asterisk.reconnect_initial_s = 0.05
@@ -91,7 +97,7 @@ def engine_config(pbx: SimPBX, tmp_path: Path, **env: str) -> AppConfig:
 
 
 @contextlib.asynccontextmanager
-async def running_engine(pbx: SimPBX, tmp_path: Path, configure: Callable[[AppConfig], None] | None = None, **env: str) -> AsyncIterator[Engine]:
+async def running_engine(pbx: SimPBX | AsteriskInstance, tmp_path: Path, configure: Callable[[AppConfig], None] | None = None, **env: str) -> AsyncIterator[Engine]:
     """An engine connected to ``pbx``, stopped (calls hung up) on exit."""
     (tmp_path / "media").mkdir(exist_ok=True)
     cfg = engine_config(pbx, tmp_path, **env)
@@ -125,6 +131,56 @@ def downstream_mode() -> str:
 async def engine(pbx: SimPBX, tmp_path: Path, downstream_mode: str) -> AsyncIterator[Engine]:
     async with running_engine(pbx, tmp_path, AIAGENT_DOWNSTREAM_MODE=downstream_mode) as eng:
         yield eng
+
+
+@pytest.fixture(scope="session")
+def asterisk() -> Iterator[AsteriskInstance]:
+    """A real Asterisk 22 (../shared/asterisk/'s prebuilt tree, pbxsim/asterisk_etc/'s dialplan) on
+    loopback with free ports, for the whole session. Without it: a failure in CI, a skip elsewhere."""
+    try:
+        shared = shared_asterisk(ROOT)
+    except AsteriskNotFound as e:
+        if os.environ.get("CI"):
+            pytest.fail(str(e))
+        pytest.skip(str(e))
+    inst = AsteriskInstance(shared, Path(tempfile.mkdtemp(prefix="aiagent-asterisk-")))
+    inst.start()
+    try:
+        yield inst
+    finally:
+        inst.stop()
+        shutil.rmtree(inst.run_dir, ignore_errors=True)
+
+
+@pytest.fixture
+async def callers(asterisk: AsteriskInstance) -> AsyncIterator[AsteriskCallers]:
+    """Callers on the real Asterisk; after the test, the PBX must hold no channel and no bridge."""
+    if not asterisk.pid:
+        asterisk.start()  # a test stopped it and failed before starting it again
+    c = AsteriskCallers(asterisk)
+    await c.start()
+    try:
+        yield c
+    finally:
+        await c.stop()
+        await no_leftovers_on(asterisk)
+
+
+async def no_leftovers_on(asterisk: AsteriskInstance, timeout: float = 8.0) -> None:
+    """Nothing left on the real PBX: no channel, no bridge (waits for teardowns in flight)."""
+    ari = Ari(asterisk.url)
+    try:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while True:
+            left = await leftovers(ari)
+            if left == ([], []):
+                return
+            if loop.time() > end:
+                raise AssertionError(f"left on Asterisk: channels {left[0]}, bridges {left[1]}")
+            await asyncio.sleep(0.1)
+    finally:
+        await ari.close()
 
 
 def _postgres_bin() -> Path:

@@ -89,8 +89,9 @@ class ScriptedEngine:
             TranscriptTurn("agent", "There is free parking behind the building.", True, NOW - 56),
         ])
         a.turns.extend([
-            TurnTimeline(NOW - 66.0, NOW - 65.74, NOW - 65.61, NOW - 65.61, NOW - 65.52, NOW - 65.50),
-            TurnTimeline(NOW - 58.0, NOW - 57.71, NOW - 57.55, NOW - 57.55, NOW - 57.47, NOW - 57.45),
+            # The caller's last voiced frame 0.55 s before the end-of-speech decision (the VAD's hangover).
+            TurnTimeline(NOW - 66.0, NOW - 65.74, NOW - 65.61, NOW - 65.61, NOW - 65.52, NOW - 65.50, last_voice_in=NOW - 66.55),
+            TurnTimeline(NOW - 58.0, NOW - 57.71, NOW - 57.55, NOW - 57.55, NOW - 57.47, NOW - 57.45, last_voice_in=NOW - 58.55),
         ])
         b = eng.add_call("5550199", 12.0, ConversationState.USER_SPEAKING)
         _stream(b, 600, lost=set(), start=NOW - 12.0)

@@ -263,8 +263,11 @@ async def test_metrics_and_turn_latency(pbx, tmp_path, downstream_mode):
         rec = pbx.place_call(script=[Say(str(HELLO)), WaitAgentDone(0.3), Pause(1.0)])
         await wait_for(lambda: eng.store.get(rec.id) is not None and eng.store.get(rec.id).turns, timeout=15)
         turn = eng.store.get(rec.id).turns[0]
-        # end of speech (VAD hangover) -> think 200 ms -> first audio out
-        assert 0.2 <= turn.latency_s < 1.0
+        # The caller's last voiced frame -> end of speech (VAD hangover, 500 ms) -> think 200 ms ->
+        # first audio out: the turn counts from that frame, the hangover in it.
+        assert turn.endpoint_s is not None and 0.45 <= turn.endpoint_s < 1.5
+        assert 0.2 <= turn.latency_s - turn.endpoint_s < 1.0
+        assert turn.latency_s == pytest.approx(turn.first_audio_out - turn.last_voice_in)
         url = f"http://127.0.0.1:{eng.health_server.port}/metrics"
         text = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=2).read().decode())
         # one live call: either speaking (gated) or listening
@@ -272,6 +275,10 @@ async def test_metrics_and_turn_latency(pbx, tmp_path, downstream_mode):
         assert "call_id" not in text  # series do not grow with every call
         assert "ai_agent_barge_in_events_total 0.0" in text
         assert "ai_agent_turn_latency_seconds_count 1.0" in text
+        assert "ai_agent_turn_end_of_speech_wait_seconds_count 1.0" in text
+        sums = dict(re.findall(r"^(ai_agent_turn_\w+_seconds)_sum (\S+)$", text, re.M))
+        assert float(sums["ai_agent_turn_latency_seconds"]) == pytest.approx(turn.latency_s)
+        assert float(sums["ai_agent_turn_end_of_speech_wait_seconds"]) == pytest.approx(turn.endpoint_s)
         await asyncio.wait_for(rec.finished.wait(), 15)
     finally:
         await eng.stop()

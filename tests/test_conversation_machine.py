@@ -4,20 +4,23 @@ latency. No sockets, no sleeping: the clock moves 20 ms per frame because the te
 
 from __future__ import annotations
 
-from typing import Any, Coroutine
+from typing import Any, Coroutine, NoReturn
 
 import pytest
+from prometheus_client import generate_latest
 
 from engine.clock import ManualClock
 from engine.config import load_config
 from engine.conversation import ConversationCoordinator, ConversationCounters
+from engine.history import record_of
+from engine.metrics import EngineMetrics
 from engine.playback import Downstream
-from engine.sessions import BargeIn, CallSession, ConversationState, PlaybackRef, SessionStore, TurnCompleted
+from engine.sessions import BargeIn, CallSession, ConversationState, PlaybackRef, SessionStore, TurnCompleted, TurnTimeline
 from media.audio import rms_dbfs, ulaw_to_pcm16
 from media.frames import FRAME_S, PCM_FRAME_BYTES
 from media.vad import VoiceActivity
 from pbxsim.media import load_wav_ulaw
-from providers.base import ProviderCall
+from providers.base import ModelWork, ProviderCall
 from tests.conftest import HELLO
 
 SILENCE = bytes(PCM_FRAME_BYTES)
@@ -105,16 +108,27 @@ class Rig:
         self.store.add(self.session)
         self.events = self.store.subscribe()
         self.provider = RecordingProviderCall()
-        self.latencies: list[float] = []
+        self.observed: list[TurnTimeline] = []  # the answered turns the metrics were told of
+        self.metrics = EngineMetrics(_no_status)
         self.spawned: list[Coroutine[Any, Any, Any]] = []
         self.counters = ConversationCounters()
         self.conv = ConversationCoordinator(
-            cfg, self.session, self.store, self.provider, True, False, self.counters, self.latencies.append,
+            cfg, self.session, self.store, self.provider, True, False, self.counters, self._observe,
             self.spawn, self.clock,
         )
         self.down = TokenDownstream(self.session)
         self.down.on_tokens_changed = self.conv.tokens_changed
         self.conv.downstream = self.down
+
+    def _observe(self, t: TurnTimeline) -> None:
+        self.observed.append(t)
+        self.metrics.observe_turn(t)
+
+    def turn_metrics(self) -> str:
+        """The turn histograms as /metrics has them (the scrape-time collector, which needs a whole
+        engine's status, left out)."""
+        names = [f"{m}{suffix}" for m in ("ai_agent_turn_latency_seconds", "ai_agent_turn_end_of_speech_wait_seconds") for suffix in ("_bucket", "_count", "_sum")]
+        return generate_latest(self.metrics.registry.restricted_registry(names)).decode()
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         self.spawned.append(coro)
@@ -134,6 +148,15 @@ class Rig:
             if isinstance(ev, kind):
                 out.append(ev)
         return out
+
+
+def _no_status() -> NoReturn:
+    raise AssertionError("the engine's status is not part of these tests")
+
+
+def _sample(text: str, name: str) -> float:
+    (line,) = [x for x in text.splitlines() if x.startswith(name + " ")]
+    return float(line.split()[1])
 
 
 def test_an_utterance_starts_on_speech_and_ends_after_the_hangover():
@@ -165,6 +188,25 @@ def test_packets_that_stop_mid_speech_end_the_utterance_on_the_clock():
     assert rig.provider.events == ["started"]  # not yet end_ms without a frame
     rig.clock.advance(0.1)
     assert rig.provider.events == ["started", "ended"]
+
+
+def test_a_phone_that_sends_some_silence_then_stops_ends_the_turn_end_ms_after_the_voice():
+    """A DTX phone sends a few silent frames after its user stops, then nothing: the silence it did
+    not send counts too, so the turn ends end_ms after the last voiced frame (measured on a real
+    Asterisk: ending it end_ms after the last packet added the trailing silence to every turn)."""
+    rig = Rig()
+    speech = [f for f in speech_frames() if voiced(rig.conv.vad, f, -50.0)][:30]
+    rig.feed(speech)
+    last_voice = rig.clock.now()
+    rig.feed([SILENCE] * 10)  # 200 ms of the phone's own silence, then it stops sending
+    assert rig.provider.events == ["started"]
+    ended = None
+    for _ in range(40):
+        rig.clock.advance(0.01)
+        if rig.provider.events[-1] == "ended":
+            ended = rig.clock.now()
+            break
+    assert ended is not None and 0.5 <= ended - last_voice < 0.52, ended - last_voice
 
 
 def test_a_caller_the_provider_reads_as_finished_ends_the_turn_before_the_hangover():
@@ -291,14 +333,87 @@ def test_no_pause_where_the_path_cannot_hold_audio_or_when_disabled():
     assert rig.counters.barge_in_pauses == 0 and rig.counters.false_pauses == 0
 
 
-def test_turn_latency_is_speech_end_to_first_agent_audio():
+def speak(rig: Rig, frames: list[bytes]) -> float | None:
+    """Feeds the frames; returns when the last one the VAD heard as voice arrived."""
+    last = None
+    for f in frames:
+        rig.feed([f])
+        if rig.conv.vad.voiced:
+            last = rig.clock.now()
+    return last
+
+
+def test_turn_latency_counts_from_the_callers_last_voiced_frame_and_shows_the_wait_as_its_own_part():
+    """The caller's last voiced frame came 500 ms (vad.end_ms) before the VAD decided the turn had
+    ended, and the first agent audio went out 370 ms after that decision: the turn took 870 ms for
+    the caller. The timeline, the history record and /metrics all say 870 ms, with the 500 ms wait as
+    a part of its own; the engine's own share still starts at the decision (the wait is the VAD's,
+    not the engine's work)."""
     rig = Rig()
-    rig.feed(speech_frames())
+    work = rig.provider.work = ModelWork()
+    last_voiced = speak(rig, speech_frames())
+    assert last_voiced is not None
     while rig.provider.events[-1] != "ended":
         rig.feed([SILENCE])
     speech_end = rig.clock.now()
+    assert speech_end - last_voiced == pytest.approx(0.5)
+    # A model ran from before the decision (a partial transcription during the hangover) to 200 ms
+    # after it, then a job waited 100 ms for a model busy with another call.
+    work.running(last_voiced + 0.1).end = speech_end + 0.2
+    work.waited(speech_end + 0.2, speech_end + 0.3)
     rig.clock.advance(0.37)
     rig.conv.first_audio_out(rig.clock.now())
-    assert rig.latencies == [pytest.approx(0.37)]
+
     (done,) = rig.published(TurnCompleted)
-    assert done.turn.speech_end == speech_end
+    t = done.turn
+    assert (t.last_voice_in, t.speech_end) == (last_voiced, speech_end)
+    assert t.latency_s == pytest.approx(0.87) and t.endpoint_s == pytest.approx(0.5)
+    assert t.in_models_s == pytest.approx(0.2) and t.queued_s == pytest.approx(0.1)
+    assert t.own_s == pytest.approx(0.07)  # 370 ms from the decision, less 200 in a model and 100 queued
+    assert rig.session.snapshot().conversation.last_turn_latency_s == pytest.approx(0.87)
+
+    rec = record_of(rig.session, "test", ["local"], now_mono=rig.clock.now())
+    (turn,) = rec.turns
+    assert turn.latency_s == pytest.approx(0.87) and turn.endpoint_s == pytest.approx(0.5) and turn.own_s == pytest.approx(0.07)
+    wall = rig.session.created_at - rig.session.created_mono
+    assert turn.at == pytest.approx(wall + last_voiced, abs=1e-3)  # the end of the caller's speech
+
+    text = rig.turn_metrics()
+    assert rig.observed == [t]
+    assert _sample(text, "ai_agent_turn_latency_seconds_count") == 1 and _sample(text, "ai_agent_turn_latency_seconds_sum") == pytest.approx(0.87)
+    assert _sample(text, "ai_agent_turn_end_of_speech_wait_seconds_count") == 1
+    assert _sample(text, "ai_agent_turn_end_of_speech_wait_seconds_sum") == pytest.approx(0.5)
+    assert 'ai_agent_turn_latency_seconds_bucket{le="0.75"} 0.0' in text and 'ai_agent_turn_latency_seconds_bucket{le="1.0"} 1.0' in text
+
+
+def test_a_turn_whose_packets_stop_counts_from_the_last_voiced_frame_and_a_fallback_flush_from_its_decision():
+    """Packets that stop (a two-party bridge, an IAX2 trunk): the turn ends on the clock, end_ms
+    after the last frame, and counts from the caller's last voiced frame. A turn the fallback timer
+    handed over heard no voice of its own: it counts from that flush, with no wait, not from the
+    previous turn's voice."""
+    rig = Rig(vad={"fallback_interval_ms": 1000})
+    for i, frame in enumerate(speech_frames()):
+        rig.feed([frame])
+        if i >= 30 and rig.conv.vad.voiced:
+            break  # the packets stop on a voiced frame
+    last_voiced = rig.clock.now()
+    assert rig.conv.vad.speaking and rig.provider.events == ["started"]
+    rig.clock.advance(0.6)
+    assert rig.provider.events == ["started", "ended"]
+    rig.conv.first_audio_out(last_voiced + 0.7)  # 200 ms after the turn ended on the clock
+    (t,) = rig.observed
+    assert t.last_voice_in == last_voiced and t.speech_end == pytest.approx(last_voiced + 0.5)
+    assert t.latency_s == pytest.approx(0.7) and t.endpoint_s == pytest.approx(0.5)
+
+    rig.feed([SILENCE] * 50)  # the caller is quiet: the fallback timer hands the audio over
+    assert rig.provider.events[-1] == "fallback"
+    flushed = rig.clock.now()
+    rig.clock.advance(0.3)
+    rig.conv.first_audio_out(rig.clock.now())
+    t = rig.observed[-1]
+    assert t.speech_end == flushed and t.last_voice_in is None and t.endpoint_s is None
+    assert t.latency_s == pytest.approx(0.3)
+    text = rig.turn_metrics()
+    assert _sample(text, "ai_agent_turn_latency_seconds_count") == 2 and _sample(text, "ai_agent_turn_end_of_speech_wait_seconds_count") == 1
+    (_, rec) = record_of(rig.session, "test", ["local"], now_mono=rig.clock.now()).turns
+    assert rec.latency_s == pytest.approx(0.3) and rec.endpoint_s is None

@@ -91,6 +91,19 @@ def test_the_slowest_stage_is_blamed_against_its_own_norm():
     assert "0.80 s of it waiting for models busy with other calls" in f.evidence[0] and "busy" not in f.evidence[1]
 
 
+def test_a_long_end_of_speech_wait_is_a_stage_of_its_own_and_counts_behind_a_hold_line():
+    """The turn counts from the caller's last voiced frame: a line whose packets stop 1.2 s late
+    (norm 0.8 s) makes a 2.0 s answer of quick models, and the wait is what is blamed. Behind a
+    hold line, the answer's own time is the wait and its stages."""
+    turns = [TurnRecord(at=1_000_010.0, latency_s=2.0, endpoint_s=1.2, stt_s=0.2, llm_first_sentence_s=0.4, tts_first_audio_s=0.15, playout_s=0.05)]
+    (f,) = diagnose(_record(turns=turns), Norms()).problems
+    assert "the end-of-speech wait took up to 1.2 s against its norm of 0.8 s" in f.says
+    assert "the end-of-speech wait 1.20 s, speech to text 0.20 s" in f.evidence[0] and "end_ms" in f.evidence[-1]
+    held = [TurnRecord(at=1_000_010.0, latency_s=1.4, hold_s=1.4, endpoint_s=0.6, stt_s=0.2, llm_first_sentence_s=0.9, tts_first_audio_s=0.1)]
+    (f,) = diagnose(_record(turns=held), Norms()).problems
+    assert "answered after 1.80 s" in f.evidence[0]  # 0.6 + 0.2 + 0.9 + 0.1: the hold line's 1.4 s is not the answer
+
+
 def test_dead_air_a_barge_in_storm_a_failed_transfer_and_a_fallback_are_each_named():
     rec = _record(
         providers=["deepgram", "local"], provider_errors=1, last_provider_error="deepgram: connection closed",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import signal
@@ -48,6 +49,8 @@ async def test_a_call_is_in_the_history_with_what_was_said_and_how_it_went(tmp_p
     assert hist.started_at <= hist.transcript[0].at <= hist.ended_at
     answered = [t for t in hist.turns if t.stt_s is not None]
     assert answered and all(0 < t.latency_s < 10 for t in answered)
+    # From the caller's last voiced frame: the end-of-speech wait (vad.end_ms and more) is a part of it.
+    assert all(t.endpoint_s is not None and 0.4 < t.endpoint_s < t.latency_s for t in answered)
     assert answered[0].llm_first_sentence_s is not None and answered[0].tts_first_audio_s is not None
     assert hist.quality.packets_in > 50 and hist.quality.lost == 0 and hist.quality.packets_out > 100  # a DTX line: packets while the caller speaks
     assert hist.downstream_mode == "stream"
@@ -69,6 +72,42 @@ async def test_a_call_is_in_the_history_with_what_was_said_and_how_it_went(tmp_p
     assert cli(["--config", cfg, "calls", "export", rec.id, "--format", "json"]) == 0
     assert CallRecord.model_validate_json(capsys.readouterr().out) == hist
     assert cli(["--config", cfg, "calls", "show", "nosuchcall"]) == 1
+
+
+def test_a_turns_end_of_speech_wait_is_shown_and_a_record_from_before_it_was_kept_still_reads(tmp_path):
+    """A turn counts from the caller's last voiced frame, the wait for the end-of-speech decision
+    its own column; a record written before that (no ``endpoint_s``) reads as it was."""
+    from aiagent_tui.history_cli import show
+    from engine.history import calls_table
+
+    db = HistoryDb(f"sqlite:///{tmp_path / 'history.sqlite3'}")
+    db.create()
+    old = {"call_id": "old.1", "started_at": 1_000_000.0, "ended_at": 1_000_030.0, "duration_s": 30.0, "outcome": "caller_hung_up",
+           "turns": [{"at": 1_000_010.0, "latency_s": 0.9, "stt_s": 0.3, "llm_first_sentence_s": 0.4, "tts_first_audio_s": 0.15, "playout_s": 0.05}]}
+    new = CallRecord.model_validate({**old, "call_id": "new.1", "turns": [{**old["turns"][0], "latency_s": 1.4, "endpoint_s": 0.5}]})
+    try:
+        with db.engine.begin() as conn:
+            conn.execute(calls_table.insert().values(call_id="old.1", engine="e", started_at=1_000_000.0, ended_at=1_000_030.0, caller_number="",
+                                                     dialled="", profile="default", outcome="caller_hung_up", turns=1, record=json.dumps(old)))
+        db.save([new])
+        before, after = db.get("old.1"), db.get("new.1")
+    finally:
+        db.close()
+    assert before is not None and after is not None
+    assert before.turns[0].latency_s == 0.9 and before.turns[0].endpoint_s is None
+    assert after.turns[0].latency_s == 1.4 and after.turns[0].endpoint_s == 0.5
+
+    def table(rec: CallRecord) -> tuple[str, list[str], list[str]]:
+        out = io.StringIO()
+        show(rec, out)
+        lines = out.getvalue().splitlines()
+        head = next(i for i, line in enumerate(lines) if line.startswith("turns ("))
+        return lines[head], lines[head + 1].split(), lines[head + 2].split()
+
+    title, cols, row = table(after)
+    assert "from the caller's last voiced frame" in title
+    assert cols[:4] == ["at", "to", "answer", "eos"] and row[1:4] == ["1.40", "0.50", "0.30"]
+    assert table(before)[2][1:4] == ["0.90", "-", "0.30"]
 
 
 def _engine(env: dict[str, str]) -> subprocess.Popen:

@@ -70,13 +70,17 @@ async def test_a_caller_gets_understood_and_a_spoken_answer(pbx, tmp_path, whisp
     pcm16k = Resampler(8000, 16000).process(ulaw_to_pcm16(answer))
     heard = whisper.transcribe(pcm16k)
     assert wer(" ".join(agent_lines[1:]), heard) < 0.5, (agent_lines, heard)
-    # The turn says where its time went: most of it in the call's own model jobs (not another
-    # call's: there is none), the engine's own share the rest.
+    # The turn says where its time went: first the end-of-speech wait (the caller's last voiced
+    # frame to the VAD's decision), then, from that decision, most of it in the call's own model
+    # jobs (not another call's: there is none), the engine's own share the rest. The turn's latency
+    # counts from that frame, so the shares are measured against the part after the decision.
     turn = next(e.turn for e in events if isinstance(e, TurnCompleted) and e.turn.stt_final is not None)
     assert turn.latency_s is not None and turn.in_models_s is not None and turn.queued_s is not None and turn.own_s is not None
-    assert turn.in_models_s + turn.queued_s > turn.latency_s / 2, turn
-    assert 0 <= turn.own_s < turn.latency_s / 2, turn
-    assert turn.last_voice_in is not None and turn.speech_end is not None and 0 < turn.speech_end - turn.last_voice_in < 1.0
+    assert turn.last_voice_in is not None and turn.speech_end is not None and turn.endpoint_s is not None and 0 < turn.endpoint_s < 1.0
+    after_decision = turn.latency_s - turn.endpoint_s
+    assert after_decision == pytest.approx(turn.first_audio_out - turn.speech_end)
+    assert turn.in_models_s + turn.queued_s > after_decision / 2, turn
+    assert 0 <= turn.own_s < after_decision / 2, turn
 
 
 async def test_a_slow_answer_is_announced_by_the_hold_line_not_silence(pbx, tmp_path):

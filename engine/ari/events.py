@@ -21,11 +21,15 @@ ConnectHandler = Callable[[bool], Awaitable[None]]  # argument: True on a reconn
 
 
 class AriEventStream:
-    def __init__(self, client: AriClient, app: str, on_event: EventHandler, on_connect: ConnectHandler) -> None:
+    def __init__(
+        self, client: AriClient, app: str, on_event: EventHandler, on_connect: ConnectHandler, on_refused: Callable[[str], None] | None = None,
+    ) -> None:
         self.client = client
         self.app = app
         self._on_event = on_event
         self._on_connect = on_connect
+        # ARI refused the credentials (401): no retry fixes that; the engine's owner exits with it.
+        self._on_refused = on_refused
         cfg = client.config
         self._backoff = Backoff(cfg.reconnect_initial_s, cfg.reconnect_max_s)
         self.connected = False
@@ -91,6 +95,9 @@ class AriEventStream:
                 raise
             except aiohttp.WSServerHandshakeError as e:
                 self.last_error = self._refused(e.status, e.message)
+                if e.status == 401 and self._on_refused is not None:
+                    self._on_refused(self.last_error)
+                    await asyncio.Event().wait()  # until the engine stops: said once, not at every retry
             except aiohttp.ClientConnectorError as e:
                 cfg = self.client.config
                 why = "connection refused" if isinstance(e.os_error, ConnectionRefusedError) else e.os_error.strerror or str(e.os_error)

@@ -87,6 +87,8 @@ class ModelWorker:
     _task: asyncio.Task | None = None
     _last_progress: float = 0.0
     _failures: int = 0  # restarts in a row without a job done
+    _busy_s: float = 0.0  # the process's time on jobs, those done (busy_seconds adds the one it has)
+    _busy_since: float | None = None  # when it was given the job it has
 
     @property
     def depth(self) -> int:
@@ -98,6 +100,16 @@ class ModelWorker:
         waiting = [j.queued_at for i, j in self._pending.items() if i != self._running]
         return now - min(waiting) if waiting else 0.0
 
+    def busy_seconds(self, now: float) -> float:
+        """Seconds (loop time) the process has had a job since the worker started: the model's
+        share of the calls' time, from which the engine measures its capacity (engine/capacity.py)."""
+        return self._busy_s + (now - self._busy_since if self._busy_since is not None else 0.0)
+
+    def _set_running(self, job_id: int | None, now: float) -> None:
+        if self._busy_since is not None:
+            self._busy_s += max(0.0, now - self._busy_since)
+        self._running = job_id
+        self._busy_since = now if job_id is not None else None
 
     @property
     def pid(self) -> int | None:
@@ -205,7 +217,7 @@ class ModelWorker:
                 log.info("%s model worker up (pid %s): %s", self.name, self.pid, self.detail)
                 continue
             if kind != "chunk" and msg[1] == self._running:
-                self._running = None
+                self._set_running(None, loop.time())
                 self._failures = 0
                 self._dispatch()
             job = self._pending.get(msg[1])
@@ -248,7 +260,7 @@ class ModelWorker:
     def _fail_pending(self, why: str) -> None:
         pending, self._pending = self._pending, {}
         self._queue.clear()
-        self._running = None
+        self._set_running(None, asyncio.get_running_loop().time())
         for job in pending.values():
             if not job.future.done():
                 job.future.set_exception(WorkerCrashed(why))
@@ -294,11 +306,11 @@ class ModelWorker:
             if job.work is not None:
                 job.work.waited(job.queued_at, now)
                 job.span = job.work.running(now)
-            self._running = job_id
+            self._set_running(job_id, now)
             self.jobs += 1
             self._last_progress = now
             if not self._send(job.message):
-                self._running = None
+                self._set_running(None, now)
                 del self._pending[job_id]
                 if not job.future.done():
                     job.future.set_exception(WorkerCrashed(f"{self.name} model worker is gone"))
