@@ -55,7 +55,10 @@ class BenchPbx:
             self.engine_env = {"ASTERISK_ARI_PORT": str(self.ari_port), "ASTERISK_ARI_USERNAME": "ari", "ASTERISK_ARI_PASSWORD": "ari"}
         else:
             raise ValueError(f"--pbx {kind}: sim or asterisk")
-        self.proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        # Its log goes to a file: a pipe nobody reads fills up and stops the PBX at its next line.
+        self.log = Path(tempfile.mkdtemp(prefix=f"aiagent-bench-{kind}-")) / "pbx.log"
+        with self.log.open("w") as log:
+            self.proc = subprocess.Popen(cmd, cwd=root, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -64,7 +67,7 @@ class BenchPbx:
                 break  # 404: the call API answers
             except OSError:
                 if self.proc.poll() is not None:
-                    raise RuntimeError(f"the {kind} PBX did not start: {self.proc.stderr.read() if self.proc.stderr else ''}") from None
+                    raise RuntimeError(f"the {kind} PBX did not start: {self.log.read_text()[-2000:]}") from None
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"the {kind} PBX's call API did not answer within 60 s") from None
                 time.sleep(0.1)

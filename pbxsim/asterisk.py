@@ -620,7 +620,7 @@ class CallersServer:
         app.router.add_get("/sim/calls/{id}", self._get)
         app.router.add_post("/sim/calls/{id}/hangup", self._hangup)
         app.router.add_get("/sim/state", self._state)
-        self._runner = web.AppRunner(app)
+        self._runner = web.AppRunner(app, access_log=None)  # a benchmark polls it several times a second
         await self._runner.setup()
         await web.TCPSite(self._runner, host, port).start()
 

@@ -465,10 +465,14 @@ class PipelineCall(ProviderCall):
             if text:
                 self._emit(Transcript("caller", text, final=False))
                 if voiced == self._voiced and reads_complete(text):
-                    if self.cfg.complete_end_ms:
-                        self._finish_if_quiet(voiced, utterance)
+                    # The answer first: ending the turn (at once, when the caller has been quiet
+                    # complete_end_ms already) takes it over; begun after, it was a second LLM job
+                    # that the turn's own answer queued behind (measured on a real Asterisk: 1.36 s
+                    # in the models after the early end against 0.47 s without it).
                     if self.cfg.answer_at_pause:
                         self._answer_early(text)
+                    if self.cfg.complete_end_ms:
+                        self._finish_if_quiet(voiced, utterance)
         return text
 
     def _messages(self, text: str) -> list[dict[str, str]]:

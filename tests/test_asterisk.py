@@ -60,7 +60,9 @@ async def ended(call: RealCall, timeout: float = 30) -> None:
 @pytest.mark.parametrize("via", ["local", "iax2"])
 async def test_echo_call_bridged_heard_and_cleaned(asterisk, callers, tmp_path, mode, via):
     async with running_engine(asterisk, tmp_path, AIAGENT_DOWNSTREAM_MODE=mode) as eng:
-        call = callers.place_call([Say(str(AGENT_PASS)), Pause(1.5)], via=via)
+        # The dialplan's Answer() waits up to 500 ms for the caller's first audio: a caller who
+        # speaks at once is half a second into the prompt before the engine hears it.
+        call = callers.place_call([Pause(1.0), Say(str(AGENT_PASS)), Pause(1.5)], via=via)
         await ended(call)
         assert call.answered and call.bridged and call.ended_by == "caller"
         # The echo (500 ms late) of 3.3 s of speech came back through both Asterisk bridges.
@@ -74,7 +76,7 @@ async def test_dtx_and_noisy_and_wideband_callers_reach_the_engine(asterisk, cal
     async with running_engine(asterisk, tmp_path, AIAGENT_DOWNSTREAM_MODE="stream") as eng:
         sub = eng.store.subscribe()
         lines = {"dtx": Line(), "noise": Line(noise_dbfs=-60.0), "wide": Line(rate=16000)}
-        calls = {k: callers.place_call([Say(str(HELLO)), Pause(1.0)], line=ln, caller_number=f"70{i}") for i, (k, ln) in enumerate(lines.items())}
+        calls = {k: callers.place_call([Pause(1.0), Say(str(HELLO)), Pause(1.0)], line=ln, caller_number=f"70{i}") for i, (k, ln) in enumerate(lines.items())}
         for c in calls.values():
             await ended(c)
         for name, c in calls.items():
@@ -89,7 +91,7 @@ async def test_dtx_and_noisy_and_wideband_callers_reach_the_engine(asterisk, cal
 async def test_operator_hangup_and_caller_hangup(asterisk, callers, tmp_path):
     async with running_engine(asterisk, tmp_path) as eng:
         a = callers.place_call([Pause(20)], caller_number="801")
-        b = callers.place_call([Say(str(HELLO)), Pause(0.5)], caller_number="802")
+        b = callers.place_call([Pause(1.0), Say(str(HELLO)), Pause(0.5)], caller_number="802")
         await wait_for(lambda: a.far_channel in eng.calls.calls, timeout=10)
         await ended(b)
         assert b.ended_by == "caller"
@@ -141,7 +143,7 @@ async def test_two_engines_share_the_pbx_through_stasis_broadcast(asterisk, call
     (tmp_path / "b").mkdir()
     async with running_engine(asterisk, tmp_path / "a", ARI_APP="aiagent-1", AIAGENT_MAX_CALLS="2") as one, \
             running_engine(asterisk, tmp_path / "b", ARI_APP="aiagent-2", AIAGENT_MAX_CALLS="2") as two:
-        calls = [callers.place_call([Say(str(HELLO)), Pause(3)], context="aiagent-shared", caller_number=f"60{i}") for i in range(4)]
+        calls = [callers.place_call([Pause(1.0), Say(str(HELLO)), Pause(3)], context="aiagent-shared", caller_number=f"60{i}") for i in range(4)]
         await wait_for(lambda: len(one.calls.calls) + len(two.calls.calls) == 4, timeout=15)
         # Each engine took what it had room for; no call was served twice.
         assert len(one.calls.calls) == 2 and len(two.calls.calls) == 2
@@ -217,7 +219,7 @@ async def test_asterisk_restarted_under_a_running_engine(asterisk, callers, tmp_
         again = AsteriskCallers(asterisk)
         await again.start()
         try:
-            call = again.place_call([Say(str(HELLO)), Pause(1.0)])
+            call = again.place_call([Pause(1.0), Say(str(HELLO)), Pause(1.0)])
             await ended(call)
             assert call.agent_audio_seconds > 0.8
         finally:
@@ -236,7 +238,7 @@ async def test_ari_channels_module_unloaded_while_a_call_is_up(asterisk, callers
             asterisk.cli("module load res_ari_channels.so")
         await ended(call, 20)
         # The engine carried on; the next call is served.
-        nxt = callers.place_call([Say(str(HELLO)), Pause(1.0)])
+        nxt = callers.place_call([Pause(1.0), Say(str(HELLO)), Pause(1.0)])
         await ended(nxt)
         assert nxt.agent_audio_seconds > 0.8
         await wait_for(lambda: len(eng.calls.calls) == 0, timeout=10)

@@ -161,7 +161,9 @@ async def test_a_whole_sentence_ends_the_turn_at_the_pause_and_a_half_one_does_n
     both halves are one turn."""
     def long_hangover(cfg):
         cfg.vad.end_ms = 1200
-        cfg.providers.local.complete_end_ms = 350
+        # Shorter than the pause (200 ms) and its transcription: the turn ends the moment the
+        # transcript reads complete, and takes over the answer begun on it (one LLM job, not two).
+        cfg.providers.local.complete_end_ms = 150
 
     async with local_engine(pbx, tmp_path, "stream", long_hangover) as eng:
         sub = eng.store.subscribe()
@@ -169,6 +171,7 @@ async def test_a_whole_sentence_ends_the_turn_at_the_pause_and_a_half_one_does_n
         rec = pbx.place_call(script=[WaitAgentDone(0.4), SayText("What are your opening hours?"), WaitAgent(0.5), WaitAgentDone(0.5)])
         await asyncio.wait_for(rec.finished.wait(), 60)
         assert cc.early_ends == 1 and cc.turns == 1
+        assert (cc.early_answers_used, cc.early_answers_dropped) == (1, 0)
         # A 300 ms pause mid-sentence: longer than the 200 ms that trigger the pause transcript,
         # shorter than any hangover.
         wav = two_phrases(tmp_path / "pause.wav", "My name is", 300, "John and I need help with my bill.")
