@@ -76,10 +76,18 @@ class BenchPbx:
             self.pids.add(int(http_json(f"{self.url}/sim/state")["asterisk_pid"]))
 
     def stop(self) -> None:
+        import os
         import signal
+        import subprocess
 
         self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(30)
-        except Exception:
+        except subprocess.TimeoutExpired:
+            # Stuck: kill it, and the Asterisk it started (not its child: run.sh backgrounds it).
             self.proc.kill()
+            for pid in self.pids - {self.proc.pid}:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass

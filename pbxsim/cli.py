@@ -76,7 +76,8 @@ async def _asterisk(args: argparse.Namespace) -> int:
     except AsteriskNotFound as e:
         print(f"aiagent-sim: {e}", file=sys.stderr)
         return 2
-    inst = AsteriskInstance(shared, Path(args.run_dir or tempfile.mkdtemp(prefix="aiagent-asterisk-")), http_port=args.ari_port)
+    run_dir = Path(args.run_dir or tempfile.mkdtemp(prefix="aiagent-asterisk-"))
+    inst = AsteriskInstance(shared, run_dir, http_port=args.ari_port)
     await asyncio.to_thread(inst.start)
     callers = AsteriskCallers(inst)
     server = CallersServer(callers)
@@ -94,6 +95,10 @@ async def _asterisk(args: argparse.Namespace) -> int:
         await server.stop()
         await callers.stop()
         await asyncio.to_thread(inst.stop)
+        if not args.run_dir:
+            import shutil
+
+            shutil.rmtree(run_dir, ignore_errors=True)
     return 0
 
 
