@@ -38,9 +38,8 @@ import numpy as np
 from media.audio import audioop
 from media.frames import FRAME_S, RATE
 from media.rtp import PT_ULAW, RtpPacket, RtpParseError, build_packet
-from pbxsim.media import line_noise, load_wav_ulaw, mix_ulaw, speech_end_offset, speech_onset_s
-from pbxsim.server import Dtmf, Line, Pause, Say, SayText, Step, WaitAgent, WaitAgentDone
-from pbxsim.voice import speak
+from pbxsim.media import barge_in_reactions, line_noise, load_wav_ulaw, mix_ulaw, speech_end_offset, speech_onset_s
+from pbxsim.server import Dtmf, Line, Pause, Say, SayText, Step, spoken, wait_step
 
 log = logging.getLogger("pbxsim.asterisk")
 
@@ -265,29 +264,10 @@ class RealCall:
                 out.append(round(after - end, 4))
         return out
 
-    def agent_stopped_after(self, t: float, gap_s: float = 0.1) -> float | None:
-        last = None
-        for ft, _ in self.agent_frames:
-            if ft < t:
-                last = ft
-                continue
-            if last is not None and ft - last >= gap_s:
-                return last
-            last = ft
-        if last is not None and time.monotonic() - last >= gap_s:
-            return last
-        return None
-
     def barge_in_reactions(self) -> list[float]:
         """For each time the caller started speaking while the agent was heard: seconds from the
         caller's speech onset to the agent going quiet at the caller."""
-        out = []
-        for _, onset in self.said:
-            talking = any(onset - 0.1 <= t <= onset for t, _ in self.agent_frames)
-            stopped = self.agent_stopped_after(onset) if talking else None
-            if stopped is not None:
-                out.append(round(stopped - onset, 4))
-        return out
+        return barge_in_reactions([onset for _, onset in self.said], self.agent_frames)
 
     def agent_heard_s(self, since: float = 0.0) -> float:
         return sum(len(p) for t, p in self.agent_frames if t >= since) / RATE
@@ -492,31 +472,14 @@ class AsteriskCallers(asyncio.DatagramProtocol):
     async def _step(self, call: RealCall, step: Step) -> None:
         alive = lambda: not call.finished.is_set()  # noqa: E731
         if isinstance(step, (Say, SayText)):
-            speech = load_wav_ulaw(step.wav) if isinstance(step, Say) else await asyncio.to_thread(speak, step.text)
-            if isinstance(step, SayText) and step.gain_db:
-                speech = audioop.lin2ulaw(audioop.mul(audioop.ulaw2lin(speech, 2), 2, 10 ** (step.gain_db / 20)), 2)
+            speech = await spoken(step, load_wav_ulaw)
             call._speech, call._pos, call._speech_end = speech, 0, speech_end_offset(speech)
             while alive() and call._pos < len(call._speech):
                 await asyncio.sleep(0.01)
-        elif isinstance(step, Pause):
-            end = time.monotonic() + step.seconds
-            while alive() and time.monotonic() < end:
-                await asyncio.sleep(0.01)
-        elif isinstance(step, WaitAgent):
-            since = time.monotonic()
-            end = since + step.timeout_s
-            while alive() and time.monotonic() < end and call.agent_heard_s(since) < step.seconds:
-                await asyncio.sleep(0.01)
-        elif isinstance(step, WaitAgentDone):
-            since = time.monotonic()
-            end = since + step.timeout_s
-            while alive() and time.monotonic() < end:
-                heard = call.agent_frames and call.agent_frames[-1][0] >= since
-                if heard and time.monotonic() - call.agent_frames[-1][0] >= step.quiet_s:
-                    break
-                await asyncio.sleep(0.01)
         elif isinstance(step, Dtmf):
             await self.press(call, step.digits, step.duration_ms)
+        else:
+            await wait_step(step, alive, call.agent_frames)
 
     # ---- media: 20 ms frames out at real time, everything heard kept with its arrival time
     async def _media(self, call: RealCall) -> None:

@@ -97,6 +97,34 @@ def speech_end_offset(ulaw: bytes, threshold_dbfs: float = -40.0) -> int:
     return end
 
 
+def agent_stopped_after(frames: list[tuple[float, bytes]], t: float, gap_s: float = 0.1) -> float | None:
+    """When the agent's audio stopped reaching the caller after time ``t``: the last of ``frames``
+    (arrival time, audio) before a silence of ``gap_s`` or more (None if it never stopped)."""
+    last = None
+    for ft, _ in frames:
+        if ft < t:
+            last = ft
+            continue
+        if last is not None and ft - last >= gap_s:
+            return last
+        last = ft
+    if last is not None and time.monotonic() - last >= gap_s:
+        return last
+    return None
+
+
+def barge_in_reactions(onsets: list[float], frames: list[tuple[float, bytes]]) -> list[float]:
+    """For each speech onset of the caller's while the agent was being heard: seconds to the agent
+    going quiet at the caller."""
+    out = []
+    for onset in onsets:
+        talking = any(onset - 0.1 <= t <= onset for t, _ in frames)
+        stopped = agent_stopped_after(frames, onset) if talking else None
+        if stopped is not None:
+            out.append(round(stopped - onset, 4))
+    return out
+
+
 def mix_ulaw(parts: list[bytes], linear: bytes | None = None) -> bytes:
     """softmix: the 16-bit saturating sum of the parts (u-law frames, plus ``linear`` PCM16),
     re-encoded to u-law (BEHAVIOUR.md: AST_LIN2MU(file + caller), byte-exact)."""
@@ -465,31 +493,12 @@ class CallerMedia(Endpoint):
         return out
 
     def barge_in_reactions(self) -> list[float]:
-        """For each time the caller started speaking while the agent was being heard: seconds from
-        the caller's speech onset to the agent going quiet (the simulator's own clock)."""
-        out = []
-        for _, onset in self.said[1:]:
-            talking = any(onset - 0.1 <= t <= onset for t, _ in self.agent_frames)
-            stopped = self.agent_stopped_after(onset) if talking else None
-            if stopped is not None:
-                out.append(round(stopped - onset, 4))
-        return out
+        """For each time the caller started speaking while the agent was being heard (the first
+        utterance left out): seconds from the caller's speech onset to the agent going quiet."""
+        return barge_in_reactions([onset for _, onset in self.said[1:]], self.agent_frames)
 
     def agent_stopped_after(self, t: float, gap_s: float = 0.1) -> float | None:
-        """When agent audio stopped reaching the caller after time ``t``: the last agent frame
-        before a silence of ``gap_s`` or more (None if it never stopped)."""
-        times = [ft for ft, _ in self.agent_frames]
-        last = None
-        for ft in times:
-            if ft < t:
-                last = ft
-                continue
-            if last is not None and ft - last >= gap_s:
-                return last
-            last = ft
-        if last is not None and time.monotonic() - last >= gap_s:
-            return last
-        return None
+        return agent_stopped_after(self.agent_frames, t, gap_s)
 
     def deliver(self, payload: bytes, agent: bool, tick: int) -> None:
         self.frames_heard += 1

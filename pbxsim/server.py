@@ -222,6 +222,37 @@ def parse_script(items: list[dict[str, Any]]) -> list[Step]:
     return steps
 
 
+async def spoken(step: Say | SayText, load: Callable[[str], bytes]) -> bytes:
+    """What a Say or SayText step says, as 8 kHz u-law (``load`` reads a WAV)."""
+    if isinstance(step, Say):
+        return load(step.wav)
+    speech = await asyncio.to_thread(speak, step.text)
+    if step.gain_db:
+        speech = audioop.lin2ulaw(audioop.mul(audioop.ulaw2lin(speech, 2), 2, 10 ** (step.gain_db / 20)), 2)
+    return speech
+
+
+async def wait_step(step: Pause | WaitAgent | WaitAgentDone, alive: Callable[[], bool], agent_frames: list[tuple[float, bytes]]) -> None:
+    """A caller's pause or wait for the agent, on what it hears (``agent_frames``: arrival time,
+    audio); over when the call is (``alive`` false)."""
+    since = time.monotonic()
+    if isinstance(step, Pause):
+        end = since + step.seconds
+        while alive() and time.monotonic() < end:
+            await asyncio.sleep(0.01)
+    elif isinstance(step, WaitAgent):
+        end = since + step.timeout_s
+        while alive() and time.monotonic() < end and sum(len(p) for t, p in agent_frames if t >= since) / RATE < step.seconds:
+            await asyncio.sleep(0.01)
+    else:
+        end = since + step.timeout_s
+        while alive() and time.monotonic() < end:
+            heard = agent_frames and agent_frames[-1][0] >= since
+            if heard and time.monotonic() - agent_frames[-1][0] >= step.quiet_s:
+                break
+            await asyncio.sleep(0.01)
+
+
 @dataclass
 class CallRecord:
     """What happened to one simulated call, for the report."""
@@ -1246,31 +1277,13 @@ class SimPBX:
     async def _run_step(self, ch: SimChannel, media: CallerMedia, step: Step) -> None:
         alive = lambda: ch.id in self.channels  # noqa: E731
         if isinstance(step, (Say, SayText)):
-            speech = self._speech(step.wav) if isinstance(step, Say) else await asyncio.to_thread(speak, step.text)
-            if isinstance(step, SayText) and step.gain_db:
-                speech = audioop.lin2ulaw(audioop.mul(audioop.ulaw2lin(speech, 2), 2, 10 ** (step.gain_db / 20)), 2)
-            media.say(speech)  # speaks from the next tick on
+            media.say(await spoken(step, self._speech))  # speaks from the next tick on
             while alive() and not media.speech_done:
-                await asyncio.sleep(0.01)
-        elif isinstance(step, Pause):
-            end = time.monotonic() + step.seconds
-            while alive() and time.monotonic() < end:
-                await asyncio.sleep(0.01)
-        elif isinstance(step, WaitAgent):
-            since = time.monotonic()
-            end = since + step.timeout_s
-            while alive() and time.monotonic() < end and media.agent_heard_s(since) < step.seconds:
                 await asyncio.sleep(0.01)
         elif isinstance(step, Dtmf):
             await self.press_keys(ch, step.digits, step.duration_ms)
-        elif isinstance(step, WaitAgentDone):
-            since = time.monotonic()
-            end = since + step.timeout_s
-            while alive() and time.monotonic() < end:
-                heard = media.agent_frames and media.agent_frames[-1][0] >= since
-                if heard and time.monotonic() - media.agent_frames[-1][0] >= step.quiet_s:
-                    break
-                await asyncio.sleep(0.01)
+        else:
+            await wait_step(step, alive, media.agent_frames)
 
     def _speech(self, wav: str) -> bytes:
         cached = self._speech_cache.get(wav)
