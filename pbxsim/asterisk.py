@@ -38,7 +38,7 @@ import numpy as np
 from media.audio import audioop
 from media.frames import FRAME_S, RATE
 from media.rtp import PT_ULAW, RtpPacket, RtpParseError, build_packet
-from pbxsim.media import barge_in_reactions, line_noise, load_wav_ulaw, mix_ulaw, speech_end_offset, speech_onset_s
+from pbxsim.media import barge_in_reactions, heard_s, line_noise, load_wav_ulaw, mix_ulaw, speech_end_offset, speech_onset_s
 from pbxsim.server import Dtmf, Line, Pause, Say, SayText, Step, spoken, wait_step
 
 log = logging.getLogger("pbxsim.asterisk")
@@ -270,7 +270,7 @@ class RealCall:
         return barge_in_reactions([onset for _, onset in self.said], self.agent_frames)
 
     def agent_heard_s(self, since: float = 0.0) -> float:
-        return sum(len(p) for t, p in self.agent_frames if t >= since) / RATE
+        return heard_s(self.agent_frames, since)
 
     @property
     def agent_audio_seconds(self) -> float:

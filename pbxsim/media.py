@@ -97,6 +97,11 @@ def speech_end_offset(ulaw: bytes, threshold_dbfs: float = -40.0) -> int:
     return end
 
 
+def heard_s(frames: list[tuple[float, bytes]], since: float = 0.0) -> float:
+    """Seconds of the agent's audio among ``frames`` (arrival time, 8 kHz u-law) since ``since``."""
+    return sum(len(p) for t, p in frames if t >= since) / RATE
+
+
 def agent_stopped_after(frames: list[tuple[float, bytes]], t: float, gap_s: float = 0.1) -> float | None:
     """When the agent's audio stopped reaching the caller after time ``t``: the last of ``frames``
     (arrival time, audio) before a silence of ``gap_s`` or more (None if it never stopped)."""
@@ -478,7 +483,7 @@ class CallerMedia(Endpoint):
         self.bridge.on_frame(self, frame, False, tick)
 
     def agent_heard_s(self, since: float = 0.0) -> float:
-        return sum(len(p) for t, p in self.agent_frames if t >= since) / RATE
+        return heard_s(self.agent_frames, since)
 
     def turn_latencies(self) -> list[float]:
         """For each utterance the agent answered: seconds from the end of the caller's voice (its

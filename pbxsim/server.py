@@ -31,6 +31,7 @@ from pbxsim.media import (
     Bridge,
     CallerMedia,
     ExternalMediaEndpoint,
+    heard_s,
     MediaClock,
     Playback,
     line_noise,
@@ -242,7 +243,7 @@ async def wait_step(step: Pause | WaitAgent | WaitAgentDone, alive: Callable[[],
             await asyncio.sleep(0.01)
     elif isinstance(step, WaitAgent):
         end = since + step.timeout_s
-        while alive() and time.monotonic() < end and sum(len(p) for t, p in agent_frames if t >= since) / RATE < step.seconds:
+        while alive() and time.monotonic() < end and heard_s(agent_frames, since) < step.seconds:
             await asyncio.sleep(0.01)
     else:
         end = since + step.timeout_s

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from engine.sessions import ActionChanged, BargeIn, CallLog, TranscriptAdded
-from pbxsim.asterisk import Ari, AsteriskCallers, AsteriskInstance, RealCall
+from pbxsim.asterisk import Ari, AriError, AsteriskCallers, AsteriskInstance, RealCall
 from pbxsim.server import Dtmf, Line, Pause, Say, WaitAgent, WaitAgentDone
 from providers.profile import AgentProfile, Department
 from tests.conftest import AGENT_PASS, HELLO, THANKS, free_port, history_of, no_leftovers_on, running_engine, wait_for
@@ -232,7 +232,10 @@ async def test_ari_channels_module_unloaded_while_a_call_is_up(asterisk, callers
         call = callers.place_call([Say(str(THANKS)), Pause(2)])
         await wait_for(lambda: call.far_channel in eng.calls.calls, timeout=10)
         try:
-            assert "Unloaded" in asterisk.cli("module unload res_ari_channels.so") or True
+            asterisk.cli("module unload res_ari_channels.so")
+            with pytest.raises(AriError) as gone:  # /channels is gone from ARI while it is unloaded
+                await callers.ari.channels()
+            assert gone.value.status == 404, gone.value
             await asyncio.sleep(1.0)
         finally:
             asterisk.cli("module load res_ari_channels.so")
