@@ -57,6 +57,10 @@ TRANSCRIPT_VARIABLE = "AIAGENT_TRANSCRIPT"  # the dialplan/CDR can read what the
 ProviderLookup = Callable[[str], Awaitable[Provider]]
 
 
+class ProviderUnavailable(RuntimeError):
+    """A provider that cannot take a call now (not ready, or no fallback to take it instead)."""
+
+
 def _settle(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
@@ -123,11 +127,8 @@ class Call:
         sv = self.services
         s = self.session
         assert s.provider is not None
-        provider, pcall = await self._open_provider_call(s.provider.name)
+        provider, pcall = await self._open_for_setup(s.provider.name)
         self.provider_call = pcall
-        # The watchdog needs a provider that listens in turns and can speak a line.
-        self._watch_silence = self.profile.silence_prompt_s > 0 and provider.half_duplex and provider.speaks_text
-        self.watchdog.enabled = self._watch_silence
         self.conversation = ConversationCoordinator(
             self.config, s, sv.store, pcall, provider.half_duplex, provider.continuous_input,
             sv.conversation_counters, sv.observe_turn, self.spawn, sv.clock, self.watchdog.state,
@@ -142,19 +143,52 @@ class Call:
             self._use_stream()
         else:
             self._use_files()
-        await pcall.start()
+        try:
+            await pcall.start()
+        except Exception as e:
+            fallback = self._take_fallback(s.provider.name, f"provider {s.provider.name} failed to start: {e.__class__.__name__}: {e}")
+            self.spawn(pcall.stop())
+            provider, pcall = await self._open_provider_call(fallback)
+            self.provider_call = pcall
+            self.conversation.replace_provider(pcall, provider.half_duplex, provider.continuous_input)
+            await pcall.start()
+        # The watchdog needs a provider that listens in turns and can speak a line.
+        self._watch_silence = self.profile.silence_prompt_s > 0 and provider.half_duplex and provider.speaks_text
+        self.watchdog.enabled = self._watch_silence
         s.provider.ready = True
         s.provider.started_at = sv.clock.now()
         sv.rtp.register(self.media)
         if s.conversation is ConversationState.LISTENING:  # no greeting: the caller's turn now
             self.watchdog.state(ConversationState.LISTENING)
 
+    async def _open_for_setup(self, name: str) -> tuple[Provider, ProviderCall]:
+        """The provider chosen at StasisStart, or its fallback if that one cannot take the call
+        now: while the caller was answered and bridged its circuit may have opened (another call
+        found it down) or a model server gone away. The call fails only if the fallback fails too."""
+        try:
+            return await self._open_provider_call(name)
+        except Exception as e:
+            why = str(e) if isinstance(e, ProviderUnavailable) else f"provider {name} failed to open the call: {e.__class__.__name__}: {e}"
+            fallback = self._take_fallback(name, why)
+        return await self._open_provider_call(fallback)
+
+    def _take_fallback(self, name: str, why: str) -> str:
+        """The call moves to ``name``'s fallback before it has begun: said once in the call's log,
+        and kept on the call (its provider error) for the console and the history. Raises
+        ProviderUnavailable when there is none."""
+        fallback = self.config.providers.fallback_for(name)
+        if not fallback or fallback == name:
+            raise ProviderUnavailable(f"{why}; no fallback provider is configured")
+        self.session.provider = ProviderSession(fallback, errors=1, last_error=f"{why}: the call went to {fallback}")
+        self.services.store.log(self.call_id, logging.WARNING, f"{why}: the call goes to the fallback provider {fallback}")
+        return fallback
+
     async def _open_provider_call(self, name: str) -> tuple[Provider, ProviderCall]:
         s = self.session
         provider = await self.services.get_provider(name)
         ready = provider.readiness()
         if not ready.ready:
-            raise RuntimeError(f"provider {name} is not ready: {ready.detail}")
+            raise ProviderUnavailable(f"provider {name} is not ready: {ready.detail}")
         vad = self.config.vad
         ctx = CallContext(
             call_id=s.call_id,

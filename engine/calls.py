@@ -31,7 +31,7 @@ from engine.ari.models import (
     StasisStart,
 )
 from engine.actions import TRANSFER_CHECK_S, ActionCounters, report_action
-from engine.call import Call, CallServices, ProviderLookup
+from engine.call import Call, CallServices, ProviderLookup, ProviderUnavailable
 from engine.capacity import Capacity, Overload
 from engine.clock import Clock, LoopClock
 from engine.config import AppConfig
@@ -369,7 +369,7 @@ class CallController:
             self._setup_failed(h, "ExternalMedia channel never entered Stasis")
         except ExternalMediaLost as e:
             self._setup_failed(h, str(e))
-        except (AriError, AriUnavailable) as e:
+        except (AriError, AriUnavailable, ProviderUnavailable) as e:
             self._setup_failed(h, str(e))
         except Exception as e:  # a provider that fails to start, a bad address: this call only
             log.exception("call %s setup failed", s.call_id)
