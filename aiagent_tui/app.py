@@ -755,7 +755,7 @@ class AiAgentApp(App[int]):
         if self.engine is None:
             return
         result = await self.runtime.reload()
-        severity: SeverityLevel = "error" if result.refused or result.failed else "warning" if result.restart else "information"
+        severity: SeverityLevel = "error" if result.refused or result.failed else "warning" if result.warns else "information"
         self.notify(f"config {result.describe()}", title="reload", severity=severity, timeout=12)
 
     def action_provider(self) -> None:

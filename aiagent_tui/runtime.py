@@ -9,7 +9,7 @@ import gc
 import logging
 from pathlib import Path
 
-from engine.config import AppConfig, ConfigError, load_config
+from engine.config import AppConfig, ConfigError, reload_config
 from engine.console import ConsoleServer, console_socket
 from engine.engine import Engine, EngineStartError
 from engine.status import ReloadResult
@@ -24,7 +24,9 @@ class Runtime:
 
     def __init__(self, config: AppConfig, sim: bool = False, demo_interval_s: float = 8.0, config_path: str | Path | None = None) -> None:
         self.config = config
-        self.config_path = config_path  # what a reload reads (with the environment, as at start); None: no file
+        # What a reload reads (with the environment, as at start); None: no file. Absolute: the
+        # file the engine started from, wherever the process's working directory is later.
+        self.config_path = Path(config_path).absolute() if config_path is not None else None
         self.sim = sim
         self.demo_interval_s = demo_interval_s
         self.engine: Engine | None = None
@@ -108,7 +110,7 @@ class Runtime:
         if self.config_path is None:
             return engine.reload_refused("the engine was started without a config file: there is nothing to read again")
         try:
-            result = await engine.reload(load_config(self.config_path))
+            result = await engine.reload(*reload_config(self.config_path))
         except ConfigError as e:
             return engine.reload_refused(str(e))
         self.config = engine.config

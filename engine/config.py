@@ -5,6 +5,7 @@ Errors name the offending field (``rtp.port``) and the reason, so an operator ca
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import tomllib
@@ -204,6 +205,7 @@ class ReloadPlan:
     config: AppConfig  # the running config with what a reload applies
     applied: tuple[str, ...]  # dotted settings that changed and apply to new calls
     restart: tuple[str, ...]  # dotted settings that changed and wait for a restart
+    removed_profiles: tuple[str, ...] = ()  # profiles the file no longer has: their callers get the default
 
 
 _MISSING = object()
@@ -223,6 +225,9 @@ def plan_reload(running: AppConfig, new: AppConfig) -> ReloadPlan:
     """What reloading ``new`` over ``running`` changes. Raises ConfigError when the result would not
     be a valid config (a profile naming a provider that only a restart would add)."""
     changed = _changed(running.model_dump(mode="json"), new.model_dump(mode="json"), "")
+    removed = tuple(name for name in running.profiles if name not in new.profiles)
+    # A removed profile is named as removed, not as one more changed setting.
+    changed = [c for c in changed if c not in {f"profiles.{name}" for name in removed}]
     live = [c for c in changed if c.split(".")[0] in LIVE_SECTIONS or c in LIVE_SETTINGS]
     restart = [c for c in changed if c not in live]
     update: dict[str, Any] = {name: getattr(new, name) for name in LIVE_SECTIONS}
@@ -231,7 +236,7 @@ def plan_reload(running: AppConfig, new: AppConfig) -> ReloadPlan:
         merged = AppConfig.model_validate({**running.model_dump(), **update})
     except ValidationError as e:
         raise ConfigError(_format_validation_error(e, {}) + "\n  (with the running providers: a new one needs a restart)") from None
-    return ReloadPlan(merged, tuple(live), tuple(restart))
+    return ReloadPlan(merged, tuple(live), tuple(restart), removed)
 
 
 def shown_url(url: str) -> str:
@@ -306,29 +311,61 @@ def _format_validation_error(err: ValidationError, sources: Mapping[str, str]) -
 def load_config(path: str | Path | None = "config.toml", env: Mapping[str, str] | None = None) -> AppConfig:
     """Load TOML (if given and present), apply environment overrides, validate. Every failure is
     a ConfigError that names the file (or the environment variable) and what is wrong."""
+    return _load(path, os.environ if env is None else env)[0]
+
+
+def reload_config(path: str | Path, env: Mapping[str, str] | None = None) -> tuple[AppConfig, tuple[str, ...]]:
+    """The file again, for a reload of a running engine, and the settings the file sets but the
+    environment overrides ("rtp.port (RTP_PORT)": the file's value has no effect). Unlike at start,
+    the file must be there and say something: a file moved away or emptied (a careless cleanup, an
+    editor's half-written save) would otherwise reload as "all defaults" and drop every profile."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{p}: config file not found (moved or deleted?): nothing to reload")
+    config, file_data, sources = _load(p, os.environ if env is None else env)
+    if not file_data:
+        raise ConfigError(f"{p}: the file is empty (no settings): a reload of it would put every setting back to its default")
     env = os.environ if env is None else env
+    overridden = []
+    for dotted, var in sources.items():
+        node: Any = file_data
+        for key in dotted.split("."):
+            node = node.get(key, _MISSING) if isinstance(node, dict) else _MISSING
+        if node is not _MISSING and str(node).lower() != env[var].lower():
+            overridden.append(f"{dotted} ({var})")
+    return config, tuple(overridden)
+
+
+def _read_toml(p: Path) -> dict[str, Any]:
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ConfigError(f"{p}: not UTF-8 text (byte 0x{raw[e.start]:02x} on line {line}); save the file as UTF-8") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: not valid TOML: {e}") from None
+
+
+def _load(path: str | Path | None, env: Mapping[str, str]) -> tuple[AppConfig, dict[str, Any], dict[str, str]]:
+    """The config, what the file itself said (before the environment), and which dotted settings
+    the environment set (-> its variable)."""
     data: dict[str, Any] = {}
     where = "configuration (defaults and environment)"
     if path is not None:
         p = Path(path)
         if p.exists():
             where = str(p)
-            try:
-                raw = p.read_bytes()
-            except OSError as e:
-                raise ConfigError(f"{p}: cannot read: {e.strerror or e}") from None
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                line = raw[: e.start].count(b"\n") + 1
-                raise ConfigError(f"{p}: not UTF-8 text (byte 0x{raw[e.start]:02x} on line {line}); save the file as UTF-8") from None
-            try:
-                data = tomllib.loads(text)
-            except tomllib.TOMLDecodeError as e:
-                raise ConfigError(f"{p}: not valid TOML: {e}") from None
+            data = _read_toml(p)
         elif str(path) != "config.toml":
             # Only the implicit default may be absent; an explicit path must exist.
             raise ConfigError(f"{p}: config file not found")
+    file_data = copy.deepcopy(data)
     sources: dict[str, str] = {}
     for var, dotted in ENV_OVERRIDES.items():
         if var in env and env[var] != "":
@@ -351,6 +388,6 @@ def load_config(path: str | Path | None = "config.toml", env: Mapping[str, str] 
         _set_dotted(data, dotted, value)
         sources[dotted] = var
     try:
-        return AppConfig.model_validate(data)
+        return AppConfig.model_validate(data), file_data, sources
     except ValidationError as e:
         raise ConfigError(f"{where}: {_format_validation_error(e, sources)}") from None

@@ -237,11 +237,12 @@ class Engine:
         return out
 
     # ---- reload
-    async def reload(self, new: AppConfig) -> ReloadResult:
+    async def reload(self, new: AppConfig, overridden: tuple[str, ...] = ()) -> ReloadResult:
         """Applies what can change while calls are up (config.LIVE_SECTIONS) to the calls that come
-        in from now on; names what waits for a restart. Raises ConfigError, changing nothing, when
-        the result would not work (a profile naming a provider that is not configured, file mode
-        without a writable media directory)."""
+        in from now on; names what waits for a restart, the profiles removed, and the settings
+        ``overridden`` by the environment (config.reload_config). Raises ConfigError, changing
+        nothing, when the result would not work (a profile naming a provider that is not
+        configured, file mode without a writable media directory)."""
         plan = plan_reload(self.config, new)
         if plan.config.playback.downstream_mode == "file" and self.config.playback.downstream_mode != "file":
             try:
@@ -270,9 +271,9 @@ class Engine:
                     failed.append(f"provider {name} (a profile's) cannot start: {e}")
         for provider in list(self.providers.values()):
             await provider.prepare(profiles)
-        result = ReloadResult(time.time(), plan.applied, plan.restart, tuple(failed))
+        result = ReloadResult(time.time(), plan.applied, plan.restart, tuple(failed), removed_profiles=plan.removed_profiles, overridden=overridden)
         self.last_reload = result
-        self.store.log(None, logging.WARNING if failed or plan.restart else logging.INFO, f"config reloaded: {result.describe()}")
+        self.store.log(None, logging.WARNING if result.warns else logging.INFO, f"config reloaded: {result.describe()}")
         return result
 
     def _reload_problems(self) -> tuple[str, ...]:

@@ -29,13 +29,24 @@ class ReloadResult:
     restart: tuple[str, ...]
     failed: tuple[str, ...]
     refused: str | None = None
+    removed_profiles: tuple[str, ...] = ()  # their callers now get the default profile
+    overridden: tuple[str, ...] = ()  # "rtp.port (RTP_PORT)": set in the file, but the environment wins
+
+    @property
+    def warns(self) -> bool:
+        """Something the operator should read: not everything in the file took effect as written."""
+        return bool(self.restart or self.failed or self.removed_profiles or self.overridden)
 
     def describe(self) -> str:
         if self.refused is not None:
             return f"refused: {self.refused}"
         parts = [f"{_listed(self.applied)} for new calls" if self.applied else "nothing changed that applies while running"]
+        if self.removed_profiles:
+            parts.append(f"profiles removed: {', '.join(self.removed_profiles)} (their callers now get the default profile)")
         if self.restart:
             parts.append(f"{_listed(self.restart)} at the next restart")
+        if self.overridden:
+            parts.append(f"the environment overrides the file for {_listed(self.overridden)}: the file's value has no effect")
         parts += self.failed
         return "; ".join(parts)
 
