@@ -31,6 +31,7 @@ from aiohttp import web
 from pydantic import TypeAdapter
 
 from engine.api import EngineView
+from engine.ratelimit import RateLimitedLog, RateLimitFilter
 from engine.sessions import CallLog, CallSnapshot, CallSummary, SessionEvent
 from engine.status import EngineSummary, ReloadResult
 
@@ -44,6 +45,7 @@ LOG_BACKLOG = 500  # log lines waiting for one console
 RELOAD = TypeAdapter(ReloadResult)
 
 
+_HANDLER_ERRORS = RateLimitFilter()
 RUN_DIR = Path("/run/aiagent-tui")  # the systemd unit's RuntimeDirectory (owned by its User, 0700)
 
 
@@ -67,11 +69,26 @@ def encode_event(event: SessionEvent) -> str:
     return f'{{"type": "{name}", "event": {EVENTS[name].dump_json(event).decode()}}}'
 
 
+# A connection that sends no complete request for this long is closed: a client that connects and
+# stalls (half-open, or headers never finished) holds nothing for long. Consoles poll /view a few
+# times a second, and a WebSocket in use is not idle.
+IDLE_TIMEOUT_S = 10.0
+
+
+class BadRequest(Exception):
+    """A request the console cannot act on: answered 400 with this message."""
+
+
 class ConsoleServer:
-    def __init__(self, engine: EngineView, path: Path, reload: Callable[[], Awaitable[ReloadResult]] | None = None) -> None:
+    def __init__(
+        self, engine: EngineView, path: Path, reload: Callable[[], Awaitable[ReloadResult]] | None = None, idle_timeout_s: float = IDLE_TIMEOUT_S,
+    ) -> None:
         self.engine = engine
         self.path = path
         self._reload = reload  # the composition root's: it knows the config file
+        self.idle_timeout_s = idle_timeout_s
+        self.bad_requests = 0
+        self._rl = RateLimitedLog(log)
         self._runner: web.AppRunner | None = None
         self._sockets: set[web.WebSocketResponse] = set()
         self._log_queues: set[asyncio.Queue[SessionEvent]] = set()
@@ -89,13 +106,15 @@ class ConsoleServer:
             self.path.unlink()  # left by an engine that was killed
         self._loop = asyncio.get_running_loop()
         logging.getLogger().addHandler(self._log_handler)
-        app = web.Application()
+        # A bug of ours in a handler: aiohttp logs its traceback per request; one per interval is enough.
+        logging.getLogger("aiohttp.server").addFilter(_HANDLER_ERRORS)
+        app = web.Application(middlewares=[self._bad_requests])
         app.router.add_get("/view", self._view)
         app.router.add_get("/events", self._events)
         app.router.add_post("/calls/{call_id}/{action}", self._call_action)
         app.router.add_post("/provider", self._provider)
         app.router.add_post("/reload", self._reload_config)
-        self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        self._runner = web.AppRunner(app, handle_signals=False, access_log=None, keepalive_timeout=self.idle_timeout_s)
         await self._runner.setup()
         old = os.umask(0o177)  # the socket is born 0600: no window where others may connect
         try:
@@ -112,6 +131,17 @@ class ConsoleServer:
             self._runner = None
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+
+    @web.middleware
+    async def _bad_requests(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        """A body the console cannot use is the client's fault: 400 with what is wrong, and at most
+        one log line per interval (not a traceback per request, forwarded to every console)."""
+        try:
+            return await handler(request)
+        except BadRequest as e:
+            self.bad_requests += 1
+            self._rl.warning("bad-request", f"console: bad request {request.method} {request.path}: {e}")
+            return web.json_response({"ok": False, "error": str(e)}, status=400)
 
     async def _view(self, request: web.Request) -> web.Response:
         e = self.engine
@@ -176,7 +206,7 @@ class ConsoleServer:
         elif action == "barge-in":
             ok = e.barge_in(call_id)
         elif action == "transfer":
-            body = await request.json()
+            body = await _json_object(request)
             ok = e.transfer(call_id, str(body.get("department", "")))
         else:
             return web.json_response({"ok": False, "error": f"no action {action}"}, status=404)
@@ -191,13 +221,16 @@ class ConsoleServer:
         return web.Response(text=RELOAD.dump_json(result).decode(), content_type="application/json")
 
     async def _provider(self, request: web.Request) -> web.Response:
-        body = await request.json()
+        body = await _json_object(request)
         name, call_id = str(body.get("name", "")), body.get("call")
         if name not in self.engine.provider_readiness():
             return web.json_response({"ok": False, "error": f"no provider {name}"}, status=404)
         if call_id:
             return web.json_response({"ok": await self.engine.set_call_provider(str(call_id), name)})
-        await self.engine.set_default_provider(name)
+        try:
+            await self.engine.set_default_provider(name)
+        except Exception as e:  # not ready, or cannot load: refused, said to the console that asked
+            return web.json_response({"ok": False, "error": str(e)}, status=409)
         return web.json_response({"ok": True})
 
 
@@ -211,6 +244,17 @@ class _Forwarder(logging.Handler):
             self._forward(record)
         except Exception:  # the loop is closing: the log file still has it
             pass
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    try:
+        body = json.loads(await request.read())
+    except (ValueError, RecursionError) as e:  # not JSON, not UTF-8, nested too deep
+        raise BadRequest(f"the body is not JSON ({e.__class__.__name__})") from None
+    if not isinstance(body, dict):
+        kind = {list: "an array", str: "a string", bool: "true or false", type(None): "null"}.get(type(body), "a number")
+        raise BadRequest(f"the body is {kind}, not a JSON object")
+    return body
 
 
 def _answers(path: Path) -> bool:

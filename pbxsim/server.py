@@ -330,6 +330,9 @@ class Faults:
     # The network loses every Nth RTP packet on the way to the engine (0: none), on ExternalMedia
     # channels created from then on.
     rtp_loss_every: int = 0
+    # Bytes of a text frame sent first on every events WebSocket (0: none): more than a client
+    # takes in one message (aiohttp's limit is 4 MiB), as a broken proxy or ARI might send.
+    oversize_frame_bytes: int = 0
 
     def take_bad_reply(self, op: str) -> tuple[int, str] | None:
         spec = self.bad_replies.get(op)
@@ -519,6 +522,8 @@ class SimPBX:
         ws = web.WebSocketResponse(heartbeat=None)
         await ws.prepare(request)
         sock = AppSocket(ws, apps)
+        if self.faults.oversize_frame_bytes:
+            sock.queue.put_nowait("x" * self.faults.oversize_frame_bytes)
         writer = asyncio.ensure_future(sock.writer())
         for app in apps:
             old = self.sockets.get(app)
@@ -1377,6 +1382,7 @@ class SimPBX:
                 f.drop_ws_count[op] = int(spec["count"])
         f.delays.update({op: float(v) for op, v in data.get("delays", {}).items()})
         f.rtp_loss_every = int(data.get("rtp_loss_every", 0))
+        f.oversize_frame_bytes = int(data.get("oversize_frame_bytes", 0))
         return web.json_response({"ok": True})
 
     async def _sim_raw_event(self, request: web.Request) -> web.Response:

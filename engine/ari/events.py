@@ -70,6 +70,7 @@ class AriEventStream:
             await self._ws.close()
 
     async def run(self) -> None:
+        cfg = self.client.config
         while True:
             try:
                 async with self.client.session.ws_connect(self.url, heartbeat=20.0, timeout=aiohttp.ClientWSTimeout(ws_close=5.0)) as ws:
@@ -78,19 +79,32 @@ class AriEventStream:
                     self.connects += 1
                     self.connected = True
                     self.last_error = None
-                    self._backoff.reset()
+                    connected_at = asyncio.get_running_loop().time()
                     log.info("ARI events connected (%s, app %s)%s", self.client.base_url, self.app, " again" if reconnect else "")
                     try:
                         await self._on_connect(reconnect)
                     except Exception as e:  # a failed reconcile must not kill the event stream
                         log.exception("ARI reconcile after connect failed: %s", e)
                     self._first.set()
+                    bad_frame: BaseException | None = None
                     async for msg in ws:
                         if msg.type == aiohttp.WSMsgType.TEXT:
                             self._dispatch(msg.data)
-                        elif msg.type in (aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSE):
+                        elif msg.type == aiohttp.WSMsgType.ERROR:
+                            bad_frame = ws.exception() or msg.data
                             break
-                    self.last_error = f"websocket closed ({ws.close_code})"
+                        elif msg.type == aiohttp.WSMsgType.CLOSE:
+                            break
+                    lived = asyncio.get_running_loop().time() - connected_at
+                    if bad_frame is not None:
+                        self.last_error = f"ARI sent a frame the engine cannot take ({bad_frame}); websocket closed ({ws.close_code})"
+                    else:
+                        self.last_error = f"websocket closed ({ws.close_code})"
+                    # A socket that ends in a bad frame soon after it opened (an ARI that sends one on
+                    # every connect) is a failed attempt: the backoff goes on growing, as for a
+                    # refused connect, instead of a reconnect storm.
+                    if bad_frame is None or lived >= cfg.reconnect_max_s:
+                        self._backoff.reset()
             except asyncio.CancelledError:
                 raise
             except aiohttp.WSServerHandshakeError as e:
@@ -99,7 +113,6 @@ class AriEventStream:
                     self._on_refused(self.last_error)
                     await asyncio.Event().wait()  # until the engine stops: said once, not at every retry
             except aiohttp.ClientConnectorError as e:
-                cfg = self.client.config
                 why = "connection refused" if isinstance(e.os_error, ConnectionRefusedError) else e.os_error.strerror or str(e.os_error)
                 self.last_error = (
                     f"cannot reach ARI at {cfg.host}:{cfg.ari_port} ({why}): is Asterisk running, "
@@ -113,7 +126,8 @@ class AriEventStream:
                     self.disconnects += 1
                 self.connected = False
             delay = self._backoff.next_delay()
-            log.warning("ARI events disconnected (%s); reconnecting in %.2fs", self.last_error, delay)
+            # One line per interval, however often it happens (the count follows in the next).
+            self._rl.warning("disconnected", f"ARI events disconnected ({self.last_error}); reconnecting in {delay:.2f}s")
             await asyncio.sleep(delay)
 
     def _dispatch(self, text: str) -> None:

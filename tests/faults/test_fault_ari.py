@@ -5,6 +5,7 @@ nothing is left behind in the PBX."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 
 import pytest
@@ -124,4 +125,37 @@ async def test_ws_blips_during_setup_lose_no_call(pbx, tmp_path, caplog):
         assert eng.events.connects >= 6
     recovered = [r for r in caplog.records if "its StasisStart was missed" in r.getMessage()]
     assert len(recovered) == 5
+    assert pbx.leftovers() == ([], [])
+
+
+async def test_an_oversize_frame_on_every_connect_backs_off_and_logs_once(pbx, tmp_path, caplog):
+    """An ARI (or a proxy before it) that sends a frame bigger than the client takes on every
+    connect: each socket ends in a bad frame, which is a failed attempt like a refused connect: the
+    reconnects back off instead of storming, one warning line says why, /health names it; once the
+    frame stops, calls are answered."""
+    def slow_growing(cfg):
+        cfg.asterisk.reconnect_initial_s = 0.05
+        cfg.asterisk.reconnect_max_s = 2.0
+
+    pbx.faults.oversize_frame_bytes = 5 * 1024 * 1024
+    async with running_engine(pbx, tmp_path, slow_growing) as eng:
+        connected_at: list[float] = []
+        real = eng.events._on_connect
+
+        async def on_connect(reconnect: bool) -> None:
+            connected_at.append(asyncio.get_running_loop().time())
+            await real(reconnect)
+
+        eng.events._on_connect = on_connect
+        await wait_for(lambda: len(connected_at) >= 7, timeout=15)
+        # The 7th attempt waited at least half of 0.05 * 2**5 s: the backoff grew with every bad socket.
+        assert connected_at[6] - connected_at[5] >= 0.8, [round(b - a, 3) for a, b in itertools.pairwise(connected_at)]
+        await wait_for(lambda: not eng.events.connected, timeout=5)
+        summary = eng.summary()
+        assert summary.status == "degraded" and "ARI sent a frame the engine cannot take" in (summary.ari_last_error or "")
+        pbx.faults.oversize_frame_bytes = 0
+        await wait_for(lambda: eng.events.connected and eng.events.last_error is None, timeout=10)
+        await answered(pbx, eng)
+    lines = [r for r in caplog.records if "ARI events disconnected" in r.getMessage()]
+    assert len(lines) == 1 and "ARI sent a frame the engine cannot take" in lines[0].getMessage(), [r.getMessage() for r in lines]
     assert pbx.leftovers() == ([], [])
