@@ -35,7 +35,9 @@ from engine.call import Call, CallServices, ProviderLookup, ProviderUnavailable
 from engine.capacity import Capacity, Overload
 from engine.clock import Clock, LoopClock
 from engine.config import AppConfig
+from engine.ratelimit import RateLimitedLog
 from engine.recording import Recordings
+from engine.refusals import Reason, Refusals
 from engine.conversation import ConversationCounters
 from engine.playback import PlaybackCounters
 from engine.rtp_server import RtpServer
@@ -44,6 +46,7 @@ from engine.tasks import OwnedTasks
 from providers.base import ActionRequest
 
 log = logging.getLogger(__name__)
+_rl = RateLimitedLog(log)
 
 EXTERNAL_MEDIA_READY_TIMEOUT_S = 5.0
 ORPHAN_GRACE_S = 1.0
@@ -102,6 +105,7 @@ class CallController:
         self.action_counters = ActionCounters()
         clock = clock or LoopClock()
         self.overload = Overload(clock, store)  # callers turned away at the models' capacity, turns refused
+        self.refusals = Refusals(clock, store)  # every caller turned away, for the log, the history and /health
         self.services = CallServices(
             config, ari, store, rtp, get_provider, clock,
             self.playback_counters, self.conversation_counters, self.action_counters, observe_turn, recordings,
@@ -250,21 +254,21 @@ class CallController:
             return
         if ch.id in self.calls:
             return
+        profile = self.config.profile_for(event.args, ch.dialplan.exten)
         if self.closing:
-            self._spawn(self._reject(ch, "engine shutting down"))
+            self._reject(ch, event.args, profile, Reason.SHUTDOWN, "the engine is shutting down")
             return
         if len(self.calls) >= self.config.rtp.max_calls:
             self.store.calls_rejected_over_capacity += 1
-            self._spawn(self._reject(ch, f"over capacity ({self.config.rtp.max_calls} calls)"))
+            self._reject(ch, event.args, profile, Reason.MAX_CALLS, f"over max_calls ({self.config.rtp.max_calls} calls at once)")
             return
-        profile = self.config.profile_for(event.args, ch.dialplan.exten)
         provider = self._provider_for_new_call(self.config.profiles[profile].provider)
         full = self._models_full(provider)
         if full is not None:
             # The models serve no more at once: this caller would wait in silence, and make every
             # other caller wait longer. Turned away now, as at max_calls.
             self.overload.call_refused()
-            self._spawn(self._reject(ch, f"the models are at capacity ({full.calls} calls at once; {full.basis})"))
+            self._reject(ch, event.args, profile, Reason.MODELS, f"the models are at capacity ({full.calls} calls at once; {full.basis})")
             return
         session = CallSession(
             call_id=ch.id,
@@ -324,16 +328,21 @@ class CallController:
     def _end_failed(self, call: Call, reason: str) -> None:
         self.begin_teardown(call, reason, hangup_caller=True)
 
-    async def _reject(self, ch: Channel, why: str) -> None:
+    def _reject(self, ch: Channel, args: list[str], profile: str, reason: Reason, why: str) -> None:
+        """Turns the caller away (asterisk.over_capacity: busy, or back to the dialplan): never a
+        call of this engine, but kept in the history and counted (engine/refusals.py)."""
         mode = self.config.asterisk.over_capacity
-        self.store.log(ch.id, logging.WARNING, f"call from {ch.caller.number or 'unknown'} not taken: {why}; {mode}")
+        self.refusals.refused(ch, args, profile, reason, why, "sent back to the dialplan" if mode == "dialplan" else "hung up busy")
+        self._spawn(self._turn_away(ch.id, mode))
+
+    async def _turn_away(self, channel_id: str, mode: str) -> None:
         try:
             if mode == "dialplan":
-                await self.ari.continue_in_dialplan(ch.id)
+                await self.ari.continue_in_dialplan(channel_id)
             else:
-                await self.ari.hangup(ch.id, reason="busy")
+                await self.ari.hangup(channel_id, reason="busy")
         except (AriError, AriUnavailable) as e:
-            log.warning("rejecting %s failed: %s", ch.id, e)
+            _rl.warning("turn away", f"turning away caller {channel_id} failed: {e}")
 
     # ---- setup
     async def _setup(self, h: Call) -> None:
@@ -450,6 +459,7 @@ class CallController:
         tasks = [self.begin_teardown(h, "engine shutdown", hangup_caller=True) for h in list(self.calls.values())]
         await asyncio.gather(*tasks, return_exceptions=True)
         await self._tasks.cancel()
+        self.refusals.flush()
 
     # ---- reconcile after (re)connect
     async def reconcile(self, reconnect: bool) -> None:

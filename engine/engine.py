@@ -90,6 +90,8 @@ class Engine:
             self.store, HistoryDb(database_url(config)), h.engine_name or f"{socket.gethostname()}:{config.asterisk.app}",
             h.retention_days, h.max_calls, self.supervisor.report, kernel_drops=self.rtp.kernel_drops,
         ) if h.enabled else None
+        if self.history is not None:
+            self.calls.refusals.record = self.history.call_refused  # "who was turned away at 09:00"
         self._provider_locks: dict[str, asyncio.Lock] = {}
         self.asterisk_version: str | None = None
         self.last_reload: ReloadResult | None = None
@@ -355,9 +357,9 @@ class Engine:
             f"{q.model}: a job has waited {q.oldest_wait_s:.1f} s for its model ({q.depth} queued; health.max_model_wait_s {limit:g})"
             for q in queues if q.oldest_wait_s > limit
         )
-        # Callers turned away at the models' capacity, turns they refused: recently, in words.
+        # Callers turned away (at max_calls, at the models' capacity), turns refused: recently, in words.
         capacity = self.capacity.estimate()
-        overloaded += self.calls.overload.problems(capacity)
+        overloaded += self.calls.overload.problems(capacity) + self.calls.refusals.problems()
         ok = (
             # Calls still go to the fallback while the default is not ready, but an operator must know.
             self.ari_connected and self.rtp.running and readiness[self.default_provider].ready

@@ -36,7 +36,7 @@ QUALITY_REFRESH_S = 10.0  # a live call whose words have not changed: its RTP fi
 PRUNE_INTERVAL_S = 3600.0
 
 Outcome = Literal[
-    "live", "transferred", "caller_hung_up", "agent_hung_up", "operator_hung_up", "shutdown", "failed", "interrupted",
+    "live", "transferred", "caller_hung_up", "agent_hung_up", "operator_hung_up", "shutdown", "failed", "interrupted", "refused",
 ]
 OUTCOMES: tuple[str, ...] = Outcome.__args__  # type: ignore[attr-defined]
 
@@ -48,6 +48,7 @@ _REASONS: tuple[tuple[str, Outcome], ...] = (
     ("agent hung up", "agent_hung_up"),
     ("hung up by operator", "operator_hung_up"),
     ("engine shutdown", "shutdown"),
+    ("refused: ", "refused"),  # turned away, never a call (engine/refusals.py)
 )
 
 
@@ -477,6 +478,10 @@ class HistoryRecorder:
         self._wake.set()
 
     def call_amended(self, call: CallSession) -> None:
+        self.call_removed(call)
+
+    def call_refused(self, call: CallSession) -> None:
+        """A caller turned away (engine/refusals.py): never live, its record goes as an ended call's."""
         self.call_removed(call)
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:

@@ -5,9 +5,40 @@ Fields the engine does not read are ignored, so newer Asterisk versions that add
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+# Caller ID, the dialled extension, Stasis arguments and channel names are the remote party's to
+# choose: here, where they enter, each is bounded and stripped of what could forge a log line or
+# drive the operator's terminal (control characters, newlines, ESC), of lone surrogates that a
+# database refuses, and of bidirectional overrides that make text read other than it is.
+REPLACEMENT = "\ufffd"
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+NUMBER_MAX = 64  # the history's caller_number and dialled columns
+NAME_MAX = 128
+ARGS_MAX = 16  # Stasis arguments kept
+APP_DATA_MAX = 512
+
+
+def clean_text(value: str, limit: int) -> str:
+    """``value`` with every unsafe character replaced by U+FFFD, cut to ``limit`` characters (the
+    last one an ellipsis when cut)."""
+    if value.isprintable() and len(value) <= limit:
+        return value  # the common case, at C speed
+    out = "".join(
+        REPLACEMENT if c in _BIDI or unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp") else c for c in value
+    )
+    return out if len(out) <= limit else out[: limit - 1] + "\u2026"
+
+
+def _bounded(limit: int) -> AfterValidator:
+    return AfterValidator(lambda v: clean_text(v, limit))
+
+
+Number = Annotated[str, _bounded(NUMBER_MAX)]
+Name = Annotated[str, _bounded(NAME_MAX)]
 
 
 class _Model(BaseModel):
@@ -15,21 +46,21 @@ class _Model(BaseModel):
 
 
 class CallerID(_Model):
-    name: str = ""
-    number: str = ""
+    name: Name = ""
+    number: Number = ""
 
 
 class DialplanCEP(_Model):
-    context: str = ""
-    exten: str = ""
+    context: Name = ""
+    exten: Number = ""
     priority: int = 0
-    app_name: str = ""
-    app_data: str = ""
+    app_name: Name = ""
+    app_data: Annotated[str, _bounded(APP_DATA_MAX)] = ""
 
 
 class Channel(_Model):
-    id: str
-    name: str = ""
+    id: str  # Asterisk's (or the engine's own): the handle for every request about the channel
+    name: Name = ""  # the driver's, e.g. PJSIP/<endpoint>-<n>: may carry what the caller sent
     state: str = ""
     caller: CallerID = CallerID()
     dialplan: DialplanCEP = DialplanCEP()
@@ -81,7 +112,7 @@ class _Event(_Model):
 
 class StasisStart(_Event):
     type: Literal["StasisStart"]
-    args: list[str] = []
+    args: Annotated[list[Name], AfterValidator(lambda v: v[:ARGS_MAX])] = []
     channel: Channel
 
 
@@ -139,8 +170,8 @@ class CallBroadcast(_Event):
 
     type: Literal["CallBroadcast"]
     channel: Channel
-    caller: str = ""
-    called: str = ""
+    caller: Number = ""
+    called: Number = ""
 
 
 AriEvent = Annotated[
