@@ -33,7 +33,7 @@ def default_norms(rec: CallRecord) -> Diagnosis:
     return diagnose(rec, Norms())
 
 LIMIT = 500
-_OUTCOME_STYLE = {"failed": "bold red", "interrupted": "red", "live": "green", "transferred": "cyan", "agent_hung_up": "", "caller_hung_up": ""}
+_OUTCOME_STYLE = {"failed": "bold red", "interrupted": "red", "live": "green", "transferred": "cyan", "agent_hung_up": "", "caller_hung_up": "", "refused": "yellow"}
 
 
 class HistoryScreen(Screen[None]):

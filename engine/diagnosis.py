@@ -41,7 +41,7 @@ QUEUED_NOTE_S = 0.1  # a slow turn's wait for models busy with other calls: name
 
 @dataclass(slots=True)
 class Finding:
-    kind: str  # failed | interrupted | provider_error | fallback | slow_turns | dead_air | loss | jitter | kernel_drops | barge_in_storm | action_failed | ...
+    kind: str  # failed | interrupted | refused | provider_error | fallback | slow_turns | dead_air | loss | jitter | kernel_drops | barge_in_storm | action_failed | ...
     severity: Severity
     says: str
     evidence: list[str] = field(default_factory=list)
@@ -100,6 +100,11 @@ def _ending(rec: CallRecord, found: list[Finding]) -> None:
         found.append(Finding(
             "interrupted", "problem", "the engine stopped during the call (killed or crashed): its record ends where it stopped",
             ["look at the engine's log and the service manager's journal around " + _clock(rec.ended_at or rec.started_at)],
+        ))
+    elif rec.outcome == "refused":
+        found.append(Finding(
+            "refused", "problem", f"the caller was turned away: {(rec.end_reason or '').removeprefix('refused: ')}",
+            ["at max_calls: more engines, or a higher rtp.max_calls if Asterisk's RTP ports allow; at the models' capacity: more cores or a model server"],
         ))
 
 

@@ -88,5 +88,5 @@ class Refusals:
         n = sum(1 for _, r in self._recent if r is Reason.MAX_CALLS)
         if not n:
             return ()
-        return (f"max_calls: {n} caller(s) turned away in the last {RECENT_S:.0f} s ({self._last_why[Reason.MAX_CALLS]}); "
+        return (f"{n} caller(s) turned away in the last {RECENT_S:.0f} s: {self._last_why[Reason.MAX_CALLS]}; "
                 "who: aiagent-tui calls list --outcome refused",)

@@ -16,6 +16,7 @@ import time
 import aiohttp
 
 from aiagent_tui import history_cli
+from engine.diagnosis import diagnose_in
 from engine.history import HistoryDb, HistoryFilter, database_url
 from engine.sessions import CallSession
 from pbxsim.server import Pause
@@ -92,6 +93,7 @@ async def test_refused_callers_are_summed_in_the_log_kept_in_the_history_and_sho
             assert one is not None and one.outcome == "refused" and one.caller_number == refused[-1].caller_number
             assert one.end_reason is not None and one.end_reason.startswith(f"refused: over max_calls ({MAX_CALLS} calls at once)")
             assert offered_at <= one.started_at <= time.time() and one.ended_at == one.started_at
+            assert "the caller was turned away: over max_calls" in diagnose_in(eng.config, one).headline
         finally:
             db.close()
         parser = argparse.ArgumentParser()
