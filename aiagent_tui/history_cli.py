@@ -13,7 +13,9 @@ from typing import TextIO
 
 from engine.config import AppConfig
 from engine.diagnosis import Diagnosis, diagnose_in
-from engine.history import OUTCOMES, CallRecord, HistoryDb, HistoryFilter, database_url
+import sqlalchemy as sa
+
+from engine.history import OUTCOMES, CallRecord, HistoryDb, HistoryFilter, clean_text, database_url, db_error
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -84,49 +86,62 @@ def parse_filters(text: str, now: float | None = None) -> HistoryFilter:
 def main(config: AppConfig, args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = sys.stdout if out is None else out
     db = HistoryDb(database_url(config))
-    url = db.shown_url
+    path = db.sqlite_path
+    if path is not None and not path.exists():  # never made here: an empty new file would hide a deleted one
+        print(f"aiagent-tui calls: no call history at {path}: the file does not exist (the engine makes it at its start; "
+              "see history.path, AIAGENT_HISTORY_PATH)", file=sys.stderr)
+        return 1
     try:
-        db.create()  # an empty history rather than an error on a machine with no call yet
-        if args.calls_command == "list":
-            try:
-                where = HistoryFilter(
-                    args.caller, args.outcome, args.profile, parse_when(args.since) if args.since else None,
-                    parse_when(args.until) if args.until else None, args.search,
-                )
-            except ValueError as e:
-                print(f"aiagent-tui calls list: {e}", file=sys.stderr)
-                return 2
-            rows = db.list(where, args.limit)
-            if args.json:
-                for r in rows:
-                    print(json.dumps({"call_id": r.call_id, "started_at": r.started_at, "ended_at": r.ended_at, "caller_number": r.caller_number,
-                                      "dialled": r.dialled, "profile": r.profile, "outcome": r.outcome, "turns": r.turns}), file=out)
-                return 0
-            if not rows:
-                print(f"no calls in {url}" + (f" match: {where.describe()}" if where.describe() else ""), file=out)
-                return 0
-            print(f"{'started':19s}  {'length':>7s}  {'caller':16s}  {'dialled':8s}  {'profile':10s}  {'outcome':16s}  {'turns':>5s}  id", file=out)
-            for r in rows:
-                length = f"{r.ended_at - r.started_at:.0f} s" if r.ended_at is not None else "-"
-                print(f"{_clock(r.started_at):19s}  {length:>7s}  {r.caller_number:16s}  {r.dialled:8s}  {r.profile:10s}  {r.outcome:16s}  {r.turns:5d}  {r.call_id}", file=out)
-            return 0
-        rec = db.get(args.id)
-        if rec is None:
-            print(f"aiagent-tui calls: no call {args.id!r} in {url} (or more than one begins so)", file=sys.stderr)
-            return 1
-        if args.calls_command == "export":
-            print(rec.model_dump_json(indent=2), file=out)
-        elif args.calls_command == "diagnose":
-            d = diagnose_in(config, rec)
-            if args.json:
-                print(json.dumps(dataclasses.asdict(d), indent=2), file=out)
-            else:
-                print_diagnosis(d, out)
-        else:
-            show(rec, out)
-        return 0
+        return _run(config, args, db, out)
+    except (sa.exc.SQLAlchemyError, OSError, ValueError) as e:  # a damaged file, a database down: one line, no traceback
+        print(f"aiagent-tui calls: cannot read the call history at {db.shown_url}: {db_error(e)}", file=sys.stderr)
+        return 1
     finally:
         db.close()
+
+
+def _run(config: AppConfig, args: argparse.Namespace, db: HistoryDb, out: TextIO) -> int:
+    url = db.shown_url
+    db.create()  # the tables, on a database (or a file the engine has just made) with no call yet
+    if args.calls_command == "list":
+        try:
+            where = HistoryFilter(
+                args.caller, args.outcome, args.profile, parse_when(args.since) if args.since else None,
+                parse_when(args.until) if args.until else None, args.search,
+            )
+        except ValueError as e:
+            print(f"aiagent-tui calls list: {e}", file=sys.stderr)
+            return 2
+        rows = db.list(where, args.limit)
+        if args.json:
+            for r in rows:
+                print(json.dumps({"call_id": r.call_id, "started_at": r.started_at, "ended_at": r.ended_at, "caller_number": r.caller_number,
+                                  "dialled": r.dialled, "profile": r.profile, "outcome": r.outcome, "turns": r.turns}), file=out)
+            return 0
+        if not rows:
+            print(f"no calls in {url}" + (f" match: {where.describe()}" if where.describe() else ""), file=out)
+            return 0
+        print(f"{'started':19s}  {'length':>7s}  {'caller':16s}  {'dialled':8s}  {'profile':10s}  {'outcome':16s}  {'turns':>5s}  id", file=out)
+        for r in rows:
+            length = f"{r.ended_at - r.started_at:.0f} s" if r.ended_at is not None else "-"
+            print(f"{_clock(r.started_at):19s}  {length:>7s}  {clean_text(r.caller_number):16s}  {clean_text(r.dialled):8s}  {clean_text(r.profile):10s}"
+                  f"  {r.outcome:16s}  {r.turns:5d}  {clean_text(r.call_id)}", file=out)
+        return 0
+    rec = db.get(args.id)
+    if rec is None:
+        print(f"aiagent-tui calls: no call {args.id!r} in {url} (or more than one begins so)", file=sys.stderr)
+        return 1
+    if args.calls_command == "export":
+        print(rec.model_dump_json(indent=2), file=out)
+    elif args.calls_command == "diagnose":
+        d = diagnose_in(config, rec)
+        if args.json:
+            print(json.dumps(dataclasses.asdict(d), indent=2), file=out)
+        else:
+            print_diagnosis(d, out)
+    else:
+        show(rec, out)
+    return 0
 
 
 def _clock(t: float) -> str:
@@ -139,10 +154,11 @@ def _s(v: float | None) -> str:
 
 def show(r: CallRecord, out: TextIO) -> None:
     p = lambda text="": print(text, file=out)  # noqa: E731
-    name = f" ({r.caller_name})" if r.caller_name else ""
-    p(f"call {r.call_id} from {r.caller_number or 'unknown'}{name} to {r.dialled or '-'}, profile {r.profile}, engine {r.engine}")
+    name = f" ({clean_text(r.caller_name)})" if r.caller_name else ""
+    p(f"call {clean_text(r.call_id)} from {clean_text(r.caller_number) or 'unknown'}{name} to {clean_text(r.dialled) or '-'}, "
+      f"profile {clean_text(r.profile)}, engine {r.engine}")
     if r.channel:
-        p(f"  channel {r.channel}")
+        p(f"  channel {clean_text(r.channel)}")
     ended = f"ended {_clock(r.ended_at)}" if r.ended_at is not None else "still live"
     length = r.duration_s if r.ended_at is not None else time.time() - r.started_at  # a live call's row has no length yet
     p(f"  started {_clock(r.started_at)}, {length:.1f} s, {ended}: {r.outcome}" + (f" ({r.end_reason})" if r.end_reason else ""))
@@ -154,10 +170,13 @@ def show(r: CallRecord, out: TextIO) -> None:
     p(f"  RTP out: {q.packets_out} packets, {q.underruns} underruns, {q.overruns} overruns, pacing error up to {q.max_pacing_error_ms:.1f} ms")
     if r.recording:
         p(f"  recording: {r.recording} (caller left, agent right)")
+    for gap in r.interruptions:
+        p(f"  the engine stopped at {_clock(gap.at)} during the call: "
+          + (f"taken up again at {_clock(gap.resumed_at)} by {gap.by}" if gap.resumed_at is not None else "the call ended there"))
     p()
     p("transcript")
     for line in r.transcript:
-        p(f"  {datetime.fromtimestamp(line.at).strftime('%H:%M:%S.%f')[:-4]}  {line.role:6s}  {line.text}")
+        p(f"  {datetime.fromtimestamp(line.at).strftime('%H:%M:%S.%f')[:-4]}  {line.role:6s}  {clean_text(line.text)}")
     if not r.transcript:
         p("  (nothing said)")
     if r.turns:

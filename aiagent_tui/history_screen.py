@@ -75,6 +75,8 @@ class HistoryScreen(Screen[None]):
     def load(self) -> None:
         db = HistoryDb(self.url)
         try:
+            if (path := db.sqlite_path) is not None and not path.exists():  # never made here: it would hide a deleted one from the engine
+                raise FileNotFoundError(f"{path} does not exist")
             db.create()
             rows = db.list(self.filters, LIMIT)
         except Exception as e:

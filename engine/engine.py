@@ -88,7 +88,7 @@ class Engine:
         self.health_server = HealthServer(self.status, self.metrics.render, config.health.host, config.health.port)
         self.history = HistoryRecorder(
             self.store, HistoryDb(database_url(config)), h.engine_name or f"{socket.gethostname()}:{config.asterisk.app}",
-            h.retention_days, h.max_calls, self.supervisor.report, kernel_drops=self.rtp.kernel_drops,
+            h.retention_days, h.max_calls, kernel_drops=self.rtp.kernel_drops,
         ) if h.enabled else None
         if self.history is not None:
             self.calls.refusals.record = self.history.call_refused  # "who was turned away at 09:00"
@@ -133,23 +133,19 @@ class Engine:
                     await self.get_provider(name)
                 except Exception as e:
                     log.warning("provider %s cannot start: %s", name, e)
-        if self.history is not None:
-            try:
-                await self.history.open()
-            except Exception as e:
-                await self._close_providers()
-                await self.health_server.stop()
-                await self.rtp.stop()
-                raise EngineStartError(
-                    f"cannot open the call history at {self.history.db.shown_url}: {e.__class__.__name__}: {e}; "
-                    "fix history.path or history.url (AIAGENT_HISTORY_PATH, AIAGENT_HISTORY_URL), or set history.enabled = false"
-                ) from e
         for name in ("rtp-receive", "rtp-pacer"):
             self.supervisor.register(name)
         self.supervisor.start("ari-events", self.events.run)
         self.supervisor.start("health-http", self.health_server.run)
         if self.history is not None:
+            # A history that cannot be opened (a damaged file, a database down or hung) must not
+            # keep calls from being answered: the engine starts, /health says so, ``run`` retries.
             self.supervisor.start("history", self.history.run)
+            if not await self.history.wait_open(1.0) and self.history.failing_since is None:  # a failure logs itself; a hang does not
+                log.error(
+                    "call history at %s has not answered in 1 s: calls are answered and their records held until it does; "
+                    "check history.path or history.url (AIAGENT_HISTORY_PATH, AIAGENT_HISTORY_URL)", self.history.db.shown_url,
+                )
         self.supervisor.start("recordings", self.recordings.run)
         self.capacity.start()
         self.started = True
@@ -360,6 +356,7 @@ class Engine:
         # Callers turned away (at max_calls, at the models' capacity), turns refused: recently, in words.
         capacity = self.capacity.estimate()
         overloaded += self.calls.overload.problems(capacity) + self.calls.refusals.problems()
+        overloaded += self.history.problems() if self.history is not None else ()  # failing now, or a file it had to replace
         ok = (
             # Calls still go to the fallback while the default is not ready, but an operator must know.
             self.ari_connected and self.rtp.running and readiness[self.default_provider].ready
@@ -401,6 +398,7 @@ class Engine:
             model_calls=self.calls.model_calls(),
             calls_refused_model_capacity=store.calls_refused_model_capacity,
             turns_failed=store.turns_failed,
+            history=self.history.status() if self.history is not None else None,
         )
 
     def components(self) -> list[ComponentStatus]:

@@ -44,6 +44,13 @@ class EngineCollector:
                                 value=int(reload is not None and reload.refused is not None))
         yield GaugeMetricFamily("ai_agent_config_restart_pending", "Changed settings that wait for a restart",
                                 value=len(reload.restart) if reload is not None else 0)
+        if (h := s.history) is not None:
+            yield GaugeMetricFamily("ai_agent_history_failing", "1 while the call history cannot be written (a failed write, or one not back in a second)",
+                                    value=int(h.failing))
+            yield CounterMetricFamily("ai_agent_history_write_errors", "Failed writes to the call history", value=h.write_errors)
+            yield GaugeMetricFamily("ai_agent_history_records_held", "Ended calls' records held in memory for the call history", value=h.records_held)
+            yield CounterMetricFamily("ai_agent_history_records_lost", "Call records never written (refused, beyond what memory holds, or at shutdown)",
+                                      value=h.records_lost)
         yield CounterMetricFamily("ai_agent_ari_reconnects", "ARI events WebSocket reconnects", value=s.ari_reconnects)
         yield GaugeMetricFamily("ai_agent_rtp_server_running", "1 while the RTP socket is open", value=int(s.rtp_server_running))
         yield CounterMetricFamily("ai_agent_rtp_packets_in", "RTP datagrams received", value=r.packets_in)

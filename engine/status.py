@@ -56,6 +56,24 @@ def _listed(names: tuple[str, ...], most: int = 6) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class HistoryStatus:
+    """The call history (engine/history.py): failing from a failed write (or one that has not
+    returned for a second) until a write succeeds."""
+
+    url: str  # without its password
+    opened: bool
+    failing: bool
+    failing_since: float | None  # wall clock
+    last_error: str | None
+    write_s: float | None  # a write in flight for this long
+    write_errors: int
+    records_written: int
+    records_held: int  # ended calls' records waiting in memory for the database
+    records_lost: int  # refused by the database, beyond what memory holds, or unwritten at shutdown
+    incident: str | None  # a file deleted or damaged, and what was done, recently
+
+
+@dataclass(frozen=True, slots=True)
 class EngineSummary:
     """The engine without per-call detail: cheap enough for a header drawn ten times a second."""
 
@@ -90,6 +108,7 @@ class EngineSummary:
     model_calls: int = 0
     calls_refused_model_capacity: int = 0  # turned away (asterisk.over_capacity): the models were at capacity
     turns_failed: int = 0  # turns the models could not serve: the caller got the apology instead
+    history: HistoryStatus | None = None  # None: history.enabled is false
 
 
 @dataclass(frozen=True, slots=True)

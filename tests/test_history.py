@@ -17,7 +17,7 @@ import pytest
 from aiagent_tui.cli import main as cli
 from aiagent_tui.history_cli import parse_when
 from engine.config import ConfigError, load_config
-from engine.engine import Engine, EngineStartError
+from engine.engine import Engine
 from engine.history import CallRecord, HistoryDb, HistoryRecorder, outcome_of
 from engine.sessions import CallSession, SessionStore
 from pbxsim.server import SayText, SimPBX, WaitAgent, WaitAgentDone
@@ -166,29 +166,31 @@ class _FlakyDb(HistoryDb):
 
     down = True
 
-    def save(self, records: list[CallRecord], heartbeat: tuple[str, float] | None = None) -> None:
+    def save(self, records: list[CallRecord], heartbeat: tuple[str, float] | None = None) -> dict[str, str]:
         if self.down:
             raise OSError(28, "No space left on device")
-        super().save(records, heartbeat)
+        return super().save(records, heartbeat)
 
 
 async def test_a_failing_database_loses_no_call_and_no_record(history_url):
     store = SessionStore()
-    errors: list[str] = []
     db = _FlakyDb(history_url)
-    rec = HistoryRecorder(store, db, "test:aiagent", 90, 1000, lambda name, e: errors.append(f"{name}: {e}"))
-    await rec.open()
+    rec = HistoryRecorder(store, db, "test:aiagent", 90, 1000)
+    db.down = False
+    assert await rec.open()
+    db.down = True
     task = asyncio.create_task(rec.run())
-    await asyncio.sleep(0.05)  # it follows the store from here on
     try:
         call = CallSession(call_id="c1", caller_channel_id="c1", caller_number="5550100")
         store.add(call)
         store.remove(call, "caller hung up")
-        await wait_for(lambda: errors, timeout=5)
-        assert errors[0] == "history: [Errno 28] No space left on device"
+        await wait_for(lambda: rec.failing, timeout=5)
+        assert rec.last_error == "OSError: [Errno 28] No space left on device" and rec.status().records_held == 1
+        assert rec.problems()[0].startswith("call history failing since ")
         assert await asyncio.to_thread(HistoryDb(db.url).get, "c1") is None
         db.down = False  # the disk was cleared: the next sync writes what was kept
-        await wait_for(lambda: rec.written >= 1, timeout=5)
+        await wait_for(lambda: rec.written >= 1 and not rec.failing, timeout=5)
+        assert rec.problems() == ()
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -233,10 +235,17 @@ def test_a_database_url_is_checked_and_its_password_never_shown():
     assert "s3cret" not in json.dumps(cfg.masked()) and cfg.masked()["history"]["url"] == "postgresql+psycopg://aiagent:***@db/history"
 
 
-async def test_a_history_it_cannot_open_stops_the_engine_at_start_saying_what_to_fix(pbx, tmp_path):
+async def test_a_history_it_cannot_open_does_not_stop_the_engine_and_health_names_it(pbx, tmp_path, caplog):
+    """A history is never a reason to answer no call: the engine starts, /health is degraded with
+    the database named (its password never shown), and it keeps trying."""
     cfg = engine_config(pbx, tmp_path, AIAGENT_HISTORY_URL="postgresql+psycopg://aiagent:s3cret@127.0.0.1:1/history")
-    with pytest.raises(EngineStartError) as e:
-        await Engine(cfg).start()
-    why = str(e.value)
-    assert "cannot open the call history at postgresql+psycopg://aiagent:***@127.0.0.1:1/history" in why
-    assert "history.url" in why and "s3cret" not in why
+    eng = Engine(cfg)
+    await eng.start()
+    try:
+        assert await eng.wait_ari_connected(5)
+        s = eng.summary()
+        assert s.status == "degraded" and s.history is not None and s.history.failing and not s.history.opened
+        assert any(p.startswith("call history failing since") and "OperationalError" in p for p in s.problems), s.problems
+        assert "cannot write to postgresql+psycopg://aiagent:***@127.0.0.1:1/history" in caplog.text and "s3cret" not in caplog.text
+    finally:
+        await eng.stop()
