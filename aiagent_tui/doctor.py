@@ -126,9 +126,9 @@ async def _server_checks(cfg: AppConfig, names: list[str]) -> list[Check]:
             if sc.api_key_env and not server.api_key:
                 out.append(Check(f"server {name}", False, f"{sc.api_key_env} is not set", f"export {sc.api_key_env}=... in the service's environment"))
             elif await server.check():
-                out.append(Check(f"server {name}", True, f"{sc.url} answers ({server.latency_ms:.0f} ms)"))
+                out.append(Check(f"server {name}", True, f"{server.shown_url} answers ({server.latency_ms:.0f} ms)"))
             else:
-                out.append(Check(f"server {name}", False, f"{sc.url}: {server.circuit.last_error}",
+                out.append(Check(f"server {name}", False, f"{server.shown_url}: {server.circuit.last_error}",
                                  "is the server running and reachable from here (firewall, address)? New calls go to the pipeline's fallback while it is down"))
         finally:
             await server.close()

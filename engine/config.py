@@ -20,6 +20,7 @@ from sqlalchemy.exc import ArgumentError
 from providers.config import ConfigSection as _Section
 from providers.config import ProvidersConfig
 from providers.profile import DEFAULT_PROFILE, AgentProfile
+from providers.redact import shown_url  # the one way a URL is shown (the history's modules import it from here)
 
 
 class ConfigError(Exception):
@@ -190,6 +191,8 @@ class AppConfig(_Section):
         data = self.model_dump(mode="json")
         data["asterisk"]["ari_password"] = "********" if self.asterisk.ari_password.get_secret_value() else ""
         data["history"]["url"] = shown_url(self.history.url)
+        for name, server in self.providers.servers.items():
+            data["providers"]["servers"][name]["url"] = shown_url(server.url)
         return data
 
 
@@ -237,14 +240,6 @@ def plan_reload(running: AppConfig, new: AppConfig) -> ReloadPlan:
     except ValidationError as e:
         raise ConfigError(_format_validation_error(e, {}) + "\n  (with the running providers: a new one needs a restart)") from None
     return ReloadPlan(merged, tuple(live), tuple(restart), removed)
-
-
-def shown_url(url: str) -> str:
-    """A database URL as it may be printed or logged: its password masked."""
-    try:
-        return make_url(url).render_as_string(hide_password=True) if url else url
-    except ArgumentError:
-        return "(not a database URL)"
 
 
 # Environment variable -> dotted config field. Operators set these per host.

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from yarl import URL
 
 PROVIDER_NAMES = frozenset({"echo", "tone", "local", "deepgram"})  # built in; pipelines add theirs
 IN_PROCESS = "local"  # a pipeline stage on this machine's model workers ([providers.local])
@@ -125,11 +126,30 @@ class ModelServerConfig(ConfigSection):
     # with tool parsing, Ollama, OpenAI); the word rules (providers/intents.py) decide first.
     tools: bool = False
 
+    @field_validator("url")
+    @classmethod
+    def _url_usable(cls, v: str) -> str:
+        # Parsed as aiohttp will (yarl), so that a URL it cannot use fails here, naming the field,
+        # not at the first call. The messages never repeat the URL: it may hold a password.
+        try:
+            u = URL(v)
+            u.port  # noqa: B018 - parsing the port is the check
+        except ValueError as e:
+            raise ValueError(f"not a usable URL ({e}); in a password, write / # ? @ and spaces percent-encoded (%2F %23 %3F %40 %20)") from None
+        if not u.host or any(c.isspace() for c in v):
+            raise ValueError("not a usable URL (no host, or a space in it): http://HOST:PORT/v1 or tcp://HOST:PORT")
+        return v
+
     @model_validator(mode="after")
     def _scheme_fits(self) -> ModelServerConfig:
         wants = ("tcp://",) if self.api == "wyoming" else ("http://", "https://")
         if not self.url.startswith(wants):
             raise ValueError(f"a {self.api} server's url starts with {' or '.join(wants)}")
+        u = URL(self.url)
+        if self.api == "wyoming" and not u.explicit_port:
+            raise ValueError("a wyoming server's url is tcp://HOST:PORT (the port is needed)")
+        if (u.user or u.password) and self.api_key_env:
+            raise ValueError("url has credentials and api_key_env is set: the server gets one of them; use one")
         return self
 
 

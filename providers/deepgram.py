@@ -21,6 +21,7 @@ from media.backoff import Backoff
 from providers.config import DeepgramProviderConfig
 from providers.circuit import CircuitBreaker
 from providers.profile import AgentProfile
+from providers.redact import server_text
 from providers.tools import action_for, action_functions
 from providers.base import (
     AgentAudio,
@@ -100,8 +101,9 @@ class DeepgramCall(ProviderCall):
         """The session task is this call's: if it dies of a bug, the call moves to the fallback."""
         if task.cancelled() or (e := task.exception()) is None:
             return
-        log.error("[%s] Deepgram session task failed: %s", self.ctx.call_id, e, exc_info=e)
-        self._emit(ProviderError(f"Deepgram session failed: {e.__class__.__name__}: {e}", fatal=True))
+        why = describe(e, self._api_key)
+        log.error("[%s] Deepgram session task failed: %s", self.ctx.call_id, why, exc_info=e)
+        self._emit(ProviderError(f"Deepgram session failed: {why}", fatal=True))
 
     # ---- caller audio
     def send_audio(self, pcm16: bytes, level_dbfs: float) -> None:
@@ -133,7 +135,7 @@ class DeepgramCall(ProviderCall):
                 if self._stopped:
                     return
                 self._failures += 1
-                why = describe(e)
+                why = describe(e, self._api_key)
                 if not established:
                     self.breaker.failure(why)
                 if self.connects_ok == 0:
@@ -241,7 +243,7 @@ class DeepgramCall(ProviderCall):
                 if getattr(fn, "client_side", True):
                     asyncio.create_task(self._answer_function(fn))
         elif kind in ("Warning", "Error"):
-            text = f"Deepgram {kind.lower()} {msg.code}: {msg.description}"
+            text = f"Deepgram {kind.lower()} {server_text(f'{msg.code}: {msg.description}', (self._api_key,))}"
             if kind == "Error":
                 self._emit(ProviderError(text))
             else:
@@ -324,7 +326,7 @@ class DeepgramProvider(Provider):
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                self.breaker.failure(describe(e))
+                self.breaker.failure(describe(e, self._key))
                 log.warning("Deepgram still unreachable (%s); next try in %.0f s", self.breaker.last_error, self.breaker.open_for_s)
             else:
                 self.breaker.success()
@@ -336,12 +338,15 @@ class DeepgramProvider(Provider):
             await asyncio.gather(self._prober, return_exceptions=True)
 
 
-def describe(e: BaseException) -> str:
-    """A failure in one line (the SDK's ApiError text carries every request header)."""
+def describe(e: BaseException, api_key: str) -> str:
+    """A failure in one line, as it may be shown anywhere (the SDK's ApiError text carries every
+    request header; a server's text may reflect the key): where Deepgram's errors enter."""
     status = getattr(e, "status_code", None)
     if status is not None:
-        return f"HTTP {status}: {str(getattr(e, 'body', ''))[:200]}"
-    return f"{e.__class__.__name__}: {e}" if str(e) else e.__class__.__name__
+        text = f"HTTP {status}: {getattr(e, 'body', '')}"
+    else:
+        text = f"{e.__class__.__name__}: {e}" if str(e) else e.__class__.__name__
+    return server_text(text, (api_key,))
 
 
 def client(cfg: DeepgramProviderConfig, api_key: str):

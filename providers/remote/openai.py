@@ -67,8 +67,20 @@ class OpenAiServer(ModelServer):
 
 async def _check(r: aiohttp.ClientResponse) -> None:
     if r.status >= 400:
-        body = (await r.text())[:200]
-        raise StageFailed(f"HTTP {r.status} from {r.url.path}: {body}")
+        raise StageFailed(f"HTTP {r.status} from {r.url.path}: {_error_text(await r.text(errors='replace'))}")
+
+
+def _error_text(body: str) -> str:
+    """What an error reply says: its message ({"error": {"message": ...}}, as OpenAI, llama.cpp's
+    server and vLLM send), else the body. Cleaned where it enters: ModelServer.describe."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body
+    error = data.get("error", data) if isinstance(data, dict) else data
+    if isinstance(error, dict):
+        error = error.get("message") or error.get("detail") or error
+    return str(error)
 
 
 class OpenAiLlm(ServerStage[OpenAiServer], LanguageModel):
@@ -204,9 +216,9 @@ class OpenAiStt(ServerStage[OpenAiServer], SpeechToText):
             async with await s.post("/audio/transcriptions", aiohttp.ClientTimeout(total=s.cfg.timeout_s), form=form) as r:
                 await _check(r)
                 reply = await r.json(content_type=None)
-        text = reply.get("text") if isinstance(reply, dict) else None
-        if not isinstance(text, str):
-            raise StageFailed(f"{s.label}: a transcription reply without text: {str(reply)[:200]}")
+            text = reply.get("text") if isinstance(reply, dict) else None
+            if not isinstance(text, str):  # in the job: the reply is the server's text
+                raise StageFailed(f"{s.label}: a transcription reply without text: {str(reply)[:200]}")
         return text.strip()
 
 

@@ -20,6 +20,7 @@ from typing import AsyncIterator, Generic, Mapping, TypeVar
 from providers.base import ComponentStatus
 from providers.circuit import CircuitBreaker
 from providers.config import ModelServerConfig
+from providers.redact import server_text, shown_url, url_password
 from providers.stages import StageFailed
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,8 @@ class ModelServer(ABC):
         self.cfg = cfg
         env = os.environ if env is None else env
         self.api_key = env.get(cfg.api_key_env, "") if cfg.api_key_env else ""
+        self.shown_url = shown_url(cfg.url)  # for messages: no password
+        self._secrets = (self.api_key, url_password(cfg.url))  # what the server may reflect
         self.circuit = CircuitBreaker(cfg.probe_interval_s, max_open_s=cfg.probe_interval_s)
         self.circuit.state = "open"  # down until it first answers
         self._slots = asyncio.Semaphore(cfg.max_concurrency)
@@ -88,7 +91,7 @@ class ModelServer(ABC):
         try:
             await asyncio.wait_for(self.probe(), self.cfg.timeout_s)
         except Exception as e:  # TimeoutError among them
-            self._failed(_describe(e))
+            self._failed(self.describe(e))
             return False
         self.latency_ms = (time.perf_counter() - t0) * 1000
         self._succeeded()
@@ -96,7 +99,7 @@ class ModelServer(ABC):
 
     def _succeeded(self) -> None:
         if not self.circuit.closed:
-            log.info("%s (%s) is up", self.label, self.cfg.url)
+            log.info("%s (%s) is up", self.label, self.shown_url)
         self.circuit.success()
 
     def _failed(self, why: str) -> None:
@@ -104,8 +107,19 @@ class ModelServer(ABC):
         now = time.monotonic()
         if self.circuit.closed or now - self._logged_at >= LOG_EVERY_S:
             self._logged_at = now
-            log.warning("%s (%s) is down: %s", self.label, self.cfg.url, why)
+            log.warning("%s (%s) is down: %s", self.label, self.shown_url, why)
         self.circuit.failure(why)
+
+    def describe(self, e: BaseException) -> str:
+        """A failure on this server in one line: where its text enters the engine (the circuit's
+        last error, /health, the console, doctor, the log, the call's turn), so the one place its
+        text is cleaned (providers/redact.py)."""
+        if isinstance(e, TimeoutError):
+            return "timed out"
+        text = str(e) or e.__class__.__name__
+        if not isinstance(e, StageFailed) and not text.startswith(e.__class__.__name__):
+            text = f"{e.__class__.__name__}: {text}"
+        return server_text(text, self._secrets)
 
     # ---- jobs
     @asynccontextmanager
@@ -121,13 +135,11 @@ class ModelServer(ABC):
             t0 = time.perf_counter()
             try:
                 yield
-            except StageFailed as e:
-                self._failed(str(e))
-                raise
             except Exception as e:
-                why = _describe(e)
+                why = self.describe(e)
                 self._failed(why)
-                raise StageFailed(f"{self.label}: {why}") from e
+                # Not chained: the original's text is the server's, as it came.
+                raise StageFailed(why if isinstance(e, StageFailed) else f"{self.label}: {why}") from None
             else:
                 self.latency_ms = (time.perf_counter() - t0) * 1000
                 self._succeeded()
@@ -135,11 +147,6 @@ class ModelServer(ABC):
                 self.in_flight -= 1
 
 
-def _describe(e: BaseException) -> str:
-    if isinstance(e, TimeoutError):
-        return "timed out"
-    text = str(e) or e.__class__.__name__
-    return text if text.startswith(e.__class__.__name__) else f"{e.__class__.__name__}: {text}"
 
 
 S = TypeVar("S", bound=ModelServer)

@@ -30,10 +30,8 @@ CHUNK_BYTES = 2 * 1024 * 2  # 1024 samples a chunk, as Wyoming's own clients sen
 class WyomingServer(ModelServer):
     def __init__(self, name: str, cfg: ModelServerConfig) -> None:
         super().__init__(name, cfg)
-        u = urlparse(cfg.url)
-        if u.scheme != "tcp" or not u.hostname or not u.port:
-            raise ValueError(f"servers.{name}.url: a Wyoming server is tcp://HOST:PORT, not {cfg.url!r}")
-        self.host, self.port = u.hostname, u.port
+        u = urlparse(cfg.url)  # tcp://HOST:PORT: the config's validation made sure
+        self.host, self.port = u.hostname or "", u.port or 0
 
     def client(self) -> AsyncTcpClient:
         return AsyncTcpClient(self.host, self.port)
