@@ -8,7 +8,6 @@ import logging
 import os
 import shutil
 import socket
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ from engine.config import AppConfig, load_config
 from engine.engine import Engine
 from engine.history import CallRecord, HistoryDb, database_url
 from pbxsim.asterisk import Ari, AsteriskCallers, AsteriskInstance, AsteriskNotFound, leftovers, shared_asterisk
+from pbxsim.postgres import PostgresCluster, PostgresNotFound
 from pbxsim.server import SimPBX
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -183,39 +183,20 @@ async def no_leftovers_on(asterisk: AsteriskInstance, timeout: float = 8.0) -> N
         await ari.close()
 
 
-def _postgres_bin() -> Path:
-    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parent.parent.name))
-    if not versions:
-        pytest.fail("PostgreSQL is not installed: run scripts/setup.sh --test (Debian's postgresql package)")
-    return versions[-1].parent
-
-
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[str]:
     """A real PostgreSQL server (Debian's package), in a throwaway cluster on a free port, for the
-    whole session; yields its URL for SQLAlchemy. Each test that uses it gets a database of its own
-    (``history_url``)."""
-    bindir = _postgres_bin()
-    # Not under pytest's own temporary directory: that one is private to this user.
-    root = Path(tempfile.mkdtemp(prefix="aiagent-postgres-"))
-    data, sock = root / "data", root / "sock"
-    sock.mkdir()
-    # PostgreSQL refuses to run as root: as root, the cluster belongs to the package's postgres user.
-    as_user: list[str] = []
-    if os.geteuid() == 0:
-        shutil.chown(root, "postgres")
-        shutil.chown(sock, "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    run = lambda *cmd: subprocess.run([*as_user, *cmd], check=True, capture_output=True, text=True, timeout=120)  # noqa: E731
-    run(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "aiagent", "--no-sync")
-    port = free_port()
-    run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w", "-t", "60", "start",
-        "-o", f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off")
+    whole session (pbxsim/postgres.py, which the benchmarks use too); yields its URL for
+    SQLAlchemy. Each test that uses it gets a database of its own (``history_url``)."""
     try:
-        yield f"postgresql+psycopg://aiagent@127.0.0.1:{port}"
+        cluster = PostgresCluster()
+    except PostgresNotFound as e:
+        pytest.fail(str(e))
+    try:
+        cluster.start()
+        yield cluster.url
     finally:
-        run(str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
-        shutil.rmtree(root, ignore_errors=True)
+        cluster.close()
 
 
 _databases = 0
