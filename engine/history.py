@@ -49,6 +49,7 @@ SYNC_INTERVAL_S = 1.0  # what a crash can lose: a live call's words and turns, a
 QUALITY_REFRESH_S = 10.0  # a live call whose words have not changed: its RTP figures, this often
 PRUNE_INTERVAL_S = 3600.0
 SLOW_WRITE_S = 1.0  # a write (or the opening) not back after this long: the history is failing (a hung server)
+ABANDON_S = 15.0  # a statement not back after this long is left to its thread: a new thread and connection go on
 CLOSE_TIMEOUT_S = 3.0  # at shutdown, what is still held gets this long to be written; a hung server is then left behind
 MAX_HELD = 10_000  # ended calls' records kept in memory while the database fails; beyond, the oldest are lost
 INCIDENT_S = 600.0  # a file deleted or moved aside stays in /health's problems this long after it was dealt with
@@ -452,6 +453,12 @@ class HistoryDb:
             self._engine.dispose()
             self._engine = None
 
+    def abandon(self) -> None:
+        """Leaves the connections to a thread stuck on them (a hung server); the next use makes new ones."""
+        if self._engine is not None:
+            self._engine.dispose(close=False)
+            self._engine = None
+
     def is_damaged(self, e: BaseException) -> bool:
         """A SQLite file that is not a database, or has a corrupt page: trying again cannot help."""
         orig = getattr(e, "orig", e)
@@ -779,7 +786,17 @@ class HistoryRecorder:
                 self._busy_since = None
 
         fut.add_done_callback(done)
-        return await asyncio.wrap_future(fut)
+        try:
+            async with asyncio.timeout(ABANDON_S):
+                return await asyncio.wrap_future(fut)
+        except TimeoutError:
+            # Stuck on a connection nothing answers on (keepalives cannot see a peer whose kernel
+            # still acknowledges): that thread and connection are left behind, new ones go on.
+            self._io.stop()
+            self._io = _Worker()
+            self._busy_since = None
+            self.db.abandon()
+            raise TimeoutError(f"no answer in {ABANDON_S:g} s") from None
 
     # ---- state for /health
     @property
@@ -922,8 +939,10 @@ class HistoryRecorder:
         self.last_error = db_error(e)
         if self.failing_since is None:
             self.failing_since = time.time()
-            log.error("call history: cannot write to %s (%s); call records are held in memory (up to %d ended calls) and written when it works again",
-                      self.db.shown_url, self.last_error, MAX_HELD)
+            first = (f"call history: cannot write to {self.db.shown_url} ({self.last_error}); call records are held in memory "
+                     f"(up to {MAX_HELD} ended calls) and written when it works again")
+            if not _rl.error("history-failing", first):  # the "still failing" lines count from this one
+                log.error(first)
         else:
             _rl.error("history-failing", f"call history: still failing ({self.last_error}); {len(self._ended)} ended call(s) held")
         if self.db.is_damaged(e):

@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -20,7 +22,9 @@ import sqlalchemy as sa
 import engine.history as history
 from engine.history import HistoryDb, HistoryRecorder
 from engine.sessions import CallSession, SessionStore
-from tests.conftest import history_of, running_engine, wait_for
+from tests.conftest import HELLO, free_port, history_of, running_engine, wait_for
+from tests.deepgram_server import API_KEY, Behaviour, FakeDeepgram
+from tests.test_service import BIN, ROOT, get_json, sim_call
 
 CLI = Path(sys.executable).parent / "aiagent-tui"
 
@@ -216,3 +220,65 @@ async def test_a_record_the_database_refuses_is_dropped_alone_and_named_once(his
     reader.close()
     refused = errors(caplog, "refused call bad's record")
     assert len(refused) == 1
+
+
+async def test_an_engine_killed_and_restarted_continues_the_record_of_the_caller_it_takes_up(tmp_path):
+    """kill -9 mid-call; the next engine marks the call interrupted and takes its caller up again
+    (it is still in the Stasis app): the record goes on from the first part, the transcript before
+    the crash and the interruption kept, instead of starting again at the adoption."""
+    server = FakeDeepgram(Behaviour(answer_ms=300))
+    await server.start()
+    ari_port, health_port = free_port(), free_port()
+    sim = subprocess.Popen([BIN / "aiagent-sim", "serve", "--port", str(ari_port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    path = tmp_path / "history.sqlite3"
+    (tmp_path / "media").mkdir()
+    env = {**os.environ, "ASTERISK_ARI_PORT": str(ari_port), "RTP_PORT": str(free_port(socket.SOCK_DGRAM)), "HEALTH_PORT": str(health_port),
+           "AIAGENT_MEDIA_DIR": str(tmp_path / "media"), "AIAGENT_PROVIDER": "deepgram", "DEEPGRAM_API_KEY": API_KEY,
+           "DEEPGRAM_AGENT_URL": server.url, "AIAGENT_HISTORY_PATH": str(path)}
+
+    def engine() -> subprocess.Popen[bytes]:
+        return subprocess.Popen([BIN / "aiagent-tui", "--config", str(ROOT / "config.toml"), "--no-ui"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    async def until(pred, timeout: float = 20.0):  # type: ignore[no-untyped-def]
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            try:
+                if got := await asyncio.to_thread(pred):
+                    return got
+            except (OSError, sa.exc.OperationalError):
+                pass
+            await asyncio.sleep(0.2)
+        raise AssertionError("condition not reached in time")
+
+    db = HistoryDb(f"sqlite:///{path}")
+    eng, caller = engine(), None
+    try:
+        await until(lambda: get_json(f"http://127.0.0.1:{health_port}/health")[1]["ari_connected"])
+        caller = sim_call(ari_port, "--converse", "--wav", str(HELLO), "--hold", "25")
+        # The first part reaches the history (once a second): the greeting, the caller, the answer.
+        first = await until(lambda: (rows := db.list()) and (r := db.get(rows[0].call_id)) and len(r.transcript) >= 3 and r)
+        eng.send_signal(signal.SIGKILL)
+        killed_at = time.time()
+        eng.wait(10)
+        env["RTP_PORT"] = str(free_port(socket.SOCK_DGRAM))
+        eng = engine()
+        await until(lambda: (r := db.get(first.call_id)) and r.interruptions and r.interruptions[0].resumed_at is not None, 30)
+        final = await until(lambda: (r := db.get(first.call_id)) and r.outcome != "live" and r, 40)
+    finally:
+        db.close()
+        for p in (caller, eng, sim):
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        await server.stop()
+    # Ended by the second engine (the caller stayed silent: its "are you still there?" then hang-up).
+    assert final.outcome in ("caller_hung_up", "agent_hung_up") and final.started_at == first.started_at
+    assert final.transcript[: len(first.transcript)] == first.transcript and len(final.transcript) > len(first.transcript)
+    gap = final.interruptions[0]
+    assert len(final.interruptions) == 1 and gap.at <= killed_at and gap.resumed_at is not None and killed_at < gap.resumed_at < killed_at + 15
+    assert gap.by and final.providers == ["deepgram", "deepgram"]
+    assert abs(final.duration_s - (final.ended_at - final.started_at)) < 0.05 and final.duration_s > 20
