@@ -316,7 +316,7 @@ class Bench:
         return self.pg.create_database(f"bench{self.databases}")
 
     async def history_row(self, fault: str, b: Bench, url: str, before: int, watch: asyncio.Task[float | None] | None,
-                          rec: float | None, note: list[str], expected: Sequence[str] | None = None) -> Row:
+                          rec: float | None, note: list[str]) -> Row:
         """The row of a history fault, once every call of ``b`` is over and its engine stopped."""
         lost, left = await b.outcome(b.placed)
         errors, last_error = history_errors(await b.health())
@@ -329,7 +329,7 @@ class Bench:
             else:
                 watch.cancel()
         await b.eng.stop()
-        ids = list(b.placed if expected is None else expected)
+        ids = list(b.placed)
         found, unreadable = await asyncio.to_thread(read_records, url, ids)
         if unreadable:
             note.append(f"history unreadable afterwards: {unreadable}")
@@ -509,6 +509,7 @@ class Bench:
         eng.config.providers.deepgram.agent_url = f"ws://127.0.0.1:{free_port()}"
         eng.config.providers.fallback = "echo"
         await eng.set_default_provider("deepgram")
+        failed = eng.store.calls_failed
         ids = list(await asyncio.gather(*(self.call(SHORT, f"55502{i:02d}") for i in range(10))))
         lost, left = await self.outcome(ids)
         heard = sum([1 for i in ids if (await self.get(f"/sim/calls/{i}"))["first_agent_audio_s"] is not None])
@@ -517,7 +518,7 @@ class Bench:
         eng.default_provider = "echo"
         eng.config.providers.fallback = ""
         return Row("Deepgram down during a burst of 10 calls (fallback: echo)", 0, lost, rec, left,
-                   f"{heard} of 10 callers heard the agent; setups failed {eng.store.calls_failed}")
+                   f"{heard} of 10 callers heard the agent; setups failed {eng.store.calls_failed - failed}")
 
     # ---- the call history
     async def _history_fault(self, fault: str, app: str, url: str, env: Mapping[str, str], inject: Callable[[], Any],
@@ -734,11 +735,12 @@ class Bench:
         finally:
             await ep.stop()
         found, _ = await asyncio.to_thread(read_records, ep.history_url, ids)
-        kept = [i for i in ids if i in found and abs(found[i].started_at - first[i].started_at) < 0.5]
+        # Kept: the record still starts when the call did, and says where the engine was gone.
+        kept = [i for i in ids if i in found and abs(found[i].started_at - first[i].started_at) < 0.5 and found[i].interruptions]
         outcomes = sorted({found[i].outcome for i in found})
         adopt = f"{adopt_s:.2f} s" if adopt_s is not None else "never"
         note = (f"engine answering again {up_s:.1f} s after the kill, its 3 callers adopted at {adopt}"
-                f" ({not_adopted} not); records kept from the call's start: {len(kept)} of 3, outcomes {', '.join(outcomes) or 'none'}")
+                f" ({not_adopted} not); records kept from the call's start, the interruption marked: {len(kept)} of 3, outcomes {', '.join(outcomes) or 'none'}")
         return Row("kill -9 of the engine, restarted at once", 3, lost + not_adopted, rec, left, note + ep.log_note(),
                    records=(3 - len(kept), 3))
 
