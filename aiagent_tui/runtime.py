@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 class Runtime:
     ends_calls = True  # the engine lives and dies with the app (or the service)
 
-    def __init__(self, config: AppConfig, sim: bool = False, demo_interval_s: float = 8.0, config_path: str | Path | None = None) -> None:
+    def __init__(self, config: AppConfig, sim: bool = False, demo_interval_s: float | None = 8.0, config_path: str | Path | None = None) -> None:
         self.config = config
         # What a reload reads (with the environment, as at start); None: no file. Absolute: the
         # file the engine started from, wherever the process's working directory is later.
@@ -51,7 +51,7 @@ class Runtime:
         # objects and holds the loop, and every call's audio, for less (bench/media_load.py at 250
         # calls: longest pass 82 -> 20 ms).
         gc.freeze()
-        if self.pbx is not None:
+        if self.pbx is not None and self.demo_interval_s is not None:  # None: no demo caller (tests place their own)
             self._demo = asyncio.create_task(
                 demo_calls(self.pbx, self.config.asterisk.app, self.demo_interval_s, lambda: engine.ari_connected), name="demo-calls",
             )

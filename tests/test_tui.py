@@ -40,7 +40,7 @@ async def test_app_shows_live_calls_and_every_key_works(tmp_path):
     from pbxsim.server import Pause, Say, WaitAgent
     from tests.conftest import HELLO
 
-    app = AiAgentApp(rt := Runtime(app_config(tmp_path), sim=True, demo_interval_s=600.0), dump_dir=tmp_path)
+    app = AiAgentApp(rt := Runtime(app_config(tmp_path), sim=True, demo_interval_s=None), dump_dir=tmp_path)
     async with app.run_test(size=(120, 40)) as pilot:
         await until(pilot, lambda: rt.engine is not None and rt.engine.ari_connected and rt.pbx is not None)
         eng, pbx = rt.engine, rt.pbx
@@ -161,7 +161,7 @@ async def test_attach_shows_a_headless_engines_calls_controls_them_and_detaches(
     from tests.conftest import HELLO
 
     cfg = app_config(tmp_path)
-    rt = Runtime(cfg, sim=True, demo_interval_s=600.0)
+    rt = Runtime(cfg, sim=True, demo_interval_s=None)
     eng = await rt.start()
     try:
         assert await eng.wait_ari_connected(10)
@@ -224,7 +224,7 @@ async def test_history_screen_lists_past_calls_filters_them_and_opens_one(tmp_pa
     from tests.conftest import HELLO
 
     cfg = app_config(tmp_path)
-    app = AiAgentApp(rt := Runtime(cfg, sim=True, demo_interval_s=600.0), dump_dir=tmp_path, history_url=database_url(cfg))
+    app = AiAgentApp(rt := Runtime(cfg, sim=True, demo_interval_s=None), dump_dir=tmp_path, history_url=database_url(cfg))
     async with app.run_test(size=(120, 40)) as pilot:
         await until(pilot, lambda: rt.engine is not None and rt.engine.ari_connected and rt.pbx is not None)
         pbx = rt.pbx

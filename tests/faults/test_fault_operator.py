@@ -82,7 +82,7 @@ async def test_app_with_sim_port_taken_exits_non_zero_with_one_line(tmp_path, ca
     cfg = app_config(tmp_path)
     cfg.asterisk.ari_port = held.getsockname()[1]
     try:
-        app = AiAgentApp(rt := Runtime(cfg, sim=True, demo_interval_s=600.0))
+        app = AiAgentApp(rt := Runtime(cfg, sim=True, demo_interval_s=None))
         async with app.run_test(size=(120, 40)) as pilot:
             await pilot.pause(0.5)
     finally:
@@ -94,7 +94,7 @@ async def test_app_with_sim_port_taken_exits_non_zero_with_one_line(tmp_path, ca
 
 async def test_picking_a_provider_that_is_not_ready_is_refused_visibly(tmp_path, monkeypatch):
     monkeypatch.delenv("DEEPGRAM_API_KEY", raising=False)
-    app = AiAgentApp(rt := Runtime(app_config(tmp_path), sim=True, demo_interval_s=600.0), dump_dir=tmp_path)
+    app = AiAgentApp(rt := Runtime(app_config(tmp_path), sim=True, demo_interval_s=None), dump_dir=tmp_path)
     async with app.run_test(size=(120, 40)) as pilot:
         await until(pilot, lambda: rt.engine is not None and rt.engine.ari_connected)
         eng = rt.engine
