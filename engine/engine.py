@@ -135,17 +135,18 @@ class Engine:
                     log.warning("provider %s cannot start: %s", name, e)
         for name in ("rtp-receive", "rtp-pacer"):
             self.supervisor.register(name)
-        self.supervisor.start("ari-events", self.events.run)
-        self.supervisor.start("health-http", self.health_server.run)
         if self.history is not None:
             # A history that cannot be opened (a damaged file, a database down or hung) must not
             # keep calls from being answered: the engine starts, /health says so, ``run`` retries.
+            # Opened before ARI connects when it answers at once (the usual case): the first calls are written.
             self.supervisor.start("history", self.history.run)
             if not await self.history.wait_open(1.0) and self.history.failing_since is None:  # a failure logs itself; a hang does not
                 log.error(
                     "call history at %s has not answered in 1 s: calls are answered and their records held until it does; "
                     "check history.path or history.url (AIAGENT_HISTORY_PATH, AIAGENT_HISTORY_URL)", self.history.db.shown_url,
                 )
+        self.supervisor.start("ari-events", self.events.run)
+        self.supervisor.start("health-http", self.health_server.run)
         self.supervisor.start("recordings", self.recordings.run)
         self.capacity.start()
         self.started = True

@@ -745,6 +745,7 @@ class HistoryRecorder:
         self._refused: set[str] = set()  # calls whose record the database refused (logged once each)
         self._wake = asyncio.Event()
         self._opened = asyncio.Event()
+        self._tried = asyncio.Event()  # the first opening has succeeded or failed
         self._busy_since: float | None = None  # monotonic: a statement in flight since
         self.failing_since: float | None = None  # wall clock: the first failure of the spell going on
         self.last_error: str | None = None
@@ -829,10 +830,10 @@ class HistoryRecorder:
 
     # ---- the work
     async def wait_open(self, timeout: float) -> bool:
-        """True once the history is open (``run`` opens it, and retries until it can)."""
+        """Waits for ``run``'s first try to open the history (at most ``timeout``); True if it is open."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
-                await self._opened.wait()
+                await self._tried.wait()
         return self._opened.is_set()
 
     async def open(self) -> bool:
@@ -845,6 +846,8 @@ class HistoryRecorder:
         except Exception as e:
             await self._failed(e)
             return False
+        finally:
+            self._tried.set()
         now = time.monotonic()
         self._earlier = {r.call_id: (r, now) for r in earlier}
         self.interrupted_found = len(earlier)

@@ -111,6 +111,8 @@ async def test_a_damaged_history_file_never_stops_call_answering(pbx, tmp_path, 
     damaged = damage(path, where)
     async with running_engine(pbx, tmp_path, AIAGENT_PROVIDER="echo", AIAGENT_HISTORY_PATH=str(path)) as eng:
         first = await call(pbx, eng)
+        assert eng.history is not None
+        await wait_for(lambda: eng.history.status().opened and not eng.history.failing, timeout=5)  # the new file: read once made
         await history_of(eng, first)
         health = eng.health()
         assert health["status"] == "degraded" and any("damaged: moved aside" in p for p in health["problems"]), health["problems"]
