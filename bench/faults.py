@@ -768,8 +768,9 @@ class Bench:
                 reload = (await b.health()).get("last_reload") or {}
                 profile = await call_700()
                 wrong += profile != "sales"
-                said = f"refused: {reload['refused']}" if reload.get("refused") else f"applied {len(reload.get('applied', []))} setting(s)"
-                results.append(f"{what}: reload {said[:70]}; next call's profile {profile}")
+                refused = str(reload.get("refused") or "").replace(f"{ep.config}: ", "")  # the run's temporary path
+                said = f"refused ({refused[:60]})" if refused else f"applied {len(reload.get('applied', []))} setting(s)"
+                results.append(f"{what}: reload {said}; next call's profile {profile}")
                 if what == "emptied":  # back to the good file before the next fault
                     last = (await b.health()).get("last_reload")
                     ep.config.write_text(config)
