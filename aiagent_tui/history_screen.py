@@ -24,6 +24,7 @@ from aiagent_tui.monitor import MonitorUnavailable, OpenOutput, Replay
 from engine.api import CallRecord, CallRow, HistoryDb, HistoryFilter
 from engine.config import shown_url
 from engine.diagnosis import Diagnosis, diagnose
+from engine.history import db_error
 from providers.profile import Norms
 
 Diagnose = Callable[[CallRecord], Diagnosis]
@@ -87,7 +88,7 @@ class HistoryScreen(Screen[None]):
         self.app.call_from_thread(self._show, rows)
 
     def _failed(self, e: Exception) -> None:
-        self.query_one("#history-head", Static).update(Text(f"call history: cannot read {shown_url(self.url)}: {e.__class__.__name__}: {e}", style="bold red"))
+        self.query_one("#history-head", Static).update(Text(f"call history: cannot read {shown_url(self.url)}: {db_error(e)}", style="bold red"))
 
     def _show(self, rows: list[CallRow]) -> None:
         self.rows = rows
@@ -172,7 +173,7 @@ class CallDetailScreen(Screen[None]):
         try:
             rec = db.get(self.call_id)
         except Exception as e:
-            self.app.call_from_thread(self._say, Text(f"cannot read {shown_url(self.url)}: {e.__class__.__name__}: {e}", style="bold red"))
+            self.app.call_from_thread(self._say, Text(f"cannot read {shown_url(self.url)}: {db_error(e)}", style="bold red"))
             return
         finally:
             db.close()

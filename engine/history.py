@@ -699,9 +699,12 @@ class _Worker:
 
     def __init__(self) -> None:
         self._jobs: queue.SimpleQueue[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]] | None] = queue.SimpleQueue()
-        threading.Thread(target=self._loop, name="history", daemon=True).start()
+        self._thread: threading.Thread | None = None  # started with the first job
 
     def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="history", daemon=True)
+            self._thread.start()
         fut: Future[T] = Future()
         self._jobs.put((fut, fn, args))
         return fut
