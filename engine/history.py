@@ -37,7 +37,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel
 
 from engine.config import AppConfig, shown_url
-from engine.ratelimit import RateLimitedLog
+from engine.ratelimit import RateLimitedLog, RateLimitFilter
 from engine.status import HistoryStatus
 from engine.sessions import QUIET_MIN_S, CallSession, ConversationState, SessionStore, TurnTimeline
 
@@ -435,6 +435,10 @@ class HistoryDb:
         # Made on first use: a URL whose driver is missing fails where the caller reports it.
         if self._engine is None:
             pg = sa.engine.make_url(self.url).get_backend_name() == "postgresql"
+            if pg and not any(isinstance(f, RateLimitFilter) for f in logging.getLogger("psycopg").filters):
+                # psycopg warns of each batch the server refused ("error ignored terminating ...
+                # pipeline aborted"): once per interval, the count after.
+                logging.getLogger("psycopg").addFilter(RateLimitFilter())
             self._engine = sa.create_engine(self.url, pool_pre_ping=True, **({"connect_args": dict(_PG_CONNECT)} if pg else {}))
             if self._engine.dialect.name == "sqlite":
                 sa.event.listen(self._engine, "connect", _sqlite_pragmas)
