@@ -45,12 +45,14 @@ def calls_in(path: Path) -> set[str]:
         return {row[0] for row in c.execute("SELECT call_id FROM calls")}
 
 
-async def test_a_deleted_history_file_is_made_again_with_every_call_and_health_says_so(pbx, tmp_path, caplog):
+@pytest.mark.parametrize("files", ["history.sqlite3", "history.sqlite3*"])
+async def test_a_deleted_history_file_is_made_again_with_every_call_and_health_says_so(pbx, tmp_path, caplog, files):
     path = tmp_path / "h" / "history.sqlite3"
     async with running_engine(pbx, tmp_path, AIAGENT_PROVIDER="echo", AIAGENT_HISTORY_PATH=str(path)) as eng:
         first = await call(pbx, eng)
         await history_of(eng, first)
-        path.unlink()  # a careless cleanup: the engine still holds the file open
+        for f in path.parent.glob(files):  # a careless cleanup (with its WAL, or not): the engine still holds them open
+            f.unlink()
         await wait_for(path.exists, timeout=3)  # at its next write (the heartbeat, once a second)
         second = await call(pbx, eng)
         await history_of(eng, second)
