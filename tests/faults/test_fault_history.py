@@ -83,10 +83,14 @@ def test_calls_list_on_a_missing_or_damaged_file_says_so_in_one_line_and_makes_n
     good = tmp_path / "good.sqlite3"
     db = HistoryDb(f"sqlite:///{good}")
     db.create()
-    db.save([history.CallRecord(call_id="c1", started_at=time.time(), caller_number="555\x1b[2J\nFORGED", outcome="caller_hung_up")])
+    now = time.time()
+    db.save([history.CallRecord(call_id="c1", started_at=now - 30, caller_number="555\x1b[2J\nFORGED", outcome="caller_hung_up",
+                                interruptions=[history.Interruption(at=now - 20, resumed_at=now - 15, by="pbx1:aiagent")])])
     db.close()
     r = run_cli(tmp_path, good, "list")
     assert r.returncode == 0 and "\x1b" not in r.stdout and "FORGED" in r.stdout and len(r.stdout.splitlines()) == 2, r.stdout
+    r = run_cli(tmp_path, good, "show", "c1")
+    assert r.returncode == 0 and "\x1b" not in r.stdout and "taken up again at" in r.stdout and "by pbx1:aiagent" in r.stdout, r.stdout
 
 
 def damage(path: Path, where: str) -> bytes:
