@@ -348,18 +348,27 @@ class Bench:
                    f"{self.eng.events.malformed_events} skipped in {time.monotonic() - t0:.1f} s, events task restarts 0")
 
     async def bad_replies(self) -> Row:
-        self.eng.config.rtp.max_calls = 3
+        eng = self.eng
+        eng.config.rtp.max_calls = 3
         ids = await self.live_calls(3, seconds=1.0)
         body = {"status": 200, "body": "<html>bad gateway</html>", "count": 100}
         await self.faults(bad_replies={"bridges.destroy": body, "channels.hangup": body, "bridges.addChannel": body})
-        more = [await self.call([{"say": HELLO}, {"pause": 0.5}]) for _ in range(3)]
-        await self.until(lambda: len(self.eng.store) == 0, 30)
+        refused, failed = eng.store.calls_rejected_over_capacity, eng.store.calls_failed
+        for _ in range(3):  # while the 3 slots are taken: turned away
+            await self.call(SHORT)
+        # The live calls' teardowns get the bad replies: their slots must be freed all the same.
+        freed = await self.until(lambda: len(eng.store) == 0 and eng.store.calls_rejected_over_capacity - refused >= 3, 30)
+        more = [await self.call(SHORT) for _ in range(3)]  # in the freed slots, the bad replies still on
+        more_lost, _ = await self.outcome(more)
+        freed &= len(eng.store) == 0
         await self.faults()
         rec = await self.recovery(time.monotonic())
         lost, left = await self.outcome(ids)
-        self.eng.config.rtp.max_calls = 40
+        eng.config.rtp.max_calls = 40
         return Row("non-JSON 2xx replies (max_calls=3)", 3, lost, rec, left,
-                   f"{len(more)} calls set up during the fault failed cleanly; every slot freed")
+                   f"{eng.store.calls_rejected_over_capacity - refused} calls turned away while the 3 slots were taken; of 3 placed "
+                   f"once they were free, {3 - more_lost} ended by their caller, {eng.store.calls_failed - failed} failed their setup; "
+                   + ("every slot freed" if freed else "slots NOT freed within 30 s"))
 
     async def ws_blips(self) -> Row:
         await self.faults(drop_ws_after={"channels.externalMedia": {"block_s": 0.2}})
@@ -391,7 +400,7 @@ class Bench:
         timings.pacing_error.clear()
         underruns = sum(s.rtp_out.underruns for s in self.eng.store)
         ctx = mp.get_context("spawn")
-        statuses: dict[int, int] = {}
+        statuses: dict[str, int] = {}
         during_parts = []
         burst_s = 0.0
         for _ in range(3):  # three bursts, pooled: one is too few ticks for a steady p99
@@ -409,13 +418,14 @@ class Bench:
                 statuses[k] = statuses.get(k, 0) + v
         during = np.concatenate(during_parts)
         underruns = sum(s.rtp_out.underruns for s in self.eng.store) - underruns
+        problems = (await self.health()).get("problems") or []
         rec = await self.recovery(time.monotonic())
         lost, left = await self.outcome(ids)
         self.eng.config.playback.downstream_mode = "file"
         return Row("1,000 concurrent /health requests, 3 times", 10, lost, rec, left,
                    f"pacing p99 {np.percentile(quiet, 99) * 1000:.1f} ms quiet, {np.percentile(during, 99) * 1000:.1f} ms "
                    f"during the bursts ({burst_s:.1f} s, {len(during)} frames, max {during.max() * 1000:.1f} ms); "
-                   f"underruns {underruns}; answers {statuses}")
+                   f"underruns {underruns}; answers {statuses}" + (f" (degraded: {'; '.join(problems)[:100]})" if problems else ""))
 
     async def rtp_forged(self) -> Row:
         ids = await self.live_calls(3)
@@ -483,6 +493,7 @@ class Bench:
         local = eng.providers["local"]
         assert isinstance(local, PipelineProvider) and local.models is not None and isinstance(local.models.llm, WorkerLlm)
         llm = local.models.llm.worker
+        turns_failed = eng.summary().turns_failed
         ids = [await self.call([{"wait_agent_done": 0.4}, {"say": AGENT_PASS}, {"wait_agent": 0.3, "timeout_s": 30},
                                 {"wait_agent_done": 0.8, "timeout_s": 30}, {"say": HELLO}, {"wait_agent": 0.3, "timeout_s": 30},
                                 {"wait_agent_done": 0.8, "timeout_s": 30}])]
@@ -495,8 +506,8 @@ class Bench:
         rec = await self.recovery(time.monotonic())
         lost, left = await self.outcome(ids, 90)
         await eng.set_default_provider("echo")
-        return Row("LLM worker SIGKILL mid-answer", 1, lost, rec, left, f"worker back in {restart_s:.1f} s; the turn got the apology")
-
+        return Row("LLM worker SIGKILL mid-answer", 1, lost, rec, left,
+                   f"worker back in {restart_s:.1f} s; turns answered with the apology: {eng.summary().turns_failed - turns_failed}")
 
     # ---- a provider that fails while calls are being set up
     async def provider_burst(self) -> Row:
@@ -868,17 +879,20 @@ class EngineProcess:
 
 
 def _burst(url: str, n: int, q) -> None:
-    async def main() -> dict[int, int]:
-        out: dict[int, int] = {}
+    """``n`` concurrent GETs of /health; the answers counted by HTTP status and the body's status
+    (a 503 is a degraded engine's answer, or "busy": too many requests in flight)."""
+    async def main() -> dict[str, int]:
+        out: dict[str, int] = {}
         conn = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=30)) as s:
             async def one() -> None:
                 try:
                     async with s.get(url) as r:
-                        await r.read()
-                        out[r.status] = out.get(r.status, 0) + 1
+                        body = await r.json(content_type=None)
+                        key = f"{r.status} {body.get('status')}"
                 except Exception:
-                    out[0] = out.get(0, 0) + 1
+                    key = "no answer"
+                out[key] = out.get(key, 0) + 1
 
             await asyncio.gather(*(one() for _ in range(n)))
         return out
