@@ -15,7 +15,8 @@ from engine.config import AppConfig
 from engine.diagnosis import Diagnosis, diagnose_in
 import sqlalchemy as sa
 
-from engine.history import OUTCOMES, CallRecord, HistoryDb, HistoryFilter, clean_text, database_url, db_error
+from engine.history import OUTCOMES, CallRecord, HistoryDb, HistoryFilter, database_url, db_error
+from providers.redact import clean_text
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}

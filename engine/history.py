@@ -40,12 +40,13 @@ from engine.config import AppConfig, shown_url
 from engine.ratelimit import RateLimitedLog, RateLimitFilter
 from engine.status import HistoryStatus
 from engine.sessions import QUIET_MIN_S, CallSession, ConversationState, SessionStore, TurnTimeline
+from providers.redact import clean_text
 
 log = logging.getLogger(__name__)
 _rl = RateLimitedLog(log)
 
 T = TypeVar("T")
-SYNC_INTERVAL_S = 1.0  # what a crash can lose: a live call's words and turns, and when it ended
+SYNC_INTERVAL_S = 0.5  # what a crash can lose (a live call's words and turns, when it ended), and how soon a failing history is seen
 QUALITY_REFRESH_S = 10.0  # a live call whose words have not changed: its RTP figures, this often
 PRUNE_INTERVAL_S = 3600.0
 SLOW_WRITE_S = 1.0  # a write (or the opening) not back after this long: the history is failing (a hung server)
@@ -193,20 +194,12 @@ class CallRecord(BaseModel):
 # What the columns hold at most (VARCHAR sizes): a longer value is cut, so that no database refuses it.
 _SIZES = {"call_id": 128, "engine": 128, "caller_number": 64, "dialled": 64, "profile": 64, "outcome": 32}
 _SURROGATE = re.compile("[\ud800-\udfff]")
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
-
-
-def clean_text(text: str, limit: int | None = None) -> str:
-    """The remote party's text as a database stores it and a terminal shows it: lone surrogates
-    (undecodable bytes) and control characters replaced, cut to ``limit``."""
-    text = _CONTROL.sub("\ufffd", _SURROGATE.sub("\ufffd", text))
-    return text[:limit] if limit is not None else text
 
 
 def _clean(r: CallRecord) -> CallRecord:
     """The record with what the caller chose (caller ID, dialled number) bounded and cleaned."""
-    fixed = {k: clean_text(v, _SIZES.get(k, 256)) for k in ("call_id", "engine", "caller_number", "caller_name", "dialled", "channel", "profile")
-             if (v := getattr(r, k)) != clean_text(v, _SIZES.get(k, 256))}
+    fixed = {k: c for k in ("call_id", "engine", "caller_number", "caller_name", "dialled", "channel", "profile")
+             if (c := clean_text(v := getattr(r, k), _SIZES.get(k, 256))) != v}
     return r.model_copy(update=fixed) if fixed else r
 
 

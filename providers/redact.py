@@ -1,16 +1,19 @@
-"""What may be shown of a secret, and of text that came from a server.
+"""What may be shown of a secret, of text that came from a server, and of text the remote party chose.
 
 Whatever a model server or Deepgram says in an error ends up in /health (served without
 authentication), in every attached console, in ``doctor`` and in the log. Such a server may reflect
 the API key ("Incorrect API key provided: sk-...") or send anything at all (escape sequences, a
 newline that forges a log line, a megabyte of HTML): ``server_text`` is the one way such text is
-let in. ``shown_url`` is the one way a URL with credentials is shown (the history's database URL,
+let in. ``clean_text`` is the one way text a caller chose (caller ID, dialled number, Stasis
+arguments: a newline forges a log line, an ESC drives the operator's terminal, a lone surrogate is
+refused by the database) is bounded and made safe to store and show. ``shown_url`` is the one way a URL with credentials is shown (the history's database URL,
 a model server's URL).
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Iterable
 
 from sqlalchemy.engine import make_url
@@ -19,9 +22,10 @@ from sqlalchemy.exc import ArgumentError
 REDACTED = "[redacted]"
 MAX_SERVER_TEXT = 300  # characters of a server's error kept: enough to say what is wrong
 
-# Control characters (C0, DEL, C1), line and paragraph separators, bidirectional overrides: none
-# belongs in a one-line message, and each can rewrite what a terminal or a log reader shows.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+REPLACEMENT = "\ufffd"
+# Bidirectional overrides make text read other than it is; with control characters (C0, DEL, C1),
+# lone surrogates and line/paragraph separators, none belongs in a one-line value.
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 # What looks like a credential whoever's it is: an Authorization header's value, a "key=..."
 # pair, a vendor-prefixed key (sk-..., dg_...), and any long run of letters and digits mixed.
 _KEY_LIKE = (
@@ -34,17 +38,25 @@ _KEY_LIKE = (
 )
 
 
+def clean_text(value: str, limit: int | None = None) -> str:
+    """``value`` with every unsafe character replaced by U+FFFD, cut to ``limit`` characters (the
+    last one an ellipsis when cut)."""
+    if value.isprintable() and (limit is None or len(value) <= limit):
+        return value  # the common case, at C speed
+    out = "".join(REPLACEMENT if c in _BIDI or unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp") else c for c in value)
+    return out if limit is None or len(out) <= limit else out[: limit - 1] + "\u2026"
+
+
 def server_text(text: str, secrets: Iterable[str] = (), limit: int = MAX_SERVER_TEXT) -> str:
     """``text`` from a server, fit to show anywhere: the ``secrets`` this engine sent it (its API
     key, a URL's password) and anything key-like replaced by [redacted], control characters out,
     on one line, at most ``limit`` characters."""
-    text = _CONTROL.sub(" ", text)
+    text = clean_text(" ".join(text.split()))  # newlines and tabs as spaces, the rest replaced
     for secret in sorted((s for s in secrets if len(s) >= 4), key=len, reverse=True):
         text = text.replace(secret, REDACTED)
     for pattern, replacement in _KEY_LIKE:
         text = pattern.sub(replacement, text)
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return clean_text(text, limit)
 
 
 def shown_url(url: str) -> str:

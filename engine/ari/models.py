@@ -5,32 +5,20 @@ Fields the engine does not read are ignored, so newer Asterisk versions that add
 
 from __future__ import annotations
 
-import unicodedata
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from providers.redact import clean_text
 
 # Caller ID, the dialled extension, Stasis arguments and channel names are the remote party's to
 # choose: here, where they enter, each is bounded and stripped of what could forge a log line or
 # drive the operator's terminal (control characters, newlines, ESC), of lone surrogates that a
 # database refuses, and of bidirectional overrides that make text read other than it is.
-REPLACEMENT = "\ufffd"
-_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 NUMBER_MAX = 64  # the history's caller_number and dialled columns
 NAME_MAX = 128
 ARGS_MAX = 16  # Stasis arguments kept
 APP_DATA_MAX = 512
-
-
-def clean_text(value: str, limit: int) -> str:
-    """``value`` with every unsafe character replaced by U+FFFD, cut to ``limit`` characters (the
-    last one an ellipsis when cut)."""
-    if value.isprintable() and len(value) <= limit:
-        return value  # the common case, at C speed
-    out = "".join(
-        REPLACEMENT if c in _BIDI or unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp") else c for c in value
-    )
-    return out if len(out) <= limit else out[: limit - 1] + "\u2026"
 
 
 def _bounded(limit: int) -> AfterValidator:

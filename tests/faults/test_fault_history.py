@@ -193,7 +193,7 @@ async def test_caller_ids_no_database_would_store_are_cleaned_end_to_end(pbx, tm
         for r in recs:
             await asyncio.wait_for(r.finished.wait(), 15)
         got = [await history_of(eng, r.id) for r in recs]
-        assert got[0].caller_number == "9" * 64 and got[0].caller_name == "\ufffd[31mred\ufffd"
+        assert got[0].caller_number == "9" * 63 + "\u2026" and got[0].caller_name == "\ufffd[31mred\ufffd"
         assert [g.caller_number for g in got[1:]] == ["555011", "555012"]
         assert not eng.history.failing and eng.history.lost == 0
 
