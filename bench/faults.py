@@ -35,6 +35,7 @@ import functools
 import logging
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -94,6 +95,13 @@ class LogCounter(logging.Handler):
         self.n += 1
 
 
+SCRATCH: Path | None = None  # the run's directory: every engine's media, history and log; deleted at the end
+
+
+def scratch(prefix: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=SCRATCH))
+
+
 def not_run(fault: str, why: str) -> Row:
     return Row(fault, 0, 0, None, 0, why, recovery_measured=False)
 
@@ -101,7 +109,7 @@ def not_run(fault: str, why: str) -> Row:
 def engine_config(ari_port: int, **env: str) -> AppConfig:
     """An echo engine's config for the simulator on ``ari_port``; ``env`` as the environment."""
     base = {"ASTERISK_ARI_PORT": str(ari_port), "RTP_PORT": "0", "HEALTH_PORT": "0", "AIAGENT_PROVIDER": "echo",
-            "AIAGENT_MEDIA_DIR": scratch_media()}
+            "AIAGENT_MEDIA_DIR": scratch_media(str(scratch("aiagent-bench-")))}
     cfg = load_config(None, env={**base, **env})
     cfg.asterisk.reconnect_initial_s = 0.05
     cfg.asterisk.reconnect_max_s = 0.5
@@ -111,7 +119,7 @@ def engine_config(ari_port: int, **env: str) -> AppConfig:
 @contextlib.contextmanager
 def tmpfs(size_kb: int) -> Iterator[Path]:
     """A filesystem of its own (a tmpfs of ``size_kb``): to fill up, or to make read-only."""
-    d = Path(tempfile.mkdtemp(prefix="aiagent-bench-fs-"))
+    d = scratch("aiagent-bench-fs-")
     subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(d)], check=True, capture_output=True)
     try:
         yield d
@@ -276,7 +284,7 @@ class Bench:
         return None
 
     async def ok_after(self, t0: float, timeout: float = 15.0) -> float | None:
-        """From ``t0`` (the fault cleared) to the first /health with no history problem."""
+        """From ``t0`` (the fault being cleared) to the first /health with no history problem."""
         end = t0 + timeout
         while time.monotonic() < end:
             h = await self.health()
@@ -288,11 +296,12 @@ class Bench:
     async def cleared_after(self, held_s: float, clear: Callable[[], Any], watch: asyncio.Task[float | None], note: list[str]) -> None:
         """Clears the fault after ``held_s``; notes how soon /health said so (if it had said it)."""
         await asyncio.sleep(held_s)
+        t = time.monotonic()  # from the start of clearing: PostgreSQL answers before pg_ctl returns
         await asyncio.to_thread(clear)
         if watch.done() and watch.result() is not None:
-            ok = await self.ok_after(time.monotonic())
-            note.append(f"history problem gone from /health {ok:.2f} s after the fault was cleared" if ok is not None
-                        else "/health still shows the history problem 15 s after the fault was cleared")
+            ok = await self.ok_after(t)
+            note.append(f"history problem gone from /health {ok:.2f} s after the clearing began" if ok is not None
+                        else "/health still shows the history problem 15 s after the clearing began")
 
     # ---- engines of their own
     @contextlib.asynccontextmanager
@@ -576,7 +585,7 @@ class Bench:
             return await self._not_started(fault, app, e)
 
     async def history_deleted(self) -> Row:
-        d = Path(tempfile.mkdtemp(prefix="aiagent-bench-hist-"))
+        d = scratch("aiagent-bench-hist-")
         path = d / "history.sqlite3"
 
         def delete() -> None:  # a careless cleanup: rm history.sqlite3*
@@ -587,7 +596,7 @@ class Bench:
                                          {"AIAGENT_HISTORY_PATH": str(path)}, delete, None, ["records read from the path afterwards"])
 
     async def history_corrupt(self) -> Row:
-        d = Path(tempfile.mkdtemp(prefix="aiagent-bench-hist-"))
+        d = scratch("aiagent-bench-hist-")
         path = d / "history.sqlite3"
         url = f"sqlite:///{path}"
         db = HistoryDb(url)
@@ -599,7 +608,7 @@ class Bench:
                                             {"AIAGENT_HISTORY_PATH": str(path)}, None, [])
 
     async def history_pages_corrupt(self) -> Row:
-        d = Path(tempfile.mkdtemp(prefix="aiagent-bench-hist-"))
+        d = scratch("aiagent-bench-hist-")
         path = d / "history.sqlite3"
 
         def corrupt() -> None:  # every page after the header's: the tables' and indexes' pages
@@ -712,13 +721,13 @@ class Bench:
         return await self._caller_id("an 80-character caller ID, PostgreSQL history", "aiagent-pgcid", url, {"AIAGENT_HISTORY_URL": url}, "1" * 80)
 
     async def sqlite_caller_id(self) -> Row:
-        path = Path(tempfile.mkdtemp(prefix="aiagent-bench-hist-")) / "history.sqlite3"
+        path = scratch("aiagent-bench-hist-") / "history.sqlite3"
         return await self._caller_id("a caller ID with \\udcff, ESC and a newline, SQLite", "aiagent-sqlcid", f"sqlite:///{path}",
                                      {"AIAGENT_HISTORY_PATH": str(path)}, "555\udcff\x1b[2J\nERROR forged log line")
 
     # ---- the operator
     async def _engine_process(self, app: str, config: str = '[logging]\nlevel = "INFO"\n') -> tuple[EngineProcess, Bench]:
-        ep = EngineProcess(self.ari_port, app, Path(tempfile.mkdtemp(prefix="aiagent-bench-engine-")), config)
+        ep = EngineProcess(self.ari_port, app, scratch("aiagent-bench-engine-"), config)
         b = Bench(self.sim, None, self.http, app, proc=ep)
         await ep.start_and_wait(b)
         return ep, b
@@ -913,6 +922,8 @@ SCENARIOS = {
 
 
 async def main_async(only: list[str]) -> None:
+    global SCRATCH
+    SCRATCH = Path(tempfile.mkdtemp(prefix="aiagent-bench-faults-"))
     port = free_port()
     sim = subprocess.Popen([sys.executable, "-m", "pbxsim.cli", "serve", "--port", str(port)], cwd=ROOT,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -941,6 +952,7 @@ async def main_async(only: list[str]) -> None:
         await eng.stop()
         sim.send_signal(signal.SIGTERM)
         sim.wait(10)
+        shutil.rmtree(SCRATCH, ignore_errors=True)
     print()
     print(table(rows))
 
