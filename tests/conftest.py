@@ -7,7 +7,9 @@ import io
 import logging
 import os
 import shutil
+import signal
 import socket
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -71,6 +73,20 @@ def _log_awaits() -> None:
     for task in asyncio.all_tasks():
         task.print_stack(file=out)
     logging.getLogger("tests.timeout").warning("about to time out; the tasks await:\n%s", out.getvalue())
+
+
+def stop_processes(*procs: subprocess.Popen | None, timeout: float = 10.0) -> None:
+    """SIGTERM to each process still running (an engine stops its calls as under systemd), then
+    SIGKILL to any not gone within ``timeout``."""
+    running = [p for p in procs if p is not None and p.poll() is None]
+    for p in running:
+        p.send_signal(signal.SIGTERM)
+    for p in running:
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:

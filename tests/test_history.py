@@ -21,7 +21,7 @@ from engine.engine import Engine
 from engine.history import CallRecord, HistoryDb, HistoryRecorder, outcome_of
 from engine.sessions import CallSession, SessionStore
 from pbxsim.server import SayText, SimPBX, WaitAgent, WaitAgentDone
-from tests.conftest import AGENT_PASS, engine_config, history_of, running_engine, wait_for
+from tests.conftest import AGENT_PASS, engine_config, history_of, running_engine, stop_processes, wait_for
 from tests.test_service import BIN, ROOT, get_json, sim_call, wait_until
 
 
@@ -152,13 +152,7 @@ def test_kill_9_mid_call_loses_at_most_a_second_and_the_next_start_marks_it_inte
         assert after.caller_number == before.caller_number and after.quality == before.quality  # what was written stays
     finally:
         db.close()
-        for p in (caller, eng, sim):
-            if p is not None and p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        stop_processes(caller, eng, sim)
 
 
 class _FlakyDb(HistoryDb):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import AGENT_PASS, HELLO, THANKS, free_port
+from tests.conftest import AGENT_PASS, HELLO, THANKS, free_port, stop_processes
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -65,13 +65,7 @@ def stack(tmp_path):
         wait_until(lambda: get_json(health)[1]["ari_connected"])
         yield ari_port, health_port, eng, sim
     finally:
-        for p in (eng, sim):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        stop_processes(eng, sim)
 
 
 def test_sim_call_command_reports_clean_echo_calls(stack, tmp_path):
@@ -176,9 +170,7 @@ def test_sim_call_converse_waits_for_the_greeting_then_speaks(tmp_path):
         assert [c["caller_frames_sent"] > 50 for c in calls] == [True, True, True]
         assert all(c["agent_audio_seconds"] >= 1.9 for c in calls)  # each heard a whole 2 s beep
     finally:
-        for p in (eng, sim):
-            p.send_signal(signal.SIGTERM)
-            p.wait(15)
+        stop_processes(eng, sim, timeout=15)
 
 
 def test_without_a_config_file_the_commands_say_they_run_on_the_defaults(tmp_path):

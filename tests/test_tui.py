@@ -15,7 +15,7 @@ from aiagent_tui.app import AiAgentApp, ConfirmScreen, HelpScreen, ProviderScree
 from aiagent_tui.service import run_headless
 from engine.config import load_config
 from engine.sessions import ConversationState
-from tests.conftest import free_port
+from tests.conftest import free_port, stop_processes
 
 
 def app_config(tmp_path: Path, provider: str = "tone"):
@@ -303,7 +303,6 @@ async def test_what_an_operator_must_fix_is_on_screen_not_only_in_the_log_file(t
 async def test_attached_the_engines_warnings_reach_the_log_pane(tmp_path):
     """An operator attached to a headless engine (another process) sees what it logs at WARNING
     and up, not only its call events: here a stray RTP datagram the engine drops and says so."""
-    import signal
     import socket
     import subprocess
 
@@ -334,10 +333,4 @@ async def test_attached_the_engines_warnings_reach_the_log_pane(tmp_path):
             assert "no call has that address" in line.plain and any(str(span.style) == "yellow" for span in line.spans)
             await pilot.press("q")
     finally:
-        for p in (eng, sim):
-            p.send_signal(signal.SIGTERM)
-        for p in (eng, sim):
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_processes(eng, sim, timeout=20)

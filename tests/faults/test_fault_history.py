@@ -22,7 +22,7 @@ import sqlalchemy as sa
 import engine.history as history
 from engine.history import HistoryDb, HistoryRecorder
 from engine.sessions import CallSession, SessionStore
-from tests.conftest import HELLO, free_port, history_of, running_engine, wait_for
+from tests.conftest import HELLO, free_port, history_of, running_engine, stop_processes, wait_for
 from tests.deepgram_server import API_KEY, Behaviour, FakeDeepgram
 from tests.test_service import BIN, ROOT, get_json, sim_call
 
@@ -275,13 +275,7 @@ async def test_an_engine_killed_and_restarted_continues_the_record_of_the_caller
         final = await until(lambda: (r := db.get(first.call_id)) and r.outcome != "live" and r, 40)
     finally:
         db.close()
-        for p in (caller, eng, sim):
-            if p is not None and p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        stop_processes(caller, eng, sim)
         await server.stop()
     # Ended by the second engine (the caller stayed silent: its "are you still there?" then hang-up).
     assert final.outcome in ("caller_hung_up", "agent_hung_up") and final.started_at == first.started_at
