@@ -28,6 +28,10 @@ class Check:
 
 def _port_free(host: str, port: int, kind: int) -> tuple[bool, str]:
     with socket.socket(socket.AF_INET, kind) as s:
+        if kind == socket.SOCK_STREAM:
+            # As the health server binds: a port whose last connections wait in TIME_WAIT (an
+            # engine just stopped) is free to it.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError as e:

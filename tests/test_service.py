@@ -180,3 +180,28 @@ def test_without_a_config_file_the_commands_say_they_run_on_the_defaults(tmp_pat
     (tmp_path / "config.toml").write_text("[logging]\nlevel = 'WARNING'\n")
     r = subprocess.run([BIN / "aiagent-tui", "check-config"], capture_output=True, text=True, timeout=30, cwd=tmp_path)
     assert r.returncode == 0 and r.stderr == "" and json.loads(r.stdout)["logging"]["level"] == "WARNING"
+
+
+def test_doctor_finds_the_health_port_free_right_after_an_engine_on_it_stopped():
+    """The health server binds with SO_REUSEADDR: a port whose connections wait in TIME_WAIT (an
+    engine just stopped, a monitor had polled it) is free to the next engine, so doctor says so."""
+    from aiagent_tui.doctor import _port_free
+
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    conn, _ = server.accept()
+    conn.close()  # the server's side closes first: its end waits in TIME_WAIT
+    client.close()
+    server.close()
+    assert _port_free("127.0.0.1", port, socket.SOCK_STREAM) == (True, "")
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        assert _port_free("127.0.0.1", taken.getsockname()[1], socket.SOCK_STREAM)[0] is False
+    finally:
+        taken.close()
