@@ -22,7 +22,7 @@ from textual.widgets import DataTable, Footer, Input, Static
 from aiagent_tui.history_cli import parse_filters, show
 from aiagent_tui.monitor import MonitorUnavailable, OpenOutput, Replay
 from engine.api import CallRecord, CallRow, HistoryDb, HistoryFilter
-from engine.config import shown_url
+from providers.redact import shown_url
 from engine.diagnosis import Diagnosis, diagnose
 from engine.history import db_error
 from providers.profile import Norms

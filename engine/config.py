@@ -20,7 +20,7 @@ from sqlalchemy.exc import ArgumentError
 from providers.config import ConfigSection as _Section
 from providers.config import ProvidersConfig
 from providers.profile import DEFAULT_PROFILE, AgentProfile
-from providers.redact import shown_url as shown_url  # the one way a URL is shown (the history's modules import it from here)
+from providers.redact import shown_url
 
 
 class ConfigError(Exception):

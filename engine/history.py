@@ -36,11 +36,11 @@ from typing import Any, Callable, Literal, TypeVar
 import sqlalchemy as sa
 from pydantic import BaseModel
 
-from engine.config import AppConfig, shown_url
+from engine.config import AppConfig
 from engine.ratelimit import RateLimitedLog, RateLimitFilter
 from engine.status import HistoryStatus
 from engine.sessions import QUIET_MIN_S, CallSession, ConversationState, SessionStore, TurnTimeline
-from providers.redact import clean_text
+from providers.redact import clean_text, shown_url
 
 log = logging.getLogger(__name__)
 _rl = RateLimitedLog(log)
