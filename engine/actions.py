@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
-from engine.clock import Clock, Timer
+from runtime.clock import Clock, Timer
 from engine.sessions import ActionChanged, ActionRecord, ConversationState, SessionStore
 
 TRANSFER_CHECK_S = 2.0  # a caller hung up this soon after leaving Stasis: the target did not exist

@@ -18,7 +18,7 @@ from engine.actions import TRANSFER_CHECK_S, ActionCounters, SilenceWatchdog, re
 from engine.api import AudioTap
 from engine.ari.client import AriClient, AriError, AriUnavailable
 from engine.capacity import Overload
-from engine.clock import Clock
+from runtime.clock import Clock
 from engine.config import AppConfig
 from engine.conversation import ConversationCoordinator, ConversationCounters
 from engine.media import CallMedia
@@ -26,7 +26,7 @@ from engine.playback import FilePlayback, PlaybackCounters, StreamPlayback
 from engine.recording import CallRecording, Recordings
 from engine.rtp_server import RtpServer
 from engine.sessions import ActionRecord, CallSession, ConversationState, ProviderSession, SessionStore, TranscriptTurn, TurnTimeline
-from engine.tasks import OwnedTasks
+from runtime.tasks import OwnedTasks
 from media.audio import ulaw_to_pcm16
 from media.frames import FRAME_MS, RATE
 from providers.base import (

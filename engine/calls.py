@@ -33,16 +33,16 @@ from engine.ari.models import (
 from engine.actions import TRANSFER_CHECK_S, ActionCounters, report_action
 from engine.call import Call, CallServices, ProviderLookup, ProviderUnavailable
 from engine.capacity import Capacity, Overload
-from engine.clock import Clock, LoopClock
+from runtime.clock import Clock, LoopClock
 from engine.config import AppConfig
-from engine.ratelimit import RateLimitedLog
+from runtime.ratelimit import RateLimitedLog
 from engine.recording import Recordings
 from engine.refusals import Reason, Refusals
 from engine.conversation import ConversationCounters
 from engine.playback import PlaybackCounters
 from engine.rtp_server import RtpServer
 from engine.sessions import ActionRecord, CallSession, CallState, ProviderSession, SessionStore, TurnTimeline
-from engine.tasks import OwnedTasks
+from runtime.tasks import OwnedTasks
 from providers.base import ActionRequest
 
 log = logging.getLogger(__name__)

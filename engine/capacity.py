@@ -33,8 +33,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
-from engine.clock import Clock, Timer
-from engine.ratelimit import Throttle
+from runtime.clock import Clock, Timer
+from runtime.ratelimit import Throttle
 from engine.sessions import CallSession, SessionStore
 
 TARGET_BUSY = 0.7  # of a model's time, and of the cores, at the capacity: the rest absorbs bursts

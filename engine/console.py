@@ -31,7 +31,7 @@ from aiohttp import web
 from pydantic import TypeAdapter
 
 from engine.api import EngineView
-from engine.ratelimit import RateLimitedLog, RateLimitFilter
+from runtime.ratelimit import RateLimitedLog, RateLimitFilter
 from engine.sessions import CallLog, CallSnapshot, CallSummary, SessionEvent
 from engine.status import EngineSummary, ReloadResult
 

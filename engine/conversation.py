@@ -15,7 +15,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
-from engine.clock import Clock, Timer
+from runtime.clock import Clock, Timer
 from engine.config import AppConfig
 from engine.playback import Downstream, Spawn
 from engine.recording import CallRecording

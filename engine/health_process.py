@@ -21,7 +21,7 @@ from typing import Awaitable, Callable
 
 from aiohttp import web
 
-from engine.ratelimit import RateLimitFilter
+from runtime.ratelimit import RateLimitFilter
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _LEN = struct.Struct(">I")

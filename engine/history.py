@@ -37,7 +37,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel
 
 from engine.config import AppConfig
-from engine.ratelimit import RateLimitedLog, RateLimitFilter
+from runtime.ratelimit import RateLimitedLog, RateLimitFilter
 from engine.status import HistoryStatus
 from engine.sessions import QUIET_MIN_S, CallSession, ConversationState, SessionStore, TurnTimeline
 from providers.redact import clean_text, shown_url

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any, Callable, Coroutine
 
 from engine.ari.client import AriClient, AriError, AriUnavailable
-from engine.clock import Clock, Timer
+from runtime.clock import Clock, Timer
 from engine.config import PlaybackConfig
 from engine.media import CallMedia
-from engine.ratelimit import RateLimitedLog
+from runtime.ratelimit import RateLimitedLog
 from engine.recording import CallRecording
 from engine.rtp_server import RtpServer
 from engine.sessions import CallSession, PlaybackRef

@@ -17,7 +17,7 @@ from typing import Callable
 
 from engine.ari.models import Channel
 from engine.capacity import LOG_INTERVAL_S, RECENT_S
-from engine.clock import Clock, Timer
+from runtime.clock import Clock, Timer
 from engine.sessions import CallSession, CallState, SessionStore
 
 REFUSED = "refused: "  # how a refused caller's end reason begins (the history's outcome "refused")

@@ -16,9 +16,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from engine.clock import Clock, LoopClock, Timer
+from runtime.clock import Clock, LoopClock, Timer
 from engine.media import CallMedia, MediaTimings
-from engine.ratelimit import RateLimitedLog
+from runtime.ratelimit import RateLimitedLog
 from media.frames import FRAME_S
 from media.pacing import FrameGrid, next_rtp_timestamp
 from media.rtp import PT_ULAW, RtpPacket, RtpParseError, build_packet

@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
-from media.backoff import Backoff
-from engine.ratelimit import RateLimitedLog
+from runtime.backoff import Backoff
+from runtime.ratelimit import RateLimitedLog
 from providers.base import ComponentStatus
 
 log = logging.getLogger(__name__)

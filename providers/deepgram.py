@@ -17,7 +17,7 @@ from collections import deque
 from typing import Any
 
 from media.audio import ulaw_to_pcm16
-from media.backoff import Backoff
+from runtime.backoff import Backoff
 from providers.config import DeepgramProviderConfig
 from providers.circuit import CircuitBreaker
 from providers.profile import AgentProfile

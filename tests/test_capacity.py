@@ -8,7 +8,7 @@ import asyncio
 import logging
 
 from engine.capacity import MIN_CALL_S, RECENT_S, START_PER_CORE, TARGET_BUSY, ModelCapacity, Overload
-from engine.clock import ManualClock
+from runtime.clock import ManualClock
 from engine.sessions import CallLog, CallSession, SessionStore, TranscriptAdded
 from pbxsim.server import Pause, Say, WaitAgent, WaitAgentDone
 from providers.config import LocalProviderConfig

@@ -9,7 +9,7 @@ from typing import Any, Coroutine, NoReturn
 import pytest
 from prometheus_client import generate_latest
 
-from engine.clock import ManualClock
+from runtime.clock import ManualClock
 from engine.config import load_config
 from engine.conversation import ConversationCoordinator, ConversationCounters
 from engine.history import record_of

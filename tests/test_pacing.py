@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.clock import ManualClock
+from runtime.clock import ManualClock
 from engine.media import CallMedia
 from engine.rtp_server import RtpServer
 from engine.sessions import CallSession

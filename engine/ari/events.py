@@ -11,8 +11,8 @@ import aiohttp
 
 from engine.ari.client import AriClient
 from engine.ari.models import AriEvent, EventParseError, parse_event
-from media.backoff import Backoff
-from engine.ratelimit import RateLimitedLog
+from runtime.backoff import Backoff
+from runtime.ratelimit import RateLimitedLog
 
 log = logging.getLogger(__name__)
 

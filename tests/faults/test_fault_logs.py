@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from engine.ratelimit import RateLimitedLog, RateLimitFilter
+from runtime.ratelimit import RateLimitedLog, RateLimitFilter
 from tests.conftest import HELLO, running_engine
 
 
