@@ -197,6 +197,7 @@ class Call:
             preroll_ms=vad.preroll_ms,
             fallback_window_ms=vad.fallback_interval_ms,
             profile=self.profile,
+            clock=self.services.clock,
         )
         pcall = provider.open_call(ctx, lambda ev: self._on_provider_event(pcall, ev))
         return provider, pcall

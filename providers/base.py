@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Literal, Sequence
 
 from providers.profile import ActionKind, AgentProfile
+from runtime.clock import Clock, LoopClock
 
 INPUT_SAMPLE_RATE = 16000
 
@@ -187,6 +188,9 @@ class CallContext:
     preroll_ms: int = 300  # audio from just before a speech start that belongs to the utterance
     fallback_window_ms: int = 4000  # what a fallback flush hands over
     profile: AgentProfile = field(default_factory=AgentProfile)  # who the agent is on this call
+    # The call's clock: a provider reads time and sets timers through it, so its turn decisions
+    # run on a ManualClock in tests as the engine's do.
+    clock: Clock = field(default_factory=LoopClock)
 
 
 @dataclass(slots=True, frozen=True)
