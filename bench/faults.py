@@ -58,7 +58,7 @@ from engine.config import AppConfig, load_config  # noqa: E402
 from engine.engine import Engine, EngineStartError  # noqa: E402
 from engine.history import CallRecord, HistoryDb  # noqa: E402
 from pbxsim.postgres import PostgresCluster, PostgresNotFound  # noqa: E402
-from providers.local.stages import WorkerLlm  # noqa: E402
+from providers.local.worker_stages import WorkerLlm  # noqa: E402
 from providers.pipeline import PipelineProvider  # noqa: E402
 
 SOUNDS = Path("/usr/share/asterisk/sounds/en_US_f_Allison")

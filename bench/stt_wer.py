@@ -48,7 +48,7 @@ import jiwer  # noqa: E402
 
 from media.audio import Resampler, pcm16_to_ulaw, ulaw_to_pcm16  # noqa: E402
 from providers.config import LocalProviderConfig  # noqa: E402
-from providers.local.stt import PocketsphinxStt, SpeechToText, build_stt  # noqa: E402
+from providers.local.stt import PocketsphinxStt, SttModel, build_stt  # noqa: E402
 
 SOUNDS = Path("/usr/share/asterisk/sounds/en_US_f_Allison")
 TEXTS = Path("/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz")
@@ -104,7 +104,7 @@ def normalize(text: str) -> str:
     return NORMALIZE(text)
 
 
-def measure(stt: SpeechToText, items: list[tuple[Path, str]]) -> tuple[float, float, list[tuple[str, str, str]]]:
+def measure(stt: SttModel, items: list[tuple[Path, str]]) -> tuple[float, float, list[tuple[str, str, str]]]:
     refs, hyps, misses = [], [], []
     audio_s = work_s = 0.0
     for wav, text in items:

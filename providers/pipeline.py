@@ -48,7 +48,7 @@ from providers.local import grounding
 from providers.local.models import JOE_VOICE, ModelNotFound, resolve, resolve_llm
 from providers.local.sentences import SentenceSplitter, reads_complete
 from providers.local.spoken import spoken
-from providers.local.stages import WorkerLlm, WorkerStt, WorkerTts
+from providers.local.worker_stages import WorkerLlm, WorkerStt, WorkerTts
 from providers.local.stt import check_stt_model
 from providers.local.workers import ModelWorker, WaitObserver
 from providers.remote.openai import OpenAiLlm, OpenAiServer, OpenAiStt, OpenAiTts

@@ -773,7 +773,7 @@ async def test_a_calls_answers_reach_the_llm_worker_with_its_number():
     """The LLM worker cuts a state only for the call that made it: each answer's job carries the
     number of the call whose task asks (``model_work``), slice after slice; a profile read ahead
     belongs to no call."""
-    from providers.local.stages import WorkerLlm
+    from providers.local.worker_stages import WorkerLlm
 
     class Worker:
         name, detail, depth = "llm", "", 0

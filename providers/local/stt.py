@@ -16,7 +16,10 @@ NO_SPEECH = 0.6  # Whisper's own no-speech threshold
 VOCABULARY_AS = "initial_prompt"  # or "hotwords" (faster-whisper); chosen by bench/stt_wer.py --profiles
 
 
-class SpeechToText(ABC):
+class SttModel(ABC):
+    """A speech-to-text model in this process (the worker's side); the pipeline's async stage is
+    ``providers.stages.SpeechToText``."""
+
     name: str
 
     @abstractmethod
@@ -42,7 +45,7 @@ class _Cancelled(Exception):
     pass
 
 
-class WhisperStt(SpeechToText):
+class WhisperStt(SttModel):
     """faster-whisper (CTranslate2). Not streaming: the provider transcribes the utterance at the
     caller's pauses, so that little is left to do at the end."""
 
@@ -95,7 +98,7 @@ class WhisperStt(SpeechToText):
             return ""
 
 
-class PocketsphinxStt(SpeechToText):
+class PocketsphinxStt(SttModel):
     """CMU pocketsphinx with the English model its package ships: light, but far less accurate."""
 
     name = "pocketsphinx"
@@ -114,7 +117,7 @@ class PocketsphinxStt(SpeechToText):
         return hyp.hypstr.strip() if hyp is not None else ""
 
 
-class VoskStt(SpeechToText):
+class VoskStt(SttModel):
     name = "vosk"
 
     def __init__(self, model_dir: Path) -> None:
@@ -134,7 +137,7 @@ class VoskStt(SpeechToText):
         return str(json.loads(rec.FinalResult()).get("text", "")).strip()
 
 
-def build_stt(cfg: LocalProviderConfig) -> SpeechToText:
+def build_stt(cfg: LocalProviderConfig) -> SttModel:
     """Resolves the model path (a clear ModelNotFound if it is not there) and loads the model."""
     if cfg.stt_engine == "whisper":
         return WhisperStt(
