@@ -4,16 +4,20 @@ import asyncio
 import contextlib
 import inspect
 import io
+import json
 import logging
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
-from typing import AsyncIterator, Callable, Iterator
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, TypeVar
 
 import pytest
 
@@ -122,7 +126,7 @@ async def running_engine(pbx: SimPBX | AsteriskInstance, tmp_path: Path, configu
     eng = Engine(cfg)
     await eng.start()
     try:
-        assert await eng.wait_ari_connected(5)
+        assert await eng.wait_ari_connected(15), f"not connected to ARI: {eng.events.last_error}"
         yield eng
     finally:
         await eng.stop()
@@ -182,19 +186,12 @@ async def callers(asterisk: AsteriskInstance) -> AsyncIterator[AsteriskCallers]:
         await no_leftovers_on(asterisk)
 
 
-async def no_leftovers_on(asterisk: AsteriskInstance, timeout: float = 8.0) -> None:
+async def no_leftovers_on(asterisk: AsteriskInstance, timeout: float = 15.0) -> None:
     """Nothing left on the real PBX: no channel, no bridge (waits for teardowns in flight)."""
     ari = Ari(asterisk.url)
     try:
-        loop = asyncio.get_running_loop()
-        end = loop.time() + timeout
-        while True:
-            left = await leftovers(ari)
-            if left == ([], []):
-                return
-            if loop.time() > end:
-                raise AssertionError(f"left on Asterisk: channels {left[0]}, bridges {left[1]}")
-            await asyncio.sleep(0.1)
+        await wait_for(lambda: leftovers(ari), timeout, interval=0.1, until=lambda left: left == ([], []),
+                       what="no channel and no bridge left on Asterisk (channels, bridges)")
     finally:
         await ari.close()
 
@@ -236,28 +233,107 @@ def history_url(request, tmp_path) -> str:
     return f"{server}/{name}"
 
 
-async def history_of(eng: Engine, call_id: str, timeout: float = 10.0, until: Callable[[CallRecord], bool] = lambda r: True) -> CallRecord:
+async def history_of(eng: Engine, call_id: str, timeout: float = 20.0, until: Callable[[CallRecord], bool] = lambda r: True) -> CallRecord:
     """The call's record in the engine's history, once it is written as ended (and ``until``
     holds), read as the CLI reads it: another connection to the database."""
     db = HistoryDb(database_url(eng.config))
     try:
-        loop = asyncio.get_running_loop()
-        end = loop.time() + timeout
-        while True:
-            rec = await asyncio.to_thread(db.get, call_id)
-            if rec is not None and rec.outcome != "live" and until(rec):
-                return rec
-            if loop.time() > end:
-                raise AssertionError(f"call {call_id} not in the history as ended: {rec}")
-            await asyncio.sleep(0.1)
+        rec = await wait_for(lambda: asyncio.to_thread(db.get, call_id), timeout, interval=0.1,
+                             until=lambda r: r is not None and r.outcome != "live" and until(r),
+                             what=f"call {call_id} in the history as ended")
+        assert rec is not None
+        return rec
     finally:
         db.close()
 
 
-async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02) -> None:
+# ---- waiting for a condition: the one way tests wait (a sleep then an assertion is a race on a loaded machine)
+#
+# Timeouts are caps, not expectations: a condition met at once costs nothing, so they are sized
+# for a 2-core CI machine whose cores are busy with other work (the suite must pass under two busy
+# loops). A test about how soon something happens asserts that separately, or runs on ManualClock.
+
+T = TypeVar("T")
+
+
+def _described(predicate: Callable[..., object]) -> str:
+    """The predicate as the test wrote it (a lambda's source line), for a failure message."""
+    name = getattr(predicate, "__qualname__", None) or repr(predicate)
+    if name.endswith("<lambda>"):
+        with contextlib.suppress(OSError, TypeError):
+            return " ".join(inspect.getsource(predicate).split())
+    return name
+
+
+def _timed_out(what: str, timeout: float, last: object, error: BaseException | None) -> AssertionError:
+    seen = f"last value {last!r}" if error is None else f"last attempt raised {error!r}"
+    return AssertionError(f"not reached in {timeout:g} s: {what}; {seen}")
+
+
+async def wait_for(predicate: Callable[[], T | Awaitable[T]], timeout: float = 20.0, interval: float = 0.02, *,
+                   until: Callable[[T], object] = bool, what: str | None = None,
+                   ignore: tuple[type[BaseException], ...] = ()) -> T:
+    """Calls ``predicate`` (plain, or returning an awaitable) every ``interval`` until ``until`` of
+    its value is true, and returns that value. An exception in ``ignore`` counts as not yet (a
+    server not listening yet). On timeout, an AssertionError says what was waited for (``what``, or
+    the predicate's source) and the last value seen."""
     loop = asyncio.get_running_loop()
     end = loop.time() + timeout
-    while not predicate():
+    last: object = None
+    error: BaseException | None = None
+    while True:
+        try:
+            value = predicate()
+            if inspect.isawaitable(value):
+                value = await value
+        except ignore as e:
+            error = e
+        else:
+            last, error = value, None
+            if until(value):
+                return value
         if loop.time() > end:
-            raise AssertionError("condition not reached in time")
+            raise _timed_out(what or _described(predicate), timeout, last, error)
         await asyncio.sleep(interval)
+
+
+def wait_until(predicate: Callable[[], T], timeout: float = 20.0, interval: float = 0.1, *,
+               until: Callable[[T], object] = bool, what: str | None = None,
+               ignore: tuple[type[BaseException], ...] = (OSError,)) -> T:
+    """``wait_for`` for tests without an event loop (processes driven over HTTP and files); an
+    OSError (a server not listening yet) counts as not yet."""
+    end = time.monotonic() + timeout
+    last: object = None
+    error: BaseException | None = None
+    while True:
+        try:
+            value = predicate()
+        except ignore as e:
+            error = e
+        else:
+            last, error = value, None
+            if until(value):
+                return value
+        if time.monotonic() > end:
+            raise _timed_out(what or _described(predicate), timeout, last, error)
+        time.sleep(interval)
+
+
+# ---- the commands as an operator runs them (engines and simulators as processes)
+
+BIN = Path(sys.executable).parent
+
+
+def get_json(url: str) -> tuple[int, Any]:
+    """An HTTP GET's status and JSON body (an error status's body too)."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def sim_call(ari_port: int, *args: str, **popen: Any) -> subprocess.Popen[str]:
+    """``aiagent-sim call`` against the simulator, as an operator types it."""
+    return subprocess.Popen([BIN / "aiagent-sim", "call", "--ari", f"http://127.0.0.1:{ari_port}", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **popen)

@@ -7,43 +7,11 @@ import os
 import signal
 import socket
 import subprocess
-import sys
-import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import AGENT_PASS, HELLO, THANKS, free_port, stop_processes
-
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
-
-
-def get_json(url: str):
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
-
-
-def sim_call(ari_port: int, *args: str, **popen) -> subprocess.Popen:
-    """``aiagent-sim call`` against the simulator, as an operator types it."""
-    return subprocess.Popen([BIN / "aiagent-sim", "call", "--ari", f"http://127.0.0.1:{ari_port}", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
-
-
-def wait_until(pred, timeout=15.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            if pred():
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("condition not reached in time")
-
+from tests.conftest import AGENT_PASS, BIN, HELLO, THANKS, ROOT, free_port, get_json, sim_call, stop_processes, wait_until
 
 @pytest.fixture
 def stack(tmp_path):
@@ -126,7 +94,7 @@ def test_health_while_a_call_is_up(stack, tmp_path):
     assert call["rtp"]["ssrc"] is not None and call["rtp"]["lost"] == 0
     conv = h["conversation"][call["call_id"]]
     assert conv["downstream_mode"] == "stream" and conv["capture_enabled"]  # echo is full duplex: never gated
-    with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/metrics", timeout=2) as r:
+    with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/metrics", timeout=5) as r:
         metrics = r.read().decode()
     assert "ai_agent_active_calls 1.0" in metrics
     assert "ai_agent_rtp_worst_loss_ratio 0.0" in metrics and "call_id" not in metrics
