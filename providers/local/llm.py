@@ -14,7 +14,6 @@ from __future__ import annotations
 import codecs
 import ctypes
 import threading
-from dataclasses import dataclass
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Generator, Iterator, Sequence, cast
@@ -22,6 +21,7 @@ from typing import Any, Callable, Generator, Iterator, Sequence, cast
 import numpy as np
 
 from providers.local.sentences import SentenceSplitter
+from providers.local.wire import Slice
 
 PREFIX_CACHE_BYTES = 256 << 20  # about 35 conversations of 600 tokens with the 0.5B model
 MIN_GAIN_TOKENS = 16  # put a state back only when it saves at least this much prompt
@@ -138,18 +138,6 @@ class PrefixCache:
         while self._bytes > self.capacity and len(self._states) > 1:
             _, (dropped, _) = self._states.popitem(last=False)
             self._bytes -= len(dropped)
-
-
-@dataclass(frozen=True, slots=True)
-class Slice:
-    """Part of an answer: ``tokens`` is the prompt and every token generated so far (what a next
-    slice continues from), ``text`` this slice's text and ``generated`` its tokens, ``finished``
-    whether the answer is done."""
-
-    tokens: list[int]
-    text: str
-    generated: int
-    finished: bool
 
 
 class _PromptOnly(Exception):

@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Callable, Sequence
 
 from providers.base import ComponentStatus, QueueState, model_work
+from providers.local.wire import Answer, Synthesize, Transcribe
 from providers.local.workers import ModelWorker
 from providers.stages import LanguageModel, Message, Priority, Reply, Speech, SpeechToText, TextToSpeech, Tool
 
@@ -23,7 +23,7 @@ class _WorkerStage:
         return self.worker.status()
 
     def queue(self) -> QueueState:
-        return QueueState(self.worker.depth, self.worker.oldest_wait_s(asyncio.get_running_loop().time()))
+        return QueueState(self.worker.depth, self.worker.oldest_wait_s(self.worker.clock.now()))
 
     @property
     def detail(self) -> str:
@@ -35,7 +35,7 @@ class _WorkerStage:
 
 class WorkerStt(_WorkerStage, SpeechToText):
     async def transcribe(self, pcm16: bytes, prompt: str, priority: Priority = Priority.NOW) -> str:
-        return str(await self.worker.run("transcribe", pcm16, prompt, priority=priority))
+        return await self.worker.run(Transcribe(pcm16, prompt), priority=priority)
 
 
 class WorkerLlm(_WorkerStage, LanguageModel):
@@ -50,18 +50,19 @@ class WorkerLlm(_WorkerStage, LanguageModel):
         work = model_work.get()
         conversation = work.conversation if work is not None else None
         while True:
-            tokens, piece, generated, finished = await self.worker.run(
-                "answer", messages if tokens is None else None, tokens, left, temperature, conversation, on_chunk=on_text, priority=priority
+            part = await self.worker.run(
+                Answer(messages if tokens is None else None, tokens, left, temperature, conversation), on_chunk=on_text, priority=priority
             )
-            text.append(piece)
-            left -= generated
-            if finished:
+            tokens = part.tokens
+            text.append(part.text)
+            left -= part.generated
+            if part.finished:
                 return Reply("".join(text))
             priority = Priority.LATER
 
     async def prime(self, system: str) -> None:
         # One token of an answer to the system prompt alone: its KV state goes into the prefix cache.
-        await self.worker.run("answer", [{"role": "system", "content": system}], None, 1, 0.0, None)
+        await self.worker.run(Answer([{"role": "system", "content": system}], None, 1, 0.0, None))
 
 
 class WorkerTts(_WorkerStage, TextToSpeech):
@@ -72,4 +73,4 @@ class WorkerTts(_WorkerStage, TextToSpeech):
         self.sample_rate = int(self.worker.detail)  # the worker reports its voice's rate
 
     async def synthesize(self, text: str, priority: Priority = Priority.NOW) -> Speech:
-        return Speech(await self.worker.run("synthesize", text, priority=priority), self.sample_rate)
+        return Speech(await self.worker.run(Synthesize(text), priority=priority), self.sample_rate)

@@ -24,11 +24,14 @@ import pickle
 import signal
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable, TypeVar, cast
 
 from providers.base import ComponentStatus, ModelWork, Span, model_work
-from providers.local.worker_process import _LEN, encode
+from providers.local.wire import HEADER_SIZE, Cancel, Chunk, Done, Failed, Job, Load, Ready, Run, body_size, encode
 from providers.stages import Priority, StageBusy, StageFailed
+from runtime.clock import Clock, LoopClock, Timer
+from runtime.sleep import sleep
+from runtime.tasks import OwnedTasks
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,7 @@ def worker_env() -> dict[str, str]:
 
 
 WaitObserver = Callable[[str, Priority, float], None]  # (model kind, priority, seconds waited)
+R = TypeVar("R")
 
 
 class QueueFull(StageBusy):
@@ -57,7 +61,7 @@ class WorkerCrashed(StageFailed):
 @dataclass
 class _Job:
     future: asyncio.Future
-    on_chunk: Callable[[Any], None] | None
+    on_chunk: Callable[[str], None] | None
     message: bytes  # the job's frame for the process
     priority: Priority
     queued_at: float
@@ -73,6 +77,7 @@ class ModelWorker:
     hang_timeout_s: float = 60.0
     on_wait: WaitObserver | None = None  # told how long each job waited before the process took it
     load_timeout_s: float = 300.0
+    clock: Clock = field(default_factory=LoopClock)  # the job's waits, the hang watchdog, the restart backoff
     state: str = "starting"  # starting | running | restarting | failed | stopped
     detail: str = ""  # what the process reported when it loaded
     restarts: int = 0
@@ -84,7 +89,8 @@ class ModelWorker:
     _running: int | None = None  # the job the process has
     _ids: itertools.count = field(default_factory=itertools.count)
     _ready: asyncio.Event = field(default_factory=asyncio.Event)
-    _task: asyncio.Task | None = None
+    _tasks: OwnedTasks = field(default_factory=lambda: OwnedTasks("model worker"))
+    _watchdog: Timer | None = None
     _last_progress: float = 0.0
     _failures: int = 0  # restarts in a row without a job done
     _busy_s: float = 0.0  # the process's time on jobs, those done (busy_seconds adds the one it has)
@@ -101,7 +107,7 @@ class ModelWorker:
         return now - min(waiting) if waiting else 0.0
 
     def busy_seconds(self, now: float) -> float:
-        """Seconds (loop time) the process has had a job since the worker started: the model's
+        """Seconds (the clock's) the process has had a job since the worker started: the model's
         share of the calls' time, from which the engine measures its capacity (engine/capacity.py)."""
         return self._busy_s + (now - self._busy_since if self._busy_since is not None else 0.0)
 
@@ -120,20 +126,19 @@ class ModelWorker:
 
     # ---- lifecycle
     async def start(self) -> None:
-        """Starts the process and waits until its model is loaded; raises if it cannot load."""
-        self._task = asyncio.create_task(self._supervise(), name=f"model-worker-{self.name}")
-        ready = asyncio.create_task(self._ready.wait())
-        await asyncio.wait([ready, self._task], timeout=self.load_timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        """Starts the process and waits until its model is loaded; raises if it cannot load (the
+        watchdog kills one not loaded in ``load_timeout_s``, which ends the supervisor)."""
+        self._tasks.owner = f"{self.name} model worker"
+        supervisor = self._tasks.spawn(self._supervise())
+        ready = self._tasks.spawn(self._ready.wait())
+        await asyncio.wait([ready, supervisor], return_when=asyncio.FIRST_COMPLETED)
         if not self._ready.is_set():
-            ready.cancel()
             await self.close()
             raise RuntimeError(f"{self.name} model worker did not start: {self.last_error or 'timed out loading'}")
 
     async def close(self) -> None:
         self.state = "stopped"
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await self._tasks.cancel()
         if self._proc is not None:
             self._kill()
             try:
@@ -150,10 +155,9 @@ class ModelWorker:
 
     async def _supervise(self) -> None:
         """Owns the process: starts it, reads its replies, restarts it when it dies."""
-        loop = asyncio.get_running_loop()
         while True:
             try:
-                await self._run_once(loop)
+                await self._run_once()
             except asyncio.CancelledError:
                 self._fail_pending("model worker stopped")
                 raise
@@ -169,9 +173,9 @@ class ModelWorker:
             self.restarts += 1
             # Still restarted after that, slowly: a half-open probe of whether the model works again.
             self.state = "failed" if self._failures >= FAILED_AFTER else "restarting"
-            await asyncio.sleep(RESTART_BACKOFF_S[min(self._failures, len(RESTART_BACKOFF_S)) - 1])
+            await sleep(self.clock, RESTART_BACKOFF_S[min(self._failures, len(RESTART_BACKOFF_S)) - 1])
 
-    async def _run_once(self, loop: asyncio.AbstractEventLoop) -> None:
+    async def _run_once(self) -> None:
         # Its own session: a signal to the engine's process group (Ctrl-C in a terminal, `timeout`,
         # `kill -- -PGID`, an SSH hangup) is the engine's to act on. The engine stops it by closing
         # its stdin once the calls are hung up; killed with the engine, it would be logged as a
@@ -181,15 +185,17 @@ class ModelWorker:
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=worker_env(), start_new_session=True,
         )
         assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.write(encode((self.name, self.config)))
-        watchdog = asyncio.create_task(self._watch_hang(loop, proc))
+        proc.stdin.write(encode(Load(self.name, self.config)))
+        self._watch_hang(proc, self.clock.now())
         try:
-            await self._read(proc.stdout, loop)  # until its stdout closes: it ended, or is ending
+            await self._read(proc.stdout)  # until its stdout closes: it ended, or is ending
         except BaseException:
             self._kill()
             raise
         finally:
-            watchdog.cancel()
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+                self._watchdog = None
         # No kill() for a process that is exiting: Popen's kill polls first, and that poll could
         # reap the child before asyncio's watcher does (which then reports status 255).
         try:
@@ -201,97 +207,96 @@ class ModelWorker:
             self.last_error = _describe_exit(code)
         log.error("%s model worker (pid %d) ended: %s; %d job(s) lost, restarting", self.name, proc.pid, self.last_error, self.depth)
 
-    async def _read(self, stdout: asyncio.StreamReader, loop: asyncio.AbstractEventLoop) -> None:
+    async def _read(self, stdout: asyncio.StreamReader) -> None:
         while True:
             try:
-                head = await stdout.readexactly(_LEN.size)
-                msg = pickle.loads(await stdout.readexactly(_LEN.unpack(head)[0]))
+                head = await stdout.readexactly(HEADER_SIZE)
+                frame = pickle.loads(await stdout.readexactly(body_size(head)))
             except asyncio.IncompleteReadError:
                 return  # the process ended
-            self._last_progress = loop.time()
-            kind = msg[0]
-            if kind == "ready":
-                self.detail = str(msg[1])
-                self.state = "running"
-                self._ready.set()
-                log.info("%s model worker up (pid %s): %s", self.name, self.pid, self.detail)
-                continue
-            if kind != "chunk" and msg[1] == self._running:
-                self._set_running(None, loop.time())
-                self._failures = 0
-                self._dispatch()
-            job = self._pending.get(msg[1])
-            if job is None:
-                continue  # a cancelled job's late reply
-            if kind == "chunk":
-                if job.on_chunk is not None:
-                    job.on_chunk(msg[2])
-            else:
-                del self._pending[msg[1]]
-                if job.future.done():
-                    continue
-                if kind == "done":
-                    if job.span is not None:
-                        job.span.start, job.span.end = msg[3], msg[4]
-                    job.future.set_result(msg[2])
-                else:
-                    job.future.set_exception(RuntimeError(f"{self.name} model: {msg[2]}"))
+            self._last_progress = self.clock.now()
+            match frame:
+                case Ready(detail):
+                    self.detail = detail
+                    self.state = "running"
+                    self._ready.set()
+                    log.info("%s model worker up (pid %s): %s", self.name, self.pid, self.detail)
+                case Chunk(job_id, text):
+                    job = self._pending.get(job_id)
+                    if job is not None and job.on_chunk is not None:
+                        job.on_chunk(text)
+                case Done(job_id) | Failed(job_id):
+                    if job_id == self._running:
+                        self._set_running(None, self.clock.now())
+                        self._failures = 0
+                        self._dispatch()
+                    self._finish(job_id, frame)
 
-    async def _watch_hang(self, loop: asyncio.AbstractEventLoop, proc: asyncio.subprocess.Process) -> None:
-        """Kills a process that has work and shows no progress, or that does not finish loading."""
-        started = loop.time()
-        while True:
-            await asyncio.sleep(min(1.0, self.hang_timeout_s / 4))
-            now = loop.time()
-            if self.state != "running":
-                hung = now - started > self.load_timeout_s
-                why = f"hung: not loaded after {self.load_timeout_s:.0f} s, killed"
-            else:
-                hung = self._running is not None and now - self._last_progress > self.hang_timeout_s
-                why = f"hung: no progress for {self.hang_timeout_s:.0f} s, killed"
-            if hung:
-                self.last_error = why
-                log.error("%s model worker (pid %d) %s", self.name, proc.pid, why)
-                self._kill()
-                return
-            if self._running is None:
-                self._last_progress = now
+    def _finish(self, job_id: int, reply: Done | Failed) -> None:
+        job = self._pending.pop(job_id, None)
+        if job is None or job.future.done():
+            return  # a cancelled job's late reply
+        match reply:
+            case Done(_, result, started, ended):
+                if job.span is not None:
+                    job.span.start, job.span.end = started, ended
+                job.future.set_result(result)
+            case Failed(_, error):
+                job.future.set_exception(RuntimeError(f"{self.name} model: {error}"))
+
+    def _watch_hang(self, proc: asyncio.subprocess.Process, started: float) -> None:
+        """Kills a process that has work and shows no progress, or that does not finish loading:
+        a look every quarter of ``hang_timeout_s`` (at most a second), on the clock."""
+        now = self.clock.now()
+        if self.state != "running":
+            hung = now - started > self.load_timeout_s
+            why = f"hung: not loaded after {self.load_timeout_s:.0f} s, killed"
+        else:
+            hung = self._running is not None and now - self._last_progress > self.hang_timeout_s
+            why = f"hung: no progress for {self.hang_timeout_s:.0f} s, killed"
+        if hung:
+            self.last_error = why
+            log.error("%s model worker (pid %d) %s", self.name, proc.pid, why)
+            self._kill()
+            return
+        if self._running is None:
+            self._last_progress = now
+        self._watchdog = self.clock.call_later(min(1.0, self.hang_timeout_s / 4), self._watch_hang, proc, started)
 
     def _fail_pending(self, why: str) -> None:
         pending, self._pending = self._pending, {}
         self._queue.clear()
-        self._set_running(None, asyncio.get_running_loop().time())
+        self._set_running(None, self.clock.now())
         for job in pending.values():
             if not job.future.done():
                 job.future.set_exception(WorkerCrashed(why))
 
     # ---- jobs
-    async def run(self, method: str, *args: Any, on_chunk: Callable[[Any], None] | None = None, priority: Priority = Priority.NOW) -> Any:
-        """Runs ``method(*args)`` in the worker; ``on_chunk`` gets streamed pieces (on this loop).
-        Cancelling the caller cancels the job (before it reaches the worker, or in it: it stops at
-        its next step). A partial transcript (``IF_IDLE``) is refused with StageBusy when other
-        jobs wait."""
+    async def run(self, job: Job[R], on_chunk: Callable[[str], None] | None = None, priority: Priority = Priority.NOW) -> R:
+        """Runs ``job`` in the worker; ``on_chunk`` gets an answer's pieces as they come (on this
+        loop). Cancelling the caller cancels the job (before it reaches the worker, or in it: it
+        stops at its next step). A partial transcript (``IF_IDLE``) is refused with StageBusy when
+        other jobs wait."""
         if self.depth >= self.max_queue:
             raise QueueFull(f"{self.name}: {self.depth} jobs already queued")
         if priority is Priority.IF_IDLE and self._queue:
             raise StageBusy(f"{self.name}: {len(self._queue)} jobs waiting; a partial transcript can wait for the final one")
         if self.state != "running" or self._proc is None or self._proc.stdin is None:
             raise WorkerCrashed(f"{self.name} model worker is {self.state} ({self.last_error or 'no detail'})")
-        loop = asyncio.get_running_loop()
         job_id = next(self._ids)
-        fut = loop.create_future()
-        job = self._pending[job_id] = _Job(fut, on_chunk, encode(("job", job_id, method, args)), priority, loop.time(), model_work.get())
+        fut = asyncio.get_running_loop().create_future()
+        queued = self._pending[job_id] = _Job(fut, on_chunk, encode(Run(job_id, job)), priority, self.clock.now(), model_work.get())
         heapq.heappush(self._queue, (priority, job_id))
         self._dispatch()
         try:
-            return await fut
+            return cast(R, await fut)  # Done's result is what a Job[R] answers
         except asyncio.CancelledError:
             if self._pending.pop(job_id, None) is not None and job_id == self._running:
-                self._send(encode(("cancel", job_id)))  # its late "done" frees the process
+                self._send(encode(Cancel(job_id)))  # its late Done frees the process
             raise
         finally:
-            if job.span is not None and job.span.end is None:  # cancelled, failed, lost with the process
-                job.span.end = loop.time()
+            if queued.span is not None and queued.span.end is None:  # cancelled, failed, lost with the process
+                queued.span.end = self.clock.now()
 
     def _dispatch(self) -> None:
         """Gives the process the most urgent waiting job, if it has none."""
@@ -300,7 +305,7 @@ class ModelWorker:
             job = self._pending.get(job_id)
             if job is None:
                 continue  # cancelled while it waited
-            now = asyncio.get_running_loop().time()
+            now = self.clock.now()
             if self.on_wait is not None:
                 self.on_wait(self.name, job.priority, now - job.queued_at)
             if job.work is not None:

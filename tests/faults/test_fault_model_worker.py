@@ -7,6 +7,7 @@ import os
 import signal
 
 from providers.config import LocalProviderConfig
+from providers.local.wire import Crash, Synthesize
 from engine.sessions import TranscriptAdded
 from pbxsim.server import Say, WaitAgent, WaitAgentDone
 from tests.conftest import AGENT_PASS, HELLO, running_engine, wait_for
@@ -88,7 +89,7 @@ async def test_worker_that_crashes_at_once_again_is_shown_failed_and_new_calls_f
             if tts.state == "failed":
                 break
             try:
-                await tts.run("crash")
+                await tts.run(Crash())
             except Exception:
                 pass
         await wait_for(lambda: tts.state == "failed", timeout=60)
@@ -124,7 +125,7 @@ async def test_model_work_waiting_past_the_limit_turns_health_degraded_and_says_
     async with running_engine(pbx, tmp_path, strict, AIAGENT_PROVIDER="local") as eng:
         tts = eng.providers["local"].models.voice.tts.worker
         text = "This is a long sentence for the voice to read, so that each job takes a while. " * 3
-        jobs = asyncio.gather(*(tts.run("synthesize", text) for _ in range(4)))
+        jobs = asyncio.gather(*(tts.run(Synthesize(text)) for _ in range(4)))
         await wait_for(lambda: eng.health()["status"] == "degraded", timeout=20, interval=0.05)
         problems = eng.summary().problems
         assert any(p.startswith("local-tts-worker: a job has waited") and "health.max_model_wait_s 0.3" in p for p in problems), problems
