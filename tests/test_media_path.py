@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+import time
 
 import numpy as np
 import pytest
@@ -105,7 +106,9 @@ async def test_outbound_gap_sets_marker_and_jumps_timestamp(pbx, engine):
     media.flush_outbound()
     rec2.media.muted = True
     before = len(ep.rx_log)
-    await asyncio.sleep(0.8)  # the 500 ms echo queue drains, then nothing is sent
+    # The 500 ms echo queue drains, then nothing is sent: a gap seen at the PBX, not slept for.
+    await wait_for(lambda: not media.out_frames and ep.rx_log and time.monotonic() - ep.rx_log[-1][0] > 0.3,
+                   what="the engine's stream quiet for 0.3 s at the PBX")
     quiet_until = len(ep.rx_log)
     rec2.media.muted = False
     await wait_for(lambda: len(ep.rx_log) > quiet_until + 5)
