@@ -22,7 +22,7 @@ from runtime.clock import Clock
 from engine.config import AppConfig
 from engine.conversation import ConversationCoordinator, ConversationCounters
 from engine.media import CallMedia
-from engine.playback import FilePlayback, PlaybackCounters, StreamPlayback
+from engine.playback import Downstream, FilePlayback, PlaybackCounters, StreamPlayback
 from engine.recording import CallRecording, Recordings
 from engine.rtp_server import RtpServer
 from engine.sessions import ActionRecord, CallSession, ConversationState, ProviderSession, SessionStore, TranscriptTurn, TurnTimeline
@@ -225,35 +225,38 @@ class Call:
             self.conversation.downstream.bridged()
 
     # ---- downstream: how the agent's audio reaches the caller
-    def _use_files(self) -> None:
+    def _use_files(self) -> FilePlayback:
         conv = self.conversation
         assert conv is not None
         sv = self.services
-        self.session.downstream_mode = "file"
-        conv.downstream = FilePlayback(
-            sv.ari, self.session, self.token, self.config.storage.media_dir, self.config.playback, sv.playback_counters,
-            self.spawn, conv.tokens_changed, conv.first_audio_out, conv.reference, sv.clock, self.recording,
+        files = conv.downstream = FilePlayback(
+            ari=sv.ari, session=self.session, token=self.token, media_dir=self.config.storage.media_dir,
+            config=self.config.playback, counters=sv.playback_counters, spawn=self.spawn,
+            on_tokens_changed=conv.tokens_changed, on_first_audio=conv.first_audio_out, reference=conv.reference,
+            clock=sv.clock, recording=self.recording,
         )
+        return files
 
     def _use_stream(self) -> None:
         conv, media = self.conversation, self.media
         assert conv is not None and media is not None
-        self.session.downstream_mode = "stream"
-        conv.downstream = StreamPlayback(self.services.rtp, media, conv.tokens_changed)
+        conv.downstream = StreamPlayback(rtp=self.services.rtp, media=media, on_tokens_changed=conv.tokens_changed, on_first_audio=conv.first_audio_out)
+
+    @property
+    def _downstream(self) -> Downstream | None:
+        return self.conversation.downstream if self.conversation is not None else None
 
     def stream_send_failed(self) -> None:
         """RTP to Asterisk keeps failing for this call: play its audio as files instead."""
-        media, conv = self.media, self.conversation
-        if media is None or conv is None or self.session.downstream_mode != "stream":
+        old = self._downstream
+        queued = old.send_failed() if old is not None else None
+        if old is None or queued is None:
             return
-        queued = b"".join(media.out_frames)
-        if conv.downstream is not None:
-            conv.downstream.close()
-        self._use_files()
+        old.close()
+        files = self._use_files()
         self.services.playback_counters.stream_fallbacks += 1
         self.services.store.log(self.call_id, logging.WARNING, "stream playback failed (RTP send errors): falling back to file playback for this call")
-        files = conv.downstream
-        if queued and files is not None:
+        if queued:
             files.add(ulaw_to_pcm16(queued), RATE)
             files.finish()
 
@@ -263,23 +266,17 @@ class Call:
             self.conversation.on_caller_pcm8(pcm8, lost)
 
     def stream_started(self, at: float) -> None:
-        if self.conversation is not None and self.session.downstream_mode == "stream":
-            self.conversation.first_audio_out(at)
+        if (d := self._downstream) is not None:
+            d.stream_started(at)
 
     def stream_drained(self) -> None:
-        downstream = self.conversation.downstream if self.conversation is not None else None
-        if isinstance(downstream, StreamPlayback):
-            downstream.drained()
+        if (d := self._downstream) is not None:
+            d.drained()
 
     # ---- ARI playback events of this call's bridge (file mode)
     def playback_event(self, playback_id: str, started: bool, state: str) -> None:
-        downstream = self.conversation.downstream if self.conversation is not None else None
-        if not isinstance(downstream, FilePlayback):
-            return
-        if started:
-            downstream.on_started(playback_id)
-        else:
-            downstream.on_finished(playback_id, state)
+        if (d := self._downstream) is not None:
+            d.playback_event(playback_id, started, state)
 
     # ---- provider events
     def _on_provider_event(self, source: ProviderCall, ev: ProviderEvent) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Coroutine
@@ -48,37 +49,57 @@ class PlaybackCounters:
     stream_fallbacks: int = 0
 
 
-class Downstream:
-    """What the conversation needs of a playback path."""
+class Downstream(ABC):
+    """What the call needs of a playback path; each path answers the news that concerns it and
+    ignores the rest (a file path has no RTP stream, a stream no ARI playbacks)."""
 
-    mode: str
-
+    @abstractmethod
     def add(self, pcm16: bytes, sample_rate: int) -> None: ...
-    def finish(self) -> None: ...
+
+    @abstractmethod
+    def finish(self) -> None:
+        """The end of an agent utterance: what is buffered goes out."""
+
+    @abstractmethod
+    def stop(self) -> float:
+        """Barge-in: stop what plays, drop what is queued; returns the seconds of agent audio
+        the caller will now not hear."""
+
+    @abstractmethod
+    def pause(self, paused: bool) -> bool:
+        """Holds the agent's audio where it is (True) or goes on from there (False); False if
+        nothing is held (a file still queued in Asterisk cannot be paused)."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
     def bridged(self) -> None:
         """The ExternalMedia channel joined the bridge: the agent's audio may go out (a greeting
         is often ready before). Before, a stream would not reach the caller, and a file would, but
         its first frames would be missing from the capture stream, throwing the echo reference off
         by as many frames: the greeting's own echo would barge in on it."""
-    def stop(self) -> float:
-        """Barge-in: stop what plays, drop what is queued; returns the seconds of agent audio
-        the caller will now not hear."""
-        raise NotImplementedError
-    def close(self) -> None: ...
 
-    def pause(self, paused: bool) -> bool:
-        """Holds the agent's audio where it is (True) or goes on from there (False); False if
-        nothing is held (a file still queued in Asterisk cannot be paused)."""
-        raise NotImplementedError
+    def stream_started(self, at: float) -> None:
+        """The pacer sent the first frame after a pause (the call's RTP stream)."""
+
+    def drained(self) -> None:
+        """The pacer sent the last queued frame."""
+
+    def playback_event(self, playback_id: str, started: bool, state: str) -> None:
+        """ARI's PlaybackStarted (``started``) or PlaybackFinished (its ``state``) on the call's bridge."""
+
+    def send_failed(self) -> bytes | None:
+        """RTP sends to Asterisk keep failing: the u-law still queued, if this path gives way to
+        files now; None if the call's sends are not this path's (files play inside Asterisk)."""
+        return None
 
 
 class FilePlayback(Downstream):
     """Agent audio as u-law files played on the call's bridge, in order, each with its own id."""
 
-    mode = "file"
-
     def __init__(
         self,
+        *,
         ari: AriClient,
         session: CallSession,
         token: str,
@@ -118,6 +139,7 @@ class FilePlayback(Downstream):
         self._expected_end = 0.0  # when the last queued playback should end
         self._paused: tuple[str, float] | None = None  # (playback id, since) while the agent is held
         self._poster = spawn(self._post_loop())
+        session.downstream_mode = "file"
 
     # ---- in
     def add(self, pcm16: bytes, sample_rate: int) -> None:
@@ -197,7 +219,13 @@ class FilePlayback(Downstream):
         self._timeouts[pid] = (deadline, self._clock.call_at(deadline, self._timed_out, pid))
 
     # ---- ARI events
-    def on_started(self, pid: str) -> None:
+    def playback_event(self, playback_id: str, started: bool, state: str) -> None:
+        if started:
+            self._on_started(playback_id)
+        else:
+            self._on_finished(playback_id, state)
+
+    def _on_started(self, pid: str) -> None:
         ref = self.session.playbacks.get(pid)
         if ref is None or ref.started_at is not None:
             return  # not ours, or the PlaybackStarted that Asterisk sends again on unpause
@@ -211,7 +239,7 @@ class FilePlayback(Downstream):
         self.counters.files_started += 1
         self._on_first_audio(ref.started_at, ref.posted_at)
 
-    def on_finished(self, pid: str, state: str) -> None:
+    def _on_finished(self, pid: str, state: str) -> None:
         if pid not in self.session.playbacks:
             return
         if state == "failed":
@@ -338,12 +366,19 @@ class FilePlayback(Downstream):
 class StreamPlayback(Downstream):
     """Agent audio as RTP through the engine's socket (paced and jitter-buffered by RtpServer)."""
 
-    mode = "stream"
-
-    def __init__(self, rtp: RtpServer, media: CallMedia, on_tokens_changed: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        *,
+        rtp: RtpServer,
+        media: CallMedia,
+        on_tokens_changed: Callable[[], None],
+        on_first_audio: Callable[[float], None],  # a frame went out after a pause (the turn's first counts)
+    ) -> None:
         self.rtp = rtp
         self.media = media
         self._on_tokens_changed = on_tokens_changed
+        self._on_first_audio = on_first_audio
+        media.session.downstream_mode = "stream"
 
     def add(self, pcm16: bytes, sample_rate: int) -> None:
         session = self.media.session
@@ -355,8 +390,10 @@ class StreamPlayback(Downstream):
     def finish(self) -> None:
         self.rtp.finish_agent_audio(self.media)
 
+    def stream_started(self, at: float) -> None:
+        self._on_first_audio(at)
+
     def drained(self) -> None:
-        """The pacer sent the last queued frame."""
         if self.media.session.playbacks.pop(STREAM_TOKEN, None) is not None:
             self._on_tokens_changed()
 
@@ -373,6 +410,9 @@ class StreamPlayback(Downstream):
         self.media.bridged = True
         if self.media.out_frames:
             self.rtp.pacer.wake(self.media)
+
+    def send_failed(self) -> bytes | None:
+        return b"".join(self.media.out_frames)
 
     def pause(self, paused: bool) -> bool:
         self.media.paused = paused

@@ -19,6 +19,10 @@ from media.rtp_stats import RtpStreamStats
 
 log = logging.getLogger(__name__)
 
+# How the agent's audio reaches the caller (playback.downstream_mode): files Asterisk plays on the
+# bridge, or RTP through the engine's socket (engine/playback.py).
+PlaybackMode = Literal["file", "stream"]
+
 QUIET_MIN_S = 2.0  # quiet spells kept for the history: shorter ones are a normal pause
 
 class CallState(str, enum.Enum):
@@ -186,7 +190,7 @@ class CallSession:
     conversation: ConversationState = ConversationState.LISTENING
     conversation_since: float = field(default_factory=time.monotonic)  # when it entered that state
     capture_enabled: bool = True
-    downstream_mode: str = "file"
+    downstream_mode: PlaybackMode | Literal[""] = ""  # set by the call's playback path ("": none yet)
     barge_ins: int = 0
     turns_failed: int = 0  # turns the models could not serve: the caller got the apology instead
     barge_in_at: list[float] = field(default_factory=list)  # monotonic, for the history (storms)

@@ -63,8 +63,6 @@ class RecordingProviderCall(ProviderCall):
 class TokenDownstream(Downstream):
     """Holds one gating token while agent audio is queued, as the real playbacks do."""
 
-    mode = "stream"
-
     def __init__(self, session: CallSession) -> None:
         self.session = session
         self.added = 0
@@ -76,6 +74,12 @@ class TokenDownstream(Downstream):
         if "agent" not in self.session.playbacks:
             self.session.playbacks["agent"] = PlaybackRef("agent", "", 1.0)
             self.on_tokens_changed()
+
+    def finish(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
     def drained(self) -> None:
         self.session.playbacks.pop("agent", None)
