@@ -13,16 +13,16 @@ import time
 from datetime import datetime
 
 import pytest
+import sqlalchemy as sa
 
 from aiagent_tui.cli import main as cli
 from aiagent_tui.history_cli import parse_when
 from engine.config import ConfigError, load_config
 from engine.engine import Engine
-from engine.history import CallRecord, HistoryDb, HistoryRecorder, outcome_of
+from engine.history import CallRecord, HistoryDb, HistoryRecorder, engines_table, outcome_of
 from engine.sessions import CallSession, SessionStore
 from pbxsim.server import SayText, SimPBX, WaitAgent, WaitAgentDone
-from tests.conftest import AGENT_PASS, engine_config, history_of, running_engine, stop_processes, wait_for
-from tests.test_service import BIN, ROOT, get_json, sim_call, wait_until
+from tests.conftest import AGENT_PASS, BIN, ROOT, engine_config, get_json, history_of, running_engine, sim_call, stop_processes, wait_for, wait_until
 
 
 async def test_a_call_is_in_the_history_with_what_was_said_and_how_it_went(tmp_path, capsys, history_url):
@@ -114,6 +114,12 @@ def _engine(env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen([BIN / "aiagent-tui", "--config", str(ROOT / "config.toml"), "--no-ui"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def heartbeat(db: HistoryDb) -> float | None:
+    """The engine's last heartbeat in the history (wall clock)."""
+    with db.engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.max(engines_table.c.heartbeat))).scalar()
+
+
 def test_kill_9_mid_call_loses_at_most_a_second_and_the_next_start_marks_it_interrupted(tmp_path, history_url):
     """The engine is killed (SIGKILL: no cleanup at all) in the middle of a call. Its record was
     at most about a second behind, and the next start marks it interrupted."""
@@ -130,8 +136,9 @@ def test_kill_9_mid_call_loses_at_most_a_second_and_the_next_start_marks_it_inte
     try:
         wait_until(lambda: get_json(f"http://127.0.0.1:{health_port}/health")[1]["ari_connected"])
         caller = sim_call(ari_port, "--wav", str(AGENT_PASS), "--hold", "30")
-        wait_until(lambda: (rows := db.list()) and rows[0].outcome == "live", 20)
-        time.sleep(3.5)
+        live = wait_until(lambda: (rows := db.list()) and rows[0].outcome == "live" and rows[0], 20)
+        # Up for 3 s and more: the engine's heartbeat (its last sign of life, once a second) says so.
+        wait_until(lambda: heartbeat(db), until=lambda beat: beat is not None and beat - live.started_at > 3.0, what="a heartbeat 3 s into the call")
         eng.send_signal(signal.SIGKILL)
         killed_at = time.time()
         eng.wait(10)
@@ -146,7 +153,7 @@ def test_kill_9_mid_call_loses_at_most_a_second_and_the_next_start_marks_it_inte
         after = seen[0]
         # When it ended, to the engine's last heartbeat (once a second) before the kill.
         assert after is not None and after.ended_at is not None and 0 <= killed_at - after.ended_at < 1.6
-        # Up for 3.5 s and more before the kill; its length ends at that last heartbeat too.
+        # Up for 3 s and more before the kill; its length ends at that last heartbeat too.
         assert abs(after.duration_s - (after.ended_at - after.started_at)) < 0.05 and after.duration_s > 2.0
         assert "stopped during the call" in (after.end_reason or "")
         assert after.caller_number == before.caller_number and after.quality == before.quality  # what was written stays
@@ -179,12 +186,12 @@ async def test_a_failing_database_loses_no_call_and_no_record(history_url):
         call = CallSession(call_id="c1", caller_channel_id="c1", caller_number="5550100")
         store.add(call)
         store.remove(call, "caller hung up")
-        await wait_for(lambda: rec.failing, timeout=5)
+        await wait_for(lambda: rec.failing)
         assert rec.last_error == "OSError: [Errno 28] No space left on device" and rec.status().records_held == 1
         assert rec.problems()[0].startswith("call history failing since ")
         assert await asyncio.to_thread(HistoryDb(db.url).get, "c1") is None
         db.down = False  # the disk was cleared: the next sync writes what was kept
-        await wait_for(lambda: rec.written >= 1 and not rec.failing, timeout=5)
+        await wait_for(lambda: rec.written >= 1 and not rec.failing)
         assert rec.problems() == ()
     finally:
         task.cancel()
