@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
 
 from media.rtp import PT_ULAW, build_packet
 from pbxsim.server import Pause, Say
@@ -18,13 +17,13 @@ async def test_one_forged_packet_costs_no_genuine_audio(pbx, tmp_path):
     async with running_engine(pbx, tmp_path, AIAGENT_DOWNSTREAM_MODE="stream") as eng:
         rec = pbx.place_call(script=[Say(str(THANKS)), Pause(0.5)])
         await wait_for(lambda: rec.external_media is not None and eng.store.get(rec.id) is not None
-                       and eng.store.get(rec.id).rtp_in.packets > 20, timeout=10)
+                       and eng.store.get(rec.id).rtp_in.packets > 20)
         ep = pbx.external_endpoints[rec.external_media]
         ep.inject_forged(90)
         ep.inject_forged(30000)
         ep.inject_forged(1, ssrc=ep.ssrc ^ 1)
         session = eng.store.get(rec.id)
-        await asyncio.wait_for(rec.finished.wait(), 20)
+        await asyncio.wait_for(rec.finished.wait(), 30)
     assert session.rtp_in_late == 0 and session.rtp_in.lost == 0, session.rtp_in
     assert session.rtp_in.probation_dropped == 3 and session.rtp_in.ssrc_changes == 0
     assert eng.rtp.counters.probation == 3
@@ -43,17 +42,15 @@ async def test_a_flood_that_fills_the_buffer_shows_as_kernel_drops(pbx, tmp_path
         port = eng.rtp.port
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             pkt = build_packet(PT_ULAW, 1, 0, 1, b"\xff" * 160)
-            time.sleep(0)  # the loop is ours: nothing is read while we send
-            for _ in range(2000):
+            for _ in range(2000):  # the loop is ours: nothing is read while we send
                 s.sendto(pkt, ("127.0.0.1", port))
-        await asyncio.sleep(1.1)  # the drop counter is read at most once a second
-        rtp = eng.health()["rtp"]
-        assert rtp["kernel_drops"] > 1000, rtp
-        assert rtp["foreign_dropped"] + rtp["kernel_drops"] == 2000
+        # Every packet is read or counted dropped by the kernel (read at most once a second).
+        rtp = await wait_for(lambda: eng.status(detail=False).rtp, until=lambda r: r.foreign_dropped + (r.kernel_drops or 0) == 2000)
+        assert rtp.kernel_drops is not None and rtp.kernel_drops > 1000, rtp
         assert "ai_agent_rtp_kernel_drops_total" in eng.metrics.render().decode()
 
 
 async def test_receive_buffer_is_sized_by_default(pbx, tmp_path):
     async with running_engine(pbx, tmp_path) as eng:
         assert eng.rtp.receive_buffer_bytes >= 4 * 1024 * 1024  # as root: beyond rmem_max
-        assert eng.health()["rtp"]["kernel_drops"] == 0
+        assert eng.status(detail=False).rtp.kernel_drops == 0
