@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Checks that the README and docs/ point at things that exist: every relative link (and its
-#anchor) resolves, every repo path in backticks or a code block exists, and every `bench/...`
-command names an existing script and flags that script accepts.
+#anchor) resolves, every repo path (in backticks, a code block, or a file named in prose) exists,
+and every `bench/...` command names an existing script and flags that script accepts.
 
     scripts/check_docs.py          # one line per problem; exit 1 if there is any
 
@@ -28,6 +28,8 @@ INLINE_CODE_RE = re.compile(r"(`+)(.+?)\1")
 FENCE_RE = re.compile(r"^\s*(```+|~~~+)")
 BENCH_RE = re.compile(r"^bench/\w+\.py$")
 FLAG_RE = re.compile(r"^--[a-z][\w-]*")
+# A repo file named in prose, outside code and links: "tests/test_reload.py reloads ...".
+PROSE_PATH_RE = re.compile(rf"(?<![\w/.~-])(?:{'|'.join(re.escape(d) for d in REPO_DIRS)})/[\w./@-]*\.[a-z]+\b")
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +94,11 @@ def check_file(path: Path, root: Path = ROOT) -> list[Problem]:
             in_fence = not in_fence
             continue
         if not in_fence:
-            for target in LINK_RE.findall(INLINE_CODE_RE.sub("", line)):
+            prose = INLINE_CODE_RE.sub("", line)
+            for token in PROSE_PATH_RE.findall(LINK_RE.sub("", prose)):
+                if not (root / token).exists():
+                    problems.append(Problem(path, no, f"no such path in the repo: {token}"))
+            for target in LINK_RE.findall(prose):
                 if re.match(r"^[a-z][a-z0-9+.-]*:", target):  # http:, mailto:
                     continue
                 file_part, _, anchor = target.partition("#")

@@ -38,6 +38,7 @@ def test_the_checker_finds_what_is_broken(tmp_path):
         "[ok](other.md#the-x-part) [here](#top) [gone](missing.md) [bad](other.md#nowhere)\n"
         "`bench/x.py --calls 3 --nope` and `bench/y.py`, `engine/ghost.py`\n"
         "```sh\n.venv/bin/python bench/x.py --calls 1  # --ignored in a comment\n```\n"
+        "bench/x.py runs it; tests/test_gone.py checks it.\n"
     )
     found = [p.what for p in check_docs.check_file(doc, root=tmp_path)]
     assert found == [
@@ -46,6 +47,7 @@ def test_the_checker_finds_what_is_broken(tmp_path):
         "bench/x.py has no option --nope",
         "no such path in the repo: bench/y.py",
         "no such path in the repo: engine/ghost.py",
+        "no such path in the repo: tests/test_gone.py",
     ]
 
 
