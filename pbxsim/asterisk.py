@@ -39,7 +39,7 @@ from media.audio import audioop
 from media.frames import FRAME_S, RATE
 from media.rtp import PT_ULAW, RtpPacket, RtpParseError, build_packet
 from pbxsim.media import barge_in_reactions, heard_s, line_noise, load_wav_ulaw, mix_ulaw, speech_end_offset, speech_onset_s
-from pbxsim.server import Dtmf, Line, Pause, Say, SayText, Step, spoken, wait_step
+from pbxsim.script import Dtmf, Line, Pause, Say, SayText, Step, parse_script, spoken, wait_step
 
 log = logging.getLogger("pbxsim.asterisk")
 
@@ -601,8 +601,6 @@ class CallersServer:
 
     async def _place(self, request: Any) -> Any:
         from aiohttp import web
-
-        from pbxsim.server import parse_script
 
         data = await request.json()
         try:

@@ -8,7 +8,8 @@ import random
 from pathlib import Path
 from typing import Callable
 
-from pbxsim.server import Dtmf, Pause, Say, SayText, SimPBX, Step, WaitAgent, WaitAgentDone
+from pbxsim.script import Dtmf, Pause, Say, SayText, Step, WaitAgent, WaitAgentDone
+from pbxsim.server import SimPBX
 
 SOUNDS = Path("/usr/share/asterisk/sounds/en_US_f_Allison")
 PROMPTS = ["agent-pass", "hello-world", "demo-thanks", "auth-incorrect", "conf-getpin", "all-circuits-busy-now"]
