@@ -256,7 +256,7 @@ async def history_of(eng: Engine, call_id: str, timeout: float = 20.0, until: Ca
 T = TypeVar("T")
 
 
-def _described(predicate: Callable[..., object]) -> str:
+def described(predicate: Callable[..., object]) -> str:
     """The predicate as the test wrote it (a lambda's source line), for a failure message."""
     name = getattr(predicate, "__qualname__", None) or repr(predicate)
     if name.endswith("<lambda>"):
@@ -293,7 +293,7 @@ async def wait_for(predicate: Callable[[], T | Awaitable[T]], timeout: float = 2
             if until(value):
                 return value
         if loop.time() > end:
-            raise _timed_out(what or _described(predicate), timeout, last, error)
+            raise _timed_out(what or described(predicate), timeout, last, error)
         await asyncio.sleep(interval)
 
 
@@ -315,7 +315,7 @@ def wait_until(predicate: Callable[[], T], timeout: float = 20.0, interval: floa
             if until(value):
                 return value
         if time.monotonic() > end:
-            raise _timed_out(what or _described(predicate), timeout, last, error)
+            raise _timed_out(what or described(predicate), timeout, last, error)
         time.sleep(interval)
 
 
