@@ -352,3 +352,11 @@ async def test_behaviour_dtmf_arrives_when_the_key_is_released(pbx):
         msg = json.loads((await ws.receive(timeout=2)).data)
         assert (msg["type"], msg["digit"], msg["duration_ms"]) == ("ChannelDtmfReceived", "5", 200)
         assert loop.time() - t0 >= 0.19
+
+
+def test_every_handler_is_registered_under_an_api_docs_operation(spec):
+    """The resources register their handlers by operation key: a mistyped key would leave the
+    operation answered 501 and the handler dead, so each key must name an operation in api-docs."""
+    handled = set(SimPBX().router.handlers)
+    assert handled <= {op.key for op in spec.operations}
+    assert {"channels.externalMedia", "bridges.addChannel", "playbacks.control", "events.claimChannel", "asterisk.ping"} <= handled
