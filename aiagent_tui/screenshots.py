@@ -24,7 +24,7 @@ from rich.console import Console
 from textual.widgets import DataTable
 
 from aiagent_tui.app import AiAgentApp
-from aiagent_tui.history_screen import CallDetailScreen
+from aiagent_tui.screens.call_detail import CallDetailScreen
 from aiagent_tui.monitor import Callback
 from aiagent_tui.runtime import Runtime
 from engine.config import load_config
@@ -50,7 +50,7 @@ async def capture(out: Path, provider: str) -> None:
 
         def ready() -> bool:
             snaps = app.engine.store.snapshots() if app.engine else []
-            sel = next((s for s in snaps if s.call_id == app.selected), None)
+            sel = next((s for s in snaps if s.call_id == app.live.calls.selected), None)
             return len(snaps) >= 2 and sel is not None and bool(sel.turns) and {t.role for t in sel.transcript} == {"caller", "agent"}
 
         while not ready() and loop.time() < end:

@@ -11,7 +11,10 @@ from pydantic import SecretStr
 from textual.widgets import DataTable, RichLog, Static
 
 from aiagent_tui.runtime import Runtime
-from aiagent_tui.app import AiAgentApp, ConfirmScreen, HelpScreen, ProviderScreen
+from aiagent_tui.app import AiAgentApp
+from aiagent_tui.screens.confirm import ConfirmScreen
+from aiagent_tui.screens.help import HelpScreen
+from aiagent_tui.screens.provider import ProviderScreen
 from aiagent_tui.service import run_headless
 from engine.config import load_config
 from engine.sessions import ConversationState
@@ -50,7 +53,7 @@ async def test_app_shows_live_calls_and_every_key_works(tmp_path):
         table = app.query_one(DataTable)
         await until(pilot, lambda: cid in [k.value for k in table.rows])
         table.move_cursor(row=[k.value for k in table.rows].index(cid))
-        await until(pilot, lambda: app.selected == cid)
+        await until(pilot, lambda: app.live.calls.selected == cid)
         # Panes fill from the engine's snapshots: RTP counters and the transcript.
         await until(pilot, lambda: eng.store.get(cid).rtp_in.packets > 20 and eng.store.get(cid).transcript)
         await until(pilot, lambda: eng.store.get(cid).conversation is ConversationState.AGENT_SPEAKING)
@@ -97,7 +100,7 @@ async def test_app_shows_live_calls_and_every_key_works(tmp_path):
         # h: hang up the selected call, once the operator says yes; the simulated PBX sees the
         # engine end it. The ended call stays listed and selected for a few seconds: a second h
         # does not land on the call that would have moved under the cursor.
-        app.selected = cid
+        app.live.calls.selected = cid
         await pilot.press("h")
         await pilot.pause(0.2)
         assert isinstance(app.screen, ConfirmScreen) and "Hang up the call from 5551234?" in app.screen.question
@@ -108,7 +111,7 @@ async def test_app_shows_live_calls_and_every_key_works(tmp_path):
         await until(pilot, lambda: rec.ended_by is not None)
         assert rec.ended_by == "ari"
         await until(pilot, lambda: "ended" in app.export_screenshot())
-        assert app.selected == cid and eng.store.get(second.id) is not None
+        assert app.live.calls.selected == cid and eng.store.get(second.id) is not None
         await pilot.press("h")
         await pilot.pause(0.2)
         assert any("the call from 5551234 has ended" in str(n.message) for n in app._notifications)
@@ -175,7 +178,7 @@ async def test_attach_shows_a_headless_engines_calls_controls_them_and_detaches(
             table = app.query_one(DataTable)
             await until(pilot, lambda: first.id in [k.value for k in table.rows])
             table.move_cursor(row=[k.value for k in table.rows].index(first.id))
-            await until(pilot, lambda: app.selected == first.id)
+            await until(pilot, lambda: app.live.calls.selected == first.id)
             # The panes fill from the engine's snapshots, the log from its events.
             await until(pilot, lambda: "beep" in app.export_screenshot() and "pkts" in app.export_screenshot())
             screen = app.export_screenshot().replace("&#160;", " ")
@@ -219,7 +222,8 @@ async def test_history_screen_lists_past_calls_filters_them_and_opens_one(tmp_pa
     """H: the calls the history keeps, newest first (here two calls to the engine the app runs,
     one still live); a filter line narrows them; enter opens one in full; escape goes back."""
     from pbxsim.server import Pause, Say, WaitAgent
-    from aiagent_tui.history_screen import CallDetailScreen, HistoryScreen
+    from aiagent_tui.screens.call_detail import CallDetailScreen
+    from aiagent_tui.screens.history import HistoryScreen
     from engine.history import database_url
     from tests.conftest import HELLO
 

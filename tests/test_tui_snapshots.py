@@ -141,7 +141,7 @@ async def test_what_operators_reach_for_first_filter_sort_pause_copy_and_the_who
     screen still while the engine goes on, c copies the call's id, L shows the whole log."""
     from textual.widgets import DataTable
 
-    from aiagent_tui.app import LogScreen
+    from aiagent_tui.screens.log import LogScreen
 
     engine = ScriptedEngine.two_calls()
     engine.add_call("+4915112345678", 600.0, ConversationState.PROCESSING, conversation_since=NOW - 6.0)
@@ -158,18 +158,18 @@ async def test_what_operators_reach_for_first_filter_sort_pause_copy_and_the_who
         assert order() == ["5550199"] and table.border_title == "calls · matching '0199'"
         await pilot.press("escape")  # clears the filter
         await pilot.pause(0.2)
-        assert order() == ["5550142", "5550199", "+4915112345678"] and app.call_filter == ""
+        assert order() == ["5550142", "5550199", "+4915112345678"] and app.live.calls.filter == ""
         await pilot.press("slash", *"trunk-0000002b", "enter")  # the Asterisk channel name finds it too
         await pilot.pause(0.2)
         assert order() == ["5550199"]
         await pilot.press("slash", "ctrl+u", "enter")  # an empty filter hides the line
         await pilot.pause(0.2)
 
-        assert app.selected == ids["5550199"] and table.cursor_row == 1  # the call the filter found stays selected
+        assert app.live.calls.selected == ids["5550199"] and table.cursor_row == 1  # the call the filter found stays selected
         await pilot.press("s")  # the longest first
         await pilot.pause(0.2)
         assert order() == ["+4915112345678", "5550142", "5550199"] and table.border_title == "calls · by time"
-        assert app.selected == ids["5550199"] and table.cursor_row == 2  # the selection moved with its call
+        assert app.live.calls.selected == ids["5550199"] and table.cursor_row == 2  # the selection moved with its call
         await pilot.press("s")  # a turn waiting for the models first
         await pilot.pause(0.2)
         assert order()[0] == "+4915112345678"

@@ -1,0 +1,324 @@
+"""The live calls, the app's first screen: the list, the selected call's panes, the log pane, and
+the keys that act on the selected call. The app hands it the engine's events and its 10 Hz tick."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, cast
+
+from rich.text import Text
+from textual import events, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Grid, Horizontal, Vertical
+from textual.css.query import NoMatches
+from textual.notifications import SeverityLevel
+from textual.screen import Screen
+from textual.widgets import Footer, RichLog, Static
+
+from aiagent_tui.call_list import CallList
+from aiagent_tui.monitor import AudioMonitor, MonitorUnavailable
+from aiagent_tui.screens.call_detail import Diagnose
+from aiagent_tui.screens.confirm import ConfirmScreen
+from aiagent_tui.screens.history import HistoryScreen
+from aiagent_tui.screens.log import LogScreen
+from aiagent_tui.screens.provider import ProviderScreen
+from aiagent_tui.screens.transfer import TransferScreen
+from aiagent_tui.widgets import GatingPane, HeaderBar, LevelSparkline, RtpPane, TimelinePane, TranscriptPane, VadPane
+from engine.api import EngineView
+from engine.sessions import CallEnded, CallStarted, SessionEvent, TranscriptAdded
+
+if TYPE_CHECKING:
+    from aiagent_tui.app import AiAgentApp
+
+LOG_PANE_LINES = 500  # the log pane's; L shows all the app keeps
+
+
+class CallsScreen(Screen[None]):
+    BINDINGS = [  # help first: at 80 columns the footer shows what fits, from the left (then the app's q)
+        Binding("question_mark", "app.help", "help"),
+        Binding("p", "provider", "provider"),
+        Binding("b", "barge_in", "barge-in"),
+        Binding("m", "monitor", "monitor"),
+        Binding("t", "transfer", "transfer"),
+        Binding("h", "hangup", "hang up"),
+        Binding("d", "dump", "dump"),
+        Binding("H", "history", "history"),
+        Binding("R", "reload", "reload"),
+        Binding("slash", "filter_calls", "filter", show=False),
+        Binding("s", "sort_calls", "sort", show=False),
+        Binding("space", "pause", "pause", show=False),
+        Binding("c", "copy_id", "copy id", show=False),
+        Binding("L", "full_log", "log", show=False),
+    ]
+
+    def __init__(self, *, dump_dir: Path, history_url: str | None, diagnose_call: Diagnose) -> None:
+        super().__init__()
+        self.dump_dir = dump_dir
+        self.history_url = history_url  # None: this engine keeps no history
+        self.diagnose_call = diagnose_call
+        self.partials: dict[str, str] = {}  # call id -> what the caller is saying, not final yet
+        self.monitor: AudioMonitor | None = None
+        self.paused = False  # space: the panes and the list hold still to be read; the engine goes on
+        self.calls = CallList(id="callsbox")  # made here: the engine's first events may come before it is shown
+        self._ticks = 0
+
+    @property
+    def agent_app(self) -> AiAgentApp:
+        return cast("AiAgentApp", self.app)
+
+    @property
+    def engine(self) -> EngineView | None:
+        return self.agent_app.engine
+
+    # ---- layout
+    def compose(self) -> ComposeResult:
+        yield HeaderBar("starting…", id="header")
+        with Horizontal(id="body"):
+            yield self.calls
+            with Grid(id="panes"):
+                yield self._pane(RtpPane(id="rtp"), "RTP / SSRC")
+                with Vertical(id="vadbox"):
+                    yield VadPane(id="vad")
+                    yield LevelSparkline([], id="spark")
+                yield self._pane(GatingPane(id="gating"), "gating")
+                yield self._pane(TranscriptPane(id="transcript"), "transcript")
+                yield self._pane(TimelinePane(id="timeline"), "turn timeline")
+        log = RichLog(id="log", wrap=True, markup=False, max_lines=LOG_PANE_LINES)
+        log.border_title = "log"
+        yield log
+        yield Footer(show_command_palette=False)  # room for the keys (^p still opens the palette)
+
+    @staticmethod
+    def _pane(widget: Static, title: str) -> Static:
+        widget.add_class("pane")
+        widget.border_title = title
+        return widget
+
+    def on_mount(self) -> None:
+        self.query_one("#vadbox").border_title = "VAD"
+        # What was logged before the pane was there: the app starts the engine as this screen is composed.
+        log = self.query_one("#log", RichLog).clear()
+        for line in list(self.agent_app.log_lines)[-LOG_PANE_LINES:]:
+            log.write(line)
+        self._fit_layout()
+        self.calls.table.focus()  # the arrow keys pick a call (the log would take them otherwise)
+
+    def on_resize(self, event: events.Resize) -> None:
+        self._fit_layout()
+
+    def _fit_layout(self) -> None:
+        """Narrow (under 100 columns or 30 rows), normal, or wide (150 columns and up): the CSS
+        classes pick the panes, and the call list gets the columns that fit."""
+        w, h = self.app.size
+        narrow = w < 100 or h < 30
+        wide = w >= 150 and not narrow
+        self.set_class(narrow, "-narrow")
+        self.set_class(wide, "-wide")
+        self.query_one(HeaderBar).compact = narrow
+        self.query_one(GatingPane).with_level = not wide
+        self.query_one(Footer).compact = narrow
+        self.calls.set_columns(provider=wide or narrow)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # These keys act on the live calls: under a dialog or another screen they are off, and
+        # the footer shows only help and quit (the app's).
+        return len(self.app.screen_stack) == 1
+
+    # ---- what the app hands over
+    def follow(self, ev: SessionEvent) -> None:
+        """A call's event (its log lines go to the app's write_log)."""
+        match ev:
+            case TranscriptAdded(call_id=cid, turn=turn) if turn.final:
+                self.partials.pop(cid, None)
+            case TranscriptAdded(call_id=cid, turn=turn) if turn.role == "caller":
+                self.partials[cid] = turn.text
+            case CallStarted(call_id=cid) if self.calls.selected is None:
+                self.calls.selected = cid
+            case CallEnded(call_id=cid, snapshot=snapshot):
+                self.partials.pop(cid, None)
+                self.calls.call_ended(snapshot)
+
+    def write_log(self, line: Text) -> None:
+        self.query_one("#log", RichLog).write(line)
+
+    def refresh_panes(self, eng: EngineView) -> None:
+        try:
+            header = self.query_one(HeaderBar)
+        except NoMatches:  # the app is closing: its widgets go before its timer stops
+            return
+        header.show(eng.summary(), paused=self.paused)
+        if self.paused:
+            return
+        self._ticks += 1
+        calls = self.calls
+        if self._ticks % 5 == 1 or calls.selected is None:
+            calls.show(eng.store.summaries())
+        # Only the selected call is rendered in full (an ended one as it ended).
+        c = eng.store.snapshot(calls.selected) if calls.selected else None
+        if c is None:
+            c = calls.ended_snapshot(calls.selected)
+        self.query_one(RtpPane).show(c)
+        self.query_one(VadPane).show(c)
+        self.query_one(LevelSparkline).show(c)
+        self.query_one(GatingPane).show(c)
+        self.query_one(TranscriptPane).show(c, self.partials.get(calls.selected or ""))
+        self.query_one(TimelinePane).show(c)
+
+    def stop_monitor(self) -> None:
+        if self.monitor is not None:
+            self.monitor.close()
+            self.monitor = None
+
+    # ---- keys
+    def on_key(self, event: events.Key) -> None:
+        if event.key == "escape" and self.calls.close_filter():
+            event.stop()
+
+    def _need_call(self) -> str | None:
+        selected = self.calls.selected
+        if (ended := self.calls.ended_snapshot(selected)) is not None:
+            self.notify(f"the call from {ended.caller_number or 'an unknown number'} has ended", severity="warning")
+            return None
+        if self.engine is None or selected is None or self.engine.store.snapshot(selected) is None:
+            self.notify("no call selected", severity="warning")
+            return None
+        return selected
+
+    def action_filter_calls(self) -> None:
+        self.calls.open_filter()
+
+    def action_sort_calls(self) -> None:
+        self.calls.next_sort()
+
+    def action_pause(self) -> None:
+        self.paused = not self.paused
+        self.query_one("#log", RichLog).auto_scroll = not self.paused
+        if self.engine is not None:
+            self.query_one(HeaderBar).show(self.engine.summary(), paused=self.paused)
+
+    def action_copy_id(self) -> None:
+        selected = self.calls.selected
+        snap = self.engine.store.snapshot(selected) if self.engine is not None and selected else None
+        if snap is None:
+            snap = self.calls.ended_snapshot(selected)
+        if snap is None:
+            self.notify("no call selected", severity="warning")
+            return
+        # OSC 52: the terminal (even over SSH) puts it on the clipboard; the notice shows it too.
+        self.app.copy_to_clipboard(snap.call_id)
+        self.notify(f"copied {snap.call_id}" + (f"  (channel {snap.channel})" if snap.channel else ""), timeout=8)
+
+    def action_full_log(self) -> None:
+        self.app.push_screen(LogScreen(self.agent_app.log_lines))
+
+    def action_history(self) -> None:
+        if self.history_url is None:
+            self.notify("no call history: history.enabled is false in the config", severity="warning")
+            return
+        self.app.push_screen(HistoryScreen(self.history_url, self.diagnose_call))
+
+    def action_barge_in(self) -> None:
+        cid = self._need_call()
+        if cid is None or self.engine is None:
+            return
+        if self.engine.barge_in(cid):
+            self.notify(f"barge-in on {cid[-8:]}")
+        else:
+            self.notify("the agent is not speaking on this call: nothing to stop", severity="warning")
+
+    def action_hangup(self) -> None:
+        cid = self._need_call()
+        if cid is None or self.engine is None:
+            return
+        snap = self.engine.store.snapshot(cid)
+        who = snap.caller_number if snap is not None and snap.caller_number else "an unknown number"
+
+        async def answered(yes: bool | None) -> None:
+            if yes and self.engine is not None:
+                await self.engine.hangup(cid)
+                self.notify(f"hung up the call from {who} ({cid[-8:]})")
+
+        self.app.push_screen(ConfirmScreen(f"Hang up the call from {who}?\n(call {cid})"), answered)
+
+    def action_transfer(self) -> None:
+        cid = self._need_call()
+        if cid is None or self.engine is None:
+            return
+        departments = self.engine.departments(cid)
+        if not departments:
+            self.notify("this call's profile has no departments to transfer to", severity="warning")
+            return
+
+        def chosen(name: str | None) -> None:
+            if name and self.engine is not None:
+                ok = self.engine.transfer(cid, name)
+                self.notify(f"transferring {cid[-8:]} to {name}" if ok else f"transfer refused: {cid[-8:]} is ending or already acting", severity="information" if ok else "error")
+
+        self.app.push_screen(TransferScreen(departments), chosen)
+
+    @work(exclusive=True, group="reload")
+    async def action_reload(self) -> None:
+        """Re-reads the config file: new calls get the profiles, prompts, timings and default
+        provider it now has; calls in progress keep theirs; a bad file is refused whole."""
+        if self.engine is None:
+            return
+        result = await self.agent_app.runtime.reload()
+        severity: SeverityLevel = "error" if result.refused or result.failed else "warning" if result.warns else "information"
+        self.notify(f"config {result.describe()}", title="reload", severity=severity, timeout=12)
+
+    def action_provider(self) -> None:
+        if self.engine is None:
+            return
+        self.app.push_screen(ProviderScreen(self.engine.default_provider, self.engine.provider_readiness()), self._provider_chosen)
+
+    async def _provider_chosen(self, name: str | None) -> None:
+        if not name or self.engine is None:
+            return
+        try:
+            await self.engine.set_default_provider(name)
+            selected = self.calls.selected
+            cid = selected if selected and self.engine.store.snapshot(selected) else None
+            if cid:
+                await self.engine.set_call_provider(cid, name)
+            self.notify(f"provider {name} for new calls" + (f" and call {cid[-8:]}" if cid else ""))
+        except Exception as e:
+            self.notify(f"provider {name}: {e}", severity="error", timeout=8)
+
+    def action_monitor(self) -> None:
+        cid = self._need_call()
+        if cid is None or self.engine is None:
+            return
+        if self.monitor is not None:
+            self.engine.set_audio_tap(self.monitor.call_id, None)
+            was = self.monitor.call_id
+            self.stop_monitor()
+            if was == cid:
+                self.notify("monitor off")
+                return
+        if not self.engine.set_audio_tap(cid, None):
+            self.notify("cannot monitor: the call's audio is in the engine's process (attached)", severity="warning", timeout=8)
+            return
+        try:
+            self.monitor = AudioMonitor(cid)
+        except MonitorUnavailable as e:
+            self.notify(f"cannot monitor: {e}", severity="warning", timeout=8)
+            self.agent_app.write_log(cid, f"monitor unavailable: {e}", logging.WARNING)
+            return
+        self.engine.set_audio_tap(cid, self.monitor.feed)
+        self.notify(f"monitoring {cid[-8:]} on {self.monitor.device}")
+
+    def action_dump(self) -> None:
+        cid = self._need_call()
+        if cid is None or self.engine is None:
+            return
+        snap = self.engine.store.snapshot(cid)
+        if snap is None:
+            return
+        path = self.dump_dir / f"call-{cid}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+        path.write_text(json.dumps(dataclasses.asdict(snap), indent=2, default=str))
+        self.notify(f"dumped to {path}")
