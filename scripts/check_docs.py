@@ -113,7 +113,7 @@ def check_file(path: Path, root: Path = ROOT) -> list[Problem]:
         for words in _code_tokens(line, in_fence):
             bench: Path | None = None
             for word in words:
-                token = word.strip(",;:()'\"").rstrip(".")
+                token = word.strip(",;:()[]'\"").rstrip(".")
                 if PATH_RE.match(token) and not any(c in token for c in "*{}…<>"):
                     if not (root / token).exists():
                         problems.append(Problem(path, no, f"no such path in the repo: {token}"))
