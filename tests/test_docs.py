@@ -86,3 +86,15 @@ def test_the_configuration_reference_names_every_setting():
         if f"| `{key}` |" not in sections.get(section, ""):
             missing.append(s)
     assert missing == []
+
+
+def test_the_readme_names_every_key_the_app_binds():
+    keys_section = (ROOT / "README.md").read_text(encoding="utf-8").split("## The keys", 1)[1].split("\n## ", 1)[0]
+    names = {"question_mark": "`?`", "slash": "`/`", "space": "space", "escape": "escape"}
+    bound = set()
+    for source in (ROOT / "aiagent_tui").rglob("*.py"):
+        for keys in re.findall(r'Binding\("([^"]+)"', source.read_text(encoding="utf-8")):
+            bound.update(keys.split(","))
+    assert bound, "no Binding(...) found: has the app's key binding moved?"
+    missing = sorted(k for k in bound if names.get(k, f"`{k}`") not in keys_section)
+    assert missing == []
