@@ -8,23 +8,20 @@ to the fallback instead of waiting for it to fail again; a half-open probe finds
 
 from __future__ import annotations
 
-import time
-from typing import Callable
+from runtime.clock import Clock, LoopClock
 
 
 class CircuitBreaker:
-    def __init__(self, open_s: float = 10.0, max_open_s: float = 120.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, *, open_s: float = 10.0, max_open_s: float = 120.0, clock: Clock | None = None) -> None:
         self.base_open_s = open_s
         self.max_open_s = max_open_s
-        self._clock = clock
+        self._clock = clock or LoopClock()
         self.state = "closed"
         self.open_for_s = open_s
         self.opened_at = 0.0
         self.failures = 0  # in a row
         self.successes = 0
         self.last_error: str | None = None
-        self.last_error_at: float | None = None  # wall clock
-        self.last_success_at: float | None = None  # wall clock
 
     @property
     def closed(self) -> bool:
@@ -35,23 +32,21 @@ class CircuitBreaker:
         self.failures = 0
         self.successes += 1
         self.open_for_s = self.base_open_s
-        self.last_success_at = time.time()
 
     def failure(self, why: str) -> None:
         self.failures += 1
         self.last_error = why
-        self.last_error_at = time.time()
         if self.state == "half_open":
             self.open_for_s = min(self.open_for_s * 2, self.max_open_s)
         self.state = "open"
-        self.opened_at = self._clock()
+        self.opened_at = self._clock.now()
 
     def probe_due(self) -> bool:
         """True once the open circuit has waited long enough; the state is then half-open."""
-        if self.state == "open" and self._clock() - self.opened_at >= self.open_for_s:
+        if self.state == "open" and self._clock.now() - self.opened_at >= self.open_for_s:
             self.state = "half_open"
             return True
         return False
 
     def seconds_to_probe(self) -> float:
-        return max(0.0, self.open_for_s - (self._clock() - self.opened_at)) if self.state == "open" else 0.0
+        return max(0.0, self.open_for_s - (self._clock.now() - self.opened_at)) if self.state == "open" else 0.0

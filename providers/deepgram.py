@@ -18,6 +18,9 @@ from typing import Any
 
 from media.audio import ulaw_to_pcm16
 from runtime.backoff import Backoff
+from runtime.clock import Clock, LoopClock, Timer
+from runtime.sleep import sleep
+from runtime.tasks import OwnedTasks
 from providers.config import DeepgramProviderConfig
 from providers.circuit import CircuitBreaker
 from providers.profile import AgentProfile
@@ -74,16 +77,18 @@ class DeepgramCall(ProviderCall):
         self._emit = emit
         self.cfg = cfg
         self._api_key = api_key
-        self._loop = asyncio.get_running_loop()
+        self._clock = ctx.clock
+        self._tasks = OwnedTasks(f"[{ctx.call_id}] deepgram")  # the session, its sender and keeper, function answers
         self._audio: deque[bytes] = deque(maxlen=QUEUE_FRAMES)
         self._audio_ready = asyncio.Event()
-        self._task: asyncio.Task | None = None
         self._sock: Any = None
         self._applied = False
         self._stopped = False
         self._caller_speaking = False
-        self._last_server_msg = self._loop.time()
-        self._last_sent = self._loop.time()
+        self._lost: Exception | None = None  # why the keeper ended the session
+        self._keeper: Timer | None = None
+        self._last_server_msg = self._clock.now()
+        self._last_sent = self._clock.now()
         self.connects = 0
         self.connects_ok = 0  # sessions that reached SettingsApplied
         self._failures = 0  # in a row, since the last good session
@@ -94,16 +99,17 @@ class DeepgramCall(ProviderCall):
         return client(self.cfg, self._api_key)
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"deepgram-{self.ctx.call_id}")
-        self._task.add_done_callback(self._ended)
+        self._tasks.spawn(self._session_task())
 
-    def _ended(self, task: asyncio.Task) -> None:
-        """The session task is this call's: if it dies of a bug, the call moves to the fallback."""
-        if task.cancelled() or (e := task.exception()) is None:
-            return
-        why = describe(e, self._api_key)
-        log.error("[%s] Deepgram session task failed: %s", self.ctx.call_id, why, exc_info=e)
-        self._emit(ProviderError(f"Deepgram session failed: {why}", fatal=True))
+    async def _session_task(self) -> None:
+        """The session is this call's: if it dies of a bug, the call moves to the fallback. Logged
+        here, in the words ``describe`` cleans (the SDK's errors carry the key)."""
+        try:
+            await self._run()
+        except Exception as e:
+            why = describe(e, self._api_key)
+            log.error("[%s] Deepgram session task failed: %s", self.ctx.call_id, why, exc_info=e)
+            self._emit(ProviderError(f"Deepgram session failed: {why}", fatal=True))
 
     # ---- caller audio
     def send_audio(self, pcm16: bytes, level_dbfs: float) -> None:
@@ -149,13 +155,13 @@ class DeepgramCall(ProviderCall):
                 delay = backoff.next_delay()
                 log.warning("[%s] Deepgram session lost (%s); reconnecting in %.1fs", self.ctx.call_id, why, delay)
                 self._emit(ProviderError(f"Deepgram session lost ({why}); reconnecting"))
-                await asyncio.sleep(delay)
+                await sleep(self._clock, delay)
 
     async def _session(self) -> None:
         async with self._client().agent.v1.connect() as sock:
             self._sock = sock
             self.connects += 1
-            self._last_server_msg = self._loop.time()
+            self._last_server_msg = self._clock.now()
             welcome = await asyncio.wait_for(self._recv_json(sock), self.cfg.connect_timeout_s)
             if getattr(welcome, "type", None) != "Welcome":
                 raise ConnectionError(f"expected Welcome, got {getattr(welcome, 'type', welcome)!r}")
@@ -168,51 +174,71 @@ class DeepgramCall(ProviderCall):
             while not self._applied:
                 msg = await asyncio.wait_for(sock.recv(), self.cfg.connect_timeout_s)
                 self._handle(msg)
-            sender = asyncio.create_task(self._send_audio(sock))
-            keeper = asyncio.create_task(self._keepalive_and_watchdog(sock))
+            self._lost = None
+            sender = self._tasks.spawn(self._send_audio(sock))
+            self._keep_later(sock)
             try:
                 async for msg in sock:
                     self._handle(msg)
-                    if keeper.done():
-                        keeper.result()
+                    if self._lost is not None:
+                        break
             finally:
-                for t in (sender, keeper):
-                    t.cancel()
-                results = await asyncio.gather(sender, keeper, return_exceptions=True)
-            for r in results:
-                if isinstance(r, SessionReset):
-                    raise r
+                if self._keeper is not None:
+                    self._keeper.cancel()
+                sender.cancel()
+                await asyncio.gather(sender, return_exceptions=True)
+            if self._lost is not None:
+                raise self._lost
 
     async def _recv_json(self, sock: Any) -> Any:
         while True:
             msg = await sock.recv()
             if not isinstance(msg, bytes):
-                self._last_server_msg = self._loop.time()
+                self._last_server_msg = self._clock.now()
                 return msg
 
     async def _send_audio(self, sock: Any) -> None:
-        while True:
-            await self._audio_ready.wait()
-            while self._audio:
-                await sock.send_media(self._audio.popleft())
-                self._last_sent = self._loop.time()
-            self._audio_ready.clear()
+        """Caller audio out as it comes. A send that fails ends it quietly: the socket is gone, and
+        the session's reader says so."""
+        try:
+            while True:
+                await self._audio_ready.wait()
+                while self._audio:
+                    await sock.send_media(self._audio.popleft())
+                    self._last_sent = self._clock.now()
+                self._audio_ready.clear()
+        except Exception as e:
+            log.debug("[%s] Deepgram audio send ended: %s", self.ctx.call_id, describe(e, self._api_key))
 
-    async def _keepalive_and_watchdog(self, sock: Any) -> None:
-        while True:
-            await asyncio.sleep(min(1.0, self.cfg.keepalive_interval_s))
-            now = self._loop.time()
-            if now - self._last_sent >= self.cfg.keepalive_interval_s:
-                await sock.send_keep_alive()
-                self.keepalives += 1
-                self._last_sent = now
-            if self._caller_speaking and now - self._last_server_msg > self.cfg.watchdog_s:
-                await sock._websocket.close()
-                raise SessionReset(f"no message from Deepgram for {self.cfg.watchdog_s:.0f} s while the caller spoke")
+    def _keep(self, sock: Any) -> None:
+        """A look every ``keepalive_interval_s`` (at most a second), on the call's clock: a
+        keep-alive while no audio goes out; the session reset when a speaking caller hears nothing
+        from the server. ``_lost`` then says why the session ends."""
+        now = self._clock.now()
+        if now - self._last_sent >= self.cfg.keepalive_interval_s:
+            self._last_sent = now
+            self._tasks.spawn(self._keep_alive(sock))
+        if self._caller_speaking and now - self._last_server_msg > self.cfg.watchdog_s:
+            self._lost = SessionReset(f"no message from Deepgram for {self.cfg.watchdog_s:.0f} s while the caller spoke")
+            self._tasks.spawn(sock._websocket.close())  # ends the session's reader
+            return
+        self._keep_later(sock)
+
+    def _keep_later(self, sock: Any) -> None:
+        self._keeper = self._clock.call_later(min(1.0, self.cfg.keepalive_interval_s), self._keep, sock)
+
+    async def _keep_alive(self, sock: Any) -> None:
+        try:
+            await sock.send_keep_alive()
+        except Exception as e:
+            if self._sock is sock:
+                self._lost = e  # the session ends at the server's next message
+            return
+        self.keepalives += 1
 
     # ---- server messages
     def _handle(self, msg: Any) -> None:
-        now = self._loop.time()
+        now = self._clock.now()
         self._last_server_msg = now
         if isinstance(msg, bytes):
             pcm = ulaw_to_pcm16(msg) if self.cfg.output_encoding == "mulaw" else msg
@@ -241,7 +267,7 @@ class DeepgramCall(ProviderCall):
         elif kind == "FunctionCallRequest":
             for fn in msg.functions:
                 if getattr(fn, "client_side", True):
-                    asyncio.create_task(self._answer_function(fn))
+                    self._tasks.spawn(self._answer_function(fn))
         elif kind in ("Warning", "Error"):
             text = f"Deepgram {kind.lower()} {server_text(f'{msg.code}: {msg.description}', (self._api_key,))}"
             if kind == "Error":
@@ -279,9 +305,7 @@ class DeepgramCall(ProviderCall):
 
     async def stop(self) -> None:
         self._stopped = True
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await self._tasks.cancel()
 
 
 class DeepgramProvider(Provider):
@@ -289,18 +313,19 @@ class DeepgramProvider(Provider):
     continuous_input = True
     speaks_text = True
 
-    def __init__(self, cfg: DeepgramProviderConfig) -> None:
+    def __init__(self, cfg: DeepgramProviderConfig, *, clock: Clock | None = None) -> None:
         self.cfg = cfg
         self._key = os.environ.get(API_KEY_ENV, "")
-        self.breaker = CircuitBreaker(cfg.circuit_open_s)
-        self._prober: asyncio.Task | None = None
+        self._clock = clock or LoopClock()  # the circuit and its probe's
+        self.breaker = CircuitBreaker(open_s=cfg.circuit_open_s, clock=self._clock)
+        self._tasks = OwnedTasks("deepgram provider")  # the half-open probe
 
     async def load(self) -> None:
         # A missing key is not a startup failure: the engine reports the provider not ready and
         # sends calls to the fallback.
         self._key = os.environ.get(API_KEY_ENV, "")
         if self._key:
-            self._prober = asyncio.create_task(self._probe_loop(), name="deepgram-probe")
+            self._tasks.spawn(self._probe_loop())
 
     def readiness(self) -> Readiness:
         if not self._key:
@@ -318,7 +343,7 @@ class DeepgramProvider(Provider):
     async def _probe_loop(self) -> None:
         """While the circuit is open, one real connection now and then (half-open probe)."""
         while True:
-            await asyncio.sleep(0.5)
+            await sleep(self._clock, 0.5)
             if not self.breaker.probe_due():
                 continue
             try:
@@ -333,9 +358,7 @@ class DeepgramProvider(Provider):
                 log.info("Deepgram reachable again: new calls use it")
 
     async def close(self) -> None:
-        if self._prober is not None:
-            self._prober.cancel()
-            await asyncio.gather(self._prober, return_exceptions=True)
+        await self._tasks.cancel()
 
 
 def describe(e: BaseException, api_key: str) -> str:

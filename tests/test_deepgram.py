@@ -141,21 +141,30 @@ async def test_silent_caller_still_streams_silence(pbx, tmp_path, deepgram, api_
 
 
 async def test_keepalive_when_no_audio_goes_out(deepgram, api_key):
+    """A keep-alive each keepalive_interval_s of the call's clock while no audio goes out, and
+    none before."""
     from providers.config import DeepgramProviderConfig
     from providers.base import CallContext
     from providers.deepgram import DeepgramProvider
-
     from providers.profile import AgentProfile
+    from runtime.clock import ManualClock
 
-    provider = DeepgramProvider(DeepgramProviderConfig(agent_url=deepgram.url, keepalive_interval_s=0.3))
+    clock = ManualClock()
+    provider = DeepgramProvider(DeepgramProviderConfig(agent_url=deepgram.url, keepalive_interval_s=0.5), clock=clock)
     await provider.load()
-    events = []
-    call = provider.open_call(CallContext("c1", profile=AgentProfile(greeting="")), events.append)
+    call = provider.open_call(CallContext("c1", profile=AgentProfile(greeting=""), clock=clock), [].append)
     await call.start()
     try:
-        await wait_for(lambda: deepgram.seen.keepalives >= 2, timeout=5)
+        await wait_for(lambda: call.connects_ok == 1, timeout=5)  # its first look is due in 0.5 s
+        clock.advance(0.25)  # (steps a float sums exactly)
+        assert call.keepalives == 0 and deepgram.seen.keepalives == 0
+        clock.advance(0.25)
+        await wait_for(lambda: deepgram.seen.keepalives == 1 and call.keepalives == 1, timeout=5)
+        clock.advance(0.5)
+        await wait_for(lambda: deepgram.seen.keepalives == 2 and call.keepalives == 2, timeout=5)
     finally:
         await call.stop()
+        await provider.close()
     assert deepgram.seen.audio_bytes == 0 and deepgram.seen.client_messages[0] == "Settings"
 
 

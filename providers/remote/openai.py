@@ -18,6 +18,7 @@ import aiohttp
 
 from media.audio import wav_bytes
 from providers.config import ModelServerConfig
+from runtime.clock import Clock
 from providers.remote.server import ModelServer, ServerStage
 from providers.stages import LanguageModel, Message, Priority, Reply, Speech, SpeechToText, StageFailed, TextToSpeech, Tool, ToolCall
 
@@ -25,8 +26,8 @@ SPEECH_RATE = 24000  # OpenAI's /audio/speech "pcm": 24 kHz 16-bit mono
 
 
 class OpenAiServer(ModelServer):
-    def __init__(self, name: str, cfg: ModelServerConfig) -> None:
-        super().__init__(name, cfg)
+    def __init__(self, name: str, cfg: ModelServerConfig, *, clock: Clock | None = None) -> None:
+        super().__init__(name, cfg, clock=clock)
         self.base = cfg.url.rstrip("/")
         self._session: aiohttp.ClientSession | None = None
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 from contextlib import asynccontextmanager
 from abc import ABC, abstractmethod
 from typing import AsyncIterator, Generic, Mapping, TypeVar
@@ -22,6 +21,9 @@ from providers.circuit import CircuitBreaker
 from providers.config import ModelServerConfig
 from providers.redact import server_text, shown_url, url_password
 from providers.stages import StageFailed
+from runtime.clock import Clock, LoopClock
+from runtime.sleep import sleep
+from runtime.tasks import OwnedTasks
 
 log = logging.getLogger(__name__)
 
@@ -29,21 +31,22 @@ LOG_EVERY_S = 60.0  # a server that keeps failing is logged once a minute, not o
 
 
 class ModelServer(ABC):
-    def __init__(self, name: str, cfg: ModelServerConfig, env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, name: str, cfg: ModelServerConfig, *, env: Mapping[str, str] | None = None, clock: Clock | None = None) -> None:
         self.name = name
         self.cfg = cfg
+        self.clock = clock or LoopClock()  # the probe's interval, the circuit, the latency
         env = os.environ if env is None else env
         self.api_key = env.get(cfg.api_key_env, "") if cfg.api_key_env else ""
         self.shown_url = shown_url(cfg.url)  # for messages: no password
         self._secrets = (self.api_key, url_password(cfg.url))  # what the server may reflect
-        self.circuit = CircuitBreaker(cfg.probe_interval_s, max_open_s=cfg.probe_interval_s)
+        self.circuit = CircuitBreaker(open_s=cfg.probe_interval_s, max_open_s=cfg.probe_interval_s, clock=self.clock)
         self.circuit.state = "open"  # down until it first answers
         self._slots = asyncio.Semaphore(cfg.max_concurrency)
         self.in_flight = 0
         self.jobs = 0
         self.errors = 0
         self.latency_ms: float | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._tasks = OwnedTasks(self.label)  # its probe loop
         self._started = asyncio.Lock()
         self._logged_at = 0.0
 
@@ -64,20 +67,17 @@ class ModelServer(ABC):
         """Probes once now (a server that is down is shown as such, not an error), then every
         ``probe_interval_s`` in a task this object owns. Once, however many stages use it."""
         async with self._started:
-            if self._task is not None:
-                return
+            if self._tasks.tasks:
+                return  # probing already
             await self.check()
-            self._task = asyncio.create_task(self._probe_loop(), name=f"probe-{self.label}")
+            self._tasks.spawn(self._probe_loop())
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self._tasks.cancel()
 
     async def _probe_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.cfg.probe_interval_s)
+            await sleep(self.clock, self.cfg.probe_interval_s)
             if self.circuit.closed and self.in_flight:
                 continue  # jobs under way say more than a probe would (and some servers stop an answer for any new request)
             try:
@@ -87,13 +87,13 @@ class ModelServer(ABC):
 
     async def check(self) -> bool:
         """One probe: is the server there and answering? Updates the circuit and the latency."""
-        t0 = time.perf_counter()
+        t0 = self.clock.now()
         try:
             await asyncio.wait_for(self.probe(), self.cfg.timeout_s)
         except Exception as e:  # TimeoutError among them
             self._failed(self.describe(e))
             return False
-        self.latency_ms = (time.perf_counter() - t0) * 1000
+        self.latency_ms = (self.clock.now() - t0) * 1000
         self._succeeded()
         return True
 
@@ -104,7 +104,7 @@ class ModelServer(ABC):
 
     def _failed(self, why: str) -> None:
         self.errors += 1
-        now = time.monotonic()
+        now = self.clock.now()
         if self.circuit.closed or now - self._logged_at >= LOG_EVERY_S:
             self._logged_at = now
             log.warning("%s (%s) is down: %s", self.label, self.shown_url, why)
@@ -132,7 +132,7 @@ class ModelServer(ABC):
         async with self._slots:
             self.in_flight += 1
             self.jobs += 1
-            t0 = time.perf_counter()
+            t0 = self.clock.now()
             try:
                 yield
             except Exception as e:
@@ -141,7 +141,7 @@ class ModelServer(ABC):
                 # Not chained: the original's text is the server's, as it came.
                 raise StageFailed(why if isinstance(e, StageFailed) else f"{self.label}: {why}") from None
             else:
-                self.latency_ms = (time.perf_counter() - t0) * 1000
+                self.latency_ms = (self.clock.now() - t0) * 1000
                 self._succeeded()
             finally:
                 self.in_flight -= 1

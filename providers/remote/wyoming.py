@@ -20,6 +20,7 @@ from wyoming.info import Describe, Info
 from wyoming.tts import Synthesize, SynthesizeVoice
 
 from providers.config import ModelServerConfig
+from runtime.clock import Clock
 from providers.remote.server import ModelServer, ServerStage
 from providers.stages import Priority, Speech, SpeechToText, StageFailed, TextToSpeech
 
@@ -28,8 +29,8 @@ CHUNK_BYTES = 2 * 1024 * 2  # 1024 samples a chunk, as Wyoming's own clients sen
 
 
 class WyomingServer(ModelServer):
-    def __init__(self, name: str, cfg: ModelServerConfig) -> None:
-        super().__init__(name, cfg)
+    def __init__(self, name: str, cfg: ModelServerConfig, *, clock: Clock | None = None) -> None:
+        super().__init__(name, cfg, clock=clock)
         u = urlparse(cfg.url)  # tcp://HOST:PORT: the config's validation made sure
         self.host, self.port = u.hostname or "", u.port or 0
 
