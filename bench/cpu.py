@@ -179,7 +179,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 # transcripts and finals), LLM slices (sentences), TTS sentences.
                 print("      model jobs per answer: " + ", ".join(f"{k} {v / max(1, answers):.1f}" for k, v in sorted(jobs.items())))
                 # What a job cost: the host's speed at the hour of the run (the same questions each
-                # run, so a Whisper pass costs the same on the same host: see the README).
+                # run, so a Whisper pass costs the same on the same host: docs/benchmarks.md).
                 cost = {k: parts.get(k, 0.0) / 100 * call_s * 1000 / v for k, v in jobs.items() if v}  # ms
                 print("      CPU a job: " + ", ".join(f"{k} {v:.0f} ms" for k, v in sorted(cost.items())))
                 # By the turn's place in the call: a long call's later turns must not cost more.
