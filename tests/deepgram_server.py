@@ -13,6 +13,7 @@ socket after N turns, send an Error, request a function call, or go silent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from dataclasses import dataclass, field
@@ -65,6 +66,7 @@ class FakeDeepgram:
         self._runner: web.AppRunner | None = None
         self.port = 0
         self._closed_once = False
+        self._function_answered = asyncio.Event()
 
     @property
     def url(self) -> str:
@@ -139,6 +141,7 @@ class FakeDeepgram:
                     self.seen.keepalives += 1
                 elif kind == "FunctionCallResponse":
                     self.seen.function_responses.append(data)
+                    self._function_answered.set()
                 elif kind == "InjectAgentMessage":
                     self.seen.injected.append(data["message"])
                     await self._speak(ws, data["message"], 600)
@@ -164,11 +167,10 @@ class FakeDeepgram:
         await ws.send_json({"type": "ConversationText", "role": "user", "content": f"caller turn {n}"})
         if b.function_call is not None:
             name, args = b.function_call
+            self._function_answered.clear()
             await ws.send_json({"type": "FunctionCallRequest", "functions": [{"id": f"fc-{turn}", "name": name, "arguments": args, "client_side": True}]})
-            for _ in range(100):
-                if len(self.seen.function_responses) >= turn:
-                    break
-                await asyncio.sleep(0.01)
+            with contextlib.suppress(TimeoutError):  # the agent goes on without one after a second
+                await asyncio.wait_for(self._function_answered.wait(), 1.0)
         await ws.send_json({"type": "AgentThinking", "content": "thinking"})
         await asyncio.sleep(0.05)
         self.seen.answers += 1
