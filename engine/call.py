@@ -20,32 +20,17 @@ from engine.ari.client import AriClient, AriError, AriUnavailable
 from engine.capacity import Overload
 from runtime.clock import Clock
 from engine.config import AppConfig
-from engine.conversation import ConversationCoordinator, ConversationCounters
+from engine.conversation import ConversationCoordinator
 from engine.media import CallMedia
-from engine.playback import Downstream, FilePlayback, PlaybackCounters, StreamPlayback
+from engine.playback import Downstream, FilePlayback, StreamPlayback
 from engine.recording import CallRecording, Recordings
 from engine.rtp_server import RtpServer
-from engine.sessions import ActionRecord, CallSession, ConversationState, ProviderSession, SessionStore, TranscriptTurn, TurnTimeline
+from engine.status import ConversationCounters, PlaybackCounters
+from engine.sessions import ActionRecord, CallSession, ConversationState, ProviderSession, SessionStore, TurnTimeline
 from runtime.tasks import OwnedTasks
 from media.audio import ulaw_to_pcm16
 from media.frames import FRAME_MS, RATE
-from providers.base import (
-    ActionRequest,
-    AgentAudio,
-    AgentSpeakingStarted,
-    AgentSpeakingStopped,
-    CallContext,
-    CallerFinished,
-    EarlyAnswer,
-    CallerInterrupted,
-    Provider,
-    ProviderCall,
-    ProviderError,
-    ProviderEvent,
-    Transcript,
-    TurnFailed,
-    TurnMark,
-)
+from providers.base import ActionRequest, CallContext, Provider, ProviderCall, ProviderError, ProviderEvent
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +51,7 @@ def _settle(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CallServices:
     """What every call of one engine shares: passed to each Call by call control."""
 
@@ -129,9 +114,12 @@ class Call:
         assert s.provider is not None
         provider, pcall = await self._open_for_setup(s.provider.name)
         self.provider_call = pcall
+        cfg = self.config
         self.conversation = ConversationCoordinator(
-            self.config, s, sv.store, pcall, provider.half_duplex, provider.continuous_input,
-            sv.conversation_counters, sv.observe_turn, self.spawn, sv.clock, self.watchdog.state,
+            vad=cfg.vad, barge_in=cfg.barge_in, playback=cfg.playback, session=s, store=sv.store, provider_call=pcall,
+            half_duplex=provider.half_duplex, continuous_input=provider.continuous_input, counters=sv.conversation_counters,
+            observe_turn=sv.observe_turn, spawn=self.spawn, clock=sv.clock, on_state=self.watchdog.state,
+            on_caller_words=self._caller_said, on_turn_failed=self._turn_failed,
         )
         frames = self.config.playback.stream_queue_max_ms // FRAME_MS
         self.media = CallMedia(s, remote, self, max_queue_frames=frames)
@@ -199,7 +187,7 @@ class Call:
             profile=self.profile,
             clock=self.services.clock,
         )
-        pcall = provider.open_call(ctx, lambda ev: self._on_provider_event(pcall, ev))
+        pcall = provider.open_call(ctx, lambda ev: self._provider_said(pcall, ev))
         return provider, pcall
 
     async def switch_provider(self, name: str, why: str) -> None:
@@ -278,55 +266,35 @@ class Call:
         if (d := self._downstream) is not None:
             d.playback_event(playback_id, started, state)
 
-    # ---- provider events
-    def _on_provider_event(self, source: ProviderCall, ev: ProviderEvent) -> None:
+    # ---- provider events: the call-level ones here, the rest the conversation's
+    def _provider_said(self, source: ProviderCall, ev: ProviderEvent) -> None:
         if self.ending or source is not self.provider_call:
             return  # a provider call that was replaced has nothing more to say
+        match ev:
+            case ActionRequest():
+                self.request_action(ev, by="agent")
+            case ProviderError():
+                self._provider_failed(ev)
+            case _:
+                if self.conversation is not None:
+                    self.conversation.on_provider_event(ev)
+
+    def _provider_failed(self, ev: ProviderError) -> None:
         s = self.session
-        conv = self.conversation
-        if isinstance(ev, AgentAudio):
-            if conv is not None:
-                conv.agent_audio(ev.pcm16, ev.sample_rate)
-        elif isinstance(ev, Transcript):
-            turn = TranscriptTurn(ev.role, ev.text, ev.final, self.services.clock.now())
-            self.services.store.add_transcript(s, turn)
-            if ev.role == "caller" and ev.final:
-                text = " ".join(t.text for t in s.transcript if t.role == "caller")
-                self.spawn(self._set_transcript_var(text))
-        elif isinstance(ev, AgentSpeakingStopped):
-            if conv is not None:
-                conv.agent_finished()
-        elif isinstance(ev, AgentSpeakingStarted):
-            if conv is not None:
-                conv.agent_started()
-        elif isinstance(ev, TurnMark):
-            if conv is not None:
-                conv.mark(ev.stage, ev.at)
-        elif isinstance(ev, ActionRequest):
-            self.request_action(ev, by="agent")
-        elif isinstance(ev, CallerFinished):
-            if conv is not None:
-                conv.caller_finished()
-        elif isinstance(ev, EarlyAnswer):
-            if conv is not None:
-                conv.early_answer(ev.used)
-        elif isinstance(ev, TurnFailed):
-            if self.services.overload is not None:
-                self.services.overload.turn_failed(s, ev.reason, ev.busy)
-        elif isinstance(ev, CallerInterrupted):
-            if conv is not None and conv.agent_is_speaking:
-                conv.barge_in(forced=False)
-        elif isinstance(ev, ProviderError):
-            assert s.provider is not None
-            s.provider.errors += 1
-            s.provider.last_error = ev.message
-            self.services.store.log(s.call_id, logging.ERROR, f"provider {s.provider.name}: {ev.message}")
-            if ev.fatal:
-                fallback = self.config.providers.fallback_for(s.provider.name)
-                if fallback and fallback != s.provider.name:
-                    self.spawn(self._fall_back(fallback, ev.message))
-                else:
-                    self._end(self, f"provider error: {ev.message}")
+        assert s.provider is not None
+        s.provider.errors += 1
+        s.provider.last_error = ev.message
+        self.services.store.log(s.call_id, logging.ERROR, f"provider {s.provider.name}: {ev.message}")
+        if ev.fatal:
+            fallback = self.config.providers.fallback_for(s.provider.name)
+            if fallback and fallback != s.provider.name:
+                self.spawn(self._fall_back(fallback, ev.message))
+            else:
+                self._end(self, f"provider error: {ev.message}")
+
+    def _turn_failed(self, reason: str, busy: bool) -> None:
+        if self.services.overload is not None:
+            self.services.overload.turn_failed(self.session, reason, busy)
 
     async def _fall_back(self, name: str, why: str) -> None:
         try:
@@ -334,6 +302,9 @@ class Call:
         except Exception as e:
             self.services.store.log(self.call_id, logging.ERROR, f"fallback provider {name} failed too: {e}")
             self._end(self, f"provider error: {why}")
+
+    def _caller_said(self, text: str) -> None:
+        self.spawn(self._set_transcript_var(text))
 
     async def _set_transcript_var(self, text: str) -> None:
         try:

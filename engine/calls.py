@@ -38,8 +38,7 @@ from engine.config import AppConfig
 from runtime.ratelimit import RateLimitedLog
 from engine.recording import Recordings
 from engine.refusals import Reason, Refusals
-from engine.conversation import ConversationCounters
-from engine.playback import PlaybackCounters
+from engine.status import ConversationCounters, PlaybackCounters
 from engine.rtp_server import RtpServer
 from engine.sessions import ActionRecord, CallSession, CallState, ProviderSession, SessionStore, TurnTimeline
 from runtime.tasks import OwnedTasks
@@ -78,6 +77,7 @@ def _step(call_id: str, what: str) -> Iterator[None]:
 class CallController:
     def __init__(
         self,
+        *,
         config: AppConfig,
         ari: AriClient,
         store: SessionStore,
@@ -107,9 +107,9 @@ class CallController:
         self.overload = Overload(clock, store)  # callers turned away at the models' capacity, turns refused
         self.refusals = Refusals(clock, store)  # every caller turned away, for the log, the history and /health
         self.services = CallServices(
-            config, ari, store, rtp, get_provider, clock,
-            self.playback_counters, self.conversation_counters, self.action_counters, observe_turn, recordings,
-            overload=self.overload,
+            config=config, ari=ari, store=store, rtp=rtp, get_provider=get_provider, clock=clock,
+            playback_counters=self.playback_counters, conversation_counters=self.conversation_counters,
+            action_counters=self.action_counters, observe_turn=observe_turn, recordings=recordings, overload=self.overload,
         )
         # Callers transferred by continue, watched for a moment: a hangup this soon means the PBX
         # dropped them (the target does not exist).

@@ -66,7 +66,7 @@ class ModelCapacity:
 
     def __init__(
         self, clock: Clock, busy: Callable[[], Mapping[str, float]], calls: Callable[[], int],
-        threads: Mapping[str, int], cores: int | None = None, override: int = 0,
+        threads: Mapping[str, int], *, cores: int | None = None, override: int = 0,
     ) -> None:
         self._clock = clock
         self._busy = busy

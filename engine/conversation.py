@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import deque
-from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, assert_never
 
 from runtime.clock import Clock, Timer
-from engine.config import AppConfig
+from engine.config import BargeInConfig, PlaybackConfig, VadConfig
 from engine.playback import Downstream, Spawn
 from engine.recording import CallRecording
+from engine.status import ConversationCounters
 from engine.sessions import (
     BargeIn,
     CallSession,
@@ -27,6 +26,7 @@ from engine.sessions import (
     QUIET_MIN_S,
     ConversationState,
     SessionStore,
+    TranscriptTurn,
     TurnCompleted,
     TurnTimeline,
 )
@@ -34,7 +34,20 @@ from media.audio import Resampler, rms_dbfs
 from media.frames import FRAME_MS, FRAME_S, RATE, SILENT_PCM_FRAME, frames_in, packet_frames
 from media.playback_reference import PlaybackReference
 from media.vad import VoiceActivity
-from providers.base import INPUT_SAMPLE_RATE, ProviderCall
+from providers.base import (
+    INPUT_SAMPLE_RATE,
+    AgentAudio,
+    AgentSpeakingStarted,
+    AgentSpeakingStopped,
+    CallerFinished,
+    CallerInterrupted,
+    ConversationEvent,
+    EarlyAnswer,
+    ProviderCall,
+    Transcript,
+    TurnFailed,
+    TurnMark,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,22 +55,6 @@ FILL_CHECK_S = 0.1
 GAP_S = 2 * FRAME_S  # no packet this long: the phone has stopped sending (DTX), not merely jitter
 SILENCE_DBFS = -96.0
 HISTORY_MAX_EVENTS = 200  # barge-ins and quiet spells kept per call (a storm is clear long before)
-
-
-@dataclass(slots=True)
-class ConversationCounters:
-    """Engine-wide, for /metrics."""
-
-    barge_ins: int = 0
-    barge_ins_forced: int = 0
-    barge_in_attempts: int = 0  # caller sound during agent speech too short to stop it
-    barge_in_pauses: int = 0  # the agent paused on caller sound (stream mode)
-    false_pauses: int = 0  # ... and resumed: it was not the caller talking (a cough, a click, echo)
-    fallback_flushes: int = 0
-    turns: int = 0
-    early_ends: int = 0  # turns ended at the caller's pause on a complete transcript, before the VAD's hangover
-    early_answers_used: int = 0  # answers begun at the caller's pause and taken over by the turn
-    early_answers_dropped: int = 0  # ... and dropped: the caller said more (model work spent for nothing)
 
 
 _CALL_STATE = {
@@ -69,9 +66,14 @@ _CALL_STATE = {
 
 
 class ConversationCoordinator:
+    """What happens on one call when the caller's audio comes in or its provider says something."""
+
     def __init__(
         self,
-        config: AppConfig,
+        *,
+        vad: VadConfig,
+        barge_in: BargeInConfig,
+        playback: PlaybackConfig,
         session: CallSession,
         store: SessionStore,
         provider_call: ProviderCall,
@@ -82,8 +84,9 @@ class ConversationCoordinator:
         spawn: Spawn,
         clock: Clock,
         on_state: Callable[[ConversationState], None] = lambda state: None,
+        on_caller_words: Callable[[str], None] = lambda text: None,  # all the caller has said, at each final transcript
+        on_turn_failed: Callable[[str, bool], None] = lambda reason, busy: None,  # TurnFailed: the engine counts it
     ) -> None:
-        self.config = config
         self.session = session
         self.store = store
         self.provider_call = provider_call
@@ -97,23 +100,25 @@ class ConversationCoordinator:
         self._observe_turn = observe_turn  # the metrics: an answered turn
         self._spawn = spawn
         self._clock = clock
-        v = config.vad
-        self.vad = VoiceActivity(v.aggressiveness, v.start_ms, v.end_ms, v.min_level_dbfs)
+        self._on_caller_words = on_caller_words
+        self._on_turn_failed = on_turn_failed
+        self.vad = VoiceActivity(vad.aggressiveness, vad.start_ms, vad.end_ms, vad.min_level_dbfs)
         self._up = Resampler(RATE, INPUT_SAMPLE_RATE)
         self.reference = PlaybackReference()
         self.downstream: Downstream | None = None
-        self._fallback_frames = frames_in(v.fallback_interval_ms)
+        self._fallback_frames = frames_in(vad.fallback_interval_ms)
         self._unvoiced_frames = 0
-        bi = config.barge_in
-        self._barge_frames = frames_in(bi.min_ms)
-        self._barge_level = bi.min_level_dbfs
+        self._barge_enabled = barge_in.enabled
+        self._barge_frames = frames_in(barge_in.min_ms)
+        self._barge_level = barge_in.min_level_dbfs
         self._barge_run: deque[tuple[bytes, float]] = deque(maxlen=self._barge_frames)  # (frame, level)
-        self._pause_frames = frames_in(bi.pause_ms) if bi.pause_ms else 0
+        self._pause_frames = frames_in(barge_in.pause_ms) if barge_in.pause_ms else 0
         self._pause_timer: Timer | None = None  # set while the agent's audio is held on a run of caller sound
+        self._gating_tail_s = playback.gating_tail_ms / 1000
         self._ungate: Timer | None = None
         # A two-party bridge sends nothing while the caller is silent (BEHAVIOUR.md): speech can
         # end with packets simply stopping, which the VAD never sees. This timer catches that.
-        self._end_s = v.end_ms / 1000
+        self._end_s = vad.end_ms / 1000
         self._last_frame_at = clock.now()
         self._last_voice_at: float | None = None  # the caller's last voiced frame since the last turn ended
         self._filled_until = 0.0
@@ -127,6 +132,37 @@ class ConversationCoordinator:
         self._audio_pieces = 0  # agent audio handed down, counted
         self._played_out: list[tuple[int, asyncio.Future[None]]] = []  # (pieces when asked, done)
         self._set_continuous(continuous_input)
+
+    # ---- the provider's news about the conversation (its call-level news is the Call's)
+    def on_provider_event(self, ev: ConversationEvent) -> None:
+        match ev:
+            case AgentAudio(pcm16=pcm16, sample_rate=rate):
+                self._agent_audio(pcm16, rate)
+            case AgentSpeakingStarted():
+                self._agent_started()
+            case AgentSpeakingStopped():
+                self._agent_finished()
+            case Transcript():
+                self._transcript(ev)
+            case TurnMark(stage=stage, at=at):
+                self._mark(stage, at)
+            case CallerFinished():
+                self._caller_finished()
+            case EarlyAnswer(used=used):
+                self._early_answer(used)
+            case CallerInterrupted():
+                if self.agent_is_speaking:
+                    self.barge_in(forced=False)
+            case TurnFailed(reason=reason, busy=busy):
+                self._on_turn_failed(reason, busy)
+            case _:
+                assert_never(ev)
+
+    def _transcript(self, ev: Transcript) -> None:
+        s = self.session
+        self.store.add_transcript(s, TranscriptTurn(ev.role, ev.text, ev.final, self._clock.now()))
+        if ev.role == "caller" and ev.final:
+            self._on_caller_words(" ".join(t.text for t in s.transcript if t.role == "caller"))
 
     # ---- caller audio (hot path: 50 frames/s per call)
     def on_caller_pcm8(self, pcm8: bytes, lost: int = 0) -> None:
@@ -160,7 +196,7 @@ class ConversationCoordinator:
             voiced = level >= self._barge_level and self.vad.is_voiced(probe, level)
             if voiced:
                 self._barge_run.append((probe, level))
-                if self.config.barge_in.enabled:
+                if self._barge_enabled:
                     if len(self._barge_run) >= self._barge_frames:
                         self.barge_in(forced=False)
                         return
@@ -244,7 +280,7 @@ class ConversationCoordinator:
         elif self.session.conversation is ConversationState.USER_SPEAKING:
             self._set_state(ConversationState.LISTENING)
 
-    def caller_finished(self) -> None:
+    def _caller_finished(self) -> None:
         """The provider read the caller's words as complete at a pause (providers.base.CallerFinished):
         the turn ends now instead of after the VAD's hangover (the provider has checked that the
         caller has not spoken since). Only a turn still open is ended."""
@@ -254,7 +290,7 @@ class ConversationCoordinator:
         self.vad.reset()
         self._speech_ended(fallback=False)
 
-    def early_answer(self, used: bool) -> None:
+    def _early_answer(self, used: bool) -> None:
         if used:
             self.counters.early_answers_used += 1
         else:
@@ -291,11 +327,11 @@ class ConversationCoordinator:
         return bool(self.session.playbacks) or self.session.conversation is ConversationState.AGENT_SPEAKING
 
     # ---- agent audio
-    def agent_started(self) -> None:
+    def _agent_started(self) -> None:
         self._agent_turn_open = True
         self._answer_audio_s = 0.0
 
-    def agent_audio(self, pcm16: bytes, sample_rate: int) -> None:
+    def _agent_audio(self, pcm16: bytes, sample_rate: int) -> None:
         if self.downstream is None:
             return
         if self.tap is not None:
@@ -308,12 +344,12 @@ class ConversationCoordinator:
         self._answer_audio_s += len(pcm16) / 2 / sample_rate
         self._audio_pieces += 1
 
-    def agent_finished(self) -> None:
+    def _agent_finished(self) -> None:
         self._agent_turn_open = False
         if self.downstream is not None:
             self.downstream.finish()
 
-    def mark(self, stage: str, at: float) -> None:
+    def _mark(self, stage: str, at: float) -> None:
         """A provider stage of the current turn (see providers.base.TurnMark)."""
         if stage == "no_answer":
             if self.session.conversation is ConversationState.PROCESSING:
@@ -354,7 +390,7 @@ class ConversationCoordinator:
             if s.capture_enabled:
                 self._set_capture(False)
         elif not s.capture_enabled and self._ungate is None:
-            self._ungate = self._clock.call_later(self.config.playback.gating_tail_ms / 1000, self._reopen)
+            self._ungate = self._clock.call_later(self._gating_tail_s, self._reopen)
 
     def _reopen(self) -> None:
         self._ungate = None
@@ -427,7 +463,7 @@ class ConversationCoordinator:
         self._end_pause(resume=False)  # the stop below drops what was held
         s.barge_ins += 1
         if len(s.barge_in_at) < HISTORY_MAX_EVENTS:
-            s.barge_in_at.append(time.monotonic())
+            s.barge_in_at.append(self._clock.now())
         self.counters.barge_ins += 1
         if forced:
             self.counters.barge_ins_forced += 1
@@ -460,7 +496,7 @@ class ConversationCoordinator:
         s = self.session
         if s.conversation is state:
             return
-        now = time.monotonic()  # the store's time base (CallSession.created_mono)
+        now = self._clock.now()  # the loop's monotonic time: the store's time base (CallSession.created_mono)
         if s.conversation is ConversationState.LISTENING and now - s.conversation_since >= QUIET_MIN_S and len(s.silences) < HISTORY_MAX_EVENTS:
             s.silences.append((s.conversation_since, now - s.conversation_since))
         s.conversation = state

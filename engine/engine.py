@@ -9,6 +9,7 @@ by aiagent_tui/runtime.py); they read its state through ``store`` (events and sn
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import socket
 import time
@@ -29,11 +30,9 @@ from engine.sessions import SessionStore
 from engine.status import (
     AriCounters,
     CallAggregates,
-    ConversationTotals,
     EngineStatus,
     EngineSummary,
     ModelQueue,
-    PlaybackTotals,
     ReloadResult,
     RtpCounters,
 )
@@ -72,9 +71,9 @@ class Engine:
         h = config.history
         self.recordings = Recordings(recordings_dir(config), h.retention_days, h.max_calls, self.supervisor.report)
         self.calls = CallController(
-            config, self.ari, self.store, self.rtp, self.provider_for_new_call, self.get_provider,
-            self.metrics.observe_turn, ready_for_calls=self.takes_new_calls, recordings=self.recordings,
-            model_capacity=lambda: self.capacity.estimate(),
+            config=config, ari=self.ari, store=self.store, rtp=self.rtp, provider_for_new_call=self.provider_for_new_call,
+            get_provider=self.get_provider, observe_turn=self.metrics.observe_turn, ready_for_calls=self.takes_new_calls,
+            recordings=self.recordings, model_capacity=lambda: self.capacity.estimate(),
         )
         local = config.providers.local
         # How many calls this machine's models serve at once: new calls beyond it are turned away.
@@ -413,8 +412,6 @@ class Engine:
         pacing = self.rtp.timings.pacing_error
         store = self.store
         live = list(store)
-        cc = self.calls.conversation_counters
-        pc = self.calls.playback_counters
         components = self.components()
         return EngineStatus(
             summary=self.summary(components),
@@ -446,13 +443,8 @@ class Engine:
                 stream_underruns=sum(s.rtp_out.underruns for s in live) + store.ended_underruns,
                 stream_overruns=sum(s.rtp_out.overruns for s in live) + store.ended_overruns,
             ),
-            conversation=ConversationTotals(
-                cc.barge_ins, cc.barge_ins_forced, cc.barge_in_attempts, cc.fallback_flushes, cc.turns, cc.barge_in_pauses, cc.false_pauses,
-                cc.early_ends, cc.early_answers_used, cc.early_answers_dropped,
-            ),
-            playback=PlaybackTotals(
-                pc.files_started, pc.files_finished, pc.files_failed, pc.files_timed_out, pc.files_stopped, pc.stream_fallbacks,
-            ),
+            conversation=dataclasses.replace(self.calls.conversation_counters),
+            playback=dataclasses.replace(self.calls.playback_counters),
             actions=tuple((k, o, n) for (k, o), n in sorted(self.calls.action_counters.counts.items())),
             calls=tuple(store.snapshots()) if detail else (),
         )

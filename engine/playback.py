@@ -12,7 +12,6 @@ import asyncio
 import logging
 import os
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Coroutine
 
@@ -24,6 +23,7 @@ from runtime.ratelimit import RateLimitedLog
 from engine.recording import CallRecording
 from engine.rtp_server import RtpServer
 from engine.sessions import CallSession, PlaybackRef
+from engine.status import PlaybackCounters
 from media.audio import UlawEncoder
 from media.frames import FRAME_S, RATE, ULAW_FRAME_BYTES, ULAW_SILENCE
 from media.playback_reference import PlaybackReference
@@ -35,18 +35,6 @@ _rl = RateLimitedLog(log)  # a full disk fails every file of every call: one lin
 STREAM_TOKEN = "stream"
 IDLE_FLUSH_S = 0.1  # agent audio that stops without an end-of-speech mark is flushed after this
 ULAW_BYTES_PER_S = RATE  # one byte per sample
-
-
-@dataclass(slots=True)
-class PlaybackCounters:
-    """Engine-wide, for /metrics."""
-
-    files_started: int = 0
-    files_finished: int = 0
-    files_failed: int = 0
-    files_timed_out: int = 0
-    files_stopped: int = 0
-    stream_fallbacks: int = 0
 
 
 class Downstream(ABC):

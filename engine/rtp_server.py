@@ -60,14 +60,13 @@ def _log_error(component: str, e: BaseException) -> None:
 
 class RtpServer(asyncio.DatagramProtocol):
     def __init__(
-        self, host: str, port: int, timings: MediaTimings | None = None, on_error: ErrorSink = _log_error,
+        self, host: str, port: int, *, timings: MediaTimings | None = None, on_error: ErrorSink = _log_error,
         receive_buffer_bytes: int = 0, clock: Clock | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.receive_buffer_wanted = receive_buffer_bytes
         self.receive_buffer_bytes = 0  # what the kernel granted
-        self._drops = KernelDrops()
         # A failure inside the receive path or the pacer: the packet or the tick is lost, never
         # the socket or the schedule; the owner (the engine's supervisor) logs and shows it.
         self.on_error = on_error
@@ -76,6 +75,7 @@ class RtpServer(asyncio.DatagramProtocol):
         self.routes: dict[tuple[str, int], CallMedia] = {}
         self.transport: asyncio.DatagramTransport | None = None
         self.clock = clock or LoopClock()
+        self._drops = KernelDrops(self.clock)
         self._ended: dict[tuple[str, int], float] = {}  # addresses of calls just ended -> until when
         self.pacer = OutboundPacer(self, self.clock)
         self._rl = RateLimitedLog(log, _WARN_INTERVAL_S)
@@ -153,7 +153,7 @@ class RtpServer(asyncio.DatagramProtocol):
             c.unsupported_payload += 1
             self._warn("pt", f"[{call_id}] dropped RTP with payload type {pkt.payload_type} (expected 0, ulaw)")
             return
-        verdict = media.receive(pkt, time.monotonic())
+        verdict = media.receive(pkt, self.clock.now())
         if verdict == DUPLICATE:
             c.duplicates += 1
         elif verdict == PROBATION:
@@ -228,7 +228,8 @@ class KernelDrops:
     """The socket's drop counter from /proc/net/udp (the kernel's count of datagrams it had no room
     for), read at most once a second: cheap enough for /health under load."""
 
-    def __init__(self, min_interval_s: float = 1.0) -> None:
+    def __init__(self, clock: Clock, min_interval_s: float = 1.0) -> None:
+        self._clock = clock
         self._inode: int | None = None
         self._min_interval_s = min_interval_s
         self._at = -min_interval_s
@@ -238,7 +239,7 @@ class KernelDrops:
         self._inode = os.fstat(fd).st_ino
 
     def read(self) -> int | None:
-        now = time.monotonic()
+        now = self._clock.now()
         if self._inode is None or now - self._at < self._min_interval_s:
             return self._value
         self._at = now

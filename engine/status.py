@@ -150,28 +150,33 @@ class CallAggregates:
     stream_overruns: int
 
 
-@dataclass(frozen=True, slots=True)
-class ConversationTotals:
-    barge_ins: int
-    barge_ins_forced: int
-    barge_in_attempts: int
-    fallback_flushes: int
-    turns: int
-    barge_in_pauses: int  # the agent paused on caller sound (stream mode)
-    false_pauses: int  # ... and went on: not the caller talking
-    early_ends: int  # turns ended at the caller's pause on a complete transcript
-    early_answers_used: int  # answers begun at the caller's pause, taken over by the turn
-    early_answers_dropped: int  # ... and dropped: the caller said more
+@dataclass(slots=True)
+class ConversationCounters:
+    """Engine-wide turn-taking counts (every call's conversation adds to one), and the record of them
+    that EngineStatus holds (a copy): one set of names from the counting to /metrics."""
+
+    barge_ins: int = 0
+    barge_ins_forced: int = 0
+    barge_in_attempts: int = 0  # caller sound during agent speech too short to stop it
+    barge_in_pauses: int = 0  # the agent paused on caller sound (stream mode)
+    false_pauses: int = 0  # ... and resumed: it was not the caller talking (a cough, a click, echo)
+    fallback_flushes: int = 0
+    turns: int = 0
+    early_ends: int = 0  # turns ended at the caller's pause on a complete transcript, before the VAD's hangover
+    early_answers_used: int = 0  # answers begun at the caller's pause and taken over by the turn
+    early_answers_dropped: int = 0  # ... and dropped: the caller said more (model work spent for nothing)
 
 
-@dataclass(frozen=True, slots=True)
-class PlaybackTotals:
-    files_started: int
-    files_finished: int
-    files_failed: int
-    files_timed_out: int
-    files_stopped: int
-    stream_fallbacks: int
+@dataclass(slots=True)
+class PlaybackCounters:
+    """Engine-wide playback counts, and the record of them that EngineStatus holds (a copy)."""
+
+    files_started: int = 0
+    files_finished: int = 0
+    files_failed: int = 0
+    files_timed_out: int = 0
+    files_stopped: int = 0
+    stream_fallbacks: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,8 +186,8 @@ class EngineStatus:
     ari: AriCounters
     rtp: RtpCounters
     aggregates: CallAggregates
-    conversation: ConversationTotals
-    playback: PlaybackTotals
+    conversation: ConversationCounters  # a copy of the engine's, taken with the rest
+    playback: PlaybackCounters
     actions: tuple[tuple[str, str, int], ...]  # (kind, outcome, count): transfers, hangups, prompts
     calls: tuple[CallSnapshot, ...]  # empty unless asked for with detail
 

@@ -172,10 +172,14 @@ class EarlyAnswer:
     used: bool
 
 
-ProviderEvent = (
-    AgentAudio | Transcript | AgentSpeakingStarted | AgentSpeakingStopped | CallerInterrupted | ProviderError | TurnMark | ActionRequest | CallerFinished | EarlyAnswer
-    | TurnFailed
+# What a provider tells the engine: about the conversation (turns, the agent's audio, what was
+# said: the engine's ConversationCoordinator answers those), or about the call as a whole (an
+# action to carry out, an error that may move the call to another provider: the Call's).
+ConversationEvent = (
+    AgentAudio | Transcript | AgentSpeakingStarted | AgentSpeakingStopped | CallerInterrupted | TurnMark | CallerFinished | EarlyAnswer | TurnFailed
 )
+CallEvent = ActionRequest | ProviderError
+ProviderEvent = ConversationEvent | CallEvent
 EmitFn = Callable[[ProviderEvent], None]
 
 

@@ -11,7 +11,8 @@ from prometheus_client import generate_latest
 
 from runtime.clock import ManualClock
 from engine.config import load_config
-from engine.conversation import ConversationCoordinator, ConversationCounters
+from engine.conversation import ConversationCoordinator
+from engine.status import ConversationCounters
 from engine.history import record_of
 from engine.metrics import EngineMetrics
 from engine.playback import Downstream
@@ -20,7 +21,7 @@ from media.audio import rms_dbfs, ulaw_to_pcm16
 from media.frames import FRAME_S, PCM_FRAME_BYTES
 from media.vad import VoiceActivity
 from pbxsim.media import load_wav_ulaw
-from providers.base import ModelWork, ProviderCall
+from providers.base import AgentAudio, AgentSpeakingStarted, AgentSpeakingStopped, CallerFinished, ModelWork, ProviderCall
 from tests.conftest import HELLO
 
 SILENCE = bytes(PCM_FRAME_BYTES)
@@ -117,8 +118,9 @@ class Rig:
         self.spawned: list[Coroutine[Any, Any, Any]] = []
         self.counters = ConversationCounters()
         self.conv = ConversationCoordinator(
-            cfg, self.session, self.store, self.provider, True, False, self.counters, self._observe,
-            self.spawn, self.clock,
+            vad=cfg.vad, barge_in=cfg.barge_in, playback=cfg.playback, session=self.session, store=self.store,
+            provider_call=self.provider, half_duplex=True, continuous_input=False, counters=self.counters,
+            observe_turn=self._observe, spawn=self.spawn, clock=self.clock,
         )
         self.down = TokenDownstream(self.session)
         self.down.on_tokens_changed = self.conv.tokens_changed
@@ -218,16 +220,16 @@ def test_a_caller_the_provider_reads_as_finished_ends_the_turn_before_the_hangov
     once; it does nothing when no turn is open (the hangover got there first, or the caller has not
     started)."""
     rig = Rig()
-    rig.conv.caller_finished()
+    rig.conv.on_provider_event(CallerFinished())
     assert rig.provider.events == [] and rig.counters.early_ends == 0
     rig.feed(speech_frames())
     rig.feed([SILENCE] * 10)  # 200 ms: well inside the 500 ms hangover
     assert rig.provider.events == ["started"]
-    rig.conv.caller_finished()
+    rig.conv.on_provider_event(CallerFinished())
     assert rig.provider.events == ["started", "ended"] and rig.counters.early_ends == 1
     assert rig.session.conversation is ConversationState.PROCESSING
     rig.feed([SILENCE] * 40)  # the hangover does not end it a second time
-    rig.conv.caller_finished()
+    rig.conv.on_provider_event(CallerFinished())
     assert rig.provider.events == ["started", "ended"] and rig.counters.early_ends == 1
 
 
@@ -241,13 +243,13 @@ def test_audio_without_speech_is_handed_over_at_the_fallback_interval():
 
 def test_capture_is_gated_while_the_agent_speaks_and_reopens_after_the_tail():
     rig = Rig(playback={"gating_tail_ms": 60}, barge_in={"enabled": False})
-    rig.conv.agent_started()
-    rig.conv.agent_audio(bytes(640), 16000)
+    rig.conv.on_provider_event(AgentSpeakingStarted())
+    rig.conv.on_provider_event(AgentAudio(bytes(640), 16000))
     assert not rig.session.capture_enabled
     before = len(rig.provider.frames)
     rig.feed(speech_frames()[:50])  # the caller talks; barge-in is off
     assert len(rig.provider.frames) == before  # half duplex: nothing reaches the provider
-    rig.conv.agent_finished()
+    rig.conv.on_provider_event(AgentSpeakingStopped())
     rig.down.drained()
     rig.clock.advance(0.05)
     assert not rig.session.capture_enabled  # still in the tail
@@ -261,8 +263,8 @@ def test_barge_in_stops_the_agent_after_min_ms_of_speech_and_keeps_the_words():
     # Where the first run of 5 frames loud enough to barge in ends.
     ok = [voiced(rig.conv.vad, f, -40.0) for f in speech]
     run_end = next(i + 1 for i in range(4, len(ok)) if all(ok[i - 4 : i + 1]))
-    rig.conv.agent_started()
-    rig.conv.agent_audio(bytes(640), 16000)
+    rig.conv.on_provider_event(AgentSpeakingStarted())
+    rig.conv.on_provider_event(AgentAudio(bytes(640), 16000))
     rig.published(BargeIn)
     frames_before = len(rig.provider.frames)
     n = 0
@@ -280,8 +282,8 @@ def test_barge_in_stops_the_agent_after_min_ms_of_speech_and_keeps_the_words():
 
 def talking_agent(rig: Rig) -> list[bool]:
     rig.down.pauses = []
-    rig.conv.agent_started()
-    rig.conv.agent_audio(bytes(640), 16000)
+    rig.conv.on_provider_event(AgentSpeakingStarted())
+    rig.conv.on_provider_event(AgentAudio(bytes(640), 16000))
     return rig.down.pauses
 
 
@@ -331,8 +333,8 @@ def test_no_pause_where_the_path_cannot_hold_audio_or_when_disabled():
     rig.feed(voiced_run(rig, 4) + [SILENCE])
     assert pauses == [] and rig.counters.barge_in_pauses == 0
     rig = Rig()
-    rig.conv.agent_started()
-    rig.conv.agent_audio(bytes(640), 16000)  # pauses None: file mode
+    rig.conv.on_provider_event(AgentSpeakingStarted())
+    rig.conv.on_provider_event(AgentAudio(bytes(640), 16000))  # pauses None: file mode
     rig.feed(voiced_run(rig, 4) + [SILENCE])
     assert rig.counters.barge_in_pauses == 0 and rig.counters.false_pauses == 0
 
