@@ -55,7 +55,8 @@ class AiAgentApp(App[int]):
         return self.live
 
     # ---- engine lifecycle (inside the app's own loop)
-    async def on_mount(self) -> None:
+    async def on_ready(self) -> None:
+        """The live calls' screen is up (its log pane among it): the engine starts."""
         self._log_handler = PaneHandler(self, self.write_log)
         logging.getLogger().addHandler(self._log_handler)
         try:

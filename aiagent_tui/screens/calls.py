@@ -35,8 +35,6 @@ from engine.sessions import CallEnded, CallStarted, SessionEvent, TranscriptAdde
 if TYPE_CHECKING:
     from aiagent_tui.app import AiAgentApp
 
-LOG_PANE_LINES = 500  # the log pane's; L shows all the app keeps
-
 
 class CallsScreen(Screen[None]):
     BINDINGS = [  # help first: at 80 columns the footer shows what fits, from the left (then the app's q)
@@ -88,7 +86,7 @@ class CallsScreen(Screen[None]):
                 yield self._pane(GatingPane(id="gating"), "gating")
                 yield self._pane(TranscriptPane(id="transcript"), "transcript")
                 yield self._pane(TimelinePane(id="timeline"), "turn timeline")
-        log = RichLog(id="log", wrap=True, markup=False, max_lines=LOG_PANE_LINES)
+        log = RichLog(id="log", wrap=True, markup=False, max_lines=500)
         log.border_title = "log"
         yield log
         yield Footer(show_command_palette=False)  # room for the keys (^p still opens the palette)
@@ -101,10 +99,6 @@ class CallsScreen(Screen[None]):
 
     def on_mount(self) -> None:
         self.query_one("#vadbox").border_title = "VAD"
-        # What was logged before the pane was there: the app starts the engine as this screen is composed.
-        log = self.query_one("#log", RichLog).clear()
-        for line in list(self.agent_app.log_lines)[-LOG_PANE_LINES:]:
-            log.write(line)
         self._fit_layout()
         self.calls.table.focus()  # the arrow keys pick a call (the log would take them otherwise)
 
