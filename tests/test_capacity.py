@@ -189,20 +189,20 @@ async def test_calls_beyond_the_models_capacity_get_the_over_capacity_path_at_on
         cfg.providers.local.max_active_calls = 1
 
     async with running_engine(pbx, tmp_path, one_call, AIAGENT_PROVIDER="local") as eng:
-        assert eng.summary().model_capacity == 1 and eng.health()["status"] == "ok"
+        assert eng.summary().model_capacity == 1 and eng.summary().status == "ok"
         first = pbx.place_call(script=[WaitAgentDone(0.4, 30), Pause(30)])
-        await wait_for(lambda: first.bridged, timeout=10)
+        await wait_for(lambda: first.bridged)
         loop = asyncio.get_running_loop()
         placed = loop.time()
         second = pbx.place_call(str(HELLO), hold_s=1.0)
         await asyncio.wait_for(second.finished.wait(), 10)
         assert loop.time() - placed < 2.0  # at once (a few ms: never answered, never bridged)
         assert not second.answered and not second.bridged and second.ended_by == "ari" and second.hangup_cause == 17  # busy
-        health = eng.health()
-        assert health["status"] == "degraded" and health["calls_refused_model_capacity"] == 1 and health["calls_rejected_over_capacity"] == 0
-        assert health["model_capacity"] == 1 and health["model_calls"] == 1
+        summary = eng.summary()
+        assert summary.status == "degraded" and summary.calls_refused_model_capacity == 1 and summary.calls_rejected_over_capacity == 0
+        assert summary.model_capacity == 1 and summary.model_calls == 1
         assert any(p.startswith("models at capacity: 1 caller(s) turned away in the last 60 s (1 calls at once, set by providers.local.max_active_calls)")
-                   for p in health["problems"]), health["problems"]
+                   for p in summary.problems), summary.problems
         metrics = eng.metrics.render().decode()
         assert "ai_agent_calls_refused_model_capacity_total 1.0" in metrics and "ai_agent_model_capacity_calls 1.0" in metrics
         # Or back to the dialplan (a queue, voicemail), as at max_calls.

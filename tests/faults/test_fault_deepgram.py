@@ -33,30 +33,30 @@ async def test_deepgram_down_calls_fall_back_at_once_and_come_back_when_it_does(
     async with running_engine(pbx, tmp_path, dg(url, circuit_open_s=0.5), AIAGENT_PROVIDER="deepgram",
                               DEEPGRAM_AGENT_URL=url, AIAGENT_FALLBACK_PROVIDER="echo") as eng:
         provider = eng.providers["deepgram"]
-        assert provider.readiness().ready and eng.health()["status"] == "ok"  # nothing known yet
+        assert provider.readiness().ready and eng.summary().status == "ok"  # nothing known yet
         # The first caller after the outage: one refused connect, then the fallback answers.
         first = pbx.place_call(script=[Say(str(HELLO)), WaitAgent(0.5), Pause(0.3)])
-        await asyncio.wait_for(first.finished.wait(), 15)
+        await asyncio.wait_for(first.finished.wait(), 30)
         assert first.media.agent_heard_s() > 0.5  # the echo of what the caller said
-        health = eng.health()
-        dg_health = health["providers"]["deepgram"]
-        assert health["status"] == "degraded" and not dg_health["ready"] and "Connect" in dg_health["detail"]
+        summary = eng.summary()
+        dg_ready = summary.providers["deepgram"]
+        assert summary.status == "degraded" and not dg_ready.ready and "Connect" in dg_ready.detail
         # Known down: the next callers go straight to the fallback.
         second = pbx.place_call(str(HELLO), hold_s=0.3)
-        await wait_for(lambda: eng.store.get(second.id) is not None, timeout=5)
+        await wait_for(lambda: eng.store.get(second.id) is not None)
         assert eng.store.get(second.id).provider.name == "echo"
-        await asyncio.wait_for(second.finished.wait(), 10)
+        await asyncio.wait_for(second.finished.wait(), 20)
         # Deepgram comes back: the half-open probe closes the circuit, new calls use it again.
         server = FakeDeepgram()
         await server.start(port)
         try:
-            await wait_for(lambda: provider.readiness().ready, timeout=10)
+            await wait_for(lambda: provider.readiness().ready)
             assert provider.breaker.successes == 1 and server.seen.settings == []  # the probe said nothing
             third = pbx.place_call(script=[WaitAgentDone(0.3), Say(str(HELLO)), WaitAgent(0.5), WaitAgentDone(0.3)])
-            await wait_for(lambda: eng.store.get(third.id) is not None, timeout=5)
+            await wait_for(lambda: eng.store.get(third.id) is not None)
             assert eng.store.get(third.id).provider.name == "deepgram"
-            await asyncio.wait_for(third.finished.wait(), 20)
-            assert eng.health()["status"] == "ok"
+            await asyncio.wait_for(third.finished.wait(), 40)
+            assert eng.summary().status == "ok"
         finally:
             await server.stop()
     assert pbx.leftovers() == ([], [])
@@ -72,9 +72,9 @@ async def test_failures_count_afresh_after_each_good_session(pbx, tmp_path, api_
                                   DEEPGRAM_AGENT_URL=server.url, AIAGENT_FALLBACK_PROVIDER="echo") as eng:
             script = [WaitAgentDone(0.3)] + [Say(str(HELLO)), WaitAgent(0.2), WaitAgentDone(0.5)] * 3
             rec = pbx.place_call(script=script)
-            await wait_for(lambda: eng.store.get(rec.id) is not None, timeout=5)
+            await wait_for(lambda: eng.store.get(rec.id) is not None)
             session = eng.store.get(rec.id)
-            await asyncio.wait_for(rec.finished.wait(), 40)
+            await asyncio.wait_for(rec.finished.wait(), 60)
             assert session.provider.name == "deepgram"  # never fell back
             assert server.seen.answers == 3 and server.seen.connections == 4
     finally:
@@ -90,10 +90,10 @@ async def test_deepgram_gone_mid_call_moves_the_call_to_the_fallback(pbx, tmp_pa
                               DEEPGRAM_AGENT_URL=server.url, AIAGENT_FALLBACK_PROVIDER="echo") as eng:
         rec = pbx.place_call(script=[WaitAgentDone(0.3), Say(str(HELLO)), WaitAgent(0.2), WaitAgentDone(0.5),
                                      Pause(3.0), Say(str(HELLO)), WaitAgent(0.5), Pause(0.5)])
-        await wait_for(lambda: server.seen.answers == 1, timeout=15)
+        await wait_for(lambda: server.seen.answers == 1, timeout=30)
         await server.stop()  # gone: every reconnect is refused
-        await wait_for(lambda: (s := eng.store.get(rec.id)) is not None and s.provider.name == "echo", timeout=15)
-        await asyncio.wait_for(rec.finished.wait(), 30)
+        await wait_for(lambda: (s := eng.store.get(rec.id)) is not None and s.provider.name == "echo", timeout=30)
+        await asyncio.wait_for(rec.finished.wait(), 60)
         assert rec.report(pbx)["ended_by"] == "caller"
         assert not eng.providers["deepgram"].readiness().ready  # the failed reconnects opened the circuit
     assert pbx.leftovers() == ([], [])
