@@ -16,8 +16,8 @@ import contextvars
 import dataclasses
 import logging
 from collections import OrderedDict
-from typing import Any, Awaitable, Callable, Coroutine, Sequence, TypeVar
-from dataclasses import dataclass, field
+from typing import Any, Awaitable, Coroutine, Sequence, TypeVar
+from dataclasses import dataclass
 
 from media.audio import voiced_ms
 from providers.config import IN_PROCESS, LocalProviderConfig, PipelineConfig, ProvidersConfig
@@ -38,15 +38,14 @@ from providers.base import (
     Transcript,
     TurnFailed,
     TurnMark,
+    TurnStage,
     UtteranceCollector,
     ComponentStatus,
     QueueState,
     model_work,
 )
 from providers.intents import decide, offered_department
-from providers.local import grounding
 from providers.local.models import JOE_VOICE, ModelNotFound, resolve, resolve_llm
-from providers.local.sentences import SentenceSplitter, reads_complete
 from providers.local.spoken import spoken
 from providers.local.worker_stages import WorkerLlm, WorkerStt, WorkerTts
 from providers.local.stt import check_stt_model
@@ -57,14 +56,15 @@ from providers.remote.wyoming import WyomingServer, WyomingStt, WyomingTts
 from providers.stages import LanguageModel, Priority, Reply, Speech, SpeechToText, Stage, StageBusy, StageFailed, TextToSpeech
 from providers.profile import AgentProfile
 from providers.tools import action_for, action_functions
+from providers.answer import AnswerBegun, Heard, SentenceFeed, Turn
+from providers.turns import SPEECH_DBFS, CallerTurn, Covered
+from runtime.tasks import OwnedTasks
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SAMPLE_RATE = 16000
 MIN_SPEECH_MS = 200  # an utterance with less sound than this is not transcribed
-SPEECH_DBFS = -45.0
-PAUSE_S = 0.2  # this long without voice: transcribe now, the utterance may be over
 CALLER_HOLDS_S = 4.0  # an answer waits at most this long for a caller who is talking (a noisy line may never stop)
 
 
@@ -244,182 +244,63 @@ class Pipeline:
         return await self.voice.synthesize(text, priority)
 
 
-@dataclass
-class _Turn:
-    user: str = ""  # what the caller said ("" for a line of the agent's own)
-    cancelled: bool = False
-    spoken: list[tuple[str, float]] = field(default_factory=list)  # (sentence, seconds of its audio)
-    recorded: bool = False  # in the history already
-    hold: asyncio.TimerHandle | None = None  # the hold line, due if the answer is slow
-    hearing: asyncio.Task[str] | None = None  # the transcription of the caller's words it answers
-
-    def heard(self, played_s: float | None) -> str:
-        """What the caller heard of the answer: whole sentences, and the words of the one cut off
-        in proportion to how much of it played."""
-        if played_s is None:
-            return " ".join(t for t, _ in self.spoken)
-        out, left = [], played_s
-        for text, seconds in self.spoken:
-            if left >= seconds:
-                out.append(text)
-            else:
-                words = text.split()
-                cut = int(len(words) * max(0.0, left) / seconds) if seconds > 0 else 0
-                if cut:
-                    out.append(" ".join(words[:cut]) + "...")
-                break
-            left -= seconds
-        return " ".join(out)
-
-
-class _AnswerBegun:
-    """The LLM's answer to a transcript taken at the caller's pause, begun before their turn is
-    over: what it has generated so far, handed to the turn if the caller ends it on those words,
-    dropped if they say more."""
-
-    def __init__(self, text: str, messages: list[dict[str, str]], generate: Callable[[Callable[[str], None]], Awaitable[Reply]]) -> None:
-        self.text = text
-        self.messages = messages
-        self._pieces: list[str] = []
-        self._sink: Callable[[str], None] | None = None
-        self.task: asyncio.Task[Reply] = asyncio.ensure_future(generate(self._got))
-
-    def _got(self, piece: str) -> None:
-        self._pieces.append(piece)
-        if self._sink is not None:
-            self._sink(piece)
-
-    async def follow(self, on_text: Callable[[str], None]) -> Reply:
-        """The answer: what came so far at once, the rest as it comes. Cancelling stops it."""
-        for piece in self._pieces:
-            on_text(piece)
-        self._sink = on_text
-        return await self.task
-
-    def drop(self) -> None:
-        self.task.cancel()
-        # A generation that failed before it was wanted is not the caller's problem.
-        self.task.add_done_callback(lambda t: t.cancelled() or t.exception())
-
-
 class PipelineCall(ProviderCall):
+    """One call through a pipeline: the caller's utterances to the STT (when, CallerTurn decides),
+    their words to the LLM, its sentences to the TTS and out as they come."""
+
     def __init__(self, ctx: CallContext, emit: EmitFn, pipeline: Pipeline, cfg: LocalProviderConfig, fallback: str = "") -> None:
         self.ctx = ctx
+        self._clock = ctx.clock
         self._emit = emit
         self.m = pipeline
         self.cfg = cfg
         self._fallback = fallback  # the provider this call moves to if a stage's server goes down
-        self._loop = asyncio.get_running_loop()
         self._collector = UtteranceCollector(ctx.input_sample_rate, ctx.fallback_window_ms, ctx.preroll_ms)
         self.profile = ctx.profile
         self._vocabulary = ctx.profile.stt_prompt()
         self._history: list[dict[str, str]] = []
         self._offered: str | None = None  # the department the last answer offered to put the caller through to
-        self._turn_task: asyncio.Task | None = None
-        self._turn: _Turn | None = None
-        self._partial_task: asyncio.Task[str | None] | None = None
-        self._partial_voiced = 0  # voiced frames the last partial started covered
-        self._partial_at_pause = False  # the partial in flight was started by a pause (not the interval)
-        self._utterance = 0  # counts utterances: a partial belongs to the one it started in
-        self._partial_due = 0.0
-        self._voiced = 0  # voiced 20 ms frames in the current utterance
-        self._last_voiced_at = 0.0
-        self._pause_timer: asyncio.TimerHandle | None = None
-        self._finish_timer: asyncio.TimerHandle | None = None  # a complete transcript waits for enough quiet
-        self._partial: tuple[int, str] | None = None  # (voiced frames it covered, its text)
-        self._early: _AnswerBegun | None = None
+        self._turn_task: asyncio.Task[Any] | None = None  # the greeting, or the answer to the last utterance
+        self._turn: Turn | None = None
+        self._early: AnswerBegun | None = None
         self._caller_quiet = asyncio.Event()  # not the collector's in_speech: an answer waits on it
         self._caller_quiet.set()
-        self._stopped = False
         self.work = ModelWork()
         self._context = contextvars.copy_context()  # the call's tasks' context: their model jobs count as its
         self._context.run(model_work.set, self.work)
+        self._tasks = OwnedTasks(f"[{ctx.call_id}] pipeline")
+        self._caller = CallerTurn(
+            clock=ctx.clock, spawn=self._spawn, transcribe=self._transcribe_so_far, listener=self, at_pause=cfg.stt_at_pause,
+            interval_s=cfg.stt_partial_interval_ms / 1000, complete_end_s=cfg.complete_end_ms / 1000, answer_at_pause=cfg.answer_at_pause,
+        )
 
     def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
-        return self._context.run(asyncio.create_task, coro)
+        # In the call's context: the call id in its log lines, its model jobs counted as its own.
+        task: asyncio.Task[T] = self._context.run(self._tasks.spawn, coro)
+        return task
+
+    def _mark(self, stage: TurnStage) -> None:
+        self._emit(TurnMark(stage, self._clock.now()))
 
     async def start(self) -> None:
         if self.profile.greeting:
             self._turn_task = self._spawn(self._say(self.profile.greeting))
 
-    # ---- caller audio
+    # ---- caller audio: the engine's frames and marks; CallerTurn decides about pauses
     def send_audio(self, pcm16: bytes, level_dbfs: float) -> None:
-        c = self._collector
-        c.add(pcm16)
-        if not c.in_speech:
-            return
-        if level_dbfs > SPEECH_DBFS:
-            self._voiced += 1
-            self._drop_early()  # the caller goes on: the pause's transcript is not all they say
-            self._drop_pause_partial()
-            self._last_voiced_at = self._loop.time()
-            if self._pause_timer is None:
-                self._pause_timer = self._loop.call_later(PAUSE_S, self._check_pause)
-        self._consider_partial()
-
-    def _check_pause(self) -> None:
-        """A pause is time without voice, whether frames come or not (a phone with DTX sends
-        nothing while its user is silent)."""
-        self._pause_timer = None
-        quiet = self._loop.time() - self._last_voiced_at
-        if quiet < PAUSE_S:
-            self._pause_timer = self._loop.call_later(PAUSE_S - quiet, self._check_pause)
-        else:
-            self._consider_partial()
-
-    def _consider_partial(self) -> None:
-        # Whisper is not streaming: transcribe the utterance so far as soon as the caller pauses
-        # (or once the partial in flight at the pause is done), and, if asked, every interval
-        # (words for the operator early). If no voice comes after that pause, the VAD's end of
-        # speech (or the transcript reading complete) finds the transcript done or under way, and
-        # waits for it instead of starting again. Each is a whole Whisper pass (its encoder reads
-        # at least a 15 s window: 0.2-0.3 CPU-s with tiny.en), hence no periodic ones by default.
-        interval = self.cfg.stt_partial_interval_ms / 1000
-        c = self._collector
-        if self._stopped or not c.in_speech or (self._partial_task is not None and not self._partial_task.done()):
-            return
-        now = self._loop.time()
-        pausing = self.cfg.stt_at_pause and now - self._last_voiced_at >= PAUSE_S and self._partial_voiced < self._voiced
-        if pausing or (interval and now >= self._partial_due):
-            self._partial_due = now + interval
-            self._partial_voiced = self._voiced
-            # The pause's transcript is most often the final one (the caller has finished): as
-            # urgent as a final; the periodic ones only show the operator words early.
-            priority = Priority.NOW if pausing else Priority.IF_IDLE
-            self._partial_at_pause = pausing
-            self._partial_task = self._spawn(self._run_partial(c.snapshot(), self._voiced, self._utterance, priority))
-            self._partial_task.add_done_callback(lambda _: self._consider_partial())
-
-    def _drop_pause_partial(self) -> None:
-        """The caller speaks again: a transcript of their pause still queued behind other calls'
-        model work would only be stale (the next pause transcribes all of it), so its job is
-        dropped before it takes a Whisper pass; one already running finishes unused."""
-        t = self._partial_task
-        if t is not None and self._partial_at_pause and not t.done():
-            t.cancel()
+        self._collector.add(pcm16)
+        self._caller.frame(level_dbfs)
 
     def utterance_started(self) -> None:
         self._collector.start()
         self._caller_quiet.clear()
-        self._partial_due = self._loop.time() + self.cfg.stt_partial_interval_ms / 1000
-        self._voiced = self._partial_voiced = 0
-        self._partial = None
-        self._utterance += 1
+        self._caller.started()
         self._drop_early()
 
     def utterance_ended(self, fallback: bool) -> None:
         audio = self._collector.take()
         self._caller_quiet.set()
-        # The text of the whole utterance, if a partial has it or is working on it.
-        covered: str | asyncio.Task[str | None] | None = None
-        if self._partial is not None and self._partial[0] == self._voiced:
-            covered = self._partial[1]
-        elif self._partial_task is not None and not self._partial_task.done() and self._partial_voiced == self._voiced:
-            covered = self._partial_task
-            self._partial_at_pause = False  # the turn's transcript now: not to be dropped as stale
-        self._partial = None
-        self._voiced = self._partial_voiced = 0
-        self._cancel_timers()
+        covered = self._caller.ended()
         earlier = self._unheard()
         early, self._early = self._early, None
         if early is not None and (fallback or earlier is not None or early.text != covered):
@@ -430,55 +311,20 @@ class PipelineCall(ProviderCall):
             # Whisper transcribes even 35 dB down): it is not the caller's turn.
             return
         if voiced_ms(audio, SAMPLE_RATE, SPEECH_DBFS) < MIN_SPEECH_MS:
-            self._emit(TurnMark("no_answer", self._loop.time()))
+            self._mark("no_answer")
             return
         self._cancel_turn()
         hearing = self._spawn(self._hear(audio, covered, earlier))
-        hearing.add_done_callback(lambda t: t.cancelled() or t.exception())  # its turn's, or reported there
         self._turn_task = self._spawn(self._answer(hearing, early))
 
-    def _unheard(self) -> asyncio.Task[str] | None:
-        """The last turn's transcription if it has not reached its answer yet: the caller spoke
-        again before it came (a loaded machine), and the next turn answers both utterances."""
-        turn = self._turn
-        if turn is None or turn.user or turn.hearing is None:
-            return None
-        return turn.hearing
+    # ---- TurnListener: what CallerTurn decided
+    def heard_so_far(self, text: str) -> None:
+        self._emit(Transcript("caller", text, final=False))
 
-    async def _hear(self, audio: bytes, covered: str | asyncio.Task[str | None] | None, earlier: asyncio.Task[str] | None) -> str:
-        text = await self._transcript(audio, covered)
-        if earlier is None:
-            return text
-        try:
-            before = await earlier
-        except (StageBusy, StageFailed):
-            before = ""  # refused or lost with its own turn, which said so
-        return f"{before} {text}".strip()
+    def caller_goes_on(self) -> None:
+        self._drop_early()
 
-    async def _run_partial(self, audio: bytes, voiced: int, utterance: int, priority: Priority) -> str | None:
-        try:
-            text = await self.m.stt.transcribe(audio, self._vocabulary, priority)
-        except (StageBusy, StageFailed):
-            return None  # a partial is an optimisation (refused under load): the final transcription tries again
-        if self._collector.in_speech and utterance == self._utterance:
-            self._partial = (voiced, text)
-            if text:
-                self._emit(Transcript("caller", text, final=False))
-                if voiced == self._voiced and reads_complete(text):
-                    # The answer first: ending the turn (at once, when the caller has been quiet
-                    # complete_end_ms already) takes it over; begun after, it was a second LLM job
-                    # that the turn's own answer queued behind (measured on a real Asterisk: 1.36 s
-                    # in the models after the early end against 0.47 s without it).
-                    if self.cfg.answer_at_pause:
-                        self._answer_early(text)
-                    if self.cfg.complete_end_ms:
-                        self._finish_if_quiet(voiced, utterance)
-        return text
-
-    def _messages(self, text: str) -> list[dict[str, str]]:
-        return [{"role": "system", "content": self.profile.instructions()}, *history_window(self._history, self.cfg.history_turns), {"role": "user", "content": text}]
-
-    def _answer_early(self, text: str) -> None:
+    def answer_early(self, text: str) -> None:
         """The caller paused after a whole sentence: most often their turn is over, and the VAD
         says so only ``vad.end_ms`` after their last word. Begin the answer now (an action the
         words ask for is decided at the turn's end, as always)."""
@@ -487,39 +333,43 @@ class PipelineCall(ProviderCall):
             return
         tools = action_functions(self.profile) if self.m.llm.calls_tools else []
         messages = self._messages(text)
-        self._early = _AnswerBegun(
-            text, messages, lambda on_text: self.m.llm.generate(messages, self.cfg.llm_max_tokens, self.cfg.llm_temperature, on_text, tools)
+        self._early = AnswerBegun(
+            text, messages, lambda on_text: self.m.llm.generate(messages, self.cfg.llm_max_tokens, self.cfg.llm_temperature, on_text, tools),
+            self._spawn,
         )
 
-    def _drop_early(self) -> None:
-        if self._early is not None:
-            self._discard(self._early)
-            self._early = None
+    def caller_finished(self) -> None:
+        self._emit(CallerFinished())
 
-    def _discard(self, early: _AnswerBegun) -> None:
-        early.drop()
-        self._emit(EarlyAnswer(used=False))
+    # ---- the caller's words
+    def _transcribe_so_far(self, priority: Priority) -> Awaitable[str | None]:
+        return self._partial_text(self._collector.snapshot(), priority)
 
-    def _cancel_timers(self) -> None:
-        for timer in (self._pause_timer, self._finish_timer):
-            if timer is not None:
-                timer.cancel()
-        self._pause_timer = self._finish_timer = None
+    async def _partial_text(self, audio: bytes, priority: Priority) -> str | None:
+        try:
+            return await self.m.stt.transcribe(audio, self._vocabulary, priority)
+        except (StageBusy, StageFailed):
+            return None  # a partial is an optimisation (refused under load): the final transcription tries again
 
-    def _finish_if_quiet(self, voiced: int, utterance: int) -> None:
-        """What the caller said so far (``voiced`` frames of ``utterance``) reads as a whole sentence:
-        their turn is over once they have been quiet ``complete_end_ms`` (a comma's pause is
-        shorter) and said nothing more; the transcript is then the final one."""
-        self._finish_timer = None
-        if self._stopped or not self._collector.in_speech or utterance != self._utterance or voiced != self._voiced:
-            return
-        wait = self._last_voiced_at + self.cfg.complete_end_ms / 1000 - self._loop.time()
-        if wait > 0:
-            self._finish_timer = self._loop.call_later(wait, self._finish_if_quiet, voiced, utterance)
-        else:
-            self._emit(CallerFinished())
+    def _unheard(self) -> asyncio.Task[Heard] | None:
+        """The last turn's transcription if it has not reached its answer yet: the caller spoke
+        again before it came (a loaded machine), and the next turn answers both utterances."""
+        turn = self._turn
+        if turn is None or turn.user or turn.hearing is None:
+            return None
+        return turn.hearing
 
-    async def _transcript(self, audio: bytes, covered: str | asyncio.Task[str | None] | None) -> str:
+    async def _hear(self, audio: bytes, covered: Covered, earlier: asyncio.Task[Heard] | None) -> Heard:
+        try:
+            text = await self._transcript(audio, covered)
+        except (StageBusy, StageFailed) as e:
+            return e  # the turn that answers says so
+        if earlier is None:
+            return text
+        before = await earlier
+        return f"{before if isinstance(before, str) else ''} {text}".strip()  # one refused or lost was said by its own turn
+
+    async def _transcript(self, audio: bytes, covered: Covered) -> str:
         if isinstance(covered, str):
             return covered
         if covered is not None:
@@ -528,132 +378,125 @@ class PipelineCall(ProviderCall):
                 return text
         return await self.m.stt.transcribe(audio, self._vocabulary)
 
+    def _messages(self, text: str) -> list[dict[str, str]]:
+        return [{"role": "system", "content": self.profile.instructions()}, *history_window(self._history, self.cfg.history_turns), {"role": "user", "content": text}]
+
+    def _drop_early(self) -> None:
+        if self._early is not None:
+            self._discard(self._early)
+            self._early = None
+
+    def _discard(self, early: AnswerBegun) -> None:
+        early.drop()
+        self._emit(EarlyAnswer(used=False))
+
     # ---- the answer
-    async def _answer(self, hearing: asyncio.Task[str], early: _AnswerBegun | None = None) -> None:
+    async def _answer(self, hearing: asyncio.Task[Heard], early: AnswerBegun | None = None) -> None:
         """``hearing``: the transcription of what the caller said (it outlives the turn if the
         caller speaks again before it comes: the next turn takes it over); ``early``: the answer
         to those words, begun at the caller's pause."""
-        turn = self._turn = _Turn(hearing=hearing)
-        loop = self._loop
-        started_at = loop.time()
+        turn = self._turn = Turn(hearing=hearing)
+        started_at = self._clock.now()
         try:
-            text = await asyncio.shield(hearing)
-            self._emit(TurnMark("stt_final", loop.time()))
-            if not text:
-                self._emit(TurnMark("no_answer", loop.time()))
+            heard = await asyncio.shield(hearing)
+            if not isinstance(heard, str):
+                raise heard
+            self._mark("stt_final")
+            if not heard:
+                self._mark("no_answer")
                 return
-            self._emit(Transcript("caller", text))
-            turn.user = text
+            self._emit(Transcript("caller", heard))
+            turn.user = heard
             self._hold_timer(turn, started_at)
-            action = decide(text, self.profile, self._offered)
+            action = decide(heard, self.profile, self._offered)
             self._offered = None
-            messages = self._messages(text)
+            messages = self._messages(heard)
             if early is not None and (action is not None or early.messages != messages):
                 self._discard(early)
                 early = None
             if action is not None:
                 # The engine has the announcement or the closing line said, then acts.
-                self._history.append({"role": "user", "content": text})
+                self._history.append({"role": "user", "content": heard})
                 turn.recorded = True
                 self._emit(action)
                 return
-            sentences: asyncio.Queue[str | None] = asyncio.Queue()
-            speaker = asyncio.create_task(self._speak(sentences, turn))
-            splitter = SentenceSplitter()
-            first_token = True
-            checked = replaced = False
-            generating: asyncio.Task[Any] | None = None
-
-            def deliver(sentence: str) -> None:
-                nonlocal checked, replaced
-                if replaced:
-                    return
-                if not checked:
-                    # An answer that only echoes the question is not spoken (providers/local/grounding.py).
-                    checked = True
-                    instead = grounding.check(sentence, text, self.profile.facts, self.profile.unknown_answer)
-                    if instead is not None:
-                        replaced = True
-                        sentences.put_nowait(instead)
-                        if generating is not None:
-                            generating.cancel()  # the rest of that answer is not wanted
-                        return
-                sentences.put_nowait(sentence)
-
-            def got_text(piece: str) -> None:
-                nonlocal first_token
-                if turn.cancelled:
-                    return
-                if first_token:
-                    first_token = False
-                    self._emit(TurnMark("llm_first_token", loop.time()))
-                for sentence in splitter.feed(piece):
-                    deliver(sentence)
-
-            try:
-                if early is not None:
-                    self._emit(EarlyAnswer(used=True))
-                    generating = asyncio.create_task(early.follow(got_text))
-                else:
-                    tools = action_functions(self.profile) if self.m.llm.calls_tools else []
-                    generating = asyncio.create_task(
-                        self.m.llm.generate(messages, self.cfg.llm_max_tokens, self.cfg.llm_temperature, got_text, tools)
-                    )
-                try:
-                    reply = await generating
-                except asyncio.CancelledError:
-                    current = asyncio.current_task()
-                    if not replaced or (current is not None and current.cancelling()):
-                        raise
-                    reply = Reply("")
-                rest = splitter.flush()
-                if rest:
-                    deliver(rest)
-            finally:
-                sentences.put_nowait(None)
-                if turn.cancelled:
-                    speaker.cancel()
-                await asyncio.gather(speaker, return_exceptions=turn.cancelled)
+            reply = await self._generate_and_speak(turn, heard, messages, early)
             if not turn.cancelled:
-                said = turn.heard(None) or reply.text
-                self._history += [{"role": "user", "content": text}, *([{"role": "assistant", "content": said}] if said else [])]
-                turn.recorded = True
-                action = self._tool_action(reply)
-                if action is not None:
-                    self._emit(action)  # after what it said: the engine has the announcement said, then acts
-                elif reply.tool_calls and not said:
-                    await self._say(self.profile.unknown_answer)  # a call that cannot be done, and nothing said
-                else:
-                    self._offered = offered_department(said, self.profile)
+                await self._answered(turn, heard, reply)
         except asyncio.CancelledError:
             turn.cancelled = True
             raise
         except (StageBusy, StageFailed) as e:
-            # Refused at once (more callers than the models serve: their queue is full), or lost (a
-            # model process died or hung mid-turn and is being restarted, a server failed or was
-            # too slow): say so briefly rather than leave the caller in silence. The apology is
-            # pinned in the speech cache: it costs the models nothing.
-            busy = isinstance(e, StageBusy)
-            if turn.hold is not None:
-                turn.hold.cancel()
-            if not busy:
-                self._emit(ProviderError(f"turn lost: {e}"))
-            self._emit(TurnFailed(f"models busy: {e}" if busy else f"turn lost: {e}", busy))
-            await self._say(self.cfg.apology)
-            down = [s.name for s in self.m.stages if not s.available]
-            if not busy and down and self._fallback:
-                self._emit(ProviderError(f"{', '.join(down)} down: moving the call to {self._fallback}", fatal=True))
+            await self._turn_lost(turn, e)
         except Exception as e:
             log.exception("[%s] local provider turn failed", self.ctx.call_id)
             self._emit(ProviderError(f"turn failed: {e.__class__.__name__}: {e}"))
-            self._emit(TurnMark("no_answer", loop.time()))
+            self._mark("no_answer")
         finally:
             if turn.hold is not None:
                 turn.hold.cancel()
             if early is not None:
                 early.drop()  # done already, unless the turn ended before it took it over
 
-    def _hold_timer(self, turn: _Turn, started_at: float) -> None:
+    async def _generate_and_speak(self, turn: Turn, text: str, messages: list[dict[str, str]], early: AnswerBegun | None) -> Reply:
+        """The LLM's answer, each sentence spoken as it comes (TTS of one overlaps generation of
+        the next); the speaker and the generation are this turn's own tasks, awaited here."""
+        feed = SentenceFeed(turn, text, self.profile, lambda: self._mark("llm_first_token"))
+        speaker = asyncio.create_task(self._speak(feed.sentences, turn))
+        try:
+            if early is not None:
+                self._emit(EarlyAnswer(used=True))
+                feed.generating = asyncio.create_task(early.follow(feed.got_text))
+            else:
+                tools = action_functions(self.profile) if self.m.llm.calls_tools else []
+                feed.generating = asyncio.create_task(
+                    self.m.llm.generate(messages, self.cfg.llm_max_tokens, self.cfg.llm_temperature, feed.got_text, tools)
+                )
+            try:
+                reply = await feed.generating
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if not feed.replaced or (current is not None and current.cancelling()):
+                    raise
+                reply = Reply("")
+            feed.flush()
+        finally:
+            feed.close()
+            if turn.cancelled:
+                speaker.cancel()
+            await asyncio.gather(speaker, return_exceptions=turn.cancelled)
+        return reply
+
+    async def _answered(self, turn: Turn, text: str, reply: Reply) -> None:
+        """The answer was spoken: into the history, and the action it asked for, if any."""
+        said = turn.heard(None) or reply.text
+        self._history += [{"role": "user", "content": text}, *([{"role": "assistant", "content": said}] if said else [])]
+        turn.recorded = True
+        action = self._tool_action(reply)
+        if action is not None:
+            self._emit(action)  # after what it said: the engine has the announcement said, then acts
+        elif reply.tool_calls and not said:
+            await self._say(self.profile.unknown_answer)  # a call that cannot be done, and nothing said
+        else:
+            self._offered = offered_department(said, self.profile)
+
+    async def _turn_lost(self, turn: Turn, e: StageBusy | StageFailed) -> None:
+        """Refused at once (more callers than the models serve: their queue is full), or lost (a
+        model process died or hung mid-turn and is being restarted, a server failed or was too
+        slow): say so briefly rather than leave the caller in silence. The apology is pinned in the
+        speech cache: it costs the models nothing."""
+        busy = isinstance(e, StageBusy)
+        if turn.hold is not None:
+            turn.hold.cancel()
+        if not busy:
+            self._emit(ProviderError(f"turn lost: {e}"))
+        self._emit(TurnFailed(f"models busy: {e}" if busy else f"turn lost: {e}", busy))
+        await self._say(self.cfg.apology)
+        down = [s.name for s in self.m.stages if not s.available]
+        if not busy and down and self._fallback:
+            self._emit(ProviderError(f"{', '.join(down)} down: moving the call to {self._fallback}", fatal=True))
+
+    def _hold_timer(self, turn: Turn, started_at: float) -> None:
         """The hold line, if the answer has not started ``hold_after_ms`` after the turn began."""
         after = self.cfg.hold_after_ms / 1000
         if not after or not self.cfg.hold_line:
@@ -662,10 +505,10 @@ class PipelineCall(ProviderCall):
         def hold() -> None:
             speech = self.m.cache.get(self.cfg.hold_line)  # pinned at load: no model work
             if not turn.cancelled and not turn.spoken and speech is not None and self._caller_quiet.is_set():
-                self._emit(TurnMark("hold", self._loop.time()))
+                self._mark("hold")
                 self._play(self.cfg.hold_line, speech)
 
-        turn.hold = self._loop.call_at(started_at + after, hold)
+        turn.hold = self._clock.call_at(started_at + after, hold)
 
     def _tool_action(self, reply: Reply) -> ActionRequest | None:
         """The action of the reply's first tool call; a call that cannot be done is reported (the
@@ -679,15 +522,15 @@ class PipelineCall(ProviderCall):
             return None
         return action
 
-    async def _speak(self, sentences: asyncio.Queue[str | None], turn: _Turn) -> None:
-        """Speaks sentences as they come; TTS of one overlaps generation of the next."""
+    async def _speak(self, sentences: asyncio.Queue[str | None], turn: Turn) -> None:
+        """Speaks sentences as they come."""
         started = False
         try:
             while (sentence := await sentences.get()) is not None:
                 if turn.cancelled:
                     continue
                 if not started:
-                    self._emit(TurnMark("first_sentence", self._loop.time()))
+                    self._mark("first_sentence")
                 speech = await self.m.synthesize(sentence, Priority.LATER if started else Priority.NOW)
                 if not started and not self._caller_quiet.is_set():
                     # The caller has begun to speak again since the words this answers (a slow
@@ -701,7 +544,7 @@ class PipelineCall(ProviderCall):
                     continue
                 if not started:
                     started = True
-                    self._emit(TurnMark("tts_first_audio", self._loop.time()))
+                    self._mark("tts_first_audio")
                     self._emit(AgentSpeakingStarted())
                 turn.spoken.append((sentence, speech.seconds))
                 self._emit(Transcript("agent", sentence))
@@ -710,21 +553,21 @@ class PipelineCall(ProviderCall):
             if started and not turn.cancelled:
                 self._emit(AgentSpeakingStopped())
             elif not started:
-                self._emit(TurnMark("no_answer", self._loop.time()))
+                self._mark("no_answer")
 
     async def _say(self, text: str) -> bool:
         """One whole utterance of the agent's (the greeting, the apology, a line the engine asks
         for); False if it could not be spoken."""
         if not text:
-            self._emit(TurnMark("no_answer", self._loop.time()))
+            self._mark("no_answer")
             return False
         try:
             speech = await self.m.synthesize(text)
         except (StageBusy, StageFailed) as e:
             self._emit(ProviderError(f"could not speak: {e}"))
-            self._emit(TurnMark("no_answer", self._loop.time()))
+            self._mark("no_answer")
             return False
-        self._turn = _Turn(spoken=[(text, speech.seconds)], recorded=True)
+        self._turn = Turn(spoken=[(text, speech.seconds)], recorded=True)
         self._play(text, speech)
         self._history.append({"role": "assistant", "content": text})
         return True
@@ -769,16 +612,11 @@ class PipelineCall(ProviderCall):
         return list(self._history)
 
     async def stop(self) -> None:
-        self._stopped = True
         self._cancel_turn()
-        self._cancel_timers()
+        self._caller.stop()
         if self._early is not None:
             self._early.drop()  # the call is over: nothing to count
-        hearing = self._turn.hearing if self._turn is not None else None
-        tasks = [t for t in (self._turn_task, self._partial_task, hearing) if t is not None]
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._tasks.cancel()
 
 
 class PipelineProvider(Provider):
