@@ -43,7 +43,7 @@ class _BroadcastState:
     claimed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SimCall:
     """What happened to one simulated call, for the report."""
 
@@ -194,10 +194,10 @@ class Callers:
         cid = self.ids.new()
         media = CallerMedia(rate=line.rate, noise=line_noise(line.noise_dbfs, seed=len(self.book.calls)) if line.noise_dbfs is not None else b"")
         ch = SimChannel(
-            cid, f"PJSIP/{caller_number or 'sim'}-{cid}", "caller", media, caller_number=caller_number, caller_name="Sim Caller",
+            id=cid, name=f"PJSIP/{caller_number or 'sim'}-{cid}", kind="caller", media=media, caller_number=caller_number, caller_name="Sim Caller",
             app=app, app_args=list(args), context="from-pstn", exten=dialled, priority=2,
         )
-        rec = SimCall(cid, caller_number, steps, media=media, dialled=dialled)
+        rec = SimCall(id=cid, caller_number=caller_number, script=steps, media=media, dialled=dialled)
         for gone in self.book.forget_old(keep_finished):
             if gone.external_media is not None and gone.external_media not in self.channels.by_id:
                 self.external.endpoints.pop(gone.external_media, None)

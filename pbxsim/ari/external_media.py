@@ -71,8 +71,10 @@ class ExternalMedia:
         port = await self.ports.open(ep)
         # The app that originated it keeps getting its events after Stasis (BEHAVIOUR.md).
         # Down in the reply, Up at its StasisStart; named after chan_rtp's object address.
-        ch = SimChannel(cid, f"UnicastRTP/{host}-0x7f{random.getrandbits(40):010x}", "external", ep, state="Down", app=q["app"],
-                        subscribed={q["app"]}, context="default", dialplan_app=EXTERNAL_MEDIA_APP)
+        ch = SimChannel(
+            id=cid, name=f"UnicastRTP/{host}-0x7f{random.getrandbits(40):010x}", kind="external", media=ep, state="Down", app=q["app"],
+            subscribed={q["app"]}, context="default", dialplan_app=EXTERNAL_MEDIA_APP,
+        )
         ch.vars["UNICASTRTP_LOCAL_ADDRESS"] = self.ports.host
         ch.vars["UNICASTRTP_LOCAL_PORT"] = str(port)
         self.channels.by_id[cid] = ch

@@ -61,7 +61,7 @@ class IdSource:
         return f"{int(self.started)}.{self._seq}"
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, kw_only=True)
 class SimChannel:
     id: str
     name: str
