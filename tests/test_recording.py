@@ -46,7 +46,7 @@ async def test_a_recorded_call_is_a_stereo_wav_with_the_caller_left_and_the_agen
             # The agent's audio as the caller heard it, measured as the recording is below.
             heard_s = np.count_nonzero(_frames(np.frombuffer(ulaw_to_pcm16(call.media.agent_audio()), dtype=np.int16)) > -60) / 50
             path = tmp_path / "recordings" / f"{call.id}.wav"
-            await wait_for(lambda: eng.recordings.written >= 1, timeout=10)
+            await wait_for(lambda: eng.recordings.written >= 1)
     finally:
         await pbx.stop()
 

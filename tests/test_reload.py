@@ -10,8 +10,7 @@ import urllib.request
 from aiagent_tui.runtime import Runtime
 from engine.config import load_config
 from pbxsim.server import Pause, SimPBX, WaitAgentDone
-from tests.conftest import free_port, history_of, wait_for
-from tests.test_service import BIN, get_json, wait_until
+from tests.conftest import BIN, free_port, get_json, history_of, wait_for, wait_until
 
 
 def _write(path, pbx_port: int, tmp_path, greeting: str, extra: str = "") -> None:

@@ -85,7 +85,7 @@ async def test_refused_callers_are_summed_in_the_log_kept_in_the_history_and_sho
         # The history: who was turned away, when, and why.
         db = HistoryDb(database_url(eng.config))
         try:
-            await wait_for(lambda: len(db.list(HistoryFilter(outcome="refused"), limit=500)) == OFFERED - MAX_CALLS, timeout=10, interval=0.2)
+            await wait_for(lambda: len(db.list(HistoryFilter(outcome="refused"), limit=500)) == OFFERED - MAX_CALLS, timeout=30, interval=0.2)
             rows = db.list(HistoryFilter(outcome="refused", since=offered_at - 1), limit=500)
             assert {r.caller_number for r in rows} == {r.caller_number for r in refused}
             assert {r.profile for r in rows} == {"default"}
