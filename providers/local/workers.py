@@ -23,7 +23,7 @@ import os
 import pickle
 import signal
 import sys
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Callable, TypeVar, cast
 
 from providers.base import ComponentStatus, ModelWork, Span, model_work
@@ -75,26 +75,30 @@ class ModelWorker:
     config: dict  # LocalProviderConfig, as data for the process
     max_queue: int
     hang_timeout_s: float = 60.0
+    _: KW_ONLY
     on_wait: WaitObserver | None = None  # told how long each job waited before the process took it
     load_timeout_s: float = 300.0
     clock: Clock = field(default_factory=LoopClock)  # the job's waits, the hang watchdog, the restart backoff
-    state: str = "starting"  # starting | running | restarting | failed | stopped
-    detail: str = ""  # what the process reported when it loaded
-    restarts: int = 0
-    jobs: int = 0  # given to the process (not those dropped while they waited)
-    last_error: str | None = None
-    _proc: asyncio.subprocess.Process | None = None
-    _pending: dict[int, _Job] = field(default_factory=dict)  # queued and running
-    _queue: list[tuple[int, int]] = field(default_factory=list)  # heap of (priority, id) waiting here
-    _running: int | None = None  # the job the process has
-    _ids: itertools.count = field(default_factory=itertools.count)
-    _ready: asyncio.Event = field(default_factory=asyncio.Event)
-    _tasks: OwnedTasks = field(default_factory=lambda: OwnedTasks("model worker"))
-    _watchdog: Timer | None = None
-    _last_progress: float = 0.0
-    _failures: int = 0  # restarts in a row without a job done
-    _busy_s: float = 0.0  # the process's time on jobs, those done (busy_seconds adds the one it has)
-    _busy_since: float | None = None  # when it was given the job it has
+    state: str = field(default="starting", init=False)  # starting | running | restarting | failed | stopped
+    detail: str = field(default="", init=False)  # what the process reported when it loaded
+    restarts: int = field(default=0, init=False)
+    jobs: int = field(default=0, init=False)  # given to the process (not those dropped while they waited)
+    last_error: str | None = field(default=None, init=False)
+    _proc: asyncio.subprocess.Process | None = field(default=None, init=False)
+    _pending: dict[int, _Job] = field(default_factory=dict, init=False)  # queued and running
+    _queue: list[tuple[int, int]] = field(default_factory=list, init=False)  # heap of (priority, id) waiting here
+    _running: int | None = field(default=None, init=False)  # the job the process has
+    _ids: itertools.count = field(default_factory=itertools.count, init=False)
+    _ready: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    _tasks: OwnedTasks = field(init=False)  # the supervisor
+    _watchdog: Timer | None = field(default=None, init=False)
+    _last_progress: float = field(default=0.0, init=False)
+    _failures: int = field(default=0, init=False)  # restarts in a row without a job done
+    _busy_s: float = field(default=0.0, init=False)  # the process's time on jobs, those done (busy_seconds adds the one it has)
+    _busy_since: float | None = field(default=None, init=False)  # when it was given the job it has
+
+    def __post_init__(self) -> None:
+        self._tasks = OwnedTasks(f"{self.name} model worker")
 
     @property
     def depth(self) -> int:
@@ -122,13 +126,15 @@ class ModelWorker:
         return self._proc.pid if self._proc is not None else None
 
     def status(self) -> ComponentStatus:
-        return ComponentStatus(self.name, self.state, self.restarts, self.restarts, self.last_error, self.pid, self.jobs, self.depth)
+        return ComponentStatus(
+            name=self.name, state=self.state, restarts=self.restarts, errors=self.restarts, last_error=self.last_error,
+            pid=self.pid, jobs=self.jobs, depth=self.depth,
+        )
 
     # ---- lifecycle
     async def start(self) -> None:
         """Starts the process and waits until its model is loaded; raises if it cannot load (the
         watchdog kills one not loaded in ``load_timeout_s``, which ends the supervisor)."""
-        self._tasks.owner = f"{self.name} model worker"
         supervisor = self._tasks.spawn(self._supervise())
         ready = self._tasks.spawn(self._ready.wait())
         await asyncio.wait([ready, supervisor], return_when=asyncio.FIRST_COMPLETED)
@@ -272,7 +278,7 @@ class ModelWorker:
                 job.future.set_exception(WorkerCrashed(why))
 
     # ---- jobs
-    async def run(self, job: Job[R], on_chunk: Callable[[str], None] | None = None, priority: Priority = Priority.NOW) -> R:
+    async def run(self, job: Job[R], *, on_chunk: Callable[[str], None] | None = None, priority: Priority = Priority.NOW) -> R:
         """Runs ``job`` in the worker; ``on_chunk`` gets an answer's pieces as they come (on this
         loop). Cancelling the caller cancels the job (before it reaches the worker, or in it: it
         stops at its next step). A partial transcript (``IF_IDLE``) is refused with StageBusy when

@@ -56,7 +56,10 @@ class ModelServer(ABC):
 
     def status(self) -> ComponentStatus:
         state = "running" if self.circuit.closed else "down"
-        return ComponentStatus(self.label, state, 0, self.errors, self.circuit.last_error, None, self.jobs, self.in_flight, self.latency_ms)
+        return ComponentStatus(
+            name=self.label, state=state, errors=self.errors, last_error=self.circuit.last_error,
+            jobs=self.jobs, depth=self.in_flight, latency_ms=self.latency_ms,
+        )
 
     @abstractmethod
     async def probe(self) -> None:
