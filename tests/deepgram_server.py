@@ -41,6 +41,7 @@ class Behaviour:
     # (name, JSON arguments): ask the client to run this function before answering
     function_call: tuple[str, str] | None = None
     silent: bool = False  # never answer anything after SettingsApplied (for the watchdog)
+    close_after_applied: bool = False  # drop the socket (once) right after SettingsApplied
 
 
 @dataclass
@@ -134,6 +135,10 @@ class FakeDeepgram:
                         break
                     applied = True
                     await ws.send_json({"type": "SettingsApplied"})
+                    if b.close_after_applied and not self._closed_once:
+                        self._closed_once = True
+                        await ws.close()
+                        break
                     greeting = data["agent"].get("greeting")
                     if greeting and not b.silent:
                         await self._speak(ws, greeting, 800)

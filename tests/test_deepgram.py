@@ -150,22 +150,52 @@ async def test_keepalive_when_no_audio_goes_out(deepgram, api_key):
     from runtime.clock import ManualClock
 
     clock = ManualClock()
-    provider = DeepgramProvider(DeepgramProviderConfig(agent_url=deepgram.url, keepalive_interval_s=0.5), clock=clock)
+    provider = DeepgramProvider(DeepgramProviderConfig(agent_url=deepgram.url, keepalive_interval_s=30.0), clock=clock)
     await provider.load()
     call = provider.open_call(CallContext("c1", profile=AgentProfile(greeting=""), clock=clock), [].append)
     await call.start()
     try:
-        await wait_for(lambda: call.connects_ok == 1, timeout=5)  # its first look is due in 0.5 s
-        clock.advance(0.25)  # (steps a float sums exactly)
+        await wait_for(lambda: call.connects_ok == 1, timeout=5)  # it looks each second of the clock
+        clock.advance(29.0)  # (30 s that the loop's own clock never sees in this test)
         assert call.keepalives == 0 and deepgram.seen.keepalives == 0
-        clock.advance(0.25)
+        clock.advance(1.0)
         await wait_for(lambda: deepgram.seen.keepalives == 1 and call.keepalives == 1, timeout=5)
-        clock.advance(0.5)
+        clock.advance(30.0)
         await wait_for(lambda: deepgram.seen.keepalives == 2 and call.keepalives == 2, timeout=5)
     finally:
         await call.stop()
         await provider.close()
     assert deepgram.seen.audio_bytes == 0 and deepgram.seen.client_messages[0] == "Settings"
+
+
+async def test_a_lost_session_is_reconnected_after_its_backoff_on_the_calls_clock(deepgram, api_key):
+    """A session that drops is connected again once the backoff's delay has passed on the call's
+    clock (the first delay: half to all of reconnect_initial_s), with Settings again."""
+    from providers.base import CallContext, ProviderError
+    from providers.config import DeepgramProviderConfig
+    from providers.deepgram import DeepgramProvider
+    from providers.profile import AgentProfile
+    from runtime.clock import ManualClock
+
+    deepgram.behaviour = Behaviour(close_after_applied=True)
+    clock = ManualClock()
+    provider = DeepgramProvider(DeepgramProviderConfig(agent_url=deepgram.url, reconnect_initial_s=20.0, reconnect_max_s=80.0), clock=clock)
+    events: list = []
+    call = provider.open_call(CallContext("c1", profile=AgentProfile(greeting="Hi."), clock=clock), events.append)
+    await call.start()
+    try:
+        # Told once its backoff is set on the clock.
+        await wait_for(lambda: any(isinstance(e, ProviderError) and "reconnecting" in e.message for e in events), timeout=5)
+        assert call.connects_ok == 1 and not any(isinstance(e, ProviderError) and e.fatal for e in events)
+        clock.advance(9.99)
+        assert call.connects == 1
+        clock.advance(10.01)  # (20 s that the loop's own clock never sees in this test)
+        await wait_for(lambda: call.connects_ok == 2, timeout=5)
+    finally:
+        await call.stop()
+        await provider.close()
+    assert deepgram.seen.connections == 2
+    assert "greeting" in deepgram.seen.settings[0]["agent"] and "greeting" not in deepgram.seen.settings[1]["agent"]
 
 
 async def test_watchdog_resets_a_silent_server(pbx, tmp_path, deepgram, api_key):
