@@ -198,6 +198,39 @@ async def test_a_lost_session_is_reconnected_after_its_backoff_on_the_calls_cloc
     assert "greeting" in deepgram.seen.settings[0]["agent"] and "greeting" not in deepgram.seen.settings[1]["agent"]
 
 
+async def test_the_watchdog_resets_a_server_silent_for_watchdog_s_of_the_calls_clock_while_the_caller_speaks(deepgram, api_key):
+    from providers.base import CallContext, ProviderError
+    from providers.config import DeepgramProviderConfig
+    from providers.deepgram import DeepgramProvider
+    from providers.profile import AgentProfile
+    from runtime.clock import ManualClock
+
+    deepgram.behaviour = Behaviour(silent=True)
+    clock = ManualClock()
+    cfg = DeepgramProviderConfig(agent_url=deepgram.url, watchdog_s=10.0, reconnect_initial_s=20.0, reconnect_max_s=80.0)
+    provider = DeepgramProvider(cfg, clock=clock)
+    events: list = []
+    call = provider.open_call(CallContext("c1", profile=AgentProfile(greeting=""), clock=clock), events.append)
+    await call.start()
+    try:
+        await wait_for(lambda: call.connects_ok == 1, timeout=5)  # the server's last word
+        clock.advance(30.0)
+        assert call._lost is None  # a silent server while nobody speaks is fine
+        call.utterance_started()
+        clock.advance(1.0)  # its next look: silent for 31 s by then
+        await wait_for(lambda: any(isinstance(e, ProviderError) and "reconnecting" in e.message for e in events), timeout=5)
+        assert any("no message from Deepgram for 10 s while the caller spoke" in e.message for e in events)
+        clock.advance(20.0)  # the backoff; the new session's server is silent too
+        await wait_for(lambda: call.connects_ok == 2, timeout=5)
+        clock.advance(10.0)
+        assert call._lost is None  # silent for exactly watchdog_s: not yet
+        clock.advance(1.0)
+        assert call._lost is not None
+    finally:
+        await call.stop()
+        await provider.close()
+
+
 async def test_watchdog_resets_a_silent_server(pbx, tmp_path, deepgram, api_key):
     deepgram.behaviour = Behaviour(silent=True)
 
