@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Coroutine
 
-from engine.actions import TRANSFER_CHECK_S, ActionCounters, SilenceWatchdog, report_action
+from engine.actions import ActionCounters, CallActions
 from engine.api import AudioTap
 from engine.ari.client import AriClient, AriError, AriUnavailable
 from engine.capacity import Overload
@@ -26,7 +26,7 @@ from engine.playback import Downstream, FilePlayback, StreamPlayback
 from engine.recording import CallRecording, Recordings
 from engine.rtp_server import RtpServer
 from engine.status import ConversationCounters, PlaybackCounters
-from engine.sessions import ActionRecord, CallSession, ConversationState, ProviderSession, SessionStore, TurnTimeline
+from engine.sessions import CallSession, ConversationState, ProviderSession, SessionStore, TurnTimeline
 from runtime.tasks import OwnedTasks
 from media.audio import ulaw_to_pcm16
 from media.frames import FRAME_MS, RATE
@@ -35,8 +35,6 @@ from providers.base import ActionRequest, CallContext, Provider, ProviderCall, P
 log = logging.getLogger(__name__)
 
 PROVIDER_STOP_TIMEOUT_S = 5.0
-ACTION_LINE_TIMEOUT_S = 30.0  # an action's line that has not played out by then: act anyway
-TRANSFER_FAILED_LINE = "Sorry, I could not put you through right now."
 TRANSCRIPT_VARIABLE = "AIAGENT_TRANSCRIPT"  # the dialplan/CDR can read what the caller said
 
 ProviderLookup = Callable[[str], Awaitable[Provider]]
@@ -44,11 +42,6 @@ ProviderLookup = Callable[[str], Awaitable[Provider]]
 
 class ProviderUnavailable(RuntimeError):
     """A provider that cannot take a call now (not ready, or no fallback to take it instead)."""
-
-
-def _settle(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -85,9 +78,9 @@ class Call:
         # The config as it was when the call came in: a reload changes the calls after it, not this one.
         self.config = services.config
         self.profile = self.config.profiles[session.profile]
-        self.action: ActionRecord | None = None  # the action under way (one at a time)
-        self.watchdog = SilenceWatchdog(
-            services.clock, self.profile.silence_prompt_s, self.profile.silence_hangup_s, self._silence_prompt, self._silence_hangup,
+        self.actions = CallActions(
+            host=self, session=session, profile=self.profile, store=services.store, counters=services.action_counters,
+            ari=services.ari, app=self.config.asterisk.app, clock=services.clock, end=lambda why: end(self, why),
         )
 
     @property
@@ -118,7 +111,7 @@ class Call:
         self.conversation = ConversationCoordinator(
             vad=cfg.vad, barge_in=cfg.barge_in, playback=cfg.playback, session=s, store=sv.store, provider_call=pcall,
             half_duplex=provider.half_duplex, continuous_input=provider.continuous_input, counters=sv.conversation_counters,
-            observe_turn=sv.observe_turn, spawn=self.spawn, clock=sv.clock, on_state=self.watchdog.state,
+            observe_turn=sv.observe_turn, spawn=self.spawn, clock=sv.clock, on_state=self.actions.watchdog.state,
             on_caller_words=self._caller_said, on_turn_failed=self._turn_failed,
         )
         frames = self.config.playback.stream_queue_max_ms // FRAME_MS
@@ -141,13 +134,12 @@ class Call:
             self.conversation.replace_provider(pcall, provider.half_duplex, provider.continuous_input)
             await pcall.start()
         # The watchdog needs a provider that listens in turns and can speak a line.
-        self._watch_silence = self.profile.silence_prompt_s > 0 and provider.half_duplex and provider.speaks_text
-        self.watchdog.enabled = self._watch_silence
+        self.actions.watch(self.profile.silence_prompt_s > 0 and provider.half_duplex and provider.speaks_text)
         s.provider.ready = True
         s.provider.started_at = sv.clock.now()
         sv.rtp.register(self.media)
         if s.conversation is ConversationState.LISTENING:  # no greeting: the caller's turn now
-            self.watchdog.state(ConversationState.LISTENING)
+            self.actions.watchdog.state(ConversationState.LISTENING)
 
     async def _open_for_setup(self, name: str) -> tuple[Provider, ProviderCall]:
         """The provider chosen at StasisStart, or its fallback if that one cannot take the call
@@ -209,15 +201,15 @@ class Call:
     def bridged(self) -> None:
         """The ExternalMedia channel is in the bridge: the agent's audio may go out."""
         self.session.bridged_at = self.services.clock.now()
-        if self.conversation is not None and self.conversation.downstream is not None:
-            self.conversation.downstream.bridged()
+        if (d := self._downstream) is not None:
+            d.bridged()
 
     # ---- downstream: how the agent's audio reaches the caller
     def _use_files(self) -> FilePlayback:
         conv = self.conversation
         assert conv is not None
         sv = self.services
-        files = conv.downstream = FilePlayback(
+        files = conv.voice.downstream = FilePlayback(
             ari=sv.ari, session=self.session, token=self.token, media_dir=self.config.storage.media_dir,
             config=self.config.playback, counters=sv.playback_counters, spawn=self.spawn,
             on_tokens_changed=conv.tokens_changed, on_first_audio=conv.first_audio_out, reference=conv.reference,
@@ -228,11 +220,11 @@ class Call:
     def _use_stream(self) -> None:
         conv, media = self.conversation, self.media
         assert conv is not None and media is not None
-        conv.downstream = StreamPlayback(rtp=self.services.rtp, media=media, on_tokens_changed=conv.tokens_changed, on_first_audio=conv.first_audio_out)
+        conv.voice.downstream = StreamPlayback(rtp=self.services.rtp, media=media, on_tokens_changed=conv.tokens_changed, on_first_audio=conv.first_audio_out)
 
     @property
     def _downstream(self) -> Downstream | None:
-        return self.conversation.downstream if self.conversation is not None else None
+        return self.conversation.voice.downstream if self.conversation is not None else None
 
     def stream_send_failed(self) -> None:
         """RTP to Asterisk keeps failing for this call: play its audio as files instead."""
@@ -272,7 +264,7 @@ class Call:
             return  # a provider call that was replaced has nothing more to say
         match ev:
             case ActionRequest():
-                self.request_action(ev, by="agent")
+                self.actions.request(ev, by="agent")
             case ProviderError():
                 self._provider_failed(ev)
             case _:
@@ -312,127 +304,6 @@ class Call:
         except (AriError, AriUnavailable) as e:
             log.debug("could not set %s on %s: %s", TRANSCRIPT_VARIABLE, self.session.caller_channel_id, e)
 
-    # ---- actions
-    def request_action(self, req: ActionRequest, by: str) -> bool:
-        """A transfer or a hangup, asked for by the agent, the caller's keypad, the silence
-        watchdog or the operator. The guard: a transfer goes only to one of the profile's
-        departments, whoever asks; one action at a time."""
-        s = self.session
-        if self.ending or self.conversation is None:
-            return False
-        if self.action is not None:
-            self.services.store.log(s.call_id, logging.INFO, f"{req.kind} asked for by {by} while {self.action.kind} is under way: ignored")
-            return False
-        rec = ActionRecord(req.kind, by, req.reason, req.department)
-        if req.kind == "transfer":
-            dept = self.profile.departments.get(req.department)
-            if dept is None:
-                rec.state = "refused"
-                known = ", ".join(self.profile.departments) or "none"
-                rec.detail = f"{req.department!r} is not a department of profile {s.profile} (it has: {known})"
-                self._record(rec, logging.WARNING)
-                return False
-            rec.target = dept.target
-            line = self.profile.announcement(req.department)
-        else:
-            line = self.profile.closing
-        self.action = rec
-        self._record(rec, logging.INFO)
-        self.spawn(self._carry_out(rec, line))
-        return True
-
-    def _record(self, rec: ActionRecord, level: int) -> None:
-        s = self.session
-        if rec not in s.actions:
-            s.actions.append(rec)
-        report_action(self.services.store, self.services.action_counters, s.call_id, rec, level)
-
-    async def _carry_out(self, rec: ActionRecord, line: str) -> None:
-        """Says the action's line, waits until the caller has heard it, then acts."""
-        conv, pcall = self.conversation, self.provider_call
-        assert conv is not None and pcall is not None
-        self.watchdog.close()
-        played = conv.hold()
-        await pcall.cancel_response(played)
-        await self._say_and_wait(line)
-        if rec.kind == "hangup":
-            rec.state = "done"
-            self._record(rec, logging.INFO)
-            self._end(self, f"agent hung up ({rec.reason or rec.by})")
-        else:
-            await self._transfer(rec)
-
-    async def _say_and_wait(self, line: str) -> None:
-        conv, pcall = self.conversation, self.provider_call
-        assert conv is not None and pcall is not None
-        if not line:
-            return
-        done = conv.played_out()  # before the line: its audio may come at once, or much later
-        timer = self.services.clock.call_later(ACTION_LINE_TIMEOUT_S, _settle, done)
-        try:
-            if await pcall.say(line):
-                await done
-        finally:
-            timer.cancel()
-            done.cancel()
-
-    async def _transfer(self, rec: ActionRecord) -> None:
-        sv, s = self.services, self.session
-        dept = self.profile.departments[rec.department]
-        # Sent before the request: the caller's StasisEnd can arrive before its 204.
-        rec.state = "sent"
-        try:
-            if dept.endpoint:
-                await sv.ari.redirect(s.caller_channel_id, dept.endpoint)
-                # A driver that cannot transfer (Local channels) answers 204 and does nothing.
-                sv.clock.call_later(TRANSFER_CHECK_S, self._redirect_check, rec)
-            else:
-                # Asterisk answers 204 even for a target that does not exist and then drops the
-                # caller; subscribed to its channel, call control still sees that hangup.
-                try:
-                    await sv.ari.subscribe(self.config.asterisk.app, f"channel:{s.caller_channel_id}")
-                except (AriError, AriUnavailable) as e:
-                    log.warning("[%s] transfer: no subscription to the caller (%s); a dropped transfer will not be seen", self.call_id, e)
-                await sv.ari.continue_in_dialplan(s.caller_channel_id, dept.context, dept.extension, dept.priority)
-        except (AriError, AriUnavailable) as e:
-            await self._transfer_failed(rec, str(e))
-            return
-        self._record(rec, logging.INFO)
-
-    def _redirect_check(self, rec: ActionRecord) -> None:
-        if not self.ending and rec.state == "sent":
-            self.spawn(self._transfer_failed(rec, "the caller is still here: its channel driver did not transfer (Local channels cannot)"))
-
-    async def _transfer_failed(self, rec: ActionRecord, why: str) -> None:
-        """The caller is still with us: say so and go on with the conversation."""
-        rec.state, rec.detail = "failed", why
-        self._record(rec, logging.ERROR)
-        self.action = None
-        conv = self.conversation
-        if conv is None or self.ending:
-            return
-        await self._say_and_wait(TRANSFER_FAILED_LINE)
-        conv.held = False
-        self.watchdog.enabled = self._watch_silence
-        self.watchdog.state(self.session.conversation)
-
-    def transfer_left(self) -> ActionRecord | None:
-        """The caller left Stasis: the transfer under way, if that is why."""
-        rec = self.action
-        return rec if rec is not None and rec.kind == "transfer" and rec.state == "sent" else None
-
-    def _silence_prompt(self) -> None:
-        self.services.action_counters.count("still_there", "done")
-        self.services.store.log(self.call_id, logging.INFO, f"caller silent for {self.profile.silence_prompt_s:g} s: asking whether they are still there")
-        self.spawn(self._prompt_silent_caller())
-
-    async def _prompt_silent_caller(self) -> None:
-        if self.provider_call is not None and not await self.provider_call.say(self.profile.still_there):
-            self.watchdog.state(ConversationState.LISTENING)  # nothing was said: count on to the hangup
-
-    def _silence_hangup(self) -> None:
-        self.request_action(ActionRequest("hangup", reason=f"caller silent after {self.profile.still_there!r}"), by="silence")
-
     # ---- operator commands
     def barge_in(self) -> bool:
         """The operator stops the agent; False when it is not speaking (nothing is counted)."""
@@ -451,7 +322,7 @@ class Call:
     async def release(self) -> None:
         """Stops what the call runs here: its tasks, its audio in both directions, its provider
         session. Asterisk's side (channels, bridge) is call control's to release."""
-        self.watchdog.close()
+        self.actions.watchdog.close()
         await self._tasks.cancel()
         try:
             if self.media is not None:

@@ -172,7 +172,7 @@ class CallController:
             c = self.call_for_channel(event.channel.id)
             if c is not None and not c.ending:
                 is_caller = event.channel.id == c.session.caller_channel_id
-                transfer = c.transfer_left() if is_caller else None
+                transfer = c.actions.transfer_left() if is_caller else None
                 if transfer is not None:
                     self._transfer_out(c, transfer)
                     return
@@ -293,7 +293,7 @@ class CallController:
         dept = c.profile.department_for_digit(digit)
         self.store.log(c.call_id, logging.INFO, f"DTMF {digit}" + (f": transfer to {dept}" if dept else " (no department has this key)"))
         if dept is not None:
-            c.request_action(ActionRequest("transfer", dept, f"caller pressed {digit}"), by="keypad")
+            c.actions.request(ActionRequest("transfer", dept, f"caller pressed {digit}"), by="keypad")
 
     def _transfer_out(self, c: Call, rec: ActionRecord) -> None:
         """The caller left Stasis into the transfer's target: release what served the call, never

@@ -8,14 +8,15 @@ the provider's answer down the call's playback path, and keeps the turn timeline
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections import deque
 from typing import Callable, assert_never
 
 from runtime.clock import Clock, Timer
 from engine.config import BargeInConfig, PlaybackConfig, VadConfig
-from engine.playback import Downstream, Spawn
+from engine.agent_voice import AgentVoice
+from engine.barge_in import BargeInListener
+from engine.playback import Spawn
+from engine.turn_timing import TurnTiming
 from engine.recording import CallRecording
 from engine.status import ConversationCounters
 from engine.sessions import (
@@ -27,7 +28,6 @@ from engine.sessions import (
     ConversationState,
     SessionStore,
     TranscriptTurn,
-    TurnCompleted,
     TurnTimeline,
 )
 from media.audio import Resampler, rms_dbfs
@@ -66,7 +66,9 @@ _CALL_STATE = {
 
 
 class ConversationCoordinator:
-    """What happens on one call when the caller's audio comes in or its provider says something."""
+    """What happens on one call when the caller's audio comes in or its provider says something.
+    Its parts: the caller's barge-ins (BargeInListener), the agent's audio and the capture gate
+    (AgentVoice), the turns' timeline (TurnTiming)."""
 
     def __init__(
         self,
@@ -92,64 +94,59 @@ class ConversationCoordinator:
         self.provider_call = provider_call
         self.half_duplex = half_duplex
         self.counters = counters
-        self._filler: Timer | None = None
-        self.continuous_input = False
+        self._spawn = spawn
+        self._clock = clock
+        self._on_state = on_state
+        self._on_caller_words = on_caller_words
+        self._on_turn_failed = on_turn_failed
         # An operator listening in (the terminal app's monitor): gets ("caller"|"agent", pcm, rate).
         self.tap: Callable[[str, bytes, int], None] | None = None
         self.recording: CallRecording | None = None  # the call's, when its profile records
-        self._observe_turn = observe_turn  # the metrics: an answered turn
-        self._spawn = spawn
-        self._clock = clock
-        self._on_caller_words = on_caller_words
-        self._on_turn_failed = on_turn_failed
+        self.held = False  # an action is under way (transfer, hangup): the caller is no longer listened to
         self.vad = VoiceActivity(vad.aggressiveness, vad.start_ms, vad.end_ms, vad.min_level_dbfs)
         self._up = Resampler(RATE, INPUT_SAMPLE_RATE)
-        self.reference = PlaybackReference()
-        self.downstream: Downstream | None = None
+        self.reference = PlaybackReference()  # file mode: the agent's echo, taken out of the caller's audio
+        self.voice = AgentVoice(session=session, clock=clock, gating_tail_s=playback.gating_tail_ms / 1000, set_state=self._set_state, set_capture=self._set_capture)
+        self._barge = BargeInListener(config=barge_in, vad=self.vad, counters=counters, clock=clock, pause_agent=self.voice.pause)
+        self._timing = TurnTiming(session=session, store=store, counters=counters, observe_turn=observe_turn, clock=clock)
         self._fallback_frames = frames_in(vad.fallback_interval_ms)
         self._unvoiced_frames = 0
-        self._barge_enabled = barge_in.enabled
-        self._barge_frames = frames_in(barge_in.min_ms)
-        self._barge_level = barge_in.min_level_dbfs
-        self._barge_run: deque[tuple[bytes, float]] = deque(maxlen=self._barge_frames)  # (frame, level)
-        self._pause_frames = frames_in(barge_in.pause_ms) if barge_in.pause_ms else 0
-        self._pause_timer: Timer | None = None  # set while the agent's audio is held on a run of caller sound
-        self._gating_tail_s = playback.gating_tail_ms / 1000
-        self._ungate: Timer | None = None
         # A two-party bridge sends nothing while the caller is silent (BEHAVIOUR.md): speech can
-        # end with packets simply stopping, which the VAD never sees. This timer catches that.
+        # end with packets simply stopping, which the VAD never sees. The gap timer catches that.
         self._end_s = vad.end_ms / 1000
         self._last_frame_at = clock.now()
         self._last_voice_at: float | None = None  # the caller's last voiced frame since the last turn ended
-        self._filled_until = 0.0
         self._gap_timer: Timer | None = None
-        self._turn: TurnTimeline | None = None
-        self._agent_turn_open = False
-        self._answer_audio_s = 0.0  # agent audio handed down for the answer being spoken
-        self._on_state = on_state
-        # An action is under way (transfer, hangup): the caller is no longer listened to.
-        self.held = False
-        self._audio_pieces = 0  # agent audio handed down, counted
-        self._played_out: list[tuple[int, asyncio.Future[None]]] = []  # (pieces when asked, done)
+        self.continuous_input = False
+        self._filler: Timer | None = None
+        self._filled_until = 0.0
         self._set_continuous(continuous_input)
 
     # ---- the provider's news about the conversation (its call-level news is the Call's)
     def on_provider_event(self, ev: ConversationEvent) -> None:
         match ev:
             case AgentAudio(pcm16=pcm16, sample_rate=rate):
-                self._agent_audio(pcm16, rate)
+                if self.tap is not None and self.voice.downstream is not None:
+                    self.tap("agent", pcm16, rate)
+                self.voice.audio(pcm16, rate)
             case AgentSpeakingStarted():
-                self._agent_started()
+                self.voice.started()
             case AgentSpeakingStopped():
-                self._agent_finished()
+                self.voice.finished()
             case Transcript():
                 self._transcript(ev)
+            case TurnMark(stage="no_answer"):
+                if self.session.conversation is ConversationState.PROCESSING:
+                    self._set_state(ConversationState.LISTENING)
             case TurnMark(stage=stage, at=at):
-                self._mark(stage, at)
+                self._timing.mark(stage, at)
             case CallerFinished():
                 self._caller_finished()
             case EarlyAnswer(used=used):
-                self._early_answer(used)
+                if used:
+                    self.counters.early_answers_used += 1
+                else:
+                    self.counters.early_answers_dropped += 1
             case CallerInterrupted():
                 if self.agent_is_speaking:
                     self.barge_in(forced=False)
@@ -163,6 +160,16 @@ class ConversationCoordinator:
         self.store.add_transcript(s, TranscriptTurn(ev.role, ev.text, ev.final, self._clock.now()))
         if ev.role == "caller" and ev.final:
             self._on_caller_words(" ".join(t.text for t in s.transcript if t.role == "caller"))
+
+    def _caller_finished(self) -> None:
+        """The provider read the caller's words as complete at a pause (providers.base.CallerFinished):
+        the turn ends now instead of after the VAD's hangover (the provider has checked that the
+        caller has not spoken since). Only a turn still open is ended."""
+        if not self.vad.speaking:
+            return
+        self.counters.early_ends += 1
+        self.vad.reset()
+        self._speech_ended(fallback=False)
 
     # ---- caller audio (hot path: 50 frames/s per call)
     def on_caller_pcm8(self, pcm8: bytes, lost: int = 0) -> None:
@@ -178,8 +185,7 @@ class ConversationCoordinator:
             lost = 0
 
     def _frame(self, frame: bytes, lost: int) -> None:
-        s = self.session
-        voice = s.voice
+        voice = self.session.voice
         self._last_frame_at = self._clock.now()
         if self.reference.active:
             # File mode: the bridge mixes the agent's own playback into this stream; take it out
@@ -187,38 +193,17 @@ class ConversationCoordinator:
             frame = self.reference.residual(frame, lost)
         if self.recording is not None:  # the caller alone: in file mode, the agent's echo taken out
             self.recording.caller(frame)
-        if self.half_duplex and not s.capture_enabled:
+        if self.half_duplex and not self.session.capture_enabled:
             # The agent is speaking: listen only for the caller talking over it.
-            probe = frame
-            level = self.vad.level_dbfs = rms_dbfs(probe)
-            voice.level_dbfs = level
+            level = self.vad.level_dbfs = voice.level_dbfs = rms_dbfs(frame)
             voice.levels.append(level)
-            voiced = level >= self._barge_level and self.vad.is_voiced(probe, level)
-            if voiced:
-                self._barge_run.append((probe, level))
-                if self._barge_enabled:
-                    if len(self._barge_run) >= self._barge_frames:
-                        self.barge_in(forced=False)
-                        return
-                    if (
-                        self._pause_frames and len(self._barge_run) >= self._pause_frames and self._pause_timer is None
-                        and self.downstream is not None and self.downstream.pause(True)
-                    ):
-                        # The caller may be talking over the agent: its audio is held now (the
-                        # caller hears it stop within a frame) and the run decides. A phone with
-                        # DTX sends nothing once its user is quiet: no quiet frame would end the
-                        # run, so a timer does.
-                        self.counters.barge_in_pauses += 1
-                        self._pause_timer = self._clock.call_later((self._barge_frames + 3) * FRAME_S, self._pause_expired)
-            else:
-                if len(self._barge_run) >= 3:  # 60 ms or more, but not enough to stop the agent
-                    self.counters.barge_in_attempts += 1
-                self._barge_run.clear()
-                self._end_pause(resume=True)
-            if self.continuous_input:
+            voiced, barged = self._barge.hear(frame, level)
+            if barged:
+                self.barge_in(forced=False)
+            elif self.continuous_input:
                 # Such a provider finds barge-ins itself: it hears what may be the caller talking
                 # over the agent (the agent's own voice taken out), and silence otherwise.
-                self._deliver(probe, level) if voiced else self._deliver(SILENT_PCM_FRAME, SILENCE_DBFS)
+                self._deliver(frame, level) if voiced else self._deliver(SILENT_PCM_FRAME, SILENCE_DBFS)
             return
         edge = self.vad.update(frame)
         if self.vad.voiced:
@@ -271,30 +256,13 @@ class ConversationCoordinator:
 
     def _speech_ended(self, fallback: bool) -> None:
         self.session.voice.speaking = False
-        if not fallback or self._turn is None or self._turn.first_audio_out is not None:
-            self._turn = TurnTimeline(speech_end=self._clock.now(), last_voice_in=self._last_voice_at)
+        if self._timing.speech_ended(fallback, self._last_voice_at):
             self._last_voice_at = None  # a later turn counts from its own voice (a fallback flush may have none)
         self.provider_call.utterance_ended(fallback)
         if not fallback and self.half_duplex:
             self._set_state(ConversationState.PROCESSING)
         elif self.session.conversation is ConversationState.USER_SPEAKING:
             self._set_state(ConversationState.LISTENING)
-
-    def _caller_finished(self) -> None:
-        """The provider read the caller's words as complete at a pause (providers.base.CallerFinished):
-        the turn ends now instead of after the VAD's hangover (the provider has checked that the
-        caller has not spoken since). Only a turn still open is ended."""
-        if not self.vad.speaking:
-            return
-        self.counters.early_ends += 1
-        self.vad.reset()
-        self._speech_ended(fallback=False)
-
-    def _early_answer(self, used: bool) -> None:
-        if used:
-            self.counters.early_answers_used += 1
-        else:
-            self.counters.early_answers_dropped += 1
 
     def _set_continuous(self, on: bool) -> None:
         self.continuous_input = on
@@ -322,156 +290,46 @@ class ConversationCoordinator:
         if self.session.conversation is ConversationState.PROCESSING:
             self._set_state(ConversationState.LISTENING)
 
+    # ---- the agent's audio (the downstream's news, the call's actions)
     @property
     def agent_is_speaking(self) -> bool:
-        return bool(self.session.playbacks) or self.session.conversation is ConversationState.AGENT_SPEAKING
-
-    # ---- agent audio
-    def _agent_started(self) -> None:
-        self._agent_turn_open = True
-        self._answer_audio_s = 0.0
-
-    def _agent_audio(self, pcm16: bytes, sample_rate: int) -> None:
-        if self.downstream is None:
-            return
-        if self.tap is not None:
-            self.tap("agent", pcm16, sample_rate)
-        self.downstream.add(pcm16, sample_rate)
-        if self.session.conversation is not ConversationState.AGENT_SPEAKING:
-            if not self._agent_turn_open:
-                self._answer_audio_s = 0.0
-            self._set_state(ConversationState.AGENT_SPEAKING)
-        self._answer_audio_s += len(pcm16) / 2 / sample_rate
-        self._audio_pieces += 1
-
-    def _agent_finished(self) -> None:
-        self._agent_turn_open = False
-        if self.downstream is not None:
-            self.downstream.finish()
-
-    def _mark(self, stage: str, at: float) -> None:
-        """A provider stage of the current turn (see providers.base.TurnMark)."""
-        if stage == "no_answer":
-            if self.session.conversation is ConversationState.PROCESSING:
-                self._set_state(ConversationState.LISTENING)
-            return
-        t = self._turn
-        # After the first audio too: behind a hold line, the answer's own stages still count.
-        if t is not None and getattr(t, stage) is None:
-            setattr(t, stage, at)
+        return self.voice.speaking
 
     def first_audio_out(self, at: float, handed: float | None = None) -> None:
         """The downstream put agent audio on the line (a frame sent, a playback started);
         ``handed``: when the engine asked for it (a playback's request), if earlier."""
-        t = self._turn
-        if t is None or t.first_audio_out is not None:
-            return
-        t.first_audio_out = at
-        t.audio_handed = handed if handed is not None else at
-        work = self.provider_call.work
-        if work is not None and t.speech_end is not None:
-            share = work.share(t.speech_end, t.audio_handed)
-            t.in_models_s, t.queued_s = share.inside_s, share.queued_s
-        self.session.turns.append(t)
-        self.counters.turns += 1
-        self._observe_turn(t)
-        self.store.publish(TurnCompleted(self.session.call_id, t))
+        self._timing.first_audio_out(at, handed, self.provider_call.work)
 
     def tokens_changed(self) -> None:
-        """Gating follows the session's playback tokens: muted while any is held, and for a
-        short tail after the last (the bridge's mix lags the playback by a frame or two)."""
-        s = self.session
-        if not self.half_duplex:
-            return
-        if s.playbacks:
-            if self._ungate is not None:
-                self._ungate.cancel()
-                self._ungate = None
-            if s.capture_enabled:
-                self._set_capture(False)
-        elif not s.capture_enabled and self._ungate is None:
-            self._ungate = self._clock.call_later(self._gating_tail_s, self._reopen)
-
-    def _reopen(self) -> None:
-        self._ungate = None
-        if self.session.playbacks:
-            return
-        self._set_capture(True)
-        if not self._agent_turn_open:
-            waiting = []
-            for since, fut in self._played_out:
-                if since < self._audio_pieces and not fut.done():
-                    fut.set_result(None)
-                elif not fut.done():
-                    waiting.append((since, fut))
-            self._played_out = waiting
-            if self.session.conversation is ConversationState.AGENT_SPEAKING:
-                self._set_state(ConversationState.LISTENING)
-
-    def played_out(self) -> asyncio.Future[None]:
-        """Resolves once agent audio handed down from now on (a line about to be said) has
-        played to the caller."""
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._played_out.append((self._audio_pieces, fut))
-        return fut
+        if self.half_duplex:  # a full-duplex provider hears the caller all along
+            self.voice.tokens_changed()
 
     def hold(self) -> float | None:
         """An action begins: stop listening to the caller and stop what the agent is saying, so
         that the action's own line comes next. Returns how much of the interrupted answer was
         heard (None if the agent was not speaking), for the provider's history."""
         self.held = True
-        self._barge_run.clear()
+        self._barge.run.clear()
         self.vad.reset()
         self.session.voice.speaking = False
-        played = self._stop_agent()
+        played = self.voice.stop()
         self._set_state(ConversationState.LISTENING)
         return played
-
-    def _stop_agent(self) -> float | None:
-        """Stops the agent's audio now; how much of its answer the caller heard."""
-        self._agent_turn_open = False
-        if self.downstream is None:
-            return None
-        speaking = self.agent_is_speaking
-        unplayed = self.downstream.stop()
-        return max(0.0, self._answer_audio_s - unplayed) if speaking else None
-
-    # ---- barge-in
-    def _end_pause(self, resume: bool) -> None:
-        """Ends a pause, if there is one: ``resume`` when the run of caller sound ended short of a
-        barge-in (not the caller talking: a cough, a click, echo), so the agent goes on from
-        where it paused; else the barge-in drops what was held."""
-        timer, self._pause_timer = self._pause_timer, None
-        if timer is None:
-            return
-        timer.cancel()
-        if resume:
-            self.counters.false_pauses += 1
-            if self.downstream is not None:
-                self.downstream.pause(False)
-
-    def _pause_expired(self) -> None:
-        self._barge_run.clear()
-        self._end_pause(resume=True)
 
     def barge_in(self, forced: bool) -> None:
         """Stop the agent now: its playback, its queued audio, the answer being generated."""
         s = self.session
-        onset = None if forced else self._clock.now() - len(self._barge_run) * FRAME_S
-        heard = list(self._barge_run)
-        self._barge_run.clear()
-        self._end_pause(resume=False)  # the stop below drops what was held
+        heard = self._barge.take()  # the stop below drops what a pause held
+        onset = None if forced else self._clock.now() - len(heard) * FRAME_S
         s.barge_ins += 1
         if len(s.barge_in_at) < HISTORY_MAX_EVENTS:
             s.barge_in_at.append(self._clock.now())
         self.counters.barge_ins += 1
         if forced:
             self.counters.barge_ins_forced += 1
-        played = self._stop_agent()
+        played = self.voice.stop()
         self._spawn(self.provider_call.cancel_response(played))
-        if self._ungate is not None:
-            self._ungate.cancel()
-            self._ungate = None
+        self.voice.cancel_tail()
         self._set_capture(True)
         reaction = None if onset is None else self._clock.now() - onset
         self.store.publish(BargeIn(s.call_id, forced, reaction))
@@ -510,10 +368,8 @@ class ConversationCoordinator:
         self.store.publish(ConversationChanged(s.call_id, s.conversation, s.capture_enabled, bool(s.playbacks)))
 
     def close(self) -> None:
-        for _, fut in self._played_out:
-            fut.cancel()
-        for timer in (self._ungate, self._gap_timer, self._filler, self._pause_timer):
+        for timer in (self._gap_timer, self._filler):
             if timer is not None:
                 timer.cancel()
-        if self.downstream is not None:
-            self.downstream.close()
+        self._barge.close()
+        self.voice.close()

@@ -323,7 +323,7 @@ class Engine:
         """The operator puts the caller through to one of its profile's departments (the agent
         announces it first, as for any transfer)."""
         call = self.calls.calls.get(call_id)
-        return call is not None and call.request_action(ActionRequest("transfer", department, "operator's choice"), by="operator")
+        return call is not None and call.actions.request(ActionRequest("transfer", department, "operator's choice"), by="operator")
 
     def departments(self, call_id: str) -> dict[str, str]:
         """Where the call's profile may transfer it: department -> target."""

@@ -124,7 +124,7 @@ class Rig:
         )
         self.down = TokenDownstream(self.session)
         self.down.on_tokens_changed = self.conv.tokens_changed
-        self.conv.downstream = self.down
+        self.conv.voice.downstream = self.down
 
     def _observe(self, t: TurnTimeline) -> None:
         self.observed.append(t)
