@@ -1,20 +1,28 @@
-"""The pieces of a pipeline's answer to one turn: the turn's record (what the caller heard of it),
-an answer begun at the caller's pause, and the feed of the LLM's text into spoken sentences."""
+"""The pieces of a pipeline's answers: the turn's record (what the caller heard of it), an answer
+begun at the caller's pause, the feed of the LLM's text into sentences, the agent's voice that
+speaks them, and the dialogue's history the LLM reads."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Coroutine
+from typing import Any, Awaitable, Callable, Coroutine, Protocol
 
+from providers.base import AgentAudio, AgentSpeakingStarted, AgentSpeakingStopped, EmitFn, ProviderError, Transcript, TurnMark, TurnStage
 from providers.local import grounding
 from providers.local.sentences import SentenceSplitter
 from providers.profile import AgentProfile
-from providers.stages import Reply, StageBusy, StageFailed
-from runtime.clock import Timer
+from providers.stages import Priority, Reply, Speech, StageBusy, StageFailed
+from runtime.clock import Clock, Timer
 
 Spawn = Callable[[Coroutine[Any, Any, Any]], "asyncio.Task[Any]"]
 Heard = str | StageBusy | StageFailed  # the caller's words, or why the STT could not give them
+class SpeechSource(Protocol):
+    def get(self, text: str) -> Speech | None: ...  # the pipeline's SpeechCache
+
+
+CALLER_HOLDS_S = 4.0  # an answer waits at most this long for a caller who is talking (a noisy line may never stop)
 
 
 @dataclass
@@ -131,3 +139,89 @@ class SentenceFeed:
                     self.generating.cancel()
                 return
         self.sentences.put_nowait(sentence)
+
+
+class Speaker:
+    """The agent's voice on one call: an answer's sentences synthesized and emitted as they come,
+    whole lines at once."""
+
+    def __init__(
+        self,
+        *,
+        emit: EmitFn,
+        synthesize: Callable[[str, Priority], Awaitable[Speech]],
+        clock: Clock,
+        caller_quiet: asyncio.Event,  # cleared while the caller speaks
+    ) -> None:
+        self._emit = emit
+        self._synthesize = synthesize
+        self._clock = clock
+        self._caller_quiet = caller_quiet
+
+    def mark(self, stage: TurnStage) -> None:
+        self._emit(TurnMark(stage, self._clock.now()))
+
+    async def speak(self, sentences: asyncio.Queue[str | None], turn: Turn) -> None:
+        """Speaks sentences as they come (TTS of one overlaps generation of the next)."""
+        started = False
+        try:
+            while (sentence := await sentences.get()) is not None:
+                if turn.cancelled:
+                    continue
+                if not started:
+                    self.mark("first_sentence")
+                speech = await self._synthesize(sentence, Priority.LATER if started else Priority.NOW)
+                if not started and not self._caller_quiet.is_set():
+                    # The caller has begun to speak again since the words this answers (a slow
+                    # answer on a loaded machine): not over them. How their utterance ends decides:
+                    # a turn of its own cancels this one, whose words it answers too (they are in
+                    # the history); a cough or the line's noise lets this answer play.
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(CALLER_HOLDS_S):
+                            await self._caller_quiet.wait()
+                if turn.cancelled:
+                    continue
+                if not started:
+                    started = True
+                    self.mark("tts_first_audio")
+                    self._emit(AgentSpeakingStarted())
+                turn.spoken.append((sentence, speech.seconds))
+                self._emit(Transcript("agent", sentence))
+                self._emit(AgentAudio(speech.pcm16, speech.sample_rate))
+        finally:
+            if started and not turn.cancelled:
+                self._emit(AgentSpeakingStopped())
+            elif not started:
+                self.mark("no_answer")
+
+    async def line(self, text: str) -> Speech | None:
+        """A whole line's speech (the greeting, the apology, a line the engine asks for); None
+        (said in the events) if it cannot be spoken."""
+        if not text:
+            self.mark("no_answer")
+            return None
+        try:
+            return await self._synthesize(text, Priority.NOW)
+        except (StageBusy, StageFailed) as e:
+            self._emit(ProviderError(f"could not speak: {e}"))
+            self.mark("no_answer")
+            return None
+
+    def hold_line(self, turn: Turn, when: float, text: str, cache: SpeechSource) -> Timer:
+        """The hold line at ``when``, if the answer has not started by then (and the caller is
+        quiet); its speech pinned in the cache at load: no model work."""
+
+        def hold() -> None:
+            speech = cache.get(text)
+            if not turn.cancelled and not turn.spoken and speech is not None and self._caller_quiet.is_set():
+                self.mark("hold")
+                self.play(text, speech)
+
+        return self._clock.call_at(when, hold)
+
+    def play(self, text: str, speech: Speech) -> None:
+        """A whole line of the agent's, spoken at once."""
+        self._emit(AgentSpeakingStarted())
+        self._emit(Transcript("agent", text))
+        self._emit(AgentAudio(speech.pcm16, speech.sample_rate))
+        self._emit(AgentSpeakingStopped())

@@ -11,7 +11,6 @@ takes no new calls (they go to its fallback), and its calls in progress move the
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import dataclasses
 import logging
@@ -23,9 +22,6 @@ from media.audio import voiced_ms
 from providers.config import IN_PROCESS, LocalProviderConfig, PipelineConfig, ProvidersConfig
 from providers.base import (
     ActionRequest,
-    AgentAudio,
-    AgentSpeakingStarted,
-    AgentSpeakingStopped,
     CallContext,
     CallerFinished,
     EarlyAnswer,
@@ -37,8 +33,6 @@ from providers.base import (
     Readiness,
     Transcript,
     TurnFailed,
-    TurnMark,
-    TurnStage,
     UtteranceCollector,
     ComponentStatus,
     QueueState,
@@ -56,7 +50,7 @@ from providers.remote.wyoming import WyomingServer, WyomingStt, WyomingTts
 from providers.stages import LanguageModel, Priority, Reply, Speech, SpeechToText, Stage, StageBusy, StageFailed, TextToSpeech
 from providers.profile import AgentProfile
 from providers.tools import action_for, action_functions
-from providers.answer import AnswerBegun, Heard, SentenceFeed, Turn
+from providers.answer import AnswerBegun, Heard, SentenceFeed, Speaker, Turn
 from providers.turns import SPEECH_DBFS, CallerTurn, Covered
 from runtime.tasks import OwnedTasks
 
@@ -65,7 +59,6 @@ T = TypeVar("T")
 
 SAMPLE_RATE = 16000
 MIN_SPEECH_MS = 200  # an utterance with less sound than this is not transcribed
-CALLER_HOLDS_S = 4.0  # an answer waits at most this long for a caller who is talking (a noisy line may never stop)
 
 
 def history_window(history: list[dict[str, str]], turns: int) -> list[dict[str, str]]:
@@ -81,6 +74,47 @@ def history_window(history: list[dict[str, str]], turns: int) -> list[dict[str, 
     step = 2 * max(1, turns // 2)
     start = -(-(len(history) - limit) // step) * step  # the first multiple of step that fits
     return history[start:]
+
+
+class Dialogue:
+    """The conversation as the LLM sees it: the earlier exchanges (of each answer, what the caller
+    heard, not the whole planned one), and the department the last answer offered to put the
+    caller through to."""
+
+    def __init__(self, profile: AgentProfile, turns: int) -> None:
+        self._profile = profile
+        self._turns = turns  # earlier exchanges a prompt carries, at most
+        self.history: list[dict[str, str]] = []
+        self.offered: str | None = None
+
+    def messages(self, text: str) -> list[dict[str, str]]:
+        return [{"role": "system", "content": self._profile.instructions()}, *history_window(self.history, self._turns), {"role": "user", "content": text}]
+
+    def asked(self, text: str) -> None:
+        self.history.append({"role": "user", "content": text})
+
+    def said(self, text: str) -> None:
+        self.history.append({"role": "assistant", "content": text})
+
+    def answered(self, turn: Turn, said: str) -> None:
+        self.asked(turn.user)
+        if said:
+            self.said(said)
+        turn.recorded = True
+
+    def cut(self, turn: Turn, played_s: float | None) -> None:
+        """The turn was stopped: the history keeps what the caller heard of its answer
+        (``played_s``: how much played; None: all that was spoken)."""
+        heard = turn.heard(played_s)
+        if turn.recorded:
+            if self.history and self.history[-1]["role"] == "assistant":
+                self.history.pop()
+        elif turn.user:
+            self.asked(turn.user)
+        if heard:
+            self.said(heard)
+        turn.recorded = True
+        self.offered = offered_department(heard, self._profile)
 
 
 def check_model_files(cfg: LocalProviderConfig) -> None:
@@ -258,13 +292,13 @@ class PipelineCall(ProviderCall):
         self._collector = UtteranceCollector(ctx.input_sample_rate, ctx.fallback_window_ms, ctx.preroll_ms)
         self.profile = ctx.profile
         self._vocabulary = ctx.profile.stt_prompt()
-        self._history: list[dict[str, str]] = []
-        self._offered: str | None = None  # the department the last answer offered to put the caller through to
+        self._dialogue = Dialogue(ctx.profile, cfg.history_turns)
         self._turn_task: asyncio.Task[Any] | None = None  # the greeting, or the answer to the last utterance
         self._turn: Turn | None = None
         self._early: AnswerBegun | None = None
         self._caller_quiet = asyncio.Event()  # not the collector's in_speech: an answer waits on it
         self._caller_quiet.set()
+        self._speaker = Speaker(emit=emit, synthesize=pipeline.synthesize, clock=ctx.clock, caller_quiet=self._caller_quiet)
         self.work = ModelWork()
         self._context = contextvars.copy_context()  # the call's tasks' context: their model jobs count as its
         self._context.run(model_work.set, self.work)
@@ -278,9 +312,6 @@ class PipelineCall(ProviderCall):
         # In the call's context: the call id in its log lines, its model jobs counted as its own.
         task: asyncio.Task[T] = self._context.run(self._tasks.spawn, coro)
         return task
-
-    def _mark(self, stage: TurnStage) -> None:
-        self._emit(TurnMark(stage, self._clock.now()))
 
     async def start(self) -> None:
         if self.profile.greeting:
@@ -311,7 +342,7 @@ class PipelineCall(ProviderCall):
             # Whisper transcribes even 35 dB down): it is not the caller's turn.
             return
         if voiced_ms(audio, SAMPLE_RATE, SPEECH_DBFS) < MIN_SPEECH_MS:
-            self._mark("no_answer")
+            self._speaker.mark("no_answer")
             return
         self._cancel_turn()
         hearing = self._spawn(self._hear(audio, covered, earlier))
@@ -329,10 +360,10 @@ class PipelineCall(ProviderCall):
         says so only ``vad.end_ms`` after their last word. Begin the answer now (an action the
         words ask for is decided at the turn's end, as always)."""
         self._drop_early()
-        if decide(text, self.profile, self._offered) is not None:
+        if decide(text, self.profile, self._dialogue.offered) is not None:
             return
         tools = action_functions(self.profile) if self.m.llm.calls_tools else []
-        messages = self._messages(text)
+        messages = self._dialogue.messages(text)
         self._early = AnswerBegun(
             text, messages, lambda on_text: self.m.llm.generate(messages, self.cfg.llm_max_tokens, self.cfg.llm_temperature, on_text, tools),
             self._spawn,
@@ -378,9 +409,6 @@ class PipelineCall(ProviderCall):
                 return text
         return await self.m.stt.transcribe(audio, self._vocabulary)
 
-    def _messages(self, text: str) -> list[dict[str, str]]:
-        return [{"role": "system", "content": self.profile.instructions()}, *history_window(self._history, self.cfg.history_turns), {"role": "user", "content": text}]
-
     def _drop_early(self) -> None:
         if self._early is not None:
             self._discard(self._early)
@@ -401,28 +429,29 @@ class PipelineCall(ProviderCall):
             heard = await asyncio.shield(hearing)
             if not isinstance(heard, str):
                 raise heard
-            self._mark("stt_final")
+            self._speaker.mark("stt_final")
             if not heard:
-                self._mark("no_answer")
+                self._speaker.mark("no_answer")
                 return
             self._emit(Transcript("caller", heard))
             turn.user = heard
-            self._hold_timer(turn, started_at)
-            action = decide(heard, self.profile, self._offered)
-            self._offered = None
-            messages = self._messages(heard)
+            if self.cfg.hold_after_ms and self.cfg.hold_line:
+                turn.hold = self._speaker.hold_line(turn, started_at + self.cfg.hold_after_ms / 1000, self.cfg.hold_line, self.m.cache)
+            action = decide(heard, self.profile, self._dialogue.offered)
+            self._dialogue.offered = None
+            messages = self._dialogue.messages(heard)
             if early is not None and (action is not None or early.messages != messages):
                 self._discard(early)
                 early = None
             if action is not None:
                 # The engine has the announcement or the closing line said, then acts.
-                self._history.append({"role": "user", "content": heard})
+                self._dialogue.asked(heard)
                 turn.recorded = True
                 self._emit(action)
                 return
             reply = await self._generate_and_speak(turn, heard, messages, early)
             if not turn.cancelled:
-                await self._answered(turn, heard, reply)
+                await self._answered(turn, reply)
         except asyncio.CancelledError:
             turn.cancelled = True
             raise
@@ -431,7 +460,7 @@ class PipelineCall(ProviderCall):
         except Exception as e:
             log.exception("[%s] local provider turn failed", self.ctx.call_id)
             self._emit(ProviderError(f"turn failed: {e.__class__.__name__}: {e}"))
-            self._mark("no_answer")
+            self._speaker.mark("no_answer")
         finally:
             if turn.hold is not None:
                 turn.hold.cancel()
@@ -441,8 +470,8 @@ class PipelineCall(ProviderCall):
     async def _generate_and_speak(self, turn: Turn, text: str, messages: list[dict[str, str]], early: AnswerBegun | None) -> Reply:
         """The LLM's answer, each sentence spoken as it comes (TTS of one overlaps generation of
         the next); the speaker and the generation are this turn's own tasks, awaited here."""
-        feed = SentenceFeed(turn, text, self.profile, lambda: self._mark("llm_first_token"))
-        speaker = asyncio.create_task(self._speak(feed.sentences, turn))
+        feed = SentenceFeed(turn, text, self.profile, lambda: self._speaker.mark("llm_first_token"))
+        speaker = asyncio.create_task(self._speaker.speak(feed.sentences, turn))
         try:
             if early is not None:
                 self._emit(EarlyAnswer(used=True))
@@ -467,18 +496,17 @@ class PipelineCall(ProviderCall):
             await asyncio.gather(speaker, return_exceptions=turn.cancelled)
         return reply
 
-    async def _answered(self, turn: Turn, text: str, reply: Reply) -> None:
+    async def _answered(self, turn: Turn, reply: Reply) -> None:
         """The answer was spoken: into the history, and the action it asked for, if any."""
         said = turn.heard(None) or reply.text
-        self._history += [{"role": "user", "content": text}, *([{"role": "assistant", "content": said}] if said else [])]
-        turn.recorded = True
+        self._dialogue.answered(turn, said)
         action = self._tool_action(reply)
         if action is not None:
             self._emit(action)  # after what it said: the engine has the announcement said, then acts
         elif reply.tool_calls and not said:
             await self._say(self.profile.unknown_answer)  # a call that cannot be done, and nothing said
         else:
-            self._offered = offered_department(said, self.profile)
+            self._dialogue.offered = offered_department(said, self.profile)
 
     async def _turn_lost(self, turn: Turn, e: StageBusy | StageFailed) -> None:
         """Refused at once (more callers than the models serve: their queue is full), or lost (a
@@ -496,20 +524,6 @@ class PipelineCall(ProviderCall):
         if not busy and down and self._fallback:
             self._emit(ProviderError(f"{', '.join(down)} down: moving the call to {self._fallback}", fatal=True))
 
-    def _hold_timer(self, turn: Turn, started_at: float) -> None:
-        """The hold line, if the answer has not started ``hold_after_ms`` after the turn began."""
-        after = self.cfg.hold_after_ms / 1000
-        if not after or not self.cfg.hold_line:
-            return
-
-        def hold() -> None:
-            speech = self.m.cache.get(self.cfg.hold_line)  # pinned at load: no model work
-            if not turn.cancelled and not turn.spoken and speech is not None and self._caller_quiet.is_set():
-                self._mark("hold")
-                self._play(self.cfg.hold_line, speech)
-
-        turn.hold = self._clock.call_at(started_at + after, hold)
-
     def _tool_action(self, reply: Reply) -> ActionRequest | None:
         """The action of the reply's first tool call; a call that cannot be done is reported (the
         answer's text, if any, has been spoken)."""
@@ -522,86 +536,30 @@ class PipelineCall(ProviderCall):
             return None
         return action
 
-    async def _speak(self, sentences: asyncio.Queue[str | None], turn: Turn) -> None:
-        """Speaks sentences as they come."""
-        started = False
-        try:
-            while (sentence := await sentences.get()) is not None:
-                if turn.cancelled:
-                    continue
-                if not started:
-                    self._mark("first_sentence")
-                speech = await self.m.synthesize(sentence, Priority.LATER if started else Priority.NOW)
-                if not started and not self._caller_quiet.is_set():
-                    # The caller has begun to speak again since the words this answers (a slow
-                    # answer on a loaded machine): not over them. How their utterance ends decides:
-                    # a turn of its own cancels this one, whose words it answers too (they are in
-                    # the history); a cough or the line's noise lets this answer play.
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(CALLER_HOLDS_S):
-                            await self._caller_quiet.wait()
-                if turn.cancelled:
-                    continue
-                if not started:
-                    started = True
-                    self._mark("tts_first_audio")
-                    self._emit(AgentSpeakingStarted())
-                turn.spoken.append((sentence, speech.seconds))
-                self._emit(Transcript("agent", sentence))
-                self._emit(AgentAudio(speech.pcm16, speech.sample_rate))
-        finally:
-            if started and not turn.cancelled:
-                self._emit(AgentSpeakingStopped())
-            elif not started:
-                self._mark("no_answer")
-
     async def _say(self, text: str) -> bool:
         """One whole utterance of the agent's (the greeting, the apology, a line the engine asks
         for); False if it could not be spoken."""
-        if not text:
-            self._mark("no_answer")
-            return False
-        try:
-            speech = await self.m.synthesize(text)
-        except (StageBusy, StageFailed) as e:
-            self._emit(ProviderError(f"could not speak: {e}"))
-            self._mark("no_answer")
+        speech = await self._speaker.line(text)
+        if speech is None:
             return False
         self._turn = Turn(spoken=[(text, speech.seconds)], recorded=True)
-        self._play(text, speech)
-        self._history.append({"role": "assistant", "content": text})
+        self._speaker.play(text, speech)
+        self._dialogue.said(text)
         return True
-
-    def _play(self, text: str, speech: Speech) -> None:
-        """A whole line of the agent's, spoken at once."""
-        self._emit(AgentSpeakingStarted())
-        self._emit(Transcript("agent", text))
-        self._emit(AgentAudio(speech.pcm16, speech.sample_rate))
-        self._emit(AgentSpeakingStopped())
 
     async def say(self, text: str) -> bool:
         return await self._say(text)
 
     # ---- control
     def _cancel_turn(self, played_s: float | None = None) -> None:
-        """Stops the turn; the history keeps what the caller heard of its answer (``played_s``:
-        how much played; None: all that was spoken), not the whole planned answer."""
+        """Stops the turn; the history keeps what the caller heard of its answer."""
         turn = self._turn
         if self._turn_task is not None and not self._turn_task.done():
             self._turn_task.cancel()
         if turn is None or turn.cancelled:
             return
         turn.cancelled = True
-        heard = turn.heard(played_s)
-        if turn.recorded:
-            if self._history and self._history[-1]["role"] == "assistant":
-                self._history.pop()
-        elif turn.user:
-            self._history.append({"role": "user", "content": turn.user})
-        if heard:
-            self._history.append({"role": "assistant", "content": heard})
-        turn.recorded = True
-        self._offered = offered_department(heard, self.profile)
+        self._dialogue.cut(turn, played_s)
 
     async def cancel_response(self, played_s: float | None = None) -> None:
         self._cancel_turn(played_s)
@@ -609,7 +567,7 @@ class PipelineCall(ProviderCall):
     @property
     def history(self) -> list[dict[str, str]]:
         """The conversation as the LLM sees it (earlier turns)."""
-        return list(self._history)
+        return list(self._dialogue.history)
 
     async def stop(self) -> None:
         self._cancel_turn()

@@ -64,6 +64,8 @@ class ScriptedLlm(LanguageModel):
     def __init__(self, reply: str) -> None:
         self.reply = reply
         self.prompts: list[str] = []  # the caller's words each generation answers
+        self.go = asyncio.Event()  # cleared: the answer waits (a slow model)
+        self.go.set()
 
     def status(self) -> ComponentStatus:
         return ComponentStatus("llm", "running")
@@ -72,6 +74,7 @@ class ScriptedLlm(LanguageModel):
         self, messages: list[Message], max_tokens: int, temperature: float, on_text: Callable[[str], None], tools: Sequence[Tool] = ()
     ) -> Reply:
         self.prompts.append(messages[-1]["content"])
+        await self.go.wait()
         on_text(self.reply)
         return Reply(self.reply)
 
@@ -92,7 +95,7 @@ class Rig:
         self.events: list[ProviderEvent] = []
         self.stt = ScriptedStt(stt)
         self.llm = ScriptedLlm(reply)
-        config = LocalProviderConfig(hold_after_ms=0, **cfg)
+        config = LocalProviderConfig(**{"hold_after_ms": 0, **cfg})
         ctx = CallContext("c1", profile=AgentProfile(greeting=""), clock=self.clock)
         self.call = PipelineCall(ctx, self.events.append, Pipeline(self.stt, self.llm, _Voice(ScriptedTts(), 8)), config)
 
@@ -188,4 +191,24 @@ async def test_the_answer_begun_at_the_pause_is_dropped_when_the_caller_goes_on(
     await rig.wait(PAUSE_S + 0.01)
     await rig.frames(LOUD, 5)
     assert rig.seen(EarlyAnswer) == [EarlyAnswer(used=False)]
+    await rig.call.stop()
+
+
+async def test_a_slow_answer_gets_the_hold_line_when_it_is_due_and_not_before() -> None:
+    rig = Rig(["When do you open?"], hold_after_ms=2000)
+    rig.call.m.cache.put(rig.call.cfg.hold_line, Speech(bytes(640), 16000), pin=True)
+    rig.llm.go.clear()
+    rig.call.utterance_started()
+    await rig.frames(LOUD, 15)
+    rig.call.utterance_ended(fallback=False)
+    await rig.run()
+    assert rig.llm.prompts == ["When do you open?"]  # the answer is under way, and slow
+    await rig.wait(1.99)
+    assert "hold" not in [e.stage for e in rig.seen(TurnMark)]
+    await rig.wait(0.02)
+    assert "hold" in [e.stage for e in rig.seen(TurnMark)]
+    assert [e.text for e in rig.seen(Transcript) if e.role == "agent"] == [rig.call.cfg.hold_line]
+    rig.llm.go.set()
+    await rig.run()
+    assert [e.text for e in rig.seen(Transcript) if e.role == "agent"] == [rig.call.cfg.hold_line, "We open at nine."]
     await rig.call.stop()
