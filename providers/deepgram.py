@@ -18,8 +18,7 @@ from typing import Any
 
 from media.audio import ulaw_to_pcm16
 from runtime.backoff import Backoff
-from runtime.clock import Clock, LoopClock, Timer
-from runtime.sleep import sleep
+from runtime.clock import Clock, LoopClock, Timer, sleep
 from runtime.tasks import OwnedTasks
 from providers.config import DeepgramProviderConfig
 from providers.circuit import CircuitBreaker

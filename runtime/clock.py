@@ -91,3 +91,20 @@ class ManualClock:
     def stall(self, seconds: float) -> None:
         """Time passes while the loop is blocked: no timer runs until the next ``advance``."""
         self._now += seconds
+
+
+async def sleep(clock: Clock, seconds: float) -> None:
+    """Returns once ``clock`` has moved on by ``seconds``; cancellable like ``asyncio.sleep``
+    (which reads the loop's time, so a wait a test drives on the ManualClock, a retry's backoff
+    or a probe's interval, sleeps through the clock instead)."""
+    woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def wake() -> None:
+        if not woken.done():
+            woken.set_result(None)
+
+    timer = clock.call_later(seconds, wake)
+    try:
+        await woken
+    finally:
+        timer.cancel()

@@ -29,8 +29,7 @@ from typing import Callable, TypeVar, cast
 from providers.base import ComponentStatus, ModelWork, Span, model_work
 from providers.local.wire import HEADER_SIZE, Cancel, Chunk, Done, Failed, Job, Load, Ready, Run, body_size, encode
 from providers.stages import Priority, StageBusy, StageFailed
-from runtime.clock import Clock, LoopClock, Timer
-from runtime.sleep import sleep
+from runtime.clock import Clock, LoopClock, Timer, sleep
 from runtime.tasks import OwnedTasks
 
 log = logging.getLogger(__name__)

@@ -21,8 +21,7 @@ from providers.circuit import CircuitBreaker
 from providers.config import ModelServerConfig
 from providers.redact import server_text, shown_url, url_password
 from providers.stages import StageFailed
-from runtime.clock import Clock, LoopClock
-from runtime.sleep import sleep
+from runtime.clock import Clock, LoopClock, sleep
 from runtime.tasks import OwnedTasks
 
 log = logging.getLogger(__name__)
