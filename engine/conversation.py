@@ -16,6 +16,7 @@ from engine.config import BargeInConfig, PlaybackConfig, VadConfig
 from engine.agent_voice import AgentVoice
 from engine.barge_in import BargeInListener
 from engine.playback import Spawn
+from engine.silence_fill import SilenceFill
 from engine.turn_timing import TurnTiming
 from engine.recording import CallRecording
 from engine.status import ConversationCounters
@@ -51,7 +52,6 @@ from providers.base import (
 
 log = logging.getLogger(__name__)
 
-FILL_CHECK_S = 0.1
 GAP_S = 2 * FRAME_S  # no packet this long: the phone has stopped sending (DTX), not merely jitter
 SILENCE_DBFS = -96.0
 HISTORY_MAX_EVENTS = 200  # barge-ins and quiet spells kept per call (a storm is clear long before)
@@ -118,8 +118,7 @@ class ConversationCoordinator:
         self._last_voice_at: float | None = None  # the caller's last voiced frame since the last turn ended
         self._gap_timer: Timer | None = None
         self.continuous_input = False
-        self._filler: Timer | None = None
-        self._filled_until = 0.0
+        self._silence_fill = SilenceFill(clock=clock, silent_frame=lambda: self._deliver(SILENT_PCM_FRAME, SILENCE_DBFS), last_frame_at=lambda: self._last_frame_at)
         self._set_continuous(continuous_input)
 
     # ---- the provider's news about the conversation (its call-level news is the Call's)
@@ -266,21 +265,7 @@ class ConversationCoordinator:
 
     def _set_continuous(self, on: bool) -> None:
         self.continuous_input = on
-        if on and self._filler is None:
-            self._filler = self._clock.call_later(FILL_CHECK_S, self._fill_gap)
-        elif not on and self._filler is not None:
-            self._filler.cancel()
-            self._filler = None
-
-    def _fill_gap(self) -> None:
-        """No RTP for a while: give a continuous-input provider the silence it did not get."""
-        now = self._clock.now()
-        missing = int((now - max(self._last_frame_at, self._filled_until)) / FRAME_S)
-        if missing >= 3:
-            for _ in range(missing):
-                self._deliver(SILENT_PCM_FRAME, SILENCE_DBFS)
-            self._filled_until = now
-        self._filler = self._clock.call_later(FILL_CHECK_S, self._fill_gap)
+        self._silence_fill.enable(on)
 
     def replace_provider(self, provider_call: ProviderCall, half_duplex: bool, continuous_input: bool) -> None:
         """Another provider takes the call over from here on."""
@@ -368,8 +353,8 @@ class ConversationCoordinator:
         self.store.publish(ConversationChanged(s.call_id, s.conversation, s.capture_enabled, bool(s.playbacks)))
 
     def close(self) -> None:
-        for timer in (self._gap_timer, self._filler):
-            if timer is not None:
-                timer.cancel()
+        if self._gap_timer is not None:
+            self._gap_timer.cancel()
+        self._silence_fill.close()
         self._barge.close()
         self.voice.close()
