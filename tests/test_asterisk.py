@@ -234,7 +234,9 @@ async def test_asterisk_restarted_under_a_running_engine(asterisk, callers, tmp_
 async def test_ari_channels_module_unloaded_while_a_call_is_up(asterisk, callers, tmp_path):
     async with running_engine(asterisk, tmp_path) as eng:
         call = callers.place_call([Say(str(THANKS)), Pause(2)])
-        await wait_for(lambda: call.far_channel in eng.calls.calls)
+        # Up: set up to the end (a setup's requests to /channels would fail, and its ExternalMedia
+        # channel be left on the PBX: another test), and the caller hearing the agent.
+        await wait_for(lambda: (s := eng.store.get(call.far_channel)) is not None and s.state.value in ("streaming", "speaking") and call.agent_heard_s() > 0)
         try:
             asterisk.cli("module unload res_ari_channels.so")
             with pytest.raises(AriError) as gone:  # /channels is gone from ARI while it is unloaded
