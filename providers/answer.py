@@ -5,18 +5,17 @@ speaks them, and the dialogue's history the LLM reads."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Coroutine, Protocol
+from typing import Awaitable, Callable, Protocol
 
 from providers.base import AgentAudio, AgentSpeakingStarted, AgentSpeakingStopped, EmitFn, ProviderError, Transcript, TurnMark, TurnStage
 from providers.local import grounding
 from providers.local.sentences import SentenceSplitter
 from providers.profile import AgentProfile
 from providers.stages import Priority, Reply, Speech, StageBusy, StageFailed
+from providers.turns import Spawn
 from runtime.clock import Clock, Timer
 
-Spawn = Callable[[Coroutine[Any, Any, Any]], "asyncio.Task[Any]"]
 Heard = str | StageBusy | StageFailed  # the caller's words, or why the STT could not give them
 class SpeechSource(Protocol):
     def get(self, text: str) -> Speech | None: ...  # the pipeline's SpeechCache
@@ -141,6 +140,39 @@ class SentenceFeed:
         self.sentences.put_nowait(sentence)
 
 
+class CallerQuiet:
+    """Whether the caller is quiet (between the engine's utterance marks): an answer ready while
+    they speak waits for it, at most a while of the call's clock."""
+
+    def __init__(self) -> None:
+        self._quiet = True
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def is_set(self) -> bool:
+        return self._quiet
+
+    def clear(self) -> None:
+        self._quiet = False
+
+    def set(self) -> None:
+        self._quiet = True
+        for fut in self._waiters:
+            if not fut.done():
+                fut.set_result(None)
+        self._waiters.clear()
+
+    async def wait(self, clock: Clock, at_most_s: float) -> None:
+        if self._quiet:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        timer = clock.call_later(at_most_s, _settle, fut)
+        try:
+            await fut
+        finally:
+            timer.cancel()
+
+
 class Speaker:
     """The agent's voice on one call: an answer's sentences synthesized and emitted as they come,
     whole lines at once."""
@@ -151,7 +183,7 @@ class Speaker:
         emit: EmitFn,
         synthesize: Callable[[str, Priority], Awaitable[Speech]],
         clock: Clock,
-        caller_quiet: asyncio.Event,  # cleared while the caller speaks
+        caller_quiet: CallerQuiet,
     ) -> None:
         self._emit = emit
         self._synthesize = synthesize
@@ -176,9 +208,7 @@ class Speaker:
                     # answer on a loaded machine): not over them. How their utterance ends decides:
                     # a turn of its own cancels this one, whose words it answers too (they are in
                     # the history); a cough or the line's noise lets this answer play.
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(CALLER_HOLDS_S):
-                            await self._caller_quiet.wait()
+                    await self._caller_quiet.wait(self._clock, CALLER_HOLDS_S)
                 if turn.cancelled:
                     continue
                 if not started:
@@ -225,3 +255,8 @@ class Speaker:
         self._emit(Transcript("agent", text))
         self._emit(AgentAudio(speech.pcm16, speech.sample_rate))
         self._emit(AgentSpeakingStopped())
+
+
+def _settle(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)

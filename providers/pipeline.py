@@ -50,7 +50,7 @@ from providers.remote.wyoming import WyomingServer, WyomingStt, WyomingTts
 from providers.stages import LanguageModel, Priority, Reply, Speech, SpeechToText, Stage, StageBusy, StageFailed, TextToSpeech
 from providers.profile import AgentProfile
 from providers.tools import action_for, action_functions
-from providers.answer import AnswerBegun, Heard, SentenceFeed, Speaker, Turn
+from providers.answer import AnswerBegun, CallerQuiet, Heard, SentenceFeed, Speaker, Turn
 from providers.turns import SPEECH_DBFS, CallerTurn, Covered
 from runtime.tasks import OwnedTasks
 
@@ -296,8 +296,7 @@ class PipelineCall(ProviderCall):
         self._turn_task: asyncio.Task[Any] | None = None  # the greeting, or the answer to the last utterance
         self._turn: Turn | None = None
         self._early: AnswerBegun | None = None
-        self._caller_quiet = asyncio.Event()  # not the collector's in_speech: an answer waits on it
-        self._caller_quiet.set()
+        self._caller_quiet = CallerQuiet()  # not the collector's in_speech: an answer waits on it
         self._speaker = Speaker(emit=emit, synthesize=pipeline.synthesize, clock=ctx.clock, caller_quiet=self._caller_quiet)
         self.work = ModelWork()
         self._context = contextvars.copy_context()  # the call's tasks' context: their model jobs count as its

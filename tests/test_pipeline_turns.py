@@ -212,3 +212,28 @@ async def test_a_slow_answer_gets_the_hold_line_when_it_is_due_and_not_before() 
     await rig.run()
     assert [e.text for e in rig.seen(Transcript) if e.role == "agent"] == [rig.call.cfg.hold_line, "We open at nine."]
     await rig.call.stop()
+
+
+@pytest.mark.parametrize("ends", ["never", "as_noise"])
+async def test_an_answer_ready_while_the_caller_speaks_again_waits_for_them_at_most_4_s(ends: str) -> None:
+    rig = Rig(["When do you open?"], stt_at_pause=False)
+    rig.llm.go.clear()
+    rig.call.utterance_started()
+    await rig.frames(LOUD, 15)
+    rig.call.utterance_ended(fallback=False)
+    await rig.run()
+    rig.call.utterance_started()  # the caller speaks again before the answer is ready
+    await rig.frames(LOUD, 5)
+    rig.llm.go.set()
+    await rig.run()
+    assert not rig.seen(AgentAudio)  # not over the caller
+    if ends == "as_noise":
+        rig.call.utterance_ended(fallback=True)  # the engine's VAD found no voice in it: not a turn
+        await rig.run()
+        assert rig.seen(AgentAudio)
+    else:
+        await rig.wait(3.9)
+        assert not rig.seen(AgentAudio)
+        await rig.wait(0.11)
+        assert rig.seen(AgentAudio)  # a line whose noise never stops does not silence the agent
+    await rig.call.stop()
