@@ -308,7 +308,7 @@ class ConversationSnapshot:
     gating: bool
     playbacks: tuple[str, ...]
     barge_ins: int
-    downstream_mode: str
+    downstream_mode: PlaybackMode | Literal[""]
     speaking: bool
     level_dbfs: float
     levels: tuple[float, ...]

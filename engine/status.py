@@ -8,7 +8,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from engine.sessions import CallSnapshot
+from engine.sessions import CallSnapshot, PlaybackMode
 from providers.base import ComponentStatus, Readiness
 
 
@@ -95,7 +95,7 @@ class EngineSummary:
     default_provider: str
     new_calls_provider: str  # where a new call goes now: the default, or its fallback while it is not ready
     providers: dict[str, Readiness]
-    downstream_mode: str
+    downstream_mode: PlaybackMode  # playback.downstream_mode: how new calls' agent audio goes out
     problems: tuple[str, ...]  # components and model workers that are not running, in words
     model_queues: tuple[ModelQueue, ...]  # each model stage's jobs (in-process workers, servers)
     health_url: str
