@@ -192,7 +192,7 @@ async def test_replay_plays_the_recording_with_the_transcript_following(tmp_path
     """In a call's detail, p plays its recording on the sound card (both sides mixed): the line being
     said is highlighted as the audio reaches it; space pauses; it stops at the end."""
     from aiagent_tui.app import AiAgentApp
-    from aiagent_tui.history_screen import CallDetailScreen
+    from aiagent_tui.screens.call_detail import CallDetailScreen
     from tests.scripted_engine import ScriptedEngine, ScriptedRuntime
     from tests.test_tui import until
 
