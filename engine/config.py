@@ -21,6 +21,7 @@ from providers.config import ConfigSection as _Section
 from providers.config import ProvidersConfig
 from providers.profile import DEFAULT_PROFILE, AgentProfile
 from providers.redact import shown_url
+from engine.sessions import PlaybackMode
 
 
 class ConfigError(Exception):
@@ -92,7 +93,7 @@ class BargeInConfig(_Section):
 
 
 class PlaybackConfig(_Section):
-    downstream_mode: Literal["file", "stream"] = "stream"  # chosen by measurement: docs/benchmarks.md, "Which playback mode"
+    downstream_mode: PlaybackMode = "stream"  # chosen by measurement: docs/benchmarks.md, "Which playback mode"
     file_chunk_ms: int = Field(400, ge=40, le=10000)  # agent audio per file in file mode
     timeout_margin_ms: int = Field(1500, ge=100, le=60000)  # PlaybackFinished overdue after duration + this
     gating_tail_ms: int = Field(60, ge=0, le=2000)  # capture stays muted this long after agent audio ends

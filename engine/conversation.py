@@ -15,7 +15,7 @@ from runtime.clock import Clock, Timer
 from engine.config import BargeInConfig, PlaybackConfig, VadConfig
 from engine.agent_voice import AgentVoice
 from engine.barge_in import BargeInListener
-from engine.playback import Spawn
+from runtime.tasks import Spawn
 from engine.silence_fill import SilenceFill
 from engine.turn_timing import TurnTiming
 from engine.recording import CallRecording

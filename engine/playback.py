@@ -13,13 +13,14 @@ import logging
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Callable, Coroutine
+from typing import Callable
 
 from engine.ari.client import AriClient, AriError, AriUnavailable
 from runtime.clock import Clock, Timer
 from engine.config import PlaybackConfig
 from engine.media import CallMedia
 from runtime.ratelimit import RateLimitedLog
+from runtime.tasks import Spawn
 from engine.recording import CallRecording
 from engine.rtp_server import RtpServer
 from engine.sessions import CallSession, PlaybackRef
@@ -29,7 +30,6 @@ from media.frames import FRAME_S, RATE, ULAW_FRAME_BYTES, ULAW_SILENCE
 from media.playback_reference import PlaybackReference
 
 log = logging.getLogger(__name__)
-Spawn = Callable[[Coroutine[Any, Any, Any]], "asyncio.Task[Any]"]  # runs a coroutine as a task of the call
 _rl = RateLimitedLog(log)  # a full disk fails every file of every call: one line per interval
 
 STREAM_TOKEN = "stream"

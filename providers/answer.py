@@ -13,7 +13,7 @@ from providers.local import grounding
 from providers.local.sentences import SentenceSplitter
 from providers.profile import AgentProfile
 from providers.stages import Priority, Reply, Speech, StageBusy, StageFailed
-from providers.turns import Spawn
+from runtime.tasks import Spawn
 from runtime.clock import Clock, Timer
 
 Heard = str | StageBusy | StageFailed  # the caller's words, or why the STT could not give them

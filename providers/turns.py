@@ -11,16 +11,16 @@ ManualClock in tests): no loop time, no sleeping.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, Callable, Coroutine, Protocol
+from typing import Awaitable, Callable, Protocol
 
 from providers.local.sentences import reads_complete
 from providers.stages import Priority
 from runtime.clock import Clock, Timer
+from runtime.tasks import Spawn
 
 SPEECH_DBFS = -45.0  # a frame this loud is the caller's voice
 PAUSE_S = 0.2  # this long without voice: transcribe now, the utterance may be over
 
-Spawn = Callable[[Coroutine[Any, Any, Any]], "asyncio.Task[Any]"]
 Covered = str | asyncio.Task[str | None] | None  # the whole utterance's text, or the partial that will have it
 
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Coroutine
+from typing import Any, Callable, Coroutine
 
 log = logging.getLogger(__name__)
+
+# Runs a coroutine as a task of its owner (``OwnedTasks.spawn``, or a call's spawn).
+Spawn = Callable[[Coroutine[Any, Any, Any]], "asyncio.Task[Any]"]
 
 
 class OwnedTasks:

@@ -26,6 +26,7 @@ from pbxsim.server import Pause, Say, SayText, WaitAgent, WaitAgentDone
 from pbxsim.voice import speak
 from providers.local.models import ModelNotFound
 from providers.local.stt import build_stt
+from providers.local.wire import Answer, Slice, Synthesize, Transcribe
 from providers.pipeline import PipelineProvider, SpeechCache, StagePool, history_window
 from providers.stages import Speech
 from providers.local.sentences import SentenceSplitter, reads_complete
@@ -234,7 +235,7 @@ async def _talk_while_stt_busy(pbx, eng, wav: str, depths: list[float]):
     stt = eng.providers["local"].models.stt.worker
     os.kill(stt.pid, signal.SIGSTOP)
     try:
-        busy = asyncio.ensure_future(stt.run("transcribe", bytes(32000), ""))
+        busy = asyncio.ensure_future(stt.run(Transcribe(bytes(32000), "")))
         await wait_for(lambda: stt.depth == 1)
         given = stt.jobs
         rec = pbx.place_call(script=[Say(wav), WaitAgent(0.5, 30), WaitAgentDone(0.5, 30)])
@@ -386,17 +387,17 @@ async def test_a_job_in_a_one_thread_worker_takes_one_core_not_two(kind):
 
     with wave.open(str(AGENT_PASS)) as w:
         prompt = Resampler(8000, 16000).process(w.readframes(w.getnframes()))
-    method, args = ("transcribe", (prompt, "")) if kind == "stt" else ("synthesize", ("We are open Monday to Friday from 8 am to 6 pm.",))
+    job = Transcribe(prompt, "") if kind == "stt" else Synthesize("We are open Monday to Friday from 8 am to 6 pm.")
     worker = ModelWorker(kind, LocalProviderConfig(stt_threads=1, tts_threads=1).model_dump(mode="json"), max_queue=4)
     await worker.start()
     try:
         assert worker.pid is not None
         proc = psutil.Process(worker.pid)
-        first = await worker.run(method, *args)
+        first = await worker.run(job)
         assert "please enter your password" in first.lower() if kind == "stt" else len(first) > 22050
         cpu0, t0 = sum(proc.cpu_times()[:2]), time.perf_counter()
         for _ in range(8):
-            await worker.run(method, *args)
+            await worker.run(job)
         cpu, wall = sum(proc.cpu_times()[:2]) - cpu0, time.perf_counter() - t0
     finally:
         await worker.close()
@@ -521,7 +522,7 @@ async def test_model_work_is_served_by_priority_and_partials_give_way():
         await asyncio.sleep(0)
         cancelled.cancel()
         with pytest.raises(StageBusy):  # others wait
-            await worker.run("synthesize", "A partial.", priority=Priority.IF_IDLE)
+            await worker.run(Synthesize("A partial."), priority=Priority.IF_IDLE)
         assert await stt.transcribe(b"\0" * 32000, "", Priority.IF_IDLE) == ""  # nothing waits on the STT worker
         await asyncio.gather(running, *later, now, cancelled, return_exceptions=True)
         assert done == ["running", "now", "later0", "later1"]
@@ -757,8 +758,8 @@ def test_the_llm_worker_cuts_a_state_only_for_the_call_its_jobs_name():
     system, said, common, question = two_calls_exchanges()
 
     def ask(messages: list[dict[str, str]], conversation: int | None) -> None:
-        tokens, text, generated, finished = model.methods["answer"]((messages, None, 8, 0.0, conversation), lambda _: None, threading.Event())
-        assert generated > 0 and tokens
+        part = model.serve(Answer(messages, None, 8, 0.0, conversation), lambda _: None, threading.Event())
+        assert isinstance(part, Slice) and part.generated > 0 and part.tokens
 
     ask([system, *said, *common, question], None)
     ask([system, *common, question], None)
@@ -777,12 +778,12 @@ async def test_a_calls_answers_reach_the_llm_worker_with_its_number():
 
     class Worker:
         name, detail, depth = "llm", "", 0
-        jobs: list[tuple] = []
+        jobs: list[Answer] = []
 
-        async def run(self, method, *args, on_chunk=None, priority=None):
-            self.jobs.append((method, *args))
-            first = args[1] is None
-            return ([1, 2, 3], "One. " if first else "Two.", 2, not first)
+        async def run(self, job, on_chunk=None, priority=None):
+            self.jobs.append(job)
+            first = job.tokens is None
+            return Slice([1, 2, 3], "One. " if first else "Two.", 2, not first)
 
     llm = WorkerLlm(Worker())  # type: ignore[arg-type]
     calls = [ModelWork(), ModelWork()]
@@ -793,7 +794,7 @@ async def test_a_calls_answers_reach_the_llm_worker_with_its_number():
 
     await asyncio.gather(*(asyncio.create_task(answer(w)) for w in calls))
     await llm.prime("You answer the phone.")
-    numbers = [job[5] for job in Worker.jobs]
+    numbers = [job.conversation for job in Worker.jobs]
     assert calls[0].conversation != calls[1].conversation
     assert sorted(numbers[:4]) == sorted([calls[0].conversation] * 2 + [calls[1].conversation] * 2)
     assert numbers[4] is None
