@@ -112,30 +112,36 @@ async def test_barge_in_cancels_generation_and_speech(pbx, tmp_path):
         cfg.profiles["default"].persona = "You are a storyteller. Always answer with a long story of many sentences."
         cfg.providers.local.llm_max_tokens = 300
         cfg.profiles["default"].greeting = ""
+        # A slow answer on a loaded machine would get the hold line first: the barge-in must cut
+        # the story, not the hold line (whose turn has spoken nothing yet).
+        cfg.providers.local.hold_after_ms = 60000
 
     async with local_engine(pbx, tmp_path, "stream", chatty) as eng:
         sub = eng.store.subscribe()
-        rec = pbx.place_call(script=[Say(str(AGENT_PASS)), WaitAgent(1.5), Pause(3.0)])
+        # A question the storyteller answers at length (to the prompt "agent pass" it says one short
+        # sentence, which a slow poll can let play out before the barge-in).
+        rec = pbx.place_call(script=[SayText("Tell me a long story about a brave dragon, please."), WaitAgent(1.5), Pause(3.0)])
         await wait_for(lambda: rec.media.agent_heard_s() >= 1.5, timeout=30)
+        pcall = eng.calls.calls[rec.id].provider_call
         assert eng.barge_in(rec.id)
         t_barge = asyncio.get_running_loop().time()
         await wait_for(lambda: eng.stages.queues()["local-llm-worker"].depth == 0, timeout=2)  # generation stopped
-        await asyncio.sleep(1.0)
+        # The caller listens 3 s more and hangs up: nothing more of the story reaches them.
+        await asyncio.wait_for(rec.finished.wait(), 15)
         events = []
         while (e := sub.get_nowait()) is not None:
             events.append(e)
         barge_at = next(i for i, e in enumerate(events) if isinstance(e, BargeIn))
         later_agent = [e for e in events[barge_at:] if isinstance(e, TranscriptAdded) and e.turn.role == "agent"]
-        assert later_agent == []  # nothing more of the story
+        assert later_agent == []
         assert rec.media.agent_stopped_after(t_barge - 0.05) is not None
         # The history keeps what the caller heard (a few words), not every sentence generated.
         spoken = " ".join(e.turn.text for e in events[:barge_at] if isinstance(e, TranscriptAdded) and e.turn.role == "agent")
-        history = eng.calls.calls[rec.id].provider_call.history
+        history = pcall.history
         assert [m["role"] for m in history] == ["user", "assistant"]
         heard = history[-1]["content"]
         assert heard.endswith("...") and spoken.startswith(heard[:-3]), (heard, spoken)
         assert 0 < len(heard.split()) < len(spoken.split())
-        await asyncio.wait_for(rec.finished.wait(), 15)
 
 
 def trimmed(ulaw: bytes) -> bytes:
