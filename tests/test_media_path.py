@@ -79,12 +79,19 @@ async def test_outbound_rtp_is_one_paced_stream(pbx, engine):
     stamps = [e[2] for e in log]
     assert len({e[4] for e in log}) == 1  # one SSRC for the call
     assert all((b - a) & 0xFFFF == 1 for a, b in zip(seqs, seqs[1:], strict=False))
-    # Continuous speech: timestamps advance exactly one frame per packet, no marker after the first.
-    assert all((b - a) & 0xFFFFFFFF == 160 for a, b in zip(stamps, stamps[1:], strict=False))
-    assert not any(e[3] for e in log[1:])
-    # Paced, not burst: the stream spans real time (20 ms per packet), no pile-ups.
+    # Continuous speech: timestamps advance one frame per packet. Where they jump (whole frames),
+    # the wall clock moved on without a packet, and it is said: a marker (the stream restarted
+    # after the echo came late, on a loaded machine), or a pacer tick that ran late and skipped
+    # ahead rather than burst, counted by the engine. Without load: no jump, no marker.
+    steps = [(b - a) & 0xFFFFFFFF for a, b in zip(stamps, stamps[1:], strict=False)]
+    markers = [e[3] for e in log[1:]]
+    assert all(s >= 160 and s % 160 == 0 for s in steps), steps
+    assert all(s > 160 for s, m in zip(steps, markers, strict=True) if m), "a marker without a gap"
+    unmarked_jumps = sum(s != 160 and not m for s, m in zip(steps, markers, strict=True))
+    assert unmarked_jumps <= engine.rtp.counters.late_ticks, (steps, engine.rtp.counters.late_ticks)
+    # Paced, not burst: the stream spans real time (its timestamps' span), no pile-ups.
     span = arrivals[-1] - arrivals[0]
-    assert abs(span - 0.02 * (len(log) - 1)) < 0.1
+    assert abs(span - sum(steps) / 8000) < 0.1, (span, sum(steps) / 8000)
     assert np.sum(np.diff(arrivals) < 0.005) < len(log) * 0.05
 
 
