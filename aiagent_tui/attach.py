@@ -196,7 +196,7 @@ class AttachedEngine:
             async with self.http.post("/reload") as r:
                 return RELOAD.validate_json(await r.read())
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as e:
-            return ReloadResult(time.time(), (), (), (f"could not ask the engine: {e}",))
+            return ReloadResult(at=time.time(), applied=(), restart=(), failed=(f"could not ask the engine: {e}",))
 
 
 class AttachRuntime:

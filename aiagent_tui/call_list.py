@@ -95,7 +95,10 @@ class CallList(Vertical):
         self.ended = {cid: (snap, until) for cid, (snap, until) in self.ended.items() if until > now}
         for cid, (snap, _) in self.ended.items():
             if cid not in rows:
-                rows[cid] = CallSummary(cid, snap.caller_number, "ended", snap.duration_s, snap.provider, 0.0, snap.channel, snap.profile)
+                rows[cid] = CallSummary(
+                    call_id=cid, caller_number=snap.caller_number, state="ended", duration_s=snap.duration_s, provider=snap.provider,
+                    channel=snap.channel, profile=snap.profile,
+                )
         if self.filter:
             rows = {cid: r for cid, r in rows.items() if _matches(r, self.filter)}
         if self.sort != "arrival":

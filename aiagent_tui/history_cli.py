@@ -107,8 +107,8 @@ def _run(config: AppConfig, args: argparse.Namespace, db: HistoryDb, out: TextIO
     if args.calls_command == "list":
         try:
             where = HistoryFilter(
-                args.caller, args.outcome, args.profile, parse_when(args.since) if args.since else None,
-                parse_when(args.until) if args.until else None, args.search,
+                caller=args.caller, outcome=args.outcome, profile=args.profile, since=parse_when(args.since) if args.since else None,
+                until=parse_when(args.until) if args.until else None, text=args.search,
             )
         except ValueError as e:
             print(f"aiagent-tui calls list: {e}", file=sys.stderr)

@@ -20,7 +20,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 
 from providers.config import LocalProviderConfig
@@ -36,6 +36,7 @@ class ServerSpec:
     host: str
     port: int
     argv: list[str]
+    _: KW_ONLY
     model: str = ""  # the name to ask for (the LLM's alias)
 
     @property

@@ -154,7 +154,7 @@ class CallActions:
         if self.action is not None:
             self._store.log(s.call_id, logging.INFO, f"{req.kind} asked for by {by} while {self.action.kind} is under way: ignored")
             return False
-        rec = ActionRecord(req.kind, by, req.reason, req.department)
+        rec = ActionRecord(kind=req.kind, by=by, reason=req.reason, department=req.department)
         if req.kind == "transfer":
             dept = self.profile.departments.get(req.department)
             if dept is None:

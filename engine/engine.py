@@ -269,7 +269,7 @@ class Engine:
                     failed.append(f"provider {name} (a profile's) cannot start: {e}")
         for provider in list(self.providers.values()):
             await provider.prepare(profiles)
-        result = ReloadResult(time.time(), plan.applied, plan.restart, tuple(failed), removed_profiles=plan.removed_profiles, overridden=overridden)
+        result = ReloadResult(at=time.time(), applied=plan.applied, restart=plan.restart, failed=tuple(failed), removed_profiles=plan.removed_profiles, overridden=overridden)
         self.last_reload = result
         self.store.log(None, logging.WARNING if result.warns else logging.INFO, f"config reloaded: {result.describe()}")
         return result
@@ -284,7 +284,7 @@ class Engine:
 
     def reload_refused(self, error: str) -> ReloadResult:
         """A reload that could not be read or would not work: the running config stays."""
-        result = ReloadResult(time.time(), (), (), (), refused=error)
+        result = ReloadResult(at=time.time(), applied=(), restart=(), failed=(), refused=error)
         self.last_reload = result
         self.store.log(None, logging.ERROR, f"config reload refused, the running config stays: {error}")
         return result

@@ -349,7 +349,7 @@ engines_table = sa.Table(
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class HistoryFilter:
     """Which calls a listing shows: ``caller`` is a part of the number, ``text`` a part of what was
     said (either side, case-insensitive), ``since``/``until`` wall-clock start times."""
@@ -369,7 +369,7 @@ class HistoryFilter:
         return ", ".join(parts)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CallRow:
     """One line of a listing."""
 
@@ -614,7 +614,7 @@ class HistoryDb:
             for found in conn.execute(q):
                 if needle and not any(needle in line.text.lower() for line in CallRecord.model_validate_json(found[-1]).transcript):
                     continue
-                rows.append(CallRow(*found[:8]))
+                rows.append(CallRow(**{col.name: found._mapping[col] for col in columns}))  # by column name
                 if len(rows) == limit:
                     break
         return rows

@@ -34,7 +34,7 @@ _WARN_INTERVAL_S = 10.0
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class RtpServerCounters:
     packets_in: int = 0  # every datagram received
     packets_routed: int = 0  # valid packets of a known call

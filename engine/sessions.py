@@ -41,7 +41,7 @@ class ConversationState(str, enum.Enum):
     AGENT_SPEAKING = "agent_speaking"
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class TurnTimeline:
     """One exchange, on the loop's monotonic clock (seconds). Stages a provider does not have stay None.
 
@@ -108,7 +108,7 @@ class VoiceState:
     levels: deque[float] = field(default_factory=lambda: deque(maxlen=150))  # 3 s of 20 ms frames
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class OutboundStats:
     packets: int = 0
     bytes: int = 0
@@ -146,7 +146,7 @@ class TranscriptTurn:
     at: float  # wall clock
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class ActionRecord:
     """An action on the call: a transfer or a hangup, who asked for it, and how it went."""
 
@@ -165,7 +165,7 @@ class ActionRecord:
         return f"{what} by {self.by}: {self.state}{' - ' + self.detail if self.detail else ''}"
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class CallSession:
     call_id: str  # the caller's channel id
     caller_channel_id: str
@@ -264,7 +264,7 @@ class CallSession:
         )
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True, frozen=True, kw_only=True)
 class RtpSnapshot:
     ssrc: int | None
     packets_in: int
@@ -287,7 +287,7 @@ class RtpSnapshot:
     max_pacing_error_ms: float
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True, frozen=True, kw_only=True)
 class CallSummary:
     """A call's line in a call list: cheap enough to make for every call ten times a second."""
 
@@ -301,7 +301,7 @@ class CallSummary:
     profile: str = ""
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True, frozen=True, kw_only=True)
 class ConversationSnapshot:
     state: str
     capture_enabled: bool
@@ -315,7 +315,7 @@ class ConversationSnapshot:
     last_turn_latency_s: float | None
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True, frozen=True, kw_only=True)
 class CallSnapshot:
     """A copy of one call's state at one moment, safe to hand to any consumer."""
 
@@ -487,8 +487,9 @@ class SessionStore:
         now = time.monotonic()
         return [
             CallSummary(
-                c.call_id, c.caller_number, c.conversation.value, now - c.created_mono, c.provider.name if c.provider else None,
-                now - c.conversation_since, c.caller_channel_name, c.profile,
+                call_id=c.call_id, caller_number=c.caller_number, state=c.conversation.value, duration_s=now - c.created_mono,
+                provider=c.provider.name if c.provider else None, in_state_s=now - c.conversation_since,
+                channel=c.caller_channel_name, profile=c.profile,
             )
             for c in self._calls.values()
         ]

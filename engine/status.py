@@ -19,7 +19,7 @@ class ModelQueue:
     oldest_wait_s: float  # how long the job waiting longest has waited (in-process workers)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ReloadResult:
     """The last config reload (SIGHUP, the console's R): what it applied to new calls, what waits for
     a restart, what it could not do, or why the file was refused whole."""
@@ -55,7 +55,7 @@ def _listed(names: tuple[str, ...], most: int = 6) -> str:
     return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class HistoryStatus:
     """The call history (engine/history.py): failing from a failed write (or one that has not
     returned for a second) until a write succeeds."""
@@ -73,7 +73,7 @@ class HistoryStatus:
     incident: str | None  # a file deleted or damaged, and what was done, recently
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class EngineSummary:
     """The engine without per-call detail: cheap enough for a header drawn ten times a second."""
 
@@ -118,7 +118,7 @@ class AriCounters:
     call_task_errors: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RtpCounters:
     packets_in: int
     packets_out: int
@@ -138,7 +138,7 @@ class RtpCounters:
     pacing_error_p99_ms: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CallAggregates:
     """Over every live call (and, for the totals, the ended ones): bounded, for /metrics."""
 
@@ -150,7 +150,7 @@ class CallAggregates:
     stream_overruns: int
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class ConversationCounters:
     """Engine-wide turn-taking counts (every call's conversation adds to one), and the record of them
     that EngineStatus holds (a copy): one set of names from the counting to /metrics."""
@@ -167,7 +167,7 @@ class ConversationCounters:
     early_answers_dropped: int = 0  # ... and dropped: the caller said more (model work spent for nothing)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class PlaybackCounters:
     """Engine-wide playback counts, and the record of them that EngineStatus holds (a copy)."""
 
@@ -179,7 +179,7 @@ class PlaybackCounters:
     stream_fallbacks: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class EngineStatus:
     summary: EngineSummary
     components: tuple[ComponentStatus, ...]

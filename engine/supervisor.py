@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Awaitable, Callable
 
 from runtime.backoff import Backoff
@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 @dataclass(slots=True)
 class _Component:
     name: str
+    _: KW_ONLY
     state: str = "running"  # running | restarting | failed | stopped
     restarts: int = 0
     errors: int = 0  # failures seen, restarted or recovered from
@@ -31,7 +32,7 @@ class _Component:
     recent: list[float] = field(default_factory=list)  # monotonic times of failures
 
     def status(self) -> ComponentStatus:
-        return ComponentStatus(self.name, self.state, self.restarts, self.errors, self.last_error)
+        return ComponentStatus(name=self.name, state=self.state, restarts=self.restarts, errors=self.errors, last_error=self.last_error)
 
 
 class Supervisor:

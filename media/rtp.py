@@ -20,7 +20,7 @@ class RtpParseError(ValueError):
         self.reason = reason
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class RtpPacket:
     payload_type: int
     sequence: int

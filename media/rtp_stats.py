@@ -24,7 +24,7 @@ LATE = 2  # arrived after a higher sequence number (reordered)
 PROBATION = 3  # a new SSRC or a large jump, not passed on until the next packet confirms it
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class RtpStreamStats:
     clock_rate: int = 8000
     ssrc: int | None = None

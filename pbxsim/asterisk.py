@@ -28,7 +28,7 @@ import socket
 import subprocess
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +96,7 @@ class AsteriskInstance:
 
     shared: Path
     run_dir: Path
+    _: KW_ONLY
     http_port: int = 0
     iax_port: int = 0
     rtp_range: tuple[int, int] = (0, 0)
@@ -214,7 +215,7 @@ class AriError(RuntimeError):
         self.status = status
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, kw_only=True)
 class RealCall:
     """One caller on the real PBX: what it said and heard, when (monotonic seconds, the caller's side)."""
 
@@ -372,7 +373,7 @@ class AsteriskCallers(asyncio.DatagramProtocol):
         cid = f"caller-{self._seq}-{uuid.uuid4().hex[:6]}"
         number = caller_number or f"{5550000 + self._seq}"
         rec_path = self.pbx.recordings / cid if record else None
-        call = RealCall(cid, number, script, line or Line(), via, dialled, rec_path)
+        call = RealCall(id=cid, caller_number=number, script=script, line=line or Line(), via=via, dialled=dialled, recording=rec_path)
         if call.line.noise_dbfs is not None:
             call._noise = line_noise(call.line.noise_dbfs, seed=self._seq)
         call.channel = f"{cid}-near"

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Faults:
     """Keys are api-docs operation keys, e.g. ``channels.externalMedia``, ``bridges.destroy``."""
 

@@ -17,7 +17,7 @@ import random
 import time
 import wave
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -188,6 +188,7 @@ class Playback:
     media_uri: str
     target_uri: str
     frames: list[bytes] | None  # None: the URI cannot be played (missing file, bad scheme)
+    _: KW_ONLY
     never_finishes: bool = False  # unknown URI scheme: Asterisk never sends PlaybackFinished
     state: str = "queued"
     pos: int = 0  # frames played (channel playbacks)
@@ -423,7 +424,7 @@ class Bridge:
         return False
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, kw_only=True)
 class CallerMedia(Endpoint):
     """A simulated phone: speaks u-law in real time when told to, silent otherwise (no packets,
     as a two-party bridge carries nothing while a side is silent); records what it hears."""

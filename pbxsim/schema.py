@@ -19,7 +19,7 @@ _TRUE = {"yes", "true", "y", "t", "1", "on"}
 _FALSE = {"no", "false", "n", "f", "0", "off"}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Param:
     name: str
     param_type: str  # path, query, body
@@ -29,7 +29,7 @@ class Param:
     allowable: dict[str, Any] | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Operation:
     resource: str
     path: str
@@ -62,26 +62,26 @@ class AriSpec:
                 for op in api["operations"]:
                     params = tuple(
                         Param(
-                            p["name"],
-                            p["paramType"],
-                            bool(p.get("required")),
-                            p.get("dataType", "string"),
-                            bool(p.get("allowMultiple")),
-                            p.get("allowableValues"),
+                            name=p["name"],
+                            param_type=p["paramType"],
+                            required=bool(p.get("required")),
+                            data_type=p.get("dataType", "string"),
+                            allow_multiple=bool(p.get("allowMultiple")),
+                            allowable=p.get("allowableValues"),
                         )
                         for p in op.get("parameters", [])
                     )
                     self.operations.append(
                         Operation(
-                            resource,
-                            api["path"],
-                            op["httpMethod"],
-                            op["nickname"],
-                            params,
-                            op.get("responseClass", "void"),
-                            frozenset(int(e["code"]) for e in op.get("errorResponses", [])),
-                            regex,
-                            names,
+                            resource=resource,
+                            path=api["path"],
+                            method=op["httpMethod"],
+                            nickname=op["nickname"],
+                            params=params,
+                            response_class=op.get("responseClass", "void"),
+                            error_codes=frozenset(int(e["code"]) for e in op.get("errorResponses", [])),
+                            regex=regex,
+                            path_param_names=names,
                         )
                     )
         # Literal segments win over templated ones (/channels/externalMedia vs /channels/{id}).

@@ -24,7 +24,7 @@ class SpeechSource(Protocol):
 CALLER_HOLDS_S = 4.0  # an answer waits at most this long for a caller who is talking (a noisy line may never stop)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Turn:
     user: str = ""  # what the caller said ("" for a line of the agent's own)
     cancelled: bool = False

@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 import itertools
 from collections import deque
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Callable, Literal, Sequence
 
 from providers.profile import ActionKind, AgentProfile
@@ -186,6 +186,7 @@ EmitFn = Callable[[ProviderEvent], None]
 @dataclass(slots=True, frozen=True)
 class CallContext:
     call_id: str
+    _: KW_ONLY
     caller_number: str = ""
     caller_name: str = ""
     input_sample_rate: int = INPUT_SAMPLE_RATE
@@ -217,6 +218,7 @@ class ComponentStatus:
 
     name: str
     state: str  # starting | running | restarting | failed | stopped; a model server: running | down
+    _: KW_ONLY
     restarts: int = 0
     errors: int = 0  # failures seen (restarted, or recovered from in place)
     last_error: str | None = None

@@ -74,7 +74,7 @@ class ScriptedEngine:
     def two_calls(cls, problems: tuple[str, ...] = ()) -> ScriptedEngine:
         eng = cls(problems)
         a = eng.add_call("5550142", 74.0, ConversationState.AGENT_SPEAKING, capture_enabled=False, barge_ins=1, profile="dental", dialled="100")
-        a.actions.append(ActionRecord("transfer", "keypad", "caller pressed 1", "billing", "201@from-internal", at=NOW))
+        a.actions.append(ActionRecord(kind="transfer", by="keypad", reason="caller pressed 1", department="billing", target="201@from-internal", at=NOW))
         _stream(a, 3700, lost={50, 51, 900}, start=NOW - 74.0)
         a.rtp_out.packets, a.rtp_out.bytes = 1480, 236800
         a.rtp_out.last_pacing_error_ms, a.rtp_out.max_pacing_error_ms = 0.4, 1.7
@@ -90,8 +90,8 @@ class ScriptedEngine:
         ])
         a.turns.extend([
             # The caller's last voiced frame 0.55 s before the end-of-speech decision (the VAD's hangover).
-            TurnTimeline(NOW - 66.0, NOW - 65.74, NOW - 65.61, NOW - 65.61, NOW - 65.52, NOW - 65.50, last_voice_in=NOW - 66.55),
-            TurnTimeline(NOW - 58.0, NOW - 57.71, NOW - 57.55, NOW - 57.55, NOW - 57.47, NOW - 57.45, last_voice_in=NOW - 58.55),
+            TurnTimeline(speech_end=NOW - 66.0, stt_final=NOW - 65.74, llm_first_token=NOW - 65.61, first_sentence=NOW - 65.61, tts_first_audio=NOW - 65.52, first_audio_out=NOW - 65.50, last_voice_in=NOW - 66.55),
+            TurnTimeline(speech_end=NOW - 58.0, stt_final=NOW - 57.71, llm_first_token=NOW - 57.55, first_sentence=NOW - 57.55, tts_first_audio=NOW - 57.47, first_audio_out=NOW - 57.45, last_voice_in=NOW - 58.55),
         ])
         b = eng.add_call("5550199", 12.0, ConversationState.USER_SPEAKING)
         _stream(b, 600, lost=set(), start=NOW - 12.0)
@@ -170,7 +170,7 @@ class ScriptedRuntime:
         self.engine = engine
         self.stopped = False
         self.reloads = 0
-        self.reload_result = ReloadResult(0.0, ("profiles.default.greeting",), ("rtp.port",), ())
+        self.reload_result = ReloadResult(at=0.0, applied=("profiles.default.greeting",), restart=("rtp.port",), failed=())
 
     async def start(self) -> ScriptedEngine:
         return self.engine

