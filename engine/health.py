@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 class HealthServer:
     def __init__(
-        self, status: Callable[[], EngineStatus], metrics: Callable[[], bytes], host: str, port: int,
+        self, status: Callable[[], EngineStatus], metrics: Callable[[], bytes], host: str, port: int, *,
         max_age_s: float = 0.5, max_in_flight: int = 256,
     ) -> None:
         self._status = status

@@ -728,7 +728,7 @@ class HistoryRecorder:
 
     def __init__(
         self, store: SessionStore, db: HistoryDb, engine: str, retention_days: float, max_calls: int,
-        kernel_drops: Callable[[], int | None] = lambda: None,
+        *, kernel_drops: Callable[[], int | None] = lambda: None,
     ) -> None:
         self.db = db
         self._kernel_drops = kernel_drops
