@@ -430,7 +430,7 @@ def test_sigterm_to_the_engines_group_stops_the_model_workers_with_the_engine(tm
     """Ctrl-C in a terminal, ``timeout`` or a cgroup stopped all at once signal every process of
     the group: the model workers are the engine's to stop (their own session), so none of them is
     logged as crashed or restarted while the engine shuts down, and none outlives it."""
-    from tests.test_service import get_json, wait_until
+    from tests.conftest import get_json, wait_until
     from tests.conftest import free_port
 
     health_port = free_port()

@@ -17,8 +17,7 @@ import time
 
 import pytest
 
-from tests.conftest import THANKS, free_port
-from tests.test_service import BIN, ROOT, get_json, sim_call, wait_until
+from tests.conftest import BIN, ROOT, THANKS, free_port, get_json, sim_call, wait_until
 
 
 class Terminal:

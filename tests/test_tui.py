@@ -313,7 +313,7 @@ async def test_attached_the_engines_warnings_reach_the_log_pane(tmp_path):
     from aiagent_tui.attach import AttachRuntime
     from tests.conftest import free_port
     from tests.test_reload import _write
-    from tests.test_service import BIN, get_json, wait_until
+    from tests.conftest import BIN, get_json, wait_until
 
     sim_port, health_port, rtp_port = free_port(), free_port(), free_port(socket.SOCK_DGRAM)
     sim = subprocess.Popen([BIN / "aiagent-sim", "serve", "--port", str(sim_port), "--rtp-start", "22600", "--rtp-end", "22700"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
