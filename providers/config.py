@@ -56,7 +56,7 @@ class LocalProviderConfig(ConfigSection):
     # sentence, and play it if the turn ends on those words (dropped if the caller goes on).
     answer_at_pause: bool = True
     # A packaged model; the default by bench/answers.py (facts stated 85% against 55%), at the cost
-    # of about 170 ms more to the first sentence (README, "Local models").
+    # of about 170 ms more to the first sentence (docs/benchmarks.md, "What the answers say").
     llm_model: Literal["smollm2-135m", "qwen2.5-coder-0.5b", "qwen2.5-coder-0.5b-iq4nl"] = "qwen2.5-coder-0.5b-iq4nl"
     llm_model_path: str = ""  # any GGUF file (instead of llm_model)
     llm_chat_format: str = ""  # empty: the chat template stored in the GGUF
@@ -68,13 +68,13 @@ class LocalProviderConfig(ConfigSection):
     tts_voice_path: str = ""  # a Piper .onnx voice (its .onnx.json beside it)
     # Piper's operator threads (onnxruntime's default: one per core). One, as Whisper and the LLM:
     # a sentence takes about 100 ms longer alone but 10-15 % less CPU in a call, which the other
-    # callers' models get (README, "Piper on one thread too").
+    # callers' models get (docs/benchmarks.md, "Piper alone").
     tts_threads: int = Field(1, ge=1, le=64)
     tts_cache_size: int = Field(128, ge=0, le=100000)  # synthesized sentences kept
     max_queue: int = Field(16, ge=1, le=1000)  # model jobs waiting before new ones are refused
     # Calls on providers that run models here served at once; a new one beyond that takes the
     # over-capacity path (asterisk.over_capacity). 0: measured from the models' own work
-    # (engine/capacity.py, README "Capacity").
+    # (engine/capacity.py, docs/scaling.md, "Capacity: what the models serve at once").
     max_active_calls: int = Field(0, ge=0, le=10000)
     # A model worker process with work but no progress this long is hung: killed and restarted.
     worker_hang_timeout_s: float = Field(10.0, gt=0, le=3600)

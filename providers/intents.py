@@ -1,6 +1,6 @@
 """What a caller's words ask the agent to do, for a pipeline whose LLM cannot decide it reliably.
 
-Measured with the default 0.5B model (README, "Actions"): told about the departments and the
+Measured with the default 0.5B model (docs/profiles.md, "Who decides"): told about the departments and the
 action words in its prompt, it stated the asked fact in 13 of 37 answers instead of 31 (it answered
 "TRANSFER" to questions); asked separately through a grammar that allows only the actions, it chose
 right in 24 of 46 and cost 131 ms a turn. These rules get every case of bench/answers.py right in
