@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, TypeVar
 
 import pytest
+from textual.pilot import Pilot
 
 from engine.config import AppConfig, load_config
 from engine.engine import Engine
@@ -295,6 +296,17 @@ async def wait_for(predicate: Callable[[], T | Awaitable[T]], timeout: float = 2
         if loop.time() > end:
             raise _timed_out(what or described(predicate), timeout, last, error)
         await asyncio.sleep(interval)
+
+
+async def until(pilot: Pilot, predicate: Callable[[], object], timeout: float = 20.0, *, what: str | None = None) -> None:
+    """``wait_for`` inside a Textual test: between checks the pilot lets the app process its
+    messages and refresh, so a predicate on a widget sees what the app has drawn."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not (last := predicate()):
+        if loop.time() > end:
+            raise _timed_out(what or described(predicate), timeout, last, None)
+        await pilot.pause(0.1)
 
 
 def wait_until(predicate: Callable[[], T], timeout: float = 20.0, interval: float = 0.1, *,

@@ -194,7 +194,7 @@ async def test_replay_plays_the_recording_with_the_transcript_following(tmp_path
     from aiagent_tui.app import AiAgentApp
     from aiagent_tui.screens.call_detail import CallDetailScreen
     from tests.scripted_engine import ScriptedEngine, ScriptedRuntime
-    from tests.test_tui import until
+    from tests.conftest import until
 
     url, _ = _recorded_call(tmp_path)
     cards: list[FakeCard] = []

@@ -18,7 +18,7 @@ from aiagent_tui.screens.provider import ProviderScreen
 from aiagent_tui.service import run_headless
 from engine.config import load_config
 from engine.sessions import ConversationState
-from tests.conftest import free_port, stop_processes
+from tests.conftest import free_port, stop_processes, until
 
 
 def app_config(tmp_path: Path, provider: str = "tone"):
@@ -29,14 +29,6 @@ def app_config(tmp_path: Path, provider: str = "tone"):
                                  "AIAGENT_CONSOLE_SOCKET": str(console)})
     cfg.providers.tone.duration_ms = 4000
     return cfg
-
-
-async def until(pilot, predicate, timeout: float = 20.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < end, "condition not reached in time"
-        await pilot.pause(0.1)
 
 
 async def test_app_shows_live_calls_and_every_key_works(tmp_path):

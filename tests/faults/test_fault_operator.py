@@ -13,8 +13,8 @@ import pytest
 
 from aiagent_tui.runtime import Runtime
 from aiagent_tui.app import AiAgentApp, ProviderScreen
-from tests.conftest import free_port
-from tests.test_tui import app_config, until
+from tests.conftest import free_port, until
+from tests.test_tui import app_config
 
 CLI = Path(sys.executable).parent / "aiagent-tui"
 
