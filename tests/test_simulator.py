@@ -92,7 +92,7 @@ async def test_behaviour_externalmedia_422_before_stasis_start_and_channelvars(p
         assert (await _ari(http, pbx, "GET", "/channels/em1/rtp_statistics"))[0] == 404
         # Nothing is cleaned up for you: closing the socket leaves channel and bridge in place.
         await ws.close()
-        await asyncio.sleep(0.05)
+        await wait_for(lambda: not pbx.app_active("aiagent"), what="the simulator seeing the app's socket closed")
         assert pbx.leftovers() == (["em1"], ["b1"])
         assert (await _ari(http, pbx, "DELETE", "/channels/em1"))[0] == 204
         assert (await _ari(http, pbx, "DELETE", "/bridges/b1"))[0] == 204
@@ -150,7 +150,8 @@ async def test_behaviour_playback_control_follows_asterisks_state_table(pbx, tmp
         assert (ev["type"], ev["playback"]["id"]) == ("PlaybackStarted", "p1")
         assert (await _ari(http, pbx, "POST", "/playbacks/p2/control", operation="pause"))[0] == 409  # queued
         assert (await _ari(http, pbx, "POST", "/playbacks/nope/control", operation="pause"))[0] == 404
-        await asyncio.sleep(0.2)
+        # Paused part-way: 200 ms of its 800 ms played (8000 samples a second).
+        await wait_for(lambda: pbx.bridge_table.get("b3").playbacks[0].spos >= 1600)
         assert (await _ari(http, pbx, "POST", "/playbacks/p1/control", operation="pause"))[0] == 204
         assert (await _ari(http, pbx, "POST", "/playbacks/p1/control", operation="pause"))[0] == 204  # a no-op
         with pytest.raises(asyncio.TimeoutError):

@@ -49,17 +49,15 @@ async def test_app_shows_live_calls_and_every_key_works(tmp_path):
         # Panes fill from the engine's snapshots: RTP counters and the transcript.
         await until(pilot, lambda: eng.store.get(cid).rtp_in.packets > 20 and eng.store.get(cid).transcript)
         await until(pilot, lambda: eng.store.get(cid).conversation is ConversationState.AGENT_SPEAKING)
-        await pilot.pause(0.3)
-        screen = app.export_screenshot()
-        assert "pkts" in screen and "beep" in screen and "5551234" in screen and "ARI" in screen and "failed" in screen
+        await until(pilot, lambda: all(w in app.export_screenshot() for w in ("pkts", "beep", "5551234", "ARI", "failed")))
 
         # b: barge-in stops the agent's playback.
         await pilot.press("b")
         await until(pilot, lambda: eng.store.get(cid).barge_ins == 1 and not eng.store.get(cid).playbacks)
         # b again: the agent is silent now; nothing is stopped or counted.
         await pilot.press("b")
-        await pilot.pause(0.2)
-        assert any("not speaking" in str(n.message) for n in app._notifications) and eng.store.get(cid).barge_ins == 1
+        await until(pilot, lambda: any("not speaking" in str(n.message) for n in app._notifications))
+        assert eng.store.get(cid).barge_ins == 1
 
         # d: the call's dump.
         await pilot.press("d")
@@ -68,19 +66,16 @@ async def test_app_shows_live_calls_and_every_key_works(tmp_path):
 
         # m: no sound device here: a notice, no crash.
         await pilot.press("m")
-        await pilot.pause(0.3)
-        assert any("cannot monitor" in str(n.message) for n in app._notifications)
+        await until(pilot, lambda: any("cannot monitor" in str(n.message) for n in app._notifications))
 
         # ?: the help screen.
         await pilot.press("question_mark")
-        await pilot.pause(0.2)
-        assert isinstance(app.screen, HelpScreen)
+        await until(pilot, lambda: isinstance(app.screen, HelpScreen))
         await pilot.press("escape")
 
         # p: echo for new calls (and this one).
         await pilot.press("p")
-        await pilot.pause(0.2)
-        assert isinstance(app.screen, ProviderScreen)
+        await until(pilot, lambda: isinstance(app.screen, ProviderScreen))
         await pilot.press("up", "up")  # deepgram, echo, local, tone: from tone (in use) up twice is echo
         await pilot.press("enter")
         await until(pilot, lambda: eng.default_provider == "echo")
@@ -94,10 +89,11 @@ async def test_app_shows_live_calls_and_every_key_works(tmp_path):
         # does not land on the call that would have moved under the cursor.
         app.live.calls.selected = cid
         await pilot.press("h")
-        await pilot.pause(0.2)
-        assert isinstance(app.screen, ConfirmScreen) and "Hang up the call from 5551234?" in app.screen.question
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        assert "Hang up the call from 5551234?" in app.screen.question
         await pilot.press("n")
-        await pilot.pause(0.3)
+        await until(pilot, lambda: not isinstance(app.screen, ConfirmScreen))
+        await pilot.pause()  # what the answer posted is handled: here, nothing
         assert eng.store.get(cid) is not None and rec.ended_by is None
         await pilot.press("h", "y")
         await until(pilot, lambda: rec.ended_by is not None)
@@ -105,16 +101,16 @@ async def test_app_shows_live_calls_and_every_key_works(tmp_path):
         await until(pilot, lambda: "ended" in app.export_screenshot())
         assert app.live.calls.selected == cid and eng.store.get(second.id) is not None
         await pilot.press("h")
-        await pilot.pause(0.2)
-        assert any("the call from 5551234 has ended" in str(n.message) for n in app._notifications)
+        await until(pilot, lambda: any("the call from 5551234 has ended" in str(n.message) for n in app._notifications))
         assert eng.store.get(second.id) is not None
 
         # q with a call still up asks first: no, the app goes on; yes, it hangs up and goes.
         await pilot.press("q")
-        await pilot.pause(0.2)
-        assert isinstance(app.screen, ConfirmScreen) and "1 live call(s) will be hung up" in app.screen.question
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        assert "1 live call(s) will be hung up" in app.screen.question
         await pilot.press("escape")
-        await pilot.pause(0.2)
+        await until(pilot, lambda: not isinstance(app.screen, ConfirmScreen))
+        await pilot.pause()
         assert app.is_running and eng.store.get(second.id) is not None
         await pilot.press("q", "y")
     assert pbx.leftovers() == ([], [])
@@ -177,8 +173,7 @@ async def test_attach_shows_a_headless_engines_calls_controls_them_and_detaches(
             assert "5550142" in screen and "attached to the engine" in screen
             # m: the audio is in the engine's process.
             await pilot.press("m")
-            await pilot.pause(0.3)
-            assert any("attached" in str(n.message) for n in app._notifications)
+            await until(pilot, lambda: any("attached" in str(n.message) for n in app._notifications))
             # R: the engine reads its config again (this one was started without a file: refused, said).
             await pilot.press("R")
             await until(pilot, lambda: any("without a config file" in str(n.message) for n in app._notifications))
@@ -216,8 +211,8 @@ async def test_history_screen_lists_past_calls_filters_them_and_opens_one(tmp_pa
     from pbxsim.server import Pause, Say, WaitAgent
     from aiagent_tui.screens.call_detail import CallDetailScreen
     from aiagent_tui.screens.history import HistoryScreen
-    from engine.history import database_url
-    from tests.conftest import HELLO
+    from engine.history import HistoryDb, database_url
+    from tests.conftest import HELLO, wait_for
 
     cfg = app_config(tmp_path)
     app = AiAgentApp(rt := Runtime(cfg, sim=True, demo_interval_s=None), dump_dir=tmp_path, history_url=database_url(cfg))
@@ -228,11 +223,16 @@ async def test_history_screen_lists_past_calls_filters_them_and_opens_one(tmp_pa
         await until(pilot, lambda: done.finished.is_set())
         live = pbx.place_call(script=[Pause(30.0)], caller_number="5559876")
         await until(pilot, lambda: rt.engine.store.get(live.id) is not None)
-        await pilot.pause(1.5)  # the live call's row is written within a second
+        # The history screen reads its rows once: the live call's row (written within a second) first.
+        db = HistoryDb(database_url(cfg))
+        try:
+            await wait_for(lambda: asyncio.to_thread(db.get, live.id), interval=0.1, until=lambda r: r is not None,
+                           what="the live call's row in the history")
+        finally:
+            db.close()
 
         await pilot.press("H")
-        await pilot.pause(0.2)
-        assert isinstance(app.screen, HistoryScreen)
+        await until(pilot, lambda: isinstance(app.screen, HistoryScreen))
         table = app.screen.query_one(DataTable)
         await until(pilot, lambda: table.row_count == 2)
         assert [k.value for k in table.rows] == [live.id, done.id]  # newest first
@@ -245,8 +245,7 @@ async def test_history_screen_lists_past_calls_filters_them_and_opens_one(tmp_pa
         await until(pilot, lambda: table.row_count == 1)
         assert [k.value for k in table.rows] == [done.id]
         await pilot.press("slash", *" outcome:nonsense", "enter")
-        await pilot.pause(0.2)
-        assert any("outcome 'nonsense'" in str(n.message) for n in app._notifications)
+        await until(pilot, lambda: any("outcome 'nonsense'" in str(n.message) for n in app._notifications))
         assert table.row_count == 1  # a bad filter keeps what was shown
 
         table.focus()
@@ -260,8 +259,7 @@ async def test_history_screen_lists_past_calls_filters_them_and_opens_one(tmp_pa
         await pilot.press("escape")
         assert isinstance(app.screen, HistoryScreen)
         await pilot.press("escape")
-        await pilot.pause(0.1)
-        assert not isinstance(app.screen, HistoryScreen)
+        await until(pilot, lambda: not isinstance(app.screen, HistoryScreen))
         await pilot.press("q", "y")
 
 
