@@ -18,7 +18,7 @@ from aiagent_tui.screens.provider import ProviderScreen
 from aiagent_tui.service import run_headless
 from engine.config import load_config
 from engine.sessions import ConversationState
-from tests.conftest import free_port, stop_processes, until
+from tests.conftest import free_port, stop_processes, until, wait_for
 
 
 def app_config(tmp_path: Path, provider: str = "tone"):
@@ -134,11 +134,7 @@ async def test_headless_sim_service_answers_demo_calls(tmp_path):
         except OSError:
             return 0
 
-    loop = asyncio.get_running_loop()
-    end = loop.time() + 20
-    while await asyncio.to_thread(calls_total) < 2:
-        assert loop.time() < end, "no demo call answered"
-        await asyncio.sleep(0.2)
+    await wait_for(lambda: asyncio.to_thread(calls_total), interval=0.2, until=lambda n: n >= 2, what="two demo calls answered")
     os.kill(os.getpid(), signal.SIGTERM)  # as systemd stops it
     assert await asyncio.wait_for(task, 20) == 0
 

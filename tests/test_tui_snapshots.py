@@ -14,6 +14,9 @@ import pytest
 from aiagent_tui import app as app_module
 from aiagent_tui.app import AiAgentApp
 from engine.sessions import ConversationState, TurnTimeline
+from aiagent_tui.screens.provider import ProviderScreen
+from aiagent_tui.screens.transfer import TransferScreen
+from tests.conftest import until
 from tests.scripted_engine import NOW, ScriptedEngine, ScriptedRuntime, freeze_session_clock
 
 
@@ -98,19 +101,19 @@ async def test_keys_become_engine_commands_on_the_selected_call():
     app = AiAgentApp(runtime)
     first, second = (s.call_id for s in engine.store)
     async with app.run_test(size=(120, 40)) as pilot:
-        await pilot.pause(0.4)
+        await until(pilot, lambda: app.live.calls.selected == first)
         await pilot.press("b")
         await pilot.press("t")
-        await pilot.pause(0.2)
+        await until(pilot, lambda: isinstance(app.screen, TransferScreen))
         await pilot.press("down", "enter")  # the second department: operator
-        await pilot.pause(0.2)
+        await until(pilot, lambda: ("transfer", first, "operator") in engine.commands)
         await pilot.press("down")
-        await pilot.pause(0.2)
+        await until(pilot, lambda: app.live.calls.selected == second)
         await pilot.press("h", "y")
         await pilot.press("p")
-        await pilot.pause(0.2)
+        await until(pilot, lambda: isinstance(app.screen, ProviderScreen))
         await pilot.press("up", "up", "enter")  # from local, two up: deepgram
-        await pilot.pause(0.3)
+        await until(pilot, lambda: len(engine.commands) == 5)
         await pilot.press("q")
     assert engine.commands == [
         ("barge_in", first),
@@ -126,9 +129,9 @@ async def test_r_reloads_the_config_and_says_what_applies_now_and_what_at_restar
     runtime = ScriptedRuntime(ScriptedEngine.two_calls())
     app = AiAgentApp(runtime)
     async with app.run_test(size=(120, 40)) as pilot:
-        await pilot.pause(0.3)
+        await until(pilot, lambda: app.engine is not None)
         await pilot.press("R")
-        await pilot.pause(0.3)
+        await until(pilot, lambda: runtime.reloads == 1 and app._notifications)
         said = [str(n.message) for n in app._notifications]
         assert runtime.reloads == 1
         assert "config profiles.default.greeting for new calls; rtp.port at the next restart" in said
@@ -149,62 +152,53 @@ async def test_what_operators_reach_for_first_filter_sort_pause_copy_and_the_who
     ids = {s.caller_number: s.call_id for s in engine.store}
     async with app.run_test(size=(120, 40)) as pilot:
         table = app.query_one("#calls", DataTable)
-        await pilot.pause(0.4)
         order = lambda: [engine.store.get(k.value).caller_number for k in table.rows]  # noqa: E731
-        assert order() == ["5550142", "5550199", "+4915112345678"]
+        await until(pilot, lambda: order() == ["5550142", "5550199", "+4915112345678"])
 
         await pilot.press("slash", *"0199")
-        await pilot.pause(0.2)
-        assert order() == ["5550199"] and table.border_title == "calls · matching '0199'"
+        await until(pilot, lambda: order() == ["5550199"])
+        assert table.border_title == "calls · matching '0199'"
         await pilot.press("escape")  # clears the filter
-        await pilot.pause(0.2)
-        assert order() == ["5550142", "5550199", "+4915112345678"] and app.live.calls.filter == ""
+        await until(pilot, lambda: order() == ["5550142", "5550199", "+4915112345678"])
+        assert app.live.calls.filter == ""
         await pilot.press("slash", *"trunk-0000002b", "enter")  # the Asterisk channel name finds it too
-        await pilot.pause(0.2)
-        assert order() == ["5550199"]
+        await until(pilot, lambda: order() == ["5550199"])
         await pilot.press("slash", "ctrl+u", "enter")  # an empty filter hides the line
-        await pilot.pause(0.2)
+        await until(pilot, lambda: len(order()) == 3)
 
         assert app.live.calls.selected == ids["5550199"] and table.cursor_row == 1  # the call the filter found stays selected
         await pilot.press("s")  # the longest first
-        await pilot.pause(0.2)
-        assert order() == ["+4915112345678", "5550142", "5550199"] and table.border_title == "calls · by time"
+        await until(pilot, lambda: order() == ["+4915112345678", "5550142", "5550199"])
+        assert table.border_title == "calls · by time"
         assert app.live.calls.selected == ids["5550199"] and table.cursor_row == 2  # the selection moved with its call
         await pilot.press("s")  # a turn waiting for the models first
-        await pilot.pause(0.2)
+        await until(pilot, lambda: table.border_title != "calls · by time")
         assert order()[0] == "+4915112345678"
         await pilot.press("s", "s")  # by caller, then as they came
-        await pilot.pause(0.2)
-        assert order() == ["5550142", "5550199", "+4915112345678"] and table.border_title == "calls"
+        await until(pilot, lambda: table.border_title == "calls" and order() == ["5550142", "5550199", "+4915112345678"])
 
         await pilot.press("space")
-        await pilot.pause(0.2)
-        assert "PAUSED (space resumes)" in app.export_screenshot().replace("&#160;", " ")
+        await until(pilot, lambda: "PAUSED (space resumes)" in app.export_screenshot().replace("&#160;", " "))
         engine.add_call("5550777", 1.0, ConversationState.LISTENING)
-        await pilot.pause(0.8)
+        await pilot.pause(0.8)  # eight refresh ticks (every 0.1 s) that must not show the new call
         assert "5550777" not in order()  # held still
         await pilot.press("space")
-        await pilot.pause(0.8)
-        assert "5550777" in order()
+        await until(pilot, lambda: "5550777" in order())
 
         await pilot.press("c")
-        await pilot.pause(0.2)
-        assert app.clipboard == ids["5550199"]
+        await until(pilot, lambda: app.clipboard == ids["5550199"])
         assert any(f"copied {ids['5550199']}  (channel PJSIP/trunk-0000002b)" == str(n.message) for n in app._notifications)
 
         for i in range(700):  # more than the pane keeps
             app.write_log(None, f"line {i}", logging.WARNING if i % 100 == 0 else logging.INFO)
         await pilot.press("L")
-        await pilot.pause(0.3)
-        assert isinstance(app.screen, LogScreen)
+        await until(pilot, lambda: isinstance(app.screen, LogScreen))
         log = app.screen.query_one("#fulllog")
-        assert log.border_title.startswith("log: 701 of 701 lines")
+        await until(pilot, lambda: log.border_title.startswith("log: 701 of 701 lines"))
         await pilot.press("w")
-        await pilot.pause(0.2)
-        assert log.border_title.startswith("log: 7 of 701 lines, warnings and errors")
+        await until(pilot, lambda: log.border_title.startswith("log: 7 of 701 lines, warnings and errors"))
         await pilot.press("slash", *"line 60", "enter")
-        await pilot.pause(0.2)
-        assert log.border_title.startswith("log: 1 of 701 lines")  # line 600, a warning
+        await until(pilot, lambda: log.border_title.startswith("log: 1 of 701 lines"))  # line 600, a warning
         await pilot.press("escape")
         assert not isinstance(app.screen, LogScreen)
         await pilot.press("q", "y")
