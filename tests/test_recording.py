@@ -200,7 +200,7 @@ async def test_replay_plays_the_recording_with_the_transcript_following(tmp_path
     cards: list[FakeCard] = []
     app = AiAgentApp(ScriptedRuntime(ScriptedEngine.two_calls()), history_url=url)
     async with app.run_test(size=(120, 40)) as pilot:
-        await pilot.pause(0.2)
+        await until(pilot, lambda: app.engine is not None)
         detail = CallDetailScreen(url, "c1", open_output=lambda cb: cards.append(FakeCard(cb)) or cards[-1])
         app.push_screen(detail)
         await until(pilot, lambda: detail.record is not None)
@@ -209,10 +209,10 @@ async def test_replay_plays_the_recording_with_the_transcript_following(tmp_path
         shown = str(detail.query_one("#detail").content)
         assert "▶ recording playing" in shown and "on test card" in shown
         await pilot.press("space")
-        await pilot.pause(0.2)
+        await until(pilot, lambda: detail.replay.paused and "recording paused" in str(detail.query_one("#detail").content))
         at = detail.replay.position_s
-        await pilot.pause(0.3)
-        assert detail.replay.paused and detail.replay.position_s == at and "recording paused" in str(detail.query_one("#detail").content)
+        await pilot.pause(0.3)  # time that a paused replay must not play on
+        assert detail.replay.position_s == at
         await pilot.press("space")
         await until(pilot, lambda: detail.replay is None)  # played to the end
         # notify() posts a message to the app: the toast is there once the app has handled it.

@@ -68,7 +68,7 @@ async def _bridged_external_media(http, pbx, bridge_id: str, channel_id: str):
     await wait_for(lambda: pbx.app_active("aiagent"))
     await _ari(http, pbx, "POST", "/bridges", type="mixing", bridgeId=bridge_id)
     await _ari(http, pbx, "POST", "/channels/externalMedia", app="aiagent", external_host="127.0.0.1:9", format="ulaw", channelId=channel_id)
-    await asyncio.sleep(0.05)
+    await wait_for(lambda: pbx.channel_table.by_id[channel_id].in_stasis)  # else addChannel is refused (422)
     await _ari(http, pbx, "POST", f"/bridges/{bridge_id}/addChannel", channel=channel_id)
     return ws
 

@@ -84,7 +84,7 @@ async def test_app_with_sim_port_taken_exits_non_zero_with_one_line(tmp_path, ca
     try:
         app = AiAgentApp(rt := Runtime(cfg, sim=True, demo_interval_s=None))
         async with app.run_test(size=(120, 40)) as pilot:
-            await pilot.pause(0.5)
+            await until(pilot, lambda: not app.is_running)  # the exit is handled: its message printed
     finally:
         held.close()
     assert app.exit_code == 1 and app.engine is None and rt.engine is None and rt.pbx is None
@@ -99,15 +99,15 @@ async def test_picking_a_provider_that_is_not_ready_is_refused_visibly(tmp_path,
         await until(pilot, lambda: rt.engine is not None and rt.engine.ari_connected)
         eng = rt.engine
         await pilot.press("p")
-        await pilot.pause(0.2)
-        assert isinstance(app.screen, ProviderScreen)
+        await until(pilot, lambda: isinstance(app.screen, ProviderScreen))
         # The cursor starts on the provider in use: Enter keeps it.
         await pilot.press("enter")
-        await pilot.pause(0.3)
+        await until(pilot, lambda: not isinstance(app.screen, ProviderScreen))
+        await pilot.pause()  # the choice is handled
         assert eng.default_provider == "tone"
         # Deepgram without a key: refused, said so, and new calls stay on tone.
         await pilot.press("p")
-        await pilot.pause(0.2)
+        await until(pilot, lambda: isinstance(app.screen, ProviderScreen))
         await pilot.press("up", "up", "up")  # deepgram, echo, local, tone: from tone to deepgram
         await pilot.press("enter")
         await until(pilot, lambda: any("not ready" in n.message for n in app._notifications))
