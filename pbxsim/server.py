@@ -35,13 +35,7 @@ from pbxsim.faults import Faults
 from pbxsim.media import Bridge, ExternalMediaEndpoint, MediaClock
 from pbxsim.schema import AriSpec, default_spec
 
-# The script steps are imported from here by the tests and the demo (pbxsim/script.py has them).
-from pbxsim.script import Dtmf, Line, Pause, Say, SayText, Step, WaitAgent, WaitAgentDone, parse_script, spoken, wait_step
-
-__all__ = [
-    "SimPBX", "Broadcast", "SimCall", "Dtmf", "Line", "Pause", "Say", "SayText", "Step", "WaitAgent", "WaitAgentDone",
-    "parse_script", "spoken", "wait_step",
-]
+from pbxsim.script import Line, Pause, Say, Step
 
 log = logging.getLogger("pbxsim")
 

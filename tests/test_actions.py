@@ -11,7 +11,7 @@ import asyncio
 import pytest
 
 from engine.sessions import ActionChanged, TranscriptAdded
-from pbxsim.server import Dtmf, Pause, SayText, WaitAgentDone
+from pbxsim.script import Dtmf, Pause, SayText, WaitAgentDone
 from providers.profile import AgentProfile, Department
 from tests.conftest import history_of, running_engine, wait_for
 

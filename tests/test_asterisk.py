@@ -18,7 +18,7 @@ import pytest
 
 from engine.sessions import ActionChanged, BargeIn, CallLog, TranscriptAdded
 from pbxsim.asterisk import Ari, AriError, AsteriskCallers, AsteriskInstance, RealCall
-from pbxsim.server import Dtmf, Line, Pause, Say, WaitAgent, WaitAgentDone
+from pbxsim.script import Dtmf, Line, Pause, Say, WaitAgent, WaitAgentDone
 from providers.profile import AgentProfile, Department
 from tests.conftest import AGENT_PASS, HELLO, THANKS, free_port, get_json, history_of, no_leftovers_on, running_engine, wait_for
 

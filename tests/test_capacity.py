@@ -10,7 +10,7 @@ import logging
 from engine.capacity import MIN_CALL_S, RECENT_S, START_PER_CORE, TARGET_BUSY, ModelCapacity, Overload
 from runtime.clock import ManualClock
 from engine.sessions import CallLog, CallSession, SessionStore, TranscriptAdded
-from pbxsim.server import Pause, Say, WaitAgent, WaitAgentDone
+from pbxsim.script import Pause, Say, WaitAgent, WaitAgentDone
 from providers.config import LocalProviderConfig
 from tests.conftest import AGENT_PASS, HELLO, history_of, running_engine, wait_for
 

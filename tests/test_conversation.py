@@ -16,7 +16,8 @@ import pytest
 
 from engine.engine import Engine
 from engine.sessions import BargeIn, TranscriptAdded
-from pbxsim.server import Pause, Say, SimPBX, WaitAgent, WaitAgentDone
+from pbxsim.server import SimPBX
+from pbxsim.script import Pause, Say, WaitAgent, WaitAgentDone
 from tests.conftest import AGENT_PASS, HELLO, THANKS, engine_config, wait_for
 
 MODES = pytest.mark.parametrize("downstream_mode", ["stream", "file"])

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from engine.sessions import BargeIn, CallLog, TranscriptAdded
-from pbxsim.server import Pause, Say, WaitAgent, WaitAgentDone
+from pbxsim.script import Pause, Say, WaitAgent, WaitAgentDone
 from tests.conftest import AGENT_PASS, HELLO, THANKS, running_engine, wait_for
 from tests.deepgram_server import API_KEY, Behaviour, FakeDeepgram
 

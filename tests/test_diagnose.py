@@ -8,7 +8,8 @@ import json
 from aiagent_tui.cli import main as cli
 from engine.diagnosis import diagnose
 from engine.history import ActionEntry, CallRecord, Quality, Silence, TurnRecord
-from pbxsim.server import SayText, SimPBX, WaitAgent, WaitAgentDone
+from pbxsim.server import SimPBX
+from pbxsim.script import SayText, WaitAgent, WaitAgentDone
 from providers.profile import Norms
 from providers.stages import StageFailed
 from tests.conftest import history_of, running_engine, wait_for

@@ -17,7 +17,8 @@ import time
 import pytest
 
 from engine.sessions import BargeIn, CallState, CallStateChanged, ConversationChanged, TranscriptAdded
-from pbxsim.server import Line, Pause, SayText, SimPBX, WaitAgent, WaitAgentDone
+from pbxsim.server import SimPBX
+from pbxsim.script import Line, Pause, SayText, WaitAgent, WaitAgentDone
 from tests.conftest import running_engine, wait_for
 from tests.test_local_provider import wer
 

@@ -21,7 +21,8 @@ from engine.config import ConfigError, load_config
 from engine.engine import Engine
 from engine.history import CallRecord, HistoryDb, HistoryRecorder, engines_table, outcome_of
 from engine.sessions import CallSession, SessionStore
-from pbxsim.server import SayText, SimPBX, WaitAgent, WaitAgentDone
+from pbxsim.server import SimPBX
+from pbxsim.script import SayText, WaitAgent, WaitAgentDone
 from tests.conftest import AGENT_PASS, BIN, ROOT, engine_config, get_json, history_of, running_engine, sim_call, stop_processes, wait_for, wait_until
 
 

@@ -22,7 +22,7 @@ from providers.config import LocalProviderConfig, ProvidersConfig
 from providers.profile import AgentProfile
 from engine.engine import EngineStartError
 from engine.sessions import BargeIn, TranscriptAdded, TurnCompleted
-from pbxsim.server import Pause, Say, SayText, WaitAgent, WaitAgentDone
+from pbxsim.script import Pause, Say, SayText, WaitAgent, WaitAgentDone
 from pbxsim.voice import speak
 from providers.local.models import ModelNotFound
 from providers.local.stt import build_stt

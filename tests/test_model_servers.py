@@ -14,7 +14,7 @@ import pytest
 
 from aiagent_tui.model_servers import ModelServers, server_specs
 from engine.sessions import CallLog, TranscriptAdded
-from pbxsim.server import Say, WaitAgent, WaitAgentDone
+from pbxsim.script import Say, WaitAgent, WaitAgentDone
 from providers.config import LocalProviderConfig, ModelServerConfig, PipelineConfig
 from providers.profile import AgentProfile
 from tests.conftest import AGENT_PASS, HELLO, free_port, running_engine, wait_for
@@ -224,7 +224,7 @@ async def test_the_llm_server_ends_the_call_with_a_tool_call(pbx, tmp_path, serv
     closing line and hangs up. The default model is not trusted with tools in production (README:
     it also hangs up on "I was charged twice"): this is the path a capable model takes."""
     from engine.sessions import ActionChanged
-    from pbxsim.server import Pause, SayText
+    from pbxsim.script import Pause, SayText
     from providers.intents import decide
     from tests.test_actions import reception
 

@@ -12,7 +12,8 @@ import pytest
 from engine.recording import Recordings
 from media.audio import ulaw_to_pcm16
 from media.recording import RATE, StereoTimeline
-from pbxsim.server import SayText, SimPBX, WaitAgent, WaitAgentDone
+from pbxsim.server import SimPBX
+from pbxsim.script import SayText, WaitAgent, WaitAgentDone
 from tests.conftest import history_of, running_engine, wait_for
 
 FRAME = RATE // 50

@@ -9,7 +9,8 @@ import urllib.request
 
 from aiagent_tui.runtime import Runtime
 from engine.config import load_config
-from pbxsim.server import Pause, SimPBX, WaitAgentDone
+from pbxsim.server import SimPBX
+from pbxsim.script import Pause, WaitAgentDone
 from tests.conftest import BIN, free_port, get_json, history_of, wait_for, wait_until
 
 

@@ -32,7 +32,7 @@ def app_config(tmp_path: Path, provider: str = "tone"):
 
 
 async def test_app_shows_live_calls_and_every_key_works(tmp_path):
-    from pbxsim.server import Pause, Say, WaitAgent
+    from pbxsim.script import Pause, Say, WaitAgent
     from tests.conftest import HELLO
 
     app = AiAgentApp(rt := Runtime(app_config(tmp_path), sim=True, demo_interval_s=None), dump_dir=tmp_path)
@@ -143,7 +143,7 @@ async def test_attach_shows_a_headless_engines_calls_controls_them_and_detaches(
     """``aiagent-tui attach``: the app on an engine that runs without it (here the headless
     service's Runtime in this process), over its console socket. Quitting detaches: the engine
     and its calls go on. When the engine goes, the app says so and exits non-zero."""
-    from pbxsim.server import Pause, Say, WaitAgent
+    from pbxsim.script import Pause, Say, WaitAgent
     from aiagent_tui.attach import AttachRuntime
     from tests.conftest import HELLO
 
@@ -204,7 +204,7 @@ async def test_attach_shows_a_headless_engines_calls_controls_them_and_detaches(
 async def test_history_screen_lists_past_calls_filters_them_and_opens_one(tmp_path):
     """H: the calls the history keeps, newest first (here two calls to the engine the app runs,
     one still live); a filter line narrows them; enter opens one in full; escape goes back."""
-    from pbxsim.server import Pause, Say, WaitAgent
+    from pbxsim.script import Pause, Say, WaitAgent
     from aiagent_tui.screens.call_detail import CallDetailScreen
     from aiagent_tui.screens.history import HistoryScreen
     from engine.history import HistoryDb, database_url

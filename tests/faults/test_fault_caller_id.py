@@ -10,7 +10,7 @@ import io
 import logging
 
 from aiagent_tui import history_cli
-from pbxsim.server import Pause, Say, WaitAgent
+from pbxsim.script import Pause, Say, WaitAgent
 from tests.conftest import HELLO, history_of, running_engine
 
 HOSTILE = "+1555\n\x1b[31m\udcff" + "0" * 68  # 80 characters

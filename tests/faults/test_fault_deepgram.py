@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from pbxsim.server import Pause, Say, WaitAgent, WaitAgentDone
+from pbxsim.script import Pause, Say, WaitAgent, WaitAgentDone
 from tests.conftest import HELLO, free_port, running_engine, wait_for
 from tests.deepgram_server import API_KEY, Behaviour, FakeDeepgram
 

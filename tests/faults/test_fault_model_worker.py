@@ -9,7 +9,7 @@ import signal
 from providers.config import LocalProviderConfig
 from providers.local.wire import Crash, Synthesize
 from engine.sessions import TranscriptAdded
-from pbxsim.server import Say, WaitAgent, WaitAgentDone
+from pbxsim.script import Say, WaitAgent, WaitAgentDone
 from tests.conftest import AGENT_PASS, HELLO, running_engine, wait_for
 
 APOLOGY = LocalProviderConfig().apology

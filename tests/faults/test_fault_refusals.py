@@ -19,7 +19,7 @@ from aiagent_tui import history_cli
 from engine.diagnosis import diagnose_in
 from engine.history import HistoryDb, HistoryFilter, database_url
 from engine.sessions import CallSession
-from pbxsim.server import Pause
+from pbxsim.script import Pause
 from tests.conftest import running_engine, wait_for
 
 OFFERED = 200

@@ -7,7 +7,7 @@ import asyncio
 import socket
 
 from media.rtp import PT_ULAW, build_packet
-from pbxsim.server import Pause, Say
+from pbxsim.script import Pause, Say
 from tests.conftest import THANKS, running_engine, wait_for
 
 

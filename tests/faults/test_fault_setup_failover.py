@@ -9,7 +9,7 @@ import logging
 
 import pytest
 
-from pbxsim.server import Pause, Say, WaitAgent
+from pbxsim.script import Pause, Say, WaitAgent
 from tests.conftest import HELLO, free_port, running_engine, wait_for
 from tests.deepgram_server import API_KEY
 
