@@ -7,8 +7,6 @@ beep stops it (barge-in) — with no model in the loop.
 
 from __future__ import annotations
 
-import asyncio
-
 import numpy as np
 
 from media.audio import voiced_ms
@@ -24,6 +22,7 @@ from providers.base import (
     Transcript,
     UtteranceCollector,
 )
+from runtime.clock import Timer
 
 SAMPLE_RATE = 16000
 MIN_VOICED_MS = 200  # a fallback window with less sound than this is not answered
@@ -48,7 +47,8 @@ class ToneCall(ProviderCall):
         self._tone = tone
         self._think = think_s
         self._collector = UtteranceCollector(ctx.input_sample_rate, ctx.fallback_window_ms, ctx.preroll_ms)
-        self._answer: asyncio.Task | None = None
+        self._clock = ctx.clock
+        self._answer: Timer | None = None  # the beep, due after the think time
         self.answers = 0
 
     async def start(self) -> None:
@@ -66,11 +66,11 @@ class ToneCall(ProviderCall):
         if fallback and ms < MIN_VOICED_MS:
             return
         self._emit(Transcript("caller", f"[{ms} ms of speech]"))
-        if self._answer is None or self._answer.done():
-            self._answer = asyncio.create_task(self._say())
+        if self._answer is None:
+            self._answer = self._clock.call_later(self._think, self._say)
 
-    async def _say(self) -> None:
-        await asyncio.sleep(self._think)
+    def _say(self) -> None:
+        self._answer = None
         self.answers += 1
         self._emit(AgentSpeakingStarted())
         self._emit(Transcript("agent", "[beep]"))
@@ -80,11 +80,10 @@ class ToneCall(ProviderCall):
     async def cancel_response(self, played_s: float | None = None) -> None:
         if self._answer is not None:
             self._answer.cancel()
+            self._answer = None
 
     async def stop(self) -> None:
-        if self._answer is not None:
-            self._answer.cancel()
-            await asyncio.gather(self._answer, return_exceptions=True)
+        await self.cancel_response()
 
 
 class ToneProvider(Provider):
