@@ -25,6 +25,7 @@ from aiagent_tui.screens.call_detail import Diagnose, default_norms
 from aiagent_tui.screens.calls import CallsScreen
 from aiagent_tui.screens.confirm import ConfirmScreen
 from aiagent_tui.screens.help import HelpScreen
+from aiagent_tui.screens.host import CallsHost
 from aiagent_tui.screens.log import LOG_KEPT, LogScreen
 from aiagent_tui.screens.provider import ProviderScreen  # noqa: F401  (tests open it from here)
 from aiagent_tui.terminal import PaneHandler, TerminalDriver
@@ -168,3 +169,6 @@ class AiAgentApp(App[int]):
         """The 10 Hz tick."""
         if self.engine is not None:
             self.live.refresh_panes(self.engine)
+
+
+_HOSTS_CALLS: type[CallsHost] = AiAgentApp  # mypy checks here that the app gives CallsScreen what it casts to

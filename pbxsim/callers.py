@@ -9,7 +9,7 @@ import random
 import re
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Coroutine
+from typing import Any, Callable, Coroutine, Mapping, Protocol
 
 from media.frames import FRAME_S
 
@@ -17,11 +17,8 @@ from pbxsim.ari.channels import Channels
 from pbxsim.ari.events import EventBus
 from pbxsim.ari.external_media import ExternalMedia
 from pbxsim.ari.model import NO_CONTENT, AriHttpError, AriRequest, BridgeTable, CallObserver, ChannelTable, Handler, IdSource, Reply, SimChannel
-from pbxsim.media import Bridge, CallerMedia, MediaClock, line_noise, load_wav_ulaw
+from pbxsim.media import Bridge, CallerMedia, ExternalMediaEndpoint, MediaClock, line_noise, load_wav_ulaw
 from pbxsim.script import Dtmf, Line, Say, SayText, Step, spoken, wait_step
-
-if TYPE_CHECKING:
-    from pbxsim.server import SimPBX
 
 CLEANUP_GRACE_S = 3.0
 BRIDGE_WAIT_S = 10.0
@@ -41,6 +38,17 @@ class _BroadcastState:
     winner: str | None = None
     expired: bool = False  # nobody claimed in time: the dialplan went on
     claimed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class CallTables(Protocol):
+    """What a call's report reads besides the call itself (SimPBX has these): declared here so
+    the callers never import the server that assembles them."""
+
+    @property
+    def channels(self) -> Mapping[str, SimChannel]: ...
+
+    @property
+    def external_endpoints(self) -> Mapping[str, ExternalMediaEndpoint]: ...
 
 
 @dataclass(kw_only=True)
@@ -69,7 +77,7 @@ class SimCall:
     finished: asyncio.Event = field(default_factory=asyncio.Event)
     placed_at: float = field(default_factory=time.monotonic)
 
-    def report(self, pbx: SimPBX) -> dict[str, Any]:
+    def report(self, pbx: CallTables) -> dict[str, Any]:
         ext = pbx.external_endpoints.get(self.external_media or "")
         m = self.media
         ch = pbx.channels.get(self.id)

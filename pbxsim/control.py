@@ -4,22 +4,63 @@ hang up or press keys as the caller, set fault knobs, drop the events WebSockets
 from __future__ import annotations
 
 import wave
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from aiohttp import web
 
 from media.audio import audioop, wav_bytes
 from media.frames import RATE
 
-from pbxsim.callers import Broadcast, SimCall
-from pbxsim.script import Line, parse_script
+from runtime.tasks import OwnedTasks
 
-if TYPE_CHECKING:
-    from pbxsim.server import SimPBX
+from pbxsim.ari.events import EventBus
+from pbxsim.ari.model import SimChannel
+from pbxsim.callers import Broadcast, CallTables, SimCall
+from pbxsim.faults import Faults
+from pbxsim.script import Line, Step, parse_script
+
+
+class ControlledPBX(CallTables, Protocol):
+    """What the control API uses of the simulator (SimPBX has it): declared here so this module
+    never imports the server, which mounts these routes."""
+
+    @property
+    def calls(self) -> dict[str, SimCall]: ...
+
+    @property
+    def tasks(self) -> OwnedTasks: ...
+
+    @property
+    def faults(self) -> Faults: ...
+
+    @property
+    def events(self) -> EventBus: ...
+
+    def place_call(
+        self,
+        wav: str | None = None,
+        *,
+        hold_s: float = 2.0,
+        caller_number: str = "",
+        app: str = "aiagent",
+        args: list[str] | None = None,
+        script: list[Step] | None = None,
+        line: Line | None = None,
+        dialled: str = "s",
+        broadcast: Broadcast | None = None,
+    ) -> SimCall: ...
+
+    def hangup_channel(self, ch: SimChannel, by: str) -> None: ...
+
+    async def press_keys(self, ch: SimChannel, digits: str, duration_ms: int) -> None: ...
+
+    def send_raw(self, app: str, text: str) -> bool: ...
+
+    def state(self) -> dict[str, Any]: ...
 
 
 class SimControl:
-    def __init__(self, pbx: SimPBX) -> None:
+    def __init__(self, pbx: ControlledPBX) -> None:
         self.pbx = pbx
 
     def add_routes(self, app: web.Application) -> None:

@@ -8,7 +8,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 from rich.text import Text
 from textual import events, work
@@ -25,15 +25,13 @@ from aiagent_tui.monitor import AudioMonitor, MonitorUnavailable
 from aiagent_tui.screens.call_detail import Diagnose
 from aiagent_tui.screens.confirm import ConfirmScreen
 from aiagent_tui.screens.history import HistoryScreen
+from aiagent_tui.screens.host import CallsHost
 from aiagent_tui.screens.log import LogScreen
 from aiagent_tui.screens.provider import ProviderScreen
 from aiagent_tui.screens.transfer import TransferScreen
 from aiagent_tui.widgets import GatingPane, HeaderBar, LevelSparkline, RtpPane, TimelinePane, TranscriptPane, VadPane
 from engine.api import EngineView
 from engine.sessions import CallEnded, CallStarted, SessionEvent, TranscriptAdded
-
-if TYPE_CHECKING:
-    from aiagent_tui.app import AiAgentApp
 
 
 class CallsScreen(Screen[None]):
@@ -66,8 +64,8 @@ class CallsScreen(Screen[None]):
         self._ticks = 0
 
     @property
-    def agent_app(self) -> AiAgentApp:
-        return cast("AiAgentApp", self.app)
+    def agent_app(self) -> CallsHost:
+        return cast("CallsHost", self.app)
 
     @property
     def engine(self) -> EngineView | None:
