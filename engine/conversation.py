@@ -202,7 +202,10 @@ class ConversationCoordinator:
             elif self.continuous_input:
                 # Such a provider finds barge-ins itself: it hears what may be the caller talking
                 # over the agent (the agent's own voice taken out), and silence otherwise.
-                self._deliver(frame, level) if voiced else self._deliver(SILENT_PCM_FRAME, SILENCE_DBFS)
+                if voiced:
+                    self._deliver(frame, level)
+                else:
+                    self._deliver(SILENT_PCM_FRAME, SILENCE_DBFS)
             return
         edge = self.vad.update(frame)
         if self.vad.voiced:
