@@ -10,9 +10,11 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, PrivateAttr, model_validator
 
 from providers.config import ConfigSection
+from providers.facts.schema import Business
+from providers.facts.text import read_facts
 
 DEFAULT_PROFILE = "default"
 STT_PROMPT_CHARS = 600  # about 150 tokens: Whisper keeps at most 223 of a prompt
@@ -72,7 +74,10 @@ class AgentProfile(ConfigSection):
         "sentences of plain spoken English, with no lists, markup or emoji."
     )
     greeting: str = "Hello! Thanks for calling. How can I help you today?"
-    facts: str = ""  # what callers should be told (hours, address, prices, names): free text
+    # What callers may ask about, as data (hours, closed days, address, phones, people, prices, FAQ):
+    # answered from it, and every answer checked against it.
+    business: Business = Business()
+    facts: str = ""  # the rest, free text (what it states about hours, prices, numbers and names is read too)
     # Text with the words speech recognition should expect (names, streets, products); empty:
     # the facts.
     vocabulary: str = ""
@@ -87,6 +92,7 @@ class AgentProfile(ConfigSection):
     norms: Norms = Norms()
     # Keep each call's audio (caller left, agent right) in history.recordings_dir: tell callers.
     record: bool = False
+    _known: Business = PrivateAttr(default_factory=Business)
 
     @model_validator(mode="after")
     def _digits_unique(self) -> AgentProfile:
@@ -98,6 +104,17 @@ class AgentProfile(ConfigSection):
                 raise ValueError(f"departments {seen[d.digit]!r} and {name!r} both use digit {d.digit}")
             seen[d.digit] = name
         return self
+
+    @model_validator(mode="after")
+    def _read_facts(self) -> AgentProfile:
+        self._known = self.business.merged(read_facts(self.facts))
+        return self
+
+    @property
+    def known(self) -> Business:
+        """The business's facts as data: ``business``, and what the free-text ``facts`` state where
+        it says nothing."""
+        return self._known
 
     def instructions(self) -> str:
         """The LLM's instructions: the persona, and the business's facts to answer from."""
