@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 from providers.config import LocalProviderConfig  # noqa: E402
 from providers.profile import AgentProfile  # noqa: E402
 from providers.local.llm import ChatModel  # noqa: E402
-from providers.local import grounding  # noqa: E402
+from providers.facts.echo import echo_check  # noqa: E402
 from providers.local.models import resolve_llm  # noqa: E402
 from providers.local.sentences import SentenceSplitter  # noqa: E402
 
@@ -122,14 +122,14 @@ def answer(model: ChatModel, profile: AgentProfile, question: str, cfg: LocalPro
             seen.append(time.perf_counter() - t0)
         if checked and not first:
             first.extend(splitter.feed(piece)[:1])
-            if first and grounding.check(first[0], question, profile.facts, profile.unknown_answer) is not None:
+            if first and echo_check(first[0], question, profile.facts, profile.unknown_answer) is not None:
                 stop.set()  # the provider cancels the rest of a replaced answer
 
     messages = [{"role": "system", "content": profile.instructions()}, {"role": "user", "content": question}]
     reply = model.generate(messages, cfg.llm_max_tokens, cfg.llm_temperature, on_text, stop)
     if checked:
         head = first[0] if first else (splitter.flush() or reply)
-        instead = grounding.check(head, question, profile.facts, profile.unknown_answer)
+        instead = echo_check(head, question, profile.facts, profile.unknown_answer)
         if instead is not None:
             return instead
     return reply

@@ -19,6 +19,7 @@ from sqlalchemy.exc import ArgumentError
 
 from providers.config import ConfigSection as _Section
 from providers.config import ProvidersConfig
+from providers.facts.text import read_facts
 from providers.profile import DEFAULT_PROFILE, AgentProfile
 from providers.redact import shown_url
 from engine.sessions import PlaybackMode
@@ -194,6 +195,11 @@ class AppConfig(_Section):
         data["history"]["url"] = shown_url(self.history.url)
         for name, server in self.providers.servers.items():
             data["providers"]["servers"][name]["url"] = shown_url(server.url)
+        for name, profile in self.profiles.items():
+            # What the free-text facts were read as: the operator confirms it (answers are held to it).
+            read = read_facts(profile.facts).model_dump(mode="json", exclude_defaults=True)
+            if read:
+                data["profiles"][name]["facts_read_as"] = read
         return data
 
 

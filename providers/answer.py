@@ -9,9 +9,7 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Protocol
 
 from providers.base import AgentAudio, AgentSpeakingStarted, AgentSpeakingStopped, EmitFn, ProviderError, Transcript, TurnMark, TurnStage
-from providers.local import grounding
 from providers.local.sentences import SentenceSplitter
-from providers.profile import AgentProfile
 from providers.stages import Priority, Reply, Speech, StageBusy, StageFailed
 from runtime.tasks import Spawn
 from runtime.clock import Clock, Timer
@@ -93,20 +91,23 @@ class AnswerBegun:
         self.task.cancel()
 
 
-class SentenceFeed:
-    """The LLM's text as it streams, cut into sentences for the speaker; the first one checked
-    against the question (an answer that only echoes it is replaced: providers/local/grounding.py)."""
+Check = Callable[[str, bool], str | None]  # (sentence, is it the first) -> None, or what to say instead
 
-    def __init__(self, turn: Turn, question: str, profile: AgentProfile, first_token: Callable[[], None]) -> None:
+
+class SentenceFeed:
+    """The LLM's text as it streams, cut into sentences for the speaker; each checked against the
+    business's facts before it is spoken (providers/facts/verify.py): a wrong one is replaced by the
+    right fact or the honest line, and the rest of the answer dropped."""
+
+    def __init__(self, turn: Turn, check: Check, first_token: Callable[[], None]) -> None:
         self.sentences: asyncio.Queue[str | None] = asyncio.Queue()
         self.replaced = False  # the answer was replaced: the rest of its generation is not wanted
         self.generating: asyncio.Task[Reply] | None = None
         self._turn = turn
-        self._question = question
-        self._profile = profile
+        self._check = check
         self._first_token: Callable[[], None] | None = first_token
         self._splitter = SentenceSplitter()
-        self._checked = False
+        self._first = True
 
     def got_text(self, piece: str) -> None:
         if self._turn.cancelled:
@@ -128,15 +129,14 @@ class SentenceFeed:
     def _deliver(self, sentence: str) -> None:
         if self.replaced:
             return
-        if not self._checked:
-            self._checked = True
-            instead = grounding.check(sentence, self._question, self._profile.facts, self._profile.unknown_answer)
-            if instead is not None:
-                self.replaced = True
-                self.sentences.put_nowait(instead)
-                if self.generating is not None:
-                    self.generating.cancel()
-                return
+        instead = self._check(sentence, self._first)
+        self._first = False
+        if instead is not None:
+            self.replaced = True
+            self.sentences.put_nowait(instead)
+            if self.generating is not None:
+                self.generating.cancel()
+            return
         self.sentences.put_nowait(sentence)
 
 

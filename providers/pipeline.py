@@ -38,6 +38,7 @@ from providers.base import (
     QueueState,
     model_work,
 )
+from providers.facts.verify import FactGuard
 from providers.intents import decide, offered_department
 from providers.local.models import JOE_VOICE, ModelNotFound, resolve, resolve_llm
 from providers.local.spoken import spoken
@@ -293,6 +294,7 @@ class PipelineCall(ProviderCall):
         self.profile = ctx.profile
         self._vocabulary = ctx.profile.stt_prompt()
         self._dialogue = Dialogue(ctx.profile, cfg.history_turns)
+        self._facts = FactGuard(ctx.profile.known, facts_text=ctx.profile.facts, unknown=ctx.profile.unknown_answer)
         self._turn_task: asyncio.Task[Any] | None = None  # the greeting, or the answer to the last utterance
         self._turn: Turn | None = None
         self._early: AnswerBegun | None = None
@@ -359,8 +361,8 @@ class PipelineCall(ProviderCall):
         says so only ``vad.end_ms`` after their last word. Begin the answer now (an action the
         words ask for is decided at the turn's end, as always)."""
         self._drop_early()
-        if decide(text, self.profile, self._dialogue.offered) is not None:
-            return
+        if decide(text, self.profile, self._dialogue.offered) is not None or self._facts.answer(text, self._clock.wall(), remember=False):
+            return  # an action, or an answer from the data: no LLM
         tools = action_functions(self.profile) if self.m.llm.calls_tools else []
         messages = self._dialogue.messages(text)
         self._early = AnswerBegun(
@@ -448,7 +450,14 @@ class PipelineCall(ProviderCall):
                 turn.recorded = True
                 self._emit(action)
                 return
-            reply = await self._generate_and_speak(turn, heard, messages, early)
+            from_data = self._facts.answer(heard, self._clock.wall())
+            if from_data is not None:
+                if early is not None:
+                    self._discard(early)
+                    early = None
+                reply = await self._speak_fact(turn, from_data.text)
+            else:
+                reply = await self._generate_and_speak(turn, heard, messages, early)
             if not turn.cancelled:
                 await self._answered(turn, reply)
         except asyncio.CancelledError:
@@ -469,7 +478,8 @@ class PipelineCall(ProviderCall):
     async def _generate_and_speak(self, turn: Turn, text: str, messages: list[dict[str, str]], early: AnswerBegun | None) -> Reply:
         """The LLM's answer, each sentence spoken as it comes (TTS of one overlaps generation of
         the next); the speaker and the generation are this turn's own tasks, awaited here."""
-        feed = SentenceFeed(turn, text, self.profile, lambda: self._speaker.mark("llm_first_token"))
+        now = self._clock.wall()
+        feed = SentenceFeed(turn, lambda sentence, first: self._facts.check(sentence, text, now, first=first), lambda: self._speaker.mark("llm_first_token"))
         speaker = asyncio.create_task(self._speaker.speak(feed.sentences, turn))
         try:
             if early is not None:
@@ -494,6 +504,15 @@ class PipelineCall(ProviderCall):
                 speaker.cancel()
             await asyncio.gather(speaker, return_exceptions=turn.cancelled)
         return reply
+
+    async def _speak_fact(self, turn: Turn, text: str) -> Reply:
+        """An answer from the business's data: no LLM, spoken as an answer's sentence is."""
+        self._speaker.mark("llm_first_token")
+        sentences: asyncio.Queue[str | None] = asyncio.Queue()
+        sentences.put_nowait(text)
+        sentences.put_nowait(None)
+        await self._speaker.speak(sentences, turn)
+        return Reply(text)
 
     async def _answered(self, turn: Turn, reply: Reply) -> None:
         """The answer was spoken: into the history, and the action it asked for, if any."""

@@ -118,12 +118,19 @@ class AgentProfile(ConfigSection):
 
     def instructions(self) -> str:
         """The LLM's instructions: the persona, and the business's facts to answer from."""
-        if not self.facts.strip():
-            return self.persona
+        facts = "\n".join(t for t in (self.business.describe(), self.facts.strip()) if t)
+        if not facts:
+            # Nothing to answer from: a small model would make up hours and prices (every sentence
+            # is checked too: providers/facts/verify.py).
+            return (
+                f"{self.persona}\n\nYou know nothing about the business: no opening hours, address, prices or names. "
+                "If the caller asks about any of them, say you cannot answer questions about the business and offer "
+                "to put them through to someone who can."
+            )
         # The facts first and the rule last: small models follow what they read last. (Measured with
         # bench/answers.py: one fact a line, or examples in the rule, scored lower.)
         return (
-            f"{self.persona}\n\nFacts about the business you answer for:\n{self.facts.strip()}\n\n"
+            f"{self.persona}\n\nFacts about the business you answer for:\n{facts}\n\n"
             "Answer the caller's question with the matching fact, word for word where you can (names, "
             "numbers, times, prices). Only if no fact answers it, say you do not know and offer to put "
             "the caller through to someone who does."

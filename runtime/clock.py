@@ -8,6 +8,7 @@ tested frame by frame without sleeping.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import heapq
 import itertools
 from typing import Any, Callable, Protocol
@@ -19,6 +20,7 @@ class Timer(Protocol):
 
 class Clock(Protocol):
     def now(self) -> float: ...
+    def wall(self) -> dt.datetime: ...  # the date and time of day (aware, UTC): "are you open now?"
     def call_at(self, when: float, fn: Callable[..., object], *args: Any) -> Timer: ...
     def call_later(self, delay: float, fn: Callable[..., object], *args: Any) -> Timer: ...
 
@@ -37,6 +39,9 @@ class LoopClock:
 
     def now(self) -> float:
         return self.loop.time()
+
+    def wall(self) -> dt.datetime:
+        return dt.datetime.now(dt.timezone.utc)
 
     def call_at(self, when: float, fn: Callable[..., object], *args: Any) -> Timer:
         return self.loop.call_at(when, fn, *args)
@@ -61,13 +66,18 @@ class _ManualTimer:
 class ManualClock:
     """A clock that stands still until ``advance``; due timers then run in time order."""
 
-    def __init__(self, start: float = 1000.0) -> None:
+    def __init__(self, start: float = 1000.0, *, wall: dt.datetime | None = None) -> None:
         self._now = start
+        self._start = start
+        self._wall = wall or dt.datetime(2026, 1, 5, 9, 0, tzinfo=dt.timezone.utc)  # a Monday morning
         self._heap: list[tuple[float, int, _ManualTimer]] = []
         self._order = itertools.count()
 
     def now(self) -> float:
         return self._now
+
+    def wall(self) -> dt.datetime:
+        return self._wall + dt.timedelta(seconds=self._now - self._start)
 
     def call_at(self, when: float, fn: Callable[..., object], *args: Any) -> Timer:
         timer = _ManualTimer(when, fn, args)

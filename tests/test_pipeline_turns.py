@@ -96,7 +96,7 @@ class Rig:
         self.stt = ScriptedStt(stt)
         self.llm = ScriptedLlm(reply)
         config = LocalProviderConfig(**{"hold_after_ms": 0, **cfg})
-        ctx = CallContext("c1", profile=AgentProfile(greeting=""), clock=self.clock)
+        ctx = CallContext("c1", profile=AgentProfile(greeting="", facts="We open at nine."), clock=self.clock)
         self.call = PipelineCall(ctx, self.events.append, Pipeline(self.stt, self.llm, _Voice(ScriptedTts(), 8)), config)
 
     async def run(self) -> None:

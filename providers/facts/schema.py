@@ -8,6 +8,7 @@ and whatever the LLM says is checked against it (providers/facts/verify.py)."""
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -84,7 +85,7 @@ def parse_hours(text: str) -> tuple[Interval, ...]:
         return ()
     parts = [p for p in re.split(r",|;|\band\b", t) if p.strip()]
     spans = tuple(sorted(parse_range(p) for p in parts))
-    for a, b in zip(spans, spans[1:]):
+    for a, b in itertools.pairwise(spans):
         if b.opens < a.closes:
             raise HoursError(f"{text.strip()!r}: the ranges overlap")
     return spans
@@ -260,6 +261,36 @@ class Business(ConfigSection):
     def phone_digits(self) -> set[str]:
         return {re.sub(r"\D", "", n) for n in self.phones.values()}
 
+    def describe(self) -> str:
+        """The data as lines of plain text, for the LLM's instructions (what the rules do not answer
+        it phrases from these)."""
+        lines = [f"Name: {self.name}"] if self.name else []
+        if self.hours:
+            days = [f"{d.capitalize()} {_spoken_hours(parse_hours(self.hours[d]))}" for d in WEEKDAYS if d in self.hours]  # type: ignore[index]
+            lines.append(f"Opening hours ({self.timezone}): " + "; ".join(days) + ".")
+        for sd in self.special_days:
+            lines.append(f"{sd.date:%B %d, %Y}{' (' + sd.note + ')' if sd.note else ''}: {_spoken_hours(sd.spans)}.")
+        if self.holidays_closed:
+            lines.append("Closed on public holidays.")
+        if self.address:
+            lines.append(f"Address: {self.address}.")
+        if self.directions:
+            lines.append(f"Directions: {self.directions}")
+        for purpose, number in self.phones.items():
+            lines.append(f"Phone ({purpose}): {number}.")
+        if self.email:
+            lines.append(f"Email: {self.email}.")
+        if self.website:
+            lines.append(f"Website: {self.website}.")
+        for p in self.people:
+            lines.append(f"{p.name}{', ' + p.role if p.role else ''}{' (' + p.note + ')' if p.note else ''}.")
+        for sv in self.services:
+            price = "free" if sv.price == 0 else (f"{sv.price_note + ' ' if sv.price_note else ''}{money_text(sv.price, self.currency)}" if sv.price is not None else "")
+            lines.append(f"{sv.name.capitalize()}{': ' + price if price else ''}{' (' + sv.note + ')' if sv.note else ''}.")
+        for f in self.faq:
+            lines.append(f"Q: {f.questions[0]} A: {f.answer}")
+        return "\n".join(lines)
+
     def merged(self, other: Business) -> Business:
         """This, with what ``other`` (the facts read from free text) holds where this has nothing."""
         mine = self.model_dump(exclude_defaults=True)
@@ -270,6 +301,10 @@ class Business(ConfigSection):
             elif isinstance(value, dict) and isinstance(mine[key], dict):
                 mine[key] = value | mine[key]
         return Business.model_validate(mine)
+
+
+def _spoken_hours(spans: tuple[Interval, ...]) -> str:
+    return "closed" if not spans else " and ".join(str(s) for s in spans)
 
 
 CURRENCIES: dict[str, tuple[str, str, str]] = {

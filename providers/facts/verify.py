@@ -2,31 +2,233 @@
 spoken: a day, time, price, phone number, name or yes/no about opening that contradicts the data
 is never said; the sentence is replaced by the right fact, or by the profile's "I don't know" line.
 ``FactGuard`` is one call's: it answers from the data first (rules.py) and remembers what the last
-question asked, for the follow-up that leans on it."""
+question asked, for the follow-up that leans on it.
+
+A claim is held to the data (``Business``: the profile's ``business`` table and what its free-text
+``facts`` state) and to the words of the profile's own texts (facts, FAQ answers, notes): a time,
+price or number the operator wrote anywhere may be said; one written nowhere may not (a small
+model invents "9 am to 5 pm" for a business it knows nothing of)."""
 
 from __future__ import annotations
 
 import datetime as dt
+import re
+from dataclasses import dataclass
 
+from providers.facts.echo import echo_check
 from providers.facts.rules import Asked, FactAnswer, answer
-from providers.facts.schema import Business
+from providers.facts.schema import WEEKDAYS, Business, parse_range
+
+_TIME = re.compile(r"\b(\d{1,2})(?::(\d{2}))?\s*([ap])\.?\s?m\b\.?|\b(\d{1,2}):(\d{2})\b|\b(noon|midday|midnight)\b", re.I)
+_MONEY = re.compile(r"([$€£])\s?(\d+(?:,\d{3})*(?:\.\d{1,2})?)|\b(\d+(?:\.\d{1,2})?)\s*(dollars?|euros?|pounds?|bucks)\b", re.I)
+_PHONE = re.compile(r"(?<![\w.])\+?\(?\d[\d ().-]{5,}\d(?!\w)")
+_TITLED = re.compile(r"\b(?:Dr|Doctor|Mr|Mrs|Ms|Miss|Prof|Professor)\.?\s+([A-Z][a-z'-]+(?:\s+[A-Z][a-z'-]+)?)")
+# Short forms only where they are not words of their own ("sat", "sun").
+_DAY_WORDS = {d: d for d in WEEKDAYS} | {d + "s": d for d in WEEKDAYS} | {d[:3]: d for d in WEEKDAYS[:5]} | {"tues": "tuesday", "thurs": "thursday"}
+_DAY_RANGE = re.compile(r"\b([a-z]+?)s?\s*(?:to|through|thru|-|–)\s*([a-z]+?)s?\b", re.I)
+_EVERY_DAY = re.compile(r"\b(every day|daily|seven days a week|7 days a week|all week)\b", re.I)
+_WEEKEND = re.compile(r"\bweekends?\b", re.I)
+_WEEKDAYS = re.compile(r"\bweekdays?\b|\bmonday (?:to|through|thru|-) friday\b", re.I)
+_CLOSED = re.compile(r"\b(closed|not open|aren't open|are not open|shut)\b", re.I)
+_OPEN = re.compile(r"\b(open|opens|opening hours|hours are)\b", re.I)
+_BUSINESS_TOPIC = re.compile(
+    r"\b(hours?|open|opens|closed?|closes|address|located|location|directions|parking|price|prices|cost|costs|charge|"
+    r"fee|fees|phone|number|call us|appointment|staff|owner|manager|doctor|dentist)\b",
+    re.I,
+)
+
+
+@dataclass(frozen=True)
+class Claim:
+    kind: str  # time, open_day, closed_day, every_day, price, phone, name
+    value: str
 
 
 class FactGuard:
     """One call's facts: answers from the data, and checks of the LLM's sentences."""
 
-    def __init__(self, business: Business, *, unknown: str) -> None:
+    def __init__(self, business: Business, *, facts_text: str = "", unknown: str) -> None:
         self.business = business
+        self.facts_text = facts_text  # the profile's free text (the echo check matches it)
         self.unknown = unknown  # the profile's "I don't know" line
         self.previous: Asked | None = None  # what the last question asked (for "and on Saturday?")
+        self._written = " ".join([facts_text, *(f.answer for f in business.faq), *(p.note for p in business.people),
+                                  *(s.note + " " + s.price_note for s in business.services), business.directions,
+                                  *(d.note for d in business.special_days)])
+        self._times = business.all_times() | _times_in(self._written)
+        self._prices = business.prices() | _prices_in(self._written)
+        self._digits = business.phone_digits() | {re.sub(r"\D", "", m) for m in _PHONE.findall(self._written)}
+        self._names = " ".join([business.name, *(p.name for p in business.people), self._written]).lower()
+        self._empty = business.is_empty() and not facts_text.strip()
 
-    def answer(self, question: str, now: dt.datetime) -> FactAnswer | None:
-        """The answer from the data, if it holds one (no LLM needed)."""
+    def answer(self, question: str, now: dt.datetime, *, remember: bool = True) -> FactAnswer | None:
+        """The answer from the data, if it holds one (no LLM needed); ``remember``: the question is
+        the call's last (not a look ahead at words the caller may go on from)."""
         found = answer(question, self.business, now, self.previous)
-        self.previous = found.asked if found is not None else None
+        if remember:
+            self.previous = found.asked if found is not None else None
         return found
 
-    def check(self, sentence: str, question: str, now: dt.datetime) -> str | None:
+    def check(self, sentence: str, question: str, now: dt.datetime, *, first: bool = True) -> str | None:
         """None if ``sentence`` (the LLM's, answering ``question``) may be spoken; else what to say
-        instead."""
+        instead. ``first``: the answer's first sentence (an echo of the question is checked too)."""
+        for claim in claims(sentence):
+            if not self._holds(claim, sentence, question, now):
+                return self._instead(claim, question, now)
+        if self._empty:
+            # No facts at all: nothing about the business may be stated, only that it is not known.
+            return self.unknown if _BUSINESS_TOPIC.search(question) and _BUSINESS_TOPIC.search(sentence) and not _honest(sentence) else None
+        if first and self.facts_text.strip():
+            return echo_check(sentence, question, self.facts_text, self.unknown)
         return None
+
+    # ---- one claim against the data
+    def _holds(self, claim: Claim, sentence: str, question: str, now: dt.datetime) -> bool:
+        b = self.business
+        if claim.kind == "time":
+            minute = int(claim.value)
+            days = _days(sentence, now, b) or _days(question, now, b)
+            if days:
+                known = [b.hours_on(d) for d in days]
+                if all(spans is not None for spans in known):
+                    # Said of a day whose hours are known: one of that day's own opening or closing times
+                    # (or a time the operator's texts give, like a kitchen's last order).
+                    edges = {e % (24 * 60) for spans in known if spans for s in spans for e in (s.opens, s.closes)}
+                    return minute in edges or minute in _times_in(self.facts_text)
+            return minute in self._times
+        if claim.kind in ("open_day", "closed_day"):
+            date = _date_of(claim.value, now, b)
+            spans = b.hours_on(date)
+            if spans is None:
+                return not self._only_written_claims()
+            return bool(spans) == (claim.kind == "open_day")
+        if claim.kind == "every_day":
+            week = [b.weekly(d) for d in WEEKDAYS]
+            return all(w for w in week) if all(w is not None for w in week) else not self._only_written_claims()
+        if claim.kind == "price":
+            named = [sv.price for sv in b.services if sv.price is not None and any(_says(sentence, n) for n in sv.names())]
+            if len(named) == 1:
+                return float(claim.value) == named[0]  # "a cleaning is $65": the check-up's price
+            return float(claim.value) in self._prices
+        if claim.kind == "phone":
+            return claim.value in self._digits or any(claim.value in d or d in claim.value for d in self._digits if len(d) >= 7)
+        if claim.kind == "name":
+            return all(part.lower() in self._names for part in claim.value.split())
+        return True
+
+    def _only_written_claims(self) -> bool:
+        # With no hours as data, a day's opening is held to the free text only if it states none
+        # (an opening claim cannot be read out of words the reader did not understand).
+        return not self.business.hours and not self.facts_text.strip()
+
+    def _instead(self, claim: Claim, question: str, now: dt.datetime) -> str:
+        """The right fact for what the wrong claim was about, else the honest line."""
+        right = answer(question, self.business, now, self.previous)
+        if right is None and claim.kind in ("open_day", "closed_day"):
+            right = answer(f"Are you open on {claim.value}?", self.business, now, None)
+        if right is None and claim.kind == "time":
+            right = answer("What are your opening hours?", self.business, now, None)
+        return right.text if right is not None else self.unknown
+
+
+def claims(sentence: str) -> list[Claim]:
+    """What ``sentence`` states that the data can refute."""
+    out: list[Claim] = []
+    for minute in sorted(_times_in(sentence)):
+        out.append(Claim("time", str(minute)))
+    for amount in sorted(_prices_in(sentence)):
+        out.append(Claim("price", f"{amount:g}"))
+    for m in _PHONE.finditer(sentence):
+        digits = re.sub(r"\D", "", m.group(0))
+        if len(digits) >= 7:
+            out.append(Claim("phone", digits))
+    for m in _TITLED.finditer(sentence):
+        out.append(Claim("name", m.group(1)))
+    # Opening claims clause by clause ("open Monday to Friday, closed on Sunday"); a clause that
+    # names days without saying open or closed keeps the one before's ("and Saturday 9 to 1").
+    polarity = ""
+    for clause in re.split(r"[,;]|\bbut\b|\band\b(?!\s+(?:public|bank)\b)", sentence):
+        closed, opened = bool(_CLOSED.search(clause)), bool(_OPEN.search(clause))
+        if closed != opened:
+            polarity = "closed_day" if closed else "open_day"
+        if polarity:
+            out.extend(Claim(polarity, day) for day in _named_days(clause))
+        if opened and not closed and _EVERY_DAY.search(clause):
+            out.append(Claim("every_day", ""))
+    return out
+
+
+def _times_in(text: str) -> set[int]:
+    out: set[int] = set()
+    for m in _TIME.finditer(text):
+        if m.group(6):
+            word = m.group(6).lower()
+            out.add(0 if word == "midnight" else 12 * 60)
+            continue
+        try:
+            if m.group(1):
+                span = parse_range(f"{m.group(1)}:{m.group(2) or '00'} {m.group(3)}m-{m.group(1)}:{m.group(2) or '00'} {m.group(3)}m")
+            else:
+                span = parse_range(f"{m.group(4)}:{m.group(5)}-{m.group(4)}:{m.group(5)}")
+        except ValueError:
+            continue
+        out.add(span.opens % (24 * 60))
+    # "9 to 5", "8-6" beside an opening word: the bare numbers are times too
+    for m in re.finditer(r"\b(\d{1,2})(?::(\d{2}))?\s*(?:-|–|to|until|till)\s*(\d{1,2})(?::(\d{2}))?\b(?!\s*(?:[ap]\.?\s?m|%|dollars|euros|minutes|mins|hours|people|miles|years))", text, re.I):
+        if _OPEN.search(text) or _CLOSED.search(text):
+            try:
+                span = parse_range(m.group(0))
+            except ValueError:
+                continue
+            out |= {span.opens % (24 * 60), span.closes % (24 * 60)}
+    return out
+
+
+def _prices_in(text: str) -> set[float]:
+    out: set[float] = set()
+    for m in _MONEY.finditer(text):
+        raw = m.group(2) or m.group(3)
+        out.add(float(raw.replace(",", "")))
+    return out
+
+
+def _named_days(text: str) -> list[str]:
+    lower = text.lower()
+    days: list[str] = []
+    for m in _DAY_RANGE.finditer(lower):
+        a, b = _DAY_WORDS.get(m.group(1)), _DAY_WORDS.get(m.group(2))
+        if a and b:
+            i, j = WEEKDAYS.index(a), WEEKDAYS.index(b)
+            days += [WEEKDAYS[(i + k) % 7] for k in range((j - i) % 7 + 1)]
+    days += [_DAY_WORDS[w] for w in re.findall(r"[a-z]+", lower) if w in _DAY_WORDS]
+    if _WEEKEND.search(text):
+        days += ["saturday", "sunday"]
+    if _WEEKDAYS.search(text):
+        days += list(WEEKDAYS[:5])
+    if re.search(r"\btoday\b|\btonight\b", text, re.I):
+        days.append("today")
+    if re.search(r"\btomorrow\b", text, re.I):
+        days.append("tomorrow")
+    return list(dict.fromkeys(days))
+
+
+def _date_of(day: str, now: dt.datetime, b: Business) -> dt.date:
+    today = b.local(now).date()
+    if day == "today":
+        return today
+    if day == "tomorrow":
+        return today + dt.timedelta(days=1)
+    ahead = (WEEKDAYS.index(day) - today.weekday()) % 7
+    return today + dt.timedelta(days=ahead)
+
+
+def _days(text: str, now: dt.datetime, b: Business) -> list[dt.date]:
+    return [_date_of(d, now, b) for d in _named_days(text)]
+
+
+def _says(sentence: str, name: str) -> bool:
+    return re.search(rf"\b{re.escape(name.lower())}(?:s|es)?\b", sentence.lower()) is not None
+
+
+def _honest(sentence: str) -> bool:
+    return bool(re.search(r"\b(don't|do not|can't|cannot) (know|say|answer|tell)|\bnot sure\b|\bput you through\b", sentence, re.I))

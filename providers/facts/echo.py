@@ -73,7 +73,7 @@ def _name_words(facts: str) -> set[str]:
     return _content(" ".join(names))
 
 
-def check(first_sentence: str, question: str, facts: str, honest: str) -> str | None:
+def echo_check(first_sentence: str, question: str, facts: str, honest: str) -> str | None:
     """None if the answer's first sentence may be spoken; else what to say instead."""
     if not facts.strip():
         return None

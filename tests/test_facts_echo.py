@@ -1,11 +1,11 @@
-"""The local answers' facts check (providers/local/grounding.py): an answer that only echoes the
+"""The local answers' facts check (providers/facts/echo.py): an answer that only echoes the
 question is replaced by the matching fact, or by the honest line."""
 
 from __future__ import annotations
 
 import pytest
 
-from providers.local.grounding import check
+from providers.facts.echo import echo_check as check
 
 DENTIST = """Northside Dental, 14 Harbour Street, Springfield.
 Open Monday to Friday 8 am to 6 pm, Saturday 9 am to 1 pm, closed on Sunday and public holidays.
