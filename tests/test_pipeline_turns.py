@@ -90,13 +90,13 @@ class ScriptedTts(TextToSpeech):
 
 
 class Rig:
-    def __init__(self, stt: Sequence[str], reply: str = "We open at nine.", **cfg: object) -> None:
+    def __init__(self, stt: Sequence[str], reply: str = "We open at nine.", profile: AgentProfile | None = None, **cfg: object) -> None:
         self.clock = ManualClock()
         self.events: list[ProviderEvent] = []
         self.stt = ScriptedStt(stt)
         self.llm = ScriptedLlm(reply)
         config = LocalProviderConfig(**{"hold_after_ms": 0, **cfg})
-        ctx = CallContext("c1", profile=AgentProfile(greeting="", facts="We open at nine."), clock=self.clock)
+        ctx = CallContext("c1", profile=profile or AgentProfile(greeting="", facts="We open at nine."), clock=self.clock)
         self.call = PipelineCall(ctx, self.events.append, Pipeline(self.stt, self.llm, _Voice(ScriptedTts(), 8)), config)
 
     async def run(self) -> None:

@@ -1,0 +1,117 @@
+"""Every sentence the LLM says is checked against the business's facts before it is spoken
+(providers/facts/verify.py): a wrong day, time, price, phone number or name is never said; a
+question the data answers is answered from it, without the LLM."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from providers.base import Transcript
+from providers.facts.verify import FactGuard
+from providers.profile import AgentProfile
+from tests.test_pipeline_turns import LOUD, Rig
+
+NY = dt.timezone(dt.timedelta(hours=-5))
+MONDAY_10AM = dt.datetime(2026, 12, 7, 10, 0, tzinfo=NY)
+DENTAL = AgentProfile.model_validate({
+    "greeting": "",
+    "facts": "Children are welcome from the age of three. The kitchen of the staff room closes at 3 pm.",
+    "business": {
+        "name": "Harbor Dental", "timezone": "America/New_York",
+        "hours": {"monday": "8:00-12:00, 13:00-18:00", "tuesday": "8-18", "wednesday": "8-18", "thursday": "8-18",
+                  "friday": "8am-4pm", "saturday": "9am-1pm", "sunday": "closed"},
+        "special_days": [{"date": "2026-12-25", "hours": "closed", "note": "Christmas Day"}],
+        "address": "14 Harbour Street, Springfield",
+        "phones": {"main": "555 0100", "emergency": "555 0199"},
+        "people": [{"name": "Dr. Maria Lopez", "role": "dentist"}, {"name": "Dr. James Chen", "role": "dentist"}],
+        "services": [{"name": "cleaning", "price": 90}, {"name": "check-up", "aliases": ["checkup"], "price": 65}],
+    },
+})
+
+
+def guard(profile: AgentProfile = DENTAL) -> FactGuard:
+    return FactGuard(profile.known, facts_text=profile.facts, unknown=profile.unknown_answer)
+
+
+@pytest.mark.parametrize(("question", "sentence"), [
+    ("Are you open on Sunday?", "Yes, we are open on Sunday."),
+    ("Can I come at the weekend?", "Sure, we're open all weekend."),
+    ("When do you close on Friday?", "On Friday we close at 6 pm."),  # another day's hours
+    ("When do you close on Friday?", "We close at 5 pm."),  # the question's day
+    ("What are your hours?", "We are open every day from 8 am."),
+    ("How much is a cleaning?", "A cleaning costs $65."),  # the check-up's price
+    ("How much is a cleaning?", "That would be 120 dollars."),
+    ("What's the emergency number?", "Call 555 0198 any time."),
+    ("Who are the dentists?", "Dr. Smith and Dr. Lopez."),
+])
+def test_a_sentence_that_contradicts_the_data_is_not_spoken(question: str, sentence: str) -> None:
+    instead = guard().check(sentence, question, MONDAY_10AM)
+    assert instead is not None and instead != sentence
+
+
+@pytest.mark.parametrize(("question", "sentence"), [
+    ("Are you open on Sunday?", "No, we're closed on Sundays."),
+    ("What are your hours?", "We're open Monday to Thursday 8 am to 6 pm, and closed on Sunday."),
+    ("When do you close on Friday?", "We close at 4 pm on Fridays."),
+    ("When do you open on Saturday?", "Saturday we are open 9 to 1."),
+    ("Do you close for lunch?", "On Mondays we close from noon to 1 pm."),
+    ("How much is a cleaning?", "A cleaning is 90 dollars."),
+    ("How much is a check-up?", "A checkup costs $65."),
+    ("What's the emergency number?", "For emergencies call 555 0199."),
+    ("Who are the dentists?", "Dr. Maria Lopez and Dr. James Chen."),
+    ("Can my kid come?", "Children are welcome from the age of three."),
+    ("When does the kitchen close?", "The kitchen closes at 3 pm."),  # a time the free text gives
+    ("Hello?", "Hello! How can I help you today?"),
+])
+def test_a_sentence_the_data_bears_out_is_spoken(question: str, sentence: str) -> None:
+    assert guard().check(sentence, question, MONDAY_10AM) is None
+
+
+@pytest.mark.parametrize(("question", "sentence"), [
+    ("Are you open on Saturday?", "I'm open on Saturday from 9:00 AM to 5:00 PM."),
+    ("What are your hours?", "We're open Monday to Friday, nine to five."),
+    ("How much is a haircut?", "A haircut is 25 dollars."),
+    ("What's your number?", "You can reach us on 555 1234."),
+])
+def test_with_no_facts_at_all_nothing_about_the_business_is_stated(question: str, sentence: str) -> None:
+    default = AgentProfile()
+    assert guard(default).check(sentence, question, MONDAY_10AM) == default.unknown_answer
+
+
+def test_with_no_facts_the_llm_is_told_it_knows_nothing_of_the_business() -> None:
+    assert "cannot answer questions about the business" in AgentProfile().instructions()
+    assert "Harbor Dental" in DENTAL.instructions() and "555 0199" in DENTAL.instructions()
+
+
+async def ask(rig: Rig) -> list[str]:
+    rig.call.utterance_started()
+    await rig.frames(LOUD, 15)
+    rig.call.utterance_ended(fallback=False)
+    await rig.run()
+    return [e.text for e in rig.seen(Transcript) if e.role == "agent"]
+
+
+async def test_a_wrong_sentence_of_the_llm_is_replaced_and_the_rest_of_its_answer_dropped() -> None:
+    rig = Rig(["Could I bring my son in after church?"], reply="We see children of all ages. We are open on Sunday from 10 am. See you then.", profile=DENTAL)
+    heard = await ask(rig)
+    assert rig.llm.prompts == ["Could I bring my son in after church?"]
+    assert len(heard) == 2 and heard[0] == "We see children of all ages."
+    assert "Sunday from 10" not in heard[1] and "See you then." not in heard
+    await rig.call.stop()
+
+
+async def test_with_no_facts_invented_hours_are_replaced_by_the_honest_line() -> None:
+    profile = AgentProfile(greeting="")
+    rig = Rig(["Are you open on Saturday?"], reply="I'm open on Saturday from 9:00 AM to 5:00 PM.", profile=profile)
+    assert await ask(rig) == [profile.unknown_answer]
+    await rig.call.stop()
+
+
+async def test_a_question_the_data_answers_is_answered_from_it_without_the_llm() -> None:
+    rig = Rig(["Are you open on Sunday?"], reply="Yes, we are open on Sunday.", profile=DENTAL)
+    heard = await ask(rig)
+    assert rig.llm.prompts == []
+    assert len(heard) == 1 and "closed" in heard[0].lower() and "sunday" in heard[0].lower()
+    await rig.call.stop()
