@@ -5,12 +5,17 @@ question the data answers is answered from it, without the LLM."""
 from __future__ import annotations
 
 import datetime as dt
+import json
+import subprocess
+import tomllib
+from pathlib import Path
 
 import pytest
 
 from providers.base import Transcript
 from providers.facts.verify import FactGuard
 from providers.profile import AgentProfile
+from tests.conftest import BIN, ROOT
 from tests.test_pipeline_turns import LOUD, Rig
 
 NY = dt.timezone(dt.timedelta(hours=-5))
@@ -115,3 +120,25 @@ async def test_a_question_the_data_answers_is_answered_from_it_without_the_llm()
     assert rig.llm.prompts == []
     assert len(heard) == 1 and "closed" in heard[0].lower() and "sunday" in heard[0].lower()
     await rig.call.stop()
+
+
+def test_the_readmes_profile_is_a_valid_profile_with_its_facts_as_data() -> None:
+    text = (ROOT / "README.md").read_text()
+    block = text[text.index("## A profile"):].split("```toml\n")[1].split("```")[0]
+    profile = AgentProfile.model_validate(tomllib.loads(block)["profiles"]["dental"])
+    assert profile.known.hours_on(dt.date(2026, 12, 25)) == ()
+    assert len(profile.known.people) == 2 and profile.known.phones["emergency"] == "555 0199"
+
+
+def test_check_config_names_a_bad_field_and_shows_what_free_text_was_read_as(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[profiles.dental.business.hours]\nmonday = "8-25"\n')
+    r = subprocess.run([BIN / "aiagent-tui", "--config", str(bad), "check-config"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert r.returncode != 0 and "profiles.dental.business.hours" in r.stderr and "monday" in r.stderr
+    good = tmp_path / "good.toml"
+    good.write_text('[profiles.shop]\nfacts = "Open Monday to Friday 9 am to 5 pm, closed on Sunday. For orders call 555 0142."\n')
+    r = subprocess.run([BIN / "aiagent-tui", "--config", str(good), "check-config"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    read = json.loads(r.stdout)["profiles"]["shop"]["facts_read_as"]
+    assert read["hours"]["monday"] == "09:00-17:00" and read["hours"]["sunday"] == "closed"
+    assert "5550142" in {n.replace(" ", "") for n in read["phones"].values()}
