@@ -50,6 +50,13 @@ def guard(profile: AgentProfile = DENTAL) -> FactGuard:
     ("How much is a cleaning?", "That would be 120 dollars."),
     ("What's the emergency number?", "Call 555 0198 any time."),
     ("Who are the dentists?", "Dr. Smith and Dr. Lopez."),
+    ("Who are the dentists?", "Our dentists are Maria Lopez and Sarah Kim."),  # a name with no title
+    ("Can I come in on Sunday?", "Sure, come by any time!"),  # a yes to the question's day
+    ("Can I come in on Saturday?", "No, sorry."),
+    ("When do you close on Tuesday?", "We're open until five."),  # an hour without am or pm
+    ("Where are you?", "We're at 22 Oak Street."),
+    ("How much is a cleaning?", "A cleaning is eighty dollars."),  # numbers as words
+    ("When do you close on Friday?", "We close at nine thirty p.m. on Fridays."),
 ])
 def test_a_sentence_that_contradicts_the_data_is_not_spoken(question: str, sentence: str) -> None:
     instead = guard().check(sentence, question, MONDAY_10AM)
@@ -66,6 +73,10 @@ def test_a_sentence_that_contradicts_the_data_is_not_spoken(question: str, sente
     ("How much is a check-up?", "A checkup costs $65."),
     ("What's the emergency number?", "For emergencies call 555 0199."),
     ("Who are the dentists?", "Dr. Maria Lopez and Dr. James Chen."),
+    ("When do you close on Tuesday?", "We're open until six."),
+    ("Are you open right now?", "Yes, we're open right now."),  # Monday 10 am in New York
+    ("Where are you?", "We're at 14 Harbour Street."),
+    ("How much is a cleaning?", "A cleaning is ninety dollars."),
     ("Can my kid come?", "Children are welcome from the age of three."),
     ("When does the kitchen close?", "The kitchen closes at 3 pm."),  # a time the free text gives
     ("Hello?", "Hello! How can I help you today?"),

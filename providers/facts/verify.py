@@ -31,6 +31,19 @@ _WEEKEND = re.compile(r"\bweekends?\b", re.I)
 _WEEKDAYS = re.compile(r"\bweekdays?\b|\bmonday (?:to|through|thru|-) friday\b", re.I)
 _CLOSED = re.compile(r"\b(closed|not open|aren't open|are not open|shut)\b", re.I)
 _OPEN = re.compile(r"\b(open|opens|opening hours|hours are)\b", re.I)
+_HOUR_ALONE = re.compile(r"\b(?:until|till|til|at|from|by)\s+(\d{1,2})(?::(\d{2}))?(?:\s*o'?clock)?\b(?!\s*(?:[ap]\.?\s?m\b|%|dollars|euros|pounds|minutes|mins|hours|people|miles|years|percent))", re.I)
+_STREET = re.compile(r"\b(\d{1,5})\s+((?:[A-Z][a-z]+\s+){1,3})(?:Street|St|Avenue|Ave|Road|Rd|Lane|Ln|Boulevard|Blvd|Drive|Way|Place|Square|Court|Parkway)\b\.?")
+_YES = re.compile(r"^\W*(yes|yeah|yep|sure|of course|absolutely|certainly|definitely|we are|we're|you can|you're welcome to)\b", re.I)
+_NO = re.compile(r"^\W*(no|nope|unfortunately|sorry|i'm sorry|i am sorry|we're not|we are not|we aren't)\b|\b(not|n't|closed)\b", re.I)
+_VISIT = re.compile(r"\b(open|come|coming|visit|stop by|drop by|drop in|pop in|walk in|book|appointment|available|working|in on)\b", re.I)
+_NOW = re.compile(r"\b(now|right now|at the moment|currently|still open|this minute)\b", re.I)
+_PEOPLE_Q = re.compile(r"\b(who|whose|name|names|dentists?|doctors?|staff|owner|manager|hygienists?|mechanics?|chef|works? there|employees?)\b", re.I)
+_NOT_NAMES = {*(d.capitalize() for d in WEEKDAYS), "January", "February", "March", "April", "May", "June", "July", "August", "September",
+              "October", "November", "December", "I", "I'm", "I'll", "I'd", "OK", "Okay", "Christmas", "Easter", "Thanksgiving", "New", "Year"}
+_UNITS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen "
+          "eighteen nineteen").split()
+_TENS = "twenty thirty forty fifty sixty seventy eighty ninety".split()
+_NUMBER_WORDS = re.compile(rf"\b({'|'.join(_TENS)})(?:[- ]({'|'.join(_UNITS[1:10])}))?\b|\b({'|'.join(_UNITS)})\b", re.I)
 _BUSINESS_TOPIC = re.compile(
     r"\b(hours?|open|opens|closed?|closes|address|located|location|directions|parking|price|prices|cost|costs|charge|"
     r"fee|fees|phone|number|call us|appointment|staff|owner|manager|doctor|dentist)\b",
@@ -72,7 +85,7 @@ class FactGuard:
     def check(self, sentence: str, question: str, now: dt.datetime, *, first: bool = True) -> str | None:
         """None if ``sentence`` (the LLM's, answering ``question``) may be spoken; else what to say
         instead. ``first``: the answer's first sentence (an echo of the question is checked too)."""
-        for claim in claims(sentence):
+        for claim in claims(sentence, question):
             if not self._holds(claim, sentence, question, now):
                 return self._instead(claim, question, now)
         if self._empty:
@@ -102,6 +115,17 @@ class FactGuard:
             if spans is None:
                 return not self._only_written_claims()
             return bool(spans) == (claim.kind == "open_day")
+        if claim.kind == "hour":
+            # "until 6": 6 am or 6 pm, whichever the data bears out
+            m = int(claim.value)
+            return any(self._holds(Claim("time", str(x)), sentence, question, now) for x in (m, m + 12 * 60) if x < 24 * 60)
+        if claim.kind in ("open_now", "closed_now"):
+            is_open = b.open_at(now)
+            return is_open is None or is_open == (claim.kind == "open_now")
+        if claim.kind == "address":
+            number, street = claim.value.split(" ", 1)
+            text = f"{b.address} {self._written}".lower()
+            return re.search(rf"\b{number}\b", text) is not None and street.lower().split()[0] in text
         if claim.kind == "every_day":
             week = [b.weekly(d) for d in WEEKDAYS]
             return all(w for w in week) if all(w is not None for w in week) else not self._only_written_claims()
@@ -131,8 +155,23 @@ class FactGuard:
         return right.text if right is not None else self.unknown
 
 
-def claims(sentence: str) -> list[Claim]:
-    """What ``sentence`` states that the data can refute."""
+def _digits(text: str) -> str:
+    """Number words as digits ("nine thirty a.m." -> "9:30 a.m.", "ninety dollars" -> "90 dollars"):
+    a model that writes its numbers out is held to the same data."""
+
+    def number(m: re.Match[str]) -> str:
+        if m.group(3):
+            return str(_UNITS.index(m.group(3).lower()))
+        return str(10 * (_TENS.index(m.group(1).lower()) + 2) + (_UNITS.index(m.group(2).lower()) if m.group(2) else 0))
+
+    t = _NUMBER_WORDS.sub(number, text)
+    t = re.sub(r"\b(\d{1,2}) (15|30|45)\b(?=\s*(?:[ap]\.?\s?m\b|o'?clock))", r"\1:\2", t, flags=re.I)
+    return re.sub(r"\b(\d{1,2}) o'?clock\b", r"\1:00", t, flags=re.I)
+
+
+def claims(sentence: str, question: str = "") -> list[Claim]:
+    """What ``sentence`` (answering ``question``) states that the data can refute."""
+    sentence = _digits(sentence)
     out: list[Claim] = []
     for minute in sorted(_times_in(sentence)):
         out.append(Claim("time", str(minute)))
@@ -144,6 +183,15 @@ def claims(sentence: str) -> list[Claim]:
             out.append(Claim("phone", digits))
     for m in _TITLED.finditer(sentence):
         out.append(Claim("name", m.group(1)))
+    if _PEOPLE_Q.search(question):
+        # Asked who: every name said is one the facts give (not only the titled ones).
+        words = re.findall(r"(?<![.!?]\s)(?<!^)\b([A-Z][a-z'-]+)", sentence)
+        out.extend(Claim("name", w) for w in words if w not in _NOT_NAMES and not w.endswith("'s"))
+    for m in _STREET.finditer(sentence):
+        out.append(Claim("address", f"{m.group(1)} {m.group(2).strip()}"))
+    if _OPEN.search(sentence) or _CLOSED.search(sentence) or re.search(r"\bclos(e|es|ing)\b", sentence, re.I):
+        for m in _HOUR_ALONE.finditer(sentence):
+            out.append(Claim("hour", f"{int(m.group(1)) * 60 + int(m.group(2) or 0)}"))
     # Opening claims clause by clause ("open Monday to Friday, closed on Sunday"); a clause that
     # names days without saying open or closed keeps the one before's ("and Saturday 9 to 1").
     polarity = ""
@@ -155,6 +203,14 @@ def claims(sentence: str) -> list[Claim]:
             out.extend(Claim(polarity, day) for day in _named_days(clause))
         if opened and not closed and _EVERY_DAY.search(clause):
             out.append(Claim("every_day", ""))
+    if question and not any(c.kind in ("open_day", "closed_day") for c in out) and _VISIT.search(question):
+        # "Can I come in on Sunday?" "Sure!": the yes or no is about the question's day, or now.
+        said = "yes" if _YES.search(sentence) and not _NO.search(sentence) else "no" if _NO.search(sentence) and not _YES.search(sentence) else ""
+        if said:
+            days = _named_days(question)
+            out.extend(Claim("open_day" if said == "yes" else "closed_day", d) for d in days)
+            if not days and _NOW.search(question):
+                out.append(Claim("open_now" if said == "yes" else "closed_now", ""))
     return out
 
 
