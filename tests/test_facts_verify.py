@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.config import AppConfig, plan_reload
 from providers.base import Transcript
 from providers.facts.verify import FactGuard
 from providers.profile import AgentProfile
@@ -153,3 +154,12 @@ def test_check_config_names_a_bad_field_and_shows_what_free_text_was_read_as(tmp
     read = json.loads(r.stdout)["profiles"]["shop"]["facts_read_as"]
     assert read["hours"]["monday"] == "09:00-17:00" and read["hours"]["sunday"] == "closed"
     assert "5550142" in {n.replace(" ", "") for n in read["phones"].values()}
+
+
+def test_a_reload_applies_changed_business_hours_to_new_calls() -> None:
+    running = AppConfig.model_validate({"profiles": {"dental": DENTAL.model_dump()}})
+    changed = DENTAL.model_dump()
+    changed["business"]["hours"]["saturday"] = "closed"
+    plan = plan_reload(running, AppConfig.model_validate({"profiles": {"dental": changed}}))
+    assert plan.applied == ("profiles.dental.business.hours.saturday",) and not plan.restart
+    assert plan.config.profiles["dental"].known.hours_on(dt.date(2026, 12, 12)) == ()
