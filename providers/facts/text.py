@@ -43,6 +43,8 @@ _TOKEN = re.compile(
     rf"|(?P<time>(?<![\d$€£:.,])(?:(?:until|till|til)\s+{_CLK}|(?:(?:from|after|before|at)\s+)?{_STRICT_CLK}))",
     re.I)
 
+# Hours for a season, a month or a while: the weekly hours the rest states may not hold all year.
+_SEASONAL = re.compile(rf"\b(?:{_MONTHS.replace('may|', '')}|summer|winter|spring|autumn|season\w*|christmas|easter|school\s+holidays|term|temporar\w*)\b", re.I)
 # A sentence that opens with days or a range ("Mon-Fri 8-6", "9-5 weekdays") is about the hours.
 _STARTS_WITH_HOURS = re.compile(rf"[\W_]*(?:{_DAYS}|(?:from\s+)?{_CLK}\s*(?:-|–|—|to)\s*{_CLK})\b", re.I)
 
@@ -127,6 +129,13 @@ def _read_hours_sentence(sentence: str, h: _Hours) -> None:
     about_hours = {k for k, _ in tokens} & {"open", "closed", "brk"}
     if not about_hours and not _STARTS_WITH_HOURS.match(sentence):
         return  # "Dr. Chen works Tuesday 9-12", "ages 3 to 12": not the opening hours
+    if _SEASONAL.search(sentence):
+        h.unsure |= set(range(7))  # "Summer hours: ...", "closed in August", "temporarily closed"
+        return
+    if "?" in sentence or re.search(r"\b(?:not|never|no)\b|n't\b", sentence, re.I):
+        for kind, text in tokens:  # "not open on Sundays", a quoted question: what it says of a day is not read
+            h.unsure |= _day_set(text) if kind == "days" else set()
+        return
     group: set[int] | None = None  # days-first: "Monday to Friday 8-6, Saturday 9-1"
     ranges: list[tuple[Interval, bool]] = []
     group_hol = False  # "Sundays and public holidays closed"
@@ -206,12 +215,14 @@ def _read_hours_sentence(sentence: str, h: _Hours) -> None:
 
 
 def _day_text(spans: tuple[Interval, ...]) -> str | None:
-    """The schema's text for a day's intervals, read back the same (else said with am/pm)."""
+    """The schema's text for a day's intervals, one that reads back the same: "11:00-00:00" reads
+    as 11 to noon, so midnight is 24:00, and "11:00-01:00" is said with am and pm."""
     def ampm(minute: int) -> str:
         hour, m = divmod(minute % (24 * 60), 60)
         return f"{hour % 12 or 12}:{m:02d}{'am' if hour < 12 else 'pm'}"
 
-    for text in (hours_text(spans), ", ".join(f"{ampm(s.opens)}-{ampm(s.closes)}" for s in spans)):
+    hhmm = hours_text(spans)
+    for text in (hhmm, hhmm.replace("-00:00", "-24:00"), ", ".join(f"{ampm(s.opens)}-{ampm(s.closes)}" for s in spans)):
         if parse_hours(text) == spans:
             return text
     return None
@@ -269,47 +280,57 @@ def _address(text: str, first: str) -> str:
 # ---- the business's name: the first sentence's leading capitalised words, before a comma or alone
 _NAME = re.compile(r"^(?:Welcome\s+to\s+)?(?P<name>[A-Z0-9][\w'’.&-]*(?:\s+(?:[A-Z0-9][\w'’.&-]*|&|and|of|the|de))*?)"
                    r"\s*(?P<end>,|$|\s+[-–—]\s+|\s+is\s+(?:a|an|the|your)\b)")
-_NOT_NAME = {"open", "opening", "closed", "we", "we're", "our", "hours", "call", "for", "free", "parking", "address", "phone", "tel",
-             "please", "dr", "dr.", "mr", "mrs", "ms", "the", "hello", "hi", "note", *WEEKDAYS}
+_NOT_NAME = {"open", "opening", "closed", "we", "we're", "our", "hours", "call", "free", "parking", "address", "phone", "tel", "please", "dr",
+             "dr.", "mr", "mrs", "ms", "hello", "hi", "note", "with", "in", "at", "on", "for", "from", "by", "to", "as", "if", "when", "after",
+             "before", "since", "this", "these", "it", "all", "each", "yes", "no", *WEEKDAYS}
 
 
 def _name(first: str) -> str:
-    m = _NAME.match(first.strip().rstrip(".!"))
+    first = first.strip().rstrip(".!")
+    m = _NAME.match(first)
     if not m:
         return ""
     words = m["name"].split()
     if words[0].lower().rstrip(":") in _NOT_NAME or any(w.lower() in WEEKDAYS for w in words):
         return ""
-    if (m["end"] == "" and len(words) > 6) or (m["end"].strip().startswith("is") and len(words) < 2):
-        return ""  # a whole sentence of capitals, or "Parking is a..."
+    if len(words) == 1 and not (m["end"] == "," and _ADDRESS.match(first[m.end():].lstrip())):
+        return ""  # "Cash, cards and cheques accepted.": one word is a name only before the address
+    if m["end"] == "" and len(words) > 6:
+        return ""  # a whole sentence of capitals
     return m["name"]
 
 
 # ---- phone numbers, and what for: the words around each (up to the next "or", comma or number)
 _PHONE = re.compile(r"(?<![\w$€£.,:/+-])\+?(?:\(\d{1,5}\)\s?)?\d(?:[ .-]?\d){5,14}(?![\w/:%-]|[.,]\d)(?!\s*(?:dollars|euros|pounds|[$€£]))")
-_PURPOSES = (  # the first that the words name wins
+_PURPOSES = (  # the first that the words name wins; "" is not a phone number
+    ("", r"\b(?:vat|tax|account|iban|sort\s+code|registration|licen[cs]e|reference|order\s+number|company\s+number)\b"),
     ("emergency", r"emergenc|urgent"), ("towing", r"\btow|breakdown"), ("fax", r"\bfax"),
     ("after hours", r"after[- ]hours|out[- ]of[- ]hours|outside\s+(?:of\s+)?(?:our\s+)?(?:opening|office|business)\s+hours"),
     ("booking", r"\bbook|reservation|appointment"), ("orders", r"\border|deliver|takeaway|take-away"),
 )
+_DATE = re.compile(r"\d{1,2}[-./]\d{1,2}[-./]\d{2,4}|\d{4}[-./]\d{1,2}[-./]\d{1,2}")
+_PHONE_WORDS = re.compile(r"\b(?:call|phone|telephone|tel|ring|dial|number|contact|reach|mobile|cell|text|whatsapp)\b")
 _CLAUSE_BREAK = r"\b(?:or|and)\b|[,;]"
 
 
 def _phones(sentences: list[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for s in sentences:
-        found = [m for m in _PHONE.finditer(s) if 7 <= len(re.sub(r"\D", "", m[0])) <= 15 and not re.fullmatch(r"\d{1,2}[-./]\d{1,2}[-./]\d{2,4}", m[0])]
+        found = [m for m in _PHONE.finditer(s) if 7 <= len(re.sub(r"\D", "", m[0])) <= 15 and not _DATE.fullmatch(m[0])]
         for i, m in enumerate(found):
             before = s[found[i - 1].end() if i else 0:m.start()]
             before = re.split(_CLAUSE_BREAK, before)[-1] if i else before
             after = re.split(_CLAUSE_BREAK, s[m.end():found[i + 1].start() if i + 1 < len(found) else len(s)])[0]
             words = f"{before} {after}".lower()
             purpose = next((p for p, pattern in _PURPOSES if re.search(pattern, words)), "main")
+            if purpose == "main" and not re.search(r"[ ()+-]", m[0]) and not _PHONE_WORDS.search(words):
+                continue  # "4194304": a bare run of digits is a phone number only where the words say so
             key, n = purpose, 1
             while key in out and out[key] != m[0]:
                 n += 1
                 key = f"{purpose} {n}"
-            out[key] = m[0]
+            if purpose:
+                out[key] = m[0]
     return out
 
 
@@ -328,7 +349,7 @@ _PEOPLE = (
     re.compile(rf"(?P<names>{_PNAMES})(?:\s*,\s*|\s+(?i:is|are)\s+)(?i:the|our)\s+(?P<role>{_ROLE})"),  # "Luigi Russo is the owner"
     re.compile(r"(?P<names>\b(?:Dr|Prof)\.?\s+[A-Z][a-zA-Z'’-]+(?:\s+[A-Z][a-zA-Z'’-]+)?)"),  # "Dr. Patel": a person, the role unsaid
 )
-_NOT_PERSON = {"the", "our", "ask", "call", "contact", "meet", "please", "open", "closed", "street", "road", "avenue", *WEEKDAYS,
+_NOT_PERSON = {"the", "our", "ask", "who", "what", "which", "where", "when", "how", "is", "are", "yes", "no", "call", "contact", "meet", "please", "open", "closed", "street", "road", "avenue", *WEEKDAYS,
                *_MONTHS.split("|")}
 
 
@@ -338,6 +359,7 @@ def _people(text: str) -> list[Person]:
         for m in pattern.finditer(text):
             role = re.sub(r"(?<=[^s])s$", "", (m.groupdict().get("role") or "").lower())  # "Dentists" -> "dentist"
             for name in re.split(r"\s*(?:,\s*and|,|\band\b|&)\s*", m["names"]):
+                name = re.sub(r"['’]s$", "", name)  # "Dr. Patel's surgery"
                 words = name.split()
                 if any(w.lower().strip(".") in _NOT_PERSON for w in words):
                     continue
@@ -354,20 +376,22 @@ def _people(text: str) -> list[Person]:
 # ---- prices: a clause "SERVICE costs|is|: PRICE" or "PRICE for a SERVICE", with nothing else said
 _AMOUNT = r"\d{1,3}(?:,\d{3})+(?:\.\d{2})?|\d+(?:[.,]\d{1,2})?"
 _MONEY = rf"(?:(?P<sym>[$€£])\s?(?P<a1>{_AMOUNT})|(?P<a2>{_AMOUNT})\s?(?P<word>dollars?|bucks|usd|euros?|eur|€|pounds?|quid|gbp|£))"
-_PRICE_NOTE = r"(?P<note>\s+(?:per|an?)\s+(?:hour|person|night|day|visit|session|month)|\s+each|\s+plus\s+(?:parts|vat|tax))?"
+_PRICE_NOTE = r"(?P<note>\s+(?:per|an?)\s+(?:hour|person|night|day|visit|session|week|month|year)|\s+each|\s+plus\s+(?:parts|vat|tax))?"
 _SVC = r"(?P<svc>[a-z][\w'’/-]*(?:\s+[\w'’/-]+){0,4}?)"
 _PRICES = (
     re.compile(rf"^(?:(?:and|but|also|plus)\s+)?(?:prices?\s*:\s*)?(?:(?:a|an|the|our|one)\s+)?(?:(?:price|cost|fee|charge)\s+(?:of|for)\s+"
-               rf"(?:(?:a|an|the)\s+)?)?{_SVC}(?P<verb>\s+(?:costs?|is|are|comes\s+to|starts?\s+at)\s+(?:only\s+|just\s+)?|\s*[:=–—-]\s*|\s+)"
-               rf"(?P<from>from\s+|starting\s+(?:at|from)\s+)?(?:{_MONEY}|(?P<free>free(?:\s+of\s+charge)?|no\s+charge)){_PRICE_NOTE}$", re.I),
+               rf"(?:(?:a|an|the)\s+)?)?{_SVC}(?P<verb>\s+(?:costs?|is|are|comes\s+to)\s+(?:only\s+|just\s+)?|\s*[:=–—-]\s*|\s+)"
+               rf"(?P<from>from\s+|(?:starting|starts?)\s+(?:at|from)\s+)?(?:{_MONEY}|(?P<free>free(?:\s+of\s+charge)?|no\s+charge)){_PRICE_NOTE}$", re.I),
     re.compile(rf"^(?:(?:and|but|also)\s+)?(?:we\s+charge\s+)?(?P<from>from\s+)?{_MONEY}\s+for\s+(?:(?:a|an|the|one)\s+)?{_SVC}$", re.I),
 )
 _CURRENCY = {"$": "USD", "dollar": "USD", "buck": "USD", "usd": "USD", "€": "EUR", "euro": "EUR", "eur": "EUR",
              "£": "GBP", "pound": "GBP", "quid": "GBP", "gbp": "GBP"}
-# Words that make a clause a condition ("free for orders over 25 dollars") or not a service at all.
+# Words that make a clause a condition ("free for orders over 25 dollars") or not about a service;
+# and what is not a service though it may be free (the FAQ's matters).
 _NOT_SERVICE = {"for", "over", "under", "above", "below", "with", "within", "if", "than", "when", "while", "more", "less", "up", "minimum",
                 "least", "per", "order", "orders", "spend", "total", "about", "around", "approximately", "usually", "it", "this", "that",
-                "everything", "parking", "delivery", "wifi", "wi-fi", "there", "we", "you", "they", "which", "what", *WEEKDAYS}
+                "everything", "there", "we", "you", "they", "which", "what", *WEEKDAYS}
+_NOT_PRICED = {"parking", "delivery", "wifi", "wi-fi", "fee", "price", "prices", "cost", "costs", "charge", "everything", "all"}
 
 
 @dataclass(frozen=True)
@@ -384,7 +408,7 @@ def _price(clause: str) -> _Price | None:
         if not m:
             continue
         svc = m["svc"]
-        if any(w.lower() in _NOT_SERVICE for w in svc.split()) or re.search(r"\d", svc):
+        if any(w.lower() in _NOT_SERVICE for w in svc.split()) or svc.lower() in _NOT_PRICED or re.search(r"\d", svc):
             return None
         if m.groupdict().get("free") and not m["verb"].strip():
             return None  # "coffee free": not a sentence about a price
@@ -423,7 +447,7 @@ def read_facts(text: str) -> Business:
     hours = _hours(sentences)
     services, currency = _services(sentences)
     email = re.search(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+", text)
-    website = re.search(r"\b(?:https?://|www\.)[\w./-]+\w", text)
+    website = re.search(r"\b(?:https?://|www\.)[\w-]+(?:\.[\w-]+)*\.[a-z]{2,}\b(?:/[\w./-]*\w)?", text)
     fields = dict(name=_name(sentences[0]), address=_address(text, sentences[0]), hours=_settle(hours), holidays_closed=hours.holidays_closed,
                   phones=_phones(sentences), people=_people(text), services=services, currency=currency,
                   email=email[0] if email else "", website=website[0] if website else "")
