@@ -425,7 +425,7 @@ def _price(clause: str) -> _Price | None:
 
 def _services(sentences: list[str]) -> tuple[list[Service], str | None]:
     """The services with a price, and the currency they are in (None: not said)."""
-    prices = [p for s in sentences for c in re.split(r";|,(?!\d{3})|\bbut\b|\band\b(?=\s+(?:a|an|the)\s)", s) if (p := _price(c.strip(" .")))]
+    prices = [p for s in sentences for c in re.split(r";|,(?!\d)|\bbut\b|\band\b(?=\s+(?:a|an|the)\s)", s) if (p := _price(c.strip(" .")))]
     currencies = {p.currency for p in prices if p.currency}
     currency = next(iter(currencies)) if len(currencies) == 1 else None
     by_name: dict[str, set[_Price]] = {}
