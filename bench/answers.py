@@ -3,6 +3,7 @@ local provider's real prompt path (its system message with the facts, the model,
 length), scored per answer.
 
     python bench/answers.py [--models smollm2-135m,qwen2.5-coder-0.5b,qwen2.5-coder-0.5b-iq4nl] [--show]
+    python bench/answers.py --model-path A.gguf --model-path B.gguf   # any GGUF files (instead of --models)
 
 Each question names what a correct answer must say (any one of the listed spellings). Printed
 per model: the score, the first-token and whole-answer latency (p50/p90) on this machine, and,
@@ -135,8 +136,10 @@ def answer(model: ChatModel, profile: AgentProfile, question: str, cfg: LocalPro
     return reply
 
 
-def run_model(name: str, temperature: float | None, checked: bool) -> tuple[float, int, list[float], list[float], list[tuple[str, str]]]:
-    cfg = LocalProviderConfig(llm_model=name)  # type: ignore[arg-type]
+def run_model(name: str, temperature: float | None, checked: bool, path: str = "") -> tuple[float, int, list[float], list[float], list[tuple[str, str]]]:
+    """One pass over the questions with the packaged model ``name``, or the GGUF file ``path``
+    (providers.local.llm_model_path) when given."""
+    cfg = LocalProviderConfig(llm_model_path=path) if path else LocalProviderConfig(llm_model=name)  # type: ignore[arg-type]
     if temperature is not None:
         cfg.llm_temperature = temperature
     model = ChatModel(resolve_llm(cfg.llm_model, cfg.llm_model_path), cfg.llm_context, cfg.llm_threads, cfg.llm_chat_format)
@@ -158,20 +161,25 @@ def run_model(name: str, temperature: float | None, checked: bool) -> tuple[floa
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default="smollm2-135m,qwen2.5-coder-0.5b,qwen2.5-coder-0.5b-iq4nl")
+    ap.add_argument("--models", help="packaged models (providers.local.llm_model); default: all three, or none with --model-path")
+    ap.add_argument("--model-path", action="append", default=[], metavar="FILE", help="a GGUF file to measure too (repeatable)")
+    ap.add_argument("--check", choices=("both", "alone", "checked"), default="both", help="the model alone, with the facts check, or both")
     ap.add_argument("--show", action="store_true", help="print every answer that missed its fact")
     ap.add_argument("--temperature", type=float, help="instead of providers.local.llm_temperature")
     ap.add_argument("--runs", type=int, default=1, help="repeat (the model samples: scores vary by a question or two)")
     args = ap.parse_args()
     print(f"answers: {len(QUESTIONS)} questions about 3 businesses and {len(UNANSWERABLE)} the facts do not answer, the local provider's answer path, {LocalProviderConfig().llm_threads} thread(s)")
-    for name in args.models.split(","):
-        for checked in (False, True):
+    models = args.models if args.models is not None else ("" if args.model_path else "smollm2-135m,qwen2.5-coder-0.5b,qwen2.5-coder-0.5b-iq4nl")
+    runs = [(name, "") for name in models.split(",") if name] + [(Path(p).stem, p) for p in args.model_path]
+    modes = {"both": (False, True), "alone": (False,), "checked": (True,)}[args.check]
+    for name, path in runs:
+        for checked in modes:
             for _ in range(args.runs):
-                score, honest, first, whole, misses = run_model(name, args.temperature, checked)
+                score, honest, first, whole, misses = run_model(name, args.temperature, checked, path)
                 f, w = np.array(first) * 1000, np.array(whole) * 1000
                 label = f"{name} {'+ facts check' if checked else '(model alone)'}"
                 print(
-                    f"  {label:36s} facts stated {score * 100:5.1f}%   honest when they do not say {honest}/{len(UNANSWERABLE)}"
+                    f"  {label:44s} facts stated {score * 100:5.1f}%   honest when they do not say {honest}/{len(UNANSWERABLE)}"
                     f"   first token p50 {np.percentile(f, 50):4.0f} ms p90 {np.percentile(f, 90):4.0f} ms"
                     f"   whole answer p50 {np.percentile(w, 50):5.0f} ms p90 {np.percentile(w, 90):5.0f} ms",
                     flush=True,
