@@ -12,12 +12,13 @@ from typing import TypeVar
 
 from providers.facts.question import Asked, Day, FactAnswer, Question, date_label
 from providers.facts.schema import WEEKDAYS, Business, Interval, clock_text
+from providers.facts.words import content, same_word
 
 T = TypeVar("T")
 KINDS = ("hours", "open", "closed", "opens", "closes", "open_now", "breaks")
 # The words a question about hours may hold besides days and times (regex alternatives).
 _WORDS = (r"open|opens|opening|close|closes|closing|closed|shut|hours?|what time|when|how late|how early|late|early|until|"
-          r"work|working|operate|operating|days?|time|times|of operation|be|stay|lunch|lunchtime|break|breaks")
+          r"work|working|operate|operating|days?|time|times|of operation|be|stay|lunch|lunchtime|break|breaks|take|taking")
 _LUNCH = (12 * 60, 13 * 60)  # lunchtime: a break that overlaps it is a lunch break
 
 
@@ -230,6 +231,8 @@ def _gaps(spans: tuple[Interval, ...], lunch: bool) -> tuple[Interval, ...]:
 def breaks(q: Question) -> FactAnswer | None:
     """A break in the day ("do you close for lunch", "are you open at lunchtime", "any breaks on Saturday")."""
     b, lunch = q.business, bool(re.search(r"\blunch", q.text))
+    if not lunch and any(same_word("break", w) for s in b.services for n in s.names() for w in content(n)):
+        return None  # "do you do breaks": a garage's brakes, as Whisper writes them
     days = list(q.when.days) or [Day(i) for i in range(7) if b.weekly(WEEKDAYS[i])]
     spans = [_spans(b, d) for d in days]
     if not days or not all(s is not None for s in spans):
@@ -243,11 +246,14 @@ def breaks(q: Question) -> FactAnswer | None:
     through = all(any(s.opens <= _LUNCH[0] and s.closes >= _LUNCH[1] for s in spans) for _, spans in opened)
     asked_open = lunch and bool(re.search(r"\bopen\b", q.text))
     where = f" {days[0].label}" if len(q.when.days) == 1 else ""
-    if len(set(gaps)) == 1 and len(opened) == len(days) and (gaps[0] or through or not lunch):
+    if len(set(gaps)) == 1 and len(opened) == len(days):
         if gaps[0]:
             return FactAnswer(f"{'No' if asked_open else 'Yes'}, we close from {_ranges(gaps[0])}{where}.", Asked("breaks", subject))
-        text = "we're open through lunch" if lunch else "we're open straight through, with no break"
-        return FactAnswer(f"{'Yes' if asked_open else 'No'}, {text}{where}.", Asked("breaks", subject))
+        if not asked_open:
+            text = "we don't close for lunch" if lunch else "we're open straight through, with no break"
+            return FactAnswer(f"No, {text}{where}.", Asked("breaks", subject))
+        if through:
+            return FactAnswer(f"Yes, we're open through lunch{where}.", Asked("breaks", subject))
     values = [(True, g) if g else (False, s) for g, (_, s) in zip(gaps, opened, strict=True)]
     parts = [f"{names}, we close from {_ranges(v)}" if has_gap else f"{names}, we're open from {_ranges(v)}"
              for names, (has_gap, v) in _groups([d for d, _ in opened], values)]

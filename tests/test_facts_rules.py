@@ -1,0 +1,310 @@
+"""Answers from a business's data (providers/facts/rules.py): questions as Whisper writes them,
+answered right for the date and time in the business's zone, and None whenever the data does not
+hold the answer or the question is not clearly about it."""
+
+from __future__ import annotations
+
+import datetime as dt
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from providers.facts.rules import Asked, answer
+from providers.facts.schema import Business
+
+WEEKDAY_HOURS = "8:00-12:00, 13:00-18:00"
+CLINIC = Business.model_validate({
+    "name": "Bright Smile Dental", "timezone": "America/New_York", "currency": "USD",
+    "hours": {"monday": WEEKDAY_HOURS, "tuesday": WEEKDAY_HOURS, "wednesday": WEEKDAY_HOURS, "thursday": WEEKDAY_HOURS,
+              "friday": WEEKDAY_HOURS, "saturday": "9am-1pm", "sunday": "closed"},
+    "special_days": [{"date": "2026-12-25", "hours": "closed", "note": "Christmas Day"},
+                     {"date": "2026-12-24", "hours": "9:00-12:00", "note": "Christmas Eve"}],
+    "address": "14 Elm Street, Springfield",
+    "directions": "Free parking behind the building; the number 12 bus stops at the door.",
+    "phones": {"main": "555 0199", "emergency": "555 0142", "fax": "555 0100"},
+    "people": [{"name": "Dr. Maria Lopez", "role": "dentist", "note": "works Mondays and Thursdays"},
+               {"name": "Dr. James Chen", "role": "dentist"},
+               {"name": "Anna Berg", "role": "hygienist"}],
+    "services": [{"name": "cleaning", "aliases": ["teeth cleaning", "hygiene visit"], "price": 80},
+                 {"name": "filling", "price": 120, "price_note": "from"},
+                 {"name": "teeth whitening", "aliases": ["whitening"], "price": 300},
+                 {"name": "consultation", "price": 0},
+                 {"name": "crown", "price_note": "it depends on the tooth"},
+                 {"name": "root canal"}],
+    "faq": [{"questions": ["Do you take insurance?", "Which insurance do you accept?"], "answer": "We accept most major dental insurance plans."},
+            {"questions": ["Do you take walk-ins?", "Can I come without an appointment?"], "answer": "We see walk-ins when we can, but an appointment is best."}],
+})
+RESTAURANT = Business.model_validate({
+    "name": "Trattoria Luna", "timezone": "Europe/Berlin", "currency": "EUR",
+    "hours": {"monday": "closed", "tuesday": "17:00-23:00", "wednesday": "17:00-23:00", "thursday": "17:00-23:00",
+              "friday": "17:00-02:00", "saturday": "17:00-02:00", "sunday": "12:00-15:00, 17:00-22:00"},
+    "address": "Kastanienallee 7, Berlin",
+    "phones": {"main": "030 555 0123", "reservations": "030 555 0124"},
+    "people": [{"name": "Luca Romano", "role": "head chef"}, {"name": "Giulia Romano", "role": "owner"}],
+    "services": [{"name": "set menu", "aliases": ["tasting menu"], "price": 45}, {"name": "corkage", "price": 10, "price_note": "per bottle"},
+                 {"name": "kids menu", "aliases": ["children's menu"], "price": 12.5}],
+    "faq": [{"questions": ["Do you have vegetarian options?", "Is there vegetarian food?"], "answer": "Yes, about half the menu is vegetarian."}],
+})
+GARAGE = Business.model_validate({
+    "name": "Miller Auto Repair", "timezone": "America/Chicago",
+    "hours": {day: "7:30 am - 5:30 pm" for day in ("monday", "tuesday", "wednesday", "thursday", "friday")} | {"saturday": "8-12", "sunday": "closed"},
+    "address": "2200 Industrial Parkway, Joliet",
+    "phones": {"main": "(815) 555-0170", "towing": "(815) 555-0171"},
+    "people": [{"name": "Bob Miller", "role": "owner"}, {"name": "Tony Alvarez", "role": "mechanic"}, {"name": "Rita Shaw", "role": "mechanic"}],
+    "services": [{"name": "oil change", "price": 49.99}, {"name": "tire rotation", "aliases": ["tyre rotation"], "price": 25},
+                 {"name": "brake inspection", "price": 0}, {"name": "diagnostic", "aliases": ["check engine light"], "price": 89, "price_note": "per hour"},
+                 {"name": "engine repair"}],
+    "faq": [{"questions": ["Do you have loaner cars?", "Can I get a courtesy car?"], "answer": "We have two loaner cars; ask when you book."}],
+})
+
+
+def at(business: Business, year: int, month: int, day: int, hour: int, minute: int = 0) -> dt.datetime:
+    """A local time of ``business``, given as UTC (as the pipeline's clock gives it)."""
+    return dt.datetime(year, month, day, hour, minute, tzinfo=ZoneInfo(business.timezone)).astimezone(dt.UTC)
+
+
+MONDAY_MORNING = at(CLINIC, 2026, 12, 7, 9, 30)
+SATURDAY_EVENING = at(CLINIC, 2026, 12, 12, 19, 0)
+CHRISTMAS_EVE = at(CLINIC, 2026, 12, 24, 10, 0)
+AFTER_LATE_NIGHT = at(RESTAURANT, 2026, 12, 12, 0, 30)  # Saturday, Friday's evening still open
+GARAGE_SATURDAY = at(GARAGE, 2026, 12, 12, 19, 0)
+
+
+def said(question: str, business: Business = CLINIC, now: dt.datetime = MONDAY_MORNING, previous: Asked | None = None) -> str | None:
+    found = answer(question, business, now, previous)
+    return found.text if found else None
+
+
+@pytest.mark.parametrize(("question", "want"), [
+    ("r u open sundays", "No, we're closed on Sundays."),
+    ("Are you open on Sunday?", "No, we're closed on Sunday."),
+    ("are you guys closed on sunday", "Yes, we're closed on Sunday."),
+    ("Are you open today?", "Yes, we're open today, from 8 am to noon and 1 pm to 6 pm."),
+    ("are you open on saturday", "Yes, we're open on Saturday, from 9 am to 1 pm."),
+    ("Is the clinic open Saturdays?", "Yes, we're open on Saturdays, from 9 am to 1 pm."),
+    ("are you open now", "Yes, we're open now until noon, then again from 1 pm to 6 pm."),
+    ("Are you still open?", "Yes, we're open now until noon, then again from 1 pm to 6 pm."),
+    ("what time do you guys close on friday", "On Friday, we close at 6 pm."),
+    ("When do you close on Friday?", "On Friday, we close at 6 pm."),
+    ("how late are you open on saturdays", "On Saturdays, we close at 1 pm."),
+    ("what time do you open tomorrow", "Tomorrow, Tuesday, we open at 8 am."),
+    ("what time did you open today", "Today, we opened at 8 am."),
+    ("what time do you close", "We're open now until noon, then again from 1 pm to 6 pm."),
+    ("What are your hours?", "We're open Monday to Friday 8 am to noon and 1 pm to 6 pm, and Saturday 9 am to 1 pm; we are closed on Sunday."),
+    ("what are your opening hours", "We're open Monday to Friday 8 am to noon and 1 pm to 6 pm, and Saturday 9 am to 1 pm; we are closed on Sunday."),
+    ("when are you open on saturday", "On Saturday, we're open from 9 am to 1 pm."),
+    ("do you close for lunch on wednesday", "Yes, we close from noon to 1 pm on Wednesday."),
+    ("are you open at lunchtime on tuesday", "No, we close from noon to 1 pm on Tuesday."),
+    ("do you close for lunch", "Monday to Friday, we close from noon to 1 pm; Saturday, we're open from 9 am to 1 pm."),
+    ("are you open this weekend", "Saturday, we're open from 9 am to 1 pm; Sunday, we're closed."),
+    ("are you open on weekdays", "Yes: Monday to Friday, we're open from 8 am to noon and 1 pm to 6 pm."),
+    ("are you open at 7 pm", "No, today we're open from 8 am to noon and 1 pm to 6 pm."),
+    ("are you open at 8", "Yes, we're open at 8 am today, until noon."),
+    ("can I come in at 12:30 today? are you open then", "No, today we're open from 8 am to noon and 1 pm to 6 pm."),
+    # special days override the weekday
+    ("are you open on christmas", "No, we're closed on Christmas Day, Friday, December 25th."),
+    ("Are you open on the 25th?", "No, we're closed on Christmas Day, Friday, December 25th."),
+    ("are you open december 25th", "No, we're closed on Christmas Day, Friday, December 25th."),
+    ("what are your hours on christmas eve", "On Christmas Eve, Thursday, December 24th, we're open from 9 am to noon."),
+    ("are you open on the 26th", "Yes, we're open on Saturday, December 26th, from 9 am to 1 pm."),
+])
+def test_clinic_hours_on_a_monday_morning(question: str, want: str) -> None:
+    assert said(question) == want
+
+
+@pytest.mark.parametrize(("question", "want"), [
+    ("are you open", "No, we're closed right now; we open again on Monday, at 8 am."),
+    ("are you open tomorrow", "No, we're closed tomorrow, Sunday."),
+    ("are you open today", "Today we were open from 9 am to 1 pm; we're closed now; we open again on Monday, at 8 am."),
+    ("when do you open", "We're closed right now; we open again on Monday, at 8 am."),
+    ("what time do you close today", "Today, we closed at 1 pm."),
+    ("are you open on friday", "Yes, we're open on Friday, from 8 am to noon and 1 pm to 6 pm."),
+    ("are you open on fridays", "Yes, we're open on Fridays, from 8 am to noon and 1 pm to 6 pm."),
+])
+def test_clinic_on_a_saturday_evening(question: str, want: str) -> None:
+    assert said(question, now=SATURDAY_EVENING) == want
+
+
+@pytest.mark.parametrize(("question", "want"), [
+    ("are you open today", "Yes, we're open today, Christmas Eve, from 9 am to noon."),
+    ("are you open now", "Yes, we're open now until noon."),
+    ("what time do you close today", "Today, Christmas Eve, we close at noon."),
+    ("are you open tomorrow", "No, we're closed tomorrow, Christmas Day, Friday."),
+    ("do you close for lunch today", "No, we don't close for lunch today, Christmas Eve."),
+    ("what are your hours", "We're open Monday to Friday 8 am to noon and 1 pm to 6 pm, and Saturday 9 am to 1 pm; we are closed on Sunday. "
+                            "Today, Christmas Eve, we're open from 9 am to noon. We're closed tomorrow, Christmas Day, Friday."),
+])
+def test_christmas_eve(question: str, want: str) -> None:
+    assert said(question, now=CHRISTMAS_EVE) == want
+
+
+def test_a_weekday_said_once_is_its_coming_date_when_that_has_special_hours() -> None:
+    saturday_before = at(CLINIC, 2026, 12, 19, 11, 0)
+    assert said("are you open on friday", now=saturday_before) == "No, we're closed on Christmas Day, Friday, December 25th."
+    assert said("are you open on fridays", now=saturday_before) == "Yes, we're open on Fridays, from 8 am to noon and 1 pm to 6 pm."
+    assert said("are you open thursday", now=saturday_before) == "Yes, we're open on Christmas Eve, Thursday, December 24th, from 9 am to noon."
+
+
+def test_after_closing_on_christmas_eve_the_next_opening_skips_christmas() -> None:
+    assert said("are you open", now=at(CLINIC, 2026, 12, 24, 12, 30)) == "No, we're closed right now; we open again on Saturday, at 9 am."
+
+
+@pytest.mark.parametrize(("question", "want"), [
+    ("are you open now", "Yes, we're open now until 2 am."),
+    ("are you still open", "Yes, we're open now until 2 am."),
+    ("what time do you close", "We're open now until 2 am."),
+    ("are you open tonight", "Yes, we're open today, from 5 pm to 2 am."),
+    ("are you open at 1 am on saturday", "Yes, we're open at 1 am on Saturday, until 2 am."),
+    ("are you open at 8 tonight", "Yes, we're open at 8 pm today, until 2 am."),
+    ("are you open on monday", "No, we're closed on Monday."),
+    ("what time do you open on sunday", "On Sunday, we open at noon."),
+    ("do you take a break on sundays", "Yes, we close from 3 pm to 5 pm on Sundays."),
+    ("what are your hours", "We're open Tuesday to Thursday 5 pm to 11 pm, Friday and Saturday 5 pm to 2 am, and Sunday noon to 3 pm and 5 pm to 10 pm; "
+                            "we are closed on Monday."),
+])
+def test_restaurant_past_midnight(question: str, want: str) -> None:
+    assert said(question, RESTAURANT, AFTER_LATE_NIGHT) == want
+
+
+def test_restaurant_closed_after_its_late_night() -> None:
+    assert said("are you open", RESTAURANT, at(RESTAURANT, 2026, 12, 12, 2, 30)) == "No, we're closed right now; we open today at 5 pm."
+
+
+@pytest.mark.parametrize(("question", "want"), [
+    ("are you open", "No, we're closed right now; we open again on Monday, at 7:30 am."),
+    ("what time do you close on saturday", "On Saturday, we close at noon."),
+    ("are you open at 3 on saturday", "No, on Saturday we're open from 8 am to noon."),
+    ("What are your hours?", "We're open Monday to Friday 7:30 am to 5:30 pm, and Saturday 8 am to noon; we are closed on Sunday."),
+    ("do you close for lunch", "No, we don't close for lunch."),
+])
+def test_garage_hours(question: str, want: str) -> None:
+    assert said(question, GARAGE, GARAGE_SATURDAY) == want
+
+
+@pytest.mark.parametrize(("business", "question", "want"), [
+    (CLINIC, "what's your address", "We're at 14 Elm Street, Springfield."),
+    (CLINIC, "Where are you located?", "We're at 14 Elm Street, Springfield."),
+    (RESTAURANT, "where are you", "We're at Kastanienallee 7, Berlin."),
+    (CLINIC, "where do i park", "Free parking behind the building; the number 12 bus stops at the door."),
+    (CLINIC, "How do I get there?", "Free parking behind the building; the number 12 bus stops at the door."),
+    (CLINIC, "what's the emergency number", "The emergency number is 555 0142."),
+    (CLINIC, "is there an urgent number", "The emergency number is 555 0142."),
+    (CLINIC, "What's your fax number?", "The fax number is 555 0100."),
+    (CLINIC, "what's your phone number", "Our number is 555 0199."),
+    (GARAGE, "what number do I call for towing", "The towing number is (815) 555-0171."),
+    (RESTAURANT, "what's the number for reservations", "The reservations number is 030 555 0124."),
+])
+def test_places_and_numbers(business: Business, question: str, want: str) -> None:
+    assert said(question, business) == want
+
+
+@pytest.mark.parametrize(("business", "question", "want"), [
+    (CLINIC, "who are the dentists", "Our dentists are Dr. Maria Lopez and Dr. James Chen."),
+    (CLINIC, "who works there", "Our dentists are Dr. Maria Lopez and Dr. James Chen, and our hygienist is Anna Berg."),
+    (CLINIC, "do you have a hygienist", "Our hygienist is Anna Berg."),
+    (CLINIC, "is doctor lopez in on mondays", "Yes. Dr. Maria Lopez, our dentist: works Mondays and Thursdays."),
+    (CLINIC, "is dr lopes in on tuesday", "No. Dr. Maria Lopez, our dentist: works Mondays and Thursdays."),
+    (RESTAURANT, "who is the owner", "Our owner is Giulia Romano."),
+    (RESTAURANT, "who's the chef", "Our head chef is Luca Romano."),
+    (GARAGE, "who are the mechanics", "Our mechanics are Tony Alvarez and Rita Shaw."),
+])
+def test_people(business: Business, question: str, want: str) -> None:
+    assert said(question, business) == want
+
+
+@pytest.mark.parametrize(("business", "question", "want"), [
+    (CLINIC, "how much is a cleaning", "Cleaning costs $80."),
+    (CLINIC, "How much are cleanings?", "Cleaning costs $80."),
+    (CLINIC, "what do you charge for a hygiene visit", "Cleaning costs $80."),
+    (CLINIC, "what does a filing cost", "Filling costs from $120."),  # Whisper's spelling
+    (CLINIC, "price of whitening", "Teeth whitening costs $300."),
+    (CLINIC, "how much is a consultation", "Consultation is free."),
+    (CLINIC, "how much is a crown", "There's no fixed price for crown: it depends on the tooth."),
+    (RESTAURANT, "how much is the tasting menu", "Set menu costs €45."),
+    (RESTAURANT, "what does corkage cost", "Corkage costs €10 per bottle."),
+    (RESTAURANT, "how much is the children's menu", "Kids menu costs €12.50."),
+    (GARAGE, "how much is an oil change", "Oil change costs $49.99."),
+    (GARAGE, "how much for a tyre rotation", "Tire rotation costs $25."),
+    (GARAGE, "what do you charge for a check engine light", "Diagnostic costs $89 per hour."),
+])
+def test_prices(business: Business, question: str, want: str) -> None:
+    assert said(question, business) == want
+
+
+@pytest.mark.parametrize(("business", "question", "want"), [
+    (CLINIC, "do you take insurance", "We accept most major dental insurance plans."),
+    (CLINIC, "Which insurance plans do you accept?", "We accept most major dental insurance plans."),
+    (CLINIC, "are you open for walk ins", "We see walk-ins when we can, but an appointment is best."),
+    (RESTAURANT, "is there any vegetarian food", "Yes, about half the menu is vegetarian."),
+    (GARAGE, "can I get a courtesy car", "We have two loaner cars; ask when you book."),
+])
+def test_faq(business: Business, question: str, want: str) -> None:
+    assert said(question, business) == want
+
+
+@pytest.mark.parametrize(("business", "question"), [
+    (CLINIC, "how much is a root canal"),  # no price
+    (CLINIC, "how much is a cleaning for kids"),  # more than the service asked
+    (CLINIC, "how much is an implant"),  # no such service
+    (CLINIC, "is there a female doctor"),  # the data does not say
+    (CLINIC, "are you open on thanksgiving"),  # not dated in the data
+    (CLINIC, "are you open on new year's day"),  # a holiday the data says nothing about
+    (CLINIC, "are you open on january 1st"),
+    (CLINIC, "are you open on public holidays"),
+    (CLINIC, "are you open saturday afternoon"),
+    (CLINIC, "what number do I call for towing"),  # the clinic has none
+    (CLINIC, "i have a toothache"),
+    (CLINIC, "can i book an appointment"),
+    (CLINIC, "do you take cash"),
+    (CLINIC, "what time does dr lopez start"),
+    (CLINIC, "how many hours does a cleaning take"),
+    (RESTAURANT, "what time does the kitchen close"),
+    (RESTAURANT, "is luca there tonight"),
+    (GARAGE, "do you do breaks"),  # brakes, as Whisper writes them: not a lunch break
+    (GARAGE, "how much is engine repair"),
+    (GARAGE, "is this miller auto repair"),
+    (Business(), "are you open"),
+    (Business(), "what's your address"),
+    (Business(hours={"monday": "9-5"}), "are you open on tuesday"),  # a day the data does not give
+])
+def test_no_answer_when_the_data_does_not_hold_it(business: Business, question: str) -> None:
+    assert said(question, business) is None
+
+
+def conversation(business: Business, now: dt.datetime, *questions: str) -> list[str | None]:
+    previous: Asked | None = None
+    out: list[str | None] = []
+    for question in questions:
+        found = answer(question, business, now, previous)
+        out.append(found.text if found else None)
+        previous = found.asked if found else previous
+    return out
+
+
+def test_follow_ups_reuse_the_previous_topic() -> None:
+    assert conversation(CLINIC, MONDAY_MORNING, "are you open on saturday", "and on Sunday?", "what about tomorrow") == [
+        "Yes, we're open on Saturday, from 9 am to 1 pm.", "No, we're closed on Sunday.",
+        "Yes, we're open tomorrow, Tuesday, from 8 am to noon and 1 pm to 6 pm."]
+    assert conversation(CLINIC, MONDAY_MORNING, "when do you close on friday", "and saturday?") == [
+        "On Friday, we close at 6 pm.", "On Saturday, we close at 1 pm."]
+    assert conversation(CLINIC, MONDAY_MORNING, "are you open now", "and tomorrow?") == [
+        "Yes, we're open now until noon, then again from 1 pm to 6 pm.", "Yes, we're open tomorrow, Tuesday, from 8 am to noon and 1 pm to 6 pm."]
+    assert conversation(CLINIC, MONDAY_MORNING, "how much is a cleaning", "how about a filling?", "and whitening") == [
+        "Cleaning costs $80.", "Filling costs from $120.", "Teeth whitening costs $300."]
+    assert conversation(GARAGE, GARAGE_SATURDAY, "what number do I call for towing", "and the other one?") == [
+        "The towing number is (815) 555-0171.", "Our number is (815) 555-0170."]
+    assert conversation(GARAGE, GARAGE_SATURDAY, "who is the owner", "and the mechanics?") == [
+        "Our owner is Bob Miller.", "Our mechanics are Tony Alvarez and Rita Shaw."]
+
+
+def test_a_follow_up_needs_its_subject_to_fit_the_topic() -> None:
+    assert conversation(CLINIC, MONDAY_MORNING, "how much is a cleaning", "and on saturday?") == ["Cleaning costs $80.", None]
+    assert conversation(CLINIC, MONDAY_MORNING, "how much is a cleaning", "and the other one?") == ["Cleaning costs $80.", None]  # of six
+    assert said("and on Saturday?") is None  # nothing before it
+
+
+def test_the_day_is_the_business_zones() -> None:
+    # 03:00 UTC on Tuesday is still Monday evening in New York: closed now, open again tomorrow, Tuesday
+    tuesday_utc = dt.datetime(2026, 12, 8, 3, 0, tzinfo=dt.UTC)
+    assert said("are you open", now=tuesday_utc) == "No, we're closed right now; we open again tomorrow, Tuesday, at 8 am."
+    assert said("are you open today", now=tuesday_utc) == "Today we were open from 8 am to noon and 1 pm to 6 pm; we're closed now; we open again tomorrow, Tuesday, at 8 am."
