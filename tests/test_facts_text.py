@@ -192,6 +192,7 @@ def test_a_narrower_statement_overrides_only_the_days_it_names() -> None:
     ("Call us on +44 20 7946 0958, or 020 7946 0959 after hours.", {"main": "+44 20 7946 0958", "after hours": "020 7946 0959"}),
     ("To order, ring 555 0177.", {"orders": "555 0177"}),
     ("Call 555 0100 or 555 0101.", {"main": "555 0100", "main 2": "555 0101"}),
+    ("Tel. 555 0100. Emergency line: 555-0199 (24 hours).", {"main": "555 0100", "emergency": "555-0199"}),
     # numbers that are not phone numbers
     ("Our VAT number is 123 4567 89. Closed 2026-12-25. Over 1000000 pizzas served. It costs 1 200 000 euros.", {}),
 ])
@@ -214,6 +215,7 @@ def test_people_and_roles(text: str, people: list[tuple[str, str]]) -> None:
 
 @pytest.mark.parametrize(("text", "services", "currency"), [
     ("Haircut $20, beard trim $10.", [("haircut", 20, ""), ("beard trim", 10, "")], "USD"),
+    ("Prices: Wash & cut £35, Blow dry £20.", [("wash & cut", 35, ""), ("blow dry", 20, "")], "GBP"),
     ("A colour starts at $60. Consultations from 120 dollars. Labour is 80 dollars an hour.",
      [("colour", 60, "from"), ("consultations", 120, "from"), ("labour", 80, "per hour")], "USD"),
     ("An MOT costs £45. The price of a tyre change is £20.50.", [("MOT", 45, ""), ("tyre change", 20.5, "")], "GBP"),
@@ -243,6 +245,7 @@ def test_prices_with_a_condition_or_no_service_are_left_out(text: str) -> None:
     ("ACME Plumbing – 24 hour emergency plumbers.", "ACME Plumbing"),
     ("Luigi's, 2 Oak Lane.", "Luigi's"),
     ("Cash, cards and cheques accepted.", ""),
+    ("Tel. 555 0100.", ""),
     ("Open Monday to Friday 9-5.", ""),
     ("Hours: Monday to Friday 9-5.", ""),
     ("With our new opening hours, we are open late.", ""),

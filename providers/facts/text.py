@@ -254,13 +254,6 @@ def _settle(h: _Hours) -> dict[str, str]:
     return out
 
 
-def _hours(sentences: list[str]) -> _Hours:
-    h = _Hours()
-    for sentence in sentences:
-        _read_hours_sentence(sentence, h)
-    return h
-
-
 # ---- the address: a number and capitalised words ending in a street word, then maybe a town
 _STREET = (r"(?:Street|St\.?|Road|Rd\.?|Avenue|Ave\.?|Lane|Drive|Boulevard|Blvd\.?|Way|Place|Square|Court|Parkway|Highway|Terrace|Close|"
            r"Crescent|Row|Plaza|Walk|Gardens|Parade|Mews|Grove|Circle|Broadway|Hill)")
@@ -291,7 +284,7 @@ def _name(first: str) -> str:
     if not m:
         return ""
     words = m["name"].split()
-    if words[0].lower().rstrip(":") in _NOT_NAME or any(w.lower() in WEEKDAYS for w in words):
+    if words[0].lower().strip(":.") in _NOT_NAME or any(w.lower() in WEEKDAYS for w in words) or re.search(r"\d{3}", m["name"]):
         return ""
     if len(words) == 1 and not (m["end"] == "," and _ADDRESS.match(first[m.end():].lstrip())):
         return ""  # "Cash, cards and cheques accepted.": one word is a name only before the address
@@ -349,8 +342,8 @@ _PEOPLE = (
     re.compile(rf"(?P<names>{_PNAMES})(?:\s*,\s*|\s+(?i:is|are)\s+)(?i:the|our)\s+(?P<role>{_ROLE})"),  # "Luigi Russo is the owner"
     re.compile(r"(?P<names>\b(?:Dr|Prof)\.?\s+[A-Z][a-zA-Z'’-]+(?:\s+[A-Z][a-zA-Z'’-]+)?)"),  # "Dr. Patel": a person, the role unsaid
 )
-_NOT_PERSON = {"the", "our", "ask", "who", "what", "which", "where", "when", "how", "is", "are", "yes", "no", "call", "contact", "meet", "please", "open", "closed", "street", "road", "avenue", *WEEKDAYS,
-               *_MONTHS.split("|")}
+_NOT_PERSON = {"the", "our", "ask", "who", "what", "which", "where", "when", "how", "is", "are", "yes", "no", "call", "contact", "meet",
+               "please", "open", "closed", "street", "road", "avenue", *WEEKDAYS, *_MONTHS.split("|")}
 
 
 def _people(text: str) -> list[Person]:
@@ -377,7 +370,7 @@ def _people(text: str) -> list[Person]:
 _AMOUNT = r"\d{1,3}(?:,\d{3})+(?:\.\d{2})?|\d+(?:[.,]\d{1,2})?"
 _MONEY = rf"(?:(?P<sym>[$€£])\s?(?P<a1>{_AMOUNT})|(?P<a2>{_AMOUNT})\s?(?P<word>dollars?|bucks|usd|euros?|eur|€|pounds?|quid|gbp|£))"
 _PRICE_NOTE = r"(?P<note>\s+(?:per|an?)\s+(?:hour|person|night|day|visit|session|week|month|year)|\s+each|\s+plus\s+(?:parts|vat|tax))?"
-_SVC = r"(?P<svc>[a-z][\w'’/-]*(?:\s+[\w'’/-]+){0,4}?)"
+_SVC = r"(?P<svc>[a-z][\w'’/-]*(?:\s+[\w'’/&-]+){0,4}?)"
 _PRICES = (
     re.compile(rf"^(?:(?:and|but|also|plus)\s+)?(?:prices?\s*:\s*)?(?:(?:a|an|the|our|one)\s+)?(?:(?:price|cost|fee|charge)\s+(?:of|for)\s+"
                rf"(?:(?:a|an|the)\s+)?)?{_SVC}(?P<verb>\s+(?:costs?|is|are|comes\s+to)\s+(?:only\s+|just\s+)?|\s*[:=–—-]\s*|\s+)"
@@ -417,7 +410,7 @@ def _price(clause: str) -> _Price | None:
             return _Price(svc, 0.0, "", None)
         amount = m["a1"] or m["a2"]
         amount = amount.replace(",", "") if re.fullmatch(r"\d{1,3}(?:,\d{3})+(?:\.\d{2})?", amount) else amount.replace(",", ".")
-        unit = (m["sym"] or m["word"]).lower().rstrip("s") if not m["sym"] else m["sym"]
+        unit = m["sym"] or m["word"].lower().rstrip("s")  # "Euros" -> "euro"
         note = "from" if m["from"] else re.sub(r"^an?\s", "per ", (m.groupdict().get("note") or "").strip())
         return _Price(svc, float(amount), note, _CURRENCY[unit])
     return None
@@ -444,7 +437,9 @@ def read_facts(text: str) -> Business:
     sentences = [s.strip() for s in _SENTENCE_END.split(text) if s and s.strip()]
     if not sentences:
         return Business()
-    hours = _hours(sentences)
+    hours = _Hours()
+    for sentence in sentences:
+        _read_hours_sentence(sentence, hours)
     services, currency = _services(sentences)
     email = re.search(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+", text)
     website = re.search(r"\b(?:https?://|www\.)[\w-]+(?:\.[\w-]+)*\.[a-z]{2,}\b(?:/[\w./-]*\w)?", text)
