@@ -206,6 +206,7 @@ def test_phone_numbers_by_purpose(text: str, phones: dict[str, str]) -> None:
     ("Our practice manager is Sue.", [("Sue", "practice manager")]),
     ("Dr. Lopez and Dr. Chen are our dentists.", [("Dr. Lopez", "dentist"), ("Dr. Chen", "dentist")]),
     ("Ask for Tom Baker, our service manager.", [("Tom Baker", "service manager")]),
+    ("Call Luigi, our owner.", [("Luigi", "owner")]),
     ("Appointments with Dr. Patel on Tuesdays.", [("Dr. Patel", "")]),  # a person; the role unsaid
     ("Who is the hygienist? Parking: Free Street. Owner: Luigi. Receptionist: Monday to Friday.", []),
 ])

@@ -39,12 +39,14 @@ _TOKEN = re.compile(
     rf"|(?P<other>\b(?:{_OTHER})\b)"
     r"|(?P<open>\bopen(?:s|ing)?\b|\bhours\b|\bopening\s+times\b)"
     rf"|(?P<days>\b(?:{_DAYS}))"
-    rf"|(?P<range>(?<![\d$€£:.,])(?:(?:from\s+)?{_CLK}\s*(?:-|–|—|to|until|till|til)\s*{_CLK}|between\s+{_CLK}\s+and\s+{_CLK})(?!\s*(?:{_UNITS}))(?![\d:.]?\d))"
+    rf"|(?P<range>(?<![\d$€£:.,])(?:(?:from\s+)?{_CLK}\s*(?:-|–|—|to|until|till|til)\s*{_CLK}|between\s+{_CLK}\s+and\s+{_CLK})"
+    rf"(?!\s*(?:{_UNITS}))(?![\d:.]?\d))"
     rf"|(?P<time>(?<![\d$€£:.,])(?:(?:until|till|til)\s+{_CLK}|(?:(?:from|after|before|at)\s+)?{_STRICT_CLK}))",
     re.I)
 
 # Hours for a season, a month or a while: the weekly hours the rest states may not hold all year.
-_SEASONAL = re.compile(rf"\b(?:{_MONTHS.replace('may|', '')}|summer|winter|spring|autumn|season\w*|christmas|easter|school\s+holidays|term|temporar\w*)\b", re.I)
+_SEASONAL = re.compile(rf"\b(?:{_MONTHS.replace('may|', '')}|summer|winter|spring|autumn|season\w*|christmas|easter|school\s+holidays|term|"
+                       r"temporar\w*)\b", re.I)
 # A sentence that opens with days or a range ("Mon-Fri 8-6", "9-5 weekdays") is about the hours.
 _STARTS_WITH_HOURS = re.compile(rf"[\W_]*(?:{_DAYS}|(?:from\s+)?{_CLK}\s*(?:-|–|—|to)\s*{_CLK})\b", re.I)
 
@@ -352,9 +354,11 @@ def _people(text: str) -> list[Person]:
         for m in pattern.finditer(text):
             role = re.sub(r"(?<=[^s])s$", "", (m.groupdict().get("role") or "").lower())  # "Dentists" -> "dentist"
             for name in re.split(r"\s*(?:,\s*and|,|\band\b|&)\s*", m["names"]):
-                name = re.sub(r"['’]s$", "", name)  # "Dr. Patel's surgery"
-                words = name.split()
-                if any(w.lower().strip(".") in _NOT_PERSON for w in words):
+                words = re.sub(r"['’]s$", "", name).split()  # "Dr. Patel's surgery"
+                while words and words[0].lower() in _NOT_PERSON:
+                    words.pop(0)  # "Call Luigi, our owner"
+                name = " ".join(words)
+                if not words or any(w.lower().strip(".") in _NOT_PERSON for w in words):
                     continue
                 if pattern is _PEOPLE[0] and len(words) < 2:
                     continue  # "Parking: Free" is not a person; "Hygienist: Anna Berg" is
