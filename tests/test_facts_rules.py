@@ -100,6 +100,15 @@ def said(question: str, business: Business = CLINIC, now: dt.datetime = MONDAY_M
     ("are you open on weekdays", "Yes: Monday to Friday, we're open from 8 am to noon and 1 pm to 6 pm."),
     ("are you open at 7 pm", "No, today we're open from 8 am to noon and 1 pm to 6 pm."),
     ("are you open at 8", "Yes, we're open at 8 am today, until noon."),
+    ("are you open after 5 today", "Yes, we're open at 5 pm today, until 6 pm."),
+    ("Are you open until 6?", "We're open now until noon, then again from 1 pm to 6 pm."),
+    ("Hi, yes, I was wondering if you're open on Saturday.", "Yes, we're open on Saturday, from 9 am to 1 pm."),
+    ("is the practice open today", "Yes, we're open today, from 8 am to noon and 1 pm to 6 pm."),
+    ("do you work on saturdays", "Yes, we're open on Saturdays, from 9 am to 1 pm."),
+    ("are you closing early today", "Today, we close at 6 pm."),
+    ("do you open early on mondays", "On Mondays, we open at 8 am."),
+    ("are you open on sunday or monday", "Sunday, we're closed; Monday, we're open from 8 am to noon and 1 pm to 6 pm."),
+    ("are you open on monday the 14th", "Yes, we're open on Monday, December 14th, from 8 am to noon and 1 pm to 6 pm."),
     ("can I come in at 12:30 today? are you open then", "No, today we're open from 8 am to noon and 1 pm to 6 pm."),
     # special days override the weekday
     ("are you open on christmas", "No, we're closed on Christmas Day, Friday, December 25th."),
@@ -184,6 +193,9 @@ def test_garage_hours(question: str, want: str) -> None:
 @pytest.mark.parametrize(("business", "question", "want"), [
     (CLINIC, "what's your address", "We're at 14 Elm Street, Springfield."),
     (CLINIC, "Where are you located?", "We're at 14 Elm Street, Springfield."),
+    (CLINIC, "where is your office", "We're at 14 Elm Street, Springfield."),
+    (CLINIC, "do you have a fax", "The fax number is 555 0100."),
+    (CLINIC, "what's the number for emergencies", "The emergency number is 555 0142."),
     (RESTAURANT, "where are you", "We're at Kastanienallee 7, Berlin."),
     (CLINIC, "where do i park", "Free parking behind the building; the number 12 bus stops at the door."),
     (CLINIC, "How do I get there?", "Free parking behind the building; the number 12 bus stops at the door."),
@@ -204,6 +216,8 @@ def test_places_and_numbers(business: Business, question: str, want: str) -> Non
     (CLINIC, "do you have a hygienist", "Our hygienist is Anna Berg."),
     (CLINIC, "is doctor lopez in on mondays", "Yes. Dr. Maria Lopez, our dentist: works Mondays and Thursdays."),
     (CLINIC, "is dr lopes in on tuesday", "No. Dr. Maria Lopez, our dentist: works Mondays and Thursdays."),
+    (CLINIC, "does dr lopez work on mondays", "Yes. Dr. Maria Lopez, our dentist: works Mondays and Thursdays."),
+    (CLINIC, "what's the dentist's name", "Our dentists are Dr. Maria Lopez and Dr. James Chen."),
     (RESTAURANT, "who is the owner", "Our owner is Giulia Romano."),
     (RESTAURANT, "who's the chef", "Our head chef is Luca Romano."),
     (GARAGE, "who are the mechanics", "Our mechanics are Tony Alvarez and Rita Shaw."),
@@ -258,6 +272,15 @@ def test_faq(business: Business, question: str, want: str) -> None:
     (CLINIC, "do you take cash"),
     (CLINIC, "what time does dr lopez start"),
     (CLINIC, "how many hours does a cleaning take"),
+    (CLINIC, "are you open on tuesday the 14th"),  # the 14th is a Monday
+    (CLINIC, "are you open 24 hours"),
+    (CLINIC, "who works on saturdays"),
+    (CLINIC, "who am i speaking to"),
+    (CLINIC, "is dr chen working tomorrow"),
+    (CLINIC, "where is the bathroom"),
+    (CLINIC, "how much is a deep cleaning"),
+    (CLINIC, "how much is a cleaning and a filling"),
+    (CLINIC, "how much do you charge"),
     (RESTAURANT, "what time does the kitchen close"),
     (RESTAURANT, "is luca there tonight"),
     (GARAGE, "do you do breaks"),  # brakes, as Whisper writes them: not a lunch break
@@ -269,6 +292,12 @@ def test_faq(business: Business, question: str, want: str) -> None:
 ])
 def test_no_answer_when_the_data_does_not_hold_it(business: Business, question: str) -> None:
     assert said(question, business) is None
+
+
+def test_a_day_not_known_for_certain_is_left_to_the_faq() -> None:
+    faq = Business(hours={"monday": "9-5"}, faq=[{"questions": ["Are you open on holidays?"], "answer": "We close on public holidays."}])  # type: ignore[list-item]
+    assert said("are you open on public holidays", faq) == "We close on public holidays."
+    assert said("are you open on thanksgiving", faq) is None
 
 
 def conversation(business: Business, now: dt.datetime, *questions: str) -> list[str | None]:

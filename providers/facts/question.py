@@ -196,6 +196,10 @@ def read_when(question: str, today: dt.date, business: Business) -> When | None:
         r.days.append(_next_weekday(_DAY_NAMES[m.group(2)], today, business, plural=bool(m.group(3)), skip_week=m.group(1) == "next"))
     if r.unknown:
         return None
+    if r.dates and r.days:  # "Monday the 14th": one day, if the weekday is the date's
+        if {d.weekday for d in r.days} - {d.weekday() for d in r.dates}:
+            return None
+        r.days = []
     days = [_dated(d, today, business) for d in dict.fromkeys(r.dates)] + r.days
     now = bool(r.take(_NOW))
     return When(tuple(days), now, _minutes(r, evening), " ".join(r.text.split()))
@@ -221,7 +225,7 @@ def _minutes(r: _Reader, evening: bool | None) -> tuple[int, ...]:
 
 
 # Words naming the business itself, which any topic understands ("is the clinic open").
-_PLACE = frozenset({"office", "clinic", "practice", "shop", "store", "place", "business"})
+_PLACE = frozenset(stem(w) for w in ("office", "clinic", "practice", "shop", "store", "place", "business"))
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable
 
 from providers.facts.hours import KINDS, answer_hours, hours_of
-from providers.facts.question import Asked, FactAnswer, Question, read_when
+from providers.facts.question import Asked, FactAnswer, Question, When, read_when
 from providers.facts.schema import WEEKDAYS, Business, Person, Service, money_text
 from providers.facts.words import STOP, content, matched, normalise, same_word, stem
 
@@ -28,9 +28,11 @@ def answer(question: str, business: Business, now: dt.datetime, previous: Asked 
     text = normalise(question)
     local = business.local(now)
     when = read_when(text, local.date(), business)
-    if not text or when is None:
-        return None
-    q = Question(text, when, local, business, previous)
+    q = Question(text, when or When(rest=text), local, business, previous)
+    if not text or when is None:  # a day not known for certain ("on public holidays"): only the FAQ may say
+        return _faq(q) if text else None
+    if person := _named(q):  # "does Dr. Lopez work on Mondays" is about her, not the opening hours
+        return _person(q, person) or _faq(q)
     for pattern, topic in _TOPICS:
         if re.search(pattern, text):
             return topic(q) or _faq(q)
@@ -64,7 +66,7 @@ def _directions(q: Question) -> FactAnswer | None:
 # ---- phone numbers, email, website
 
 _MAIN = ("main", "office", "reception", "general", "front desk")
-_PURPOSE_WORDS = {"urgent": "emergency", "emergencies": "emergency", "tow": "towing", "after": "after hours"}
+_PURPOSE_WORDS = {"urgent": "emergency", "emergencies": "emergency", "tow": "towing"}
 
 
 def _phone(q: Question) -> FactAnswer | None:
@@ -124,8 +126,8 @@ def _about_people(q: Question) -> bool:
 
 def _people(q: Question) -> FactAnswer | None:
     people = q.business.people
-    if person := _named(q):
-        return _person(q, person)
+    if q.when.days or q.when.minutes:
+        return None  # who works on a day: the data does not say
     roles = _roles(q)
     left = q.rest(_PEOPLE_WORDS)
     asked_roles = [w for w in left if any(same_word(w, r) for r in roles)]
@@ -133,6 +135,8 @@ def _people(q: Question) -> FactAnswer | None:
     chosen = [p for p in people if not asked_roles or all(any(same_word(w, r) for r in content(p.role)) for w in asked_roles)]
     if re.search(r"\b(doctors?|physicians?)\b", q.text):
         chosen = [p for p in chosen if _is_doctor(p)]
+    if not asked_roles and not re.search(r"\b(staff|team|employees?|people|work|works|working|doctors?|physicians?)\b", q.text):
+        return None  # "who am I speaking to", "who is this"
     if attributes:
         chosen = [p for p in chosen if all(any(same_word(w, n) for n in content(f"{p.role} {p.note}")) for w in attributes)]
         return FactAnswer(" ".join(f"{p.name}, our {p.role}: {p.note}." for p in chosen), Asked("people")) if chosen else None
@@ -246,7 +250,7 @@ _TOPICS: list[tuple[str, Callable[[Question], FactAnswer | None]]] = [
     (r"\b(directions?|parking|park|get there|get to you|getting there|bus|train|subway|metro|tram|entrance)\b", _directions),
     (r"\b(address|located|location|where|whereabouts)\b", _address),
     (r"\b(how much|cost|costs|price|prices|pricing|charge|fee|fees|rate|rates)\b", _price),
-    (r"\b(open|opens|opening|close|closes|closing|closed|shut|hours|how late|how early|lunch|lunchtime|break|breaks)\b", answer_hours),
+    (r"\b(open|opens|opening|close|closes|closing|closed|shut|hours|how late|how early|lunch|lunchtime|break|breaks|work|working)\b", answer_hours),
     (r"\b(who|staff|team|employees|doctors?|dentists?|physicians?|owner|manager)\b", _people),
 ]
 
