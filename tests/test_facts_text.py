@@ -153,6 +153,8 @@ def test_hours_read_are_the_schemas_and_past_midnight_stays_past_midnight() -> N
     ("Open Monday to Friday 9-5 and Saturday 9-1. Saturday 10-2.", dict.fromkeys(WEEK, "09:00-17:00")),  # Saturday said twice
     # what follows another thing's hours is that thing's
     ("Open every day 11 am to 11 pm; delivery Monday to Friday 5 pm to 10 pm.", dict.fromkeys(WEEK + ("saturday", "sunday"), "11:00-23:00")),
+    ("Monday to Friday 8:00-18:00; Saturday 8:00-13:00 (emergencies only).", dict.fromkeys(WEEK, "08:00-18:00")),
+    ("Open Monday to Friday 9-5. Saturday 10-2 by appointment.", dict.fromkeys(WEEK, "09:00-17:00")),
 ])
 def test_unclear_days_are_left_out(text: str, hours: dict[str, str]) -> None:
     assert read(text).hours == hours
@@ -251,6 +253,11 @@ def test_prices_with_a_condition_or_no_service_are_left_out(text: str) -> None:
     ("Hours: Monday to Friday 9-5.", ""),
     ("With our new opening hours, we are open late.", ""),
     ("Family dentistry in the heart of Springfield.", ""),
+    ("Northside Dental Practice is a family-run practice.", "Northside Dental Practice"),
+    ("Harbor Dental Care.", "Harbor Dental Care"),
+    ("Great Food, Great Prices.", ""),
+    ("BEST PIZZA IN TOWN", ""),
+    ("Great Food At Great Prices!", ""),
 ])
 def test_the_name_is_the_first_sentences_leading_name(text: str, name: str) -> None:
     assert read(text).name == name
@@ -259,8 +266,9 @@ def test_the_name_is_the_first_sentences_leading_name(text: str, name: str) -> N
 def test_addresses() -> None:
     assert read("We are at 9 Mill Road, next to the station.").address == "9 Mill Road"
     assert read("Main Street Pharmacy, 220 5th Avenue, New York, NY 10001.").address == "220 5th Avenue, New York, NY 10001"
-    # two addresses, neither the first sentence's: which is the business's?
-    assert read("Welcome. Our shop is at 3 Elm Street and our warehouse at 8 Dock Road.").address == ""
+    # two addresses: which is the business's?
+    assert read("Welcome. Our shop is at 3 Elm Street and our warehouse is at 8 Dock Road.").address == ""
+    assert read("Welcome. Free parking at 12 Back Lane.").address == ""  # the car park's
 
 
 def test_nothing_to_read() -> None:

@@ -113,10 +113,14 @@ def _spans(ranges: list[tuple[Interval, bool]]) -> tuple[Interval, ...] | None:
 
 def _tokens(sentence: str) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
+    end = 0
     for m in _TOKEN.finditer(sentence):
         kind = m.lastgroup or ""
-        if kind == "other":
-            break  # what follows is about deliveries, the kitchen, a person's days...
+        if kind == "other":  # what follows is about deliveries, the kitchen, a person's days...
+            if out and re.fullmatch(r"[\s(–—-]*(?:(?:by|for|with|only)\s+)*", sentence[end:m.start()], re.I):
+                out.append(("qualified", m[0]))  # "Saturday 10-2 (by appointment only)": and so are those hours
+            break
+        end = m.end()
         if kind == "allweek":
             out += [("days", "every day"), ("range", "0:00-24:00")]
         elif kind == "allday":
@@ -144,6 +148,7 @@ def _read_hours_sentence(sentence: str, h: _Hours) -> None:
     pending: list[tuple[Interval, bool]] = []  # range-first: "9am to 5pm Monday to Friday"
     closing = breaking = unsure_next = False
     last_break: Interval | None = None
+    recent: set[int] = set()  # the days last named
 
     def close_group() -> None:
         nonlocal group, ranges, group_hol
@@ -158,7 +163,7 @@ def _read_hours_sentence(sentence: str, h: _Hours) -> None:
     for kind, text in tokens:
         after_break, last_break = last_break, None
         if kind == "days":
-            days = _day_set(text)
+            days = recent = _day_set(text)
             if unsure_next:
                 h.unsure |= days
                 unsure_next = False
@@ -205,6 +210,8 @@ def _read_hours_sentence(sentence: str, h: _Hours) -> None:
                 ranges.append(read)
             else:
                 pending.append(read)
+        elif kind == "qualified":
+            h.unsure |= recent
         elif kind == "time":  # "until 8 pm on Thursdays": that day's hours are not all said
             if group is not None and not ranges:
                 h.unsure |= group
@@ -265,15 +272,19 @@ _ADDRESS = re.compile(rf"\b\d{{1,5}}[A-Za-z]?\s+(?:(?:[A-Z][\w'’-]*|\d+(?:st|n
                       rf"|\b[A-Z][a-zäöü]+(?:straße|strasse|weg|platz|gasse|allee)\s+\d{{1,4}}[a-z]?{_TOWN}")
 
 
-def _address(text: str, first: str) -> str:
-    found = list(dict.fromkeys(m[0].rstrip(". ") for m in _ADDRESS.finditer(text)))
-    if len(found) > 1:  # branches? the first sentence's, or none
-        found = [a for a in found if a in first]
-    return found[0] if len(found) == 1 else ""
+# Elsewhere than the first sentence, an address is the business's only where the words say so
+# ("Free parking at 12 Back Lane" is the car park's).
+_ADDRESS_CUE = re.compile(r"\b(?:located|address|find\s+us|we\s+are|we're|visit\s+us|based|our\s+\w+\s+is)\b[^.;]*$", re.I)
+
+
+def _address(sentences: list[str]) -> str:
+    found = [m[0].rstrip(". ") for i, s in enumerate(sentences) for m in _ADDRESS.finditer(s) if i == 0 or _ADDRESS_CUE.search(s[:m.start()])]
+    found = list(dict.fromkeys(found))
+    return found[0] if len(found) == 1 else ""  # two: branches? which one is asked about is not known
 
 
 # ---- the business's name: the first sentence's leading capitalised words, before a comma or alone
-_NAME = re.compile(r"^(?:Welcome\s+to\s+)?(?P<name>[A-Z0-9][\w'’.&-]*(?:\s+(?:[A-Z0-9][\w'’.&-]*|&|and|of|the|de))*?)"
+_NAME = re.compile(r"^(?P<welcome>Welcome\s+to\s+)?(?P<name>[A-Z0-9][\w'’.&-]*(?:\s+(?:[A-Z0-9][\w'’.&-]*|&|and|of|the|de))*?)"
                    r"\s*(?P<end>,|$|\s+[-–—]\s+|\s+is\s+(?:a|an|the|your)\b)")
 _NOT_NAME = {"open", "opening", "closed", "we", "we're", "our", "hours", "call", "free", "parking", "address", "phone", "tel", "please", "dr",
              "dr.", "mr", "mrs", "ms", "hello", "hi", "note", "with", "in", "at", "on", "for", "from", "by", "to", "as", "if", "when", "after",
@@ -281,18 +292,20 @@ _NOT_NAME = {"open", "opening", "closed", "we", "we're", "our", "hours", "call",
 
 
 def _name(first: str) -> str:
-    first = first.strip().rstrip(".!")
-    m = _NAME.match(first)
+    """Said before the address, after "Welcome to", before "is a...", or alone in a short plain
+    sentence; not a slogan ("Great Food, Great Prices!", "BEST PIZZA IN TOWN")."""
+    m = _NAME.match(first.strip().rstrip(".!"))
     if not m:
         return ""
-    words = m["name"].split()
+    words, end = m["name"].split(), m["end"].strip()
     if words[0].lower().strip(":.") in _NOT_NAME or any(w.lower() in WEEKDAYS for w in words) or re.search(r"\d{3}", m["name"]):
         return ""
-    if len(words) == 1 and not (m["end"] == "," and _ADDRESS.match(first[m.end():].lstrip())):
-        return ""  # "Cash, cards and cheques accepted.": one word is a name only before the address
-    if m["end"] == "" and len(words) > 6:
-        return ""  # a whole sentence of capitals
-    return m["name"]
+    if end == ",":
+        return m["name"] if _ADDRESS.match(first.strip()[m.end():].lstrip()) else ""
+    if m["welcome"] or (end.startswith("is") and len(words) > 1):
+        return m["name"]
+    slogan = "!" in first or sum(len(w) > 2 and w.isupper() for w in words) > 1
+    return m["name"] if 1 < len(words) <= 5 and not slogan else ""
 
 
 # ---- phone numbers, and what for: the words around each (up to the next "or", comma or number)
@@ -447,7 +460,7 @@ def read_facts(text: str) -> Business:
     services, currency = _services(sentences)
     email = re.search(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+", text)
     website = re.search(r"\b(?:https?://|www\.)[\w-]+(?:\.[\w-]+)*\.[a-z]{2,}\b(?:/[\w./-]*\w)?", text)
-    fields = dict(name=_name(sentences[0]), address=_address(text, sentences[0]), hours=_settle(hours), holidays_closed=hours.holidays_closed,
+    fields = dict(name=_name(sentences[0]), address=_address(sentences), hours=_settle(hours), holidays_closed=hours.holidays_closed,
                   phones=_phones(sentences), people=_people(text), services=services, currency=currency,
                   email=email[0] if email else "", website=website[0] if website else "")
     return Business.model_validate({k: v for k, v in fields.items() if v})
