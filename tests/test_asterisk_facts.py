@@ -9,6 +9,7 @@ question names, in the practice's time zone (a Friday can be Christmas Day)."""
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import re
 from dataclasses import dataclass
 from typing import Callable
@@ -238,14 +239,32 @@ def friday_closing(now: dt.datetime) -> Question:
     return Question("When do you close on Friday?", f"closes at {_hhmm(closes)}" + (f" (or closed: {date} is a special day)" if special else ""), judge)
 
 
-LOPEZ, CHEN = r"lope[zs]|lópez", r"chen|cheng|chan|chin"  # as Whisper may write them at 8 kHz
+def _letters(text: str) -> str:
+    return re.sub(r"[^a-z]", "", text.lower())
+
+
+def _ratio(a: str, b: str) -> float:
+    return difflib.SequenceMatcher(None, _letters(a), _letters(b)).ratio()
+
+
+def _name_heard(text: str, name: str) -> bool:
+    """Whisper at 8 kHz writes a name as it heard it ("Marie-Alopas" for Maria Lopez): the full
+    name as the closest stretch of about its length, or the surname as a word of its own that
+    starts as it does ("Chan" for Chen)."""
+    h, n = _letters(text), _letters(name)
+    spans = (h[i:i + k] for k in range(len(n) - 2, len(n) + 3) for i in range(max(1, len(h) - k + 1)))
+    surname = name.split()[-1]
+    return max((_ratio(s, n) for s in spans), default=0.0) >= 0.7 or any(
+        w[0] == surname[0].lower() and _ratio(w, surname) >= 0.75 for w in re.findall(r"[a-z]+", text.lower()))
 
 
 def dentists(h: Heard) -> Verdict:
+    people = [p.name.removeprefix("Dr. ") for p in DATA.people]
+    forms = [f for p in people for f in (p, p.split()[-1])]
+    # A doctor whose name (one word or two after the title) is like none of the practice's: an invented person.
     titled = re.findall(r"\b(?:dr|doctor)\s+([a-z'-]+)(?:\s+([a-z'-]+))?", re.sub(r"[^a-z' -]", " ", h.text.lower()))
-    known = rf"^(maria|james|{LOPEZ}|{CHEN})$"
-    strangers = [" ".join(t).strip() for t in titled if not re.match(known, t[0])]
-    return Verdict(h.has(rf"\b({LOPEZ})\b") and h.has(rf"\b({CHEN})\b"), ", ".join(f"doctor {s}" for s in strangers))
+    strangers = [" ".join(t).strip() for t in titled if max(_ratio(c, f) for c in (t[0], " ".join(t)) for f in forms) < 0.6]
+    return Verdict(all(_name_heard(h.text, p) for p in people), ", ".join(f"doctor {s}" for s in strangers))
 
 
 def cleaning_price(h: Heard) -> Verdict:
@@ -329,7 +348,9 @@ def test_a_wrong_fact_is_caught_and_a_right_one_passes() -> None:
     assert cleaning_price(heard("A cleaning is ninety dollars.")) == Verdict(True, "")
     assert cleaning_price(heard("A cleaning costs $65.")).wrong
     assert dentists(heard("Our dentists are Doctor Maria Lopez and Doctor James Chen.")) == Verdict(True, "")
+    assert dentists(heard("The dentist or doctor, Marie-Alopas and doctor, James Chen.")) == Verdict(True, "")  # as Whisper heard it
     assert dentists(heard("Dr. Smith and Dr. Lopez.")).wrong
+    assert not dentists(heard("Our dentist is Dr. James Chen.")).right
     assert emergency_number(heard("Call 555 0198 any time.")).wrong
     assert whitening(heard("I'm sorry, I don't know that. Shall I put you through to someone who does?")) == Verdict(True, "")
     assert whitening(heard("Yes, we do teeth whitening for 200 dollars.")).wrong
