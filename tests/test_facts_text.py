@@ -125,6 +125,9 @@ def test_a_bistro_in_europe() -> None:
     ("Opening hours: Monday and Wednesday 8 to 12 and 1 to 6.", {"monday": "08:00-12:00, 13:00-18:00", "wednesday": "08:00-12:00, 13:00-18:00"}),
     ("Monday: 9am - 5pm\nTuesday: 9am - 5pm\nSunday: closed", {"monday": "09:00-17:00", "tuesday": "09:00-17:00", "sunday": "closed"}),
     ("Sat & Sun closed.", {"saturday": "closed", "sunday": "closed"}),
+    ("Open 11:30 am – 2:30 pm and 5 – 10 pm, Monday to Saturday.", dict.fromkeys(WEEK + ("saturday",), "11:30-14:30, 17:00-22:00")),
+    ("Mon-Thu 8-8, Fri 8-5.", {**dict.fromkeys(WEEK[:4], "08:00-20:00"), "friday": "08:00-17:00"}),
+    ("Open 24 hours at weekends.", {"saturday": "00:00-24:00", "sunday": "00:00-24:00"}),
     ("Open Friday to Monday, 10:00-16:00.", dict.fromkeys(("friday", "saturday", "sunday", "monday"), "10:00-16:00")),
     ("Open Thursday to Saturday 6 pm to 2 am.", dict.fromkeys(("thursday", "friday", "saturday"), "18:00-02:00")),
     ("Open Friday and Saturday 6 pm to midnight.", {"friday": "18:00-00:00", "saturday": "18:00-00:00"}),
@@ -154,6 +157,10 @@ def test_hours_read_are_the_schemas_and_past_midnight_stays_past_midnight() -> N
     # what follows another thing's hours is that thing's
     ("Open every day 11 am to 11 pm; delivery Monday to Friday 5 pm to 10 pm.", dict.fromkeys(WEEK + ("saturday", "sunday"), "11:00-23:00")),
     ("Monday to Friday 8:00-18:00; Saturday 8:00-13:00 (emergencies only).", dict.fromkeys(WEEK, "08:00-18:00")),
+    ("Open Mon-Fri 9-5 and every other Saturday 9-12.", dict.fromkeys(WEEK, "09:00-17:00")),
+    ("Open Saturday 9-12 on the first Saturday of the month.", {}),
+    ("Sun 10-1, bank holidays 2-4.", {"sunday": "10:00-13:00"}),
+    ("Open bank holidays and Sundays 10-2.", {"sunday": "10:00-14:00"}),
     ("Open Monday to Friday 9-5. Saturday 10-2 by appointment.", dict.fromkeys(WEEK, "09:00-17:00")),
 ])
 def test_unclear_days_are_left_out(text: str, hours: dict[str, str]) -> None:

@@ -36,6 +36,7 @@ _TOKEN = re.compile(
     r"|(?P<hol>\b(?:public|bank|national|federal|statutory|legal)\s+holidays?\b|(?<=and )holidays\b|(?<=& )holidays\b)"
     r"|(?P<allweek>\b24/7)|(?P<allday>\bopen\s+24\s*(?:hours|hrs|h)\b)"
     r"|(?P<closed>\b(?:closed|shut)\b)"
+    r"|(?P<irregular>\b(?:every\s+(?:other|second|third)|alternate|first|second|third|fourth|last)\b)"
     rf"|(?P<other>\b(?:{_OTHER})\b)"
     r"|(?P<open>\bopen(?:s|ing)?\b|\bhours\b|\bopening\s+times\b)"
     rf"|(?P<days>\b(?:{_DAYS}))"
@@ -184,7 +185,10 @@ def _read_hours_sentence(sentence: str, h: _Hours) -> None:
         elif kind == "hol":
             if closing:
                 h.holidays_closed = True
-            elif group is not None and not ranges:
+            else:  # "Sundays and bank holidays closed"; "Sun 10-1, bank holidays 2-4": that range is no weekday's
+                if group is None or ranges:
+                    close_group()
+                    group = set()
                 group_hol = True
         elif kind == "closed":
             if group is not None and not ranges:  # "Sunday closed"
@@ -210,6 +214,8 @@ def _read_hours_sentence(sentence: str, h: _Hours) -> None:
                 ranges.append(read)
             else:
                 pending.append(read)
+        elif kind == "irregular":  # "every other Saturday", "the first Monday of the month"
+            unsure_next = True
         elif kind == "qualified":
             h.unsure |= recent
         elif kind == "time":  # "until 8 pm on Thursdays": that day's hours are not all said
