@@ -114,6 +114,8 @@ def test_a_bistro_in_europe() -> None:
 
 @pytest.mark.parametrize(("text", "hours"), [
     ("Mon-Fri 8-6", dict.fromkeys(WEEK, "08:00-18:00")),
+    ("Hours: M-F 7:00 AM - 6:00 PM, Sat 8:00 AM - 2:00 PM.", {**dict.fromkeys(WEEK, "07:00-18:00"), "saturday": "08:00-14:00"}),
+    ("Hours are 8:00 a.m. to 4:30 p.m., Monday through Friday, except holidays.", dict.fromkeys(WEEK, "08:00-16:30")),
     ("Weekdays 9:00-17:00, weekends 10:00-16:00.", {**dict.fromkeys(WEEK, "09:00-17:00"), "saturday": "10:00-16:00", "sunday": "10:00-16:00"}),
     ("Tuesday and Thursday 9-12.", {"tuesday": "09:00-12:00", "thursday": "09:00-12:00"}),
     ("Open weekdays 8:00-18:00, lunch break 12 to 1.", dict.fromkeys(WEEK, "08:00-12:00, 13:00-18:00")),
@@ -160,6 +162,10 @@ def test_hours_read_are_the_schemas_and_past_midnight_stays_past_midnight() -> N
     ("Open Mon-Fri 9-5 and every other Saturday 9-12.", dict.fromkeys(WEEK, "09:00-17:00")),
     ("Open Saturday 9-12 on the first Saturday of the month.", {}),
     ("Sun 10-1, bank holidays 2-4.", {"sunday": "10:00-13:00"}),
+    ("Hours: Mo-Fr 7:00 AM - 6:00 PM, Sat 8:00 AM - 2:00 PM.", {}),  # "Mo-Fr" is not read: 7-6 is not Saturday's
+    ("Tues-Fri 9-7, Sat 8-4. Late night Thursday until 9.", dict.fromkeys(("tuesday", "wednesday", "friday", "saturday"), "09:00-19:00")
+     | {"saturday": "08:00-16:00"}),
+    ("We are open weekdays except Wednesday from 9 to 5.", dict.fromkeys(("monday", "tuesday", "thursday", "friday"), "09:00-17:00")),
     ("Open bank holidays and Sundays 10-2.", {"sunday": "10:00-14:00"}),
     ("Open Monday to Friday 9-5. Saturday 10-2 by appointment.", dict.fromkeys(WEEK, "09:00-17:00")),
 ])

@@ -20,7 +20,7 @@ _SENTENCE_END = re.compile(r"(?<!\bDr)(?<!\bMr)(?<!\bMs)(?<!\bMrs)(?<!\bSt)(?<!\
 # ---- hours: each sentence about them is read as a stream of tokens (days, ranges, "closed"...)
 _DAY = r"(?:monday|tuesday|wednesday|thursday|friday|saturday|sunday|mon|tues|tue|wed|thurs|thur|thu|fri|sat|sun)s?\b\.?"
 _DAY_ITEM = rf"{_DAY}(?:\s*(?:-|–|—|to|through|thru|till|until)\s*{_DAY})?"
-_DAYS = (rf"(?:on\s+)?{_DAY_ITEM}(?:\s*(?:,\s*and|,|and|&|\+)\s*(?:on\s+)?{_DAY_ITEM})*"
+_DAYS = (rf"m\s*[-–]\s*f\b|(?:on\s+)?{_DAY_ITEM}(?:\s*(?:,\s*and|,|and|&|\+)\s*(?:on\s+)?{_DAY_ITEM})*"
          r"|every\s*day|daily|(?:7|seven)\s+days\s+a\s+week|all\s+week|(?:every\s+|on\s+)?weekdays?|(?:on\s+|at\s+)?(?:the\s+)?weekends?")
 _CLK = r"(?:12\s*noon|noon|midday|midnight|\d{1,2}(?:[:.]\d{2})?(?:\s*[ap]\.?m\b\.?)?)"
 _STRICT_CLK = r"(?:noon|midnight|\d{1,2}(?::\d{2}\s*(?:[ap]\.?m\b\.?)?|\s*[ap]\.?m\b\.?|\s+o'clock))"
@@ -36,6 +36,7 @@ _TOKEN = re.compile(
     r"|(?P<hol>\b(?:public|bank|national|federal|statutory|legal)\s+holidays?\b|(?<=and )holidays\b|(?<=& )holidays\b)"
     r"|(?P<allweek>\b24/7)|(?P<allday>\bopen\s+24\s*(?:hours|hrs|h)\b)"
     r"|(?P<closed>\b(?:closed|shut)\b)"
+    r"|(?P<except>\b(?:except|excluding|apart\s+from|other\s+than|besides)\b)"
     r"|(?P<irregular>\b(?:every\s+(?:other|second|third)|alternate|first|second|third|fourth|last)\b)"
     rf"|(?P<other>\b(?:{_OTHER})\b)"
     r"|(?P<open>\bopen(?:s|ing)?\b|\bhours\b|\bopening\s+times\b)"
@@ -68,7 +69,7 @@ def _day_set(text: str) -> set[int]:
         return set(range(7))
     if "weekend" in t:
         return {5, 6}
-    if "weekday" in t:
+    if "weekday" in t or re.fullmatch(r"m\s*[-–]\s*f", t):
         return set(range(5))
     out: set[int] = set()
     for item in re.finditer(_DAY_ITEM, t):
@@ -135,7 +136,10 @@ def _read_hours_sentence(sentence: str, h: _Hours) -> None:
     tokens = _tokens(sentence)
     about_hours = {k for k, _ in tokens} & {"open", "closed", "brk"}
     if not about_hours and not _STARTS_WITH_HOURS.match(sentence):
-        return  # "Dr. Chen works Tuesday 9-12", "ages 3 to 12": not the opening hours
+        # not the opening hours ("ages 3 to 12"); but a day with a time ("Late night Thursday until 9") may change that day's
+        if {k for k, _ in tokens} & {"range", "time"}:
+            h.unsure.update(*(_day_set(text) for kind, text in tokens if kind == "days"))
+        return
     if _SEASONAL.search(sentence):
         h.unsure |= set(range(7))  # "Summer hours: ...", "closed in August", "temporarily closed"
         return
@@ -147,7 +151,8 @@ def _read_hours_sentence(sentence: str, h: _Hours) -> None:
     ranges: list[tuple[Interval, bool]] = []
     group_hol = False  # "Sundays and public holidays closed"
     pending: list[tuple[Interval, bool]] = []  # range-first: "9am to 5pm Monday to Friday"
-    closing = breaking = unsure_next = False
+    closing = breaking = unsure_next = except_next = False
+    paired: set[int] = set()  # days given the ranges before them
     last_break: Interval | None = None
     recent: set[int] = set()  # the days last named
 
@@ -165,9 +170,9 @@ def _read_hours_sentence(sentence: str, h: _Hours) -> None:
         after_break, last_break = last_break, None
         if kind == "days":
             days = recent = _day_set(text)
-            if unsure_next:
+            if unsure_next or except_next:
                 h.unsure |= days
-                unsure_next = False
+                unsure_next = except_next = False
             if closing:  # "closed on Sunday"
                 h.assigned.append((frozenset(days), ()))
             elif after_break is not None:  # "lunch break 12 to 1 on weekdays"
@@ -176,6 +181,7 @@ def _read_hours_sentence(sentence: str, h: _Hours) -> None:
                 spans = _spans(pending)
                 h.assigned += [(frozenset(days), spans)] if spans else []
                 h.unsure |= set() if spans else days
+                paired |= days
                 pending = []
             elif group is not None and not ranges:
                 group |= days  # "Saturday, Sunday closed"
@@ -214,6 +220,8 @@ def _read_hours_sentence(sentence: str, h: _Hours) -> None:
                 ranges.append(read)
             else:
                 pending.append(read)
+        elif kind == "except":  # "weekdays except Wednesday": not with the others' hours
+            except_next = True
         elif kind == "irregular":  # "every other Saturday", "the first Monday of the month"
             unsure_next = True
         elif kind == "qualified":
@@ -226,6 +234,8 @@ def _read_hours_sentence(sentence: str, h: _Hours) -> None:
         closing = closing and kind in ("days", "hol")
     if unsure_next and group is not None:
         h.unsure |= group  # "Monday to Friday 9-5 (until 8 pm)"
+    if pending:  # "[?] 7-6, Sat 8-2": the ranges were the days' before them, not after
+        h.unsure |= paired
     close_group()
 
 
