@@ -169,7 +169,8 @@ def _read_hours_sentence(sentence: str, h: _Hours) -> None:
     for kind, text in tokens:
         after_break, last_break = last_break, None
         if kind == "days":
-            days = recent = _day_set(text)
+            days = _day_set(text)
+            recent = set(days)
             if unsure_next or except_next:
                 h.unsure |= days
                 unsure_next = except_next = False
