@@ -57,6 +57,33 @@ GARAGE = Business.model_validate({
     "faq": [{"questions": ["Do you have loaner cars?", "Can I get a courtesy car?"], "answer": "We have two loaner cars; ask when you book."}],
 })
 
+TOWN = Business.model_validate({
+    "name": "Springfield Town Hall", "timezone": "America/Denver", "holidays_closed": True,
+    "hours": {"monday": "8:30-16:30", "tuesday": "8:30-16:30", "wednesday": "8:30-16:30", "thursday": "8:30-16:30", "friday": "8:30-12:00",
+              "saturday": "closed", "sunday": "closed"},
+    "special_days": [{"date": "2026-12-25", "note": "Christmas Day"}, {"date": "2027-01-01", "note": "New Year's Day"},
+                     {"date": "2026-12-16", "hours": "8:30-12:00", "note": "staff training"}],
+    "address": "1 Main Street, Springfield", "directions": "Park in the lot on Oak Street; the entrance is on the side.",
+    "phones": {"main": "555 0300", "permits": "555 0301", "water_emergency": "555 0399"},
+    "email": "clerk@springfield.gov", "website": "https://springfield.gov",
+    "people": [{"name": "Linda Park", "role": "town clerk"}, {"name": "Tom Ruiz", "role": "building inspector", "note": "in the office Tuesday mornings"}],
+    "services": [{"name": "dog license", "aliases": ["dog licence", "dog tag"], "price": 15},
+                 {"name": "birth certificate copy", "aliases": ["birth certificate"], "price": 20},
+                 {"name": "building permit", "price_note": "depends on the project value"}, {"name": "parking permit", "price": 0}],
+    "faq": [{"questions": ["How do I pay my water bill?", "Can I pay the water bill online?"], "answer": "You can pay online at our website or at the front desk."}],
+})
+SHOP = Business.model_validate({
+    "name": "Spoke and Pedal", "timezone": "Europe/London", "currency": "GBP",
+    "hours": {"tuesday": "10-6", "wednesday": "10-6", "thursday": "10am-7pm", "friday": "10-6", "saturday": "9-5", "sunday": "closed", "monday": "closed"},
+    "address": "22 Mill Lane, Bristol",
+    "phones": {"shop": "0117 496 0123"},
+    "people": [{"name": "Priya Shah", "role": "owner"}, {"name": "Dan Cole", "role": "mechanic", "note": "does wheel builds"}],
+    "services": [{"name": "puncture repair", "aliases": ["flat tyre repair", "flat tire repair"], "price": 15},
+                 {"name": "tune up", "aliases": ["service"], "price": 75, "price_note": "from"},
+                 {"name": "bike hire", "aliases": ["bike rental"], "price": 30, "price_note": "per day"}],
+    "faq": [{"questions": ["Can I return something?", "What is your returns policy?"], "answer": "Unused items can be returned within 30 days with a receipt."}],
+})
+
 
 def at(business: Business, year: int, month: int, day: int, hour: int, minute: int = 0) -> dt.datetime:
     """A local time of ``business``, given as UTC (as the pipeline's clock gives it)."""
@@ -98,7 +125,7 @@ def said(question: str, business: Business = CLINIC, now: dt.datetime = MONDAY_M
     ("do you close for lunch", "Monday to Friday, we close from noon to 1 pm; Saturday, we're open from 9 am to 1 pm."),
     ("are you open this weekend", "Saturday, we're open from 9 am to 1 pm; Sunday, we're closed."),
     ("are you open on weekdays", "Yes: Monday to Friday, we're open from 8 am to noon and 1 pm to 6 pm."),
-    ("are you open at 7 pm", "No, today we're open from 8 am to noon and 1 pm to 6 pm."),
+    ("are you open at 7 pm", "No, today, we're open from 8 am to noon and 1 pm to 6 pm."),
     ("are you open at 8", "Yes, we're open at 8 am today, until noon."),
     ("are you open after 5 today", "Yes, we're open at 5 pm today, until 6 pm."),
     ("Are you open until 6?", "We're open now until noon, then again from 1 pm to 6 pm."),
@@ -109,7 +136,7 @@ def said(question: str, business: Business = CLINIC, now: dt.datetime = MONDAY_M
     ("do you open early on mondays", "On Mondays, we open at 8 am."),
     ("are you open on sunday or monday", "Sunday, we're closed; Monday, we're open from 8 am to noon and 1 pm to 6 pm."),
     ("are you open on monday the 14th", "Yes, we're open on Monday, December 14th, from 8 am to noon and 1 pm to 6 pm."),
-    ("can I come in at 12:30 today? are you open then", "No, today we're open from 8 am to noon and 1 pm to 6 pm."),
+    ("can I come in at 12:30 today? are you open then", "No, today, we're open from 8 am to noon and 1 pm to 6 pm."),
     # special days override the weekday
     ("are you open on christmas", "No, we're closed on Christmas Day, Friday, December 25th."),
     ("Are you open on the 25th?", "No, we're closed on Christmas Day, Friday, December 25th."),
@@ -182,7 +209,7 @@ def test_restaurant_closed_after_its_late_night() -> None:
 @pytest.mark.parametrize(("question", "want"), [
     ("are you open", "No, we're closed right now; we open again on Monday, at 7:30 am."),
     ("what time do you close on saturday", "On Saturday, we close at noon."),
-    ("are you open at 3 on saturday", "No, on Saturday we're open from 8 am to noon."),
+    ("are you open at 3 on saturday", "No, on Saturday, we're open from 8 am to noon."),
     ("What are your hours?", "We're open Monday to Friday 7:30 am to 5:30 pm, and Saturday 8 am to noon; we are closed on Sunday."),
     ("do you close for lunch", "No, we don't close for lunch."),
 ])
@@ -298,6 +325,60 @@ def test_a_day_not_known_for_certain_is_left_to_the_faq() -> None:
     faq = Business(hours={"monday": "9-5"}, faq=[{"questions": ["Are you open on holidays?"], "answer": "We close on public holidays."}])  # type: ignore[list-item]
     assert said("are you open on public holidays", faq) == "We close on public holidays."
     assert said("are you open on thanksgiving", faq) is None
+
+
+@pytest.mark.parametrize(("question", "want"), [
+    ("are you open on wednesday", "Yes, we're open on Wednesday, December 16th, from 8:30 am to noon."),  # a special day with a note that is no name
+    ("what are your hours", "We're open Monday to Thursday 8:30 am to 4:30 pm, and Friday 8:30 am to noon; we are closed on Saturday and Sunday. "
+                            "On Wednesday, December 16th, we're open from 8:30 am to noon."),
+    ("are you open on new year's day", "No, we're closed on New Year's Day, Friday, January 1st."),
+    ("are you open on monday at 4", "Yes, we're open at 4 pm on Monday, until 4:30 pm."),
+    ("where do i park", "Park in the lot on Oak Street; the entrance is on the side."),  # not about Linda Park
+    ("is a parking permit free", "Parking permit is free."),
+    ("how much for a copy of a birth certificate", "Birth certificate copy costs $20."),
+    ("what does a building permit cost", "There's no fixed price for building permit: depends on the project value."),
+    ("who's the clerk", "Our town clerk is Linda Park."),
+    ("when is tom ruiz in", "Tom Ruiz, our building inspector: in the office Tuesday mornings."),
+    ("is tom ruiz in on tuesday", "Tom Ruiz, our building inspector: in the office Tuesday mornings."),  # no yes or no from "mornings"
+    ("i have a water emergency what number do i call", "The water emergency number is 555 0399."),
+    ("what's your email", "Our email is clerk@springfield.gov."),
+    ("what's the website", "Our website is https://springfield.gov."),
+    ("how do i pay my water bill", "You can pay online at our website or at the front desk."),
+])
+def test_town_office_on_a_friday_morning(question: str, want: str) -> None:
+    assert said(question, TOWN, at(TOWN, 2026, 12, 11, 11, 0)) == want
+
+
+@pytest.mark.parametrize(("question", "want"), [
+    ("are you open", "Yes, we're open now until 7 pm."),
+    ("what are your hours", "We're open Tuesday and Wednesday 10 am to 6 pm, Thursday 10 am to 7 pm, Friday 10 am to 6 pm, and Saturday 9 am to 5 pm; "
+                            "we are closed on Monday and Sunday."),
+    ("how much is a flat tyre repair", "Puncture repair costs £15."),
+    ("how much is it to hire a bike", "Bike hire costs £30 per day."),
+    ("how much is a service", "Tune up costs from £75."),
+    ("who owns the shop", "Our owner is Priya Shah."),
+    ("who does wheel builds", "Dan Cole, our mechanic: does wheel builds."),
+    ("what's your number", "Our number is 0117 496 0123."),
+    ("what's your returns policy", "Unused items can be returned within 30 days with a receipt."),
+    ("do you guys open at 9 on saturday", "Yes, we're open at 9 am on Saturday, until 5 pm."),
+])
+def test_shop_on_a_thursday_evening(question: str, want: str) -> None:
+    assert said(question, SHOP, at(SHOP, 2026, 12, 10, 18, 30)) == want
+
+
+@pytest.mark.parametrize(("business", "question"), [
+    (TOWN, "is there free parking"),  # the directions do not say
+    (TOWN, "when is the building inspector in"),  # who, not when
+    (TOWN, "are you open on martin luther king day"),
+    (TOWN, "are you open on friday afternoon"),
+    (TOWN, "can i get married there"),
+    (SHOP, "how much is bike rental for a week"),
+    (SHOP, "can i return a bike i bought online"),
+    (SHOP, "do you sell helmets"),
+    (SHOP, "are you open on boxing day"),
+])
+def test_no_answer_from_the_town_office_or_the_shop(business: Business, question: str) -> None:
+    assert said(question, business, at(business, 2026, 12, 11, 11, 0)) is None
 
 
 def conversation(business: Business, now: dt.datetime, *questions: str) -> list[str | None]:

@@ -104,7 +104,7 @@ def _at_time(kind: str, q: Question, day: Day, spans: tuple[Interval, ...]) -> s
     late = [Interval(s.opens - 24 * 60, s.closes - 24 * 60) for s in before or ()]  # the night before, past midnight
     hit = next(((m, s) for m in q.when.minutes for s in (*late, *spans) if s.contains(m)), None)
     if hit is None:
-        hours = f"{day.label} we're open from {_ranges(spans)}" if spans else f"we're closed {day.label}"
+        hours = f"{day.label}, we're open from {_ranges(spans)}" if spans else f"we're closed {day.label}"
         return f"{'Yes' if kind == 'closed' else 'No'}, {hours}."
     minute, span = hit
     return f"{'Yes' if kind == 'open' else 'No'}, we're open at {clock_text(minute)} {day.label}, until {clock_text(span.closes)}."

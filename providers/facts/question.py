@@ -20,11 +20,13 @@ _MONTH = "(" + "|".join(sorted(_MONTH_NO, key=len, reverse=True)) + ")"
 _NTH = r"(\d{1,2})(?:st|nd|rd|th)?"
 _ORD = "(" + "|".join(sorted(ORDINALS, key=len, reverse=True)) + ")"
 _DAY_NAMES = {d: i for i, d in enumerate(WEEKDAYS)} | {"tues": 1, "weds": 2, "thur": 3, "thurs": 3}
-_WEEKDAY = re.compile(r"\b(?:(this|next|coming) )?(" + "|".join(_DAY_NAMES) + r")(s)?\b")
+_DAY_NAME = "(" + "|".join(_DAY_NAMES) + ")"
+_WEEKDAY = re.compile(rf"\b(?:(this|next|coming) )?{_DAY_NAME}(s)?\b")
+_DAY_RANGE = re.compile(rf"\b(?:from )?{_DAY_NAME}s? (?:to|through|thru) {_DAY_NAME}s?\b")
 # Dates with a fixed day every year, which a business may well keep other hours on: asked about one
 # the data does not list, the answer is not known (its weekday's hours may not hold).
 _HOLIDAYS = {r"christmas eve": (12, 24), r"(?:christmas|xmas)": (12, 25), r"boxing": (12, 26), r"new year'?s eve": (12, 31),
-             r"new year'?s?": (1, 1), r"independence": (7, 4), r"fourth of july": (7, 4), r"halloween": (10, 31),
+             r"new year'?s?": (1, 1), r"independence": (7, 4), r"(?:the )?(?:fourth|4th) of july|july (?:the )?(?:fourth|4th)": (7, 4), r"halloween": (10, 31),
              r"valentine'?s": (2, 14), r"veterans": (11, 11)}
 # Of those, the ones nearly every business keeps other hours on: a date asked as a number ("the
 # 25th", "today") falling on one the data does not list is not known either.
@@ -84,7 +86,9 @@ def nth(day: int) -> str:
 
 def date_label(date: dt.date, today: dt.date, business: Business) -> str:
     special = business.special(date)
-    note = f"{special.note}, " if special is not None and special.note else ""
+    # A note that names the day ("Christmas Day") names it in the answer; "staff training" does not.
+    named = special is not None and special.note and all(w[0].isupper() or w in ("of", "the", "and") for w in special.note.split())
+    note = f"{special.note}, " if special is not None and named else ""
     if date == today:
         return f"today, {note[:-2]}" if note else "today"
     if date == today + dt.timedelta(days=1):
@@ -188,8 +192,11 @@ def read_when(question: str, today: dt.date, business: Business) -> When | None:
     if found := r.take(r"\b(?:(this|the|on|over) )?(?:the )?weekends?\b"):
         plural = not found[0].group(1) or found[0].group(0).endswith("s")
         r.days += [_next_weekday(d, today, business, plural=plural) for d in (5, 6)]
-    if r.take(r"\b(weekdays|during the week|monday (?:to|through|thru) friday)\b"):
+    if r.take(r"\b(weekdays|during the week)\b"):
         r.days += [_weekly(d, True) for d in range(5)]
+    for m in r.take(_DAY_RANGE):  # "Tuesday through Thursday": every day of it
+        first, last = _DAY_NAMES[m.group(1)], _DAY_NAMES[m.group(2)]
+        r.days += [_weekly((first + i) % 7, True) for i in range((last - first) % 7 + 1)]
     if r.take(r"\b(every ?day|daily|(seven|7) days a week|all week)\b"):
         r.days += [_weekly(d, True) for d in range(7)]
     for m in r.take(_WEEKDAY):

@@ -33,12 +33,14 @@ def answer(question: str, business: Business, now: dt.datetime, previous: Asked 
         return _faq(q) if text else None
     if person := _named(q):  # "does Dr. Lopez work on Mondays" is about her, not the opening hours
         return _person(q, person) or _faq(q)
-    for pattern, topic in _TOPICS:
-        if re.search(pattern, text):
-            return topic(q) or _faq(q)
-    if _about_people(q):
-        return _people(q) or _faq(q)
-    return _follow_up(q) or _faq(q)
+    # Each topic the words point to, in turn ("is parking free": not a price, the directions).
+    topics = [topic for pattern, topic in _TOPICS if re.search(pattern, text)]
+    if not topics:
+        topics = [_people] if _about_people(q) else [_follow_up]
+    for topic in topics:
+        if found := topic(q):
+            return found
+    return _faq(q)
 
 
 def _cap(text: str) -> str:
@@ -56,16 +58,22 @@ def _address(q: Question) -> FactAnswer | None:
 def _directions(q: Question) -> FactAnswer | None:
     d = q.business.directions
     parking = bool(re.search(r"\bpark", q.text))
+    # What the directions speak of is understood ("is there free parking" of "Free parking behind").
+    said = {stem(w) for w in content(d)}
     if parking:  # the FAQ's own answer about parking first; the directions only if they speak of it
-        return _faq(q) or (FactAnswer(d, Asked("directions", "parking")) if re.search(r"\bpark", d.lower()) else None)
-    if not d or q.rest(r"directions?|get there|get to you|getting there|find you|bus|train|subway|metro|tram|entrance|transport|transit|reach|way"):
+        if (faq := _faq(q)) or not re.search(r"\bpark", d.lower()):
+            return faq
+        left = q.rest(r"park|parking|where|car|lot|space|spaces|available|nearby|near")
+    else:
+        left = q.rest(r"directions?|get there|get to you|getting there|find you|bus|train|subway|metro|tram|entrance|transport|transit|reach|way")
+    if not d or [w for w in left if stem(w) not in said]:
         return None
-    return FactAnswer(d, Asked("directions"))
+    return FactAnswer(d, Asked("directions", "parking" if parking else ""))
 
 
 # ---- phone numbers, email, website
 
-_MAIN = ("main", "office", "reception", "general", "front desk")
+_MAIN = ("main", "office", "reception", "general", "front desk", "shop", "store")
 _PURPOSE_WORDS = {"urgent": "emergency", "emergencies": "emergency", "tow": "towing"}
 
 
@@ -110,7 +118,9 @@ def _is_doctor(p: Person) -> bool:
 
 
 def _named(q: Question) -> Person | None:
-    said = [w for w in q.text.split() if w not in STOP and w not in content(q.business.name)]  # "Miller Auto Repair" is not Bob Miller
+    # Not the business's own name ("Miller Auto Repair" is not Bob Miller), nor a word a topic is
+    # known by ("where do I park" is not about Linda Park).
+    said = [w for w in q.text.split() if w not in STOP and w not in content(q.business.name) and not any(re.search(p, w) for p, _ in _TOPICS)]
     hits = [p for p in q.business.people if any(same_word(w, n) for w in said for n in content(p.name) if n not in ("doctor", "mr", "mrs", "ms", "miss", "prof"))]
     return hits[0] if len(hits) == 1 else None
 
@@ -129,13 +139,15 @@ def _people(q: Question) -> FactAnswer | None:
     if q.when.days or q.when.minutes:
         return None  # who works on a day: the data does not say
     roles = _roles(q)
+    if re.search(r"\b(when|what time|where|how)\b", q.text):
+        return None  # "when is the inspector in": not who
     left = q.rest(_PEOPLE_WORDS)
     asked_roles = [w for w in left if any(same_word(w, r) for r in roles)]
     attributes = [w for w in left if w not in asked_roles]
     chosen = [p for p in people if not asked_roles or all(any(same_word(w, r) for r in content(p.role)) for w in asked_roles)]
     if re.search(r"\b(doctors?|physicians?)\b", q.text):
         chosen = [p for p in chosen if _is_doctor(p)]
-    if not asked_roles and not re.search(r"\b(staff|team|employees?|people|work|works|working|doctors?|physicians?)\b", q.text):
+    if not asked_roles and not attributes and not re.search(r"\b(staff|team|employees?|people|work|works|working|doctors?|physicians?)\b", q.text):
         return None  # "who am I speaking to", "who is this"
     if attributes:
         chosen = [p for p in chosen if all(any(same_word(w, n) for n in content(f"{p.role} {p.note}")) for w in attributes)]
@@ -170,10 +182,12 @@ def _person(q: Question, p: Person) -> FactAnswer | None:
     if [w for w in q.rest(_PEOPLE_WORDS, r"in|available|today") if not any(same_word(w, n) for n in content(f"{p.name} {p.role}"))]:
         return None  # "what time does Dr. Lopez start": more than who they are
     days = {i for i, d in enumerate(WEEKDAYS) if re.search(rf"\b{d}", p.note.lower())}
+    if re.search(r"\b(when|what time|what days|which days|how)\b", q.text):  # "when is Tom in": the days their note gives
+        return FactAnswer(f"{said}: {p.note}.", Asked("people", p.name)) if days and not q.when.days else None
     if q.when.days or q.when.minutes:
         if not days or len(q.when.days) != 1 or q.when.minutes:
             return None
-        simple = not re.search(r"\b(not|except|off|no|never|closed|alternate|other|to|through|until|morning|afternoon)\b|-", p.note.lower())
+        simple = not re.search(r"\b(not|except|off|no|never|closed|alternate|other|to|through|until|mornings?|afternoons?|evenings?)\b|-", p.note.lower())
         verdict = ("Yes. " if q.when.days[0].weekday in days else "No. ") if simple else ""
         return FactAnswer(f"{verdict}{said}: {p.note}.", Asked("people", p.name))
     return FactAnswer(f"{said}: {p.note}." if p.note else f"{said}.", Asked("people", p.name))
@@ -181,7 +195,7 @@ def _person(q: Question, p: Person) -> FactAnswer | None:
 
 # ---- prices
 
-_PRICE_WORDS = r"how much|cost|costs|price|prices|pricing|charge|charges|fee|fees|rate|rates|pay|paying|for"
+_PRICE_WORDS = r"how much|cost|costs|price|prices|pricing|charge|charges|fee|fees|rate|rates|pay|paying|for|free"
 
 
 def _service(q: Question) -> tuple[Service, list[str]] | None:
@@ -247,9 +261,9 @@ def _faq(q: Question) -> FactAnswer | None:
 _TOPICS: list[tuple[str, Callable[[Question], FactAnswer | None]]] = [
     (r"\b(phone|telephone|number|numbers|fax|hotline)\b", _phone),
     (r"\b(e ?mail|website|web ?site)\b", _email),
+    (r"\b(how much|cost|costs|price|prices|pricing|charge|fee|fees|rate|rates|free)\b", _price),
     (r"\b(directions?|parking|park|get there|get to you|getting there|bus|train|subway|metro|tram|entrance)\b", _directions),
     (r"\b(address|located|location|where|whereabouts)\b", _address),
-    (r"\b(how much|cost|costs|price|prices|pricing|charge|fee|fees|rate|rates)\b", _price),
     (r"\b(open|opens|opening|close|closes|closing|closed|shut|hours|how late|how early|lunch|lunchtime|break|breaks|work|working)\b", answer_hours),
     (r"\b(who|staff|team|employees|doctors?|dentists?|physicians?|owner|manager)\b", _people),
 ]

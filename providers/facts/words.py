@@ -13,7 +13,7 @@ _SHORT = {"r": "are", "u": "you", "ur": "your", "ya": "you", "yall": "you", "y'a
           "tmr": "tomorrow", "tomorow": "tomorrow", "2morrow": "tomorrow", "tonite": "tonight", "wat": "what", "whats": "what is",
           "what's": "what is", "when's": "when is", "where's": "where is", "who's": "who is", "how's": "how is", "it's": "it is",
           "you're": "you are", "you've": "you have", "what're": "what are", "til": "until", "till": "until", "doctor's": "doctor",
-          "dr": "doctor", "dentist's": "dentist", "ok": "okay", "o'clock": "oclock", "noon": "12 pm", "midday": "12 pm"}
+          "dr": "doctor", "dentist's": "dentist", "owns": "owner", "ok": "okay", "o'clock": "oclock", "noon": "12 pm", "midday": "12 pm"}
 
 # Words that carry no fact: function words, fillers, politeness. What is left of a question once
 # these and the words its topic understands are gone is something the rules did not understand.
