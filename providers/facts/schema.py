@@ -71,7 +71,8 @@ def parse_range(text: str) -> Interval:
         as_pm = _minutes(h1, m1, None, other_half=a2)
         if as_pm < closes:
             opens = as_pm
-    if a2 is None and a1 is None and closes <= opens and int(h2) <= 12 and closes + 12 * 60 > opens:
+    twelve_hour = not (h1.startswith("0") or h2.startswith("0"))  # "11:00-01:00" is 24-hour: past midnight
+    if a2 is None and a1 is None and twelve_hour and closes <= opens and int(h2) <= 12 and closes + 12 * 60 > opens:
         closes += 12 * 60  # "8-6": 8 to 18
     if closes <= opens:
         closes += 24 * 60  # past midnight
