@@ -93,7 +93,10 @@ def parse_hours(text: str) -> tuple[Interval, ...]:
 
 
 def hours_text(spans: tuple[Interval, ...]) -> str:
-    return "closed" if not spans else ", ".join(f"{clock_text(s.opens, hhmm=True)}-{clock_text(s.closes, hhmm=True)}" for s in spans)
+    def end(minute: int) -> str:
+        return "24:00" if minute == 24 * 60 else clock_text(minute, hhmm=True)
+
+    return "closed" if not spans else ", ".join(f"{clock_text(s.opens, hhmm=True)}-{end(s.closes)}" for s in spans)
 
 
 def clock_text(minute: int, *, hhmm: bool = False) -> str:
