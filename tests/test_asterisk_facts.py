@@ -284,10 +284,11 @@ def emergency_number(h: Heard) -> Verdict:
 
 
 def whitening(h: Heard) -> Verdict:
-    claims = [c for c in h.clauses() if re.search(r"^(yes|yeah|sure)\b|\bwe (do|offer|provide)\b.*whiten|whiten.*\b(available|offered)\b", c)
-              and not re.search(NEGATION, c)]
+    # The facts say nothing of whitening: a yes or a no to it is made up, as is a price for it.
+    claims = [c for c in h.clauses() if re.search(r"^(yes|yeah|sure)\b|\bwe (do|offer|provide|have|can do)\b.*whiten|\bwe (do not|don't)\b.*\b(do|offer|provide|have)\b.*whiten"
+                                                  r"|whiten.*\b(available|offered|not available)\b", c)]
     priced = [n for n in h.numbers if re.search(rf"\b{n} (dollars?|bucks)\b", h.plain)]
-    wrong = "; ".join([*(f"claims: {c}" for c in claims), *(f"price {n} dollars" for n in priced)])
+    wrong = "; ".join([*(f"made up: {c}" for c in claims), *(f"price {n} dollars" for n in priced)])
     return Verdict(h.has(HONEST), wrong)
 
 
@@ -354,6 +355,7 @@ def test_a_wrong_fact_is_caught_and_a_right_one_passes() -> None:
     assert emergency_number(heard("Call 555 0198 any time.")).wrong
     assert whitening(heard("I'm sorry, I don't know that. Shall I put you through to someone who does?")) == Verdict(True, "")
     assert whitening(heard("Yes, we do teeth whitening for 200 dollars.")).wrong
+    assert whitening(heard("One moment, please. We do not have teeth whitening services.")).wrong
 
 
 # ---- the calls
