@@ -125,6 +125,10 @@ def said(question: str, business: Business = CLINIC, now: dt.datetime = MONDAY_M
     ("do you close for lunch", "Monday to Friday, we close from noon to 1 pm; Saturday, we're open from 9 am to 1 pm."),
     ("are you open this weekend", "Saturday, we're open from 9 am to 1 pm; Sunday, we're closed."),
     ("are you open on weekdays", "Yes: Monday to Friday, we're open from 8 am to noon and 1 pm to 6 pm."),
+    ("are you open saturday afternoon", "No, on Saturday, we're open from 9 am to 1 pm."),
+    ("are you open saturday morning", "Yes, we're open on Saturday, from 9 am to 1 pm."),
+    ("are you open tonight", "No, today, we're open from 8 am to noon and 1 pm to 6 pm."),
+    ("good morning, are you open in the afternoon", "Yes, we're open today, from 8 am to noon and 1 pm to 6 pm."),
     ("are you open at 7 pm", "No, today, we're open from 8 am to noon and 1 pm to 6 pm."),
     ("are you open at 8", "Yes, we're open at 8 am today, until noon."),
     ("are you open after 5 today", "Yes, we're open at 5 pm today, until 6 pm."),
@@ -190,6 +194,8 @@ def test_after_closing_on_christmas_eve_the_next_opening_skips_christmas() -> No
     ("are you still open", "Yes, we're open now until 2 am."),
     ("what time do you close", "We're open now until 2 am."),
     ("are you open tonight", "Yes, we're open today, from 5 pm to 2 am."),
+    ("are you open tomorrow morning", "No, tomorrow, Sunday, we're open from noon to 3 pm and 5 pm to 10 pm."),
+    ("are you open on sunday afternoon", "We're open on Sunday, from noon to 3 pm and 5 pm to 10 pm."),  # part of it
     ("are you open at 1 am on saturday", "Yes, we're open at 1 am on Saturday, until 2 am."),
     ("are you open at 8 tonight", "Yes, we're open at 8 pm today, until 2 am."),
     ("are you open on monday", "No, we're closed on Monday."),
@@ -292,7 +298,6 @@ def test_faq(business: Business, question: str, want: str) -> None:
     (CLINIC, "are you open on new year's day"),  # a holiday the data says nothing about
     (CLINIC, "are you open on january 1st"),
     (CLINIC, "are you open on public holidays"),
-    (CLINIC, "are you open saturday afternoon"),
     (CLINIC, "what number do I call for towing"),  # the clinic has none
     (CLINIC, "i have a toothache"),
     (CLINIC, "can i book an appointment"),
@@ -303,6 +308,12 @@ def test_faq(business: Business, question: str, want: str) -> None:
     (CLINIC, "are you open 24 hours"),
     (CLINIC, "who works on saturdays"),
     (CLINIC, "who am i speaking to"),
+    (CLINIC, "Hello, is this the dentist?"),
+    (CLINIC, "Is the doctor in today?"),
+    (CLINIC, "Are you open to new patients?"),
+    (CLINIC, "Is the office closed for the holidays?"),
+    (CLINIC, "How late can I book?"),
+    (CLINIC, "how much is it"),
     (CLINIC, "is dr chen working tomorrow"),
     (CLINIC, "where is the bathroom"),
     (CLINIC, "how much is a deep cleaning"),
@@ -342,7 +353,7 @@ def test_a_day_not_known_for_certain_is_left_to_the_faq() -> None:
     ("is tom ruiz in on tuesday", "Tom Ruiz, our building inspector: in the office Tuesday mornings."),  # no yes or no from "mornings"
     ("i have a water emergency what number do i call", "The water emergency number is 555 0399."),
     ("what's your email", "Our email is clerk@springfield.gov."),
-    ("what's the website", "Our website is https://springfield.gov."),
+    ("what's the website", "Our website is springfield.gov."),
     ("how do i pay my water bill", "You can pay online at our website or at the front desk."),
 ])
 def test_town_office_on_a_friday_morning(question: str, want: str) -> None:
@@ -370,7 +381,6 @@ def test_shop_on_a_thursday_evening(question: str, want: str) -> None:
     (TOWN, "is there free parking"),  # the directions do not say
     (TOWN, "when is the building inspector in"),  # who, not when
     (TOWN, "are you open on martin luther king day"),
-    (TOWN, "are you open on friday afternoon"),
     (TOWN, "can i get married there"),
     (SHOP, "how much is bike rental for a week"),
     (SHOP, "can i return a bike i bought online"),

@@ -44,7 +44,7 @@ def hours_of(kind: str, q: Question) -> FactAnswer | None:
     b, when = q.business, q.when
     if kind == "breaks":
         return breaks(q)
-    if not when.days and kind in ("open", "closed", "open_now") and not when.minutes:
+    if not when.days and kind in ("open", "closed", "open_now") and not when.minutes and not when.part:
         return _now(q, asked=kind)
     if not when.days and kind in ("opens", "closes"):
         return _open_close_today(q, kind)
@@ -58,9 +58,11 @@ def hours_of(kind: str, q: Question) -> FactAnswer | None:
         return None
     known = [s or () for s in spans]
     if len(days) > 1:
-        return FactAnswer(_several(kind, days, known), Asked(kind, subject))
+        return FactAnswer(_several(kind, days, known), Asked(kind, subject)) if not when.part else None
     if when.minutes and kind in ("open", "closed"):
         return FactAnswer(_at_time(kind, q, days[0], known[0]), Asked(kind, subject))
+    if when.part and kind in ("open", "closed"):
+        return FactAnswer(_in_part(kind, days[0], known[0], when.part), Asked(kind, subject))
     return FactAnswer(_one_day(kind, q, days[0], known[0]), Asked(kind, subject))
 
 
@@ -108,6 +110,21 @@ def _at_time(kind: str, q: Question, day: Day, spans: tuple[Interval, ...]) -> s
         return f"{'Yes' if kind == 'closed' else 'No'}, {hours}."
     minute, span = hit
     return f"{'Yes' if kind == 'open' else 'No'}, we're open at {clock_text(minute)} {day.label}, until {clock_text(span.closes)}."
+
+
+def _in_part(kind: str, day: Day, spans: tuple[Interval, ...], part: tuple[int, int]) -> str:
+    """Open in a part of the day ("Saturday morning"): yes if all of it, no if none of it, else the
+    hours alone (open only part of the afternoon is neither)."""
+    start, end = part
+    covered = sum(max(0, min(s.closes, end) - max(s.opens, start)) for s in spans)
+    if not spans:
+        return f"{'Yes' if kind == 'closed' else 'No'}, we're closed {day.label}."
+    hours = f"we're open {day.label}, from {_ranges(spans)}."
+    if covered == end - start:
+        return f"{'Yes' if kind == 'open' else 'No'}, {hours}"
+    if covered == 0:
+        return f"{'No' if kind == 'open' else 'Yes'}, {day.label}, we're open from {_ranges(spans)}."
+    return _cap(hours)
 
 
 def _several(kind: str, days: list[Day], spans: list[tuple[Interval, ...]]) -> str:

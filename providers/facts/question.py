@@ -36,6 +36,10 @@ _MOVABLE = re.compile(r"\b(thanksgiving|easter|memorial day|labou?r day|good fri
 _NOW = re.compile(r"\b(right now|now|currently|at the moment|at this hour|at this time|still|yet|anymore)\b")
 _TIME = re.compile(r"\b(?:(?:at|after|around|about|past|until) (\d{1,2})(?::(\d{2}))?(?: (am|pm|oclock))?|(\d{1,2})(?::(\d{2}))? (am|pm))\b")
 _HALF_HINT = re.compile(r"\b(in the (morning|afternoon|evening)|at night|tonight|this (morning|afternoon|evening))\b")
+# A part of the day asked about ("on Saturday morning", "tonight"): the hours it spans.
+# (Their core: a clinic open 9 to 1 is open on Saturday morning.)
+_PARTS = {"morning": (9 * 60, 12 * 60), "afternoon": (13 * 60, 17 * 60), "evening": (18 * 60, 21 * 60), "night": (18 * 60, 21 * 60)}
+_PART = re.compile(r"\b(?:in the |at )?(morning|afternoon|evening|night)s?\b|\bto(night)\b")
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,7 @@ class When:
     days: tuple[Day, ...] = ()  # in the order of the week; empty: no day said
     now: bool = False  # "now", "still", "at the moment"
     minutes: tuple[int, ...] = ()  # a time of day asked about ("at 8": 8 am and 8 pm, unless the question says which)
+    part: tuple[int, int] | None = None  # a part of the day asked about ("morning": 6 am to noon)
     rest: str = ""  # the question without the words read here
 
 
@@ -161,9 +166,11 @@ class _Reader:
 def read_when(question: str, today: dt.date, business: Business) -> When | None:
     """What ``question`` (normalised) says about days and times; None: a day it names is not
     known for certain."""
-    r = _Reader(question, today, business)
     hint = _HALF_HINT.findall(question)
     evening = None if not hint else not any("morning" in h[0] for h in hint)
+    question = re.sub(r"\bgood (morning|afternoon|evening)\b", " ", question)  # a greeting
+    parts = {m.group(1) or m.group(2) for m in _PART.finditer(question)}
+    r = _Reader(question, today, business)
     if r.take(_MOVABLE):
         return None
     # A special day by its note ("Christmas Eve" before "Christmas Day": the longer name first).
@@ -209,7 +216,11 @@ def read_when(question: str, today: dt.date, business: Business) -> When | None:
         r.days = []
     days = [_dated(d, today, business) for d in dict.fromkeys(r.dates)] + r.days
     now = bool(r.take(_NOW))
-    return When(tuple(days), now, _minutes(r, evening), " ".join(r.text.split()))
+    minutes = _minutes(r, evening)
+    r.take(_PART)
+    if len(parts) > 1:
+        return None
+    return When(tuple(days), now, minutes, part=_PARTS[parts.pop()] if parts else None, rest=" ".join(r.text.split()))
 
 
 def _minutes(r: _Reader, evening: bool | None) -> tuple[int, ...]:

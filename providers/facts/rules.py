@@ -104,7 +104,8 @@ def _email(q: Question) -> FactAnswer | None:
     b = q.business
     if re.search(r"\be ?mail\b", q.text):
         return FactAnswer(f"Our email is {b.email}.", Asked("email")) if b.email and not q.rest(r"e ?mail|address|send|write") else None
-    return FactAnswer(f"Our website is {b.website}.", Asked("website")) if b.website and not q.rest(r"website|web ?site|site|online|web") else None
+    site = re.sub(r"^https?://(www\.)?", "", b.website).rstrip("/")  # as said; a URL would be read "our website"
+    return FactAnswer(f"Our website is {site}.", Asked("website")) if site and not q.rest(r"website|web ?site|site|online|web") else None
 
 
 # ---- people
@@ -139,8 +140,8 @@ def _people(q: Question) -> FactAnswer | None:
     if q.when.days or q.when.minutes:
         return None  # who works on a day: the data does not say
     roles = _roles(q)
-    if re.search(r"\b(when|what time|where|how)\b", q.text):
-        return None  # "when is the inspector in": not who
+    if re.search(r"\b(when|what time|where|how|is this|am i|are you)\b", q.text):
+        return None  # "when is the inspector in", "is this the dentist": not who
     left = q.rest(_PEOPLE_WORDS)
     asked_roles = [w for w in left if any(same_word(w, r) for r in roles)]
     attributes = [w for w in left if w not in asked_roles]
@@ -170,7 +171,7 @@ def _team(people: list[Person]) -> str:
     for role, names in by_role.items():
         listed = ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]
         if not role:
-            parts.append(f"{listed} {'work' if len(names) > 1 else 'works'} here too")
+            parts.append(f"{listed} {'work' if len(names) > 1 else 'works'} here")
         else:
             parts.append(f"our {_plural(role)} are {listed}" if len(names) > 1 else f"our {role} is {listed}")
     return _cap(", and ".join(parts)) + "."
