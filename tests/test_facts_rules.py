@@ -228,6 +228,9 @@ def test_garage_hours(question: str, want: str) -> None:
     (CLINIC, "Where are you located?", "We're at 14 Elm Street, Springfield."),
     (CLINIC, "where is your office", "We're at 14 Elm Street, Springfield."),
     (CLINIC, "do you have a fax", "The fax number is 555 0100."),
+    (CLINIC, "do you have an emergency line", "The emergency number is 555 0142."),
+    (CLINIC, "what's the best number to reach you", "Our number is 555 0199."),
+    (CLINIC, "what street are you on", "We're at 14 Elm Street, Springfield."),
     (CLINIC, "what's the number for emergencies", "The emergency number is 555 0142."),
     (RESTAURANT, "where are you", "We're at Kastanienallee 7, Berlin."),
     (CLINIC, "where do i park", "Free parking behind the building; the number 12 bus stops at the door."),
@@ -250,6 +253,7 @@ def test_places_and_numbers(business: Business, question: str, want: str) -> Non
     (CLINIC, "is doctor lopez in on mondays", "Yes. Dr. Maria Lopez, our dentist: works Mondays and Thursdays."),
     (CLINIC, "is dr lopes in on tuesday", "No. Dr. Maria Lopez, our dentist: works Mondays and Thursdays."),
     (CLINIC, "does dr lopez work on mondays", "Yes. Dr. Maria Lopez, our dentist: works Mondays and Thursdays."),
+    (CLINIC, "how many dentists do you have", "Our dentists are Dr. Maria Lopez and Dr. James Chen."),
     (CLINIC, "what's the dentist's name", "Our dentists are Dr. Maria Lopez and Dr. James Chen."),
     (RESTAURANT, "who is the owner", "Our owner is Giulia Romano."),
     (RESTAURANT, "who's the chef", "Our head chef is Luca Romano."),
@@ -407,6 +411,8 @@ def test_follow_ups_reuse_the_previous_topic() -> None:
         "Yes, we're open tomorrow, Tuesday, from 8 am to noon and 1 pm to 6 pm."]
     assert conversation(CLINIC, MONDAY_MORNING, "when do you close on friday", "and saturday?") == [
         "On Friday, we close at 6 pm.", "On Saturday, we close at 1 pm."]
+    assert conversation(CLINIC, MONDAY_MORNING, "are you open on saturday", "and what time do you close?") == [
+        "Yes, we're open on Saturday, from 9 am to 1 pm.", "On Saturday, we close at 1 pm."]
     assert conversation(CLINIC, MONDAY_MORNING, "are you open now", "and tomorrow?") == [
         "Yes, we're open now until noon, then again from 1 pm to 6 pm.", "Yes, we're open tomorrow, Tuesday, from 8 am to noon and 1 pm to 6 pm."]
     assert conversation(CLINIC, MONDAY_MORNING, "how much is a cleaning", "how about a filling?", "and whitening") == [

@@ -109,6 +109,17 @@ def _weekly(weekday: int, plural: bool) -> Day:
     return Day(weekday, None, f"on {WEEKDAYS[weekday].capitalize()}{'s' if plural else ''}")
 
 
+def days_of(subject: str, today: dt.date, business: Business) -> tuple[Day, ...]:
+    """The days an earlier answer was about, from its ``Asked.subject`` ("saturday,2026-12-24")."""
+    days = []
+    for key in subject.split(","):
+        if key in WEEKDAYS:
+            days.append(_weekly(WEEKDAYS.index(key), False))
+        elif re.fullmatch(r"\d{4}-\d\d-\d\d", key):
+            days.append(_dated(dt.date.fromisoformat(key), today, business))
+    return tuple(days)
+
+
 def _next_weekday(weekday: int, today: dt.date, business: Business, *, plural: bool, skip_week: bool = False) -> Day:
     """A weekday said once ("on Friday") is its next date when that date has other hours than the
     week's (so "are you open Friday" before Christmas gets Christmas's), else the weekday."""

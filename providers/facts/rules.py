@@ -12,9 +12,10 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Callable
+from dataclasses import replace
 
 from providers.facts.hours import KINDS, answer_hours, hours_of
-from providers.facts.question import Asked, FactAnswer, Question, When, read_when
+from providers.facts.question import Asked, FactAnswer, Question, When, days_of, read_when
 from providers.facts.schema import WEEKDAYS, Business, Person, Service, money_text
 from providers.facts.words import STOP, content, matched, normalise, same_word, stem
 
@@ -28,9 +29,12 @@ def answer(question: str, business: Business, now: dt.datetime, previous: Asked 
     text = normalise(question)
     local = business.local(now)
     when = read_when(text, local.date(), business)
-    q = Question(text, when or When(rest=text), local, business, previous)
     if not text or when is None:  # a day not known for certain ("on public holidays"): only the FAQ may say
-        return _faq(q) if text else None
+        return _faq(Question(text, When(rest=text), local, business, previous)) if text else None
+    if previous and previous.topic in KINDS and re.match(r"(and|so|then|ok so|okay so|okay and|ok and)\b", text) and not (when.days or when.minutes or when.now):
+        # "Are you open on Saturday?" "And what time do you close?": on Saturday
+        when = replace(when, days=days_of(previous.subject, local.date(), business))
+    q = Question(text, when, local, business, previous)
     if person := _named(q):  # "does Dr. Lopez work on Mondays" is about her, not the opening hours
         return _person(q, person) or _faq(q)
     # Each topic the words point to, in turn ("is parking free": not a price, the directions).
@@ -81,7 +85,7 @@ def _phone(q: Question) -> FactAnswer | None:
     phones = q.business.phones
     if not phones:
         return None
-    left = q.rest(r"phone|phones|number|numbers|telephone|hotline|line|reach|contact|dial|ring|text|cell|mobile|landline")
+    left = q.rest(r"phone|phones|number|numbers|telephone|hotline|line|reach|contact|dial|ring|text|cell|mobile|landline|best")
     said = [_PURPOSE_WORDS.get(w, w) for w in left]
     found = [p for p in phones if p not in _MAIN and matched(p.replace("_", " "), said)]
     if len(found) == 1 and not [w for w in said if not any(same_word(w, k) for k in content(found[0].replace("_", " ")))]:
@@ -140,7 +144,7 @@ def _people(q: Question) -> FactAnswer | None:
     if q.when.days or q.when.minutes:
         return None  # who works on a day: the data does not say
     roles = _roles(q)
-    if re.search(r"\b(when|what time|where|how|is this|am i|are you)\b", q.text):
+    if re.search(r"\b(when|what time|where|how(?! many)|is this|am i|are you)\b", q.text):
         return None  # "when is the inspector in", "is this the dentist": not who
     left = q.rest(_PEOPLE_WORDS)
     asked_roles = [w for w in left if any(same_word(w, r) for r in roles)]
@@ -260,11 +264,11 @@ def _faq(q: Question) -> FactAnswer | None:
 # ---- what a question is about
 
 _TOPICS: list[tuple[str, Callable[[Question], FactAnswer | None]]] = [
-    (r"\b(phone|telephone|number|numbers|fax|hotline)\b", _phone),
+    (r"\b(phone|telephone|number|numbers|fax|hotline|line)\b", _phone),
     (r"\b(e ?mail|website|web ?site)\b", _email),
     (r"\b(how much|cost|costs|price|prices|pricing|charge|fee|fees|rate|rates|free)\b", _price),
-    (r"\b(directions?|parking|park|get there|get to you|getting there|bus|train|subway|metro|tram|entrance)\b", _directions),
-    (r"\b(address|located|location|where|whereabouts)\b", _address),
+    (r"\b(directions?|parking|park|get there|get to you|getting there|find you|bus|train|subway|metro|tram|entrance)\b", _directions),
+    (r"\b(address|located|location|where|whereabouts|street|find you)\b", _address),
     (r"\b(open|opens|opening|close|closes|closing|closed|shut|hours|how late|how early|lunch|lunchtime|break|breaks|work|working)\b", answer_hours),
     (r"\b(who|staff|team|employees|doctors?|dentists?|physicians?|owner|manager)\b", _people),
 ]
