@@ -231,6 +231,7 @@ def test_garage_hours(question: str, want: str) -> None:
     (CLINIC, "do you have an emergency line", "The emergency number is 555 0142."),
     (CLINIC, "what's the best number to reach you", "Our number is 555 0199."),
     (CLINIC, "what street are you on", "We're at 14 Elm Street, Springfield."),
+    (CLINIC, "what's the main number", "Our number is 555 0199."),
     (CLINIC, "what's the number for emergencies", "The emergency number is 555 0142."),
     (RESTAURANT, "where are you", "We're at Kastanienallee 7, Berlin."),
     (CLINIC, "where do i park", "Free parking behind the building; the number 12 bus stops at the door."),
@@ -318,6 +319,7 @@ def test_faq(business: Business, question: str, want: str) -> None:
     (CLINIC, "Is the office closed for the holidays?"),
     (CLINIC, "How late can I book?"),
     (CLINIC, "how much is it"),
+    (CLINIC, "is there a line"),  # a queue, not a phone line
     (CLINIC, "is dr chen working tomorrow"),
     (CLINIC, "where is the bathroom"),
     (CLINIC, "how much is a deep cleaning"),
@@ -413,6 +415,8 @@ def test_follow_ups_reuse_the_previous_topic() -> None:
         "On Friday, we close at 6 pm.", "On Saturday, we close at 1 pm."]
     assert conversation(CLINIC, MONDAY_MORNING, "are you open on saturday", "and what time do you close?") == [
         "Yes, we're open on Saturday, from 9 am to 1 pm.", "On Saturday, we close at 1 pm."]
+    assert conversation(CLINIC, MONDAY_MORNING, "are you open on saturday", "and what's your address?") == [
+        "Yes, we're open on Saturday, from 9 am to 1 pm.", "We're at 14 Elm Street, Springfield."]
     assert conversation(CLINIC, MONDAY_MORNING, "are you open now", "and tomorrow?") == [
         "Yes, we're open now until noon, then again from 1 pm to 6 pm.", "Yes, we're open tomorrow, Tuesday, from 8 am to noon and 1 pm to 6 pm."]
     assert conversation(CLINIC, MONDAY_MORNING, "how much is a cleaning", "how about a filling?", "and whitening") == [

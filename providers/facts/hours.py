@@ -8,9 +8,10 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TypeVar
 
-from providers.facts.question import Asked, Day, FactAnswer, Question, date_label
+from providers.facts.question import Asked, Day, FactAnswer, Question, date_label, days_of
 from providers.facts.schema import WEEKDAYS, Business, Interval, clock_text
 from providers.facts.words import content, same_word
 
@@ -23,9 +24,12 @@ _LUNCH = (12 * 60, 13 * 60)  # lunchtime: a break that overlaps it is a lunch br
 
 
 def answer_hours(q: Question) -> FactAnswer | None:
-    t = q.text
+    t, p = q.text, q.previous
     if q.rest(_WORDS):
         return None
+    if p and p.topic in KINDS and re.match(r"(and|so|then|okay)\b", t) and not (q.when.days or q.when.minutes or q.when.now or q.when.part):
+        # "Are you open on Saturday?" "And what time do you close?": on Saturday
+        q = replace(q, when=replace(q.when, days=days_of(p.subject, q.local.date(), q.business)))
     if re.search(r"\b(lunch|lunchtime|break|breaks)\b", t):
         return breaks(q)
     if re.search(r"\b(what|which) days\b|\bhours\b|\b(when|what time) are you open\b(?!.*until)", t) and not q.when.now:

@@ -12,10 +12,9 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Callable
-from dataclasses import replace
 
 from providers.facts.hours import KINDS, answer_hours, hours_of
-from providers.facts.question import Asked, FactAnswer, Question, When, days_of, read_when
+from providers.facts.question import Asked, FactAnswer, Question, When, read_when
 from providers.facts.schema import WEEKDAYS, Business, Person, Service, money_text
 from providers.facts.words import STOP, content, matched, normalise, same_word, stem
 
@@ -31,9 +30,6 @@ def answer(question: str, business: Business, now: dt.datetime, previous: Asked 
     when = read_when(text, local.date(), business)
     if not text or when is None:  # a day not known for certain ("on public holidays"): only the FAQ may say
         return _faq(Question(text, When(rest=text), local, business, previous)) if text else None
-    if previous and previous.topic in KINDS and re.match(r"(and|so|then|ok so|okay so|okay and|ok and)\b", text) and not (when.days or when.minutes or when.now):
-        # "Are you open on Saturday?" "And what time do you close?": on Saturday
-        when = replace(when, days=days_of(previous.subject, local.date(), business))
     q = Question(text, when, local, business, previous)
     if person := _named(q):  # "does Dr. Lopez work on Mondays" is about her, not the opening hours
         return _person(q, person) or _faq(q)
@@ -85,13 +81,13 @@ def _phone(q: Question) -> FactAnswer | None:
     phones = q.business.phones
     if not phones:
         return None
-    left = q.rest(r"phone|phones|number|numbers|telephone|hotline|line|reach|contact|dial|ring|text|cell|mobile|landline|best")
+    left = q.rest(r"phone|phones|number|numbers|telephone|hotline|line|reach|contact|dial|ring|text|cell|mobile|landline|best|main|general|front desk")
     said = [_PURPOSE_WORDS.get(w, w) for w in left]
     found = [p for p in phones if p not in _MAIN and matched(p.replace("_", " "), said)]
     if len(found) == 1 and not [w for w in said if not any(same_word(w, k) for k in content(found[0].replace("_", " ")))]:
         return _number(found[0], phones[found[0]])
-    if found or said:
-        return None
+    if found or said or not re.search(r"\b(phone|telephone|numbers?|hotline)\b", q.text):
+        return None  # "is there a line": a queue, not a phone line
     main = next((p for p in phones if p in _MAIN), None) or (next(iter(phones)) if len(phones) == 1 else None)
     if main is not None:
         return _number(main, phones[main])
@@ -109,7 +105,7 @@ def _email(q: Question) -> FactAnswer | None:
     if re.search(r"\be ?mail\b", q.text):
         return FactAnswer(f"Our email is {b.email}.", Asked("email")) if b.email and not q.rest(r"e ?mail|address|send|write") else None
     site = re.sub(r"^https?://(www\.)?", "", b.website).rstrip("/")  # as said; a URL would be read "our website"
-    return FactAnswer(f"Our website is {site}.", Asked("website")) if site and not q.rest(r"website|web ?site|site|online|web") else None
+    return FactAnswer(f"Our website is {site}.", Asked("website")) if site and not q.rest(r"website|web ?site|site|online|web|address") else None
 
 
 # ---- people
@@ -118,8 +114,12 @@ _PEOPLE_WORDS = r"who|staff|team|employees?|people|works?|working|there|here|nam
 _DOCTOR_ROLES = {"doctor", "physician", "dentist", "surgeon", "orthodontist", "pediatrician", "vet", "veterinarian", "gp", "optometrist"}
 
 
+def _who(p: Person) -> str:
+    return f"{p.name}, our {p.role}" if p.role else p.name
+
+
 def _is_doctor(p: Person) -> bool:
-    return p.name.lower().startswith(("dr", "doctor")) or bool({stem(w) for w in content(p.role)} & {stem(r) for r in _DOCTOR_ROLES})
+    return bool(re.match(r"(dr\b|doctor\b)", p.name.lower())) or bool({stem(w) for w in content(p.role)} & {stem(r) for r in _DOCTOR_ROLES})
 
 
 def _named(q: Question) -> Person | None:
@@ -156,7 +156,7 @@ def _people(q: Question) -> FactAnswer | None:
         return None  # "who am I speaking to", "who is this"
     if attributes:
         chosen = [p for p in chosen if all(any(same_word(w, n) for n in content(f"{p.role} {p.note}")) for w in attributes)]
-        return FactAnswer(" ".join(f"{p.name}, our {p.role}: {p.note}." for p in chosen), Asked("people")) if chosen else None
+        return FactAnswer(" ".join(f"{_who(p)}: {p.note}." for p in chosen), Asked("people")) if chosen else None
     if not chosen:
         return None
     return FactAnswer(_team(chosen), Asked("people", " ".join(asked_roles)))
@@ -183,7 +183,7 @@ def _team(people: list[Person]) -> str:
 
 def _person(q: Question, p: Person) -> FactAnswer | None:
     """One person by name; about a day only if their note names weekdays ("works Mondays and Thursdays")."""
-    said = f"{p.name}, our {p.role}" if p.role else p.name
+    said = _who(p)
     if [w for w in q.rest(_PEOPLE_WORDS, r"in|available|today") if not any(same_word(w, n) for n in content(f"{p.name} {p.role}"))]:
         return None  # "what time does Dr. Lopez start": more than who they are
     days = {i for i, d in enumerate(WEEKDAYS) if re.search(rf"\b{d}", p.note.lower())}
