@@ -338,6 +338,15 @@ def test_no_answer_when_the_data_does_not_hold_it(business: Business, question: 
     assert said(question, business) is None
 
 
+def test_service_names_said_as_one_word_or_two() -> None:
+    vet = Business.model_validate({"services": [{"name": "check up", "price": 60}, {"name": "nail trim", "aliases": ["pedicure"], "price": 15}]})
+    assert said("how much is a check up", vet) == "Check up costs $60."
+    assert said("how much for a checkup", vet) == "Check up costs $60."
+    assert said("I wanted to check how much a nail trim is", vet) == "Nail trim costs $15."
+    assert said("i'd like to know the price of a pedicure", vet) == "Nail trim costs $15."
+    assert said("how much is the up", vet) is None
+
+
 def test_a_day_not_known_for_certain_is_left_to_the_faq() -> None:
     faq = Business(hours={"monday": "9-5"}, faq=[{"questions": ["Are you open on holidays?"], "answer": "We close on public holidays."}])  # type: ignore[list-item]
     assert said("are you open on public holidays", faq) == "We close on public holidays."

@@ -205,14 +205,14 @@ _PRICE_WORDS = r"how much|cost|costs|price|prices|pricing|charge|charges|fee|fee
 
 def _service(q: Question) -> tuple[Service, list[str]] | None:
     """The service the question names (the longest name said; two said alike: None)."""
-    said = q.rest(_PRICE_WORDS)
+    said = q.when.rest.split()  # all the words: a name may hold one that means little alone ("check up")
     if other := _other(q, [s.name for s in q.business.services]):
         return next(s for s in q.business.services if s.name == other), said
     best: list[tuple[int, Service, list[str]]] = []
     for s in q.business.services:
         for name in s.names():
             if (used := matched(name, said)) is not None:
-                best.append((len(content(name)), s, used))
+                best.append((len(used), s, used))
     best.sort(key=lambda x: -x[0])
     if not best or (len(best) > 1 and best[1][0] == best[0][0] and best[1][1] is not best[0][1]):
         return None

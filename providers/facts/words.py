@@ -24,7 +24,12 @@ will would could can should may might must shall what when where which who whom 
 please thanks thank hi hello hey um uh er ah oh okay yeah yes no well just also actually really quick question ask asking
 wondering wonder wanted want like know tell let see need get got go going come calling call guys folks sir maam mam
 right now still currently yet again other else more much many very too either both all each every whether
+i'd i'm i'll i've we're we'd we'll that's there's don't doesn't didn't can't won't isn't aren't let's you'd wouldn't couldn't
+wanna gonna gotta kinda sorry excuse chance curious possible possibly maybe perhaps usually normally generally typically
+check confirm out sure exactly
 """.split())
+# What a name of the data (a service, a role) is made of: all its words but these.
+_NAME_STOP = frozenset({"a", "an", "the", "of", "and", "for", "with", "to", "in", "on"})
 
 _ORDINAL_UNITS = ["first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth"]
 ORDINALS = {w: i + 1 for i, w in enumerate(_ORDINAL_UNITS)} | {
@@ -80,11 +85,13 @@ def same_word(said: str, known: str) -> bool:
 
 
 def matched(name: str, said: list[str]) -> list[str] | None:
-    """The caller's words that say ``name`` (each content word of it said), or None."""
-    used: list[str] = []
-    for known in content(name):
-        hit = next((w for w in said if same_word(w, known)), None)
-        if hit is None:
-            return None
-        used.append(hit)
-    return used or None
+    """The caller's words that say ``name`` (each word of it said; or all of it as one, "checkup"
+    for "check up", or two words for one, "tune up" for "tuneup"), or None."""
+    known = [w for w in normalise(name).split() if w not in _NAME_STOP]
+    used = [next((w for w in said if same_word(w, k)), "") for k in known]
+    if known and all(used):
+        return used
+    whole = "".join(known)
+    pairs = {a + b: [a, b] for a, b in zip(said, said[1:], strict=False)}
+    hit = next((w for w in [*said, *pairs] if len(whole) >= 5 and same_word(w, whole)), None)
+    return None if hit is None else pairs.get(hit, [hit])
