@@ -198,6 +198,11 @@ def test_after_closing_on_christmas_eve_the_next_opening_skips_christmas() -> No
     ("are you open on sunday afternoon", "We're open on Sunday, from noon to 3 pm and 5 pm to 10 pm."),  # part of it
     ("are you open at 1 am on saturday", "Yes, we're open at 1 am on Saturday, until 2 am."),
     ("are you open at 8 tonight", "Yes, we're open at 8 pm today, until 2 am."),
+    ("are you open at nine tonight", "Yes, we're open at 9 pm today, until 2 am."),
+    ("are you open at five thirty on sunday", "Yes, we're open at 5:30 pm on Sunday, until 10 pm."),
+    ("are you open until midnight on tuesday", "On Tuesday, we close at 11 pm."),
+    ("are you open at 1 am on sunday", "On Sunday, we're open from noon to 3 pm and 5 pm to 10 pm."),  # Saturday's night or Sunday's: no yes or no
+    ("are you open at 1 am on tuesday", "No, on Tuesday, we're open from 5 pm to 11 pm."),
     ("are you open on monday", "No, we're closed on Monday."),
     ("what time do you open on sunday", "On Sunday, we open at noon."),
     ("do you take a break on sundays", "Yes, we close from 3 pm to 5 pm on Sundays."),

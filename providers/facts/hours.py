@@ -109,6 +109,10 @@ def _at_time(kind: str, q: Question, day: Day, spans: tuple[Interval, ...]) -> s
     before = b.hours_on(day.date - dt.timedelta(days=1)) if day.date else b.weekly(WEEKDAYS[day.weekday - 1])
     late = [Interval(s.opens - 24 * 60, s.closes - 24 * 60) for s in before or ()]  # the night before, past midnight
     hit = next(((m, s) for m in q.when.minutes for s in (*late, *spans) if s.contains(m)), None)
+    # "1 am on Saturday" may be the night of Saturday too: when that reading answers otherwise, no yes or no
+    night = [m for m in ([hit[0]] if hit else q.when.minutes) if m < 6 * 60]
+    if any((hit is None) == any(s.contains(m + 24 * 60) for s in spans) for m in night):
+        return f"{_cap(day.label)}, we're open from {_ranges(spans)}." if spans else f"We're closed {day.label}."
     if hit is None:
         hours = f"{day.label}, we're open from {_ranges(spans)}" if spans else f"we're closed {day.label}"
         return f"{'Yes' if kind == 'closed' else 'No'}, {hours}."

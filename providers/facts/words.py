@@ -13,7 +13,7 @@ _SHORT = {"r": "are", "u": "you", "ur": "your", "ya": "you", "yall": "you", "y'a
           "tmr": "tomorrow", "tomorow": "tomorrow", "2morrow": "tomorrow", "tonite": "tonight", "wat": "what", "whats": "what is",
           "what's": "what is", "when's": "when is", "where's": "where is", "who's": "who is", "how's": "how is", "it's": "it is",
           "you're": "you are", "you've": "you have", "what're": "what are", "til": "until", "till": "until", "doctor's": "doctor",
-          "dr": "doctor", "dentist's": "dentist", "owns": "owner", "ok": "okay", "o'clock": "oclock", "noon": "12 pm", "midday": "12 pm"}
+          "dr": "doctor", "dentist's": "dentist", "owns": "owner", "ok": "okay", "o'clock": "oclock", "noon": "12 pm", "midday": "12 pm", "midnight": "12 am"}
 
 # Words that carry no fact: function words, fillers, politeness. What is left of a question once
 # these and the words its topic understands are gone is something the rules did not understand.
@@ -38,6 +38,15 @@ ORDINALS = {w: i + 1 for i, w in enumerate(_ORDINAL_UNITS)} | {
 } | {"twentieth": 20, "thirtieth": 30, "thirty first": 31} | {f"twenty {w}": 21 + i for i, w in enumerate(_ORDINAL_UNITS)}
 
 
+_NUMBERS = {w: str(i + 1) for i, w in enumerate("one two three four five six seven eight nine ten eleven twelve".split())}
+_SPOKEN_TIME = re.compile(r"\b(at|after|around|about|until|till|past) (" + "|".join(_NUMBERS) + r")(?: (thirty|fifteen|forty five))?\b")
+
+
+def _spoken_time(m: re.Match[str]) -> str:
+    minutes = {"thirty": ":30", "fifteen": ":15", "forty five": ":45"}.get(m.group(3) or "", "")
+    return f"{m.group(1)} {_NUMBERS[m.group(2)]}{minutes}"
+
+
 def normalise(text: str) -> str:
     """Lower case, one spelling of times and shorthand, no punctuation but apostrophes in words and
     the colon of a time."""
@@ -47,6 +56,7 @@ def normalise(text: str) -> str:
     t = re.sub(r"(\d)\.(\d\d)\b", r"\1:\2", t)  # "5.30" -> "5:30"
     t = re.sub(r"(?<!\d):|:(?!\d)", " ", t)
     t = re.sub(r"[^a-z0-9:' ]+", " ", t.replace("-", " "))
+    t = _SPOKEN_TIME.sub(_spoken_time, t)  # "at five thirty": the time in digits, as Whisper mostly writes it
     words = [w.strip("'") for w in t.split()]
     return " ".join(_SHORT.get(w, w) for w in words if w)
 
