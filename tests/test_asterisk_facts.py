@@ -239,6 +239,30 @@ def friday_closing(now: dt.datetime) -> Question:
     return Question("When do you close on Friday?", f"closes at {_hhmm(closes)}" + (f" (or closed: {date} is a special day)" if special else ""), judge)
 
 
+def open_now(now: dt.datetime) -> Question:
+    # The question is asked a minute or so into the call: either state is right if the hours change
+    # over the next few minutes (the lunch break begins, the practice closes).
+    known = [DATA.open_at(now + dt.timedelta(minutes=m)) for m in range(0, 6)]
+    assert None not in known
+    states = {bool(k) for k in known}
+
+    def judge(h: Heard) -> Verdict:
+        first = h.clauses()[0] if h.clauses() else ""
+        said = False if re.search(r"\b(no|closed|not open|aren't open|are not open)\b", first) else True if re.search(r"\b(yes|yeah|open)\b", first) else None
+        stray = [t for t in h.times if not any(t.could_be(e) for e in DATA.all_times())]
+        wrong = [*(["open" if said else "closed"] if said is not None and said not in states else []), *(f"time {_hhmm(t.minute)}" for t in stray)]
+        return Verdict(said in states, ", ".join(wrong))
+
+    return Question("Are you open right now?", " or ".join("open" if s else "closed" for s in sorted(states)) + f" at {DATA.local(now):%A %H:%M}", judge)
+
+
+def address(h: Heard) -> Verdict:
+    number, street = re.match(r"(\d+) (\w+)", DATA.address).groups()  # type: ignore[union-attr]
+    stray = [n for n in h.numbers if n != int(number)]
+    return Verdict(int(number) in h.numbers and max((_ratio(street, w) for w in h.words), default=0.0) >= 0.75,
+                   ", ".join(f"number {n}" for n in stray))
+
+
 def _letters(text: str) -> str:
     return re.sub(r"[^a-z]", "", text.lower())
 
@@ -297,9 +321,11 @@ def questions(now: dt.datetime) -> list[Question]:
     return [
         Question("Are you open on Sunday?", "closed on Sunday", open_on_sunday),
         friday_closing(now),
+        open_now(now),
         Question("Who are the dentists?", "Dr. Maria Lopez and Dr. James Chen", dentists),
         Question("How much is a cleaning?", "90 dollars", cleaning_price),
         Question("What's the emergency number?", "555 0199", emergency_number),
+        Question("What's your address?", DATA.address, address),
         Question("Do you do teeth whitening?", "the honest line (don't know / put you through)", whitening),
     ]
 
@@ -355,6 +381,10 @@ def test_a_wrong_fact_is_caught_and_a_right_one_passes() -> None:
     assert emergency_number(heard("Call 555 0198 any time.")).wrong
     assert whitening(heard("I'm sorry, I don't know that. Shall I put you through to someone who does?")) == Verdict(True, "")
     assert whitening(heard("Yes, we do teeth whitening for 200 dollars.")).wrong
+    assert open_now(now).judge(heard("Yes, we're open until 12 pm.")) == Verdict(True, "")  # Monday 10:00
+    assert open_now(now).judge(heard("No, we're closed right now.")).wrong
+    assert address(heard("We're at 14 Harbor Street in Springfield.")) == Verdict(True, "")
+    assert address(heard("We're at 41 Harbor Street.")).wrong
     assert whitening(heard("One moment, please. We do not have teeth whitening services.")).wrong
 
 
