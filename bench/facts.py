@@ -56,6 +56,7 @@ from providers.facts.verify import FactGuard  # noqa: E402
 from providers.profile import AgentProfile  # noqa: E402
 
 if TYPE_CHECKING:
+    from providers.config import LocalProviderConfig
     from providers.local.llm import ChatModel
 
 DATA = Path(__file__).resolve().parent / "facts_data"
@@ -147,6 +148,7 @@ _MONEY_WORDS = set(_CURRENCY_WORDS.values())
 _SYMBOLS = {"$": "dollars", "€": "euros", "£": "pounds"}
 _NEGATIONS = {"not", "never", "no", "nor", "neither", "without"}
 _YES_NO = {"yes", "yeah", "yep", "no", "nope"}
+_FILLERS = {"oh", "well", "um", "uh", "sorry", "so", "i", "am", "afraid", "okay", "ok"}
 _UNIT_AFTER = {"minute", "minutes", "hour", "hours", "day", "days", "week", "weeks", "month", "months", "year", "years",
                "mile", "miles", "people", "guests", "items", "percent", "kids", "children", "bottles", "cars"} | _MONEY_WORDS
 _TIME_BEFORE = {"at", "from", "until", "till", "til", "between", "opens", "closes", "by", "after", "before"}
@@ -302,25 +304,43 @@ def _find(tokens: list[str], want: list[str]) -> list[int]:
     return [i for i in range(len(tokens) - n + 1) if tokens[i:i + n] == want]
 
 
+_DONT_KNOW = [phrase(p) for p in (
+    "do not know", "not sure", "no information", "do not have that information", "do not have information",
+    "do not have any information", "do not have the information", "do not have details", "can not answer", "can not tell",
+    "can not say", "can not help with", "can not confirm", "unable to", "not able to", "i am afraid i do not",
+    "not something i know", "no idea",
+)]
+_OFFER = [phrase(p) for p in (
+    "put you through", "transfer you", "connect you", "someone who", "somebody who", "check with", "pass you to",
+    "front desk", "shall i put", "can put you",
+)]
+
+
+def _says(sentences: list[list[str]], phrases: list[list[str]]) -> bool:
+    return any(_find(tokens, p) for tokens in sentences for p in phrases)
+
+
 def contains(sentences: list[list[str]], item: str) -> bool:
-    """``item`` said as such: a yes or no only as a sentence's answer (its first word), a phrase
-    not negated by one of the three words before it ("we are not open"), a long number also as
-    part of a phone number heard."""
+    """``item`` said as such: a yes or no only as a sentence's answer (its first word, and not in a
+    sentence that says it does not know: "no, I don't know"), a phrase not negated by one of the
+    three words before it ("we are not open"), a long number also as part of a phone number heard."""
     want = phrase(item)
     if not want:
         return False
     for tokens in sentences:
         if want[0] in _YES_NO and len(want) == 1:
-            start = [t for t in tokens if t not in ("oh", "well", "um", "uh", "sorry", "i", "am", "so")]
-            if start[:1] == want:
+            lead = 0
+            while lead < len(tokens) and tokens[lead] in _FILLERS:
+                lead += 1
+            if tokens[lead:lead + 1] == want and not _says([tokens], _DONT_KNOW):
                 return True
             continue
         if len(want) == 1 and want[0].isdigit() and len(want[0]) >= 4:
             if any(t.isdigit() and len(t) >= 7 and want[0] in t for t in tokens):
                 return True
         for i in _find(tokens, want):
-            before = tokens[max(0, i - 3):i]
-            negated = any(t in _NEGATIONS for t in before if not (t == "no" and tokens.index(t) == 0))
+            # A sentence's leading "no" answers the question; it does not negate what follows.
+            negated = any(tokens[j] in _NEGATIONS and not (j == 0 and tokens[j] == "no") for j in range(max(0, i - 3), i))
             if not negated or any(t in _NEGATIONS for t in want):
                 return True
     return False
@@ -400,22 +420,6 @@ def unknown_numbers(heard: Numbers, known: Numbers) -> list[str]:
 
 
 # ---- scoring
-
-_DONT_KNOW = [phrase(p) for p in (
-    "do not know", "not sure", "no information", "do not have that information", "do not have information",
-    "do not have any information", "do not have the information", "do not have details", "can not answer", "can not tell",
-    "can not say", "can not help with", "can not confirm", "unable to", "not able to", "i am afraid i do not",
-    "not something i know", "no idea",
-)]
-_OFFER = [phrase(p) for p in (
-    "put you through", "transfer you", "connect you", "someone who", "somebody who", "check with", "pass you to",
-    "front desk", "shall i put", "can put you",
-)]
-
-
-def _says(sentences: list[list[str]], phrases: list[list[str]]) -> bool:
-    return any(_find(tokens, p) for tokens in sentences for p in phrases)
-
 
 @dataclass(frozen=True)
 class Verdict:
@@ -520,13 +524,12 @@ class Line:
     """The phone line: the caller's voice to the pipeline's Whisper, the agent's Piper voice to the
     caller's ear (Whisper again), through 8 kHz u-law; everything cached by text."""
 
-    def __init__(self, cache: Path) -> None:
-        from engine.config import load_config
+    def __init__(self, cache: Path, cfg: LocalProviderConfig) -> None:
         from providers.local.models import JOE_VOICE, resolve
         from providers.local.stt import build_stt
         from providers.local.tts import PiperTts
 
-        self.cfg = load_config(ROOT / "config.toml", env={}).providers.local
+        self.cfg = cfg
         self.cache = cache
         cache.mkdir(parents=True, exist_ok=True)
         self._stt = build_stt(self.cfg)
@@ -683,7 +686,7 @@ def main() -> int:
     from engine.config import load_config
     from providers.pipeline import Dialogue
 
-    cfg = load_config(ROOT / "config.toml", env={}).providers.local
+    cfg = load_config(ROOT / "config.toml").providers.local
     profiles = load_profiles()
     if args.business and args.business not in profiles:
         ap.error(f"--business: one of {', '.join(profiles)}")
@@ -700,7 +703,7 @@ def main() -> int:
         model = ChatModel(path, cfg.llm_context, cfg.llm_threads, cfg.llm_chat_format)
         label = path.name
     answerer = Answerer(args.answer, model, cfg.llm_max_tokens, cfg.llm_temperature)
-    line = Line(args.cache) if args.path == "spoken" else None
+    line = Line(args.cache, cfg) if args.path == "spoken" else None
     known = {name: business_numbers(p) for name, p in profiles.items()}
     print(f"facts: {len(cases)} questions, --path {args.path}, --answer {args.answer}, {label}, {cfg.llm_threads} LLM thread(s)", flush=True)
 

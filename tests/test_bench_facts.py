@@ -93,6 +93,7 @@ def question(**kw) -> facts.Question:
         # honest: the answerable one is a don't-know, the unanswerable one right
         (dict(topic="price", expect=[["120"]]), "I'm sorry, I don't know that. Shall I put you through to someone who does?", "dont_know"),
         (dict(topic="unknown", unanswerable=True), "I'm sorry, I don't know that. Shall I put you through to someone who does?", "right"),
+        (dict(topic="open_day", expect=[["yes"]], forbid=["no"]), "No, I don't know that, shall I put you through?", "dont_know"),
         (dict(topic="unknown", unanswerable=True, forbid=["yes"]), "Yes, we do implants.", "wrong"),
         (dict(topic="unknown", unanswerable=True), "Our dentist is Dr. Priya Raman.", "no_answer"),
         (dict(topic="people", expect=[["raman"]]), "We have two lovely dentists.", "no_answer"),
