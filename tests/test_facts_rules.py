@@ -325,6 +325,8 @@ def test_faq(business: Business, question: str, want: str) -> None:
     (CLINIC, "How late can I book?"),
     (CLINIC, "how much is it"),
     (CLINIC, "is there a line"),  # a queue, not a phone line
+    (RESTAURANT, "how much is the set menu on saturdays"),  # prices, numbers, places: not by day
+    (CLINIC, "what's the number to call tonight"),
     (CLINIC, "is dr chen working tomorrow"),
     (CLINIC, "where is the bathroom"),
     (CLINIC, "how much is a deep cleaning"),
@@ -445,6 +447,9 @@ def test_a_follow_up_needs_its_subject_to_fit_the_topic() -> None:
     assert conversation(CLINIC, MONDAY_MORNING, "how much is a cleaning", "and on saturday?") == ["Cleaning costs $80.", None]
     assert conversation(CLINIC, MONDAY_MORNING, "how much is a cleaning", "and the other one?") == ["Cleaning costs $80.", None]  # of six
     assert said("and on Saturday?") is None  # nothing before it
+    assert conversation(CLINIC, MONDAY_MORNING, "how much is a cleaning", "and a filling on saturday?") == ["Cleaning costs $80.", None]
+    assert conversation(CLINIC, MONDAY_MORNING, "what's your phone number", "and for emergencies?") == [
+        "Our number is 555 0199.", "The emergency number is 555 0142."]
 
 
 def test_the_day_is_the_business_zones() -> None:

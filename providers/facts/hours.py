@@ -111,7 +111,7 @@ def _at_time(kind: str, q: Question, day: Day, spans: tuple[Interval, ...]) -> s
     hit = next(((m, s) for m in q.when.minutes for s in (*late, *spans) if s.contains(m)), None)
     # "1 am on Saturday" may be the night of Saturday too: when that reading answers otherwise, no yes or no
     night = [m for m in ([hit[0]] if hit else q.when.minutes) if m < 6 * 60]
-    if any((hit is None) == any(s.contains(m + 24 * 60) for s in spans) for m in night):
+    if any((hit is None) == any(s.contains(m + 24 * 60) for s in spans) or before is None for m in night):
         return f"{_cap(day.label)}, we're open from {_ranges(spans)}." if spans else f"We're closed {day.label}."
     if hit is None:
         hours = f"{day.label}, we're open from {_ranges(spans)}" if spans else f"we're closed {day.label}"

@@ -84,6 +84,11 @@ class When:
     part: tuple[int, int] | None = None  # a part of the day asked about ("morning": 6 am to noon)
     rest: str = ""  # the question without the words read here
 
+    @property
+    def timed(self) -> bool:
+        """A day, a time or a part of the day was asked about (which only hours and notes answer)."""
+        return bool(self.days or self.minutes or self.part)
+
 
 def nth(day: int) -> str:
     return f"{day}{'th' if 10 <= day % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(day % 10, 'th')}"

@@ -33,8 +33,9 @@ def answer(question: str, business: Business, now: dt.datetime, previous: Asked 
     q = Question(text, when, local, business, previous)
     if person := _named(q):  # "does Dr. Lopez work on Mondays" is about her, not the opening hours
         return _person(q, person) or _faq(q)
-    # Each topic the words point to, in turn ("is parking free": not a price, the directions).
-    topics = [topic for pattern, topic in _TOPICS if re.search(pattern, text)]
+    # Each topic the words point to, in turn ("is parking free": not a price, the directions). On a
+    # day or at a time only hours and people answer: "the price on Saturdays" may be another.
+    topics = [topic for pattern, topic in _TOPICS if re.search(pattern, text) and (topic in (answer_hours, _people) or not when.timed)]
     if not topics:
         topics = [_people] if _about_people(q) else [_follow_up]
     for topic in topics:
@@ -50,7 +51,7 @@ def _cap(text: str) -> str:
 # ---- where, how to reach it
 
 def _address(q: Question) -> FactAnswer | None:
-    if not q.business.address or q.when.days or q.rest(r"address|located|location|where|street|whereabouts|find|situated|exactly"):
+    if not q.business.address or q.rest(r"address|located|location|where|street|whereabouts|find|situated|exactly"):
         return None
     return FactAnswer(f"We're at {q.business.address}.", Asked("address"))
 
@@ -141,7 +142,7 @@ def _about_people(q: Question) -> bool:
 
 def _people(q: Question) -> FactAnswer | None:
     people = q.business.people
-    if q.when.days or q.when.minutes:
+    if q.when.timed:
         return None  # who works on a day: the data does not say
     roles = _roles(q)
     if re.search(r"\b(when|what time|where|how(?! many)|is this|am i|are you)\b", q.text):
@@ -189,8 +190,8 @@ def _person(q: Question, p: Person) -> FactAnswer | None:
     days = {i for i, d in enumerate(WEEKDAYS) if re.search(rf"\b{d}", p.note.lower())}
     if re.search(r"\b(when|what time|what days|which days|how)\b", q.text):  # "when is Tom in": the days their note gives
         return FactAnswer(f"{said}: {p.note}.", Asked("people", p.name)) if days and not q.when.days else None
-    if q.when.days or q.when.minutes:
-        if not days or len(q.when.days) != 1 or q.when.minutes:
+    if q.when.timed:
+        if not days or len(q.when.days) != 1 or q.when.minutes or q.when.part:
             return None
         simple = not re.search(r"\b(not|except|off|no|never|closed|alternate|other|to|through|until|mornings?|afternoons?|evenings?)\b|-", p.note.lower())
         verdict = ("Yes. " if q.when.days[0].weekday in days else "No. ") if simple else ""
@@ -279,8 +280,10 @@ def _follow_up(q: Question) -> FactAnswer | None:
     p = q.previous
     if p is None:
         return None
-    if p.topic in KINDS and (q.when.days or q.when.minutes) and not q.rest():
+    if p.topic in KINDS and q.when.timed and not q.rest():
         return hours_of("open" if p.topic == "open_now" else p.topic, q)
+    if q.when.timed:
+        return None
     if p.topic == "price":
         return _price(q)
     if p.topic == "phone":
