@@ -259,6 +259,7 @@ def test_places_and_numbers(business: Business, question: str, want: str) -> Non
     (CLINIC, "is doctor lopez in on mondays", "Yes. Dr. Maria Lopez, our dentist: works Mondays and Thursdays."),
     (CLINIC, "is dr lopes in on tuesday", "No. Dr. Maria Lopez, our dentist: works Mondays and Thursdays."),
     (CLINIC, "does dr lopez work on mondays", "Yes. Dr. Maria Lopez, our dentist: works Mondays and Thursdays."),
+    (CLINIC, "is dr lopez in on christmas", "No, we're closed on Christmas Day, Friday, December 25th."),
     (CLINIC, "how many dentists do you have", "Our dentists are Dr. Maria Lopez and Dr. James Chen."),
     (CLINIC, "what's the dentist's name", "Our dentists are Dr. Maria Lopez and Dr. James Chen."),
     (RESTAURANT, "who is the owner", "Our owner is Giulia Romano."),

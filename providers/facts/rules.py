@@ -193,8 +193,11 @@ def _person(q: Question, p: Person) -> FactAnswer | None:
     if q.when.timed:
         if not days or len(q.when.days) != 1 or q.when.minutes or q.when.part:
             return None
+        day = q.when.days[0]
+        if (q.business.hours_on(day.date) if day.date else q.business.weekly(WEEKDAYS[day.weekday])) == ():
+            return FactAnswer(f"No, we're closed {day.label}.", Asked("people", p.name))
         simple = not re.search(r"\b(not|except|off|no|never|closed|alternate|other|to|through|until|mornings?|afternoons?|evenings?)\b|-", p.note.lower())
-        verdict = ("Yes. " if q.when.days[0].weekday in days else "No. ") if simple else ""
+        verdict = ("Yes. " if day.weekday in days else "No. ") if simple else ""
         return FactAnswer(f"{verdict}{said}: {p.note}.", Asked("people", p.name))
     return FactAnswer(f"{said}: {p.note}." if p.note else f"{said}.", Asked("people", p.name))
 
@@ -229,8 +232,9 @@ def _price(q: Question) -> FactAnswer | None:
         return None  # "a cleaning for kids": more than the service was asked
     asked = Asked("price", s.name)
     name = _cap(s.name)
-    if s.price is None:
-        return FactAnswer(f"There's no fixed price for {s.name}: {s.price_note}.", asked) if s.price_note else None
+    if s.price is None:  # said so only when a note says why
+        why = s.price_note or (s.note if re.search(r"\b(price|quote|depends|estimate|varies)", s.note.lower()) else "")
+        return FactAnswer(f"There's no fixed price for {s.name}: {why}.", asked) if why else None
     if s.price == 0:
         return FactAnswer(f"{name} is free.", asked)
     money = money_text(s.price, q.business.currency)
