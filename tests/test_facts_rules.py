@@ -116,6 +116,9 @@ def said(question: str, business: Business = CLINIC, now: dt.datetime = MONDAY_M
     ("how late are you open on saturdays", "On Saturdays, we close at 1 pm."),
     ("what time do you open tomorrow", "Tomorrow, Tuesday, we open at 8 am."),
     ("what time did you open today", "Today, we opened at 8 am."),
+    ("What time y'all open tomorrow morning?", "Tomorrow, Tuesday, we open at 8 am."),
+    ("when are you guys open on saturday", "On Saturday, we're open from 9 am to 1 pm."),
+    ("What are Saturday's hours?", "On Saturday, we're open from 9 am to 1 pm."),
     ("what time do you close", "We're open now until noon, then again from 1 pm to 6 pm."),
     ("What are your hours?", "We're open Monday to Friday 8 am to noon and 1 pm to 6 pm, and Saturday 9 am to 1 pm; we are closed on Sunday."),
     ("what are your opening hours", "We're open Monday to Friday 8 am to noon and 1 pm to 6 pm, and Saturday 9 am to 1 pm; we are closed on Sunday."),
@@ -308,6 +311,9 @@ def test_faq(business: Business, question: str, want: str) -> None:
     (CLINIC, "are you open on thanksgiving"),  # not dated in the data
     (CLINIC, "are you open on new year's day"),  # a holiday the data says nothing about
     (CLINIC, "are you open on january 1st"),
+    (CLINIC, "Are you open the day after Christmas?"),
+    (CLINIC, "Are you open the week of Christmas?"),
+    (CLINIC, "are you open on new year's eve"),
     (CLINIC, "are you open on public holidays"),
     (CLINIC, "what number do I call for towing"),  # the clinic has none
     (CLINIC, "i have a toothache"),

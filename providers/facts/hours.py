@@ -32,11 +32,11 @@ def answer_hours(q: Question) -> FactAnswer | None:
         q = replace(q, when=replace(q.when, days=days_of(p.subject, q.local.date(), q.business)))
     if re.search(r"\b(lunch|lunchtime|break|breaks)\b", t):
         return breaks(q)
-    if re.search(r"\b(what|which) days\b|\bhours\b|\b(when|what time) are you open\b(?!.*until)", t) and not q.when.now:
+    if re.search(r"\b(what|which) days\b|\bhours\b|\b(when|what time) (are|is) (you|it|the \w+|your \w+)( guys)? open\b(?!.*until)", t) and not q.when.now:
         kind = "hours"
     elif re.search(r"\b(close|closes|closing|shut|how late|late|until)\b", t):
         kind = "closes"
-    elif re.search(r"\b(opening time|how early|early)\b|\b(when|what time)\b.*\b(do|does|will|did)\b.*\bopen\b", t):
+    elif re.search(r"\b(opening time|how early|early)\b|\b(when|what time)\b.*\bopen\b", t):
         kind = "opens"
     else:
         kind = "closed" if re.search(r"\bclosed\b", t) else "open"

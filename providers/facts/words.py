@@ -57,8 +57,8 @@ def normalise(text: str) -> str:
     t = re.sub(r"(?<!\d):|:(?!\d)", " ", t)
     t = re.sub(r"[^a-z0-9:' ]+", " ", t.replace("-", " "))
     t = _SPOKEN_TIME.sub(_spoken_time, t)  # "at five thirty": the time in digits, as Whisper mostly writes it
-    words = [w.strip("'") for w in t.split()]
-    return " ".join(_SHORT.get(w, w) for w in words if w)
+    words = [_SHORT.get(w, w) for w in (w.strip("'") for w in t.split()) if w]
+    return " ".join(w.removesuffix("'s") for w in words)  # "Saturday's hours", "the doctor's name"
 
 
 def stem(word: str) -> str:
