@@ -188,6 +188,12 @@ def test_a_weekday_said_once_is_its_coming_date_when_that_has_special_hours() ->
     assert said("are you open thursday", now=saturday_before) == "Yes, we're open on Christmas Eve, Thursday, December 24th, from 9 am to noon."
 
 
+def test_closed_today_says_when_it_opens_again() -> None:
+    sunday = at(CLINIC, 2026, 12, 13, 10, 0)
+    assert said("are you open today", now=sunday) == "No, we're closed today; we open again tomorrow, Monday, at 8 am."
+    assert said("when do you open", now=sunday) == "We're closed today; we open again tomorrow, Monday, at 8 am."
+
+
 def test_after_closing_on_christmas_eve_the_next_opening_skips_christmas() -> None:
     assert said("are you open", now=at(CLINIC, 2026, 12, 24, 12, 30)) == "No, we're closed right now; we open again on Saturday, at 9 am."
 

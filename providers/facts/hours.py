@@ -89,7 +89,8 @@ def _minute(local: dt.datetime) -> int:
 def _one_day(kind: str, q: Question, day: Day, spans: tuple[Interval, ...]) -> str:
     label, today = day.label, day.date == q.local.date()
     if not spans:
-        closed = f"we're closed {label}."
+        again = _next_opening(q.business, q.local) if today else None
+        closed = f"we're closed {label}{'; ' + again if again else ''}."
         return f"{'Yes' if kind == 'closed' else 'No'}, {closed}" if kind in ("open", "closed") else _cap(closed)
     if kind == "opens":
         return f"{_cap(label)}, we open{'ed' if today and _minute(q.local) >= spans[0].opens else ''} at {clock_text(spans[0].opens)}."
