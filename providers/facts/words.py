@@ -91,7 +91,8 @@ def same_word(said: str, known: str) -> bool:
         return True
     if len(said) < 4 or len(known) < 4 or said[0] != known[0] or said.isdigit() or known.isdigit():
         return False
-    return jellyfish.metaphone(said) == jellyfish.metaphone(known) or (min(len(said), len(known)) >= 6 and jellyfish.levenshtein_distance(said, known) <= 1)
+    letters = jellyfish.levenshtein_distance(said, known)  # the sound alone is too loose: "look" sounds like "Luca"
+    return (letters <= 2 and jellyfish.metaphone(said) == jellyfish.metaphone(known)) or (min(len(said), len(known)) >= 6 and letters <= 1)
 
 
 def matched(name: str, said: list[str]) -> list[str] | None:
