@@ -188,6 +188,16 @@ def test_a_weekday_said_once_is_its_coming_date_when_that_has_special_hours() ->
     assert said("are you open thursday", now=saturday_before) == "Yes, we're open on Christmas Eve, Thursday, December 24th, from 9 am to noon."
 
 
+def test_holidays_by_name() -> None:
+    every_day = {d: "9-5" for d in ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")}
+    b = Business.model_validate({"hours": every_day, "special_days": [{"date": "2026-12-31", "hours": "9-12", "note": "New Year's Eve"}]})
+    monday = at(b, 2026, 12, 7, 10)
+    assert said("are you open on new year's eve", b, monday) == "Yes, we're open on New Year's Eve, Thursday, December 31st, from 9 am to noon."
+    assert said("are you open new years eve", b, monday) == "Yes, we're open on New Year's Eve, Thursday, December 31st, from 9 am to noon."
+    assert said("are you open on valentine's day", b, monday) is None  # the data does not say
+    assert said("are you open on new years day", b, monday) is None
+
+
 def test_closed_today_says_when_it_opens_again() -> None:
     sunday = at(CLINIC, 2026, 12, 13, 10, 0)
     assert said("are you open today", now=sunday) == "No, we're closed today; we open again tomorrow, Monday, at 8 am."

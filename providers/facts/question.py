@@ -25,9 +25,9 @@ _WEEKDAY = re.compile(rf"\b(?:(this|next|coming) )?{_DAY_NAME}(s)?\b")
 _DAY_RANGE = re.compile(rf"\b(?:from )?{_DAY_NAME}s? (?:to|through|thru) {_DAY_NAME}s?\b")
 # Dates with a fixed day every year, which a business may well keep other hours on: asked about one
 # the data does not list, the answer is not known (its weekday's hours may not hold).
-_HOLIDAYS = {r"christmas eve": (12, 24), r"(?:christmas|xmas)": (12, 25), r"boxing": (12, 26), r"new year'?s eve": (12, 31),
+_HOLIDAYS = {r"christmas eve": (12, 24), r"(?:christmas|xmas)": (12, 25), r"boxing": (12, 26), r"new year'?s? eve": (12, 31),
              r"new year'?s?": (1, 1), r"independence": (7, 4), r"(?:the )?(?:fourth|4th) of july|july (?:the )?(?:fourth|4th)": (7, 4), r"halloween": (10, 31),
-             r"valentine'?s": (2, 14), r"veterans": (11, 11)}
+             r"valentine'?s?": (2, 14), r"veterans": (11, 11)}
 # Of those, the ones nearly every business keeps other hours on: a date asked as a number ("the
 # 25th", "today") falling on one the data does not list is not known either.
 _CLOSING_HOLIDAYS = {(12, 25), (1, 1)}
