@@ -136,6 +136,7 @@ def said(question: str, business: Business = CLINIC, now: dt.datetime = MONDAY_M
     ("are you open at 8", "Yes, we're open at 8 am today, until noon."),
     ("are you open after 5 today", "Yes, we're open at 5 pm today, until 6 pm."),
     ("Are you open until 6?", "We're open now until noon, then again from 1 pm to 6 pm."),
+    ("Hi, my name is John, are you guys open on Saturday?", "Yes, we're open on Saturday, from 9 am to 1 pm."),
     ("Hi, yes, I was wondering if you're open on Saturday.", "Yes, we're open on Saturday, from 9 am to 1 pm."),
     ("is the practice open today", "Yes, we're open today, from 8 am to noon and 1 pm to 6 pm."),
     ("do you work on saturdays", "Yes, we're open on Saturdays, from 9 am to 1 pm."),

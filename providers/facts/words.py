@@ -26,7 +26,7 @@ wondering wonder wanted want like know tell let see need get got go going come c
 right now still currently yet again other else more much many very too either both all each every whether
 i'd i'm i'll i've we're we'd we'll that's there's don't doesn't didn't can't won't isn't aren't let's you'd wouldn't couldn't
 wanna gonna gotta kinda sorry excuse chance curious possible possibly maybe perhaps usually normally generally typically
-check confirm out sure exactly
+check confirm out sure exactly because anyway calling called
 """.split())
 # What a name of the data (a service, a role) is made of: all its words but these.
 _NAME_STOP = frozenset({"a", "an", "the", "of", "and", "for", "with", "to", "in", "on"})
@@ -56,6 +56,7 @@ def normalise(text: str) -> str:
     t = re.sub(r"(\d)\.(\d\d)\b", r"\1:\2", t)  # "5.30" -> "5:30"
     t = re.sub(r"(?<!\d):|:(?!\d)", " ", t)
     t = re.sub(r"[^a-z0-9:' ]+", " ", t.replace("-", " "))
+    t = re.sub(r"\bmy name is \w+", " ", t)  # "Hi, my name is John, are you open on Saturday?"
     t = _SPOKEN_TIME.sub(_spoken_time, t)  # "at five thirty": the time in digits, as Whisper mostly writes it
     words = [_SHORT.get(w, w) for w in (w.strip("'") for w in t.split()) if w]
     return " ".join(w.removesuffix("'s") for w in words)  # "Saturday's hours", "the doctor's name"
