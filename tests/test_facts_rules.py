@@ -369,6 +369,15 @@ def test_no_answer_when_the_data_does_not_hold_it(business: Business, question: 
     assert said(question, business) is None
 
 
+def test_people_by_what_their_notes_say() -> None:
+    clinic = Business.model_validate({"people": [{"name": "Dr. Ana Ruiz", "role": "physician", "note": "female, speaks Spanish"},
+                                                 {"name": "Dr. Tom Lee", "role": "physician"}]})
+    assert said("is there a female doctor", clinic) == "Dr. Ana Ruiz, our physician: female, speaks Spanish."
+    assert said("who speaks spanish", clinic) == "Dr. Ana Ruiz, our physician: female, speaks Spanish."
+    assert said("is there a doctor who speaks french", clinic) is None
+    assert said("who are the doctors", clinic) == "Our physicians are Dr. Ana Ruiz and Dr. Tom Lee."
+
+
 def test_service_names_said_as_one_word_or_two() -> None:
     vet = Business.model_validate({"services": [{"name": "check up", "price": 60}, {"name": "nail trim", "aliases": ["pedicure"], "price": 15}]})
     assert said("how much is a check up", vet) == "Check up costs $60."
