@@ -68,8 +68,9 @@ class FactGuard:
         self._written = " ".join([facts_text, *(f.answer for f in business.faq), *(p.note for p in business.people),
                                   *(s.note + " " + s.price_note for s in business.services), business.directions,
                                   *(d.note for d in business.special_days)])
-        self._times = business.all_times() | _times_in(self._written)
-        self._prices = business.prices() | _prices_in(self._written)
+        self._written_times = _written_times(self._written)
+        self._times = business.all_times() | self._written_times
+        self._prices = business.prices() | _prices_in(_digits(self._written))
         self._digits = business.phone_digits() | {re.sub(r"\D", "", m) for m in _PHONE.findall(self._written)}
         self._names = " ".join([business.name, *(p.name for p in business.people), self._written]).lower()
         self._empty = business.is_empty() and not facts_text.strip()
@@ -107,7 +108,7 @@ class FactGuard:
                     # Said of a day whose hours are known: one of that day's own opening or closing times
                     # (or a time the operator's texts give, like a kitchen's last order).
                     edges = {e % (24 * 60) for spans in known if spans for s in spans for e in (s.opens, s.closes)}
-                    return minute in edges or minute in _times_in(self.facts_text)
+                    return minute in edges or minute in self._written_times
             return minute in self._times
         if claim.kind in ("open_day", "closed_day"):
             date = _date_of(claim.value, now, b)
@@ -238,6 +239,13 @@ def _times_in(text: str) -> set[int]:
                 continue
             out |= {span.opens % (24 * 60), span.closes % (24 * 60)}
     return out
+
+
+def _written_times(text: str) -> set[int]:
+    """The times of day the operator's texts give, in digits or words, with or without am/pm."""
+    t = _digits(text)
+    hours = {int(m.group(1)) * 60 + int(m.group(2) or 0) for m in _HOUR_ALONE.finditer(t)}
+    return _times_in(t) | hours | {h + 12 * 60 for h in hours if h < 12 * 60}
 
 
 def _prices_in(text: str) -> set[float]:
