@@ -58,6 +58,7 @@ from providers.profile import AgentProfile  # noqa: E402
 if TYPE_CHECKING:
     from providers.config import LocalProviderConfig
     from providers.local.llm import ChatModel
+    from providers.local.tts import PiperTts
 
 DATA = Path(__file__).resolve().parent / "facts_data"
 PARTS = ("tune", "heldout")
@@ -421,6 +422,21 @@ def unknown_numbers(heard: Numbers, known: Numbers) -> list[str]:
 
 # ---- scoring
 
+_WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+
+def _recital(sentences: list[list[str]]) -> bool:
+    """The week's hours read out: three days or more named. Other days' times and names are in it
+    rightly, so a forbidden time or day ("5:30" when Friday's is asked) does not count there; a
+    time written nowhere still does."""
+    return len({t for tokens in sentences for t in tokens if t in _WEEKDAYS}) >= 3
+
+
+def _of_a_day(item: str) -> bool:
+    """A forbidden time or weekday (not a yes, no or phrase)."""
+    return any(ch.isdigit() for ch in item) or item.lower() in _WEEKDAYS
+
+
 @dataclass(frozen=True)
 class Verdict:
     category: Category
@@ -431,7 +447,7 @@ def score(q: Question, heard: str, known: Numbers) -> Verdict:
     """The category of ``heard`` (what the caller heard) as an answer to ``q``; ``known``: the
     business's numbers and the caller's own."""
     sentences = normalise(heard)
-    forbidden = [f for f in q.forbid if contains(sentences, f)]
+    forbidden = [f for f in q.forbid if contains(sentences, f) and not (_recital(sentences) and _of_a_day(f))]
     if forbidden:
         return Verdict("wrong", f"says {', '.join(map(repr, forbidden))}")
     invented = unknown_numbers(numbers_in(sentences), known)
@@ -527,7 +543,6 @@ class Line:
     def __init__(self, cache: Path, cfg: LocalProviderConfig) -> None:
         from providers.local.models import JOE_VOICE, resolve
         from providers.local.stt import build_stt
-        from providers.local.tts import PiperTts
 
         self.cfg = cfg
         self.cache = cache
@@ -536,7 +551,6 @@ class Line:
         self._voice_path = resolve(JOE_VOICE, self.cfg.tts_voice_path)
         self._tts: PiperTts | None = None
         self._stt_id = f"{self.cfg.stt_engine}:{self.cfg.stt_model_path}:{self.cfg.stt_compute_type}:{self.cfg.stt_beam_size}:{self.cfg.stt_window_s}"
-        self._PiperTts = PiperTts
 
     def _key(self, *parts: str) -> str:
         return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:24]
@@ -578,8 +592,10 @@ class Line:
         from providers.local.sentences import SentenceSplitter
         from providers.local.spoken import spoken
 
+        from providers.local.tts import PiperTts
+
         if self._tts is None:
-            self._tts = self._PiperTts(self._voice_path, self.cfg.tts_threads)
+            self._tts = PiperTts(self._voice_path, self.cfg.tts_threads)
         splitter = SentenceSplitter()
         sentences = [*splitter.feed(said + " ")]
         rest = splitter.flush()
@@ -677,7 +693,9 @@ def main() -> int:
     ap.add_argument("--answer", choices=["rules", "llm", "both"], default="both")
     ap.add_argument("--part", choices=["tune", "heldout", "all"], default="all")
     ap.add_argument("--business", help="only this business's questions")
-    ap.add_argument("--model", help="an LLM of providers.local.models.LLM_MODELS (default: config.toml's llm_model)")
+    from providers.local.models import LLM_MODELS
+
+    ap.add_argument("--model", choices=list(LLM_MODELS), help="the LLM (default: config.toml's providers.local.llm_model)")
     ap.add_argument("--model-path", help="any GGUF file instead")
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "aiagent-tui" / "bench-facts")
     ap.add_argument("--show", action="store_true", help="print every answer that is not right")

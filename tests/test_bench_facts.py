@@ -85,6 +85,8 @@ def question(**kw) -> facts.Question:
         # a time, in words or digits; another day's time is wrong
         (dict(topic="hours", expect=[["1 pm"]], forbid=["5:30"]), "On Fridays we close at one p.m.", "right"),
         (dict(topic="hours", expect=[["1 pm"]], forbid=["5:30"]), "We close at 5:30 PM.", "wrong"),
+        (dict(topic="hours", expect=[["1 pm"]], forbid=["5:30"]),
+         "Monday to Thursday we close at 5:30 pm, on Wednesday at 7 pm and on Friday at 1 pm.", "right"),
         # a time, price or phone number written nowhere is wrong, whatever the question expects
         (dict(topic="hours", expect=[["8"]]), "We open at 8 am and close at 4 pm.", "wrong"),
         (dict(topic="price", expect=[["120"]]), "A cleaning is 120 dollars, an x-ray 45 dollars.", "wrong"),
