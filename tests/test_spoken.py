@@ -18,8 +18,9 @@ from providers.local.spoken import spoken
     ("Call (555) 123-4567 or +49 151 1234567", "Call 5 5 5, 1 2 3, 4 5 6 7 or plus 4 9, 1 5 1, 1 2 3 4 5 6 7"),
     ("We close at 10:00 pm and open at 7:30 am, 9:05 on Sundays.", "We close at 10 pm and open at 7:30 am, 9 oh 5 on Sundays."),
     # 13-19 stressed on "teen", as "fourteen" and "forty" are told apart on the phone
-    ("At 14 Harbour Street, 5:15 pm, 13-19 or 17:16; not 14B, 2014, 13.5 or 1,014.",
-     "At four-teen Harbour Street, 5 fif-teen pm, thir-teen to nine-teen or 5 six-teen pm; not 14B, 2014, 13.5 or 1,014."),
+    ("At 14 Harbour Street, 13-19; not 5:15 pm, 17:16, 14B, 2014, 13.5 or 1,014.",
+     "At four-teen Harbour Street, thir-teen to nine-teen; not 5:15 pm, 5:16 pm, 14B, 2014, 13.5 or 1,014."),
+    ("Suite 3B at the back, or Suite 4C.", "Suite 3 B, at the back, or Suite 4C."),
     ("Mon-Fri 9-5, Sat 10–12.", "Monday to Friday 9 to 5, Saturday 10 to 12."),
     ("Tue through Thu, Sun: 11:30-noon. The sun sat.", "Tuesday to Thursday, Sunday: 11:30 to noon. The sun sat."),
     # 24-hour times (the profile writes hours so) in the caller's 12-hour clock; am/pm in one form

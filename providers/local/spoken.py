@@ -44,12 +44,13 @@ _DAY_RANGE = re.compile(rf"\b{_DAY}\s*(?:[-–]|\bto\b|\bthrough\b)\s*{_DAY}(?!\
 _DAY_HOURS = re.compile(rf"\b{_DAY}(?=:?\s*\d)")  # "Sat 10-12", "Sun: 9 am": a day, not "sat" or the sun
 # A range: "9-5", "9 am - 1 pm", "11:30-noon". Said "to" (espeak says "dash", or nothing).
 _RANGE = re.compile(r"(\d|\b[ap]m|\bnoon|\bmidnight)\s*[-–]\s*(?=\d|noon\b|midnight\b)")
-# 13-19 alone, or a clock's minutes: espeak stresses "FOURteen" as it does "FORty", and over the
-# line Whisper heard "14 Harbour Street" wrong in 5 renditions of 6 ("Fording Harbor Street"),
-# "14 dollars" in 2 ("$40", "$1"); "four-teen" (both stressed, as a person says it to be
-# understood) in none.
+# 13-19 alone: espeak stresses "FOURteen" as it does "FORty", and over the line Whisper heard
+# "14 Harbour Street" wrong in 5 renditions of 6 ("Fording Harbor Street"), "14 dollars" in 2
+# ("$40", "$1"); "four-teen" (both stressed, as a person says it to be understood) in none. Not a
+# clock's minutes: "11 fif-teen am and" lost its "am" in 3 of 3.
 _TEEN = re.compile(r"(?<![\w.,:])(1[3-9])(?!\w|[.,:]\d)")
-_TEEN_MINUTES = re.compile(r"\b(\d{1,2}):(1[3-9])\b")
+# A unit's letter ("Suite 3B at the back") runs into the next word: "three beat at".
+_UNIT_LETTER = re.compile(r"\b(\d+)([A-Z])\b(?= [a-z])")
 _TEENS = {"13": "thir-teen", "14": "four-teen", "15": "fif-teen", "16": "six-teen", "17": "seven-teen", "18": "eigh-teen",
           "19": "nine-teen"}
 
@@ -160,7 +161,7 @@ def spoken(text: str) -> str:
     t = _DAY_RANGE.sub(lambda m: f"{_DAYS[m.group(1).lower()]} to {_DAYS[m.group(2).lower()]}", t)
     t = _DAY_HOURS.sub(lambda m: _DAYS[m.group(1).lower()], t)
     t = _RANGE.sub(r"\1 to ", t)
-    t = _TEEN_MINUTES.sub(lambda m: f"{m.group(1)} {_TEENS[m.group(2)]}", t)
     t = _TEEN.sub(lambda m: _TEENS[m.group(1)], t)
+    t = _UNIT_LETTER.sub(r"\1 \2,", t)
     t = t.replace("24/7", "24 7").replace("&", " and ").replace("#", " number ")
     return re.sub(r"\s+", " ", t).strip()
