@@ -9,8 +9,11 @@ not answer), scored from what the caller hears.
 The path (``--path spoken``, the default): the question spoken by the simulated caller's voice
 (pbxsim.voice: Piper, 8 kHz u-law), transcribed by the pipeline's Whisper (primed with the profile's
 stt_prompt, as a call's is), answered; the answer read by spoken() and synthesized sentence by
-sentence by the agent's Piper voice, through 8 kHz u-law, transcribed by Whisper with no prompt (the
-caller's ear knows nothing of the facts): that transcript is what is scored. ``--path text`` skips
+sentence by the agent's Piper voice, through 8 kHz u-law, transcribed by Whisper (the caller's ear)
+primed with the business's names only (``--ear names``: a caller knows whom and where they call, and
+Whisper tiny.en writes "Sione Taufa" as "Sioni Toffo" unprimed; never the facts' numbers, so a time,
+price or phone number survives the line or not on its own; ``--ear plain``: no prompt): that
+transcript is what is scored. ``--path text`` skips
 the audio both ways. Both sides' audio and transcripts are cached by text under
 ~/.cache/aiagent-tui/bench-facts (--cache), so a re-run costs only the answers.
 
@@ -395,6 +398,24 @@ def numbers_in(sentences: list[list[str]], *, bare_times: bool = False) -> Numbe
     return Numbers(frozenset(times), frozenset(prices), frozenset(phones))
 
 
+def names_of(profile: AgentProfile) -> str:
+    """The business's proper names (capitalised words of its facts, people, address), no numbers:
+    the caller's ear's prompt."""
+    b = profile.business
+    texts = [profile.facts, b.name, b.address, b.directions, *(p.name for p in b.people), *(f.answer for f in b.faq)]
+    skip = {"The", "A", "An", "We", "Our", "Open", "Closed", "Please", "You", "Free", "Two", "Main", "General", "Lost", "Happy",
+            "Private", "Reservations", "Repairs", "Returns", "Test", "State", "Tire", "Brake", "Bus", "Dr"}
+    names = []
+    for text in texts:
+        for run in re.findall(r"\b[A-Z][\w'&-]*(?: [A-Z][\w'&-]*)*", text):
+            words = run.split(" ")
+            while words and words[0] in skip | {d.capitalize() for d in _WEEKDAYS}:
+                words = words[1:]
+            if words:
+                names.append(" ".join(words))
+    return ", ".join(dict.fromkeys(names))
+
+
 def business_numbers(profile: AgentProfile) -> Numbers:
     """Every time, price and phone number the profile's facts hold, in any form: its business table
     and its free text as written (not as providers/facts/text.py reads it: the bench does not grade
@@ -581,11 +602,11 @@ class Line:
         key = self._key("caller", text, prompt, self._stt_id)
         return self._cached(f"caller-{key}.txt", lambda: self._transcribe(audio, prompt).encode()).decode()
 
-    def agent(self, said: str) -> str:
+    def agent(self, said: str, names: str) -> str:
         """What the caller hears of the agent saying ``said``: spoken() and Piper, sentence by
-        sentence as the pipeline speaks it, u-law at 8 kHz, Whisper with no prompt."""
-        key = self._key("agent", said, str(self._voice_path), self._stt_id)
-        return self._cached(f"agent-{key}.txt", lambda: self._transcribe(self._agent_audio(said), "").encode()).decode()
+        sentence as the pipeline speaks it, u-law at 8 kHz, Whisper primed with ``names``."""
+        key = self._key("agent", said, names, str(self._voice_path), self._stt_id)
+        return self._cached(f"agent-{key}.txt", lambda: self._transcribe(self._agent_audio(said), names).encode()).decode()
 
     def _agent_audio(self, said: str) -> bytes:
         from media.audio import UlawEncoder
@@ -697,6 +718,7 @@ def main() -> int:
 
     ap.add_argument("--model", choices=list(LLM_MODELS), help="the LLM (default: config.toml's providers.local.llm_model)")
     ap.add_argument("--model-path", help="any GGUF file instead")
+    ap.add_argument("--ear", choices=["names", "plain"], default="names", help="the caller's Whisper: primed with the business's names, or not")
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "aiagent-tui" / "bench-facts")
     ap.add_argument("--show", action="store_true", help="print every answer that is not right")
     args = ap.parse_args()
@@ -723,6 +745,7 @@ def main() -> int:
     answerer = Answerer(args.answer, model, cfg.llm_max_tokens, cfg.llm_temperature)
     line = Line(args.cache, cfg) if args.path == "spoken" else None
     known = {name: business_numbers(p) for name, p in profiles.items()}
+    ear = {name: names_of(p) if args.ear == "names" else "" for name, p in profiles.items()}
     print(f"facts: {len(cases)} questions, --path {args.path}, --answer {args.answer}, {label}, {cfg.llm_threads} LLM thread(s)", flush=True)
 
     outcomes = []
@@ -739,7 +762,7 @@ def main() -> int:
             said = answerer.respond(profile, guard, dialogue.messages(asked), asked, case.now)
             dialogue.asked(asked)
             dialogue.said(said.text)
-        heard = line.agent(said.text) if line else said.text
+        heard = line.agent(said.text, ear[case.q.business]) if line else said.text
         verdict = score(case.q, heard, known[case.q.business] | caller_numbers)
         outcomes.append(Outcome(case, asked, said, heard, verdict))
         if n % 25 == 0:

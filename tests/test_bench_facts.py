@@ -111,3 +111,12 @@ def test_the_caller_may_hear_their_own_numbers_back(dental):
     assert facts.score(q, heard, dental).category == "wrong"  # 9 pm: written nowhere
     asked = facts.numbers_in(facts.normalise("Are you open at nine pm on Thursday?"), bare_times=True)
     assert facts.score(q, heard, dental | asked).category == "right"  # the caller's own words
+
+
+def test_the_callers_ear_is_primed_with_names_never_numbers(profiles):
+    for profile in profiles.values():
+        names = facts.names_of(profile)
+        assert not any(ch.isdigit() for ch in names)
+        for person in profile.business.people:
+            assert person.name.split()[-1] in names
+    assert "Sione Taufa" in facts.names_of(profiles["shop"])  # a name in the free text
