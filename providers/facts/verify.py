@@ -12,12 +12,15 @@ model invents "9 am to 5 pm" for a business it knows nothing of)."""
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
 from dataclasses import dataclass
 
 from providers.facts.echo import echo_check
 from providers.facts.rules import Asked, FactAnswer, answer
 from providers.facts.schema import WEEKDAYS, Business, parse_range
+
+log = logging.getLogger(__name__)
 
 _TIME = re.compile(r"\b(\d{1,2})(?::(\d{2}))?\s*([ap])\.?\s?m\b\.?|\b(\d{1,2}):(\d{2})\b|\b(noon|midday|midnight)\b", re.I)
 _MONEY = re.compile(r"([$€£])\s?(\d+(?:,\d{3})*(?:\.\d{1,2})?)|\b(\d+(?:\.\d{1,2})?)\s*(dollars?|euros?|pounds?|bucks)\b", re.I)
@@ -88,6 +91,8 @@ class FactGuard:
         instead. ``first``: the answer's first sentence (an echo of the question is checked too)."""
         for claim in claims(sentence, question):
             if not self._holds(claim, sentence, question, now):
+                # Worth a line: the operator sees where the LLM was overruled, and why.
+                log.info("facts check: not said %r (%s %s against the data)", sentence, claim.kind, claim.value)
                 return self._instead(claim, question, now)
         if self._empty:
             # No facts at all: nothing about the business may be stated, only that it is not known.
