@@ -4,7 +4,8 @@ blurs, "today", "now", "tomorrow", follow-ups that lean on the last turn, and qu
 not answer), scored from what the caller hears.
 
     python bench/facts.py [--path spoken|text] [--answer rules|llm|both] [--part tune|heldout|all]
-                          [--business NAME] [--model NAME | --model-path FILE] [--show]
+                          [--business NAME] [--model NAME | --model-path FILE] [--ear names|plain]
+                          [--show]
 
 The path (``--path spoken``, the default): the question spoken by the simulated caller's voice
 (pbxsim.voice: Piper, 8 kHz u-law), transcribed by the pipeline's Whisper (primed with the profile's
@@ -13,9 +14,9 @@ sentence by the agent's Piper voice, through 8 kHz u-law, transcribed by Whisper
 primed with the business's names only (``--ear names``: a caller knows whom and where they call, and
 Whisper tiny.en writes "Sione Taufa" as "Sioni Toffo" unprimed; never the facts' numbers, so a time,
 price or phone number survives the line or not on its own; ``--ear plain``: no prompt): that
-transcript is what is scored. ``--path text`` skips
-the audio both ways. Both sides' audio and transcripts are cached by text under
-~/.cache/aiagent-tui/bench-facts (--cache), so a re-run costs only the answers.
+transcript is what is scored. ``--path text`` skips the audio both ways. Both sides' audio and
+transcripts are cached by text under ~/.cache/aiagent-tui/bench-facts (--cache), so a re-run costs
+only the answers.
 
 The answer (``--answer``): ``rules`` FactGuard.answer, or the profile's unknown_answer line; ``llm``
 the model alone with the profile's instructions and the conversation so far, as the pipeline builds
@@ -709,22 +710,21 @@ def _pct(values: list[float], p: float) -> float:
 
 
 def main() -> int:
+    from engine.config import load_config
+    from providers.local.models import LLM_MODELS
+    from providers.pipeline import Dialogue
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--path", choices=["spoken", "text"], default="spoken")
     ap.add_argument("--answer", choices=["rules", "llm", "both"], default="both")
     ap.add_argument("--part", choices=["tune", "heldout", "all"], default="all")
     ap.add_argument("--business", help="only this business's questions")
-    from providers.local.models import LLM_MODELS
-
     ap.add_argument("--model", choices=list(LLM_MODELS), help="the LLM (default: config.toml's providers.local.llm_model)")
     ap.add_argument("--model-path", help="any GGUF file instead")
     ap.add_argument("--ear", choices=["names", "plain"], default="names", help="the caller's Whisper: primed with the business's names, or not")
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "aiagent-tui" / "bench-facts")
     ap.add_argument("--show", action="store_true", help="print every answer that is not right")
     args = ap.parse_args()
-
-    from engine.config import load_config
-    from providers.pipeline import Dialogue
 
     cfg = load_config(ROOT / "config.toml").providers.local
     profiles = load_profiles()
