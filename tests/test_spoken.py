@@ -20,7 +20,8 @@ from providers.local.spoken import spoken
     # 13-19 stressed on "teen", as "fourteen" and "forty" are told apart on the phone
     ("At 14 Harbour Street, 13-19; not 5:15 pm, 17:16, 14B, 2014, 13.5 or 1,014.",
      "At four-teen Harbour Street, thir-teen to nine-teen; not 5:15 pm, 5:16 pm, 14B, 2014, 13.5 or 1,014."),
-    ("Suite 3B at the back, or Suite 4C.", "Suite 3 B, at the back, or Suite 4C."),
+    ("Suite 3B at the back, or Suite 4C; 3D printing.", "Suite 3 B, at the back, or Suite 4C; 3D printing."),
+    ("Call Dr Patel or Dr. Chen. Visit Harbour St. Ask Dr. Lopez on Oak Dr", "Call Doctor Patel or Doctor Chen. Visit Harbour Street. Ask Doctor Lopez on Oak Drive"),
     ("Mon-Fri 9-5, Sat 10–12.", "Monday to Friday 9 to 5, Saturday 10 to 12."),
     ("Tue through Thu, Sun: 11:30-noon. The sun sat.", "Tuesday to Thursday, Sunday: 11:30 to noon. The sun sat."),
     # 24-hour times (the profile writes hours so) in the caller's 12-hour clock; am/pm in one form

@@ -50,7 +50,7 @@ _RANGE = re.compile(r"(\d|\b[ap]m|\bnoon|\bmidnight)\s*[-–]\s*(?=\d|noon\b|mid
 # clock's minutes: "11 fif-teen am and" lost its "am" in 3 of 3.
 _TEEN = re.compile(r"(?<![\w.,:])(1[3-9])(?!\w|[.,:]\d)")
 # A unit's letter ("Suite 3B at the back") runs into the next word: "three beat at".
-_UNIT_LETTER = re.compile(r"\b(\d+)([A-Z])\b(?= [a-z])")
+_UNIT_LETTER = re.compile(r"\b((?:Suite|Unit|Apartment|Room|Flat|Building|Office|Bay|Gate|Booth) \d+)([A-Z])\b(?= [a-z])")
 _TEENS = {"13": "thir-teen", "14": "four-teen", "15": "fif-teen", "16": "six-teen", "17": "seven-teen", "18": "eigh-teen",
           "19": "nine-teen"}
 
@@ -61,8 +61,7 @@ _STREET_TYPES = {"st": "Street", "ave": "Avenue", "av": "Avenue", "rd": "Road", 
 _NAME = r"(?:[A-Z][\w'’-]*|\d+(?:st|nd|rd|th))"  # a capitalized word or an ordinal ("5th")
 _STREET = re.compile(rf"\b({_NAME}) ({'|'.join(k.capitalize() for k in _STREET_TYPES)})\b(\.)?(,)?")
 # "St." and "Dr." before a name are "Saint" and "Doctor" ("St. Mary's Rd.", "Dr. Patel"), unless a
-# house number and the street's name come before them ("14 Main St. We open at 9").
-_ADDRESS_BEFORE = re.compile(rf"\b\d+[A-Za-z]?,?(?: {_NAME})+$")
+# street's name comes before them ("14 Main St. We open at 9").
 _TITLE = re.compile(r"\b(St|Dr)\b\.?(?= [A-Z])")
 _TITLES = {"St": "Saint", "Dr": "Doctor"}
 _LABELS = [  # before a number only: "Ste 200", "Apt 4", "No. 5", "ext. 12"
@@ -122,8 +121,12 @@ def _clock_24(m: re.Match[str]) -> str:
 def _street(m: re.Match[str]) -> str:
     name, kind, period, comma = m.groups()
     rest = m.string[m.end():]
-    if kind in _TITLES and period and not comma and re.match(r" [A-Z]", rest) and not _ADDRESS_BEFORE.search(m.string[: m.end(1)]):
-        return m.group(0)  # "Ask Dr. Patel": a title, for _TITLE
+    if kind in _TITLES and not comma and re.match(r" [A-Z]", rest):
+        # "Ask Dr. Patel", "Call Dr Patel": the word before opens the sentence, so it is no street's
+        # name; a title, for _TITLE.
+        before = m.string[: m.start(1)]
+        if not before.strip() or re.search(r"[.!?:]\s*$", before):
+            return m.group(0)
     ends = period and not comma and (not rest.strip() or re.match(r"\s+[A-Z]", rest))
     return f"{name} {_STREET_TYPES[kind.lower()]}" + ("." if ends else "") + (comma or "")
 
