@@ -6,9 +6,10 @@ five", "9 am-1 pm" "nine a m one p m" (the dash is silent), "Oak Ave." "oak ah-v
 and "St." or "Dr." with a period end the sentence there ("saint. | Mary's").
 
 What stays as written because espeak reads it right: "9 am" ("nine a m": spelling it "a m" makes
-the "a" an article, "nine uh m"), whole numbers ("1250" is "one thousand two hundred fifty"),
-"3B". Whether a form survives the phone line: tests/test_spoken_line.py (Piper → 8 kHz u-law →
-Whisper)."""
+the "a" an article, "nine uh m"), whole numbers ("1250" is "one thousand two hundred fifty").
+What espeak reads right but the phone line blurs, measured by tests/test_spoken_line.py (Piper →
+8 kHz u-law → Whisper): 13-19 ("four-teen"), the cents after a pause ("12 euros, 50 cents"), a
+unit's letter ("Suite 3 B, at the back")."""
 
 from __future__ import annotations
 
@@ -49,10 +50,10 @@ _RANGE = re.compile(r"(\d|\b[ap]m|\bnoon|\bmidnight)\s*[-–]\s*(?=\d|noon\b|mid
 # ("$40", "$1"); "four-teen" (both stressed, as a person says it to be understood) in none. Not a
 # clock's minutes: "11 fif-teen am and" lost its "am" in 3 of 3.
 _TEEN = re.compile(r"(?<![\w.,:])(1[3-9])(?!\w|[.,:]\d)")
-# A unit's letter ("Suite 3B at the back") runs into the next word: "three beat at".
-_UNIT_LETTER = re.compile(r"\b((?:Suite|Unit|Apartment|Room|Flat|Building|Office|Bay|Gate|Booth) \d+)([A-Z])\b(?= [a-z])")
 _TEENS = {"13": "thir-teen", "14": "four-teen", "15": "fif-teen", "16": "six-teen", "17": "seven-teen", "18": "eigh-teen",
           "19": "nine-teen"}
+# A unit's letter ("Suite 3B at the back") runs into the next word: "three beat at".
+_UNIT_LETTER = re.compile(r"\b((?:Suite|Unit|Apartment|Room|Flat|Building|Office|Bay|Gate|Booth) \d+)([A-Z])\b(?= [a-z])")
 
 # Abbreviations in addresses. A street type after the street's name ("14 Harbour St.", "Oak
 # Ave."): the word, and the period only where it also ends the sentence.
