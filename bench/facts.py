@@ -212,6 +212,7 @@ def _number_words(words: list[str]) -> list[str]:
 
 def _sentence_tokens(sentence: str) -> list[str]:
     t = sentence
+    t = re.sub(r"\b(1[0-2]|0?[1-9])([0-5]\d)\s*(am|pm)\b", r"\1:\2 \3", t)  # Whisper's "1230pm"
     t = re.sub(r"\b(\d+)\s*(am|pm)\b", r"\1 \2", t)
     t = re.sub(r"([$€£])\s?(\d[\d,]*(?:\.\d+)?)", lambda m: f"{m.group(2).replace(',', '')} {_SYMBOLS[m.group(1)]}", t)
     t = re.sub(r"(?<=\d),(?=\d{3}\b)", "", t)  # 12,000

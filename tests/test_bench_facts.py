@@ -64,6 +64,7 @@ def test_normalising_reads_number_words_times_prices_and_phone_numbers():
     assert facts.normalise("Call 847-555-0148") == [["call", "8475550148"]]
     assert facts.normalise("We close at noon on Saturdays") == [["we", "close", "at", "12", "pm", "on", "saturday"]]
     assert facts.normalise("one hundred and fifty dollars") == [["150", "dollars"]]
+    assert facts.normalise("open until 1230pm") == [["open", "until", "12:30", "pm"]]
 
 
 @pytest.fixture(scope="module")
