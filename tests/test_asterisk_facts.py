@@ -144,7 +144,8 @@ def heard(text: str) -> Heard:
     # Times: H, H:MM, "H MM" ("eight thirty"), then am/pm or "in the morning/afternoon/evening", or "o'clock".
     times: list[Said] = []
     for j, w in enumerate(words):
-        m = re.fullmatch(r"(\d{1,2})(?::(\d{2}))?", w)
+        nxt = words[j + 1] if j + 1 < len(words) else ""
+        m = re.fullmatch(r"(\d{1,2})(?::?(\d{2}))?" if nxt in _HALF else r"(\d{1,2})(?::(\d{2}))?", w)  # Whisper's "1230pm" is 12:30 pm
         if not m or int(m.group(1)) > 24:
             continue
         h, mm, k = int(m.group(1)), int(m.group(2) or 0), j + 1
@@ -353,6 +354,7 @@ def answers_heard(call: RealCall, n: int) -> list[bytes]:
     ("Friday, 8:00 AM to 4:00 PM.", [8 * 60, 16 * 60]),
     ("We're open nine thirty am until noon.", [9 * 60 + 30, 12 * 60]),
     ("Until 16:00.", [16 * 60]),
+    ("From 8am until 1230pm.", [8 * 60, 12 * 60 + 30]),
 ])
 def test_times_are_read_however_whisper_writes_them(text: str, minutes: list[int]) -> None:
     assert [t.minute for t in heard(text).times if not t.ambiguous] == minutes
