@@ -153,7 +153,13 @@ class AgentProfile(ConfigSection):
     def stt_prompt(self) -> str:
         """What Whisper is primed with (its initial prompt): the business's own words. The facts
         themselves did better than a list of their names (bench/stt_wer.py --profiles)."""
-        return " ".join((self.vocabulary or self.facts).split())[:STT_PROMPT_CHARS]
+        if self.vocabulary:
+            return " ".join(self.vocabulary.split())[:STT_PROMPT_CHARS]
+        b = self.business
+        # The names callers say (people, roles, services, streets) before the free text: Whisper
+        # hears "hygienist" as "high genius" and a surname as noise without them.
+        names = [b.name, *(f"{p.name}, {p.role}." for p in b.people), *(", ".join(sv.names()) + "." for sv in b.services), b.address]
+        return " ".join(" ".join([*names, self.facts]).split())[:STT_PROMPT_CHARS]
 
 
 ActionKind = Literal["transfer", "hangup"]

@@ -58,6 +58,10 @@ def guard(profile: AgentProfile = DENTAL) -> FactGuard:
     ("Where are you?", "We're at 22 Oak Street."),
     ("How much is a cleaning?", "A cleaning is eighty dollars."),  # numbers as words
     ("When do you close on Friday?", "We close at nine thirty p.m. on Fridays."),
+    ("When do you close?", "We close at 15 pm."),  # no time at all
+    ("Are you open on Christmas?", "Yes!"),  # a date the rules read: closed
+    ("Are you open on Easter Monday?", "Yes, we are open on Easter Monday."),  # a day the data cannot pin down
+    ("Do you do sedation?", "Yes, we offer sedation for nervous patients."),  # nothing in the data of sedation
 ])
 def test_a_sentence_that_contradicts_the_data_is_not_spoken(question: str, sentence: str) -> None:
     instead = guard().check(sentence, question, MONDAY_10AM)

@@ -17,8 +17,10 @@ import re
 from dataclasses import dataclass
 
 from providers.facts.echo import echo_check
+from providers.facts.question import read_when
 from providers.facts.rules import Asked, FactAnswer, answer
 from providers.facts.schema import WEEKDAYS, Business, parse_range
+from providers.facts.words import content, normalise, same_word
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,11 @@ _UNITS = ("zero one two three four five six seven eight nine ten eleven twelve t
           "eighteen nineteen").split()
 _TENS = "twenty thirty forty fifty sixty seventy eighty ninety".split()
 _NUMBER_WORDS = re.compile(rf"\b({'|'.join(_TENS)})(?:[- ]({'|'.join(_UNITS[1:10])}))?\b|\b({'|'.join(_UNITS)})\b", re.I)
+_YES_NO_Q = re.compile(r"^\W*(?:(?:um|uh|hi|hello|yes|so|and|oh|hey)\W+)*(do|does|can|could|is|are|will|would|have)\s+(you|ya|u|y'all|i|we|they|there)\b", re.I)
+# Words of a yes-no question that say nothing of what is asked about.
+_GENERIC = set("do does can could is are will would have has you ya u i we they there offer offers provide sell sells take takes "
+               "accept accepts get make need want bring come book any some kind sort also guy guys please actually maybe "
+               "still ever really here place business".split())
 _BUSINESS_TOPIC = re.compile(
     r"\b(hours?|open|opens|closed?|closes|address|located|location|directions|parking|price|prices|cost|costs|charge|"
     r"fee|fees|phone|number|call us|appointment|staff|owner|manager|doctor|dentist)\b",
@@ -77,6 +84,11 @@ class FactGuard:
         self._digits = business.phone_digits() | {re.sub(r"\D", "", m) for m in _PHONE.findall(self._written)}
         self._names = " ".join([business.name, *(p.name for p in business.people), self._written]).lower()
         self._empty = business.is_empty() and not facts_text.strip()
+        # Every word the profile has: a "yes, we do" must be about something among them.
+        self._vocabulary = set(content(" ".join([
+            self._written, business.name, business.address, *(p.name + " " + p.role for p in business.people),
+            *(" ".join(sv.names()) for sv in business.services), *(" ".join(f.questions) for f in business.faq), *business.phones,
+        ])))
 
     def answer(self, question: str, now: dt.datetime, *, remember: bool = True) -> FactAnswer | None:
         """The answer from the data, if it holds one (no LLM needed); ``remember``: the question is
@@ -89,7 +101,7 @@ class FactGuard:
     def check(self, sentence: str, question: str, now: dt.datetime, *, first: bool = True) -> str | None:
         """None if ``sentence`` (the LLM's, answering ``question``) may be spoken; else what to say
         instead. ``first``: the answer's first sentence (an echo of the question is checked too)."""
-        for claim in claims(sentence, question):
+        for claim in [*claims(sentence, question), *self._answers(sentence, question, now)]:
             if not self._holds(claim, sentence, question, now):
                 # Worth a line: the operator sees where the LLM was overruled, and why.
                 log.info("facts check: not said %r (%s %s against the data)", sentence, claim.kind, claim.value)
@@ -100,6 +112,26 @@ class FactGuard:
         if first and self.facts_text.strip():
             return echo_check(sentence, question, self.facts_text, self.unknown)
         return None
+
+    def _answers(self, sentence: str, question: str, now: dt.datetime) -> list[Claim]:
+        """What a yes or no to the question claims: opening on the day it names (a date or a
+        holiday as the rules read it), or that the business has what it asks about."""
+        said_yes = bool(_YES.search(sentence)) and not _NO.search(sentence)
+        said_no = bool(_NO.search(sentence)) and not _YES.search(sentence)
+        out: list[Claim] = []
+        if (said_yes or said_no or _OPEN.search(sentence) or _CLOSED.search(sentence)) and _VISIT.search(question):
+            when = read_when(normalise(question), self.business.local(now).date(), self.business)
+            if when is None:
+                out.append(Claim("unknown_day", question))  # "Easter Monday": a day the data cannot pin down
+            elif when.days and (said_yes or said_no) and not (when.minutes or when.part):
+                for day in when.days:
+                    key = day.date.isoformat() if day.date else WEEKDAYS[day.weekday]
+                    out.append(Claim("open_date" if said_yes else "closed_date", key))
+        if said_yes and _YES_NO_Q.search(question) and not (_VISIT.search(question) or _CLOSED.search(question)):
+            asked = [w for w in content(question) if w not in _GENERIC and not w.isdigit() and w not in _DAY_WORDS]
+            if asked and not any(same_word(w, k) for w in asked for k in self._vocabulary):
+                out.append(Claim("has", " ".join(asked)))  # "Do you do sedation?" "Yes!" with no word of sedation
+        return out
 
     # ---- one claim against the data
     def _holds(self, claim: Claim, sentence: str, question: str, now: dt.datetime) -> bool:
@@ -132,6 +164,11 @@ class FactGuard:
             number, street = claim.value.split(" ", 1)
             text = f"{b.address} {self._written}".lower()
             return re.search(rf"\b{number}\b", text) is not None and street.lower().split()[0] in text
+        if claim.kind in ("open_date", "closed_date"):
+            spans = b.weekly(claim.value) if claim.value in WEEKDAYS else b.hours_on(dt.date.fromisoformat(claim.value))
+            return spans is not None and bool(spans) == (claim.kind == "open_date")
+        if claim.kind in ("unknown_day", "has", "bad_time"):
+            return False
         if claim.kind == "every_day":
             week = [b.weekly(d) for d in WEEKDAYS]
             return all(w for w in week) if all(w is not None for w in week) else not self._only_written_claims()
@@ -181,6 +218,10 @@ def claims(sentence: str, question: str = "") -> list[Claim]:
     out: list[Claim] = []
     for minute in sorted(_times_in(sentence)):
         out.append(Claim("time", str(minute)))
+    for m in _TIME.finditer(sentence):
+        hour, minute = m.group(1) or m.group(4), m.group(2) or m.group(5) or "0"
+        if hour and (int(minute) >= 60 or int(hour) > (12 if m.group(1) else 24)):
+            out.append(Claim("bad_time", m.group(0)))  # "15 pm": no time at all
     for amount in sorted(_prices_in(sentence)):
         out.append(Claim("price", f"{amount:g}"))
     for m in _PHONE.finditer(sentence):

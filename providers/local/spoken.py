@@ -29,7 +29,7 @@ _HEADING = re.compile(r"^\s*#{1,6}\s+", re.M)
 _BULLET = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+", re.M)
 _MONEY = re.compile(r"([$€£])\s?(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d{2}))?")
 # Phone numbers: 555 0199, 555-0142, (555) 123-4567, +49 151 1234567. Spoken digit by digit.
-_PHONE = re.compile(r"(?<![\w.])(\+?\(?\d{1,4}\)?(?:[ .-]\d{2,8}){1,4})(?!\w|[.,]\d)")
+_PHONE = re.compile(r"(?<![\w.])(\+?\(?\d{1,5}\)?(?:[ .-]\d{2,8}){1,4})(?!\w|[.,]\d)")
 # "9 a.m.", "9AM", "9 P.M": one form, "9 am", which espeak reads "nine a m"; a period that also
 # ends the sentence stays.
 _HALF = re.compile(r"(?<=\d)\s?([AaPp])\.?\s?([Mm])\b(\.?)(?=(\s+[A-Z]|\s*$)?)")
