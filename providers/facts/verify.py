@@ -216,8 +216,8 @@ def claims(sentence: str, question: str = "") -> list[Claim]:
     """What ``sentence`` (answering ``question``) states that the data can refute."""
     sentence = _digits(sentence)
     out: list[Claim] = []
-    for minute in sorted(_times_in(sentence)):
-        out.append(Claim("time", str(minute)))
+    for at in sorted(_times_in(sentence)):
+        out.append(Claim("time", str(at)))
     for m in _TIME.finditer(sentence):
         hour, minute = m.group(1) or m.group(4), m.group(2) or m.group(5) or "0"
         if hour and (int(minute) >= 60 or int(hour) > (12 if m.group(1) else 24)):
