@@ -62,6 +62,11 @@ def guard(profile: AgentProfile = DENTAL) -> FactGuard:
     ("Are you open on Christmas?", "Yes!"),  # a date the rules read: closed
     ("Are you open on Easter Monday?", "Yes, we are open on Easter Monday."),  # a day the data cannot pin down
     ("Do you do sedation?", "Yes, we offer sedation for nervous patients."),  # nothing in the data of sedation
+    ("Can I come on Sunday?", "You do not know and offer to put the caller through to someone who does."),  # the instructions
+    ("Are you open on Easter Monday?", "Yes, we're open on Monday from 8 am."),  # a holiday the data has no date for
+    ("Could I rent the Harbor room for a party?", "Yes, you can rent the Harbor room for a party."),  # most of it unknown
+    ("Do you see children?", "No, we do not see children."),  # the facts welcome them
+    ("When is the next open day?", "Our next open day is March 27."),  # a date the data does not give
 ])
 def test_a_sentence_that_contradicts_the_data_is_not_spoken(question: str, sentence: str) -> None:
     instead = guard().check(sentence, question, MONDAY_10AM)
@@ -85,6 +90,7 @@ def test_a_sentence_that_contradicts_the_data_is_not_spoken(question: str, sente
     ("Can my kid come?", "Children are welcome from the age of three."),
     ("When does the kitchen close?", "The kitchen closes at 3 pm."),  # a time the free text gives
     ("Hello?", "Hello! How can I help you today?"),
+    ("Are you open on Christmas Day?", "No, we're closed on December 25th."),
 ])
 def test_a_sentence_the_data_bears_out_is_spoken(question: str, sentence: str) -> None:
     assert guard().check(sentence, question, MONDAY_10AM) is None

@@ -23,6 +23,7 @@ from providers.facts.schema import WEEKDAYS, Business, parse_range
 from providers.facts.words import content, normalise, same_word
 
 log = logging.getLogger(__name__)
+_SENTENCES = re.compile(r"(?<=[.!?;])\s+|\n+")
 
 _TIME = re.compile(r"\b(\d{1,2})(?::(\d{2}))?\s*([ap])\.?\s?m\b\.?|\b(\d{1,2}):(\d{2})\b|\b(noon|midday|midnight)\b", re.I)
 _MONEY = re.compile(r"([$€£])\s?(\d+(?:,\d{3})*(?:\.\d{1,2})?)|\b(\d+(?:\.\d{1,2})?)\s*(dollars?|euros?|pounds?|bucks)\b", re.I)
@@ -54,6 +55,12 @@ _YES_NO_Q = re.compile(r"^\W*(?:(?:um|uh|hi|hello|yes|so|and|oh|hey)\W+)*(do|doe
 _GENERIC = set("do does can could is are will would have has you ya u i we they there offer offers provide sell sells take takes "
                "accept accepts get make need want bring come book any some kind sort also guy guys please actually maybe "
                "still ever really here place business".split())
+# The instructions said back ("You do not know and offer to put the caller through..."): never spoken.
+_LEAK = re.compile(r"offer to put the caller|matching fact|word for word|facts about the business|you do not know and offer", re.I)
+_HOLIDAY = re.compile(r"\b(easter|holiday|holidays|christmas|xmas|thanksgiving|new year'?s?|boxing day|good friday|whitsun|memorial day|labou?r day|independence day)\b", re.I)
+_MONTHS = "january february march april may june july august september october november december".split()
+_DATE = re.compile(rf"\b({'|'.join(_MONTHS)})\s+(\d{{1,2}})(?:st|nd|rd|th)?\b|\b(\d{{1,2}})(?:st|nd|rd|th)?\s+(?:of\s+)?({'|'.join(_MONTHS)})\b", re.I)
+_NEGATION = re.compile(r"\b(no|not|never|don't|doesn't|cannot|can't|isn't|aren't|won't)\b|n't\b", re.I)
 _BUSINESS_TOPIC = re.compile(
     r"\b(hours?|open|opens|closed?|closes|address|located|location|directions|parking|price|prices|cost|costs|charge|"
     r"fee|fees|phone|number|call us|appointment|staff|owner|manager|doctor|dentist)\b",
@@ -101,6 +108,8 @@ class FactGuard:
     def check(self, sentence: str, question: str, now: dt.datetime, *, first: bool = True) -> str | None:
         """None if ``sentence`` (the LLM's, answering ``question``) may be spoken; else what to say
         instead. ``first``: the answer's first sentence (an echo of the question is checked too)."""
+        if _LEAK.search(sentence):
+            return self._instead(Claim("leak", ""), question, now)
         for claim in [*claims(sentence, question), *self._answers(sentence, question, now)]:
             if not self._holds(claim, sentence, question, now):
                 # Worth a line: the operator sees where the LLM was overruled, and why.
@@ -121,7 +130,7 @@ class FactGuard:
         out: list[Claim] = []
         if (said_yes or said_no or _OPEN.search(sentence) or _CLOSED.search(sentence)) and _VISIT.search(question):
             when = read_when(normalise(question), self.business.local(now).date(), self.business)
-            if when is None:
+            if when is None or (_HOLIDAY.search(question) and not any(d.date for d in when.days)):
                 out.append(Claim("unknown_day", question))  # "Easter Monday": a day the data cannot pin down
             elif when.days and (said_yes or said_no) and not (when.minutes or when.part):
                 for day in when.days:
@@ -129,8 +138,16 @@ class FactGuard:
                     out.append(Claim("open_date" if said_yes else "closed_date", key))
         if said_yes and _YES_NO_Q.search(question) and not (_VISIT.search(question) or _CLOSED.search(question)):
             asked = [w for w in content(question) if w not in _GENERIC and not w.isdigit() and w not in _DAY_WORDS]
-            if asked and not any(same_word(w, k) for w in asked for k in self._vocabulary):
+            known = [w for w in asked if any(same_word(w, k) for k in self._vocabulary)]
+            if asked and 2 * len(known) < len(asked):
                 out.append(Claim("has", " ".join(asked)))  # "Do you do sedation?" "Yes!" with no word of sedation
+        if said_no and _YES_NO_Q.search(question) and not (_VISIT.search(question) or _CLOSED.search(question)):
+            # "Is there wheelchair access?" "No": a no about something the profile speaks of must be its
+            # own no (a sentence of the facts with a negation in it).
+            asked = [w for w in content(question) if w not in _GENERIC and not w.isdigit() and w not in _DAY_WORDS]
+            told = [t for t in _SENTENCES.split(self._written) if any(same_word(w, k) for w in asked for k in content(t))]
+            if told and not any(_NEGATION.search(t) for t in told):
+                out.append(Claim("denies", " ".join(asked)))
         return out
 
     # ---- one claim against the data
@@ -167,7 +184,12 @@ class FactGuard:
         if claim.kind in ("open_date", "closed_date"):
             spans = b.weekly(claim.value) if claim.value in WEEKDAYS else b.hours_on(dt.date.fromisoformat(claim.value))
             return spans is not None and bool(spans) == (claim.kind == "open_date")
-        if claim.kind in ("unknown_day", "has", "bad_time"):
+        if claim.kind == "date":
+            month, day = claim.value.split()
+            dates = {(d.date.month, d.date.day) for d in b.special_days}
+            return (_MONTHS.index(month) + 1, int(day)) in dates or any(
+                (m.group(1) or m.group(4) or "").lower() == month and int(m.group(2) or m.group(3)) == int(day) for m in _DATE.finditer(self._written))
+        if claim.kind in ("unknown_day", "has", "bad_time", "denies", "leak"):
             return False
         if claim.kind == "every_day":
             week = [b.weekly(d) for d in WEEKDAYS]
@@ -222,6 +244,8 @@ def claims(sentence: str, question: str = "") -> list[Claim]:
         hour, minute = m.group(1) or m.group(4), m.group(2) or m.group(5) or "0"
         if hour and (int(minute) >= 60 or int(hour) > (12 if m.group(1) else 24)):
             out.append(Claim("bad_time", m.group(0)))  # "15 pm": no time at all
+    for m in _DATE.finditer(sentence):
+        out.append(Claim("date", f"{(m.group(1) or m.group(4)).lower()} {m.group(2) or m.group(3)}"))
     for amount in sorted(_prices_in(sentence)):
         out.append(Claim("price", f"{amount:g}"))
     for m in _PHONE.finditer(sentence):
