@@ -187,13 +187,13 @@ def read_when(question: str, today: dt.date, business: Business) -> When | None:
     question = re.sub(r"\bgood (morning|afternoon|evening)\b", " ", question)  # a greeting
     parts = {m.group(1) or m.group(2) for m in _PART.finditer(question)}
     r = _Reader(question, today, business)
-    if r.take(_MOVABLE):
-        return None
     # A special day by its note ("Christmas Eve" before "Christmas Day": the longer name first).
     notes = [([w for w in normalise(s.note).split() if w not in STOP | {"day"}], s.date) for s in business.special_days]
     for core, date in sorted(notes, key=lambda n: -len(n[0])):
         if core and r.take(r"\b" + " ".join(re.escape(w.removesuffix("'s")) + "(?:'?s)?" for w in core) + r"(?: day)?\b"):
             r.add_date(date)
+    if r.take(_MOVABLE):
+        return None  # a movable feast the data gives no date for
     for name, (h_month, h_day) in _HOLIDAYS.items():
         if r.take(rf"\b{name}(?: day)?\b"):
             r.add_date(_year_date(h_month, h_day, today), named_holiday=True)

@@ -136,18 +136,18 @@ class FactGuard:
                 for day in when.days:
                     key = day.date.isoformat() if day.date else WEEKDAYS[day.weekday]
                     out.append(Claim("open_date" if said_yes else "closed_date", key))
-        if said_yes and _YES_NO_Q.search(question) and not (_VISIT.search(question) or _CLOSED.search(question)):
+        if (said_yes or said_no) and _YES_NO_Q.search(question) and not (_VISIT.search(question) or _CLOSED.search(question)):
             asked = [w for w in content(question) if w not in _GENERIC and not w.isdigit() and w not in _DAY_WORDS]
             known = [w for w in asked if any(same_word(w, k) for k in self._vocabulary)]
             if asked and 2 * len(known) < len(asked):
-                out.append(Claim("has", " ".join(asked)))  # "Do you do sedation?" "Yes!" with no word of sedation
-        if said_no and _YES_NO_Q.search(question) and not (_VISIT.search(question) or _CLOSED.search(question)):
-            # "Is there wheelchair access?" "No": a no about something the profile speaks of must be its
-            # own no (a sentence of the facts with a negation in it).
-            asked = [w for w in content(question) if w not in _GENERIC and not w.isdigit() and w not in _DAY_WORDS]
-            told = [t for t in _SENTENCES.split(self._written) if any(same_word(w, k) for w in asked for k in content(t))]
-            if told and not any(_NEGATION.search(t) for t in told):
-                out.append(Claim("denies", " ".join(asked)))
+                # "Do you do sedation?" "Yes!" (or "No."), and the profile has no word of sedation
+                out.append(Claim("has" if said_yes else "denies", " ".join(asked)))
+            elif said_no:
+                # "Do you see children?" "No": a no about something the profile speaks of must be its
+                # own no (a sentence of the facts with a negation in it).
+                told = [t for t in _SENTENCES.split(self._written) if any(same_word(w, k) for w in asked for k in content(t))]
+                if told and not any(_NEGATION.search(t) for t in told):
+                    out.append(Claim("denies", " ".join(asked)))
         return out
 
     # ---- one claim against the data
