@@ -132,7 +132,7 @@ def test_a_bistro_in_europe() -> None:
     ("Open 24 hours at weekends.", {"saturday": "00:00-24:00", "sunday": "00:00-24:00"}),
     ("Open Friday to Monday, 10:00-16:00.", dict.fromkeys(("friday", "saturday", "sunday", "monday"), "10:00-16:00")),
     ("Open Thursday to Saturday 6 pm to 2 am.", dict.fromkeys(("thursday", "friday", "saturday"), "18:00-02:00")),
-    ("Open Friday and Saturday 6 pm to midnight.", {"friday": "18:00-00:00", "saturday": "18:00-00:00"}),
+    ("Open Friday and Saturday 6 pm to midnight.", {"friday": "18:00-24:00", "saturday": "18:00-24:00"}),
     ("Open 24/7.", dict.fromkeys(WEEK + ("saturday", "sunday"), "00:00-24:00")),
     ("Open 7 days a week, 10 a.m. to 10 p.m.", dict.fromkeys(WEEK + ("saturday", "sunday"), "10:00-22:00")),
 ])
