@@ -174,3 +174,11 @@ def test_a_reload_applies_changed_business_hours_to_new_calls() -> None:
     plan = plan_reload(running, AppConfig.model_validate({"profiles": {"dental": changed}}))
     assert plan.applied == ("profiles.dental.business.hours.saturday",) and not plan.restart
     assert plan.config.profiles["dental"].known.hours_on(dt.date(2026, 12, 12)) == ()
+
+
+def test_a_holiday_the_free_text_closes_is_not_said_to_be_open() -> None:
+    profile = AgentProfile(facts="Open daily 9-5. Closed Christmas Day and New Year's Day.")
+    assert profile.known.weekly("friday") is not None  # the closed holidays leave the week's hours read
+    g = guard(profile)
+    assert g.answer("Are you open on Christmas?", MONDAY_10AM) is None
+    assert g.check("Yes, we're open on Christmas Day.", "Are you open on Christmas?", MONDAY_10AM) == profile.unknown_answer

@@ -49,6 +49,15 @@ _TOKEN = re.compile(
 # Hours for a season, a month or a while: the weekly hours the rest states may not hold all year.
 _SEASONAL = re.compile(rf"\b(?:{_MONTHS.replace('may|', '')}|summer|winter|spring|autumn|season\w*|christmas|easter|school\s+holidays|term|"
                        r"temporar\w*)\b", re.I)
+# Closed on named days of the year: not hours of a season; the weekdays beside them still count
+# ("Closed on Sunday, on the 4th of July and on Thanksgiving Day").
+_CLOSED_ON = re.compile(r"^\W*(?:we\s+are\s+|we're\s+)?closed\b(?![^.]*\d\s*(?:am|pm|:\d\d))", re.I)
+_HOLIDAY_NAMES = re.compile(
+    r"\b(?:on\s+)?(?:the\s+)?(?:christmas(?:\s+(?:day|eve))?|new\s+year'?s?(?:\s+(?:day|eve))?|thanksgiving(?:\s+day)?|"
+    r"easter(?:\s+(?:sunday|monday))?|good\s+friday|boxing\s+day|independence\s+day|labou?r\s+day|memorial\s+day|"
+    r"\d{1,2}(?:st|nd|rd|th)?\s+of\s+[a-z]+|(?:january|february|march|april|june|july|august|september|october|november|december)\s+\d{1,2}(?:st|nd|rd|th)?)\b",
+    re.I,
+)
 # A sentence that opens with days or a range ("Mon-Fri 8-6", "9-5 weekdays") is about the hours.
 _STARTS_WITH_HOURS = re.compile(rf"[\W_]*(?:{_DAYS}|(?:from\s+)?{_CLK}\s*(?:-|–|—|to)\s*{_CLK})\b", re.I)
 
@@ -140,6 +149,9 @@ def _read_hours_sentence(sentence: str, h: _Hours) -> None:
         if {k for k, _ in tokens} & {"range", "time"}:
             h.unsure.update(*(_day_set(text) for kind, text in tokens if kind == "days"))
         return
+    if _CLOSED_ON.match(sentence):
+        sentence = _HOLIDAY_NAMES.sub(" ", sentence)
+        tokens = _tokens(sentence)
     if _SEASONAL.search(sentence):
         h.unsure |= set(range(7))  # "Summer hours: ...", "closed in August", "temporarily closed"
         return

@@ -130,7 +130,8 @@ class FactGuard:
         out: list[Claim] = []
         if (said_yes or said_no or _OPEN.search(sentence) or _CLOSED.search(sentence)) and _VISIT.search(question):
             when = read_when(normalise(question), self.business.local(now).date(), self.business)
-            if when is None or (_HOLIDAY.search(question) and not any(d.date for d in when.days)):
+            if when is None or (_HOLIDAY.search(question) and not any(d.date and self.business.special(d.date) for d in when.days)):
+                # a holiday the data gives no hours for: its weekday's hours may not hold on it
                 out.append(Claim("unknown_day", question))  # "Easter Monday": a day the data cannot pin down
             elif when.days and (said_yes or said_no) and not (when.minutes or when.part):
                 for day in when.days:
