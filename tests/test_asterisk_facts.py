@@ -42,7 +42,7 @@ BUSINESS = {
 GREETING = "Hello, Harbor Dental, how can I help you?"
 STRUCTURED = AgentProfile.model_validate({"greeting": GREETING, "business": BUSINESS})
 # The same practice as a site writes it in a paragraph (the free text is read into the same structure).
-FREE_TEXT = AgentProfile(greeting=GREETING, facts=(
+FREE_TEXT = AgentProfile(greeting=GREETING, business={"timezone": "America/New_York"}, facts=(
     "Harbor Dental, 14 Harbour Street, Springfield. Open Monday 8 am to 12 pm and 1 pm to 6 pm, Tuesday to Thursday "
     "8 am to 6 pm, Friday 8 am to 4 pm, Saturday 9 am to 1 pm. Closed on Sunday. Closed on Christmas Day. "
     "Our dentists are Dr. Maria Lopez and Dr. James Chen. A cleaning costs 90 dollars and a check-up 65 dollars. "

@@ -5,7 +5,6 @@ hold the answer or the question is not clearly about it."""
 from __future__ import annotations
 
 import datetime as dt
-from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -87,7 +86,7 @@ SHOP = Business.model_validate({
 
 def at(business: Business, year: int, month: int, day: int, hour: int, minute: int = 0) -> dt.datetime:
     """A local time of ``business``, given as UTC (as the pipeline's clock gives it)."""
-    return dt.datetime(year, month, day, hour, minute, tzinfo=ZoneInfo(business.timezone)).astimezone(dt.UTC)
+    return dt.datetime(year, month, day, hour, minute, tzinfo=business.zone).astimezone(dt.UTC)
 
 
 MONDAY_MORNING = at(CLINIC, 2026, 12, 7, 9, 30)

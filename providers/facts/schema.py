@@ -156,7 +156,7 @@ class Business(ConfigSection):
     """``[profiles.NAME.business]``: the facts a caller may ask about, as data."""
 
     name: str = ""
-    timezone: str = "UTC"  # IANA zone the hours are in: "America/New_York"
+    timezone: str = ""  # IANA zone the hours are in ("America/New_York"); "": this machine's zone
     currency: str = "USD"  # USD, EUR, GBP: how prices are said
     hours: dict[Weekday, str] = {}  # "monday" = "8:00-12:00, 13:00-18:00" or "closed"; a day not given: not known
     special_days: list[SpecialDay] = []  # holidays and dates with other hours
@@ -173,6 +173,8 @@ class Business(ConfigSection):
     @field_validator("timezone")
     @classmethod
     def _zone(cls, v: str) -> str:
+        if not v:
+            return v
         try:
             ZoneInfo(v)
         except (ZoneInfoNotFoundError, ValueError):
@@ -213,8 +215,9 @@ class Business(ConfigSection):
 
     # ---- questions about the data
     @property
-    def zone(self) -> ZoneInfo:
-        return ZoneInfo(self.timezone)
+    def zone(self) -> dt.tzinfo:
+        # A PBX's own clock is most often set to the site's zone: the default when none is given.
+        return ZoneInfo(self.timezone) if self.timezone else dt.datetime.now().astimezone().tzinfo or dt.timezone.utc
 
     def is_empty(self) -> bool:
         return not (self.name or self.hours or self.special_days or self.address or self.directions or self.phones
@@ -271,7 +274,7 @@ class Business(ConfigSection):
         lines = [f"Name: {self.name}"] if self.name else []
         if self.hours:
             days = [f"{d.capitalize()} {_spoken_hours(parse_hours(self.hours[d]))}" for d in WEEKDAYS if d in self.hours]  # type: ignore[index]
-            lines.append(f"Opening hours ({self.timezone}): " + "; ".join(days) + ".")
+            lines.append("Opening hours: " + "; ".join(days) + ".")
         for sd in self.special_days:
             lines.append(f"{sd.date:%B %d, %Y}{' (' + sd.note + ')' if sd.note else ''}: {_spoken_hours(sd.spans)}.")
         if self.holidays_closed:
