@@ -8,7 +8,9 @@ price with a condition) is left out, and stays with the LLM as free text."""
 
 from __future__ import annotations
 
+import datetime as dt
 import re
+from typing import Callable
 from dataclasses import dataclass, field
 
 from providers.facts.schema import WEEKDAYS, Business, HoursError, Interval, Person, Service, hours_text, parse_hours, parse_range
@@ -478,6 +480,34 @@ def _services(sentences: list[str]) -> tuple[list[Service], str | None]:
     return out, currency
 
 
+# Holidays on a date a year's calendar gives: "Closed on Christmas Day" is closed on that date, this
+# year and next (a movable feast such as Easter is left out: its date is not computed here).
+_FIXED_HOLIDAYS: dict[str, Callable[[int], dt.date]] = {
+    r"christmas\s+eve": lambda y: dt.date(y, 12, 24),
+    r"christmas(?:\s+day)?": lambda y: dt.date(y, 12, 25),
+    r"boxing\s+day": lambda y: dt.date(y, 12, 26),
+    r"new\s+year'?s?\s+eve": lambda y: dt.date(y, 12, 31),
+    r"new\s+year'?s?(?:\s+day)?": lambda y: dt.date(y, 1, 1),
+    r"(?:independence\s+day|(?:the\s+)?4th\s+of\s+july|july\s+4(?:th)?)": lambda y: dt.date(y, 7, 4),
+    # the fourth Thursday of November
+    r"thanksgiving(?:\s+day)?": lambda y: dt.date(y, 11, 22 + (3 - dt.date(y, 11, 1).weekday()) % 7),
+}
+
+
+def _closed_holidays(sentences: list[str], today: dt.date) -> list[dict[str, str]]:
+    out: dict[dt.date, str] = {}
+    for sentence in sentences:
+        if not _CLOSED_ON.match(sentence):
+            continue
+        for pattern, date_of in _FIXED_HOLIDAYS.items():
+            m = re.search(rf"\b{pattern}\b", sentence, re.I)
+            if m:
+                sentence = sentence[: m.start()] + " " + sentence[m.end():]  # "Christmas Eve" is not Christmas Day too
+                for year in (today.year, today.year + 1):
+                    out.setdefault(date_of(year), m.group(0))
+    return [{"date": d.isoformat(), "hours": "closed", "note": note} for d, note in sorted(out.items())]
+
+
 def read_facts(text: str) -> Business:
     """The structure ``text`` states (best effort: what is not recognised stays free text)."""
     sentences = [s.strip() for s in _SENTENCE_END.split(text) if s and s.strip()]
@@ -490,6 +520,7 @@ def read_facts(text: str) -> Business:
     email = re.search(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+", text)
     website = re.search(r"\b(?:https?://|www\.)[\w-]+(?:\.[\w-]+)*\.[a-z]{2,}\b(?:/[\w./-]*\w)?", text)
     fields = dict(name=_name(sentences[0]), address=_address(sentences), hours=_settle(hours), holidays_closed=hours.holidays_closed,
+                  special_days=_closed_holidays(sentences, dt.date.today()),
                   phones=_phones(sentences), people=_people(text), services=services, currency=currency,
                   email=email[0] if email else "", website=website[0] if website else "")
     return Business.model_validate({k: v for k, v in fields.items() if v})
