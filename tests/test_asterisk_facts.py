@@ -24,21 +24,13 @@ from providers.profile import AgentProfile
 from tests import test_asterisk
 from tests.conftest import running_engine
 from tests.test_asterisk import _heard_between, _transcribe, drain, ended
+from tests.test_facts_verify import DENTAL
 
 pytestmark = pytest.mark.asterisk
 
 whisper = test_asterisk.whisper  # the caller's ear: the same module-scoped Whisper as the other real-Asterisk tests
 
-BUSINESS = {
-    "name": "Harbor Dental", "timezone": "America/New_York",
-    "hours": {"monday": "8:00-12:00, 13:00-18:00", "tuesday": "8-18", "wednesday": "8-18", "thursday": "8-18",
-              "friday": "8am-4pm", "saturday": "9am-1pm", "sunday": "closed"},
-    "special_days": [{"date": "2026-12-25", "hours": "closed", "note": "Christmas Day"}],
-    "address": "14 Harbour Street, Springfield",
-    "phones": {"main": "555 0100", "emergency": "555 0199"},
-    "people": [{"name": "Dr. Maria Lopez", "role": "dentist"}, {"name": "Dr. James Chen", "role": "dentist"}],
-    "services": [{"name": "cleaning", "price": 90}, {"name": "check-up", "aliases": ["checkup"], "price": 65}],
-}
+BUSINESS = DENTAL.business.model_dump(mode="json", exclude_defaults=True)  # the practice of tests/test_facts_verify.py
 GREETING = "Hello, Harbor Dental, how can I help you?"
 STRUCTURED = AgentProfile.model_validate({"greeting": GREETING, "business": BUSINESS})
 # The same practice as a site writes it in a paragraph (the free text is read into the same structure).
