@@ -361,7 +361,8 @@ class PipelineCall(ProviderCall):
         says so only ``vad.end_ms`` after their last word. Begin the answer now (an action the
         words ask for is decided at the turn's end, as always)."""
         self._drop_early()
-        if decide(text, self.profile, self._dialogue.offered) is not None or self._facts.answer(text, self._clock.wall(), remember=False):
+        if (decide(text, self.profile, self._dialogue.offered) is not None or not self.profile.llm_answers
+                or self._facts.answer(text, self._clock.wall(), remember=False)):
             return  # an action, or an answer from the data: no LLM
         tools = action_functions(self.profile) if self.m.llm.calls_tools else []
         messages = self._dialogue.messages(text)
@@ -451,11 +452,11 @@ class PipelineCall(ProviderCall):
                 self._emit(action)
                 return
             from_data = self._facts.answer(heard, self._clock.wall())
-            if from_data is not None:
+            if from_data is not None or not self.profile.llm_answers:
                 if early is not None:
                     self._discard(early)
                     early = None
-                reply = await self._speak_fact(turn, from_data.text)
+                reply = await self._speak_fact(turn, from_data.text if from_data is not None else self.profile.unknown_answer)
             else:
                 reply = await self._generate_and_speak(turn, heard, messages, early)
             if not turn.cancelled:

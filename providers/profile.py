@@ -83,6 +83,9 @@ class AgentProfile(ConfigSection):
     vocabulary: str = ""
     departments: dict[str, Department] = {}
     closing: str = "Thank you for calling. Goodbye!"  # said before the agent hangs up
+    # false: the agent answers only from the business's data, and says unknown_answer to the rest
+    # (never a wrong fact, fewer answers: docs/benchmarks.md, "Business facts").
+    llm_answers: bool = True
     # Said when the facts do not answer a question (a "yes" to it transfers to the operator).
     unknown_answer: str = "I'm sorry, I don't know that. Shall I put you through to someone who does?"
     still_there: str = "Are you still there?"

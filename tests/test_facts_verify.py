@@ -186,3 +186,13 @@ def test_a_holiday_the_free_text_closes_is_not_said_to_be_open() -> None:
     assert instead is not None and "closed" in instead
     # A movable feast has no date here: neither a yes nor a no is said.
     assert g.check("Yes, we're open on Easter Monday.", "Are you open on Easter Monday?", MONDAY_10AM) == profile.unknown_answer
+
+
+async def test_with_llm_answers_off_the_agent_answers_only_from_the_data() -> None:
+    strict = DENTAL.model_copy(update={"llm_answers": False})
+    rig = Rig(["When do you close on Friday?", "Do you do implants?"], reply="Yes, we do implants.", profile=strict)
+    heard = await ask(rig)
+    assert len(heard) == 1 and "4 pm" in heard[0]
+    heard = await ask(rig)
+    assert heard[1:] == [strict.unknown_answer] and rig.llm.prompts == []
+    await rig.call.stop()
