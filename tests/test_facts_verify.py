@@ -66,7 +66,8 @@ def guard(profile: AgentProfile = DENTAL) -> FactGuard:
     ("Are you open on Easter Monday?", "Yes, we're open on Monday from 8 am."),  # a holiday the data has no date for
     ("Could I rent the Harbor room for a party?", "Yes, you can rent the Harbor room for a party."),  # most of it unknown
     ("Do you see children?", "No, we do not see children."),  # the facts welcome them
-    ("Is there a lift to the surgery?", "No, there is no lift."),  # nothing in the data of a lift either way
+    ("Is there a lift to the surgery?", "No, there is no lift."),
+    ("Do you do dental implants?", "Yes, we do dental implants."),  # "dental" is only the practice's name  # nothing in the data of a lift either way
     ("When is the next open day?", "Our next open day is March 27."),  # a date the data does not give
 ])
 def test_a_sentence_that_contradicts_the_data_is_not_spoken(question: str, sentence: str) -> None:

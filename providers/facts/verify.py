@@ -91,6 +91,7 @@ class FactGuard:
         self._digits = business.phone_digits() | {re.sub(r"\D", "", m) for m in _PHONE.findall(self._written)}
         self._names = " ".join([business.name, *(p.name for p in business.people), self._written]).lower()
         self._empty = business.is_empty() and not facts_text.strip()
+        self._name_words = set(content(business.name))
         # Every word the profile has: a "yes, we do" must be about something among them.
         self._vocabulary = set(content(" ".join([
             self._written, business.name, business.address, *(p.name + " " + p.role for p in business.people),
@@ -138,7 +139,8 @@ class FactGuard:
                     key = day.date.isoformat() if day.date else WEEKDAYS[day.weekday]
                     out.append(Claim("open_date" if said_yes else "closed_date", key))
         if (said_yes or said_no) and _YES_NO_Q.search(question) and not (_VISIT.search(question) or _CLOSED.search(question)):
-            asked = [w for w in content(question) if w not in _GENERIC and not w.isdigit() and w not in _DAY_WORDS]
+            # The business's own name is in every question about it ("do you do dental implants?")
+            asked = [w for w in content(question) if w not in _GENERIC and not w.isdigit() and w not in _DAY_WORDS and w not in self._name_words]
             known = [w for w in asked if any(same_word(w, k) for k in self._vocabulary)]
             if asked and 2 * len(known) < len(asked):
                 # "Do you do sedation?" "Yes!" (or "No."), and the profile has no word of sedation
