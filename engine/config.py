@@ -19,7 +19,6 @@ from sqlalchemy.exc import ArgumentError
 
 from providers.config import ConfigSection as _Section
 from providers.config import ProvidersConfig
-from providers.facts.text import read_facts
 from providers.profile import DEFAULT_PROFILE, AgentProfile
 from providers.redact import shown_url
 from engine.sessions import PlaybackMode
@@ -197,7 +196,7 @@ class AppConfig(_Section):
             data["providers"]["servers"][name]["url"] = shown_url(server.url)
         for name, profile in self.profiles.items():
             # What the free-text facts were read as: the operator confirms it (answers are held to it).
-            read = read_facts(profile.facts).model_dump(mode="json", exclude_defaults=True)
+            read = profile.facts_read.model_dump(mode="json", exclude_defaults=True)
             if read:
                 data["profiles"][name]["facts_read_as"] = read
         return data

@@ -95,6 +95,7 @@ class AgentProfile(ConfigSection):
     norms: Norms = Norms()
     # Keep each call's audio (caller left, agent right) in history.recordings_dir: tell callers.
     record: bool = False
+    _read: Business = PrivateAttr(default_factory=Business)
     _known: Business = PrivateAttr(default_factory=Business)
 
     @model_validator(mode="after")
@@ -110,8 +111,14 @@ class AgentProfile(ConfigSection):
 
     @model_validator(mode="after")
     def _read_facts(self) -> AgentProfile:
-        self._known = self.business.merged(read_facts(self.facts))
+        self._read = read_facts(self.facts)
+        self._known = self.business.merged(self._read)
         return self
+
+    @property
+    def facts_read(self) -> Business:
+        """What the free-text ``facts`` were read as (check-config shows it for the operator)."""
+        return self._read
 
     @property
     def known(self) -> Business:

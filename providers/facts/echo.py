@@ -44,7 +44,7 @@ def _content(text: str) -> set[str]:
     return {_stem(w) for w in _WORD.findall(text.lower()) if w not in _FILLER}
 
 
-def _fact_sentences(facts: str) -> list[str]:
+def fact_sentences(facts: str) -> list[str]:
     return [s.strip() for s in _SENTENCE.split(facts) if s.strip()]
 
 
@@ -55,7 +55,7 @@ def best_fact(question: str, facts: str) -> str | None:
         return None
     days = {_stem(d) for d in _DAYS} & asked
     best, best_score = None, 0.5
-    for sentence in _fact_sentences(facts):
+    for sentence in fact_sentences(facts):
         have = _content(sentence)
         if days and _EVERY_DAY.search(sentence):
             have |= days  # "open every day" answers a question about Sunday
@@ -68,7 +68,7 @@ def best_fact(question: str, facts: str) -> str | None:
 def _name_words(facts: str) -> set[str]:
     """The business's name: the capitalised words of the facts' first sentence ("No, Luigi's
     Pizzeria does not sell beer" tells the caller nothing the question did not)."""
-    sentences = _fact_sentences(facts)
+    sentences = fact_sentences(facts)
     names = re.findall(r"\b[A-Z][\w']*", sentences[0]) if sentences else []
     return _content(" ".join(names))
 

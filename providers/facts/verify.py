@@ -16,14 +16,13 @@ import logging
 import re
 from dataclasses import dataclass
 
-from providers.facts.echo import echo_check
+from providers.facts.echo import echo_check, fact_sentences
 from providers.facts.question import read_when
 from providers.facts.rules import Asked, FactAnswer, answer
 from providers.facts.schema import WEEKDAYS, Business, parse_range
 from providers.facts.words import content, normalise, same_word
 
 log = logging.getLogger(__name__)
-_SENTENCES = re.compile(r"(?<=[.!?;])\s+|\n+")
 
 _TIME = re.compile(r"\b(\d{1,2})(?::(\d{2}))?\s*([ap])\.?\s?m\b\.?|\b(\d{1,2}):(\d{2})\b|\b(noon|midday|midnight)\b", re.I)
 _MONEY = re.compile(r"([$€£])\s?(\d+(?:,\d{3})*(?:\.\d{1,2})?)|\b(\d+(?:\.\d{1,2})?)\s*(dollars?|euros?|pounds?|bucks)\b", re.I)
@@ -148,7 +147,7 @@ class FactGuard:
             elif said_no:
                 # "Do you see children?" "No": a no about something the profile speaks of must be its
                 # own no (a sentence of the facts with a negation in it).
-                told = [t for t in _SENTENCES.split(self._written) if any(same_word(w, k) for w in asked for k in content(t))]
+                told = [t for t in fact_sentences(self._written) if any(same_word(w, k) for w in asked for k in content(t))]
                 if told and not any(_NEGATION.search(t) for t in told):
                     out.append(Claim("denies", " ".join(asked)))
         return out
