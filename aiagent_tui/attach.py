@@ -18,7 +18,7 @@ from typing import Any
 
 import aiohttp
 
-from engine.api import AudioTap
+from engine.api import AudioTap, BringIn
 from engine.console import CALLS, EVENTS, RELOAD, SNAPSHOT, SUMMARY
 from engine.sessions import CallSnapshot, CallSummary, SessionStore
 from engine.status import EngineSummary, ReloadResult
@@ -171,6 +171,25 @@ class AttachedEngine:
         self._tasks.append(task)
         task.add_done_callback(self._tasks.remove)
         return True
+
+    # ---- the operator in the loop (stubs: the operator work fills them)
+    def operator_say(self, call_id: str, text: str, by: str) -> bool:
+        return False
+
+    def operator_instruct(self, call_id: str, text: str, by: str) -> bool:
+        return False
+
+    def take_over(self, call_id: str, by: str) -> bool:
+        return False
+
+    def hand_back(self, call_id: str, by: str) -> bool:
+        return False
+
+    def operator_audio(self, call_id: str, pcm16: bytes, rate: int) -> None:
+        return None
+
+    def bring_in(self, call_id: str, department: str, how: BringIn, by: str) -> bool:
+        return False
 
     def barge_in(self, call_id: str) -> bool:
         return self._post_later(f"/calls/{call_id}/barge-in")

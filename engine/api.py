@@ -4,14 +4,19 @@ so that the app can be given the real Engine or a scripted one (snapshot tests).
 from __future__ import annotations
 
 import asyncio
-from typing import Callable, Protocol
+from typing import Callable, Literal, Protocol
 
 from engine.history import CallRecord, CallRow, HistoryDb, HistoryFilter
 from engine.sessions import SessionStore
 from engine.status import EngineSummary, ReloadResult
 from providers.base import Readiness
 
-__all__ = ["AudioTap", "CallRecord", "CallRow", "EngineRuntime", "EngineView", "HistoryDb", "HistoryFilter"]  # the call history is read directly
+__all__ = ["AudioTap", "BringIn", "CallRecord", "CallRow", "EngineRuntime", "EngineView", "HistoryDb", "HistoryFilter"]  # the call history is read directly
+
+# How a person is brought into a call (bring_in): "introduce" calls them, tells them who is calling
+# and why, then connects them; "bridge" adds them to the call; "snoop" lets them hear both sides and
+# speak to the caller through a snoop (whisper) channel on the caller's channel.
+BringIn = Literal["introduce", "bridge", "snoop"]
 
 # Listening in on a call: gets ("caller" | "agent", pcm16, sample rate) as the audio passes.
 AudioTap = Callable[[str, bytes, int], None]
@@ -38,6 +43,33 @@ class EngineView(Protocol):
     async def set_default_provider(self, name: str) -> None: ...
     async def set_call_provider(self, call_id: str, name: str) -> bool: ...
     def set_audio_tap(self, call_id: str, tap: AudioTap | None) -> bool: ...
+
+    # ---- the operator in the loop (``by`` names the operator, for the call's history)
+    def operator_say(self, call_id: str, text: str, by: str) -> bool:
+        """The agent says ``text`` next (after what it is saying now)."""
+        ...
+
+    def operator_instruct(self, call_id: str, text: str, by: str) -> bool:
+        """``text`` joins the agent's instructions for the rest of this call."""
+        ...
+
+    def take_over(self, call_id: str, by: str) -> bool:
+        """The agent falls silent and stops answering (the caller's words are still transcribed);
+        the operator's audio (``operator_audio``) goes to the caller."""
+        ...
+
+    def hand_back(self, call_id: str, by: str) -> bool:
+        """The agent takes the call again, with what was said meanwhile in its history."""
+        ...
+
+    def operator_audio(self, call_id: str, pcm16: bytes, rate: int) -> None:
+        """The operator's microphone while the call is taken over (dropped otherwise)."""
+        ...
+
+    def bring_in(self, call_id: str, department: str, how: BringIn, by: str) -> bool:
+        """A person joins the call (one of the profile's departments) and the agent leaves: put
+        through after a spoken introduction, added to the call's bridge, or on a snoop channel."""
+        ...
 
 
 class EngineRuntime(Protocol):

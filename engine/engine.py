@@ -17,7 +17,7 @@ from typing import Any
 
 from engine.ari.client import AriClient
 from engine.ari.events import AriEventStream
-from engine.api import AudioTap
+from engine.api import AudioTap, BringIn
 from engine.calls import CallController
 from engine.capacity import ModelCapacity
 from engine.config import AppConfig, ConfigError, plan_reload
@@ -312,6 +312,25 @@ class Engine:
         and the agent's as the provider produces it. ``None`` stops listening."""
         call = self.calls.calls.get(call_id)
         return call is not None and call.set_tap(tap)
+
+    # ---- the operator in the loop (stubs: the operator work fills them)
+    def operator_say(self, call_id: str, text: str, by: str) -> bool:
+        return False
+
+    def operator_instruct(self, call_id: str, text: str, by: str) -> bool:
+        return False
+
+    def take_over(self, call_id: str, by: str) -> bool:
+        return False
+
+    def hand_back(self, call_id: str, by: str) -> bool:
+        return False
+
+    def operator_audio(self, call_id: str, pcm16: bytes, rate: int) -> None:
+        return None
+
+    def bring_in(self, call_id: str, department: str, how: BringIn, by: str) -> bool:
+        return False
 
     def barge_in(self, call_id: str) -> bool:
         """Stop the agent on this call now, as if the caller had talked over it; False if there is

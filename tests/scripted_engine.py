@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from engine import sessions
-from engine.api import AudioTap
+from engine.api import AudioTap, BringIn
 from engine.sessions import (
     ActionRecord,
     CallSession,
@@ -134,6 +134,25 @@ class ScriptedEngine:
             "local": Readiness(True, "models loaded"),
             "tone": Readiness(False, "not loaded"),
         }
+
+    # ---- the operator in the loop (stubs: the operator work fills them)
+    def operator_say(self, call_id: str, text: str, by: str) -> bool:
+        return False
+
+    def operator_instruct(self, call_id: str, text: str, by: str) -> bool:
+        return False
+
+    def take_over(self, call_id: str, by: str) -> bool:
+        return False
+
+    def hand_back(self, call_id: str, by: str) -> bool:
+        return False
+
+    def operator_audio(self, call_id: str, pcm16: bytes, rate: int) -> None:
+        return None
+
+    def bring_in(self, call_id: str, department: str, how: BringIn, by: str) -> bool:
+        return False
 
     def barge_in(self, call_id: str) -> bool:
         self.commands.append(("barge_in", call_id))
