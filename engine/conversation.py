@@ -62,6 +62,7 @@ _CALL_STATE = {
     ConversationState.USER_SPEAKING: CallState.STREAMING,
     ConversationState.PROCESSING: CallState.PROCESSING,
     ConversationState.AGENT_SPEAKING: CallState.SPEAKING,
+    ConversationState.OPERATOR: CallState.STREAMING,  # media flows both ways: the caller and the operator
 }
 
 

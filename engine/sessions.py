@@ -39,6 +39,7 @@ class ConversationState(str, enum.Enum):
     USER_SPEAKING = "user_speaking"
     PROCESSING = "processing"  # the caller finished; the agent has not answered yet
     AGENT_SPEAKING = "agent_speaking"
+    OPERATOR = "operator"  # an operator has taken the call over: the agent is silent, the caller still transcribed
 
 
 @dataclass(slots=True, kw_only=True)
@@ -140,28 +141,40 @@ class ProviderSession:
 
 @dataclass(slots=True, frozen=True)
 class TranscriptTurn:
-    role: Literal["caller", "agent"]
+    role: Literal["caller", "agent", "note"]  # note: not spoken (an operator's instruction, a take-over)
     text: str
     final: bool
     at: float  # wall clock
+    by: str = ""  # an operator's doing (a line they had the agent say, a note): who ("alice (local)")
+
+
+# The operator's actions on a call, in words (ActionRecord.kind -> what the history says).
+OPERATOR_ACTIONS = {"say": "line for the agent", "instruct": "instruction", "take_over": "take over", "hand_back": "hand back"}
 
 
 @dataclass(slots=True, kw_only=True)
 class ActionRecord:
     """An action on the call: a transfer or a hangup, who asked for it, and how it went."""
 
-    kind: str  # "transfer" | "hangup"
-    by: str  # "agent" (the provider decided), "keypad" (the caller's DTMF), "operator", "silence"
+    # "transfer" | "hangup"; an operator's: "say" (a line the agent says), "instruct" (added to its
+    # instructions for the rest of the call), "take_over", "hand_back"
+    kind: str
+    by: str  # "agent" (the provider decided), "keypad" (the caller's DTMF), "operator" or "NAME (local)"/"NAME (attached)", "silence"
     reason: str
     department: str = ""
     target: str = ""  # for a transfer: EXT@CONTEXT or TECH/resource
     # announcing (its line is being said) -> sent (ARI asked) -> done | failed; refused: not allowed
     state: str = "announcing"
     detail: str = ""  # why it failed or was refused
+    text: str = ""  # an operator's line or instruction
     at: float = field(default_factory=time.time)
 
     def describe(self) -> str:
-        what = f"transfer to {self.department} ({self.target})" if self.kind == "transfer" else "hangup"
+        what = OPERATOR_ACTIONS.get(self.kind, self.kind)
+        if self.kind == "transfer":
+            what = f"transfer to {self.department} ({self.target})"
+        elif self.text:
+            what = f"{what} {self.text!r}"
         return f"{what} by {self.by}: {self.state}{' - ' + self.detail if self.detail else ''}"
 
 
@@ -189,6 +202,8 @@ class CallSession:
     playbacks: dict[str, PlaybackRef] = field(default_factory=dict)  # gating tokens
     conversation: ConversationState = ConversationState.LISTENING
     conversation_since: float = field(default_factory=time.monotonic)  # when it entered that state
+    operator: str = ""  # who has taken the call over (conversation OPERATOR); "" while the agent has it
+    operator_since: float | None = None  # wall clock: when they took it over
     capture_enabled: bool = True
     downstream_mode: PlaybackMode | Literal[""] = ""  # set by the call's playback path ("": none yet)
     barge_ins: int = 0
@@ -256,6 +271,8 @@ class CallSession:
                 level_dbfs=round(self.voice.level_dbfs, 1),
                 levels=tuple(round(v, 1) for v in self.voice.levels),
                 last_turn_latency_s=next((round(t.latency_s, 3) for t in reversed(self.turns) if t.latency_s is not None), None),
+                operator=self.operator,
+                operator_since=self.operator_since,
             ),
             turns=tuple(copy.copy(t) for t in self.turns[-10:]),
             transcript=tuple(self.transcript),
@@ -299,6 +316,8 @@ class CallSummary:
     in_state_s: float = 0.0  # how long the conversation has been in that state (a turn waiting: processing)
     channel: str = ""  # Asterisk's name of the caller's channel (PJSIP/100-0000002a)
     profile: str = ""
+    operator: str = ""  # who has taken the call over (state "operator"): "taken over by NAME"
+    operator_since: float | None = None  # wall clock
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
@@ -313,6 +332,8 @@ class ConversationSnapshot:
     level_dbfs: float
     levels: tuple[float, ...]
     last_turn_latency_s: float | None
+    operator: str = ""  # who has taken the call over (state "operator"); "" while the agent has it
+    operator_since: float | None = None  # wall clock: when they took it over
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
@@ -489,7 +510,7 @@ class SessionStore:
             CallSummary(
                 call_id=c.call_id, caller_number=c.caller_number, state=c.conversation.value, duration_s=now - c.created_mono,
                 provider=c.provider.name if c.provider else None, in_state_s=now - c.conversation_since,
-                channel=c.caller_channel_name, profile=c.profile,
+                channel=c.caller_channel_name, profile=c.profile, operator=c.operator, operator_since=c.operator_since,
             )
             for c in self._calls.values()
         ]

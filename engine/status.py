@@ -209,6 +209,7 @@ class EngineStatus:
                     "capture_enabled": s.conversation.capture_enabled,
                     "barge_ins": s.conversation.barge_ins,
                     "downstream_mode": s.conversation.downstream_mode,
+                    "operator": s.conversation.operator,
                 }
                 for s in self.calls
             },
