@@ -9,13 +9,14 @@ import re
 import sys
 import time
 from datetime import datetime
-from typing import TextIO
+from functools import partial
+from typing import Callable, TextIO
+
+import sqlalchemy as sa
 
 from engine.config import AppConfig
 from engine.diagnosis import Diagnosis, diagnose_in
-import sqlalchemy as sa
-
-from engine.history import OUTCOMES, CallRecord, HistoryDb, HistoryFilter, database_url, db_error
+from engine.history import OUTCOMES, CallRecord, CallRow, HistoryDb, HistoryFilter, database_url, db_error
 from providers.redact import clean_text
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -25,7 +26,7 @@ _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     calls = sub.add_parser("calls", help="the call history: list, show, diagnose, export")
     csub = calls.add_subparsers(dest="calls_command", required=True)
-    ls = csub.add_parser("list", help="the newest calls first")
+    ls = csub.add_parser("list", help="the newest calls first, each with its diagnosis's verdict (ok, warn, bad)")
     ls.add_argument("--caller", help="part of the caller's number")
     ls.add_argument("--outcome", choices=[o for o in OUTCOMES])
     ls.add_argument("--profile")
@@ -84,6 +85,27 @@ def parse_filters(text: str, now: float | None = None) -> HistoryFilter:
     )
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Verdict:
+    """A listed call's diagnosis, kept while its row says the same (an ended call's never changes)."""
+
+    ended_at: float | None
+    outcome: str
+    diagnosis: Diagnosis
+
+
+def verdicts(db: HistoryDb, rows: list[CallRow], diagnose: Callable[[CallRecord], Diagnosis],
+             known: dict[str, Verdict] | None = None) -> dict[str, Verdict]:
+    """Each listed call's diagnosis (``calls list``, the history screen): those ``known`` whose row
+    has not changed are reused, the others (live calls, new ones) read and diagnosed."""
+    known = known or {}
+    out = {r.call_id: v for r in rows if (v := known.get(r.call_id)) is not None and r.ended_at is not None
+           and (v.ended_at, v.outcome) == (r.ended_at, r.outcome)}
+    for rec in db.records(tuple(r.call_id for r in rows if r.call_id not in out)):
+        out[rec.call_id] = Verdict(rec.ended_at, rec.outcome, diagnose(rec))
+    return out
+
+
 def main(config: AppConfig, args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = sys.stdout if out is None else out
     db = HistoryDb(database_url(config))
@@ -114,19 +136,23 @@ def _run(config: AppConfig, args: argparse.Namespace, db: HistoryDb, out: TextIO
             print(f"aiagent-tui calls list: {e}", file=sys.stderr)
             return 2
         rows = db.list(where, args.limit)
+        found = verdicts(db, rows, partial(diagnose_in, config))
+        level = {r.call_id: v.diagnosis.level if (v := found.get(r.call_id)) else "-" for r in rows}  # "-": pruned meanwhile
         if args.json:
             for r in rows:
                 print(json.dumps({"call_id": r.call_id, "started_at": r.started_at, "ended_at": r.ended_at, "caller_number": r.caller_number,
-                                  "dialled": r.dialled, "profile": r.profile, "outcome": r.outcome, "turns": r.turns}), file=out)
+                                  "dialled": r.dialled, "profile": r.profile, "outcome": r.outcome, "turns": r.turns,
+                                  "level": level[r.call_id]}), file=out)
             return 0
         if not rows:
             print(f"no calls in {url}" + (f" match: {where.describe()}" if where.describe() else ""), file=out)
             return 0
-        print(f"{'started':19s}  {'length':>7s}  {'caller':16s}  {'dialled':8s}  {'profile':10s}  {'outcome':16s}  {'turns':>5s}  id", file=out)
+        print(f"{'started':19s}  {'length':>7s}  {'caller':16s}  {'dialled':8s}  {'profile':10s}  {'outcome':16s}  {'flag':4s}  {'turns':>5s}  id", file=out)
         for r in rows:
             length = f"{r.ended_at - r.started_at:.0f} s" if r.ended_at is not None else "-"
             print(f"{_clock(r.started_at):19s}  {length:>7s}  {clean_text(r.caller_number):16s}  {clean_text(r.dialled):8s}  {clean_text(r.profile):10s}"
-                  f"  {r.outcome:16s}  {r.turns:5d}  {clean_text(r.call_id)}", file=out)
+                  f"  {r.outcome:16s}  {level[r.call_id]:4s}  {r.turns:5d}  {clean_text(r.call_id)}", file=out)
+        print("flag: the call's diagnosis at its worst (ok, warn, bad); calls diagnose ID says why", file=out)
         return 0
     rec = db.get(args.id)
     if rec is None:
@@ -199,6 +225,6 @@ def show(r: CallRecord, out: TextIO) -> None:
 def print_diagnosis(d: Diagnosis, out: TextIO) -> None:
     print(f"call {d.call_id}: {d.headline}", file=out)
     for f in d.findings:
-        print(f"  {f.severity:7s}  {f.says}", file=out)
+        print(f"  {f.level:4s}  {f.says}", file=out)
         for e in f.evidence:
-            print(f"           - {e}", file=out)
+            print(f"        - {e}", file=out)

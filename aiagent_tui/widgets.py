@@ -8,6 +8,7 @@ from rich.table import Table
 from rich.text import Text
 from textual.widgets import Sparkline, Static
 
+from engine import verdicts
 from engine.sessions import ActionRecord, CallSnapshot, ConversationSnapshot, TranscriptTurn
 from engine.status import EngineSummary
 
@@ -103,23 +104,22 @@ class RtpPane(Pane):
                     ("SSRC", f"{r.ssrc:08x}" if r.ssrc is not None else "—"),
                     ("from", c.rtp_remote or "—"),
                     ("in", f"{r.packets_in} pkts"),
-                    ("loss", _bad(f"{r.loss_pct:.2f} % ({r.lost}/{r.expected})", r.loss_pct, 1.0, 5.0)),
-                    ("jitter", _bad(f"{r.jitter_ms:.2f} ms", r.jitter_ms, 30.0, 60.0)),
+                    ("loss", _bad(f"{r.loss_pct:.2f} % ({r.lost}/{r.expected})", verdicts.LOSS_PCT.level(r.loss_pct))),
+                    ("jitter", _bad(f"{r.jitter_ms:.2f} ms", verdicts.JITTER_MS.level(r.jitter_ms))),
                     ("reord/dup", f"{r.reordered} / {r.duplicates}"),
-                    # DTX lines send nothing while the caller is quiet: only a long gap is worth a colour.
-                    ("last pkt", _bad(age, r.last_packet_age_s or 0.0, 15.0, 60.0)),
-                    ("out", f"{r.packets_out} pkts" + (f", [yellow]{r.outbound_underruns} dry[/]" if r.outbound_underruns else "")),
-                    ("pacing", _bad(f"{r.pacing_error_ms:.1f} ms (max {r.max_pacing_error_ms:.1f})", r.max_pacing_error_ms, 10.0, 40.0)),
+                    ("last pkt", _bad(age, verdicts.LAST_PACKET_S.level(r.last_packet_age_s or 0.0))),
+                    ("out", f"{r.packets_out} pkts" + (", " + _bad(f"{r.outbound_underruns} dry", verdicts.UNDERRUNS.level(r.outbound_underruns))
+                                                       if r.outbound_underruns else "")),
+                    ("pacing", _bad(f"{r.pacing_error_ms:.1f} ms (max {r.max_pacing_error_ms:.1f})", verdicts.PACING_MS.level(r.max_pacing_error_ms))),
                 ]
             )
         )
 
 
-def _bad(text: str, value: float, warn: float, bad: float) -> str:
-    """Coloured as operators read it: yellow past what a good line does, red past what a caller hears."""
-    if value >= bad:
-        return f"[bold red]{text}[/]"
-    return f"[yellow]{text}[/]" if value >= warn else text
+def _bad(text: str, level: verdicts.Level) -> str:
+    """Coloured by engine/verdicts.py's level, as the history and ``calls diagnose`` judge the
+    same figure: yellow past what a good line does, red past what a caller hears."""
+    return text if level == "ok" else f"[{verdicts.STYLE[level]}]{text}[/]"
 
 
 def level_text(v: ConversationSnapshot, width: int = 14) -> Text:

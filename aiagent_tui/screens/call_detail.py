@@ -23,6 +23,7 @@ from aiagent_tui.monitor import MonitorUnavailable, OpenOutput, Replay
 from engine.api import CallRecord, HistoryDb
 from engine.diagnosis import Diagnosis, diagnose
 from engine.history import db_error
+from engine.verdicts import STYLE
 from providers.profile import Norms
 from providers.redact import shown_url
 
@@ -179,10 +180,10 @@ def _mmss(seconds: float) -> str:
 def diagnosis_text(d: Diagnosis) -> Text:
     text = Text()
     text.append("diagnosis: ", style="bold")
-    text.append(d.headline + "\n", style="bold red" if d.problems else "green")
+    text.append(d.headline + "\n", style=STYLE[d.level])
     for f in d.findings:
-        text.append(f"  {f.severity:7s} ", style="red" if f.severity == "problem" else "yellow")
+        text.append(f"  {f.level:4s} ", style=STYLE[f.level])
         text.append(f.says + "\n")
         for e in f.evidence:
-            text.append(f"           - {e}\n", style="dim")
+            text.append(f"        - {e}\n", style="dim")
     return text
