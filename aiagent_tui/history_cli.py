@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from engine.config import AppConfig
 from engine.diagnosis import Diagnosis, diagnose_in
 from engine.history import OUTCOMES, CallRecord, CallRow, HistoryDb, HistoryFilter, database_url, db_error
+from engine.sessions import OPERATOR_ACTIONS
 from providers.redact import clean_text
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -203,7 +204,8 @@ def show(r: CallRecord, out: TextIO) -> None:
     p()
     p("transcript")
     for line in r.transcript:
-        p(f"  {datetime.fromtimestamp(line.at).strftime('%H:%M:%S.%f')[:-4]}  {line.role:6s}  {clean_text(line.text)}")
+        mark = f"  [operator: {clean_text(line.by)}]" if line.by else ""
+        p(f"  {datetime.fromtimestamp(line.at).strftime('%H:%M:%S.%f')[:-4]}  {line.role:6s}  {clean_text(line.text)}{mark}")
     if not r.transcript:
         p("  (nothing said)")
     if r.turns:
@@ -218,7 +220,8 @@ def show(r: CallRecord, out: TextIO) -> None:
         p()
         p("actions")
         for a in r.actions:
-            what = f"transfer to {a.department} ({a.target})" if a.kind == "transfer" else a.kind
+            what = f"transfer to {a.department} ({a.target})" if a.kind == "transfer" else OPERATOR_ACTIONS.get(a.kind, a.kind)
+            what += f" {clean_text(a.text)!r}" if a.text else ""
             p(f"  {datetime.fromtimestamp(a.at).strftime('%H:%M:%S')}  {what} by {a.by}: {a.state}" + (f" - {a.detail}" if a.detail else "") + (f"; reason: {a.reason}" if a.reason else ""))
 
 

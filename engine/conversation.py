@@ -89,6 +89,7 @@ class ConversationCoordinator:
         on_state: Callable[[ConversationState], None] = lambda state: None,
         on_caller_words: Callable[[str], None] = lambda text: None,  # all the caller has said, at each final transcript
         on_turn_failed: Callable[[str, bool], None] = lambda reason, busy: None,  # TurnFailed: the engine counts it
+        on_hold: Callable[[], None] = lambda: None,  # an action begins (hold): an operator's take-over ends with it
     ) -> None:
         self.session = session
         self.store = store
@@ -100,6 +101,11 @@ class ConversationCoordinator:
         self._on_state = on_state
         self._on_caller_words = on_caller_words
         self._on_turn_failed = on_turn_failed
+        self._on_hold = on_hold
+        # An operator has the call (take_over): the agent's audio and turns are not the call's until
+        # hand_back; the caller is still heard and transcribed.
+        self.operator = False
+        self.operator_lines: dict[str, str] = {}  # an operator's line for the agent (its text) -> who asked
         # An operator listening in (the terminal app's monitor): gets ("caller"|"agent", pcm, rate).
         self.tap: Callable[[str, bytes, int], None] | None = None
         self.recording: CallRecording | None = None  # the call's, when its profile records
@@ -124,6 +130,8 @@ class ConversationCoordinator:
 
     # ---- the provider's news about the conversation (its call-level news is the Call's)
     def on_provider_event(self, ev: ConversationEvent) -> None:
+        if self.operator and isinstance(ev, (AgentAudio, AgentSpeakingStarted, AgentSpeakingStopped)):
+            return  # the operator is speaking: nothing of the agent's goes out (a provider holds its answers)
         match ev:
             case AgentAudio(pcm16=pcm16, sample_rate=rate):
                 if self.tap is not None and self.voice.downstream is not None:
@@ -157,7 +165,8 @@ class ConversationCoordinator:
 
     def _transcript(self, ev: Transcript) -> None:
         s = self.session
-        self.store.add_transcript(s, TranscriptTurn(ev.role, ev.text, ev.final, self._clock.now()))
+        by = self.operator_lines.pop(ev.text.strip(), "") if ev.role == "agent" and ev.final else ""
+        self.store.add_transcript(s, TranscriptTurn(ev.role, ev.text, ev.final, self._clock.now(), by=by))
         if ev.role == "caller" and ev.final:
             self._on_caller_words(" ".join(t.text for t in s.transcript if t.role == "caller"))
 
@@ -297,6 +306,7 @@ class ConversationCoordinator:
         """An action begins: stop listening to the caller and stop what the agent is saying, so
         that the action's own line comes next. Returns how much of the interrupted answer was
         heard (None if the agent was not speaking), for the provider's history."""
+        self._on_hold()
         self.held = True
         self._barge.run.clear()
         self.vad.reset()
@@ -334,6 +344,30 @@ class ConversationCoordinator:
         else:
             self._set_state(ConversationState.LISTENING)
 
+    # ---- the operator in the loop
+    def take_over(self) -> float | None:
+        """An operator takes the call: the agent stops at once (as a forced barge-in stops it, but
+        nothing is counted as one), the caller is still heard and transcribed, and the state is
+        OPERATOR until ``hand_back``. Returns how much of the interrupted answer was heard."""
+        self._barge.take()  # a pause held on caller sound ends with the stop
+        played = self.voice.stop()
+        self.voice.cancel_tail()
+        self._set_capture(True)
+        self._set_state(ConversationState.OPERATOR)
+        self.operator = True
+        return played
+
+    def hand_back(self) -> None:
+        """The agent has the call again: its next turn starts afresh (the caller's turns meanwhile
+        were the operator's: none is timed as the agent's)."""
+        self.operator = False
+        self._timing.forget()
+        self._set_state(ConversationState.USER_SPEAKING if self.vad.speaking else ConversationState.LISTENING)
+
+    def note(self, text: str, by: str) -> None:
+        """A line in the live transcript that nobody said: an operator's instruction or take-over."""
+        self.store.add_transcript(self.session, TranscriptTurn("note", text, True, self._clock.now(), by=by))
+
     # ---- state
     def _set_capture(self, enabled: bool) -> None:
         self.session.capture_enabled = enabled
@@ -341,8 +375,8 @@ class ConversationCoordinator:
 
     def _set_state(self, state: ConversationState) -> None:
         s = self.session
-        if s.conversation is state:
-            return
+        if s.conversation is state or self.operator:
+            return  # while an operator has the call its state stays OPERATOR
         now = self._clock.now()  # the loop's monotonic time: the store's time base (CallSession.created_mono)
         if s.conversation is ConversationState.LISTENING and now - s.conversation_since >= QUIET_MIN_S and len(s.silences) < HISTORY_MAX_EVENTS:
             s.silences.append((s.conversation_since, now - s.conversation_since))

@@ -18,6 +18,7 @@ from typing import Any
 from engine.ari.client import AriClient
 from engine.ari.events import AriEventStream
 from engine.api import AudioTap, BringIn
+from engine.call import Call
 from engine.calls import CallController
 from engine.capacity import ModelCapacity
 from engine.config import AppConfig, ConfigError, plan_reload
@@ -313,24 +314,41 @@ class Engine:
         call = self.calls.calls.get(call_id)
         return call is not None and call.set_tap(tap)
 
-    # ---- the operator in the loop (stubs: the operator work fills them)
+    # ---- the operator in the loop: each is the call's (engine/call.py); False, with a line in the
+    # call's log, when refused. docs/operations.md ("The operator in the loop") says what each does.
+    def _operator_call(self, call_id: str, what: str, by: str) -> Call | None:
+        call = self.calls.calls.get(call_id)
+        if call is None:
+            self.store.log(None, logging.WARNING, f"{what} by {by} refused: no call {call_id}")
+        return call
+
     def operator_say(self, call_id: str, text: str, by: str) -> bool:
-        return False
+        call = self._operator_call(call_id, "a line for the agent", by)
+        return call is not None and call.operator_say(text, by)
 
     def operator_instruct(self, call_id: str, text: str, by: str) -> bool:
-        return False
+        call = self._operator_call(call_id, "an instruction", by)
+        return call is not None and call.operator_instruct(text, by)
 
     def take_over(self, call_id: str, by: str) -> bool:
-        return False
+        call = self._operator_call(call_id, "take over", by)
+        return call is not None and call.take_over(by)
 
     def hand_back(self, call_id: str, by: str) -> bool:
-        return False
+        call = self._operator_call(call_id, "hand back", by)
+        return call is not None and call.hand_back(by)
 
     def operator_audio(self, call_id: str, pcm16: bytes, rate: int) -> None:
-        return None
+        call = self.calls.calls.get(call_id)  # 50 times a second: a call that went is simply not spoken to
+        if call is not None:
+            call.operator_audio(pcm16, rate)
 
     def bring_in(self, call_id: str, department: str, how: BringIn, by: str) -> bool:
-        return False
+        """A person of one of the call's departments is called in (engine/handoff.py): after the
+        agent's introduction, straight into the call, or listening in on a snoop channel. True
+        when it is under way; its outcome is the call's action (history, log)."""
+        call = self.calls.calls.get(call_id)
+        return call is not None and call.actions.bring_in(department, how, by)
 
     def barge_in(self, call_id: str) -> bool:
         """Stop the agent on this call now, as if the caller had talked over it; False if there is

@@ -88,9 +88,10 @@ def outcome_of(end_reason: str | None) -> Outcome:
 
 
 class Line(BaseModel):
-    role: Literal["caller", "agent"]
+    role: Literal["caller", "agent", "note"]  # note: not spoken (an operator's instruction or take-over)
     text: str
     at: float  # wall clock
+    by: str = ""  # an operator's doing (a line they had the agent say, a note): who
 
 
 class TurnRecord(BaseModel):
@@ -125,6 +126,7 @@ class ActionEntry(BaseModel):
     target: str = ""
     state: str
     detail: str = ""
+    text: str = ""  # an operator's line or instruction
     at: float
 
 
@@ -310,8 +312,11 @@ def record_of(
         recording_started_at=s.recording_started_at,
         silences=_silences(s, wall, now_mono),
         turns=[_turn(t, start, wall) for t in s.turns if (start := t.voice_end) is not None],
-        transcript=[Line(role=t.role, text=t.text, at=round(wall + t.at, 3)) for t in s.transcript],
-        actions=[ActionEntry(kind=a.kind, by=a.by, reason=a.reason, department=a.department, target=a.target, state=a.state, detail=a.detail, at=a.at) for a in s.actions],
+        transcript=[Line(role=t.role, text=t.text, at=round(wall + t.at, 3), by=t.by) for t in s.transcript],
+        actions=[
+            ActionEntry(kind=a.kind, by=a.by, reason=a.reason, department=a.department, target=a.target, state=a.state, detail=a.detail, text=a.text, at=a.at)
+            for a in s.actions
+        ],
         quality=Quality(
             packets_in=rtp.packets, expected=rtp.expected, lost=rtp.lost, loss_pct=round(100.0 * rtp.loss_fraction, 3),
             jitter_ms=round(rtp.jitter_ms, 3), late_dropped=s.rtp_in_late, malformed=s.rtp_in_malformed,

@@ -38,6 +38,10 @@ class TurnTiming:
         self._turn = TurnTimeline(speech_end=self._clock.now(), last_voice_in=last_voice_at)
         return True
 
+    def forget(self) -> None:
+        """The turn under way is not the agent's to answer (an operator had the call)."""
+        self._turn = None
+
     def mark(self, stage: TurnStage, at: float) -> None:
         t = self._turn
         # After the first audio too: behind a hold line, the answer's own stages still count.

@@ -264,6 +264,24 @@ class ProviderCall(ABC):
         cannot speak text (the engine acts without the line)."""
         return False
 
+    async def say_next(self, text: str) -> bool:
+        """An operator's line: said as the agent's next utterance, after the answer it is giving now
+        (if any), and kept in the conversation as the agent's. Default: at once, as ``say``."""
+        return await self.say(text)
+
+    def instruct(self, text: str) -> bool:
+        """An operator's instruction: added to the agent's instructions for its later answers on
+        this call only. False: this provider has no instructions to add to."""
+        return False
+
+    def hold_answers(self, held: bool, note: str = "") -> bool:
+        """An operator takes the call over (``held``) or hands it back. While held the provider
+        still hears the caller and transcribes them (Transcript events) but answers nothing and
+        says nothing; on the hand-back ``note`` (what happened meanwhile, the caller's words in it)
+        joins the conversation's history, so that its next answer follows on. False: it cannot
+        hold its answers (the engine then refuses the take-over)."""
+        return False
+
     @abstractmethod
     async def stop(self) -> None:
         """End the call's session and release everything it holds. Must be idempotent."""

@@ -14,7 +14,7 @@ import json
 import logging
 import os
 from collections import deque
-from typing import Any
+from typing import Any, Sequence
 
 from media.audio import ulaw_to_pcm16
 from runtime.backoff import Backoff
@@ -50,11 +50,15 @@ class SessionReset(Exception):
     """The watchdog gave up on a silent server."""
 
 
-def settings_message(cfg: DeepgramProviderConfig, profile: AgentProfile, input_rate: int, greet: bool = True) -> dict[str, Any]:
+def settings_message(
+    cfg: DeepgramProviderConfig, profile: AgentProfile, input_rate: int, greet: bool = True, added: Sequence[str] = (),
+) -> dict[str, Any]:
+    """``added``: an operator's instructions for this call so far (a session opened again keeps them)."""
     out_rate = 8000 if cfg.output_encoding == "mulaw" else 16000
+    prompt = "".join((profile.instructions(), *(prompt_addition(text) for text in added)))
     agent: dict[str, Any] = {
         "listen": {"provider": {"type": "deepgram", "model": cfg.listen_model}},
-        "think": {"provider": {"type": cfg.think_provider, "model": cfg.think_model}, "prompt": profile.instructions(), "functions": action_functions(profile)},
+        "think": {"provider": {"type": cfg.think_provider, "model": cfg.think_model}, "prompt": prompt, "functions": action_functions(profile)},
         "speak": {"provider": {"type": "deepgram", "model": cfg.speak_model}},
     }
     if profile.greeting and greet:
@@ -67,6 +71,12 @@ def settings_message(cfg: DeepgramProviderConfig, profile: AgentProfile, input_r
         },
         "agent": agent,
     }
+
+
+def prompt_addition(text: str) -> str:
+    """An operator's instruction as UpdatePrompt adds it to the agent's prompt (it appends, it does
+    not replace)."""
+    return f"\n\nThe operator's instruction for this call (it comes first where it differs from the above): {text}"
 
 
 class DeepgramCall(ProviderCall):
@@ -93,6 +103,7 @@ class DeepgramCall(ProviderCall):
         self._failures = 0  # in a row, since the last good session
         self.keepalives = 0
         self.out_rate = 8000 if cfg.output_encoding == "mulaw" else 16000
+        self.instructions: list[str] = []  # an operator's, for the rest of this call
 
     def _client(self):
         return client(self.cfg, self._api_key)
@@ -167,7 +178,7 @@ class DeepgramCall(ProviderCall):
             from deepgram.agent.v1.types import AgentV1Settings
 
             # After a reconnect the caller has heard the greeting already.
-            settings = settings_message(self.cfg, self.ctx.profile, self.ctx.input_sample_rate, greet=self.connects == 1)
+            settings = settings_message(self.cfg, self.ctx.profile, self.ctx.input_sample_rate, greet=self.connects == 1, added=self.instructions)
             await sock.send_settings(AgentV1Settings.model_validate(settings))
             # No audio before SettingsApplied; other messages may come first and are handled.
             while not self._applied:
@@ -295,12 +306,38 @@ class DeepgramCall(ProviderCall):
             )
 
     async def say(self, text: str) -> bool:
+        return await self._inject(text, "interrupt")
+
+    async def say_next(self, text: str) -> bool:
+        return await self._inject(text, "queue")  # after what is queued, without cutting the agent off
+
+    async def _inject(self, text: str, behavior: str) -> bool:
         if self._sock is None or not self._applied:
             return False
         from deepgram.agent.v1.types import AgentV1InjectAgentMessage
 
-        await self._sock.send_inject_agent_message(AgentV1InjectAgentMessage(message=text, behavior="interrupt"))
+        await self._sock.send_inject_agent_message(AgentV1InjectAgentMessage(message=text, behavior=behavior))
         return True
+
+    def instruct(self, text: str) -> bool:
+        """UpdatePrompt adds to the session's prompt; a session opened again gets it in Settings."""
+        self.instructions.append(text)
+        if self._sock is not None and self._applied:
+            self._tasks.spawn(self._update_prompt(self._sock, text))
+        return True
+
+    async def _update_prompt(self, sock: Any, text: str) -> None:
+        from deepgram.agent.v1.types import AgentV1UpdatePrompt
+
+        try:
+            await sock.send_update_prompt(AgentV1UpdatePrompt(prompt=prompt_addition(text)))
+        except Exception as e:  # the session is gone: the next one's Settings carry it
+            log.warning("[%s] Deepgram UpdatePrompt not sent (%s): the next session has it", self.ctx.call_id, describe(e, self._api_key))
+
+    # hold_answers: not possible. The Voice Agent answers every turn it hears, and has no message
+    # that keeps it listening without answering; muting its audio would leave answers the caller
+    # never heard in its history. A take-over is refused on Deepgram (move the call to a pipeline
+    # provider first).
 
     async def stop(self) -> None:
         self._stopped = True

@@ -28,12 +28,13 @@ class EchoCall(ProviderCall):
         self._stopped = False
         self._anchor: float | None = None  # when the stream's first sample would have arrived
         self._samples = 0  # where the next frame starts in the caller's stream
+        self._held = False  # an operator has the call: the caller is not echoed (they would hear themselves over the operator)
 
     async def start(self) -> None:
         pass
 
     def send_audio(self, pcm16: bytes, level_dbfs: float) -> None:
-        if self._stopped:
+        if self._stopped or self._held:
             return
         now = self._loop.time()
         place = self._samples / self._ctx.input_sample_rate
@@ -48,6 +49,12 @@ class EchoCall(ProviderCall):
 
     async def cancel_response(self, played_s: float | None = None) -> None:
         self._cancel_pending()
+
+    def hold_answers(self, held: bool, note: str = "") -> bool:
+        self._held = held
+        self._anchor = None  # the schedule starts anew from the first frame after the hand-back
+        self._cancel_pending()
+        return True
 
     def _cancel_pending(self) -> None:
         while self._pending:

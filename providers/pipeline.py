@@ -51,7 +51,7 @@ from providers.remote.wyoming import WyomingServer, WyomingStt, WyomingTts
 from providers.stages import LanguageModel, Priority, Reply, Speech, SpeechToText, Stage, StageBusy, StageFailed, TextToSpeech
 from providers.profile import AgentProfile
 from providers.tools import action_for, action_functions
-from providers.answer import AnswerBegun, CallerQuiet, Heard, SentenceFeed, Speaker, Turn
+from providers.answer import CALLER_HOLDS_S, AnswerBegun, CallerQuiet, Heard, SentenceFeed, Speaker, Turn
 from providers.turns import SPEECH_DBFS, CallerTurn, Covered
 from runtime.tasks import OwnedTasks
 
@@ -87,9 +87,24 @@ class Dialogue:
         self._turns = turns  # earlier exchanges a prompt carries, at most
         self.history: list[dict[str, str]] = []
         self.offered: str | None = None
+        self.instructions: list[str] = []  # an operator's, for the rest of this call
+
+    def system(self) -> str:
+        """The profile's instructions, and the operator's for this call after them (one change of
+        the prompt's start: the LLM reads the conversation again once, at the next answer)."""
+        base = self._profile.instructions()
+        if not self.instructions:
+            return base
+        added = "\n".join(f"- {text}" for text in self.instructions)
+        return f"{base}\n\nThe operator's instructions for this call (they come first where they differ from the above):\n{added}"
 
     def messages(self, text: str) -> list[dict[str, str]]:
-        return [{"role": "system", "content": self._profile.instructions()}, *history_window(self.history, self._turns), {"role": "user", "content": text}]
+        return [{"role": "system", "content": self.system()}, *history_window(self.history, self._turns), {"role": "user", "content": text}]
+
+    def note(self, text: str) -> None:
+        """What happened while the agent was not on the line (an operator had the call): a message
+        of its own before the caller's next words."""
+        self.history.append({"role": "user", "content": text})
 
     def asked(self, text: str) -> None:
         self.history.append({"role": "user", "content": text})
@@ -298,6 +313,7 @@ class PipelineCall(ProviderCall):
         self._turn_task: asyncio.Task[Any] | None = None  # the greeting, or the answer to the last utterance
         self._turn: Turn | None = None
         self._early: AnswerBegun | None = None
+        self._held = False  # an operator has the call: the caller is transcribed, not answered
         self._caller_quiet = CallerQuiet()  # not the collector's in_speech: an answer waits on it
         self._speaker = Speaker(emit=emit, synthesize=pipeline.synthesize, clock=ctx.clock, caller_quiet=self._caller_quiet)
         self.work = ModelWork()
@@ -361,7 +377,7 @@ class PipelineCall(ProviderCall):
         says so only ``vad.end_ms`` after their last word. Begin the answer now (an action the
         words ask for is decided at the turn's end, as always)."""
         self._drop_early()
-        if (decide(text, self.profile, self._dialogue.offered) is not None or not self.profile.llm_answers
+        if (self._held or decide(text, self.profile, self._dialogue.offered) is not None or not self.profile.llm_answers
                 or self._facts.answer(text, self._clock.wall(), remember=False)):
             return  # an action, or an answer from the data: no LLM
         tools = action_functions(self.profile) if self.m.llm.calls_tools else []
@@ -437,6 +453,12 @@ class PipelineCall(ProviderCall):
                 return
             self._emit(Transcript("caller", heard))
             turn.user = heard
+            if self._held:
+                # The caller talks to the operator: their words reach the history with the
+                # hand-back's note (hold_answers), and the agent says nothing.
+                turn.recorded = True
+                self._speaker.mark("no_answer")
+                return
             if self.cfg.hold_after_ms and self.cfg.hold_line:
                 turn.hold = self._speaker.hold_line(turn, started_at + self.cfg.hold_after_ms / 1000, self.cfg.hold_line, self.m.cache)
             action = decide(heard, self.profile, self._dialogue.offered)
@@ -568,6 +590,27 @@ class PipelineCall(ProviderCall):
 
     async def say(self, text: str) -> bool:
         return await self._say(text)
+
+    async def say_next(self, text: str) -> bool:
+        """After the answer under way (its audio queued ahead of the line's), when the caller is
+        quiet (at most CALLER_HOLDS_S of their talking)."""
+        answering = self._turn_task
+        if answering is not None and not answering.done():
+            await asyncio.wait([answering])
+        await self._caller_quiet.wait(self._clock, CALLER_HOLDS_S)
+        return await self._say(text)
+
+    def instruct(self, text: str) -> bool:
+        self._dialogue.instructions.append(text)
+        return True
+
+    def hold_answers(self, held: bool, note: str = "") -> bool:
+        self._held = held
+        if held:
+            self._drop_early()
+        elif note:
+            self._dialogue.note(note)
+        return True
 
     # ---- control
     def _cancel_turn(self, played_s: float | None = None) -> None:

@@ -50,6 +50,7 @@ class ToneCall(ProviderCall):
         self._clock = ctx.clock
         self._answer: Timer | None = None  # the beep, due after the think time
         self.answers = 0
+        self._held = False  # an operator has the call: utterances are still reported, never answered
 
     async def start(self) -> None:
         pass
@@ -66,7 +67,7 @@ class ToneCall(ProviderCall):
         if fallback and ms < MIN_VOICED_MS:
             return
         self._emit(Transcript("caller", f"[{ms} ms of speech]"))
-        if self._answer is None:
+        if self._answer is None and not self._held:
             self._answer = self._clock.call_later(self._think, self._say)
 
     def _say(self) -> None:
@@ -81,6 +82,13 @@ class ToneCall(ProviderCall):
         if self._answer is not None:
             self._answer.cancel()
             self._answer = None
+
+    def hold_answers(self, held: bool, note: str = "") -> bool:
+        self._held = held
+        if held and self._answer is not None:
+            self._answer.cancel()
+            self._answer = None
+        return True
 
     async def stop(self) -> None:
         await self.cancel_response()

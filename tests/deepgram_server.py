@@ -6,7 +6,8 @@ Per connection: Welcome; the client's Settings (checked) -> SettingsApplied; the
 caller speech it hears in the binary audio (linear16): UserStartedSpeaking at its start and, after
 400 ms of silence, ConversationText(user), AgentThinking, ConversationText(assistant),
 AgentStartedSpeaking, the answer as binary u-law 8 kHz (a tone, sent faster than real time as
-the real service does) and AgentAudioDone. KeepAlive is counted. Knobs make it misbehave: drop the
+the real service does) and AgentAudioDone. KeepAlive is counted; UpdatePrompt
+is recorded and acknowledged (PromptUpdated). Knobs make it misbehave: drop the
 socket after N turns, send an Error, request a function call, or go silent.
 """
 
@@ -56,6 +57,8 @@ class Seen:
     keepalives: int = 0
     function_responses: list[dict] = field(default_factory=list)
     injected: list[str] = field(default_factory=list)  # InjectAgentMessage texts, spoken
+    injected_behaviour: list[str] = field(default_factory=list)  # their "behavior" ("" when not given)
+    prompt_updates: list[str] = field(default_factory=list)  # UpdatePrompt texts (added to the prompt)
     client_messages: list[str] = field(default_factory=list)
     answers: int = 0
 
@@ -147,8 +150,12 @@ class FakeDeepgram:
                 elif kind == "FunctionCallResponse":
                     self.seen.function_responses.append(data)
                     self._function_answered.set()
+                elif kind == "UpdatePrompt":
+                    self.seen.prompt_updates.append(data["prompt"])
+                    await ws.send_json({"type": "PromptUpdated"})
                 elif kind == "InjectAgentMessage":
                     self.seen.injected.append(data["message"])
+                    self.seen.injected_behaviour.append(data.get("behavior") or "")
                     await self._speak(ws, data["message"], 600)
         if answering is not None:
             answering.cancel()
