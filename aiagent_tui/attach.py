@@ -4,7 +4,12 @@ headless service, or another terminal app), over its console socket (engine/cons
 The app draws from the same typed snapshots as with an engine of its own: an ``AttachedEngine``
 fetches the view (the header, the call list, the selected call) a few times a second and feeds the
 event stream (log lines, transcripts) into a store of its own. Quitting detaches; the engine and
-its calls go on. Listening in (``m``) needs the engine's audio in this process: not when attached.
+its calls go on.
+
+The operator's actions (whisper, take over, hand back, bring in) are posted to the engine, which
+records them as done by this process's user ("NAME (attached)"). Listening in and taking over
+open one audio WebSocket per call (an ``_AudioLink``): the call's audio comes to the tap (the
+app's AudioMonitor, on this machine's sound device), the operator's microphone goes back.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import Any
 import aiohttp
 
 from engine.api import AudioTap, BringIn
-from engine.console import CALLS, EVENTS, RELOAD, SNAPSHOT, SUMMARY
+from engine.console import CALLS, EVENTS, RELOAD, SNAPSHOT, SUMMARY, AudioFrame
 from engine.sessions import CallSnapshot, CallSummary, SessionStore
 from engine.status import EngineSummary, ReloadResult
 from providers.base import Readiness
@@ -27,6 +32,7 @@ from providers.base import Readiness
 log = logging.getLogger(__name__)
 
 POLL_S = 0.25
+MIC_BACKLOG = 25  # the operator's 20 ms frames waiting for the socket: past this the oldest go
 
 
 class AttachError(Exception):
@@ -57,6 +63,57 @@ class MirrorStore(SessionStore):
         return len(self.calls)
 
 
+class _AudioLink:
+    """One call's audio socket: the engine's frames to ``tap``, the operator's microphone to the
+    engine. Ends when the engine closes it (the call ended: said in the log) or on ``close``."""
+
+    def __init__(self, engine: AttachedEngine, call_id: str) -> None:
+        self.engine = engine
+        self.call_id = call_id
+        self.tap: AudioTap | None = None
+        self.mic: asyncio.Queue[bytes] = asyncio.Queue(MIC_BACKLOG)
+        self.task = asyncio.create_task(self._run())
+
+    def send(self, pcm16: bytes, rate: int) -> None:
+        if self.mic.full():  # the socket is not keeping up: the operator's oldest audio goes
+            self.mic.get_nowait()
+        self.mic.put_nowait(AudioFrame("operator", rate, pcm16).encode())
+
+    async def _run(self) -> None:
+        why = "stopped"
+        try:
+            async with self.engine.http.ws_connect(f"/calls/{self.call_id}/audio", params={"side": "both"}, heartbeat=10.0) as ws:
+                sender = asyncio.create_task(self._send(ws))
+                try:
+                    while True:
+                        msg = await ws.receive()
+                        if msg.type is aiohttp.WSMsgType.BINARY:
+                            if self.tap is not None:
+                                frame = AudioFrame.decode(msg.data)
+                                self.tap(frame.side, frame.pcm16, frame.rate)
+                        elif msg.type is not aiohttp.WSMsgType.TEXT:
+                            # The engine says why it closed (the call ended, it is stopping).
+                            why = msg.extra if msg.type is aiohttp.WSMsgType.CLOSE and msg.extra else f"the socket closed ({ws.close_code})"
+                            break
+                finally:
+                    sender.cancel()
+        except asyncio.CancelledError:
+            raise
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as e:
+            why = f"{e.__class__.__name__}: {e}"
+        finally:
+            if self.engine._links.get(self.call_id) is self:
+                del self.engine._links[self.call_id]
+        self.engine.store.log(self.call_id, logging.INFO, f"the call's audio stopped: {why}")
+
+    async def _send(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        while True:
+            await ws.send_bytes(await self.mic.get())
+
+    def close(self) -> None:
+        self.task.cancel()
+
+
 class AttachedEngine:
     """The EngineView of an engine behind its console socket."""
 
@@ -69,6 +126,7 @@ class AttachedEngine:
         self._departments: dict[str, str] = {}
         self._http: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[Any]] = []
+        self._links: dict[str, _AudioLink] = {}  # call id -> its audio socket
 
     @property
     def default_provider(self) -> str:
@@ -96,6 +154,10 @@ class AttachedEngine:
         self._tasks = [asyncio.create_task(self._owned(self._poll(), "view")), asyncio.create_task(self._owned(self._follow(), "events"))]
 
     async def close(self) -> None:
+        links = [link.task for link in self._links.values()]
+        for link in list(self._links.values()):
+            link.close()
+        await asyncio.gather(*links, return_exceptions=True)
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -172,24 +234,30 @@ class AttachedEngine:
         task.add_done_callback(self._tasks.remove)
         return True
 
-    # ---- the operator in the loop (stubs: the operator work fills them)
+    # ---- the operator in the loop: ``by`` is the engine's to say (this socket's user, "NAME (attached)")
     def operator_say(self, call_id: str, text: str, by: str) -> bool:
-        return False
+        return self._post_later(f"/calls/{call_id}/say", {"text": text})
 
     def operator_instruct(self, call_id: str, text: str, by: str) -> bool:
-        return False
+        return self._post_later(f"/calls/{call_id}/instruct", {"text": text})
 
     def take_over(self, call_id: str, by: str) -> bool:
-        return False
+        return self._post_later(f"/calls/{call_id}/take-over")
 
     def hand_back(self, call_id: str, by: str) -> bool:
-        return False
+        return self._post_later(f"/calls/{call_id}/hand-back")
 
     def operator_audio(self, call_id: str, pcm16: bytes, rate: int) -> None:
-        return None
+        self._link(call_id).send(pcm16, rate)
 
     def bring_in(self, call_id: str, department: str, how: BringIn, by: str) -> bool:
-        return False
+        return self._post_later(f"/calls/{call_id}/bring-in", {"department": department, "how": how})
+
+    def _link(self, call_id: str) -> _AudioLink:
+        link = self._links.get(call_id)
+        if link is None:
+            link = self._links[call_id] = _AudioLink(self, call_id)
+        return link
 
     def barge_in(self, call_id: str) -> bool:
         return self._post_later(f"/calls/{call_id}/barge-in")
@@ -207,7 +275,15 @@ class AttachedEngine:
         return await self._post("/provider", {"name": name, "call": call_id})
 
     def set_audio_tap(self, call_id: str, tap: AudioTap | None) -> bool:
-        return False
+        """The call's audio over its own socket (the engine closes it when the call ends)."""
+        if tap is None:
+            if (link := self._links.pop(call_id, None)) is not None:
+                link.close()
+            return True
+        if not any(c.call_id == call_id for c in self.store.calls):
+            return False
+        self._link(call_id).tap = tap
+        return True
 
     async def reload(self) -> ReloadResult:
         """The engine reads its config file again (its own file and environment)."""

@@ -1,28 +1,47 @@
-"""Listening on this machine's sound device (sounddevice/PortAudio): in on a live call, or to a
-recorded one.
+"""This machine's sound device (sounddevice/PortAudio): listening in on a live call or to a recorded
+one, and the operator's microphone when they take a call over.
 
-The engine hands over the caller's and the agent's audio as it flows; AudioMonitor mixes the two
-at 8 kHz and plays them. Replay plays a recording (both sides mixed) and knows where it is, for the
-transcript to follow. On a PBX with no sound device (the usual case) they say so instead."""
+The engine (or, attached, the console socket) hands over the caller's and the agent's audio as it
+flows; AudioMonitor plays both sides mixed at 8 kHz, or one side alone. Replay plays a recording
+(both sides mixed) and knows where it is, for the transcript to follow. OperatorMic records the
+operator at 8 kHz in 20 ms frames for the engine's ``operator_audio``. On a PBX with no sound device
+(the usual case) they say so in plain words: listen from a laptop, attached over SSH. The devices
+are injectable (``open_output``, ``open_input``) for tests and for machines without a sound card."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import wave
 from collections import deque
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Literal, Protocol
 
 import numpy as np
 
 from media.audio import Resampler
+from media.frames import FRAME_SAMPLES, RATE
 
-RATE = 8000
 MAX_BUFFER_S = 2.0  # a listener further behind than this skips ahead
+
+# What an operator listens to: both sides mixed, or one alone.
+Side = Literal["both", "caller", "agent"]
+
+# PortAudio's own words for "no device" ("Error querying device -1") tell an operator nothing.
+NO_OUTPUT = "no sound device on this machine: listen from a laptop with `aiagent-tui attach` over SSH port forwarding (docs/operations.md)"
+NO_INPUT = "no microphone on this machine: take the call over from a laptop with `aiagent-tui attach` over SSH port forwarding (docs/operations.md)"
 
 
 class MonitorUnavailable(Exception):
     pass
+
+
+def _sounddevice(no_device: str) -> Any:
+    try:
+        import sounddevice as sd
+    except OSError as e:  # PortAudio itself is missing
+        raise MonitorUnavailable(f"{no_device}; or install the PortAudio library here (libportaudio2): {e}") from e
+    return sd
 
 
 # PortAudio's callback: (out int16[frames, 1], frames, time info, status).
@@ -35,18 +54,15 @@ class Output(Protocol):
     def close(self) -> None: ...
 
 
-class _SoundDevice:
+class SoundDevice:
     """The default output device, 8 kHz mono, pulling audio from ``callback`` on PortAudio's thread."""
 
     def __init__(self, callback: Callback) -> None:
-        try:
-            import sounddevice as sd
-        except OSError as e:  # PortAudio itself is missing
-            raise MonitorUnavailable(f"no PortAudio library ({e}); install libportaudio2") from e
+        sd = _sounddevice(NO_OUTPUT)
         try:
             info = sd.query_devices(kind="output")
-        except Exception as e:
-            raise MonitorUnavailable(f"no audio output device on this machine ({e})") from e
+        except Exception as e:  # PortAudio: "Error querying device -1"
+            raise MonitorUnavailable(NO_OUTPUT) from e
         self.device = str(info.get("name", "default output"))
         try:
             self._stream = sd.OutputStream(samplerate=RATE, channels=1, dtype="int16", callback=callback)
@@ -66,8 +82,11 @@ OpenOutput = Callable[[Callback], Output]
 
 
 class AudioMonitor:
-    def __init__(self, call_id: str, open_output: OpenOutput = _SoundDevice) -> None:
+    """A live call on the sound device: ``feed`` is the engine's AudioTap; ``side`` what is played."""
+
+    def __init__(self, call_id: str, open_output: OpenOutput = SoundDevice, side: Side = "both") -> None:
         self.call_id = call_id
+        self.side: Side = side
         self._lock = threading.Lock()
         self._queues: dict[str, deque[np.ndarray]] = {"caller": deque(), "agent": deque()}
         self._resamplers: dict[tuple[str, int], Resampler] = {}
@@ -76,6 +95,8 @@ class AudioMonitor:
 
     def feed(self, source: str, pcm16: bytes, rate: int) -> None:
         """Called by the engine on its loop: must be quick."""
+        if source not in self._queues or self.side not in ("both", source):
+            return
         if rate != RATE:
             key = (source, rate)
             if key not in self._resamplers:
@@ -111,11 +132,70 @@ class AudioMonitor:
         self._out.close()
 
 
+# PortAudio's input callback: (in int16[frames, 1], frames, time info, status).
+InputCallback = Callable[[np.ndarray, int, Any, Any], None]
+
+
+class Input(Protocol):
+    device: str
+
+    def close(self) -> None: ...
+
+
+class Microphone:
+    """The default input device, 8 kHz mono in 20 ms blocks, handed to ``callback`` on PortAudio's thread."""
+
+    def __init__(self, callback: InputCallback) -> None:
+        sd = _sounddevice(NO_INPUT)
+        try:
+            info = sd.query_devices(kind="input")
+        except Exception as e:  # PortAudio: "Error querying device -1"
+            raise MonitorUnavailable(NO_INPUT) from e
+        self.device = str(info.get("name", "default input"))
+        try:
+            self._stream = sd.InputStream(samplerate=RATE, channels=1, dtype="int16", blocksize=FRAME_SAMPLES, callback=callback)
+            self._stream.start()
+        except Exception as e:
+            raise MonitorUnavailable(f"cannot open {self.device}: {e}") from e
+
+    def close(self) -> None:
+        try:
+            self._stream.stop()
+            self._stream.close()
+        except Exception:
+            pass
+
+
+OpenInput = Callable[[InputCallback], Input]
+
+
+class OperatorMic:
+    """The operator's microphone while they have the call: each block goes to ``send(pcm16, rate)``
+    on the event loop that opened it (the engine's ``operator_audio`` is not thread-safe)."""
+
+    def __init__(self, call_id: str, send: Callable[[bytes, int], None], open_input: OpenInput = Microphone) -> None:
+        self.call_id = call_id
+        self._send = send
+        self._loop = asyncio.get_running_loop()
+        self._in = open_input(self._record)
+        self.device = self._in.device
+
+    def _record(self, indata, frames, time_info, status) -> None:  # PortAudio's thread
+        pcm16 = np.ascontiguousarray(indata[:, 0], dtype=np.int16).tobytes()
+        try:
+            self._loop.call_soon_threadsafe(self._send, pcm16, RATE)
+        except RuntimeError:  # the loop closed under a device still running
+            pass
+
+    def close(self) -> None:
+        self._in.close()
+
+
 class Replay:
     """A recorded call on the sound device, both sides mixed; ``position_s`` is what has been played.
     Space pauses (the device plays silence meanwhile)."""
 
-    def __init__(self, path: str | Path, open_output: OpenOutput = _SoundDevice) -> None:
+    def __init__(self, path: str | Path, open_output: OpenOutput = SoundDevice) -> None:
         try:
             with wave.open(str(path)) as w:
                 if (w.getnchannels(), w.getsampwidth(), w.getframerate()) != (2, 2, RATE):

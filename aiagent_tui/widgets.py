@@ -191,9 +191,12 @@ class TranscriptPane(Pane):
         self.show_content(lines if lines.plain else Text("no words yet", style="dim"))
 
 
+_ROLES = {"caller": Text("caller ", style="bold cyan"), "agent": Text("agent  ", style="bold magenta"), "note": Text("note   ", style="bold yellow")}
+
+
 def _turn(t: TranscriptTurn) -> Text:
-    who = Text("caller ", style="bold cyan") if t.role == "caller" else Text("agent  ", style="bold magenta")
-    return Text.assemble(who, t.text)
+    """A line of the transcript; an operator's (a line they had the agent say, a note) names them."""
+    return Text.assemble(_ROLES[t.role], t.text, (f"  ({t.by})" if t.by else "", "yellow"))
 
 
 class TimelinePane(Pane):

@@ -51,6 +51,9 @@ class ScriptedEngine:
         self.problems = problems
         self.model_queues: tuple[ModelQueue, ...] = ()
         self.commands: list[tuple[str, ...]] = []
+        self.taps: dict[str, AudioTap] = {}  # the listeners set on each call: a test plays audio into them
+        self.operator_frames: list[tuple[str, bytes, int]] = []  # (call id, pcm16, rate) from the operator's microphone
+        self.refuse: set[str] = set()  # operator actions (say, take_over, ...) this engine says no to
 
     def add_call(self, number: str, started_s_ago: float, state: ConversationState, **kw: Any) -> CallSession:
         cid = f"1790000{len(self.store):03d}.{number[-4:]}"
@@ -135,24 +138,28 @@ class ScriptedEngine:
             "tone": Readiness(False, "not loaded"),
         }
 
-    # ---- the operator in the loop (stubs: the operator work fills them)
+    # ---- the operator in the loop: recorded in ``commands``, refused for the names in ``refuse``
+    def _operator(self, action: str, call_id: str, *args: str) -> bool:
+        self.commands.append((action, call_id, *args))
+        return action not in self.refuse and self.store.get(call_id) is not None
+
     def operator_say(self, call_id: str, text: str, by: str) -> bool:
-        return False
+        return self._operator("say", call_id, text, by)
 
     def operator_instruct(self, call_id: str, text: str, by: str) -> bool:
-        return False
+        return self._operator("instruct", call_id, text, by)
 
     def take_over(self, call_id: str, by: str) -> bool:
-        return False
+        return self._operator("take_over", call_id, by)
 
     def hand_back(self, call_id: str, by: str) -> bool:
-        return False
+        return self._operator("hand_back", call_id, by)
 
     def operator_audio(self, call_id: str, pcm16: bytes, rate: int) -> None:
-        return None
+        self.operator_frames.append((call_id, pcm16, rate))
 
     def bring_in(self, call_id: str, department: str, how: BringIn, by: str) -> bool:
-        return False
+        return self._operator("bring_in", call_id, department, how, by)
 
     def barge_in(self, call_id: str) -> bool:
         self.commands.append(("barge_in", call_id))
@@ -179,6 +186,10 @@ class ScriptedEngine:
 
     def set_audio_tap(self, call_id: str, tap: AudioTap | None) -> bool:
         self.commands.append(("tap", call_id, "on" if tap else "off"))
+        if tap is None:
+            self.taps.pop(call_id, None)
+        else:
+            self.taps[call_id] = tap
         return True
 
 

@@ -4,6 +4,7 @@ the keys that act on the selected call. The app hands it the engine's events and
 from __future__ import annotations
 
 import dataclasses
+import getpass
 import json
 import logging
 import time
@@ -21,17 +22,23 @@ from textual.screen import Screen
 from textual.widgets import Footer, RichLog, Static
 
 from aiagent_tui.call_list import CallList
-from aiagent_tui.monitor import AudioMonitor, MonitorUnavailable
+from aiagent_tui.monitor import AudioMonitor, Microphone, MonitorUnavailable, OpenInput, OpenOutput, OperatorMic, Side, SoundDevice
 from aiagent_tui.screens.call_detail import Diagnose
 from aiagent_tui.screens.confirm import ConfirmScreen
 from aiagent_tui.screens.history import HistoryScreen
 from aiagent_tui.screens.host import CallsHost
 from aiagent_tui.screens.log import LogScreen
+from aiagent_tui.screens.operator import SIDES, BringInChoice, BringInScreen, ListenScreen, OperatorBanner, Whisper, WhisperScreen
 from aiagent_tui.screens.provider import ProviderScreen
 from aiagent_tui.screens.transfer import TransferScreen
 from aiagent_tui.widgets import GatingPane, HeaderBar, LevelSparkline, RtpPane, TimelinePane, TranscriptPane, VadPane
 from engine.api import EngineView
 from engine.sessions import CallEnded, CallStarted, SessionEvent, TranscriptAdded
+
+
+def operator_name() -> str:
+    """Who acts, for the call's history (attached, the engine names the socket's user instead)."""
+    return f"{getpass.getuser()} (local)"
 
 
 class CallsScreen(Screen[None]):
@@ -40,6 +47,9 @@ class CallsScreen(Screen[None]):
         Binding("p", "provider", "provider"),
         Binding("b", "barge_in", "barge-in"),
         Binding("m", "monitor", "monitor"),
+        Binding("w", "whisper", "whisper"),
+        Binding("k", "take_over", "take over"),
+        Binding("i", "bring_in", "bring in"),
         Binding("t", "transfer", "transfer"),
         Binding("h", "hangup", "hang up"),
         Binding("d", "dump", "dump"),
@@ -51,6 +61,12 @@ class CallsScreen(Screen[None]):
         Binding("c", "copy_id", "copy id", show=False),
         Binding("L", "full_log", "log", show=False),
     ]
+
+    # This machine's sound devices (tests and screenshots put fakes here); the microphone is open
+    # while this operator has a call (k).
+    open_output: OpenOutput = SoundDevice
+    open_input: OpenInput = Microphone
+    mic: OperatorMic | None = None
 
     def __init__(self, *, dump_dir: Path, history_url: str | None, diagnose_call: Diagnose) -> None:
         super().__init__()
@@ -134,6 +150,7 @@ class CallsScreen(Screen[None]):
             case CallEnded(call_id=cid, snapshot=snapshot):
                 self.partials.pop(cid, None)
                 self.calls.call_ended(snapshot)
+                self._operator_call_ended(cid)
 
     def write_log(self, line: Text) -> None:
         self.query_one("#log", RichLog).write(line)
@@ -162,9 +179,9 @@ class CallsScreen(Screen[None]):
         self.query_one(TimelinePane).show(c)
 
     def stop_monitor(self) -> None:
-        if self.monitor is not None:
-            self.monitor.close()
-            self.monitor = None
+        """Off this machine's sound devices: the listening, and the microphone (the app is going)."""
+        self.stop_listening()
+        self._close_mic()
 
     # ---- keys
     def on_key(self, event: events.Key) -> None:
@@ -282,27 +299,145 @@ class CallsScreen(Screen[None]):
             self.notify(f"provider {name}: {e}", severity="error", timeout=8)
 
     def action_monitor(self) -> None:
+        """m: listen in on this machine's sound device (both sides or one); m again stops."""
         cid = self._need_call()
         if cid is None or self.engine is None:
             return
         if self.monitor is not None:
-            self.engine.set_audio_tap(self.monitor.call_id, None)
             was = self.monitor.call_id
-            self.stop_monitor()
+            self.stop_listening()
             if was == cid:
                 self.notify("monitor off")
                 return
-        if not self.engine.set_audio_tap(cid, None):
-            self.notify("cannot monitor: the call's audio is in the engine's process (attached)", severity="warning", timeout=8)
+        monitor = self._open_monitor(cid)
+        if monitor is None:
+            return
+
+        def chosen(side: Side | None) -> None:
+            if side is None:
+                monitor.close()
+            else:
+                self._listen(monitor, side)
+
+        self.app.push_screen(ListenScreen(self._caller(cid), monitor.device), chosen)
+
+    def stop_listening(self) -> None:
+        if self.monitor is not None:
+            if self.engine is not None:
+                self.engine.set_audio_tap(self.monitor.call_id, None)
+            self.monitor.close()
+            self.monitor = None
+
+    def _open_monitor(self, cid: str) -> AudioMonitor | None:
+        try:
+            return AudioMonitor(cid, self.open_output)
+        except MonitorUnavailable as e:
+            self.notify(f"cannot monitor: {e}", severity="warning", timeout=12)
+            self.agent_app.write_log(cid, f"monitor unavailable: {e}", logging.WARNING)
+            return None
+
+    def _listen(self, monitor: AudioMonitor, side: Side) -> bool:
+        monitor.side = side
+        if self.engine is None or not self.engine.set_audio_tap(monitor.call_id, monitor.feed):
+            monitor.close()
+            self.notify("cannot monitor: the call has ended", severity="warning")
+            return False
+        self.monitor = monitor
+        self.notify(f"listening to {monitor.call_id[-8:]} ({SIDES[side]}) on {monitor.device}; m stops")
+        return True
+
+    def _caller(self, cid: str) -> str:
+        snap = self.engine.store.snapshot(cid) if self.engine is not None else None
+        return snap.caller_number if snap is not None and snap.caller_number else "an unknown number"
+
+    def action_whisper(self) -> None:
+        """w: a line the agent says next, or an instruction for the rest of the call."""
+        cid = self._need_call()
+        if cid is None or self.engine is None:
+            return
+
+        def sent(whisper: Whisper | None) -> None:
+            if whisper is None or self.engine is None:
+                return
+            act = self.engine.operator_instruct if whisper.instruct else self.engine.operator_say
+            what = "instruction" if whisper.instruct else "line for the agent"
+            if act(cid, whisper.text, operator_name()):
+                self.notify(f"{what} sent to {cid[-8:]}: {whisper.text}")
+            else:
+                self.notify(f"{what} refused: {cid[-8:]} is ending, or its agent is not taking lines", severity="error")
+
+        self.app.push_screen(WhisperScreen(self._caller(cid)), sent)
+
+    def action_take_over(self) -> None:
+        """k: the operator talks to the caller (microphone), the agent silent; k again hands back."""
+        cid = self._need_call()
+        if cid is None or self.engine is None:
+            return
+        engine = self.engine
+        if self.mic is not None:
+            if self.mic.call_id != cid:
+                self.notify(f"you have the call {self.mic.call_id[-8:]}: select it and press k to hand it back first", severity="warning", timeout=8)
+                return
+            ok = engine.hand_back(cid, operator_name())
+            self._close_mic()
+            self.notify("handed the call back to the agent (m stops listening)" if ok else f"hand back refused: {cid[-8:]} is ending", severity="information" if ok else "error")
             return
         try:
-            self.monitor = AudioMonitor(cid)
+            # The microphone first: a caller taken over by an operator who cannot speak hears nothing.
+            mic = OperatorMic(cid, lambda pcm16, rate: engine.operator_audio(cid, pcm16, rate), self.open_input)
         except MonitorUnavailable as e:
-            self.notify(f"cannot monitor: {e}", severity="warning", timeout=8)
-            self.agent_app.write_log(cid, f"monitor unavailable: {e}", logging.WARNING)
+            self.notify(f"cannot take over: {e}", severity="warning", timeout=12)
+            self.agent_app.write_log(cid, f"take over unavailable: {e}", logging.WARNING)
             return
-        self.engine.set_audio_tap(cid, self.monitor.feed)
-        self.notify(f"monitoring {cid[-8:]} on {self.monitor.device}")
+        if not engine.take_over(cid, operator_name()):
+            mic.close()
+            self.notify(f"take over refused: {cid[-8:]} is ending or acting", severity="error")
+            return
+        self.mic = mic
+        # The operator hears the call (both sides) while they have it.
+        if self.monitor is None or self.monitor.call_id != cid:
+            self.stop_listening()
+            if (monitor := self._open_monitor(cid)) is not None:
+                self._listen(monitor, "both")
+        caller = self._caller(cid)
+        self.mount(OperatorBanner(f"● you have the call from {caller} ({cid[-8:]}): talk into {mic.device}; k hands it back to the agent"), before="#body")
+        self.notify(f"you have the call from {caller}: the agent is silent; k hands it back")
+
+    def _close_mic(self) -> None:
+        if self.mic is not None:
+            self.mic.close()
+            self.mic = None
+        for banner in self.query(OperatorBanner):
+            banner.remove()
+
+    def _operator_call_ended(self, cid: str) -> None:
+        """The call this operator listens to or has taken over ended: the devices close."""
+        if self.mic is not None and self.mic.call_id == cid:
+            self._close_mic()
+            self.notify(f"the call you had ({cid[-8:]}) has ended", severity="warning")
+        if self.monitor is not None and self.monitor.call_id == cid:
+            self.stop_listening()
+            self.notify(f"monitor off: {cid[-8:]} has ended")
+
+    def action_bring_in(self) -> None:
+        """i: a person from one of the call's departments joins it (introduced, bridged or snooping)."""
+        cid = self._need_call()
+        if cid is None or self.engine is None:
+            return
+        departments = self.engine.departments(cid)
+        if not departments:
+            self.notify("this call's profile has no departments to bring a person in from", severity="warning")
+            return
+
+        def chosen(choice: BringInChoice | None) -> None:
+            if choice is None or self.engine is None:
+                return
+            if self.engine.bring_in(cid, choice.department, choice.how, operator_name()):
+                self.notify(f"bringing {choice.department} into {cid[-8:]} ({choice.how})")
+            else:
+                self.notify(f"bring in refused: {cid[-8:]} is ending or already acting", severity="error")
+
+        self.app.push_screen(BringInScreen(departments), chosen)
 
     def action_dump(self) -> None:
         cid = self._need_call()
