@@ -252,3 +252,71 @@ async def test_a_history_it_cannot_open_does_not_stop_the_engine_and_health_name
         assert "cannot write to postgresql+psycopg://aiagent:***@127.0.0.1:1/history" in caplog.text and "s3cret" not in caplog.text
     finally:
         await eng.stop()
+
+
+async def test_the_history_screen_flags_calls_and_follows_a_call_that_ends_while_it_is_open(tmp_path):
+    """H, open while a call is live: the flag column marks the call the diagnosis flags (bad: its
+    agent audio went out 239 ms late); the list reads itself again, so the live call turns to its
+    outcome when its caller hangs up and a new call comes in at the top, with the filter and the
+    highlighted call kept and the highlighted call's diagnosis under the list."""
+    from textual.widgets import DataTable, Input, Static
+
+    from aiagent_tui.app import AiAgentApp
+    from aiagent_tui.runtime import Runtime
+    from aiagent_tui.screens.history import HistoryScreen
+    from engine.history import Quality, database_url
+    from pbxsim.script import Pause
+    from tests.conftest import until
+    from tests.test_tui import app_config
+
+    cfg = app_config(tmp_path)
+    url = database_url(cfg)
+    app = AiAgentApp(rt := Runtime(cfg, sim=True, demo_interval_s=None), dump_dir=tmp_path, history_url=url)
+    db = HistoryDb(url)
+    hour_ago = time.time() - 3600
+
+    def record(call_id: str, started_at: float, **kw) -> CallRecord:
+        return CallRecord(call_id=call_id, started_at=started_at, ended_at=started_at + 30, duration_s=30, profile="default",
+                          outcome="caller_hung_up", end_reason="caller hung up", **kw)
+
+    try:
+        async with app.run_test(size=(120, 40)) as pilot:
+            await until(pilot, lambda: rt.engine is not None and rt.engine.ari_connected and rt.pbx is not None)
+            await asyncio.to_thread(db.create)
+            gap = record("gap-call", hour_ago, quality=Quality(packets_out=1500, underruns=3, max_pacing_error_ms=239.0))
+            await asyncio.to_thread(db.save, [gap])
+            live = rt.pbx.place_call(script=[Pause(8.0)], caller_number="5550177")
+            await wait_for(lambda: asyncio.to_thread(db.get, live.id), interval=0.1, until=lambda r: r is not None and r.outcome == "live",
+                           what="the live call's row in the history")
+
+            await pilot.press("H")
+            await until(pilot, lambda: isinstance(app.screen, HistoryScreen))
+            screen = app.screen
+            assert isinstance(screen, HistoryScreen)
+            table = screen.query_one(DataTable)
+            await until(pilot, lambda: table.row_count == 2)
+            assert [str(c.label) for c in table.columns.values()] == ["started", "length", "caller", "dialled", "profile", "outcome", "flag", "turns"]
+            flag = table.get_cell("gap-call", "flag")
+            assert flag.plain == "!! bad" and str(flag.style) == "bold red"
+            assert table.get_cell(live.id, "length") == "live" and table.get_cell(live.id, "outcome").plain == "live"
+            assert table.get_cell(live.id, "flag").plain == ""
+
+            await pilot.press("slash", *"profile:default", "enter")
+            await until(pilot, lambda: "profile default" in str(screen.query_one("#history-head", Static).content))
+            await pilot.press("down")  # the older call: it stays highlighted as rows change
+            assert screen.highlighted == "gap-call"
+            verdict = screen.query_one("#history-verdict", Static)
+            await until(pilot, lambda: str(verdict.content).startswith("diagnosis: bad: the agent's audio packets went out up to 239 ms late"))
+            await asyncio.to_thread(db.save, [record("new-call", time.time()), record("other-profile", time.time()).model_copy(update={"profile": "sales"})])
+
+            await until(pilot, lambda: table.get_cell(live.id, "outcome").plain == "caller hung up", timeout=30,
+                        what="the live call's row turned to its outcome")
+            assert table.get_cell(live.id, "length") != "live" and str(table.get_cell(live.id, "outcome").style) == "green"
+            await until(pilot, lambda: table.row_count == 3)
+            assert [k.value for k in table.rows] == ["new-call", live.id, "gap-call"]  # the filter kept: no call of profile sales
+            assert screen.highlighted == "gap-call" and screen.query_one(Input).value == "profile:default"
+            assert str(verdict.content).startswith("diagnosis: bad: ")
+            await pilot.press("escape")
+            await pilot.press("q", "y")
+    finally:
+        db.close()
