@@ -46,6 +46,7 @@ async def test_diagnose_names_a_slow_llm_packet_loss_and_a_provider_failure_inje
             bad = pbx.place_call(script=[WaitAgentDone(0.8, 30.0), *QUESTION, *QUESTION], caller_number="5550199")
             await wait_for(bad.finished.is_set, timeout=180)
             bad_rec = await history_of(eng, bad.id)
+            apology = eng.config.providers.local.apology
     finally:
         await pbx.stop()
 
@@ -57,6 +58,9 @@ async def test_diagnose_names_a_slow_llm_packet_loss_and_a_provider_failure_inje
     assert {"loss", "provider_error", "slow_turns"} <= set(by_kind), d
     assert 3.0 < bad_rec.quality.loss_pct < 8.0
     assert "injected" in by_kind["provider_error"].says
+    # The lost turn was answered with the apology: the transcript has it, so the diagnosis says so.
+    lost = next(f for f in diagnose(bad_rec, Norms(), apology=apology).findings if f.kind == "turns_failed")
+    assert bad_rec.turns_failed == 1 and lost.evidence[0] == "the caller heard the apology 1 time(s)"
     assert "the LLM's first sentence" in by_kind["slow_turns"].says
     assert d.level == "bad" and d.headline.startswith("bad: ") and by_kind["slow_turns"].says in d.headline
 
