@@ -27,11 +27,12 @@ from engine.status import EngineSummary, ModelQueue, ReloadResult
 from providers.base import Readiness
 
 NOW = 5000.0
+WALL_NOW = 1_790_000_000.0  # the wall clock's now, as frozen below
 
 
 def freeze_session_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     """Call durations and packet ages are read from this clock: a screenshot stays the same."""
-    monkeypatch.setattr(sessions, "time", SimpleNamespace(monotonic=lambda: NOW, time=lambda: 1_790_000_000.0))
+    monkeypatch.setattr(sessions, "time", SimpleNamespace(monotonic=lambda: NOW, time=lambda: WALL_NOW))
 
 
 def _stream(session: CallSession, packets: int, lost: set[int], start: float) -> None:
@@ -150,10 +151,18 @@ class ScriptedEngine:
         return self._operator("instruct", call_id, text, by)
 
     def take_over(self, call_id: str, by: str) -> bool:
-        return self._operator("take_over", call_id, by)
+        if ok := self._operator("take_over", call_id, by):
+            call = self.store.get(call_id)
+            assert call is not None
+            call.operator, call.operator_since, call.conversation = by, WALL_NOW, ConversationState.OPERATOR
+        return ok
 
     def hand_back(self, call_id: str, by: str) -> bool:
-        return self._operator("hand_back", call_id, by)
+        if ok := self._operator("hand_back", call_id, by):
+            call = self.store.get(call_id)
+            assert call is not None
+            call.operator, call.operator_since, call.conversation = "", None, ConversationState.LISTENING
+        return ok
 
     def operator_audio(self, call_id: str, pcm16: bytes, rate: int) -> None:
         self.operator_frames.append((call_id, pcm16, rate))
