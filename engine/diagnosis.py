@@ -113,8 +113,8 @@ def _ending(rec: CallRecord, found: list[Finding]) -> None:
         ))
     elif (level := verdicts.outcome_level(rec.outcome)) not in (None, "ok"):  # as Asterisk reported it (a transfer that failed...)
         found.append(Finding(
-            "outcome", level, f"the call ended {rec.outcome.replace('_', ' ')}" + (f": {rec.end_reason}" if rec.end_reason else ""),
-            [f"ended {_offset(rec, rec.ended_at or rec.started_at)}"],
+            "outcome", level, f"the call ended {rec.outcome.replace('_', ' ')}",
+            [f"ended {_offset(rec, rec.ended_at or rec.started_at)}" + (f": {rec.end_reason}" if rec.end_reason else "")],
         ))
 
 

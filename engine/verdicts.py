@@ -71,18 +71,16 @@ def silence_s(norms: Norms) -> Threshold:
     return Threshold("silence", "s", norms.silence_s, 2 * norms.silence_s, "dead air: nobody speaking, no answer on the way")
 
 
-# How a call ended (engine/history.py's outcomes): what the caller got. ``live`` has no verdict yet.
+# How a call ended (engine/history.py's outcomes, from what Asterisk reported): what the caller
+# got. ``live`` has no verdict yet.
 OUTCOME_LEVEL: dict[str, Level] = {
-    "answered": "ok",
-    "completed": "ok",
     "caller_hung_up": "ok",
     "agent_hung_up": "ok",
     "operator_hung_up": "ok",
     "transferred": "ok",
     "brought_in": "ok",
     "shutdown": "warn",  # the engine was stopped: the caller was cut off, on purpose
-    "transfer_failed": "bad",
-    "dropped": "bad",
+    "transfer_failed": "bad",  # the PBX dropped the caller instead of putting them through
     "failed": "bad",
     "interrupted": "bad",
     "refused": "bad",

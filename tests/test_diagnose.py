@@ -181,12 +181,18 @@ def test_an_outcome_is_a_success_or_a_failure_from_one_table():
     in the diagnosis and coloured red in the history; a success green; a live call neither."""
     for outcome in ("caller_hung_up", "agent_hung_up", "operator_hung_up", "transferred"):
         assert verdicts.outcome_level(outcome) == "ok" and verdicts.outcome_style(outcome) == "green"
-    for outcome in ("failed", "interrupted", "refused", "transfer_failed", "dropped"):
+    for outcome in ("failed", "interrupted", "refused", "transfer_failed"):
         assert verdicts.outcome_level(outcome) == "bad" and verdicts.outcome_style(outcome) == "bold red"
     assert verdicts.outcome_level("live") is None and verdicts.outcome_style("live") == "bold cyan"
-    assert set(OUTCOMES) - {"live"} <= set(verdicts.OUTCOME_LEVEL)  # every outcome the history writes has its verdict
+    assert set(OUTCOMES) - {"live"} == set(verdicts.OUTCOME_LEVEL)  # every outcome the history writes has its verdict
     d = diagnose(_record(outcome="shutdown", end_reason="engine shutdown"), Norms())
-    assert d.level == "warn" and d.flagged[0].says == "the call ended shutdown: engine shutdown"
+    assert d.level == "warn" and d.flagged[0].says == "the call ended shutdown" and d.flagged[0].evidence[0].endswith(": engine shutdown")
+    # A transfer the PBX dropped: the outcome and the failed transfer, both bad, the transfer's own words beside.
+    failed = ActionEntry(kind="transfer", by="agent", reason="wants sales", department="sales", target="299@from-internal",
+                         state="failed", detail="the PBX dropped the caller: no extension 299", at=1_000_050.0)
+    d = diagnose(_record(outcome="transfer_failed", end_reason="transferred to sales (299@from-internal)", actions=[failed]), Norms())
+    assert [(f.kind, f.level) for f in d.flagged] == [("outcome", "bad"), ("action_failed", "bad")]
+    assert d.headline.startswith("bad: the call ended transfer failed; the transfer to sales (299@from-internal) asked for by agent failed: the PBX dropped")
 
 
 def test_calls_list_flags_each_call_and_calls_diagnose_prints_levels(tmp_path, capsys):
