@@ -1,6 +1,7 @@
 """What the agent does besides talking: a call's actions (say the line, wait until it has played,
-transfer or hang up), their counts, and the caller-silence watchdog. The transfer's outcome after
-the caller left Stasis is call control's (engine/calls.py).
+transfer, hang up or bring a person in), their counts, and the caller-silence watchdog. The
+transfer's outcome after the caller left Stasis is call control's (engine/calls.py); calling the
+person and what is left once the agent has gone are engine/handoff.py's.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Coroutine, Protocol
 
 from engine.ari.client import AriClient, AriError, AriUnavailable
+from engine.config import AppConfig
 from engine.conversation import ConversationCoordinator
+from engine.handoff import Answered, Connection, PeopleDesk
 from engine.sessions import ActionChanged, ActionRecord, CallSession, ConversationState, SessionStore
 from providers.base import ActionRequest, ProviderCall
 from providers.profile import AgentProfile
@@ -24,6 +27,29 @@ log = logging.getLogger(__name__)
 TRANSFER_CHECK_S = 2.0  # a caller hung up this soon after leaving Stasis: the target did not exist
 ACTION_LINE_TIMEOUT_S = 30.0  # an action's line that has not played out by then: act anyway
 TRANSFER_FAILED_LINE = "Sorry, I could not put you through right now."
+BRING_IN_WAYS = ("introduce", "bridge", "snoop")
+INTRO_WORDS_MAX = 30  # of what the caller said, in the introduction
+
+
+def bring_in_line(department: str) -> str:
+    """What the caller hears before a person is called in (introduce, bridge)."""
+    return f"Please hold on a moment: I am bringing in someone from {department}."
+
+
+def not_reached_line(department: str) -> str:
+    return f"Sorry, nobody from {department} can take the call right now. I'm still here to help."
+
+
+def introduction(session: CallSession, department: str, reason: str) -> str:
+    """What the person hears before they are connected: who is calling, and what about (the
+    caller's last words, or why they are brought in)."""
+    who = session.caller_name or "a caller"
+    digits = "".join(c for c in session.caller_number if c.isdigit())
+    number = f", calling from {' '.join(digits)}" if digits else ""
+    said = [t.text for t in session.transcript if t.role == "caller" and t.final and t.text.strip()]
+    words = " ".join(said[-2:]).split()
+    about = f' They said: "{" ".join(words[-INTRO_WORDS_MAX:])}".' if words else (f" It is about: {reason}." if reason else "")
+    return f"Hello, this is the assistant. I have {who}{number} on the line for {department}.{about} I'm connecting you now."
 
 
 @dataclass(slots=True)
@@ -102,6 +128,8 @@ class ActionHost(Protocol):
 
     conversation: ConversationCoordinator | None
     provider_call: ProviderCall | None
+    token: str  # names the call's bridge and helper channels
+    config: AppConfig  # as it was when the call came in
 
     @property
     def ending(self) -> bool: ...
@@ -137,6 +165,10 @@ class CallActions:
         self.action: ActionRecord | None = None  # the action under way (one at a time)
         self.watch_silence = False  # the provider listens in turns and can speak a line (set at setup)
         self.watchdog = SilenceWatchdog(clock, profile.silence_prompt_s, profile.silence_hangup_s, self._silence_prompt, self._silence_hangup)
+        # Set by call control: calls people in (bring_in), and ends the agent's part of the call
+        # leaving the caller with them (the connection, the end reason).
+        self.desk: PeopleDesk | None = None
+        self.hand_off: Callable[[Connection, str], None] | None = None
 
     @property
     def call_id(self) -> str:
@@ -252,6 +284,120 @@ class CallActions:
         rec = self.action
         return rec if rec is not None and rec.kind == "transfer" and rec.state == "sent" else None
 
+    # ---- bringing a person in (Engine.bring_in)
+    def bring_in(self, department: str, how: str, by: str) -> bool:
+        """A person of one of the profile's departments is called in, ``how`` one of
+        BRING_IN_WAYS; one action at a time, as for a transfer."""
+        s = self.session
+        if self._host.ending or self._host.conversation is None or self.desk is None or how not in BRING_IN_WAYS:
+            return False
+        if self.action is not None:
+            self._store.log(s.call_id, logging.INFO, f"bringing in {department} asked for by {by} while {self.action.kind} is under way: ignored")
+            return False
+        rec = ActionRecord(kind="bring_in", by=by, reason=how, department=department)
+        dept = self.profile.departments.get(department)
+        if dept is None:
+            rec.state = "refused"
+            rec.detail = f"{department!r} is not a department of profile {s.profile} (it has: {', '.join(self.profile.departments) or 'none'})"
+            self._record(rec, logging.WARNING)
+            return False
+        rec.target = dept.target
+        self.action = rec
+        self._record(rec, logging.INFO)
+        self._host.spawn(self._bring_in(rec, dept.endpoint or f"Local/{dept.extension}@{dept.context}", how))
+        return True
+
+    async def _bring_in(self, rec: ActionRecord, endpoint: str, how: str) -> None:
+        conv, pcall, desk = self._host.conversation, self._host.provider_call, self.desk
+        assert conv is not None and pcall is not None and desk is not None
+        s = self.session
+        if how != "snoop":  # a snoop listens in: the agent goes on as it was
+            self.watchdog.close()
+            played = conv.hold()
+            await pcall.cancel_response(played)
+            await self._say_and_wait(bring_in_line(rec.department))
+        rec.state = "calling"
+        self._record(rec, logging.INFO)
+        caller_id = f'"{_quote_free(s.caller_name)}" <{_quote_free(s.caller_number)}>' if s.caller_number else ""
+        answer = await desk.call_person(self._host.token, endpoint, caller_id, self._host.config.actions.bring_in_ring_s)
+        if not isinstance(answer, Answered):
+            await self._bring_in_failed(rec, answer.reason, how)
+            return
+        person = answer.channel.id
+        conn = Connection(call_token=self._host.token, person_id=person, channels=[person], what=f"{rec.department} with {s.caller_number or s.call_id}")
+        if self._host.ending or s.bridge_id is None:
+            await desk.hang_up(person)
+            return
+        try:
+            if how == "snoop":
+                await self._snoop(rec, conn)
+                return
+            if how == "introduce":
+                await self._introduce(rec, person, s.bridge_id)
+            else:
+                await self._ari.add_channel(s.bridge_id, person)
+        except (AriError, AriUnavailable) as e:
+            await desk.hang_up(person)
+            await self._bring_in_failed(rec, f"could not connect them: {e}", how)
+            return
+        rec.state, rec.detail = "done", f"{answer.channel.name or person} connected with the caller; the agent left"
+        self._record(rec, logging.INFO)
+        conn.caller_id, conn.bridges = s.caller_channel_id, [s.bridge_id]
+        assert self.hand_off is not None
+        self.hand_off(conn, f"brought in {rec.department} ({rec.target})")
+
+    async def _introduce(self, rec: ActionRecord, person: str, bridge: str) -> None:
+        """The caller waits out of the bridge while the agent tells the person who is calling and
+        why (the agent's own voice: the call's TTS, in either playback mode), then comes back."""
+        s = self.session
+        await self._ari.remove_channel(bridge, s.caller_channel_id)
+        try:
+            await self._ari.add_channel(bridge, person)
+            await self._say_and_wait(introduction(s, rec.department, rec.reason if rec.reason not in BRING_IN_WAYS else ""))
+        finally:
+            await self._ari.add_channel(bridge, s.caller_channel_id)
+
+    async def _snoop(self, rec: ActionRecord, conn: Connection) -> None:
+        """The person hears both sides through a snoop channel on the caller's and can speak to the
+        caller (whisper); the agent stays on. It ends when the person hangs up or the call ends."""
+        desk = self.desk
+        assert desk is not None
+        s = self.session
+        bridge = desk.new_id(f"{self._app}-br-sn-", self._host.token)  # call control's bridge prefix: a leftover is found
+        try:
+            snoop = await desk.snoop(self._host.token, s.caller_channel_id)
+            conn.channels.append(snoop.id)
+            await self._ari.create_bridge(bridge, name=f"aiagent snoop {self._host.token}")
+            conn.bridges.append(bridge)
+            await self._ari.add_channel(bridge, f"{conn.person_id},{snoop.id}")
+        except (AriError, AriUnavailable, TimeoutError) as e:
+            conn.bridges.append(bridge)
+            desk.connect(conn)
+            desk.end(conn, f"snoop failed: {e}")
+            rec.state, rec.detail = "failed", f"could not listen in: {e}"
+            self._record(rec, logging.ERROR)
+            self.action = None
+            return
+        desk.connect(conn)
+        if self._host.ending:
+            desk.call_ended(self._host.token)
+        rec.state, rec.detail = "done", "listening in on a snoop channel; the agent stays on"
+        self._record(rec, logging.INFO)
+        self.action = None
+
+    async def _bring_in_failed(self, rec: ActionRecord, why: str, how: str) -> None:
+        """Nobody came: the caller is told (unless they never knew) and stays with the agent."""
+        rec.state, rec.detail = "failed", why
+        self._record(rec, logging.WARNING)
+        self.action = None
+        conv = self._host.conversation
+        if conv is None or self._host.ending or how == "snoop":
+            return
+        await self._say_and_wait(not_reached_line(rec.department))
+        conv.held = False
+        self.watchdog.enabled = self.watch_silence
+        self.watchdog.state(self.session.conversation)
+
     def _silence_prompt(self) -> None:
         self._counters.count("still_there", "done")
         self._store.log(self.call_id, logging.INFO, f"caller silent for {self.profile.silence_prompt_s:g} s: asking whether they are still there")
@@ -264,6 +410,11 @@ class CallActions:
 
     def _silence_hangup(self) -> None:
         self.request(ActionRequest("hangup", reason=f"caller silent after {self.profile.still_there!r}"), by="silence")
+
+
+def _quote_free(text: str) -> str:
+    """Caller ID for the person's phone: no quotes or angle brackets of the caller's to break it."""
+    return "".join(c for c in text if c not in '"<>')
 
 
 def _settle(fut: asyncio.Future[None]) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import contextlib
+from dataclasses import dataclass
 import logging
 import uuid
 from typing import Any, Callable, Coroutine, Iterator
@@ -31,6 +32,7 @@ from engine.ari.models import (
     StasisStart,
 )
 from engine.actions import TRANSFER_CHECK_S, ActionCounters, report_action
+from engine.handoff import Connection, PeopleDesk
 from engine.call import Call, CallServices, ProviderLookup, ProviderUnavailable
 from engine.capacity import Capacity, Overload
 from runtime.clock import Clock, LoopClock
@@ -63,6 +65,16 @@ TEARDOWN_TIMEOUT_S = 20.0
 
 class ExternalMediaLost(Exception):
     pass
+
+
+@dataclass(slots=True)
+class _Transferred:
+    """A caller transferred by continue, watched for TRANSFER_CHECK_S."""
+
+    session: CallSession
+    rec: ActionRecord
+    at: float  # the clock's, when the caller left Stasis
+    reached: bool = False  # a dialplan step ran at the target
 
 
 @contextlib.contextmanager
@@ -113,7 +125,7 @@ class CallController:
         )
         # Callers transferred by continue, watched for a moment: a hangup this soon means the PBX
         # dropped them (the target does not exist).
-        self._transferred: dict[str, tuple[CallSession, ActionRecord]] = {}
+        self._transferred: dict[str, _Transferred] = {}
         self.calls: dict[str, Call] = {}  # by the caller's channel id
         self._by_token: dict[str, Call] = {}
         self._pending_external: dict[str, asyncio.Future[Channel]] = {}
@@ -124,6 +136,10 @@ class CallController:
         self.closing = False
         self._spawn = self._tasks.spawn
         self._ended_call_task_errors = 0
+        # People brought into calls: their channels, and the caller and person left together
+        # once the agent has gone (engine/handoff.py).
+        self.desk = PeopleDesk(ari=ari, app=self.app, store=store, spawn=self._spawn)
+        self._handed_off: set[str] = set()  # tokens of calls whose caller stays with a person
 
     def reconfigure(self, config: AppConfig) -> None:
         """A reloaded config, for the calls that come in from now on (each call keeps its own)."""
@@ -163,11 +179,13 @@ class CallController:
 
     # ---- ARI events (called synchronously by the event stream)
     def on_event(self, event: AriEvent) -> None:
+        if self.desk.on_event(event):
+            return  # a person's channel, a snoop, or a caller now with a person
         if isinstance(event, StasisStart):
             self._on_stasis_start(event)
         elif isinstance(event, (StasisEnd, ChannelHangupRequest, ChannelDestroyed)):
             if event.channel.id in self._transferred and not isinstance(event, StasisEnd):
-                self._transfer_dropped(event.channel.id)
+                self._transfer_ended(event)
                 return
             c = self.call_for_channel(event.channel.id)
             if c is not None and not c.ending:
@@ -179,8 +197,10 @@ class CallController:
                 reason = "caller hung up" if is_caller else "ExternalMedia channel ended"
                 self.begin_teardown(c, reason, hangup_caller=not is_caller)
         elif isinstance(event, ChannelDialplan):
-            if event.channel.id in self._transferred:
-                self.store.log(event.channel.id, logging.INFO, f"transferred caller runs {event.dialplan_app}({event.dialplan_app_data}) at {event.channel.dialplan.exten}@{event.channel.dialplan.context}")
+            if (t := self._transferred.get(event.channel.id)) is not None:
+                at = f"{event.channel.dialplan.exten}@{event.channel.dialplan.context}"
+                t.reached = t.reached or at == t.rec.target  # the target's first step ran: it exists
+                self.store.log(event.channel.id, logging.INFO, f"transferred caller runs {event.dialplan_app}({event.dialplan_app_data}) at {at}")
         elif isinstance(event, (PlaybackStarted, PlaybackFinished)):
             # Our playback ids are "<call token>-<n>": the token finds the call.
             c = self._by_token.get(event.playback.id.rsplit("-", 1)[0])
@@ -282,6 +302,8 @@ class CallController:
             provider=ProviderSession(provider),
         )
         call = Call(self.services, session, uuid.uuid4().hex[:12], self._end_failed)
+        call.actions.desk = self.desk
+        call.actions.hand_off = lambda conn, why, c=call: self._hand_off(c, conn, why)
         self.calls[ch.id] = call
         self._by_token[call.token] = call
         self.store.add(session)
@@ -303,7 +325,7 @@ class CallController:
             rec.state = "done"  # the channel driver took it (redirect): nothing more to see here
             report_action(self.store, self.action_counters, c.call_id, rec, logging.INFO)
         else:
-            self._transferred[cid] = (c.session, rec)
+            self._transferred[cid] = _Transferred(c.session, rec, self.services.clock.now())
             self.services.clock.call_later(TRANSFER_CHECK_S, self._transfer_settled, cid)
         self.begin_teardown(c, f"transferred to {rec.department} ({rec.target})", hangup_caller=False)
 
@@ -311,19 +333,38 @@ class CallController:
         entry = self._transferred.pop(channel_id, None)
         if entry is None:
             return
-        session, rec = entry
+        session, rec = entry.session, entry.rec
         rec.state = "done"
         report_action(self.store, self.action_counters, session.call_id, rec, logging.INFO)
         self.store.amend(session)
         if not self.closing:
             self._spawn(self._ari_cleanup(self.ari.unsubscribe(self.app, f"channel:{channel_id}"), f"subscription to {channel_id}"))
 
-    def _transfer_dropped(self, channel_id: str) -> None:
-        session, rec = self._transferred.pop(channel_id)
+    def _transfer_ended(self, event: ChannelHangupRequest | ChannelDestroyed) -> None:
+        """A transferred caller hung up within TRANSFER_CHECK_S: the transfer failed unless the
+        caller had reached the target (Asterisk reports each dialplan step to the subscribed app;
+        a target the dialplan lacks runs none: the PBX hangs the caller up, "sent to invalid
+        extension")."""
+        t = self._transferred.pop(event.channel.id)
+        if t.reached:
+            self._transferred[event.channel.id] = t
+            self._transfer_settled(event.channel.id)  # put through; the call there was short
+            return
+        rec = t.rec
+        after_ms = (self.services.clock.now() - t.at) * 1000
+        cause = f" (cause {event.cause})" if event.cause else ""
         rec.state = "failed"
-        rec.detail = f"the PBX hung the caller up {TRANSFER_CHECK_S:g} s or less after the transfer: does {rec.target} exist in the dialplan?"
-        report_action(self.store, self.action_counters, session.call_id, rec, logging.ERROR)
-        self.store.amend(session)
+        rec.detail = f"Asterisk hung the caller up {after_ms:.0f} ms after the transfer{cause}, before any step at {rec.target}: the dialplan has no such extension"
+        report_action(self.store, self.action_counters, t.session.call_id, rec, logging.ERROR)
+        if t.session.end_reason is not None:  # else the call's end, still to come, writes it
+            self.store.amend(t.session)
+
+    def _hand_off(self, c: Call, conn: Connection, reason: str) -> None:
+        """A person was brought in: the agent's part ends (its media, provider and ExternalMedia
+        channel go), the caller and the person stay in the call's bridge until either hangs up."""
+        self._handed_off.add(c.token)
+        self.desk.connect(conn)
+        self.begin_teardown(c, reason, hangup_caller=False)
 
     def _end_failed(self, call: Call, reason: str) -> None:
         self.begin_teardown(call, reason, hangup_caller=True)
@@ -432,8 +473,12 @@ class CallController:
         await self._delete_channel(f"{self.ext_prefix}{h.token}", "ExternalMedia")
         if h.media is not None:
             self.rtp.unregister(h.media)
-        if s.bridge_id is not None:
+        handed_off = h.token in self._handed_off
+        self._handed_off.discard(h.token)
+        if s.bridge_id is not None and not handed_off:  # else the caller and the person talk in it
             await self._ari_cleanup(self.ari.destroy_bridge(s.bridge_id), f"bridge {s.bridge_id}")
+        for t in self.desk.call_ended(h.token):  # a snoop ends with the call
+            await t
         if hangup_caller:
             await self._delete_channel(s.caller_channel_id, "caller")
         with _step(s.call_id, "deleting files"):
@@ -458,6 +503,7 @@ class CallController:
         self.closing = True
         tasks = [self.begin_teardown(h, "engine shutdown", hangup_caller=True) for h in list(self.calls.values())]
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.desk.shutdown()  # callers left with a person are hung up as every call is
         await self._tasks.cancel()
         self.refusals.flush()
 
@@ -479,10 +525,18 @@ class CallController:
                 self.store.log(s.call_id, logging.INFO, "call carried on across ARI reconnect")
         self._recover_pending_external(channels)
         owned_ext = {f"{self.ext_prefix}{h.token}" for h in self.calls.values()}
-        owned_bridges = {f"{self.bridge_prefix}{h.token}" for h in self.calls.values()}
+        owned_bridges = {f"{self.bridge_prefix}{h.token}" for h in self.calls.values()} | self.desk.owned_bridges()
+        with_people = self.desk.owned_channels()
+        for conn in list(self.desk.connections):
+            if any(cid not in channels for cid in [*conn.channels, *([conn.caller_id] if conn.caller_id else [])]):
+                self.desk.end(conn, "a side left while ARI was disconnected")
         orphans: list[str] = []
         for cid, ch in channels.items():
-            if cid.startswith(self.ext_prefix):
+            if cid in with_people or cid.split(";")[0] in with_people:
+                continue
+            if cid.startswith((self.desk.helper_prefix, self.desk.snoop_prefix)):
+                self._spawn(self._delete_channel(cid, "leftover brought-in person's"))
+            elif cid.startswith(self.ext_prefix):
                 if cid not in owned_ext and cid not in self._pending_external:
                     self._spawn(self._delete_channel(cid, "leftover ExternalMedia"))
             elif ch.in_stasis_app(self.app) and cid not in self.calls:

@@ -147,6 +147,16 @@ class HistoryConfig(_Section):
         return v
 
 
+class ActionsConfig(_Section):
+    """Bringing a person into a call (engine/handoff.py; docs/operations.md, "Bringing a person in")."""
+
+    # How, when the operator does not choose: introduce (the agent tells the person who is calling
+    # and why, then connects them), bridge (connected at once), snoop (they listen to both sides
+    # and can speak to the caller; the agent stays on).
+    bring_in: Literal["introduce", "bridge", "snoop"] = "introduce"
+    bring_in_ring_s: int = Field(30, ge=5, le=300)  # how long the person's phone rings before the caller is told nobody answered
+
+
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -163,6 +173,7 @@ class AppConfig(_Section):
     storage: StorageConfig = StorageConfig()
     history: HistoryConfig = HistoryConfig()
     logging: LoggingConfig = LoggingConfig()
+    actions: ActionsConfig = ActionsConfig()
     # [profiles.NAME]: who the agent is per dialled number; "default" takes every other call.
     profiles: dict[str, AgentProfile] = {DEFAULT_PROFILE: AgentProfile()}
 
@@ -205,7 +216,7 @@ class AppConfig(_Section):
 # What a reload (SIGHUP, the console's R) applies to the calls that start after it: who the agent
 # is, how speech is found, how audio goes out, the log level, the default provider. Everything
 # else (ports, ARI, models, servers, storage, history) is bound at start: named, applied at restart.
-LIVE_SECTIONS = ("profiles", "vad", "barge_in", "playback", "logging")
+LIVE_SECTIONS = ("profiles", "vad", "barge_in", "playback", "logging", "actions")
 LIVE_SETTINGS = ("providers.default",)
 
 

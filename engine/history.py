@@ -31,7 +31,7 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, TypeVar
+from typing import Any, Callable, Literal, Protocol, Sequence, TypeVar
 
 import sqlalchemy as sa
 from pydantic import BaseModel
@@ -58,12 +58,14 @@ ADOPT_WINDOW_S = 600.0  # a call interrupted by the last stop is continued if it
 
 Outcome = Literal[
     "live", "transferred", "caller_hung_up", "agent_hung_up", "operator_hung_up", "shutdown", "failed", "interrupted", "refused",
+    "transfer_failed", "brought_in",
 ]
 OUTCOMES: tuple[str, ...] = Outcome.__args__  # type: ignore[attr-defined]
 
 # The engine's end reasons (engine/calls.py, engine/call.py), by how they begin.
 _REASONS: tuple[tuple[str, Outcome], ...] = (
     ("transferred to ", "transferred"),
+    ("brought in ", "brought_in"),  # a person was brought in and the agent left (engine/actions.py)
     ("caller hung up", "caller_hung_up"),
     ("caller left ", "caller_hung_up"),
     ("agent hung up", "agent_hung_up"),
@@ -73,13 +75,22 @@ _REASONS: tuple[tuple[str, Outcome], ...] = (
 )
 
 
-def outcome_of(end_reason: str | None) -> Outcome:
-    """How a call ended, from the engine's end reason: what it does not name is a failure (setup
-    failed, provider error, the media path lost)."""
+class _Acted(Protocol):
+    kind: str
+    state: str
+
+
+def outcome_of(end_reason: str | None, actions: Sequence[_Acted] = ()) -> Outcome:
+    """How a call ended, from the engine's end reason and what Asterisk reported of its last
+    transfer: a caller the PBX dropped instead of putting through (a target the dialplan lacks) is
+    "transfer_failed", not "transferred". What the reason does not name is a failure (setup failed,
+    provider error, the media path lost)."""
     if end_reason is None:
         return "live"
     for prefix, outcome in _REASONS:
         if end_reason.startswith(prefix):
+            if outcome == "transferred" and next((a.state for a in reversed(actions) if a.kind == "transfer"), "") == "failed":
+                return "transfer_failed"
             return outcome
     return "failed"
 
@@ -303,7 +314,7 @@ def record_of(
         provider_errors=s.provider.errors if s.provider else 0,
         last_provider_error=s.provider.last_error if s.provider else None,
         turns_failed=s.turns_failed,
-        outcome=outcome_of(s.end_reason),
+        outcome=outcome_of(s.end_reason, s.actions),
         end_reason=s.end_reason,
         downstream_mode=s.downstream_mode,
         barge_ins=s.barge_ins,

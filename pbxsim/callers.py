@@ -281,7 +281,7 @@ class Callers:
             for step in rec.script:
                 if ch.id not in self.channels.by_id:
                     break
-                await self._step(ch, media, step)
+                await self.run_step(ch, media, step)
             self.ari_channels.hangup(ch, by="caller")
             # Did the engine clean up what served this call?
             end = time.monotonic() + CLEANUP_GRACE_S
@@ -291,7 +291,8 @@ class Callers:
         finally:
             rec.finished.set()
 
-    async def _step(self, ch: SimChannel, media: CallerMedia, step: Step) -> None:
+    async def run_step(self, ch: SimChannel, media: CallerMedia, step: Step) -> None:
+        """One step of a phone's script (a caller's, or a person's brought into a call)."""
         alive = lambda: ch.id in self.channels.by_id  # noqa: E731
         if isinstance(step, (Say, SayText)):
             media.say(await spoken(step, self._speech))  # speaks from the next tick on

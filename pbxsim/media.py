@@ -31,6 +31,14 @@ from media.rtp import PT_ULAW, RtpPacket, RtpParseError, build_packet
 
 SILENCE = bytes([ULAW_SILENCE]) * FRAME_BYTES
 SOFTMIX_MAX_QUEUE = 4  # frames (80 ms); more triggers a flush
+VOICE_DBFS = -45.0  # a frame heard louder than this is someone's voice (line noise and softmix's silence are not)
+
+
+def voiced(ulaw: bytes) -> bool:
+    if ulaw == SILENCE:
+        return False
+    rms = audioop.rms(audioop.ulaw2lin(ulaw, 2), 2)
+    return bool(rms) and 20 * np.log10(rms / 32768) > VOICE_DBFS
 
 
 def load_wav_ulaw(path: str | Path) -> bytes:
@@ -439,6 +447,9 @@ class CallerMedia(Endpoint):
     said_end: list[float] = field(default_factory=list)  # when each utterance's last voiced frame went out
     muted: bool = False  # a playback on the caller's own channel cuts its speech off the bridge
     is_agent: bool = False
+    # Every voiced frame heard, whoever spoke it (the agent, a person brought in, a whisper).
+    heard_voice: list[tuple[float, bytes]] = field(default_factory=list)
+    snoops: list[SnoopMedia] = field(default_factory=list)  # snoop channels on this phone's channel
     rate: int = RATE  # 16000: a wideband phone (slin16), which changes how the bridge's mix sounds
     noise: bytes = b""  # line noise sent all the time (empty: DTX, nothing sent in silence)
     _noise_pos: int = 0
@@ -481,6 +492,8 @@ class CallerMedia(Endpoint):
         if self.muted:
             return
         self.frames_sent += 1
+        for sn in self.snoops:
+            sn.spied(frame, False, tick, "in")
         self.bridge.on_frame(self, frame, False, tick)
 
     def agent_heard_s(self, since: float = 0.0) -> float:
@@ -507,9 +520,22 @@ class CallerMedia(Endpoint):
         return agent_stopped_after(self.agent_frames, t, gap_s)
 
     def deliver(self, payload: bytes, agent: bool, tick: int) -> None:
+        for sn in self.snoops:
+            sn.spied(payload, agent, tick, "out")
+        self.hear(payload, agent)
+
+    def hear(self, payload: bytes, agent: bool) -> None:
+        """What reaches the phone's ear (a whisper comes here straight, not through the bridge)."""
         self.frames_heard += 1
+        now = time.monotonic()
         if agent:
-            self.agent_frames.append((time.monotonic(), payload))
+            self.agent_frames.append((now, payload))
+        if voiced(payload):
+            self.heard_voice.append((now, payload))
+
+    def voice_heard_s(self, since: float = 0.0) -> float:
+        """Seconds of anyone's voice this phone heard since ``since``."""
+        return heard_s(self.heard_voice, since)
 
     @property
     def agent_audio_seconds(self) -> float:
@@ -517,6 +543,30 @@ class CallerMedia(Endpoint):
 
     def agent_audio(self) -> bytes:
         return b"".join(p for _, p in self.agent_frames)
+
+
+class SnoopMedia(Endpoint):
+    """A snoop channel (res_stasis_snoop) on a phone's channel: it carries into its own bridge what
+    the phone sends (spy in) and hears (spy out), and whispers what it is given to the phone
+    (whisper out: the phone hears it; in: it goes out with the phone's own voice)."""
+
+    is_agent = False
+
+    def __init__(self, target: CallerMedia, spy: str, whisper: str) -> None:
+        self.target = target
+        self.spy = spy  # none, in, out, both
+        self.whisper = whisper
+        self.bridge: Bridge | None = None
+
+    def spied(self, payload: bytes, agent: bool, tick: int, direction: str) -> None:
+        if self.bridge is not None and self.spy in (direction, "both"):
+            self.bridge.on_frame(self, payload, agent, tick)
+
+    def deliver(self, payload: bytes, agent: bool, tick: int) -> None:
+        if self.whisper in ("out", "both"):
+            self.target.hear(payload, agent)
+        if self.whisper in ("in", "both") and self.target.bridge is not None:
+            self.target.bridge.on_frame(self.target, payload, agent, tick)
 
 
 class ExternalMediaEndpoint(Endpoint, asyncio.DatagramProtocol):

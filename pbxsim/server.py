@@ -33,6 +33,7 @@ from pbxsim.callers import Broadcast, CallBook, Callers, SimCall
 from pbxsim.control import SimControl
 from pbxsim.faults import Faults
 from pbxsim.media import Bridge, ExternalMediaEndpoint, MediaClock
+from pbxsim.people import People, SimPerson
 from pbxsim.schema import AriSpec, default_spec
 
 from pbxsim.script import Line, Pause, Say, Step
@@ -94,8 +95,12 @@ class SimPBX:
             book=self.book, channels=self.channel_table, bridges=self.bridge_table, ari_channels=self.ari_channels,
             external=self.external_media, events=self.events, clock=self.clock, ids=self.ids, rng=self.rng, spawn=spawn,
         )
+        self.people = People(
+            table=self.channel_table, channels=self.ari_channels, events=self.events, clock=self.clock, ids=self.ids,
+            run_step=self.callers.run_step, spawn=spawn,
+        )
         applications = Applications(events=self.events, channels=self.channel_table, bridges=self.bridge_table, ids=self.ids)
-        for resource in (applications, self.ari_channels, self.ari_bridges, self.playbacks, self.callers):
+        for resource in (applications, self.ari_channels, self.ari_bridges, self.playbacks, self.callers, self.people):
             self.router.register(resource.handlers())
 
     # ---- lifecycle
@@ -152,6 +157,11 @@ class SimPBX:
     @property
     def dialplan(self) -> dict[str, set[str]]:
         return self.ari_channels.dialplan
+
+    @property
+    def directory(self) -> dict[str, SimPerson]:
+        """The people departments reach, by endpoint ("Local/EXT@CONTEXT", "PJSIP/200")."""
+        return self.people.directory
 
     @property
     def drop_event_types(self) -> set[str]:

@@ -128,6 +128,26 @@ class AriClient:
         """The channel driver's own transfer (SIP REFER, IAX2 transfer) to ``TECH/resource``."""
         await self.request("POST", f"/channels/{channel_id}/redirect", {"endpoint": endpoint}, reply=False)
 
+    async def originate(
+        self, channel_id: str, endpoint: str, app: str, app_args: list[str], caller_id: str = "", timeout_s: int = 30, formats: str = "ulaw",
+    ) -> Channel:
+        """Calls ``endpoint`` (TECH/resource; Local/EXT@CONTEXT for a dialplan extension); once it
+        answers it enters Stasis(``app``, ``app_args``). The reply comes at once: a failure to reach
+        it (busy, no answer in ``timeout_s``, no such extension) is a Dial event and the channel's
+        ChannelDestroyed. A Local channel's other half is ``channel_id;2``."""
+        params = {
+            "endpoint": endpoint, "app": app, "appArgs": ",".join(app_args), "channelId": channel_id,
+            "callerId": caller_id or None, "timeout": timeout_s, "formats": formats,
+        }
+        return await self.fetch(Channel, "POST", "/channels", params)
+
+    async def snoop(self, channel_id: str, snoop_id: str, app: str, app_args: list[str], spy: str = "both", whisper: str = "out") -> Channel:
+        """A snoop channel on ``channel_id`` into Stasis(``app``): it hears the channel's audio
+        (``spy``: in, out or both) and what is sent to it is whispered into the channel
+        (``whisper`` out: the channel's far end hears it)."""
+        params = {"spy": spy, "whisper": whisper, "app": app, "appArgs": ",".join(app_args)}
+        return await self.fetch(Channel, "POST", f"/channels/{channel_id}/snoop/{snoop_id}", params)
+
     async def get_variable(self, channel_id: str, name: str) -> str:
         return (await self.fetch(Variable, "GET", f"/channels/{channel_id}/variable", {"variable": name})).value
 
@@ -155,6 +175,9 @@ class AriClient:
 
     async def add_channel(self, bridge_id: str, channel_id: str) -> None:
         await self.request("POST", f"/bridges/{bridge_id}/addChannel", {"channel": channel_id}, reply=False)
+
+    async def remove_channel(self, bridge_id: str, channel_id: str) -> None:
+        await self.request("POST", f"/bridges/{bridge_id}/removeChannel", {"channel": channel_id}, reply=False)
 
     async def destroy_bridge(self, bridge_id: str) -> None:
         await self.request("DELETE", f"/bridges/{bridge_id}", reply=False)

@@ -148,6 +148,15 @@ class ChannelDialplan(_Event):
     channel: Channel
 
 
+class Dial(_Event):
+    """A dial's progress: an originated channel (``peer``) ringing, answered, busy (``dialstatus``
+    RINGING, ANSWER, BUSY, NOANSWER, CONGESTION, CHANUNAVAIL; "" as it starts)."""
+
+    type: Literal["Dial"]
+    dialstatus: str = ""
+    peer: Channel
+
+
 class ApplicationReplaced(_Event):
     type: Literal["ApplicationReplaced"]
 
@@ -171,6 +180,7 @@ AriEvent = Annotated[
     | PlaybackFinished
     | ChannelDtmfReceived
     | ChannelDialplan
+    | Dial
     | ApplicationReplaced
     | CallBroadcast,
     Field(discriminator="type"),
@@ -186,6 +196,7 @@ KNOWN_EVENT_TYPES = frozenset(
         "PlaybackFinished",
         "ChannelDtmfReceived",
         "ChannelDialplan",
+        "Dial",
         "ApplicationReplaced",
         "CallBroadcast",
     }

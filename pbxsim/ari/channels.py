@@ -26,7 +26,7 @@ from pbxsim.ari.model import (
     SimChannel,
 )
 from pbxsim.ari.playbacks import Playbacks
-from pbxsim.media import ExternalMediaEndpoint, MediaClock
+from pbxsim.media import CallerMedia, ExternalMediaEndpoint, MediaClock, SnoopMedia
 
 log = logging.getLogger("pbxsim")
 
@@ -39,6 +39,9 @@ HANGUP_CAUSES = {
     "interworking": (127, "Interworking, unspecified"), "failure": (38, "Network out of order"),
     "answered_elsewhere": (26, "Answered elsewhere"),
 }
+# Causes whose text on ChannelDestroyed is not the one of the hangup reason with that code (measured:
+# an originate that never rang shows 0 "Unknown", one the timeout ended 19 "User alerting, no answer").
+CAUSE_TEXTS = {0: "Unknown", 19: "User alerting, no answer"}
 # The simulated PBX's dialplan: context -> extensions that exist (a transfer into anything else is
 # dropped by the PBX at once, as Asterisk does with an invalid extension).
 DEFAULT_DIALPLAN: dict[str, set[str]] = {"from-internal": {"0", *(str(n) for n in range(100, 1000))}}
@@ -229,16 +232,22 @@ class Channels:
             self.events.channel_event(ch, {"type": "ChannelDtmfReceived", "digit": d, "duration_ms": duration_ms, "channel": ch.to_json()})
             await asyncio.sleep(0.08)  # the gap between two key presses
 
-    def hangup(self, ch: SimChannel, by: str, cause: int = CAUSE_NORMAL, invalid_extension: bool = False) -> None:
-        """``by``: "caller" (the far end), "ari" (an app's DELETE), "dialplan", "transfer".
-        ``invalid_extension``: the PBX drops a channel sent where the dialplan has nothing."""
+    def hangup(self, ch: SimChannel, by: str, cause: int = CAUSE_NORMAL, invalid_extension: bool = False, request: bool = True) -> None:
+        """``by``: "caller" (the far end), "ari" (an app's DELETE), "dialplan", "transfer",
+        "person" (someone brought in hung up), "dial" (an originate that did not reach anyone),
+        "snooped" (a snoop's channel ended). ``invalid_extension``: the PBX drops a channel sent where the
+        dialplan has nothing (cause 0, as measured). ``request``: False for a channel that ends
+        with no ChannelHangupRequest (an originate that failed, a snoop whose channel went)."""
         if not self.table.live(ch):
             return
-        # An app's hangup shows cause 32 with soft; the real cause comes on ChannelDestroyed.
-        request: dict[str, Any] = {"cause": CAUSE_APP_HANGUP, "soft": True} if by == "ari" else {"cause": cause}
         if invalid_extension:
-            request["soft"] = True
-        self.events.channel_event(ch, {"type": "ChannelHangupRequest", **request, "channel": ch.to_json()})
+            cause = 0
+        # An app's hangup shows cause 32 with soft; the real cause comes on ChannelDestroyed.
+        req_ev: dict[str, Any] = {"cause": CAUSE_APP_HANGUP, "soft": True} if by == "ari" else {"cause": cause}
+        if invalid_extension:
+            req_ev = {"cause": CAUSE_NORMAL, "soft": True}
+        if request:
+            self.events.channel_event(ch, {"type": "ChannelHangupRequest", **req_ev, "channel": ch.to_json()})
         self.bridges.leave(ch)
         if ch.in_stasis:
             ch.leave_stasis()
@@ -252,10 +261,17 @@ class Channels:
         ch.vars["HANGUPCAUSE"] = str(cause)
         # StasisEnd is the last event of a caller that entered Stasis from the dialplan, unless an
         # app subscribed to it (BEHAVIOUR.md).
-        text = next((t for c, t in HANGUP_CAUSES.values() if c == cause), "Normal Clearing")
-        self.events.channel_event(ch, {"type": "ChannelDestroyed", "cause": cause, "cause_txt": text, "channel": ch.to_json()})
+        text = CAUSE_TEXTS.get(cause) or next((t for c, t in HANGUP_CAUSES.values() if c == cause), "Normal Clearing")
+        if ch.kind != "snoop":  # a snoop's last event is its StasisEnd (measured)
+            self.events.channel_event(ch, {"type": "ChannelDestroyed", "cause": cause, "cause_txt": text, "channel": ch.to_json()})
         if isinstance(ch.media, ExternalMediaEndpoint):
             self.external.release(ch.media)
-        else:
+        elif isinstance(ch.media, CallerMedia):
             self.clock.callers.discard(ch.media)
+            # Snoops on this channel end with it.
+            for other in list(self.table.by_id.values()):
+                if isinstance(other.media, SnoopMedia) and other.media.target is ch.media:
+                    self.hangup(other, "snooped", request=False)
+        elif isinstance(ch.media, SnoopMedia) and ch.media in ch.media.target.snoops:
+            ch.media.target.snoops.remove(ch.media)
         self.calls.destroyed(ch, by, cause)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable, Mapping
 
-from pbxsim.media import Bridge, CallerMedia, ExternalMediaEndpoint, Playback
+from pbxsim.media import Bridge, CallerMedia, ExternalMediaEndpoint, Playback, SnoopMedia
 
 ASTERISK_ID = "00:00:00:00:00:01"
 CAUSE_NORMAL = 16
@@ -65,8 +65,8 @@ class IdSource:
 class SimChannel:
     id: str
     name: str
-    kind: str  # "caller" or "external"
-    media: CallerMedia | ExternalMediaEndpoint
+    kind: str  # "caller", "external", "person" (originated: someone brought into a call) or "snoop"
+    media: CallerMedia | ExternalMediaEndpoint | SnoopMedia
     state: str = "Ring"
     caller_number: str = ""
     caller_name: str = ""

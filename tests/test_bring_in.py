@@ -1,0 +1,178 @@
+"""Bringing a person into a call, over the simulator (Engine.bring_in, engine/handoff.py): the
+person's phone is originated into the engine's app as Asterisk does it (pbxsim/people.py); when
+they answer they are put with the caller and the agent leaves, or they listen in on a snoop
+channel; when they cannot be reached the caller stays with the agent. Audio is checked both ways
+at the phones, and nothing is left on the PBX afterwards. Also: a transfer the PBX drops is a
+failed transfer in the history, not a success."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from engine.sessions import ActionChanged
+from pbxsim.people import SimPerson
+from pbxsim.script import Pause, Say
+from providers.profile import AgentProfile, Department
+from tests.conftest import HELLO, THANKS, history_of, running_engine, wait_for
+
+BILLING = Department(description="invoices", context="people", extension="301")
+PERSON = "Local/301@people"
+BY = "tester (local)"
+
+
+def with_billing(cfg, ring_s: int = 30, **dept) -> None:
+    cfg.profiles["default"] = AgentProfile(departments={"billing": BILLING.model_copy(update=dept)} if dept else {"billing": BILLING}, greeting="Hello.")
+    cfg.actions.bring_in_ring_s = ring_s
+
+
+def actions_of(sub) -> list:
+    out = []
+    while (e := sub.get_nowait()) is not None:
+        if isinstance(e, ActionChanged):
+            out.append(e.action)
+    return out
+
+
+async def streaming(eng, call_id: str) -> None:
+    await wait_for(lambda: (s := eng.store.get(call_id)) is not None and s.bridged_at is not None, what="the call bridged with the agent")
+
+
+def nothing_left(pbx) -> bool:
+    return pbx.leftovers() == ([], []) and not [c for c in pbx.channels.values() if c.kind != "caller"]
+
+
+@pytest.mark.parametrize("how", ["bridge", "introduce"])
+async def test_a_person_who_answers_is_put_with_the_caller_and_the_agent_leaves(pbx, tmp_path, how):
+    person = pbx.directory[PERSON] = SimPerson(script=[Pause(0.5), Say(str(THANKS))])
+    async with running_engine(pbx, tmp_path, with_billing) as eng:
+        rec = pbx.place_call(script=[Pause(2.0), Say(str(HELLO)), Pause(1.0), Say(str(HELLO)), Pause(8.0)], caller_number="5550142")
+        await streaming(eng, rec.id)
+        assert eng.bring_in(rec.id, "billing", how, BY)
+        await wait_for(lambda: rec.id not in eng.calls.calls, what="the agent's part of the call ended")
+        left_at = time.monotonic()
+        ext = rec.external_media
+        assert ext not in pbx.channels  # the agent's ExternalMedia channel is gone ...
+        assert person.channel_id in pbx.channels and rec.id in pbx.channels  # ... the caller and the person are not
+        b = pbx.bridges[rec.bridge_id]
+        assert {pbx.channel_table.id_of_media(m) for m in b.members} == {rec.id, person.channel_id}
+        # Audio both ways through the bridge: the person hears the caller, the caller the person.
+        assert person.media is not None
+        await wait_for(lambda: person.media.voice_heard_s(left_at) > 0.5, what="the person hears the caller")
+        await wait_for(lambda: rec.media.voice_heard_s(left_at) > 1.0, what="the caller hears the person")
+        assert rec.media.agent_heard_s(left_at + 0.1) == 0.0  # no agent any more
+        hist = await history_of(eng, rec.id)
+        assert hist.outcome == "brought_in" and hist.end_reason == "brought in billing (301@people)"
+        assert [(a.kind, a.by, a.reason, a.department, a.state) for a in hist.actions] == [("bring_in", BY, how, "billing", "done")]
+        # The caller hangs up: the person is hung up and the bridge goes.
+        await asyncio.wait_for(rec.finished.wait(), 30)
+        await wait_for(lambda: nothing_left(pbx), what="no channel and no bridge left")
+        assert rec.report(pbx)["hangup_clean"]
+        assert person.finished.is_set()
+    # The caller's phone number went to the person's phone.
+    assert not pbx.violations
+
+
+async def test_the_person_hanging_up_ends_the_caller_too(pbx, tmp_path):
+    person = pbx.directory[PERSON] = SimPerson(script=[Pause(1.0)], hang_up_after_script=True)
+    async with running_engine(pbx, tmp_path, with_billing) as eng:
+        rec = pbx.place_call(script=[Pause(30.0)])
+        await streaming(eng, rec.id)
+        assert eng.bring_in(rec.id, "billing", "bridge", BY)
+        await asyncio.wait_for(person.finished.wait(), 20)
+        await asyncio.wait_for(rec.finished.wait(), 10)
+        assert rec.report(pbx)["ended_by"] == "ari"
+        await wait_for(lambda: nothing_left(pbx), what="no channel and no bridge left")
+
+
+@pytest.mark.parametrize(("answers", "why"), [("busy", "busy"), ("no_answer", "no answer in 5 s"), ("missing", "no such extension")])
+async def test_a_person_not_reached_leaves_the_caller_with_the_agent(pbx, tmp_path, answers, why):
+    if answers != "missing":
+        pbx.directory[PERSON] = SimPerson(answers=answers)
+    async with running_engine(pbx, tmp_path, lambda c: with_billing(c, ring_s=5)) as eng:
+        sub = eng.store.subscribe()
+        rec = pbx.place_call(script=[Pause(9.0), Say(str(HELLO)), Pause(2.0)])
+        await streaming(eng, rec.id)
+        assert eng.bring_in(rec.id, "billing", "introduce", BY)
+        got: list = []
+
+        def failed_now():
+            got.extend(actions_of(sub))
+            return next((a for a in got if a.state == "failed"), None)
+
+        failed = await wait_for(failed_now, timeout=15, what="the bring-in failed")
+        assert failed.kind == "bring_in" and why in failed.detail, failed
+        call = eng.calls.calls[rec.id]  # the caller is still the agent's ...
+        assert call.actions.action is None and not call.conversation.held  # ... and listened to again
+        # The echo agent answers the caller again: what they say comes back.
+        heard_before = rec.media.agent_heard_s()
+        await asyncio.wait_for(rec.finished.wait(), 30)
+        assert rec.media.agent_heard_s() > heard_before + 0.5
+        hist = await history_of(eng, rec.id)
+        assert hist.outcome == "caller_hung_up"
+        assert [(a.kind, a.state) for a in hist.actions][-1] == ("bring_in", "failed")
+    assert nothing_left(pbx)
+
+
+async def test_snoop_the_person_hears_both_sides_and_speaks_to_the_caller_the_agent_stays(pbx, tmp_path):
+    person = pbx.directory[PERSON] = SimPerson(script=[Pause(1.0), Say(str(THANKS))], hang_up_after_script=True)
+    async with running_engine(pbx, tmp_path, with_billing) as eng:
+        rec = pbx.place_call(script=[Pause(1.0), Say(str(HELLO)), Pause(1.0), Say(str(HELLO)), Pause(10.0)])
+        await streaming(eng, rec.id)
+        assert eng.bring_in(rec.id, "billing", "snoop", BY)
+        await wait_for(lambda: person.bridged_at is not None, what="the person listening in")
+        assert person.media is not None
+        # The person hears the caller and the (echo) agent; the caller hears the person's whisper.
+        await wait_for(lambda: person.media.voice_heard_s() > 1.0, what="the person hears the call")
+        await wait_for(lambda: person.media.agent_heard_s() > 0.5, what="the person hears the agent")
+        await wait_for(lambda: rec.media.voice_heard_s(person.bridged_at + 1.0) > 1.0, what="the caller hears the person")
+        assert rec.id in eng.calls.calls  # the agent stays on
+        await asyncio.wait_for(person.finished.wait(), 20)
+        # The person hung up: the snoop and its bridge go, the call goes on.
+        await wait_for(lambda: not [c for c in pbx.channels.values() if c.kind in ("snoop", "person")] and len(pbx.bridges) == 1)
+        assert rec.id in eng.calls.calls
+        await asyncio.wait_for(rec.finished.wait(), 30)
+        hist = await history_of(eng, rec.id)
+    assert hist.outcome == "caller_hung_up"
+    assert [(a.kind, a.reason, a.state) for a in hist.actions] == [("bring_in", "snoop", "done")]
+    assert nothing_left(pbx)
+
+
+async def test_the_call_ending_ends_a_snoop(pbx, tmp_path):
+    person = pbx.directory[PERSON] = SimPerson()
+    async with running_engine(pbx, tmp_path, with_billing) as eng:
+        rec = pbx.place_call(script=[Pause(3.0)])
+        await streaming(eng, rec.id)
+        assert eng.bring_in(rec.id, "billing", "snoop", BY)
+        await wait_for(lambda: person.bridged_at is not None)
+        await asyncio.wait_for(rec.finished.wait(), 20)
+        await wait_for(lambda: nothing_left(pbx), what="no channel and no bridge left")
+        assert person.finished.is_set()
+
+
+async def test_bring_in_is_refused_for_an_unknown_department_or_way(pbx, tmp_path):
+    async with running_engine(pbx, tmp_path, with_billing) as eng:
+        rec = pbx.place_call(script=[Pause(3.0)])
+        await streaming(eng, rec.id)
+        assert not eng.bring_in(rec.id, "sales", "bridge", BY)
+        assert not eng.bring_in(rec.id, "billing", "teleport", BY)  # type: ignore[arg-type]
+        assert not eng.bring_in("no-such-call", "billing", "bridge", BY)
+        assert [(a.kind, a.department, a.state) for a in eng.store.get(rec.id).actions] == [("bring_in", "sales", "refused")]
+
+
+async def test_a_transfer_to_an_extension_the_dialplan_lacks_is_a_failed_transfer_in_the_history(pbx, tmp_path):
+    def cfg(c):
+        c.profiles["default"] = AgentProfile(departments={"billing": Department(context="from-internal", extension="9999")}, greeting="Hello.")
+
+    async with running_engine(pbx, tmp_path, cfg) as eng:
+        rec = pbx.place_call(script=[Pause(5.0)])
+        await streaming(eng, rec.id)
+        assert eng.transfer(rec.id, "billing")
+        await asyncio.wait_for(rec.finished.wait(), 10)
+        hist = await history_of(eng, rec.id, until=lambda r: r.actions[-1].state != "sent")
+    assert hist.outcome == "transfer_failed", hist.outcome
+    a = hist.actions[-1]
+    assert (a.kind, a.state) == ("transfer", "failed")
+    assert "no such extension" in a.detail and "9999@from-internal" in a.detail, a.detail
