@@ -26,6 +26,7 @@ from providers.pipeline import Pipeline, PipelineProvider, _Voice
 from providers.profile import AgentProfile
 from providers.stages import LanguageModel, Message, Priority, Reply, Speech, SpeechToText, TextToSpeech, Tool
 from tests.conftest import HELLO, history_of, running_engine, wait_for
+from tests.deepgram_server import API_KEY, Behaviour, FakeDeepgram
 
 ALICE = "alice (local)"
 ANSWER_HZ, WHISPER_HZ, OPERATOR_HZ = 500.0, 1000.0, 1500.0
@@ -273,3 +274,42 @@ async def test_what_makes_no_sense_is_refused_with_a_line_in_the_log(pbx, tmp_pa
         await wait_for(lambda: rec.id not in eng.calls.calls, what="the call gone")
         assert not eng.take_over(rec.id, ALICE)
         eng.operator_audio(rec.id, tone(OPERATOR_HZ, 0.1), 16000)  # a call that went: dropped quietly
+
+
+@pytest.fixture
+async def deepgram(monkeypatch):
+    monkeypatch.setenv("DEEPGRAM_API_KEY", API_KEY)
+    server = FakeDeepgram(Behaviour(close_after_turns=1))
+    await server.start()
+    yield server
+    await server.stop()
+
+
+async def test_on_deepgram_an_instruction_updates_the_prompt_a_line_is_queued_and_a_take_over_is_refused(pbx, tmp_path, deepgram):
+    def cfg(c) -> None:
+        c.providers.deepgram.reconnect_initial_s = 0.1
+        c.profiles["default"] = AgentProfile(greeting="Hello, how can I help?", facts="", silence_prompt_s=0)
+
+    async with running_engine(pbx, tmp_path, cfg, AIAGENT_PROVIDER="deepgram", DEEPGRAM_AGENT_URL=deepgram.url, AIAGENT_DOWNSTREAM_MODE="stream") as eng:
+        sub = eng.store.subscribe()
+        rec = pbx.place_call(script=[Pause(60.0)])
+        await wait_for(lambda: rec.media is not None and loud_seconds(rec, 0) >= 0.7 and not eng.store.get(rec.id).playbacks, what="the greeting heard")
+        assert eng.operator_instruct(rec.id, "Tell every caller that parking is free.", ALICE)
+        await wait_for(lambda: deepgram.seen.prompt_updates, what="UpdatePrompt sent")
+        assert "Tell every caller that parking is free." in deepgram.seen.prompt_updates[0]
+        since = time.monotonic()
+        assert eng.operator_say(rec.id, WHISPER, ALICE)
+        await wait_for(lambda: heard(rec, since, 600.0) >= 0.4, what="the line heard (the fake speaks it as a 600 Hz tone)")
+        assert deepgram.seen.injected == [WHISPER] and deepgram.seen.injected_behaviour == ["queue"]  # after the agent's answer, not over it
+        await wait_for(lambda: eng.store.get(rec.id).transcript[-1].by == ALICE, what="the line in the transcript as the operator's")
+        assert not eng.take_over(rec.id, ALICE)
+        logged = []
+        while (e := sub.get_nowait()) is not None:
+            logged.append(getattr(e, "message", ""))
+        assert any("take over by alice (local) refused: provider deepgram cannot hold its answers" in m for m in logged)
+        # The caller speaks: the fake answers, then drops the session; the next session's Settings keep the instruction.
+        rec.media.say(load_wav_ulaw(HELLO))
+        await wait_for(lambda: deepgram.seen.connections >= 2 and len(deepgram.seen.settings) >= 2, timeout=20, what="a second session")
+        assert "Tell every caller that parking is free." in deepgram.seen.settings[1]["agent"]["think"]["prompt"]
+        assert "parking" not in deepgram.seen.settings[0]["agent"]["think"]["prompt"]
+        assert await eng.hangup(rec.id)
