@@ -57,8 +57,8 @@ class FakeMic:
         self.closed = True
 
 
-def tone(hz: float = 1000.0, n: int = 160, amplitude: int = 8000) -> np.ndarray:
-    return (amplitude * np.sin(2 * np.pi * hz * np.arange(n) / 8000)).astype(np.int16)
+def tone(hz: float = 1000.0, n: int = 160, amplitude: int = 8000, start: int = 0) -> np.ndarray:
+    return (amplitude * np.sin(2 * np.pi * hz * (start + np.arange(n)) / 8000)).astype(np.int16)
 
 
 def notices(app: AiAgentApp) -> list[str]:
@@ -277,3 +277,73 @@ async def test_the_live_transcript_shows_the_operators_lines_as_theirs():
         assert "note   offer the 4 pm slot  (alice (attached))" in shown
         await pilot.press("q", "y")
 
+
+
+async def test_attached_m_and_k_hear_the_call_and_speak_to_the_caller(tmp_path, devices):
+    """The app attached to an engine (here the headless service's Runtime in this process) over
+    its console socket: m plays the call on this machine's (fake) speaker, k sends its (fake)
+    microphone to the caller; the engine records the socket's user."""
+    import asyncio
+    import os
+    import pwd
+    import time
+    from pathlib import Path
+
+    from aiagent_tui.attach import AttachRuntime
+    from aiagent_tui.runtime import Runtime
+    from media.audio import ulaw_to_pcm16
+    from pbxsim.media import load_wav_ulaw
+    from pbxsim.script import Pause
+    from tests.conftest import HELLO
+    from tests.test_tui import app_config
+
+    cfg = app_config(tmp_path)
+    rt = Runtime(cfg, sim=True, demo_interval_s=None)
+    eng = await rt.start()
+    try:
+        assert await eng.wait_ari_connected(10) and rt.pbx is not None
+        rec = rt.pbx.place_call(script=[Pause(60.0)], caller_number="5550142")
+        app = AiAgentApp(AttachRuntime(Path(cfg.console.socket)))
+        async with app.run_test(size=(120, 40)) as pilot:
+            await until(pilot, lambda: app.live.calls.selected == rec.id and eng.store.get(rec.id).bridged_at is not None)
+            await until(pilot, lambda: app.engine.store.snapshot(rec.id) is not None)  # the attached view has it
+            call = eng.store.get(rec.id)
+            await pilot.press("m")
+            await until(pilot, lambda: isinstance(app.screen, ListenScreen))
+            await pilot.press("enter")  # both sides
+            await until(pilot, lambda: app.live.monitor is not None)
+            rec.media.say(load_wav_ulaw(HELLO))
+            card = devices["output"][-1]
+            played: list[np.ndarray] = []
+
+            def loud() -> bool:
+                played.append(card.pull(800))
+                return bool(np.abs(played[-1]).max() > 2000)
+
+            await until(pilot, loud, what="the caller's voice on the attached operator's speaker")
+
+            await pilot.press("k")
+            who = f"{pwd.getpwuid(os.geteuid()).pw_name} (attached)"
+            await until(pilot, lambda: call.operator == who)
+            assert app.live.query(OperatorBanner)
+            mic = devices["input"][-1]
+            since = time.monotonic()
+            for i in range(75):  # 1.5 s of the operator, in real time
+                mic.speak(tone(1000, start=160 * i))
+                await asyncio.sleep(0.02)
+
+            def caller_heard() -> np.ndarray:
+                return np.frombuffer(ulaw_to_pcm16(b"".join(p for t, p in rec.media.agent_frames if t >= since)), np.int16)
+
+            await until(pilot, lambda: len(caller_heard()) >= 8000, what="a second of the operator at the caller")
+            spectrum = np.abs(np.fft.rfft(caller_heard().astype(float))) ** 2
+            freqs = np.fft.rfftfreq(len(caller_heard()), 1 / 8000)
+            assert spectrum[np.abs(freqs - 1000) < 30].sum() / spectrum.sum() > 0.5
+
+            await pilot.press("k")
+            await until(pilot, lambda: call.operator == "" and not app.live.query(OperatorBanner))
+            assert [(a.kind, a.by) for a in call.actions if a.kind in ("take_over", "hand_back")] == [("take_over", who), ("hand_back", who)]
+            await pilot.press("q")
+        assert eng.store.get(rec.id) is not None  # detached: the call goes on
+    finally:
+        await rt.stop()
