@@ -164,6 +164,15 @@ async def test_k_takes_the_call_over_with_the_microphone_and_hands_it_back(devic
         assert eng.commands[-1] == ("hand_back", cid, BY) and mic.closed and app.live.mic is None
         assert app.live.monitor is not None
 
+        # Taken over again; the engine ends the take-over itself (an action on the call): the
+        # microphone closes and the operator is told.
+        await pilot.press("k")
+        await until(pilot, lambda: app.live.query(OperatorBanner))
+        await pilot.pause(0.6)  # the engine's yes seen
+        eng.store.get(cid).operator = ""
+        await until(pilot, lambda: not app.live.query(OperatorBanner))
+        assert app.live.mic is None and any("the agent has the call" in n for n in notices(app))
+
         # Taken over again, then the call ends: the devices close, the operator is told.
         await pilot.press("k")
         await until(pilot, lambda: app.live.query(OperatorBanner))
@@ -171,6 +180,21 @@ async def test_k_takes_the_call_over_with_the_microphone_and_hands_it_back(devic
         await until(pilot, lambda: not app.live.query(OperatorBanner))
         assert devices["input"][-1].closed and app.live.monitor is None and devices["output"][-1].closed
         await until(pilot, lambda: any("the call you had" in n for n in notices(app)))
+        await pilot.press("q", "y")
+
+
+async def test_k_whose_take_over_the_engine_never_confirms_is_undone(devices):
+    """Attached, k's post is answered later: if the engine's view never shows the call taken over
+    (refused: the log says why), the microphone closes and the banner goes."""
+    eng = ScriptedEngine.two_calls()
+    eng.take_over = lambda call_id, by: True  # type: ignore[method-assign]  (posted, never done)
+    app = AiAgentApp(ScriptedRuntime(eng))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await started(pilot, app)
+        await pilot.press("k")
+        await until(pilot, lambda: app.live.query(OperatorBanner))
+        await until(pilot, lambda: not app.live.query(OperatorBanner), timeout=10)
+        assert devices["input"][-1].closed and any("take over refused" in n for n in notices(app))
         await pilot.press("q", "y")
 
 

@@ -19,6 +19,7 @@ from textual.containers import Grid, Horizontal, Vertical
 from textual.css.query import NoMatches
 from textual.notifications import SeverityLevel
 from textual.screen import Screen
+from textual.timer import Timer
 from textual.widgets import Footer, RichLog, Static
 
 from aiagent_tui.call_list import CallList
@@ -34,6 +35,9 @@ from aiagent_tui.screens.transfer import TransferScreen
 from aiagent_tui.widgets import GatingPane, HeaderBar, LevelSparkline, RtpPane, TimelinePane, TranscriptPane, VadPane
 from engine.api import EngineView
 from engine.sessions import CallEnded, CallStarted, SessionEvent, TranscriptAdded
+
+
+TAKE_OVER_ANSWER_S = 3.0  # attached, the engine's yes to k shows in its view within this
 
 
 def operator_name() -> str:
@@ -67,6 +71,7 @@ class CallsScreen(Screen[None]):
     open_output: OpenOutput = SoundDevice
     open_input: OpenInput = Microphone
     mic: OperatorMic | None = None
+    _mic_watch: Timer | None = None
 
     def __init__(self, *, dump_dir: Path, history_url: str | None, diagnose_call: Diagnose) -> None:
         super().__init__()
@@ -394,6 +399,8 @@ class CallsScreen(Screen[None]):
             self.notify(f"take over refused: {cid[-8:]} is ending or acting", severity="error")
             return
         self.mic = mic
+        self._mic_confirmed, self._mic_opened = False, time.monotonic()
+        self._mic_watch = self.set_interval(0.5, self._watch_take_over)
         # The operator hears the call (both sides) while they have it.
         if self.monitor is None or self.monitor.call_id != cid:
             self.stop_listening()
@@ -403,10 +410,30 @@ class CallsScreen(Screen[None]):
         self.mount(OperatorBanner(f"● you have the call from {caller} ({cid[-8:]}): talk into {mic.device}; k hands it back to the agent"), before="#body")
         self.notify(f"you have the call from {caller}: the agent is silent; k hands it back")
 
+    def _watch_take_over(self) -> None:
+        """While this operator has a call, the engine's word on it: attached, k's answer comes a
+        moment later; and the engine may end a take-over itself (an action on the call)."""
+        if self.mic is None or self.engine is None:
+            return
+        row = next((r for r in self.engine.store.summaries() if r.call_id == self.mic.call_id), None)
+        if row is None:  # ended: follow() closes the microphone
+            return
+        if row.operator:
+            self._mic_confirmed = True
+        elif self._mic_confirmed:
+            self._close_mic()
+            self.notify(f"the agent has the call {row.call_id[-8:]} again (the log says why)", severity="warning", timeout=10)
+        elif time.monotonic() - self._mic_opened > TAKE_OVER_ANSWER_S:
+            self._close_mic()
+            self.notify(f"take over refused on {row.call_id[-8:]} (the log says why)", severity="error", timeout=10)
+
     def _close_mic(self) -> None:
         if self.mic is not None:
             self.mic.close()
             self.mic = None
+        if self._mic_watch is not None:
+            self._mic_watch.stop()
+            self._mic_watch = None
         for banner in self.query(OperatorBanner):
             banner.remove()
 
