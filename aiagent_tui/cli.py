@@ -19,16 +19,24 @@ from engine.history import database_url
 from engine.engine import EngineStartError
 
 
+PROVIDER_HELP = "provider for new calls, as AIAGENT_PROVIDER (providers.default): local, deepgram, echo, tone or a [providers.pipelines.NAME]"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="aiagent-tui", description="AI voice agent for Asterisk (ARI + ExternalMedia)")
     p.add_argument("--config", default="config.toml", help="TOML config file (default ./config.toml)")
+    p.add_argument("--provider", help=PROVIDER_HELP)
     p.add_argument("--no-ui", action="store_true", help="run the engine as a headless service")
     p.add_argument("--sim", action="store_true", help="start the built-in PBX simulator too, and place a demo call every few seconds")
     p.add_argument("--demo-interval", type=float, default=8.0, help="seconds between demo calls with --sim (default 8)")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="override logging.level")
     sub = p.add_subparsers(dest="command")
-    sub.add_parser("check-config", help="validate the config and print the effective values (secrets masked)")
-    sub.add_parser("doctor", help="check ARI, ports, media directory, models, model servers and keys; one line per check with the fix")
+    # The commands that read the config as an engine would take --provider after their name too
+    # (SUPPRESS: absent there, it does not undo one given before the command's name).
+    provider = argparse.ArgumentParser(add_help=False)
+    provider.add_argument("--provider", default=argparse.SUPPRESS, help=PROVIDER_HELP)
+    sub.add_parser("check-config", parents=[provider], help="validate the config and print the effective values (secrets masked)")
+    sub.add_parser("doctor", parents=[provider], help="check ARI, ports, media directory, models, model servers and keys; one line per check with the fix")
     at = sub.add_parser("attach", help="the terminal app on an engine already running on this machine (a headless service); q detaches")
     at.add_argument("--socket", help="its console socket (default: from the config's console.socket and asterisk.app)")
     ms = sub.add_parser("model-servers", help="serve this project's models as standard model servers (llama.cpp's server, Wyoming Whisper and Piper) for engines elsewhere")
@@ -47,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         config = load_config(args.config)
+        if args.provider is not None:
+            config = _with_provider(config, args)
     except ConfigError as e:
         print(f"aiagent-tui: {e}", file=sys.stderr)
         return 2
@@ -83,6 +93,19 @@ def main(argv: list[str] | None = None) -> int:
     except EngineStartError as e:
         print(f"aiagent-tui: {e}", file=sys.stderr)
         return 1
+
+
+def _with_provider(config: AppConfig, args: argparse.Namespace) -> AppConfig:
+    """The config with --provider as the provider for new calls. The name as the operator typed it
+    (any case); one the config does not know is refused with the ones it does. Set as the
+    environment variable it stands for, so that a reload (R, SIGHUP) keeps it as it keeps the
+    environment's."""
+    names = config.providers.names
+    name = next((n for n in names if n.lower() == args.provider.strip().lower()), None)
+    if name is None:
+        raise ConfigError(f"--provider {args.provider!r}: unknown provider; known: {', '.join(sorted(names))}")
+    os.environ["AIAGENT_PROVIDER"] = name
+    return load_config(args.config)
 
 
 def _history_url(config: AppConfig) -> str | None:
