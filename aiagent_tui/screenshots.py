@@ -3,6 +3,7 @@
 call from it and its recording replayed.
 
     python -m aiagent_tui.screenshots [--out screenshots] [--provider local]
+    python -m aiagent_tui.screenshots --history-flags [--provider echo]   # only history-flags.svg
 
 Drives the real app (Textual's Pilot, headless) against the built-in simulator, so the pictures
 show what an operator sees. Textual saves SVG; convert with rsvg-convert to look at them as PNG.
@@ -160,17 +161,68 @@ async def capture_servers(out: Path) -> None:
             await pilot.press("q")
 
 
+async def capture_history_flags(out: Path, provider: str) -> None:
+    """The call history with the diagnosis's flag column: demo calls, one over a line losing one
+    packet in 40 (warn), one losing one in 8 (bad), one still live; the bad one highlighted, its
+    diagnosis under the list."""
+    from pbxsim.demo import demo_script
+    from pbxsim.script import Pause
+
+    cfg = load_config(None, env={"ASTERISK_ARI_PORT": str(_free_port()), "RTP_PORT": "0", "HEALTH_PORT": str(_free_port()),
+                                 "AIAGENT_MEDIA_DIR": str(Path(tempfile.mkdtemp())), "AIAGENT_PROVIDER": provider,
+                                 "AIAGENT_HISTORY_PATH": str(Path(tempfile.mkdtemp()) / "history.sqlite3")})
+    rt = Runtime(cfg, sim=True, demo_interval_s=None)
+    app = AiAgentApp(rt, history_url=database_url(cfg))
+    async with app.run_test(size=(120, 40)) as pilot:
+        loop = asyncio.get_running_loop()
+
+        async def until(pred, timeout: float = 90) -> None:
+            end = loop.time() + timeout
+            while not pred() and loop.time() < end:
+                await pilot.pause(0.2)
+
+        await until(lambda: rt.engine is not None and rt.engine.ari_connected and rt.pbx is not None)
+        assert rt.pbx is not None
+        n = 0
+        bad = ""
+        for loss_every, calls in ((0, 2), (40, 1), (0, 1), (8, 1)):
+            rt.pbx.faults.rtp_loss_every = loss_every
+            placed = []
+            for _ in range(calls):
+                n += 1
+                placed.append(rt.pbx.place_call(script=demo_script(), caller_number=f"555{n:04d}", app=cfg.asterisk.app, dialled="100"))
+            await until(lambda placed=placed: all(c.finished.is_set() for c in placed))
+            bad = placed[-1].id
+        rt.pbx.faults.rtp_loss_every = 0
+        rt.pbx.place_call(script=[Pause(60.0)], caller_number="5550099", app=cfg.asterisk.app, dialled="100")
+        await pilot.pause(2.0)  # the live call's row: written within a second
+        await pilot.press("H")
+        await pilot.pause(1.0)
+        table = app.screen.query_one("#history-table", DataTable)
+        await until(lambda: table.row_count == n + 1)
+        table.move_cursor(row=[k.value for k in table.rows].index(bad))
+        await pilot.pause(2.5)  # a refresh: the flags as the list keeps them
+        app.save_screenshot("history-flags.svg", str(out))
+        await pilot.press("escape")
+        await pilot.press("q")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="screenshots")
     ap.add_argument("--provider", default="local")
     ap.add_argument("--servers", action="store_true", help="only model-server-down.svg: a pipeline on model servers, one of them killed")
+    ap.add_argument("--history-flags", action="store_true", help="only history-flags.svg: the call history with calls the diagnosis flags")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.servers:
         asyncio.run(capture_servers(out))
         print(f"wrote {out}/model-server-down.svg")
+        return 0
+    if args.history_flags:
+        asyncio.run(capture_history_flags(out, args.provider))
+        print(f"wrote {out}/history-flags.svg")
         return 0
     asyncio.run(capture(out, args.provider))
     print(f"wrote {out}/main.svg, help.svg, provider.svg, provider-refused.svg, doctor.svg, history.svg, history-call.svg, history-replay.svg")

@@ -66,7 +66,7 @@ def _clock(t: float) -> str:
 
 
 def _offset(rec: CallRecord, t: float) -> str:
-    return f"{_clock(t)} ({t - rec.started_at:.0f} s in)"
+    return f"{_clock(t)} ({max(0.0, t - rec.started_at):.0f} s in)"  # a spell from the start is stamped a little before it
 
 
 def diagnose(rec: CallRecord, norms: Norms, profile_known: bool = True, apology: str | None = None) -> Diagnosis:
