@@ -115,21 +115,33 @@ class CallList(Vertical):
             table.clear()
             self._shown.clear()
         for cid, r in rows.items():
-            cells = {"caller": r.caller_number or "unknown", "state": _state_cell(r), "time": f"{int(r.duration_s) // 60}:{int(r.duration_s) % 60:02d}", "provider": r.provider or "—"}
-            row = tuple(cells[c] for c in self._columns)
-            shown = self._shown.get(cid)
-            if shown is None:
+            if cid in self._shown:
+                self._update(r)
+            else:
+                self._shown[cid] = row = self._cells(r)
                 table.add_row(*row, key=cid)
-            elif shown != row:  # touch only what changed: with many calls this is most of the cost
-                for col, old, new in zip(self._columns, shown, row, strict=True):
-                    if old != new:
-                        table.update_cell(cid, col, new)
-            self._shown[cid] = row
         keys = [k.value for k in table.rows]
         if redrawn and self.selected in keys:  # the selection stays on its call
             table.move_cursor(row=keys.index(self.selected))
         if table.row_count and (self.selected not in rows):
             self.selected = table.coordinate_to_cell_key(Coordinate(table.cursor_row, 0)).row_key.value if table.cursor_row < table.row_count else None
+
+    def show_row(self, r: CallSummary | None) -> None:
+        """One call's row (the selected call's, between the whole list's redraws), as shown."""
+        if r is not None and r.call_id in self._shown:
+            self._update(r)
+
+    def _cells(self, r: CallSummary) -> tuple[str | Text, ...]:
+        cells = {"caller": r.caller_number or "unknown", "state": _state_cell(r), "time": f"{int(r.duration_s) // 60}:{int(r.duration_s) % 60:02d}", "provider": r.provider or "—"}
+        return tuple(cells[c] for c in self._columns)
+
+    def _update(self, r: CallSummary) -> None:
+        row, shown = self._cells(r), self._shown[r.call_id]
+        # Touch only what changed: with many calls this is most of the cost.
+        for col, old, new in zip(self._columns, shown, row, strict=True):
+            if old != new:
+                self.table.update_cell(r.call_id, col, new)
+        self._shown[r.call_id] = row
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         if event.row_key is not None:

@@ -6,7 +6,10 @@ from __future__ import annotations
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
-from textual.widgets import Sparkline, Static
+from textual import events
+from textual.app import ComposeResult
+from textual.widgets import Footer, Sparkline, Static
+from textual.widgets._footer import FooterKey  # what Footer.compose yields (not exported by textual.widgets)
 
 from engine import verdicts
 from engine.sessions import ActionRecord, CallSnapshot, ConversationSnapshot, TranscriptTurn
@@ -43,6 +46,9 @@ class Pane(Static):
 
 
 class HeaderBar(Pane):
+    """Two lines that always say the same things: ARI, RTP and the providers; the call counters and
+    where model work waits. What is wrong goes to the WarningBar under it, never over the counters."""
+
     compact = False  # a narrow terminal: the same facts, shorter (each line is cut, never wrapped)
 
     def show(self, s: EngineSummary, paused: bool = False) -> None:
@@ -53,13 +59,13 @@ class HeaderBar(Pane):
             if p.detail == "not loaded" or (self.compact and p.ready):
                 continue
             provs.append(f"{name}{'' if p.ready else ' (not ready)'} ", style="green" if p.ready else "red")
-        to = Text(f"│  new calls → {s.default_provider}")
+        to = Text(f"new calls → {s.default_provider}")
         if s.new_calls_provider != s.default_provider:  # the default is not ready: its fallback takes them
-            to = Text.assemble("│  new calls → ", (f"{s.new_calls_provider} (fallback)", "bold yellow"))
+            to = Text.assemble("new calls → ", (f"{s.new_calls_provider} (fallback)", "bold yellow"))
         if self.compact:
             line1 = Text.assemble(ari, " │ ", to, " │ ", rtp, " │ " if provs else "", provs)
         else:
-            line1 = Text.assemble(ari, "  │  ", rtp, "  │  providers: ", provs, to)
+            line1 = Text.assemble(ari, "  │  ", rtp, "  │  providers: ", provs, "│  ", to)
         line2 = Text(f"calls {s.active_calls}/{s.max_calls}  ", style="dim")
         if s.model_capacity is not None:  # what this machine's models serve at once (engine/capacity.py)
             line2.append(f"model calls {s.model_calls}/{s.model_capacity}  ", style="yellow" if s.model_calls >= s.model_capacity else "dim")
@@ -80,15 +86,71 @@ class HeaderBar(Pane):
                              style="bold red" if wait >= 2.0 else "yellow" if wait >= 0.5 else "")
         elif not self.compact:
             line2.append(f"health {s.health_url}  metrics {s.metrics_url}", style="dim")
-        if s.problems:  # a component or model worker down outranks the counters
-            line2 = Text("⚠ " + "  │  ".join(s.problems), style="bold red")
-        if not s.ari_connected:  # and ARI down outranks everything: no call can come in
-            line2 = Text(f"⚠ {s.ari_last_error or 'connecting to ARI'}", style="bold red")
         if paused:  # first: the operator must know the screen is not moving
             line1 = Text.assemble(("⏸ PAUSED (space resumes) ", "bold black on yellow"), line1)
         for line in (line1, line2):
             line.no_wrap, line.overflow = True, "ellipsis"  # two lines, whatever the width
         self.show_content(Group(line1, line2))
+
+
+def warnings(s: EngineSummary) -> list[str]:
+    """What the operator must fix, worst first: ARI down (no call can come in), then the engine's
+    problems (a component or model worker down, a reload refused or waiting for a restart, model
+    work waiting too long)."""
+    down = [s.ari_last_error or "connecting to ARI"] if not s.ari_connected else []
+    return down + list(s.problems)
+
+
+class WarningBar(Static):
+    """The warnings, one a line, under the header: shown only while there is one, so the screen
+    lays out again only when their number changes (not at every 10 Hz tick)."""
+
+    MAX_LINES = 3
+
+    def show(self, lines: list[str]) -> None:
+        if len(lines) > self.MAX_LINES:  # the rest are in /health and the log
+            lines = lines[: self.MAX_LINES - 1] + [f"and {len(lines) - self.MAX_LINES + 1} more: see the log (L) or /health"]
+        text = Text("\n".join(f"⚠ {line}" for line in lines), style="bold red", no_wrap=True, overflow="ellipsis")
+        resized = len(lines) != self._shown_lines
+        self._shown_lines = len(lines)
+        self.set_class(bool(lines), "-shown")
+        self.update(text, layout=resized)
+
+    _shown_lines = 0
+
+
+class KeyFooter(Footer):
+    """The live calls' footer: help and quit always, first, then the screen's keys in the order it
+    declares them while they fit the width (? lists every key); compact (less space between the
+    keys) when they do not all fit otherwise. Textual's footer would cut the line at the right
+    edge, quit among what is cut."""
+
+    ESSENTIAL = ("help", "quit")  # actions, without their namespace (app.help)
+
+    def compose(self) -> ComposeResult:
+        keys = [w for w in super().compose() if isinstance(w, FooterKey)]
+        essential = [k for k in keys if k.action.rsplit(".", 1)[-1] in self.ESSENTIAL]
+        rest = [k for k in keys if k not in essential]
+        room = self.app.size.width
+        self.compact = sum(self._cost(k, compact=False) for k in keys) > room
+        if sum(self._cost(k) for k in keys) > room:  # not every key fits: help says where they are
+            for k in essential:
+                if k.action.endswith("help"):
+                    k.description = "all keys"
+        room -= sum(self._cost(k) for k in essential)
+        shown: list[FooterKey] = []
+        for k in rest:
+            if self._cost(k) <= room:
+                room -= self._cost(k)
+                shown.append(k)
+        yield from essential + shown
+
+    def _cost(self, key: FooterKey, compact: bool | None = None) -> int:
+        # FooterKey's own padding: compact "k desc" and a margin; otherwise " k desc "
+        return len(key.key_display) + len(key.description) + (2 if (self.compact if compact is None else compact) else 3)
+
+    def on_resize(self, event: events.Resize) -> None:
+        self.refresh(recompose=True)
 
 
 class RtpPane(Pane):

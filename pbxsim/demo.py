@@ -38,7 +38,10 @@ async def demo_calls(pbx: SimPBX, app: str, interval_s: float, answering: Callab
     the caller hears the greeting, speaks, hears the answer and ends the call one way or another."""
     n = 0
     while True:
-        if answering():
-            n += 1
-            pbx.place_call(script=demo_script(), caller_number=f"555{n:04d}", app=app, dialled="100")
+        # The engine connects to ARI a moment after it starts (or lost it): the next call as soon
+        # as it answers again, not a whole interval later (the first call came 8 s after start).
+        while not answering():
+            await asyncio.sleep(0.1)
+        n += 1
+        pbx.place_call(script=demo_script(), caller_number=f"555{n:04d}", app=app, dialled="100")
         await asyncio.sleep(interval_s)

@@ -7,9 +7,13 @@ Refresh after an intended UI change with: pytest tests/test_tui_snapshots.py --s
 
 from __future__ import annotations
 
+import io
 import logging
+import re
 
 import pytest
+from rich.console import Console
+from textual.binding import Binding
 
 from aiagent_tui import app as app_module
 from aiagent_tui.app import AiAgentApp
@@ -223,3 +227,171 @@ async def test_a_refresh_tick_or_log_line_while_the_app_closes_is_ignored():
     app.refresh_panes()
     app.write_log(None, "a warning logged while closing")
     assert app.log_lines[-1].plain.endswith("a warning logged while closing")
+
+
+# ---- the layout follows the terminal (issue 50's rough edges)
+
+RESIZES = [(80, 24), (200, 60), (120, 40)]  # from 120x40, one after the other
+
+
+def _screen(app: AiAgentApp) -> str:
+    """The screen as drawn (text and colours), without the ids each export makes up."""
+    return re.sub(r"terminal-\d+", "terminal", app.export_screenshot())
+
+
+def _shown(app: AiAgentApp) -> str:
+    return app.export_screenshot().replace("&#160;", " ")
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3], ids=["120x40-80x24", "80x24-200x60", "200x60-120x40"])
+def test_a_resized_terminal_is_laid_out_for_its_new_size(snap_compare, steps):
+    """120x40 → 80x24 → 200x60 → 120x40, one resize each: the compact layout at 80x24, every
+    pane at 200x60, the normal one back at 120x40 (the pictures of the test below)."""
+
+    async def resize(pilot) -> None:
+        await _settle(pilot)
+        for size in RESIZES[:steps]:
+            await pilot.resize_terminal(*size)
+            await pilot.pause(0.3)
+
+    assert snap_compare(live_app(), terminal_size=(120, 40), run_before=resize)
+
+
+async def test_each_size_after_a_resize_is_what_a_fresh_start_at_that_size_shows():
+    fresh: dict[tuple[int, int], str] = {}
+    for size in RESIZES:
+        app = live_app()
+        async with app.run_test(size=size) as pilot:
+            await _settle(pilot)
+            fresh[size] = _screen(app)
+    app = live_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await _settle(pilot)
+        for size in RESIZES:
+            await pilot.resize_terminal(*size)
+            await _settle(pilot)
+            assert _screen(app) == fresh[size], f"after the resize to {size[0]}x{size[1]}"
+
+
+async def test_warnings_have_a_line_of_their_own_and_the_counters_stay():
+    """A reload waiting for a restart, a model wait over 5 s, ARI down: each on a line under the
+    header, which keeps the call counters; the line goes when the warnings do."""
+    from aiagent_tui.widgets import HeaderBar, WarningBar
+
+    app = live_app()
+    eng = app.runtime.engine
+    async with app.run_test(size=(120, 40)) as pilot:
+        bar, body = app.query_one(WarningBar), app.query_one("#body")
+        await until(pilot, lambda: "calls 2/50" in _text(app.query_one(HeaderBar)))
+        assert not bar.display
+        height = body.size.height
+        eng.problems = ("config reload: rtp.port changes at the next restart", "model work waiting 6.2 s (health.max_model_wait_s 5.0)")
+        await until(pilot, lambda: bar.display and bar.size.height == 2)
+        header = _text(app.query_one(HeaderBar))
+        assert "calls 2/50" in header and "failed 1" in header and "refused 0" in header
+        assert _text(bar).splitlines() == ["⚠ config reload: rtp.port changes at the next restart", "⚠ model work waiting 6.2 s (health.max_model_wait_s 5.0)"]
+        assert body.size.height == height - 2  # the panes make room: nothing is drawn over
+
+        eng.problems = ()
+        await until(pilot, lambda: not bar.display)
+        await until(pilot, lambda: body.size.height == height)
+        await pilot.press("q", "y")
+
+
+def _text(widget) -> str:
+    """What a Static shows, as text (each line cut where the widget cuts it)."""
+    out = Console(width=widget.content_region.width or 200, color_system=None, file=io.StringIO())
+    out.print(widget.content)
+    return out.file.getvalue()
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=["80x24", "120x40"])
+async def test_the_footer_always_shows_help_and_quit_and_the_help_fits_and_scrolls(size):
+    from textual.containers import VerticalScroll
+
+    from aiagent_tui.screens.help import HelpScreen
+    from aiagent_tui.widgets import KeyFooter
+    from textual.widgets._footer import FooterKey
+
+    app = live_app()
+    async with app.run_test(size=size) as pilot:
+        await _settle(pilot)
+        footer = app.query_one(KeyFooter)
+        keys = {k.key: k for k in footer.query(FooterKey)}
+        assert {"question_mark", "q"} <= set(keys)
+        assert all(k.region.right <= size[0] for k in keys.values())  # every key shown whole, none past the edge
+        if size == (80, 24):
+            assert keys["question_mark"].description == "all keys"  # some keys are only on ?
+
+        await pilot.press("question_mark")
+        await until(pilot, lambda: isinstance(app.screen, HelpScreen))
+        box = app.screen.query_one("#help", VerticalScroll)
+        await pilot.pause()
+        assert box.region.width <= size[0] and box.region.height <= size[1]
+        assert box.border_subtitle and "esc/q/? close" in box.border_subtitle
+        if size == (80, 24):  # taller than the terminal: the keys scroll it to its end and back
+            assert box.max_scroll_y > 0
+            await pilot.press("end")
+            await until(pilot, lambda: box.scroll_y == box.max_scroll_y)
+            assert "dialogs" in _shown(app)  # its last lines
+            await pilot.press("home")
+            await until(pilot, lambda: box.scroll_y == 0)
+            await pilot.press("pagedown", "down")
+            await until(pilot, lambda: box.scroll_y > 1)
+        await pilot.press("escape")
+        await until(pilot, lambda: not isinstance(app.screen, HelpScreen))
+
+
+def test_help_lists_every_key_of_the_live_calls():
+    from aiagent_tui.screens.calls import CallsScreen
+    from aiagent_tui.screens.help import KEYS
+
+    listed = {key for key, _ in KEYS}
+    app = live_app()
+    for binding in [*CallsScreen.BINDINGS, *AiAgentApp.BINDINGS]:
+        assert isinstance(binding, Binding)
+        assert app.get_key_display(binding) in listed, binding
+
+
+async def test_the_whole_log_is_on_its_first_frame():
+    """L with thousands of lines: they are drawn on the screen's first frame (RichLog showed an
+    empty box until it had rendered every one), the newest at the bottom; Home and End scroll."""
+    from aiagent_tui.screens.log import LogScreen, LogView
+
+    app = live_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        for i in range(3000):
+            app.write_log(None, f"line {i} " + ("and a long one that folds at the width " * 4 if i % 10 == 0 else "short"))
+        app.write_log(None, "the newest line")
+        await app.push_screen(LogScreen(app.log_lines))
+        assert "the newest line" in _shown(app)  # no pause: the first frame
+        view = app.screen.query_one(LogView)
+        await until(pilot, lambda: view.max_scroll_y > 0 and view.scroll_y == view.max_scroll_y)  # laid out: at the end
+        await pilot.press("home")
+        await until(pilot, lambda: view.scroll_y == 0 and "line 0 and" in _shown(app))
+        await pilot.press("end")
+        await until(pilot, lambda: view.scroll_y == view.max_scroll_y and "the newest line" in _shown(app))
+        app.write_log(None, "one more")
+        await until(pilot, lambda: "one more" in _shown(app))  # at the end, it follows
+
+
+async def test_the_list_and_the_selected_calls_panes_show_one_reading():
+    """At every tick the selected call's row and its panes come from the same reading: a state
+    change shows in both at once (the list was redrawn twice a second, the panes ten times)."""
+    from textual.widgets import DataTable
+
+    from aiagent_tui.widgets import GatingPane
+
+    app = live_app()
+    eng = app.runtime.engine
+    first = next(iter(eng.store))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: app.live.calls.selected == first.call_id)
+        table = app.query_one("#calls", DataTable)
+        for state in (ConversationState.PROCESSING, ConversationState.AGENT_SPEAKING, ConversationState.LISTENING):
+            first.conversation = state
+            app.refresh_panes()  # one tick, whichever of the five
+            words = state.value.replace("_", " ")
+            assert str(table.get_cell(first.call_id, "state")) == words
+            assert f"state     {words}" in _text(app.query_one(GatingPane))
+        await pilot.press("q", "y")

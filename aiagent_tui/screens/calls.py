@@ -16,11 +16,12 @@ from textual import events, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical
+from textual.geometry import Size
 from textual.css.query import NoMatches
 from textual.notifications import SeverityLevel
 from textual.screen import Screen
 from textual.timer import Timer
-from textual.widgets import Footer, RichLog, Static
+from textual.widgets import RichLog, Static
 
 from aiagent_tui.call_list import CallList
 from aiagent_tui.monitor import AudioMonitor, Microphone, MonitorUnavailable, OpenInput, OpenOutput, OperatorMic, Side, SoundDevice
@@ -32,7 +33,7 @@ from aiagent_tui.screens.log import LogScreen
 from aiagent_tui.screens.operator import SIDES, BringInChoice, BringInScreen, ListenScreen, OperatorBanner, Whisper, WhisperScreen
 from aiagent_tui.screens.provider import ProviderScreen
 from aiagent_tui.screens.transfer import TransferScreen
-from aiagent_tui.widgets import GatingPane, HeaderBar, LevelSparkline, RtpPane, TimelinePane, TranscriptPane, VadPane
+from aiagent_tui.widgets import GatingPane, HeaderBar, KeyFooter, LevelSparkline, RtpPane, TimelinePane, TranscriptPane, VadPane, WarningBar, warnings
 from engine.api import EngineView
 from engine.sessions import CallEnded, CallStarted, SessionEvent, TranscriptAdded
 
@@ -46,7 +47,7 @@ def operator_name() -> str:
 
 
 class CallsScreen(Screen[None]):
-    BINDINGS = [  # help first: at 80 columns the footer shows what fits, from the left (then the app's q)
+    BINDINGS = [  # the footer shows help and quit first, then these in this order while they fit
         Binding("question_mark", "app.help", "help"),
         Binding("p", "provider", "provider"),
         Binding("b", "barge_in", "barge-in"),
@@ -59,11 +60,11 @@ class CallsScreen(Screen[None]):
         Binding("d", "dump", "dump"),
         Binding("H", "history", "history"),
         Binding("R", "reload", "reload"),
-        Binding("slash", "filter_calls", "filter", show=False),
-        Binding("s", "sort_calls", "sort", show=False),
-        Binding("space", "pause", "pause", show=False),
-        Binding("c", "copy_id", "copy id", show=False),
-        Binding("L", "full_log", "log", show=False),
+        Binding("slash", "filter_calls", "filter"),
+        Binding("s", "sort_calls", "sort"),
+        Binding("space", "pause", "pause"),
+        Binding("c", "copy_id", "copy id"),
+        Binding("L", "full_log", "log"),
     ]
 
     # This machine's sound devices (tests and screenshots put fakes here); the microphone is open
@@ -95,6 +96,7 @@ class CallsScreen(Screen[None]):
     # ---- layout
     def compose(self) -> ComposeResult:
         yield HeaderBar("starting…", id="header")
+        yield WarningBar(id="warnings")
         with Horizontal(id="body"):
             yield self.calls
             with Grid(id="panes"):
@@ -108,7 +110,7 @@ class CallsScreen(Screen[None]):
         log = RichLog(id="log", wrap=True, markup=False, max_lines=500)
         log.border_title = "log"
         yield log
-        yield Footer(show_command_palette=False)  # room for the keys (^p still opens the palette)
+        yield KeyFooter(show_command_palette=False)  # room for the keys (^p still opens the palette)
 
     @staticmethod
     def _pane(widget: Static, title: str) -> Static:
@@ -118,24 +120,31 @@ class CallsScreen(Screen[None]):
 
     def on_mount(self) -> None:
         self.query_one("#vadbox").border_title = "VAD"
-        self._fit_layout()
+        self._fit_layout(self.app.size)
         self.calls.table.focus()  # the arrow keys pick a call (the log would take them otherwise)
 
     def on_resize(self, event: events.Resize) -> None:
-        self._fit_layout()
+        self._fit_layout(event.size)
 
-    def _fit_layout(self) -> None:
-        """Narrow (under 100 columns or 30 rows), normal, or wide (150 columns and up): the CSS
-        classes pick the panes, and the call list gets the columns that fit."""
-        w, h = self.app.size
+    def on_screen_resume(self) -> None:
+        # A resize while another full screen (L, H) was up reached that screen, not this one.
+        self._fit_layout(self.app.size)
+
+    def _fit_layout(self, size: Size) -> None:
+        """Narrow (under 100 columns or 30 rows), normal, or wide (150 columns and up), from the
+        size this resize brings: the CSS classes pick the panes, and the call list gets the columns
+        that fit. The header is drawn again at once for its new width, not at the next tick."""
+        w, h = size
         narrow = w < 100 or h < 30
         wide = w >= 150 and not narrow
         self.set_class(narrow, "-narrow")
         self.set_class(wide, "-wide")
-        self.query_one(HeaderBar).compact = narrow
+        header = self.query_one(HeaderBar)
+        header.compact = narrow
         self.query_one(GatingPane).with_level = not wide
-        self.query_one(Footer).compact = narrow
         self.calls.set_columns(provider=wide or narrow)
+        if self.engine is not None:
+            header.show(self.engine.summary(), paused=self.paused)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         # These keys act on the live calls: under a dialog or another screen they are off, and
@@ -165,13 +174,20 @@ class CallsScreen(Screen[None]):
             header = self.query_one(HeaderBar)
         except NoMatches:  # the app is closing: its widgets go before its timer stops
             return
-        header.show(eng.summary(), paused=self.paused)
+        summary = eng.summary()
+        header.show(summary, paused=self.paused)
+        self.query_one(WarningBar).show(warnings(summary))
         if self.paused:
             return
         self._ticks += 1
         calls = self.calls
+        # The list and the selected call's panes from one reading at one tick: every row twice a
+        # second (the costliest thing on screen), the selected call's row at every tick with them.
+        rows = eng.store.summaries()
         if self._ticks % 5 == 1 or calls.selected is None:
-            calls.show(eng.store.summaries())
+            calls.show(rows)
+        else:
+            calls.show_row(next((r for r in rows if r.call_id == calls.selected), None))
         # Only the selected call is rendered in full (an ended one as it ended).
         c = eng.store.snapshot(calls.selected) if calls.selected else None
         if c is None:

@@ -1,47 +1,88 @@
-"""? : the keys and what the numbers on the live calls' screen mean."""
+"""? : every key of the live calls' screen and what its numbers mean, in a box that fits an 80x24
+terminal and scrolls (the arrows, PgUp/PgDn, Home/End); escape, q or ? closes it."""
 
 from __future__ import annotations
 
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
-HELP = """\
-[b]aiagent-tui[/b] — live calls of the AI voice agent
+from engine.verdicts import JITTER_MS, LAST_PACKET_S, LOSS_PCT, PACING_MS
 
-  [b]↑ ↓[/b]   select a call          [b]/[/b]  filter the calls (caller, state, provider, profile, channel)
-  [b]s[/b]     sort: as they came, longest, waiting first, by caller     [b]space[/b]  pause the screen
-  [b]c[/b]     copy the call's id (the clipboard, over SSH too; the notice shows it and its channel)
-  [b]p[/b]     choose the provider: for new calls, and for the selected call from its next turn
-  [b]b[/b]     barge-in: stop the agent on the selected call now
-  [b]m[/b]     monitor: listen to the selected call (caller and agent) on this machine's speaker
-  [b]t[/b]     transfer the selected call to one of its profile's departments (announced first)
-  [b]h[/b]     hang up the selected call (asks first; an ended call stays listed a few seconds)
-  [b]d[/b]     dump the selected call (transcript, RTP stats, turn timeline) to a JSON file
-  [b]H[/b]     call history: past calls, filtered (/), each diagnosed and in full (enter), replayed (p)
-  [b]L[/b]     the whole log (5000 lines), filtered (/), warnings only (w)
-  [b]R[/b]     reload config.toml: new calls get its profiles, prompts, timings; calls up keep theirs
-  [b]?[/b]     this help          [b]q[/b]  quit (asks first if that hangs calls up; attached: detach)
+# (key as the footer shows it, what it does): each line at most 72 columns, nothing wraps at 80.
+KEYS = (
+    ("↑ ↓", "select a call"),
+    ("/", "filter the calls: caller, state, provider, profile, channel"),
+    ("escape", "clear the filter"),
+    ("s", "sort: as they came, the longest, waiting first, by caller"),
+    ("space", "pause the screen (the engine goes on); space again resumes"),
+    ("c", "copy the call's id (also over SSH; the notice shows it)"),
+    ("p", "provider for new calls, and the selected call's next turn"),
+    ("b", "barge-in: stop the agent on the selected call now"),
+    ("m", "listen to the selected call (both sides or one); m stops"),
+    ("w", "whisper: a line the agent says next, or an instruction"),
+    ("k", "take over: talk to the caller yourself; k again hands back"),
+    ("i", "bring a person in: a department, introduced or added"),
+    ("t", "transfer the selected call to one of its departments"),
+    ("h", "hang up the selected call (asks first)"),
+    ("d", "dump the selected call to a JSON file"),
+    ("H", "call history: past calls, diagnosed, replayed"),
+    ("L", "the whole log: / filters it, w shows only warnings"),
+    ("R", "reload config.toml (new calls get it; calls up keep theirs)"),
+    ("?", "this help"),
+    ("q", "quit (asks first if calls would be hung up; attached: detach)"),
+)
 
-[b]The numbers[/b] (yellow: worse than a good line; red: a caller hears it)
-  [b]loss[/b]      caller packets that never arrived, of those expected (yellow 1 %, red 5 %)
-  [b]jitter[/b]    how unevenly they arrive (RFC 3550; yellow 30 ms, red 60 ms)
-  [b]reord/dup[/b] packets out of order / twice     [b]last pkt[/b]  since the last one (silence may send none)
-  [b]out[/b]       packets to the caller; [b]dry[/b]: the agent's audio ran out mid-sentence (a gap heard)
-  [b]pacing[/b]    how late a 20 ms frame went out (yellow 10 ms, red 40 ms: the engine is overloaded)
-  [b]dB[/b]        the caller's level (dBFS: 0 is full scale; speech is about -30, silence under -50)
-  [b]GATED[/b]     the caller is not listened to while the agent speaks (except for barge-in); [b]open[/b]: heard
-  [b]waiting Ns[/b]  a turn has waited that long for the models (the caller hears nothing)
-  [b]timeline[/b]  per turn: the caller's last voiced frame → eos (the wait until the engine decides
-            they have finished) → STT → LLM's first sentence → TTS → first audio out;
-            [b]N ms waiting for models[/b]: of it, behind other calls' model work
-"""
+# (name as the screen shows it, what it means): the thresholds are engine/verdicts.py's.
+NUMBERS = (
+    ("loss", f"caller packets lost ({LOSS_PCT.warn:g} %, {LOSS_PCT.bad:g} %)"),
+    ("jitter", f"how unevenly they arrive ({JITTER_MS.warn:g} ms, {JITTER_MS.bad:g} ms)"),
+    ("reord/dup", "packets out of order / twice"),
+    ("last pkt", f"since the caller's last packet ({LAST_PACKET_S.warn:g} s, {LAST_PACKET_S.bad:g} s;\na quiet caller's phone may send none)"),
+    ("out", "packets to the caller; dry: the agent's audio ran out\nmid-sentence (the caller heard a gap)"),
+    ("pacing", f"how late a 20 ms frame went out ({PACING_MS.warn:g} ms, {PACING_MS.bad:g} ms:\nthe engine is overloaded)"),
+    ("dB", "the caller's level (0 is full scale; speech about -30,\nsilence under -50)"),
+    ("GATED", "the caller is not listened to while the agent speaks\n(except for barge-in); open: heard"),
+    ("waiting Ns", "a turn has waited that long for the models (silence)"),
+    ("timeline", "per turn, from the caller's last voiced frame: eos (the\nwait until the engine decides they have finished), STT,\n"
+                 "the LLM's first sentence, TTS, first audio out; N ms\nwaiting for models: of it, behind other calls' model work"),
+)
+
+OTHER_SCREENS = (
+    ("L log", "/ filter, w warnings only, escape back"),
+    ("H history", "/ filter, r read again, enter one call, escape back"),
+    ("one call", "p plays its recording, space pauses, escape back"),
+    ("dialogs", "↑ ↓ and enter choose, escape cancels; y / n answer"),
+)
+
+
+def _rows(text: Text, rows: tuple[tuple[str, str], ...], width: int) -> None:
+    for name, means in rows:
+        text.append(f"  {name:{width}s}", style="bold")
+        text.append(means.replace("\n", "\n  " + " " * width) + "\n")
+
+
+def help_text() -> Text:
+    text = Text.from_markup("[b]aiagent-tui[/b]: the live calls of the AI voice agent\n\n[b]Keys[/b]\n")
+    _rows(text, KEYS, 7)
+    text.append_text(Text.from_markup("\n[b]The numbers[/b] (yellow: worse than a good line; red: a caller hears it)\n"))
+    _rows(text, NUMBERS, 11)
+    text.append_text(Text.from_markup("\n[b]The other screens[/b]\n"))
+    _rows(text, OTHER_SCREENS, 11)
+    return text
 
 
 class HelpScreen(ModalScreen[None]):
     BINDINGS = [Binding("escape,q,question_mark", "app.pop_screen", "close")]
 
     def compose(self) -> ComposeResult:
-        yield Static(Text.from_markup(HELP), id="help")
+        box = VerticalScroll(Static(help_text(), id="help-text"), id="help")
+        box.border_title = "help"
+        box.border_subtitle = "↑ ↓ PgDn End scroll · esc/q/? close"
+        yield box
+
+    def on_mount(self) -> None:
+        self.query_one("#help").focus()  # the arrows, PgUp/PgDn and Home/End scroll it
