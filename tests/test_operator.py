@@ -92,14 +92,22 @@ def dominant_hz(ulaw: bytes) -> float:
     return float(np.fft.rfftfreq(len(pcm), 1 / 8000)[spectrum.argmax()])
 
 
+def loud(frames: list[tuple[float, bytes]], since: float) -> list[bytes]:
+    """The frames heard since ``since`` (arrival, 8 kHz u-law) with a tone in them."""
+    return [p for t, p in frames if t >= since and np.abs(np.frombuffer(ulaw_to_pcm16(p), np.int16)).max() > 1000]
+
+
+def heard_at(frames: list[tuple[float, bytes]], since: float, hz: float) -> float:
+    """Seconds of audio at ``hz`` heard since ``since`` (each 20 ms frame's main tone)."""
+    return sum(0.02 for p in loud(frames, since) if abs(dominant_hz(p) - hz) < 60)
+
+
 def heard(rec, since: float, hz: float) -> float:
-    """Seconds of audio at ``hz`` the caller heard since ``since`` (each 20 ms frame's main tone)."""
-    frames = [p for t, p in rec.media.agent_frames if t >= since and np.abs(np.frombuffer(ulaw_to_pcm16(p), np.int16)).max() > 1000]
-    return sum(0.02 for p in frames if abs(dominant_hz(p) - hz) < 60)
+    return heard_at(rec.media.agent_frames, since, hz)
 
 
 def loud_seconds(rec, since: float) -> float:
-    return sum(0.02 for t, p in rec.media.agent_frames if t >= since and np.abs(np.frombuffer(ulaw_to_pcm16(p), np.int16)).max() > 1000)
+    return 0.02 * len(loud(rec.media.agent_frames, since))
 
 
 def configure(cfg) -> None:
@@ -152,7 +160,7 @@ async def test_a_whispered_line_is_said_in_the_agents_voice_after_its_answer_and
         since = time.monotonic()
         assert eng.operator_say(rec.id, WHISPER, ALICE)
         await wait_for(lambda: heard(rec, since, WHISPER_HZ) >= 0.5, what="the whispered line heard")
-        tones = [round(dominant_hz(p)) for t, p in rec.media.agent_frames if t >= since and np.abs(np.frombuffer(ulaw_to_pcm16(p), np.int16)).max() > 1000]
+        tones = [round(dominant_hz(p)) for p in loud(rec.media.agent_frames, since)]
         first_whisper = next(i for i, hz in enumerate(tones) if abs(hz - WHISPER_HZ) < 60)
         assert all(abs(hz - WHISPER_HZ) < 60 for hz in tones[first_whisper:]), "the answer went on over the whispered line"
         assert first_whisper > 0, "the answer was cut off by the line"
