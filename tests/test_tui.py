@@ -324,3 +324,14 @@ async def test_attached_the_engines_warnings_reach_the_log_pane(tmp_path):
             await pilot.press("q")
     finally:
         stop_processes(eng, sim, timeout=20)
+
+
+async def test_the_first_simulated_call_comes_as_soon_as_the_engine_answers(tmp_path):
+    """--sim: the demo caller waited a whole interval (8 s) after start because ARI was not yet
+    connected at its first turn; now it calls as soon as the engine answers."""
+    app = AiAgentApp(rt := Runtime(app_config(tmp_path), sim=True, demo_interval_s=120.0), dump_dir=tmp_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: rt.engine is not None and rt.engine.ari_connected)
+        # Well within the interval: a call that waited for it would time this out.
+        await until(pilot, lambda: "5550001" in app.export_screenshot(), timeout=15.0)
+        await pilot.press("q", "y")
