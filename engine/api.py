@@ -18,7 +18,8 @@ __all__ = ["AudioTap", "BringIn", "CallRecord", "CallRow", "EngineRuntime", "Eng
 # speak to the caller through a snoop (whisper) channel on the caller's channel.
 BringIn = Literal["introduce", "bridge", "snoop"]
 
-# Listening in on a call: gets ("caller" | "agent", pcm16, sample rate) as the audio passes.
+# Listening in on a call: gets ("caller" | "agent" | "operator", pcm16, sample rate) as the audio
+# passes; "operator": what an operator who took the call over sends the caller (operator_audio).
 AudioTap = Callable[[str, bytes, int], None]
 
 
