@@ -51,6 +51,7 @@ class HistoryScreen(Screen[None]):
         self.rows: list[CallRow] = []
         self.verdicts: dict[str, Verdict] = {}  # call id -> its diagnosis (an ended call's kept across refreshes)
         self._asked = 0  # loads asked for: a slower earlier one's rows (another filter) are not shown over a later one's
+        self._reading = 0  # reads under way: a refresh waits for them (a hung database gets one thread, not one per refresh)
 
     def compose(self) -> ComposeResult:
         yield Static("call history", id="history-head")
@@ -69,11 +70,12 @@ class HistoryScreen(Screen[None]):
         self.set_interval(REFRESH_S, self._refresh)
 
     def _refresh(self) -> None:
-        if self.is_current:  # not under a call opened from it
+        if self.is_current and not self._reading:  # not under a call opened from it
             self.load()
 
     def load(self) -> None:
         self._asked += 1
+        self._reading += 1
         self._read(self._asked, self.filters, self.verdicts)
 
     @work(thread=True, group="history")
@@ -93,6 +95,7 @@ class HistoryScreen(Screen[None]):
         self.app.call_from_thread(self._show, asked, rows, found)
 
     def _failed(self, asked: int, e: Exception) -> None:
+        self._reading -= 1
         if asked == self._asked:
             self.query_one("#history-head", Static).update(Text(f"call history: cannot read {shown_url(self.url)}: {db_error(e)}", style="bold red"))
 
@@ -105,6 +108,7 @@ class HistoryScreen(Screen[None]):
                 r.dialled, r.profile, Text(r.outcome.replace("_", " "), style=outcome_style(r.outcome)), flag, str(r.turns))
 
     def _show(self, asked: int, rows: list[CallRow], found: dict[str, Verdict]) -> None:
+        self._reading -= 1
         if asked != self._asked:  # a later load is on its way
             return
         self.rows, self.verdicts = rows, found
