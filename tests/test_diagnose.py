@@ -11,8 +11,8 @@ from engine import verdicts
 from engine.diagnosis import diagnose
 from engine.history import OUTCOMES, ActionEntry, CallRecord, HistoryDb, Line, Quality, Silence, TurnRecord
 from pbxsim.server import SimPBX
-from pbxsim.script import SayText, WaitAgent, WaitAgentDone
-from providers.profile import Norms
+from pbxsim.script import Pause, SayText, WaitAgent, WaitAgentDone
+from providers.profile import AgentProfile, Department, Norms
 from providers.stages import StageFailed
 from tests.conftest import history_of, running_engine, wait_for
 
@@ -225,3 +225,26 @@ def test_calls_list_flags_each_call_and_calls_diagnose_prints_levels(tmp_path, c
     assert cli([*cfg, "diagnose", "fine-call", "--json"]) == 0
     fine = json.loads(capsys.readouterr().out)
     assert fine["level"] == "ok" and fine["headline"].startswith("nothing wrong found") and fine["findings"] == []
+
+
+async def test_a_transfer_the_pbx_dropped_is_flagged_bad_in_the_list_and_the_diagnosis(pbx, tmp_path, capsys, history_url):
+    """A transfer to an extension the dialplan lacks, over the simulator: the PBX drops the caller,
+    the history says transfer_failed; ``calls list`` flags it bad and ``calls diagnose`` heads with
+    the failed ending and the transfer's own words, never "nothing wrong"."""
+    def cfg(c):
+        c.profiles["default"] = AgentProfile(departments={"billing": Department(context="from-internal", extension="9999")}, greeting="Hello.")
+
+    async with running_engine(pbx, tmp_path, cfg, AIAGENT_HISTORY_URL=history_url) as eng:
+        call = pbx.place_call(script=[Pause(5.0)])
+        await wait_for(lambda: (s := eng.store.get(call.id)) is not None and s.bridged_at is not None, what="the call bridged with the agent")
+        assert eng.transfer(call.id, "billing")
+        await asyncio.wait_for(call.finished.wait(), 10)
+        rec = await history_of(eng, call.id, until=lambda r: r.outcome != "live" and r.actions[-1].state != "sent")
+    assert rec.outcome == "transfer_failed" and verdicts.outcome_style(rec.outcome) == "bold red"
+    d = diagnose(rec, Norms())
+    assert d.level == "bad" and d.headline.startswith("bad: the call ended transfer failed; the transfer to billing (9999@from-internal)")
+
+    (tmp_path / "cli.toml").write_text(f'[history]\nurl = "{history_url}"\n')
+    assert cli(["--config", str(tmp_path / "cli.toml"), "calls", "list"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.endswith(call.id))
+    assert row.split()[-4:-2] == ["transfer_failed", "bad"]
