@@ -375,7 +375,7 @@ class Call:
         if said:
             rec.state = "done"
         else:
-            rec.state, rec.detail = "failed", "the provider could not say it"
+            rec.state, rec.detail = "failed", "the call was taken over first" if self._taken_over is not None else "the provider could not say it"
             if self.conversation is not None:
                 self.conversation.operator_lines.pop(rec.text, None)
         report_action(self.services.store, self.services.action_counters, self.call_id, rec, logging.INFO if said else logging.WARNING)

@@ -598,6 +598,8 @@ class PipelineCall(ProviderCall):
         if answering is not None and not answering.done():
             await asyncio.wait([answering])
         await self._caller_quiet.wait(self._clock, CALLER_HOLDS_S)
+        if self._held:
+            return False  # taken over meanwhile: the operator speaks for themselves
         return await self._say(text)
 
     def instruct(self, text: str) -> bool:

@@ -23,7 +23,7 @@ from pbxsim.media import load_wav_ulaw
 from pbxsim.script import Pause
 from providers.base import ComponentStatus
 from providers.pipeline import Pipeline, PipelineProvider, _Voice
-from providers.profile import AgentProfile
+from providers.profile import AgentProfile, Department
 from providers.stages import LanguageModel, Message, Priority, Reply, Speech, SpeechToText, TextToSpeech, Tool
 from tests.conftest import HELLO, history_of, running_engine, wait_for
 from tests.deepgram_server import API_KEY, Behaviour, FakeDeepgram
@@ -321,3 +321,22 @@ async def test_on_deepgram_an_instruction_updates_the_prompt_a_line_is_queued_an
         assert "Tell every caller that parking is free." in deepgram.seen.settings[1]["agent"]["think"]["prompt"]
         assert "parking" not in deepgram.seen.settings[0]["agent"]["think"]["prompt"]
         assert await eng.hangup(rec.id)
+
+
+async def test_a_transfer_while_taken_over_hands_the_call_back_first_and_is_announced(pbx, tmp_path):
+    def with_billing(cfg) -> None:
+        configure(cfg)
+        cfg.profiles["default"].departments["billing"] = Department(description="invoices", context="from-internal", extension="201")
+
+    async with running_engine(pbx, tmp_path, with_billing, AIAGENT_PROVIDER="tone", AIAGENT_DOWNSTREAM_MODE="stream") as eng:
+        await scripted(eng, [])
+        rec = await call_in(eng, pbx, "stream")
+        assert eng.take_over(rec.id, ALICE)
+        since = time.monotonic()
+        assert eng.transfer(rec.id, "billing")
+        await wait_for(lambda: rec.report(pbx)["transferred_to"], until=lambda where: where == "201@from-internal", what="the caller put through")
+        assert heard(rec, since, ANSWER_HZ) >= 0.4  # the agent's announcement, in its voice again
+        record = await history_of(eng, rec.id, until=lambda r: all(a.state != "sent" for a in r.actions))
+    # The transfer asked for, then the hand-back as it begins.
+    assert [(a.kind, a.state) for a in record.actions] == [("take_over", "done"), ("transfer", "done"), ("hand_back", "done")]
+    assert record.actions[2].by == ALICE and "an action on the call" in record.actions[2].detail
