@@ -115,7 +115,7 @@ class EngineCollector:
         yield CounterMetricFamily("ai_agent_stream_fallbacks", "Calls whose stream playback fell back to files", value=pc.stream_fallbacks)
         yield CounterMetricFamily("ai_agent_stream_underruns", "Outbound RTP streams that ran dry mid-speech", value=a.stream_underruns)
         yield CounterMetricFamily("ai_agent_stream_overruns", "Outbound frames dropped on a full queue", value=a.stream_overruns)
-        actions = CounterMetricFamily("ai_agent_actions", "Agent actions (transfer, hangup, still_there), by outcome", labels=["action", "outcome"])
+        actions = CounterMetricFamily("ai_agent_actions", "Actions on calls (transfer, hangup, still_there; an operator's say, instruct, take_over, hand_back), by outcome", labels=["action", "outcome"])
         for kind, outcome, n in st.actions:
             actions.add_metric([kind, outcome], n)
         yield actions
