@@ -2,7 +2,8 @@
 one, and the operator's microphone when they take a call over.
 
 The engine (or, attached, the console socket) hands over the caller's and the agent's audio as it
-flows; AudioMonitor plays both sides mixed at 8 kHz, or one side alone. Replay plays a recording
+flows; AudioMonitor plays both sides mixed at 8 kHz, or one side alone (the agent's side is what
+the caller hears: an operator who took the call over is on it). Replay plays a recording
 (both sides mixed) and knows where it is, for the transcript to follow. OperatorMic records the
 operator at 8 kHz in 20 ms frames for the engine's ``operator_audio``. On a PBX with no sound device
 (the usual case) they say so in plain words: listen from a laptop, attached over SSH. The devices
@@ -87,6 +88,9 @@ class AudioMonitor:
     def __init__(self, call_id: str, open_output: OpenOutput = SoundDevice, side: Side = "both") -> None:
         self.call_id = call_id
         self.side: Side = side
+        # The voice of an operator who took the call over, with the agent's side: off for that
+        # operator themselves (their own voice back, late, is no help).
+        self.play_operator = True
         self._lock = threading.Lock()
         self._queues: dict[str, deque[np.ndarray]] = {"caller": deque(), "agent": deque()}
         self._resamplers: dict[tuple[str, int], Resampler] = {}
@@ -95,6 +99,10 @@ class AudioMonitor:
 
     def feed(self, source: str, pcm16: bytes, rate: int) -> None:
         """Called by the engine on its loop: must be quick."""
+        if source == "operator":
+            if not self.play_operator:
+                return
+            source = "agent"  # what the caller hears
         if source not in self._queues or self.side not in ("both", source):
             return
         if rate != RATE:

@@ -250,7 +250,18 @@ class TranscriptPane(Pane):
             lines.append("\n")
         if partial:
             lines.append(f"caller … {partial}\n", style="dim italic")
-        self.show_content(lines if lines.plain else Text("no words yet", style="dim"))
+        if not lines.plain:
+            self.show_content(Text("no words yet", style="dim"))
+            return
+        # The newest lines are the ones that matter (an operator who has the call reads what the
+        # caller just said): as they wrap in this pane, the oldest go over its top, not the newest under it.
+        width, height = self.content_size
+        if width and height:
+            lines.rstrip()
+            rows = lines.wrap(self.app.console, width)
+            if len(rows) > height:
+                lines = Text("\n").join(rows[-height:])
+        self.show_content(lines)
 
 
 _ROLES = {"caller": Text("caller ", style="bold cyan"), "agent": Text("agent  ", style="bold magenta"), "note": Text("note   ", style="bold yellow")}

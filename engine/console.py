@@ -21,7 +21,8 @@ The operator's actions are the engine's own (EngineView), done ``by`` the socket
 
 The audio socket carries binary frames both ways, each an ``AudioFrame``: a 4-byte header (the
 side, b"c" caller, b"a" agent or b"o" operator, a pad byte, the sample rate as uint16 little
-endian), then PCM16 mono. From the engine: 20 ms frames at 8 kHz of the side(s) asked for. From
+endian), then PCM16 mono. From the engine: 20 ms frames at 8 kHz of the side(s) asked for (the
+side "agent" is what the caller hears: the agent, or the operator who took the call over). From
 the console: the operator's microphone (any rate, side b"o"), handed to ``operator_audio`` (the
 engine plays it to the caller while the call is taken over, and drops it otherwise). One listener
 per call per console (a console's second one replaces its first); the engine's tap on the call is
@@ -194,7 +195,8 @@ class _Listener:
     closing: tuple[int, str] | None = None  # set: close the socket with this code and reason
 
     def offer(self, side: AudioSide, frame: bytes) -> None:
-        if self.side != "both" and self.side != side:
+        # "agent": what the caller hears (the agent, or the operator who took the call over)
+        if self.side != "both" and self.side != ("caller" if side == "caller" else "agent"):
             return
         if len(self.frames) == self.frames.maxlen:
             self.dropped += 1
@@ -212,15 +214,14 @@ class _CallAudio:
 
     def __init__(self) -> None:
         self.listeners: dict[int, _Listener] = {}
-        self._framers: dict[str, _Framer] = {"caller": _Framer(), "agent": _Framer()}
+        self._framers: dict[AudioSide, _Framer] = {"caller": _Framer(), "agent": _Framer(), "operator": _Framer()}
 
     def tap(self, source: str, pcm16: bytes, rate: int) -> None:
         """The engine's AudioTap, on its loop: frames the audio once and queues it for each listener."""
-        framer = self._framers.get(source)
-        if framer is None:
+        side = next((s for s in self._framers if s == source), None)
+        if side is None:
             return
-        side: AudioSide = "caller" if source == "caller" else "agent"
-        for frame in framer.frames(pcm16, rate):
+        for frame in self._framers[side].frames(pcm16, rate):
             for listener in self.listeners.values():
                 listener.offer(side, frame)
 

@@ -142,8 +142,11 @@ async def test_the_audio_socket_streams_the_sides_asked_for_and_takes_the_operat
                 while (msg := await ws.receive(timeout=5)).type is aiohttp.WSMsgType.BINARY:
                     pass  # the frames sent before
                 assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == CLOSE_REPLACED
+                # The agent's side is what the caller hears: the agent, or an operator who has the call.
+                eng.taps[cid]("caller", tone(500, 160).tobytes(), 8000)
                 eng.taps[cid]("agent", tone(700, 160).tobytes(), 8000)
-                assert AudioFrame.decode(await second.receive_bytes(timeout=5)).side == "agent"
+                eng.taps[cid]("operator", tone(1000, 160).tobytes(), 8000)
+                assert [AudioFrame.decode(await second.receive_bytes(timeout=5)).side for _ in range(2)] == ["agent", "operator"]
 
                 # The call ends: the console is told why, and the tap goes.
                 eng.store.remove(eng.store.get(cid), "caller hung up")

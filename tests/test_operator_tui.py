@@ -61,6 +61,11 @@ def tone(hz: float = 1000.0, n: int = 160, amplitude: int = 8000, start: int = 0
     return (amplitude * np.sin(2 * np.pi * hz * (start + np.arange(n)) / 8000)).astype(np.int16)
 
 
+def power_at(pcm: np.ndarray, hz: float) -> float:
+    spectrum = np.abs(np.fft.rfft(pcm.astype(np.float64))) ** 2
+    return float(spectrum[np.abs(np.fft.rfftfreq(len(pcm), 1 / 8000) - hz) < 60].sum() / spectrum.sum())
+
+
 def notices(app: AiAgentApp) -> list[str]:
     return [str(n.message) for n in app._notifications]
 
@@ -146,7 +151,9 @@ async def test_k_takes_the_call_over_with_the_microphone_and_hands_it_back(devic
         mic.speak(tone())
         await until(pilot, lambda: eng.operator_frames)
         assert eng.operator_frames[0] == (cid, tone().tobytes(), 8000)
-        # The caller's words reach the operator's speaker.
+        # The caller's words reach the operator's speaker; their own voice is not played back to them.
+        eng.taps[cid]("operator", tone(1000).tobytes(), 8000)
+        assert np.abs(devices["output"][-1].pull()).max() == 0
         eng.taps[cid]("caller", tone(500).tobytes(), 8000)
         assert np.abs(devices["output"][-1].pull()).max() > 4000
 
@@ -274,6 +281,10 @@ async def test_m_listens_to_both_sides_or_one_and_stops(devices):
         await until(pilot, lambda: cid in eng.taps)
         eng.taps[cid]("agent", tone(700, n=3200).tobytes(), 16000)
         assert np.abs(devices["output"][-1].pull(800)[400:]).max() > 4000
+        # An operator who took the call over (another console) is heard on the agent's side.
+        devices["output"][-1].pull(800)  # the rest of the agent's
+        eng.taps[cid]("operator", tone(1000).tobytes(), 8000)
+        assert power_at(devices["output"][-1].pull(), 1000) > 0.9
         # escape in the chooser: nothing starts (and the device opened for it closes).
         await pilot.press("m")  # off
         await until(pilot, lambda: cid not in eng.taps)
@@ -299,6 +310,11 @@ async def test_the_live_transcript_shows_the_operators_lines_as_theirs():
         shown = str(app.live.query_one("#transcript", Static).content)
         assert "The doctor is running 10 minutes late.  (alice (attached))" in shown
         assert "note   offer the 4 pm slot  (alice (attached))" in shown
+        # Wrapped in the pane, the transcript keeps its newest line in sight (the oldest go).
+        call.transcript.append(TranscriptTurn("note", "an operator took the call over", True, 0.0, by="alice (attached)"))
+        call.transcript.append(TranscriptTurn("caller", "Oh hello, is this a real person now? I only wanted to know where to park.", True, 0.0))
+        await until(pilot, lambda: "where to park." in app.export_screenshot().replace("&#160;", " "))
+        assert "Hello, thanks for calling" not in app.export_screenshot().replace("&#160;", " ")
         await pilot.press("q", "y")
 
 

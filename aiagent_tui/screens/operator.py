@@ -9,7 +9,7 @@ from typing import get_args
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
+from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Input, OptionList, RadioButton, RadioSet, Static, Switch
 from textual.widgets.option_list import Option
@@ -35,7 +35,7 @@ class WhisperScreen(ModalScreen[Whisper | None]):
 
     DEFAULT_CSS = _BOX_CSS.format(screen="WhisperScreen") + """
     WhisperScreen #whisper-mode { height: auto; margin-top: 1; }
-    WhisperScreen #whisper-mode Static { width: auto; padding: 1 1 0 0; }
+    WhisperScreen #whisper-mode Static { width: 1fr; padding: 1 0 0 1; }
     """
     BINDINGS = [Binding("escape", "dismiss_none", "cancel"), Binding("ctrl+t", "toggle_mode", "say / instruct")]
 
@@ -47,7 +47,7 @@ class WhisperScreen(ModalScreen[Whisper | None]):
         with Vertical(id="whisper-box"):
             yield Static(f"Whisper to the agent on the call from {self.caller}:", id="whisper-title")
             yield Input(placeholder="the doctor is running 10 minutes late", id="whisper-text")
-            with Vertical(id="whisper-mode"):
+            with Horizontal(id="whisper-mode"):
                 yield Switch(value=False, id="whisper-instruct")
                 yield Static("", id="whisper-mode-label")
             yield Static(Text.from_markup("[b]enter[/b] send    [b]ctrl+t[/b] say next / instruction    [b]escape[/b] cancel"), classes="hint")
