@@ -359,6 +359,7 @@ class CallsScreen(Screen[None]):
 
     def _listen(self, monitor: AudioMonitor, side: Side) -> bool:
         monitor.side = side
+        monitor.play_operator = self.mic is None or self.mic.call_id != monitor.call_id
         if self.engine is None or not self.engine.set_audio_tap(monitor.call_id, monitor.feed):
             monitor.close()
             self.notify("cannot monitor: the call has ended", severity="warning")
@@ -422,6 +423,8 @@ class CallsScreen(Screen[None]):
             self.stop_listening()
             if (monitor := self._open_monitor(cid)) is not None:
                 self._listen(monitor, "both")
+        if self.monitor is not None:
+            self.monitor.play_operator = False  # their own voice back, late, is no help
         caller = self._caller(cid)
         self.mount(OperatorBanner(f"● you have the call from {caller} ({cid[-8:]}): talk into {mic.device}; k hands it back to the agent"), before="#body")
         self.notify(f"you have the call from {caller}: the agent is silent; k hands it back")
@@ -447,6 +450,8 @@ class CallsScreen(Screen[None]):
         if self.mic is not None:
             self.mic.close()
             self.mic = None
+        if self.monitor is not None:
+            self.monitor.play_operator = True
         if self._mic_watch is not None:
             self._mic_watch.stop()
             self._mic_watch = None
