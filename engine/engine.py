@@ -93,6 +93,7 @@ class Engine:
         if self.history is not None:
             self.calls.refusals.record = self.history.call_refused  # "who was turned away at 09:00"
         self._provider_locks: dict[str, asyncio.Lock] = {}
+        self._load_errors: dict[str, str] = {}  # a provider that could not load -> why (in /health, not "not loaded")
         self.asterisk_version: str | None = None
         self.last_reload: ReloadResult | None = None
         self.started = False
@@ -208,7 +209,12 @@ class Engine:
         async with lock:
             if name not in self.providers:
                 provider = build_provider(name, self.config.providers, self.stages, tuple(self.config.profiles.values()))
-                await provider.load()
+                try:
+                    await provider.load()
+                except Exception as e:
+                    self._load_errors[name] = f"cannot start: {e}"
+                    raise
+                self._load_errors.pop(name, None)
                 self.providers[name] = provider
         return self.providers[name]
 
@@ -232,7 +238,7 @@ class Engine:
         out = {}
         for name in sorted(self.config.providers.names):
             p = self.providers.get(name)
-            out[name] = p.readiness() if p is not None else Readiness(False, "not loaded")
+            out[name] = p.readiness() if p is not None else Readiness(False, self._load_errors.get(name, "not loaded"))
         return out
 
     # ---- reload

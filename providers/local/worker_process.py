@@ -13,11 +13,14 @@ import queue
 import sys
 import threading
 import time
-from typing import Callable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
 
 from providers.config import LocalProviderConfig
+from providers.local.models import ModelNotFound, ModelSpec, ModelUnusable, unusable
 from providers.local.wire import (
-    Answer, Cancel, Chunk, Crash, Done, Failed, FromWorker, Job, Load, Ready, Run, Synthesize, Transcribe, encode, read_frame,
+    Answer, Cancel, Chunk, Crash, Done, Failed, FromWorker, Job, Load, LoadFailed, Ready, Run, Synthesize, Transcribe, encode, read_frame,
 )
 
 
@@ -26,7 +29,7 @@ class _Model:
 
     def __init__(self, kind: str, cfg: LocalProviderConfig) -> None:
         from providers.local.llm import ChatModel
-        from providers.local.models import JOE_VOICE, resolve, resolve_llm
+        from providers.local.models import JOE_VOICE, WHISPER_TINY_EN, llm_spec, resolve, resolve_llm
         from providers.local.stt import SttModel, build_stt
         from providers.local.tts import PiperTts
 
@@ -35,13 +38,19 @@ class _Model:
         self.llm: ChatModel | None = None  # (its prefix cache's counters, for the tests)
         self.tts: PiperTts | None = None
         if kind == "stt":
-            self.stt = build_stt(cfg)
+            path = resolve(WHISPER_TINY_EN, cfg.stt_model_path) if cfg.stt_engine == "whisper" else None
+            with _loading(WHISPER_TINY_EN, path, cfg.stt_model_path):
+                self.stt = build_stt(cfg)
             self.detail = self.stt.name
         elif kind == "llm":
-            self.llm = ChatModel(resolve_llm(cfg.llm_model, cfg.llm_model_path), cfg.llm_context, cfg.llm_threads, cfg.llm_chat_format)
+            path = resolve_llm(cfg.llm_model, cfg.llm_model_path)
+            with _loading(llm_spec(cfg.llm_model, cfg.llm_model_path), path, cfg.llm_model_path):
+                self.llm = ChatModel(path, cfg.llm_context, cfg.llm_threads, cfg.llm_chat_format)
             self.detail = self.llm.path.name
         elif kind == "tts":
-            self.tts = PiperTts(resolve(JOE_VOICE, cfg.tts_voice_path), cfg.tts_threads)
+            path = resolve(JOE_VOICE, cfg.tts_voice_path)
+            with _loading(JOE_VOICE, path, cfg.tts_voice_path):
+                self.tts = PiperTts(path, cfg.tts_threads)
             self.detail = str(self.tts.sample_rate)
         else:
             raise ValueError(f"unknown model kind {kind!r}")
@@ -62,6 +71,21 @@ class _Model:
                 raise ValueError(f"a {self.kind} model does not serve {job.__class__.__name__}")
 
 
+@contextmanager
+def _loading(spec: ModelSpec, path: Path | None, configured: str) -> Iterator[None]:
+    """A model that is there but fails to load (what the cheap look at startup cannot see: a
+    truncated GGUF with a good header, a corrupt graph) raises ModelUnusable naming the file and
+    the loader's reason."""
+    try:
+        yield
+    except ModelNotFound:
+        raise
+    except Exception as e:
+        if path is None:
+            raise
+        raise ModelUnusable(unusable(spec, path, configured, f"{e.__class__.__name__}: {e} (corrupt or truncated?)")) from e
+
+
 def main() -> int:
     # The protocol gets its own copy of stdout; fd 1 then points at stderr, so native code that
     # prints (llama.cpp, onnxruntime) cannot corrupt a frame.
@@ -79,7 +103,12 @@ def main() -> int:
         with write_lock:
             out.write(data)
 
-    model = _Model(first.kind, LocalProviderConfig.model_validate(first.config))
+    try:
+        model = _Model(first.kind, LocalProviderConfig.model_validate(first.config))
+    except Exception as e:
+        # The engine shows this (startup error, /health, the header), not "exited with status 1".
+        send(LoadFailed(str(e) if isinstance(e, ModelNotFound) else f"{first.kind} model: {e.__class__.__name__}: {e}"))
+        return 1
     send(Ready(model.detail))
 
     jobs: queue.Queue[Run | None] = queue.Queue()

@@ -27,7 +27,7 @@ from dataclasses import KW_ONLY, dataclass, field
 from typing import Callable, TypeVar, cast
 
 from providers.base import ComponentStatus, ModelWork, Span, model_work
-from providers.local.wire import HEADER_SIZE, Cancel, Chunk, Done, Failed, Job, Load, Ready, Run, body_size, encode
+from providers.local.wire import HEADER_SIZE, Cancel, Chunk, Done, Failed, Job, Load, LoadFailed, Ready, Run, body_size, encode
 from providers.stages import Priority, StageBusy, StageFailed
 from runtime.clock import Clock, LoopClock, Timer, sleep
 from runtime.tasks import OwnedTasks
@@ -83,6 +83,7 @@ class ModelWorker:
     restarts: int = field(default=0, init=False)
     jobs: int = field(default=0, init=False)  # given to the process (not those dropped while they waited)
     last_error: str | None = field(default=None, init=False)
+    load_error: str | None = field(default=None, init=False)  # what the process said when its model did not load
     _proc: asyncio.subprocess.Process | None = field(default=None, init=False)
     _pending: dict[int, _Job] = field(default_factory=dict, init=False)  # queued and running
     _queue: list[tuple[int, int]] = field(default_factory=list, init=False)  # heap of (priority, id) waiting here
@@ -139,7 +140,8 @@ class ModelWorker:
         await asyncio.wait([ready, supervisor], return_when=asyncio.FIRST_COMPLETED)
         if not self._ready.is_set():
             await self.close()
-            raise RuntimeError(f"{self.name} model worker did not start: {self.last_error or 'timed out loading'}")
+            # The process's own account names the file and why; else how it ended.
+            raise RuntimeError(self.load_error or f"{self.name} model worker did not start: {self.last_error or 'timed out loading'}")
 
     async def close(self) -> None:
         self.state = "stopped"
@@ -208,6 +210,10 @@ class ModelWorker:
         except TimeoutError:  # closed its stdout but lives on
             self._kill()
             code = await proc.wait()
+        if self.load_error is not None:
+            self.last_error = self.load_error
+            log.error("%s model worker (pid %d) could not load its model: %s", self.name, proc.pid, self.load_error)
+            return
         if self.last_error is None or not self.last_error.startswith("hung"):
             self.last_error = _describe_exit(code)
         log.error("%s model worker (pid %d) ended: %s; %d job(s) lost, restarting", self.name, proc.pid, self.last_error, self.depth)
@@ -224,8 +230,11 @@ class ModelWorker:
                 case Ready(detail):
                     self.detail = detail
                     self.state = "running"
+                    self.load_error = None
                     self._ready.set()
                     log.info("%s model worker up (pid %s): %s", self.name, self.pid, self.detail)
+                case LoadFailed(error):
+                    self.load_error = error
                 case Chunk(job_id, text):
                     job = self._pending.get(job_id)
                     if job is not None and job.on_chunk is not None:
