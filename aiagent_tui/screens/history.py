@@ -28,7 +28,8 @@ from providers.redact import shown_url
 
 LIMIT = 500
 REFRESH_S = 2.0  # a live call's row is written every SYNC_INTERVAL_S: an ended call shows so within this and that
-COLUMNS = (("started", 19), ("length", 7), ("caller", 16), ("dialled", 8), ("profile", 10), ("outcome", 16), ("flag", 7), ("turns", 5))
+# The flag and the outcome first: what an operator scans for, in view on 80 columns too.
+COLUMNS = (("flag", 6), ("started", 19), ("length", 7), ("outcome", 16), ("caller", 16), ("dialled", 8), ("profile", 10), ("turns", 5))
 
 
 class HistoryScreen(Screen[None]):
@@ -104,8 +105,8 @@ class HistoryScreen(Screen[None]):
         v = self.verdicts.get(r.call_id)
         level = v.diagnosis.level if v is not None else None
         flag = Text(f"{MARK[level]} {level}", style=STYLE[level]) if level not in (None, "ok") else Text("")
-        return (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.started_at)), length, r.caller_number or "unknown",
-                r.dialled, r.profile, Text(r.outcome.replace("_", " "), style=outcome_style(r.outcome)), flag, str(r.turns))
+        return (flag, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.started_at)), length,
+                Text(r.outcome.replace("_", " "), style=outcome_style(r.outcome)), r.caller_number or "unknown", r.dialled, r.profile, str(r.turns))
 
     def _show(self, asked: int, rows: list[CallRow], found: dict[str, Verdict]) -> None:
         self._reading -= 1
