@@ -21,7 +21,8 @@ from engine.sessions import ActionChanged, ConversationState, TranscriptAdded
 from media.audio import ulaw_to_pcm16
 from pbxsim.media import load_wav_ulaw
 from pbxsim.script import Pause
-from providers.base import ComponentStatus
+from providers.base import CallContext, ComponentStatus
+from providers.echo import EchoCall
 from providers.pipeline import Pipeline, PipelineProvider, _Voice
 from providers.profile import AgentProfile, Department
 from providers.stages import LanguageModel, Message, Priority, Reply, Speech, SpeechToText, TextToSpeech, Tool
@@ -340,3 +341,15 @@ async def test_a_transfer_while_taken_over_hands_the_call_back_first_and_is_anno
     # The transfer asked for, then the hand-back as it begins.
     assert [(a.kind, a.state) for a in record.actions] == [("take_over", "done"), ("transfer", "done"), ("hand_back", "done")]
     assert record.actions[2].by == ALICE and "an action on the call" in record.actions[2].detail
+
+
+async def test_the_echo_line_test_echoes_nothing_while_taken_over():
+    events: list = []
+    call = EchoCall(CallContext("c1"), events.append, 0.02)
+    assert call.hold_answers(True)
+    call.send_audio(tone(400, 0.02), -20.0)
+    assert not call._pending  # nothing scheduled: the caller does not hear themselves over the operator
+    assert call.hold_answers(False, "a note the echo has no use for")
+    call.send_audio(tone(400, 0.02), -20.0)
+    await wait_for(lambda: events, what="the echo again after the hand-back")
+    await call.stop()
