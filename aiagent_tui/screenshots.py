@@ -27,6 +27,7 @@ from textual.widgets import DataTable
 from aiagent_tui.app import AiAgentApp
 from aiagent_tui.screens.call_detail import CallDetailScreen
 from aiagent_tui.monitor import Callback
+from pbxsim.demo import SOUNDS
 from aiagent_tui.runtime import Runtime
 from engine.config import load_config
 from engine.history import database_url
@@ -207,11 +208,94 @@ async def capture_history_flags(out: Path, provider: str) -> None:
         await pilot.press("q")
 
 
+async def capture_operator(out: Path, provider: str) -> None:
+    """The operator in the loop on a simulated call: the whisper dialog (w), the bring-in dialog
+    (i), and the call taken over (k) while the caller speaks (a silent microphone and speaker
+    stand in for this machine's: it has none)."""
+    from pbxsim.media import load_wav_ulaw
+    from pbxsim.script import Pause, SayText, WaitAgent, WaitAgentDone
+    from providers.profile import Department
+
+    cfg = load_config(None, env={"ASTERISK_ARI_PORT": str(_free_port()), "RTP_PORT": "0", "HEALTH_PORT": str(_free_port()),
+                                 "AIAGENT_MEDIA_DIR": str(Path(tempfile.mkdtemp())), "AIAGENT_PROVIDER": provider,
+                                 "AIAGENT_CONSOLE_SOCKET": str(Path(tempfile.mkdtemp()) / "console.sock")})  # beside any engine running here
+    cfg.profiles["default"].departments = {
+        "front-desk": Department(description="appointments and reception", context="from-internal", extension="200"),
+        "billing": Department(description="invoices, payments and refunds", context="from-internal", extension="201"),
+        "nurse-line": Department(description="symptoms and medication questions", endpoint="PJSIP/202"),
+    }
+    rt = Runtime(cfg, sim=True, demo_interval_s=None)
+    app = AiAgentApp(rt)
+    app.live.open_input = app.live.open_output = _Headset
+    async with app.run_test(size=(120, 40), notifications=True) as pilot:
+        loop = asyncio.get_running_loop()
+
+        async def until(pred, timeout: float = 120) -> None:
+            end = loop.time() + timeout
+            while not pred() and loop.time() < end:
+                await pilot.pause(0.2)
+
+        await until(lambda: rt.engine is not None and rt.engine.ari_connected and rt.pbx is not None)
+        assert rt.pbx is not None and rt.engine is not None
+        eng = rt.engine
+        rt.pbx.place_call(script=[WaitAgentDone(0.4, 8.0), SayText("Hi, what time do you open on Saturday?"), WaitAgent(0.3, 15.0), WaitAgentDone(1.0, 20.0), Pause(90.0)],
+                          caller_number="5550187", app=cfg.asterisk.app, dialled="100")
+        rec = rt.pbx.place_call(script=[WaitAgentDone(0.4, 8.0), SayText("Hello, I have an appointment at three with Doctor Patel. Is she on time today?"),
+                                        WaitAgent(0.3, 15.0), WaitAgentDone(1.0, 20.0), Pause(90.0)],
+                                caller_number="5550142", app=cfg.asterisk.app, dialled="100")
+
+        def answered() -> bool:
+            snap = eng.store.snapshot(rec.id)
+            return snap is not None and [t.role for t in snap.transcript].count("agent") >= 2
+
+        await until(answered)
+        call = eng.store.get(rec.id)
+        assert call is not None
+        table = app.live.calls.table
+        await until(lambda: rec.id in [k.value for k in table.rows])
+        table.move_cursor(row=[k.value for k in table.rows].index(rec.id))
+        await until(lambda: app.live.calls.selected == rec.id)
+        await pilot.pause(1.0)
+        # w: a line for the agent
+        await pilot.press("w")
+        await pilot.pause(0.3)
+        await pilot.press(*"Doctor Patel is running about ten minutes late today.")
+        await pilot.pause(0.3)
+        app.save_screenshot("whisper.svg", str(out))
+        await pilot.press("enter")
+        await until(lambda: any(t.by for t in call.transcript))
+        # i: bring a person in
+        await pilot.press("i")
+        await pilot.pause(0.3)
+        await pilot.press("tab", "down", "down", "enter", "shift+tab")  # how: snoop
+        await pilot.pause(0.3)
+        app.save_screenshot("bring-in.svg", str(out))
+        await pilot.press("escape")
+        # k: taken over; the caller speaks to the operator (transcribed, not answered)
+        await until(lambda: not call.conversation.name.startswith("AGENT"))
+        await pilot.press("k")
+        await until(lambda: call.operator != "")
+        assert rec.media is not None
+        rec.media.say(load_wav_ulaw(SOUNDS / "demo-thanks.wav"))
+        taken = len(call.transcript)
+        await until(lambda: any(t.role == "caller" for t in call.transcript[taken:]))
+        await pilot.pause(1.0)
+        app.save_screenshot("taken-over.svg", str(out))
+        await pilot.press("k")
+        await pilot.pause(0.5)
+        await pilot.press("q", "y")
+
+
+class _Headset(_SilentCard):
+    device = "headset (silent here)"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="screenshots")
     ap.add_argument("--provider", default="local")
     ap.add_argument("--servers", action="store_true", help="only model-server-down.svg: a pipeline on model servers, one of them killed")
+    ap.add_argument("--operator", action="store_true", help="only whisper.svg, bring-in.svg and taken-over.svg: the operator in the loop")
     ap.add_argument("--history-flags", action="store_true", help="only history-flags.svg: the call history with calls the diagnosis flags")
     args = ap.parse_args()
     out = Path(args.out)
@@ -223,6 +307,10 @@ def main() -> int:
     if args.history_flags:
         asyncio.run(capture_history_flags(out, args.provider))
         print(f"wrote {out}/history-flags.svg")
+        return 0
+    if args.operator:
+        asyncio.run(capture_operator(out, args.provider))
+        print(f"wrote {out}/whisper.svg, bring-in.svg, taken-over.svg")
         return 0
     asyncio.run(capture(out, args.provider))
     print(f"wrote {out}/main.svg, help.svg, provider.svg, provider-refused.svg, doctor.svg, history.svg, history-call.svg, history-replay.svg")
