@@ -395,3 +395,24 @@ async def test_the_list_and_the_selected_calls_panes_show_one_reading():
             assert str(table.get_cell(first.call_id, "state")) == words
             assert f"state     {words}" in _text(app.query_one(GatingPane))
         await pilot.press("q", "y")
+
+
+def test_the_readme_key_table_has_every_key_of_every_screen():
+    from pathlib import Path
+
+    from aiagent_tui.screens.call_detail import CallDetailScreen
+    from aiagent_tui.screens.calls import CallsScreen
+    from aiagent_tui.screens.history import HistoryScreen
+    from aiagent_tui.screens.log import LogScreen
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    keys = readme[readme.index("## The keys"):]
+    keys = keys[: keys.index("\n## ")]
+    app = live_app()
+    named = {"space": "space", "escape": "escape", "enter": "enter"}
+    for screen in (CallsScreen, AiAgentApp, LogScreen, HistoryScreen, CallDetailScreen):
+        for binding in screen.BINDINGS:
+            assert isinstance(binding, Binding)
+            for key in binding.key.split(","):
+                shown = app.get_key_display(Binding(key, binding.action))
+                assert (named[key] if key in named else f"`{shown}`") in keys, f"{screen.__name__}: {key} ({binding.description})"

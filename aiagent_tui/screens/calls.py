@@ -107,7 +107,7 @@ class CallsScreen(Screen[None]):
                 yield self._pane(GatingPane(id="gating"), "gating")
                 yield self._pane(TranscriptPane(id="transcript"), "transcript")
                 yield self._pane(TimelinePane(id="timeline"), "turn timeline")
-        log = RichLog(id="log", wrap=True, markup=False, max_lines=500)
+        log = RichLog(id="log", wrap=True, markup=False, max_lines=500, min_width=1)  # lines wrap at the pane, however narrow
         log.border_title = "log"
         yield log
         yield KeyFooter(show_command_palette=False)  # room for the keys (^p still opens the palette)
