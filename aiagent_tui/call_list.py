@@ -12,6 +12,7 @@ from textual.coordinate import Coordinate
 from textual.widgets import DataTable, Input
 
 from engine.sessions import CallSnapshot, CallSummary
+from engine.verdicts import STYLE, WAITING_S
 
 SORTS = ("arrival", "time", "state", "caller")  # s cycles; arrival: as they came in
 ENDED_ROW_S = 5.0  # an ended call stays in the list (and selected) this long, shown as ended
@@ -35,11 +36,12 @@ def _sort_key(r: CallSummary, by: str) -> tuple:
 
 def _state_cell(r: CallSummary) -> str | Text:
     """A call's state; a turn waiting for the models says for how long (the caller hears nothing
-    meanwhile), yellow from 2 s, red from 5 s."""
+    meanwhile), coloured by engine/verdicts.py's WAITING_S."""
     state = r.state.replace("_", " ")
-    if r.state != "processing" or r.in_state_s < 2.0:
+    level = WAITING_S.level(r.in_state_s)
+    if r.state != "processing" or level == "ok":
         return state
-    return Text(f"waiting {r.in_state_s:.0f}s", style="bold red" if r.in_state_s >= 5.0 else "yellow")
+    return Text(f"waiting {r.in_state_s:.0f}s", style=STYLE[level])
 
 
 class CallList(Vertical):

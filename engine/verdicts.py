@@ -49,7 +49,10 @@ LAST_PACKET_S = Threshold("last packet", "s", 15.0, 60.0, "nothing from the call
 PACING_MS = Threshold("pacing error", "ms", 10.0, 40.0, "the agent's packets sent late for their 20 ms beat: the caller hears it choppy")
 UNDERRUNS = Threshold("gaps", "", 0, 10, "the agent's audio ran dry while it spoke: the caller heard a gap each time")
 KERNEL_DROPS = Threshold("kernel drops", "", 0, 0, "the engine's RTP socket dropped datagrams: every call lost audio then")
-ALL: tuple[Threshold, ...] = (LOSS_PCT, JITTER_MS, LAST_PACKET_S, PACING_MS, UNDERRUNS, KERNEL_DROPS)
+# A live turn waiting for the models (the caller hears nothing; the hold line comes at
+# [providers.local] hold_after_ms, 2 s by default).
+WAITING_S = Threshold("waiting", "s", 2.0, 5.0, "a turn waiting for the models: the caller hears silence (live view only)")
+ALL: tuple[Threshold, ...] = (LOSS_PCT, JITTER_MS, LAST_PACKET_S, PACING_MS, UNDERRUNS, KERNEL_DROPS, WAITING_S)
 
 
 def for_profile(t: Threshold, norms: Norms) -> Threshold:
