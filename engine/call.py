@@ -402,13 +402,13 @@ class Call:
             return self._refuse(
                 "take over", by, f"provider {self.provider.name} cannot hold its answers while the caller speaks; move the call to a pipeline provider first",
             )
+        s = self.session
+        self._taken_over = TakeOver(by, self.services.clock.now(), len(s.transcript))
+        s.operator, s.operator_since = by, self.services.clock.wall().timestamp()  # set before the state's event goes out
         played = self.conversation.take_over()
         self.spawn(self.provider_call.cancel_response(played))
         if self.media is not None:
             self.media.flush_outbound()  # the agent's audio in stream mode is gone; the operator's starts clean
-        s = self.session
-        self._taken_over = TakeOver(by, self.services.clock.now(), len(s.transcript))
-        s.operator, s.operator_since = by, self.services.clock.wall().timestamp()
         self.conversation.note("an operator took the call over", by)
         self._record("take_over", by)
         return True
@@ -432,8 +432,8 @@ class Call:
         if self.media is not None:
             self.media.flush_outbound()  # the operator's last words still queued are not the agent's
         pcall.hold_answers(False, operator_note(seconds, words))
-        conv.hand_back()
         s.operator, s.operator_since = "", None
+        conv.hand_back()
         conv.note("the operator handed the call back to the agent" + (f" ({why})" if why else ""), by)
         self._record("hand_back", by, detail=f"after {seconds:.0f} s" + (f"; {why}" if why else ""))
 
