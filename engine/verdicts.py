@@ -33,26 +33,27 @@ class Threshold:
     unit: str
     warn: float
     bad: float
-    means: str  # what being over it means, for the docs and the diagnosis
 
     def level(self, value: float) -> Level:
         return "bad" if value > self.bad else "warn" if value > self.warn else "ok"
 
 
 _DEFAULT = Norms()
-# The caller's packets (RTP in).
-LOSS_PCT = Threshold("loss", "%", _DEFAULT.loss_pct, 5.0, "caller packets lost on the way in: speech to text hears gaps")
-JITTER_MS = Threshold("jitter", "ms", _DEFAULT.jitter_ms, 60.0, "caller packets arriving unevenly: late ones are dropped")
-# A DTX phone sends nothing while its caller is quiet: only a long gap is worth a colour.
-LAST_PACKET_S = Threshold("last packet", "s", 15.0, 60.0, "nothing from the caller's side this long (live view only)")
-# The agent's audio (RTP out).
-PACING_MS = Threshold("pacing error", "ms", 10.0, 40.0, "the agent's packets sent late for their 20 ms beat: the caller hears it choppy")
-UNDERRUNS = Threshold("gaps", "", 0, 10, "the agent's audio ran dry while it spoke: the caller heard a gap each time")
-KERNEL_DROPS = Threshold("kernel drops", "", 0, 0, "the engine's RTP socket dropped datagrams: every call lost audio then")
-# A live turn waiting for the models (the caller hears nothing; the hold line comes at
-# [providers.local] hold_after_ms, 2 s by default).
-WAITING_S = Threshold("waiting", "s", 2.0, 5.0, "a turn waiting for the models: the caller hears silence (live view only)")
-ALL: tuple[Threshold, ...] = (LOSS_PCT, JITTER_MS, LAST_PACKET_S, PACING_MS, UNDERRUNS, KERNEL_DROPS, WAITING_S)
+# The caller's packets (RTP in): lost ones are gaps speech to text hears; uneven ones come too late to use.
+LOSS_PCT = Threshold("loss", "%", _DEFAULT.loss_pct, 5.0)
+JITTER_MS = Threshold("jitter", "ms", _DEFAULT.jitter_ms, 60.0)
+# Nothing from the caller's side this long (the live view only). A DTX phone sends nothing while
+# its caller is quiet: only a long gap is worth a colour.
+LAST_PACKET_S = Threshold("last packet", "s", 15.0, 60.0)
+# The agent's audio (RTP out): packets sent late for their 20 ms beat sound choppy; a stream that
+# ran dry while the agent spoke is a gap the caller heard, each time.
+PACING_MS = Threshold("pacing error", "ms", 10.0, 40.0)
+UNDERRUNS = Threshold("gaps", "", 0, 10)
+# Datagrams the engine's RTP socket dropped: every call lost audio then.
+KERNEL_DROPS = Threshold("kernel drops", "", 0, 0)
+# A live turn waiting for the models (the live view only): the caller hears silence until the
+# hold line, at [providers.local] hold_after_ms (2 s by default).
+WAITING_S = Threshold("waiting", "s", 2.0, 5.0)
 
 
 def for_profile(t: Threshold, norms: Norms) -> Threshold:
@@ -65,13 +66,13 @@ def for_profile(t: Threshold, norms: Norms) -> Threshold:
 def answer_s(norms: Norms) -> Threshold:
     """A turn's answer, from the end of the caller's speech: over the profile's norm is slow, over
     twice it the caller waits in silence."""
-    return Threshold("answer", "s", norms.answer_s, 2 * norms.answer_s, "the caller waited for the answer")
+    return Threshold("answer", "s", norms.answer_s, 2 * norms.answer_s)
 
 
 def silence_s(norms: Norms) -> Threshold:
     """Nobody speaking and nothing on the way: over the norm is dead air, over twice it a caller
     wonders whether anyone is there."""
-    return Threshold("silence", "s", norms.silence_s, 2 * norms.silence_s, "dead air: nobody speaking, no answer on the way")
+    return Threshold("silence", "s", norms.silence_s, 2 * norms.silence_s)
 
 
 # How a call ended (engine/history.py's outcomes, from what Asterisk reported): what the caller

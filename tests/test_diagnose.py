@@ -14,7 +14,7 @@ from pbxsim.server import SimPBX
 from pbxsim.script import Pause, SayText, WaitAgent, WaitAgentDone
 from providers.profile import AgentProfile, Department, Norms
 from providers.stages import StageFailed
-from tests.conftest import history_of, running_engine, wait_for
+from tests.conftest import ROOT, history_of, running_engine, wait_for
 
 QUESTION = [SayText("What are your opening hours?"), WaitAgent(1.0, 40.0), WaitAgentDone(1.0, 60.0)]
 
@@ -248,3 +248,22 @@ async def test_a_transfer_the_pbx_dropped_is_flagged_bad_in_the_list_and_the_dia
     assert cli(["--config", str(tmp_path / "cli.toml"), "calls", "list"]) == 0
     row = next(line for line in capsys.readouterr().out.splitlines() if line.endswith(call.id))
     assert row.split()[-4:-2] == ["transfer_failed", "bad"]
+
+
+def test_the_thresholds_table_in_the_docs_is_the_one_the_code_uses():
+    """docs/operations.md's table of thresholds says what engine/verdicts.py holds."""
+    text = (ROOT / "docs" / "operations.md").read_text()
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:4]]
+            for line in text.split("### Thresholds and verdicts", 1)[1].split("\n\n")[2].splitlines()[2:]}
+
+    def shown(v: float, unit: str) -> str:
+        return f"{v:g} {unit}".strip()
+
+    for label, t in (("caller packets lost on the way in", verdicts.LOSS_PCT), ("jitter of the caller's packets", verdicts.JITTER_MS),
+                     ("nothing from the caller's side", verdicts.LAST_PACKET_S), ("pacing error: the agent's packets sent late", verdicts.PACING_MS),
+                     ("gaps: the agent's audio ran dry while it spoke", verdicts.UNDERRUNS),
+                     ("datagrams the engine's RTP socket dropped", verdicts.KERNEL_DROPS),
+                     ("a turn waiting for the models (the hold line comes at 2 s)", verdicts.WAITING_S)):
+        warn, bad = rows[label]
+        assert warn.endswith(f"({shown(t.warn, t.unit)})") or warn == shown(t.warn, t.unit), (label, warn)
+        assert bad.startswith(shown(t.bad, t.unit)), (label, bad)
