@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+
 from engine import verdicts
 from engine.config import AppConfig
 from engine.history import CallRecord, TurnRecord
@@ -124,7 +125,7 @@ def _providers(rec: CallRecord, found: list[Finding], apology: str | None) -> No
         cost = [f"{rec.turns_failed} turn(s) lost: see below"] if rec.turns_failed else []
         if len(rec.providers) > 1:
             cost.append(f"the call went on with {' then '.join(rec.providers[1:])}")
-        elif rec.outcome == "failed":
+        elif (rec.end_reason or "").startswith("provider error"):
             cost.append("the call ended on it")
         found.append(Finding(
             "provider_error", "warn",
