@@ -47,9 +47,11 @@ class Runtime:
             await self.stop()
             raise
         # What startup made (modules, config, the providers' Python side) lives as long as the
-        # process: out of the collector's passes, so that a full collection walks only the calls'
+        # engine: out of the collector's passes, so that a full collection walks only the calls'
         # objects and holds the loop, and every call's audio, for less (bench/media_load.py at 250
-        # calls: longest pass 82 -> 20 ms).
+        # calls: longest pass 82 -> 20 ms). Garbage is collected first: frozen, it would never be
+        # (an earlier engine's calls in this process, with their resamplers: see stop()).
+        gc.collect()
         gc.freeze()
         if self.pbx is not None and self.demo_interval_s is not None:  # None: no demo caller (tests place their own)
             self._demo = asyncio.create_task(
@@ -100,6 +102,11 @@ class Runtime:
         if self.pbx is not None:
             pbx, self.pbx = self.pbx, None
             await pbx.stop()
+        # The engine is gone: what start() froze goes back to the collector, so that the exit's
+        # collection frees it and whatever it still holds. A frozen cycle never is: soxr's
+        # resamplers in it (nanobind objects) outlive the interpreter and each one is printed as
+        # "nanobind: leaked ..." on the operator's terminal at quit.
+        gc.unfreeze()
 
     async def reload(self) -> ReloadResult:
         """Reads the config file again and hands it to the engine (SIGHUP, the console's R). A file
