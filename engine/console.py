@@ -195,12 +195,13 @@ class _Listener:
     closing: tuple[int, str] | None = None  # set: close the socket with this code and reason
 
     def offer(self, side: AudioSide, frame: bytes) -> None:
+        """``frame``: an encoded AudioFrame of ``side``."""
         # "agent": what the caller hears (the agent, or the operator who took the call over)
         if self.side != "both" and self.side != ("caller" if side == "caller" else "agent"):
             return
         if len(self.frames) == self.frames.maxlen:
             self.dropped += 1
-        self.frames.append(AudioFrame(side, RATE, frame).encode())
+        self.frames.append(frame)
         self.ready.set()
 
     def close(self, code: int, reason: str) -> None:
@@ -221,7 +222,8 @@ class _CallAudio:
         side = next((s for s in self._framers if s == source), None)
         if side is None:
             return
-        for frame in self._framers[side].frames(pcm16, rate):
+        for pcm in self._framers[side].frames(pcm16, rate):
+            frame = AudioFrame(side, RATE, pcm).encode()
             for listener in self.listeners.values():
                 listener.offer(side, frame)
 
