@@ -52,7 +52,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.provider is not None and args.command in ("attach", "model-servers", "calls"):
+        # Not silently ignored: these start no engine (attached, p in the app chooses).
+        parser.error(f"--provider is for a command that runs or checks an engine (the app, --no-ui, check-config, doctor), not {args.command}"
+                     + ("; in the attached app, p chooses the provider for new calls" if args.command == "attach" else ""))
     try:
         config = load_config(args.config)
         if args.provider is not None:

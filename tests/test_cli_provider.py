@@ -70,3 +70,11 @@ def test_a_reload_keeps_the_provider_of_the_command_line(config, capsys):
     capsys.readouterr()
     reloaded, overridden = reload_config(config)
     assert reloaded.providers.default == "tone" and overridden == ("providers.default (AIAGENT_PROVIDER)",)
+
+
+@pytest.mark.parametrize("argv", [["--provider", "local", "attach"], ["--provider", "local", "calls", "list"]])
+def test_commands_that_run_no_engine_refuse_it_rather_than_ignore_it(config, capsys, argv):
+    with pytest.raises(SystemExit) as e:
+        main(["--config", config, *argv])
+    assert e.value.code == 2
+    assert "--provider is for a command that runs or checks an engine" in capsys.readouterr().err
