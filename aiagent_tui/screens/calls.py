@@ -21,7 +21,7 @@ from textual.css.query import NoMatches
 from textual.notifications import SeverityLevel
 from textual.screen import Screen
 from textual.timer import Timer
-from textual.widgets import RichLog, Static
+from textual.widgets import Static
 
 from aiagent_tui.call_list import CallList
 from aiagent_tui.monitor import AudioMonitor, Microphone, MonitorUnavailable, OpenInput, OpenOutput, OperatorMic, Side, SoundDevice
@@ -33,7 +33,7 @@ from aiagent_tui.screens.log import LogScreen
 from aiagent_tui.screens.operator import SIDES, BringInChoice, BringInScreen, ListenScreen, OperatorBanner, Whisper, WhisperScreen
 from aiagent_tui.screens.provider import ProviderScreen
 from aiagent_tui.screens.transfer import TransferScreen
-from aiagent_tui.widgets import GatingPane, HeaderBar, KeyFooter, LevelSparkline, RtpPane, TimelinePane, TranscriptPane, VadPane, WarningBar, warnings
+from aiagent_tui.widgets import GatingPane, HeaderBar, KeyFooter, LevelSparkline, LogPane, RtpPane, TimelinePane, TranscriptPane, VadPane, WarningBar, warnings
 from engine.api import EngineView
 from engine.sessions import CallEnded, CallStarted, SessionEvent, TranscriptAdded
 
@@ -107,7 +107,7 @@ class CallsScreen(Screen[None]):
                 yield self._pane(GatingPane(id="gating"), "gating")
                 yield self._pane(TranscriptPane(id="transcript"), "transcript")
                 yield self._pane(TimelinePane(id="timeline"), "turn timeline")
-        log = RichLog(id="log", wrap=True, markup=False, max_lines=500, min_width=1)  # lines wrap at the pane, however narrow
+        log = LogPane(id="log")
         log.border_title = "log"
         yield log
         yield KeyFooter(show_command_palette=False)  # room for the keys (^p still opens the palette)
@@ -167,7 +167,7 @@ class CallsScreen(Screen[None]):
                 self._operator_call_ended(cid)
 
     def write_log(self, line: Text) -> None:
-        self.query_one("#log", RichLog).write(line)
+        self.query_one(LogPane).add(line)
 
     def refresh_panes(self, eng: EngineView) -> None:
         try:
@@ -227,7 +227,7 @@ class CallsScreen(Screen[None]):
 
     def action_pause(self) -> None:
         self.paused = not self.paused
-        self.query_one("#log", RichLog).auto_scroll = not self.paused
+        self.query_one(LogPane).auto_scroll = not self.paused
         if self.engine is not None:
             self.query_one(HeaderBar).show(self.engine.summary(), paused=self.paused)
 
@@ -386,7 +386,7 @@ class CallsScreen(Screen[None]):
             if act(cid, whisper.text, operator_name()):
                 self.notify(f"{what} sent to {cid[-8:]}: {whisper.text}")
             else:
-                self.notify(f"{what} refused: {cid[-8:]} is ending, or its agent is not taking lines", severity="error")
+                self.notify(f"{what} refused on {cid[-8:]} (the log says why)", severity="error")
 
         self.app.push_screen(WhisperScreen(self._caller(cid)), sent)
 
@@ -402,7 +402,7 @@ class CallsScreen(Screen[None]):
                 return
             ok = engine.hand_back(cid, operator_name())
             self._close_mic()
-            self.notify("handed the call back to the agent (m stops listening)" if ok else f"hand back refused: {cid[-8:]} is ending", severity="information" if ok else "error")
+            self.notify("handed the call back to the agent (m stops listening)" if ok else f"hand back refused on {cid[-8:]} (the log says why)", severity="information" if ok else "error")
             return
         try:
             # The microphone first: a caller taken over by an operator who cannot speak hears nothing.
@@ -413,7 +413,7 @@ class CallsScreen(Screen[None]):
             return
         if not engine.take_over(cid, operator_name()):
             mic.close()
-            self.notify(f"take over refused: {cid[-8:]} is ending or acting", severity="error")
+            self.notify(f"take over refused on {cid[-8:]} (the log says why)", severity="error")
             return
         self.mic = mic
         self._mic_confirmed, self._mic_opened = False, time.monotonic()
@@ -483,7 +483,7 @@ class CallsScreen(Screen[None]):
             if self.engine.bring_in(cid, choice.department, choice.how, operator_name()):
                 self.notify(f"bringing {choice.department} into {cid[-8:]} ({choice.how})")
             else:
-                self.notify(f"bring in refused: {cid[-8:]} is ending or already acting", severity="error")
+                self.notify(f"bring in refused on {cid[-8:]} (the log says why)", severity="error")
 
         self.app.push_screen(BringInScreen(departments), chosen)
 
