@@ -3,12 +3,14 @@ app's 10 Hz refresh; none of them reaches into the engine."""
 
 from __future__ import annotations
 
+from collections import deque
+
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 from textual import events
 from textual.app import ComposeResult
-from textual.widgets import Footer, Sparkline, Static
+from textual.widgets import Footer, RichLog, Sparkline, Static
 from textual.widgets._footer import FooterKey  # what Footer.compose yields (not exported by textual.widgets)
 
 from engine import verdicts
@@ -117,6 +119,31 @@ class WarningBar(Static):
         self.update(text, layout=resized)
 
     _shown_lines = 0
+
+
+class LogPane(RichLog):
+    """The live calls' log pane. RichLog keeps each line as wrapped when written: after a resize
+    the old lines were too wide for a narrower pane (a scrollbar over its last line) and half
+    empty in a wider one, unlike a fresh start at that size. Its lines wrap again instead."""
+
+    KEPT = 500
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id, wrap=True, markup=False, max_lines=self.KEPT, min_width=1)  # min_width: wrap however narrow
+        self._texts: deque[Text] = deque(maxlen=self.KEPT)
+        self._wrapped_at = 0
+
+    def add(self, line: Text) -> None:
+        self._texts.append(line)
+        self.write(line)
+
+    def on_resize(self, event: events.Resize) -> None:
+        width = self.scrollable_content_region.width
+        if self._wrapped_at and width != self._wrapped_at:
+            self.clear()
+            for line in self._texts:
+                self.write(line)
+        self._wrapped_at = width
 
 
 class KeyFooter(Footer):

@@ -257,16 +257,23 @@ def test_a_resized_terminal_is_laid_out_for_its_new_size(snap_compare, steps):
     assert snap_compare(live_app(), terminal_size=(120, 40), run_before=resize)
 
 
+LONG_LOG_LINE = "a log line longer than the pane is wide at any of these sizes, " * 4
+
+
 async def test_each_size_after_a_resize_is_what_a_fresh_start_at_that_size_shows():
+    """Every pane, the header, the footer and the log's lines (wrapped again) as if started so."""
     fresh: dict[tuple[int, int], str] = {}
     for size in RESIZES:
         app = live_app()
         async with app.run_test(size=size) as pilot:
             await _settle(pilot)
+            app.write_log(None, LONG_LOG_LINE)
+            await _settle(pilot)
             fresh[size] = _screen(app)
     app = live_app()
     async with app.run_test(size=(120, 40)) as pilot:
         await _settle(pilot)
+        app.write_log(None, LONG_LOG_LINE)
         for size in RESIZES:
             await pilot.resize_terminal(*size)
             await _settle(pilot)
