@@ -383,7 +383,12 @@ async def test_attached_m_and_k_hear_the_call_and_speak_to_the_caller(tmp_path, 
             await pilot.press("k")
             await until(pilot, lambda: call.operator == "" and not app.live.query(OperatorBanner))
             assert [(a.kind, a.by) for a in call.actions if a.kind in ("take_over", "hand_back")] == [("take_over", who), ("hand_back", who)]
+
+            # The call ends while the operator listens: the listening stops, and says why.
+            card = devices["output"][-1]
+            await pilot.press("h", "y")
+            await until(pilot, lambda: app.live.monitor is None and card.closed)
+            await until(pilot, lambda: any("the call's audio stopped: the call ended" in line.plain for line in app.log_lines))
             await pilot.press("q")
-        assert eng.store.get(rec.id) is not None  # detached: the call goes on
     finally:
         await rt.stop()
