@@ -1,9 +1,10 @@
-"""Refreshes screenshots/: the main screen with live calls, the help screen, the provider picker
-(and its refusal of a provider that is not ready), the doctor output, the call history and one
-call from it and its recording replayed.
+"""Refreshes screenshots/: the main screen with live calls and the help screen (at 120x40 and
+80x24), the provider picker (and its refusal of a provider that is not ready), the doctor output,
+the call history and one call from it and its recording replayed.
 
     python -m aiagent_tui.screenshots [--out screenshots] [--provider local]
     python -m aiagent_tui.screenshots --history-flags [--provider echo]   # only history-flags.svg
+    python -m aiagent_tui.screenshots --layout   # only main and help, at 120x40 and 80x24
 
 Drives the real app (Textual's Pilot, headless) against the built-in simulator, so the pictures
 show what an operator sees. Textual saves SVG; convert with rsvg-convert to look at them as PNG.
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
+from textual.pilot import Pilot
 from textual.widgets import DataTable
 
 from aiagent_tui.app import AiAgentApp
@@ -49,20 +51,8 @@ async def capture(out: Path, provider: str) -> None:
     async with app.run_test(size=(120, 40), notifications=True) as pilot:
         loop = asyncio.get_running_loop()
         end = loop.time() + 90
-
-        def ready() -> bool:
-            snaps = app.engine.store.snapshots() if app.engine else []
-            sel = next((s for s in snaps if s.call_id == app.live.calls.selected), None)
-            return len(snaps) >= 2 and sel is not None and bool(sel.turns) and {t.role for t in sel.transcript} == {"caller", "agent"}
-
-        while not ready() and loop.time() < end:
-            await pilot.pause(0.2)
-        await pilot.pause(0.5)
-        app.save_screenshot("main.svg", str(out))
-        await pilot.press("question_mark")
-        await pilot.pause(0.3)
-        app.save_screenshot("help.svg", str(out))
-        await pilot.press("escape")
+        await _live_calls(app, pilot, loop.time() + 90)
+        await _main_and_help(app, pilot, out)
         # the provider picker refusing one that is not ready (no DEEPGRAM_API_KEY here)
         await pilot.press("p")
         await pilot.pause(0.3)
@@ -105,6 +95,46 @@ async def capture(out: Path, provider: str) -> None:
         app.save_screenshot("history-replay.svg", str(out))
         await pilot.press("escape", "escape")
         await pilot.press("q")
+
+
+async def capture_layout(out: Path, provider: str) -> None:
+    """The main screen and the help at 120x40 and, after a resize, at 80x24."""
+    cfg = load_config(None, env={"ASTERISK_ARI_PORT": str(_free_port()), "RTP_PORT": "0", "HEALTH_PORT": str(_free_port()),
+                                 "AIAGENT_MEDIA_DIR": str(Path(tempfile.mkdtemp())), "AIAGENT_PROVIDER": provider,
+                                 "AIAGENT_CONSOLE_SOCKET": str(Path(tempfile.mkdtemp()) / "console.sock")})  # beside any engine running here
+    app = AiAgentApp(Runtime(cfg, sim=True, demo_interval_s=4.0))
+    async with app.run_test(size=(120, 40), notifications=True) as pilot:
+        await _live_calls(app, pilot, asyncio.get_running_loop().time() + 90)
+        await _main_and_help(app, pilot, out)
+        await pilot.press("q", "y")
+
+
+async def _live_calls(app: AiAgentApp, pilot: Pilot[int], deadline: float) -> None:
+    """Until two calls are up and the selected one has had a turn (or the deadline)."""
+
+    def ready() -> bool:
+        snaps = app.engine.store.snapshots() if app.engine else []
+        sel = next((s for s in snaps if s.call_id == app.live.calls.selected), None)
+        return len(snaps) >= 2 and sel is not None and bool(sel.turns) and {t.role for t in sel.transcript} == {"caller", "agent"}
+
+    while not ready() and asyncio.get_running_loop().time() < deadline:
+        await pilot.pause(0.2)
+    await pilot.pause(0.5)
+
+
+async def _main_and_help(app: AiAgentApp, pilot: Pilot[int], out: Path) -> None:
+    """main.svg and help.svg at 120x40; main-80x24.svg and help-80x24.svg after a resize to an SSH
+    session's 80x24 (the compact layout and footer, the help scrolled to its top); 120x40 again."""
+    for size, suffix in (((120, 40), ""), ((80, 24), "-80x24")):
+        await pilot.resize_terminal(*size)
+        await pilot.pause(0.5)
+        app.save_screenshot(f"main{suffix}.svg", str(out))
+        await pilot.press("question_mark")
+        await pilot.pause(0.3)
+        app.save_screenshot(f"help{suffix}.svg", str(out))
+        await pilot.press("escape")
+    await pilot.resize_terminal(120, 40)
+    await pilot.pause(0.5)
 
 
 class _SilentCard:
@@ -297,6 +327,7 @@ def main() -> int:
     ap.add_argument("--servers", action="store_true", help="only model-server-down.svg: a pipeline on model servers, one of them killed")
     ap.add_argument("--operator", action="store_true", help="only whisper.svg, bring-in.svg and taken-over.svg: the operator in the loop")
     ap.add_argument("--history-flags", action="store_true", help="only history-flags.svg: the call history with calls the diagnosis flags")
+    ap.add_argument("--layout", action="store_true", help="only main.svg, help.svg, main-80x24.svg and help-80x24.svg")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -312,8 +343,12 @@ def main() -> int:
         asyncio.run(capture_operator(out, args.provider))
         print(f"wrote {out}/whisper.svg, bring-in.svg, taken-over.svg")
         return 0
+    if args.layout:
+        asyncio.run(capture_layout(out, args.provider))
+        print(f"wrote {out}/main.svg, help.svg, main-80x24.svg, help-80x24.svg")
+        return 0
     asyncio.run(capture(out, args.provider))
-    print(f"wrote {out}/main.svg, help.svg, provider.svg, provider-refused.svg, doctor.svg, history.svg, history-call.svg, history-replay.svg")
+    print(f"wrote {out}/main.svg, help.svg, main-80x24.svg, help-80x24.svg, provider.svg, provider-refused.svg, doctor.svg, history.svg, history-call.svg, history-replay.svg")
     return 0
 
 
