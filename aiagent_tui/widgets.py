@@ -296,7 +296,7 @@ _ROLES = {"caller": Text("caller ", style="bold cyan"), "agent": Text("agent  ",
 
 def _turn(t: TranscriptTurn) -> Text:
     """A line of the transcript; an operator's (a line they had the agent say, a note) names them."""
-    return Text.assemble(_ROLES[t.role], t.text, (f"  ({t.by})" if t.by else "", "yellow"))
+    return Text.assemble(_ROLES[t.role], t.text, (f"  [operator: {t.by}]" if t.by else "", "yellow"))  # as `calls show` marks it
 
 
 class TimelinePane(Pane):

@@ -308,8 +308,8 @@ async def test_the_live_transcript_shows_the_operators_lines_as_theirs():
         await started(pilot, app)
         await until(pilot, lambda: "10 minutes late" in str(app.live.query_one("#transcript", Static).content))
         shown = str(app.live.query_one("#transcript", Static).content)
-        assert "The doctor is running 10 minutes late.  (alice (attached))" in shown
-        assert "note   offer the 4 pm slot  (alice (attached))" in shown
+        assert "The doctor is running 10 minutes late.  [operator: alice (attached)]" in shown
+        assert "note   offer the 4 pm slot  [operator: alice (attached)]" in shown
         # Wrapped in the pane, the transcript keeps its newest line in sight (the oldest go).
         call.transcript.append(TranscriptTurn("note", "an operator took the call over", True, 0.0, by="alice (attached)"))
         call.transcript.append(TranscriptTurn("caller", "Oh hello, is this a real person now? I only wanted to know where to park.", True, 0.0))
