@@ -349,6 +349,22 @@ async def test_the_footer_always_shows_help_and_quit_and_the_help_fits_and_scrol
         await until(pilot, lambda: not isinstance(app.screen, HelpScreen))
 
 
+def test_help_at_80x24_scrolled_to_its_end(snap_compare):
+    async def help_end(pilot) -> None:
+        await _settle(pilot)
+        await pilot.press("question_mark")
+        await pilot.pause(0.3)
+        await pilot.press("end")
+        await pilot.pause(0.3)
+
+    assert snap_compare(live_app(), terminal_size=(80, 24), run_before=help_end)
+
+
+def test_warnings_at_80x24_under_the_compact_header(snap_compare):
+    app = live_app(problems=("config reload refused: profiles.dental.greeting: field required", "local-llm-worker failed: crashed 5 times in a row (signal 9)"))
+    assert snap_compare(app, terminal_size=(80, 24), run_before=_settle)
+
+
 def test_help_lists_every_key_of_the_live_calls():
     from aiagent_tui.screens.calls import CallsScreen
     from aiagent_tui.screens.help import KEYS
