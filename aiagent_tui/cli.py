@@ -70,7 +70,13 @@ def main(argv: list[str] | None = None) -> int:
         # A note, not an error line ("aiagent-tui: ..." is kept for what stops the command).
         print(f"note: no config.toml in {Path.cwd()}: using the defaults and the environment (--config PATH reads another file)", file=sys.stderr)
     if args.command == "check-config":
+        from aiagent_tui.doctor import local_models_problem
+
         print(json.dumps(config.masked(), indent=2))
+        # The model files too, as cheaply as every start looks at them (doctor checks their sha256).
+        if (problem := local_models_problem(config)) is not None:
+            print(f"aiagent-tui: {problem}", file=sys.stderr)
+            return 1
         return 0
     if args.command == "model-servers":
         from aiagent_tui.model_servers import serve

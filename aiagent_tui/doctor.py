@@ -92,11 +92,31 @@ def _providers_in_use(cfg: AppConfig) -> set[str]:
     return names | {pv.fallback_for(n) for n in names} - {""}
 
 
+def _local_models_in_use(cfg: AppConfig) -> bool:
+    pipelines = [cfg.providers.pipeline(n) for n in _providers_in_use(cfg) if cfg.providers.is_pipeline(n)]
+    return any(IN_PROCESS in (p.stt, p.llm, p.tts) for p in pipelines)
+
+
+def local_models_problem(cfg: AppConfig) -> str | None:
+    """What is wrong with the local model files a provider in use needs, from the cheap look every
+    start takes (check-config's): None when they are there and look like models, or none is used."""
+    from providers.local.models import ModelNotFound
+    from providers.pipeline import check_model_files
+
+    if not _local_models_in_use(cfg):
+        return None
+    try:
+        check_model_files(cfg.providers.local)
+    except ModelNotFound as e:
+        return str(e)
+    return None
+
+
 def _provider_checks(cfg: AppConfig) -> list[Check]:
     out = []
     names = _providers_in_use(cfg)
     pipelines = [cfg.providers.pipeline(n) for n in names if cfg.providers.is_pipeline(n)]
-    if any(IN_PROCESS in (p.stt, p.llm, p.tts) for p in pipelines):
+    if _local_models_in_use(cfg):
         out.append(_local_models_check(cfg.providers.local))
     servers = sorted({s for p in pipelines for s in (p.stt, p.llm, p.tts)} - {IN_PROCESS})
     out += asyncio.run(_server_checks(cfg, servers))

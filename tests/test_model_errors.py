@@ -151,3 +151,17 @@ def test_doctor_checks_the_installed_models_sha256(monkeypatch):
     monkeypatch.setattr(models, "expected_sha256", lambda spec, path: "0" * 64 if spec is JOE_VOICE else None)
     check = _local_models_check(cfg)
     assert check.ok is False and f"tts voice {resolve(JOE_VOICE, '')} is not what its install wrote" in check.detail
+
+
+def test_check_config_names_a_garbage_model_of_a_provider_in_use(tmp_path, monkeypatch, capsys):
+    from aiagent_tui.cli import main
+
+    _, path, reason = garbage("llm", tmp_path)
+    monkeypatch.setenv("LOCAL_LLM_MODEL_PATH", str(path))
+    monkeypatch.setenv("AIAGENT_PROVIDER", "")
+    config = str(ROOT / "config.toml")
+    assert main(["--config", config, "check-config"]) == 0  # echo: the local models are not used
+    capsys.readouterr()
+    assert main(["--config", config, "--provider", "local", "check-config"]) == 1
+    err = capsys.readouterr().err
+    assert f"aiagent-tui: llm model {path} cannot be loaded: {reason}" in err
