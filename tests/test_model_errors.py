@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
@@ -105,7 +106,7 @@ async def test_a_worker_that_cannot_load_its_model_says_which_file_and_why(kind,
 
 def engine_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return {
-        **os.environ, "RTP_PORT": str(free_port(2)), "HEALTH_PORT": str(free_port()), "AIAGENT_MEDIA_DIR": str(tmp_path),
+        **os.environ, "RTP_PORT": str(free_port(socket.SOCK_DGRAM)), "HEALTH_PORT": str(free_port()), "AIAGENT_MEDIA_DIR": str(tmp_path),
         "AIAGENT_CONSOLE_SOCKET": str(tmp_path / "console.sock"), "AIAGENT_HISTORY": "false", **extra,
     }
 

@@ -8,6 +8,7 @@ import fcntl
 import os
 import pty
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from tests.conftest import BIN, ROOT, free_port, get_json, stop_processes, wait_
 
 def engine_env(tmp_path, **extra: str) -> dict[str, str]:
     return {
-        **os.environ, "ASTERISK_ARI_PORT": str(free_port()), "RTP_PORT": str(free_port(2)), "HEALTH_PORT": str(free_port()),
+        **os.environ, "ASTERISK_ARI_PORT": str(free_port()), "RTP_PORT": str(free_port(socket.SOCK_DGRAM)), "HEALTH_PORT": str(free_port()),
         "AIAGENT_MEDIA_DIR": str(tmp_path), "AIAGENT_CONSOLE_SOCKET": str(tmp_path / "console.sock"), "AIAGENT_HISTORY": "false",
         "XDG_STATE_HOME": str(tmp_path), **extra,
     }
