@@ -370,6 +370,10 @@ class CallActions:
             await self._ari.create_bridge(bridge, name=f"aiagent snoop {self._host.token}")
             conn.bridges.append(bridge)
             await self._ari.add_channel(bridge, f"{conn.person_id},{snoop.id}")
+            if s.bridge_id is not None:  # the caller's bridge mixes, so that the whisper is heard
+                quiet = await desk.quiet_member(self._host.token)
+                conn.channels.append(quiet.id)
+                await self._ari.add_channel(s.bridge_id, quiet.id)
         except (AriError, AriUnavailable, TimeoutError) as e:
             conn.bridges.append(bridge)
             desk.connect(conn)

@@ -199,7 +199,9 @@ class CallController:
         elif isinstance(event, ChannelDialplan):
             if (t := self._transferred.get(event.channel.id)) is not None:
                 at = f"{event.channel.dialplan.exten}@{event.channel.dialplan.context}"
-                t.reached = t.reached or at == t.rec.target  # the target's first step ran: it exists
+                # A step ran at the target: it exists. (The first event shows the target's place with
+                # the Stasis() step just left: measured, also for an extension that does not exist.)
+                t.reached = t.reached or (at == t.rec.target and event.dialplan_app.lower() != "stasis")
                 self.store.log(event.channel.id, logging.INFO, f"transferred caller runs {event.dialplan_app}({event.dialplan_app_data}) at {at}")
         elif isinstance(event, (PlaybackStarted, PlaybackFinished)):
             # Our playback ids are "<call token>-<n>": the token finds the call.
@@ -329,15 +331,16 @@ class CallController:
             self.services.clock.call_later(TRANSFER_CHECK_S, self._transfer_settled, cid)
         self.begin_teardown(c, f"transferred to {rec.department} ({rec.target})", hangup_caller=False)
 
-    def _transfer_settled(self, channel_id: str) -> None:
+    def _transfer_settled(self, channel_id: str, gone: bool = False) -> None:
         entry = self._transferred.pop(channel_id, None)
         if entry is None:
             return
         session, rec = entry.session, entry.rec
         rec.state = "done"
         report_action(self.store, self.action_counters, session.call_id, rec, logging.INFO)
-        self.store.amend(session)
-        if not self.closing:
+        if session.end_reason is not None:  # else the call's end, still to come, writes it
+            self.store.amend(session)
+        if not self.closing and not gone:
             self._spawn(self._ari_cleanup(self.ari.unsubscribe(self.app, f"channel:{channel_id}"), f"subscription to {channel_id}"))
 
     def _transfer_ended(self, event: ChannelHangupRequest | ChannelDestroyed) -> None:
@@ -348,7 +351,7 @@ class CallController:
         t = self._transferred.pop(event.channel.id)
         if t.reached:
             self._transferred[event.channel.id] = t
-            self._transfer_settled(event.channel.id)  # put through; the call there was short
+            self._transfer_settled(event.channel.id, gone=True)  # put through; the call there was short
             return
         rec = t.rec
         after_ms = (self.services.clock.now() - t.at) * 1000

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 HELPER_ARG = "bring-in"  # the first Stasis argument of a person's channel (and of a snoop channel)
 ANSWER_MARGIN_S = 5.0  # beyond the ring time: Asterisk's own timeout ends the dial first
+QUIET_HOST = "127.0.0.1:9"  # the discard port, on Asterisk's host: where a quiet member's RTP goes
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +98,7 @@ class PeopleDesk:
         self.helper_prefix = f"{app}-hl-"
         self.snoop_prefix = f"{app}-sn-"
         self._ringing: dict[str, _Ringing] = {}
-        self._snoops: dict[str, asyncio.Future[Channel]] = {}
+        self._entering: dict[str, asyncio.Future[Channel]] = {}  # snoop and quiet channels until their StasisStart
         self.connections: list[Connection] = []
         self._seq = 0
 
@@ -134,14 +135,29 @@ class PeopleDesk:
         """A snoop channel on the caller: it hears both directions, and what it is sent the caller
         hears (whisper out). Returned once it is in Stasis."""
         sid = self.new_id(self.snoop_prefix, token)
+        return await self._in_stasis(sid, self.ari.snoop(caller_id, sid, self.app, [HELPER_ARG, token]))
+
+    async def quiet_member(self, token: str) -> Channel:
+        """A channel that says nothing, for the caller's bridge while a snoop whispers to the
+        caller: a whisper is mixed into the audio the caller is sent and is lost when none is
+        (measured: the caller heard the person only while the agent spoke). With a third member
+        the bridge mixes (softmix) and sends the caller a frame every 20 ms. An ExternalMedia
+        channel whose RTP goes to the discard port of Asterisk's own host and that is sent nothing."""
+        qid = self.new_id(self.helper_prefix, token) + "-quiet"
+        return await self._in_stasis(qid, self.ari.external_media(qid, self.app, QUIET_HOST, "ulaw"))
+
+    async def _in_stasis(self, cid: str, create: Coroutine[Any, Any, Channel]) -> Channel:
         fut: asyncio.Future[Channel] = asyncio.get_running_loop().create_future()
-        self._snoops[sid] = fut
+        self._entering[cid] = fut  # before the request: its StasisStart can beat the reply
         try:
-            await self.ari.snoop(caller_id, sid, self.app, [HELPER_ARG, token])
+            await create
             # Bridged before its StasisStart it would be refused (422), as any channel.
             return await asyncio.wait_for(asyncio.shield(fut), 5.0)
+        except BaseException:
+            self._spawn(self.hang_up(cid))
+            raise
         finally:
-            self._snoops.pop(sid, None)
+            self._entering.pop(cid, None)
 
     def connect(self, conn: Connection) -> None:
         self.connections.append(conn)
@@ -166,7 +182,7 @@ class PeopleDesk:
                 if not r.result.done():
                     r.result.set_result(Answered(event.channel))
                 return True
-            if (f := self._snoops.get(cid)) is not None:
+            if (f := self._entering.get(cid)) is not None:
                 if not f.done():
                     f.set_result(event.channel)
                 return True
@@ -221,7 +237,7 @@ class PeopleDesk:
 
     # ---- reconcile
     def owned_channels(self) -> set[str]:
-        out = set(self._ringing) | set(self._snoops)
+        out = set(self._ringing) | set(self._entering)
         for c in self.connections:
             out.update(c.channels)
             if c.caller_id:

@@ -522,6 +522,9 @@ class CallerMedia(Endpoint):
     def deliver(self, payload: bytes, agent: bool, tick: int) -> None:
         for sn in self.snoops:
             sn.spied(payload, agent, tick, "out")
+            whisper = sn.take_whisper(tick)
+            if whisper is not None:
+                payload = mix_ulaw([payload, whisper])
         self.hear(payload, agent)
 
     def hear(self, payload: bytes, agent: bool) -> None:
@@ -548,7 +551,9 @@ class CallerMedia(Endpoint):
 class SnoopMedia(Endpoint):
     """A snoop channel (res_stasis_snoop) on a phone's channel: it carries into its own bridge what
     the phone sends (spy in) and hears (spy out), and whispers what it is given to the phone
-    (whisper out: the phone hears it; in: it goes out with the phone's own voice)."""
+    (whisper out: the phone hears it; in: it goes out with the phone's own voice). As measured, a
+    whisper out is mixed into the frames the phone is sent: with none (a two-party bridge whose
+    other side is silent) it is lost."""
 
     is_agent = False
 
@@ -557,14 +562,19 @@ class SnoopMedia(Endpoint):
         self.spy = spy  # none, in, out, both
         self.whisper = whisper
         self.bridge: Bridge | None = None
+        self._pending: tuple[int, bytes] | None = None  # a whisper out waiting for a frame to ride on
 
     def spied(self, payload: bytes, agent: bool, tick: int, direction: str) -> None:
         if self.bridge is not None and self.spy in (direction, "both"):
             self.bridge.on_frame(self, payload, agent, tick)
 
+    def take_whisper(self, tick: int) -> bytes | None:
+        p, self._pending = self._pending, None
+        return p[1] if p is not None and tick - p[0] <= 1 else None
+
     def deliver(self, payload: bytes, agent: bool, tick: int) -> None:
         if self.whisper in ("out", "both"):
-            self.target.hear(payload, agent)
+            self._pending = (tick, payload)
         if self.whisper in ("in", "both") and self.target.bridge is not None:
             self.target.bridge.on_frame(self.target, payload, agent, tick)
 

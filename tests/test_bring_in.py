@@ -117,21 +117,27 @@ async def test_a_person_not_reached_leaves_the_caller_with_the_agent(pbx, tmp_pa
 
 
 async def test_snoop_the_person_hears_both_sides_and_speaks_to_the_caller_the_agent_stays(pbx, tmp_path):
-    person = pbx.directory[PERSON] = SimPerson(script=[Pause(1.0), Say(str(THANKS))], hang_up_after_script=True)
+    person = pbx.directory[PERSON] = SimPerson(script=[Pause(1.0), Say(str(THANKS)), Say(str(THANKS))], hang_up_after_script=True)
     async with running_engine(pbx, tmp_path, with_billing) as eng:
-        rec = pbx.place_call(script=[Pause(1.0), Say(str(HELLO)), Pause(1.0), Say(str(HELLO)), Pause(10.0)])
+        rec = pbx.place_call(script=[Pause(4.0), Say(str(HELLO)), Pause(12.0)])
         await streaming(eng, rec.id)
         assert eng.bring_in(rec.id, "billing", "snoop", BY)
         await wait_for(lambda: person.bridged_at is not None, what="the person listening in")
-        assert person.media is not None
-        # The person hears the caller and the (echo) agent; the caller hears the person's whisper.
-        await wait_for(lambda: person.media.voice_heard_s() > 1.0, what="the person hears the call")
-        await wait_for(lambda: person.media.agent_heard_s() > 0.5, what="the person hears the agent")
-        await wait_for(lambda: rec.media.voice_heard_s(person.bridged_at + 1.0) > 1.0, what="the caller hears the person")
+        assert person.media is not None and not rec.media.said
+        # The person hears the caller and the (echo) agent ...
+        await wait_for(lambda: rec.media.said_end, what="the caller's hello")
+        hello_end = rec.media.said_end[0]
+        await wait_for(lambda: person.media.voice_heard_s(hello_end - 1.5) > 1.6, what="the person hears the caller and the agent")
+        assert person.media.agent_heard_s() > 0.5
+        # ... the caller hears the agent, and once its echo is over, the person's whisper alone (it
+        # rides on the frames the caller's mixing bridge sends: with nothing sent it would be lost).
+        await wait_for(lambda: rec.media.agent_heard_s(hello_end - 1.0) > 0.8, what="the caller hears the agent")
+        await wait_for(lambda: rec.media.voice_heard_s(hello_end + 1.5) > 1.5, what="the caller hears the person")
         assert rec.id in eng.calls.calls  # the agent stays on
-        await asyncio.wait_for(person.finished.wait(), 20)
-        # The person hung up: the snoop and its bridge go, the call goes on.
+        await asyncio.wait_for(person.finished.wait(), 30)
+        # The person hung up: the snoop, the quiet member and the snoop's bridge go; the call goes on.
         await wait_for(lambda: not [c for c in pbx.channels.values() if c.kind in ("snoop", "person")] and len(pbx.bridges) == 1)
+        assert len([c for c in pbx.channels.values() if c.kind == "external"]) == 1
         assert rec.id in eng.calls.calls
         await asyncio.wait_for(rec.finished.wait(), 30)
         hist = await history_of(eng, rec.id)
