@@ -29,7 +29,7 @@ class _Model:
 
     def __init__(self, kind: str, cfg: LocalProviderConfig) -> None:
         from providers.local.llm import ChatModel
-        from providers.local.models import JOE_VOICE, WHISPER_TINY_EN, llm_spec, resolve, resolve_llm
+        from providers.local.models import JOE_VOICE, VOSK, WHISPER_TINY_EN, llm_spec, resolve, resolve_llm
         from providers.local.stt import SttModel, build_stt
         from providers.local.tts import PiperTts
 
@@ -38,8 +38,9 @@ class _Model:
         self.llm: ChatModel | None = None  # (its prefix cache's counters, for the tests)
         self.tts: PiperTts | None = None
         if kind == "stt":
-            path = resolve(WHISPER_TINY_EN, cfg.stt_model_path) if cfg.stt_engine == "whisper" else None
-            with _loading(WHISPER_TINY_EN, path, cfg.stt_model_path):
+            spec = {"whisper": WHISPER_TINY_EN, "vosk": VOSK}.get(cfg.stt_engine)  # pocketsphinx: its package's own model
+            path = resolve(spec, cfg.stt_model_path) if spec is not None else None
+            with _loading(spec or WHISPER_TINY_EN, path, cfg.stt_model_path):
                 self.stt = build_stt(cfg)
             self.detail = self.stt.name
         elif kind == "llm":
