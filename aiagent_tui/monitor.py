@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from functools import partial
 import wave
 from collections import deque
 from pathlib import Path
@@ -30,6 +31,7 @@ Side = Literal["both", "caller", "agent"]
 
 # PortAudio's own words for "no device" ("Error querying device -1") tell an operator nothing.
 NO_OUTPUT = "no sound device on this machine: listen from a laptop with `aiagent-tui attach` over SSH port forwarding (docs/operations.md)"
+NO_OUTPUT_REPLAY = "no sound device on this machine: play the recording on one that has (`calls show ID` names its file)"
 NO_INPUT = "no microphone on this machine: take the call over from a laptop with `aiagent-tui attach` over SSH port forwarding (docs/operations.md)"
 
 
@@ -58,12 +60,12 @@ class Output(Protocol):
 class SoundDevice:
     """The default output device, 8 kHz mono, pulling audio from ``callback`` on PortAudio's thread."""
 
-    def __init__(self, callback: Callback) -> None:
-        sd = _sounddevice(NO_OUTPUT)
+    def __init__(self, callback: Callback, no_device: str = NO_OUTPUT) -> None:
+        sd = _sounddevice(no_device)
         try:
             info = sd.query_devices(kind="output")
         except Exception as e:  # PortAudio: "Error querying device -1"
-            raise MonitorUnavailable(NO_OUTPUT) from e
+            raise MonitorUnavailable(no_device) from e
         self.device = str(info.get("name", "default output"))
         try:
             self._stream = sd.OutputStream(samplerate=RATE, channels=1, dtype="int16", callback=callback)
@@ -80,6 +82,7 @@ class SoundDevice:
 
 
 OpenOutput = Callable[[Callback], Output]
+REPLAY_DEVICE: OpenOutput = partial(SoundDevice, no_device=NO_OUTPUT_REPLAY)  # says what to do with a recording instead
 
 
 class AudioMonitor:
@@ -203,7 +206,7 @@ class Replay:
     """A recorded call on the sound device, both sides mixed; ``position_s`` is what has been played.
     Space pauses (the device plays silence meanwhile)."""
 
-    def __init__(self, path: str | Path, open_output: OpenOutput = SoundDevice) -> None:
+    def __init__(self, path: str | Path, open_output: OpenOutput = REPLAY_DEVICE) -> None:
         try:
             with wave.open(str(path)) as w:
                 if (w.getnchannels(), w.getsampwidth(), w.getframerate()) != (2, 2, RATE):
