@@ -97,7 +97,7 @@ class HistoryScreen(Screen[None]):
 
     def _failed(self, asked: int, e: Exception) -> None:
         self._reading -= 1
-        if asked == self._asked:
+        if asked == self._asked and self.is_attached:
             self.query_one("#history-head", Static).update(Text(f"call history: cannot read {shown_url(self.url)}: {db_error(e)}", style="bold red"))
 
     def _cells(self, r: CallRow) -> tuple[str | Text, ...]:
@@ -110,7 +110,7 @@ class HistoryScreen(Screen[None]):
 
     def _show(self, asked: int, rows: list[CallRow], found: dict[str, Verdict]) -> None:
         self._reading -= 1
-        if asked != self._asked:  # a later load is on its way
+        if asked != self._asked or not self.is_attached:  # a later load is on its way, or the screen was closed meanwhile
             return
         self.rows, self.verdicts = rows, found
         table = self.query_one(DataTable)
