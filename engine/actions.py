@@ -31,6 +31,10 @@ BRING_IN_WAYS = ("introduce", "bridge", "snoop")
 INTRO_WORDS_MAX = 30  # of what the caller said, in the introduction
 
 
+class PersonLeft(Exception):
+    """The person brought in hung up before they were connected."""
+
+
 def bring_in_line(department: str) -> str:
     """What the caller hears before a person is called in (introduce, bridge)."""
     return f"Please hold on a moment: I am bringing in someone from {department}."
@@ -336,6 +340,9 @@ class CallActions:
                 await self._introduce(rec, person, s.bridge_id)
             else:
                 await self._ari.add_channel(s.bridge_id, person)
+        except PersonLeft as e:
+            await self._bring_in_failed(rec, str(e), how)
+            return
         except (AriError, AriUnavailable) as e:
             await desk.hang_up(person)
             await self._bring_in_failed(rec, f"could not connect them: {e}", how)
@@ -356,6 +363,9 @@ class CallActions:
             await self._say_and_wait(introduction(s, rec.department, rec.reason if rec.reason not in BRING_IN_WAYS else ""))
         finally:
             await self._ari.add_channel(bridge, s.caller_channel_id)
+        assert self.desk is not None
+        if self.desk.gone(person):  # they hung up while they were told who is calling
+            raise PersonLeft("the person hung up during the introduction")
 
     async def _snoop(self, rec: ActionRecord, conn: Connection) -> None:
         """The person hears both sides through a snoop channel on the caller's and can speak to the

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 HELPER_ARG = "bring-in"  # the first Stasis argument of a person's channel (and of a snoop channel)
 ANSWER_MARGIN_S = 5.0  # beyond the ring time: Asterisk's own timeout ends the dial first
+GONE_KEPT = 256
 QUIET_HOST = "127.0.0.1:9"  # the discard port, on Asterisk's host: where a quiet member's RTP goes
 
 
@@ -100,6 +101,9 @@ class PeopleDesk:
         self._ringing: dict[str, _Ringing] = {}
         self._entering: dict[str, asyncio.Future[Channel]] = {}  # snoop and quiet channels until their StasisStart
         self.connections: list[Connection] = []
+        # Answered people who hung up before their connection was made (the newest GONE_KEPT).
+        self._gone: dict[str, None] = {}
+        self._ends: set[asyncio.Task[None]] = set()  # connections being cleaned up
         self._seq = 0
 
     def new_id(self, prefix: str, token: str) -> str:
@@ -161,6 +165,12 @@ class PeopleDesk:
 
     def connect(self, conn: Connection) -> None:
         self.connections.append(conn)
+        if any(self.gone(c) for c in conn.channels):
+            self.end(conn, "the person had hung up")
+
+    def gone(self, channel_id: str) -> bool:
+        """The person's (or a snoop's) channel ended before its connection was made."""
+        return channel_id in self._gone
 
     def connection_of(self, token: str) -> list[Connection]:
         return [c for c in self.connections if c.call_token == token]
@@ -202,14 +212,23 @@ class PeopleDesk:
                     who = "the caller" if cid == conn.caller_id else "the person" if cid == conn.person_id else cid
                     self.end(conn, f"{who} left")
                 return True
-        return cid.startswith((self.helper_prefix, self.snoop_prefix))
+        if cid.startswith((self.helper_prefix, self.snoop_prefix)):
+            if not isinstance(event, StasisStart):
+                self._gone[cid] = None  # answered, not connected yet (an introduction under way)
+                while len(self._gone) > GONE_KEPT:
+                    del self._gone[next(iter(self._gone))]
+            return True
+        return False
 
     # ---- ending
     def end(self, conn: Connection, why: str) -> asyncio.Task[None] | None:
         if conn.ending:
             return None
         conn.ending = True
-        return self._spawn(self._end(conn, why))
+        task = self._spawn(self._end(conn, why))
+        self._ends.add(task)
+        task.add_done_callback(self._ends.discard)
+        return task
 
     async def _end(self, conn: Connection, why: str) -> None:
         self.store.log(None, logging.INFO, f"brought-in connection ({conn.what}) ended: {why}")
@@ -225,6 +244,7 @@ class PeopleDesk:
 
     def call_ended(self, token: str) -> list[asyncio.Task[None]]:
         """The call of ``token`` has ended: its snoops (connections without the caller) end too."""
+        self._gone = {c: None for c in self._gone if token not in c}
         tasks = []
         for conn in self.connection_of(token):
             if conn.caller_id is None and (t := self.end(conn, "the call ended")) is not None:
@@ -232,8 +252,10 @@ class PeopleDesk:
         return tasks
 
     async def shutdown(self) -> None:
-        tasks = [t for c in list(self.connections) if (t := self.end(c, "engine shutdown")) is not None]
-        await asyncio.gather(*tasks, return_exceptions=True)
+        """Every connection ends (the ones already ending finish their clean-up)."""
+        for c in list(self.connections):
+            self.end(c, "engine shutdown")
+        await asyncio.gather(*self._ends, return_exceptions=True)
 
     # ---- reconcile
     def owned_channels(self) -> set[str]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from engine.actions import bring_in_line
 from engine.sessions import ActionChanged, TranscriptAdded
 from pbxsim.asterisk import AsteriskCallers, AsteriskInstance, RealCall
 from pbxsim.script import Pause, Say
@@ -164,14 +165,22 @@ async def test_a_transfer_to_a_missing_extension_is_recorded_as_failed(asterisk,
 
 
 async def test_introduce_the_person_hears_the_agent_then_the_caller(asterisk, callers, tmp_path):
-    async with running_engine(asterisk, tmp_path, people("304"), AIAGENT_PROVIDER="local") as eng:
+    async with running_engine(asterisk, tmp_path, people("301"), AIAGENT_PROVIDER="local") as eng:
         prefix = await person_recording(callers, asterisk)
         sub = eng.store.subscribe()
         call = callers.place_call([Pause(1.0), Say(str(HELLO)), Pause(25.0)], caller_number="5550199", record=True)
         await wait_for(lambda: call.said_end and call.far_channel in eng.calls.calls, what="the caller's hello")
         await asyncio.sleep(0)  # noqa: ASYNC110 - one turn of the loop: the transcript of the hello may follow
+        asked = time.monotonic()
         assert eng.bring_in(call.far_channel, "billing", "introduce", BY)
         await wait_for(lambda: call.far_channel not in eng.calls.calls, timeout=60, what="the agent's part ended")
+        left = time.monotonic()
+        # The caller heard the line that they are being put through, not the introduction (they
+        # waited out of the bridge while the person heard it).
+        line_s = eng.providers["local"].models.cache.get(bring_in_line("billing")).seconds
+        assert 0.5 < heard_s(call, asked, left) <= line_s + 0.3, (heard_s(call, asked, left), line_s)
+        # Then the person, who is playing a prompt.
+        await wait_for(lambda: heard_s(call, left) > 1.0, what="the caller hears the person")
         lines = []
         while (e := sub.get_nowait()) is not None:
             if isinstance(e, TranscriptAdded) and e.turn.role == "agent" and e.turn.final:
@@ -181,5 +190,5 @@ async def test_introduce_the_person_hears_the_agent_then_the_caller(asterisk, ca
         await callers.hangup(call)
         hist = await history_of(eng, call.far_channel)
     assert hist.outcome == "brought_in"
-    # The person (304 listens in silence, then hangs up) heard the agent's introduction.
-    assert await voiced_s(Path(f"{prefix}-304-heard.wav")) > 2.0
+    # The person heard the agent's introduction.
+    assert await voiced_s(Path(f"{prefix}-301-heard.wav")) > 2.0
