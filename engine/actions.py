@@ -58,8 +58,8 @@ def introduction(session: CallSession, department: str, reason: str) -> str:
 
 @dataclass(slots=True)
 class ActionCounters:
-    """Engine-wide, for /metrics: (kind, outcome) -> count. Kinds: transfer, hangup, still_there;
-    outcomes: done, failed, refused."""
+    """Engine-wide, for /metrics: (kind, outcome) -> count. Kinds: transfer, hangup, bring_in,
+    still_there; outcomes: done, failed, refused."""
 
     counts: Counter[tuple[str, str]] = field(default_factory=Counter)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Coroutine, Literal
 
@@ -26,9 +27,11 @@ from pbxsim.ari.channels import Channels
 from pbxsim.ari.events import EventBus
 from pbxsim.ari.model import EXTERNAL_MEDIA_APP, AriHttpError, AriRequest, ChannelTable, Handler, IdSource, Reply, SimChannel
 from pbxsim.media import CallerMedia, MediaClock, SnoopMedia
-from pbxsim.script import Step
+from pbxsim.script import Pause, Say, Step
 
 CAUSE_NO_ANSWER = 19
+# What someone at an extension of the simulated dialplan (a transfer target) says when they answer.
+ANSWER_PROMPT = Path("/usr/share/asterisk/sounds/en_US_f_Allison/demo-congrats.wav")
 
 
 @dataclass(kw_only=True)
@@ -97,9 +100,12 @@ class People:
             raise AriHttpError(409, "Channel with given unique ID already exists")
         key = endpoint.removesuffix("/n")
         person = self.directory.get(key)
+        exten, _, context = resource.removesuffix("/n").partition("@")
+        if person is None and tech == "Local" and exten in self.channels.dialplan.get(context, set()):
+            # An extension of the simulated dialplan: someone answers and speaks (a demo's departments).
+            person = SimPerson(script=[Pause(1.0), Say(str(ANSWER_PROMPT))] if ANSWER_PROMPT.is_file() else [])
         if tech != "Local" and person is None:
             raise AriHttpError(500, "Allocation failed")  # no such channel technology on this PBX
-        exten, _, context = resource.removesuffix("/n").partition("@")
         number, name = _caller_id(q.get("callerId", ""))
         media = CallerMedia()
         if tech == "Local":
