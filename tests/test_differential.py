@@ -486,12 +486,38 @@ async def sc_errors(s: Side) -> None:
     await teardown(s, None, bridge, em)
 
 
+async def sc_bring_in(s: Side) -> None:
+    """What bringing a person in uses (engine/handoff.py): originates that do not reach anyone (no
+    such extension, busy), a snoop channel on the caller (spy both, whisper out) in a bridge of its
+    own, and the caller taken out of its bridge and put back."""
+    caller, bridge, em = await bridged_call(s)
+    for step, ext in (("originate_missing", "999"), ("originate_busy", "303")):
+        cid = f"pr-{ext}-{uuid.uuid4().hex[:6]}"
+        s.name(cid, f"<person-{ext}>")
+        await s.rest(step, "POST", "/channels", endpoint=f"Local/{ext}@people", app=APP, appArgs=f"bring-in,{ext}", channelId=cid,
+                     formats="ulaw", timeout=5)
+        await s.settle()
+    sid = f"sn-{uuid.uuid4().hex[:6]}"
+    s.name(sid, "<snoop>")
+    await s.rest("snoop", "POST", f"/channels/{caller}/snoop/{sid}", spy="both", whisper="out", app=APP, appArgs="bring-in,x")
+    await s.wait_event("StasisStart", channel=sid)
+    status, sb = await s.rest("snoop_bridge", "POST", "/bridges", type="mixing", name="diff-snoop")
+    s.name(sb["id"], "<snoop-bridge>")
+    await s.rest("snoop_bridged", "POST", f"/bridges/{sb['id']}/addChannel", channel=sid)
+    await s.rest("caller_out", "POST", f"/bridges/{bridge}/removeChannel", channel=caller)
+    await s.rest("caller_back", "POST", f"/bridges/{bridge}/addChannel", channel=caller)
+    await s.rest("snoop_gone", "DELETE", f"/channels/{sid}")
+    await s.rest("delete_snoop_bridge", "DELETE", f"/bridges/{sb['id']}")
+    await teardown(s, caller, bridge, em)
+
+
 SCENARIOS: dict[str, Callable[[Side], Awaitable[None]]] = {
     "bridge_playback": sc_bridge_playback,
     "caller_talks_then_hangs_up": sc_caller_talks_then_hangs_up,
     "transfer": sc_transfer,
     "transfer_to_nowhere": sc_transfer_to_nowhere,
     "errors": sc_errors,
+    "bring_in": sc_bring_in,
 }
 
 
@@ -515,8 +541,10 @@ def normalise(value: Any, side: Side, key: str = "") -> Any:
             del out["STASISSTATUS"]  # in an ExternalMedia reply or not: a race on Asterisk (set as it enters Stasis)
         if key == "bridge" and isinstance(out.get("channels"), list):
             # A bridge playback's announcer channel, listed or not as the bridge's last member goes:
-            # a race on Asterisk. The runner knows every other channel.
-            out["channels"] = [c for c in out["channels"] if not (isinstance(c, str) and c not in side.symbols.values())]
+            # a race on Asterisk. The runner knows every other channel. Their order is that of
+            # Asterisk's container, not the order they joined in (a channel taken out and put back
+            # came first again): compared as a set.
+            out["channels"] = sorted(c for c in out["channels"] if not (isinstance(c, str) and c not in side.symbols.values()))
         if {"context", "exten", "priority", "app_name"} <= out.keys() and value.get("context") == side.inbound_context:
             out["context"] = "<inbound-context>"
             if value.get("priority") == side.stasis_priority:
@@ -907,13 +935,15 @@ def _only_on_asterisk(types: str) -> Callable[[Diff], bool]:
 
 LISTED: list[Listed] = [
     Listed("informational-events", _only_on_asterisk("Dial|ChannelStateChange|ChannelConnectedLine|ChannelVarset|ChannelCallerId")),
-    Listed("channelvars-in-events", lambda d: d.what.startswith("event ") and d.path == "channel.channelvars"
+    Listed("channelvars-in-events", lambda d: (d.what.startswith("event ") and d.path == "channel.channelvars"
+           or d.what.startswith("rest POST /channels") and d.path == "body.channelvars")  # and originate's and snoop's replies
            and isinstance(d.real, dict) and set(d.real) == {"UNICASTRTP_LOCAL_ADDRESS", "UNICASTRTP_LOCAL_PORT"} and d.sim == MISSING),
     Listed("connected-line", lambda d: d.what.startswith("event ") and d.path in ("channel.connected.name", "channel.connected.number")
            and d.real in (CALLER_NAME, CALLER_NUMBER) and d.sim == ""),
     Listed("caller-not-answered", lambda d: re.match(r"event \w+ <caller>", d.what) is not None and d.path == "channel.state"
            and (d.real, d.sim) == ("Up", "Ring")),
     Listed("talk-detect", _only_on_asterisk("ChannelTalkingStarted|ChannelTalkingFinished")),
+    Listed("local-other-half", lambda d: d.what.startswith("only on asterisk: event ") and re.search(r" <person-\w+>;2$", d.what) is not None),
     Listed("transfer-target-dialplan", lambda d: d.step == "continue" and "ChannelDialplan <caller>" in d.what),
     Listed("schema-error-messages", lambda d: d.what.startswith("rest ") and d.path == "body.message"
            and isinstance(d.sim, str) and re.match(r"[a-zA-Z]+\.[a-zA-Z]+: parameter '", d.sim) is not None),
@@ -998,6 +1028,7 @@ def report(out: Outcome) -> str:
 # up by the runner's own work (nor the runner's clock by the simulator's).
 SIM_PROCESS = """
 import asyncio, gc, logging, sys
+from pbxsim.people import SimPerson
 from pbxsim.server import SimPBX
 
 logging.basicConfig(level=logging.ERROR)  # its warnings (a caller sent to an invalid extension) are expected here
@@ -1005,6 +1036,7 @@ logging.basicConfig(level=logging.ERROR)  # its warnings (a caller sent to an in
 async def main():
     pbx = SimPBX(username=%r, password=%r, seed=46)
     pbx.dialplan["transfer-target"] = {"201"}  # as pbxsim/asterisk_etc/extensions.conf: [transfer-target] _X.
+    pbx.directory["Local/303@people"] = SimPerson(answers="busy")  # [people] 303
     await pbx.start(port=0)
     print(pbx.port, flush=True)
     gc.freeze()

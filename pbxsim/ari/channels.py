@@ -236,12 +236,10 @@ class Channels:
         """``by``: "caller" (the far end), "ari" (an app's DELETE), "dialplan", "transfer",
         "person" (someone brought in hung up), "dial" (an originate that did not reach anyone),
         "snooped" (a snoop's channel ended). ``invalid_extension``: the PBX drops a channel sent where the
-        dialplan has nothing (cause 0, as measured). ``request``: False for a channel that ends
+        dialplan has nothing. ``request``: False for a channel that ends
         with no ChannelHangupRequest (an originate that failed, a snoop whose channel went)."""
         if not self.table.live(ch):
             return
-        if invalid_extension:
-            cause = 0
         # An app's hangup shows cause 32 with soft; the real cause comes on ChannelDestroyed.
         req_ev: dict[str, Any] = {"cause": CAUSE_APP_HANGUP, "soft": True} if by == "ari" else {"cause": cause}
         if invalid_extension:
