@@ -49,7 +49,7 @@ def introduction(session: CallSession, department: str, reason: str) -> str:
     caller's last words, or why they are brought in)."""
     who = session.caller_name or "a caller"
     digits = "".join(c for c in session.caller_number if c.isdigit())
-    number = f", calling from {' '.join(digits)}" if digits else ""
+    number = f", calling from {' '.join(digits)}," if digits else ""
     said = [t.text for t in session.transcript if t.role == "caller" and t.final and t.text.strip()]
     words = " ".join(said[-2:]).split()
     about = f' They said: "{" ".join(words[-INTRO_WORDS_MAX:])}".' if words else (f" It is about: {reason}." if reason else "")

@@ -186,7 +186,7 @@ async def test_introduce_the_person_hears_the_agent_then_the_caller(asterisk, ca
             if isinstance(e, TranscriptAdded) and e.turn.role == "agent" and e.turn.final:
                 lines.append(e.turn.text)
         intro = next(t for t in lines if t.startswith("Hello, this is the assistant"))
-        assert "5 5 5 0 1 9 9" in intro and "billing" in intro, intro
+        assert "5 5 5 0 1 9 9," in intro and "billing" in intro, intro
         await callers.hangup(call)
         hist = await history_of(eng, call.far_channel)
     assert hist.outcome == "brought_in"

@@ -12,7 +12,10 @@ import time
 
 import pytest
 
-from engine.sessions import ActionChanged
+from engine.actions import bring_in_line, introduction
+from engine.handoff import why_not_reached
+from engine.history import outcome_of
+from engine.sessions import ActionChanged, ActionRecord, CallSession, TranscriptAdded, TranscriptTurn
 from pbxsim.people import SimPerson
 from pbxsim.script import Pause, Say
 from providers.profile import AgentProfile, Department
@@ -182,3 +185,57 @@ async def test_a_transfer_to_an_extension_the_dialplan_lacks_is_a_failed_transfe
     a = hist.actions[-1]
     assert (a.kind, a.state) == ("transfer", "failed")
     assert "no such extension" in a.detail and "9999@from-internal" in a.detail, a.detail
+
+
+async def test_introduce_the_person_hears_the_agent_and_the_caller_does_not(pbx, tmp_path):
+    """With the local models: the agent's introduction reaches the person (from the agent's
+    ExternalMedia channel while the caller is out of the bridge), not the caller."""
+    person = pbx.directory[PERSON] = SimPerson()
+    async with running_engine(pbx, tmp_path, with_billing, AIAGENT_PROVIDER="local") as eng:
+        sub = eng.store.subscribe()
+        rec = pbx.place_call(script=[Pause(30.0)], caller_number="5550142")
+        await streaming(eng, rec.id)
+        asked = time.monotonic()
+        assert eng.bring_in(rec.id, "billing", "introduce", BY)
+        await wait_for(lambda: rec.id not in eng.calls.calls, timeout=60, what="the agent's part ended")
+        left = time.monotonic()
+        line_s = eng.providers["local"].models.cache.get(bring_in_line("billing")).seconds
+        got = []
+        while (e := sub.get_nowait()) is not None:
+            if isinstance(e, TranscriptAdded) and e.turn.role == "agent" and e.turn.final:
+                got.append(e.turn.text)
+    intro = next(t for t in got if t.startswith("Hello, this is the assistant"))
+    assert "5 5 5 0 1 4 2" in intro and "billing" in intro, intro
+    assert person.media is not None and person.bridged_at is not None
+    # The person heard the introduction (the agent's audio) ...
+    assert person.media.agent_heard_s() > 2.0
+    # ... the caller only the line before it.
+    assert 0.5 < rec.media.agent_heard_s(asked) <= line_s + 0.1, (rec.media.agent_heard_s(asked), line_s)
+    assert rec.media.agent_heard_s(person.bridged_at) == 0.0
+    assert left > person.bridged_at
+
+
+def test_why_a_person_was_not_reached_in_words():
+    # As measured on Asterisk 22 with Local channels (pbxsim/people.py's docstring).
+    assert why_not_reached("BUSY", 0, "Unknown", 30) == "busy"
+    assert why_not_reached("RINGING", 19, "User alerting, no answer", 30) == "no answer in 30 s"
+    assert why_not_reached("", 0, "Unknown", 30) == "could not be called: no such extension or endpoint"
+    assert why_not_reached("CHANUNAVAIL", 0, "", 30) == "unreachable (chanunavail)"
+    assert why_not_reached("ANSWER", 16, "Normal Clearing", 30) == "hung up before answering (cause 16 Normal Clearing)"
+
+
+def test_the_outcome_follows_what_asterisk_reported_of_the_transfer():
+    t = ActionRecord(kind="transfer", by="agent", reason="", state="failed")
+    assert outcome_of("transferred to billing (201@from-internal)", [t]) == "transfer_failed"
+    t.state = "done"
+    assert outcome_of("transferred to billing (201@from-internal)", [t]) == "transferred"
+    assert outcome_of("brought in billing (301@people)", []) == "brought_in"
+
+
+def test_the_introduction_says_who_is_calling_and_what_about():
+    s = CallSession(call_id="c", caller_channel_id="c", caller_number="+1 555-0142", caller_name="Jane Doe")
+    s.transcript.append(TranscriptTurn(role="caller", text="I was charged twice for my cleaning.", final=True, at=0.0))
+    text = introduction(s, "billing", "")
+    assert text.startswith("Hello, this is the assistant. I have Jane Doe, calling from 1 5 5 5 0 1 4 2, on the line for billing.")
+    assert 'They said: "I was charged twice for my cleaning."' in text
+    assert "a caller on the line" in introduction(CallSession(call_id="c", caller_channel_id="c"), "billing", "")
