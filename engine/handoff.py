@@ -103,7 +103,7 @@ class PeopleDesk:
         self.connections: list[Connection] = []
         # Answered people who hung up before their connection was made (the newest GONE_KEPT).
         self._gone: dict[str, None] = {}
-        self._ends: set[asyncio.Task[None]] = set()  # connections being cleaned up
+        self._cleanups: set[asyncio.Task[None]] = set()  # connections and channels being cleaned up: shutdown waits for them
         self._seq = 0
 
     def new_id(self, prefix: str, token: str) -> str:
@@ -130,7 +130,7 @@ class PeopleDesk:
                 await self.hang_up(cid)
                 return NotReached(f"no answer in {ring_s} s")
         except asyncio.CancelledError:
-            self._spawn(self.hang_up(cid))  # the call ended while the person's phone rang
+            self._clean_up(self.hang_up(cid))  # the call ended while the person's phone rang
             raise
         finally:
             self._ringing.pop(cid, None)
@@ -158,7 +158,7 @@ class PeopleDesk:
             # Bridged before its StasisStart it would be refused (422), as any channel.
             return await asyncio.wait_for(asyncio.shield(fut), 5.0)
         except BaseException:
-            self._spawn(self.hang_up(cid))
+            self._clean_up(self.hang_up(cid))
             raise
         finally:
             self._entering.pop(cid, None)
@@ -197,7 +197,7 @@ class PeopleDesk:
                     f.set_result(event.channel)
                 return True
             if cid.startswith((self.helper_prefix, self.snoop_prefix)) and not any(c.owns(cid) for c in self.connections):
-                self._spawn(self.hang_up(cid))  # its call ended while it was being set up
+                self._clean_up(self.hang_up(cid))  # its call ended while it was being set up
                 return True
         r = self._ringing.get(cid)
         if r is not None:
@@ -225,9 +225,12 @@ class PeopleDesk:
         if conn.ending:
             return None
         conn.ending = True
-        task = self._spawn(self._end(conn, why))
-        self._ends.add(task)
-        task.add_done_callback(self._ends.discard)
+        return self._clean_up(self._end(conn, why))
+
+    def _clean_up(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = self._spawn(coro)
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
         return task
 
     async def _end(self, conn: Connection, why: str) -> None:
@@ -255,7 +258,7 @@ class PeopleDesk:
         """Every connection ends (the ones already ending finish their clean-up)."""
         for c in list(self.connections):
             self.end(c, "engine shutdown")
-        await asyncio.gather(*self._ends, return_exceptions=True)
+        await asyncio.gather(*self._cleanups, return_exceptions=True)
 
     # ---- reconcile
     def owned_channels(self) -> set[str]:

@@ -239,3 +239,19 @@ def test_the_introduction_says_who_is_calling_and_what_about():
     assert text.startswith("Hello, this is the assistant. I have Jane Doe, calling from 1 5 5 5 0 1 4 2, on the line for billing.")
     assert 'They said: "I was charged twice for my cleaning."' in text
     assert "a caller on the line" in introduction(CallSession(call_id="c", caller_channel_id="c"), "billing", "")
+
+
+@pytest.mark.parametrize("who", ["caller", "engine"])
+async def test_a_call_that_ends_while_the_persons_phone_rings_leaves_nothing(pbx, tmp_path, who):
+    person = pbx.directory[PERSON] = SimPerson(answers="no_answer")
+    async with running_engine(pbx, tmp_path, with_billing) as eng:
+        rec = pbx.place_call(script=[Pause(2.0 if who == "caller" else 30.0)])
+        await streaming(eng, rec.id)
+        assert eng.bring_in(rec.id, "billing", "bridge", BY)
+        await wait_for(lambda: any(c.kind == "person" for c in pbx.channels.values()), what="the person's phone ringing")
+        if who == "caller":
+            await asyncio.wait_for(rec.finished.wait(), 20)
+            await wait_for(lambda: nothing_left(pbx), what="no channel and no bridge left")
+    # Stopped while it rang: the engine hung the person's channel up too.
+    await wait_for(lambda: nothing_left(pbx), what="no channel and no bridge left")
+    assert person.channel_id is None  # never answered
