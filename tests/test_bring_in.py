@@ -255,3 +255,31 @@ async def test_a_call_that_ends_while_the_persons_phone_rings_leaves_nothing(pbx
     # Stopped while it rang: the engine hung the person's channel up too.
     await wait_for(lambda: nothing_left(pbx), what="no channel and no bridge left")
     assert person.channel_id is None  # never answered
+
+
+async def test_a_person_who_hangs_up_during_the_introduction_leaves_the_caller_with_the_agent(pbx, tmp_path):
+    person = pbx.directory[PERSON] = SimPerson(script=[Pause(0.5)], hang_up_after_script=True)
+    async with running_engine(pbx, tmp_path, with_billing, AIAGENT_PROVIDER="local") as eng:
+        sub = eng.store.subscribe()
+        rec = pbx.place_call(script=[Pause(30.0)])
+        await streaming(eng, rec.id)
+        assert eng.bring_in(rec.id, "billing", "introduce", BY)
+        got: list = []
+
+        def settled():
+            got.extend(actions_of(sub))
+            return next((a for a in got if a.state in ("failed", "done")), None)
+
+        a = await wait_for(settled, timeout=60, what="the bring-in's outcome")
+        assert a.state == "failed" and "hung up during the introduction" in a.detail, a
+        assert person.finished.is_set()
+        call = eng.calls.calls[rec.id]  # the caller is back with the agent, in its bridge
+        assert rec.id in [pbx.channel_table.id_of_media(m) for m in pbx.bridges[rec.bridge_id].members]
+        await wait_for(lambda: not call.conversation.held, what="the agent listening again")
+        await pbx_hangup(pbx, rec)
+        await wait_for(lambda: nothing_left(pbx), what="no channel and no bridge left")
+
+
+async def pbx_hangup(pbx, rec) -> None:
+    pbx.hangup_channel(pbx.channels[rec.id], "caller")
+    await asyncio.wait_for(rec.finished.wait(), 10)
