@@ -13,6 +13,7 @@ import time
 import pytest
 
 from engine.actions import bring_in_line, introduction
+from engine.calls import ORPHAN_GRACE_S
 from engine.handoff import why_not_reached
 from engine.history import outcome_of
 from engine.sessions import ActionChanged, ActionRecord, CallSession, TranscriptAdded, TranscriptTurn
@@ -283,3 +284,23 @@ async def test_a_person_who_hangs_up_during_the_introduction_leaves_the_caller_w
 async def pbx_hangup(pbx, rec) -> None:
     pbx.hangup_channel(pbx.channels[rec.id], "caller")
     await asyncio.wait_for(rec.finished.wait(), 10)
+
+
+async def test_an_ari_reconnect_keeps_the_caller_with_the_person(pbx, tmp_path):
+    """After a reconnect the engine reconciles with what Asterisk holds: the caller and the person
+    in Stasis are a connection of its own, not callers with no call behind them."""
+    person = pbx.directory[PERSON] = SimPerson()
+    async with running_engine(pbx, tmp_path, with_billing) as eng:
+        rec = pbx.place_call(script=[Pause(6.0)])
+        await streaming(eng, rec.id)
+        assert eng.bring_in(rec.id, "billing", "bridge", BY)
+        await wait_for(lambda: rec.id not in eng.calls.calls and len(eng.calls.desk.connections) == 1)
+        connects = eng.events.connects
+        await pbx.drop_websockets()
+        await wait_for(lambda: eng.events.connects > connects and eng.events.connected, what="ARI reconnected")
+        # What must not happen (an adoption of the caller or the person) would come ORPHAN_GRACE_S
+        # after the reconcile: waited out, there being no event to wait for.
+        await asyncio.sleep(ORPHAN_GRACE_S + 0.5)
+        assert eng.calls.calls == {} and person.channel_id in pbx.channels and rec.id in pbx.channels
+        await asyncio.wait_for(rec.finished.wait(), 20)
+        await wait_for(lambda: nothing_left(pbx), what="no channel and no bridge left")
