@@ -44,15 +44,15 @@ def not_reached_line(department: str) -> str:
     return f"Sorry, nobody from {department} can take the call right now. I'm still here to help."
 
 
-def introduction(session: CallSession, department: str, reason: str) -> str:
+def introduction(session: CallSession, department: str) -> str:
     """What the person hears before they are connected: who is calling, and what about (the
-    caller's last words, or why they are brought in)."""
+    caller's last words)."""
     who = session.caller_name or "a caller"
     digits = "".join(c for c in session.caller_number if c.isdigit())
     number = f", calling from {' '.join(digits)}," if digits else ""
     said = [t.text for t in session.transcript if t.role == "caller" and t.final and t.text.strip()]
     words = " ".join(said[-2:]).split()
-    about = f' They said: "{" ".join(words[-INTRO_WORDS_MAX:])}".' if words else (f" It is about: {reason}." if reason else "")
+    about = f' They said: "{" ".join(words[-INTRO_WORDS_MAX:])}".' if words else ""
     return f"Hello, this is the assistant. I have {who}{number} on the line for {department}.{about} I'm connecting you now."
 
 
@@ -323,7 +323,12 @@ class CallActions:
         rec.state = "calling"
         self._record(rec, logging.INFO)
         caller_id = f'"{_quote_free(s.caller_name)}" <{_quote_free(s.caller_number)}>' if s.caller_number else ""
-        answer = await desk.call_person(self._host.token, endpoint, caller_id, self._host.config.actions.bring_in_ring_s)
+        try:
+            answer = await desk.call_person(self._host.token, endpoint, caller_id, self._host.config.actions.bring_in_ring_s)
+        except asyncio.CancelledError:  # the call ended while their phone rang (desk hangs it up)
+            rec.state, rec.detail = "failed", "the call ended while their phone rang"
+            self._record(rec, logging.INFO)
+            raise
         if not isinstance(answer, Answered):
             await self._bring_in_failed(rec, answer.reason, how)
             return
@@ -331,6 +336,8 @@ class CallActions:
         conn = Connection(call_token=self._host.token, person_id=person, channels=[person], what=f"{rec.department} with {s.caller_number or s.call_id}")
         if self._host.ending or s.bridge_id is None:
             await desk.hang_up(person)
+            rec.state, rec.detail = "failed", "the call ended as they answered"
+            self._record(rec, logging.INFO)
             return
         try:
             if how == "snoop":
@@ -360,7 +367,7 @@ class CallActions:
         await self._ari.remove_channel(bridge, s.caller_channel_id)
         try:
             await self._ari.add_channel(bridge, person)
-            await self._say_and_wait(introduction(s, rec.department, rec.reason if rec.reason not in BRING_IN_WAYS else ""))
+            await self._say_and_wait(introduction(s, rec.department))
         finally:
             await self._ari.add_channel(bridge, s.caller_channel_id)
         assert self.desk is not None

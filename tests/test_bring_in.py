@@ -236,10 +236,10 @@ def test_the_outcome_follows_what_asterisk_reported_of_the_transfer():
 def test_the_introduction_says_who_is_calling_and_what_about():
     s = CallSession(call_id="c", caller_channel_id="c", caller_number="+1 555-0142", caller_name="Jane Doe")
     s.transcript.append(TranscriptTurn(role="caller", text="I was charged twice for my cleaning.", final=True, at=0.0))
-    text = introduction(s, "billing", "")
+    text = introduction(s, "billing")
     assert text.startswith("Hello, this is the assistant. I have Jane Doe, calling from 1 5 5 5 0 1 4 2, on the line for billing.")
     assert 'They said: "I was charged twice for my cleaning."' in text
-    assert "a caller on the line" in introduction(CallSession(call_id="c", caller_channel_id="c"), "billing", "")
+    assert "a caller on the line" in introduction(CallSession(call_id="c", caller_channel_id="c"), "billing")
 
 
 @pytest.mark.parametrize("who", ["caller", "engine"])
@@ -256,6 +256,8 @@ async def test_a_call_that_ends_while_the_persons_phone_rings_leaves_nothing(pbx
     # Stopped while it rang: the engine hung the person's channel up too.
     await wait_for(lambda: nothing_left(pbx), what="no channel and no bridge left")
     assert person.channel_id is None  # never answered
+    hist = await history_of(eng, rec.id)
+    assert [(a.kind, a.state, a.detail) for a in hist.actions] == [("bring_in", "failed", "the call ended while their phone rang")]
 
 
 async def test_a_person_who_hangs_up_during_the_introduction_leaves_the_caller_with_the_agent(pbx, tmp_path):
