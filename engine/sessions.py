@@ -173,6 +173,8 @@ class ActionRecord:
         what = OPERATOR_ACTIONS.get(self.kind, self.kind)
         if self.kind == "transfer":
             what = f"transfer to {self.department} ({self.target})"
+        elif self.kind == "bring_in":  # its reason is the way: introduce, bridge, snoop
+            what = f"bringing in {self.department} ({self.target})"
         elif self.text:
             what = f"{what} {self.text!r}"
         return f"{what} by {self.by}: {self.state}{' - ' + self.detail if self.detail else ''}"
