@@ -293,7 +293,13 @@ class CallActions:
         """A person of one of the profile's departments is called in, ``how`` one of
         BRING_IN_WAYS; one action at a time, as for a transfer."""
         s = self.session
-        if self._host.ending or self._host.conversation is None or self.desk is None or how not in BRING_IN_WAYS:
+        refused = (
+            f"not a way to bring a person in: {how!r} (one of {', '.join(BRING_IN_WAYS)})" if how not in BRING_IN_WAYS
+            else "the call is ending" if self._host.ending
+            else "the call is still connecting" if self._host.conversation is None or self.desk is None else ""
+        )
+        if refused:
+            self._store.log(s.call_id, logging.WARNING, f"bringing in {department} by {by} refused: {refused}")
             return False
         if self.action is not None:
             self._store.log(s.call_id, logging.INFO, f"bringing in {department} asked for by {by} while {self.action.kind} is under way: ignored")

@@ -353,7 +353,7 @@ class Engine:
         """A person of one of the call's departments is called in (engine/handoff.py): after the
         agent's introduction, straight into the call, or listening in on a snoop channel. True
         when it is under way; its outcome is the call's action (history, log)."""
-        call = self.calls.calls.get(call_id)
+        call = self._operator_call(call_id, f"bringing in {department}", by)
         return call is not None and call.actions.bring_in(department, how, by)
 
     def barge_in(self, call_id: str) -> bool:
