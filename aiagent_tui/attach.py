@@ -8,7 +8,7 @@ its calls go on.
 
 The operator's actions (whisper, take over, hand back, bring in) are posted to the engine, which
 records them as done by this process's user ("NAME (attached)"). Listening in and taking over
-open one audio WebSocket per call (an ``_AudioLink``): the call's audio comes to the tap (the
+open one audio WebSocket per call (an ``_AudioLink``): the call's audio comes to its taps (the
 app's AudioMonitor, on this machine's sound device), the operator's microphone goes back.
 """
 
@@ -23,7 +23,7 @@ from typing import Any
 
 import aiohttp
 
-from engine.api import AudioTap, BringIn
+from engine.api import AudioTap, AudioTaps, BringIn
 from engine.console import CALLS, EVENTS, RELOAD, SNAPSHOT, SUMMARY, AudioFrame
 from engine.sessions import CallSnapshot, CallSummary, SessionStore
 from engine.status import EngineSummary, ReloadResult
@@ -64,13 +64,13 @@ class MirrorStore(SessionStore):
 
 
 class _AudioLink:
-    """One call's audio socket: the engine's frames to ``tap``, the operator's microphone to the
+    """One call's audio socket: the engine's frames to ``taps``, the operator's microphone to the
     engine. Ends when the engine closes it (the call ended: said in the log) or on ``close``."""
 
     def __init__(self, engine: AttachedEngine, call_id: str) -> None:
         self.engine = engine
         self.call_id = call_id
-        self.tap: AudioTap | None = None
+        self.taps = AudioTaps()
         self.mic: asyncio.Queue[bytes] = asyncio.Queue(MIC_BACKLOG)
         self.task = asyncio.create_task(self._run())
 
@@ -88,9 +88,9 @@ class _AudioLink:
                     while True:
                         msg = await ws.receive()
                         if msg.type is aiohttp.WSMsgType.BINARY:
-                            if self.tap is not None:
+                            if self.taps:
                                 frame = AudioFrame.decode(msg.data)
-                                self.tap(frame.side, frame.pcm16, frame.rate)
+                                self.taps(frame.side, frame.pcm16, frame.rate)
                         elif msg.type is not aiohttp.WSMsgType.TEXT:
                             # The engine says why it closed (the call ended, it is stopping).
                             why = msg.extra if msg.type is aiohttp.WSMsgType.CLOSE and msg.extra else f"the socket closed ({ws.close_code})"
@@ -274,15 +274,19 @@ class AttachedEngine:
     async def set_call_provider(self, call_id: str, name: str) -> bool:
         return await self._post("/provider", {"name": name, "call": call_id})
 
-    def set_audio_tap(self, call_id: str, tap: AudioTap | None) -> bool:
-        """The call's audio over its own socket (the engine closes it when the call ends)."""
+    def set_audio_tap(self, call_id: str, tap: AudioTap | None, *, key: str) -> bool:
+        """The call's audio over its own socket (the engine closes it when the call ends), closed
+        when its last listener stops."""
         if tap is None:
-            if (link := self._links.pop(call_id, None)) is not None:
-                link.close()
+            if (link := self._links.get(call_id)) is not None:
+                link.taps.set(key, None)
+                if not link.taps:
+                    del self._links[call_id]
+                    link.close()
             return True
         if not any(c.call_id == call_id for c in self.store.calls):
             return False
-        self._link(call_id).tap = tap
+        self._link(call_id).taps.set(key, tap)
         return True
 
     async def reload(self) -> ReloadResult:

@@ -25,6 +25,8 @@ from media.audio import Resampler
 from media.frames import FRAME_SAMPLES, RATE
 
 MAX_BUFFER_S = 2.0  # a listener further behind than this skips ahead
+# The app's listener among a call's (set_audio_tap's key): attached consoles listen beside it.
+TAP_KEY = "monitor"
 
 # What an operator listens to: both sides mixed, or one alone.
 Side = Literal["both", "caller", "agent"]

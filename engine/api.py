@@ -11,7 +11,7 @@ from engine.sessions import SessionStore
 from engine.status import EngineSummary, ReloadResult
 from providers.base import Readiness
 
-__all__ = ["AudioTap", "BringIn", "CallRecord", "CallRow", "EngineRuntime", "EngineView", "HistoryDb", "HistoryFilter"]  # the call history is read directly
+__all__ = ["AudioTap", "AudioTaps", "BringIn", "CallRecord", "CallRow", "EngineRuntime", "EngineView", "HistoryDb", "HistoryFilter"]  # the call history is read directly
 
 # How a person is brought into a call (bring_in): "introduce" calls them, tells them who is calling
 # and why, then connects them; "bridge" adds them to the call; "snoop" lets them hear both sides and
@@ -21,6 +21,34 @@ BringIn = Literal["introduce", "bridge", "snoop"]
 # Listening in on a call: gets ("caller" | "agent" | "operator", pcm16, sample rate) as the audio
 # passes; "operator": what an operator who took the call over sends the caller (operator_audio).
 AudioTap = Callable[[str, bytes, int], None]
+
+
+class AudioTaps:
+    """A call's listeners, each under the key of who holds it (the terminal app running the engine,
+    the console socket's consoles): several listen at once, and one stopping leaves the others.
+    Called as an AudioTap, it hands the audio to each."""
+
+    __slots__ = ("_taps",)
+
+    def __init__(self) -> None:
+        self._taps: dict[str, AudioTap] = {}
+
+    def set(self, key: str, tap: AudioTap | None) -> None:
+        """``key``'s listener is ``tap`` (in place of its earlier one); None: ``key`` stops listening."""
+        if tap is None:
+            self._taps.pop(key, None)
+        else:
+            self._taps[key] = tap
+
+    def __bool__(self) -> bool:
+        return bool(self._taps)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._taps
+
+    def __call__(self, source: str, pcm16: bytes, rate: int) -> None:
+        for tap in tuple(self._taps.values()):  # a listener may stop from its own tap
+            tap(source, pcm16, rate)
 
 
 class EngineView(Protocol):
@@ -43,7 +71,10 @@ class EngineView(Protocol):
     def departments(self, call_id: str) -> dict[str, str]: ...
     async def set_default_provider(self, name: str) -> None: ...
     async def set_call_provider(self, call_id: str, name: str) -> bool: ...
-    def set_audio_tap(self, call_id: str, tap: AudioTap | None) -> bool: ...
+    def set_audio_tap(self, call_id: str, tap: AudioTap | None, *, key: str) -> bool:
+        """``key`` (who listens: the app's monitor, the console socket) listens in on the call
+        through ``tap``, beside any other listener; None: ``key`` stops. False: no such call."""
+        ...
 
     # ---- the operator in the loop (``by`` names the operator, for the call's history)
     def operator_say(self, call_id: str, text: str, by: str) -> bool:

@@ -455,18 +455,18 @@ class Call:
         playback modes); dropped unless the call is taken over."""
         if self._taken_over is None or self.ending or self.media is None or self.conversation is None:
             return
-        if self.conversation.tap is not None:
-            self.conversation.tap("operator", pcm16, rate)
+        if self.conversation.taps:
+            self.conversation.taps("operator", pcm16, rate)
         self.services.rtp.agent_audio(self.media, pcm16, rate)
 
     @property
     def taken_over(self) -> bool:
         return self._taken_over is not None
 
-    def set_tap(self, tap: AudioTap | None) -> bool:
+    def set_tap(self, key: str, tap: AudioTap | None) -> bool:
         if self.conversation is None:
             return False
-        self.conversation.tap = tap
+        self.conversation.taps.set(key, tap)
         return True
 
     # ---- end

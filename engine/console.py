@@ -25,9 +25,10 @@ endian), then PCM16 mono. From the engine: 20 ms frames at 8 kHz of the side(s) 
 side "agent" is what the caller hears: the agent, or the operator who took the call over). From
 the console: the operator's microphone (any rate, side b"o"), handed to ``operator_audio`` (the
 engine plays it to the caller while the call is taken over, and drops it otherwise). One listener
-per call per console (a console's second one replaces its first); the engine's tap on the call is
-shared by its listeners and removed when the last one goes. The socket is closed with a reason
-when the call ends, the engine stops, or a newer listener of the same console replaces it.
+per call per console (a console's second one replaces its first); the consoles share one engine tap
+on the call (key ``TAP_KEY``), beside those of other listeners (the terminal app running the engine
+may listen too), removed when the last console goes. The socket is closed with a reason when the
+call ends, the engine stops, or a newer listener of the same console replaces it.
 
 The view is rendered on request (the console asks a few times a second); the event stream is one
 store subscription per console, dropped (with the console told) if the console cannot keep up. A
@@ -117,6 +118,7 @@ CLOSE_CALL_ENDED = WSCloseCode.OK
 CLOSE_ENGINE_STOPPING = WSCloseCode.GOING_AWAY
 CLOSE_REPLACED = 4000  # the same console opened a newer listener on this call
 CLOSE_NO_AUDIO = 4001  # the call has no audio (yet or any more) to listen to
+TAP_KEY = "console"  # the consoles' tap among a call's listeners (set_audio_tap's key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,7 +212,7 @@ class _Listener:
 
 
 class _CallAudio:
-    """The engine's one tap on a call, shared by every console listening to it (keyed by the
+    """The consoles' one tap on a call, shared by every console listening to it (keyed by the
     console's pid: one listener per call per console)."""
 
     def __init__(self) -> None:
@@ -417,7 +419,7 @@ class ConsoleServer:
         audio = self._audio.get(call_id)
         if audio is None:
             audio = _CallAudio()
-            if not self.engine.set_audio_tap(call_id, audio.tap):
+            if not self.engine.set_audio_tap(call_id, audio.tap, key=TAP_KEY):
                 await ws.close(code=CLOSE_NO_AUDIO, message=b"the call has no audio to listen to")
                 return ws
             self._audio[call_id] = audio
@@ -462,7 +464,7 @@ class ConsoleServer:
                 del audio.listeners[peer.pid]
             if not audio.listeners and self._audio.get(call_id) is audio:
                 del self._audio[call_id]
-                self.engine.set_audio_tap(call_id, None)
+                self.engine.set_audio_tap(call_id, None, key=TAP_KEY)
             if listener.dropped:
                 log.info("console: %s fell behind on %s: %d audio frames dropped", peer.by, call_id, listener.dropped)
         return ws

@@ -14,6 +14,7 @@ from typing import Callable, assert_never
 from runtime.clock import Clock, Timer
 from engine.config import BargeInConfig, PlaybackConfig, VadConfig
 from engine.agent_voice import AgentVoice
+from engine.api import AudioTaps
 from engine.barge_in import BargeInListener
 from runtime.tasks import Spawn
 from engine.silence_fill import SilenceFill
@@ -106,8 +107,9 @@ class ConversationCoordinator:
         # hand_back; the caller is still heard and transcribed.
         self.operator = False
         self.operator_lines: dict[str, str] = {}  # an operator's line for the agent (its text) -> who asked
-        # An operator listening in (the terminal app's monitor): gets ("caller"|"agent", pcm, rate).
-        self.tap: Callable[[str, bytes, int], None] | None = None
+        # Operators listening in (the terminal app's monitor, attached consoles): each gets
+        # ("caller"|"agent"|"operator", pcm, rate).
+        self.taps = AudioTaps()
         self.recording: CallRecording | None = None  # the call's, when its profile records
         self.held = False  # an action is under way (transfer, hangup): the caller is no longer listened to
         self.vad = VoiceActivity(vad.aggressiveness, vad.start_ms, vad.end_ms, vad.min_level_dbfs)
@@ -134,8 +136,8 @@ class ConversationCoordinator:
             return  # the operator is speaking: nothing of the agent's goes out (a provider holds its answers)
         match ev:
             case AgentAudio(pcm16=pcm16, sample_rate=rate):
-                if self.tap is not None and self.voice.downstream is not None:
-                    self.tap("agent", pcm16, rate)
+                if self.taps and self.voice.downstream is not None:
+                    self.taps("agent", pcm16, rate)
                 self.voice.audio(pcm16, rate)
             case AgentSpeakingStarted():
                 self.voice.started()
@@ -183,8 +185,8 @@ class ConversationCoordinator:
     # ---- caller audio (hot path: 50 frames/s per call)
     def on_caller_pcm8(self, pcm8: bytes, lost: int = 0) -> None:
         """One packet of the caller's audio; ``lost``: packets missing before it."""
-        if self.tap is not None:
-            self.tap("caller", pcm8, RATE)
+        if self.taps:
+            self.taps("caller", pcm8, RATE)
         if self.held:
             if self.recording is not None:
                 self.recording.caller(pcm8)

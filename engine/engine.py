@@ -314,11 +314,12 @@ class Engine:
         await call.switch_provider(name, "operator's choice")
         return True
 
-    def set_audio_tap(self, call_id: str, tap: AudioTap | None) -> bool:
-        """Listen in on a call: ``tap(source, pcm16, rate)`` gets the caller's audio as it arrives
-        and the agent's as the provider produces it. ``None`` stops listening."""
+    def set_audio_tap(self, call_id: str, tap: AudioTap | None, *, key: str) -> bool:
+        """``key`` listens in on a call: ``tap(source, pcm16, rate)`` gets the caller's audio as it
+        arrives and the agent's as the provider produces it, beside the call's other listeners.
+        ``None`` stops ``key`` listening."""
         call = self.calls.calls.get(call_id)
-        return call is not None and call.set_tap(tap)
+        return call is not None and call.set_tap(key, tap)
 
     # ---- the operator in the loop: each is the call's (engine/call.py); False, with a line in the
     # call's log, when refused. docs/operations.md ("The operator in the loop") says what each does.

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from engine import sessions
-from engine.api import AudioTap, BringIn
+from engine.api import AudioTap, AudioTaps, BringIn
 from engine.sessions import (
     ActionRecord,
     CallSession,
@@ -52,7 +52,7 @@ class ScriptedEngine:
         self.problems = problems
         self.model_queues: tuple[ModelQueue, ...] = ()
         self.commands: list[tuple[str, ...]] = []
-        self.taps: dict[str, AudioTap] = {}  # the listeners set on each call: a test plays audio into them
+        self.taps: dict[str, AudioTaps] = {}  # the listeners on each call (a call with none is not here): a test plays audio into them
         self.operator_frames: list[tuple[str, bytes, int]] = []  # (call id, pcm16, rate) from the operator's microphone
         self.refuse: set[str] = set()  # operator actions (say, take_over, ...) this engine says no to
 
@@ -193,12 +193,12 @@ class ScriptedEngine:
         self.commands.append(("call_provider", call_id, name))
         return True
 
-    def set_audio_tap(self, call_id: str, tap: AudioTap | None) -> bool:
+    def set_audio_tap(self, call_id: str, tap: AudioTap | None, *, key: str) -> bool:
         self.commands.append(("tap", call_id, "on" if tap else "off"))
-        if tap is None:
-            self.taps.pop(call_id, None)
-        else:
-            self.taps[call_id] = tap
+        taps = self.taps.setdefault(call_id, AudioTaps())
+        taps.set(key, tap)
+        if not taps:
+            del self.taps[call_id]
         return True
 
 

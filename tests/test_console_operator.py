@@ -209,7 +209,7 @@ async def test_an_attached_operator_takes_a_real_call_over_and_each_hears_the_ot
         await attached.connect()
         await wait_for(lambda: any(c.call_id == cid for c in attached.store.calls), what="the call in the attached view")
         heard: list[tuple[str, bytes, int]] = []
-        assert attached.set_audio_tap(cid, lambda side, pcm16, rate: heard.append((side, pcm16, rate)))
+        assert attached.set_audio_tap(cid, lambda side, pcm16, rate: heard.append((side, pcm16, rate)), key="test")
 
         attached.take_over(cid, "")
         await wait_for(lambda: call.operator, until=lambda who: who == ATTACHED, what="the call taken over by the attached user")
@@ -242,3 +242,59 @@ async def test_an_attached_operator_takes_a_real_call_over_and_each_hears_the_ot
     finally:
         await attached.close()
         await rt.stop()
+
+
+async def test_a_local_listener_and_an_attached_console_hear_the_same_call_and_each_stops_alone(engine, pbx):
+    """The terminal app running the engine listens (its monitor's tap) while an attached console
+    listens to the same call: both get the caller's voice; either stopping leaves the other listening."""
+    from aiagent_tui.monitor import TAP_KEY
+    from engine.console import TAP_KEY as CONSOLE_KEY
+    from pbxsim.media import load_wav_ulaw
+    from pbxsim.script import Pause
+    from tests.conftest import HELLO
+
+    server = ConsoleServer(engine, socket_path())
+    await server.start()
+    attached = AttachedEngine(server.path)
+    try:
+        rec = pbx.place_call(script=[Pause(60.0)])
+        cid = rec.id
+        await wait_for(lambda: (s := engine.store.get(cid)) is not None and s.bridged_at is not None and rec.media is not None, what="the call bridged")
+        await attached.connect()
+        await wait_for(lambda: any(c.call_id == cid for c in attached.store.calls), what="the call in the attached view")
+        local: list[bytes] = []
+        console: list[bytes] = []
+
+        def heard(into: list[bytes]):
+            return lambda side, pcm16, rate: into.append(pcm16) if side == "caller" else None
+
+        def voiced(frames: list[bytes]) -> int:
+            return sum(1 for p in frames if np.abs(np.frombuffer(p, np.int16)).max() > 2000)
+
+        async def caller_speaks(*listeners: list[bytes]) -> None:
+            for frames in (local, console):
+                frames.clear()
+            rec.media.say(load_wav_ulaw(HELLO))
+            await wait_for(lambda: all(voiced(frames) >= 25 for frames in listeners), what="half a second of the caller's voice at each listener")
+
+        assert engine.set_audio_tap(cid, heard(local), key=TAP_KEY)
+        assert attached.set_audio_tap(cid, heard(console), key=TAP_KEY)
+        await wait_for(lambda: cid in server._audio, what="the console listening")
+        await caller_speaks(local, console)
+
+        # The console stops: the app goes on listening.
+        assert attached.set_audio_tap(cid, None, key=TAP_KEY)
+        await wait_for(lambda: cid not in server._audio, what="the console's tap gone")
+        await caller_speaks(local)
+        assert console == []
+
+        # The console again; the app stops: the console goes on listening.
+        assert attached.set_audio_tap(cid, heard(console), key=TAP_KEY)
+        await wait_for(lambda: cid in server._audio, what="the console listening again")
+        assert engine.set_audio_tap(cid, None, key=TAP_KEY)
+        await caller_speaks(console)
+        assert local == []
+        assert engine.calls.calls[cid].conversation is not None and CONSOLE_KEY in engine.calls.calls[cid].conversation.taps
+    finally:
+        await attached.close()
+        await server.stop()

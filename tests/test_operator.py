@@ -192,7 +192,7 @@ async def test_take_over_silences_the_agent_sends_the_operator_and_hand_back_res
         rec = await call_in(eng, pbx, mode)
         call = eng.calls.calls[rec.id]
         taps: list[tuple[str, int]] = []
-        eng.set_audio_tap(rec.id, lambda source, pcm, rate: taps.append((source, len(pcm))))
+        eng.set_audio_tap(rec.id, lambda source, pcm, rate: taps.append((source, len(pcm))), key="test")
         assert eng.take_over(rec.id, ALICE)
         summary = next(c for c in eng.store.summaries() if c.call_id == rec.id)
         assert (summary.state, summary.operator) == ("operator", ALICE) and summary.operator_since is not None

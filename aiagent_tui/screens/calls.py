@@ -24,7 +24,7 @@ from textual.timer import Timer
 from textual.widgets import Static
 
 from aiagent_tui.call_list import CallList
-from aiagent_tui.monitor import AudioMonitor, Microphone, MonitorUnavailable, OpenInput, OpenOutput, OperatorMic, Side, SoundDevice
+from aiagent_tui.monitor import TAP_KEY, AudioMonitor, Microphone, MonitorUnavailable, OpenInput, OpenOutput, OperatorMic, Side, SoundDevice
 from aiagent_tui.screens.call_detail import Diagnose
 from aiagent_tui.screens.confirm import ConfirmScreen
 from aiagent_tui.screens.history import HistoryScreen
@@ -345,7 +345,7 @@ class CallsScreen(Screen[None]):
     def stop_listening(self) -> None:
         if self.monitor is not None:
             if self.engine is not None:
-                self.engine.set_audio_tap(self.monitor.call_id, None)
+                self.engine.set_audio_tap(self.monitor.call_id, None, key=TAP_KEY)
             self.monitor.close()
             self.monitor = None
 
@@ -360,7 +360,7 @@ class CallsScreen(Screen[None]):
     def _listen(self, monitor: AudioMonitor, side: Side) -> bool:
         monitor.side = side
         monitor.play_operator = self.mic is None or self.mic.call_id != monitor.call_id
-        if self.engine is None or not self.engine.set_audio_tap(monitor.call_id, monitor.feed):
+        if self.engine is None or not self.engine.set_audio_tap(monitor.call_id, monitor.feed, key=TAP_KEY):
             monitor.close()
             self.notify("cannot monitor: the call has ended", severity="warning")
             return False
