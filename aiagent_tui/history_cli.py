@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from engine.config import AppConfig
 from engine.diagnosis import Diagnosis, diagnose_in
 from engine.history import OUTCOMES, CallRecord, CallRow, HistoryDb, HistoryFilter, database_url, db_error
-from engine.sessions import OPERATOR_ACTIONS
+from engine.sessions import action_words
 from providers.redact import clean_text
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -220,8 +220,7 @@ def show(r: CallRecord, out: TextIO) -> None:
         p()
         p("actions")
         for a in r.actions:
-            what = f"transfer to {a.department} ({a.target})" if a.kind == "transfer" else OPERATOR_ACTIONS.get(a.kind, a.kind)
-            what += f" {clean_text(a.text)!r}" if a.text else ""
+            what = action_words(a.kind, a.department, a.target, clean_text(a.text))
             p(f"  {datetime.fromtimestamp(a.at).strftime('%H:%M:%S')}  {what} by {a.by}: {a.state}" + (f" - {a.detail}" if a.detail else "") + (f"; reason: {a.reason}" if a.reason else ""))
 
 

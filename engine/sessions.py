@@ -170,14 +170,18 @@ class ActionRecord:
     at: float = field(default_factory=time.time)
 
     def describe(self) -> str:
-        what = OPERATOR_ACTIONS.get(self.kind, self.kind)
-        if self.kind == "transfer":
-            what = f"transfer to {self.department} ({self.target})"
-        elif self.kind == "bring_in":  # its reason is the way: introduce, bridge, snoop
-            what = f"bringing in {self.department} ({self.target})"
-        elif self.text:
-            what = f"{what} {self.text!r}"
+        what = action_words(self.kind, self.department, self.target, self.text)
         return f"{what} by {self.by}: {self.state}{' - ' + self.detail if self.detail else ''}"
+
+
+def action_words(kind: str, department: str, target: str, text: str) -> str:
+    """An action in words, as the call's log and `calls show` say it."""
+    if kind == "transfer":
+        return f"transfer to {department} ({target})"
+    if kind == "bring_in":  # its reason is the way: introduce, bridge, snoop
+        return f"bringing in {department} ({target})"
+    what = OPERATOR_ACTIONS.get(kind, kind)
+    return f"{what} {text!r}" if text else what
 
 
 @dataclass(slots=True, kw_only=True)
