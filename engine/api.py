@@ -15,7 +15,7 @@ __all__ = ["AudioTap", "AudioTaps", "BringIn", "CallRecord", "CallRow", "EngineR
 
 # How a person is brought into a call (bring_in): "introduce" calls them, tells them who is calling
 # and why, then connects them; "bridge" adds them to the call; "snoop" lets them hear both sides and
-# speak to the caller through a snoop (whisper) channel on the caller's channel.
+# speak to the caller through a snoop (whisper) channel on the caller's channel, the agent staying on.
 BringIn = Literal["introduce", "bridge", "snoop"]
 
 # Listening in on a call: gets ("caller" | "agent" | "operator", pcm16, sample rate) as the audio
@@ -99,8 +99,9 @@ class EngineView(Protocol):
         ...
 
     def bring_in(self, call_id: str, department: str, how: BringIn, by: str) -> bool:
-        """A person joins the call (one of the profile's departments) and the agent leaves: put
-        through after a spoken introduction, added to the call's bridge, or on a snoop channel."""
+        """A person joins the call (one of the profile's departments): put through after a spoken
+        introduction or added to the call's bridge, the agent leaving; or on a snoop channel, the
+        agent staying on."""
         ...
 
 
