@@ -8,7 +8,9 @@ its own, so what the caller hears is told apart by frequency."""
 
 from __future__ import annotations
 
+import asyncio
 import io
+import random
 import time
 from typing import Callable, Sequence
 
@@ -17,11 +19,13 @@ import pytest
 
 from aiagent_tui import history_cli
 from engine.engine import Engine
+from engine.media import OPERATOR_MAX_FRAMES
 from engine.sessions import ActionChanged, ConversationState, TranscriptAdded
 from media.audio import ulaw_to_pcm16
 from pbxsim.media import load_wav_ulaw
 from pbxsim.script import Pause
 from providers.base import CallContext, ComponentStatus
+from providers.config import IN_PROCESS
 from providers.echo import EchoCall
 from providers.pipeline import Pipeline, PipelineProvider, _Voice
 from providers.profile import AgentProfile, Department
@@ -120,12 +124,14 @@ def configure(cfg) -> None:
 
 
 async def scripted(eng: Engine, heard_as: Sequence[str]) -> tuple[Stt, Llm]:
-    """New calls get a pipeline of scripted stages."""
+    """New calls get the in-process pipeline with scripted stages (under its own name, which the
+    engine's readiness and summary know: an attached console's view asks for them)."""
     stt, llm = Stt(heard_as), Llm()
-    provider = PipelineProvider("scripted", eng.config.providers, eng.stages)
+    provider = PipelineProvider(IN_PROCESS, eng.config.providers, eng.stages)
     provider.models = Pipeline(stt, llm, _Voice(Tts(), 8))
-    eng.providers["scripted"] = provider
-    await eng.set_default_provider("scripted")
+    assert IN_PROCESS not in eng.providers, "the in-process pipeline already loaded: its models would be left running"
+    eng.providers[IN_PROCESS] = provider
+    await eng.set_default_provider(IN_PROCESS)
     return stt, llm
 
 
@@ -199,8 +205,7 @@ async def test_take_over_silences_the_agent_sends_the_operator_and_hand_back_res
         assert eng.store.snapshot(rec.id).conversation.operator == ALICE
         # The operator's voice (a 1500 Hz tone from their microphone at 16 kHz) reaches the caller.
         since = time.monotonic()
-        for i in range(0, len(voice := tone(OPERATOR_HZ, 1.0)), 640):
-            eng.operator_audio(rec.id, voice[i : i + 640], 16000)
+        await speak(eng, rec.id, tone(OPERATOR_HZ, 1.0), burst_s=0.02)
         await wait_for(lambda: heard(rec, since, OPERATOR_HZ) >= 0.8, what="the operator heard by the caller")
         assert ("operator", 640) in taps  # a listener hears the operator too
         # The caller asks something: transcribed, not answered (the LLM is not even asked).
@@ -232,6 +237,48 @@ async def test_take_over_silences_the_agent_sends_the_operator_and_hand_back_res
     out = io.StringIO()
     history_cli.show(record, out)
     assert f"take over by {ALICE}: done" in out.getvalue() and "hand back by bob (attached): done" in out.getvalue()
+
+
+async def speak(eng: Engine, call_id: str, pcm16: bytes, *, burst_s: float, jitter_s: float = 0.0, seed: int = 5) -> None:
+    """The operator's microphone at 16 kHz, in real time: ``burst_s`` of audio at a time, each
+    burst up to ``jitter_s`` late (a sound device's blocks over a WebSocket through SSH)."""
+    rng = random.Random(seed)
+    step = int(16000 * burst_s) * 2
+    start = time.monotonic()
+    for n, i in enumerate(range(0, len(pcm16), step)):
+        await asyncio.sleep(max(0.0, start + n * burst_s + rng.uniform(0, jitter_s) - time.monotonic()))
+        eng.operator_audio(call_id, pcm16[i : i + step], 16000)
+
+
+async def test_an_operators_bursty_audio_reaches_the_caller_without_gaps_and_is_never_heard_late(pbx, tmp_path):
+    """A microphone's 100 ms blocks arriving up to 40 ms late play as one continuous stream (the
+    engine holds 60 ms first), counted neither as the agent's audio running dry nor as the
+    operator's gaps; an operator sending faster than real time is heard at most 200 ms late (the
+    oldest frames dropped), not later and later."""
+    async with engine_for(pbx, tmp_path, "stream") as eng:
+        await scripted(eng, [])
+        rec = await call_in(eng, pbx, "stream")
+        call = eng.calls.calls[rec.id]
+        out = eng.store.get(rec.id).rtp_out
+        assert eng.take_over(rec.id, ALICE)
+        since = time.monotonic()
+        await speak(eng, rec.id, tone(OPERATOR_HZ, 3.0), burst_s=0.1, jitter_s=0.04)
+        await wait_for(lambda: not call.media.out_frames, what="the operator's audio sent")
+        await wait_for(lambda: heard(rec, since, OPERATOR_HZ) >= 2.98, what="all of the operator's 3 s heard by the caller")
+        assert (out.underruns, out.operator_gaps, out.operator_dropped) == (0, 0, 0)
+        # Faster than real time: 2 s at once, then a different tone; the queue stays at 200 ms.
+        eng.operator_audio(rec.id, tone(OPERATOR_HZ, 2.0), 16000)
+        sent = time.monotonic()
+        eng.operator_audio(rec.id, tone(WHISPER_HZ, 0.1), 16000)
+        assert len(call.media.out_frames) <= OPERATOR_MAX_FRAMES
+        await wait_for(lambda: heard(rec, sent, WHISPER_HZ) >= 0.1, what="the last words heard")
+        last_words = next(t for t, p in rec.media.agent_frames if t >= sent and abs(dominant_hz(p) - WHISPER_HZ) < 60)
+        assert last_words - sent < 0.5, f"the operator was heard {last_words - sent:.2f} s late"
+        assert out.operator_dropped >= 80 and out.overruns == 0
+        assert out.underruns == 0  # the operator's pauses are not the agent's audio running dry
+        assert eng.hand_back(rec.id, ALICE)
+        assert not call.media.operator
+        assert await eng.hangup(rec.id)
 
 
 async def test_an_instruction_changes_the_later_answers_of_this_call_only(pbx, tmp_path):
