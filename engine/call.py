@@ -408,7 +408,7 @@ class Call:
         played = self.conversation.take_over()
         self.spawn(self.provider_call.cancel_response(played))
         if self.media is not None:
-            self.media.flush_outbound()  # the agent's audio in stream mode is gone; the operator's starts clean
+            self.media.operator_speaks(True)  # the agent's audio in stream mode is gone; the operator's starts clean, jitter-buffered
         self.conversation.note("an operator took the call over", by)
         self._record("take_over", by)
         return True
@@ -430,7 +430,7 @@ class Call:
         seconds = self.services.clock.now() - t.since
         words = [turn.text for turn in s.transcript[t.transcript_at :] if turn.role == "caller"]
         if self.media is not None:
-            self.media.flush_outbound()  # the operator's last words still queued are not the agent's
+            self.media.operator_speaks(False)  # the operator's last words still queued are not the agent's
         pcall.hold_answers(False, operator_note(seconds, words))
         s.operator, s.operator_since = "", None
         conv.hand_back()

@@ -18,11 +18,19 @@ import numpy as np
 from engine.recording import CallRecording
 from engine.sessions import CallSession
 from media.audio import UlawEncoder, ulaw_to_pcm16
-from media.frames import ULAW_FRAME_BYTES, ULAW_SILENCE
+from media.frames import FRAME_S, ULAW_FRAME_BYTES, ULAW_SILENCE
 from media.rtp import RtpPacket
 from media.rtp_stats import IN_ORDER, LATE
 
 PREBUFFER_FRAMES = 2  # a stream starts once this much is queued (absorbs provider jitter)
+PREBUFFER_MAX_FRAMES = 6  # a stream's prebuffer grows after underruns up to this (120 ms)
+# An operator's microphone arrives in bursts (sounddevice blocks, a WebSocket over SSH): their
+# stream starts once its first frame has waited this long, whatever the burst's size, so that the
+# next burst may come that much late without a gap; and the queue keeps only the newest
+# OPERATOR_MAX_FRAMES, so that a sender faster than real time cannot make the caller hear them later
+# and later.
+OPERATOR_HOLD_S = 0.06
+OPERATOR_MAX_FRAMES = 10  # 200 ms
 
 
 class LatencyRing:
@@ -98,6 +106,7 @@ class CallMedia:
         "prebuffer",
         "paused",
         "bridged",
+        "operator",
     )
 
     def __init__(self, session: CallSession, remote: tuple[str, int], owner: MediaOwner, max_queue_frames: int = 1500) -> None:
@@ -119,6 +128,7 @@ class CallMedia:
         self.prebuffer = PREBUFFER_FRAMES  # frames queued before a stream (re)starts (the pacer adapts it)
         self.paused = False  # the agent's audio held: the caller may be talking over it
         self.bridged = False  # the ExternalMedia channel is in the bridge: what is sent reaches the caller
+        self.operator = False  # what is queued is an operator's voice (the call taken over), not the agent's
         session.outbound_ssrc = self.ssrc
 
     # ---- inbound
@@ -142,6 +152,23 @@ class CallMedia:
         self.session.rtp_in_malformed += 1
 
     # ---- outbound
+    def operator_speaks(self, on: bool) -> None:
+        """The outbound stream carries an operator's voice (``on``) or the agent's again: the queue
+        is flushed either way (the agent's adapted prebuffer stays for its return)."""
+        if on == self.operator:
+            return
+        self.flush_outbound()
+        self.operator = on
+        self.dry_tick = None  # a gap across the switch is neither's
+
+    def ready(self, deadline: float) -> bool:
+        """A stream that is not playing may (re)start at ``deadline``: the agent's once its
+        prebuffer is queued (or its first frame waited that long), an operator's once its first
+        frame waited OPERATOR_HOLD_S."""
+        if self.operator:
+            return deadline - self.queued_at >= OPERATOR_HOLD_S or len(self.out_frames) >= OPERATOR_MAX_FRAMES
+        return len(self.out_frames) >= self.prebuffer or deadline - self.queued_at >= self.prebuffer * FRAME_S
+
     def agent_audio(self, pcm16: bytes, sample_rate: int) -> int:
         """Queue agent speech as 20 ms u-law frames; returns how many frames were added."""
         data = self._partial + self._encoder.encode(pcm16, sample_rate)
@@ -150,11 +177,14 @@ class CallMedia:
         for i in range(0, whole, ULAW_FRAME_BYTES):
             frames.append(data[i : i + ULAW_FRAME_BYTES])
         self._partial = data[whole:]
-        overflow = len(frames) - self.max_queue_frames
+        overflow = len(frames) - (OPERATOR_MAX_FRAMES if self.operator else self.max_queue_frames)
         if overflow > 0:
             for _ in range(overflow):
-                frames.popleft()
-            self.session.rtp_out.overruns += overflow
+                frames.popleft()  # the oldest: an operator is heard late no more than the queue's length
+            if self.operator:
+                self.session.rtp_out.operator_dropped += overflow
+            else:
+                self.session.rtp_out.overruns += overflow
         return whole // ULAW_FRAME_BYTES
 
     def finish_agent_audio(self) -> None:
@@ -184,4 +214,14 @@ class CallMedia:
             out.max_pacing_error_ms = out.last_pacing_error_ms
 
     def underrun(self) -> None:
-        self.session.rtp_out.underruns += 1
+        """A playing stream ran dry and audio came again soon after: a gap the caller heard. An
+        operator's gaps are their line's, not the agent's audio running dry, and the prebuffer
+        adapts to the agent's audio only."""
+        out = self.session.rtp_out
+        if self.operator:
+            out.operator_gaps += 1
+            return
+        out.underruns += 1
+        # An adaptive jitter buffer: a provider (or a line) whose audio comes late once will
+        # again; its stream restarts with one more frame in hand.
+        self.prebuffer = min(PREBUFFER_MAX_FRAMES, self.prebuffer + 1)

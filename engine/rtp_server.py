@@ -19,7 +19,6 @@ from typing import Any, Callable
 from runtime.clock import Clock, LoopClock, Timer
 from engine.media import CallMedia, MediaTimings
 from runtime.ratelimit import RateLimitedLog
-from media.frames import FRAME_S
 from media.pacing import FrameGrid, next_rtp_timestamp
 from media.rtp import PT_ULAW, RtpPacket, RtpParseError, build_packet
 from media.rtp_stats import DUPLICATE, LATE, PROBATION
@@ -27,7 +26,6 @@ from media.rtp_stats import DUPLICATE, LATE, PROBATION
 log = logging.getLogger(__name__)
 
 ENDED_GRACE_S = 2.0  # a call's address stays known this long after it ended (packets in flight)
-PREBUFFER_MAX_FRAMES = 6  # a stream's prebuffer grows after underruns up to this (120 ms)
 UNDERRUN_WINDOW_TICKS = 5
 SEND_FAILURES_BEFORE_FALLBACK = 3
 _WARN_INTERVAL_S = 10.0
@@ -279,9 +277,6 @@ class OutboundPacer:
         if media.dry_tick is not None:
             if self._grid.tick - media.dry_tick <= UNDERRUN_WINDOW_TICKS:
                 media.underrun()
-                # An adaptive jitter buffer: a provider (or a line) whose audio comes late once
-                # will again; its stream restarts with one more frame in hand.
-                media.prebuffer = min(PREBUFFER_MAX_FRAMES, media.prebuffer + 1)
             media.dry_tick = None
         self._active[media] = None
         if self._handle is None:
@@ -338,7 +333,7 @@ class OutboundPacer:
             if media.owner is not None:
                 media.owner.stream_drained()
             return True
-        if not playing and len(frames) < media.prebuffer and deadline - media.queued_at < media.prebuffer * FRAME_S:
+        if not playing and not media.ready(deadline):
             return False
         t1 = time.perf_counter()
         marker = last is not None and last != tick - 1

@@ -115,6 +115,8 @@ class OutboundStats:
     bytes: int = 0
     overruns: int = 0  # frames dropped because the outbound queue was full
     underruns: int = 0  # a playing stream ran dry and audio came again within 100 ms
+    operator_gaps: int = 0  # the same while an operator spoke (their line's bursts, not the agent's audio)
+    operator_dropped: int = 0  # an operator's oldest frames dropped to keep their delay bounded
     last_pacing_error_ms: float = 0.0
     max_pacing_error_ms: float = 0.0
 

@@ -246,7 +246,8 @@ async def speak(eng: Engine, call_id: str, pcm16: bytes, *, burst_s: float, jitt
     step = int(16000 * burst_s) * 2
     start = time.monotonic()
     for n, i in enumerate(range(0, len(pcm16), step)):
-        await asyncio.sleep(max(0.0, start + n * burst_s + rng.uniform(0, jitter_s) - time.monotonic()))
+        late = rng.uniform(0, jitter_s) if n else 0.0  # the first on time: the others' lateness tells
+        await asyncio.sleep(max(0.0, start + n * burst_s + late - time.monotonic()))
         eng.operator_audio(call_id, pcm16[i : i + step], 16000)
 
 
