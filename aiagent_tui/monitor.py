@@ -49,28 +49,29 @@ def _sounddevice(no_device: str) -> Any:
     return sd
 
 
-# PortAudio's callback: (out int16[frames, 1], frames, time info, status).
+# PortAudio's callback: (int16[frames, 1] to fill or recorded, frames, time info, status).
 Callback = Callable[[np.ndarray, int, Any, Any], None]
 
 
-class Output(Protocol):
+class Output(Protocol):  # a device open until closed (a speaker or a microphone)
     device: str
 
     def close(self) -> None: ...
 
 
-class SoundDevice:
-    """The default output device, 8 kHz mono, pulling audio from ``callback`` on PortAudio's thread."""
+class _Stream:
+    """The default output or input device, 8 kHz mono, ``callback`` on PortAudio's thread."""
 
-    def __init__(self, callback: Callback, no_device: str = NO_OUTPUT) -> None:
+    def __init__(self, kind: Literal["output", "input"], callback: Callback, no_device: str, blocksize: int = 0) -> None:
         sd = _sounddevice(no_device)
         try:
-            info = sd.query_devices(kind="output")
+            info = sd.query_devices(kind=kind)
         except Exception as e:  # PortAudio: "Error querying device -1"
             raise MonitorUnavailable(no_device) from e
-        self.device = str(info.get("name", "default output"))
+        self.device = str(info.get("name", f"default {kind}"))
+        stream = sd.OutputStream if kind == "output" else sd.InputStream
         try:
-            self._stream = sd.OutputStream(samplerate=RATE, channels=1, dtype="int16", callback=callback)
+            self._stream = stream(samplerate=RATE, channels=1, dtype="int16", blocksize=blocksize, callback=callback)
             self._stream.start()
         except Exception as e:
             raise MonitorUnavailable(f"cannot open {self.device}: {e}") from e
@@ -84,13 +85,16 @@ class SoundDevice:
 
 
 OpenOutput = Callable[[Callback], Output]
-REPLAY_DEVICE: OpenOutput = partial(SoundDevice, no_device=NO_OUTPUT_REPLAY)  # says what to do with a recording instead
+# The default devices (partials, not functions: a screen keeps them as class attributes, unbound).
+speaker: OpenOutput = partial(_Stream, "output", no_device=NO_OUTPUT)
+microphone: OpenOutput = partial(_Stream, "input", no_device=NO_INPUT, blocksize=FRAME_SAMPLES)  # 20 ms blocks
+REPLAY_DEVICE: OpenOutput = partial(_Stream, "output", no_device=NO_OUTPUT_REPLAY)  # says what to do with a recording instead
 
 
 class AudioMonitor:
     """A live call on the sound device: ``feed`` is the engine's AudioTap; ``side`` what is played."""
 
-    def __init__(self, call_id: str, open_output: OpenOutput = SoundDevice, side: Side = "both") -> None:
+    def __init__(self, call_id: str, open_output: OpenOutput = speaker, side: Side = "both") -> None:
         self.call_id = call_id
         self.side: Side = side
         # The voice of an operator who took the call over, with the agent's side: off for that
@@ -145,48 +149,14 @@ class AudioMonitor:
         self._out.close()
 
 
-# PortAudio's input callback: (in int16[frames, 1], frames, time info, status).
-InputCallback = Callable[[np.ndarray, int, Any, Any], None]
-
-
-class Input(Protocol):
-    device: str
-
-    def close(self) -> None: ...
-
-
-class Microphone:
-    """The default input device, 8 kHz mono in 20 ms blocks, handed to ``callback`` on PortAudio's thread."""
-
-    def __init__(self, callback: InputCallback) -> None:
-        sd = _sounddevice(NO_INPUT)
-        try:
-            info = sd.query_devices(kind="input")
-        except Exception as e:  # PortAudio: "Error querying device -1"
-            raise MonitorUnavailable(NO_INPUT) from e
-        self.device = str(info.get("name", "default input"))
-        try:
-            self._stream = sd.InputStream(samplerate=RATE, channels=1, dtype="int16", blocksize=FRAME_SAMPLES, callback=callback)
-            self._stream.start()
-        except Exception as e:
-            raise MonitorUnavailable(f"cannot open {self.device}: {e}") from e
-
-    def close(self) -> None:
-        try:
-            self._stream.stop()
-            self._stream.close()
-        except Exception:
-            pass
-
-
-OpenInput = Callable[[InputCallback], Input]
+OpenInput = Callable[[Callback], Output]
 
 
 class OperatorMic:
     """The operator's microphone while they have the call: each block goes to ``send(pcm16, rate)``
     on the event loop that opened it (the engine's ``operator_audio`` is not thread-safe)."""
 
-    def __init__(self, call_id: str, send: Callable[[bytes, int], None], open_input: OpenInput = Microphone) -> None:
+    def __init__(self, call_id: str, send: Callable[[bytes, int], None], open_input: OpenInput = microphone) -> None:
         self.call_id = call_id
         self._send = send
         self._loop = asyncio.get_running_loop()

@@ -12,7 +12,7 @@ import pytest
 from textual.widgets import OptionList, RadioSet
 
 from aiagent_tui.app import AiAgentApp
-from aiagent_tui.monitor import Callback, InputCallback
+from aiagent_tui.monitor import Callback
 from aiagent_tui.screens.operator import BringInScreen, ListenScreen, OperatorBanner, WhisperScreen
 from engine.sessions import TranscriptTurn
 from tests.conftest import until
@@ -44,7 +44,7 @@ class FakeMic:
 
     device = "test microphone"
 
-    def __init__(self, callback: InputCallback) -> None:
+    def __init__(self, callback: Callback) -> None:
         self.callback = callback
         self.closed = False
 
@@ -81,7 +81,7 @@ def devices(monkeypatch):
         opened["output"].append(FakeCard(callback))
         return opened["output"][-1]
 
-    def mic(callback: InputCallback) -> FakeMic:
+    def mic(callback: Callback) -> FakeMic:
         opened["input"].append(FakeMic(callback))
         return opened["input"][-1]
 

@@ -24,7 +24,7 @@ from textual.timer import Timer
 from textual.widgets import Static
 
 from aiagent_tui.call_list import CallList
-from aiagent_tui.monitor import TAP_KEY, AudioMonitor, Microphone, MonitorUnavailable, OpenInput, OpenOutput, OperatorMic, Side, SoundDevice
+from aiagent_tui.monitor import TAP_KEY, AudioMonitor, microphone, MonitorUnavailable, OpenInput, OpenOutput, OperatorMic, Side, speaker
 from aiagent_tui.screens.call_detail import Diagnose
 from aiagent_tui.screens.confirm import ConfirmScreen
 from aiagent_tui.screens.history import HistoryScreen
@@ -69,8 +69,8 @@ class CallsScreen(Screen[None]):
 
     # This machine's sound devices (tests and screenshots put fakes here); the microphone is open
     # while this operator has a call (k).
-    open_output: OpenOutput = SoundDevice
-    open_input: OpenInput = Microphone
+    open_output: OpenOutput = speaker
+    open_input: OpenInput = microphone
     mic: OperatorMic | None = None
     _mic_watch: Timer | None = None
 
