@@ -7,11 +7,12 @@ person and what is left once the agent has gone are engine/handoff.py's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Coroutine, Protocol
+from typing import Any, AsyncIterator, Callable, Coroutine, Protocol
 
 from engine.ari.client import AriClient, AriError, AriUnavailable
 from engine.config import AppConfig
@@ -38,6 +39,12 @@ class PersonLeft(Exception):
 def bring_in_line(department: str) -> str:
     """What the caller hears before a person is called in (introduce, bridge)."""
     return f"Please hold on a moment: I am bringing in someone from {department}."
+
+
+# What the caller hears while a person's phone rings and while the person is told who is calling:
+# the ring cadence of Asterisk's tone zone (indications.conf), played on the caller's channel until
+# stopped. Without it a caller in silence hangs up.
+RINGBACK = "tone:ring"
 
 
 def not_reached_line(department: str) -> str:
@@ -330,7 +337,8 @@ class CallActions:
         self._record(rec, logging.INFO)
         caller_id = f'"{_quote_free(s.caller_name)}" <{_quote_free(s.caller_number)}>' if s.caller_number else ""
         try:
-            answer = await desk.call_person(self._host.token, endpoint, caller_id, self._host.config.actions.bring_in_ring_s)
+            async with self._ringback(how != "snoop"):  # the caller of a snoop goes on with the agent
+                answer = await desk.call_person(self._host.token, endpoint, caller_id, self._host.config.actions.bring_in_ring_s)
         except asyncio.CancelledError:  # the call ended while their phone rang (desk hangs it up)
             rec.state, rec.detail = "failed", "the call ended while their phone rang"
             self._record(rec, logging.INFO)
@@ -372,13 +380,34 @@ class CallActions:
         s = self.session
         await self._ari.remove_channel(bridge, s.caller_channel_id)
         try:
-            await self._ari.add_channel(bridge, person)
-            await self._say_and_wait(introduction(s, rec.department))
+            async with self._ringback():
+                await self._ari.add_channel(bridge, person)
+                await self._say_and_wait(introduction(s, rec.department))
         finally:
             await self._ari.add_channel(bridge, s.caller_channel_id)
         assert self.desk is not None
         if self.desk.gone(person):  # they hung up while they were told who is calling
             raise PersonLeft("the person hung up during the introduction")
+
+    @contextlib.asynccontextmanager
+    async def _ringback(self, wanted: bool = True) -> AsyncIterator[None]:
+        """Ringback on the caller's channel for the block's length. It is stopped before the
+        caller's bridge membership changes: Asterisk holds a removeChannel (and the caller's other
+        commands) until a playback on their channel ends, and a ring tone never ends by itself."""
+        pid = ""
+        if wanted and self.desk is not None:
+            try:
+                pid = (await self._ari.play_on_channel(self.session.caller_channel_id, self.desk.new_id(f"{self._app}-ring-", self._host.token), RINGBACK)).id
+            except (AriError, AriUnavailable) as e:
+                self._store.log(self.call_id, logging.WARNING, f"no ringback for the caller: {e}")
+        try:
+            yield
+        finally:
+            if pid:
+                try:
+                    await self._ari.stop_playback(pid)
+                except (AriError, AriUnavailable):
+                    pass  # it ended with the caller's channel
 
     async def _snoop(self, rec: ActionRecord, conn: Connection) -> None:
         """The person hears both sides through a snoop channel on the caller's and can speak to the

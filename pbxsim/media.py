@@ -198,6 +198,7 @@ class Playback:
     frames: list[bytes] | None  # None: the URI cannot be played (missing file, bad scheme)
     _: KW_ONLY
     never_finishes: bool = False  # unknown URI scheme: Asterisk never sends PlaybackFinished
+    loops: bool = False  # a tone: its frames again and again until stopped (channel playbacks)
     state: str = "queued"
     pos: int = 0  # frames played (channel playbacks)
     spos: int = 0  # samples played (bridge playbacks: sample-continuous across the queue)
@@ -228,18 +229,40 @@ class Playback:
         self.pos = min(max(0, self.pos + step // FRAME_BYTES), len(self.frames or []))
 
     def next_frame(self) -> bytes | None:
-        if self.frames is None or self.pos >= len(self.frames):
+        if self.frames is None or self.pos >= len(self.frames) and not self.loops:
             return None
-        f = self.frames[self.pos]
+        f = self.frames[self.pos % len(self.frames)]
         self.pos += 1
         return f
 
 
+# The tone zone of pbxsim/asterisk_etc/indications.conf (country us): ``ring = 440+480/2000,0/4000``.
+TONES = {"ring": ((440.0, 480.0, 2.0), (0.0, 0.0, 4.0))}
+TONE_VOLUME = 7219  # Asterisk's playtones default (-8 dB), each of a tone's two frequencies
+
+
+def tone_frames(name: str) -> list[bytes] | None:
+    """One cycle of an indication tone of the zone, as Asterisk's playtones generator makes it;
+    None for a tone the zone lacks (``tone:ring;tonezone=us`` names the zone, which is the only one)."""
+    parts = TONES.get(name.split(";")[0])
+    if parts is None:
+        return None
+    out = []
+    for f1, f2, seconds in parts:
+        t = np.arange(int(seconds * RATE)) / RATE
+        out.append(TONE_VOLUME * (np.sin(2 * np.pi * f1 * t) + np.sin(2 * np.pi * f2 * t)))
+    data = ast_lin2mu(np.concatenate(out).astype(np.int16))
+    return [data[i : i + FRAME_BYTES] for i in range(0, len(data), FRAME_BYTES)]
+
+
 def load_playback_frames(media_uri: str, sounds_dirs: list[Path]) -> tuple[list[bytes] | None, bool]:
-    """(frames, never_finishes) for a media URI, as Asterisk's file player would find it."""
+    """(frames, never_finishes) for a media URI, as Asterisk's file player would find it. A tone's
+    frames are one cycle of it (``Playback.loops``: it plays until stopped, as in Asterisk)."""
     scheme, _, target = media_uri.partition(":")
+    if scheme == "tone":
+        return tone_frames(target), False
     if scheme != "sound":
-        return None, scheme not in ("tone", "digits", "number", "characters", "recording")
+        return None, scheme not in ("digits", "number", "characters", "recording")
     base = Path(target) if target.startswith("/") else None
     candidates = [base] if base else [d / target for d in sounds_dirs]
     for b in candidates:

@@ -1,6 +1,7 @@
 """Bringing a person into a call on the real Asterisk 22 (../shared/asterisk/): the engine originates
 the department's Local/EXT@people channel (pbxsim/asterisk_etc/extensions.conf: 301 answers and
-plays a long prompt, 302 never answers, 303 is busy, 999 does not exist). What each side hears is
+plays a long prompt, 302 never answers, 303 is busy, 305 rings 3 s then answers and plays the
+prompt, 999 does not exist). What each side hears is
 taken at the caller's phone and recorded by MixMonitor on the person's; nothing is left on the PBX
 afterwards (the ``callers`` fixture)."""
 
@@ -20,7 +21,9 @@ from engine.sessions import ActionChanged, TranscriptAdded
 from pbxsim.asterisk import AsteriskCallers, AsteriskInstance, RealCall
 from pbxsim.script import Pause, Say
 from providers.profile import AgentProfile, Department
+from media.audio import pcm16_to_ulaw, ulaw_to_pcm16
 from tests.conftest import HELLO, history_of, running_engine, wait_for
+from tests.test_bring_in import ringing
 
 pytestmark = pytest.mark.asterisk
 
@@ -57,7 +60,17 @@ async def voiced_s(wav_path: Path, since_s: float = 0.0) -> float:
 
 
 def heard_s(call: RealCall, start: float, end: float = float("inf")) -> float:
-    return sum(len(p) for t, p in call.agent_frames if start <= t < end) / 8000
+    """Seconds the caller heard, the ringback left out."""
+    return sum(len(p) for t, p in call.agent_frames if start <= t < end and not ringing(p)) / 8000
+
+
+async def heard_frames(wav_path: Path) -> list[bytes]:
+    """A MixMonitor file (8 kHz) once written, as 20 ms u-law frames."""
+    await wait_for(lambda: wav_path.exists() and wav_path.stat().st_size > 44, what=f"{wav_path.name} written")
+    with wave.open(str(wav_path)) as w:
+        assert w.getframerate() == 8000
+        ulaw = pcm16_to_ulaw(w.readframes(w.getnframes()))
+    return [ulaw[i : i + 160] for i in range(0, len(ulaw) - 159, 160)]
 
 
 async def bridged(eng, call: RealCall) -> None:
@@ -192,3 +205,30 @@ async def test_introduce_the_person_hears_the_agent_then_the_caller(asterisk, ca
     assert hist.outcome == "brought_in"
     # The person heard the agent's introduction.
     assert await voiced_s(Path(f"{prefix}-301-heard.wav")) > 2.0
+
+
+async def test_the_caller_hears_ringback_while_the_persons_phone_rings_then_the_person(asterisk, callers, tmp_path):
+    """tone:ring on the caller's channel (the tone zone of pbxsim/asterisk_etc/indications.conf)
+    from the bring-in until the person answers, as recorded at the caller's phone: no silence to
+    hang up on, and no ring once the person speaks."""
+    async with running_engine(asterisk, tmp_path, people("305")) as eng:
+        call = callers.place_call([Pause(25.0)], caller_number="4105", record=True)
+        await bridged(eng, call)
+        assert eng.bring_in(call.far_channel, "billing", "bridge", BY)
+        await wait_for(lambda: call.far_channel not in eng.calls.calls, timeout=20, what="the agent's part ended")
+        left = time.monotonic()
+        await wait_for(lambda: heard_s(call, left) > 1.0, what="the caller hears the person")
+        await callers.hangup(call)
+        hist = await history_of(eng, call.far_channel)
+    assert hist.outcome == "brought_in"
+    assert call.recording is not None
+    frames = await heard_frames(Path(f"{call.recording}-heard.wav"))
+    rings = [i for i, f in enumerate(frames) if ringing(f)]
+    voiced = {i for i, f in enumerate(frames) if np.abs(np.frombuffer(ulaw_to_pcm16(f), np.int16)).max() > 1000}
+    assert len(rings) * 0.02 >= 1.5, f"{len(rings) * 0.02:.2f} s of ring tone heard"
+    # The person's voice: the first 0.2 s run of voiced frames none of which is the ring tone.
+    person = next(i for i in sorted(voiced) if i > rings[0] and all(j in voiced and not ringing(frames[j]) for j in range(i, i + 10)))
+    assert rings[-1] < person, "the ring went on over the person"
+    # The ring's last 2 s burst ends at most 2 s (its cadence's pause) before the person answers,
+    # and their prompt follows their answer by 1 s.
+    assert (person - rings[-1]) * 0.02 < 3.5

@@ -10,16 +10,19 @@ from __future__ import annotations
 import asyncio
 import time
 
+import numpy as np
 import pytest
 
-from engine.actions import bring_in_line, introduction
+from engine.actions import RINGBACK, bring_in_line, introduction
 from engine.calls import ORPHAN_GRACE_S
 from engine.handoff import why_not_reached
 from engine.history import outcome_of
+from media.audio import ulaw_to_pcm16
 from engine.sessions import ActionChanged, ActionRecord, CallSession, TranscriptAdded, TranscriptTurn
 from pbxsim.people import SimPerson
 from pbxsim.script import Pause, Say
 from providers.profile import AgentProfile, Department
+from tests.test_operator import scripted
 from tests.conftest import HELLO, THANKS, history_of, running_engine, wait_for
 
 BILLING = Department(description="invoices", context="people", extension="301")
@@ -214,6 +217,46 @@ async def test_introduce_the_person_hears_the_agent_and_the_caller_does_not(pbx,
     assert 0.5 < rec.media.agent_heard_s(asked) <= line_s + 0.1, (rec.media.agent_heard_s(asked), line_s)
     assert rec.media.agent_heard_s(person.bridged_at) == 0.0
     assert left > person.bridged_at
+
+
+def ringing(payload: bytes) -> bool:
+    """A frame of the ring tone (440 + 480 Hz): nearly all of its power between them (a 20 ms
+    frame's resolution is 50 Hz, so the band is their main lobes); a voice spreads wider."""
+    pcm = np.frombuffer(ulaw_to_pcm16(payload), np.int16).astype(np.float64)
+    power = np.abs(np.fft.rfft(pcm * np.hanning(len(pcm)), 1600)) ** 2
+    hz = np.fft.rfftfreq(1600, 1 / 8000)
+    return bool(power.sum() > 0 and power[(hz >= 390) & (hz <= 530)].sum() > 0.9 * power.sum())
+
+
+def ring_s(frames: list[tuple[float, bytes]], since: float, until: float = float("inf")) -> float:
+    return 0.02 * sum(1 for t, p in frames if since <= t < until and ringing(p))
+
+
+@pytest.mark.parametrize("how", ["bridge", "introduce"])
+async def test_the_caller_hears_ringback_while_the_persons_phone_rings_and_is_introduced_then_the_person(pbx, tmp_path, how):
+    person = pbx.directory[PERSON] = SimPerson(answer_after_s=3.0, script=[Pause(0.5), Say(str(THANKS))])
+    async with running_engine(pbx, tmp_path, with_billing, AIAGENT_PROVIDER="tone") as eng:
+        await scripted(eng, [])  # a pipeline that speaks its lines (0.6 s tones): the introduction is said
+        rec = pbx.place_call(script=[Pause(30.0)], caller_number="5550142")
+        await streaming(eng, rec.id)
+        asked = time.monotonic()
+        assert eng.bring_in(rec.id, "billing", how, BY)
+        await wait_for(lambda: person.answered_at is not None, what="the person answering")
+        answered = time.monotonic()
+        await wait_for(lambda: rec.id not in eng.calls.calls, what="the agent's part ended")
+        left = time.monotonic()
+        await wait_for(lambda: rec.media.voice_heard_s(left) > 1.0, what="the caller hears the person")
+        heard = rec.media.heard_voice
+        # The ring cadence (2 s on) from when the person's phone starts ringing until they answer ...
+        assert ring_s(heard, asked, answered) >= 1.5
+        if how == "introduce":  # ... and again from the start while they are told who is calling
+            assert ring_s(heard, answered, left) >= 0.3
+        # ... then no more of it: the person's voice.
+        last_ring = max(t for t, p in heard if ringing(p))
+        assert last_ring <= left + 0.1
+        assert ring_s(heard, left + 0.1) == 0.0
+    # Every ringback was stopped (a ring tone never ends by itself).
+    assert not [pb for pb, _ in pbx.playbacks.active.values() if pb.media_uri == RINGBACK]
 
 
 def test_why_a_person_was_not_reached_in_words():

@@ -185,6 +185,10 @@ class AriClient:
     async def play_on_bridge(self, bridge_id: str, playback_id: str, media: str) -> Playback:
         return await self.fetch(Playback, "POST", f"/bridges/{bridge_id}/play/{playback_id}", {"media": media})
 
+    async def play_on_channel(self, channel_id: str, playback_id: str, media: str) -> Playback:
+        """Heard by that channel only (in a bridge, what the bridge would send it is replaced)."""
+        return await self.fetch(Playback, "POST", f"/channels/{channel_id}/play/{playback_id}", {"media": media})
+
     # -- playbacks
     async def stop_playback(self, playback_id: str) -> None:
         await self.request("DELETE", f"/playbacks/{playback_id}", reply=False)

@@ -85,7 +85,7 @@ class Playbacks:
     def _make(self, pid: str, media_uri: str, target: str) -> Playback:
         uri = media_uri.split(",")[0]
         frames, never = load_playback_frames(uri, self.sounds_dirs)
-        return Playback(id=pid, media_uri=uri, target_uri=target, frames=frames, never_finishes=never)
+        return Playback(id=pid, media_uri=uri, target_uri=target, frames=frames, never_finishes=never, loops=uri.startswith("tone:"))
 
     def play_on_channel(self, ch: SimChannel, pid: str, media_uri: str) -> Reply:
         if not ch.in_stasis:
@@ -129,7 +129,7 @@ class Playbacks:
                     f = pb.next_frame()
                     if f is None:
                         break
-                    media.deliver(f, True, self.clock.tick)
+                    media.deliver(f, not pb.loops, self.clock.tick)  # a tone (ringback) is not the agent's voice
                 await asyncio.sleep(max(0.0, t0 + (pb.pos + held) * FRAME_S - loop.time()))
         finally:
             if isinstance(media, CallerMedia):
