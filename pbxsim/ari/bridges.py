@@ -3,7 +3,10 @@ pbxsim.media.Bridge's, ticked by the media clock."""
 
 from __future__ import annotations
 
+import asyncio
 import random
+
+from media.frames import FRAME_S
 
 from pbxsim.ari.events import EventBus
 from pbxsim.ari.model import NO_CONTENT, AriHttpError, AriRequest, BridgeTable, CallObserver, ChannelTable, Handler, IdSource, Reply, SimChannel
@@ -95,13 +98,21 @@ class Bridges:
             self.calls.bridged([c for c in members if c.kind == "caller"], exts[0], b)
         return NO_CONTENT
 
-    def remove_channel(self, req: AriRequest) -> Reply:
+    async def remove_channel(self, req: AriRequest) -> Reply:
         b = self.table.get(req.path["bridgeId"])
+        chans = []
         for cid in req.query["channel"].split(","):
             ch = self.channels.get(cid, status=400)
             if ch.bridge is not b:
                 raise AriHttpError(422, "Channel not in this bridge")
-            self.leave(ch)
+            chans.append(ch)
+        # Measured (BEHAVIOUR.md, "Channel commands queue behind a caller-channel playback"): the
+        # reply waits until a playback on the channel ends; a tone never ends by itself.
+        while any(pb.state in ("playing", "paused") for ch in chans for pb in ch.channel_playbacks):
+            await asyncio.sleep(FRAME_S)
+        for ch in chans:
+            if ch.bridge is b:
+                self.leave(ch)
         return NO_CONTENT
 
     def _play(self, req: AriRequest, pid: str) -> Reply:
