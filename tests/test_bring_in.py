@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import aiohttp
 import numpy as np
 import pytest
 
@@ -23,6 +24,7 @@ from pbxsim.people import SimPerson
 from pbxsim.script import Pause, Say
 from providers.profile import AgentProfile, Department
 from tests.test_operator import scripted
+from tests.test_simulator import AUTH
 from tests.conftest import HELLO, THANKS, history_of, running_engine, wait_for
 
 BILLING = Department(description="invoices", context="people", extension="301")
@@ -257,6 +259,36 @@ async def test_the_caller_hears_ringback_while_the_persons_phone_rings_and_is_in
         assert ring_s(heard, left + 0.1) == 0.0
     # Every ringback was stopped (a ring tone never ends by itself).
     assert not [pb for pb, _ in pbx.playbacks.active.values() if pb.media_uri == RINGBACK]
+
+
+async def test_the_simulator_rings_until_stopped_and_holds_a_removechannel_meanwhile_as_asterisk_does(pbx):
+    """The simulator's side of the ringback, as measured on Asterisk 22: tone:ring on a channel
+    plays the zone's ring cadence to that caller until stopped (DELETE /playbacks/ID), and a
+    removeChannel of that channel answers only once the playback has ended."""
+    async with aiohttp.ClientSession() as http:
+
+        async def ari(method: str, path: str, **params: str) -> int:
+            async with http.request(method, f"{pbx.url}/ari{path}", params=params, headers=AUTH) as r:
+                return r.status
+
+        ws = await http.ws_connect(f"{pbx.url}/ari/events?app=aiagent", headers=AUTH)
+        await wait_for(lambda: pbx.app_active("aiagent"), what="the app connected")
+        rec = pbx.place_call(script=[Pause(30.0)])
+        await wait_for(lambda: (c := pbx.channel_table.by_id.get(rec.id)) is not None and c.in_stasis, what="the caller in Stasis")
+        assert await ari("POST", "/bridges", type="mixing", bridgeId="b-ring") == 200
+        assert await ari("POST", "/bridges/b-ring/addChannel", channel=rec.id) == 204
+        assert await ari("POST", f"/channels/{rec.id}/play/ring-1", media=RINGBACK) == 201
+        await wait_for(lambda: ring_s(rec.media.heard_voice, 0) >= 1.0, what="a second of ring heard")
+        removing = asyncio.create_task(ari("POST", "/bridges/b-ring/removeChannel", channel=rec.id))
+        await wait_for(lambda: ring_s(rec.media.heard_voice, 0) >= 1.9, what="the ring going on")
+        assert not removing.done() and pbx.channel_table.by_id[rec.id].bridge is not None
+        assert await ari("DELETE", "/playbacks/ring-1") == 204
+        assert await asyncio.wait_for(removing, 5) == 204
+        assert pbx.channel_table.by_id[rec.id].bridge is None
+        assert await ari("DELETE", f"/channels/{rec.id}") == 204
+        assert await ari("DELETE", "/bridges/b-ring") == 204
+        await ws.close()
+    assert not pbx.violations
 
 
 def test_why_a_person_was_not_reached_in_words():
