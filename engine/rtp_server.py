@@ -261,7 +261,8 @@ class OutboundPacer:
     Each tick sends at most one frame per call. A stream (re)starts only with its prebuffer
     queued (or once its first frame has waited that long), a jitter buffer between the provider's
     timing and the pacer's grid, so that a provider delivering in real time does not underrun on
-    phase jitter; it grows by a frame after each underrun. A tick that runs late does not send a burst to
+    phase jitter; it grows by a frame after each underrun (an operator's voice has a rule of its
+    own: ``CallMedia.ready``). A tick that runs late does not send a burst to
     catch up (Asterisk's softmix flushes on bursts); the schedule skips ahead instead and the RTP
     timestamp follows the wall clock, as Asterisk's own streams do.
     """
