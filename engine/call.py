@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Coroutine
 
-from engine.actions import ActionCounters, CallActions, report_action
+from engine.actions import ActionCounters, CallActions
 from engine.api import AudioTap
 from engine.ari.client import AriClient, AriError, AriUnavailable
 from engine.capacity import Overload
@@ -22,11 +22,12 @@ from runtime.clock import Clock
 from engine.config import AppConfig
 from engine.conversation import ConversationCoordinator
 from engine.media import CallMedia
+from engine.operator import OperatorSeat
 from engine.playback import Downstream, FilePlayback, StreamPlayback
 from engine.recording import CallRecording, Recordings
 from engine.rtp_server import RtpServer
 from engine.status import ConversationCounters, PlaybackCounters
-from engine.sessions import ActionRecord, CallSession, ConversationState, ProviderSession, SessionStore, TurnTimeline
+from engine.sessions import CallSession, ConversationState, ProviderSession, SessionStore, TurnTimeline
 from runtime.tasks import OwnedTasks
 from media.audio import ulaw_to_pcm16
 from media.frames import FRAME_MS, RATE
@@ -62,23 +63,6 @@ class CallServices:
     overload: Overload | None = None  # counts the turns the models could not serve
 
 
-@dataclass(frozen=True, slots=True)
-class TakeOver:
-    """An operator has the call: who, since when (the call's clock), and where the transcript stood."""
-
-    by: str
-    since: float
-    transcript_at: int
-
-
-def operator_note(seconds: float, words: list[str]) -> str:
-    """What the agent's history gets at the hand-back: the operator's part, in the caller's words."""
-    said = " ".join(f'"{w}"' for w in words)
-    heard = f"Meanwhile the caller said: {said}." if words else "The caller said nothing the agent heard."
-    return (f"[Note: a human operator took this call over for {seconds:.0f} seconds and spoke with the caller; "
-            f"you were not on the line. {heard} The call is yours again: carry on from there.]")
-
-
 class Call:
     def __init__(self, services: CallServices, session: CallSession, token: str, end: Callable[[Call, str], None]) -> None:
         self.services = services
@@ -93,8 +77,6 @@ class Call:
         self.setup_task: asyncio.Task[None] | None = None
         self.teardown_task: asyncio.Task[None] | None = None
         self._tasks = OwnedTasks(f"[{session.call_id}] call")
-        self.instructions: list[str] = []  # an operator's for this call: a provider that takes the call over gets them too
-        self._taken_over: TakeOver | None = None
         # The config as it was when the call came in: a reload changes the calls after it, not this one.
         self.config = services.config
         self.profile = self.config.profiles[session.profile]
@@ -102,6 +84,7 @@ class Call:
             host=self, session=session, profile=self.profile, store=services.store, counters=services.action_counters,
             ari=services.ari, app=self.config.asterisk.app, clock=services.clock, end=lambda why: end(self, why),
         )
+        self.operator = OperatorSeat(host=self, session=session, store=services.store, counters=services.action_counters, clock=services.clock, rtp=services.rtp)
 
     @property
     def call_id(self) -> str:
@@ -132,7 +115,7 @@ class Call:
             vad=cfg.vad, barge_in=cfg.barge_in, playback=cfg.playback, session=s, store=sv.store, provider_call=pcall,
             half_duplex=provider.half_duplex, continuous_input=provider.continuous_input, counters=sv.conversation_counters,
             observe_turn=sv.observe_turn, spawn=self.spawn, clock=sv.clock, on_state=self.actions.watchdog.state,
-            on_caller_words=self._caller_said, on_turn_failed=self._turn_failed, on_hold=self._action_begins,
+            on_caller_words=self._caller_said, on_turn_failed=self._turn_failed, on_hold=self.operator.action_begins,
         )
         frames = self.config.playback.stream_queue_max_ms // FRAME_MS
         self.media = CallMedia(s, remote, self, max_queue_frames=frames)
@@ -215,7 +198,7 @@ class Call:
         self.session.provider = ProviderSession(name, started_at=self.services.clock.now(), ready=True)
         conv.replace_provider(pcall, provider.half_duplex, provider.continuous_input)
         self.services.store.log(self.call_id, logging.WARNING if "fail" in why else logging.INFO, f"provider now {name}: {why}")
-        self._carry_over(pcall, name)
+        self.operator.carry_over(pcall, name)
         if old is not None:
             self.spawn(old.stop())
 
@@ -269,11 +252,11 @@ class Call:
             self.conversation.on_caller_pcm8(pcm8, lost)
 
     def stream_started(self, at: float) -> None:
-        if self._taken_over is None and (d := self._downstream) is not None:  # an operator's stream is not the agent's
+        if not self.operator.taken_over and (d := self._downstream) is not None:  # an operator's stream is not the agent's
             d.stream_started(at)
 
     def stream_drained(self) -> None:
-        if self._taken_over is None and (d := self._downstream) is not None:
+        if not self.operator.taken_over and (d := self._downstream) is not None:
             d.drained()
 
     # ---- ARI playback events of this call's bridge (file mode)
@@ -334,134 +317,6 @@ class Call:
             return False
         self.conversation.barge_in(forced=True)
         return True
-
-    # ---- the operator in the loop (engine.api.EngineView says what each does)
-    def _refuse(self, what: str, by: str, why: str) -> bool:
-        self.services.store.log(self.call_id, logging.WARNING, f"{what} by {by} refused: {why}")
-        return False
-
-    def _cannot(self) -> str | None:
-        """Why no operator action can be taken on the call now, if so."""
-        if self.ending:
-            return "the call is ending"
-        if self.conversation is None or self.provider_call is None or self.provider is None:
-            return "the call is not connected yet"
-        if self.actions.action is not None:
-            return f"a {self.actions.action.kind} is under way"
-        return None
-
-    def _record(self, kind: str, by: str, text: str = "", state: str = "done", detail: str = "") -> ActionRecord:
-        rec = ActionRecord(kind=kind, by=by, reason="", text=text, state=state, detail=detail, at=self.services.clock.wall().timestamp())
-        self.session.actions.append(rec)
-        report_action(self.services.store, self.services.action_counters, self.call_id, rec, logging.INFO)
-        return rec
-
-    def operator_say(self, text: str, by: str) -> bool:
-        text = " ".join(text.split())
-        if why := self._cannot() or ("no line given" if not text else None):
-            return self._refuse("a line for the agent", by, why)
-        assert self.provider is not None and self.provider_call is not None and self.conversation is not None
-        if self._taken_over is not None:
-            return self._refuse("a line for the agent", by, f"the call is taken over by {self.session.operator}: speak to the caller, or hand it back first")
-        if not self.provider.speaks_text:
-            return self._refuse("a line for the agent", by, f"provider {self.provider.name} cannot speak a given line")
-        self.conversation.operator_lines[text] = by
-        rec = self._record("say", by, text, state="sent")
-        self.spawn(self._say_next(rec, self.provider_call))
-        return True
-
-    async def _say_next(self, rec: ActionRecord, pcall: ProviderCall) -> None:
-        said = await pcall.say_next(rec.text)
-        if said:
-            rec.state = "done"
-        else:
-            rec.state, rec.detail = "failed", "the call was taken over first" if self._taken_over is not None else "the provider could not say it"
-            if self.conversation is not None:
-                self.conversation.operator_lines.pop(rec.text, None)
-        report_action(self.services.store, self.services.action_counters, self.call_id, rec, logging.INFO if said else logging.WARNING)
-
-    def operator_instruct(self, text: str, by: str) -> bool:
-        text = " ".join(text.split())
-        if why := self._cannot() or ("no instruction given" if not text else None):
-            return self._refuse("an instruction", by, why)
-        assert self.provider_call is not None and self.provider is not None and self.conversation is not None
-        if not self.provider_call.instruct(text):
-            return self._refuse("an instruction", by, f"provider {self.provider.name} takes no instructions")
-        self.instructions.append(text)
-        self.conversation.note(f"instruction: {text}", by)
-        self._record("instruct", by, text)
-        return True
-
-    def take_over(self, by: str) -> bool:
-        if why := self._cannot():
-            return self._refuse("take over", by, why)
-        assert self.provider_call is not None and self.provider is not None and self.conversation is not None
-        if self._taken_over is not None:
-            return self._refuse("take over", by, f"already taken over by {self.session.operator}")
-        if not self.provider_call.hold_answers(True):
-            return self._refuse(
-                "take over", by, f"provider {self.provider.name} cannot hold its answers while the caller speaks; move the call to a pipeline provider first",
-            )
-        s = self.session
-        self._taken_over = TakeOver(by, self.services.clock.now(), len(s.transcript))
-        s.operator, s.operator_since = by, self.services.clock.wall().timestamp()  # set before the state's event goes out
-        played = self.conversation.take_over()
-        self.spawn(self.provider_call.cancel_response(played))
-        if self.media is not None:
-            self.media.operator_speaks(True)  # the agent's audio in stream mode is gone; the operator's starts clean, jitter-buffered
-        self.conversation.note("an operator took the call over", by)
-        self._record("take_over", by)
-        return True
-
-    def hand_back(self, by: str) -> bool:
-        if self.ending:
-            return self._refuse("hand back", by, "the call is ending")
-        if self._taken_over is None:
-            return self._refuse("hand back", by, "the call is not taken over")
-        self._end_take_over(by, "")
-        return True
-
-    def _end_take_over(self, by: str, why: str) -> None:
-        """The agent has the call again, with a note of what the caller said meanwhile."""
-        t, conv, pcall = self._taken_over, self.conversation, self.provider_call
-        assert t is not None and conv is not None and pcall is not None
-        self._taken_over = None
-        s = self.session
-        seconds = self.services.clock.now() - t.since
-        words = [turn.text for turn in s.transcript[t.transcript_at :] if turn.role == "caller"]
-        if self.media is not None:
-            self.media.operator_speaks(False)  # the operator's last words still queued are not the agent's
-        pcall.hold_answers(False, operator_note(seconds, words))
-        s.operator, s.operator_since = "", None
-        conv.hand_back()
-        conv.note("the operator handed the call back to the agent" + (f" ({why})" if why else ""), by)
-        self._record("hand_back", by, detail=f"after {seconds:.0f} s" + (f"; {why}" if why else ""))
-
-    def _action_begins(self) -> None:
-        """A transfer or hangup begins (the agent's line comes next): a take-over ends with it."""
-        if self._taken_over is not None:
-            self._end_take_over(self._taken_over.by, "an action on the call")
-
-    def _carry_over(self, pcall: ProviderCall, name: str) -> None:
-        """A provider that takes the call over mid-call gets the operator's instructions, and holds
-        its answers if the call is taken over (one that cannot ends the take-over)."""
-        for text in self.instructions:
-            pcall.instruct(text)
-        if self._taken_over is not None and not pcall.hold_answers(True):
-            self._end_take_over(self._taken_over.by, f"provider {name} cannot hold its answers")
-
-    def operator_audio(self, pcm16: bytes, rate: int) -> None:
-        """The operator's voice to the caller, as paced RTP on the ExternalMedia channel (in both
-        playback modes); dropped unless the call is taken over."""
-        if self._taken_over is None or self.ending or self.media is None or self.conversation is None:
-            return
-        if self.conversation.taps:
-            self.conversation.taps("operator", pcm16, rate)
-        self.services.rtp.agent_audio(self.media, pcm16, rate)
-
-    @property
-    def taken_over(self) -> bool:
-        return self._taken_over is not None
 
     def set_tap(self, key: str, tap: AudioTap | None) -> bool:
         if self.conversation is None:

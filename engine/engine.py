@@ -331,24 +331,24 @@ class Engine:
 
     def operator_say(self, call_id: str, text: str, by: str) -> bool:
         call = self._operator_call(call_id, "a line for the agent", by)
-        return call is not None and call.operator_say(text, by)
+        return call is not None and call.operator.say(text, by)
 
     def operator_instruct(self, call_id: str, text: str, by: str) -> bool:
         call = self._operator_call(call_id, "an instruction", by)
-        return call is not None and call.operator_instruct(text, by)
+        return call is not None and call.operator.instruct(text, by)
 
     def take_over(self, call_id: str, by: str) -> bool:
         call = self._operator_call(call_id, "take over", by)
-        return call is not None and call.take_over(by)
+        return call is not None and call.operator.take_over(by)
 
     def hand_back(self, call_id: str, by: str) -> bool:
         call = self._operator_call(call_id, "hand back", by)
-        return call is not None and call.hand_back(by)
+        return call is not None and call.operator.hand_back(by)
 
     def operator_audio(self, call_id: str, pcm16: bytes, rate: int) -> None:
         call = self.calls.calls.get(call_id)  # 50 times a second: a call that went is simply not spoken to
         if call is not None:
-            call.operator_audio(pcm16, rate)
+            call.operator.audio(pcm16, rate)
 
     def bring_in(self, call_id: str, department: str, how: BringIn, by: str) -> bool:
         """A person of one of the call's departments is called in (engine/handoff.py): after the
