@@ -1,9 +1,11 @@
 """The operator's audio latency: how late the caller hears an operator who took the call over, and
 how late an operator listening in hears the caller.
 
-    python bench/operator_audio.py [--bursts 20] [--calls 1] [--paths local,attached]
+    python bench/operator_audio.py [--bursts 20] [--calls 1] [--paths local,attached] [--pbx sim|asterisk]
 
-The real engine with the simulator in one process (aiagent_tui.runtime.Runtime, sim=True), reached
+The real engine with the simulator in one process (aiagent_tui.runtime.Runtime, sim=True), or with
+--pbx asterisk on the real Asterisk 22 of ../shared/asterisk/ (its callers, pbxsim.asterisk's, in
+this process too, hearing the engine over real RTP through Asterisk's bridge), reached
 either directly (local: the terminal app running the engine) or over the console socket as
 ``aiagent-tui attach`` reaches it (attached: aiagent_tui.attach.AttachedEngine). --calls K calls at
 once, each taken over or listened to by the same operator (a supervisor may listen to several).
@@ -17,7 +19,7 @@ once, each taken over or listened to by the same operator (a supervisor may list
   latency runs from the phone sending the burst's first frame to the operator's audio tap getting the
   first frame with its energy (the speaker's own buffering left out).
 
-The simulator, the engine and the attached console share one event loop here: the socket hop is real,
+The PBX's callers, the engine and the attached console share one event loop here: the socket hop is real,
 its process boundary is not.
 """
 
@@ -45,8 +47,10 @@ from aiagent_tui.runtime import Runtime  # noqa: E402
 from engine.config import load_config  # noqa: E402
 from engine.engine import Engine  # noqa: E402
 from media.audio import pcm16_to_ulaw, ulaw_to_pcm16  # noqa: E402
+from pbxsim.asterisk import AsteriskCallers, AsteriskInstance, shared_asterisk  # noqa: E402
+from pbxsim.media import speech_end_offset  # noqa: E402
 from pbxsim.script import Pause  # noqa: E402
-from pbxsim.server import SimCall  # noqa: E402
+from pbxsim.server import SimPBX  # noqa: E402
 
 RATE = 8000
 FRAME = 160  # samples in 20 ms
@@ -77,6 +81,34 @@ def first_after(frames: list[tuple[float, np.ndarray]], t0: float) -> float | No
 
 
 @dataclass
+class Phone:
+    """One caller, on either PBX: the engine's id for its call, what it heard (monotonic time, u-law),
+    when each burst's first frame went out, and how to make it speak."""
+
+    call_id: str
+    heard: list[tuple[float, bytes]]
+    said: list[tuple[float, float]]
+    say: Callable[[bytes], None]
+
+
+def sim_phone(pbx: SimPBX, n: int) -> Phone:
+    rec = pbx.place_call(script=[Pause(3600.0)], caller_number=str(5550100 + n))
+    assert rec.media is not None
+    return Phone(rec.id, rec.media.agent_frames, rec.media.said, rec.media.say)
+
+
+def asterisk_phone(callers: AsteriskCallers, n: int) -> Phone:
+    call = callers.place_call([Pause(3600.0)], caller_number=str(5550100 + n))
+    assert call.far_channel is not None
+
+    def say(ulaw: bytes) -> None:
+        # What a Say step does, now rather than at a step of the script (RealCall has no say()).
+        call._speech, call._pos, call._speech_end = ulaw, 0, speech_end_offset(ulaw)
+
+    return Phone(call.far_channel, call.agent_frames, call.said, say)
+
+
+@dataclass
 class Result:
     latencies: list[float] = field(default_factory=list)
     missed: int = 0
@@ -96,10 +128,10 @@ async def wait_until(check: Callable[[], bool], what: str, timeout: float = 20.0
         await asyncio.sleep(0.02)
 
 
-async def operator_to_caller(eng: Engine, view: Engine | AttachedEngine, recs: list[SimCall], bursts: int, by: str) -> Result:
+async def operator_to_caller(eng: Engine, view: Engine | AttachedEngine, recs: list[Phone], bursts: int, by: str) -> Result:
     for rec in recs:
-        view.take_over(rec.id, by)
-    await wait_until(lambda: all((c := eng.store.get(r.id)) is not None and c.operator for r in recs), "the calls taken over")
+        view.take_over(rec.call_id, by)
+    await wait_until(lambda: all((c := eng.store.get(r.call_id)) is not None and c.operator for r in recs), "the calls taken over")
     silence = bytes(2 * FRAME)
     burst = [tone(FRAME, FRAME * i).tobytes() for i in range(BURST_FRAMES)]
     starts: list[float] = []
@@ -111,23 +143,22 @@ async def operator_to_caller(eng: Engine, view: Engine | AttachedEngine, recs: l
         if voiced and k == 0:
             starts.append(time.monotonic())
         for rec in recs:
-            view.operator_audio(rec.id, burst[k] if voiced else silence, RATE)
+            view.operator_audio(rec.call_id, burst[k] if voiced else silence, RATE)
         next_at += 0.02
         await asyncio.sleep(max(0.0, next_at - time.monotonic()))
     result = Result()
     for rec in recs:
-        assert rec.media is not None
-        heard = [(t, np.frombuffer(ulaw_to_pcm16(p), np.int16)) for t, p in rec.media.agent_frames]
+        heard = [(t, np.frombuffer(ulaw_to_pcm16(p), np.int16)) for t, p in rec.heard]
         for t0 in starts:
             result.add(first_after(heard, t0))
     for rec in recs:
-        view.hand_back(rec.id, by)
-    await wait_until(lambda: all((c := eng.store.get(r.id)) is not None and not c.operator for r in recs), "the calls handed back")
+        view.hand_back(rec.call_id, by)
+    await wait_until(lambda: all((c := eng.store.get(r.call_id)) is not None and not c.operator for r in recs), "the calls handed back")
     return result
 
 
-async def caller_to_operator(view: Engine | AttachedEngine, recs: list[SimCall], bursts: int) -> Result:
-    heard: dict[str, list[tuple[float, np.ndarray]]] = {rec.id: [] for rec in recs}
+async def caller_to_operator(view: Engine | AttachedEngine, recs: list[Phone], bursts: int) -> Result:
+    heard: dict[str, list[tuple[float, np.ndarray]]] = {rec.call_id: [] for rec in recs}
 
     def tap_for(cid: str) -> Callable[[str, bytes, int], None]:
         def tap(source: str, pcm16: bytes, rate: int) -> None:
@@ -136,52 +167,58 @@ async def caller_to_operator(view: Engine | AttachedEngine, recs: list[SimCall],
         return tap
 
     for rec in recs:
-        assert view.set_audio_tap(rec.id, tap_for(rec.id), key=TAP_KEY)
+        assert view.set_audio_tap(rec.call_id, tap_for(rec.call_id), key=TAP_KEY)
     # Listening over the socket starts when the engine has the console's tap: let the phones talk
     # until every listener hears them.
     noise = pcm16_to_ulaw(tone(FRAME * BURST_FRAMES).tobytes())
     for rec in recs:
-        assert rec.media is not None
-        rec.media.say(noise)
+        rec.say(noise)
     await wait_until(lambda: all(heard.values()), "every listener hearing its caller")
     await asyncio.sleep(WINDOW_S)
-    said_before = {rec.id: len(rec.media.said) for rec in recs if rec.media is not None}
+    said_before = {rec.call_id: len(rec.said) for rec in recs}
     for _ in range(bursts):
         for rec in recs:
-            assert rec.media is not None
-            rec.media.say(noise)
+            rec.say(noise)
         await asyncio.sleep(WINDOW_S)
     await asyncio.sleep(WINDOW_S)
     result = Result()
     for rec in recs:
-        assert rec.media is not None
-        for first_frame, _onset in rec.media.said[said_before[rec.id]:]:
-            result.add(first_after(heard[rec.id], first_frame))
+        for first_frame, _onset in rec.said[said_before[rec.call_id]:]:
+            result.add(first_after(heard[rec.call_id], first_frame))
     for rec in recs:
-        view.set_audio_tap(rec.id, None, key=TAP_KEY)
+        view.set_audio_tap(rec.call_id, None, key=TAP_KEY)
     return result
 
 
-async def run(bursts: int, calls: int, paths: list[str]) -> dict[tuple[str, str], Result]:
+async def run(bursts: int, calls: int, paths: list[str], pbx_kind: str) -> dict[tuple[str, str], Result]:
     scratch = Path(tempfile.mkdtemp(prefix="aiagent-bench-operator-"))
     console = scratch / "engine.sock"  # a Unix socket's path has at most 107 bytes: keep it short
-    cfg = load_config(None, env={"ASTERISK_ARI_PORT": str(free_port()), "RTP_PORT": "0", "HEALTH_PORT": "0",
-                                 "AIAGENT_MEDIA_DIR": str(scratch / "media"), "AIAGENT_PROVIDER": "tone",
-                                 "AIAGENT_CONSOLE_SOCKET": str(console)})
-    rt = Runtime(cfg, sim=True, demo_interval_s=None)
-    eng = await rt.start()
+    env = {"ASTERISK_ARI_PORT": str(free_port()), "RTP_PORT": "0", "HEALTH_PORT": "0", "AIAGENT_MEDIA_DIR": str(scratch / "media"),
+           "AIAGENT_PROVIDER": "tone", "AIAGENT_CONSOLE_SOCKET": str(console)}
+    asterisk: AsteriskInstance | None = None
+    callers: AsteriskCallers | None = None
+    if pbx_kind == "asterisk":
+        asterisk = AsteriskInstance(shared_asterisk(ROOT), scratch / "asterisk")
+        await asyncio.to_thread(asterisk.start)
+        env.update({"ASTERISK_ARI_PORT": str(asterisk.http_port), "ASTERISK_ARI_USERNAME": "ari", "ASTERISK_ARI_PASSWORD": "ari"})
+    rt = Runtime(load_config(None, env=env), sim=asterisk is None, demo_interval_s=None)
     attached = AttachedEngine(console)
     out: dict[tuple[str, str], Result] = {}
     try:
-        if not await eng.wait_ari_connected(10) or rt.pbx is None:
-            raise RuntimeError("the engine did not reach the simulator")
-        pbx = rt.pbx
-        recs = [pbx.place_call(script=[Pause(3600.0)], caller_number=str(5550100 + i)) for i in range(calls)]
-        await wait_until(lambda: all((c := eng.store.get(r.id)) is not None and c.bridged_at is not None and r.media is not None for r in recs),
-                         "the calls bridged")
+        eng = await rt.start()
+        if not await eng.wait_ari_connected(15):
+            raise RuntimeError(f"the engine did not reach the PBX: {eng.events.last_error}")
+        if asterisk is not None:
+            callers = AsteriskCallers(asterisk)
+            await callers.start()
+            recs = [asterisk_phone(callers, i) for i in range(calls)]
+        else:
+            assert rt.pbx is not None
+            recs = [sim_phone(rt.pbx, i) for i in range(calls)]
+        await wait_until(lambda: all((c := eng.store.get(r.call_id)) is not None and c.bridged_at is not None for r in recs), "the calls bridged")
         if "attached" in paths:
             await attached.connect()
-            await wait_until(lambda: {r.id for r in recs} <= {c.call_id for c in attached.store.calls}, "the calls in the attached view")
+            await wait_until(lambda: {r.call_id for r in recs} <= {c.call_id for c in attached.store.calls}, "the calls in the attached view")
         user = getpass.getuser()
         for path in paths:
             view: Engine | AttachedEngine = eng if path == "local" else attached
@@ -191,6 +228,10 @@ async def run(bursts: int, calls: int, paths: list[str]) -> dict[tuple[str, str]
     finally:
         await attached.close()
         await rt.stop()
+        if callers is not None:
+            await callers.stop()
+        if asterisk is not None:
+            await asyncio.to_thread(asterisk.stop)
     return out
 
 
@@ -199,10 +240,11 @@ def main() -> int:
     ap.add_argument("--bursts", type=int, default=20, help="bursts per direction, path and call")
     ap.add_argument("--calls", type=int, default=1, help="calls at once, all taken over or listened to by one operator")
     ap.add_argument("--paths", default="local,attached", help="local (the engine's own app), attached (over the console socket)")
+    ap.add_argument("--pbx", choices=["sim", "asterisk"], default="sim", help="the simulator, or the real Asterisk 22 of ../shared/asterisk/")
     args = ap.parse_args()
     paths = args.paths.split(",")
-    results = asyncio.run(run(args.bursts, args.calls, paths))
-    print(f"operator audio (sim): {args.bursts} bursts per direction, {args.calls} call(s) at once, the caller's and the operator's clocks")
+    results = asyncio.run(run(args.bursts, args.calls, paths, args.pbx))
+    print(f"operator audio ({args.pbx}): {args.bursts} bursts per direction, {args.calls} call(s) at once, the caller's and the operator's clocks")
     print(f"  {'direction':18s} {'path':9s} {'p50':>8s} {'p95':>8s} {'max':>8s}  heard")
     for (direction, path), r in results.items():
         if r.latencies:
