@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import random
 import sys
 import tempfile
 import time
@@ -136,6 +137,7 @@ async def operator_to_caller(eng: Engine, view: Engine | AttachedEngine, recs: l
     burst = [tone(FRAME, FRAME * i).tobytes() for i in range(BURST_FRAMES)]
     starts: list[float] = []
     # A microphone's pace: one frame per call every 20 ms on an absolute schedule (no drift).
+    phase = random.Random(50)
     next_at = time.monotonic()
     for i in range(bursts * (SILENCE_FRAMES + BURST_FRAMES) + SILENCE_FRAMES * 2):
         k = i % (SILENCE_FRAMES + BURST_FRAMES) - SILENCE_FRAMES
@@ -144,7 +146,11 @@ async def operator_to_caller(eng: Engine, view: Engine | AttachedEngine, recs: l
             starts.append(time.monotonic())
         for rec in recs:
             view.operator_audio(rec.call_id, burst[k] if voiced else silence, RATE)
-        next_at += 0.02
+        # A microphone's 20 ms grid has its own phase against the engine's pacer (it differs from
+        # one operator's sound card to the next): moved by a random part of a frame early in each
+        # silence, so the figures cover every phase rather than one, and the pacer has settled on
+        # the new phase (any restart after the gap done) when the burst comes.
+        next_at += 0.02 + (phase.uniform(0, 0.02) if k == -SILENCE_FRAMES else 0.0)
         await asyncio.sleep(max(0.0, next_at - time.monotonic()))
     result = Result()
     for rec in recs:
