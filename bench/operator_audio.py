@@ -13,8 +13,9 @@ once, each taken over or listened to by the same operator (a supervisor may list
 - operator → caller: the operator has taken the calls over and sends 20 ms microphone frames in real
   time: 300 ms of silence, then a 200 ms 1 kHz burst, --bursts times. The latency runs from the
   moment the burst's first frame is handed to the engine (so the microphone's own buffering is left
-  out) to the caller's phone receiving the first frame with the tone in it (the simulated phone's
-  clock).
+  out) to the caller's phone receiving the first frame with the tone in it (the phone's clock). The
+  microphone's 20 ms grid moves by a random part of a frame before each burst: the spread covers
+  its phase against the engine's pacer.
 - caller → operator (listening, ``m``): each caller says a 200 ms 1 kHz burst, --bursts times; the
   latency runs from the phone sending the burst's first frame to the operator's audio tap getting the
   first frame with its energy (the speaker's own buffering left out).
