@@ -50,7 +50,6 @@ from engine.config import load_config  # noqa: E402
 from engine.engine import Engine  # noqa: E402
 from media.audio import pcm16_to_ulaw, ulaw_to_pcm16  # noqa: E402
 from pbxsim.asterisk import AsteriskCallers, AsteriskInstance, shared_asterisk  # noqa: E402
-from pbxsim.media import speech_end_offset  # noqa: E402
 from pbxsim.script import Pause  # noqa: E402
 from pbxsim.server import SimPBX  # noqa: E402
 
@@ -103,11 +102,7 @@ def asterisk_phone(callers: AsteriskCallers, n: int) -> Phone:
     call = callers.place_call([Pause(3600.0)], caller_number=str(5550100 + n))
     assert call.far_channel is not None
 
-    def say(ulaw: bytes) -> None:
-        # What a Say step does, now rather than at a step of the script (RealCall has no say()).
-        call._speech, call._pos, call._speech_end = ulaw, 0, speech_end_offset(ulaw)
-
-    return Phone(call.far_channel, call.agent_frames, call.said, say)
+    return Phone(call.far_channel, call.agent_frames, call.said, call.say)
 
 
 @dataclass

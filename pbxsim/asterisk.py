@@ -251,6 +251,15 @@ class RealCall:
     _noise: bytes = b""
     _noise_pos: int = 0
 
+    def say(self, ulaw: bytes) -> None:
+        """Starts saying ``ulaw`` (8 kHz u-law) from the next frame, as the simulator's caller's
+        media ``say`` does: what a Say step of the script does, or a bench on cue."""
+        self._speech, self._pos, self._speech_end = ulaw, 0, speech_end_offset(ulaw)
+
+    @property
+    def speaking(self) -> bool:
+        return self._pos < len(self._speech)
+
     # What the simulator's caller reports, computed the same way.
     def turn_latencies(self) -> list[float]:
         """For each utterance the agent answered: seconds from the end of the caller's speech (its last
@@ -474,8 +483,8 @@ class AsteriskCallers(asyncio.DatagramProtocol):
         alive = lambda: not call.finished.is_set()  # noqa: E731
         if isinstance(step, (Say, SayText)):
             speech = await spoken(step, load_wav_ulaw)
-            call._speech, call._pos, call._speech_end = speech, 0, speech_end_offset(speech)
-            while alive() and call._pos < len(call._speech):
+            call.say(speech)
+            while alive() and call.speaking:
                 await asyncio.sleep(0.01)
         elif isinstance(step, Dtmf):
             await self.press(call, step.digits, step.duration_ms)
