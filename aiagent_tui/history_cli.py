@@ -153,7 +153,6 @@ def _run(config: AppConfig, args: argparse.Namespace, db: HistoryDb, out: TextIO
             length = f"{r.ended_at - r.started_at:.0f} s" if r.ended_at is not None else "-"
             print(f"{_clock(r.started_at):19s}  {length:>7s}  {clean_text(r.caller_number):16s}  {clean_text(r.dialled):8s}  {clean_text(r.profile):10s}"
                   f"  {r.outcome:16s}  {level[r.call_id]:4s}  {r.turns:5d}  {clean_text(r.call_id)}", file=out)
-        print("flag: the call's diagnosis at its worst (ok, warn, bad); calls diagnose ID says why", file=out)
         return 0
     rec = db.get(args.id)
     if rec is None:
