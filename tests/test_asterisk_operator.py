@@ -44,8 +44,9 @@ async def test_take_over_hand_back_and_a_whispered_line_at_the_caller(asterisk, 
         taken = time.monotonic()
         assert eng.take_over(cid, ALICE)
         voice = tone(OPERATOR_HZ, 1.0)
-        for i in range(0, len(voice), 640):
+        for i in range(0, len(voice), 640):  # 20 ms blocks in real time, as a microphone gives them (the engine keeps 200 ms at most)
             eng.operator_audio(cid, voice[i : i + 640], 16000)
+            await asyncio.sleep(0.02)
         await wait_for(lambda: heard_at(call.agent_frames, taken, OPERATOR_HZ) >= 0.8, what="the operator heard by the caller")
         await wait_for(lambda: any(t.role == "caller" for t in eng.store.get(cid).transcript), timeout=15, what="the caller transcribed")
         await wait_for(lambda: eng.calls.calls[cid].provider_call._turn_task.done(), what="the caller's turn over")

@@ -531,6 +531,8 @@ NAME_RES = [
     (re.compile(r"UnicastRTP/127\.0\.0\.1:\d+-0x[0-9a-f]+"), "UnicastRTP/127.0.0.1:<port>-0x<hex>"),
     (re.compile(r"Announcer/ARI-[0-9a-f]+;2"), "Announcer/ARI-<n>;2"),
     (re.compile(r"Local/(\w+)@([\w-]+)-[0-9a-f]{8};([12])"), r"Local/\1@\2-<hex>;\3"),
+    # Asterisk numbers snoop channels from one counter per process: a shared instance's earlier snoops move it.
+    (re.compile(r"Snoop/(\S+)-[0-9a-f]{8}"), r"Snoop/\1-<n>"),
 ]
 
 
