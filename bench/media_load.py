@@ -244,7 +244,7 @@ def engine_child(conn, env: dict[str, str]) -> None:
                         "underruns": sum(c.rtp_out.underruns for c in calls),
                         "underruns_window": sum(c.rtp_out.underruns for c in calls) - under0,
                         "overruns": sum(c.rtp_out.overruns for c in calls),
-                        "late_ticks": eng.rtp.counters.late_ticks,
+                        "late_ticks": eng.outbound.counters.late_ticks,
                         "kernel_drops": eng.rtp.kernel_drops(),
                         "playbacks": {k: getattr(eng.calls.playback_counters, k) for k in ("files_started", "files_finished", "files_failed", "files_timed_out")},
                         **watch.report(),

@@ -1,6 +1,6 @@
 """One call: what it does with its media, its provider session and its agent's playback.
 
-A ``Call`` owns everything one caller's conversation holds (the RTP stream state, the
+A ``Call`` owns everything one caller's conversation holds (the media stream state, the
 conversation, the provider call, the downstream, its tasks), built with its collaborators passed
 in. Call control (engine/calls.py) creates it once the caller is answered and tears it down; in
 between, the Call is the media's owner (``MediaOwner``) and the provider's listener.
@@ -21,11 +21,11 @@ from engine.capacity import Overload
 from runtime.clock import Clock
 from engine.config import AppConfig
 from engine.conversation import ConversationCoordinator
-from engine.media import CallMedia
+from engine.media import CallMedia, MediaLink
 from engine.operator import OperatorSeat
 from engine.playback import Downstream, FilePlayback, StreamPlayback
 from engine.recording import CallRecording, Recordings
-from engine.rtp_server import RtpServer
+from engine.pacer import Outbound
 from engine.status import ConversationCounters, PlaybackCounters
 from engine.sessions import CallSession, ConversationState, ProviderSession, SessionStore, TurnTimeline
 from runtime.tasks import OwnedTasks
@@ -52,7 +52,7 @@ class CallServices:
     config: AppConfig
     ari: AriClient
     store: SessionStore
-    rtp: RtpServer
+    outbound: Outbound  # paces every call's agent audio out, whatever its transport
     get_provider: ProviderLookup
     clock: Clock
     playback_counters: PlaybackCounters
@@ -84,7 +84,7 @@ class Call:
             host=self, session=session, profile=self.profile, store=services.store, counters=services.action_counters,
             ari=services.ari, app=self.config.asterisk.app, clock=services.clock, end=lambda why: end(self, why),
         )
-        self.operator = OperatorSeat(host=self, session=session, store=services.store, counters=services.action_counters, clock=services.clock, rtp=services.rtp)
+        self.operator = OperatorSeat(host=self, session=session, store=services.store, counters=services.action_counters, clock=services.clock, outbound=services.outbound)
 
     @property
     def call_id(self) -> str:
@@ -103,8 +103,8 @@ class Call:
         return self._tasks.errors
 
     # ---- start
-    async def start_media(self, remote: tuple[str, int]) -> None:
-        """Opens the provider session, the conversation and the RTP stream to ``remote``."""
+    async def start_media(self, link: MediaLink) -> None:
+        """Opens the provider session, the conversation and the media stream over ``link``."""
         sv = self.services
         s = self.session
         assert s.provider is not None
@@ -118,7 +118,7 @@ class Call:
             on_caller_words=self._caller_said, on_turn_failed=self._turn_failed, on_hold=self.operator.action_begins,
         )
         frames = self.config.playback.stream_queue_max_ms // FRAME_MS
-        self.media = CallMedia(s, remote, self, max_queue_frames=frames)
+        self.media = CallMedia(s, link, self, max_queue_frames=frames)
         if self.profile.record and sv.recordings is not None:
             rec = self.recording = sv.recordings.start(s.call_id, sv.clock.now)
             s.recording, s.recording_started_at = str(rec.path), time.time()
@@ -140,7 +140,7 @@ class Call:
         self.actions.watch(self.profile.silence_prompt_s > 0 and provider.half_duplex and provider.speaks_text)
         s.provider.ready = True
         s.provider.started_at = sv.clock.now()
-        sv.rtp.register(self.media)
+        link.attach(self.media)
         if s.conversation is ConversationState.LISTENING:  # no greeting: the caller's turn now
             self.actions.watchdog.state(ConversationState.LISTENING)
 
@@ -206,7 +206,7 @@ class Call:
         """The ExternalMedia channel is in the bridge: the agent's audio may go out."""
         self.session.bridged_at = self.services.clock.now()
         if self.media is not None:
-            self.media.bridged = True  # an operator's audio is RTP in both playback modes
+            self.media.bridged = True  # an operator's audio is paced frames in both playback modes
         if (d := self._downstream) is not None:
             d.bridged()
 
@@ -226,14 +226,14 @@ class Call:
     def _use_stream(self) -> None:
         conv, media = self.conversation, self.media
         assert conv is not None and media is not None
-        conv.voice.downstream = StreamPlayback(rtp=self.services.rtp, media=media, on_tokens_changed=conv.tokens_changed, on_first_audio=conv.first_audio_out)
+        conv.voice.downstream = StreamPlayback(outbound=self.services.outbound, media=media, on_tokens_changed=conv.tokens_changed, on_first_audio=conv.first_audio_out)
 
     @property
     def _downstream(self) -> Downstream | None:
         return self.conversation.voice.downstream if self.conversation is not None else None
 
     def stream_send_failed(self) -> None:
-        """RTP to Asterisk keeps failing for this call: play its audio as files instead."""
+        """Sends to Asterisk keep failing for this call: play its audio as files instead."""
         old = self._downstream
         queued = old.send_failed() if old is not None else None
         if old is None or queued is None:
@@ -241,12 +241,12 @@ class Call:
         old.close()
         files = self._use_files()
         self.services.playback_counters.stream_fallbacks += 1
-        self.services.store.log(self.call_id, logging.WARNING, "stream playback failed (RTP send errors): falling back to file playback for this call")
+        self.services.store.log(self.call_id, logging.WARNING, "stream playback failed (send errors): falling back to file playback for this call")
         if queued:
             files.add(ulaw_to_pcm16(queued), RATE)
             files.finish()
 
-    # ---- MediaOwner: what the call's RTP stream reports
+    # ---- MediaOwner: what the call's media stream reports
     def caller_audio(self, pcm8: bytes, lost: int) -> None:
         if self.conversation is not None:
             self.conversation.on_caller_pcm8(pcm8, lost)
@@ -332,10 +332,10 @@ class Call:
         await self._tasks.cancel()
         try:
             if self.media is not None:
-                # The route stays until the ExternalMedia channel is gone, so that packets still in
-                # flight are recognised (and dropped here) rather than counted as foreign.
+                # The link stays until the media channel is gone (call control closes it), so that
+                # packets still in flight are recognised (and dropped here) rather than counted as foreign.
                 self.media.owner = None
-                self.services.rtp.pacer.discard(self.media)
+                self.services.outbound.discard(self.media)
             if self.conversation is not None:
                 self.conversation.close()
             if self.recording is not None and self.services.recordings is not None:

@@ -1,5 +1,5 @@
-"""Call control over ARI: answer each caller, set up its bridge and ExternalMedia channel, tear
-it all down, and reconcile with what Asterisk holds after a reconnect.
+"""Call control over ARI: answer each caller, set up its bridge and media channel (over the call's
+transport: engine/transports.py), tear it all down, and reconcile with what Asterisk holds after a reconnect.
 
 What a call does once its media flows is the Call's (engine/call.py); one Call per call owns
 its tasks, media, provider session and playback, so that one call's failure or hangup never
@@ -41,7 +41,8 @@ from runtime.ratelimit import RateLimitedLog
 from engine.recording import Recordings
 from engine.refusals import Reason, Refusals
 from engine.status import ConversationCounters, PlaybackCounters
-from engine.rtp_server import RtpServer
+from engine.pacer import Outbound
+from engine.transports import MediaSetupError, Transports
 from engine.sessions import ActionRecord, CallSession, CallState, ProviderSession, SessionStore, TurnTimeline
 from runtime.tasks import OwnedTasks
 from providers.base import ActionRequest
@@ -93,7 +94,8 @@ class CallController:
         config: AppConfig,
         ari: AriClient,
         store: SessionStore,
-        rtp: RtpServer,
+        transports: Transports,
+        outbound: Outbound,
         provider_for_new_call: Callable[[str], str],
         get_provider: ProviderLookup,
         observe_turn: Callable[[TurnTimeline], None] = lambda t: None,
@@ -106,7 +108,7 @@ class CallController:
         self.app = config.asterisk.app
         self.ari = ari
         self.store = store
-        self.rtp = rtp
+        self.transports = transports
         self._provider_for_new_call = provider_for_new_call
         self._ready_for_calls = ready_for_calls
         self._model_capacity = model_capacity
@@ -119,7 +121,7 @@ class CallController:
         self.overload = Overload(clock, store)  # callers turned away at the models' capacity, turns refused
         self.refusals = Refusals(clock, store)  # every caller turned away, for the log, the history and /health
         self.services = CallServices(
-            config=config, ari=ari, store=store, rtp=rtp, get_provider=get_provider, clock=clock,
+            config=config, ari=ari, store=store, outbound=outbound, get_provider=get_provider, clock=clock,
             playback_counters=self.playback_counters, conversation_counters=self.conversation_counters,
             action_counters=self.action_counters, observe_turn=observe_turn, recordings=recordings, overload=self.overload,
         )
@@ -171,11 +173,6 @@ class CallController:
             if c.session.external_channel_id == channel_id:
                 return c
         return None
-
-    @property
-    def external_host(self) -> str:
-        rtp = self.config.rtp
-        return f"{rtp.advertise_host or rtp.host}:{self.rtp.port}"
 
     # ---- ARI events (called synchronously by the event stream)
     def on_event(self, event: AriEvent) -> None:
@@ -302,6 +299,7 @@ class CallController:
             dialled=ch.dialplan.exten,
             profile=profile,
             provider=ProviderSession(provider),
+            transport=self._transport_for(event.args, profile, ch.id),
         )
         call = Call(self.services, session, uuid.uuid4().hex[:12], self._end_failed)
         call.actions.desk = self.desk
@@ -311,6 +309,17 @@ class CallController:
         self.store.add(session)
         self.store.log(ch.id, logging.INFO, f"call from {ch.caller.number or 'unknown'} ({ch.name}) to {ch.dialplan.exten or '?'}, profile {profile}, provider {provider}")
         call.setup_task = call.spawn(self._setup(call))
+
+    def _transport_for(self, args: list[str], profile: str, channel_id: str) -> str:
+        """The call's transport (AppConfig.transport_for); one this engine does not run (its
+        server not started: no profile names it and it is not the default) gives the default."""
+        name = self.config.transport_for(args, profile)
+        t = self.transports.by_name.get(name)
+        if t is None or not t.running:
+            default = self.config.media.transport
+            _rl.warning(f"transport {name}", f"[{channel_id}] transport {name} asked for but not running here (no profile names it): using {default}")
+            return default
+        return name
 
     # ---- actions that take the caller away
     def _on_dtmf(self, c: Call, digit: str) -> None:
@@ -404,10 +413,14 @@ class CallController:
             ready = asyncio.get_running_loop().create_future()
             self._pending_external[ext_id] = ready
             try:
-                ext = await ari.external_media(ext_id, self.app, self.external_host, self.config.rtp.format)
+                ext, link = await self.transports[s.transport].open(ari, ext_id, self.app, h.token)
                 s.external_channel_id = ext.id
-                s.rtp_remote = await self._unicast_address(ext)
-                await h.start_media(s.rtp_remote)
+                try:
+                    await h.start_media(link)
+                except BaseException:
+                    if h.media is None:
+                        link.close()  # else the teardown closes it with the call's media
+                    raise
                 # 422 "Channel not in Stasis application" if added before its StasisStart.
                 await asyncio.wait_for(ready, EXTERNAL_MEDIA_READY_TIMEOUT_S)
             finally:
@@ -415,12 +428,12 @@ class CallController:
             await ari.add_channel(bridge_id, ext_id)
             self.store.set_state(s, CallState.STREAMING)
             h.bridged()
-            self.store.log(s.call_id, logging.INFO, f"bridged with ExternalMedia; Asterisk RTP at {s.rtp_remote[0]}:{s.rtp_remote[1]}")
+            self.store.log(s.call_id, logging.INFO, f"bridged with {s.transport} media; Asterisk at {s.media_remote}")
         except asyncio.CancelledError:
             raise
         except TimeoutError:
             self._setup_failed(h, "ExternalMedia channel never entered Stasis")
-        except ExternalMediaLost as e:
+        except (ExternalMediaLost, MediaSetupError) as e:
             self._setup_failed(h, str(e))
         except (AriError, AriUnavailable, ProviderUnavailable) as e:
             self._setup_failed(h, str(e))
@@ -432,15 +445,6 @@ class CallController:
         self.store.calls_failed += 1
         self.store.log(h.session.call_id, logging.ERROR, f"call setup failed: {why}")
         self.begin_teardown(h, f"setup failed: {why}", hangup_caller=True)
-
-    async def _unicast_address(self, ext: Channel) -> tuple[str, int]:
-        vars_ = ext.channelvars or {}
-        addr = vars_.get("UNICASTRTP_LOCAL_ADDRESS")
-        port = vars_.get("UNICASTRTP_LOCAL_PORT")
-        if not addr or not port:
-            addr = await self.ari.get_variable(ext.id, "UNICASTRTP_LOCAL_ADDRESS")
-            port = await self.ari.get_variable(ext.id, "UNICASTRTP_LOCAL_PORT")
-        return str(addr), int(port)
 
     # ---- teardown
     def begin_teardown(self, h: Call, reason: str, hangup_caller: bool) -> asyncio.Task[None]:
@@ -460,7 +464,7 @@ class CallController:
             log.error("[%s] teardown took over %.0f s; leftovers go at the next reconcile", s.call_id, TEARDOWN_TIMEOUT_S)
         finally:
             if h.media is not None:
-                self.rtp.unregister(h.media)
+                h.media.link.close()
             if self.calls.pop(s.call_id, None) is not None:
                 self._ended_call_task_errors += h.task_errors
             self._by_token.pop(h.token, None)
@@ -475,7 +479,7 @@ class CallController:
         # cut off mid-request (a 404 then just means it was never made).
         await self._delete_channel(f"{self.ext_prefix}{h.token}", "ExternalMedia")
         if h.media is not None:
-            self.rtp.unregister(h.media)
+            h.media.link.close()
         handed_off = h.token in self._handed_off
         self._handed_off.discard(h.token)
         if s.bridge_id is not None and not handed_off:  # else the caller and the person talk in it

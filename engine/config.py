@@ -68,6 +68,48 @@ class RtpConfig(_Section):
         return self
 
 
+Transport = Literal["rtp", "audiosocket", "websocket"]
+TRANSPORTS: tuple[Transport, ...] = ("rtp", "audiosocket", "websocket")
+
+
+class MediaConfig(_Section):
+    # How Asterisk hands each call's audio to the engine, unless the call's profile or its Stasis
+    # argument (transport=NAME) says otherwise: "rtp" (ExternalMedia over UDP), "audiosocket"
+    # (TCP), "websocket" (chan_websocket). docs/transports.md says which to pick when.
+    transport: Transport = "rtp"
+
+
+class AudioSocketConfig(_Section):
+    host: str = "127.0.0.1"  # the engine's AudioSocket server (Asterisk connects to it)
+    port: int = Field(18090, ge=0, le=65535)  # 0: any free port (tests)
+    advertise_host: str | None = None  # the address Asterisk connects to, when not host
+    # slin: 8 kHz; slin16: 16 kHz on the wire (the engine's audio path is 8 kHz: no wider band).
+    format: Literal["slin", "slin16"] = "slin"
+    # "channel": an ExternalMedia AudioSocket channel (transport=tcp, encapsulation=audiosocket);
+    # "dialplan": a Local channel into dialplan_context, whose AudioSocket() line connects.
+    form: Literal["channel", "dialplan"] = "channel"
+    dialplan_context: str = "aiagent-audiosocket"
+    connect_timeout_s: float = Field(5.0, gt=0)  # Asterisk's connection, after the channel is made
+
+    @model_validator(mode="after")
+    def _reachable_address(self) -> AudioSocketConfig:
+        if self.host in ("0.0.0.0", "::", "") and not self.advertise_host:
+            raise ValueError(f"advertise_host is required when host is {self.host!r}: Asterisk needs an address it can connect to")
+        return self
+
+
+class WebSocketMediaConfig(_Section):
+    # "server": Asterisk serves the media WebSocket (on its HTTP port, beside ARI) and the engine
+    # connects; "client": Asterisk connects to the engine's WebSocket server at host:port, through
+    # the connection named client_connection in the PBX's websocket_client.conf.
+    connection_type: Literal["server", "client"] = "server"
+    format: Literal["ulaw", "slin", "slin16"] = "ulaw"
+    host: str = "127.0.0.1"
+    port: int = Field(18091, ge=0, le=65535)  # client mode: the engine's WebSocket server
+    client_connection: str = "aiagent"
+    connect_timeout_s: float = Field(5.0, gt=0)
+
+
 class VadConfig(_Section):
     aggressiveness: int = Field(2, ge=0, le=3)  # webrtcvad mode: 0 lets most through, 3 is strictest
     start_ms: int = Field(60, ge=20, le=1000)  # voiced audio this long starts an utterance
@@ -164,6 +206,9 @@ class LoggingConfig(_Section):
 class AppConfig(_Section):
     asterisk: AsteriskConfig = AsteriskConfig()
     rtp: RtpConfig = RtpConfig()
+    media: MediaConfig = MediaConfig()
+    audiosocket: AudioSocketConfig = AudioSocketConfig()
+    websocket: WebSocketMediaConfig = WebSocketMediaConfig()
     health: HealthConfig = HealthConfig()
     console: ConsoleConfig = ConsoleConfig()
     providers: ProvidersConfig = ProvidersConfig()
@@ -188,6 +233,16 @@ class AppConfig(_Section):
                     raise ValueError(f"profiles.{claimed[key]} and profiles.{name} both match {key!r}")
                 claimed[key] = name
         return self
+
+    def transport_for(self, stasis_args: Sequence[str], profile: str) -> Transport:
+        """A call's media transport: its Stasis argument transport=NAME, else its profile's, else
+        media.transport. An unknown name in the dialplan is the site's mistake: the default, said
+        in the call's log by call control."""
+        for arg in stasis_args:
+            key, _, value = arg.partition("=")
+            if key.strip() == "transport" and value.strip() in TRANSPORTS:
+                return value.strip()  # type: ignore[return-value]
+        return self.profiles[profile].transport or self.media.transport
 
     def profile_for(self, stasis_args: Sequence[str], dialled: str) -> str:
         """The profile of a new call: the first Stasis argument a profile matches, else the dialled

@@ -26,7 +26,12 @@ from engine.health import HealthServer
 from engine.history import HistoryDb, HistoryRecorder, database_url
 from engine.metrics import EngineMetrics
 from engine.recording import Recordings, recordings_dir
+from engine.audiosocket import AudioSocketTransport
+from engine.pacer import Outbound
 from engine.rtp_server import RtpServer
+from engine.transports import RtpTransport, Transports
+from engine.ws_media import WebSocketTransport
+from runtime.clock import LoopClock
 from engine.sessions import SessionStore
 from engine.status import (
     AriCounters,
@@ -64,6 +69,11 @@ class Engine:
         self.rtp = RtpServer(
             config.rtp.host, config.rtp.port, on_error=self.supervisor.report, receive_buffer_bytes=config.rtp.receive_buffer_bytes,
         )
+        clock = LoopClock()
+        self.outbound = Outbound(clock, timings=self.rtp.timings, on_error=self.supervisor.report)
+        self.transports = Transports([
+            RtpTransport(config, self.rtp), AudioSocketTransport(config, clock), WebSocketTransport(config, clock),
+        ])
         self.ari = AriClient(config.asterisk)
         self.providers: dict[str, Provider] = {}
         self.default_provider = config.providers.default
@@ -72,7 +82,7 @@ class Engine:
         h = config.history
         self.recordings = Recordings(recordings_dir(config), h.retention_days, h.max_calls, self.supervisor.report)
         self.calls = CallController(
-            config=config, ari=self.ari, store=self.store, rtp=self.rtp, provider_for_new_call=self.provider_for_new_call,
+            config=config, ari=self.ari, store=self.store, transports=self.transports, outbound=self.outbound, clock=clock, provider_for_new_call=self.provider_for_new_call,
             get_provider=self.get_provider, observe_turn=self.metrics.observe_turn, ready_for_calls=self.takes_new_calls,
             recordings=self.recordings, model_capacity=lambda: self.capacity.estimate(),
         )
@@ -109,9 +119,10 @@ class Engine:
         except OSError as e:
             raise EngineStartError(f"cannot bind the RTP socket on {self.config.rtp.host}:{self.config.rtp.port}/udp: {e.strerror or e}; set rtp.port (RTP_PORT) to a free port") from e
         try:
+            await self._start_transports()
             self.health_server.bind()
         except OSError as e:
-            await self.rtp.stop()
+            await self._stop_transports()
             raise EngineStartError(f"cannot serve health on {self.config.health.host}:{self.config.health.port}/tcp: {e.strerror or e}; set health.port (HEALTH_PORT) to a free port") from e
         fallback = self.config.providers.fallback_for(self.default_provider)
         try:
@@ -122,7 +133,7 @@ class Engine:
         except Exception as e:
             await self._close_providers()
             await self.health_server.stop()
-            await self.rtp.stop()
+            await self._stop_transports()
             raise EngineStartError(f"provider {self.default_provider} cannot start: {e}") from e
         # Loaded now: the fallback, so that it can take new calls the moment the default fails, and
         # the providers profiles name, so that their first call does not wait for a model load.
@@ -134,7 +145,7 @@ class Engine:
                     await self.get_provider(name)
                 except Exception as e:
                     log.warning("provider %s cannot start: %s", name, e)
-        for name in ("rtp-receive", "rtp-pacer"):
+        for name in ("rtp-receive", "pacer"):
             self.supervisor.register(name)
         if self.history is not None:
             # A history that cannot be opened (a damaged file, a database down or hung) must not
@@ -160,6 +171,27 @@ class Engine:
             self.default_provider,
         )
 
+
+    def _used_transports(self) -> list[str]:
+        """The transports besides RTP whose servers run: the default's, and those profiles name."""
+        names = {self.config.media.transport, *(p.transport for p in self.config.profiles.values())}
+        return [t.name for t in self.transports if t.name != "rtp" and t.name in names]
+
+    async def _start_transports(self) -> None:
+        for name in self._used_transports():
+            t = self.transports[name]
+            try:
+                await t.start()
+            except OSError as e:
+                raise OSError(e.errno, f"{name} transport: {e.strerror or e}") from e
+
+    async def _stop_transports(self) -> None:
+        for t in self.transports:
+            if t.running:
+                try:
+                    await t.stop()
+                except Exception as e:
+                    log.error("stopping the %s transport failed: %s", t.name, e, exc_info=e)
 
     def _fatal(self, why: str, config_error: bool = False) -> None:
         """A component failed for good: whoever runs the engine stops it and exits non-zero (2 for a
@@ -188,7 +220,8 @@ class Engine:
             await self.history.close()
         await self._close_providers()
         await self.health_server.stop()
-        await self.rtp.stop()
+        self.outbound.stop()
+        await self._stop_transports()
         await self.ari.close()
         log.info("engine stopped")
 
@@ -403,7 +436,7 @@ class Engine:
         overloaded += self.history.problems() if self.history is not None else ()  # failing now, or a file it had to replace
         ok = (
             # Calls still go to the fallback while the default is not ready, but an operator must know.
-            self.ari_connected and self.rtp.running and readiness[self.default_provider].ready
+            self.ari_connected and all(self.transports[t].running for t in ("rtp", *self._used_transports())) and readiness[self.default_provider].ready
             and self.supervisor.healthy and self.fatal_error is None and not overloaded
         )
         store = self.store
@@ -474,8 +507,8 @@ class Engine:
                 kernel_drops=self.rtp.kernel_drops(),
                 receive_buffer_bytes=self.rtp.receive_buffer_bytes,
                 send_errors=c.send_errors,
-                internal_errors=c.internal_errors,
-                late_ticks=c.late_ticks,
+                internal_errors=c.internal_errors + self.outbound.counters.internal_errors,
+                late_ticks=self.outbound.counters.late_ticks,
                 pacing_error_p50_ms=pacing.percentile_ms(50),
                 pacing_error_p99_ms=pacing.percentile_ms(99),
             ),

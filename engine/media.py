@@ -1,9 +1,12 @@
-"""Per-call media: caller RTP payload to the call's audio path, agent PCM to paced u-law frames.
+"""Per-call media: the caller's audio to the call's audio path, agent PCM to paced u-law frames,
+whatever the transport (engine/transports.py) that carries them to and from Asterisk.
 
-A packet is followed by name: ``RtpServer.datagram_received`` -> ``CallMedia.receive`` ->
-``MediaOwner.caller_audio`` (the Call) -> the conversation. Agent audio goes the other way:
-``CallMedia.agent_audio`` queues frames that the server's pacer sends, and the pacer's news
-(stream started, queue drained, sends failing) goes back to the owner by the same protocol.
+A packet is followed by name: ``RtpServer.datagram_received`` -> ``CallMedia.receive`` (or, on a
+stream transport, its connection -> ``CallMedia.receive_stream``) -> ``MediaOwner.caller_audio``
+(the Call) -> the conversation. Agent audio goes the other way: ``Outbound.agent_audio`` queues
+frames on the CallMedia, the pacer (engine/pacer.py) hands one per 20 ms to the call's
+``MediaLink``, and the pacer's news (stream started, queue drained, sends failing) goes back to the
+owner by the same protocol.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import numpy as np
 from engine.recording import CallRecording
 from engine.sessions import CallSession
 from media.audio import UlawEncoder, ulaw_to_pcm16
-from media.frames import FRAME_S, ULAW_FRAME_BYTES, ULAW_SILENCE
+from media.frames import FRAME_S, PCM_FRAME_BYTES, ULAW_FRAME_BYTES, ULAW_SILENCE
 from media.rtp import RtpPacket
 from media.rtp_stats import IN_ORDER, LATE
 
@@ -83,14 +86,30 @@ class MediaOwner(Protocol):
     def stream_send_failed(self) -> None: ...  # sends to Asterisk keep failing
 
 
+class MediaLink(Protocol):
+    """One call's connection to Asterisk's media channel, as the transport carries it: what the
+    pacer hands each 20 ms u-law frame to. ``send_frame`` returns False when the frame could not be
+    sent (counted by the link; the pacer counts a run of them as the path failing)."""
+
+    transport: str  # "rtp", "audiosocket", "websocket"
+    where: str  # the far end, for the call's log and panes ("127.0.0.1:20002/udp", a URL)
+
+    def attach(self, media: CallMedia) -> None: ...  # route the caller's audio to this call
+    def send_frame(self, media: CallMedia, payload: bytes, marker: bool) -> bool: ...
+    def close(self) -> None: ...  # the call ended: stop routing, release the connection
+
+
 class CallMedia:
-    """The media state of one call: its Asterisk address, outbound queue and RTP stream. It is the
-    only writer of the call's RTP counters (``session.rtp_in``, ``rtp_out`` and their drops)."""
+    """The media state of one call: its link to Asterisk, outbound queue and stream counters. It is
+    the only writer of the call's media counters (``session.rtp_in`` or ``stream_in``, ``rtp_out``
+    and their drops)."""
 
     __slots__ = (
         "session",
         "recording",
+        "link",
         "remote",
+        "_in_partial",
         "owner",
         "send_failures",
         "_encoder",
@@ -109,9 +128,13 @@ class CallMedia:
         "operator",
     )
 
-    def __init__(self, session: CallSession, remote: tuple[str, int], owner: MediaOwner, max_queue_frames: int = 1500) -> None:
+    def __init__(self, session: CallSession, link: MediaLink, owner: MediaOwner, max_queue_frames: int = 1500, remote: tuple[str, int] | None = None) -> None:
         self.session = session
-        self.remote = remote
+        self.link = link
+        self.remote = remote  # RTP only: Asterisk's address for this call, which routes its packets
+        self._in_partial = b""  # a stream transport's audio short of a whole frame
+        session.transport = link.transport
+        session.media_remote = link.where
         self.owner: MediaOwner | None = owner  # None once the call is being torn down: audio is dropped
         self.send_failures = 0
         self.recording: CallRecording | None = None  # the agent's frames as sent, when the profile records
@@ -148,8 +171,25 @@ class CallMedia:
                 self.owner.caller_audio(ulaw_to_pcm16(pkt.payload), gap if 0 < gap < 50 else 0)
         return verdict
 
+    def receive_stream(self, pcm8: bytes, arrival: float, samples: int | None = None, nbytes: int | None = None) -> None:
+        """Caller audio from a stream transport (8 kHz PCM16, any length): counted, then passed on
+        in whole 20 ms frames (the VAD and the echo reference work on frames). ``samples`` and
+        ``nbytes`` are the message's own, when it came at another rate or coding."""
+        s = self.session
+        s.stream_in.update(len(pcm8) // 2 if samples is None else samples, len(pcm8) if nbytes is None else nbytes, arrival)
+        data = self._in_partial + pcm8
+        whole = len(data) - len(data) % PCM_FRAME_BYTES
+        self._in_partial = data[whole:]
+        for i in range(0, whole, PCM_FRAME_BYTES):
+            s.stream_in.frames += 1
+            if self.owner is not None:
+                self.owner.caller_audio(data[i : i + PCM_FRAME_BYTES], 0)
+
     def malformed(self) -> None:
-        self.session.rtp_in_malformed += 1
+        if self.session.transport == "rtp":
+            self.session.rtp_in_malformed += 1
+        else:
+            self.session.stream_in.malformed += 1
 
     # ---- outbound
     def operator_speaks(self, on: bool) -> None:

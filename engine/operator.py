@@ -13,7 +13,7 @@ from typing import Any, Coroutine, Protocol
 from engine.actions import ActionCounters, CallActions, report_action
 from engine.conversation import ConversationCoordinator
 from engine.media import CallMedia
-from engine.rtp_server import RtpServer
+from engine.pacer import Outbound
 from engine.sessions import ActionRecord, CallSession, SessionStore
 from providers.base import Provider, ProviderCall
 from runtime.clock import Clock
@@ -54,13 +54,13 @@ class OperatorHost(Protocol):
 
 
 class OperatorSeat:
-    def __init__(self, *, host: OperatorHost, session: CallSession, store: SessionStore, counters: ActionCounters, clock: Clock, rtp: RtpServer) -> None:
+    def __init__(self, *, host: OperatorHost, session: CallSession, store: SessionStore, counters: ActionCounters, clock: Clock, outbound: Outbound) -> None:
         self._host = host
         self._session = session
         self._store = store
         self._counters = counters
         self._clock = clock
-        self._rtp = rtp
+        self._outbound = outbound
         self.instructions: list[str] = []  # an operator's for this call: a provider that takes the call over gets them too
         self._taken_over: TakeOver | None = None
 
@@ -179,13 +179,13 @@ class OperatorSeat:
             self._end_take_over(self._taken_over.by, f"provider {name} cannot hold its answers")
 
     def audio(self, pcm16: bytes, rate: int) -> None:
-        """The operator's voice to the caller, as paced RTP on the ExternalMedia channel (in both
+        """The operator's voice to the caller, as paced frames on the media channel (in both
         playback modes); dropped unless the call is taken over."""
         if self._taken_over is None or self._host.ending or self._host.media is None or self._host.conversation is None:
             return
         if self._host.conversation.taps:
             self._host.conversation.taps("operator", pcm16, rate)
-        self._rtp.agent_audio(self._host.media, pcm16, rate)
+        self._outbound.agent_audio(self._host.media, pcm16, rate)
 
     @property
     def taken_over(self) -> bool:

@@ -22,7 +22,7 @@ from engine.media import CallMedia
 from runtime.ratelimit import RateLimitedLog
 from runtime.tasks import Spawn
 from engine.recording import CallRecording
-from engine.rtp_server import RtpServer
+from engine.pacer import Outbound
 from engine.sessions import CallSession, PlaybackRef
 from engine.status import PlaybackCounters
 from media.audio import UlawEncoder
@@ -352,17 +352,17 @@ class FilePlayback(Downstream):
 
 
 class StreamPlayback(Downstream):
-    """Agent audio as RTP through the engine's socket (paced and jitter-buffered by RtpServer)."""
+    """Agent audio as frames over the call's media link (paced and jitter-buffered by Outbound)."""
 
     def __init__(
         self,
         *,
-        rtp: RtpServer,
+        outbound: Outbound,
         media: CallMedia,
         on_tokens_changed: Callable[[], None],
         on_first_audio: Callable[[float], None],  # a frame went out after a pause (the turn's first counts)
     ) -> None:
-        self.rtp = rtp
+        self.outbound = outbound
         self.media = media
         self._on_tokens_changed = on_tokens_changed
         self._on_first_audio = on_first_audio
@@ -373,10 +373,10 @@ class StreamPlayback(Downstream):
         if STREAM_TOKEN not in session.playbacks:
             session.playbacks[STREAM_TOKEN] = PlaybackRef(STREAM_TOKEN, "", 0.0, started_at=None)
             self._on_tokens_changed()
-        self.rtp.agent_audio(self.media, pcm16, sample_rate)
+        self.outbound.agent_audio(self.media, pcm16, sample_rate)
 
     def finish(self) -> None:
-        self.rtp.finish_agent_audio(self.media)
+        self.outbound.finish_agent_audio(self.media)
 
     def stream_started(self, at: float) -> None:
         self._on_first_audio(at)
@@ -397,7 +397,7 @@ class StreamPlayback(Downstream):
     def bridged(self) -> None:
         self.media.bridged = True
         if self.media.out_frames:
-            self.rtp.pacer.wake(self.media)
+            self.outbound.wake(self.media)
 
     def send_failed(self) -> bytes | None:
         return b"".join(self.media.out_frames)
@@ -405,5 +405,5 @@ class StreamPlayback(Downstream):
     def pause(self, paused: bool) -> bool:
         self.media.paused = paused
         if not paused and self.media.out_frames:
-            self.rtp.pacer.wake(self.media)
+            self.outbound.wake(self.media)
         return True

@@ -1,4 +1,4 @@
-"""The engine's single UDP socket for ExternalMedia RTP: receive, route by source address, pace out.
+"""The engine's single UDP socket for ExternalMedia RTP: receive, route by source address, send.
 
 Asterisk gives every ExternalMedia channel its own source port and only accepts the agent's RTP
 from the socket it sends to (strict RTP), so one socket serves every call, and a packet's source
@@ -16,18 +16,15 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from runtime.clock import Clock, LoopClock, Timer
+from runtime.clock import Clock, LoopClock
 from engine.media import CallMedia, MediaTimings
 from runtime.ratelimit import RateLimitedLog
-from media.pacing import FrameGrid, next_rtp_timestamp
 from media.rtp import PT_ULAW, RtpPacket, RtpParseError, build_packet
 from media.rtp_stats import DUPLICATE, LATE, PROBATION
 
 log = logging.getLogger(__name__)
 
 ENDED_GRACE_S = 2.0  # a call's address stays known this long after it ended (packets in flight)
-UNDERRUN_WINDOW_TICKS = 5
-SEND_FAILURES_BEFORE_FALLBACK = 3
 _WARN_INTERVAL_S = 10.0
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 
@@ -45,8 +42,7 @@ class RtpServerCounters:
     probation: int = 0  # a new SSRC or a large sequence jump not (yet) confirmed: not passed on
     packets_out: int = 0
     send_errors: int = 0
-    late_ticks: int = 0  # pacer ticks that ran more than one frame late
-    internal_errors: int = 0  # packets or ticks lost to a failure in the engine's own code
+    internal_errors: int = 0  # packets lost to a failure in the engine's own code
 
 
 ErrorSink = Callable[[str, BaseException], None]
@@ -65,8 +61,7 @@ class RtpServer(asyncio.DatagramProtocol):
         self.port = port
         self.receive_buffer_wanted = receive_buffer_bytes
         self.receive_buffer_bytes = 0  # what the kernel granted
-        # A failure inside the receive path or the pacer: the packet or the tick is lost, never
-        # the socket or the schedule; the owner (the engine's supervisor) logs and shows it.
+        # A failure inside the receive path: the packet is lost, never the socket; the owner (the engine's supervisor) logs and shows it.
         self.on_error = on_error
         self.timings = timings or MediaTimings()
         self.counters = RtpServerCounters()
@@ -75,7 +70,6 @@ class RtpServer(asyncio.DatagramProtocol):
         self.clock = clock or LoopClock()
         self._drops = KernelDrops(self.clock)
         self._ended: dict[tuple[str, int], float] = {}  # addresses of calls just ended -> until when
-        self.pacer = OutboundPacer(self, self.clock)
         self._rl = RateLimitedLog(log, _WARN_INTERVAL_S)
 
     # -- lifecycle
@@ -93,7 +87,6 @@ class RtpServer(asyncio.DatagramProtocol):
         return self._drops.read()
 
     async def stop(self) -> None:
-        self.pacer.stop()
         if self.transport is not None:
             self.transport.close()
             self.transport = None
@@ -104,6 +97,7 @@ class RtpServer(asyncio.DatagramProtocol):
 
     # -- routing
     def register(self, media: CallMedia) -> None:
+        assert media.remote is not None
         self._ended.pop(media.remote, None)
         other = self.routes.get(media.remote)
         if other is not None and other is not media:
@@ -111,12 +105,11 @@ class RtpServer(asyncio.DatagramProtocol):
         self.routes[media.remote] = media
 
     def unregister(self, media: CallMedia) -> None:
-        if self.routes.get(media.remote) is media:
+        if media.remote is not None and self.routes.get(media.remote) is media:
             del self.routes[media.remote]
             now = self.clock.now()
             self._ended = {a: until for a, until in self._ended.items() if until > now}
             self._ended[media.remote] = now + ENDED_GRACE_S
-        self.pacer.discard(media)
 
     # -- inbound (hot path: 50 packets/s per call)
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
@@ -171,40 +164,47 @@ class RtpServer(asyncio.DatagramProtocol):
         self._rl.warning(kind, message)
 
     # -- outbound
-    def agent_audio(self, media: CallMedia, pcm16: bytes, sample_rate: int) -> None:
-        t0 = time.perf_counter()
-        was_empty = not media.out_frames
-        n = media.agent_audio(pcm16, sample_rate)
-        if n:
-            self.timings.outbound.add((time.perf_counter() - t0) / n)
-            if was_empty:
-                media.queued_at = self.clock.now()
-            self.pacer.wake(media)
+    def link(self, remote: tuple[str, int]) -> RtpLink:
+        return RtpLink(self, remote)
 
-    def finish_agent_audio(self, media: CallMedia) -> None:
-        """End of an utterance: send the tail now rather than wait for the prebuffer."""
-        media.finish_agent_audio()
-        if media.out_frames:
-            media.queued_at = 0.0
-            self.pacer.wake(media)
-
-    def send_frame(self, media: CallMedia, payload: bytes, marker: bool) -> None:
+    def send(self, media: CallMedia, payload: bytes, marker: bool) -> bool:
         if self.transport is None:
-            return
+            return False
         media.seq = (media.seq + 1) & 0xFFFF
         try:
             self.transport.sendto(build_packet(PT_ULAW, media.seq, media.ts, media.ssrc, payload, marker), media.remote)
         except OSError as e:
             self.counters.send_errors += 1
-            media.send_failures += 1
             self._warn("send", f"[{media.session.call_id}] RTP send failed: {e}")
-            if media.send_failures >= SEND_FAILURES_BEFORE_FALLBACK and media.owner is not None:
-                media.owner.stream_send_failed()
-            return
+            return False
         self.counters.packets_out += 1
-        media.sent(len(payload))
-        if media.recording is not None:
-            media.recording.agent_ulaw(payload)
+        return True
+
+
+class RtpLink:
+    """A call's ExternalMedia RTP: its packets come from Asterisk's address for it (routed by the
+    server), its frames go back there from the engine's one socket."""
+
+    transport = "rtp"
+
+    def __init__(self, server: RtpServer, remote: tuple[str, int]) -> None:
+        self.server = server
+        self.remote = remote
+        self.where = f"{remote[0]}:{remote[1]}/udp"
+        self._media: CallMedia | None = None
+
+    def attach(self, media: CallMedia) -> None:
+        self._media = media
+        media.remote = media.session.rtp_remote = self.remote
+        self.server.register(media)
+
+    def send_frame(self, media: CallMedia, payload: bytes, marker: bool) -> bool:
+        return self.server.send(media, payload, marker)
+
+    def close(self) -> None:
+        # The route stays ENDED_GRACE_S after, so that packets still in flight are recognised.
+        if self._media is not None:
+            self.server.unregister(self._media)
 
 
 def _size_receive_buffer(sock: socket.socket, wanted: int) -> int:
@@ -253,100 +253,3 @@ class KernelDrops:
             except (OSError, StopIteration, ValueError):
                 continue
         return self._value
-
-
-class OutboundPacer:
-    """One 20 ms clock for every call's outbound RTP, on the loop's monotonic time.
-
-    Each tick sends at most one frame per call. A stream (re)starts only with its prebuffer
-    queued (or once its first frame has waited that long), a jitter buffer between the provider's
-    timing and the pacer's grid, so that a provider delivering in real time does not underrun on
-    phase jitter; it grows by a frame after each underrun (an operator's voice has a rule of its
-    own: ``CallMedia.ready``). A tick that runs late does not send a burst to
-    catch up (Asterisk's softmix flushes on bursts); the schedule skips ahead instead and the RTP
-    timestamp follows the wall clock, as Asterisk's own streams do.
-    """
-
-    def __init__(self, server: RtpServer, clock: Clock) -> None:
-        self._server = server
-        self._clock = clock
-        self._active: dict[CallMedia, None] = {}  # ordered set of calls with frames queued
-        self._handle: Timer | None = None
-        self._grid = FrameGrid()
-
-    def wake(self, media: CallMedia) -> None:
-        if media.dry_tick is not None:
-            if self._grid.tick - media.dry_tick <= UNDERRUN_WINDOW_TICKS:
-                media.underrun()
-            media.dry_tick = None
-        self._active[media] = None
-        if self._handle is None:
-            self._handle = self._clock.call_at(self._grid.resume(self._clock.now()), self._run)
-
-    def discard(self, media: CallMedia) -> None:
-        self._active.pop(media, None)
-
-    def stop(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-        self._active.clear()
-
-    def _run(self) -> None:
-        grid = self._grid
-        tick = grid.tick
-        deadline = grid.due(tick)
-        server = self._server
-        done: list[CallMedia] = []
-        for media in self._active:
-            try:
-                if self._serve(media, tick, deadline):
-                    done.append(media)
-            except Exception as e:
-                # Out of the schedule (its next audio wakes it again); the other calls go on.
-                done.append(media)
-                server.counters.internal_errors += 1
-                server.on_error("rtp-pacer", e)
-        for media in done:
-            del self._active[media]
-        if not self._active:
-            self._handle = None
-            grid.idle()
-            return
-        if grid.advance(self._clock.now()):
-            server.counters.late_ticks += 1
-        self._handle = self._clock.call_at(grid.due(grid.tick), self._run)
-
-    def _serve(self, media: CallMedia, tick: int, deadline: float) -> bool:
-        """Sends this tick's frame of one call; True when the call has nothing more queued."""
-        server = self._server
-        timings = server.timings
-        frames = media.out_frames
-        last = media.last_tick
-        playing = last is not None and last == tick - 1
-        if media.paused or not media.bridged:
-            # Held while the caller may be talking over it, or until the ExternalMedia channel is in
-            # the bridge (Asterisk drops what reaches it before): out of the schedule until then.
-            return True
-        if not frames:
-            if playing:
-                media.dry_tick = tick
-            if media.owner is not None:
-                media.owner.stream_drained()
-            return True
-        if not playing and not media.ready(deadline):
-            return False
-        t1 = time.perf_counter()
-        marker = last is not None and last != tick - 1
-        if last is not None:
-            media.ts = next_rtp_timestamp(media.ts, last, tick)
-        media.last_tick = tick
-        server.send_frame(media, frames.popleft(), marker)
-        now = self._clock.now()
-        if not playing and media.owner is not None:
-            media.owner.stream_started(now)
-        err = now - deadline
-        timings.send.add(time.perf_counter() - t1)
-        timings.pacing_error.add(err)
-        media.paced(err)
-        return False

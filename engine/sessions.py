@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator, Iterator, Literal, Protocol
 
 from media.rtp_stats import RtpStreamStats
+from media.stream_stats import StreamStats
 
 log = logging.getLogger(__name__)
 
@@ -200,12 +201,15 @@ class CallSession:
     bridge_id: str | None = None
     external_channel_id: str | None = None
     rtp_remote: tuple[str, int] | None = None  # Asterisk's UNICASTRTP_LOCAL_ADDRESS/PORT
+    transport: str = "rtp"  # how Asterisk hands the call's audio over: rtp, audiosocket, websocket
+    media_remote: str = ""  # the media link's far end ("127.0.0.1:20002/udp", a peer, a URL)
     state: CallState = CallState.CONNECTING
     provider: ProviderSession | None = None
     rtp_in: RtpStreamStats = field(default_factory=RtpStreamStats)
     rtp_in_malformed: int = 0
     rtp_in_late: int = 0  # reordered packets not passed on (audio is never played backwards)
-    rtp_out: OutboundStats = field(default_factory=OutboundStats)
+    rtp_out: OutboundStats = field(default_factory=OutboundStats)  # the agent's frames out, on any transport
+    stream_in: StreamStats = field(default_factory=StreamStats)  # a stream transport's caller audio (not RTP)
     outbound_ssrc: int = 0
     playbacks: dict[str, PlaybackRef] = field(default_factory=dict)  # gating tokens
     conversation: ConversationState = ConversationState.LISTENING
@@ -230,8 +234,46 @@ class CallSession:
     ended_at: float | None = None
     end_reason: str | None = None
 
-    def snapshot(self) -> CallSnapshot:
+    def _media_in(self, now: float) -> RtpSnapshot:
+        """The caller's audio in, as its transport counts it: RTP's sequence-number view, or a
+        stream's (nothing lost, gaps and arrival jitter instead) in the same fields."""
+        out = self.rtp_out
+        common = dict(
+            transport=self.transport,
+            packets_out=out.packets,
+            bytes_out=out.bytes,
+            outbound_overruns=out.overruns,
+            outbound_underruns=out.underruns,
+            pacing_error_ms=round(out.last_pacing_error_ms, 3),
+            max_pacing_error_ms=round(out.max_pacing_error_ms, 3),
+        )
+        if self.transport != "rtp":
+            t = self.stream_in
+            return RtpSnapshot(
+                ssrc=None, packets_in=t.messages, bytes_in=t.bytes, expected=t.messages, lost=0, loss_pct=0.0,
+                duplicates=0, reordered=0, late_dropped=0, malformed=t.malformed, jitter_ms=round(t.jitter_ms, 3),
+                ssrc_changes=0, last_packet_age_s=round(now - t.last_arrival, 3) if t.last_arrival is not None else None,
+                gaps=t.gaps, max_gap_ms=round(t.max_gap_ms, 1), **common,  # type: ignore[arg-type]
+            )
         s = self.rtp_in
+        return RtpSnapshot(
+            ssrc=s.ssrc,
+            packets_in=s.packets,
+            bytes_in=s.bytes,
+            expected=s.expected,
+            lost=s.lost,
+            loss_pct=round(100.0 * s.loss_fraction, 3),
+            duplicates=s.duplicates,
+            reordered=s.reordered,
+            late_dropped=self.rtp_in_late,
+            malformed=self.rtp_in_malformed,
+            jitter_ms=round(s.jitter_ms, 3),
+            ssrc_changes=s.ssrc_changes,
+            last_packet_age_s=round(now - s.last_arrival, 3) if s.last_arrival is not None else None,
+            **common,  # type: ignore[arg-type]
+        )
+
+    def snapshot(self) -> CallSnapshot:
         now = time.monotonic()
         return CallSnapshot(
             call_id=self.call_id,
@@ -246,28 +288,10 @@ class CallSession:
             bridge_id=self.bridge_id,
             external_channel_id=self.external_channel_id,
             rtp_remote=f"{self.rtp_remote[0]}:{self.rtp_remote[1]}" if self.rtp_remote else None,
+            transport=self.transport,
+            media_remote=self.media_remote,
             duration_s=round(now - self.created_mono, 3),
-            rtp=RtpSnapshot(
-                ssrc=s.ssrc,
-                packets_in=s.packets,
-                bytes_in=s.bytes,
-                expected=s.expected,
-                lost=s.lost,
-                loss_pct=round(100.0 * s.loss_fraction, 3),
-                duplicates=s.duplicates,
-                reordered=s.reordered,
-                late_dropped=self.rtp_in_late,
-                malformed=self.rtp_in_malformed,
-                jitter_ms=round(s.jitter_ms, 3),
-                ssrc_changes=s.ssrc_changes,
-                last_packet_age_s=round(now - s.last_arrival, 3) if s.last_arrival is not None else None,
-                packets_out=self.rtp_out.packets,
-                bytes_out=self.rtp_out.bytes,
-                outbound_overruns=self.rtp_out.overruns,
-                outbound_underruns=self.rtp_out.underruns,
-                pacing_error_ms=round(self.rtp_out.last_pacing_error_ms, 3),
-                max_pacing_error_ms=round(self.rtp_out.max_pacing_error_ms, 3),
-            ),
+            rtp=self._media_in(now),
             conversation=ConversationSnapshot(
                 state=self.conversation.value,
                 capture_enabled=self.capture_enabled,
@@ -291,6 +315,11 @@ class CallSession:
 
 @dataclass(slots=True, frozen=True, kw_only=True)
 class RtpSnapshot:
+    """The call's media counters. On a stream transport (AudioSocket, WebSocket) packets are its
+    audio messages, nothing is lost, reordered or duplicated, and jitter is the arrival jitter
+    against the audio's own clock; ``gaps`` and ``max_gap_ms`` say when audio stalled."""
+
+    transport: str = "rtp"
     ssrc: int | None
     packets_in: int
     bytes_in: int
@@ -310,6 +339,8 @@ class RtpSnapshot:
     outbound_underruns: int
     pacing_error_ms: float
     max_pacing_error_ms: float
+    gaps: int = 0  # stream transports: arrivals more than 100 ms after the previous one
+    max_gap_ms: float = 0.0
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
@@ -361,6 +392,8 @@ class CallSnapshot:
     external_channel_id: str | None
     rtp_remote: str | None
     duration_s: float
+    transport: str = "rtp"
+    media_remote: str = ""
     rtp: RtpSnapshot
     conversation: ConversationSnapshot
     turns: tuple[TurnTimeline, ...]

@@ -69,6 +69,8 @@ class AgentProfile(ConfigSection):
     # Dialled extensions or Stasis arguments (Stasis(aiagent,ARG)) that select this profile.
     match: list[str] = []
     provider: str = ""  # empty: providers.default (or what the operator picked in the app)
+    # empty: media.transport; else this profile's calls use "rtp", "audiosocket" or "websocket"
+    transport: Literal["", "rtp", "audiosocket", "websocket"] = ""
     persona: str = (
         "You are a friendly receptionist answering a phone call. Reply in one or two short "
         "sentences of plain spoken English, with no lists, markup or emoji."

@@ -8,6 +8,7 @@ import pytest
 
 from runtime.clock import ManualClock
 from engine.media import CallMedia
+from engine.pacer import Outbound
 from engine.rtp_server import RtpServer
 from engine.sessions import CallSession
 from media.frames import FRAME_S, FRAME_SAMPLES, ULAW_FRAME_BYTES
@@ -46,15 +47,17 @@ class Owner:
         self.news.append("send failed")
 
 
-def rig() -> tuple[ManualClock, RtpServer, Wire, CallMedia, Owner]:
+def rig() -> tuple[ManualClock, Outbound, Wire, CallMedia, Owner]:
     clock = ManualClock(start=100.0)
     server = RtpServer("127.0.0.1", 0, clock=clock)
     wire = Wire(clock)
     server.transport = wire  # type: ignore[assignment]
     owner = Owner()
-    media = CallMedia(CallSession(call_id="c", caller_channel_id="c"), ("127.0.0.1", 4000), owner)
+    link = server.link(("127.0.0.1", 4000))
+    media = CallMedia(CallSession(call_id="c", caller_channel_id="c"), link, owner)
+    link.attach(media)
     media.bridged = True  # the ExternalMedia channel is in the bridge
-    return clock, server, wire, media, owner
+    return clock, Outbound(clock), wire, media, owner
 
 
 def speech(frames: int) -> bytes:

@@ -154,8 +154,9 @@ class AriClient:
     async def set_variable(self, channel_id: str, name: str, value: str) -> None:
         await self.request("POST", f"/channels/{channel_id}/variable", {"variable": name, "value": value}, reply=False)
 
-    async def external_media(self, channel_id: str, app: str, external_host: str, fmt: str) -> Channel:
-        params = {"channelId": channel_id, "app": app, "external_host": external_host, "format": fmt}
+    async def external_media(self, channel_id: str, app: str, external_host: str, fmt: str, **extra: str) -> Channel:
+        """``extra``: transport, encapsulation, connection_type, data, transport_data (ARI's names)."""
+        params = {"channelId": channel_id, "app": app, "external_host": external_host, "format": fmt, **extra}
         return await self.fetch(Channel, "POST", "/channels/externalMedia", params)
 
     # -- applications
