@@ -56,8 +56,25 @@ class ExternalMedia:
 
     async def create(self, req: AriRequest) -> Reply:
         q = req.query
-        if q.get("encapsulation", "rtp") != "rtp" or q.get("transport", "udp") != "udp":
-            raise AriHttpError(400, "only RTP over UDP is simulated")
+        transport = q.get("transport", "udp")
+        if transport == "tcp" and q.get("encapsulation") == "audiosocket":
+            return await self.create_audiosocket(req)
+        if transport == "websocket":
+            return await self.create_websocket(req)
+        if q.get("encapsulation", "rtp") != "rtp" or transport != "udp":
+            raise AriHttpError(400, f"transport {transport} with encapsulation {q.get('encapsulation', 'rtp')} is not simulated")
+        return await self.create_rtp(req)
+
+    async def create_audiosocket(self, req: AriRequest) -> Reply:
+        """chan_audiosocket's ExternalMedia channel (pbxsim/audiosocket.py)."""
+        raise AriHttpError(400, "AudioSocket is not simulated yet")
+
+    async def create_websocket(self, req: AriRequest) -> Reply:
+        """chan_websocket's ExternalMedia channel (pbxsim/ws_media.py)."""
+        raise AriHttpError(400, "WebSocket media is not simulated yet")
+
+    async def create_rtp(self, req: AriRequest) -> Reply:
+        q = req.query
         if q["format"] != "ulaw":
             raise AriHttpError(400, f"format {q['format']} is not simulated (ulaw is)")
         host = q.get("external_host")
