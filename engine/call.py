@@ -259,6 +259,13 @@ class Call:
         if not self.operator.taken_over and (d := self._downstream) is not None:
             d.drained()
 
+    def media_lost(self, reason: str) -> None:
+        """The media connection is gone (a stream transport's connection cut, a hangup sent on it):
+        nothing more can be heard or said, so the call ends, with the reason in its log."""
+        if not self.ending:
+            self.services.store.log(self.call_id, logging.WARNING, f"media lost: {reason}")
+            self._end(self, f"media lost: {reason}")
+
     # ---- ARI playback events of this call's bridge (file mode)
     def playback_event(self, playback_id: str, started: bool, state: str) -> None:
         if (d := self._downstream) is not None:

@@ -84,6 +84,7 @@ class MediaOwner(Protocol):
     def stream_started(self, at: float) -> None: ...  # first outbound frame after a pause
     def stream_drained(self) -> None: ...  # the outbound queue ran empty
     def stream_send_failed(self) -> None: ...  # sends to Asterisk keep failing
+    def media_lost(self, reason: str) -> None: ...  # the media connection ended before the call did (a stream transport's cut): the call ends
 
 
 class MediaLink(Protocol):
