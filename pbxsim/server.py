@@ -91,6 +91,7 @@ class SimPBX:
             table=self.channel_table, events=self.events, bridges=self.ari_bridges, playbacks=self.playbacks,
             external=self.external_media, clock=self.clock, ids=self.ids, calls=self.book, spawn=spawn,
         )
+        self.external_media.hangup_channel = lambda ch, by: self.ari_channels.hangup(ch, by)
         self.callers = Callers(
             book=self.book, channels=self.channel_table, bridges=self.bridge_table, ari_channels=self.ari_channels,
             external=self.external_media, events=self.events, clock=self.clock, ids=self.ids, rng=self.rng, spawn=spawn,
@@ -108,6 +109,7 @@ class SimPBX:
         app = web.Application(middlewares=[auth_middleware(self.username, self.password)])
         app.router.add_get("/ari/events", self.events.handle)
         app.router.add_route("*", "/ari/{tail:.*}", self.router.handle)
+        app.router.add_get("/media/{connection_id}", self.external_media.websockets.handle)  # chan_websocket (pbxsim/ws_media.py)
         SimControl(self).add_routes(app)
         return app
 

@@ -6,11 +6,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import uuid
+from typing import Callable
 
 from pbxsim.ari.events import EventBus
 from pbxsim.ari.model import EXTERNAL_MEDIA_APP, AriHttpError, AriRequest, ChannelTable, IdSource, Reply, SimChannel
 from pbxsim.faults import Faults
 from pbxsim.media import ExternalMediaEndpoint, MediaClock
+from pbxsim.ws_media import WsMediaEndpoint, WsMediaServer
+from media.ws_media import FRAME_BYTES
 
 log = logging.getLogger("pbxsim")
 
@@ -53,6 +57,10 @@ class ExternalMedia:
         self.ids = ids
         # Channel id -> endpoint, kept after the channel ends (a call's report reads its counters).
         self.endpoints: dict[str, ExternalMediaEndpoint] = {}
+        # Hangs a channel up as the PBX does (pbxsim/ari/channels.py Channels.hangup): a stream
+        # channel whose connection ends goes with it. Set by the server once both exist.
+        self.hangup_channel: Callable[[SimChannel, str], None] | None = None
+        self.websockets = WsMediaServer()  # chan_websocket's /media/<connection id> (pbxsim/ws_media.py)
 
     async def create(self, req: AriRequest) -> Reply:
         q = req.query
@@ -66,12 +74,93 @@ class ExternalMedia:
         return await self.create_rtp(req)
 
     async def create_audiosocket(self, req: AriRequest) -> Reply:
-        """chan_audiosocket's ExternalMedia channel (pbxsim/audiosocket.py)."""
-        raise AriHttpError(400, "AudioSocket is not simulated yet")
+        """chan_audiosocket's ExternalMedia channel (pbxsim/audiosocket.py): it connects during the
+        request, and sends its UUID when called, just before it enters Stasis."""
+        from pbxsim.audiosocket import AudioSocketEndpoint
+
+        q = req.query
+        uid = q.get("data", "")
+        if not uid:
+            raise AriHttpError(400, "data can not be empty")
+        fmt = q.get("format", "")
+        if fmt not in ("slin", "slin16"):
+            raise AriHttpError(400, f"format {fmt} is not simulated for AudioSocket (slin and slin16 are)")
+        host = q.get("external_host", "")
+        rhost, _, rport = host.rpartition(":")
+        if not rhost or not rport.isdigit():
+            raise AriHttpError(400, "external_host must be <host>:<port> for all transports other than websocket")
+        try:
+            uuid.UUID(uid)
+        except ValueError:
+            raise AriHttpError(500, "An internal error prevented this request from being handled") from None  # "Failed to parse UUID"
+        cid = q.get("channelId") or self.ids.new()
+        if cid in self.channels.by_id:
+            raise AriHttpError(409, "Channel with given unique ID already exists")
+        ep = AudioSocketEndpoint((rhost, int(rport)), uid, fmt, self.clock)
+        try:
+            await ep.connect()
+        except (OSError, TimeoutError) as e:
+            log.warning("AudioSocket connection to '%s' failed: %s", host, e)
+            raise AriHttpError(500, "An internal error prevented this request from being handled") from None
+        ch = SimChannel(
+            id=cid, name=f"AudioSocket/{host}-{uid}", kind="external", media=ep, state="Down", app=q["app"],
+            app_args=[uid], subscribed={q["app"]}, context="default", dialplan_app=EXTERNAL_MEDIA_APP,
+        )
+        ch.vars["AUDIOSOCKET_UUID"] = uid
+        ch.vars["AUDIOSOCKET_SERVICE"] = host
+        ep.hangup_channel = lambda how: self._audiosocket_ended(ch, how)
+        self.channels.by_id[cid] = ch
+        self.endpoints[cid] = ep
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.001, self._call_audiosocket, ch, ep)
+        return Reply(200, ch.to_json(with_vars=True))
+
+    def _call_audiosocket(self, ch: SimChannel, ep: ExternalMediaEndpoint) -> None:
+        from pbxsim.audiosocket import AudioSocketEndpoint
+
+        if ch.id in self.channels.by_id and isinstance(ep, AudioSocketEndpoint):
+            ep.call()
+            self._enter_stasis(ch)
+
+    def _audiosocket_ended(self, ch: SimChannel, how: str) -> None:
+        """The engine closed the socket or sent a hangup: the channel's read fails, it hangs up."""
+        if ch.id in self.channels.by_id and self.hangup_channel is not None:
+            asyncio.get_running_loop().call_soon(self.hangup_channel, ch, "audiosocket")
 
     async def create_websocket(self, req: AriRequest) -> Reply:
-        """chan_websocket's ExternalMedia channel (pbxsim/ws_media.py)."""
-        raise AriHttpError(400, "WebSocket media is not simulated yet")
+        """chan_websocket's ExternalMedia channel (pbxsim/ws_media.py), server mode: the app connects
+        to /media/<MEDIA_WEBSOCKET_CONNECTION_ID>; the channel answers and enters Stasis then."""
+        q = req.query
+        if q.get("encapsulation", "rtp") != "none":
+            raise AriHttpError(400, "encapsulation must be 'none' for websocket transport")
+        if q.get("connection_type", "client") != "server":
+            # The simulator has no websocket_client.conf: no connection id is valid.
+            raise AriHttpError(400, "external_host must be a valid websocket_client connection id.")
+        fmt = q.get("format", "")
+        if fmt not in FRAME_BYTES or fmt == "alaw":
+            raise AriHttpError(400, f"format {fmt} is not simulated for WebSocket media (ulaw, slin and slin16 are)")
+        cid = q.get("channelId") or self.ids.new()
+        if cid in self.channels.by_id:
+            raise AriHttpError(409, "Channel with given unique ID already exists")
+        ep = self.websockets.new(fmt, self.clock)
+        ch = SimChannel(
+            id=cid, name=ep.channel_name, kind="external", media=ep, state="Down", app=q["app"],
+            subscribed={q["app"]}, context="default", dialplan_app=EXTERNAL_MEDIA_APP,
+        )
+        ch.vars["MEDIA_WEBSOCKET_OPTIMAL_FRAME_SIZE"] = str(ep.frame_bytes)
+        ch.vars["MEDIA_WEBSOCKET_CONNECTION_ID"] = ep.connection_id
+        ep.channel = ch
+        loop = asyncio.get_running_loop()
+        ep.on_connect = lambda e: loop.call_later(0.001, self._enter_stasis, ch)
+
+        def hang_up(e: WsMediaEndpoint, cause: int) -> None:
+            if ch.id in self.channels.by_id and self.hangup_channel is not None:
+                loop.call_soon(self.hangup_channel, ch, "websocket")
+
+        ep.hang_up = hang_up
+        self.channels.by_id[cid] = ch
+        self.endpoints[cid] = ep
+        return Reply(200, ch.to_json(with_vars=True))
 
     async def create_rtp(self, req: AriRequest) -> Reply:
         q = req.query
@@ -110,6 +199,8 @@ class ExternalMedia:
         """Its channel ended: the port goes back to the range."""
         if ep.local:
             self.ports.used.discard(ep.local[1])
+        if isinstance(ep, WsMediaEndpoint):
+            self.websockets.forget(ep)
         ep.close()
 
     def close(self) -> None:
