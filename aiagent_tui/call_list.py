@@ -12,17 +12,19 @@ from textual.coordinate import Coordinate
 from textual.widgets import DataTable, Input
 
 from engine.sessions import CallSnapshot, CallSummary
+from aiagent_tui.widgets import transport_short
 from engine.verdicts import STYLE, WAITING_S
 
 SORTS = ("arrival", "time", "state", "caller")  # s cycles; arrival: as they came in
 ENDED_ROW_S = 5.0  # an ended call stays in the list (and selected) this long, shown as ended
 # The columns: wide enough for +4915112345678 and "agent speaking"; the provider only where the
-# app asks for it (the gating pane and the header name it otherwise).
-COLUMNS = (("caller", 16), ("state", 14), ("time", 5), ("provider", 8))
+# app asks for it (the gating pane and the header name it otherwise); the media transport ("via":
+# rtp, asock, ws) only while the engine serves calls on more than one, or a call is on another.
+COLUMNS = (("caller", 16), ("state", 14), ("time", 5), ("via", 5), ("provider", 8))
 
 
 def _matches(r: CallSummary, needle: str) -> bool:
-    hay = f"{r.caller_number} {r.state} {r.state.replace('_', ' ')} {r.provider or ''} {r.profile} {r.channel} {r.call_id}".lower()
+    hay = f"{r.caller_number} {r.state} {r.state.replace('_', ' ')} {r.provider or ''} {r.profile} {r.channel} {r.call_id} {r.transport} {transport_short(r.transport)}".lower()
     return all(word in hay for word in needle.lower().split())
 
 
@@ -72,8 +74,8 @@ class CallList(Vertical):
         """The selected call as it ended, while its row lingers."""
         return self.ended[call_id][0] if call_id in self.ended else None
 
-    def set_columns(self, provider: bool) -> None:
-        columns = tuple(name for name, _ in COLUMNS if name != "provider" or provider)
+    def set_columns(self, provider: bool, via: bool = False) -> None:
+        columns = tuple(name for name, _ in COLUMNS if (name != "provider" or provider) and (name != "via" or via))
         if columns == self._columns:
             return
         table = self.table
@@ -99,7 +101,7 @@ class CallList(Vertical):
             if cid not in rows:
                 rows[cid] = CallSummary(
                     call_id=cid, caller_number=snap.caller_number, state="ended", duration_s=snap.duration_s, provider=snap.provider,
-                    channel=snap.channel, profile=snap.profile,
+                    channel=snap.channel, profile=snap.profile, transport=snap.transport,
                 )
         if self.filter:
             rows = {cid: r for cid, r in rows.items() if _matches(r, self.filter)}
@@ -134,7 +136,8 @@ class CallList(Vertical):
             self._update(r)
 
     def _cells(self, r: CallSummary) -> tuple[str | Text, ...]:
-        cells = {"caller": r.caller_number or "unknown", "state": _state_cell(r), "time": f"{int(r.duration_s) // 60}:{int(r.duration_s) % 60:02d}", "provider": r.provider or "—"}
+        cells = {"caller": r.caller_number or "unknown", "state": _state_cell(r), "time": f"{int(r.duration_s) // 60}:{int(r.duration_s) % 60:02d}",
+                 "via": transport_short(r.transport), "provider": r.provider or "—"}
         return tuple(cells[c] for c in self._columns)
 
     def _update(self, r: CallSummary) -> None:

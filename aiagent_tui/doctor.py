@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.text import Text
 
 from engine.ari.client import AriClient, AriError, AriUnavailable
-from engine.config import AppConfig
+from engine.config import AppConfig, Transport
 from providers.config import IN_PROCESS, LocalProviderConfig
 
 
@@ -39,6 +39,84 @@ def _port_free(host: str, port: int, kind: int) -> tuple[bool, str]:
     return True, ""
 
 
+def transports_in_use(cfg: AppConfig) -> list[Transport]:
+    """The media transports calls may use: media.transport and the profiles' (docs/transports.md),
+    in that order. A Stasis argument (transport=NAME) can name another: doctor cannot see the
+    dialplan, so it checks what the config names."""
+    named: list[Transport] = [cfg.media.transport, *(p.transport for p in cfg.profiles.values() if p.transport)]
+    return list(dict.fromkeys(named))
+
+
+# The Asterisk modules each transport needs (their source's AST_MODULE_INFO ``requires``): what,
+# and why, for the fix line.
+def _modules_for(cfg: AppConfig, transport: Transport) -> list[tuple[str, str]]:
+    if transport == "audiosocket":
+        form = cfg.audiosocket.form
+        main = ("chan_audiosocket.so", "AudioSocket as an ExternalMedia channel (audiosocket.form = \"channel\")") if form == "channel" else (
+            "app_audiosocket.so", f"the AudioSocket() dialplan application (audiosocket.form = \"dialplan\", context {cfg.audiosocket.dialplan_context})")
+        return [main, ("res_audiosocket.so", "AudioSocket's protocol, which it requires")]
+    if transport == "websocket":
+        return [("chan_websocket.so", "WebSocket media (Asterisk 22 and later)"),
+                ("res_websocket_client.so", "chan_websocket requires it" + (" and client mode's websocket_client.conf connection"
+                                                                               if cfg.websocket.connection_type == "client" else "")),
+                ("res_http_websocket.so", "WebSocket on Asterisk's HTTP server, which both require")]
+    return []  # RTP: chan_rtp comes with every Asterisk that has ARI's ExternalMedia
+
+
+async def _module_checks(client: AriClient, cfg: AppConfig) -> list[Check]:
+    """Each transport in use: its Asterisk modules running (GET /asterisk/modules/NAME: 404 when
+    the module is not loaded)."""
+    out: list[Check] = []
+    for transport in transports_in_use(cfg):
+        missing, unknown = [], []
+        modules = _modules_for(cfg, transport)
+        if not modules:
+            continue
+        for name, why in modules:
+            try:
+                info = await client.request("GET", f"/asterisk/modules/{name}")
+                if isinstance(info, dict) and str(info.get("status", "Running")).lower() not in ("running", ""):
+                    missing.append(f"{name} is {info.get('status')} ({why})")
+            except AriError as e:
+                if e.status == 404:
+                    missing.append(f"{name} is not loaded ({why})")
+                else:  # a PBX (the simulator) that does not say: no verdict
+                    unknown.append(f"{name}: {e.status}")
+        label = f"{transport} modules"
+        if missing:
+            names = [m.split(" ", 1)[0] for m in missing]
+            out.append(Check(label, False, "; ".join(missing),
+                             "on the PBX: " + "; ".join(f"asterisk -rx 'module load {n}'" for n in reversed(names))
+                             + f", and no 'noload => {names[0]}' in modules.conf (it must load at the next start too)"
+                             + ("; chan_websocket needs Asterisk 22 or later" if transport == "websocket" else "")))
+        elif unknown:
+            out.append(Check(label, None, f"could not ask Asterisk whether they are loaded ({', '.join(unknown)})",
+                             "on the PBX: asterisk -rx 'module show like " + modules[0][0].removesuffix(".so") + "'"))
+        else:
+            out.append(Check(label, True, f"{', '.join(n for n, _ in modules)} loaded"))
+    return out
+
+
+def _transport_port_checks(cfg: AppConfig) -> list[Check]:
+    """The engine's own servers of the transports in use: the AudioSocket port (Asterisk connects
+    to it) and, in WebSocket client mode, the WebSocket port, free to bind here."""
+    out = []
+    used = transports_in_use(cfg)
+    servers = []
+    if "audiosocket" in used:
+        servers.append(("AudioSocket port", cfg.audiosocket.host, cfg.audiosocket.port, "set [audiosocket] port to a free port (and the address Asterisk connects to with it)"))
+    if "websocket" in used and cfg.websocket.connection_type == "client":
+        servers.append(("WebSocket port", cfg.websocket.host, cfg.websocket.port,
+                        "set [websocket] port to a free port, and the same in websocket_client.conf's uri on the PBX"))
+    for name, host, port, fix in servers:
+        if port == 0:
+            out.append(Check(name, True, f"{host}: any free port (port 0)"))
+            continue
+        ok, why = _port_free(host, port, socket.SOCK_STREAM)
+        out.append(Check(name, ok, f"{host}:{port}/tcp " + ("is free" if ok else f"cannot be bound: {why}"), "" if ok else f"stop what uses it, or {fix}"))
+    return out
+
+
 async def _ari_checks(cfg: AppConfig) -> list[Check]:
     a = cfg.asterisk
     client = AriClient(a)
@@ -55,6 +133,7 @@ async def _ari_checks(cfg: AppConfig) -> list[Check]:
                 out.append(Check("app name", True, f"{a.app!r} is free"))
             else:
                 out.append(Check("app name", None, f"could not check: {e}"))
+        out += await _module_checks(client, cfg)
     except AriError as e:
         fix = "check ari.conf's user and password (ASTERISK_ARI_USERNAME / ASTERISK_ARI_PASSWORD)" if e.status == 401 else "check http.conf and ari.conf (enabled = yes)"
         out.append(Check("ARI", False, f"{a.base_url}: {e}", fix))
@@ -185,6 +264,7 @@ def run_checks(cfg: AppConfig) -> list[Check]:
     checks.append(Check("RTP port", ok, f"{cfg.rtp.host}:{cfg.rtp.port}/udp " + ("is free" if ok else f"is taken: {why}"), "" if ok else "stop what uses it, or set RTP_PORT"))
     ok, why = _port_free(cfg.health.host, cfg.health.port, socket.SOCK_STREAM)
     checks.append(Check("health port", ok, f"{cfg.health.host}:{cfg.health.port}/tcp " + ("is free" if ok else f"is taken: {why}"), "" if ok else "set HEALTH_PORT"))
+    checks.extend(_transport_port_checks(cfg))
     checks.append(_media_dir_check(cfg))
     checks.extend(_provider_checks(cfg))
     checks.append(

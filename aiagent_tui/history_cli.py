@@ -93,6 +93,7 @@ class Verdict:
     ended_at: float | None
     outcome: str
     diagnosis: Diagnosis
+    transport: str = "rtp"  # the call's media transport, from its record (the table has no column for it)
 
 
 def verdicts(db: HistoryDb, rows: list[CallRow], diagnose: Callable[[CallRecord], Diagnosis],
@@ -103,7 +104,7 @@ def verdicts(db: HistoryDb, rows: list[CallRow], diagnose: Callable[[CallRecord]
     out = {r.call_id: v for r in rows if (v := known.get(r.call_id)) is not None and r.ended_at is not None
            and (v.ended_at, v.outcome) == (r.ended_at, r.outcome)}
     for rec in db.records(tuple(r.call_id for r in rows if r.call_id not in out)):
-        out[rec.call_id] = Verdict(rec.ended_at, rec.outcome, diagnose(rec))
+        out[rec.call_id] = Verdict(rec.ended_at, rec.outcome, diagnose(rec), rec.transport)
     return out
 
 
@@ -139,20 +140,21 @@ def _run(config: AppConfig, args: argparse.Namespace, db: HistoryDb, out: TextIO
         rows = db.list(where, args.limit)
         found = verdicts(db, rows, partial(diagnose_in, config))
         level = {r.call_id: v.diagnosis.level if (v := found.get(r.call_id)) else "-" for r in rows}  # "-": pruned meanwhile
+        via = {r.call_id: clean_text(v.transport) if (v := found.get(r.call_id)) else "-" for r in rows}
         if args.json:
             for r in rows:
                 print(json.dumps({"call_id": r.call_id, "started_at": r.started_at, "ended_at": r.ended_at, "caller_number": r.caller_number,
                                   "dialled": r.dialled, "profile": r.profile, "outcome": r.outcome, "turns": r.turns,
-                                  "level": level[r.call_id]}), file=out)
+                                  "level": level[r.call_id], "transport": via[r.call_id]}), file=out)
             return 0
         if not rows:
             print(f"no calls in {url}" + (f" match: {where.describe()}" if where.describe() else ""), file=out)
             return 0
-        print(f"{'started':19s}  {'length':>7s}  {'caller':16s}  {'dialled':8s}  {'profile':10s}  {'outcome':16s}  {'flag':4s}  {'turns':>5s}  id", file=out)
+        print(f"{'started':19s}  {'length':>7s}  {'caller':16s}  {'dialled':8s}  {'profile':10s}  {'outcome':16s}  {'flag':4s}  {'turns':>5s}  {'via':11s}  id", file=out)
         for r in rows:
             length = f"{r.ended_at - r.started_at:.0f} s" if r.ended_at is not None else "-"
             print(f"{_clock(r.started_at):19s}  {length:>7s}  {clean_text(r.caller_number):16s}  {clean_text(r.dialled):8s}  {clean_text(r.profile):10s}"
-                  f"  {r.outcome:16s}  {level[r.call_id]:4s}  {r.turns:5d}  {clean_text(r.call_id)}", file=out)
+                  f"  {r.outcome:16s}  {level[r.call_id]:4s}  {r.turns:5d}  {via[r.call_id]:11s}  {clean_text(r.call_id)}", file=out)
         return 0
     rec = db.get(args.id)
     if rec is None:
@@ -193,8 +195,13 @@ def show(r: CallRecord, out: TextIO) -> None:
     errors += f", {r.turns_failed} turn(s) failed (answered with the apology)" if r.turns_failed else ""
     p(f"  providers: {' then '.join(r.providers) or '-'}{errors}; audio to the caller as {r.downstream_mode}; barge-ins {r.barge_ins}")
     q = r.quality
-    p(f"  RTP in: {q.packets_in} packets, {q.lost} lost ({q.loss_pct:.1f} %), jitter {q.jitter_ms:.1f} ms, {q.late_dropped} late, {q.malformed} malformed, {q.ssrc_changes} SSRC changes")
-    p(f"  RTP out: {q.packets_out} packets, {q.underruns} underruns, {q.overruns} overruns, pacing error up to {q.max_pacing_error_ms:.1f} ms")
+    p(f"  media: {r.transport}" + (f" from {clean_text(r.media_remote)}" if r.media_remote else ""))
+    if r.transport == "rtp":
+        p(f"  RTP in: {q.packets_in} packets, {q.lost} lost ({q.loss_pct:.1f} %), jitter {q.jitter_ms:.1f} ms, {q.late_dropped} late, {q.malformed} malformed, {q.ssrc_changes} SSRC changes")
+        p(f"  RTP out: {q.packets_out} packets, {q.underruns} underruns, {q.overruns} overruns, pacing error up to {q.max_pacing_error_ms:.1f} ms")
+    else:  # a stream over TCP: nothing lost or reordered; what can go wrong is a stall
+        p(f"  in: {q.packets_in} messages, {q.gaps} gaps over 100 ms (longest {q.max_gap_ms:.0f} ms), arrival jitter {q.jitter_ms:.1f} ms, {q.malformed} malformed")
+        p(f"  out: {q.packets_out} messages, {q.underruns} underruns, {q.overruns} overruns, pacing error up to {q.max_pacing_error_ms:.1f} ms")
     if r.recording:
         p(f"  recording: {r.recording} (caller left, agent right)")
     for gap in r.interruptions:

@@ -180,13 +180,36 @@ class KeyFooter(Footer):
         self.refresh(recompose=True)
 
 
+# How the panes and the list name each transport: (short, the media pane's title).
+TRANSPORT_NAMES = {"rtp": ("rtp", "RTP / SSRC"), "audiosocket": ("asock", "AudioSocket"), "websocket": ("ws", "WebSocket media")}
+
+
+def transport_short(name: str) -> str:
+    return TRANSPORT_NAMES.get(name, (name[:5], name))[0]
+
+
+def transport_title(name: str) -> str:
+    return TRANSPORT_NAMES.get(name, (name, name))[1]
+
+
 class RtpPane(Pane):
+    """The call's media: RTP's stream (SSRC, loss, reordering), or on a stream transport
+    (AudioSocket, WebSocket over TCP: nothing is lost or reordered there) its messages, gaps and
+    arrival jitter. The title names the transport."""
+
     def show(self, c: CallSnapshot | None) -> None:
         if c is None:
             self.show_content(Text("no call selected", style="dim"))
             return
+        title = transport_title(c.transport)
+        if self.border_title != title:
+            self.border_title = title
         r = c.rtp
         age = "—" if r.last_packet_age_s is None else f"{r.last_packet_age_s * 1000:.0f} ms"
+        if c.transport != "rtp":
+            width = self.content_size.width - len("last msg ") if self.content_size.width else 40
+            self.show_content(_kv(stream_rows(c, age, width)))
+            return
         self.show_content(
             _kv(
                 [
@@ -203,6 +226,31 @@ class RtpPane(Pane):
                 ]
             )
         )
+
+
+def _middle_cut(text: str, width: int) -> str:
+    """A far end too long for the pane keeps both ends (a URL's host and its channel id)."""
+    if len(text) <= width or width < 9:
+        return text
+    head = (width - 1) // 2
+    return f"{text[:head]}…{text[len(text) - (width - 1 - head):]}"
+
+
+def stream_rows(c: CallSnapshot, age: str, width: int = 40) -> list[tuple[str, str | Text]]:
+    """A stream transport's media rows (the pane's title names the transport): what its counters
+    mean on a connection that loses nothing and reorders nothing."""
+    r = c.rtp
+    gap_level = verdicts.worst([verdicts.STREAM_GAPS.level(r.gaps), verdicts.MAX_GAP_MS.level(r.max_gap_ms) if r.gaps else "ok"])
+    return [
+        ("from", Text(_middle_cut(c.media_remote, width) or "—")),  # an IPv6 address in brackets is not markup
+        ("in", f"{r.packets_in} msgs" + (f", {r.malformed} bad" if r.malformed else "")),
+        ("gaps", _bad(f"{r.gaps} (max {r.max_gap_ms:.0f} ms)", gap_level)),
+        ("jitter", _bad(f"{r.jitter_ms:.2f} ms", verdicts.JITTER_MS.level(r.jitter_ms))),
+        ("last msg", _bad(age, verdicts.LAST_PACKET_S.level(r.last_packet_age_s or 0.0))),
+        ("out", f"{r.packets_out} msgs" + (", " + _bad(f"{r.outbound_underruns} dry", verdicts.UNDERRUNS.level(r.outbound_underruns))
+                                           if r.outbound_underruns else "")),
+        ("pacing", _bad(f"{r.pacing_error_ms:.1f} ms (max {r.max_pacing_error_ms:.1f})", verdicts.PACING_MS.level(r.max_pacing_error_ms))),
+    ]
 
 
 def _bad(text: str, level: verdicts.Level) -> str:

@@ -43,7 +43,7 @@ QUEUED_NOTE_S = 0.1  # a slow turn's wait for models busy with other calls: name
 
 @dataclass(slots=True)
 class Finding:
-    kind: str  # failed | interrupted | refused | outcome | provider_error | turns_failed | fallback | slow_turns | dead_air | loss | jitter | kernel_drops | pacing | underruns | barge_in_storm | action_failed | ...
+    kind: str  # failed | interrupted | refused | outcome | provider_error | turns_failed | fallback | slow_turns | dead_air | loss | stream_gaps | jitter | kernel_drops | pacing | underruns | barge_in_storm | action_failed | ...
     level: Level
     says: str
     evidence: list[str] = field(default_factory=list)
@@ -211,15 +211,34 @@ def _silences(rec: CallRecord, norms: Norms, found: list[Finding]) -> None:
         found.append(Finding("silence_watchdog", "ok", f"the silence watchdog ended the call: {a.reason}", [f"at {_offset(rec, a.at)}"]))
 
 
+def _stream_audio(rec: CallRecord, jitter: verdicts.Threshold, found: list[Finding]) -> None:
+    """A stream transport's caller audio (AudioSocket, WebSocket), judged on what it has: gaps (an
+    arrival over 100 ms after the one before), the longest, and the arrival jitter."""
+    q = rec.quality
+    gaps = verdicts.worst([verdicts.STREAM_GAPS.level(q.gaps), verdicts.MAX_GAP_MS.level(q.max_gap_ms) if q.gaps else "ok"])
+    if gaps != "ok":
+        found.append(Finding(
+            "stream_gaps", gaps, f"the caller's audio stalled {q.gaps} time(s) on the {rec.transport} connection (longest {q.max_gap_ms:.0f} ms)",
+            [f"{q.packets_in} messages in", "Asterisk or the connection held the audio back: speech to text hears it late, in a burst"],
+        ))
+    if (level := jitter.level(q.jitter_ms)) != "ok":
+        found.append(Finding(
+            "jitter", level, f"the caller's audio arrived unevenly on the {rec.transport} connection: jitter {q.jitter_ms:.0f} ms ({_over(jitter, level)})",
+            ["a busy PBX or engine, or a congested path: TCP holds audio back rather than lose it"],
+        ))
+
+
 def _audio(rec: CallRecord, norms: Norms, found: list[Finding]) -> None:
     q = rec.quality
     loss, jitter = verdicts.for_profile(verdicts.LOSS_PCT, norms), verdicts.for_profile(verdicts.JITTER_MS, norms)
-    if (level := loss.level(q.loss_pct)) != "ok":
+    if rec.transport != "rtp":  # a stream (TCP): nothing is lost or reordered; its audio can stall
+        _stream_audio(rec, jitter, found)
+    elif (level := loss.level(q.loss_pct)) != "ok":
         found.append(Finding(
             "loss", level, f"{q.loss_pct:.1f} % of the caller's packets were lost on the way in ({_over(loss, level)})",
             [f"{q.lost} of {q.expected} packets lost", "the network between Asterisk and the engine: speech to text hears gaps"],
         ))
-    if (level := jitter.level(q.jitter_ms)) != "ok":
+    if rec.transport == "rtp" and (level := jitter.level(q.jitter_ms)) != "ok":
         found.append(Finding(
             "jitter", level, f"the caller's packets arrived unevenly: jitter {q.jitter_ms:.0f} ms ({_over(jitter, level)})",
             [f"{q.late_dropped} packet(s) came too late to use"],
@@ -232,7 +251,8 @@ def _audio(rec: CallRecord, norms: Norms, found: list[Finding]) -> None:
     if q.ssrc_changes:
         found.append(Finding("ssrc", "ok", f"the caller's stream changed source {q.ssrc_changes} time(s) (a re-INVITE, a transfer, or a media server change)"))
     if q.malformed:
-        found.append(Finding("malformed", "ok", f"{q.malformed} malformed RTP packet(s) from the caller's side were dropped"))
+        what = "RTP packet(s)" if rec.transport == "rtp" else f"{rec.transport} message(s)"
+        found.append(Finding("malformed", "ok", f"{q.malformed} malformed {what} from the caller's side were dropped"))
     if (level := verdicts.PACING_MS.level(q.max_pacing_error_ms)) != "ok":
         found.append(Finding(
             "pacing", level, f"the agent's audio packets went out up to {q.max_pacing_error_ms:.0f} ms late (pacing error, {_over(verdicts.PACING_MS, level)})",

@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import socket
 import time
+from collections import Counter
 from typing import Any
 
 from engine.ari.client import AriClient
@@ -434,9 +435,15 @@ class Engine:
         capacity = self.capacity.estimate()
         overloaded += self.calls.overload.problems(capacity) + self.calls.refusals.problems()
         overloaded += self.history.problems() if self.history is not None else ()  # failing now, or a file it had to replace
+        used = ("rtp", *self._used_transports())
+        # A transport the config sends calls to whose server is not up: those calls cannot have audio.
+        overloaded += tuple(
+            f"the {t} media transport is not running ({self.transports[t].status().listening or 'no server'}): calls on it get no audio"
+            for t in used if not self.transports[t].running
+        )
         ok = (
             # Calls still go to the fallback while the default is not ready, but an operator must know.
-            self.ari_connected and all(self.transports[t].running for t in ("rtp", *self._used_transports())) and readiness[self.default_provider].ready
+            self.ari_connected and all(self.transports[t].running for t in used) and readiness[self.default_provider].ready
             and self.supervisor.healthy and self.fatal_error is None and not overloaded
         )
         store = self.store
@@ -476,6 +483,7 @@ class Engine:
             calls_refused_model_capacity=store.calls_refused_model_capacity,
             turns_failed=store.turns_failed,
             history=self.history.status() if self.history is not None else None,
+            media_transports=used,
         )
 
     def components(self) -> list[ComponentStatus]:
@@ -514,7 +522,8 @@ class Engine:
             ),
             aggregates=CallAggregates(
                 worst_loss_ratio=max((s.rtp_in.loss_fraction for s in live), default=0.0),
-                worst_jitter_ms=max((s.rtp_in.jitter_ms for s in live), default=0.0),
+                # A stream transport's arrival jitter counts as RTP's does (engine/verdicts.py judges both alike).
+                worst_jitter_ms=max((s.rtp_in.jitter_ms if s.transport == "rtp" else s.stream_in.jitter_ms for s in live), default=0.0),
                 gated=sum(1 for s in live if s.playbacks),
                 capturing=sum(1 for s in live if s.capture_enabled),
                 stream_underruns=sum(s.rtp_out.underruns for s in live) + store.ended_underruns,
@@ -524,6 +533,8 @@ class Engine:
             playback=dataclasses.replace(self.calls.playback_counters),
             actions=tuple((k, o, n) for (k, o), n in sorted(self.calls.action_counters.counts.items())),
             calls=tuple(store.snapshots()) if detail else (),
+            transports=self.transports.status(),
+            calls_by_transport=dict(Counter(s.transport for s in live)),
         )
 
     def health(self) -> dict[str, Any]:

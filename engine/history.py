@@ -158,6 +158,10 @@ class Quality(BaseModel):
     # Datagrams the engine's RTP socket lost to a full buffer while the call was up: every call's,
     # not only this one's (the kernel counts per socket). None: not known.
     kernel_drops: int | None = None
+    # A stream transport's (AudioSocket, WebSocket): packets_in counts its audio messages, nothing
+    # is lost, jitter_ms is the arrival jitter; these say when the caller's audio stalled.
+    gaps: int = 0
+    max_gap_ms: float = 0.0
 
 
 class Silence(BaseModel):
@@ -192,6 +196,10 @@ class CallRecord(BaseModel):
     outcome: Outcome = "live"
     end_reason: str | None = None
     downstream_mode: str = ""
+    # How Asterisk handed the call's audio over (docs/transports.md), and the far end of that link.
+    # Records written before there was a choice have neither: they were all RTP.
+    transport: str = "rtp"
+    media_remote: str = ""
     barge_ins: int = 0
     barge_in_at: list[float] = []  # wall clock
     silences: list[Silence] = []  # nobody speaking, no answer on the way (QUIET_MIN_S and longer)
@@ -258,6 +266,7 @@ def continued(first: CallRecord, now: CallRecord) -> CallRecord:
             duplicates=q1.duplicates + q2.duplicates, ssrc_changes=q1.ssrc_changes + q2.ssrc_changes, packets_out=q1.packets_out + q2.packets_out,
             underruns=q1.underruns + q2.underruns, overruns=q1.overruns + q2.overruns,
             max_pacing_error_ms=max(q1.max_pacing_error_ms, q2.max_pacing_error_ms), kernel_drops=q2.kernel_drops,
+            gaps=q1.gaps + q2.gaps, max_gap_ms=max(q1.max_gap_ms, q2.max_gap_ms),
         ),
         "interruptions": first.interruptions[:-1] + [cut.model_copy(update={"resumed_at": now.started_at, "by": now.engine})],
     })
@@ -298,7 +307,6 @@ def record_of(
     turns it into wall-clock times."""
     now_mono = time.monotonic() if now_mono is None else now_mono
     wall = s.created_at - s.created_mono
-    rtp, out = s.rtp_in, s.rtp_out
     return CallRecord(
         call_id=s.call_id,
         engine=engine,
@@ -328,12 +336,30 @@ def record_of(
             ActionEntry(kind=a.kind, by=a.by, reason=a.reason, department=a.department, target=a.target, state=a.state, detail=a.detail, text=a.text, at=a.at)
             for a in s.actions
         ],
-        quality=Quality(
-            packets_in=rtp.packets, expected=rtp.expected, lost=rtp.lost, loss_pct=round(100.0 * rtp.loss_fraction, 3),
-            jitter_ms=round(rtp.jitter_ms, 3), late_dropped=s.rtp_in_late, malformed=s.rtp_in_malformed,
-            duplicates=rtp.duplicates, ssrc_changes=rtp.ssrc_changes, packets_out=out.packets, underruns=out.underruns,
-            overruns=out.overruns, max_pacing_error_ms=round(out.max_pacing_error_ms, 3), kernel_drops=kernel_drops,
-        ),
+        transport=s.transport,
+        media_remote=s.media_remote,
+        quality=_quality(s, kernel_drops),
+    )
+
+
+def _quality(s: CallSession, kernel_drops: int | None) -> Quality:
+    """The call's media figures as its transport counts them: RTP's sequence numbers, or a stream's
+    messages and gaps (no loss on TCP; the RTP socket's kernel drops are not this call's)."""
+    out = s.rtp_out
+    common: dict[str, Any] = dict(
+        packets_out=out.packets, underruns=out.underruns, overruns=out.overruns, max_pacing_error_ms=round(out.max_pacing_error_ms, 3),
+    )
+    if s.transport != "rtp":
+        t = s.stream_in
+        return Quality(
+            packets_in=t.messages, expected=t.messages, jitter_ms=round(t.jitter_ms, 3), malformed=t.malformed,
+            gaps=t.gaps, max_gap_ms=round(t.max_gap_ms, 1), **common,
+        )
+    rtp = s.rtp_in
+    return Quality(
+        packets_in=rtp.packets, expected=rtp.expected, lost=rtp.lost, loss_pct=round(100.0 * rtp.loss_fraction, 3),
+        jitter_ms=round(rtp.jitter_ms, 3), late_dropped=s.rtp_in_late, malformed=s.rtp_in_malformed,
+        duplicates=rtp.duplicates, ssrc_changes=rtp.ssrc_changes, kernel_drops=kernel_drops, **common,
     )
 
 

@@ -69,6 +69,7 @@ class EngineCollector:
             yield CounterMetricFamily("ai_agent_rtp_kernel_drops", "Datagrams the kernel dropped on a full socket buffer", value=r.kernel_drops)
         yield CounterMetricFamily("ai_agent_rtp_send_errors", "RTP send failures", value=r.send_errors)
         yield CounterMetricFamily("ai_agent_internal_errors", "Packets or pacer ticks lost to a failure in the engine's code", value=r.internal_errors)
+        yield from _transport_metrics(st)
         comp = GaugeMetricFamily("ai_agent_component_up", "1 while an engine component or model worker runs", labels=["component"])
         restarts = CounterMetricFamily("ai_agent_component_restarts", "Restarts of an engine component or model worker", labels=["component"])
         latency = GaugeMetricFamily("ai_agent_model_server_latency_seconds", "A model server's last answer time (a probe or a job)", labels=["component"])
@@ -130,6 +131,40 @@ class EngineCollector:
         for name, readiness in s.providers.items():
             ready.add_metric([name], int(readiness.ready))
         yield ready
+
+
+# Each transport's counters (engine/status.py TransportStatus): (metric, help, field, counter?).
+_TRANSPORT_SERIES = (
+    ("ai_agent_transport_connections", "Media connections open now (RTP: calls routed)", "connections", False),
+    ("ai_agent_transport_connections_opened", "Media connections accepted or made since start", "connections_total", True),
+    ("ai_agent_transport_messages_in", "Media messages received (RTP: datagrams)", "messages_in", True),
+    ("ai_agent_transport_messages_out", "Media messages sent (RTP: packets)", "messages_out", True),
+    ("ai_agent_transport_bytes_in", "Media bytes received", "bytes_in", True),
+    ("ai_agent_transport_bytes_out", "Media bytes sent", "bytes_out", True),
+    ("ai_agent_transport_malformed", "Media messages that could not be read", "malformed", True),
+    ("ai_agent_transport_oversize", "Media frames over the size limit", "oversize", True),
+    ("ai_agent_transport_unknown", "Media connections (RTP: datagrams) that matched no call", "unknown", True),
+    ("ai_agent_transport_cut", "Media connections that ended before their call did", "cut", True),
+    ("ai_agent_transport_slow_reader", "Frames dropped because the peer did not read them in time", "slow_reader", True),
+)
+
+
+def _transport_metrics(st: EngineStatus) -> Iterator[Metric]:
+    """Every transport the engine has, labelled ``transport`` (a bounded set: rtp, audiosocket,
+    websocket); the live calls on each."""
+    running = GaugeMetricFamily("ai_agent_transport_running", "1 while the media transport's server runs (or it is ready to connect)", labels=["transport"])
+    for t in st.transports:
+        running.add_metric([t.name], int(t.running))
+    yield running
+    for name, help_, attr, counter in _TRANSPORT_SERIES:
+        family = CounterMetricFamily(name, help_, labels=["transport"]) if counter else GaugeMetricFamily(name, help_, labels=["transport"])
+        for t in st.transports:
+            family.add_metric([t.name], getattr(t, attr))
+        yield family
+    calls = GaugeMetricFamily("ai_agent_active_calls_by_transport", "Calls currently handled, by their media transport", labels=["transport"])
+    for name in sorted({t.name for t in st.transports} | set(st.calls_by_transport)):
+        calls.add_metric([name], st.calls_by_transport.get(name, 0))
+    yield calls
 
 
 class EngineMetrics:

@@ -357,6 +357,7 @@ class CallSummary:
     profile: str = ""
     operator: str = ""  # who has taken the call over (state "operator"): "taken over by NAME"
     operator_since: float | None = None  # wall clock
+    transport: str = "rtp"  # how Asterisk hands the call's audio over (CallSession.transport)
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
@@ -552,6 +553,7 @@ class SessionStore:
                 call_id=c.call_id, caller_number=c.caller_number, state=c.conversation.value, duration_s=now - c.created_mono,
                 provider=c.provider.name if c.provider else None, in_state_s=now - c.conversation_since,
                 channel=c.caller_channel_name, profile=c.profile, operator=c.operator, operator_since=c.operator_since,
+                transport=c.transport,
             )
             for c in self._calls.values()
         ]

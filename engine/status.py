@@ -74,6 +74,27 @@ class HistoryStatus:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TransportStatus:
+    """One transport's server-wide counters, for /health and /metrics (``ai_agent_transport_*``,
+    labelled by ``name``). On RTP a message is a datagram and a connection a call's route."""
+
+    name: str
+    listening: str  # where the engine listens or connects ("" if it does neither)
+    running: bool
+    connections: int = 0  # open now
+    connections_total: int = 0
+    messages_in: int = 0
+    messages_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    malformed: int = 0  # messages that could not be read (the connection is closed, the call ends)
+    oversize: int = 0  # frames over the size limit
+    unknown: int = 0  # connections that matched no call
+    cut: int = 0  # connections that ended before their call did
+    slow_reader: int = 0  # frames dropped because the peer did not read them in time
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class EngineSummary:
     """The engine without per-call detail: cheap enough for a header drawn ten times a second."""
 
@@ -109,6 +130,9 @@ class EngineSummary:
     calls_refused_model_capacity: int = 0  # turned away (asterisk.over_capacity): the models were at capacity
     turns_failed: int = 0  # turns the models could not serve: the caller got the apology instead
     history: HistoryStatus | None = None  # None: history.enabled is false
+    # The media transports this engine serves calls on: rtp always, and those media.transport or a
+    # profile names (docs/transports.md). More than one: the call list shows each call's.
+    media_transports: tuple[str, ...] = ("rtp",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +214,8 @@ class EngineStatus:
     playback: PlaybackCounters
     actions: tuple[tuple[str, str, int], ...]  # (kind, outcome, count): transfers, hangups, prompts
     calls: tuple[CallSnapshot, ...]  # empty unless asked for with detail
+    transports: tuple[TransportStatus, ...] = ()  # every transport the engine has, running or not
+    calls_by_transport: dict[str, int] = dataclasses.field(default_factory=dict)  # live calls by their transport
 
     def as_json(self) -> dict[str, Any]:
         """The /health document: the summary's fields at the top, then the detail."""
@@ -202,6 +228,8 @@ class EngineStatus:
             "components": [dataclasses.asdict(c) for c in self.components],
             "ari": dataclasses.asdict(self.ari),
             "rtp": rtp,
+            # Each transport: running, where it listens or connects, its connections and counters.
+            "transports": {t.name: {**dataclasses.asdict(t), "calls": self.calls_by_transport.get(t.name, 0)} for t in self.transports},
             "conversation": {
                 s.call_id: {
                     "state": s.conversation.state,

@@ -11,7 +11,6 @@ the panes) is the same on each.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol
 
 from engine.ari.client import AriClient
@@ -19,30 +18,11 @@ from engine.ari.models import Channel
 from engine.config import AppConfig, Transport
 from engine.media import MediaLink
 from engine.rtp_server import RtpServer
+from engine.status import TransportStatus as TransportStatus  # here for the transports that import it from this module
 
 
 class MediaSetupError(Exception):
     """The call's media path could not be made (said in the call's log; the call ends)."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TransportStatus:
-    """One transport's server-wide counters, for /health and /metrics."""
-
-    name: str
-    listening: str  # where the engine listens or connects ("" if it does neither)
-    running: bool
-    connections: int = 0  # open now
-    connections_total: int = 0
-    messages_in: int = 0
-    messages_out: int = 0
-    bytes_in: int = 0
-    bytes_out: int = 0
-    malformed: int = 0  # messages that could not be read (the connection is closed, the call ends)
-    oversize: int = 0  # frames over the size limit
-    unknown: int = 0  # connections that matched no call
-    cut: int = 0  # connections that ended before their call did
-    slow_reader: int = 0  # frames dropped because the peer did not read them in time
 
 
 class MediaTransport(Protocol):

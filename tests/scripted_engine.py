@@ -43,9 +43,46 @@ def _stream(session: CallSession, packets: int, lost: set[int], start: float) ->
             session.rtp_in.update(1000 + i, 160 * i, ssrc, 160, start + i * 0.02 + jitter)
 
 
+def _stream_in(session: CallSession, messages: int, start: float, stalls: dict[int, float] | None = None) -> None:
+    """A stream transport's caller audio: one 20 ms message every 20 ms, some held up (``stalls``:
+    message index -> seconds late; the ones after it come in a burst, as TCP delivers them)."""
+    late = 0.0
+    for i in range(messages):
+        late = max(0.0, late - 0.02) if not stalls or i not in stalls else stalls[i]
+        session.stream_in.update(160, 320, start + i * 0.02 + late + (0.001 if i % 5 == 0 else 0.0))
+
+
+def _add_rtp_calls(eng: ScriptedEngine) -> None:
+    a = eng.add_call("5550142", 74.0, ConversationState.AGENT_SPEAKING, capture_enabled=False, barge_ins=1, profile="dental", dialled="100")
+    a.actions.append(ActionRecord(kind="transfer", by="keypad", reason="caller pressed 1", department="billing", target="201@from-internal", at=NOW))
+    _stream(a, 3700, lost={50, 51, 900}, start=NOW - 74.0)
+    a.rtp_out.packets, a.rtp_out.bytes = 1480, 236800
+    a.rtp_out.last_pacing_error_ms, a.rtp_out.max_pacing_error_ms = 0.4, 1.7
+    a.playbacks["stream"] = PlaybackRef("stream", "", 0.0)
+    a.voice.level_dbfs = -31.5
+    a.voice.levels.extend([-70.0] * 40 + [-35.0, -28.0, -24.0, -26.0, -30.0] * 8 + [-60.0] * 70)
+    a.transcript.extend([
+        TranscriptTurn("agent", "Hello, thanks for calling Northside Dental. How can I help?", True, NOW - 72),
+        TranscriptTurn("caller", "Hi, are you open on Saturday?", True, NOW - 66),
+        TranscriptTurn("agent", "We are open Saturday from nine to one.", True, NOW - 64),
+        TranscriptTurn("caller", "And where do I park?", True, NOW - 58),
+        TranscriptTurn("agent", "There is free parking behind the building.", True, NOW - 56),
+    ])
+    a.turns.extend([
+        # The caller's last voiced frame 0.55 s before the end-of-speech decision (the VAD's hangover).
+        TurnTimeline(speech_end=NOW - 66.0, stt_final=NOW - 65.74, llm_first_token=NOW - 65.61, first_sentence=NOW - 65.61, tts_first_audio=NOW - 65.52, first_audio_out=NOW - 65.50, last_voice_in=NOW - 66.55),
+        TurnTimeline(speech_end=NOW - 58.0, stt_final=NOW - 57.71, llm_first_token=NOW - 57.55, first_sentence=NOW - 57.55, tts_first_audio=NOW - 57.47, first_audio_out=NOW - 57.45, last_voice_in=NOW - 58.55),
+    ])
+    b = eng.add_call("5550199", 12.0, ConversationState.USER_SPEAKING)
+    _stream(b, 600, lost=set(), start=NOW - 12.0)
+    b.voice.speaking = True
+    b.voice.level_dbfs = -22.0
+
+
 class ScriptedEngine:
     def __init__(self, problems: tuple[str, ...] = ()) -> None:
         self.store = SessionStore()
+        self.media_transports: tuple[str, ...] = ("rtp",)
         self.fatal = asyncio.Event()
         self.fatal_error: str | None = None
         self.default_provider = "local"
@@ -74,33 +111,38 @@ class ScriptedEngine:
             setattr(s, k, v)
         return s
 
+    def add_stream_call(self, number: str, started_s_ago: float, state: ConversationState, transport: str, remote: str, **kw: Any) -> CallSession:
+        """A call whose audio comes over a stream transport (AudioSocket, WebSocket)."""
+        s = self.add_call(number, started_s_ago, state, **kw)
+        s.transport, s.media_remote, s.rtp_remote = transport, remote, None
+        _stream_in(s, int(started_s_ago / 0.02) - 10, NOW - started_s_ago, stalls={400: 0.31, 900: 0.12} if transport == "websocket" else None)
+        s.rtp_out.packets, s.rtp_out.bytes = int(started_s_ago / 0.02 * 0.4), int(started_s_ago / 0.02 * 0.4) * 320
+        s.rtp_out.last_pacing_error_ms, s.rtp_out.max_pacing_error_ms = 0.3, 1.2
+        return s
+
+    @classmethod
+    def mixed_transports(cls) -> ScriptedEngine:
+        """Calls on each transport: the two RTP calls of ``two_calls``, one over AudioSocket, one
+        over WebSocket media (its audio stalled twice)."""
+        eng = cls()
+        eng.media_transports = ("rtp", "audiosocket", "websocket")
+        _add_rtp_calls(eng)
+        c = eng.add_stream_call("5550123", 41.0, ConversationState.LISTENING, "audiosocket", "127.0.0.1:51544", profile="dental", dialled="100")
+        c.transcript.extend([
+            TranscriptTurn("agent", "Hello, thanks for calling Northside Dental. How can I help?", True, NOW - 39),
+            TranscriptTurn("caller", "I'd like to move my appointment to Thursday.", True, NOW - 33),
+            TranscriptTurn("agent", "I can put you through to the front desk for that.", True, NOW - 31),
+        ])
+        c.turns.append(TurnTimeline(speech_end=NOW - 33.0, stt_final=NOW - 32.74, llm_first_token=NOW - 32.6, first_sentence=NOW - 32.6,
+                                    tts_first_audio=NOW - 32.52, first_audio_out=NOW - 32.5, last_voice_in=NOW - 33.55))
+        eng.add_stream_call("5550177", 27.0, ConversationState.AGENT_SPEAKING, "websocket", "ws://127.0.0.1:8088/media/aiagent-em-5550177",
+                            capture_enabled=False)
+        return eng
+
     @classmethod
     def two_calls(cls, problems: tuple[str, ...] = ()) -> ScriptedEngine:
         eng = cls(problems)
-        a = eng.add_call("5550142", 74.0, ConversationState.AGENT_SPEAKING, capture_enabled=False, barge_ins=1, profile="dental", dialled="100")
-        a.actions.append(ActionRecord(kind="transfer", by="keypad", reason="caller pressed 1", department="billing", target="201@from-internal", at=NOW))
-        _stream(a, 3700, lost={50, 51, 900}, start=NOW - 74.0)
-        a.rtp_out.packets, a.rtp_out.bytes = 1480, 236800
-        a.rtp_out.last_pacing_error_ms, a.rtp_out.max_pacing_error_ms = 0.4, 1.7
-        a.playbacks["stream"] = PlaybackRef("stream", "", 0.0)
-        a.voice.level_dbfs = -31.5
-        a.voice.levels.extend([-70.0] * 40 + [-35.0, -28.0, -24.0, -26.0, -30.0] * 8 + [-60.0] * 70)
-        a.transcript.extend([
-            TranscriptTurn("agent", "Hello, thanks for calling Northside Dental. How can I help?", True, NOW - 72),
-            TranscriptTurn("caller", "Hi, are you open on Saturday?", True, NOW - 66),
-            TranscriptTurn("agent", "We are open Saturday from nine to one.", True, NOW - 64),
-            TranscriptTurn("caller", "And where do I park?", True, NOW - 58),
-            TranscriptTurn("agent", "There is free parking behind the building.", True, NOW - 56),
-        ])
-        a.turns.extend([
-            # The caller's last voiced frame 0.55 s before the end-of-speech decision (the VAD's hangover).
-            TurnTimeline(speech_end=NOW - 66.0, stt_final=NOW - 65.74, llm_first_token=NOW - 65.61, first_sentence=NOW - 65.61, tts_first_audio=NOW - 65.52, first_audio_out=NOW - 65.50, last_voice_in=NOW - 66.55),
-            TurnTimeline(speech_end=NOW - 58.0, stt_final=NOW - 57.71, llm_first_token=NOW - 57.55, first_sentence=NOW - 57.55, tts_first_audio=NOW - 57.47, first_audio_out=NOW - 57.45, last_voice_in=NOW - 58.55),
-        ])
-        b = eng.add_call("5550199", 12.0, ConversationState.USER_SPEAKING)
-        _stream(b, 600, lost=set(), start=NOW - 12.0)
-        b.voice.speaking = True
-        b.voice.level_dbfs = -22.0
+        _add_rtp_calls(eng)
         return eng
 
     # ---- EngineView
@@ -129,6 +171,7 @@ class ScriptedEngine:
             model_queues=self.model_queues,
             health_url="http://127.0.0.1:15000/health",
             metrics_url="http://127.0.0.1:15000/metrics",
+            media_transports=self.media_transports,
         )
 
     def provider_readiness(self) -> dict[str, Readiness]:

@@ -295,7 +295,7 @@ async def test_the_history_screen_flags_calls_and_follows_a_call_that_ends_while
             assert isinstance(screen, HistoryScreen)
             table = screen.query_one(DataTable)
             await until(pilot, lambda: table.row_count == 2)
-            assert [str(c.label) for c in table.columns.values()] == ["flag", "started", "length", "outcome", "caller", "dialled", "profile", "turns"]
+            assert [str(c.label) for c in table.columns.values()] == ["flag", "started", "length", "outcome", "caller", "dialled", "profile", "turns", "via"]
             flag = table.get_cell("gap-call", "flag")
             assert flag.plain == "!! bad" and str(flag.style) == "bold red"
             assert table.get_cell(live.id, "length") == "live" and table.get_cell(live.id, "outcome").plain == "live"

@@ -72,6 +72,25 @@ def test_second_call_selected(snap_compare):
     assert snap_compare(live_app(), terminal_size=(120, 40), run_before=down)
 
 
+async def _select(pilot, downs: int) -> None:
+    await _settle(pilot)
+    await pilot.press(*["down"] * downs)
+    await pilot.pause(0.3)
+
+
+@pytest.mark.parametrize("downs", [2, 3], ids=["audiosocket", "websocket"])
+def test_calls_on_each_transport(snap_compare, downs):
+    """Calls on RTP, AudioSocket and WebSocket: the list's via column names each call's; the media
+    pane of a stream call shows its far end, messages, gaps and arrival jitter, and no loss or SSRC."""
+    app = AiAgentApp(ScriptedRuntime(ScriptedEngine.mixed_transports()))
+    assert snap_compare(app, terminal_size=(120, 40), run_before=lambda pilot: _select(pilot, downs))
+
+
+def test_calls_on_each_transport_at_80x24(snap_compare):
+    app = AiAgentApp(ScriptedRuntime(ScriptedEngine.mixed_transports()))
+    assert snap_compare(app, terminal_size=(80, 24), run_before=lambda pilot: _select(pilot, 3))
+
+
 def test_help_screen(snap_compare):
     async def open_help(pilot) -> None:
         await _settle(pilot)

@@ -84,6 +84,7 @@ class CallsScreen(Screen[None]):
         self.paused = False  # space: the panes and the list hold still to be read; the engine goes on
         self.calls = CallList(id="callsbox")  # made here: the engine's first events may come before it is shown
         self._ticks = 0
+        self._via = False  # the list's transport column: calls may come on more than one transport
 
     @property
     def agent_app(self) -> CallsHost:
@@ -142,7 +143,7 @@ class CallsScreen(Screen[None]):
         header = self.query_one(HeaderBar)
         header.compact = narrow
         self.query_one(GatingPane).with_level = not wide
-        self.calls.set_columns(provider=wide or narrow)
+        self.calls.set_columns(provider=wide or narrow, via=self._via)
         if self.engine is not None:
             header.show(self.engine.summary(), paused=self.paused)
 
@@ -184,6 +185,11 @@ class CallsScreen(Screen[None]):
         # The list and the selected call's panes from one reading at one tick: every row twice a
         # second (the costliest thing on screen), the selected call's row at every tick with them.
         rows = eng.store.summaries()
+        via = len(summary.media_transports) > 1 or any(r.transport != "rtp" for r in rows)
+        if via != self._via:  # the transport column (and room for it) comes and goes with the config and the calls
+            self._via = via
+            self.set_class(via, "-via")
+            self._fit_layout(self.app.size)
         if self._ticks % 5 == 1 or calls.selected is None:
             calls.show(rows)
         else:

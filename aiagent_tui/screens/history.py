@@ -29,7 +29,7 @@ from providers.redact import shown_url
 LIMIT = 500
 REFRESH_S = 2.0  # a live call's row is written every SYNC_INTERVAL_S: an ended call shows so within this and that
 # The flag and the outcome first: what an operator scans for, in view on 80 columns too.
-COLUMNS = (("flag", 6), ("started", 19), ("length", 7), ("outcome", 16), ("caller", 16), ("dialled", 8), ("profile", 10), ("turns", 5))
+COLUMNS = (("flag", 6), ("started", 19), ("length", 7), ("outcome", 16), ("caller", 16), ("dialled", 8), ("profile", 10), ("turns", 5), ("via", 11))
 
 
 class HistoryScreen(Screen[None]):
@@ -106,7 +106,8 @@ class HistoryScreen(Screen[None]):
         level = v.diagnosis.level if v is not None else None
         flag = Text(f"{MARK[level]} {level}", style=STYLE[level]) if level not in (None, "ok") else Text("")
         return (flag, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.started_at)), length,
-                Text(r.outcome.replace("_", " "), style=outcome_style(r.outcome)), r.caller_number or "unknown", r.dialled, r.profile, str(r.turns))
+                Text(r.outcome.replace("_", " "), style=outcome_style(r.outcome)), r.caller_number or "unknown", r.dialled, r.profile, str(r.turns),
+                v.transport if v is not None else "")
 
     def _show(self, asked: int, rows: list[CallRow], found: dict[str, Verdict]) -> None:
         self._reading -= 1
