@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import socket
 import tempfile
+import tomllib
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
+
+TRANSPORTS = ("rtp", "audiosocket", "websocket")
+# The config sections a --set may change: how the media reaches the engine, nothing else.
+TRANSPORT_SECTIONS = ("media", "rtp", "audiosocket", "websocket")
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
@@ -91,3 +98,50 @@ class BenchPbx:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+
+
+def add_transport_args(ap: argparse.ArgumentParser) -> None:
+    """--transport and --set, the same on every benchmark that runs an engine."""
+    ap.add_argument("--transport", choices=TRANSPORTS, default="rtp",
+                    help="how Asterisk hands the calls' audio to the engine ([media] transport; default rtp)")
+    ap.add_argument("--set", dest="media_set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help=f"one more transport setting for the engine, e.g. audiosocket.form=dialplan or websocket.connection_type=client "
+                         f"(sections: {', '.join(TRANSPORT_SECTIONS)}; repeatable)")
+
+
+def transport_settings(transport: str, sets: list[str] | tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
+    """The engine's config sections for ``transport`` and the ``--set`` values, as TOML data. A
+    stream transport's server takes any free port (two runs, or a test beside, never collide);
+    Asterisk is on this host, so loopback reaches it."""
+    out: dict[str, dict[str, Any]] = {"media": {"transport": transport}}
+    if transport == "audiosocket":
+        out["audiosocket"] = {"port": 0}
+    for item in sets:
+        key, eq, raw = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not eq or not dot or section not in TRANSPORT_SECTIONS or not name:
+            raise ValueError(f"--set {item!r}: SECTION.KEY=VALUE with SECTION one of {', '.join(TRANSPORT_SECTIONS)}")
+        try:
+            value = tomllib.loads(f"v = {raw.strip()}")["v"]  # 0, 1.5, true, "x"
+        except tomllib.TOMLDecodeError:
+            value = raw.strip()  # a bare word: a string
+        out.setdefault(section, {})[name.strip()] = value
+    return out
+
+
+def apply_transport(cfg: Any, transport: str, sets: list[str] | tuple[str, ...] = ()) -> Any:
+    """Sets the transport's sections on an engine config (``AppConfig``), each value validated as
+    the config file's would be; returns ``cfg``."""
+    for section, values in transport_settings(transport, sets).items():
+        for name, value in values.items():
+            setattr(getattr(cfg, section), name, value)
+    return cfg
+
+
+def transport_toml(transport: str, sets: list[str] | tuple[str, ...] = ()) -> str:
+    """The same sections as config file text, for an engine run as its own process."""
+    lines = []
+    for section, values in transport_settings(transport, sets).items():
+        lines.append(f"[{section}]")
+        lines += [f"{name} = {json.dumps(value)}" for name, value in values.items()]
+    return "\n".join(lines) + "\n"

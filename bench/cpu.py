@@ -14,12 +14,16 @@ this one, its STT, LLM and TTS workers in theirs (counted: psutil, user + system
     then --turns questions, each answered in full), CPU over the calls' lifetime / call-seconds;
     each turn's latency at the caller by its place in the call (p50 over the callers), the
     model jobs per answer (Whisper passes, LLM slices, TTS sentences) and the CPU a job took.
+--skip-idle: only the active calls' rows. --transport rtp|audiosocket|websocket: how Asterisk hands
+the calls' audio to the engine ([media] transport; --set SECTION.KEY=VALUE for more). --json PATH
+also writes the figures there.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import statistics
 import sys
@@ -35,7 +39,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from engine.config import load_config  # noqa: E402
 from engine.engine import Engine  # noqa: E402
-from common import BenchPbx, scratch_media  # noqa: E402
+from common import BenchPbx, add_transport_args, apply_transport, scratch_media  # noqa: E402
 from turn_latency import PROMPTS, SOUNDS  # noqa: E402  (the turn benchmark's questions)
 
 # Without "demo-thanks", which says goodbye: the agent ends the call on it (every call here talks
@@ -141,12 +145,16 @@ async def conversation(
     return sum(parts.values()), call_s, [r["turn_latencies_s"] for r in reports], parts, jobs
 
 
-async def main_async(args: argparse.Namespace) -> None:
+async def measure(args: argparse.Namespace) -> dict:
+    """The figures printed, as data: % of one core per call (no call, between turns, per active
+    call by number of callers with its share by process)."""
+    out: dict = {"pbx": args.pbx, "transport": args.transport, "mode": args.mode, "between_turns": {}, "active": {}}
     pbx = BenchPbx(args.pbx)
     env = {**pbx.engine_env, "RTP_PORT": "0", "HEALTH_PORT": "0", "AIAGENT_PROVIDER": "local", "AIAGENT_DOWNSTREAM_MODE": args.mode, "AIAGENT_MEDIA_DIR": scratch_media()}
     if args.llm:
         env["LOCAL_LLM_MODEL"] = args.llm
     cfg = load_config(ROOT / "config.toml", env=env)
+    apply_transport(cfg, args.transport, args.media_set)
     cfg.providers.local.hold_after_ms = 0
     if args.partial_interval_ms is not None:
         cfg.providers.local.stt_partial_interval_ms = args.partial_interval_ms
@@ -161,18 +169,22 @@ async def main_async(args: argparse.Namespace) -> None:
         await asyncio.sleep(0.5)
         await eng.start()
         assert await eng.wait_ari_connected(10)
-        print(f"CPU of the local pipeline (engine + model workers, % of one core; {os.cpu_count()} cores, {args.mode} mode, {args.pbx})")
+        print(f"CPU of the local pipeline (engine + model workers, % of one core; {os.cpu_count()} cores, {args.mode} mode, {args.pbx}, {args.transport})")
         async with aiohttp.ClientSession() as http:
             await conversation(eng, http, sim_url, meter, 1, 1)  # warm-up: models loaded and run once
-            c0, t0 = meter.seconds(), time.monotonic()
-            await asyncio.sleep(5.0)
-            print(f"  no call                                {100 * (meter.seconds() - c0) / (time.monotonic() - t0):6.1f} %")
-            for name, noise in (("DTX line", None), (f"line noise {NOISY_LINE_DBFS:.0f} dBFS", NOISY_LINE_DBFS)):
-                pct = await between_turns(eng, http, sim_url, meter, noise)
-                print(f"  1 call between turns, {name:18s}{pct:6.1f} %")
+            if not args.skip_idle:
+                c0, t0 = meter.seconds(), time.monotonic()
+                await asyncio.sleep(5.0)
+                out["no_call"] = 100 * (meter.seconds() - c0) / (time.monotonic() - t0)
+                print(f"  no call                                {out['no_call']:6.1f} %")
+                for name, noise in (("DTX line", None), (f"line noise {NOISY_LINE_DBFS:.0f} dBFS", NOISY_LINE_DBFS)):
+                    pct = out["between_turns"][name] = await between_turns(eng, http, sim_url, meter, noise)
+                    print(f"  1 call between turns, {name:18s}{pct:6.1f} %")
             for n in [int(x) for x in args.calls.split(",")]:
                 pct, call_s, latencies, parts, jobs = await conversation(eng, http, sim_url, meter, n, args.turns)
                 answers = sum(len(x) for x in latencies)
+                out["active"][str(n)] = {"pct_per_call": pct, "by_process": parts, "call_seconds": call_s, "answers": answers, "jobs": jobs,
+                                         "turn_latencies_s": latencies}
                 print(f"  per active call, {n} at once             {pct:6.1f} %   ({call_s:.0f} call-seconds, {answers} answers heard)")
                 print("      " + ", ".join(f"{k} {v:.1f} %" for k, v in sorted(parts.items(), key=lambda kv: -kv[1])))
                 # What each answer cost in model passes: Whisper passes per utterance (pause
@@ -188,9 +200,12 @@ async def main_async(args: argparse.Namespace) -> None:
     finally:
         await eng.stop()
         pbx.stop()
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+    return out
 
 
-def main() -> int:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--calls", default="1,3", help="callers talking at once, per row")
     ap.add_argument("--turns", type=int, default=4, help="questions per call")
@@ -200,8 +215,14 @@ def main() -> int:
     ap.add_argument("--tts-threads", type=int, help="providers.local.tts_threads for this run (default: config.toml's)")
     ap.add_argument("--mode", choices=["stream", "file"], default="stream")
     ap.add_argument("--pbx", choices=["sim", "asterisk"], default="sim", help="the simulator, or the real Asterisk 22 of ../shared/asterisk/")
-    args = ap.parse_args()
-    asyncio.run(main_async(args))
+    ap.add_argument("--skip-idle", action="store_true", help="only the active calls' rows (no idle engine, no call between turns)")
+    ap.add_argument("--json", help="also write the figures here")
+    add_transport_args(ap)
+    return ap
+
+
+def main() -> int:
+    asyncio.run(measure(parser().parse_args()))
     return 0
 
 

@@ -21,12 +21,18 @@ With --pipeline it prints instead, for each pipeline, the turn latency at the ca
 processes, "remote" the same models on the model servers (llama.cpp's server, wyoming-faster-whisper,
 wyoming-piper) that this script starts on this machine (aiagent-tui model-servers); under each row,
 the end-of-speech wait, the time in models, queued and the engine's own share (local stages only).
+--json PATH also writes that table's latencies (seconds, per pipeline and number of callers) there.
+
+--transport rtp|audiosocket|websocket: how Asterisk hands the calls' audio to the engine ([media]
+transport; --set SECTION.KEY=VALUE for more, e.g. audiosocket.form=dialplan); bench/transports.py
+compares them.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 import tempfile
 import threading
@@ -44,7 +50,7 @@ from providers.config import LocalProviderConfig  # noqa: E402
 from providers.profile import AgentProfile  # noqa: E402
 from engine.engine import Engine  # noqa: E402
 from engine.sessions import TurnCompleted, TurnTimeline  # noqa: E402
-from common import BenchPbx, free_port, scratch_media  # noqa: E402
+from common import BenchPbx, add_transport_args, apply_transport, free_port, scratch_media  # noqa: E402
 from providers.local.llm import ChatModel  # noqa: E402
 from providers.local.models import JOE_VOICE, resolve, resolve_llm  # noqa: E402
 from providers.local.sentences import SentenceSplitter  # noqa: E402
@@ -181,6 +187,7 @@ def shares(turns: list[tuple[str, TurnTimeline]], indent: str = "  ") -> None:
 
 def config(args: argparse.Namespace, env: dict[str, str]) -> AppConfig:
     cfg = load_config(ROOT / "config.toml", env=env)
+    apply_transport(cfg, args.transport, args.media_set)
     # The hold line ("One moment, please.") would be the first sound a slow turn's caller hears:
     # off unless asked for, so that the figures are the answers'.
     cfg.providers.local.hold_after_ms = args.hold_after_ms
@@ -231,7 +238,9 @@ async def main_async(args: argparse.Namespace) -> None:
         pbx.stop()
 
 
-async def scaling(args: argparse.Namespace) -> None:
+async def scaling(args: argparse.Namespace) -> dict[str, dict[int, list[float]]]:
+    """The scaling table (see the module's docstring); returns each pipeline's turn latencies at
+    the caller by number of callers."""
     from aiagent_tui.model_servers import ModelServers, server_specs
     from providers.config import ModelServerConfig, PipelineConfig
 
@@ -292,9 +301,13 @@ async def scaling(args: argparse.Namespace) -> None:
                 o = own[p].get(n) or [float("nan")]
                 cells.append(f"{np.percentile(o, 95) * 1000:.1f} ms")
         print(f"| {n} | " + " | ".join(cells) + " |")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"pbx": args.pbx, "transport": args.transport, "mode": args.mode, "rounds": args.rounds,
+                                               "turn_latencies_s": {p: {str(n): v for n, v in r.items()} for p, r in rows.items()}}, indent=2))
+    return rows
 
 
-def main() -> int:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--turns", type=int, default=10)
     ap.add_argument("--concurrent", type=int, default=4)
@@ -310,7 +323,13 @@ def main() -> int:
     ap.add_argument("--stt-window-s", type=float, help="providers.local.stt_window_s for this run (default: config.toml's)")
     ap.add_argument("--tts-threads", type=int, help="providers.local.tts_threads for this run (default: config.toml's)")
     ap.add_argument("--hold-after-ms", type=int, default=0, help="providers.local.hold_after_ms (default 0: no hold line, the answers are timed)")
-    args = ap.parse_args()
+    ap.add_argument("--json", help="with --pipeline: also write the table's latencies here")
+    add_transport_args(ap)
+    return ap
+
+
+def main() -> int:
+    args = parser().parse_args()
     asyncio.run(scaling(args) if args.pipeline else main_async(args))
     return 0
 
