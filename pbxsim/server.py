@@ -91,7 +91,7 @@ class SimPBX:
             table=self.channel_table, events=self.events, bridges=self.ari_bridges, playbacks=self.playbacks,
             external=self.external_media, clock=self.clock, ids=self.ids, calls=self.book, spawn=spawn,
         )
-        self.external_media.hangup_channel = lambda ch, by: self.ari_channels.hangup(ch, by)
+        self.external_media.hangup_channel = lambda ch, by, request=True: self.ari_channels.hangup(ch, by, request=request)
         self.callers = Callers(
             book=self.book, channels=self.channel_table, bridges=self.bridge_table, ari_channels=self.ari_channels,
             external=self.external_media, events=self.events, clock=self.clock, ids=self.ids, rng=self.rng, spawn=spawn,

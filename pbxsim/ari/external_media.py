@@ -7,7 +7,7 @@ import asyncio
 import logging
 import random
 import uuid
-from typing import Callable
+from typing import Protocol
 
 from pbxsim.ari.events import EventBus
 from pbxsim.ari.model import EXTERNAL_MEDIA_APP, AriHttpError, AriRequest, ChannelTable, IdSource, Reply, SimChannel
@@ -45,6 +45,13 @@ class RtpPorts:
         raise AriHttpError(500, "RTP port range exhausted (Asterisk 22.10.1 crashes here)")
 
 
+class ChannelHangup(Protocol):
+    """Channels.hangup: ``request`` False for a channel that ends with no ChannelHangupRequest (an
+    AudioSocket channel whose connection ended: measured on Asterisk 22)."""
+
+    def __call__(self, ch: SimChannel, by: str, request: bool = True) -> None: ...
+
+
 class ExternalMedia:
     def __init__(
         self, *, channels: ChannelTable, events: EventBus, ports: RtpPorts, clock: MediaClock, faults: Faults, ids: IdSource
@@ -59,7 +66,7 @@ class ExternalMedia:
         self.endpoints: dict[str, ExternalMediaEndpoint] = {}
         # Hangs a channel up as the PBX does (pbxsim/ari/channels.py Channels.hangup): a stream
         # channel whose connection ends goes with it. Set by the server once both exist.
-        self.hangup_channel: Callable[[SimChannel, str], None] | None = None
+        self.hangup_channel: ChannelHangup | None = None
         self.websockets = WsMediaServer()  # chan_websocket's /media/<connection id> (pbxsim/ws_media.py)
 
     async def create(self, req: AriRequest) -> Reply:
@@ -125,7 +132,7 @@ class ExternalMedia:
     def _audiosocket_ended(self, ch: SimChannel, how: str) -> None:
         """The engine closed the socket or sent a hangup: the channel's read fails, it hangs up."""
         if ch.id in self.channels.by_id and self.hangup_channel is not None:
-            asyncio.get_running_loop().call_soon(self.hangup_channel, ch, "audiosocket")
+            asyncio.get_running_loop().call_soon(lambda: self.hangup_channel and self.hangup_channel(ch, "audiosocket", request=False))
 
     async def create_websocket(self, req: AriRequest) -> Reply:
         """chan_websocket's ExternalMedia channel (pbxsim/ws_media.py), server mode: the app connects
