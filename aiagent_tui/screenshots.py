@@ -5,6 +5,7 @@ the call history and one call from it and its recording replayed.
     python -m aiagent_tui.screenshots [--out screenshots] [--provider local]
     python -m aiagent_tui.screenshots --history-flags [--provider echo]   # only history-flags.svg
     python -m aiagent_tui.screenshots --layout   # only main and help, at 120x40 and 80x24
+    python -m aiagent_tui.screenshots --transports [--provider echo]   # only transports.svg and transports-80x24.svg
 
 Drives the real app (Textual's Pilot, headless) against the built-in simulator, so the pictures
 show what an operator sees. Textual saves SVG; convert with rsvg-convert to look at them as PNG.
@@ -29,7 +30,7 @@ from textual.widgets import DataTable
 from aiagent_tui.app import AiAgentApp
 from aiagent_tui.screens.call_detail import CallDetailScreen
 from aiagent_tui.monitor import Callback
-from pbxsim.demo import SOUNDS
+from pbxsim.demo import SOUNDS, demo_script
 from aiagent_tui.runtime import Runtime
 from engine.config import load_config
 from engine.history import database_url
@@ -106,6 +107,52 @@ async def capture_layout(out: Path, provider: str) -> None:
     async with app.run_test(size=(120, 40), notifications=True) as pilot:
         await _live_calls(app, pilot, asyncio.get_running_loop().time() + 90)
         await _main_and_help(app, pilot, out)
+        await pilot.press("q", "y")
+
+
+async def capture_transports(out: Path, provider: str) -> None:
+    """Calls on each media transport at once (RTP, AudioSocket, WebSocket: docs/transports.md), the
+    AudioSocket call selected: the list's via column and its media pane, at 120x40; then the
+    WebSocket call at 80x24 (the list only)."""
+    cfg = load_config(None, env={"ASTERISK_ARI_PORT": str(_free_port()), "RTP_PORT": "0", "HEALTH_PORT": str(_free_port()),
+                                 "AIAGENT_MEDIA_DIR": str(Path(tempfile.mkdtemp())), "AIAGENT_PROVIDER": provider,
+                                 "AIAGENT_CONSOLE_SOCKET": str(Path(tempfile.mkdtemp()) / "console.sock")})
+    cfg.audiosocket.port = 0
+    cfg.websocket.port = 0
+    # A profile per transport, picked by the call's Stasis argument, as a site would route them.
+    for transport in ("audiosocket", "websocket"):
+        cfg.profiles[f"via-{transport}"] = cfg.profiles["default"].model_copy(update={"match": [f"via-{transport}"], "transport": transport})
+    runtime = Runtime(cfg, sim=True, demo_interval_s=None)
+    app = AiAgentApp(runtime)
+    async with app.run_test(size=(120, 40), notifications=True) as pilot:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 120
+        while (app.engine is None or not app.engine.summary().ari_connected) and loop.time() < deadline:
+            await pilot.pause(0.2)
+        pbx = runtime.pbx
+        assert pbx is not None and app.engine is not None
+        for n, args in enumerate(([], ["via-audiosocket"], ["via-websocket"]), 1):
+            pbx.place_call(script=demo_script(), caller_number=f"555{n:04d}", app=cfg.asterisk.app, dialled="100", args=args or None)
+            await pilot.pause(1.5)
+
+        def on(transport: str) -> str | None:
+            assert app.engine is not None
+            # Up a while, both sides heard: the caller's audio in, the agent's out.
+            return next((s.call_id for s in app.engine.store.snapshots() if s.transport == transport and s.rtp.packets_in > 150 and s.rtp.packets_out > 50), None)
+
+        while not all(on(t) for t in ("rtp", "audiosocket", "websocket")) and loop.time() < deadline:
+            await pilot.pause(0.5)
+        for transport, size, name in (("audiosocket", (120, 40), "transports.svg"), ("websocket", (80, 24), "transports-80x24.svg")):
+            call_id = on(transport)
+            if call_id is None:  # the transport did not carry a call here: say so rather than show a picture without it
+                seen = [(c.transport, c.conversation.state, c.rtp.packets_in) for c in app.engine.store.snapshots()]
+                raise SystemExit(f"no {transport} call answered within the time (calls up: {seen}): see the app's log")
+            await pilot.resize_terminal(*size)
+            await pilot.pause(0.8)
+            table = app.live.calls.table
+            table.move_cursor(row=[k.value for k in table.rows].index(call_id))
+            await pilot.pause(1.0)
+            app.save_screenshot(name, str(out))
         await pilot.press("q", "y")
 
 
@@ -328,6 +375,7 @@ def main() -> int:
     ap.add_argument("--operator", action="store_true", help="only whisper.svg, bring-in.svg and taken-over.svg: the operator in the loop")
     ap.add_argument("--history-flags", action="store_true", help="only history-flags.svg: the call history with calls the diagnosis flags")
     ap.add_argument("--layout", action="store_true", help="only main.svg, help.svg, main-80x24.svg and help-80x24.svg")
+    ap.add_argument("--transports", action="store_true", help="only transports.svg and transports-80x24.svg: calls on RTP, AudioSocket and WebSocket at once")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -342,6 +390,10 @@ def main() -> int:
     if args.operator:
         asyncio.run(capture_operator(out, args.provider))
         print(f"wrote {out}/whisper.svg, bring-in.svg, taken-over.svg")
+        return 0
+    if args.transports:
+        asyncio.run(capture_transports(out, args.provider))
+        print(f"wrote {out}/transports.svg, transports-80x24.svg")
         return 0
     if args.layout:
         asyncio.run(capture_layout(out, args.provider))

@@ -240,11 +240,11 @@ def stream_rows(c: CallSnapshot, age: str, width: int = 40) -> list[tuple[str, s
     """A stream transport's media rows (the pane's title names the transport): what its counters
     mean on a connection that loses nothing and reorders nothing."""
     r = c.rtp
-    gap_level = verdicts.worst([verdicts.STREAM_GAPS.level(r.gaps), verdicts.MAX_GAP_MS.level(r.max_gap_ms) if r.gaps else "ok"])
     return [
         ("from", Text(_middle_cut(c.media_remote, width) or "—")),  # an IPv6 address in brackets is not markup
         ("in", f"{r.packets_in} msgs" + (f", {r.malformed} bad" if r.malformed else "")),
-        ("gaps", _bad(f"{r.gaps} (max {r.max_gap_ms:.0f} ms)", gap_level)),
+        # Not coloured: a quiet caller's side that sends nothing pauses the stream as a stall does.
+        ("gaps", f"{r.gaps} (max {r.max_gap_ms:.0f} ms)"),
         ("jitter", _bad(f"{r.jitter_ms:.2f} ms", verdicts.JITTER_MS.level(r.jitter_ms))),
         ("last msg", _bad(age, verdicts.LAST_PACKET_S.level(r.last_packet_age_s or 0.0))),
         ("out", f"{r.packets_out} msgs" + (", " + _bad(f"{r.outbound_underruns} dry", verdicts.UNDERRUNS.level(r.outbound_underruns))

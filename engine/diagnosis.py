@@ -212,14 +212,14 @@ def _silences(rec: CallRecord, norms: Norms, found: list[Finding]) -> None:
 
 
 def _stream_audio(rec: CallRecord, jitter: verdicts.Threshold, found: list[Finding]) -> None:
-    """A stream transport's caller audio (AudioSocket, WebSocket), judged on what it has: gaps (an
-    arrival over 100 ms after the one before), the longest, and the arrival jitter."""
+    """A stream transport's caller audio (AudioSocket, WebSocket), judged on what it has: the arrival
+    jitter; its gaps are noted (a stall, or a caller's side that sent nothing while they were quiet:
+    engine/verdicts.py says why they are not judged)."""
     q = rec.quality
-    gaps = verdicts.worst([verdicts.STREAM_GAPS.level(q.gaps), verdicts.MAX_GAP_MS.level(q.max_gap_ms) if q.gaps else "ok"])
-    if gaps != "ok":
+    if q.gaps:
         found.append(Finding(
-            "stream_gaps", gaps, f"the caller's audio stalled {q.gaps} time(s) on the {rec.transport} connection (longest {q.max_gap_ms:.0f} ms)",
-            [f"{q.packets_in} messages in", "Asterisk or the connection held the audio back: speech to text hears it late, in a burst"],
+            "stream_gaps", "ok", f"the caller's audio paused {q.gaps} time(s) on the {rec.transport} connection (longest {q.max_gap_ms:.0f} ms)",
+            [f"{q.packets_in} messages in", "a caller's side that sends nothing while they are quiet, or a connection that held the audio back"],
         ))
     if (level := jitter.level(q.jitter_ms)) != "ok":
         found.append(Finding(
