@@ -544,7 +544,8 @@ class CallController:
             if cid.startswith((self.desk.helper_prefix, self.desk.snoop_prefix)):
                 self._spawn(self._delete_channel(cid, "leftover brought-in person's"))
             elif cid.startswith(self.ext_prefix):
-                if cid not in owned_ext and cid not in self._pending_external:
+                # A Local media channel's other half (AudioSocket's dialplan form) is "ID;2".
+                if cid.split(";")[0] not in owned_ext and cid.split(";")[0] not in self._pending_external:
                     self._spawn(self._delete_channel(cid, "leftover ExternalMedia"))
             elif ch.in_stasis_app(self.app) and cid not in self.calls:
                 orphans.append(cid)

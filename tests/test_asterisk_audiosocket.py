@@ -106,6 +106,20 @@ async def test_asterisk_hanging_up_the_media_channel_ends_the_call(asterisk, cal
         await engine_clean(eng)
 
 
+async def test_the_dialplan_forms_local_pair_is_the_calls_after_a_reconcile(asterisk, callers, tmp_path):
+    """After an ARI reconnect the engine deletes channels of its naming that no call owns: the
+    dialplan form's Local pair (ID and ID;2) is the call's, and the call goes on."""
+    async with running_engine(asterisk, tmp_path, audiosocket("dialplan")) as eng:
+        call = callers.place_call([Pause(2.0), Say(str(HELLO)), Pause(1.5)])
+        await wait_for(lambda: eng.store.get(call.far_channel) is not None and eng.store.get(call.far_channel).bridged_at is not None)
+        ext = eng.store.get(call.far_channel).external_channel_id
+        assert any(c["id"] == f"{ext};2" for c in await callers.ari.channels())
+        await eng.calls.reconcile(reconnect=True)
+        await ended(call, 20)
+        assert call.ended_by == "caller" and call.agent_audio_seconds > 0.8, call.report()
+        await engine_clean(eng)
+
+
 @FORMS
 async def test_a_quiet_call_stays_up(asterisk, callers, tmp_path, form):
     """Neither side sends anything for seconds (a DTX caller, an agent with nothing to say):

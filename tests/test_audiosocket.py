@@ -323,3 +323,56 @@ def test_all_audio_kinds_and_the_header_layout():
     m = proto.Parser().feed(proto.encode(0xFF, b"\x01"))
     assert m[0].kind == proto.KIND_ERROR and not m[0].is_audio
 
+
+
+# ---- the transport on its own: the UUID before or after the ARI reply
+
+class _FakeAri:
+    """POST /channels/externalMedia as Asterisk may answer it: the AudioSocket connection and its
+    UUID message sent before the reply (``early``) or after it."""
+
+    def __init__(self, early: bool) -> None:
+        self.early = early
+        self.writers: list[asyncio.StreamWriter] = []
+        self.readers: list[asyncio.StreamReader] = []
+
+    async def external_media(self, channel_id: str, app: str, external_host: str, fmt: str, **extra: str):
+        from engine.ari.models import Channel
+
+        host, _, port = external_host.rpartition(":")
+        r, w = await asyncio.open_connection(host, int(port))
+        self.writers.append(w)
+        self.readers.append(r)
+        hello = proto.encode_uuid(extra["data"])
+        if self.early:
+            w.write(hello)
+            await w.drain()
+            await asyncio.sleep(0.05)  # the engine has read it before the reply comes
+        else:
+            asyncio.get_running_loop().call_later(0.05, w.write, hello)
+        return Channel.model_validate({"id": channel_id, "name": f"AudioSocket/{external_host}-{extra['data']}", "state": "Down"})
+
+
+@pytest.mark.parametrize("early", [True, False])
+async def test_the_connection_matches_its_call_whichever_comes_first(tmp_path, early):
+    from engine.config import load_config
+    from runtime.clock import LoopClock
+
+    cfg = load_config(None, env={"AIAGENT_MEDIA_DIR": str(tmp_path)})
+    audiosocket()(cfg)
+    t = AudioSocketTransport(cfg, LoopClock())
+    await t.start()
+    try:
+        ari = _FakeAri(early)
+        ch, link = await t.open(ari, "em-1", "aiagent", "tok")  # type: ignore[arg-type]
+        assert ch.id == "em-1" and link.uuid in ch.name and link.where.endswith("/tcp")
+        assert t.status().connections == 1 and t.status().unknown == 0
+        link.close()
+        link.close()  # idempotent
+        # Asterisk is told: a hangup message, then the socket closes.
+        assert await asyncio.wait_for(ari.readers[0].read(), 5) == proto.encode_hangup()
+        await wait_for(lambda: not t.conns)
+    finally:
+        for w in ari.writers:
+            w.close()
+        await t.stop()
