@@ -35,7 +35,7 @@ from engine.config import AppConfig, Transport
 from engine.media import CallMedia, MediaLink
 from engine.transports import MediaSetupError, TransportStatus
 from media.audio import Resampler, ulaw_to_pcm16
-from media.ws_media import FRAME_BYTES, Command, DtmfEnd, ErrorEvent, FlowEvent, MediaStart, WsMediaProtocolError, format_command, parse_event
+from media.ws_media import FRAME_BYTES, Command, DtmfEnd, ErrorEvent, FlowEvent, MediaStart, Status, WsMediaProtocolError, format_command, parse_event
 from runtime.clock import Clock
 from runtime.ratelimit import RateLimitedLog
 from runtime.tasks import OwnedTasks
@@ -122,6 +122,7 @@ class WebSocketLink:
         self.frames_in = 0
         self.frames_out = 0
         self.before_attach = 0  # frames that came before the call was ready for them
+        self.status: Status | None = None  # Asterisk's last answer to GET_STATUS
         self._out: asyncio.Queue[bytes | str | None] = asyncio.Queue()
         self._sender = owner.tasks.spawn(self._send_loop())
 
@@ -265,6 +266,8 @@ class WebSocketLink:
                 self.xoff = False
         elif isinstance(ev, DtmfEnd):
             c.dtmf += 1
+        elif isinstance(ev, Status):
+            self.status = ev
         elif isinstance(ev, ErrorEvent):
             c.errors += 1
             _rl.warning("error", f"[{call}] chan_websocket: {ev.error_text}")

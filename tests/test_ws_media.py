@@ -381,3 +381,41 @@ def test_rechunker_and_flow_control_as_chan_websocket():
     assert fc.queued(900) == "MEDIA_XOFF" and fc.queued(950) is None
     assert fc.dequeued(850) is None and fc.dequeued(800) is None
     assert fc.dequeued(799) == "MEDIA_XON" and fc.dequeued(10) is None
+
+
+async def test_no_tasks_left_after_engine_stop_mid_call(pbx, tmp_path):
+    from tests.test_e2e_echo import _from_package
+
+    async with ws_engine(pbx, tmp_path) as eng:
+        rec = pbx.place_call(str(HELLO), hold_s=20)
+        ep = await bridged_endpoint(pbx, rec)
+        await eng.stop()  # hangs the live call up
+        ours = [t for t in asyncio.all_tasks() if not t.done() and _from_package(t, ("engine",))]
+        assert ours == []
+        await asyncio.wait_for(rec.finished.wait(), 10)
+        await asyncio.wait_for(ep.closed.wait(), 5)
+        assert pbx.leftovers() == ([], [])
+
+
+async def test_client_mode_server_refuses_what_is_no_call_of_its_own(pbx, tmp_path):
+    """Client mode: the engine's WebSocket server counts a connection for no waiting call, and one
+    that does not start with MEDIA_START, and closes both."""
+    import aiohttp
+
+    def client(c) -> None:
+        c.websocket.connection_type = "client"
+        c.websocket.port = 0
+
+    async with ws_engine(pbx, tmp_path, configure=client) as eng:
+        t = eng.transports["websocket"]
+        assert t.running and t.port
+        start = format_event(MediaStart("aiagent", "WebSocket/aiagent/0x7f0000000001", "nobody", "ulaw", 160, 20))
+        async with aiohttp.ClientSession() as http:
+            for first in (start, "HELLO"):
+                ws = await http.ws_connect(f"ws://127.0.0.1:{t.port}/media?aiagent_channel=nobody", protocols=("media",))
+                await ws.send_str(first)
+                msg = await ws.receive()
+                assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+                await ws.close()
+        s = t.status()
+        assert s.unknown == 1 and s.malformed == 1 and s.connections == 0 and s.listening == f"127.0.0.1:{t.port}"
