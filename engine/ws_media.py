@@ -24,14 +24,13 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 from engine.ari.client import AriClient
 from engine.ari.models import Channel
-from engine.config import AppConfig, Transport
+from engine.config import AppConfig, Transport, WebSocketMediaConfig
 from engine.media import CallMedia, MediaLink
 from engine.transports import MediaSetupError, TransportStatus
 from media.audio import Resampler, ulaw_to_pcm16
@@ -290,7 +289,7 @@ class WebSocketTransport:
         self._pending: dict[str, asyncio.Future[WebSocketLink]] = {}
 
     @property
-    def cfg(self) -> Any:
+    def cfg(self) -> WebSocketMediaConfig:
         return self.config.websocket
 
     async def start(self) -> None:
