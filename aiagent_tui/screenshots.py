@@ -30,7 +30,8 @@ from textual.widgets import DataTable
 from aiagent_tui.app import AiAgentApp
 from aiagent_tui.screens.call_detail import CallDetailScreen
 from aiagent_tui.monitor import Callback
-from pbxsim.demo import SOUNDS, demo_script
+from pbxsim.demo import QUESTIONS, SOUNDS
+from pbxsim.script import Pause, SayText, Step, WaitAgent, WaitAgentDone
 from aiagent_tui.runtime import Runtime
 from engine.config import load_config
 from engine.history import database_url
@@ -126,19 +127,26 @@ async def capture_transports(out: Path, provider: str) -> None:
     app = AiAgentApp(runtime)
     async with app.run_test(size=(120, 40), notifications=True) as pilot:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + 120
-        while (app.engine is None or not app.engine.summary().ari_connected) and loop.time() < deadline:
+        deadline = loop.time() + 240
+
+        def taking_calls() -> bool:  # ARI up and the provider's models loaded: a call placed sooner would be turned away
+            s = app.engine.summary() if app.engine is not None else None
+            return s is not None and s.ari_connected and s.providers[s.default_provider].ready
+
+        while not taking_calls() and loop.time() < deadline:
             await pilot.pause(0.2)
         pbx = runtime.pbx
         assert pbx is not None and app.engine is not None
         for n, args in enumerate(([], ["via-audiosocket"], ["via-websocket"]), 1):
-            pbx.place_call(script=demo_script(), caller_number=f"555{n:04d}", app=cfg.asterisk.app, dialled="100", args=args or None)
+            # A question, its answer, then the caller stays on the line while the pictures are taken.
+            script: list[Step] = [WaitAgentDone(0.4, 8.0), SayText(QUESTIONS[n]), WaitAgent(0.3, 15.0), WaitAgentDone(1.0, 20.0), Pause(60.0)]
+            pbx.place_call(script=script, caller_number=f"555{n:04d}", app=cfg.asterisk.app, dialled="100", args=args or None)
             await pilot.pause(1.5)
 
         def on(transport: str) -> str | None:
             assert app.engine is not None
-            # Up a while, both sides heard: the caller's audio in, the agent's out.
-            return next((s.call_id for s in app.engine.store.snapshots() if s.transport == transport and s.rtp.packets_in > 150 and s.rtp.packets_out > 50), None)
+            # The caller asked and the agent answered: both sides heard, a turn on the timeline.
+            return next((s.call_id for s in app.engine.store.snapshots() if s.transport == transport and s.turns and s.conversation.state == "listening"), None)
 
         while not all(on(t) for t in ("rtp", "audiosocket", "websocket")) and loop.time() < deadline:
             await pilot.pause(0.5)
