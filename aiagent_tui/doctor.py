@@ -44,6 +44,8 @@ def transports_in_use(cfg: AppConfig) -> list[Transport]:
     in that order. A Stasis argument (transport=NAME) can name another: doctor cannot see the
     dialplan, so it checks what the config names."""
     named: list[Transport] = [cfg.media.transport, *(p.transport for p in cfg.profiles.values() if p.transport)]
+    if getattr(cfg.audiosocket, "dialplan_calls", False):  # the site's own dialplan connects calls to the AudioSocket server
+        named.append("audiosocket")
     return list(dict.fromkeys(named))
 
 
