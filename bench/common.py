@@ -43,7 +43,8 @@ class BenchPbx:
     /sim/calls/ID), and the engine reaches ARI with ``engine_env``. ``pids``: the PBX side's processes
     (the simulator; or the callers and Asterisk), not the engine's."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, calls: int = 0) -> None:
+        """``calls``: how many calls at once (the real Asterisk's RTP range is sized for them)."""
         import subprocess
         import sys
         import time
@@ -58,7 +59,9 @@ class BenchPbx:
         elif kind == "asterisk":
             api = free_port()
             self.url = f"http://127.0.0.1:{api}"
-            cmd = [sys.executable, "-m", "pbxsim.cli", "asterisk", "--ari-port", str(self.ari_port), "--port", str(api)]
+            # Four even ports a call (the caller's and the engine's ExternalMedia), under half the range.
+            ports = max(200, calls * 8)
+            cmd = [sys.executable, "-m", "pbxsim.cli", "asterisk", "--ari-port", str(self.ari_port), "--port", str(api), "--rtp-ports", str(ports)]
             self.engine_env = {"ASTERISK_ARI_PORT": str(self.ari_port), "ASTERISK_ARI_USERNAME": "ari", "ASTERISK_ARI_PASSWORD": "ari"}
         else:
             raise ValueError(f"--pbx {kind}: sim or asterisk")

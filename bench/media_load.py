@@ -17,8 +17,8 @@ frames are made digital silence, so that a caller on the real Asterisk (which co
 frames it can hear) knows which frames it must hear; the simulator's caller hears every frame.
 
 --pbx asterisk: the same callers on the real Asterisk 22 of ../shared/asterisk/ (aiagent-sim
-asterisk), at most ASTERISK_MAX_CALLS of them (its RTP port range: each caller's own ExternalMedia
-takes ports as the engine's does, and Asterisk 22 crashes when they run out); the simulator's own
+asterisk), its RTP port range sized for them (each caller's own ExternalMedia takes ports as the
+engine's does, and Asterisk 22 crashes when they run out); the simulator's own
 figures (its stalls, its sockets' drops) are not there. --transport rtp|audiosocket|websocket: how
 Asterisk hands the calls' audio to the engine ([media] transport; --set SECTION.KEY=VALUE for more).
 """
@@ -56,9 +56,6 @@ from common import BenchPbx, add_transport_args, apply_transport, free_port, htt
 SOUNDS = Path("/usr/share/asterisk/sounds/en_US_f_Allison")
 SIM_RTP_PORTS = range(30000, 31999)
 PROMPTS = ["demo-congrats.wav", "demo-thanks.wav", "agent-pass.wav", "vm-intro.wav"]
-# The test Asterisk's RTP range is 200 ports (pbxsim/asterisk.py): 40 callers' ExternalMedia and the
-# engine's 40 take 160 of them.
-ASTERISK_MAX_CALLS = 40
 QUIET_DBFS = -40.0  # a speech frame below this is sent as digital silence (the real Asterisk's caller hears from -45)
 FRAME_SAMPLES = 160
 
@@ -345,7 +342,7 @@ def run_engine_phase(calls: int, seconds: float, wav: Path, mode: str, history: 
     bench_pbx: BenchPbx | None = None
     sim: subprocess.Popen | None = None
     if real:
-        bench_pbx = BenchPbx("asterisk")
+        bench_pbx = BenchPbx("asterisk", calls=calls)
         sim_url, pbx_env = bench_pbx.url, bench_pbx.engine_env
     else:
         ari_port = free_port()
@@ -568,9 +565,6 @@ def parser() -> argparse.ArgumentParser:
 
 def measure(args: argparse.Namespace) -> dict:
     """Runs the phases and prints their figures; returns them (what --json writes)."""
-    if args.pbx == "asterisk" and args.calls > ASTERISK_MAX_CALLS:
-        print(f"  (--pbx asterisk: {ASTERISK_MAX_CALLS} calls, not {args.calls}: the test Asterisk's RTP ports)")
-        args.calls = ASTERISK_MAX_CALLS
     with tempfile.TemporaryDirectory() as tmp:
         # Every caller still talking when the window ends: calls start 20 ms apart and take a
         # while to set up, and hanging up (ARI requests, events) is the simulator's busiest work.

@@ -17,7 +17,7 @@ other and never two measurements at once (each one's figures are its own on a sm
   - echo calls: --echo-calls concurrent echo calls for --echo-seconds: the frames of their own
     speech the callers never heard back, of those they should have; the engine's late frames (sent
     over 20 ms late) and underruns (a playing stream ran dry) in the measured window
-    (bench/media_load.py; the real Asterisk takes 40 at most).
+    (bench/media_load.py).
 
 Each measurement is the benchmark script's own (imported, run in this process); its full output
 goes to a file named under the table, and under the table is the command that repeats each row's
@@ -186,8 +186,7 @@ def headers(args: argparse.Namespace, measures: list[str]) -> list[str]:
         elif m == "cpu":
             out.append(f"CPU per call, {args.cpu_calls} call{'s' if args.cpu_calls != 1 else ''} (engine)")
         else:
-            echo_calls = min(args.echo_calls, media_load.ASTERISK_MAX_CALLS) if args.pbx == "asterisk" else args.echo_calls
-            out.append(f"{echo_calls} echo calls: lost / late / underruns")
+            out.append(f"{args.echo_calls} echo calls: lost / late / underruns")
     return out
 
 

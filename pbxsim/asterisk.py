@@ -72,7 +72,7 @@ def _free_port(kind: int = socket.SOCK_STREAM) -> int:
         return int(s.getsockname()[1])
 
 
-def _rtp_range(size: int) -> tuple[int, int]:
+def rtp_range(size: int) -> tuple[int, int]:
     """A range of UDP ports below the kernel's ephemeral range (32768 on), none bound now."""
     rng = random.Random()
     for _ in range(50):
@@ -130,7 +130,7 @@ class AsteriskInstance:
         self.http_port = self.http_port or _free_port()
         self.iax_port = self.iax_port or _free_port(socket.SOCK_DGRAM)
         if not self.rtp_range[0]:
-            self.rtp_range = _rtp_range(200)
+            self.rtp_range = rtp_range(200)
         src = self.run_dir / "etc-src"
         src.mkdir(parents=True, exist_ok=True)
         for conf in (self.shared / "etc").glob("*.conf"):

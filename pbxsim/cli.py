@@ -30,6 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--ari-port", type=int, default=8088, help="Asterisk's HTTP/ARI port (user ari, password ari)")
     a.add_argument("--port", type=int, default=8089, help="the call API's port (POST /sim/calls, GET /sim/calls/ID)")
     a.add_argument("--run-dir", help="Asterisk's run directory (default: a new temporary one)")
+    a.add_argument("--rtp-ports", type=int, default=200, help="size of Asterisk's RTP port range (rtp.conf): each call's ExternalMedia takes an even port, "
+                   "and Asterisk 22 crashes when they run out: at least 4 per call (the caller's and the engine's channels)")
     c = sub.add_parser("call", help="place simulated calls into an app and write a JSON report")
     c.add_argument("--ari", default="http://127.0.0.1:8088", help="the simulator's URL")
     c.add_argument("--app", default="aiagent")
@@ -69,7 +71,7 @@ async def _serve(args: argparse.Namespace) -> int:
 async def _asterisk(args: argparse.Namespace) -> int:
     import tempfile
 
-    from pbxsim.asterisk import AsteriskCallers, AsteriskInstance, AsteriskNotFound, CallersServer, shared_asterisk
+    from pbxsim.asterisk import AsteriskCallers, AsteriskInstance, AsteriskNotFound, CallersServer, rtp_range, shared_asterisk
 
     try:
         shared = shared_asterisk(Path(__file__).resolve().parent.parent)
@@ -77,7 +79,7 @@ async def _asterisk(args: argparse.Namespace) -> int:
         print(f"aiagent-sim: {e}", file=sys.stderr)
         return 2
     run_dir = Path(args.run_dir or tempfile.mkdtemp(prefix="aiagent-asterisk-"))
-    inst = AsteriskInstance(shared, run_dir, http_port=args.ari_port)
+    inst = AsteriskInstance(shared, run_dir, http_port=args.ari_port, rtp_range=rtp_range(args.rtp_ports))
     await asyncio.to_thread(inst.start)
     callers = AsteriskCallers(inst)
     server = CallersServer(callers)
