@@ -12,7 +12,7 @@ import copy
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable, Coroutine, Protocol
+from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine, Protocol
 
 from engine.ari.client import AriClient, AriError, AriUnavailable
 from engine.config import AppConfig
@@ -180,6 +180,11 @@ class CallActions:
         # leaving the caller with them (the connection, the end reason).
         self.desk: PeopleDesk | None = None
         self.hand_off: Callable[[Connection, str], None] | None = None
+        # A call with no bridge (the site's dialplan runs AudioSocket(), engine/dialplan_calls.py):
+        # why no person can be brought in, and how a transfer goes instead of continue/redirect
+        # (returns why it cannot, "" once under way).
+        self.no_bridge = ""
+        self.transfer_out: Callable[[ActionRecord], Awaitable[str]] | None = None
 
     @property
     def call_id(self) -> str:
@@ -256,7 +261,12 @@ class CallActions:
         # Sent before the request: the caller's StasisEnd can arrive before its 204.
         rec.state = "sent"
         try:
-            if dept.endpoint:
+            if self.transfer_out is not None:
+                why = await self.transfer_out(rec)
+                if why:
+                    await self._transfer_failed(rec, why)
+                    return
+            elif dept.endpoint:
                 await self._ari.redirect(s.caller_channel_id, dept.endpoint)
                 # A driver that cannot transfer (Local channels) answers 204 and does nothing.
                 self._clock.call_later(TRANSFER_CHECK_S, self._redirect_check, rec)
@@ -303,6 +313,7 @@ class CallActions:
         refused = (
             f"not a way to bring a person in: {how!r} (one of {', '.join(BRING_IN_WAYS)})" if how not in BRING_IN_WAYS
             else "the call is ending" if self._host.ending
+            else self.no_bridge if self.no_bridge
             else "the call is still connecting" if self._host.conversation is None or self.desk is None else ""
         )
         if refused:

@@ -13,6 +13,11 @@ forms (audiosocket.form):
   after 2 s with no frame either way, so the link sends a frame of silence when a call has been
   quiet for a second.
 
+With audiosocket.dialplan_calls a connection whose UUID no call waits for is a call of its own: the
+site's dialplan runs ``AudioSocket(${UUID()},HOST:PORT)`` instead of Stasis (``on_stranger``, set by
+engine/dialplan_calls.py); its link is made with ``dialplan=True``. Without it such a connection is
+refused (a hangup message).
+
 The connection is the call's ``AudioSocketLink`` (engine.media.MediaLink): audio messages in ->
 ``CallMedia.receive_stream`` (8 kHz), the pacer's u-law frames out as slin (or slin16) messages.
 The socket's end (EOF, a hangup message, garbage) before the call's end ends the call through
@@ -27,6 +32,7 @@ import logging
 import socket
 import uuid
 from dataclasses import dataclass
+from typing import Callable
 
 from engine.ari.client import AriClient
 from engine.ari.models import Channel
@@ -149,10 +155,15 @@ class _Conn(asyncio.Protocol):
                 link.lost("Asterisk sent an AudioSocket hangup")
             self._close(hangup=False)
         elif m.kind == proto.KIND_DTMF:
-            # The caller's keys reach the call as ARI's ChannelDtmfReceived (its channel is in
-            # Stasis); the bridge passes the same digits here too: acting on both would act twice.
+            # The caller's keys reach a Stasis call as ARI's ChannelDtmfReceived; the bridge passes
+            # the same digits here too: acting on both would act twice. A dialplan call (no Stasis,
+            # maybe no ARI) takes them from here.
             self.server.counters.dtmf += 1
-            log.debug("AudioSocket %s: DTMF %r (taken from ARI)", self.uuid, m.payload[:1])
+            digit = m.payload[:1].decode("ascii", "replace")
+            if link is not None and link.on_dtmf is not None and digit:
+                link.on_dtmf(digit)
+            else:
+                log.debug("AudioSocket %s: DTMF %r (taken from ARI)", self.uuid, digit)
         elif m.kind == proto.KIND_ERROR:
             self.server.rl.warning("as-error", f"AudioSocket {self.uuid} from {self.peer}: Asterisk reports an error ({m.payload[:64]!r})")
         else:  # a second UUID
@@ -231,11 +242,16 @@ class AudioSocketLink:
 
     transport = "audiosocket"
 
-    def __init__(self, server: AudioSocketTransport, conn: _Conn, kind_out: int) -> None:
+    def __init__(self, server: AudioSocketTransport, conn: _Conn, kind_out: int, dialplan: bool = False) -> None:
         self.server = server
         self.conn = conn
         conn.link = self
-        self.where = f"{conn.peer}/tcp"
+        # dialplan: the site's own AudioSocket() line, no bridge behind it: nothing to fall back to
+        # (file playback needs a bridge), so frames a slow peer does not read are dropped, not failed.
+        self.dialplan = dialplan
+        self.where = f"dialplan AudioSocket() from {conn.peer}/tcp" if dialplan else f"{conn.peer}/tcp"
+        self.on_dtmf: Callable[[str], None] | None = None  # a dialplan call's keys
+        self.caller_gone = False  # a dialplan call's socket ended by Asterisk: its caller hung up
         self.uuid = conn.uuid or ""
         self.call_id = ""
         self._kind_out = kind_out
@@ -258,7 +274,7 @@ class AudioSocketLink:
     def send_frame(self, media: CallMedia, payload: bytes, marker: bool) -> bool:
         conn = self.conn
         if self._closed or conn.closing:
-            return False
+            return self.dialplan  # a dialplan call is ending: its frames go nowhere, no fallback to files
         pcm = ulaw_to_pcm16(payload)
         if self._up is not None:
             pcm = self._up.process(pcm)
@@ -268,7 +284,7 @@ class AudioSocketLink:
             self._slow_run += 1
             if self._slow_run == 1 or self._slow_run % 250 == 0:
                 self.server.rl.warning("as-slow", f"[{self.call_id}] AudioSocket peer {conn.peer} is not reading: agent audio dropped ({conn.unsent} bytes unsent)")
-            return self._slow_run < SLOW_READER_FAIL_FRAMES
+            return self.dialplan or self._slow_run < SLOW_READER_FAIL_FRAMES
         self._slow_run = 0
         if pcm:
             conn.write(proto.encode(self._kind_out, pcm))
@@ -280,6 +296,7 @@ class AudioSocketLink:
             return
         self._closed = True
         self._media = None
+        self.on_dtmf = None
         self.server.links.discard(self)
         self.conn._close(hangup=True)
 
@@ -314,6 +331,9 @@ class AudioSocketLink:
         media = self._media
         if cut and (media is None or media.owner is not None):
             self.server.counters.cut += 1
+        if self.dialplan and cut:
+            self.caller_gone = True  # the socket is the caller's own channel's: it hung up
+            why = f"the caller hung up ({why})"
         self._lost = why
         self.server.links.discard(self)
         if self._media is not None:
@@ -345,6 +365,8 @@ class AudioSocketTransport:
         self._server: asyncio.Server | None = None
         self._waiting: dict[str, asyncio.Future[_Conn]] = {}
         self._keepalive: Timer | None = None
+        # audiosocket.dialplan_calls: takes a connection no call waits for as a new call (its link).
+        self.on_stranger: Callable[[AudioSocketLink], None] | None = None
 
     @property
     def cfg(self) -> AudioSocketConfig:
@@ -394,6 +416,11 @@ class AudioSocketTransport:
     def matched(self, conn: _Conn) -> None:
         """A connection said its UUID: it is the call's that waits for it, or nobody's."""
         fut = self._waiting.get(conn.uuid or "")
+        if (fut is None or fut.done()) and self.cfg.dialplan_calls and self.on_stranger is not None:
+            link = AudioSocketLink(self, conn, proto.KIND_SLIN, dialplan=True)  # AudioSocket() speaks 8 kHz slin
+            self.links.add(link)
+            self.on_stranger(link)
+            return
         if fut is None or fut.done():
             self.counters.unknown += 1
             self.rl.warning("as-unknown", f"AudioSocket connection from {conn.peer} with UUID {conn.uuid}: no call waits for it: closed")
@@ -402,7 +429,7 @@ class AudioSocketTransport:
         fut.set_result(conn)
 
     def _schedule_keepalive(self) -> None:
-        if self.cfg.form == "dialplan":
+        if self.cfg.form == "dialplan" or self.cfg.dialplan_calls:
             self._keepalive = self.clock.call_later(KEEPALIVE_S / 4, self._keepalive_tick)
 
     def _keepalive_tick(self) -> None:

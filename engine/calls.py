@@ -35,6 +35,7 @@ from engine.actions import TRANSFER_CHECK_S, ActionCounters, report_action
 from engine.handoff import Connection, PeopleDesk
 from engine.call import Call, CallServices, ProviderLookup, ProviderUnavailable
 from engine.capacity import Capacity, Overload
+from engine.dialplan_calls import DialplanCalls
 from runtime.clock import Clock, LoopClock
 from engine.config import AppConfig
 from runtime.ratelimit import RateLimitedLog
@@ -142,6 +143,7 @@ class CallController:
         # once the agent has gone (engine/handoff.py).
         self.desk = PeopleDesk(ari=ari, app=self.app, store=store, spawn=self._spawn)
         self._handed_off: set[str] = set()  # tokens of calls whose caller stays with a person
+        self.dialplan = DialplanCalls(self)  # calls from the site's own AudioSocket() line (no Stasis)
 
     def reconfigure(self, config: AppConfig) -> None:
         """A reloaded config, for the calls that come in from now on (each call keeps its own)."""
@@ -207,7 +209,7 @@ class CallController:
                 c.playback_event(event.playback.id, isinstance(event, PlaybackStarted), event.playback.state)
         elif isinstance(event, ChannelDtmfReceived):
             c = self.calls.get(event.channel.id)
-            if c is not None:
+            if c is not None and not self.dialplan.owns(c):  # a dialplan call's keys come on its socket
                 self._on_dtmf(c, event.digit)
         elif isinstance(event, CallBroadcast):
             self._on_broadcast(event.channel.id)
@@ -468,6 +470,7 @@ class CallController:
             if self.calls.pop(s.call_id, None) is not None:
                 self._ended_call_task_errors += h.task_errors
             self._by_token.pop(h.token, None)
+            self.dialplan.ended(h)
             self.store.remove(s, reason)
             self.store.log(s.call_id, logging.INFO, f"call ended: {reason}")
 
@@ -475,18 +478,22 @@ class CallController:
         s = h.session
         with _step(s.call_id, "releasing the call's media and provider"):
             await h.release()
+        dialplan = self.dialplan.owns(h)  # no media channel, no bridge; the caller's dialplan goes on
         # The ExternalMedia channel id is known before it exists: delete it even if setup was
         # cut off mid-request (a 404 then just means it was never made).
-        await self._delete_channel(f"{self.ext_prefix}{h.token}", "ExternalMedia")
+        if not dialplan:
+            await self._delete_channel(f"{self.ext_prefix}{h.token}", "ExternalMedia")
         if h.media is not None:
             h.media.link.close()
+        if dialplan:
+            await self.dialplan.released(h)
         handed_off = h.token in self._handed_off
         self._handed_off.discard(h.token)
         if s.bridge_id is not None and not handed_off:  # else the caller and the person talk in it
             await self._ari_cleanup(self.ari.destroy_bridge(s.bridge_id), f"bridge {s.bridge_id}")
         for t in self.desk.call_ended(h.token):  # a snoop ends with the call
             await t
-        if hangup_caller:
+        if hangup_caller and not dialplan:  # AudioSocket's hangup message ended a dialplan call's part
             await self._delete_channel(s.caller_channel_id, "caller")
         with _step(s.call_id, "deleting files"):
             h.delete_files()
@@ -524,7 +531,9 @@ class CallController:
             s = h.session
             if h.teardown_task is not None or s.state is CallState.CONNECTING:
                 continue  # setup in progress reports its own failures
-            if s.caller_channel_id not in channels:
+            if self.dialplan.owns(h):
+                self.dialplan.reconcile(h, channels, reconnect)
+            elif s.caller_channel_id not in channels:
                 self.begin_teardown(h, "caller left while ARI was disconnected", hangup_caller=False)
             elif s.external_channel_id not in channels or s.bridge_id not in bridges:
                 self.begin_teardown(h, "media path lost while ARI was disconnected", hangup_caller=True)

@@ -90,6 +90,9 @@ class AudioSocketConfig(_Section):
     form: Literal["channel", "dialplan"] = "channel"
     dialplan_context: str = "aiagent-audiosocket"
     connect_timeout_s: float = Field(5.0, gt=0)  # Asterisk's connection, after the channel is made
+    # A connection whose UUID no call waits for is a call of its own: the site's dialplan runs
+    # AudioSocket(${UUID()},HOST:PORT) instead of Stasis (engine/dialplan_calls.py). False: refused.
+    dialplan_calls: bool = False
 
     @model_validator(mode="after")
     def _reachable_address(self) -> AudioSocketConfig:

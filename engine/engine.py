@@ -176,6 +176,8 @@ class Engine:
     def _used_transports(self) -> list[str]:
         """The transports besides RTP whose servers run: the default's, and those profiles name."""
         names = {self.config.media.transport, *(p.transport for p in self.config.profiles.values())}
+        if self.config.audiosocket.dialplan_calls:  # the site's dialplan connects to it by itself
+            names.add("audiosocket")
         return [t.name for t in self.transports if t.name != "rtp" and t.name in names]
 
     async def _start_transports(self) -> None:
