@@ -31,16 +31,15 @@ import asyncio
 import logging
 import socket
 import uuid
-from dataclasses import dataclass
 from typing import Callable
 
 from engine.ari.client import AriClient
 from engine.ari.models import Channel
 from engine.config import AppConfig, AudioSocketConfig, Transport
 from engine.media import CallMedia
-from engine.transports import MediaSetupError, TransportStatus
+from engine.transports import MediaSetupError, StreamCounters, TransportStatus
 from media import audiosocket as proto
-from media.audio import Resampler, ulaw_to_pcm16
+from media.audio import FixedResampler, Resampler, ulaw_to_pcm16
 from media.frames import FRAME_S, RATE
 from runtime.clock import Clock, Timer
 from runtime.ratelimit import RateLimitedLog
@@ -52,24 +51,11 @@ SLOW_READER_S = 0.2
 # ... and after this many frames dropped in a row the pacer is told the sends fail.
 SLOW_READER_FAIL_FRAMES = 10
 KEEPALIVE_S = 1.0  # dialplan form: app_audiosocket hangs up after 2 s with no frame either way
+KEEPALIVE_TICK_S = KEEPALIVE_S / 4
 UUID_WAIT_S = 5.0  # a connection must say its UUID this soon
 # The kernel's send buffer per connection (Linux doubles it): with autotuning a peer that stops
 # reading would take megabytes (minutes of audio) before the slow-reader bound above saw it.
 SEND_BUFFER_BYTES = 32 * 1024
-
-
-@dataclass(slots=True, kw_only=True)
-class AudioSocketCounters:
-    connections_total: int = 0
-    messages_in: int = 0
-    messages_out: int = 0
-    bytes_in: int = 0
-    bytes_out: int = 0
-    malformed: int = 0
-    unknown: int = 0
-    cut: int = 0
-    slow_reader: int = 0
-    dtmf: int = 0  # DTMF messages (the call takes its keys from ARI's ChannelDtmfReceived)
 
 
 class _Conn(asyncio.Protocol):
@@ -217,26 +203,6 @@ class _Conn(asyncio.Protocol):
             tcp.close()
 
 
-class FixedResampler:
-    """8 kHz frames to another rate, each frame out the same size (the resampler's first output
-    is short by its delay: that much silence leads instead), as Asterisk's own translators send."""
-
-    def __init__(self, out_rate: int) -> None:
-        self._rs = Resampler(RATE, out_rate)
-        self._ratio = out_rate / RATE
-        self._buf = b""
-        self._primed = False
-
-    def process(self, pcm8: bytes) -> bytes:
-        want = int(len(pcm8) * self._ratio) // 2 * 2
-        data = self._buf + self._rs.process(pcm8)
-        if not self._primed:
-            data = bytes(max(0, want - len(data))) + data
-            self._primed = True
-        out, self._buf = data[:want], data[want:]
-        return out
-
-
 class AudioSocketLink:
     """A call's AudioSocket connection (engine.media.MediaLink)."""
 
@@ -255,7 +221,7 @@ class AudioSocketLink:
         self.uuid = conn.uuid or ""
         self.call_id = ""
         self._kind_out = kind_out
-        self._up = FixedResampler(proto.AUDIO_RATES[kind_out]) if kind_out != proto.KIND_SLIN else None
+        self._up = FixedResampler(RATE, proto.AUDIO_RATES[kind_out]) if kind_out != proto.KIND_SLIN else None
         self._down: dict[int, Resampler] = {}
         self._media: CallMedia | None = None
         self._slow_run = 0
@@ -346,9 +312,19 @@ class AudioSocketLink:
 
     def keepalive(self, now: float) -> None:
         if now - self.last_activity >= KEEPALIVE_S and not self._closed and not self.conn.closing:
-            n = int(proto.AUDIO_RATES[self._kind_out] * FRAME_S) * 2
-            self.conn.write(proto.encode(self._kind_out, bytes(n)))
+            self.silence()
             self.last_activity = now
+
+    def silence(self) -> None:
+        """One frame of silence to Asterisk."""
+        self.conn.write(proto.encode(self._kind_out, bytes(int(proto.AUDIO_RATES[self._kind_out] * FRAME_S) * 2)))
+
+    def hangup(self) -> None:
+        """The call is ending: the hangup message before ARI deletes the channel. chan_audiosocket's
+        read, run whenever its channel wakes (a hangup request too, not only the socket), waits for
+        the next message with the channel locked: a DELETE with nothing on its way hangs (seen on
+        Asterisk 22.10.1: DELETEs timing out after 5 s under load, calls stuck)."""
+        self.close()
 
 
 class AudioSocketTransport:
@@ -357,7 +333,7 @@ class AudioSocketTransport:
     def __init__(self, config: AppConfig, clock: Clock) -> None:
         self.config = config
         self.clock = clock
-        self.counters = AudioSocketCounters()
+        self.counters = StreamCounters()
         self.rl = RateLimitedLog(log)  # this server's bad input: one line per kind per 10 s
         self.conns: set[_Conn] = set()
         self.links: set[AudioSocketLink] = set()
@@ -430,7 +406,7 @@ class AudioSocketTransport:
 
     def _schedule_keepalive(self) -> None:
         if self.cfg.form == "dialplan" or self.cfg.dialplan_calls:
-            self._keepalive = self.clock.call_later(KEEPALIVE_S / 4, self._keepalive_tick)
+            self._keepalive = self.clock.call_later(KEEPALIVE_TICK_S, self._keepalive_tick)
 
     def _keepalive_tick(self) -> None:
         now = self.clock.now()
@@ -490,13 +466,13 @@ class AudioSocketTransport:
         if conn.closing:
             raise MediaSetupError(f"the AudioSocket connection from {conn.peer} ended before the call's media started")
         link = AudioSocketLink(self, conn, kind_out)
+        if cfg.form == "channel":
+            # The channel's ANSWER wakes its read, which then waits for a message (see hangup):
+            # one now, so that the bridge carries the caller's audio before the agent first speaks.
+            link.silence()
         self.links.add(link)
         return ch, link
 
     def status(self) -> TransportStatus:
-        c = self.counters
-        return TransportStatus(
-            name="audiosocket", listening=f"{self.cfg.host}:{self.port}/tcp" if self._server is not None else "", running=self.running,
-            connections=len(self.conns), connections_total=c.connections_total, messages_in=c.messages_in, messages_out=c.messages_out,
-            bytes_in=c.bytes_in, bytes_out=c.bytes_out, malformed=c.malformed, unknown=c.unknown, cut=c.cut, slow_reader=c.slow_reader,
-        )
+        listening = f"{self.cfg.host}:{self.port}/tcp" if self._server is not None else ""
+        return self.counters.status(self.name, listening, self.running, len(self.conns))

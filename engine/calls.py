@@ -110,7 +110,7 @@ class CallController:
         self.ari = ari
         self.store = store
         self.transports = transports
-        self._provider_for_new_call = provider_for_new_call
+        self.provider_for_new_call = provider_for_new_call
         self._ready_for_calls = ready_for_calls
         self._model_capacity = model_capacity
         self._claiming: set[str] = set()  # broadcast calls this engine is claiming
@@ -128,20 +128,20 @@ class CallController:
         )
         # Callers transferred by continue, watched for a moment: a hangup this soon means the PBX
         # dropped them (the target does not exist).
-        self._transferred: dict[str, _Transferred] = {}
+        self.transferred: dict[str, _Transferred] = {}
         self.calls: dict[str, Call] = {}  # by the caller's channel id
-        self._by_token: dict[str, Call] = {}
+        self.by_token: dict[str, Call] = {}
         self._pending_external: dict[str, asyncio.Future[Channel]] = {}
         self._tasks = OwnedTasks("call control")  # work of no call: rejects, orphans, teardowns
         self.ext_prefix = f"{self.app}-em-"
         self.bridge_prefix = f"{self.app}-br-"
         self.replaced = False
         self.closing = False
-        self._spawn = self._tasks.spawn
+        self.spawn = self._tasks.spawn
         self._ended_call_task_errors = 0
         # People brought into calls: their channels, and the caller and person left together
         # once the agent has gone (engine/handoff.py).
-        self.desk = PeopleDesk(ari=ari, app=self.app, store=store, spawn=self._spawn)
+        self.desk = PeopleDesk(ari=ari, app=self.app, store=store, spawn=self.spawn)
         self._handed_off: set[str] = set()  # tokens of calls whose caller stays with a person
         self.dialplan = DialplanCalls(self)  # calls from the site's own AudioSocket() line (no Stasis)
 
@@ -160,7 +160,7 @@ class CallController:
         providers = self.config.providers
         return sum(1 for c in self.calls.values() if c.session.provider is not None and providers.runs_models_here(c.session.provider.name))
 
-    def _models_full(self, provider: str) -> Capacity | None:
+    def models_full(self, provider: str) -> Capacity | None:
         """The models' capacity, if a new call on ``provider`` would go beyond it."""
         if not self.config.providers.runs_models_here(provider):
             return None
@@ -183,7 +183,7 @@ class CallController:
         if isinstance(event, StasisStart):
             self._on_stasis_start(event)
         elif isinstance(event, (StasisEnd, ChannelHangupRequest, ChannelDestroyed)):
-            if event.channel.id in self._transferred and not isinstance(event, StasisEnd):
+            if event.channel.id in self.transferred and not isinstance(event, StasisEnd):
                 self._transfer_ended(event)
                 return
             c = self.call_for_channel(event.channel.id)
@@ -191,12 +191,12 @@ class CallController:
                 is_caller = event.channel.id == c.session.caller_channel_id
                 transfer = c.actions.transfer_left() if is_caller else None
                 if transfer is not None:
-                    self._transfer_out(c, transfer)
+                    self.transfer_caller(c, transfer)
                     return
                 reason = "caller hung up" if is_caller else "ExternalMedia channel ended"
                 self.begin_teardown(c, reason, hangup_caller=not is_caller)
         elif isinstance(event, ChannelDialplan):
-            if (t := self._transferred.get(event.channel.id)) is not None:
+            if (t := self.transferred.get(event.channel.id)) is not None:
                 at = f"{event.channel.dialplan.exten}@{event.channel.dialplan.context}"
                 # A step ran at the target: it exists. (The first event shows the target's place with
                 # the Stasis() step just left: measured, also for an extension that does not exist.)
@@ -204,13 +204,13 @@ class CallController:
                 self.store.log(event.channel.id, logging.INFO, f"transferred caller runs {event.dialplan_app}({event.dialplan_app_data}) at {at}")
         elif isinstance(event, (PlaybackStarted, PlaybackFinished)):
             # Our playback ids are "<call token>-<n>": the token finds the call.
-            c = self._by_token.get(event.playback.id.rsplit("-", 1)[0])
+            c = self.by_token.get(event.playback.id.rsplit("-", 1)[0])
             if c is not None:
                 c.playback_event(event.playback.id, isinstance(event, PlaybackStarted), event.playback.state)
         elif isinstance(event, ChannelDtmfReceived):
             c = self.calls.get(event.channel.id)
             if c is not None and not self.dialplan.owns(c):  # a dialplan call's keys come on its socket
-                self._on_dtmf(c, event.digit)
+                self.on_dtmf(c, event.digit)
         elif isinstance(event, CallBroadcast):
             self._on_broadcast(event.channel.id)
         elif isinstance(event, ApplicationReplaced):
@@ -235,10 +235,10 @@ class CallController:
             # calls some are lost, and then nobody would claim this one (seen on Asterisk 22).
             self._passed_over[channel_id] = self.services.clock.now()
             return
-        if self._models_full(self._provider_for_new_call("")) is not None:
+        if self.models_full(self.provider_for_new_call("")) is not None:
             return
         self._claiming.add(channel_id)
-        self._spawn(self._claim(channel_id, CLAIM_SPREAD_S * len(self.calls) / self.config.rtp.max_calls))
+        self.spawn(self._claim(channel_id, CLAIM_SPREAD_S * len(self.calls) / self.config.rtp.max_calls))
 
     async def _claim(self, channel_id: str, delay_s: float) -> None:
         won = False
@@ -271,7 +271,7 @@ class CallController:
             return
         if ch.id.startswith(self.ext_prefix):
             # Our naming, but no call waits for it: its call was torn down while it was created.
-            self._spawn(self._delete_channel(ch.id, "orphan ExternalMedia channel"))
+            self.spawn(self._delete_channel(ch.id, "orphan ExternalMedia channel"))
             return
         if ch.id in self.calls:
             return
@@ -283,8 +283,8 @@ class CallController:
             self.store.calls_rejected_over_capacity += 1
             self._reject(ch, event.args, profile, Reason.MAX_CALLS, f"over max_calls ({self.config.rtp.max_calls} calls at once)")
             return
-        provider = self._provider_for_new_call(self.config.profiles[profile].provider)
-        full = self._models_full(provider)
+        provider = self.provider_for_new_call(self.config.profiles[profile].provider)
+        full = self.models_full(provider)
         if full is not None:
             # The models serve no more at once: this caller would wait in silence, and make every
             # other caller wait longer. Turned away now, as at max_calls.
@@ -303,11 +303,11 @@ class CallController:
             provider=ProviderSession(provider),
             transport=self._transport_for(event.args, profile, ch.id),
         )
-        call = Call(self.services, session, uuid.uuid4().hex[:12], self._end_failed)
+        call = Call(self.services, session, uuid.uuid4().hex[:12], self.end_failed)
         call.actions.desk = self.desk
         call.actions.hand_off = lambda conn, why, c=call: self._hand_off(c, conn, why)
         self.calls[ch.id] = call
-        self._by_token[call.token] = call
+        self.by_token[call.token] = call
         self.store.add(session)
         self.store.log(ch.id, logging.INFO, f"call from {ch.caller.number or 'unknown'} ({ch.name}) to {ch.dialplan.exten or '?'}, profile {profile}, provider {provider}")
         call.setup_task = call.spawn(self._setup(call))
@@ -324,13 +324,13 @@ class CallController:
         return name
 
     # ---- actions that take the caller away
-    def _on_dtmf(self, c: Call, digit: str) -> None:
+    def on_dtmf(self, c: Call, digit: str) -> None:
         dept = c.profile.department_for_digit(digit)
         self.store.log(c.call_id, logging.INFO, f"DTMF {digit}" + (f": transfer to {dept}" if dept else " (no department has this key)"))
         if dept is not None:
             c.actions.request(ActionRequest("transfer", dept, f"caller pressed {digit}"), by="keypad")
 
-    def _transfer_out(self, c: Call, rec: ActionRecord) -> None:
+    def transfer_caller(self, c: Call, rec: ActionRecord) -> None:
         """The caller left Stasis into the transfer's target: release what served the call, never
         the caller (a DELETE now would hang up the transferred call)."""
         cid = c.session.caller_channel_id
@@ -338,12 +338,12 @@ class CallController:
             rec.state = "done"  # the channel driver took it (redirect): nothing more to see here
             report_action(self.store, self.action_counters, c.call_id, rec, logging.INFO)
         else:
-            self._transferred[cid] = _Transferred(c.session, rec, self.services.clock.now())
+            self.transferred[cid] = _Transferred(c.session, rec, self.services.clock.now())
             self.services.clock.call_later(TRANSFER_CHECK_S, self._transfer_settled, cid)
         self.begin_teardown(c, f"transferred to {rec.department} ({rec.target})", hangup_caller=False)
 
     def _transfer_settled(self, channel_id: str, gone: bool = False) -> None:
-        entry = self._transferred.pop(channel_id, None)
+        entry = self.transferred.pop(channel_id, None)
         if entry is None:
             return
         session, rec = entry.session, entry.rec
@@ -352,16 +352,16 @@ class CallController:
         if session.end_reason is not None:  # else the call's end, still to come, writes it
             self.store.amend(session)
         if not self.closing and not gone:
-            self._spawn(self._ari_cleanup(self.ari.unsubscribe(self.app, f"channel:{channel_id}"), f"subscription to {channel_id}"))
+            self.spawn(self._ari_cleanup(self.ari.unsubscribe(self.app, f"channel:{channel_id}"), f"subscription to {channel_id}"))
 
     def _transfer_ended(self, event: ChannelHangupRequest | ChannelDestroyed) -> None:
         """A transferred caller hung up within TRANSFER_CHECK_S: the transfer failed unless the
         caller had reached the target (Asterisk reports each dialplan step to the subscribed app;
         a target the dialplan lacks runs none: the PBX hangs the caller up, "sent to invalid
         extension")."""
-        t = self._transferred.pop(event.channel.id)
+        t = self.transferred.pop(event.channel.id)
         if t.reached:
-            self._transferred[event.channel.id] = t
+            self.transferred[event.channel.id] = t
             self._transfer_settled(event.channel.id, gone=True)  # put through; the call there was short
             return
         rec = t.rec
@@ -380,7 +380,7 @@ class CallController:
         self.desk.connect(conn)
         self.begin_teardown(c, reason, hangup_caller=False)
 
-    def _end_failed(self, call: Call, reason: str) -> None:
+    def end_failed(self, call: Call, reason: str) -> None:
         self.begin_teardown(call, reason, hangup_caller=True)
 
     def _reject(self, ch: Channel, args: list[str], profile: str, reason: Reason, why: str) -> None:
@@ -388,7 +388,7 @@ class CallController:
         call of this engine, but kept in the history and counted (engine/refusals.py)."""
         mode = self.config.asterisk.over_capacity
         self.refusals.refused(ch, args, profile, reason, why, "sent back to the dialplan" if mode == "dialplan" else "hung up busy")
-        self._spawn(self._turn_away(ch.id, mode))
+        self.spawn(self._turn_away(ch.id, mode))
 
     async def _turn_away(self, channel_id: str, mode: str) -> None:
         try:
@@ -434,16 +434,16 @@ class CallController:
         except asyncio.CancelledError:
             raise
         except TimeoutError:
-            self._setup_failed(h, "ExternalMedia channel never entered Stasis")
+            self.setup_failed(h, "ExternalMedia channel never entered Stasis")
         except (ExternalMediaLost, MediaSetupError) as e:
-            self._setup_failed(h, str(e))
+            self.setup_failed(h, str(e))
         except (AriError, AriUnavailable, ProviderUnavailable) as e:
-            self._setup_failed(h, str(e))
+            self.setup_failed(h, str(e))
         except Exception as e:  # a provider that fails to start, a bad address: this call only
             log.exception("call %s setup failed", s.call_id)
-            self._setup_failed(h, f"{e.__class__.__name__}: {e}")
+            self.setup_failed(h, f"{e.__class__.__name__}: {e}")
 
-    def _setup_failed(self, h: Call, why: str) -> None:
+    def setup_failed(self, h: Call, why: str) -> None:
         self.store.calls_failed += 1
         self.store.log(h.session.call_id, logging.ERROR, f"call setup failed: {why}")
         self.begin_teardown(h, f"setup failed: {why}", hangup_caller=True)
@@ -452,7 +452,7 @@ class CallController:
     def begin_teardown(self, h: Call, reason: str, hangup_caller: bool) -> asyncio.Task[None]:
         if h.teardown_task is None:
             # Not one of h.tasks: teardown cancels those and must not cancel itself.
-            h.teardown_task = self._spawn(self._teardown(h, reason, hangup_caller))
+            h.teardown_task = self.spawn(self._teardown(h, reason, hangup_caller))
         return h.teardown_task
 
     async def _teardown(self, h: Call, reason: str, hangup_caller: bool) -> None:
@@ -469,7 +469,7 @@ class CallController:
                 h.media.link.close()
             if self.calls.pop(s.call_id, None) is not None:
                 self._ended_call_task_errors += h.task_errors
-            self._by_token.pop(h.token, None)
+            self.by_token.pop(h.token, None)
             self.dialplan.ended(h)
             self.store.remove(s, reason)
             self.store.log(s.call_id, logging.INFO, f"call ended: {reason}")
@@ -481,6 +481,8 @@ class CallController:
         dialplan = self.dialplan.owns(h)  # no media channel, no bridge; the caller's dialplan goes on
         # The ExternalMedia channel id is known before it exists: delete it even if setup was
         # cut off mid-request (a 404 then just means it was never made).
+        if h.media is not None:
+            h.media.link.hangup()
         if not dialplan:
             await self._delete_channel(f"{self.ext_prefix}{h.token}", "ExternalMedia")
         if h.media is not None:
@@ -551,18 +553,18 @@ class CallController:
             if cid in with_people or cid.split(";")[0] in with_people:
                 continue
             if cid.startswith((self.desk.helper_prefix, self.desk.snoop_prefix)):
-                self._spawn(self._delete_channel(cid, "leftover brought-in person's"))
+                self.spawn(self._delete_channel(cid, "leftover brought-in person's"))
             elif cid.startswith(self.ext_prefix):
                 # A Local media channel's other half (AudioSocket's dialplan form) is "ID;2".
                 if cid.split(";")[0] not in owned_ext and cid.split(";")[0] not in self._pending_external:
-                    self._spawn(self._delete_channel(cid, "leftover ExternalMedia"))
+                    self.spawn(self._delete_channel(cid, "leftover ExternalMedia"))
             elif ch.in_stasis_app(self.app) and cid not in self.calls:
                 orphans.append(cid)
         for bid in bridges:
             if bid.startswith(self.bridge_prefix) and bid not in owned_bridges:
-                self._spawn(self._ari_cleanup(self.ari.destroy_bridge(bid), f"leftover bridge {bid}"))
+                self.spawn(self._ari_cleanup(self.ari.destroy_bridge(bid), f"leftover bridge {bid}"))
         if orphans:
-            self._spawn(self._adopt_orphans(orphans))
+            self.spawn(self._adopt_orphans(orphans))
 
     def _recover_pending_external(self, channels: dict[str, Channel]) -> None:
         """Calls in setup whose ExternalMedia StasisStart may have been lost while the socket was
@@ -576,7 +578,7 @@ class CallController:
                 log.info("ExternalMedia %s is there after the reconnect: its StasisStart was missed; setup goes on", ext_id)
                 fut.set_result(ch)
                 continue
-            h = self._by_token.get(ext_id[len(self.ext_prefix):])
+            h = self.by_token.get(ext_id[len(self.ext_prefix):])
             if h is not None and h.session.external_channel_id == ext_id:
                 fut.set_exception(ExternalMediaLost("ExternalMedia channel was gone after the ARI reconnect"))
 

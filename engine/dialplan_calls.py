@@ -26,19 +26,46 @@ import asyncio
 import dataclasses
 import logging
 import uuid
-from typing import TYPE_CHECKING
+from typing import Any, Callable, Coroutine, Mapping, Protocol
 
-from engine.ari.client import AriError, AriUnavailable
+from engine.ari.client import AriClient, AriError, AriUnavailable
 from engine.ari.models import Channel
 from engine.audiosocket import AudioSocketLink, AudioSocketTransport
-from engine.call import Call, ProviderUnavailable
-from engine.refusals import Reason
-from engine.sessions import ActionRecord, CallSession, CallState, ProviderSession
-from engine.transports import MediaSetupError
+from engine.call import Call, CallServices, ProviderUnavailable
+from engine.capacity import Capacity, Overload
+from engine.config import AppConfig
+from engine.refusals import Reason, Refusals
+from engine.sessions import ActionRecord, CallSession, CallState, ProviderSession, SessionStore
+from engine.transports import MediaSetupError, Transports
 from runtime.clock import sleep
 
-if TYPE_CHECKING:
-    from engine.calls import CallController
+class CallControl(Protocol):
+    """What these calls take from call control (engine/calls.py CallController): its calls and
+    services, and the steps every call shares (setup failures, keys, transfers, teardown)."""
+
+    app: str
+    ari: AriClient
+    config: AppConfig
+    store: SessionStore
+    services: CallServices
+    transports: Transports
+    overload: Overload
+    refusals: Refusals
+    closing: bool
+    calls: dict[str, Call]
+    by_token: dict[str, Call]
+    provider_for_new_call: Callable[[str], str]
+
+    @property
+    def transferred(self) -> Mapping[str, object]: ...  # callers transferred by continue, watched
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]: ...
+
+    def models_full(self, provider: str) -> Capacity | None: ...
+    def on_dtmf(self, c: Call, digit: str) -> None: ...
+    def transfer_caller(self, c: Call, rec: ActionRecord) -> None: ...
+    def end_failed(self, call: Call, reason: str) -> None: ...
+    def setup_failed(self, h: Call, why: str) -> None: ...
+    def begin_teardown(self, h: Call, reason: str, hangup_caller: bool) -> asyncio.Task[None]: ...
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +78,7 @@ NO_BRIDGE = "the call came from the dialplan's AudioSocket() (no Stasis, no brid
 class DialplanCalls:
     """The dialplan-AudioSocket() calls of one CallController (``control``)."""
 
-    def __init__(self, control: CallController) -> None:
+    def __init__(self, control: CallControl) -> None:
         self.control = control
         self.tokens: set[str] = set()  # the calls of this kind
         t = control.transports.by_name.get("audiosocket")
@@ -65,7 +92,7 @@ class DialplanCalls:
     def accept(self, link: AudioSocketLink) -> None:
         """A connection no call waits for (its UUID said): it becomes a call once its caller's channel
         is looked up."""
-        self.control._spawn(self._take(link))
+        self.control.spawn(self._take(link))
 
     async def _take(self, link: AudioSocketLink) -> None:
         c = self.control
@@ -80,7 +107,7 @@ class DialplanCalls:
             return
         cfg = c.config
         profile = cfg.profile_for((), ch.dialplan.exten if ch is not None else "")
-        provider = c._provider_for_new_call(cfg.profiles[profile].provider)
+        provider = c.provider_for_new_call(cfg.profiles[profile].provider)
         cid = ch.id if ch is not None else link.uuid
         session = CallSession(
             call_id=cid,
@@ -102,7 +129,7 @@ class DialplanCalls:
         call.actions.transfer_out = lambda rec, h=call: self._transfer(h, rec)
         self.tokens.add(call.token)
         c.calls[cid] = call
-        c._by_token[call.token] = call
+        c.by_token[call.token] = call
         c.store.add(session)
         who = f"{ch.caller.number or 'unknown'} ({ch.name}) to {ch.dialplan.exten or '?'}" if ch is not None else "an unknown caller (no channel found over ARI with its UUID: the call runs on the socket alone)"
         c.store.log(cid, logging.INFO, f"call from {who} through the dialplan's AudioSocket() (UUID {link.uuid}), profile {profile}, provider {provider}")
@@ -137,7 +164,7 @@ class DialplanCalls:
             c.store.calls_rejected_over_capacity += 1
             return Reason.MAX_CALLS, f"over max_calls ({c.config.rtp.max_calls} calls at once)"
         profile = c.config.profile_for((), ch.dialplan.exten if ch is not None else "")
-        full = c._models_full(c._provider_for_new_call(c.config.profiles[profile].provider))
+        full = c.models_full(c.provider_for_new_call(c.config.profiles[profile].provider))
         if full is not None:
             c.overload.call_refused()
             return Reason.MODELS, f"the models are at capacity ({full.calls} calls at once; {full.basis})"
@@ -164,7 +191,7 @@ class DialplanCalls:
                     await c.ari.subscribe(c.app, f"channel:{ch.id}")
                 except (AriError, AriUnavailable) as e:
                     c.store.log(s.call_id, logging.WARNING, f"no ARI subscription to the caller's channel ({e}): its hangup is seen on the socket only")
-            link.on_dtmf = lambda digit: c._on_dtmf(h, digit)
+            link.on_dtmf = lambda digit: c.on_dtmf(h, digit)
             try:
                 await h.start_media(link)
             except BaseException:
@@ -177,10 +204,10 @@ class DialplanCalls:
         except asyncio.CancelledError:
             raise
         except (AriError, AriUnavailable, ProviderUnavailable, MediaSetupError) as e:
-            c._setup_failed(h, str(e))
+            c.setup_failed(h, str(e))
         except Exception as e:  # a provider that fails to start: this call only
             log.exception("call %s setup failed", s.call_id)
-            c._setup_failed(h, f"{e.__class__.__name__}: {e}")
+            c.setup_failed(h, f"{e.__class__.__name__}: {e}")
 
     def _end(self, h: Call, reason: str) -> None:
         """The call ends on a failure, or its socket ended: with no ARI that is how a caller's
@@ -188,7 +215,7 @@ class DialplanCalls:
         link = h.media.link if h.media is not None else None
         if isinstance(link, AudioSocketLink) and link.caller_gone:
             reason = "caller hung up (its AudioSocket connection closed)"
-        self.control._end_failed(h, reason)
+        self.control.end_failed(h, reason)
 
     # ---- actions
     async def _transfer(self, h: Call, rec: ActionRecord) -> str:
@@ -205,7 +232,7 @@ class DialplanCalls:
         target = f"{dept.context},{dept.extension},{dept.priority}"
         await c.ari.request("POST", "/asterisk/variable", {"variable": f"SHARED({TRANSFER_VARIABLE},{s.caller_channel_name})", "value": target}, reply=False)
         c.store.log(s.call_id, logging.INFO, f"SHARED({TRANSFER_VARIABLE}) = {target} on {s.caller_channel_name}: the AudioSocket hangup sends the caller there")
-        c._transfer_out(h, rec)  # the caller is watched at the target; the teardown says hangup on the socket
+        c.transfer_caller(h, rec)  # the caller is watched at the target; the teardown says hangup on the socket
         return ""
 
     # ---- teardown and reconcile
@@ -214,7 +241,7 @@ class DialplanCalls:
         the caller's channel goes too, unless a transfer still watches it (call control ends it)."""
         c = self.control
         s = h.session
-        if not s.caller_channel_name or s.caller_channel_id in c._transferred:
+        if not s.caller_channel_name or s.caller_channel_id in c.transferred:
             return
         try:
             await c.ari.unsubscribe(c.app, f"channel:{s.caller_channel_id}")

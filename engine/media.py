@@ -97,6 +97,7 @@ class MediaLink(Protocol):
 
     def attach(self, media: CallMedia) -> None: ...  # route the caller's audio to this call
     def send_frame(self, media: CallMedia, payload: bytes, marker: bool) -> bool: ...
+    def hangup(self) -> None: ...  # the call is ending, before ARI deletes the media channel: tell Asterisk's side
     def close(self) -> None: ...  # the call ended: stop routing, release the connection
 
 

@@ -201,6 +201,9 @@ class RtpLink:
     def send_frame(self, media: CallMedia, payload: bytes, marker: bool) -> bool:
         return self.server.send(media, payload, marker)
 
+    def hangup(self) -> None:
+        pass  # RTP has no session to end: the channel's deletion is all
+
     def close(self) -> None:
         # The route stays ENDED_GRACE_S after, so that packets still in flight are recognised.
         if self._media is not None:

@@ -11,6 +11,7 @@ the panes) is the same on each.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 from engine.ari.client import AriClient
@@ -19,6 +20,30 @@ from engine.config import AppConfig, Transport
 from engine.media import MediaLink
 from engine.rtp_server import RtpServer
 from engine.status import TransportStatus as TransportStatus  # here for the transports that import it from this module
+
+
+@dataclass(slots=True, kw_only=True)
+class StreamCounters:
+    """A stream transport's (AudioSocket, WebSocket) server-wide counters, as /health shows them."""
+
+    connections_total: int = 0
+    messages_in: int = 0
+    messages_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    malformed: int = 0
+    oversize: int = 0
+    unknown: int = 0
+    cut: int = 0
+    slow_reader: int = 0
+    dtmf: int = 0  # DTMF messages (a Stasis call takes its keys from ARI's ChannelDtmfReceived)
+
+    def status(self, name: str, listening: str, running: bool, connections: int) -> TransportStatus:
+        return TransportStatus(
+            name=name, listening=listening, running=running, connections=connections, connections_total=self.connections_total,
+            messages_in=self.messages_in, messages_out=self.messages_out, bytes_in=self.bytes_in, bytes_out=self.bytes_out,
+            malformed=self.malformed, oversize=self.oversize, unknown=self.unknown, cut=self.cut, slow_reader=self.slow_reader,
+        )
 
 
 class MediaSetupError(Exception):

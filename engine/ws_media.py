@@ -32,8 +32,8 @@ from engine.ari.client import AriClient
 from engine.ari.models import Channel
 from engine.config import AppConfig, Transport, WebSocketMediaConfig
 from engine.media import CallMedia, MediaLink
-from engine.transports import MediaSetupError, TransportStatus
-from media.audio import Resampler, ulaw_to_pcm16
+from engine.transports import MediaSetupError, StreamCounters, TransportStatus
+from media.audio import FixedResampler, Resampler, ulaw_to_pcm16
 from media.ws_media import FRAME_BYTES, Command, DtmfEnd, ErrorEvent, FlowEvent, MediaStart, Status, WsMediaProtocolError, format_command, parse_event
 from runtime.clock import Clock
 from runtime.ratelimit import RateLimitedLog
@@ -51,18 +51,7 @@ CALL_PARAM = "aiagent_channel"  # client mode: the URI parameter that names the 
 
 
 @dataclass(slots=True, kw_only=True)
-class WsCounters:
-    connections_total: int = 0
-    messages_in: int = 0
-    messages_out: int = 0
-    bytes_in: int = 0
-    bytes_out: int = 0
-    malformed: int = 0
-    oversize: int = 0
-    unknown: int = 0
-    cut: int = 0
-    slow_reader: int = 0
-    dtmf: int = 0  # DTMF_END events (the caller's digits also come over ARI: counted, not used)
+class WsCounters(StreamCounters):
     xoff: int = 0
     errors: int = 0  # ERROR events from Asterisk
 
@@ -73,23 +62,15 @@ class _Codec:
     def __init__(self, fmt: str) -> None:
         self.fmt = fmt
         self.frame_bytes = FRAME_BYTES[fmt]
-        self._up = Resampler(8000, 16000) if fmt == "slin16" else None
+        # Whole frames (chan_websocket drops a partial one): one out per 20 ms frame in.
+        self._up = FixedResampler(8000, 16000) if fmt == "slin16" else None
         self._down = Resampler(16000, 8000) if fmt == "slin16" else None
-        self._out_partial = b""
 
-    def outbound(self, ulaw: bytes) -> list[bytes]:
+    def outbound(self, ulaw: bytes) -> bytes:
         if self.fmt == "ulaw":
-            return [ulaw]
+            return ulaw
         pcm = ulaw_to_pcm16(ulaw)
-        if self._up is None:
-            return [pcm]
-        # The resampler's output per call varies by a few samples: whole frames only, as
-        # chan_websocket drops a partial one.
-        data = self._out_partial + self._up.process(pcm)
-        n = self.frame_bytes
-        whole = len(data) - len(data) % n
-        self._out_partial = data[whole:]
-        return [data[i : i + n] for i in range(0, whole, n)]
+        return pcm if self._up is None else self._up.process(pcm)
 
     def inbound(self, payload: bytes) -> tuple[bytes, int] | None:
         """8 kHz PCM16 and the message's own sample count; None: not whole samples."""
@@ -138,9 +119,13 @@ class WebSocketLink:
             # a slow reader; the call goes on and the next frames go when it reads again.
             c.slow_reader += 1
             return True
-        for frame in self.codec.outbound(payload):
-            self._out.put_nowait(frame)
+        self._out.put_nowait(self.codec.outbound(payload))
         return True
+
+    def hangup(self) -> None:
+        """The call is ending: HANGUP and the socket closed before ARI deletes the channel (its
+        own hangup then, not a socket cut under a live channel)."""
+        self.close()
 
     def close(self) -> None:
         """The call ended: HANGUP if the socket is still up, then the socket closes."""
@@ -447,13 +432,7 @@ class WebSocketTransport:
         return ws
 
     def status(self) -> TransportStatus:
-        c = self.counters
         listening = f"{self.cfg.host}:{self.port}" if self.cfg.connection_type == "client" else self.media_url("*")
-        return TransportStatus(
-            name=self.name, listening=listening if self._running else "", running=self._running,
-            connections=len(self.links), connections_total=c.connections_total, messages_in=c.messages_in,
-            messages_out=c.messages_out, bytes_in=c.bytes_in, bytes_out=c.bytes_out, malformed=c.malformed,
-            oversize=c.oversize, unknown=c.unknown, cut=c.cut, slow_reader=c.slow_reader,
-        )
+        return self.counters.status(self.name, listening if self._running else "", self._running, len(self.links))
 
 

@@ -51,6 +51,29 @@ class Resampler:
         return out.tobytes()
 
 
+class FixedResampler:
+    """Frames of one rate to another, each frame out the size of the frame in times the ratio, as
+    Asterisk's translators make them (a stream transport's slin16 frames): the resampler's delay
+    leads as silence instead of making the first frames short."""
+
+    __slots__ = ("_rs", "_ratio", "_buf", "_primed")
+
+    def __init__(self, in_rate: int, out_rate: int) -> None:
+        self._rs = Resampler(in_rate, out_rate)
+        self._ratio = out_rate / in_rate
+        self._buf = b""
+        self._primed = False
+
+    def process(self, pcm16: bytes) -> bytes:
+        want = int(len(pcm16) // 2 * self._ratio) * 2
+        data = self._buf + self._rs.process(pcm16)
+        if not self._primed:
+            data = bytes(max(0, want - len(data))) + data
+            self._primed = True
+        out, self._buf = data[:want], data[want:]
+        return out
+
+
 class UlawEncoder:
     """Agent speech at any sample rate to the line's u-law at 8 kHz, one stream per call (the
     resampler's filter state carries across chunks)."""

@@ -22,31 +22,11 @@ from collections import Counter
 from typing import Callable, ClassVar
 
 from media import audiosocket as proto
-from media.audio import Resampler, audioop
+from media.audio import FixedResampler, Resampler, audioop
 from media.frames import RATE
 from pbxsim.media import ExternalMediaEndpoint, MediaClock, ast_lin2mu
 
 log = logging.getLogger("pbxsim")
-
-
-class FixedResampler:
-    """The bridge's 8 kHz frames at the channel's rate, every frame the same size (as Asterisk's
-    translators make them): the resampler's delay leads as silence."""
-
-    def __init__(self, out_rate: int) -> None:
-        self._rs = Resampler(RATE, out_rate)
-        self._ratio = out_rate / RATE
-        self._buf = b""
-        self._primed = False
-
-    def process(self, pcm8: bytes) -> bytes:
-        want = int(len(pcm8) * self._ratio) // 2 * 2
-        data = self._buf + self._rs.process(pcm8)
-        if not self._primed:
-            data = bytes(max(0, want - len(data))) + data
-            self._primed = True
-        out, self._buf = data[:want], data[want:]
-        return out
 
 
 class AudioSocketEndpoint(ExternalMediaEndpoint, asyncio.Protocol):  # type: ignore[misc]
@@ -66,7 +46,7 @@ class AudioSocketEndpoint(ExternalMediaEndpoint, asyncio.Protocol):  # type: ign
         self.uuid = uuid
         self.fmt = fmt
         self.kind_out = proto.KIND_FOR_FORMAT[fmt]
-        self._up = FixedResampler(proto.AUDIO_RATES[self.kind_out]) if self.kind_out != proto.KIND_SLIN else None
+        self._up = FixedResampler(RATE, proto.AUDIO_RATES[self.kind_out]) if self.kind_out != proto.KIND_SLIN else None
         self._down: dict[int, Resampler] = {}
         self.tcp: asyncio.Transport | None = None
         self.parser = proto.Parser()
