@@ -386,6 +386,9 @@ def run_engine_phase(calls: int, seconds: float, wav: Path, mode: str, history: 
                 raise RuntimeError(f"{transport}: a call ended before its echo was heard: {next(r for r in reports if r['done'])}")
             time.sleep(0.1)
         sim0 = None if real else http_json(f"{sim_url}/sim/state")
+        # The PBX side's CPU in the window (Asterisk and its callers' process; or the simulator).
+        pbx_pids = bench_pbx.pids if bench_pbx is not None else {sim.pid} if sim is not None else set()
+        pbx_cpu0 = {pid: proc_cpu_s(pid) for pid in pbx_pids}
         parent.send("mark")
         parent.recv()
         t0 = time.monotonic()
@@ -394,6 +397,8 @@ def run_engine_phase(calls: int, seconds: float, wav: Path, mode: str, history: 
         parent.send("report")
         eng = parent.recv()
         eng["window_s"] = time.monotonic() - t0
+        asterisk_pid = max(pbx_pids - {bench_pbx.proc.pid}) if bench_pbx is not None and len(pbx_pids) > 1 else None
+        eng["pbx_cpu_s"] = {("asterisk" if pid == asterisk_pid else "callers" if real else "simulator"): proc_cpu_s(pid) - c0 for pid, c0 in pbx_cpu0.items()}
         if sim0 is not None:
             eng["sim_kernel_drops"] = udp_drops(SIM_RTP_PORTS)  # while the calls' sockets are open
             sim1 = http_json(f"{sim_url}/sim/state")
@@ -425,6 +430,15 @@ def run_engine_phase(calls: int, seconds: float, wav: Path, mode: str, history: 
     eng["violations"] = len(state.get("violations", []))
     eng["sim_skipped_ticks"] = state.get("media_ticks_skipped")
     return eng
+
+
+def proc_cpu_s(pid: int) -> float:
+    """A process's CPU time so far (user + system, its threads'), from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # ---- phase 2: the floor -------------------------------------------------------------------
@@ -612,6 +626,9 @@ def measure(args: argparse.Namespace) -> dict:
         print(f"    {n:4d} x  {where}")
     print(f"  agent audio heard         {e['agent_audio_s'] / args.calls:.1f} s per call")
     print(f"  engine CPU                {e['cpu_s']:.2f} s = {e_cpm:.3f} CPU-s per call-minute")
+    if e.get("pbx_cpu_s"):
+        parts = ", ".join(f"{who} {s:.2f} s ({100 * s / e['window_s']:.0f} % of a core)" for who, s in sorted(e["pbx_cpu_s"].items()))
+        print(f"  PBX side CPU (window)     {parts}")
     if f:
         print(f"  floor CPU                 {f['cpu_s']:.2f} s = {f_cpm:.3f} CPU-s per call-minute ({f['packets_in']} in, {f['packets_out']} out)")
         print(f"  engine / floor CPU ratio  {ratio:.2f}")
