@@ -314,6 +314,10 @@ def engine_child(conn, env: dict[str, str], transport: str = "rtp", sets: tuple[
                 )
             elif cmd == "stop":
                 await eng.stop()
+                # As the app's Runtime does: objects frozen with live resamplers are collected
+                # before exit, not reported by nanobind as leaked.
+                gc.unfreeze()
+                gc.collect()
                 conn.send("stopped")
                 return
 
