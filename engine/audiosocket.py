@@ -319,6 +319,9 @@ class AudioSocketLink:
         """One frame of silence to Asterisk."""
         self.conn.write(proto.encode(self._kind_out, bytes(int(proto.AUDIO_RATES[self._kind_out] * FRAME_S) * 2)))
 
+    def flush(self) -> None:
+        pass  # chan_audiosocket writes each message to the channel as it comes: nothing held there
+
     def hangup(self) -> None:
         """The call is ending: the hangup message before ARI deletes the channel. chan_audiosocket's
         read, run whenever its channel wakes (a hangup request too, not only the socket), waits for

@@ -97,6 +97,7 @@ class MediaLink(Protocol):
 
     def attach(self, media: CallMedia) -> None: ...  # route the caller's audio to this call
     def send_frame(self, media: CallMedia, payload: bytes, marker: bool) -> bool: ...
+    def flush(self) -> None: ...  # the agent's audio was dropped (barge-in): drop what Asterisk's side still holds to play
     def hangup(self) -> None: ...  # the call is ending, before ARI deletes the media channel: tell Asterisk's side
     def close(self) -> None: ...  # the call ended: stop routing, release the connection
 
@@ -238,6 +239,8 @@ class CallMedia:
     def flush_outbound(self) -> int:
         """Drop all queued agent audio (barge-in); returns the frames dropped."""
         n = len(self.out_frames)
+        if n or self.last_tick is not None:
+            self.link.flush()
         self.out_frames.clear()
         self._partial = b""
         self.paused = False

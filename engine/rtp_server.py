@@ -201,6 +201,9 @@ class RtpLink:
     def send_frame(self, media: CallMedia, payload: bytes, marker: bool) -> bool:
         return self.server.send(media, payload, marker)
 
+    def flush(self) -> None:
+        pass  # Asterisk plays each packet as it comes: nothing held there
+
     def hangup(self) -> None:
         pass  # RTP has no session to end: the channel's deletion is all
 

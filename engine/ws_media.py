@@ -122,6 +122,11 @@ class WebSocketLink:
         self._out.put_nowait(self.codec.outbound(payload))
         return True
 
+    def flush(self) -> None:
+        """Barge-in: what Asterisk queued to play goes too (FLUSH_MEDIA; the pacer keeps its queue
+        near empty, but a frame or two is up to 40 ms the caller would hear after the agent stopped)."""
+        self.command(Command("FLUSH_MEDIA"))
+
     def hangup(self) -> None:
         """The call is ending: HANGUP and the socket closed before ARI deletes the channel (its
         own hangup then, not a socket cut under a live channel)."""

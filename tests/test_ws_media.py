@@ -126,6 +126,7 @@ async def test_barge_in_stops_the_agent_at_the_caller(pbx, tmp_path, mode):
     async with ws_engine(pbx, tmp_path, mode, configure=profile, AIAGENT_PROVIDER="local") as eng:
         sub = eng.store.subscribe()
         rec = pbx.place_call(script=[WaitAgent(1.5), Say(str(AGENT_PASS)), Pause(2.0)])
+        ep = await bridged_endpoint(pbx, rec)
         await asyncio.wait_for(rec.finished.wait(), 60)
         events = drain(sub)
         await wait_for(lambda: clean(pbx, eng))
@@ -133,6 +134,8 @@ async def test_barge_in_stops_the_agent_at_the_caller(pbx, tmp_path, mode):
     # The caller's one utterance came over the greeting: from its onset to the agent quiet at the caller.
     reactions = barge_in_reactions([rec.media.said[0][1]], rec.media.agent_frames)
     assert reactions and reactions[0] < 0.6, rec.report(pbx)
+    if mode == "stream":  # what chan_websocket still held to play went too
+        assert "FLUSH_MEDIA" in ep.commands
 
 
 async def test_keypad_transfer_leaves_nothing_of_the_websocket(pbx, tmp_path):
