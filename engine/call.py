@@ -104,7 +104,16 @@ class Call:
 
     # ---- start
     async def start_media(self, link: MediaLink) -> None:
-        """Opens the provider session, the conversation and the media stream over ``link``."""
+        """Opens the provider session, the conversation and the media stream over ``link``. A link
+        the call's media never took is closed here; once taken, the teardown closes it."""
+        try:
+            await self._start_media(link)
+        except BaseException:
+            if self.media is None:
+                link.close()
+            raise
+
+    async def _start_media(self, link: MediaLink) -> None:
         sv = self.services
         s = self.session
         assert s.provider is not None

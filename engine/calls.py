@@ -417,12 +417,7 @@ class CallController:
             try:
                 ext, link = await self.transports[s.transport].open(ari, ext_id, self.app, h.token)
                 s.external_channel_id = ext.id
-                try:
-                    await h.start_media(link)
-                except BaseException:
-                    if h.media is None:
-                        link.close()  # else the teardown closes it with the call's media
-                    raise
+                await h.start_media(link)
                 # 422 "Channel not in Stasis application" if added before its StasisStart.
                 await asyncio.wait_for(ready, EXTERNAL_MEDIA_READY_TIMEOUT_S)
             finally:

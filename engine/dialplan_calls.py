@@ -192,12 +192,7 @@ class DialplanCalls:
                 except (AriError, AriUnavailable) as e:
                     c.store.log(s.call_id, logging.WARNING, f"no ARI subscription to the caller's channel ({e}): its hangup is seen on the socket only")
             link.on_dtmf = lambda digit: c.on_dtmf(h, digit)
-            try:
-                await h.start_media(link)
-            except BaseException:
-                if h.media is None:
-                    link.close()  # else the teardown closes it with the call's media
-                raise
+            await h.start_media(link)
             c.store.set_state(s, CallState.STREAMING)
             h.bridged()  # no bridge: the socket is the caller's own channel, so audio may go out now
             c.store.log(s.call_id, logging.INFO, f"streaming over the dialplan's AudioSocket(); Asterisk at {s.media_remote}")
