@@ -16,12 +16,12 @@ import pytest
 
 from engine.audiosocket import AudioSocketTransport
 from engine.engine import Engine
-from engine.sessions import ActionChanged, BargeIn, CallLog, TranscriptAdded
+from engine.sessions import ActionChanged, BargeIn, CallLog
 from pbxsim.asterisk import AsteriskCallers, AsteriskInstance
-from pbxsim.script import Dtmf, Pause, Say, WaitAgent, WaitAgentDone
+from pbxsim.script import Dtmf, Pause, Say, WaitAgent
 from providers.profile import AgentProfile
 from tests.conftest import AGENT_PASS, HELLO, history_of, running_engine, wait_for
-from tests.test_asterisk import BILLING, drain, ended, global_var_set, media_empty
+from tests.test_asterisk import BILLING, QUESTION, drain, greeted_and_answered, ended, global_var_set, media_empty
 
 pytestmark = pytest.mark.asterisk
 
@@ -208,16 +208,12 @@ async def test_strangers_refused_without_dialplan_calls(asterisk, callers, tmp_p
 async def test_greeting_heard_and_question_answered_with_the_local_models(asterisk, callers, tmp_path):
     async with direct_engine(asterisk, callers, tmp_path, AIAGENT_PROVIDER="local") as eng:
         sub = eng.store.subscribe()
-        call = callers.place_call([WaitAgentDone(0.5), Say(str(AGENT_PASS)), WaitAgent(0.5, timeout_s=20), WaitAgentDone(0.8, timeout_s=20)],
-                                  context=CONTEXT)
+        call = callers.place_call(QUESTION, context=CONTEXT)
         await ended(call, 90)
         events = drain(sub)
         await engine_clean(eng, callers)
-    agent = [e.turn.text for e in events if isinstance(e, TranscriptAdded) and e.turn.role == "agent" and e.turn.final]
-    caller = [e.turn.text for e in events if isinstance(e, TranscriptAdded) and e.turn.role == "caller" and e.turn.final]
-    assert agent and agent[0] == AgentProfile().greeting
-    assert caller and "password" in caller[0].lower(), caller
-    assert call.said and call.agent_heard_s() > 1.0 and call.agent_heard_s(call.said_end[0]) > 0.8, call.report()
+    greeted_and_answered(events, call)
+    assert call.agent_heard_s() > 1.0, call.report()
 
 
 async def test_barge_in_stops_the_agent_at_the_caller(asterisk, callers, tmp_path):
