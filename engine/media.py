@@ -131,10 +131,10 @@ class CallMedia:
         "operator",
     )
 
-    def __init__(self, session: CallSession, link: MediaLink, owner: MediaOwner, max_queue_frames: int = 1500, remote: tuple[str, int] | None = None) -> None:
+    def __init__(self, session: CallSession, link: MediaLink, owner: MediaOwner, max_queue_frames: int = 1500) -> None:
         self.session = session
         self.link = link
-        self.remote = remote  # RTP only: Asterisk's address for this call, which routes its packets
+        self.remote: tuple[str, int] | None = None  # RTP only (its link sets it): Asterisk's address for this call, which routes its packets
         self._in_partial = b""  # a stream transport's audio short of a whole frame
         session.transport = link.transport
         session.media_remote = link.where

@@ -99,9 +99,6 @@ class WebSocketLink:
         self.xoff = False
         self.closed = False  # close() called: the end is ours
         self.ended: str | None = None  # why the socket ended, once it has
-        self.frames_in = 0
-        self.frames_out = 0
-        self.before_attach = 0  # frames that came before the call was ready for them
         self.status: Status | None = None  # Asterisk's last answer to GET_STATUS
         self._out: asyncio.Queue[bytes | str | None] = asyncio.Queue()
         self._sender = owner.tasks.spawn(self._send_loop())
@@ -161,7 +158,6 @@ class WebSocketLink:
                 try:
                     if isinstance(item, bytes):
                         await ws.send_bytes(item)
-                        self.frames_out += 1
                     else:
                         await ws.send_str(item)
                 except (ConnectionError, RuntimeError) as e:
@@ -221,8 +217,7 @@ class WebSocketLink:
         c.bytes_in += len(data)
         media = self.media
         if media is None:
-            self.before_attach += 1
-            return
+            return  # before the call was ready for it
         got = self.codec.inbound(data)
         if got is None:
             c.malformed += 1
@@ -230,7 +225,6 @@ class WebSocketLink:
             _rl.warning("odd", f"[{media.session.call_id}] dropped a {len(data)}-byte {self.codec.fmt} media frame (not whole samples)")
             return
         pcm8, samples = got
-        self.frames_in += 1
         media.receive_stream(pcm8, self.owner.clock.now(), samples=samples, nbytes=len(data))
 
     def _text(self, text: str) -> None:
